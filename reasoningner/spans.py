@@ -1,0 +1,212 @@
+"""The data model at the centre of reasoningner: texts, labelled character-offset spans, schemas.
+
+Everything else (BIO tags, the five output formats, prompts, rewards, metrics) is derived from
+these objects, the way spaCy derives everything from a `Span` over an immutable text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+
+class SpanError(ValueError):
+    """A span that does not fit its text or schema; the message says which and why."""
+
+
+@dataclass(frozen=True, order=True)
+class Span:
+    """A labelled half-open character range `[start, end)` of a text.
+
+    Spans may nest or overlap (GENIA, ACE2005); ordering is by (start, end, label) so sorting a
+    list of spans gives reading order with outer spans before inner ones that start with them
+    only when they are longer: use `sort_spans` for rendering order.
+    """
+
+    start: int
+    end: int
+    label: str
+
+    def text(self, text: str) -> str:
+        """The covered text of `text`."""
+        return text[self.start : self.end]
+
+
+def sort_spans(spans: Iterable[Span]) -> list[Span]:
+    """Reading order for rendering: by start, longer (outer) spans first, then label."""
+    return sorted(spans, key=lambda s: (s.start, -s.end, s.label))
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The label set of a task, with optional natural-language descriptions for prompts.
+
+    Labels keep their given order (prompts list them in that order); descriptions are optional
+    per label and never change matching.
+    """
+
+    labels: tuple[str, ...]
+    descriptions: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        labels = tuple(self.labels)
+        if not labels:
+            raise SpanError("a schema needs at least one label")
+        duplicates = sorted({label for label in labels if labels.count(label) > 1})
+        if duplicates:
+            raise SpanError(f"schema labels are repeated: {duplicates}")
+        for label in labels:
+            if not isinstance(label, str) or not LABEL_PATTERN.fullmatch(label):
+                raise SpanError(
+                    f"label {label!r} is not usable: labels are non-empty and contain no spaces or "
+                    "any of []|<>{}\""
+                )
+        unknown = sorted(set(self.descriptions) - set(labels))
+        if unknown:
+            raise SpanError(f"descriptions given for labels outside the schema: {unknown}")
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "descriptions", MappingProxyType(dict(self.descriptions)))
+
+    def __contains__(self, label: object) -> bool:
+        return label in self.labels
+
+    def __hash__(self) -> int:
+        return hash((self.labels, tuple(sorted(self.descriptions.items()))))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Schema):
+            return NotImplemented
+        return self.labels == other.labels and dict(self.descriptions) == dict(other.descriptions)
+
+    def describe(self, label: str) -> str | None:
+        return self.descriptions.get(label)
+
+    def with_labels(self, labels: Iterable[str]) -> Schema:
+        """A schema over `labels` that keeps the descriptions this one has for them."""
+        labels = tuple(labels)
+        return Schema(labels, {k: v for k, v in self.descriptions.items() if k in labels})
+
+    @classmethod
+    def union(cls, schemas: Iterable[Schema]) -> Schema:
+        """All labels of `schemas` in first-seen order; the first description of a label wins."""
+        labels: dict[str, None] = {}
+        descriptions: dict[str, str] = {}
+        for schema in schemas:
+            for label in schema.labels:
+                labels.setdefault(label, None)
+                if label in schema.descriptions:
+                    descriptions.setdefault(label, schema.descriptions[label])
+        return cls(tuple(labels), descriptions)
+
+
+# Characters that the inline and JSON formats use as markup; a label containing them could not
+# be rendered unambiguously.
+LABEL_PATTERN = re.compile(r"[^\s\[\]|<>{}\"]+")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One sentence (or passage) with its gold spans and the schema they are drawn from.
+
+    Construction validates every span: offsets in range, non-empty, no leading or trailing
+    whitespace inside the span, label in the schema, no exact duplicate.
+    """
+
+    text: str
+    spans: tuple[Span, ...]
+    schema: Schema
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        spans = tuple(sort_spans(self.spans))
+        seen: set[Span] = set()
+        for span in spans:
+            check_span(span, self.text, self.schema)
+            if span in seen:
+                raise SpanError(f"duplicate span {span} in example {self.id or self.text[:40]!r}")
+            seen.add(span)
+        object.__setattr__(self, "spans", spans)
+
+    def span_texts(self) -> list[tuple[str, str]]:
+        """(covered text, label) for every span, in reading order."""
+        return [(span.text(self.text), span.label) for span in self.spans]
+
+    @property
+    def is_nested(self) -> bool:
+        return nesting_depth(self.spans) > 1
+
+
+def check_span(span: Span, text: str, schema: Schema | None = None, expected_text: str | None = None) -> None:
+    """Raise `SpanError` unless `span` is a valid entity of `text` (and of `schema` if given).
+
+    `expected_text`, when a source states the entity text next to its offsets, must equal the
+    covered text: a mismatch means the offsets are wrong, and silently trusting them would corrupt
+    training data.
+    """
+    if not (0 <= span.start < span.end <= len(text)):
+        raise SpanError(f"span {span.start}:{span.end} is out of range for a text of length {len(text)}")
+    covered = text[span.start : span.end]
+    if covered != covered.strip():
+        raise SpanError(f"span {span.start}:{span.end} ({covered!r}) starts or ends with whitespace")
+    if expected_text is not None and covered != expected_text:
+        raise SpanError(f"span {span.start}:{span.end} covers {covered!r}, not the stated {expected_text!r}")
+    if schema is not None and span.label not in schema:
+        raise SpanError(f"label {span.label!r} of span {span.start}:{span.end} is not in the schema {list(schema.labels)}")
+
+
+def nesting_depth(spans: Sequence[Span]) -> int:
+    """The largest number of spans covering one character (0 without spans, 1 for flat NER)."""
+    events: list[tuple[int, int]] = []
+    for span in spans:
+        events.append((span.start, 1))
+        events.append((span.end, -1))
+    depth = best = 0
+    for _, delta in sorted(events, key=lambda e: (e[0], e[1])):
+        depth += delta
+        best = max(best, depth)
+    return best
+
+
+def is_crossing(a: Span, b: Span) -> bool:
+    """True when two spans overlap without one containing the other (inline markup cannot say it)."""
+    return a.start < b.start < a.end < b.end or b.start < a.start < b.end < a.end
+
+
+_WORD_CHAR = re.compile(r"\w")
+
+
+def occurrences(text: str, needle: str) -> list[int]:
+    """Start offsets of `needle` in `text` at word boundaries, in order, overlaps allowed.
+
+    A boundary occurrence is one not glued to a word character on either side where the needle
+    itself begins or ends with one: "an" is not found inside "Germany". When the needle only occurs
+    inside words, those occurrences are returned instead, so that an entity written as a word
+    piece is still found.
+    """
+    if not needle:
+        return []
+    found: list[int] = []
+    start = text.find(needle)
+    while start != -1:
+        found.append(start)
+        start = text.find(needle, start + 1)
+    bounded = [s for s in found if _at_boundary(text, s, s + len(needle))]
+    return bounded or found
+
+
+def _at_boundary(text: str, start: int, end: int) -> bool:
+    left_ok = start == 0 or not (_WORD_CHAR.match(text[start - 1]) and _WORD_CHAR.match(text[start]))
+    right_ok = end == len(text) or not (_WORD_CHAR.match(text[end - 1]) and _WORD_CHAR.match(text[end]))
+    return left_ok and right_ok
+
+
+def normalize_mention(text: str) -> str:
+    """The key text-level matching uses: case-folded, whitespace collapsed, whitespace next to
+    punctuation removed, so that "U.S. ," and "U.S.," or "( IL-2 )" and "(IL-2)" match."""
+    collapsed = " ".join(text.split()).casefold()
+    return _SPACE_NEXT_TO_PUNCT.sub("", collapsed)
+
+
+_SPACE_NEXT_TO_PUNCT = re.compile(r"\s+(?=[^\w\s])|(?<=[^\w\s])\s+")
