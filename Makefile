@@ -8,7 +8,7 @@ comma := ,
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install test test-slow lint format clean
+.PHONY: install test test-slow lint format clean docker-lock
 
 install: $(STAMP)
 
@@ -36,3 +36,7 @@ format: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+
+# Re-resolve the GPU image's lock (linux x86_64, Python 3.12) from package metadata.
+docker-lock:
+	docker/lock.sh
