@@ -1,0 +1,193 @@
+"""A small random-init Qwen3-style causal LM with a tokenizer trained on our own data.
+
+Tests and the CPU demo cannot download anything, so they build this model locally. It is saved with
+`save_pretrained` and loads back through `AutoModelForCausalLM` / `AutoTokenizer`, the same path a real
+checkpoint takes, so training and evaluation code has no tiny-model special case.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AddedToken, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+END_OF_TEXT = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+# ChatML as in Qwen3, minus tools. The assistant content is rendered verbatim, `<think>` block included,
+# because we train on the rationale (Qwen3's template strips it from earlier turns). The loss mask
+# (`{% generation %}`) covers the content and the closing `<|im_end|>`, so the model learns to stop; the
+# newline after it is not trained, as generation stops on `<|im_end|>`. The prompt rendered with
+# `add_generation_prompt` is a prefix of the full conversation, so prompt-completion data and GRPO
+# see the same tokens as SFT.
+CHAT_TEMPLATE = """\
+{%- for message in messages %}
+    {%- if message.role == 'assistant' %}
+        {{- '<|im_start|>assistant\\n' }}
+        {%- generation %}
+            {{- message.content + '<|im_end|>' }}
+        {%- endgeneration %}
+        {{- '\\n' }}
+    {%- elif message.role in ['system', 'user'] %}
+        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}
+    {%- else %}
+        {{- raise_exception('Unsupported role: ' + message.role) }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\\n\\n</think>\\n\\n' }}
+    {%- endif %}
+{%- endif %}
+"""
+
+# Qwen2/3's split: a word keeps the character before it (" John", '"John'), digits are single tokens.
+QWEN_SPLIT = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+# Copy-friendly split: words never absorb the space or quote before them, so "John" is the same token in
+# the sentence and in a quoted answer, which a small model trained from scratch can copy by identity.
+# Costs about one extra token per word (the space).
+WORD_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+|\s+"""
+
+# Format strings weighted into tokenizer training so that they become single tokens even when the corpus
+# holds only raw sentences: chat roles, JSON punctuation, the keys of `formats.py`, common label names.
+MARKUP = (
+    "system",
+    "user",
+    "assistant",
+    '{"',
+    '"}',
+    '["',
+    '"]',
+    '": ',
+    '", "',
+    '"], "',
+    '": ["',
+    '": {"',
+    '"]}}',
+    '": []',
+    "[]",
+    "{}",
+    '": "',
+    '"},',
+    '"}]',
+    "\n\n",
+    "PER",
+    "LOC",
+    "ORG",
+    "MISC",
+    "person",
+    "location",
+    "organization",
+    "miscellaneous",
+    "entities",
+    "type",
+    "text",
+    "label",
+    "occurrence_index",
+    "start",
+    "end",
+)
+MARKUP_WEIGHT = 1000
+
+
+def train_tokenizer(
+    corpus_texts: Iterable[str], *, vocab_size: int, copy_friendly: bool = True, max_length: int = 2048
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer (Qwen's design) on `corpus_texts`; at most `vocab_size` tokens.
+
+    No normalizer, unlike Qwen's NFC: every string must round-trip exactly through encode/decode. It is
+    saved as the generic `TokenizersBackend` class on purpose: `Qwen2Tokenizer` would rebuild Qwen's own
+    split and normalizer around our vocabulary when loaded.
+    """
+    special = [END_OF_TEXT, IM_START, IM_END]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(WORD_SPLIT if copy_friendly else QWEN_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - 2,  # room for <think> and </think>
+        min_frequency=2,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    markup = itertools.chain.from_iterable(itertools.repeat(MARKUP, MARKUP_WEIGHT))
+    tokenizer.train_from_iterator(itertools.chain(corpus_texts, markup), trainer=trainer)
+    # Not special, as in Qwen3: decoding with skip_special_tokens=True keeps the rationale delimiters.
+    tokenizer.add_tokens([AddedToken(THINK_OPEN, special=False), AddedToken(THINK_CLOSE, special=False)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token=IM_END,
+        pad_token=END_OF_TEXT,
+        model_max_length=max_length,
+        chat_template=CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def build_tiny_model(
+    out_dir: str | Path,
+    corpus_texts: Iterable[str],
+    *,
+    vocab_size: int = 4096,
+    hidden_size: int = 256,
+    intermediate_size: int = 768,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    head_dim: int = 64,
+    max_position_embeddings: int = 2048,
+    copy_friendly_tokens: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Train a tokenizer on `corpus_texts`, build a random-init Qwen3 LM around it and save both to `out_dir`.
+
+    The embedding matrix has exactly one row per token (`vocab_size` is an upper bound: a small corpus
+    may yield fewer merges), so no untrained id can be sampled. Embeddings are tied, as in small Qwen3s.
+    Same arguments and corpus give identical files.
+    """
+    out_dir = Path(out_dir)
+    tokenizer = train_tokenizer(
+        corpus_texts,
+        vocab_size=vocab_size,
+        copy_friendly=copy_friendly_tokens,
+        max_length=max_position_embeddings,
+    )
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng():  # seeded init without touching the caller's RNG state
+        torch.manual_seed(seed)
+        model = Qwen3ForCausalLM(config)
+    # Stop on either end marker, as Qwen3's generation config does.
+    model.generation_config.eos_token_id = [config.eos_token_id, tokenizer.convert_tokens_to_ids(END_OF_TEXT)]
+    model.generation_config.pad_token_id = config.pad_token_id
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
