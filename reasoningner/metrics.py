@@ -116,6 +116,21 @@ def match_counts(
     }
 
 
+def example_f1(
+    gold: Example,
+    predicted: Sequence[Span],
+    ungrounded: Sequence[tuple[str, str]] = (),
+    mode: MatchMode = "exact",
+) -> float:
+    """F1 of one example's prediction: the per-sample score of stage 1 validation and the GRPO reward.
+
+    Unlike corpus-level scores, a sentence with no gold entity answered with none scores 1.0: there
+    was nothing to find and nothing was invented.
+    """
+    total = sum(match_counts(gold, predicted, ungrounded, mode).values(), Counts())
+    return 1.0 if total.tp + total.fp + total.fn == 0 else total.f1
+
+
 @dataclass(frozen=True)
 class DatasetScores:
     """Micro counts of one dataset and their split by label (labels that occurred, sorted)."""

@@ -61,7 +61,7 @@ class Schema:
             if not isinstance(label, str) or not LABEL_PATTERN.fullmatch(label):
                 raise SpanError(
                     f"label {label!r} is not usable: labels are non-empty and contain no spaces or "
-                    "any of []|<>{}\""
+                    'any of []|<>{}"'
                 )
         unknown = sorted(set(self.descriptions) - set(labels))
         if unknown:
@@ -133,9 +133,20 @@ class Example:
         """(covered text, label) for every span, in reading order."""
         return [(span.text(self.text), span.label) for span in self.spans]
 
+    def entity_dicts(self) -> list[dict[str, int | str]]:
+        """Spans as plain dicts with their text: the JSON (and Arrow) form used on disk."""
+        return [
+            {"start": s.start, "end": s.end, "label": s.label, "text": s.text(self.text)} for s in self.spans
+        ]
+
     @property
     def is_nested(self) -> bool:
         return nesting_depth(self.spans) > 1
+
+
+def spans_from_dicts(entities: Iterable[Mapping[str, object]]) -> tuple[Span, ...]:
+    """The inverse of `Example.entity_dicts` (the text, if present, is checked by `Example`)."""
+    return tuple(Span(int(e["start"]), int(e["end"]), str(e["label"])) for e in entities)
 
 
 def check_span(span: Span, text: str, schema: Schema | None = None, expected_text: str | None = None) -> None:
@@ -153,7 +164,9 @@ def check_span(span: Span, text: str, schema: Schema | None = None, expected_tex
     if expected_text is not None and covered != expected_text:
         raise SpanError(f"span {span.start}:{span.end} covers {covered!r}, not the stated {expected_text!r}")
     if schema is not None and span.label not in schema:
-        raise SpanError(f"label {span.label!r} of span {span.start}:{span.end} is not in the schema {list(schema.labels)}")
+        raise SpanError(
+            f"label {span.label!r} of span {span.start}:{span.end} is not in the schema {list(schema.labels)}"
+        )
 
 
 def nesting_depth(spans: Sequence[Span]) -> int:

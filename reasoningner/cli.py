@@ -1,0 +1,151 @@
+"""The `reasoningner` command: data work and evaluation from the shell.
+
+Training stages are not here: they are `stages/*.py`, run by `accelerate launch` (see Makefile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from reasoningner.readers import READERS, WRITERS, DataError, read_dataset, write_dataset
+from reasoningner.spans import SpanError
+from reasoningner.stats import dataset_stats
+
+
+def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser("data", help="inspect and convert NER data files")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+
+    stats = data_commands.add_parser("stats", help="sentence/entity counts, nesting and lengths of files")
+    stats.add_argument("paths", nargs="+", type=Path)
+    stats.add_argument("--reader", default="auto", choices=["auto", *READERS])
+    stats.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    stats.set_defaults(handler=_stats)
+
+    convert = data_commands.add_parser("convert", help="convert a file between supported formats")
+    convert.add_argument("source", type=Path)
+    convert.add_argument("target", type=Path)
+    convert.add_argument("--reader", default="auto", choices=["auto", *READERS])
+    convert.add_argument("--to", required=True, choices=sorted(WRITERS), help="output format")
+    convert.add_argument(
+        "--skip-bad", action="store_true", help="skip malformed records (they are counted and listed)"
+    )
+    convert.set_defaults(handler=_convert)
+
+
+def _stats(args: argparse.Namespace, console: Console) -> int:
+    reports = [dataset_stats(read_dataset(path, args.reader)) for path in args.paths]
+    if args.json:
+        print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
+        return 0
+    for report in reports:
+        console.print(*_stats_tables(report))
+    return 0
+
+
+def _stats_tables(report: dict) -> tuple[Table, Table]:
+    """Entities per label, then the shape of the data (nesting and length percentiles)."""
+    labels = Table(title=f"{report['name']}: {report['sentences']} sentences, {report['entities']} entities")
+    labels.add_column("label")
+    labels.add_column("entities", justify="right")
+    labels.add_column("share", justify="right")
+    for label, count in sorted(report["labels"].items(), key=lambda item: -item[1]):
+        labels.add_row(label, str(count), f"{100 * count / max(report['entities'], 1):.1f}%")
+
+    points = list(report["sentence_chars"])
+    shape = Table(title=f"max nesting depth {report['max_nesting_depth']}")
+    shape.add_column("length")
+    for point in points:
+        shape.add_column(point, justify="right")
+    for key in ("sentence_chars", "sentence_words", "entity_words"):
+        shape.add_row(key.replace("_", " "), *(str(report[key][p]) for p in points))
+    depths = ", ".join(f"depth {d}: {n}" for d, n in report["sentences_by_nesting_depth"].items())
+    shape.caption = f"sentences by nesting depth: {depths}"
+    return labels, shape
+
+
+def _convert(args: argparse.Namespace, console: Console) -> int:
+    dataset = read_dataset(args.source, args.reader, on_error="skip" if args.skip_bad else "raise")
+    write_dataset(dataset, args.target, args.to)
+    console.print(
+        f"wrote {len(dataset.examples)} examples to {args.target} ({args.to}); "
+        f"skipped {len(dataset.skipped)} malformed records"
+    )
+    for message in dataset.skipped:
+        console.print(f"  skipped {message}", highlight=False)
+    return 0
+
+
+def _add_tiny_model_command(subparsers: argparse._SubParsersAction) -> None:
+    tiny = subparsers.add_parser(
+        "tiny-model", help="build a small random-init model and tokenizer from local data (no hub access)"
+    )
+    tiny.add_argument("--out", type=Path, required=True, help="directory to save_pretrained into")
+    tiny.add_argument(
+        "--data", type=Path, nargs="+", required=True, help="NER files the tokenizer learns from"
+    )
+    tiny.add_argument("--output-format", default="grouped_json", help="answer format the model will write")
+    tiny.add_argument("--vocab-size", type=int, default=4096)
+    tiny.add_argument("--hidden-size", type=int, default=256)
+    tiny.add_argument("--intermediate-size", type=int, default=768)
+    tiny.add_argument("--layers", type=int, default=4)
+    tiny.add_argument("--heads", type=int, default=4)
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(handler=_tiny_model)
+
+
+def _tiny_model(args: argparse.Namespace, console: Console) -> int:
+    from reasoningner.formats import get_format
+    from reasoningner.rationale import gold_template_rationale
+    from reasoningner.tiny_model import build_tiny_model
+    from reasoningner.training_data import sft_record
+
+    output_format = get_format(args.output_format)
+    # The tokenizer learns from what the model will read and write: prompts, rationales, answers.
+    corpus = [
+        message["content"]
+        for path in args.data
+        for example in read_dataset(path).examples
+        for message in sft_record(example, output_format, gold_template_rationale(example))["messages"]
+    ]
+    out = build_tiny_model(
+        args.out,
+        corpus,
+        vocab_size=args.vocab_size,
+        hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size,
+        num_layers=args.layers,
+        num_heads=args.heads,
+        seed=args.seed,
+    )
+    console.print(f"tiny model saved to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reasoningner", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_data_commands(subparsers)
+    _add_tiny_model_command(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=False)
+    try:
+        return args.handler(args, console)
+    except (DataError, SpanError, FileNotFoundError, ValueError) as error:
+        Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,961 @@
+"""The five answer formats of "Assessment of Generative NER in the Era of LLMs" (LLMs4NER).
+
+Each format is a render/parse pair behind `OutputFormat`: `render` writes the gold answer a model
+is trained on, `parse` reads whatever a model emitted (a `<think>` rationale first or not, code
+fences, truncation, invalid JSON...) back into grounded character spans of the sentence, and
+never raises. What went wrong is reported as `Problem`s, which the format-validity reward uses;
+the spans it could still recover are kept, so metrics see a partly broken answer as partly right.
+
+Formats (field names and markup as in the LLMs4NER release, except the `entities` wrapper)
+
+- ``bracketed``: the sentence rewritten with each entity as ``[entity text | LABEL]``; nesting
+  allowed: ``[[IL-2 | protein] gene | DNA]``. Every ``[`` may open an entity; a closer
+  ``| LABEL]`` (spaces around ``|`` optional) ends the innermost open one; a bare ``]`` pairs with
+  the innermost open ``[`` as literal text. Unpaired brackets and pipes are plain text.
+- ``xml``: the sentence with each entity as ``<LABEL>entity text</LABEL>``; nesting allowed. A
+  tag is ``<NAME>`` or ``</NAME>`` where NAME is a schema label or identifier-like (a letter or
+  ``_`` then letters, digits, ``_ . -``), so ``P < 0.01`` and ``<0.05>`` stay text; there is no
+  escaping. A closing tag closes the innermost open tag of its name; tags opened inside it and
+  left open are dropped (``unbalanced_tag``).
+- ``grouped_json`` (ReasoningNER's answer): ``{"entities": {"LABEL": ["text", ...], ...}}``;
+  labels without entities are left out when rendering (``[]`` is accepted). A text listed k times
+  under a label means its first k occurrences, as found by `spans.occurrences`
+  (word-boundary aware); texts are listed in reading order.
+- ``occurrence_json``: ``[{"text": ..., "label": ..., "occurrence_index": k}, ...]`` where k is
+  the 1-based index of the mention among `occurrences(sentence, text)`; ``"occurrence"`` is
+  accepted as the key too.
+- ``offset_json``: ``[{"text": ..., "label": ..., "start": s, "end": e}, ...]`` with half-open
+  character offsets of the sentence. When ``sentence[s:e]`` is not the text, the text wins: the
+  mention is grounded at the occurrence nearest to ``s`` (``offset_mismatch``).
+
+Grounding. A mention given as text is looked up exactly (`occurrences`); if absent, a lenient
+search ignoring case and whitespace next to punctuation ("U.S.," finds "U.S. ,") is tried; if
+that fails too, the mention is ``ungrounded``. Inline answers whose sentence was altered by the
+model are aligned to the input by a word-level diff (`difflib`); a mention whose aligned position
+does not hold its text is grounded at the occurrence nearest to where the alignment puts it.
+
+Labels outside the schema are kept in the spans (metrics count them wrong) and reported once per
+label as ``unknown_label``. Repeated identical spans are reported as ``duplicate`` and kept once.
+
+Problem kinds (stable identifiers)
+
+================  ======================================================================
+kind              meaning
+================  ======================================================================
+no_answer         nothing after the rationale (or an empty output)
+unclosed_think    ``<think>`` without ``</think>``: the output was cut inside the
+                  rationale, so there is no answer (``no_answer`` is not added)
+extra_text        text around the answer: before ``<think>``, outside a code fence, or
+                  around the JSON value
+code_fence        the answer is wrapped in a Markdown code fence. It costs format credit:
+                  gold answers never have one, and a trained model should not learn to
+                  add tokens the parser has to strip
+truncated         the answer stops early: JSON runs off the end with brackets open, or
+                  the inline sentence is a prefix of the input; complete parts are kept
+invalid_json      not valid JSON; a Python literal (single quotes, trailing commas) is
+                  accepted, otherwise the entries before the error are kept
+wrong_shape       valid JSON of the wrong shape (a list where an object is expected,
+                  no ``entities`` wrapper, ...); what fits is still used
+bad_entry         one entry is unusable or mistyped (missing text/label, a number for a
+                  text, a string for an offset, an empty entity)
+unknown_label     a label outside the schema (span kept)
+ungrounded        a mention that cannot be found in the sentence
+unbalanced_tag    an inline closer without opener, or a tag never closed
+offset_mismatch   offsets or occurrence index that do not fit the stated text
+text_altered      an inline answer whose sentence differs from the input
+duplicate         the same span stated twice, or a text listed more often than it occurs
+================  ======================================================================
+
+What each format cannot express (`expresses` is False; `render` is then best effort)
+
+===============  =============================================================================
+format           not expressible
+===============  =============================================================================
+bracketed        crossing spans (markup nests); a sentence containing ``| NAME]`` (it reads as
+                 a closer); an entity whose text has unpaired ``[`` or ``]`` (it would pair with
+                 the entity's own brackets). Paired brackets (``[3H]thymidine``) are fine.
+xml              crossing spans; a sentence containing a tag-like ``<NAME>``/``</NAME>``
+grouped_json     a repeated text whose gold mentions under a label are not its first k
+                 occurrences (the format cannot say which)
+occurrence_json  a mention that `occurrences` does not list (a word piece of a text that also
+                 occurs as a whole word), so no index names it
+offset_json      nothing
+===============  =============================================================================
+
+Measured on the shared data (CoNLL-2003 and CrossNER train/dev, GENIA and ACE2005 dev, 25k
+sentences): every sentence is expressible in every format except grouped_json, which expresses
+90.9-99.5% per file (lowest: CrossNER politics, where "Canada" follows "Liberal Party of Canada").
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import json
+import re
+from abc import ABC, abstractmethod
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any, ClassVar
+
+from reasoningner.spans import Example, Schema, Span, is_crossing, normalize_mention, occurrences, sort_spans
+
+__all__ = [
+    "FORMATS",
+    "BracketedFormat",
+    "GroupedJsonFormat",
+    "OccurrenceJsonFormat",
+    "OffsetJsonFormat",
+    "OutputFormat",
+    "ParseResult",
+    "Problem",
+    "XmlFormat",
+    "get_format",
+    "split_answer",
+]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with a model output; `kind` is one of the identifiers in the module docstring."""
+
+    kind: str
+    detail: str
+
+
+@dataclass
+class ParseResult:
+    """Spans grounded in the sentence (deduplicated, reading order), what could not be grounded, problems."""
+
+    spans: list[Span]
+    ungrounded: list[tuple[str, str]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class OutputFormat(ABC):
+    """One answer format: how gold spans are written and how model outputs are read back."""
+
+    name: ClassVar[str]
+    nested: ClassVar[bool]
+
+    @abstractmethod
+    def render(self, example: Example) -> str:
+        """The gold answer for `example` (best effort where `expresses` is False)."""
+
+    @abstractmethod
+    def parse(self, output: str, text: str, schema: Schema) -> ParseResult:
+        """Spans of `text` stated by a raw model output (rationale optional); never raises."""
+
+    @abstractmethod
+    def expresses(self, example: Example) -> bool:
+        """Whether parsing the rendering of `example` gives its spans back exactly."""
+
+    @abstractmethod
+    def instruction(self) -> str:
+        """How to write this format, with a tiny example, for prompts."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+# --- shared: rationale and fences, result building, grounding --------------------------------------
+
+_THINK_OPEN = "<think>"
+_THINK_CLOSE = "</think>"
+# A fence's info string ("json") is only taken as such when a newline follows it, so that a fenced
+# one-line answer is not eaten as an info string.
+_FENCE = re.compile(r"```(?:[\w+-]*[ \t]*\n)?(.*?)(?:```|\Z)", re.DOTALL)
+
+
+def split_answer(output: str) -> tuple[str | None, str, list[Problem]]:
+    """(rationale, answer, problems) of a raw output.
+
+    The rationale is the content of a leading `<think>...</think>` (None without one); a bare
+    `</think>` counts as closing a block the chat template opened. An unclosed `<think>` means the
+    output was cut inside the rationale: the answer is "". Code fences around the answer are
+    removed and cost `code_fence`.
+    """
+    problems: list[Problem] = []
+    rationale: str | None = None
+    answer = output
+    open_at = output.find(_THINK_OPEN)
+    close_at = output.find(_THINK_CLOSE)
+    if open_at != -1 and (close_at == -1 or open_at < close_at):
+        if output[:open_at].strip():
+            problems.append(Problem("extra_text", "text before <think>"))
+        body_at = open_at + len(_THINK_OPEN)
+        close_at = output.find(_THINK_CLOSE, body_at)
+        if close_at == -1:
+            problems.append(Problem("unclosed_think", "<think> is never closed, so there is no answer"))
+            return output[body_at:].strip(), "", problems
+        rationale, answer = output[body_at:close_at], output[close_at + len(_THINK_CLOSE) :]
+    elif close_at != -1:
+        rationale, answer = output[:close_at], output[close_at + len(_THINK_CLOSE) :]
+    answer = answer.strip()
+    fence = _FENCE.search(answer)
+    if fence:
+        problems.append(Problem("code_fence", "the answer is wrapped in a code fence"))
+        if (answer[: fence.start()] + answer[fence.end() :]).strip():
+            problems.append(Problem("extra_text", "text outside the code fence"))
+        answer = fence.group(1).strip()
+    return (rationale.strip() if rationale is not None else None), answer, problems
+
+
+class _Builder:
+    """Collects grounded spans and problems for one parse, then dedups and sorts them."""
+
+    def __init__(self, text: str, schema: Schema, problems: list[Problem]) -> None:
+        self.text = text
+        self.schema = schema
+        self.problems = problems
+        self.spans: list[Span] = []
+        self.ungrounded: list[tuple[str, str]] = []
+
+    def problem(self, kind: str, detail: str) -> None:
+        self.problems.append(Problem(kind, detail))
+
+    def no_answer(self) -> None:
+        """An empty answer is `no_answer`, unless an unclosed rationale already says why."""
+        if not any(problem.kind == "unclosed_think" for problem in self.problems):
+            self.problem("no_answer", "the answer is empty")
+
+    def ground(self, mention: str, label: str, near: int) -> None:
+        """Add the occurrence of `mention` nearest to position `near`, or record it as ungrounded."""
+        found = _find(self.text, mention)
+        if found:
+            self.spans.append(Span(*_nearest(found, near), label))
+        else:
+            self.miss(mention, label)
+
+    def miss(self, mention: str, label: str) -> None:
+        self.ungrounded.append((mention, label))
+        self.problem("ungrounded", f"{mention!r} ({label}) is not in the sentence")
+
+    def result(self) -> ParseResult:
+        spans: list[Span] = []
+        seen: set[Span] = set()
+        for span in self.spans:
+            if span in seen:
+                self.problem("duplicate", f"{span.text(self.text)!r} ({span.label}) is stated more than once")
+            else:
+                seen.add(span)
+                spans.append(span)
+        labels = [span.label for span in spans] + [label for _, label in self.ungrounded]
+        for label in dict.fromkeys(labels):
+            if label not in self.schema:
+                self.problem("unknown_label", f"{label!r} is not a label of the schema")
+        return ParseResult(sort_spans(spans), self.ungrounded, self.problems)
+
+
+def _find(text: str, mention: str) -> list[tuple[int, int]]:
+    """Where `mention` is in `text`: exact occurrences, else ones equal up to case and spacing."""
+    starts = occurrences(text, mention)
+    if starts:
+        return [(start, start + len(mention)) for start in starts]
+    return _lenient_occurrences(text, mention)
+
+
+def _lenient_occurrences(text: str, mention: str) -> list[tuple[int, int]]:
+    """Matches of `mention` ignoring case and whitespace next to punctuation, word-bounded if possible.
+
+    The regex is the inverse of `normalize_mention`: between a word character and a punctuation
+    mark any whitespace may appear or not; between words, one or more whitespace characters.
+    """
+    parts: list[str] = []
+    previous = ""
+    gap = False
+    for char in " ".join(mention.split()):
+        if char == " ":
+            gap = True
+            continue
+        if previous:
+            if not (_is_word(previous) and _is_word(char)):
+                parts.append(r"\s*")
+            elif gap:
+                parts.append(r"\s+")
+        parts.append(re.escape(char))
+        previous, gap = char, False
+    if not parts:
+        return []
+    core = "".join(parts)
+    key = normalize_mention(mention)
+    left = r"(?<!\w)" if _is_word(mention.strip()[0]) else ""
+    right = r"(?!\w)" if _is_word(mention.strip()[-1]) else ""
+    for pattern in (left + core + right, core):
+        found = [
+            (m.start(), m.end())
+            for m in re.finditer(pattern, text, re.IGNORECASE)
+            if normalize_mention(m.group()) == key
+        ]
+        if found:
+            return found
+    return []
+
+
+def _is_word(char: str) -> bool:
+    return char.isalnum() or char == "_"
+
+
+def _nearest(found: list[tuple[int, int]], near: int) -> tuple[int, int]:
+    return min(found, key=lambda span: (abs(span[0] - near), span[0]))
+
+
+def _short(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+# --- inline formats ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Markup:
+    """An inline answer with its markup taken out.
+
+    `spans` are (start, end, label) in `clean`; `core` is `clean` without what an answer cut short
+    leaves behind (unpaired openers, a partial closer or tag), used to recognise truncation.
+    """
+
+    clean: str
+    spans: list[tuple[int, int, str]]
+    problems: list[Problem]
+    unclosed: list[str]
+    core: str
+
+
+class _InlineFormat(OutputFormat):
+    """Formats that rewrite the sentence with markup around each entity."""
+
+    nested = True
+
+    @abstractmethod
+    def _open(self, label: str) -> str: ...
+
+    @abstractmethod
+    def _close(self, label: str) -> str: ...
+
+    @abstractmethod
+    def _strip(self, answer: str, schema: Schema) -> _Markup: ...
+
+    def render(self, example: Example) -> str:
+        text = example.text
+        out: list[str] = []
+        cursor = 0
+        stack: list[Span] = []
+
+        def close_top() -> None:
+            nonlocal cursor
+            top = stack.pop()
+            out.append(text[cursor : top.end])
+            out.append(self._close(top.label))
+            cursor = max(cursor, top.end)
+
+        for span in example.spans:
+            while stack and stack[-1].end <= span.start:
+                close_top()
+            out.append(text[cursor : span.start])
+            out.append(self._open(span.label))
+            cursor = max(cursor, span.start)
+            stack.append(span)
+        while stack:
+            close_top()
+        out.append(text[cursor:])
+        return "".join(out)
+
+    def parse(self, output: str, text: str, schema: Schema) -> ParseResult:
+        _, answer, problems = split_answer(output)
+        built = _Builder(text, schema, problems)
+        if not answer:
+            if text.strip():
+                built.no_answer()
+            return built.result()
+        markup = self._strip(answer, schema)
+        built.problems.extend(markup.problems)
+        if markup.clean.strip() == text.strip():
+            truncated = False
+            shift = (len(text) - len(text.lstrip())) - (len(markup.clean) - len(markup.clean.lstrip()))
+            for start, end, label in markup.spans:
+                self._add_direct(built, max(0, start + shift), min(len(text), end + shift), label)
+        else:
+            core = markup.core.strip()
+            truncated = len(core) < len(text.strip()) and text.strip().startswith(core)
+            if core == text.strip():
+                built.problem("unbalanced_tag", "an entity is opened but never closed")
+            elif truncated:
+                built.problem("truncated", "the answer stops before the end of the sentence")
+            else:
+                built.problem("text_altered", "the rewritten sentence differs from the input")
+            self._add_aligned(built, markup)
+        if not truncated:
+            for label in markup.unclosed:
+                built.problem("unbalanced_tag", f"an entity opened as {label!r} is never closed")
+        return built.result()
+
+    @staticmethod
+    def _add_direct(built: _Builder, start: int, end: int, label: str) -> None:
+        covered = built.text[start:end]
+        if not covered.strip():
+            built.problem("bad_entry", f"an empty {label} entity")
+            return
+        start += len(covered) - len(covered.lstrip())
+        end -= len(covered) - len(covered.rstrip())
+        built.spans.append(Span(start, end, label))
+
+    @staticmethod
+    def _add_aligned(built: _Builder, markup: _Markup) -> None:
+        """Carry spans of the model's rewritten sentence over to the input sentence."""
+        clean, text = markup.clean, built.text
+        if not markup.spans:
+            return
+        position = _align(clean, text)
+        for start, end, label in markup.spans:
+            mention = clean[start:end].strip()
+            if not mention:
+                built.problem("bad_entry", f"an empty {label} entity")
+                continue
+            start += len(clean[start:end]) - len(clean[start:end].lstrip())
+            end = start + len(mention)
+            mapped_start, mapped_last = position.get(start), position.get(end - 1)
+            if (
+                mapped_start is not None
+                and mapped_last is not None
+                and text[mapped_start : mapped_last + 1] == mention
+            ):
+                built.spans.append(Span(mapped_start, mapped_last + 1, label))
+            else:
+                near = mapped_start if mapped_start is not None else start * len(text) // max(1, len(clean))
+                built.ground(mention, label, near)
+
+
+_ALIGN_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def _align(clean: str, text: str) -> dict[int, int]:
+    """Positions in `text` of the non-space characters of `clean` that a word-level diff matches.
+
+    Words and punctuation marks, not characters, are aligned: it is what a model changes when it
+    rewrites a sentence, and it keeps the diff fast (difflib's heuristic for frequent tokens also
+    bounds the time on degenerate outputs).
+    """
+    clean_tokens = list(_ALIGN_TOKEN.finditer(clean))
+    text_tokens = list(_ALIGN_TOKEN.finditer(text))
+    matcher = difflib.SequenceMatcher(
+        None, [t.group() for t in clean_tokens], [t.group() for t in text_tokens]
+    )
+    position: dict[int, int] = {}
+    for a, b, size in matcher.get_matching_blocks():
+        for ours, theirs in zip(clean_tokens[a : a + size], text_tokens[b : b + size], strict=True):
+            for offset in range(len(ours.group())):
+                position[ours.start() + offset] = theirs.start() + offset
+    return position
+
+
+# The lookbehinds make a closer's leading whitespace match only from the start of a whitespace run,
+# which keeps scanning linear on long runs of spaces.
+_BRACKET_TOKEN = re.compile(r"(?P<close>(?<!\s)\s*\|\s*(?P<label>[^\s\[\]|<>{}\"]+)\s*\])|\[|\]")
+_BRACKET_CLOSER = re.compile(r"\|\s*[^\s\[\]|<>{}\"]+\s*\]")
+_PARTIAL_CLOSER = re.compile(r"(?<!\s)\s*\|[^\[\]|]*\Z")
+
+
+class BracketedFormat(_InlineFormat):
+    """``[entity text | LABEL]`` inline; see the module docstring for how brackets pair."""
+
+    name = "bracketed"
+
+    def _open(self, label: str) -> str:
+        return "["
+
+    def _close(self, label: str) -> str:
+        return f" | {label}]"
+
+    def _strip(self, answer: str, schema: Schema) -> _Markup:
+        tokens = list(_BRACKET_TOKEN.finditer(answer))
+        problems: list[Problem] = []
+        stack: list[int] = []  # indexes in `tokens` of the "[" still open
+        markup: set[int] = set()
+        pairs: list[tuple[int, int, str]] = []
+        for index, token in enumerate(tokens):
+            if token.group("close") is not None:
+                markup.add(index)
+                if stack:
+                    opener = stack.pop()
+                    markup.add(opener)
+                    pairs.append((opener, index, token.group("label")))
+                else:
+                    problems.append(Problem("unbalanced_tag", f"{token.group().strip()!r} closes nothing"))
+            elif token.group() == "[":
+                stack.append(index)
+            elif stack:
+                stack.pop()  # a literal "[...]" pair
+        unpaired = set(stack)
+        clean: list[str] = []
+        core: list[str] = []
+        position: dict[int, int] = {}
+        length = cursor = 0
+        for index, token in enumerate(tokens):
+            piece = answer[cursor : token.start()]
+            clean.append(piece)
+            core.append(piece)
+            length += len(piece)
+            position[index] = length
+            cursor = token.end()
+            if index not in markup:
+                clean.append(token.group())
+                length += len(token.group())
+                if index not in unpaired:
+                    core.append(token.group())
+        clean.append(answer[cursor:])
+        core.append(answer[cursor:])
+        spans = [(position[opener], position[closer], label) for opener, closer, label in pairs]
+        # Unpaired "[" are text (the sentence may have them), so nothing is reported as unclosed.
+        return _Markup("".join(clean), spans, problems, [], _PARTIAL_CLOSER.sub("", "".join(core)))
+
+    def expresses(self, example: Example) -> bool:
+        return (
+            not _has_crossing(example.spans)
+            and not _BRACKET_CLOSER.search(example.text)
+            and all(_brackets_paired(span.text(example.text)) for span in example.spans)
+        )
+
+    def instruction(self) -> str:
+        return (
+            "Rewrite the sentence exactly as given, enclosing every entity as [entity text | LABEL]; "
+            f"entities may nest. Example: {_EXAMPLE.text} -> {self.render(_EXAMPLE)}"
+        )
+
+
+def _brackets_paired(text: str) -> bool:
+    depth = 0
+    for char in text:
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+            if depth < 0:
+                return False
+    return depth == 0
+
+
+def _has_crossing(spans: tuple[Span, ...]) -> bool:
+    return any(is_crossing(a, b) for a, b in combinations(spans, 2))
+
+
+_XML_TAG = re.compile(r"<(/?)([^\s\[\]|<>{}\"]+)>")
+_TAG_NAME = re.compile(r"[^\W\d][\w.\-]*")
+_PARTIAL_TAG = re.compile(r"<[^<>\s]*\Z")
+
+
+def _is_tag(match: re.Match[str], schema: Schema) -> bool:
+    name = match.group(2)
+    return name in schema or _TAG_NAME.fullmatch(name) is not None
+
+
+class XmlFormat(_InlineFormat):
+    """``<LABEL>entity text</LABEL>`` inline; see the module docstring for what counts as a tag."""
+
+    name = "xml"
+
+    def _open(self, label: str) -> str:
+        return f"<{label}>"
+
+    def _close(self, label: str) -> str:
+        return f"</{label}>"
+
+    def _strip(self, answer: str, schema: Schema) -> _Markup:
+        problems: list[Problem] = []
+        clean: list[str] = []
+        spans: list[tuple[int, int, str]] = []
+        stack: list[tuple[str, int]] = []
+        length = cursor = 0
+        for tag in _XML_TAG.finditer(answer):
+            if not _is_tag(tag, schema):
+                continue
+            piece = answer[cursor : tag.start()]
+            clean.append(piece)
+            length += len(piece)
+            cursor = tag.end()
+            closing, name = tag.group(1), tag.group(2)
+            if not closing:
+                stack.append((name, length))
+                continue
+            depth = next((i for i in range(len(stack) - 1, -1, -1) if stack[i][0] == name), None)
+            if depth is None:
+                problems.append(Problem("unbalanced_tag", f"</{name}> closes nothing"))
+                continue
+            for inner, _ in stack[depth + 1 :]:
+                problems.append(Problem("unbalanced_tag", f"<{inner}> is not closed before </{name}>"))
+            spans.append((stack[depth][1], length, name))
+            del stack[depth:]
+        clean.append(answer[cursor:])
+        text = "".join(clean)
+        return _Markup(text, spans, problems, [name for name, _ in stack], _PARTIAL_TAG.sub("", text))
+
+    def expresses(self, example: Example) -> bool:
+        return not _has_crossing(example.spans) and not any(
+            _is_tag(tag, example.schema) for tag in _XML_TAG.finditer(example.text)
+        )
+
+    def instruction(self) -> str:
+        return (
+            "Rewrite the sentence exactly as given, wrapping every entity in tags named after its label, "
+            f"<LABEL>entity text</LABEL>; tags may nest. Example: {_EXAMPLE.text} -> {self.render(_EXAMPLE)}"
+        )
+
+
+# --- JSON formats -------------------------------------------------------------------------------------
+
+_DECODER = json.JSONDecoder()
+_MISSING: Any = object()
+_JSON_START = re.compile(r"[\[{]")
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+_MAX_DEPTH = 20
+
+
+def _load_json(answer: str, built: _Builder) -> Any:
+    """The JSON value of `answer`, repaired as far as possible, or `_MISSING`; problems go to `built`."""
+    if not answer:
+        built.no_answer()
+        return _MISSING
+    start = _JSON_START.search(answer)
+    if start is None:
+        built.problem("invalid_json", "the answer holds no JSON object or list")
+        return _MISSING
+    if answer[: start.start()].strip():
+        built.problem("extra_text", "text before the JSON value")
+    try:
+        value, end = _DECODER.raw_decode(answer, start.start())
+    except (ValueError, RecursionError):
+        end = _json_extent(answer, start.start())
+        if end is None:
+            built.problem("truncated", "the JSON value is cut off; its complete entries are kept")
+            return _salvage(answer, start.start(), 0)[0]
+        value = _python_literal(answer[start.start() : end])
+        if value is _MISSING:
+            built.problem(
+                "invalid_json", "the answer is not valid JSON; the entries before the error are kept"
+            )
+            return _salvage(answer, start.start(), 0)[0]
+        built.problem("invalid_json", "the answer is a Python literal, not JSON")
+    if answer[end:].strip():
+        built.problem("extra_text", "text after the JSON value")
+    return value
+
+
+def _json_extent(text: str, start: int) -> int | None:
+    """Where the bracketed value at `start` ends by bracket counting, or None if it runs off the end."""
+    closers: list[str] = []
+    in_string = escaped = False
+    for index in range(start, len(text)):
+        char = text[index]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            closers.append("]" if char == "[" else "}")
+        elif char in "]}":
+            expected = closers.pop() if closers else None
+            if expected != char or not closers:  # a mismatched closer, or the value's own
+                return index + 1
+    return None
+
+
+def _python_literal(source: str) -> Any:
+    """`source` read as a Python list or dict literal (what models write for JSON), else `_MISSING`."""
+    try:
+        value = ast.literal_eval(source)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return _MISSING
+    return value if isinstance(value, (list, dict)) else _MISSING
+
+
+def _salvage(text: str, start: int, depth: int) -> tuple[Any, int, bool]:
+    """(value, end, complete) for the JSON value at `start`: the value itself when it decodes, else
+    as much of a broken list or object as decodes, entry by entry, up to the first error.
+
+    Objects cut short inside a list are dropped (half a record is no record); lists and objects
+    cut short elsewhere are kept with their complete members; broken scalars are dropped.
+    """
+    try:
+        value, end = _DECODER.raw_decode(text, start)
+        return value, end, True
+    except (ValueError, RecursionError):
+        pass
+    if depth >= _MAX_DEPTH or start >= len(text) or text[start] not in "[{":
+        return _MISSING, start, False
+    is_object = text[start] == "{"
+    members: dict[str, Any] = {}
+    items: list[Any] = []
+    index = _JSON_SPACE.match(text, start + 1).end()  # type: ignore[union-attr]
+    while index < len(text):
+        key = ""
+        if is_object:
+            key, index, complete = _salvage(text, index, depth + 1)
+            if not complete or not isinstance(key, str):
+                break
+            index = _JSON_SPACE.match(text, index).end()  # type: ignore[union-attr]
+            if not text.startswith(":", index):
+                break
+            index = _JSON_SPACE.match(text, index + 1).end()  # type: ignore[union-attr]
+        value, index, complete = _salvage(text, index, depth + 1)
+        if value is not _MISSING and (complete or is_object or not isinstance(value, dict)):
+            if is_object:
+                members[key] = value
+            else:
+                items.append(value)
+        if not complete:
+            break
+        index = _JSON_SPACE.match(text, index).end()  # type: ignore[union-attr]
+        if not text.startswith(",", index):
+            break
+        index = _JSON_SPACE.match(text, index + 1).end()  # type: ignore[union-attr]
+    return (members if is_object else items), index, False
+
+
+def _as_int(value: Any, what: str, built: _Builder) -> int | None:
+    """An integer field; anything else is a `bad_entry`, still read when it spells an integer."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if value is None:
+        built.problem("bad_entry", f"an entry has no {what}")
+        return None
+    built.problem("bad_entry", f"{what} {_short(value)} is not an integer")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+class _EntryListFormat(OutputFormat):
+    """JSON lists of entity objects with "text" and "label" plus a locating field."""
+
+    nested = True
+
+    def parse(self, output: str, text: str, schema: Schema) -> ParseResult:
+        _, answer, problems = split_answer(output)
+        built = _Builder(text, schema, problems)
+        value = _load_json(answer, built)
+        if value is not _MISSING:
+            for entry, mention, label in self._entries(value, built):
+                self._locate(entry, mention, label, built)
+        return built.result()
+
+    @staticmethod
+    def _entries(value: Any, built: _Builder) -> list[tuple[dict[str, Any], str, str]]:
+        """(entry, stripped mention, label) for every usable entry of a list, however wrapped."""
+        if isinstance(value, dict):
+            if "text" in value and "label" in value:
+                built.problem("wrong_shape", "a single entity object instead of a list")
+                value = [value]
+            else:
+                lists = [member for member in value.values() if isinstance(member, list)]
+                if len(lists) != 1:
+                    built.problem("wrong_shape", "an object where a list of entities is expected")
+                    return []
+                built.problem("wrong_shape", "the list of entities is wrapped in an object")
+                value = lists[0]
+        if not isinstance(value, list):
+            built.problem("wrong_shape", f"{_short(value)} is not a list of entities")
+            return []
+        entries = []
+        for entry in value:
+            if not isinstance(entry, dict):
+                built.problem("bad_entry", f"{_short(entry)} is not an entity object")
+                continue
+            mention, label = entry.get("text"), entry.get("label")
+            if not isinstance(mention, str) or not mention.strip() or not isinstance(label, str) or not label:
+                built.problem("bad_entry", f"{_short(entry)} lacks a non-empty string text or label")
+                continue
+            entries.append((entry, mention.strip(), label))
+        return entries
+
+    @abstractmethod
+    def _locate(self, entry: dict[str, Any], mention: str, label: str, built: _Builder) -> None:
+        """Ground one entry in the sentence."""
+
+
+class OccurrenceJsonFormat(_EntryListFormat):
+    """``[{"text", "label", "occurrence_index"}]``: which occurrence of the text is meant, no offsets."""
+
+    name = "occurrence_json"
+
+    def render(self, example: Example) -> str:
+        entries = []
+        for span in example.spans:
+            mention = span.text(example.text)
+            starts = occurrences(example.text, mention)
+            index = starts.index(span.start) + 1 if span.start in starts else 1
+            entries.append({"text": mention, "label": span.label, "occurrence_index": index})
+        return _dumps(entries)
+
+    def _locate(self, entry: dict[str, Any], mention: str, label: str, built: _Builder) -> None:
+        found = _find(built.text, mention)
+        if not found:
+            built.miss(mention, label)
+            return
+        raw = entry.get("occurrence_index", entry.get("occurrence"))
+        index = _as_int(raw, "occurrence_index", built)
+        if index is None:
+            index = 1
+        elif not 1 <= index <= len(found):
+            built.problem(
+                "offset_mismatch", f"{mention!r} occurs {len(found)} times, so there is no occurrence {index}"
+            )
+            index = min(max(index, 1), len(found))
+        built.spans.append(Span(*found[index - 1], label))
+
+    def expresses(self, example: Example) -> bool:
+        return all(span.start in occurrences(example.text, span.text(example.text)) for span in example.spans)
+
+    def instruction(self) -> str:
+        return (
+            'Answer with a JSON list of {"text": entity text, "label": LABEL, "occurrence_index": k}, '
+            "where k says which appearance of that text in the sentence is meant (1 for the first). "
+            f"Example: {_EXAMPLE.text} -> {self.render(_EXAMPLE)}"
+        )
+
+
+class OffsetJsonFormat(_EntryListFormat):
+    """``[{"text", "label", "start", "end"}]`` with half-open character offsets; the text wins on mismatch."""
+
+    name = "offset_json"
+
+    def render(self, example: Example) -> str:
+        return _dumps(
+            [
+                {"text": span.text(example.text), "label": span.label, "start": span.start, "end": span.end}
+                for span in example.spans
+            ]
+        )
+
+    def _locate(self, entry: dict[str, Any], mention: str, label: str, built: _Builder) -> None:
+        start = _as_int(entry.get("start"), "start", built)
+        end = _as_int(entry.get("end"), "end", built)
+        if start is not None and end is not None and 0 <= start < end and built.text[start:end] == mention:
+            built.spans.append(Span(start, end, label))
+            return
+        if start is not None and end is not None:
+            built.problem("offset_mismatch", f"{start}:{end} does not hold {mention!r}")
+        built.ground(mention, label, start if start is not None else 0)
+
+    def expresses(self, example: Example) -> bool:
+        return True
+
+    def instruction(self) -> str:
+        return (
+            'Answer with a JSON list of {"text": entity text, "label": LABEL, "start": s, "end": e}, where s '
+            "and e are the entity's character offsets in the sentence (from 0, end exclusive). "
+            f"Example: {_EXAMPLE.text} -> {self.render(_EXAMPLE)}"
+        )
+
+
+class GroupedJsonFormat(OutputFormat):
+    """``{"entities": {"LABEL": ["text", ...]}}``; a text listed k times is its first k occurrences."""
+
+    name = "grouped_json"
+    nested = True
+
+    def render(self, example: Example) -> str:
+        groups: dict[str, list[str]] = {label: [] for label in example.schema.labels}
+        for span in example.spans:
+            groups[span.label].append(span.text(example.text))
+        return _dumps({"entities": {label: texts for label, texts in groups.items() if texts}})
+
+    def parse(self, output: str, text: str, schema: Schema) -> ParseResult:
+        _, answer, problems = split_answer(output)
+        built = _Builder(text, schema, problems)
+        value = _load_json(answer, built)
+        if value is _MISSING:
+            return built.result()
+        if not isinstance(value, dict):
+            built.problem("wrong_shape", f"{_short(value)} is not an object")
+            return built.result()
+        groups = value.get("entities", _MISSING)
+        if groups is _MISSING:
+            built.problem("wrong_shape", 'no "entities" object; the labels are read from the top level')
+            groups = value
+        elif not isinstance(groups, dict):
+            built.problem("wrong_shape", f'"entities" holds {_short(groups)}, not an object of labels')
+            return built.result()
+        for label, mentions in groups.items():
+            if isinstance(mentions, str):
+                built.problem("bad_entry", f"{label}: a string where a list is expected")
+                mentions = [mentions]
+            if not isinstance(mentions, list) or not isinstance(label, str) or not label:
+                built.problem("bad_entry", f"{label!r}: {_short(mentions)} is not a list of texts")
+                continue
+            listed: Counter[str] = Counter()
+            for mention in mentions:
+                if not isinstance(mention, str) or not mention.strip():
+                    built.problem("bad_entry", f"{label}: {_short(mention)} is not an entity text")
+                    continue
+                mention = mention.strip()
+                found = _find(text, mention)
+                rank = listed[mention]
+                listed[mention] += 1
+                if not found:
+                    built.miss(mention, label)
+                elif rank < len(found):
+                    built.spans.append(Span(*found[rank], label))
+                else:
+                    built.problem(
+                        "duplicate", f"{mention!r} is listed under {label} more often than it occurs"
+                    )
+        return built.result()
+
+    def expresses(self, example: Example) -> bool:
+        starts: defaultdict[tuple[str, str], list[int]] = defaultdict(list)
+        for span in example.spans:
+            starts[(span.label, span.text(example.text))].append(span.start)
+        return all(
+            sorted(found) == occurrences(example.text, mention)[: len(found)]
+            for (_, mention), found in starts.items()
+        )
+
+    def instruction(self) -> str:
+        return (
+            'Answer with a JSON object {"entities": {LABEL: [entity text, ...]}} listing the exact text of '
+            "each entity under its label, in sentence order; list a text k times for its first k mentions. "
+            f"Example: {_EXAMPLE.text} -> {self.render(_EXAMPLE)}"
+        )
+
+
+_EXAMPLE = Example(
+    "Alice works at Acme Corp.",
+    (Span(0, 5, "person"), Span(15, 24, "organisation")),
+    Schema(("person", "organisation")),
+)
+
+FORMATS: dict[str, OutputFormat] = {
+    fmt.name: fmt
+    for fmt in (
+        BracketedFormat(),
+        XmlFormat(),
+        GroupedJsonFormat(),
+        OccurrenceJsonFormat(),
+        OffsetJsonFormat(),
+    )
+}
+
+
+def get_format(name: str) -> OutputFormat:
+    """The format called `name`; a ValueError names the valid ones."""
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise ValueError(f"unknown output format {name!r}; valid: {', '.join(FORMATS)}") from None

@@ -1,0 +1,813 @@
+"""Readers of NER corpora into `Example`s, and writers out of them.
+
+Every reader is strict by default: a malformed record raises `DataError`, whose message starts with
+`path:line:`, because a silently dropped or misread sentence corrupts training and evaluation
+without anyone noticing. `on_error="skip"` skips bad records instead (a record is a CoNLL sentence,
+a JSON array item or a JSONL line) and returns their messages in `Dataset.skipped`; it never
+skips a file that cannot be parsed at all (broken JSON syntax, undecodable bytes). In JSON arrays
+the line is where the record starts, and messages name the record's index too.
+
+Formats
+- CoNLL BIO (`read_conll`): `token<TAB>tag` or space-separated `token ... tag` (tag last, as in the
+  4-column CoNLL-2003 files), a blank line between sentences, `-DOCSTART-` lines ignored. The text
+  is the tokens joined by single spaces. Tags are `O`, `B-x`, `I-x`, `E-x`, `S-x` (IOB1, IOB2 and
+  BIOES all decode). As seqeval does by default, an `I-x` or `E-x` that does not continue an open
+  `x` entity (after `O`, or after a `B-y` of another type) starts a new `x` entity.
+- Alpaca instruction JSON (`read_alpaca`, `write_alpaca`): `[{"instruction", "input", "output"}]`
+  or JSONL of such objects; `output` is `input` with inline tags `<LABEL>text</LABEL>` (nestable)
+  or brackets `[text | LABEL]`. Removing the tags must give back `input` exactly, and every tag
+  must be closed, in order (only closing tags with nothing between them may come in any order,
+  as some GENIA and ACE records have them). A tag is what `formats` takes for one: `<NAME>` with
+  NAME a known label or identifier-like, so `P < 0.01` and `<0.05>` are text. Exact duplicate spans
+  (ACE's `<PER><PER>x</PER></PER>`) are merged, as an `Example` holds a span once, and each merge is
+  recorded in `Dataset.notes`. The `Label Set:` block of the instruction (`LABEL: description` or
+  `LABEL(long name): description`, one per line) states the labels and descriptions; a long name
+  is kept in the description as `(long name) description`.
+- InstructUIE JSON (`read_instructuie`): `[{"sentence", "entities": [{"name", "type", "pos"}]}]`
+  with half-open character offsets `pos`; `name` must equal the covered text; type `NA` or empty
+  means "no entity". A `labels.json` list next to the file (InstructUIE's layout) states the labels.
+- Our JSONL (`read_jsonl`, `write_jsonl`), the canonical interchange format, one object per line:
+      {"id": str, "text": str,
+       "entities": [{"start": int, "end": int, "label": str, "text": str}],
+       "labels": [str, ...], "descriptions": {label: str}}
+  Offsets are half-open character offsets into `text`; the entity `text` is optional and checked
+  when present; `id`, `labels` and `descriptions` are optional; other keys are errors (a typo
+  such as "entites" would otherwise drop every entity of the line). `write_jsonl` writes every
+  field, and the labels and descriptions on every line, so that a line stands alone.
+- Hugging Face datasets with `tokens`/`ner_tags` columns (`from_hf`, `load_hf`); the tag names
+  come from the `ClassLabel` feature, or the column holds tag strings.
+
+Schema and names
+- The dataset schema is the one passed in; else the labels the file states (union over records,
+  first seen first); else the labels of the entities in first-seen order. Each `Example` carries
+  its record's own stated label set when it has one (so JSONL round-trips exactly), else the
+  dataset schema.
+- `Dataset.name` defaults to `<parent dir>-<split>` when the file stem starts with a split name
+  (`crossner/ai/dev.txt` -> `ai-dev`, `genia/dev_xml_alpaca.json` -> `genia-dev`), else the stem.
+  Example ids are the record's own (JSONL `id`) or `<name>-<index of the record in the file>`.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from reasoningner.formats import FORMATS, get_format
+from reasoningner.spans import LABEL_PATTERN, Example, Schema, Span, SpanError, check_span, nesting_depth
+
+__all__ = [
+    "READERS",
+    "DataError",
+    "Dataset",
+    "from_hf",
+    "load_hf",
+    "read_alpaca",
+    "read_conll",
+    "read_dataset",
+    "read_instructuie",
+    "read_jsonl",
+    "sniff",
+    "write_alpaca",
+    "write_conll",
+    "write_jsonl",
+]
+
+logger = logging.getLogger(__name__)
+
+OnError = Literal["raise", "skip"]
+PathLike = str | os.PathLike[str]
+
+
+class DataError(ValueError):
+    """A malformed record of a data file; `str()` is `path:line: message` like a compiler error.
+
+    `line` is 1-based; it is None for problems of the whole file, and the row index for a
+    Hugging Face dataset.
+    """
+
+    def __init__(self, path: PathLike, line: int | None, message: str) -> None:
+        super().__init__(str(path), line, message)
+        self.path, self.line, self.message = str(path), line, message
+
+    def __str__(self) -> str:
+        where = self.path if self.line is None else f"{self.path}:{self.line}"
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class Dataset:
+    """What a reader returns: examples, their label set, a name, and what was skipped and why.
+
+    `skipped` holds a `path:line: why` message per record skipped under `on_error="skip"`; `notes`
+    one per record the reader changed without losing information (exact duplicate spans merged).
+    """
+
+    examples: list[Example]
+    schema: Schema
+    name: str
+    skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Record:
+    """A parsed record before the dataset schema is known (it may be inferred from all records)."""
+
+    line: int
+    index: int
+    text: str
+    spans: list[Span]
+    schema: Schema | None = None
+    id: str | None = None
+    example: Example | None = None
+
+
+class _Collector:
+    """Turns records into examples, and per-record problems into errors or skip messages."""
+
+    def __init__(
+        self, path: PathLike, schema: Schema | None, on_error: OnError, name: str, numbered: bool = False
+    ) -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        self.path, self.schema, self.on_error, self.name = path, schema, on_error, name
+        self.numbered = numbered  # messages name the record index too (JSON: the line is its start)
+        self.records: list[_Record] = []
+        self.skipped: list[str] = []
+        self.notes: list[str] = []
+
+    def report(self, line: int | None, why: str, index: int | None = None) -> None:
+        error = DataError(self.path, line, why if index is None else f"record {index}: {why}")
+        if self.on_error == "raise":
+            raise error
+        self.skipped.append(str(error))
+
+    def note(self, record: _Record, what: str) -> None:
+        self.notes.append(str(DataError(self.path, record.line, f"record {record.index}: {what}")))
+
+    def add(self, record: _Record) -> bool:
+        """Validate the record's spans now, so that errors come in file order with their line."""
+        if record.id is None:
+            record.id = f"{self.name}-{record.index}"
+        labels = tuple(dict.fromkeys(span.label for span in record.spans))
+        try:
+            provisional = self.schema or record.schema or (Schema(labels) if labels else None)
+            if provisional is not None:
+                record.example = Example(record.text, tuple(record.spans), provisional, record.id)
+        except SpanError as error:
+            self.report(record.line, str(error), record.index if self.numbered else None)
+            return False
+        self.records.append(record)
+        return True
+
+    def dataset(self) -> Dataset:
+        schema = self.schema or self._file_schema()
+        examples = []
+        for record in self.records:
+            target = self.schema or record.schema or schema
+            example = record.example
+            if example is None or example.schema != target:
+                try:
+                    example = Example(record.text, tuple(record.spans), target, record.id or "")
+                except SpanError as error:
+                    self.report(record.line, str(error), record.index if self.numbered else None)
+                    continue
+            examples.append(example)
+        for kind, messages in (("skipped bad records", self.skipped), ("notes", self.notes)):
+            if messages:
+                logger.warning("%s: %d %s, first: %s", self.path, len(messages), kind, messages[0])
+        return Dataset(examples, schema, self.name, self.skipped, self.notes)
+
+    def _file_schema(self) -> Schema:
+        stated = [record.schema for record in self.records if record.schema is not None]
+        if stated:
+            return Schema.union(stated)
+        labels = dict.fromkeys(span.label for record in self.records for span in record.spans)
+        if not labels:
+            skipped = f" ({len(self.skipped)} records skipped)" if self.skipped else ""
+            raise DataError(self.path, None, f"no labels: no entities and none stated{skipped}; pass schema=")
+        return Schema(tuple(labels))
+
+
+def _default_name(path: PathLike) -> str:
+    path = Path(path)
+    stem = path.name.split(".")[0]
+    split = re.split(r"[_.\-]", stem)[0].lower()
+    parent = path.resolve().parent.name
+    return f"{parent}-{split}" if split in _SPLITS and parent else stem
+
+
+_SPLITS = {"train", "dev", "valid", "validation", "test", "eval"}
+
+
+def _read_text(path: PathLike) -> str:
+    """The file as text; undecodable bytes are a file-level error with their line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise DataError(path, line, f"not UTF-8: {error.reason} at byte {error.start}") from None
+
+
+# ---------------------------------------------------------------------------------------------- CoNLL
+
+
+class _TokenError(ValueError):
+    """A bad token or tag at `position` of a sentence (mapped to a file line or a row by the caller)."""
+
+    def __init__(self, position: int, message: str) -> None:
+        super().__init__(message)
+        self.position = position
+
+
+def _split_tag(tag: str, position: int) -> tuple[str, str]:
+    if tag == "O":
+        return "O", ""
+    prefix, dash, label = tag.partition("-")
+    if prefix not in ("B", "I", "E", "S") or not dash or not LABEL_PATTERN.fullmatch(label):
+        raise _TokenError(
+            position, f"bad tag {tag!r}: expected O, or B-, I-, E-, S- and a label without spaces"
+        )
+    return prefix, label
+
+
+def _bio_spans(tokens: Sequence[str], tags: Sequence[str]) -> tuple[str, list[Span]]:
+    """The text (tokens joined by spaces) and the entities of a BIO/IOB1/BIOES tag sequence."""
+    starts, offset = [], 0
+    for token in tokens:
+        starts.append(offset)
+        offset += len(token) + 1
+    spans: list[Span] = []
+    current: tuple[int, str] | None = None  # first token and label of the open entity
+
+    def close(last: int) -> None:
+        spans.append(Span(starts[current[0]], starts[last] + len(tokens[last]), current[1]))
+
+    for i, tag in enumerate(tags):
+        prefix, label = _split_tag(tag, i)
+        if current is not None and (prefix in ("B", "S", "O") or label != current[1]):
+            close(i - 1)
+            current = None
+        if prefix != "O" and current is None:
+            current = (i, label)
+        if prefix in ("E", "S"):
+            close(i)
+            current = None
+    if current is not None:
+        close(len(tags) - 1)
+    return " ".join(tokens), spans
+
+
+def _conll_sentences(text: str) -> Iterator[list[tuple[int, str]]]:
+    """Non-empty runs of (line number, line) between blank and `-DOCSTART-` lines."""
+    sentence: list[tuple[int, str]] = []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip() or line.startswith("-DOCSTART-"):
+            if sentence:
+                yield sentence
+            sentence = []
+        else:
+            sentence.append((number, line))
+    if sentence:
+        yield sentence
+
+
+def _conll_columns(line: str, position: int) -> tuple[str, str]:
+    parts = line.split("\t") if "\t" in line else line.split()
+    if len(parts) < 2:
+        raise _TokenError(position, f"expected a token and a tag separated by a tab or spaces, got {line!r}")
+    token, tag = parts[0], parts[-1].strip()
+    if not token.strip() or token != token.strip():
+        raise _TokenError(position, f"token {token!r} is empty or has surrounding whitespace")
+    return token, tag
+
+
+def read_conll(
+    path: PathLike, schema: Schema | None = None, on_error: OnError = "raise", name: str | None = None
+) -> Dataset:
+    """Read a CoNLL BIO/IOB/BIOES file (see the module docstring for the accepted layout)."""
+    collector = _Collector(path, schema, on_error, name or _default_name(path))
+    for index, sentence in enumerate(_conll_sentences(_read_text(path))):
+        try:
+            columns = [_conll_columns(content, i) for i, (_, content) in enumerate(sentence)]
+            tokens, tags = [token for token, _ in columns], [tag for _, tag in columns]
+            text, spans = _bio_spans(tokens, tags)
+            if schema is not None:
+                unknown = [i for i, tag in enumerate(tags) if tag != "O" and tag[2:] not in schema]
+                if unknown:
+                    raise _TokenError(unknown[0], f"label of tag {tags[unknown[0]]!r} is not in the schema")
+        except _TokenError as error:
+            collector.report(sentence[error.position][0], str(error))
+            continue
+        collector.add(_Record(sentence[0][0], index, text, spans))
+    return collector.dataset()
+
+
+def write_conll(dataset: Dataset, path: PathLike) -> None:
+    """Write flat examples as `token<TAB>tag` (IOB2), tokens being the text split at spaces.
+
+    Raises ValueError for what CoNLL cannot represent: nested or overlapping spans, spans that
+    do not start and end at token boundaries, texts that are empty or have other whitespace than
+    single spaces between tokens (reading the file back would change the text).
+    """
+    blocks = []
+    for example in dataset.examples:
+        where = f"example {example.id or example.text[:40]!r}"
+        tokens = example.text.split()
+        if not tokens or " ".join(tokens) != example.text:
+            raise ValueError(f"{where}: CoNLL needs a non-empty text with single spaces between tokens")
+        if nesting_depth(example.spans) > 1:
+            raise ValueError(f"{where}: CoNLL BIO cannot represent nested or overlapping spans")
+        starts, ends, offset = {}, {}, 0
+        for i, token in enumerate(tokens):
+            starts[offset], ends[offset + len(token)] = i, i
+            offset += len(token) + 1
+        tags = ["O"] * len(tokens)
+        for span in example.spans:
+            if span.start not in starts or span.end not in ends:
+                raise ValueError(f"{where}: span {span} does not start and end at token boundaries")
+            first, last = starts[span.start], ends[span.end]
+            tags[first : last + 1] = [f"B-{span.label}"] + [f"I-{span.label}"] * (last - first)
+        blocks.append("".join(f"{token}\t{tag}\n" for token, tag in zip(tokens, tags, strict=True)))
+    Path(path).write_text("\n".join(blocks), encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------------------------- JSON
+
+
+def _json_items(path: PathLike, text: str, collector: _Collector) -> Iterator[tuple[int, int, Any]]:
+    """(index, line, value) of each item of a top-level JSON array, or of each non-blank JSONL line.
+
+    A JSON syntax error in an array is fatal (nothing after it can be trusted); in JSONL it only
+    spoils its own line.
+    """
+    start = _WHITESPACE.match(text).end()
+    if not text.startswith("[", start):
+        lines = [(number, line) for number, line in enumerate(text.split("\n"), 1) if line.strip()]
+        for index, (number, line) in enumerate(lines):
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as error:
+                collector.report(number, f"invalid JSON: {error.msg} at column {error.colno}", index)
+                continue
+            yield index, number, value
+        return
+    decoder, position, line, counted = json.JSONDecoder(), start + 1, 1, 0
+    for index in itertools.count():
+        position = _WHITESPACE.match(text, position).end()
+        if text.startswith("]", position) and index == 0:
+            break
+        line += text.count("\n", counted, position)
+        counted = position
+        try:
+            value, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as error:
+            raise DataError(
+                path, error.lineno, f"invalid JSON: {error.msg} at column {error.colno}"
+            ) from None
+        yield index, line, value
+        position = _WHITESPACE.match(text, position).end()
+        if text.startswith(",", position):
+            position += 1
+        elif text.startswith("]", position):
+            break
+        else:
+            raise DataError(
+                path, text.count("\n", 0, position) + 1, "expected ',' or ']' after an array item"
+            )
+    position = _WHITESPACE.match(text, position + 1).end()
+    if position < len(text):
+        raise DataError(path, text.count("\n", 0, position) + 1, "unexpected text after the JSON array")
+
+
+_WHITESPACE = re.compile(r"\s*")
+
+
+def _require(record: Any, key: str, kind: type) -> Any:
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    value = record.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"field {key!r} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def _offset(value: Any, what: str) -> int:
+    if type(value) is not int:
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------- Alpaca
+
+_LABEL_LINE = re.compile(r"([^\s\[\]|<>{}\"():]+)(?:\(([^)]*)\))?:[ \t]*(.*)")
+_XML_TAG = re.compile(rf"<(/?)({LABEL_PATTERN.pattern})>")
+# Besides schema labels, tag names are identifier-like, as in formats.py: `<0.05>` is text.
+_TAG_NAME = re.compile(r"[^\W\d][\w.\-]*")
+_BRACKET_TOKEN = re.compile(rf"\[|\]|\s*\|\s*({LABEL_PATTERN.pattern})\]")
+
+
+def _label_set(instruction: str) -> Schema | None:
+    """The labels and descriptions of the `Label Set:` block of an instruction, if it has one."""
+    lines = instruction.splitlines()
+    heads = [i for i, line in enumerate(lines) if line.strip().startswith("Label Set:")]
+    if not heads:
+        return None
+    inline = lines[heads[0]].strip()[len("Label Set:") :].strip()
+    if inline:
+        return Schema(tuple(label.strip() for label in inline.split(",")))
+    labels: dict[str, str] = {}
+    for line in lines[heads[0] + 1 :]:
+        match = _LABEL_LINE.fullmatch(line.strip())
+        if not match:
+            break
+        label, long_name, description = match.groups()
+        labels[label] = f"({long_name}) {description}".strip() if long_name else description.strip()
+    if not labels:
+        raise ValueError("the instruction's 'Label Set:' block lists no labels")
+    return Schema(tuple(labels), {label: text for label, text in labels.items() if text})
+
+
+def _cut(output: str, markup: dict[int, int], pairs: list[tuple[int, int, str]]) -> tuple[str, list[Span]]:
+    """Remove the markup intervals `{start: end}` of `output`; `pairs` (open, close, label) of
+    markup starts become spans of the remaining text."""
+    parts, moved, position, removed = [], {}, 0, 0
+    for start, end in sorted(markup.items()):
+        parts.append(output[position:start])
+        moved[start] = start - removed
+        removed += end - start
+        position = end
+    parts.append(output[position:])
+    return "".join(parts), [Span(moved[start], moved[end], label) for start, end, label in pairs]
+
+
+def _strip_xml(output: str, labels: Sequence[str]) -> tuple[str, list[Span]]:
+    """`<LABEL>text</LABEL>` markup, nestable; a tag names a label of `labels` or looks like one.
+
+    Closing tags with nothing between them may come in any order (GENIA has
+    `<DNA><protein>NF-IL6</DNA></protein>`): they end at one offset, so they close the same spans
+    whatever the order.
+    """
+    tags = [m for m in _XML_TAG.finditer(output) if m.group(2) in labels or _TAG_NAME.fullmatch(m.group(2))]
+    markup, pairs, opens = {m.start(): m.end() for m in tags}, [], []
+    i = 0
+    while i < len(tags):
+        if not tags[i].group(1):
+            opens.append((tags[i].start(), tags[i].group(2)))
+            i += 1
+            continue
+        run = [tags[i]]
+        while (
+            i + len(run) < len(tags)
+            and tags[i + len(run)].group(1)
+            and tags[i + len(run)].start() == run[-1].end()
+        ):
+            run.append(tags[i + len(run)])
+        closed = opens[-len(run) :] if len(run) <= len(opens) else []
+        if sorted(m.group(2) for m in run) != sorted(label for _, label in closed):
+            innermost = "".join(f"<{label}>" for _, label in opens[-len(run) :]) or "no tag"
+            closing = "".join(m.group() for m in run)
+            raise ValueError(f"{closing} at character {run[0].start()} of the output closes {innermost}")
+        del opens[-len(run) :]
+        pairs.extend((start, run[0].start(), label) for start, label in closed)
+        i += len(run)
+    if opens:
+        start, label = opens[-1]
+        raise ValueError(f"<{label}> at character {start} of the output is never closed")
+    return _cut(output, markup, pairs)
+
+
+def _strip_brackets(output: str) -> tuple[str, list[Span]]:
+    """`[text | LABEL]` markup; a plain `]` closes the latest `[` as literal text, so that
+    `[[3H]thymidine | X]` is the entity `[3H]thymidine` and `[ applause ]` stays text."""
+    markup, pairs, opens = {}, [], []
+    for match in _BRACKET_TOKEN.finditer(output):
+        if match.group() == "[":
+            opens.append(match.start())
+        elif match.group() == "]":
+            if opens:
+                opens.pop()
+        elif not opens:
+            raise ValueError(f"{match.group()!r} at character {match.start()} of the output closes no '['")
+        else:
+            start = opens.pop()
+            markup[start], markup[match.start()] = start + 1, match.end()
+            pairs.append((start, match.start(), match.group(1)))
+    return _cut(output, markup, pairs)
+
+
+def _alpaca_record(record: Any, schema: Schema | None) -> tuple[str, list[Span], Schema | None]:
+    text, output = _require(record, "input", str), _require(record, "output", str)
+    stated = _label_set(_require(record, "instruction", str)) if "instruction" in record else None
+    known = schema or stated
+    stripped, spans = _strip_xml(output, known.labels if known else ())
+    if not spans:  # no XML tags: bracket markup, or none
+        stripped, spans = _strip_brackets(output)
+    if stripped != text:
+        at = next(
+            (i for i, (a, b) in enumerate(zip(stripped, text, strict=False)) if a != b),
+            min(len(stripped), len(text)),
+        )
+        raise ValueError(
+            f"the output without tags differs from the input at character {at}: "
+            f"{stripped[at : at + 30]!r} vs {text[at : at + 30]!r}"
+        )
+    return text, spans, stated
+
+
+def read_alpaca(
+    path: PathLike, schema: Schema | None = None, on_error: OnError = "raise", name: str | None = None
+) -> Dataset:
+    """Read Alpaca instruction JSON or JSONL whose outputs tag the input inline."""
+    collector = _Collector(path, schema, on_error, name or _default_name(path), numbered=True)
+    for index, line, record in _json_items(path, _read_text(path), collector):
+        try:
+            text, spans, stated = _alpaca_record(record, schema)
+        except ValueError as error:
+            collector.report(line, str(error), index)
+            continue
+        record = _Record(line, index, text, list(dict.fromkeys(spans)), stated)
+        if collector.add(record) and len(record.spans) < len(spans):
+            twice = ", ".join(f"{s.label} {s.start}:{s.end}" for s in record.spans if spans.count(s) > 1)
+            collector.note(record, f"merged {len(spans) - len(record.spans)} duplicate spans ({twice})")
+    return collector.dataset()
+
+
+def write_alpaca(dataset: Dataset, path: PathLike, format_name: str = "xml") -> None:
+    """Write Alpaca JSON whose outputs are answers in `format_name` (see `formats`).
+
+    The instruction states the format and a `Label Set:` block with the descriptions, so that
+    `read_alpaca` gives the examples back for the inline formats (`xml`, `bracketed`). Raises
+    ValueError for an example the format cannot express (crossing spans, a tag-like `<NAME>` in
+    the text...): a best-effort rendering would be wrong gold data.
+    """
+    output_format = get_format(format_name)
+    records = []
+    for example in dataset.examples:
+        if not output_format.expresses(example):
+            raise ValueError(
+                f"example {example.id or example.text[:40]!r}: {format_name} cannot express its spans"
+            )
+        labels = "\n".join(
+            f"{label}: {example.schema.describe(label) or ''}".rstrip() for label in example.schema.labels
+        )
+        instruction = (
+            "Identify the named entities in the input sentence. "
+            f"Answer format: {output_format.instruction()}\n"
+            f"Label Set:\n{labels}\nNow process the input sentence:"
+        )
+        records.append(
+            {"instruction": instruction, "input": example.text, "output": output_format.render(example)}
+        )
+    Path(path).write_text(json.dumps(records, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------- InstructUIE
+
+
+def _instructuie_record(record: Any) -> tuple[str, list[Span]]:
+    text = _require(record, "sentence", str)
+    spans = []
+    for entity in _require(record, "entities", list):
+        label = _require(entity, "type", str)
+        if label in ("NA", ""):
+            continue
+        pos = entity.get("pos")
+        if not isinstance(pos, list) or len(pos) != 2:
+            raise ValueError(f"entity {entity!r}: 'pos' must be [start, end]")
+        span = Span(_offset(pos[0], "pos[0]"), _offset(pos[1], "pos[1]"), label)
+        check_span(span, text, expected_text=_require(entity, "name", str))
+        spans.append(span)
+    return text, spans
+
+
+def read_instructuie(
+    path: PathLike, schema: Schema | None = None, on_error: OnError = "raise", name: str | None = None
+) -> Dataset:
+    """Read an InstructUIE NER file; a sibling `labels.json` (a list of labels) states the labels."""
+    labels_path = Path(path).with_name("labels.json")
+    stated = None
+    if schema is None and labels_path.exists():
+        try:
+            labels = json.loads(_read_text(labels_path))
+            if not isinstance(labels, list):
+                raise TypeError(f"got {type(labels).__name__}")
+            stated = Schema(tuple(labels))
+        except (ValueError, TypeError) as error:
+            raise DataError(labels_path, None, f"not a list of usable labels: {error}") from None
+    collector = _Collector(path, schema, on_error, name or _default_name(path), numbered=True)
+    for index, line, record in _json_items(path, _read_text(path), collector):
+        try:
+            text, spans = _instructuie_record(record)
+        except ValueError as error:
+            collector.report(line, str(error), index)
+            continue
+        collector.add(_Record(line, index, text, spans, stated))
+    return collector.dataset()
+
+
+# ---------------------------------------------------------------------------------------------- JSONL
+
+_JSONL_KEYS = {"id", "text", "entities", "labels", "descriptions"}
+_ENTITY_KEYS = {"start", "end", "label", "text"}
+
+
+def _jsonl_record(record: Any) -> tuple[str, list[Span], Schema | None, str | None]:
+    text = _require(record, "text", str)
+    unknown = sorted(set(record) - _JSONL_KEYS)
+    if unknown:
+        raise ValueError(f"unknown fields {unknown}; expected {sorted(_JSONL_KEYS)}")
+    example_id = _require(record, "id", str) if "id" in record else None
+    spans = []
+    for entity in _require(record, "entities", list):
+        if not isinstance(entity, dict) or set(entity) - _ENTITY_KEYS:
+            raise ValueError(f"entity {entity!r} must be an object with keys {sorted(_ENTITY_KEYS)}")
+        span = Span(
+            _offset(entity.get("start"), "start"),
+            _offset(entity.get("end"), "end"),
+            _require(entity, "label", str),
+        )
+        check_span(span, text, expected_text=_require(entity, "text", str) if "text" in entity else None)
+        spans.append(span)
+    descriptions = _require(record, "descriptions", dict) if "descriptions" in record else {}
+    if not all(isinstance(value, str) for value in descriptions.values()):
+        raise ValueError("'descriptions' must map labels to strings")
+    if "labels" not in record:
+        if descriptions:
+            raise ValueError("'descriptions' needs 'labels'")
+        return text, spans, None, example_id
+    return text, spans, Schema(tuple(_require(record, "labels", list)), descriptions), example_id
+
+
+def read_jsonl(
+    path: PathLike, schema: Schema | None = None, on_error: OnError = "raise", name: str | None = None
+) -> Dataset:
+    """Read our JSONL interchange format (schema in the module docstring)."""
+    collector = _Collector(path, schema, on_error, name or _default_name(path), numbered=True)
+    for index, line, record in _json_items(path, _read_text(path), collector):
+        try:
+            text, spans, stated, example_id = _jsonl_record(record)
+        except ValueError as error:
+            collector.report(line, str(error), index)
+            continue
+        collector.add(_Record(line, index, text, spans, stated, example_id))
+    return collector.dataset()
+
+
+def write_jsonl(dataset: Dataset, path: PathLike) -> None:
+    """Write one JSON object per example; `read_jsonl` gives back equal examples and schema."""
+    with open(path, "w", encoding="utf-8") as out:
+        for example in dataset.examples:
+            record: dict[str, Any] = {
+                "id": example.id,
+                "text": example.text,
+                "entities": example.entity_dicts(),
+                "labels": list(example.schema.labels),
+            }
+            if example.schema.descriptions:
+                record["descriptions"] = dict(example.schema.descriptions)
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def write_instructuie(dataset: Dataset, path: PathLike) -> None:
+    """Write InstructUIE JSON and its sibling `labels.json`; `read_instructuie` gives them back."""
+    records = [
+        {
+            "sentence": example.text,
+            "entities": [
+                {"name": s.text(example.text), "type": s.label, "pos": [s.start, s.end]}
+                for s in example.spans
+            ],
+        }
+        for example in dataset.examples
+    ]
+    Path(path).write_text(json.dumps(records, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    Path(path).with_name("labels.json").write_text(
+        json.dumps(list(dataset.schema.labels)) + "\n", encoding="utf-8"
+    )
+
+
+# ------------------------------------------------------------------------------------- Hugging Face
+
+
+def from_hf(
+    dataset: Any,
+    tokens_column: str = "tokens",
+    tags_column: str = "ner_tags",
+    schema: Schema | None = None,
+    name: str | None = None,
+    on_error: OnError = "raise",
+) -> Dataset:
+    """Read a Hugging Face `datasets.Dataset` of token and BIO tag columns.
+
+    Integer tags are named by the column's `ClassLabel` feature (the hub's conll2003 layout);
+    string tags are used as they are. Errors name the row index (`dataset[row]`) as the line.
+    """
+    name = name or getattr(getattr(dataset, "info", None), "dataset_name", None) or "hf"
+    feature = getattr(dataset.features[tags_column], "feature", None)
+    names: list[str] | None = getattr(feature, "names", None)
+    collector = _Collector(name, schema, on_error, name)
+    for row, (tokens, tags) in enumerate(zip(dataset[tokens_column], dataset[tags_column], strict=True)):
+        try:
+            if len(tokens) != len(tags):
+                raise ValueError(f"{len(tokens)} tokens but {len(tags)} tags")
+            if names is not None:
+                tags = [
+                    names[tag] if isinstance(tag, int) and 0 <= tag < len(names) else repr(tag)
+                    for tag in tags
+                ]
+            if any(not token or token != token.strip() for token in tokens):
+                raise ValueError("a token is empty or has surrounding whitespace")
+            text, spans = _bio_spans(tokens, tags)
+        except _TokenError as error:
+            collector.report(row, f"token {error.position}: {error}")
+            continue
+        except (ValueError, TypeError) as error:
+            collector.report(row, str(error))
+            continue
+        collector.add(_Record(row, row, text, spans))
+    return collector.dataset()
+
+
+def load_hf(
+    name_or_path: str,
+    split: str,
+    tokens_column: str = "tokens",
+    tags_column: str = "ner_tags",
+    schema: Schema | None = None,
+    **load_kwargs: Any,
+) -> Dataset:
+    """`datasets.load_dataset(name_or_path, split=split)` handed to `from_hf`, named `<name>-<split>`."""
+    import datasets
+
+    hf = datasets.load_dataset(name_or_path, split=split, **load_kwargs)
+    name = f"{Path(name_or_path).name}-{split}"
+    return from_hf(hf, tokens_column, tags_column, schema=schema, name=name)
+
+
+# ------------------------------------------------------------------------------------------ Dispatch
+
+READERS: dict[str, Callable[..., Dataset]] = {
+    "conll": read_conll,
+    "alpaca": read_alpaca,
+    "instructuie": read_instructuie,
+    "jsonl": read_jsonl,
+}
+
+
+WRITERS: dict[str, Callable[[Dataset, PathLike], None]] = {
+    "jsonl": write_jsonl,
+    "conll": write_conll,
+    "instructuie": write_instructuie,
+    **{f"alpaca-{name}": functools.partial(write_alpaca, format_name=name) for name in FORMATS},
+}
+
+
+def write_dataset(dataset: Dataset, path: PathLike, writer: str) -> None:
+    """Write `dataset` with the named writer (`WRITERS`)."""
+    if writer not in WRITERS:
+        raise ValueError(f"unknown writer {writer!r}; choose one of {sorted(WRITERS)}")
+    WRITERS[writer](dataset, path)
+
+
+def sniff(path: PathLike) -> str:
+    """The reader name for a file, from its first record.
+
+    A file whose first non-blank character is `[` (JSON array) or `{` (JSONL) is a JSON format,
+    told apart by the keys of the first record: `input` and `output` -> alpaca; `sentence` and
+    `entities` -> instructuie; `text` -> jsonl. Any other file is CoNLL.
+    """
+    text = _read_text(path)
+    start = _WHITESPACE.match(text).end()
+    if not text.startswith(("[", "{"), start):
+        return "conll"
+    first = next(_json_items(path, text, _Collector(path, None, "raise", "")), (0, 0, None))[2]
+    keys = set(first) if isinstance(first, dict) else set()
+    for reader, needed in (
+        ("alpaca", {"input", "output"}),
+        ("instructuie", {"sentence", "entities"}),
+        ("jsonl", {"text"}),
+    ):
+        if needed <= keys:
+            return reader
+    raise DataError(
+        path, None, f"cannot tell the format of a JSON file whose first record has keys {sorted(keys)}"
+    )
+
+
+def read_dataset(path: PathLike, reader: str = "auto", **kwargs: Any) -> Dataset:
+    """Read `path` with the named reader, or the one `sniff` picks for `reader="auto"`."""
+    if reader == "auto":
+        reader = sniff(path)
+    if reader not in READERS:
+        raise ValueError(f"unknown reader {reader!r}; choose 'auto' or one of {sorted(READERS)}")
+    return READERS[reader](path, **kwargs)

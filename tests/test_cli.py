@@ -1,0 +1,58 @@
+"""The `reasoningner data` commands, run through `cli.main` as a user would."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reasoningner.cli import main
+from reasoningner.readers import read_dataset
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_stats_json_reports_counts_nesting_and_percentiles(capsys):
+    assert main(["data", "stats", "--json", str(DATA / "ace2005_mini.json")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    dataset = read_dataset(DATA / "ace2005_mini.json")
+    assert report["sentences"] == len(dataset.examples)
+    assert report["entities"] == sum(len(e.spans) for e in dataset.examples)
+    assert sum(report["labels"].values()) == report["entities"]
+    assert report["max_nesting_depth"] >= 2
+    assert set(report["sentence_words"]) == {"p50", "p90", "p95", "p99", "p100"}
+    assert report["sentence_words"]["p100"] == max(len(e.text.split()) for e in dataset.examples)
+
+
+def test_stats_table_names_every_label(capsys):
+    assert main(["data", "stats", str(DATA / "conll2003_mini.txt")]) == 0
+    out = capsys.readouterr().out
+    for label in ("person", "organisation", "location", "misc"):
+        assert label in out
+    assert "sentence words" in out
+
+
+@pytest.mark.parametrize("writer", ["jsonl", "conll", "instructuie", "alpaca-xml", "alpaca-bracketed"])
+def test_convert_round_trips_through_every_readable_writer(tmp_path, writer):
+    source = DATA / "conll2003_mini.txt"
+    target = tmp_path / f"out-{writer}.data"
+    assert main(["data", "convert", str(source), str(target), "--to", writer]) == 0
+    original, converted = read_dataset(source), read_dataset(target)
+    assert [(e.text, e.spans) for e in converted.examples] == [(e.text, e.spans) for e in original.examples]
+
+
+def test_convert_nested_data_to_conll_fails_with_a_clear_error(tmp_path, capsys):
+    code = main(["data", "convert", str(DATA / "ace2005_mini.json"), str(tmp_path / "x.txt"), "--to", "conll"])
+    assert code == 2
+    assert "nested" in capsys.readouterr().err.lower()
+
+
+def test_malformed_input_names_file_and_line_and_skip_mode_counts(tmp_path, capsys):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("EU\tB-organisation\nrejects\tO\n\nGerman\tX-misc\n\nBritish\tB-misc\n", encoding="utf-8")
+    assert main(["data", "convert", str(bad), str(tmp_path / "out.jsonl"), "--to", "jsonl"]) == 2
+    assert f"{bad}:4:" in capsys.readouterr().err
+
+    assert main(["data", "convert", str(bad), str(tmp_path / "out.jsonl"), "--to", "jsonl", "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 2 examples" in out and "skipped 1" in out
+    assert len(read_dataset(tmp_path / "out.jsonl").examples) == 2
