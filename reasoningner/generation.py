@@ -1,0 +1,511 @@
+"""Text generation behind one interface: vLLM offline, any OpenAI-compatible server, or transformers.
+
+Stage 1 (teacher CoT), evaluation and prediction all need "chat conversations in, n completions each
+out". They name a backend so the same pipeline runs on a GPU node (vLLM), against a served or hosted
+teacher (`vllm serve`, an API), or on CPU with a tiny model in tests. Every backend yields results as
+they finish (`generate_iter`) so that callers can persist each one at once and a crash loses little.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import logging
+import os
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+Conversation = list[dict[str, str]]
+
+VLLM_MISSING = "The vllm backend needs vLLM, which is not installed: pip install reasoningner[vllm]"
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to sample, in the terms every backend understands; temperature 0 means greedy."""
+
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    seed: int | None = 0
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled answer and its length in generated tokens (0 when the backend does not say)."""
+
+    text: str
+    completion_tokens: int
+
+
+class GenerationError(RuntimeError):
+    """A backend could not produce completions (e.g. a server kept failing); never carries credentials."""
+
+
+class Generator(ABC):
+    """A generation backend. Use as a context manager, or call `close()`, to free engines and memory."""
+
+    name: ClassVar[str]
+
+    def generate_iter(
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig
+    ) -> Iterator[tuple[int, list[Completion]]]:
+        """Yield `(index into conversations, its n completions)` as each conversation finishes.
+
+        Order is the backend's completion order; every index is yielded exactly once. Greedy decoding
+        generates once and repeats the result n times (vLLM refuses n > 1 when greedy).
+        """
+        if sampling.temperature > 0 or sampling.n == 1:
+            yield from self._generate(conversations, sampling)
+            return
+        for index, completions in self._generate(conversations, replace(sampling, n=1)):
+            yield index, completions * sampling.n
+
+    @abstractmethod
+    def _generate(
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig
+    ) -> Iterator[tuple[int, list[Completion]]]:
+        """`generate_iter` for this backend, with n == 1 whenever decoding is greedy."""
+
+    def generate(
+        self,
+        conversations: Sequence[Conversation],
+        sampling: SamplingConfig,
+        on_done: Callable[[int], None] | None = None,
+    ) -> list[list[Completion]]:
+        """n completions per conversation, in input order; `on_done(index)` as each one finishes."""
+        results: list[list[Completion] | None] = [None] * len(conversations)
+        for index, completions in self.generate_iter(conversations, sampling):
+            results[index] = completions
+            if on_done is not None:
+                on_done(index)
+        missing = [i for i, r in enumerate(results) if r is None]
+        if missing:
+            raise GenerationError(f"{self.name} backend returned nothing for conversations {missing[:10]}")
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:  # noqa: B027 - a no-op is right for backends that hold nothing
+        """Release engines, models and clients."""
+
+    def __enter__(self) -> Generator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _free_memory() -> None:
+    """Return a dropped model's memory now rather than at the next collection."""
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class VLLMGenerator(Generator):
+    """Offline vLLM engine: the fast path on GPUs.
+
+    `engine_kwargs` go to `vllm.LLM` unchanged (e.g. `data_parallel_size`, `enforce_eager`). Conversations
+    are sent in chunks of `chunk_size` so that results reach the caller (and disk) during a long run while
+    each chunk is still large enough for vLLM to batch well.
+    """
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
+        max_model_len: int | None = None,
+        dtype: str = "auto",
+        seed: int = 0,
+        chunk_size: int = 1024,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        **engine_kwargs: Any,
+    ) -> None:
+        try:
+            import vllm
+        except ImportError as exc:
+            raise ImportError(VLLM_MISSING) from exc
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        self._vllm = vllm
+        self.chunk_size = chunk_size
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        if max_model_len is not None:
+            engine_kwargs["max_model_len"] = max_model_len
+        self._llm: Any = vllm.LLM(
+            model=str(model),
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            dtype=dtype,
+            seed=seed,
+            **engine_kwargs,
+        )
+
+    def _generate(
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig
+    ) -> Iterator[tuple[int, list[Completion]]]:
+        if self._llm is None:
+            raise GenerationError("vllm generator is closed")
+        params = self._vllm.SamplingParams(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
+            seed=sampling.seed,
+        )
+        for start in range(0, len(conversations), self.chunk_size):
+            chunk = list(conversations[start : start + self.chunk_size])
+            outputs = self._llm.chat(
+                chunk, params, use_tqdm=False, chat_template_kwargs=self.chat_template_kwargs or None
+            )
+            for offset, output in enumerate(outputs):
+                yield start + offset, [Completion(o.text, len(o.token_ids)) for o in output.outputs]
+
+    def close(self) -> None:
+        self._llm = None
+        _free_memory()
+
+
+class OpenAIGenerator(Generator):
+    """Any OpenAI-compatible `/chat/completions` server: `vllm serve`, `transformers serve`, a hosted API.
+
+    Up to `max_concurrency` requests are in flight at once (servers batch concurrent requests). Each
+    request gets `request_timeout` seconds in total; 408/429/5xx answers, timeouts and connection errors
+    are retried up to `max_attempts` times with exponential backoff and jitter (honouring Retry-After),
+    then a `GenerationError` names the last status and a body excerpt. The API key is read once from the
+    environment variable `api_key_env` (none sent if unset) and kept out of reprs, logs and errors.
+    """
+
+    name = "openai"
+    RETRYABLE_STATUS: ClassVar[frozenset[int]] = frozenset({408, 429})
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        *,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        max_concurrency: int = 8,
+        request_timeout: float = 300.0,
+        max_attempts: int = 6,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if max_concurrency < 1 or max_attempts < 1:
+            raise ValueError("max_concurrency and max_attempts must be at least 1")
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.max_concurrency = max_concurrency
+        self.request_timeout = request_timeout
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        api_key = os.environ.get(api_key_env) if api_key_env else None
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        if api_key:
+            self._key_note = f"API key from ${api_key_env}"
+        else:
+            self._key_note = (
+                f"no API key: ${api_key_env} is unset" if api_key_env else "no API key configured"
+            )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(url={self.url!r}, model={self.model!r})"
+
+    def _generate(
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig
+    ) -> Iterator[tuple[int, list[Completion]]]:
+        """Run a private event loop, stepping it until some conversation finishes, then yield that one.
+
+        At most 2 x max_concurrency conversations are scheduled at a time, so memory stays flat on large
+        datasets; the semaphore bounds requests (a conversation may need several, see `_complete`).
+        Leaving the iterator early cancels what is still in flight.
+        """
+        if not conversations:
+            return
+        loop = asyncio.new_event_loop()
+        # No httpx timeouts: `_post` puts one deadline on the whole request, connecting included.
+        client = httpx.AsyncClient(
+            headers=self._headers, timeout=None, limits=httpx.Limits(max_connections=self.max_concurrency)
+        )
+        semaphore = asyncio.Semaphore(self.max_concurrency)
+        todo = iter(enumerate(conversations))
+        pending: dict[asyncio.Task[list[Completion]], int] = {}
+
+        def schedule() -> None:
+            for index, conversation in itertools.islice(todo, 2 * self.max_concurrency - len(pending)):
+                task = loop.create_task(self._complete(client, semaphore, conversation, sampling))
+                pending[task] = index
+
+        try:
+            schedule()
+            while pending:
+                done, _ = loop.run_until_complete(
+                    asyncio.wait(set(pending), return_when=asyncio.FIRST_COMPLETED)
+                )
+                for task in sorted(done, key=pending.__getitem__):
+                    index = pending.pop(task)
+                    yield index, task.result()
+                schedule()
+        finally:
+            loop.run_until_complete(_shut_down(list(pending), client))
+            loop.close()
+
+    async def _complete(
+        self,
+        client: httpx.AsyncClient,
+        semaphore: asyncio.Semaphore,
+        conversation: Conversation,
+        sampling: SamplingConfig,
+    ) -> list[Completion]:
+        """n completions for one conversation, topping up with single-sample requests if the server
+        returned fewer choices than asked (`transformers serve` ignores `n`). Each top-up request gets
+        its own seed, or a server that does honour seeds would return the same sample n times."""
+        payload = await self._post(
+            client, semaphore, self._body(conversation, sampling, sampling.n, sampling.seed)
+        )
+        completions = self._parse(payload)
+        missing = sampling.n - len(completions)
+        if missing > 0:
+            seeds = [
+                None if sampling.seed is None else sampling.seed + len(completions) + i
+                for i in range(missing)
+            ]
+            extra = await asyncio.gather(
+                *(
+                    self._post(client, semaphore, self._body(conversation, sampling, 1, seed))
+                    for seed in seeds
+                )
+            )
+            completions += [self._parse(p)[0] for p in extra]
+        return completions[: sampling.n]
+
+    def _body(self, conversation: Conversation, sampling: SamplingConfig, n: int, seed: int | None) -> dict:
+        body: dict[str, Any] = {
+            "messages": conversation,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_new_tokens,
+        }
+        if self.model is not None:
+            body["model"] = self.model
+        if n > 1:
+            body["n"] = n
+        if seed is not None:
+            body["seed"] = seed
+        if self.chat_template_kwargs:
+            body["chat_template_kwargs"] = self.chat_template_kwargs
+        return body
+
+    def _parse(self, payload: dict) -> list[Completion]:
+        """Completions in choice order. Servers report completion tokens summed over the choices, so
+        the total is split evenly (remainder to the first ones) and still adds up."""
+        try:
+            choices = sorted(payload["choices"], key=lambda c: c.get("index", 0))
+            texts = [_message_text(choice["message"]) for choice in choices]
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise GenerationError(f"{self.url}: malformed response {_excerpt(str(payload))}") from exc
+        if not texts:
+            raise GenerationError(f"{self.url}: response has no choices: {_excerpt(str(payload))}")
+        total = int((payload.get("usage") or {}).get("completion_tokens") or 0)
+        share, remainder = divmod(total, len(texts))
+        return [Completion(text, share + (i < remainder)) for i, text in enumerate(texts)]
+
+    async def _post(self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore, body: dict) -> dict:
+        problem = ""
+        for attempt in range(1, self.max_attempts + 1):
+            retry_after: float | None = None
+            try:
+                async with semaphore:
+                    response = await asyncio.wait_for(client.post(self.url, json=body), self.request_timeout)
+            except asyncio.TimeoutError:
+                problem = f"no answer within {self.request_timeout:g}s"
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code == 200:
+                    try:
+                        return response.json()
+                    except ValueError as exc:
+                        raise GenerationError(f"{self.url}: invalid JSON {_excerpt(response.text)}") from exc
+                problem = f"HTTP {response.status_code}: {_excerpt(response.text)}"
+                if response.status_code < 500 and response.status_code not in self.RETRYABLE_STATUS:
+                    raise GenerationError(f"{self.url} refused the request ({self._key_note}): {problem}")
+                retry_after = _retry_after(response.headers.get("retry-after"))
+            if attempt < self.max_attempts:
+                delay = self._backoff(attempt, retry_after)
+                logger.warning(
+                    "%s: attempt %d/%d failed (%s); retrying in %.2fs",
+                    self.url,
+                    attempt,
+                    self.max_attempts,
+                    problem,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+        raise GenerationError(f"{self.url}: gave up after {self.max_attempts} attempts; last: {problem}")
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Exponential with jitter in [delay/2, delay], so that many clients do not retry in lockstep."""
+        delay = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
+        delay = random.uniform(delay / 2, delay)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.backoff_max))
+        return delay
+
+
+async def _shut_down(pending: list[asyncio.Task], client: httpx.AsyncClient) -> None:
+    """Cancel what is still in flight, wait for it to unwind, then close the connections."""
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    await client.aclose()
+
+
+def _message_text(message: dict) -> str:
+    """The content, with the rationale put back in front when a server split it off.
+
+    `vllm serve --reasoning-parser ...` moves the `<think>` text of reasoning models into
+    `reasoning_content` (or `reasoning`); stage 1 needs it in the text it parses.
+    """
+    content = message.get("content") or ""
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if reasoning and "</think>" not in content:
+        return f"<think>\n{reasoning.strip()}\n</think>\n{content}"
+    return content
+
+
+def _excerpt(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds; the HTTP-date form is rare from model servers and ignored."""
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+class TransformersGenerator(Generator):
+    """Local batched `model.generate`, for CPU runs and small teachers.
+
+    Prompts are left-padded, `batch_size` conversations at a time, and yielded batch by batch in input
+    order. Sampling uses the checkpoint's other generation defaults (e.g. top_k), as `transformers serve`
+    does.
+    Token counts stop at the first end-of-sequence token (counted), so padding is never counted.
+    """
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        dtype: str = "auto",
+        device: str = "cpu",
+        batch_size: int = 8,
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        self._tokenizer: Any = AutoTokenizer.from_pretrained(model, padding_side="left")
+        if self._tokenizer.pad_token is None:
+            self._tokenizer.pad_token = self._tokenizer.eos_token
+        self._model: Any = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(device).eval()
+        eos = self._model.generation_config.eos_token_id
+        if eos is None:
+            eos = self._tokenizer.eos_token_id
+        self._eos_ids = set(eos) if isinstance(eos, list) else {eos}
+
+    def _generate(
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig
+    ) -> Iterator[tuple[int, list[Completion]]]:
+        import torch
+
+        if self._model is None:
+            raise GenerationError("transformers generator is closed")
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        sample = sampling.temperature > 0
+        options: dict[str, Any] = {
+            "max_new_tokens": sampling.max_new_tokens,
+            "pad_token_id": self._tokenizer.pad_token_id,
+            "do_sample": sample,
+            "num_return_sequences": sampling.n,
+        }
+        if sample:
+            options.update(temperature=sampling.temperature, top_p=sampling.top_p)
+        for start in range(0, len(conversations), self.batch_size):
+            batch = conversations[start : start + self.batch_size]
+            prompts = [
+                self._tokenizer.apply_chat_template(
+                    conversation, add_generation_prompt=True, tokenize=False, **self.chat_template_kwargs
+                )
+                for conversation in batch
+            ]
+            inputs = self._tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            inputs = inputs.to(self._model.device)
+            with torch.inference_mode():
+                output = self._model.generate(**inputs, **options)
+            generated = output[:, inputs["input_ids"].shape[1] :].tolist()
+            for offset in range(len(batch)):
+                rows = generated[offset * sampling.n : (offset + 1) * sampling.n]
+                yield start + offset, [self._completion(row) for row in rows]
+
+    def _completion(self, tokens: list[int]) -> Completion:
+        end = next((i + 1 for i, token in enumerate(tokens) if token in self._eos_ids), len(tokens))
+        text = self._tokenizer.decode(tokens[:end], skip_special_tokens=True)
+        return Completion(text, end)
+
+    def close(self) -> None:
+        self._model = None
+        _free_memory()
+
+
+BACKENDS: dict[str, type[Generator]] = {
+    cls.name: cls for cls in (VLLMGenerator, OpenAIGenerator, TransformersGenerator)
+}
+
+
+def build_generator(backend: str, **options: Any) -> Generator:
+    """The named backend ("vllm", "openai" or "transformers") built with its own keyword options."""
+    try:
+        cls = BACKENDS[backend]
+    except KeyError:
+        raise ValueError(
+            f"unknown generation backend {backend!r}; choose one of {sorted(BACKENDS)}"
+        ) from None
+    return cls(**options)

@@ -1,0 +1,562 @@
+"""Tests of `reasoningner.generation`.
+
+The openai backend runs against a real `transformers serve` process on loopback serving a tiny local
+model, and against an in-process fake server that fails, hangs or ignores `n` deterministically. The
+transformers backend runs the same tiny model in-process; the vllm backend is checked through a fake
+`vllm` module, as vLLM cannot run here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import types
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from reasoningner.generation import (
+    Completion,
+    GenerationError,
+    OpenAIGenerator,
+    SamplingConfig,
+    TransformersGenerator,
+    build_generator,
+)
+from reasoningner.tiny_model import build_tiny_model
+
+CORPUS = [
+    "EU rejects German call to boycott British lamb .",
+    "Peter Blackburn reports from Brussels .",
+    "The European Commission said on Thursday it disagreed with German advice .",
+    "Germany 's representative Werner Zwingmann spoke in Paris .",
+    "Apple hired Mary Smith in London last year .",
+    "Find the named entities in the sentence .",
+] * 10
+SIZES = dict(
+    vocab_size=256,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+)
+SECRET = "sk-test-DO-NOT-LEAK-0123456789"
+KEY_ENV = "REASONINGNER_TEST_API_KEY"
+
+
+def conversation(sentence: str) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": "You find named entities."},
+        {"role": "user", "content": sentence},
+    ]
+
+
+SENTENCES = [
+    "EU",
+    "Peter Blackburn reports from Brussels .",
+    "German call",
+    "The European Commission said on Thursday it disagreed with German advice to consumers .",
+    "Mary in London",
+    "Apple hired Mary Smith in London last year .",
+    "boycott British lamb",
+]
+
+
+# --- tiny model ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads, and on a shared 2-core machine idle-spinning workers make
+    them many times slower; the server subprocess gets OMP_NUM_THREADS=1 for the same reason."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's tiny model, re-initialised so that its greedy output depends on the prompt and
+    sometimes stops early (the default init repeats one token forever, which would make order and
+    token-count checks vacuous). `do_sample` is on in its generation config, as in real Qwen3
+    checkpoints: `transformers serve` samples only when the checkpoint says so."""
+    out = build_tiny_model(tmp_path_factory.mktemp("tiny"), CORPUS, seed=0, **SIZES)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0.0, 0.3)
+        model.get_output_embeddings().weight[model.config.eos_token_id] *= 2.0
+    model.generation_config.do_sample = True
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def local(model_dir: Path) -> Iterator[TransformersGenerator]:
+    with TransformersGenerator(model_dir, batch_size=3) as generator:
+        yield generator
+
+
+# --- transformers backend ------------------------------------------------------------------------
+
+
+def test_transformers_greedy_is_deterministic_and_batching_changes_nothing(
+    model_dir: Path, local: TransformersGenerator
+) -> None:
+    conversations = [conversation(s) for s in SENTENCES]
+    greedy = SamplingConfig(max_new_tokens=12)
+    batched = local.generate(conversations, greedy)
+    with TransformersGenerator(model_dir, batch_size=1) as one_by_one:
+        alone = one_by_one.generate(conversations, greedy)
+    assert batched == alone == local.generate(conversations, greedy)
+    assert len({c[0].text for c in batched}) > 1, "outputs should depend on the prompt"
+
+
+def test_transformers_token_counts_exclude_padding(model_dir: Path, local: TransformersGenerator) -> None:
+    """In a batch, sequences that stopped early are padded up to the longest; generated alone they are
+    not, so equal counts prove the padding is not counted."""
+    conversations = [conversation(s) for s in SENTENCES]
+    counts = [
+        c[0].completion_tokens for c in local.generate(conversations, SamplingConfig(max_new_tokens=12))
+    ]
+    assert all(1 <= count <= 12 for count in counts)
+    assert min(counts) < 12 == max(counts), f"fixture should mix early stops and full lengths: {counts}"
+    with TransformersGenerator(model_dir, batch_size=1) as one_by_one:
+        for sentence, count in zip(SENTENCES, counts, strict=True):
+            [[completion]] = one_by_one.generate([conversation(sentence)], SamplingConfig(max_new_tokens=12))
+            assert completion.completion_tokens == count
+
+
+def test_transformers_samples_n_per_conversation_reproducibly(local: TransformersGenerator) -> None:
+    conversations = [conversation(s) for s in SENTENCES[:4]]
+    sampling = SamplingConfig(n=3, temperature=1.0, max_new_tokens=8, seed=7)
+    first = local.generate(conversations, sampling)
+    assert [len(c) for c in first] == [3, 3, 3, 3]
+    assert any(len({x.text for x in c}) > 1 for c in first), "samples should differ"
+    assert local.generate(conversations, sampling) == first
+    greedy = local.generate(conversations, SamplingConfig(n=2, max_new_tokens=8))
+    assert all(c[0] == c[1] for c in greedy)
+
+
+def test_transformers_yields_batches_in_order_and_passes_chat_template_kwargs(
+    local: TransformersGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rendered: list[str] = []
+    render = local._tokenizer.apply_chat_template
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        rendered.append(render(*args, **kwargs))
+        return rendered[-1]
+
+    monkeypatch.setattr(local._tokenizer, "apply_chat_template", spy)
+    monkeypatch.setattr(local, "chat_template_kwargs", {"enable_thinking": False})
+    done: list[int] = []
+    local.generate(
+        [conversation(s) for s in SENTENCES], SamplingConfig(max_new_tokens=2), on_done=done.append
+    )
+    assert done == list(range(len(SENTENCES)))
+    assert all(prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n") for prompt in rendered)
+
+
+# --- openai backend against transformers serve --------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`transformers serve` on loopback, pinned to the tiny model; yields its base URL."""
+    for module in ("fastapi", "uvicorn", "openai"):
+        pytest.importorskip(module, reason="transformers serve needs transformers[serving]")
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(model_dir)]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"transformers serve did not come up:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def test_openai_greedy_over_transformers_serve_matches_local_generation(
+    served: str, local: TransformersGenerator
+) -> None:
+    """Concurrent requests come back to the right conversation: greedy results (whose lengths differ
+    from prompt to prompt) equal the in-process ones, conversation by conversation."""
+    conversations = [conversation(s) for s in SENTENCES]
+    greedy = SamplingConfig(max_new_tokens=12)
+    with OpenAIGenerator(served, api_key_env=None, max_concurrency=4, request_timeout=30) as remote:
+        got = remote.generate(conversations, greedy)
+    want = local.generate(conversations, greedy)
+    assert [c[0].completion_tokens for c in got] == [c[0].completion_tokens for c in want]
+    assert [c[0].text for c in got] == [c[0].text for c in want]
+
+
+def test_openai_tops_up_n_when_transformers_serve_ignores_it(served: str, model_dir: Path) -> None:
+    conversations = [conversation(s) for s in SENTENCES[:3]]
+    sampling = SamplingConfig(n=3, temperature=1.0, max_new_tokens=6, seed=1)
+    with OpenAIGenerator(served, str(model_dir), api_key_env=None, max_concurrency=4) as remote:
+        results = remote.generate(conversations, sampling)
+    assert [len(c) for c in results] == [3, 3, 3]
+    assert all(1 <= x.completion_tokens <= 6 for c in results for x in c)
+    assert any(len({x.text for x in c}) > 1 for c in results), "top-up requests should use their own seeds"
+
+
+# --- openai backend against a misbehaving fake server ----------------------------------------------
+
+HANG_S = 3.0
+
+
+class FakeServer(ThreadingHTTPServer):
+    """Echoes the last user message; its text (`kind:arg:tag`) says how to misbehave, per conversation,
+    counted in attempts, so that failures are deterministic whatever the arrival order."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), FakeHandler)
+        self.lock = threading.Lock()
+        self.attempts: Counter[str] = Counter()
+        self.requests: list[tuple[str, dict, str | None]] = []
+        self.in_flight = self.max_in_flight = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class FakeHandler(BaseHTTPRequestHandler):
+    server: FakeServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the test output is for failures."""
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        content = body["messages"][-1]["content"]
+        with self.server.lock:
+            self.server.requests.append((self.path, body, self.headers.get("Authorization")))
+            self.server.attempts[content] += 1
+            attempt = self.server.attempts[content]
+            self.server.in_flight += 1
+            self.server.max_in_flight = max(self.server.max_in_flight, self.server.in_flight)
+        try:
+            self.respond(content, attempt, body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up on a hung request
+        finally:
+            with self.server.lock:
+                self.server.in_flight -= 1
+
+    def respond(self, content: str, attempt: int, body: dict) -> None:
+        kind, _, arg = content.partition(":")
+        arg = arg.partition(":")[0]
+        if kind in ("fail429", "fail503") and attempt <= int(arg):
+            status = int(kind[-3:])
+            return self.send(status, {"error": "try again"}, {"Retry-After": "0"} if status == 429 else {})
+        if kind == "always503":
+            return self.send(503, {"error": "model overloaded"})
+        if kind == "status400":
+            return self.send(400, {"error": "unknown field"})
+        if kind == "hang" and attempt <= int(arg):
+            time.sleep(HANG_S)
+        if kind == "slow":
+            time.sleep(float(arg))
+        n = 1 if self.path.startswith("/no-n/") else body.get("n", 1)
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": f"echo:{content}#{i}"},
+                "finish_reason": "stop",
+            }
+            for i in reversed(range(n))
+        ]
+        self.send(200, {"choices": choices, "usage": {"completion_tokens": 10 * n + 1}})
+
+    def send(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer]:
+    """A fresh server per test: requests a test cancelled may still reach its server after it ends."""
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    server = FakeServer()
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def fake_client(url: str, **options: Any) -> OpenAIGenerator:
+    defaults: dict[str, Any] = dict(
+        api_key_env=KEY_ENV, backoff_base=0.01, backoff_max=0.05, request_timeout=5
+    )
+    return OpenAIGenerator(url, **{**defaults, **options})
+
+
+def echo(content: str, n: int = 1) -> list[str]:
+    return [f"echo:{content}#{i}" for i in range(n)]
+
+
+def test_openai_retries_429_503_and_hangs_then_keeps_input_order(
+    fake: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    contents = ["plain:a", "fail429:2:b", "fail503:1:c", "hang:1:d", "plain:e", "fail429:1:f"]
+    with fake_client(fake.base_url, max_attempts=4, request_timeout=1.0, max_concurrency=3) as client:
+        results = client.generate([conversation(c) for c in contents], SamplingConfig())
+    assert [c[0].text for c in results] == [echo(c)[0] for c in contents]
+    assert [fake.attempts[c] for c in contents] == [1, 3, 2, 2, 1, 2]
+    assert {auth for _, _, auth in fake.requests} == {f"Bearer {SECRET}"}
+    retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert len(retries) == 5
+    assert any("HTTP 429" in m for m in retries) and any("HTTP 503" in m for m in retries)
+    assert any("no answer within 1s" in m for m in retries)
+    assert SECRET not in caplog.text
+
+
+def test_openai_gives_up_with_a_clear_error_that_hides_the_key(
+    fake: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    client = fake_client(fake.base_url, max_attempts=3)
+    with pytest.raises(GenerationError, match=r"gave up after 3 attempts; last: HTTP 503") as failure:
+        client.generate([conversation("plain:a"), conversation("always503")], SamplingConfig())
+    assert "model overloaded" in str(failure.value)
+    assert fake.attempts["always503"] == 3
+    for text in (str(failure.value), repr(failure.value), repr(client), caplog.text):
+        assert SECRET not in text
+    with pytest.raises(GenerationError, match=rf"refused the request \(API key from \${KEY_ENV}\): HTTP 400"):
+        client.generate([conversation("status400")], SamplingConfig())
+    assert fake.attempts["status400"] == 1, "a 400 is not retried"
+
+
+def test_openai_yields_in_completion_order_within_the_concurrency_bound(fake: FakeServer) -> None:
+    contents = ["slow:0.6:a", "slow:0.1:b", "slow:0.1:c", "slow:0.1:d", "slow:0.1:e"]
+    with fake_client(fake.base_url, max_concurrency=2) as client:
+        order = [
+            index for index, _ in client.generate_iter([conversation(c) for c in contents], SamplingConfig())
+        ]
+        assert sorted(order) == list(range(5)) and order[0] != 0
+        assert fake.max_in_flight == 2
+        done: list[int] = []
+        results = client.generate([conversation(c) for c in contents], SamplingConfig(), on_done=done.append)
+    assert [c[0].text for c in results] == [echo(c)[0] for c in contents]
+    assert sorted(done) == list(range(5))
+
+
+def test_openai_leaving_the_iterator_early_cancels_the_rest(fake: FakeServer) -> None:
+    contents = ["plain:a", *(f"slow:{HANG_S}:{i}" for i in range(3))]
+    started = time.monotonic()
+    with fake_client(fake.base_url, max_concurrency=4) as client:
+        for index, _ in client.generate_iter([conversation(c) for c in contents], SamplingConfig()):
+            assert index == 0
+            break
+    assert time.monotonic() - started < HANG_S
+
+
+def test_openai_asks_for_n_and_splits_usage(fake: FakeServer) -> None:
+    with fake_client(
+        fake.base_url, model="teacher", chat_template_kwargs={"enable_thinking": False}
+    ) as client:
+        [completions] = client.generate(
+            [conversation("plain:a")], SamplingConfig(n=3, temperature=0.7, seed=5)
+        )
+    assert completions == [
+        Completion(text, tokens) for text, tokens in zip(echo("plain:a", 3), [11, 10, 10], strict=True)
+    ]
+    [(_, body, _)] = fake.requests
+    assert body["n"] == 3 and body["seed"] == 5 and body["model"] == "teacher" and body["max_tokens"] == 512
+    assert body["temperature"] == 0.7 and body["chat_template_kwargs"] == {"enable_thinking": False}
+    with fake_client(fake.base_url) as client:
+        [greedy] = client.generate([conversation("plain:b")], SamplingConfig(n=2))
+    assert greedy == [Completion(echo("plain:b")[0], 11)] * 2
+    assert "n" not in fake.requests[-1][1], "greedy asks once: vLLM refuses n > 1 when greedy"
+
+
+def test_openai_tops_up_with_seeded_single_requests_when_n_is_ignored(fake: FakeServer) -> None:
+    with fake_client(fake.base_url.replace("/v1", "/no-n/v1")) as client:
+        results = client.generate(
+            [conversation("plain:a"), conversation("plain:b")], SamplingConfig(n=3, temperature=1.0, seed=5)
+        )
+    assert [len(c) for c in results] == [3, 3]
+    assert all(x.completion_tokens == 11 for c in results for x in c)
+    for content in ("plain:a", "plain:b"):
+        bodies = [body for _, body, _ in fake.requests if body["messages"][-1]["content"] == content]
+        assert [body.get("n") for body in bodies] == [3, None, None]
+        assert sorted(body["seed"] for body in bodies) == [5, 6, 7]
+
+
+def test_openai_without_key_sends_no_authorization(fake: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(KEY_ENV)
+    with fake_client(fake.base_url) as client:
+        client.generate([conversation("plain:a")], SamplingConfig(seed=None))
+    [(_, body, auth)] = fake.requests
+    assert auth is None and "seed" not in body and "model" not in body
+
+
+# --- vllm backend and the factory ----------------------------------------------------------------
+
+
+class FakeLLM:
+    instances: list[FakeLLM] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+        self.calls: list[tuple[list, Any, dict]] = []
+        FakeLLM.instances.append(self)
+
+    def chat(self, messages: list, sampling_params: Any, **kwargs: Any) -> list[Any]:
+        self.calls.append((messages, sampling_params, kwargs))
+        return [
+            types.SimpleNamespace(
+                outputs=[
+                    types.SimpleNamespace(text=f"{m[-1]['content']}#{i}", token_ids=list(range(i + 1)))
+                    for i in range(sampling_params.kwargs["n"])
+                ]
+            )
+            for m in messages
+        ]
+
+
+class FakeSamplingParams:
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    module = types.ModuleType("vllm")
+    module.LLM = FakeLLM  # type: ignore[attr-defined]
+    module.SamplingParams = FakeSamplingParams  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    FakeLLM.instances.clear()
+    return module
+
+
+def test_vllm_plumbing(fake_vllm: types.ModuleType) -> None:
+    generator = build_generator(
+        "vllm",
+        model="/models/teacher",
+        tensor_parallel_size=2,
+        max_model_len=4096,
+        gpu_memory_utilization=0.8,
+        seed=3,
+        chunk_size=2,
+        chat_template_kwargs={"enable_thinking": False},
+        data_parallel_size=2,
+    )
+    [llm] = FakeLLM.instances
+    assert llm.kwargs == dict(
+        model="/models/teacher",
+        tensor_parallel_size=2,
+        gpu_memory_utilization=0.8,
+        dtype="auto",
+        seed=3,
+        max_model_len=4096,
+        data_parallel_size=2,
+    )
+    done: list[int] = []
+    sentences = ["a", "b", "c"]
+    results = generator.generate(
+        [conversation(s) for s in sentences],
+        SamplingConfig(n=2, temperature=0.6, top_p=0.9, max_new_tokens=64, seed=11),
+        on_done=done.append,
+    )
+    assert results == [[Completion(f"{s}#0", 1), Completion(f"{s}#1", 2)] for s in sentences]
+    assert done == [0, 1, 2]
+    assert [len(messages) for messages, _, _ in llm.calls] == [2, 1]
+    _, params, kwargs = llm.calls[0]
+    assert params.kwargs == dict(n=2, temperature=0.6, top_p=0.9, max_tokens=64, seed=11)
+    assert kwargs == dict(use_tqdm=False, chat_template_kwargs={"enable_thinking": False})
+    [greedy] = generator.generate([conversation("d")], SamplingConfig(n=2))
+    assert greedy == [Completion("d#0", 1)] * 2 and llm.calls[-1][1].kwargs["n"] == 1
+    generator.close()
+    with pytest.raises(GenerationError, match="closed"):
+        generator.generate([conversation("a")], SamplingConfig())
+
+
+def test_vllm_missing_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    with pytest.raises(ImportError, match=r"pip install reasoningner\[vllm\]"):
+        build_generator("vllm", model="/models/teacher")
+
+
+def test_unknown_backend_and_bad_sampling_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"unknown generation backend 'tgi'.*'openai'"):
+        build_generator("tgi")
+    for bad in (dict(n=0), dict(temperature=-1.0), dict(top_p=0.0), dict(max_new_tokens=0)):
+        with pytest.raises(ValueError):
+            SamplingConfig(**bad)
+
+
+def test_a_rationale_split_off_by_the_server_is_put_back_in_front_of_the_answer():
+    generator = OpenAIGenerator("http://127.0.0.1:9/v1", api_key_env=None)
+    payload = {
+        "choices": [
+            {"index": 0, "message": {"content": '{"entities": {}}', "reasoning_content": '"x" is not an entity'}},
+            {"index": 1, "message": {"content": "<think>kept</think>answer", "reasoning_content": "dup"}},
+        ],
+        "usage": {"completion_tokens": 4},
+    }
+    first, second = generator._parse(payload)
+    assert first.text == '<think>\n"x" is not an entity\n</think>\n{"entities": {}}'
+    assert second.text == "<think>kept</think>answer"
