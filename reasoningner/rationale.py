@@ -1,0 +1,96 @@
+"""Rationales: the grammar of entity decisions, the consistency score, the gold-template rationale.
+
+A rationale can only be checked against its answer if its decisions can be read off. We ask every
+rationale (teacher prompt, gold template, and so the student after SFT) to state each decision as
+an *assertion*:
+
+    "Peter Blackburn" is a person
+    "EU" is an organisation
+    "lamb" is not an entity
+
+An assertion is a double-quoted text (straight or curly quotes), then a linking phrase
+(`is a`, `is an`, `is the`, `is`, `->`, `→`, `:`, `=`, `as`, `labelled`, `labeled`), then a label
+of the schema, matched case-insensitively as a whole word (underscores in labels may be written as
+spaces). "is not a(n) <label>" and "is not an entity" are rejections: they assert nothing.
+
+**Consistency score** in [0, 1]: the F1 between the set of (text, label) pairs asserted in the
+rationale and the set of (text, label) pairs in the answer, both keyed with `normalize_mention`.
+Both empty gives 1.0 (a sentence without entities, reasoned as such); exactly one empty gives 0.0.
+It does not look at gold: it measures whether the reasoning supports exactly what was answered,
+which is what stage 1 filters on and what the stage 3 reward pays for.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from functools import lru_cache
+
+from reasoningner.spans import Example, Schema, normalize_mention
+
+_QUOTED = r"[\"“”](?P<text>[^\"“”\n]{1,200})[\"“”]"
+_LINK = (
+    r"\s*(?:is\s+(?P<negation>not\s+)?(?:an?\s+|the\s+)?|->\s*|→\s*|:\s*|=\s*|as\s+(?:an?\s+)?"
+    r"|label(?:l)?ed\s+(?:as\s+)?(?:an?\s+)?)"
+)
+
+
+@lru_cache(maxsize=256)
+def _assertion_pattern(labels: tuple[str, ...]) -> re.Pattern[str]:
+    # Longest labels first so "musicalartist" wins over "artist"-like prefixes.
+    alternatives = sorted({re.escape(label).replace("_", "[_ ]") for label in labels}, key=len, reverse=True)
+    label_group = "(?P<label>" + "|".join(alternatives) + ")"
+    return re.compile(_QUOTED + _LINK + label_group + r"(?![\w-])", re.IGNORECASE)
+
+
+def asserted_entities(rationale: str, schema: Schema) -> list[tuple[str, str]]:
+    """(text, label) pairs the rationale asserts as entities, in order; rejections are left out."""
+    canonical = {label.casefold().replace("_", " "): label for label in schema.labels}
+    found = []
+    for match in _assertion_pattern(schema.labels).finditer(rationale):
+        if match.group("negation"):
+            continue
+        label = canonical[match.group("label").casefold().replace("_", " ")]
+        found.append((match.group("text"), label))
+    return found
+
+
+def _keys(pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    return {(normalize_mention(text), label) for text, label in pairs}
+
+
+def consistency(rationale: str, answer: Iterable[tuple[str, str]], schema: Schema) -> float:
+    """How exactly the rationale supports the answer's (text, label) pairs (module docstring)."""
+    asserted = _keys(asserted_entities(rationale, schema))
+    answered = _keys(answer)
+    if not asserted and not answered:
+        return 1.0
+    agreed = len(asserted & answered)
+    return 2 * agreed / (len(asserted) + len(answered))
+
+
+def _article(label: str) -> str:
+    return "an" if label[:1].lower() in "aeiou" else "a"
+
+
+def assertion(text: str, label: str) -> str:
+    """The canonical way to state one decision, understood by `asserted_entities`."""
+    return f'"{text}" is {_article(label)} {label}'
+
+
+def gold_template_rationale(example: Example, context_words: int = 3) -> str:
+    """A rationale grounded in the gold spans, for running the pipeline without a teacher LLM.
+
+    Each entity is stated with the words around it, so that the student learns to look at context
+    before deciding a label; the last line says that nothing else is an entity.
+    """
+    if not example.spans:
+        return "No span of this sentence names an entity of the given types."
+    lines = []
+    for span in example.spans:
+        left = example.text[: span.start].split()[-context_words:]
+        right = example.text[span.end :].split()[:context_words]
+        context = " ".join([*left, "[", span.text(example.text), "]", *right])
+        lines.append(f"{assertion(span.text(example.text), span.label)}, from its context: {context}")
+    lines.append("No other span names an entity of the given types.")
+    return "\n".join(lines)

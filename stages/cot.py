@@ -1,0 +1,31 @@
+"""Stage 1 — CoT generation: a teacher annotates NER data with rationales, validated and scored.
+
+python stages/cot.py --config recipes/tiny-cpu/cot.yaml [--shard 0/4] [--limit 100]
+python stages/cot.py --config recipes/tiny-cpu/cot.yaml --merge true
+"""
+
+import json
+import sys
+
+from trl import TrlParser
+
+from reasoningner.cot import CoTArguments, annotate, merge_shards
+
+
+def main() -> None:
+    (args,) = TrlParser((CoTArguments,)).parse_args_and_config()
+    if args.merge:
+        print(f"merged shards into {merge_shards(args.output_dir)}", file=sys.stderr)
+        return
+    report = annotate(args)
+    print(json.dumps(report, indent=2))
+    print(
+        f"cot: {report['accepted']}/{report['sentences']} sentences accepted "
+        f"({100 * report['acceptance_rate']:.1f}%), teacher F1 {100 * report['teacher_f1_mean']:.1f}, "
+        f"consistency {report['consistency_mean']:.2f} -> {args.output_path()}",
+        file=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""Stage 1: validation and consistency scoring, resume after a kill, shards, teacher backends."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from reasoningner.cot import (
+    CoTArguments,
+    annotate,
+    best_sample,
+    load_cot_dataset,
+    merge_shards,
+    read_records,
+    record_example,
+    score_sample,
+)
+from reasoningner.formats import get_format
+from reasoningner.generation import Completion
+from reasoningner.spans import Example, Schema, Span
+
+ROOT = Path(__file__).parents[1]
+DATA = Path(__file__).parent / "data"
+SCHEMA = Schema(("person", "organisation", "location", "misc"))
+EXAMPLE = Example(
+    "Peter Blackburn met EU officials in Brussels .",
+    (Span(0, 15, "person"), Span(20, 22, "organisation"), Span(36, 44, "location")),
+    SCHEMA,
+    "ex-0",
+)
+GROUPED = get_format("grouped_json")
+
+
+def completion(rationale: str | None, answer: str) -> Completion:
+    text = answer if rationale is None else f"<think>\n{rationale}\n</think>\n{answer}"
+    return Completion(text, 7)
+
+
+RIGHT_RATIONALE = (
+    '"Peter Blackburn" is a person\n"EU" is an organisation\n"Brussels" is a location\n"officials" is not an entity'
+)
+RIGHT_ANSWER = '{"entities": {"person": ["Peter Blackburn"], "organisation": ["EU"], "location": ["Brussels"]}}'
+
+
+def test_a_right_and_consistent_annotation_scores_one_on_both():
+    sample = score_sample(EXAMPLE, completion(RIGHT_RATIONALE, RIGHT_ANSWER), GROUPED, "text")
+    assert (sample.f1, sample.consistency) == (1.0, 1.0)
+    assert sample.completion_tokens == 7
+    assert json.loads(sample.answer) == json.loads(RIGHT_ANSWER)
+
+
+def test_a_wrong_label_lowers_f1_and_a_rationale_that_disagrees_lowers_consistency():
+    answer = '{"entities": {"person": ["Peter Blackburn"], "location": ["EU", "Brussels"]}}'
+    sample = score_sample(EXAMPLE, completion(RIGHT_RATIONALE, answer), GROUPED, "text")
+    # gold 3, predicted 3, 2 right: P = R = F1 = 2/3; rationale asserts EU as organisation: 2 of 3 agree.
+    assert sample.f1 == pytest.approx(2 / 3)
+    assert sample.consistency == pytest.approx(2 / 3)
+
+
+def test_an_entity_answered_but_never_reasoned_about_lowers_consistency_only():
+    rationale = '"Peter Blackburn" is a person\n"EU" is an organisation'
+    sample = score_sample(EXAMPLE, completion(rationale, RIGHT_ANSWER), GROUPED, "text")
+    assert sample.f1 == 1.0
+    assert sample.consistency == pytest.approx(2 * 2 / (2 + 3))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "<think>unfinished reasoning about \"EU\" is an organisation",
+        '<think>"EU" is an organisation</think>{"entities": {"organisation": ["EU"',
+        "```json\nnot json at all\n```",
+        '{"entities": ["EU", 3, null]}',
+        '<think></think>{"entities": {"weapon": ["EU"]}}',
+    ],
+)
+def test_malformed_teacher_outputs_are_scored_not_raised(text):
+    sample = score_sample(EXAMPLE, Completion(text, 0), GROUPED, "text")
+    assert 0.0 <= sample.f1 < 1.0
+    assert 0.0 <= sample.consistency <= 1.0
+    # The stored answer is always a well-formed rendering, whatever the teacher wrote.
+    assert GROUPED.parse(sample.answer, EXAMPLE.text, SCHEMA).ok
+
+
+def test_the_best_sample_is_highest_f1_then_consistency_then_earliest():
+    wrong = completion(RIGHT_RATIONALE, '{"entities": {"person": ["Peter Blackburn"]}}')
+    right_unreasoned = completion('"EU" is an organisation', RIGHT_ANSWER)
+    right = completion(RIGHT_RATIONALE, RIGHT_ANSWER)
+    samples = [score_sample(EXAMPLE, c, GROUPED, "text", i) for i, c in enumerate([wrong, right_unreasoned, right, right])]
+    assert best_sample(samples).index == 2
+
+
+def run_stage(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "cot.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=True,
+    )
+
+
+def gold_args(tmp_path: Path, **overrides) -> CoTArguments:
+    values = {
+        "datasets": [str(DATA / "conll2003_mini.txt"), str(DATA / "ace2005_mini.json")],
+        "output_dir": str(tmp_path),
+    } | overrides
+    return CoTArguments(**values)
+
+
+def test_gold_template_annotations_are_accepted_labelled_and_load_as_a_dataset(tmp_path):
+    report = annotate(gold_args(tmp_path))
+    records = read_records(tmp_path / "annotations.jsonl")
+    assert report["sentences"] == len(records) == 7
+    assert report["acceptance_rate"] == 1.0
+    assert {r["teacher"] for r in records} == {"gold-template"}
+    for record in records:
+        example = record_example(record)
+        assert GROUPED.parse(record["answer"], example.text, example.schema).spans == list(example.spans) or (
+            not GROUPED.expresses(example)
+        )
+    dataset = load_cot_dataset(tmp_path / "annotations.jsonl")
+    assert len(dataset) == 7
+    assert record_example(dataset[4]).spans == record_example(records[4]).spans
+    assert json.loads((tmp_path / "report.json").read_text())["sentences"] == 7
+
+
+def test_a_rerun_does_nothing_twice_and_repairs_a_half_written_line(tmp_path):
+    annotate(gold_args(tmp_path))
+    path = tmp_path / "annotations.jsonl"
+    complete = path.read_bytes()
+    lines = complete.splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:3]) + lines[3][:25])  # killed while writing the 4th record
+    report = annotate(gold_args(tmp_path))
+    assert report["annotated_this_run"] == len(lines) - 3
+    assert path.read_bytes() == complete
+    assert annotate(gold_args(tmp_path))["annotated_this_run"] == 0
+
+
+def test_shards_merge_into_exactly_the_unsharded_result(tmp_path):
+    annotate(gold_args(tmp_path / "whole"))
+    for index in range(3):
+        annotate(gold_args(tmp_path / "sharded", shard=f"{index}/3"))
+    merged = merge_shards(tmp_path / "sharded")
+    assert merged.read_bytes() == (tmp_path / "whole" / "annotations.jsonl").read_bytes()
+
+
+def test_merging_an_incomplete_set_of_shards_is_refused(tmp_path):
+    annotate(gold_args(tmp_path, shard="0/3"))
+    with pytest.raises(ValueError, match="complete set"):
+        merge_shards(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    from reasoningner.readers import read_dataset
+    from reasoningner.tiny_model import build_tiny_model
+
+    texts = [e.text for e in read_dataset(DATA / "conll2003_mini.txt").examples]
+    return build_tiny_model(
+        tmp_path_factory.mktemp("teacher"), texts, vocab_size=400, hidden_size=32, intermediate_size=64,
+        num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+    )
+
+
+def transformers_args(tmp_path: Path, teacher: Path) -> list[str]:
+    return [
+        "--datasets", str(DATA / "conll2003_mini.txt"), str(DATA / "crossner_ai_mini.txt"),
+        "--output_dir", str(tmp_path),
+        "--backend", "transformers",
+        "--teacher_model", str(teacher),
+        "--temperature", "0",
+        "--max_new_tokens", "24",
+        "--chunk_size", "1",
+        "--descriptions", "false",
+    ]  # fmt: skip
+
+
+def test_transformers_teacher_writes_scored_records(tmp_path, tiny_teacher):
+    run_stage(*transformers_args(tmp_path, tiny_teacher))
+    records = read_records(tmp_path / "annotations.jsonl")
+    assert len(records) == 7
+    assert all(r["teacher"] == f"transformers:{tiny_teacher}" for r in records)
+    assert all(r["completion_tokens"] > 0 for r in records)
+    # A random tiny model does not annotate well: its records are kept but not accepted.
+    assert not any(r["accepted"] for r in records)
+
+
+def test_a_run_killed_mid_way_resumes_to_the_same_result(tmp_path, tiny_teacher):
+    clean = tmp_path / "clean"
+    run_stage(*transformers_args(clean, tiny_teacher))
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "stages" / "cot.py"), *transformers_args(killed, tiny_teacher)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    path = killed / "annotations.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if path.exists() and path.read_bytes().count(b"\n") >= 2:
+            os.kill(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    partial = path.read_bytes().count(b"\n")
+    assert 2 <= partial < 7
+    run_stage(*transformers_args(killed, tiny_teacher))
+    assert path.read_bytes() == (clean / "annotations.jsonl").read_bytes()
