@@ -1,0 +1,231 @@
+"""Verifiable NER rewards for GRPO, gathered in one registry so a recipe names them by string.
+
+Each reward is a plain function `f(completions, **columns) -> list[float]` as TRL's GRPOTrainer
+calls it; TRL logs each one separately. The columns every RL example carries (see `rl_data.py`):
+`text` (the sentence), `entities` (gold spans as dicts), `labels` (the schema's label list) and
+`output_format` (a name from `formats.FORMATS`).
+
+A completion is parsed once: all components read the same cached `Analysis`, so the five-part
+reward costs about one parse (TRL calls the functions one after the other on the same batch).
+
+Components, each total (never raises), deterministic and in [0, 1]:
+
+- `format`: half for a non-empty `<think>` rationale closed before the answer, half for an answer
+  that parses cleanly; each distinct syntax problem of the answer costs a quarter of its half.
+- `f1`: entity F1 against gold (text-level pairs, ReasoningNER style, or exact spans); both empty
+  is 1.0, exactly one empty is 0.0.
+- `consistency`: `rationale.consistency` between the rationale and the answer (shared with stage 1).
+- `schema`: the share of predicted entities whose label is in the schema (ReasoningNER's schema
+  reward); 1.0 for a parsed answer without entities.
+- `grounding`: the share of predicted entities whose text occurs in the sentence.
+
+Guards against the obvious hacks: a completion longer than `MAX_COMPLETION_CHARS` gets 0 on every
+component; an answer copied into the rationale (so that consistency is trivially met) gets 0
+consistency; no parseable answer gets 0 schema and grounding (an empty output is not "compliant").
+
+Default weights follow the paper (F1 10 : schema 1); format, consistency and grounding get 1 each:
+enough to keep the output well-formed and honest, too little to outweigh getting entities right.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from reasoningner.formats import ParseResult, get_format, split_answer
+from reasoningner.metrics import MatchMode, match_counts
+from reasoningner.rationale import consistency
+from reasoningner.spans import Example, Schema, spans_from_dicts
+
+RewardFunction = Callable[..., list[float]]
+
+MAX_COMPLETION_CHARS = 16_000
+# Problems that are about the answer's syntax; unknown labels and ungrounded entities are judged
+# by the schema and grounding rewards instead of being punished twice.
+CONTENT_PROBLEMS = frozenset({"unknown_label", "ungrounded", "duplicate"})
+
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "format": 1.0,
+    "f1": 10.0,
+    "consistency": 1.0,
+    "schema": 1.0,
+    "grounding": 1.0,
+}
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything the components need from one completion, computed once."""
+
+    oversized: bool
+    rationale: str | None
+    think_closed: bool
+    answer: str
+    parse: ParseResult | None
+    predicted_pairs: tuple[tuple[str, str], ...]
+
+    @property
+    def answered(self) -> bool:
+        return self.parse is not None
+
+
+@lru_cache(maxsize=4096)
+def _schema(labels: tuple[str, ...]) -> Schema:
+    return Schema(labels)
+
+
+@lru_cache(maxsize=65_536)
+def analyse(completion: str, text: str, labels: tuple[str, ...], output_format: str) -> Analysis:
+    """Parse a completion once (cached: TRL calls every reward on the same completions).
+
+    The whole completion goes to the parser, so problems around the answer (code fences, extra
+    text) count against the answer's format score, not against the rationale.
+    """
+    if len(completion) > MAX_COMPLETION_CHARS:
+        return Analysis(True, None, False, "", None, ())
+    rationale, answer, problems = split_answer(completion)
+    closed = not any(p.kind == "unclosed_think" for p in problems)
+    if not answer.strip():
+        return Analysis(False, rationale, closed, "", None, ())
+    parse = get_format(output_format).parse(completion, text, _schema(labels))
+    pairs = tuple((span.text(text), span.label) for span in parse.spans) + tuple(parse.ungrounded)
+    return Analysis(False, rationale, closed, answer.strip(), parse, pairs)
+
+
+def _completion_text(completion: Any) -> str:
+    """TRL passes strings for standard datasets and message lists for conversational ones."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        return str(completion[-1].get("content", ""))
+    return ""
+
+
+def _analyses(
+    completions: Sequence[Any],
+    text: Sequence[str],
+    labels: Sequence[Sequence[str]],
+    output_format: Sequence[str],
+) -> list[Analysis]:
+    return [
+        analyse(_completion_text(c), t, tuple(ls), f)
+        for c, t, ls, f in zip(completions, text, labels, output_format, strict=True)
+    ]
+
+
+REWARDS: dict[str, RewardFunction] = {}
+
+
+def reward(name: str) -> Callable[[RewardFunction], RewardFunction]:
+    """Register a reward under `name`; TRL logs it as `rewards/<function name>`."""
+
+    def register(function: RewardFunction) -> RewardFunction:
+        REWARDS[name] = function
+        return function
+
+    return register
+
+
+def get_rewards(names: Sequence[str]) -> list[RewardFunction]:
+    unknown = [name for name in names if name not in REWARDS]
+    if unknown:
+        raise ValueError(f"unknown reward(s) {unknown}; known: {sorted(REWARDS)}")
+    return [REWARDS[name] for name in names]
+
+
+def _answer_syntax_score(analysis: Analysis) -> float:
+    if not analysis.answered:
+        return 0.0
+    kinds = {p.kind for p in analysis.parse.problems} - CONTENT_PROBLEMS
+    return max(0.0, 1.0 - 0.25 * len(kinds))
+
+
+def _has_rationale(analysis: Analysis) -> bool:
+    return bool(analysis.rationale and analysis.rationale.strip()) and analysis.think_closed
+
+
+@reward("format")
+def format_reward(completions, text, labels, output_format, **_) -> list[float]:
+    """Half for a closed, non-empty rationale, half for a cleanly parsing answer."""
+    return [
+        0.0 if a.oversized else 0.5 * _has_rationale(a) + 0.5 * _answer_syntax_score(a)
+        for a in _analyses(completions, text, labels, output_format)
+    ]
+
+
+def _gold_example(text: str, entities: Sequence[dict], labels: tuple[str, ...]) -> Example:
+    return Example(text, spans_from_dicts(entities), _schema(labels))
+
+
+def entity_f1(analysis: Analysis, gold: Example, mode: MatchMode) -> float:
+    """F1 of one prediction; both empty is 1.0 (nothing to find, nothing invented)."""
+    if analysis.oversized or not analysis.answered:
+        return 0.0
+    counts = match_counts(gold, analysis.parse.spans, analysis.parse.ungrounded, mode)
+    tp = sum(c.tp for c in counts.values())
+    fp = sum(c.fp for c in counts.values())
+    fn = sum(c.fn for c in counts.values())
+    if tp + fp + fn == 0:
+        return 1.0
+    return 2 * tp / (2 * tp + fp + fn)
+
+
+def make_f1_reward(mode: MatchMode) -> RewardFunction:
+    def f1_reward(completions, text, entities, labels, output_format, **_) -> list[float]:
+        return [
+            entity_f1(a, _gold_example(t, es, tuple(ls)), mode)
+            for a, t, es, ls in zip(
+                _analyses(completions, text, labels, output_format), text, entities, labels, strict=True
+            )
+        ]
+
+    f1_reward.__name__ = "f1_reward" if mode == "text" else f"f1_{mode}_reward"
+    return f1_reward
+
+
+reward("f1")(make_f1_reward("text"))
+reward("f1_exact")(make_f1_reward("exact"))
+
+
+def _answer_in_rationale(analysis: Analysis) -> bool:
+    """The rationale contains the answer itself: a copy made to fake consistency."""
+    return bool(analysis.predicted_pairs) and analysis.answer in (analysis.rationale or "")
+
+
+@reward("consistency")
+def consistency_reward(completions, text, labels, output_format, **_) -> list[float]:
+    """Does the rationale assert exactly the answered entities? (`rationale.consistency`)"""
+    scores = []
+    for a, ls in zip(_analyses(completions, text, labels, output_format), labels, strict=True):
+        if a.oversized or not a.answered or not _has_rationale(a) or _answer_in_rationale(a):
+            scores.append(0.0)
+        else:
+            scores.append(consistency(a.rationale, a.predicted_pairs, _schema(tuple(ls))))
+    return scores
+
+
+def _share(analysis: Analysis, good: Callable[[str, str], bool]) -> float:
+    if analysis.oversized or not analysis.answered:
+        return 0.0
+    pairs = analysis.predicted_pairs
+    return sum(good(t, label) for t, label in pairs) / len(pairs) if pairs else 1.0
+
+
+@reward("schema")
+def schema_reward(completions, text, labels, output_format, **_) -> list[float]:
+    """Share of predicted entities whose label is in the schema."""
+    return [
+        _share(a, lambda _t, label, ls=frozenset(ls): label in ls)
+        for a, ls in zip(_analyses(completions, text, labels, output_format), labels, strict=True)
+    ]
+
+
+@reward("grounding")
+def grounding_reward(completions, text, labels, output_format, **_) -> list[float]:
+    """Share of predicted entities that occur in the sentence (no invented entities)."""
+    return [
+        _share(a, lambda t, _label, sentence=s: bool(t) and t in sentence)
+        for a, s in zip(_analyses(completions, text, labels, output_format), text, strict=True)
+    ]

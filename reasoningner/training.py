@@ -1,0 +1,71 @@
+"""What the SFT and GRPO trainers share: batching policy, checkpoints, saving."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# Attention kernels that take a flattened batch with position ids and attend within each sequence
+# at no extra cost; other implementations would attend over the whole flattened batch.
+VARLEN_ATTENTION = (
+    "flash_attention_2",
+    "flash_attention_3",
+    "kernels-community/flash-attn",
+    "kernels-community/vllm-flash-attn3",
+)
+
+
+def configure_batching(training_args: Any, attn_implementation: str | None) -> str:
+    """Padding-free batches where the attention kernel handles them, length-grouped batches otherwise.
+
+    Returns what was chosen, for the log. A recipe that sets `packing` keeps its own choice.
+    """
+    if training_args.packing:
+        return f"packing ({training_args.packing_strategy})"
+    if attn_implementation in VARLEN_ATTENTION:
+        training_args.padding_free = True
+        return "padding-free"
+    training_args.padding_free = False
+    training_args.train_sampling_strategy = "group_by_length"
+    return "length-grouped"
+
+
+def policy_model(path: str, model_init_kwargs: dict[str, Any]) -> Any:
+    """What to hand the trainer: the path of a full model (loaded by the trainer, ZeRO-3 aware), or a
+    trainable PEFT model when `path` is a LoRA adapter from stage 2 (RL continues the adapter)."""
+    if not (Path(path) / "adapter_config.json").exists():
+        return path
+    from peft import AutoPeftModelForCausalLM
+
+    kwargs = {k: v for k, v in model_init_kwargs.items() if v is not None}
+    return AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=True, **kwargs)
+
+
+def last_checkpoint(output_dir: str) -> str | None:
+    """The newest `checkpoint-N` of a previous run, so a relaunched job continues instead of restarting."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+
+
+def save_final(trainer: Any, output_dir: str, merge_lora: bool) -> Path | None:
+    """Save model and tokenizer; with `merge_lora`, also a merged full model in `output_dir/merged`."""
+    trainer.save_model(output_dir)
+    if not merge_lora or not hasattr(trainer.model, "merge_and_unload"):
+        return None
+    if not trainer.accelerator.is_main_process:
+        return None
+    merged_dir = Path(output_dir) / "merged"
+    merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+    merged.save_pretrained(merged_dir)
+    trainer.processing_class.save_pretrained(merged_dir)
+    return merged_dir
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")

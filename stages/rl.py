@@ -1,0 +1,81 @@
+"""Stage 3 — reasoning enhancement: TRL GRPO with the composite, verifiable NER reward.
+
+accelerate launch --config_file recipes/accelerate/zero3.yaml stages/rl.py --config recipes/qwen3-8b/rl.yaml
+python stages/rl.py --config recipes/tiny-cpu/rl.yaml --max_steps 5
+"""
+
+from dataclasses import dataclass, field
+
+from datasets import Dataset
+from transformers import AutoTokenizer, set_seed
+from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config
+
+from reasoningner.rewards import DEFAULT_WEIGHTS, get_rewards
+from reasoningner.training import last_checkpoint, policy_model, save_final
+from reasoningner.training_data import rl_prompts
+
+
+@dataclass
+class RLScriptArguments:
+    train_files: list[str] = field(
+        default_factory=list, metadata={"help": "NER files or stage 1 annotations"}
+    )
+    output_format: str = field(default="grouped_json", metadata={"help": "answer format (formats.FORMATS)"})
+    descriptions: bool = field(default=True, metadata={"help": "label descriptions in the prompt"})
+    reader: str = field(default="auto", metadata={"help": "reader for plain NER files"})
+    total: int | None = field(default=None, metadata={"help": "prompts drawn over all files, proportionally"})
+    cap_per_dataset: int | None = field(default=None, metadata={"help": "at most this many prompts per file"})
+    reward_funcs: list[str] = field(
+        default_factory=lambda: list(DEFAULT_WEIGHTS), metadata={"help": "names in rewards.REWARDS"}
+    )
+    merge_lora: bool = field(default=False, metadata={"help": "also save the LoRA-merged policy in merged/"})
+
+
+def main() -> None:
+    script_args, training_args, model_args = TrlParser(
+        (RLScriptArguments, GRPOConfig, ModelConfig)
+    ).parse_args_and_config()
+    set_seed(training_args.seed)
+
+    train_dataset = Dataset.from_list(
+        rl_prompts(
+            script_args.train_files,
+            script_args.output_format,
+            total=script_args.total,
+            cap_per_dataset=script_args.cap_per_dataset,
+            seed=training_args.seed,
+            descriptions=script_args.descriptions,
+            reader=script_args.reader,
+        )
+    )
+    if training_args.reward_weights is None:
+        training_args.reward_weights = [DEFAULT_WEIGHTS.get(name, 1.0) for name in script_args.reward_funcs]
+
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "dtype": model_args.dtype,
+        "attn_implementation": model_args.attn_implementation,
+    }
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path, revision=model_args.model_revision
+    )
+    trainer = GRPOTrainer(
+        model=policy_model(model_args.model_name_or_path, training_args.model_init_kwargs),
+        reward_funcs=get_rewards(script_args.reward_funcs),
+        args=training_args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.accelerator.print(
+        f"rl: {len(train_dataset)} prompts, rewards "
+        + ", ".join(
+            f"{n}×{w:g}" for n, w in zip(script_args.reward_funcs, training_args.reward_weights, strict=True)
+        )
+    )
+    trainer.train(resume_from_checkpoint=last_checkpoint(training_args.output_dir))
+    save_final(trainer, training_args.output_dir, script_args.merge_lora)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Stage 2 — CoT tuning: TRL SFT (full or LoRA) teaching `<think>rationale</think>` then the answer.
+
+accelerate launch --config_file recipes/accelerate/zero2.yaml stages/sft.py --config recipes/qwen3-8b/sft.yaml
+python stages/sft.py --config recipes/tiny-cpu/sft.yaml --num_train_epochs 1
+"""
+
+from dataclasses import dataclass, field
+
+from datasets import Dataset
+from transformers import AutoTokenizer, set_seed
+from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
+
+from reasoningner.training import configure_batching, last_checkpoint, save_final
+from reasoningner.training_data import sft_conversations
+
+
+@dataclass
+class SFTScriptArguments:
+    train_files: list[str] = field(
+        default_factory=list, metadata={"help": "stage 1 annotations or NER files"}
+    )
+    eval_files: list[str] = field(default_factory=list, metadata={"help": "held-out files for eval loss"})
+    output_format: str = field(default="grouped_json", metadata={"help": "answer format (formats.FORMATS)"})
+    rationales: bool = field(
+        default=True, metadata={"help": "train <think> rationales; false = direct answers"}
+    )
+    descriptions: bool = field(default=True, metadata={"help": "label descriptions in the prompt"})
+    reader: str = field(default="auto", metadata={"help": "reader for plain NER files"})
+    limit: int | None = field(default=None, metadata={"help": "first N examples of each file"})
+    merge_lora: bool = field(default=False, metadata={"help": "also save the LoRA-merged model in merged/"})
+
+
+def main() -> None:
+    script_args, training_args, model_args = TrlParser(
+        (SFTScriptArguments, SFTConfig, ModelConfig)
+    ).parse_args_and_config()
+    set_seed(training_args.seed)
+
+    def conversations(files: list[str]) -> Dataset:
+        return Dataset.from_list(
+            sft_conversations(
+                files,
+                script_args.output_format,
+                rationales=script_args.rationales,
+                descriptions=script_args.descriptions,
+                reader=script_args.reader,
+                limit=script_args.limit,
+            )
+        )
+
+    train_dataset = conversations(script_args.train_files)
+    eval_dataset = conversations(script_args.eval_files) if script_args.eval_files else None
+
+    # The model is loaded by the trainer, after the training arguments exist, so that DeepSpeed
+    # ZeRO-3 partitions it while loading instead of every rank materialising the whole checkpoint.
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "dtype": model_args.dtype,
+        "attn_implementation": model_args.attn_implementation,
+    }
+    batching = configure_batching(training_args, model_args.attn_implementation)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path, revision=model_args.model_revision
+    )
+    trainer = SFTTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.accelerator.print(f"sft: {len(train_dataset)} conversations, {batching} batches")
+    trainer.train(resume_from_checkpoint=last_checkpoint(training_args.output_dir))
+    save_final(trainer, training_args.output_dir, script_args.merge_lora)
+
+
+if __name__ == "__main__":
+    main()
