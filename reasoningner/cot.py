@@ -70,6 +70,7 @@ class CoTArguments:
     gold_answer: bool = field(default=False, metadata={"help": "store the gold answer with the rationale"})
     shard: str = field(default="0/1", metadata={"help": "i/n: annotate every n-th sentence from i"})
     merge: bool = field(default=False, metadata={"help": "merge the shard files in output_dir, then stop"})
+    report_to: str = field(default="none", metadata={"help": "wandb or none"})
 
     def shard_index(self) -> tuple[int, int]:
         try:

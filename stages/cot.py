@@ -10,6 +10,7 @@ import sys
 from trl import TrlParser
 
 from reasoningner.cot import CoTArguments, annotate, merge_shards
+from reasoningner.tracking import build_manifest, config_dict, wandb_run, wants_wandb, write_manifest
 
 
 def main() -> None:
@@ -18,6 +19,12 @@ def main() -> None:
         print(f"merged shards into {merge_shards(args.output_dir)}", file=sys.stderr)
         return
     report = annotate(args)
+    inputs = [*args.datasets, *([args.teacher_model] if args.teacher_model else [])]
+    manifest = build_manifest("cot", config_dict(args), inputs)
+    write_manifest(args.output_dir, manifest, report)
+    with wandb_run("cot", args.output_dir, manifest, wants_wandb(args.report_to)) as run:
+        if run is not None:
+            run.summary.update(report)
     print(json.dumps(report, indent=2))
     print(
         f"cot: {report['accepted']}/{report['sentences']} sentences accepted "

@@ -11,6 +11,7 @@ from transformers import AutoTokenizer, set_seed
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config
 
 from reasoningner.rewards import DEFAULT_WEIGHTS, get_rewards
+from reasoningner.tracking import record_trainer_stage, set_trainer_run, wants_wandb
 from reasoningner.training import last_checkpoint, policy_model, save_final
 from reasoningner.training_data import rl_prompts
 
@@ -36,6 +37,8 @@ def main() -> None:
         (RLScriptArguments, GRPOConfig, ModelConfig)
     ).parse_args_and_config()
     set_seed(training_args.seed)
+    if wants_wandb(training_args.report_to):
+        set_trainer_run("rl", training_args.output_dir)
 
     train_dataset = Dataset.from_list(
         rl_prompts(
@@ -75,6 +78,12 @@ def main() -> None:
     )
     trainer.train(resume_from_checkpoint=last_checkpoint(training_args.output_dir))
     save_final(trainer, training_args.output_dir, script_args.merge_lora)
+    record_trainer_stage(
+        "rl",
+        trainer,
+        (script_args, training_args, model_args),
+        [*script_args.train_files, model_args.model_name_or_path],
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from datasets import Dataset
 from transformers import AutoTokenizer, set_seed
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
+from reasoningner.tracking import record_trainer_stage, set_trainer_run, wants_wandb
 from reasoningner.training import configure_batching, last_checkpoint, save_final
 from reasoningner.training_data import sft_conversations
 
@@ -35,6 +36,8 @@ def main() -> None:
         (SFTScriptArguments, SFTConfig, ModelConfig)
     ).parse_args_and_config()
     set_seed(training_args.seed)
+    if wants_wandb(training_args.report_to):
+        set_trainer_run("sft", training_args.output_dir)
 
     def conversations(files: list[str]) -> Dataset:
         return Dataset.from_list(
@@ -73,6 +76,12 @@ def main() -> None:
     trainer.accelerator.print(f"sft: {len(train_dataset)} conversations, {batching} batches")
     trainer.train(resume_from_checkpoint=last_checkpoint(training_args.output_dir))
     save_final(trainer, training_args.output_dir, script_args.merge_lora)
+    record_trainer_stage(
+        "sft",
+        trainer,
+        (script_args, training_args, model_args),
+        [*script_args.train_files, model_args.model_name_or_path],
+    )
 
 
 if __name__ == "__main__":
