@@ -6,6 +6,8 @@ Training stages are not here: they are `stages/*.py`, run by `accelerate launch`
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import sys
 from collections.abc import Sequence
@@ -14,8 +16,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from reasoningner.formats import FORMATS
+from reasoningner.generation import BACKENDS
+from reasoningner.predict import NERModel
 from reasoningner.readers import READERS, WRITERS, DataError, read_dataset, write_dataset
-from reasoningner.spans import SpanError
+from reasoningner.spans import Schema, SpanError
 from reasoningner.stats import dataset_stats
 
 
@@ -129,11 +134,71 @@ def _tiny_model(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _add_predict_command(subparsers: argparse._SubParsersAction) -> None:
+    predict = subparsers.add_parser(
+        "predict", help="find entities in texts (one per line) with a trained model; JSONL out"
+    )
+    predict.add_argument("input", nargs="?", default="-", help="file with one text per line (default: stdin)")
+    predict.add_argument("--model", required=True, help="model directory (a served model name for openai)")
+    predict.add_argument("--labels", required=True, help="comma-separated entity types, in prompt order")
+    predict.add_argument("--descriptions-file", type=Path, help="JSON object: label -> one-line description")
+    predict.add_argument("--format", default="grouped_json", choices=list(FORMATS), help="the model's format")
+    predict.add_argument("--rationale", action="store_true", help="add the <think> rationale to each line")
+    predict.add_argument(
+        "--no-reasoning",
+        dest="reasoning",
+        action="store_false",
+        help="prompt of models trained without rationales",
+    )
+    predict.add_argument("--backend", default="transformers", choices=sorted(BACKENDS))
+    predict.add_argument(
+        "--backend-options",
+        type=json.loads,
+        default={},
+        help='backend keyword options as JSON: {"batch_size": 16}',
+    )
+    predict.add_argument("--max-new-tokens", type=int, default=1024)
+    predict.set_defaults(handler=_predict)
+
+
+PREDICT_CHUNK = 256  # lines per generate call: large enough to batch, small enough to stream output
+
+
+def _predict(args: argparse.Namespace, console: Console) -> int:
+    """One JSON line per input line (a blank line gets no entities), written as each chunk is done."""
+    labels = tuple(label.strip() for label in args.labels.split(",") if label.strip())
+    descriptions = (
+        json.loads(args.descriptions_file.read_text(encoding="utf-8")) if args.descriptions_file else {}
+    )
+    schema = Schema(labels, descriptions)  # checked before the model is loaded
+    if args.backend == "transformers" and not Path(args.model).is_dir():
+        raise FileNotFoundError(f"no model directory {args.model}")
+    with contextlib.ExitStack() as stack:
+        lines = sys.stdin if args.input == "-" else stack.enter_context(open(args.input, encoding="utf-8"))
+        model = stack.enter_context(
+            NERModel.from_pretrained(
+                args.model,
+                args.backend,
+                output_format=args.format,
+                reasoning=args.reasoning,
+                max_new_tokens=args.max_new_tokens,
+                **args.backend_options,
+            )
+        )
+        texts = (line.rstrip("\r\n") for line in lines)
+        while chunk := list(itertools.islice(texts, PREDICT_CHUNK)):
+            predictions = model.predict(chunk, schema, return_rationale=args.rationale)
+            for text, prediction in zip(chunk, predictions, strict=True):
+                print(json.dumps(prediction.to_dict(text), ensure_ascii=False), flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reasoningner", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_data_commands(subparsers)
     _add_tiny_model_command(subparsers)
+    _add_predict_command(subparsers)
     return parser
 
 

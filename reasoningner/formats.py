@@ -94,14 +94,17 @@ import difflib
 import json
 import re
 from abc import ABC, abstractmethod
-from collections import Counter, defaultdict
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import combinations
 from typing import Any, ClassVar
 
 from reasoningner.spans import Example, Schema, Span, is_crossing, normalize_mention, occurrences, sort_spans
 
 __all__ = [
+    "CONTENT_PROBLEMS",
     "FORMATS",
     "BracketedFormat",
     "GroupedJsonFormat",
@@ -114,6 +117,11 @@ __all__ = [
     "get_format",
     "split_answer",
 ]
+
+
+# Problems with what an answer states rather than how it is written; every other kind is a syntax
+# (format) problem. Evaluation counts format failures and the format reward charges by this split.
+CONTENT_PROBLEMS = frozenset({"unknown_label", "ungrounded", "duplicate"})
 
 
 @dataclass(frozen=True)
@@ -147,9 +155,16 @@ class OutputFormat(ABC):
     def render(self, example: Example) -> str:
         """The gold answer for `example` (best effort where `expresses` is False)."""
 
-    @abstractmethod
     def parse(self, output: str, text: str, schema: Schema) -> ParseResult:
         """Spans of `text` stated by a raw model output (rationale optional); never raises."""
+        _, answer, problems = split_answer(output)
+        return self.parse_answer(answer, text, schema, problems)
+
+    @abstractmethod
+    def parse_answer(
+        self, answer: str, text: str, schema: Schema, problems: Sequence[Problem] = ()
+    ) -> ParseResult:
+        """`parse` of an answer already taken out of its output by `split_answer`, which found `problems`."""
 
     @abstractmethod
     def expresses(self, example: Example) -> bool:
@@ -197,7 +212,7 @@ def split_answer(output: str) -> tuple[str | None, str, list[Problem]]:
     elif close_at != -1:
         rationale, answer = output[:close_at], output[close_at + len(_THINK_CLOSE) :]
     answer = answer.strip()
-    fence = _FENCE.search(answer)
+    fence = _FENCE.search(answer) if "```" in answer else None
     if fence:
         problems.append(Problem("code_fence", "the answer is wrapped in a code fence"))
         if (answer[: fence.start()] + answer[fence.end() :]).strip():
@@ -260,6 +275,9 @@ def _find(text: str, mention: str) -> list[tuple[int, int]]:
     return _lenient_occurrences(text, mention)
 
 
+_normalized = lru_cache(maxsize=4096)(normalize_mention)  # for sentences, which recur across completions
+
+
 def _lenient_occurrences(text: str, mention: str) -> list[tuple[int, int]]:
     """Matches of `mention` ignoring case and whitespace next to punctuation, word-bounded if possible.
 
@@ -280,10 +298,11 @@ def _lenient_occurrences(text: str, mention: str) -> list[tuple[int, int]]:
                 parts.append(r"\s+")
         parts.append(re.escape(char))
         previous, gap = char, False
-    if not parts:
+    key = normalize_mention(mention)
+    # A match normalises to `key` and lies within the text, so `key` lies within the normalised text.
+    if not parts or key not in _normalized(text):
         return []
     core = "".join(parts)
-    key = normalize_mention(mention)
     left = r"(?<!\w)" if _is_word(mention.strip()[0]) else ""
     right = r"(?!\w)" if _is_word(mention.strip()[-1]) else ""
     for pattern in (left + core + right, core):
@@ -367,9 +386,10 @@ class _InlineFormat(OutputFormat):
         out.append(text[cursor:])
         return "".join(out)
 
-    def parse(self, output: str, text: str, schema: Schema) -> ParseResult:
-        _, answer, problems = split_answer(output)
-        built = _Builder(text, schema, problems)
+    def parse_answer(
+        self, answer: str, text: str, schema: Schema, problems: Sequence[Problem] = ()
+    ) -> ParseResult:
+        built = _Builder(text, schema, list(problems))
         if not answer:
             if text.strip():
                 built.no_answer()
@@ -746,9 +766,10 @@ class _EntryListFormat(OutputFormat):
 
     nested = True
 
-    def parse(self, output: str, text: str, schema: Schema) -> ParseResult:
-        _, answer, problems = split_answer(output)
-        built = _Builder(text, schema, problems)
+    def parse_answer(
+        self, answer: str, text: str, schema: Schema, problems: Sequence[Problem] = ()
+    ) -> ParseResult:
+        built = _Builder(text, schema, list(problems))
         value = _load_json(answer, built)
         if value is not _MISSING:
             for entry, mention, label in self._entries(value, built):
@@ -876,9 +897,10 @@ class GroupedJsonFormat(OutputFormat):
             groups[span.label].append(span.text(example.text))
         return _dumps({"entities": {label: texts for label, texts in groups.items() if texts}})
 
-    def parse(self, output: str, text: str, schema: Schema) -> ParseResult:
-        _, answer, problems = split_answer(output)
-        built = _Builder(text, schema, problems)
+    def parse_answer(
+        self, answer: str, text: str, schema: Schema, problems: Sequence[Problem] = ()
+    ) -> ParseResult:
+        built = _Builder(text, schema, list(problems))
         value = _load_json(answer, built)
         if value is _MISSING:
             return built.result()
@@ -899,15 +921,15 @@ class GroupedJsonFormat(OutputFormat):
             if not isinstance(mentions, list) or not isinstance(label, str) or not label:
                 built.problem("bad_entry", f"{label!r}: {_short(mentions)} is not a list of texts")
                 continue
-            listed: Counter[str] = Counter()
+            listed: dict[str, int] = {}
             for mention in mentions:
                 if not isinstance(mention, str) or not mention.strip():
                     built.problem("bad_entry", f"{label}: {_short(mention)} is not an entity text")
                     continue
                 mention = mention.strip()
                 found = _find(text, mention)
-                rank = listed[mention]
-                listed[mention] += 1
+                rank = listed.get(mention, 0)
+                listed[mention] = rank + 1
                 if not found:
                     built.miss(mention, label)
                 elif rank < len(found):

@@ -94,3 +94,25 @@ def test_sft_joins_the_group_logs_curves_and_records_the_cot_manifest(tmp_path, 
     assert (run.group, run.job_type) == ("pipeline-8", "sft")
     assert run.config["manifest"]["stage"] == "sft"
     assert any("train/loss" in row for row in run.history)
+
+
+def test_eval_logs_a_results_table_and_writes_its_manifest(tmp_path, offline_wandb):
+    from reasoningner.readers import read_dataset
+    from reasoningner.tiny_model import build_tiny_model
+
+    texts = [e.text for e in read_dataset(DATA / "conll2003_mini.txt").examples]
+    model = build_tiny_model(tmp_path / "tiny", texts, vocab_size=400, hidden_size=32, intermediate_size=64,
+                             num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16)  # fmt: skip
+    out = tmp_path / "pipeline-9" / "eval"
+    stage(
+        "eval", "--config", str(ROOT / "recipes/tiny-cpu/eval.yaml"), "--model_name_or_path", str(model),
+        "--output_dir", str(out), "--limit", "2", "--max_new_tokens", "8", "--report_to", "wandb",
+        env=offline_wandb,
+    )  # fmt: skip
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["stage"] == "eval" and set(manifest["summary"]) == {"text", "exact"}
+    (run,) = read_offline_runs(Path(offline_wandb["WANDB_DIR"]))
+    assert (run.group, run.job_type) == ("pipeline-9", "eval")
+    assert {"text/avg_f1", "exact/avg_f1"} <= run.summary.keys()
+    (table,) = [row["results"] for row in run.history if "results" in row]
+    assert table["_type"] == "table-file" and table["nrows"] == 2 * 3  # modes x datasets

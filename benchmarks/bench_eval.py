@@ -1,0 +1,85 @@
+"""Evaluation throughput on CPU: the same sentences evaluated with the transformers backend at several
+batch sizes, side by side (generation, parsing, scoring and writing generations.jsonl included; model
+loading and one warm-up batch excluded).
+
+Without --model, a random tiny model of the default size (the one stage 2 starts from) is built in a
+temporary folder: it never stops early, so every output runs to --max-new-tokens and batches carry no
+padding waste; a trained model stops at different lengths, which narrows the gain of batching.
+
+    python benchmarks/bench_eval.py [--model PATH] [--sentences 64] [--batch-sizes 1 16] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from reasoningner.evaluate import EvalArguments, evaluate
+from reasoningner.generation import SamplingConfig, TransformersGenerator
+from reasoningner.readers import read_dataset
+from reasoningner.tiny_model import build_tiny_model
+
+ROOT = Path(__file__).parents[1]
+DATA = ROOT / "data" / "conll2003" / "dev-slice.txt"
+TOKENIZER_CORPUS = ROOT / "data" / "conll2003" / "train-slice.txt"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, help="model directory (default: a random tiny model)")
+    parser.add_argument("--sentences", type=int, default=64)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        model = args.model or build_tiny_model(
+            Path(scratch) / "tiny", [e.text for e in read_dataset(TOKENIZER_CORPUS).examples]
+        )
+        rows = []
+        for batch_size in args.batch_sizes:
+            with TransformersGenerator(model, batch_size=batch_size, dtype="float32") as generator:
+                warm_up = [[{"role": "user", "content": "Sentence: EU rejects German call ."}]] * batch_size
+                generator.generate(warm_up, SamplingConfig(max_new_tokens=args.max_new_tokens))
+                eval_args = EvalArguments(
+                    datasets=[{"path": str(DATA), "name": "conll2003"}],
+                    limit=args.sentences,
+                    output_dir=str(Path(scratch) / f"eval-{batch_size}"),
+                    max_new_tokens=args.max_new_tokens,
+                )
+                generation = evaluate(eval_args, generator=generator).generation
+            rows.append(
+                {
+                    "batch_size": batch_size,
+                    "sentences": generation["sentences"],
+                    "seconds": generation["seconds"],
+                    "sentences_per_second": generation["sentences_per_second"],
+                    "tokens_per_second": generation["completion_tokens"] / generation["seconds"],
+                }
+            )
+
+    base = rows[0]["sentences_per_second"]
+    print(f"\nmodel {args.model or 'random tiny (default size)'}, {args.threads} torch thread(s), "
+          f"max_new_tokens {args.max_new_tokens}")  # fmt: skip
+    print(f"{'batch':>6} {'sentences':>10} {'seconds':>9} {'sent/s':>8} {'tok/s':>8} {'speed-up':>9}")
+    for row in rows:
+        print(
+            f"{row['batch_size']:>6} {row['sentences']:>10} {row['seconds']:>9.2f} "
+            f"{row['sentences_per_second']:>8.2f} {row['tokens_per_second']:>8.1f} "
+            f"{row['sentences_per_second'] / base:>8.2f}x"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,650 @@
+"""Evaluation: run a model over the evaluation sets of a recipe; scores, error analysis, probes.
+
+    python stages/eval.py --config recipes/tiny-cpu/eval.yaml [--limit 20] [--model_name_or_path DIR]
+
+Each evaluation set of the recipe is a file and how to read it::
+
+    datasets:
+      - path: ../shared/data/crossner/ai/dev.txt
+        reader: conll                    # default: the recipe's `reader` (auto: sniffed)
+        name: crossner-ai                # default: the reader's name for the file
+        labels: [person, organisation]   # a subset, in prompt order; or {source: shown} to rename
+        descriptions: {person: ...}      # one line per label, for the prompt (zero-shot needs them)
+        probes: [opaque]                 # default: the recipe's `probes`
+
+`labels` decides the label set: gold spans of other labels are dropped, the listed labels are
+shown in the prompt even if the file never uses them (CoNLL files only state the labels that
+occur, so recipes list them). Descriptions come from the file (alpaca instructions) and the
+recipe, which wins; they follow a rename. Every sentence is asked with the training prompt and its
+answer parsed by the format's parser through `predict.NERModel`, the path `reasoningner predict`
+takes, with any `generation` backend: transformers on CPU, vLLM on GPUs.
+
+Scores (`metrics.Scorer`, both matching modes): micro P/R/F1 per dataset and per type, and the
+unweighted average over datasets, one row per dataset + Avg as in ReasoningNER's Table 1. The
+primary mode is `text` (text-pair F1, what ReasoningNER reports); `exact` (exact spans, what
+LLMs4NER reports) is always given next to it. `primary_mode` changes which leads.
+
+Error analysis, counted per output in the exact-span view (a prediction is classified by the first
+rule that applies, so every wrong prediction lands in exactly one category):
+
+- format failure: an output whose answer has a syntax problem (any parse problem outside
+  `formats.CONTENT_PROBLEMS`: no answer, unclosed `<think>`, invalid or truncated JSON, wrong shape,
+  bad entry, unbalanced tags, extra text, code fence, altered sentence, offset mismatch). Its
+  recoverable entities are still scored. `no answer` counts the outputs with nothing to read at
+  all (`no_answer` or `unclosed_think`), a subset of the format failures.
+- hallucinated: a predicted mention that is not in the sentence (ungrounded), counted once per
+  distinct (normalized text, label) of an output, as the metrics count it.
+- type error: a grounded prediction at the offsets of a gold span, with another label.
+- boundary error: otherwise, a prediction that overlaps a gold span of the same label at other
+  offsets (too long, too short or shifted).
+- spurious: any other wrong grounded prediction (no gold span there, or only one of another label
+  at other offsets).
+- missed: a gold span that no prediction found, typed wrongly (type error) or overlapped with its
+  label (boundary error).
+
+So the exact-mode false positives are type + boundary + spurious + hallucinated, and missed <= the
+false negatives (a gold span behind a type or boundary error is a false negative but not missed).
+
+Memorization probe (RQ3 of "Assessment of Generative NER in the Era of LLMs"): the set is asked
+and scored again with its labels renamed, gold included, and the F1 drop is reported next to the
+normal score. `opaque` names the labels A, B, C, ... in schema order; `shuffled` gives them a
+seeded permutation of the real names with no label keeping its own (`probe_seed`). Descriptions
+stay with their entity type, not with the name: an opaque label keeps the real description, and
+after shuffling `location` may be described as people. The probe then asks whether the model
+relies on the label *name* it memorized or on the definition it is given; with no descriptions
+(CoNLL) opaque labels carry no meaning at all and the drop shows how much the name carried.
+
+Output in `output_dir`: `results.json` (everything below, ratios as fractions), `results.md`
+(Markdown tables: scores in both modes, per type, error analysis, probe drops) and
+`generations.jsonl` (one line per output as it finishes: dataset, variant, id, text, labels, raw
+output, parsed spans, ungrounded mentions, parse problems, gold, error counts). A rerun overwrites.
+
+General capability, optional and not in CI: with lm-evaluation-harness installed (it is not a
+dependency), check that NER training kept the base model's skills::
+
+    lm_eval --model hf --model_args pretrained=DIR,dtype=bfloat16 --apply_chat_template \\
+        --tasks mmlu,gsm8k,hellaswag --batch_size auto --output_path DIR/lm-eval
+    lm_eval --model vllm --model_args pretrained=DIR,tensor_parallel_size=1 --tasks mmlu,gsm8k ...
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+from tqdm.auto import tqdm
+
+from reasoningner.formats import CONTENT_PROBLEMS, ParseResult
+from reasoningner.generation import Completion, Generator, SamplingConfig, build_generator
+from reasoningner.metrics import MATCH_MODES, Counts, MatchMode, Report, Scorer
+from reasoningner.predict import NERModel
+from reasoningner.readers import read_dataset
+from reasoningner.spans import Example, Schema, Span, SpanError, normalize_mention
+
+logger = logging.getLogger(__name__)
+
+NORMAL = "normal"
+PROBES = ("opaque", "shuffled")
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+GENERATIONS = "generations.jsonl"
+_NO_ANSWER = frozenset({"no_answer", "unclosed_think"})
+
+
+@dataclass
+class EvalArguments:
+    """Evaluation settings: a YAML recipe plus CLI overrides, parsed by TRL's `TrlParser`."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "model directory or name"})
+    datasets: list[dict[str, Any]] = field(
+        default_factory=list, metadata={"help": "evaluation sets: path, reader, name, labels, descriptions"}
+    )
+    reader: str = field(default="auto", metadata={"help": "reader of sets that name none"})
+    limit: int | None = field(default=None, metadata={"help": "only the first N sentences of each set"})
+    output_dir: str = field(default="outputs/eval", metadata={"help": "results and generations go here"})
+    output_format: str = field(
+        default="grouped_json", metadata={"help": "answer format the model was trained on"}
+    )
+    reasoning: bool = field(
+        default=True, metadata={"help": "the <think> prompt; false for direct-answer models"}
+    )
+    descriptions: bool = field(default=True, metadata={"help": "put known label descriptions in the prompt"})
+    backend: str = field(default="transformers", metadata={"help": "transformers, vllm or openai"})
+    backend_options: dict[str, Any] | None = field(
+        default=None, metadata={"help": "keyword options of the backend (generation.build_generator)"}
+    )
+    max_new_tokens: int = 1024
+    temperature: float = field(default=0.0, metadata={"help": "0 decodes greedily"})
+    top_p: float = 1.0
+    seed: int = 0
+    primary_mode: str = field(default="text", metadata={"help": "the score that leads: text or exact"})
+    probes: list[str] = field(
+        default_factory=list, metadata={"help": "memorization probes: opaque, shuffled"}
+    )
+    probe_seed: int = field(default=0, metadata={"help": "seed of the shuffled-label permutation"})
+    report_to: str = field(default="none", metadata={"help": "wandb or none"})
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One evaluation set of a recipe; `labels` maps source labels to the names shown (None: all, as is)."""
+
+    path: str
+    reader: str = "auto"
+    name: str | None = None
+    labels: Mapping[str, str] | None = None
+    descriptions: Mapping[str, str] = field(default_factory=dict)
+    probes: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_config(cls, entry: str | Mapping[str, Any], reader: str = "auto") -> EvalSet:
+        """A recipe entry: a path, or a mapping with the keys of the module docstring (others are typos)."""
+        config = {"path": entry} if isinstance(entry, str) else dict(entry)
+        known = {f.name for f in fields(cls)}
+        if "path" not in config or set(config) - known:
+            raise ValueError(
+                f"evaluation set {entry!r}: needs a path; unknown keys {sorted(set(config) - known)}, "
+                f"known: {sorted(known)}"
+            )
+        labels = config.get("labels")
+        if isinstance(labels, Sequence) and not isinstance(labels, str):
+            labels = {label: label for label in labels}
+        elif labels is not None and not isinstance(labels, Mapping):
+            raise ValueError(f"evaluation set {config['path']}: labels must be a list or a mapping")
+        probes = config.get("probes")
+        if probes is not None:
+            probes = tuple(probes)
+            check_probes(probes)
+        return cls(
+            path=str(config["path"]),
+            reader=config.get("reader", reader),
+            name=config.get("name"),
+            labels=labels,
+            descriptions=dict(config.get("descriptions") or {}),
+            probes=probes,
+        )
+
+
+def check_probes(probes: Sequence[str]) -> None:
+    unknown = [probe for probe in probes if probe not in PROBES]
+    if unknown:
+        raise ValueError(f"unknown probe(s) {unknown}; choose from {list(PROBES)}")
+
+
+@dataclass
+class LoadedSet:
+    """An evaluation set read and relabelled: what is asked and scored."""
+
+    name: str
+    schema: Schema
+    examples: list[Example]
+    info: dict[str, Any]
+
+
+def load_eval_set(eval_set: EvalSet, limit: int | None = None) -> LoadedSet:
+    """Read the file, keep and rename the chosen labels, attach the descriptions; first `limit` sentences."""
+    dataset = read_dataset(eval_set.path, eval_set.reader)
+    name = eval_set.name or dataset.name
+    source = dataset.schema
+    mapping = dict(eval_set.labels or {label: label for label in source.labels})
+    absent = [label for label in mapping if label not in source]
+    if absent:
+        logger.warning(
+            "%s: labels %s never occur in %s; they are still asked for", name, absent, eval_set.path
+        )
+    descriptions = {mapping[label]: text for label, text in source.descriptions.items() if label in mapping}
+    descriptions.update(eval_set.descriptions)
+    try:
+        schema = Schema(tuple(dict.fromkeys(mapping.values())), descriptions)
+    except SpanError as error:
+        raise ValueError(f"evaluation set {name}: {error}") from None
+    originals = dataset.examples[:limit]
+    examples = [relabel(example, mapping, schema) for example in originals]
+    info = {
+        "path": eval_set.path,
+        "reader": eval_set.reader,
+        "sentences": len(examples),
+        "entities": sum(len(example.spans) for example in examples),
+        "dropped_entities": sum(span.label not in mapping for e in originals for span in e.spans),
+        "labels": list(schema.labels),
+        "label_map": mapping,
+        "descriptions": dict(schema.descriptions),
+    }
+    return LoadedSet(name, schema, examples, info)
+
+
+def relabel(example: Example, mapping: Mapping[str, str], schema: Schema) -> Example:
+    """`example` under `schema`: labels renamed by `mapping`, spans of unmapped labels dropped (merged
+    labels may make two spans one)."""
+    spans = dict.fromkeys(Span(s.start, s.end, mapping[s.label]) for s in example.spans if s.label in mapping)
+    return Example(example.text, tuple(spans), schema, example.id)
+
+
+def probe_mapping(labels: Sequence[str], probe: str, seed: int = 0) -> dict[str, str]:
+    """Real label -> probe name: letters in order (`opaque`), or a seeded derangement (`shuffled`).
+
+    A single label cannot be deranged and keeps its name.
+    """
+    check_probes([probe])
+    if probe == "opaque":
+        return {label: _letters(index) for index, label in enumerate(labels)}
+    names = list(labels)
+    rng = random.Random(seed)
+    while len(names) > 1:
+        rng.shuffle(names)
+        if all(name != label for name, label in zip(names, labels, strict=True)):
+            break
+    return dict(zip(labels, names, strict=True))
+
+
+def _letters(index: int) -> str:
+    """A, B, ..., Z, AA, AB, ...: spreadsheet column names, so that any label count gets a name."""
+    name = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        name = chr(ord("A") + rest) + name
+    return name
+
+
+def probe_schema(schema: Schema, mapping: Mapping[str, str]) -> Schema:
+    """`schema` renamed; each description stays with its entity type (see the module docstring)."""
+    return Schema(
+        tuple(mapping[label] for label in schema.labels),
+        {mapping[label]: text for label, text in schema.descriptions.items()},
+    )
+
+
+@dataclass
+class ErrorCounts:
+    """Error categories of the module docstring, summed over outputs; `problems` counts outputs per kind."""
+
+    outputs: int = 0
+    format_failures: int = 0
+    no_answer: int = 0
+    hallucinated: int = 0
+    boundary_errors: int = 0
+    type_errors: int = 0
+    missed: int = 0
+    spurious: int = 0
+    problems: Counter[str] = field(default_factory=Counter)
+
+    def __add__(self, other: ErrorCounts) -> ErrorCounts:
+        if not isinstance(other, ErrorCounts):
+            return NotImplemented
+        summed = {f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
+        return ErrorCounts(**summed)
+
+    def to_dict(self) -> dict[str, Any]:
+        counts = asdict(self)
+        counts["problems"] = dict(sorted(self.problems.items()))
+        return counts
+
+
+def error_counts(gold: Example, parsed: ParseResult) -> ErrorCounts:
+    """The error analysis of one output against its gold example (definitions: module docstring)."""
+    kinds = {problem.kind for problem in parsed.problems}
+    gold_spans = set(gold.spans)
+    explained: set[Span] = set()
+    boundary = type_errors = spurious = 0
+    for span in parsed.spans:
+        if span in gold_spans:
+            explained.add(span)
+            continue
+        same_offsets = [g for g in gold.spans if (g.start, g.end) == (span.start, span.end)]
+        overlapping = [
+            g for g in gold.spans if g.label == span.label and g.start < span.end and span.start < g.end
+        ]
+        if same_offsets:
+            type_errors += 1
+            explained.update(same_offsets)
+        elif overlapping:
+            boundary += 1
+            explained.update(overlapping)
+        else:
+            spurious += 1
+    return ErrorCounts(
+        outputs=1,
+        format_failures=int(bool(kinds - CONTENT_PROBLEMS)),
+        no_answer=int(bool(kinds & _NO_ANSWER)),
+        hallucinated=len({(normalize_mention(text), label) for text, label in parsed.ungrounded}),
+        boundary_errors=boundary,
+        type_errors=type_errors,
+        missed=sum(span not in explained for span in gold.spans),
+        spurious=spurious,
+        problems=Counter(kinds),
+    )
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One sentence to ask: which set and variant (normal or a probe) it belongs to."""
+
+    dataset: str
+    variant: str
+    example: Example
+
+
+@dataclass
+class Evaluation:
+    """Scores per variant (normal, then each probe) and mode, error counts, set details, timing."""
+
+    primary_mode: MatchMode
+    reports: dict[str, dict[str, Report]]
+    errors: dict[str, dict[str, ErrorCounts]]
+    datasets: dict[str, dict[str, Any]]
+    label_maps: dict[str, dict[str, dict[str, str]]]
+    generation: dict[str, Any]
+    config: dict[str, Any]
+
+    @property
+    def modes(self) -> list[str]:
+        """The primary mode first."""
+        return [self.primary_mode, *(mode for mode in MATCH_MODES if mode != self.primary_mode)]
+
+    def drops(self) -> dict[str, dict[str, dict[str, float]]]:
+        """dataset -> probe -> mode -> normal F1 minus probe F1 (fractions)."""
+        drops: dict[str, dict[str, dict[str, float]]] = {}
+        for probe, maps in self.label_maps.items():
+            for dataset in maps:
+                drops.setdefault(dataset, {})[probe] = {
+                    mode: self.reports[NORMAL][mode].datasets[dataset].micro.f1
+                    - self.reports[probe][mode].datasets[dataset].micro.f1
+                    for mode in self.modes
+                }
+        return drops
+
+    def to_dict(self) -> dict[str, Any]:
+        """The content of results.json."""
+        return {
+            "primary_mode": self.primary_mode,
+            "scores": {mode: self.reports[NORMAL][mode].to_dict() for mode in self.modes},
+            "errors": {name: counts.to_dict() for name, counts in self.errors[NORMAL].items()},
+            "probes": {
+                probe: {
+                    "label_maps": self.label_maps[probe],
+                    "scores": {mode: self.reports[probe][mode].to_dict() for mode in self.modes},
+                    "errors": {name: counts.to_dict() for name, counts in self.errors[probe].items()},
+                }
+                for probe in self.label_maps
+            },
+            "probe_drops": self.drops(),
+            "datasets": self.datasets,
+            "generation": self.generation,
+            "config": self.config,
+        }
+
+    def to_markdown(self) -> str:
+        """results.md: scores in both modes, per type, error analysis, probe drops."""
+        generation = self.generation
+        parts = [
+            f"# Evaluation of `{self.config.get('model_name_or_path') or 'an injected generator'}`\n",
+            f"Backend `{self.config.get('backend')}`, format `{self.config.get('output_format')}`, "
+            f"{generation['sentences']} outputs in {generation['seconds']:.1f} s "
+            f"({generation['sentences_per_second']:.2f} sentences/s). Micro P/R/F1 in percent; Avg is the "
+            "unweighted mean over datasets. Primary score: "
+            f"**{_MODE_NAMES[self.primary_mode]}**.\n",
+        ]
+        for mode in self.modes:
+            primary = " (primary)" if mode == self.primary_mode else ""
+            parts.append(f"## {_MODE_NAMES[mode]}{primary}\n\n{self.reports[NORMAL][mode].to_markdown()}")
+        parts.append(self._per_type_markdown())
+        parts.append(self._errors_markdown())
+        if self.label_maps:
+            parts.append(self._probes_markdown())
+        return "\n".join(parts)
+
+    def _per_type_markdown(self) -> str:
+        primary, other = self.modes
+        lines = [
+            f"## Per type ({_MODE_NAMES[primary]}; gold and predicted count {primary}-mode keys)\n",
+        ]
+        for name, scores in self.reports[NORMAL][primary].datasets.items():
+            other_labels = self.reports[NORMAL][other].datasets[name].per_label
+            lines += [
+                f"### {name}\n",
+                f"| Type | Gold | Predicted | P | R | F1 | {other} F1 |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            ]
+            for label in sorted(scores.per_label.keys() | other_labels.keys()):
+                c = scores.per_label.get(label, Counts())
+                other_f1 = other_labels.get(label, Counts()).f1
+                lines.append(
+                    f"| {label} | {c.tp + c.fn} | {c.tp + c.fp} | {_pct(c.precision)} | {_pct(c.recall)} | "
+                    f"{_pct(c.f1)} | {_pct(other_f1)} |"
+                )
+            lines.append("")
+        return "\n".join(lines)
+
+    def _errors_markdown(self) -> str:
+        lines = [
+            "## Error analysis\n",
+            "Counts over outputs (definitions: `reasoningner/evaluate.py`). Exact-mode false positives = "
+            "type + boundary + spurious + hallucinated.\n",
+            "| Dataset | Outputs | Format failures | No answer | Hallucinated | Boundary | Type | Missed "
+            "| Spurious |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for variant, by_dataset in self.errors.items():
+            for name, c in by_dataset.items():
+                shown = name if variant == NORMAL else f"{name} ({variant})"
+                lines.append(
+                    f"| {shown} | {c.outputs} | {c.format_failures} | {c.no_answer} | {c.hallucinated} | "
+                    f"{c.boundary_errors} | {c.type_errors} | {c.missed} | {c.spurious} |"
+                )
+        lines += [
+            "",
+            "### Parse problems (outputs with each kind)\n",
+            "| Dataset | Problems |",
+            "| --- | --- |",
+        ]
+        for name, c in self.errors[NORMAL].items():
+            listed = ", ".join(f"{kind} {count}" for kind, count in sorted(c.problems.items())) or "none"
+            lines.append(f"| {name} | {listed} |")
+        return "\n".join(lines) + "\n"
+
+    def _probes_markdown(self) -> str:
+        primary = self.primary_mode
+        probes = list(self.label_maps)
+        header = "| Dataset | F1 | " + " | ".join(f"{probe} F1 | drop" for probe in probes) + " |"
+        lines = [
+            f"## Memorization probe ({_MODE_NAMES[primary]}, drop in points)\n",
+            "Labels renamed in prompt and gold; descriptions stay with their entity type.\n",
+            header,
+            "| --- | ---: |" + " ---: | ---: |" * len(probes),
+        ]
+        drops = self.drops()
+        for name, by_probe in drops.items():
+            cells = [name, _pct(self.reports[NORMAL][primary].datasets[name].micro.f1)]
+            for probe in probes:
+                if probe in by_probe:
+                    probe_f1 = self.reports[probe][primary].datasets[name].micro.f1
+                    cells += [_pct(probe_f1), _pct(by_probe[probe][primary])]
+                else:
+                    cells += ["-", "-"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        for probe, maps in self.label_maps.items():
+            for name, mapping in maps.items():
+                shown = ", ".join(f"{label} -> {new}" for label, new in mapping.items())
+                lines.append(f"- {name} {probe}: {shown}")
+        return "\n".join(lines) + "\n"
+
+    def table(self) -> Table:
+        """The per-dataset table for the console, both modes, primary first."""
+        table = Table(title=f"NER evaluation (primary: {_MODE_NAMES[self.primary_mode]})")
+        table.add_column("Dataset", no_wrap=True)
+        table.add_column("N", justify="right")
+        for mode in self.modes:
+            for metric in ("P", "R", "F1"):
+                table.add_column(f"{mode} {metric}", justify="right")
+        names = list(self.reports[NORMAL][self.primary_mode].datasets)
+        for name in names:
+            row = [name, str(self.reports[NORMAL][self.primary_mode].datasets[name].examples)]
+            for mode in self.modes:
+                micro = self.reports[NORMAL][mode].datasets[name].micro
+                row += [_pct(micro.precision), _pct(micro.recall), _pct(micro.f1)]
+            table.add_row(*row)
+        average = ["Avg", ""]
+        for mode in self.modes:
+            avg = self.reports[NORMAL][mode].average
+            average += [_pct(avg.precision), _pct(avg.recall), _pct(avg.f1)]
+        table.add_row(*average, style="bold")
+        return table
+
+
+_MODE_NAMES = {"text": "text-pair F1", "exact": "exact-span F1"}
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def load_items(
+    args: EvalArguments,
+) -> tuple[list[_Item], dict[str, dict[str, Any]], dict[str, dict[str, dict[str, str]]]]:
+    """Every sentence to ask, normal sets first then their probes, with set details and probe label maps."""
+    check_probes(args.probes)
+    sets = [EvalSet.from_config(entry, args.reader) for entry in args.datasets]
+    if not sets:
+        raise ValueError("no evaluation sets: list them under `datasets` in the recipe")
+    items: list[_Item] = []
+    probed: list[_Item] = []
+    datasets: dict[str, dict[str, Any]] = {}
+    label_maps: dict[str, dict[str, dict[str, str]]] = {}
+    for eval_set in sets:
+        loaded = load_eval_set(eval_set, args.limit)
+        if loaded.name in datasets:
+            raise ValueError(f"two evaluation sets are named {loaded.name!r}; give them distinct `name`s")
+        if not loaded.examples:
+            raise ValueError(f"evaluation set {loaded.name!r} has no sentences")
+        datasets[loaded.name] = loaded.info
+        items += [_Item(loaded.name, NORMAL, example) for example in loaded.examples]
+        for probe in eval_set.probes if eval_set.probes is not None else args.probes:
+            mapping = probe_mapping(loaded.schema.labels, probe, args.probe_seed)
+            schema = probe_schema(loaded.schema, mapping)
+            label_maps.setdefault(probe, {})[loaded.name] = mapping
+            probed += [_Item(loaded.name, probe, relabel(e, mapping, schema)) for e in loaded.examples]
+    return items + probed, datasets, label_maps
+
+
+def evaluate(args: EvalArguments, generator: Generator | None = None) -> Evaluation:
+    """Ask, parse, score and analyse every sentence; write the three output files; return the results.
+
+    `generator` replaces the backend of `args` (tests pass a scripted one); it is not closed here.
+    """
+    if args.primary_mode not in MATCH_MODES:
+        raise ValueError(f"primary_mode must be one of {list(MATCH_MODES)}, not {args.primary_mode!r}")
+    items, datasets, label_maps = load_items(args)
+    owns_generator = generator is None
+    if generator is None:
+        options = dict(args.backend_options or {})
+        if args.model_name_or_path:
+            options.setdefault("model", args.model_name_or_path)
+        if "model" not in options:
+            raise ValueError("no model: set model_name_or_path")
+        generator = build_generator(args.backend, **options)
+    sampling = SamplingConfig(
+        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed
+    )
+    model = NERModel(
+        generator,
+        output_format=args.output_format,
+        reasoning=args.reasoning,
+        descriptions=args.descriptions,
+        sampling=sampling,
+        owns_generator=owns_generator,
+    )
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    outcomes: list[tuple[ParseResult, ErrorCounts] | None] = [None] * len(items)
+    tokens = 0
+    started = time.perf_counter()
+    with (
+        model,
+        # backslashreplace: a lone surrogate from a server's JSON becomes a JSON escape, not a crash
+        (output_dir / GENERATIONS).open("w", encoding="utf-8", errors="backslashreplace") as out,
+        tqdm(total=len(items), desc="eval", unit="sent") as bar,
+    ):
+        for index, completion, result in model.run(
+            [(item.example.text, item.example.schema) for item in items]
+        ):
+            counts = error_counts(items[index].example, result)
+            outcomes[index] = (result, counts)
+            tokens += completion.completion_tokens
+            record = _generation_record(items[index], completion, result, counts)
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.flush()
+            bar.update()
+    seconds = time.perf_counter() - started
+    reports, errors = _score(items, outcomes, label_maps)  # type: ignore[arg-type]
+    evaluation = Evaluation(
+        primary_mode=args.primary_mode,  # type: ignore[arg-type]
+        reports=reports,
+        errors=errors,
+        datasets=datasets,
+        label_maps=label_maps,
+        generation={
+            "sentences": len(items),
+            "seconds": round(seconds, 3),
+            "sentences_per_second": len(items) / seconds if seconds else 0.0,
+            "completion_tokens": tokens,
+        },
+        config=asdict(args),
+    )
+    (output_dir / RESULTS_JSON).write_text(
+        json.dumps(evaluation.to_dict(), indent=2) + "\n", encoding="utf-8"
+    )
+    (output_dir / RESULTS_MD).write_text(evaluation.to_markdown(), encoding="utf-8")
+    return evaluation
+
+
+def _score(
+    items: Sequence[_Item],
+    outcomes: Sequence[tuple[ParseResult, ErrorCounts]],
+    label_maps: Mapping[str, Any],
+) -> tuple[dict[str, dict[str, Report]], dict[str, dict[str, ErrorCounts]]]:
+    """Reports per variant and mode, and error counts per variant and dataset, scored in input order
+    so that they list datasets as the recipe does whatever order the backend finished in."""
+    variants = [NORMAL, *label_maps]
+    scorers = {(variant, mode): Scorer(mode) for variant in variants for mode in MATCH_MODES}  # type: ignore[arg-type]
+    errors: dict[str, dict[str, ErrorCounts]] = {variant: {} for variant in variants}
+    for item, (result, counts) in zip(items, outcomes, strict=True):
+        for mode in MATCH_MODES:
+            scorers[(item.variant, mode)].add(item.example, result.spans, result.ungrounded, item.dataset)
+        by_dataset = errors[item.variant]
+        by_dataset[item.dataset] = by_dataset.get(item.dataset, ErrorCounts()) + counts
+    reports = {
+        variant: {mode: scorers[(variant, mode)].report() for mode in MATCH_MODES} for variant in variants
+    }
+    return reports, errors
+
+
+def _generation_record(
+    item: _Item, completion: Completion, result: ParseResult, counts: ErrorCounts
+) -> dict[str, Any]:
+    text = item.example.text
+    return {
+        "dataset": item.dataset,
+        "variant": item.variant,
+        "id": item.example.id,
+        "text": text,
+        "labels": list(item.example.schema.labels),
+        "output": completion.text,
+        "completion_tokens": completion.completion_tokens,
+        "predicted": [
+            {"start": s.start, "end": s.end, "label": s.label, "text": s.text(text)} for s in result.spans
+        ],
+        "ungrounded": [{"text": mention, "label": label} for mention, label in result.ungrounded],
+        "problems": [{"kind": p.kind, "detail": p.detail} for p in result.problems],
+        "gold": item.example.entity_dicts(),
+        "errors": counts.to_dict(),
+    }

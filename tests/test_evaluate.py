@@ -1,0 +1,516 @@
+"""Evaluation and prediction: hand-computed scores, junk generations, error analysis, probes, offsets.
+
+Model outputs are scripted (a `Generator` that answers from a table) except in the two runs that go
+through the real tiny model: the `predict` CLI and `stages/eval.py` end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reasoningner.cli import main
+from reasoningner.evaluate import (
+    ErrorCounts,
+    EvalArguments,
+    error_counts,
+    evaluate,
+    load_items,
+    probe_mapping,
+)
+from reasoningner.formats import FORMATS, ParseResult, Problem, get_format
+from reasoningner.generation import Completion, Conversation, Generator, SamplingConfig
+from reasoningner.metrics import Counts, Scorer, match_counts
+from reasoningner.predict import Entity, NERModel
+from reasoningner.readers import Dataset, read_dataset, write_jsonl
+from reasoningner.spans import Example, Schema, Span
+
+ROOT = Path(__file__).parents[1]
+DATA = Path(__file__).parent / "data"
+SCHEMA = Schema(("person", "location", "DNA", "protein", "cell_type"))
+
+
+class Scripted(Generator):
+    """Answers each conversation with `answer(sentence, prompt)`; records every prompt it is asked."""
+
+    name = "scripted"
+
+    def __init__(self, answer: Callable[[str, str], str]) -> None:
+        self.answer = answer
+        self.prompts: list[str] = []
+
+    def _generate(
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig
+    ) -> Iterator[tuple[int, list[Completion]]]:
+        for index, conversation in enumerate(conversations):
+            prompt = conversation[-1]["content"]
+            self.prompts.append(prompt)
+            sentence = prompt.rsplit("Sentence: ", 1)[1]
+            yield index, [Completion(self.answer(sentence, prompt), 3)]
+
+
+def from_table(outputs: dict[str, str]) -> Scripted:
+    return Scripted(lambda sentence, _: outputs[sentence])
+
+
+def write_set(path: Path, examples: list[tuple[str, list[tuple[int, int, str]]]]) -> Path:
+    write_jsonl(
+        Dataset(
+            [
+                Example(t, tuple(Span(*s) for s in spans), SCHEMA, f"{path.stem}-{i}")
+                for i, (t, spans) in enumerate(examples)
+            ],
+            SCHEMA,
+            path.stem,
+        ),
+        path,
+    )
+    return path
+
+
+def eval_args(tmp_path: Path, datasets: list, **overrides) -> EvalArguments:
+    return EvalArguments(datasets=datasets, output_dir=str(tmp_path / "out"), **overrides)
+
+
+# --- scores: hand-computed on nested and repeated entities -------------------------------------------
+
+NESTED = "IL-2 gene expression in T cells ."
+REPEATED = "Paris said Paris is nice ."
+MIXED = "Acme hired Bob in Rome ."
+EMPTY = "Nothing here ."
+TWICE = "Bob met Bob ."
+OUTPUTS = {
+    # DNA and protein right (nested), cell_type cut short: a boundary error.
+    NESTED: '<think>x</think>{"entities": {"DNA": ["IL-2 gene"], "protein": ["IL-2"], "cell_type": ["T"]}}',
+    # "Paris" listed once under location is its first occurrence, which gold calls a person.
+    REPEATED: '<think>x</think>{"entities": {"location": ["Paris"]}}',
+    # Bob right, Alice invented, Acme spurious, Rome missed.
+    MIXED: '<think>x</think>{"entities": {"person": ["Bob", "Alice"], "location": ["Acme"]}}',
+    EMPTY: "<think>cut off before the answer",
+    # Truncated, but both complete mentions are kept.
+    TWICE: '<think>x</think>{"entities": {"person": ["Bob", "Bob"',
+}
+
+
+@pytest.fixture
+def hand_sets(tmp_path: Path) -> list[dict]:
+    first = write_set(
+        tmp_path / "first.jsonl",
+        [
+            (NESTED, [(0, 9, "DNA"), (0, 4, "protein"), (24, 31, "cell_type")]),
+            (REPEATED, [(0, 5, "person"), (11, 16, "location")]),
+        ],
+    )
+    second = write_set(
+        tmp_path / "second.jsonl",
+        [
+            (MIXED, [(11, 14, "person"), (18, 22, "location")]),
+            (EMPTY, []),
+            (TWICE, [(0, 3, "person"), (8, 11, "person")]),
+        ],
+    )
+    return [{"path": str(first), "name": "first"}, {"path": str(second), "name": "second"}]
+
+
+def test_scores_match_hand_computed_numbers_and_the_scorer(tmp_path: Path, hand_sets: list[dict]) -> None:
+    evaluation = evaluate(eval_args(tmp_path, hand_sets), generator=from_table(OUTPUTS))
+    exact, text = evaluation.reports["normal"]["exact"], evaluation.reports["normal"]["text"]
+    # exact: first tp 2 (DNA, protein) fp 2 (T, Paris@0 as location) fn 3 (T cells, Paris person, Paris@11)
+    #        second tp 3 (Bob, Bob, Bob) fp 2 (Alice, Acme) fn 1 (Rome)
+    assert exact.datasets["first"].micro == Counts(2, 2, 3)
+    assert exact.datasets["second"].micro == Counts(3, 2, 1)
+    # text: first tp 3 (il-2 gene, il-2, paris/location) fp 1 (t) fn 2 (t cells, paris/person)
+    #       second tp 2 (bob, twice one key) fp 2 (alice, acme) fn 1 (rome)
+    assert text.datasets["first"].micro == Counts(3, 1, 2)
+    assert text.datasets["second"].micro == Counts(2, 2, 1)
+    assert exact.datasets["first"].micro.f1 == pytest.approx(4 / 9)  # P 1/2, R 2/5
+    assert exact.average.f1 == pytest.approx((4 / 9 + 2 / 3) / 2)
+    assert text.average.f1 == pytest.approx((2 / 3 + 4 / 7) / 2)
+    assert exact.datasets["first"].per_label["cell_type"] == Counts(0, 1, 1)
+    assert text.datasets["first"].per_label["location"] == Counts(1, 0, 0)
+
+    # The same parses fed to `metrics.Scorer` directly give identical reports.
+    for mode in ("exact", "text"):
+        scorer = Scorer(mode)
+        for entry in hand_sets:
+            for example in read_dataset(entry["path"]).examples:
+                parsed = get_format("grouped_json").parse(OUTPUTS[example.text], example.text, example.schema)
+                scorer.add(example, parsed.spans, parsed.ungrounded, entry["name"])
+        assert scorer.report().to_dict() == evaluation.reports["normal"][mode].to_dict()
+
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["primary_mode"] == "text"
+    assert results["scores"]["exact"] == exact.to_dict()
+    assert results["errors"]["first"] | {"problems": {}} == {
+        "outputs": 2, "format_failures": 0, "no_answer": 0, "hallucinated": 0,
+        "boundary_errors": 1, "type_errors": 1, "missed": 1, "spurious": 0, "problems": {},
+    }  # fmt: skip
+    second = results["errors"]["second"]
+    assert (second["format_failures"], second["no_answer"], second["hallucinated"]) == (2, 1, 1)
+    assert (second["spurious"], second["missed"], second["boundary_errors"], second["type_errors"]) == (
+        1,
+        1,
+        0,
+        0,
+    )
+    assert second["problems"] == {"truncated": 1, "unclosed_think": 1, "ungrounded": 1}
+
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "## text-pair F1 (primary)" in markdown and "## exact-span F1" in markdown
+    assert "| first | 75.00 | 60.00 | 66.67 |" in markdown  # text P 3/4, R 3/5
+    lines = [json.loads(line) for line in (tmp_path / "out" / "generations.jsonl").read_text().splitlines()]
+    assert [line["text"] for line in lines] == [NESTED, REPEATED, MIXED, EMPTY, TWICE]
+    mixed = lines[2]
+    assert mixed["output"] == OUTPUTS[MIXED]
+    assert mixed["ungrounded"] == [{"text": "Alice", "label": "person"}]
+    assert mixed["gold"] == [
+        {"start": 11, "end": 14, "label": "person", "text": "Bob"},
+        {"start": 18, "end": 22, "label": "location", "text": "Rome"},
+    ]
+    assert {"start": 0, "end": 4, "label": "location", "text": "Acme"} in mixed["predicted"]
+    assert [p["kind"] for p in lines[3]["problems"]] == ["unclosed_think"]
+
+
+def test_primary_mode_exact_leads(tmp_path: Path, hand_sets: list[dict]) -> None:
+    evaluation = evaluate(eval_args(tmp_path, hand_sets, primary_mode="exact"), generator=from_table(OUTPUTS))
+    markdown = evaluation.to_markdown()
+    assert markdown.index("## exact-span F1 (primary)") < markdown.index("## text-pair F1")
+    assert evaluation.table().columns[2].header == "exact P"
+
+
+# --- robustness: junk generations never crash evaluation ---------------------------------------------
+
+JUNK: list[Callable[[random.Random, str], str]] = [
+    lambda rng, s: "".join(rng.choice("{}[]<>\"':,|/ \nabcXYZ0123") for _ in range(rng.randrange(200))),
+    lambda rng, s: f'<think>"{s.split()[0]}" is a person</think>{{"entities": {{"person": ["{s}"]}}}}'[
+        : rng.randrange(1, 60)
+    ],
+    lambda rng, s: "a" * 50_000 if rng.random() < 0.5 else '{"entities": {"person": [' + '"x", ' * 1_000,
+    lambda rng, s: (
+        "<think>ü😀\u200b\u202e\x00\ud800</think>" + rng.choice(["😀", "\ud83d", "ß", "\x00"]) * 50
+    ),
+    lambda rng, s: (
+        "<think><think></think></think><person><person>" + s + "</person>[[ | person]]]</location>"
+    ),
+    lambda rng, s: "[" * 5000 + "]" * rng.randrange(5000),
+    lambda rng, s: '{"entities": {"person": [1, null, {"a": 2}, "", "   "], "": ["x"], "3": 4}}',
+    lambda rng, s: "```json\n{'entities': {'person': ['" + s.split()[-1] + "',],}}\n```",
+    lambda rng, s: (
+        '[{"text": "' + s + '", "label": "person", "start": "x", "end": -5, "occurrence_index": 99}]'
+    ),
+    lambda rng, s: "",
+    lambda rng, s: "</think>" * 3 + "<think>",
+    # Nearly right, so that spans come out of every format's parser too.
+    lambda rng, s: f'{{"entities": {{"person": ["{s.split()[0]}", "{s.split()[-1].upper()}"]}}}}',
+    lambda rng, s: f"[{s.split()[0]} | person] {s}",
+]
+
+
+@pytest.mark.parametrize(
+    ("output_format", "limit"), [("grouped_json", 1000), *((f, 100) for f in FORMATS if f != "grouped_json")]
+)
+def test_junk_generations_never_crash(tmp_path: Path, output_format: str, limit: int) -> None:
+    rng = random.Random(0)
+    generator = Scripted(lambda sentence, _: rng.choice(JUNK)(rng, sentence))
+    args = eval_args(
+        tmp_path,
+        [
+            {
+                "path": str(ROOT / "data" / "conll2003" / "train-slice.txt"),
+                "labels": ["person", "location", "organisation", "misc"],
+            }
+        ],
+        limit=limit,
+        output_format=output_format,
+    )
+    evaluation = evaluate(args, generator=generator)
+    errors = evaluation.errors["normal"]["conll2003-train"]
+    assert errors.outputs == limit
+    assert errors.format_failures > limit / 2
+    lines = (tmp_path / "out" / "generations.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == limit
+    records = [json.loads(line) for line in lines]
+    assert any(record["predicted"] for record in records)
+    for record in records:
+        for span in record["predicted"]:
+            assert record["text"][span["start"] : span["end"]] == span["text"]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["generation"]["sentences"] == limit
+
+
+# --- error analysis -----------------------------------------------------------------------------------
+
+
+def parse_result(spans: list[tuple[int, int, str]], ungrounded=(), problems=()) -> ParseResult:
+    return ParseResult([Span(*s) for s in spans], list(ungrounded), [Problem(k, "") for k in problems])
+
+
+GOLD = Example(
+    "IL-2 gene and IL-2 in Bob Smith cells .",
+    (Span(0, 9, "DNA"), Span(0, 4, "protein"), Span(14, 18, "protein"), Span(22, 31, "person")),
+    SCHEMA,
+)
+
+
+@pytest.mark.parametrize(
+    ("predicted", "expected"),
+    [
+        ([(0, 9, "DNA"), (0, 4, "protein")], dict(missed=2)),
+        ([(14, 18, "DNA")], dict(type_errors=1, missed=3)),  # gold offsets, other label
+        ([(22, 25, "person")], dict(boundary_errors=1, missed=3)),  # too short
+        ([(14, 24, "protein")], dict(boundary_errors=1, missed=3)),  # too long, only the protein counts
+        ([(22, 25, "location")], dict(spurious=1, missed=4)),  # other offsets and other label
+        ([(32, 37, "cell_type")], dict(spurious=1, missed=4)),  # nothing there
+        ([(0, 4, "DNA")], dict(type_errors=1, missed=3)),  # nested: the inner gold's offsets, outer's label
+    ],
+)
+def test_error_categories(predicted: list, expected: dict) -> None:
+    counts = error_counts(GOLD, parse_result(predicted))
+    assert counts == ErrorCounts(outputs=1, **expected)
+
+
+def test_hallucinations_are_distinct_keys_and_format_failures_ignore_content_problems() -> None:
+    ungrounded = [("Alice", "person"), ("alice", "person"), ("Alice", "location")]
+    counts = error_counts(GOLD, parse_result([], ungrounded, ["ungrounded", "unknown_label", "duplicate"]))
+    assert (counts.hallucinated, counts.format_failures, counts.no_answer) == (2, 0, 0)
+    assert error_counts(GOLD, parse_result([], (), ["code_fence"])).format_failures == 1
+    no_answer = error_counts(GOLD, parse_result([], (), ["no_answer"]))
+    assert (no_answer.format_failures, no_answer.no_answer, no_answer.missed) == (1, 1, 4)
+    summed = counts + no_answer
+    assert summed.outputs == 2 and summed.problems["no_answer"] == 1 and summed.missed == 8
+
+
+spans = st.builds(
+    lambda start, length, label: Span(start, start + length, label),
+    st.integers(0, 30),
+    st.integers(1, 8),
+    st.sampled_from(["person", "location", "protein"]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    gold=st.sets(spans, max_size=6),
+    predicted=st.sets(spans, max_size=6),
+    invented=st.lists(st.sampled_from(["x", "X", "y"]), max_size=3),
+)
+def test_categories_add_up_to_the_exact_false_positives(
+    gold: set[Span], predicted: set[Span], invented: list[str]
+) -> None:
+    example = Example("x" * 40, tuple(gold), SCHEMA)
+    parsed = parse_result([(s.start, s.end, s.label) for s in predicted], [(t, "person") for t in invented])
+    counts = error_counts(example, parsed)
+    total = sum(match_counts(example, parsed.spans, parsed.ungrounded, "exact").values(), Counts())
+    assert total.fp == counts.type_errors + counts.boundary_errors + counts.spurious + counts.hallucinated
+    assert counts.missed <= total.fn
+
+
+# --- memorization probe ---------------------------------------------------------------------------------
+
+
+def test_probe_mappings_are_opaque_letters_or_seeded_derangements() -> None:
+    labels = ["person", "organisation", "location", "misc"]
+    assert probe_mapping(labels, "opaque") == {
+        "person": "A",
+        "organisation": "B",
+        "location": "C",
+        "misc": "D",
+    }
+    assert list(probe_mapping([f"l{i}" for i in range(28)], "opaque").values())[-3:] == ["Z", "AA", "AB"]
+    for seed in range(20):
+        shuffled = probe_mapping(labels, "shuffled", seed)
+        assert shuffled == probe_mapping(labels, "shuffled", seed)  # deterministic
+        assert sorted(shuffled.values()) == sorted(labels)
+        assert all(new != old for old, new in shuffled.items())
+    assert len({tuple(probe_mapping(labels, "shuffled", seed).values()) for seed in range(20)}) > 1
+    assert probe_mapping(["only"], "shuffled") == {"only": "only"}
+    with pytest.raises(ValueError, match="unknown probe"):
+        probe_mapping(labels, "reversed")
+
+
+def test_probes_relabel_gold_consistently_and_descriptions_stay_with_the_type(tmp_path: Path) -> None:
+    args = eval_args(
+        tmp_path, [{"path": str(DATA / "genia_mini.json"), "probes": ["opaque", "shuffled"]}], probe_seed=3
+    )
+    items, datasets, label_maps = load_items(args)
+    normal = [item for item in items if item.variant == "normal"]
+    source = normal[0].example.schema
+    for probe in ("opaque", "shuffled"):
+        mapping = label_maps[probe]["genia_mini"]
+        probed = [item for item in items if item.variant == probe]
+        assert [item.example.text for item in probed] == [item.example.text for item in normal]
+        for before, after in zip(normal, probed, strict=True):
+            assert set(after.example.spans) == {
+                Span(s.start, s.end, mapping[s.label]) for s in before.example.spans
+            }
+            for label in source.labels:
+                assert after.example.schema.describe(mapping[label]) == source.describe(label)
+    assert label_maps["shuffled"]["genia_mini"] == probe_mapping(source.labels, "shuffled", 3)
+
+
+def test_a_model_that_memorized_label_names_shows_the_drop(tmp_path: Path) -> None:
+    """A scripted 'model' that always answers with the real names is perfect normally and scores 0 on
+    opaque labels; the report shows the whole F1 as the drop."""
+    dataset = read_dataset(DATA / "conll2003_mini.txt")
+    gold = {e.text: get_format("grouped_json").render(e) for e in dataset.examples}
+    args = eval_args(
+        tmp_path, [{"path": str(DATA / "conll2003_mini.txt"), "name": "conll"}], probes=["opaque"]
+    )
+    evaluation = evaluate(args, generator=from_table(gold))
+    assert evaluation.reports["normal"]["text"].datasets["conll"].micro.f1 == 1.0
+    assert evaluation.reports["opaque"]["text"].datasets["conll"].micro.f1 == 0.0
+    assert evaluation.drops()["conll"]["opaque"] == {"text": 1.0, "exact": 1.0}
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["probe_drops"]["conll"]["opaque"]["text"] == 1.0
+    assert results["probes"]["opaque"]["label_maps"]["conll"]["person"] in "ABCD"
+    assert "| conll | 100.00 | 0.00 | 100.00 |" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_label_subset_rename_and_descriptions_reach_the_prompt(tmp_path: Path) -> None:
+    entry = {
+        "path": str(DATA / "conll2003_mini.txt"),
+        "labels": {"person": "PER", "location": "LOC"},
+        "descriptions": {"PER": "a human being"},
+    }
+    items, datasets, _ = load_items(eval_args(tmp_path, [entry]))
+    assert all({s.label for s in item.example.spans} <= {"PER", "LOC"} for item in items)
+    info = datasets["conll2003_mini"]
+    assert info["labels"] == ["PER", "LOC"] and info["dropped_entities"] > 0
+    generator = Scripted(lambda sentence, prompt: "{}")
+    evaluate(eval_args(tmp_path, [entry], limit=1), generator=generator)
+    assert "- PER: a human being\n- LOC\n" in generator.prompts[0]
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_items(eval_args(tmp_path, [{**entry, "lables": []}]))
+    with pytest.raises(ValueError, match="descriptions given for labels outside"):
+        load_items(eval_args(tmp_path, [{**entry, "descriptions": {"person": "x"}}]))
+
+
+# --- predict: offsets into the original text --------------------------------------------------------------
+
+TEXTS = [
+    "München liegt in Bayern ; München ist groß , sagt Jürgen aus München .",
+    "  Paris 🎉 meets Paris Hilton in Paris  ",
+    "北京 and 上海 and 北京 again",
+]
+
+
+@pytest.mark.parametrize("output_format", list(FORMATS))
+def test_predict_offsets_slice_the_input_for_every_format(output_format: str) -> None:
+    schema = Schema(("person", "location"))
+    gold = [
+        Example(TEXTS[0], (Span(0, 7, "location"), Span(50, 56, "person"), Span(61, 68, "location")), schema),
+        Example(TEXTS[1], (Span(2, 7, "person"), Span(16, 28, "person"), Span(32, 37, "location")), schema),
+        Example(TEXTS[2], (Span(0, 2, "location"), Span(7, 9, "location"), Span(14, 16, "location")), schema),
+    ]
+    fmt = get_format(output_format)
+    answers = {e.text: f"<think>because</think>{fmt.render(e)}" for e in gold}
+    model = NERModel(from_table(answers), output_format=output_format)
+    predictions = model.predict(TEXTS, ["person", "location"], return_rationale=True)
+    for text, example, prediction in zip(TEXTS, gold, predictions, strict=True):
+        for entity in prediction:
+            assert text[entity.start : entity.end] == entity.text
+        if fmt.expresses(example):
+            assert [(e.start, e.end, e.label) for e in prediction] == [
+                (s.start, s.end, s.label) for s in example.spans
+            ]
+        assert prediction.rationale == "because"
+
+
+def test_predict_repeated_mentions_ungrounded_unknown_labels_and_blank_texts() -> None:
+    answer = (
+        '<think>r</think>{"entities": {"location": ["München", "München", "Atlantis"], '
+        '"person": ["jürgen"], "weapon": ["Bayern"]}}'
+    )
+    generator = Scripted(lambda sentence, _: answer)
+    model = NERModel(generator)
+    blank, prediction = model.predict(["   ", TEXTS[0]], ["location", "person"], {"location": "a place"})
+    assert blank == [] and len(generator.prompts) == 1  # no generation for a blank text
+    assert "- location: a place" in generator.prompts[0]
+    # Listed twice: the first two occurrences (grouped_json's rule). "jürgen" grounds leniently and the
+    # entity keeps the input's spelling.
+    assert list(prediction) == [
+        Entity("München", "location", 0, 7),
+        Entity("München", "location", 26, 33),
+        Entity("Jürgen", "person", 50, 56),
+    ]
+    assert prediction.ungrounded == [("Atlantis", "location")]
+    assert "unknown_label" in {p.kind for p in prediction.problems}  # "weapon" is dropped
+    assert prediction.rationale is None
+    record = prediction.to_dict(TEXTS[0])
+    assert record["ungrounded"] == [{"text": "Atlantis", "label": "location"}] and "rationale" not in record
+    assert record["entities"][0] == {"text": "München", "label": "location", "start": 0, "end": 7}
+
+
+# --- the real tiny model: predict CLI and stages/eval.py ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from reasoningner.tiny_model import build_tiny_model
+
+    texts = [e.text for e in read_dataset(DATA / "conll2003_mini.txt").examples]
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tiny"), texts, vocab_size=400, hidden_size=32, intermediate_size=64,
+        num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+    )  # fmt: skip
+
+
+def test_predict_cli_with_the_tiny_model(
+    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture
+) -> None:
+    source = tmp_path / "texts.txt"
+    source.write_text("EU rejects German call .\n\nPeter Blackburn met Peter .\n", encoding="utf-8")
+    descriptions = tmp_path / "descriptions.json"
+    descriptions.write_text(json.dumps({"person": "a human"}), encoding="utf-8")
+    code = main(
+        ["predict", "--model", str(tiny_model), "--labels", "person,location", "--descriptions-file",
+         str(descriptions), "--rationale", "--max-new-tokens", "12", str(source)]
+    )  # fmt: skip
+    assert code == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in records] == ["EU rejects German call .", "", "Peter Blackburn met Peter ."]
+    for record in records:
+        assert set(record) >= {"entities", "ungrounded", "problems"}
+        for entity in record["entities"]:
+            assert record["text"][entity["start"] : entity["end"]] == entity["text"]
+    assert "rationale" in records[0]
+    assert main(["predict", "--model", str(tmp_path / "nowhere"), "--labels", "person", str(source)]) == 2
+    assert main(["predict", "--model", str(tiny_model), "--labels", "bad label", str(source)]) == 2
+
+
+def test_eval_stage_end_to_end_with_the_tiny_model(tmp_path: Path, tiny_model: Path) -> None:
+    recipe = tmp_path / "eval.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "model_name_or_path": str(tiny_model),
+                "output_dir": str(tmp_path / "out"),
+                "backend_options": {"batch_size": 4},
+                "max_new_tokens": 12,
+                "limit": 5,
+                "datasets": [{"path": str(ROOT / "data" / "conll2003" / "dev-slice.txt"), "name": "conll"}],
+            }
+        )
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "eval.py"), "--config", str(recipe)],
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["generations.jsonl", "results.json", "results.md"]
+    assert len((out / "generations.jsonl").read_text().splitlines()) == 5
+    results = json.loads((out / "results.json").read_text())
+    assert results["scores"]["text"]["datasets"]["conll"]["examples"] == 5
+    assert results["config"]["model_name_or_path"] == str(tiny_model)
+    assert "conll" in result.stdout and "Avg" in result.stdout
