@@ -114,5 +114,5 @@ def test_eval_logs_a_results_table_and_writes_its_manifest(tmp_path, offline_wan
     (run,) = read_offline_runs(Path(offline_wandb["WANDB_DIR"]))
     assert (run.group, run.job_type) == ("pipeline-9", "eval")
     assert {"text/avg_f1", "exact/avg_f1"} <= run.summary.keys()
-    (table,) = [row["results"] for row in run.history if "results" in row]
-    assert table["_type"] == "table-file" and table["nrows"] == 2 * 3  # modes x datasets
+    assert run.summary["results/_type"] == "table-file"
+    assert run.summary["results/nrows"] == 2 * 3  # modes x datasets
