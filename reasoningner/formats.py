@@ -253,26 +253,32 @@ class _Builder:
 
     def result(self) -> ParseResult:
         spans: list[Span] = []
-        seen: set[Span] = set()
+        seen: set[tuple[int, int, str]] = set()  # span fields: hashing them is cheaper than a Span
         for span in self.spans:
-            if span in seen:
+            key = (span.start, span.end, span.label)
+            if key in seen:
                 self.problem("duplicate", f"{span.text(self.text)!r} ({span.label}) is stated more than once")
             else:
-                seen.add(span)
+                seen.add(key)
                 spans.append(span)
         labels = [span.label for span in spans] + [label for _, label in self.ungrounded]
+        known = self.schema.labels
         for label in dict.fromkeys(labels):
-            if label not in self.schema:
+            if label not in known:
                 self.problem("unknown_label", f"{label!r} is not a label of the schema")
-        return ParseResult(sort_spans(spans), self.ungrounded, self.problems)
+        return ParseResult(sort_spans(spans) if len(spans) > 1 else spans, self.ungrounded, self.problems)
 
 
-def _find(text: str, mention: str) -> list[tuple[int, int]]:
-    """Where `mention` is in `text`: exact occurrences, else ones equal up to case and spacing."""
+@lru_cache(maxsize=16_384)
+def _find(text: str, mention: str) -> tuple[tuple[int, int], ...]:
+    """Where `mention` is in `text`: exact occurrences, else ones equal up to case and spacing.
+
+    Cached: the completions of one prompt mention mostly the same texts of the same sentence.
+    """
     starts = occurrences(text, mention)
     if starts:
-        return [(start, start + len(mention)) for start in starts]
-    return _lenient_occurrences(text, mention)
+        return tuple((start, start + len(mention)) for start in starts)
+    return tuple(_lenient_occurrences(text, mention))
 
 
 _normalized = lru_cache(maxsize=4096)(normalize_mention)  # for sentences, which recur across completions
@@ -320,7 +326,7 @@ def _is_word(char: str) -> bool:
     return char.isalnum() or char == "_"
 
 
-def _nearest(found: list[tuple[int, int]], near: int) -> tuple[int, int]:
+def _nearest(found: Sequence[tuple[int, int]], near: int) -> tuple[int, int]:
     return min(found, key=lambda span: (abs(span[0] - near), span[0]))
 
 

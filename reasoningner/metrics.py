@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal, get_args
 
 from reasoningner.spans import Example, Span, check_span, normalize_mention
@@ -79,6 +80,29 @@ class Counts:
         }
 
 
+# Mentions recur (gold across a prompt's generations, predictions across examples): normalise each once.
+_normalized = lru_cache(maxsize=16_384)(normalize_mention)
+
+
+def _match_keys(
+    gold: Example, predicted: Sequence[Span], ungrounded: Sequence[tuple[str, str]], mode: MatchMode
+) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
+    """The gold and predicted entity keys of one example in `mode` (see `match_counts`)."""
+    if mode not in MATCH_MODES:
+        raise ValueError(f"unknown match mode {mode!r}; expected one of {list(MATCH_MODES)}")
+    for span in predicted:
+        check_span(span, gold.text)
+    ungrounded_keys = {(_normalized(text), label) for text, label in ungrounded}
+    if mode == "exact":
+        # 3-tuples for spans and 2-tuples for ungrounded mentions never compare equal.
+        gold_keys: set[tuple[Any, ...]] = {(s.start, s.end, s.label) for s in gold.spans}
+        predicted_keys = {(s.start, s.end, s.label) for s in predicted} | ungrounded_keys
+    else:
+        gold_keys = {(_normalized(s.text(gold.text)), s.label) for s in gold.spans}
+        predicted_keys = {(_normalized(s.text(gold.text)), s.label) for s in predicted} | ungrounded_keys
+    return gold_keys, predicted_keys
+
+
 def match_counts(
     gold: Example,
     predicted: Sequence[Span],
@@ -94,26 +118,25 @@ def match_counts(
     that is not a valid span of the text (a grounding bug, not a model error) and `ValueError` for
     an unknown mode.
     """
-    if mode not in MATCH_MODES:
-        raise ValueError(f"unknown match mode {mode!r}; expected one of {list(MATCH_MODES)}")
-    for span in predicted:
-        check_span(span, gold.text)
-    ungrounded_keys = {(normalize_mention(text), label) for text, label in ungrounded}
-    if mode == "exact":
-        # 3-tuples for spans and 2-tuples for ungrounded mentions never compare equal.
-        gold_keys: set[tuple[Any, ...]] = {(s.start, s.end, s.label) for s in gold.spans}
-        predicted_keys = {(s.start, s.end, s.label) for s in predicted} | ungrounded_keys
-    else:
-        gold_keys = {(normalize_mention(s.text(gold.text)), s.label) for s in gold.spans}
-        predicted_keys = {
-            (normalize_mention(s.text(gold.text)), s.label) for s in predicted
-        } | ungrounded_keys
+    gold_keys, predicted_keys = _match_keys(gold, predicted, ungrounded, mode)
     tp = Counter(key[-1] for key in gold_keys & predicted_keys)
     fp = Counter(key[-1] for key in predicted_keys - gold_keys)
     fn = Counter(key[-1] for key in gold_keys - predicted_keys)
     return {
         label: Counts(tp[label], fp[label], fn[label]) for label in sorted(tp.keys() | fp.keys() | fn.keys())
     }
+
+
+def match_totals(
+    gold: Example,
+    predicted: Sequence[Span],
+    ungrounded: Sequence[tuple[str, str]] = (),
+    mode: MatchMode = "exact",
+) -> Counts:
+    """The micro counts of one example: `match_counts` summed over labels, without the split."""
+    gold_keys, predicted_keys = _match_keys(gold, predicted, ungrounded, mode)
+    tp = len(gold_keys & predicted_keys)
+    return Counts(tp, len(predicted_keys) - tp, len(gold_keys) - tp)
 
 
 def example_f1(
@@ -127,7 +150,7 @@ def example_f1(
     Unlike corpus-level scores, a sentence with no gold entity answered with none scores 1.0: there
     was nothing to find and nothing was invented.
     """
-    total = sum(match_counts(gold, predicted, ungrounded, mode).values(), Counts())
+    total = match_totals(gold, predicted, ungrounded, mode)
     return 1.0 if total.tp + total.fp + total.fn == 0 else total.f1
 
 

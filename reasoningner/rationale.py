@@ -28,7 +28,10 @@ from functools import lru_cache
 
 from reasoningner.spans import Example, Schema, normalize_mention
 
-_QUOTED = r"[\"“”](?P<text>[^\"“”\n]{1,200})[\"“”]"
+# The quoted text is matched atomically (a lookahead, then a backreference to what it saw): giving
+# characters back could never meet a closing quote, and trying to after every quote was most of the
+# cost. Quotes and newlines have no case, so only the link and the label are matched ignoring case.
+_QUOTED = r"[\"“”](?=(?P<text>[^\"“”\n]{1,200}))(?P=text)[\"“”]"
 _LINK = (
     r"\s*(?:is\s+(?P<negation>not\s+)?(?:an?\s+|the\s+)?|->\s*|→\s*|:\s*|=\s*|as\s+(?:an?\s+)?"
     r"|label(?:l)?ed\s+(?:as\s+)?(?:an?\s+)?)"
@@ -40,12 +43,18 @@ def _assertion_pattern(labels: tuple[str, ...]) -> re.Pattern[str]:
     # Longest labels first so "musicalartist" wins over "artist"-like prefixes.
     alternatives = sorted({re.escape(label).replace("_", "[_ ]") for label in labels}, key=len, reverse=True)
     label_group = "(?P<label>" + "|".join(alternatives) + ")"
-    return re.compile(_QUOTED + _LINK + label_group + r"(?![\w-])", re.IGNORECASE)
+    return re.compile(_QUOTED + "(?i:" + _LINK + label_group + r"(?![\w-]))")
+
+
+@lru_cache(maxsize=256)
+def _canonical_labels(labels: tuple[str, ...]) -> dict[str, str]:
+    """Labels by the form an assertion's label is matched in (case-folded, underscores as spaces)."""
+    return {label.casefold().replace("_", " "): label for label in labels}
 
 
 def asserted_entities(rationale: str, schema: Schema) -> list[tuple[str, str]]:
     """(text, label) pairs the rationale asserts as entities, in order; rejections are left out."""
-    canonical = {label.casefold().replace("_", " "): label for label in schema.labels}
+    canonical = _canonical_labels(schema.labels)
     found = []
     for match in _assertion_pattern(schema.labels).finditer(rationale):
         if match.group("negation"):
@@ -55,8 +64,12 @@ def asserted_entities(rationale: str, schema: Schema) -> list[tuple[str, str]]:
     return found
 
 
+# Mentions recur (in rationales and answers of a prompt's generations): normalise each once.
+_normalized = lru_cache(maxsize=16_384)(normalize_mention)
+
+
 def _keys(pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-    return {(normalize_mention(text), label) for text, label in pairs}
+    return {(_normalized(text), label) for text, label in pairs}
 
 
 def consistency(rationale: str, answer: Iterable[tuple[str, str]], schema: Schema) -> float:

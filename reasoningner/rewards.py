@@ -1,7 +1,7 @@
 """Verifiable NER rewards for GRPO, gathered in one registry so a recipe names them by string.
 
 Each reward is a plain function `f(completions, **columns) -> list[float]` as TRL's GRPOTrainer
-calls it; TRL logs each one separately. The columns every RL example carries (see `rl_data.py`):
+calls it; TRL logs each one separately. The columns every RL example carries (`training_data.rl_record`):
 `text` (the sentence), `entities` (gold spans as dicts), `labels` (the schema's label list) and
 `output_format` (a name from `formats.FORMATS`).
 
@@ -21,7 +21,10 @@ Components, each total (never raises), deterministic and in [0, 1]:
 
 Guards against the obvious hacks: a completion longer than `MAX_COMPLETION_CHARS` gets 0 on every
 component; an answer copied into the rationale (so that consistency is trivially met) gets 0
-consistency; no parseable answer gets 0 schema and grounding (an empty output is not "compliant").
+consistency; an answer that cannot be read (empty, or junk the parser recovers no entity from)
+counts as no answer: 0 on every component but the rationale half of format (an empty output is not
+"compliant", and junk on a sentence without entities must not pass for "nothing found").
+Repeating an entity changes nothing: spans are deduplicated by the parser, ungrounded mentions here.
 
 Default weights follow the paper (F1 10 : schema 1); format, consistency and grounding get 1 each:
 enough to keep the output well-formed and honest, too little to outweigh getting entities right.
@@ -30,21 +33,23 @@ enough to keep the output well-formed and honest, too little to outweigh getting
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from operator import itemgetter
+from typing import Any, NamedTuple
 
-from reasoningner.formats import ParseResult, get_format, split_answer
-from reasoningner.metrics import MatchMode, match_counts
+from reasoningner.formats import CONTENT_PROBLEMS, ParseResult, get_format, split_answer
+from reasoningner.metrics import MatchMode, match_totals
 from reasoningner.rationale import consistency
-from reasoningner.spans import Example, Schema, spans_from_dicts
+from reasoningner.spans import Example, Schema, Span
 
 RewardFunction = Callable[..., list[float]]
 
 MAX_COMPLETION_CHARS = 16_000
-# Problems that are about the answer's syntax; unknown labels and ungrounded entities are judged
-# by the schema and grounding rewards instead of being punished twice.
-CONTENT_PROBLEMS = frozenset({"unknown_label", "ungrounded", "duplicate"})
+# `formats.CONTENT_PROBLEMS` (unknown labels, ungrounded entities) are judged by the schema and
+# grounding rewards; the format reward only counts the other, syntax, problems.
+# Problems around an answer whose value is still read whole; any other syntax problem in an answer
+# that yields no entity means nothing could be read from it.
+WRAPPING_PROBLEMS = frozenset({"code_fence", "extra_text"})
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "format": 1.0,
@@ -55,8 +60,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 }
 
 
-@dataclass(frozen=True)
-class Analysis:
+class Analysis(NamedTuple):
     """Everything the components need from one completion, computed once."""
 
     oversized: bool
@@ -87,11 +91,15 @@ def analyse(completion: str, text: str, labels: tuple[str, ...], output_format: 
         return Analysis(True, None, False, "", None, ())
     rationale, answer, problems = split_answer(completion)
     closed = not any(p.kind == "unclosed_think" for p in problems)
-    if not answer.strip():
+    if not answer:
         return Analysis(False, rationale, closed, "", None, ())
-    parse = get_format(output_format).parse(completion, text, _schema(labels))
-    pairs = tuple((span.text(text), span.label) for span in parse.spans) + tuple(parse.ungrounded)
-    return Analysis(False, rationale, closed, answer.strip(), parse, pairs)
+    parse = get_format(output_format).parse_answer(answer, text, _schema(labels), problems)
+    pairs = tuple((text[span.start : span.end], span.label) for span in parse.spans) + tuple(
+        dict.fromkeys(parse.ungrounded)
+    )
+    if not pairs and {p.kind for p in parse.problems} - CONTENT_PROBLEMS - WRAPPING_PROBLEMS:
+        return Analysis(False, rationale, closed, "", None, ())
+    return Analysis(False, rationale, closed, answer, parse, pairs)
 
 
 def _completion_text(completion: Any) -> str:
@@ -155,18 +163,25 @@ def format_reward(completions, text, labels, output_format, **_) -> list[float]:
     ]
 
 
+@lru_cache(maxsize=16_384)
+def _gold(text: str, spans: tuple[tuple[Any, Any, Any], ...], labels: tuple[str, ...]) -> Example:
+    return Example(text, tuple(Span(int(s), int(e), str(label)) for s, e, label in spans), _schema(labels))
+
+
+_SPAN_FIELDS = itemgetter("start", "end", "label")
+
+
 def _gold_example(text: str, entities: Sequence[dict], labels: tuple[str, ...]) -> Example:
-    return Example(text, spans_from_dicts(entities), _schema(labels))
+    """The gold of one row (`spans.spans_from_dicts`), built once for all the generations of its prompt."""
+    return _gold(text, tuple(map(_SPAN_FIELDS, entities)), labels)
 
 
 def entity_f1(analysis: Analysis, gold: Example, mode: MatchMode) -> float:
     """F1 of one prediction; both empty is 1.0 (nothing to find, nothing invented)."""
     if analysis.oversized or not analysis.answered:
         return 0.0
-    counts = match_counts(gold, analysis.parse.spans, analysis.parse.ungrounded, mode)
-    tp = sum(c.tp for c in counts.values())
-    fp = sum(c.fp for c in counts.values())
-    fn = sum(c.fn for c in counts.values())
+    counts = match_totals(gold, analysis.parse.spans, analysis.parse.ungrounded, mode)
+    tp, fp, fn = counts.tp, counts.fp, counts.fn
     if tp + fp + fn == 0:
         return 1.0
     return 2 * tp / (2 * tp + fp + fn)

@@ -1,0 +1,535 @@
+"""Stage 3 rewards and data: every component on hand-built completions (right, wrong, malformed,
+hacked), the guards against reward hacking, TRL's calling convention, totality (hypothesis), the
+registry, the dataset sampler, and a GRPO smoke run of the stage script on the tiny-cpu recipe."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from datasets import Dataset
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reasoningner.formats import FORMATS, get_format
+from reasoningner.metrics import MATCH_MODES, Counts, match_counts, match_totals
+from reasoningner.rationale import assertion
+from reasoningner.readers import read_dataset
+from reasoningner.rewards import DEFAULT_WEIGHTS, MAX_COMPLETION_CHARS, REWARDS, analyse, get_rewards
+from reasoningner.spans import Example, Schema, Span, spans_from_dicts
+from reasoningner.tiny_model import build_tiny_model
+from reasoningner.training_data import proportional_sizes, rl_prompts, rl_record, sample_mixture
+
+ROOT = Path(__file__).parents[1]
+DATA = Path(__file__).parent / "data"
+LABELS = ["organisation", "misc", "person", "location"]
+SCHEMA = Schema(tuple(LABELS))
+
+TEXT = "EU rejects German call to boycott British lamb ."
+GOLD = [
+    {"start": 0, "end": 2, "label": "organisation", "text": "EU"},
+    {"start": 11, "end": 17, "label": "misc", "text": "German"},
+    {"start": 34, "end": 41, "label": "misc", "text": "British"},
+]
+RATIONALE = '"EU" is an organisation\n"German" is a misc\n"British" is a misc'
+ANSWER = '{"entities": {"organisation": ["EU"], "misc": ["German", "British"]}}'
+NOTHING = "No span names an entity of the given types."
+EMPTY = '{"entities": {}}'
+NO_ENTITY_TEXT = "Nothing happened on Thursday ."
+NAMES = ["format", "f1", "f1_exact", "consistency", "schema", "grounding"]
+
+
+def complete(rationale: str, answer: str) -> str:
+    """A completion the way the chat template makes the model write it."""
+    return f"<think>\n{rationale}\n</think>\n{answer}"
+
+
+def score(
+    completion: Any, text: str = TEXT, entities: list[dict[str, Any]] | None = None, fmt: str = "grouped_json"
+) -> dict[str, float]:
+    """Every registered component on one completion, called as TRL calls them (a batch of one)."""
+    columns = {
+        "text": [text],
+        "entities": [GOLD if entities is None else entities],
+        "labels": [LABELS],
+        "output_format": [fmt],
+    }
+    return {name: function([completion], **columns)[0] for name, function in REWARDS.items()}
+
+
+def expect(*values: float) -> dict[str, float]:
+    """Expected scores in the order format, f1, f1_exact, consistency, schema, grounding."""
+    return dict(zip(NAMES, values, strict=True))
+
+
+ALL_ONE = expect(1, 1, 1, 1, 1, 1)
+ALL_ZERO = expect(0, 0, 0, 0, 0, 0)
+
+# Gold is EU/organisation, German/misc, British/misc. Format is 0.5 for a closed non-empty rationale
+# plus 0.5 × (1 - 0.25 per distinct syntax problem) for a readable answer; F1 is 2tp / (2tp + fp + fn);
+# consistency is the F1 between asserted and answered pairs; schema and grounding are shares of the
+# predicted entities.
+CASES = [
+    # -- right ---------------------------------------------------------------------------------------
+    pytest.param(complete(RATIONALE, ANSWER), ALL_ONE, id="right"),
+    # `</think>` alone: the chat template opened the rationale.
+    pytest.param(f"{RATIONALE}\n</think>\n{ANSWER}", ALL_ONE, id="right-template-opened-think"),
+    # -- wrong ---------------------------------------------------------------------------------------
+    # EU right, German as a person (fp + fn), British missed (fn): 2·1 / (2 + 1 + 2) = 0.4; the
+    # rationale states exactly that answer, so consistency is 1.
+    pytest.param(
+        complete(
+            '"EU" is an organisation\n"German" is a person',
+            '{"entities": {"organisation": ["EU"], "person": ["German"]}}',
+        ),
+        expect(1, 0.4, 0.4, 1, 1, 1),
+        id="partly-wrong",
+    ),
+    # Right answer, but the rationale only asserts EU: consistency 2·1 / (1 + 3) = 0.5.
+    pytest.param(complete('"EU" is an organisation', ANSWER), expect(1, 1, 1, 0.5, 1, 1), id="inconsistent"),
+    # -- malformed ----------------------------------------------------------------------------------
+    # Cut inside "British": the complete entries EU and German are kept; `truncated` costs a quarter
+    # of the answer half: 0.5 + 0.375. F1 2·2 / (4 + 1) = 0.8; consistency 2·2 / (3 + 2) = 0.8.
+    pytest.param(
+        complete(RATIONALE, ANSWER[: ANSWER.index("British") + 3]),
+        expect(0.875, 0.8, 0.8, 0.8, 1, 1),
+        id="truncated",
+    ),
+    # Cut inside the rationale: no closed rationale, no answer, nothing to score.
+    pytest.param(f"<think>\n{RATIONALE}", ALL_ZERO, id="unclosed-think"),
+    # A code fence costs a quarter of the answer half; the entities inside count.
+    pytest.param(
+        complete(RATIONALE, f"```json\n{ANSWER}\n```"), expect(0.875, 1, 1, 1, 1, 1), id="code-fence"
+    ),
+    # A Python literal is read (`invalid_json`, a quarter of the answer half).
+    pytest.param(
+        complete(RATIONALE, ANSWER.replace('"', "'")), expect(0.875, 1, 1, 1, 1, 1), id="python-literal"
+    ),
+    # Invalid JSON (missing comma): the entries before the error are kept, EU alone:
+    # F1 2·1 / (2 + 2) = 0.5; consistency 2·1 / (3 + 1) = 0.5.
+    pytest.param(
+        complete(RATIONALE, '{"entities": {"organisation": ["EU"] "misc": ["German", "British"]}}'),
+        expect(0.875, 0.5, 0.5, 0.5, 1, 1),
+        id="invalid-json",
+    ),
+    # Nothing after the rationale: only the rationale half of the format reward.
+    pytest.param(complete(RATIONALE, ""), expect(0.5, 0, 0, 0, 0, 0), id="no-answer"),
+    # Prose where JSON is due: nothing can be read, so it is no answer either.
+    pytest.param(
+        complete(RATIONALE, "EU is an organisation, German and British are misc."),
+        expect(0.5, 0, 0, 0, 0, 0),
+        id="unreadable-answer",
+    ),
+    pytest.param("", ALL_ZERO, id="empty-output"),
+    # -- hacked -------------------------------------------------------------------------------------
+    # No reasoning: the rationale half of format and all of consistency are lost.
+    pytest.param(f"<think></think>{ANSWER}", expect(0.5, 1, 1, 0, 1, 1), id="empty-rationale"),
+    pytest.param(ANSWER, expect(0.5, 1, 1, 0, 1, 1), id="no-rationale"),
+    # The answer pasted into the rationale: consistency is forfeited.
+    pytest.param(
+        complete(f"{RATIONALE}\nSo the answer is {ANSWER}", ANSWER),
+        expect(1, 1, 1, 0, 1, 1),
+        id="answer-copied",
+    ),
+    pytest.param(complete(RATIONALE + "\nHmm." * MAX_COMPLETION_CHARS, ANSWER), ALL_ZERO, id="giant-output"),
+    # Paris is not in the sentence: F1 2·3 / (6 + 1) = 6/7 (text and exact: an ungrounded mention is a
+    # false positive in both); the rationale asserts it too, so consistency is 1; grounding 3/4.
+    pytest.param(
+        complete(
+            RATIONALE + '\n"Paris" is a location',
+            '{"entities": {"organisation": ["EU"], "misc": ["German", "British"], "location": ["Paris"]}}',
+        ),
+        expect(1, 6 / 7, 6 / 7, 1, 1, 0.75),
+        id="invented-entity",
+    ),
+    # "ORG" is not a label of the schema: EU/ORG is a false positive and EU/organisation a false
+    # negative: F1 2·2 / (4 + 1 + 1) = 2/3; the rationale cannot assert "ORG": consistency 2/3;
+    # schema 2/3. `unknown_label` is judged by the schema reward, not by format.
+    pytest.param(
+        complete(RATIONALE, '{"entities": {"ORG": ["EU"], "misc": ["German", "British"]}}'),
+        expect(1, 2 / 3, 2 / 3, 2 / 3, 2 / 3, 1),
+        id="label-outside-schema",
+    ),
+    # Answering nothing when there are entities: F1 0, the rest is the price of being well formed.
+    pytest.param(complete(NOTHING, EMPTY), expect(1, 0, 0, 1, 1, 1), id="empty-answer"),
+    # Listing entities more often than they occur adds nothing (`duplicate`, kept once).
+    pytest.param(
+        complete(
+            RATIONALE,
+            '{"entities": {"organisation": ["EU", "EU", "EU"], "misc": ["German", "British", "British"]}}',
+        ),
+        ALL_ONE,
+        id="repeated-entities",
+    ),
+    # An invented entity listed three times counts once, as stated once: grounding 3/4, F1 6/7.
+    pytest.param(
+        complete(
+            RATIONALE + '\n"Paris" is a location',
+            '{"entities": {"organisation": ["EU"], "misc": ["German", "British"], '
+            '"location": ["Paris", "Paris", "Paris"]}}',
+        ),
+        expect(1, 6 / 7, 6 / 7, 1, 1, 0.75),
+        id="repeated-invented-entity",
+    ),
+]
+
+
+@pytest.mark.parametrize(("completion", "expected"), CASES)
+def test_components_on_hand_built_completions(completion: str, expected: dict[str, float]) -> None:
+    assert score(completion) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        # Nothing to find and nothing found: F1 and consistency are 1.0, not undefined.
+        pytest.param(complete(NOTHING, EMPTY), ALL_ONE, id="both-empty"),
+        # One invented entity against no gold entity: 2·0 / (0 + 1 + 0) = 0.
+        pytest.param(
+            complete('"Thursday" is a misc', '{"entities": {"misc": ["Thursday"]}}'),
+            expect(1, 0, 0, 1, 1, 1),
+            id="spurious-entity",
+        ),
+    ],
+)
+def test_sentence_without_entities(completion: str, expected: dict[str, float]) -> None:
+    assert score(completion, NO_ENTITY_TEXT, []) == pytest.approx(expected)
+
+
+def test_exact_f1_tells_occurrences_apart_and_text_f1_does_not() -> None:
+    # grouped_json grounds a listed "Paris" at its first occurrence (inside "Paris Hilton"), while the
+    # gold location is the second: exact F1 2·1 / (2 + 1 + 1) = 0.5, text F1 1.0 (same text and label).
+    text = "Paris Hilton visited Paris ."
+    gold = [{"start": 0, "end": 12, "label": "person"}, {"start": 21, "end": 26, "label": "location"}]
+    completion = complete(
+        '"Paris Hilton" is a person\n"Paris" is a location',
+        '{"entities": {"person": ["Paris Hilton"], "location": ["Paris"]}}',
+    )
+    assert score(completion, text, gold) == pytest.approx(expect(1, 1, 0.5, 1, 1, 1))
+
+
+# --- guards: each test fails when its guard is taken out of rewards.py -----------------------------
+
+
+def test_guard_oversized_completion_scores_zero_everywhere() -> None:
+    padding = "x" * (MAX_COMPLETION_CHARS - len(complete(RATIONALE + "\n", ANSWER)))
+    at_limit = complete(RATIONALE + "\n" + padding, ANSWER)
+    assert len(at_limit) == MAX_COMPLETION_CHARS
+    assert score(at_limit) == ALL_ONE
+    assert score(at_limit.replace("x", "xx", 1)) == ALL_ZERO
+
+
+def test_guard_answer_copied_into_rationale_forfeits_consistency() -> None:
+    assert score(complete(f"{RATIONALE}\n{ANSWER}", ANSWER))["consistency"] == 0.0
+    # An answer without entities in the rationale is not a copy that could fake anything.
+    assert score(complete(f"{NOTHING} {EMPTY}", EMPTY), NO_ENTITY_TEXT, [])["consistency"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "answer", ["", "   ", "none", "EU (organisation)", '{"entities": {"organisation": [EU]}}']
+)
+@pytest.mark.parametrize(
+    ("text", "gold"), [(TEXT, GOLD), (NO_ENTITY_TEXT, [])], ids=["entities", "no-entities"]
+)
+def test_guard_no_readable_answer_gets_no_credit(answer: str, text: str, gold: list[dict[str, Any]]) -> None:
+    # Not even on a sentence without entities, where "nothing found" would otherwise be F1 1.0,
+    # and not with a rationale that asserts nothing, which would otherwise be consistent with it.
+    for rationale in (RATIONALE, NOTHING):
+        assert score(complete(rationale, answer), text, gold) == expect(0.5, 0, 0, 0, 0, 0)
+
+
+def test_guard_empty_rationale_earns_no_consistency() -> None:
+    # An empty rationale asserts nothing, like an empty answer: consistent, were it not guarded.
+    for completion in ("<think></think>" + EMPTY, "<think>\n \n</think>" + EMPTY, EMPTY):
+        assert score(completion, NO_ENTITY_TEXT, []) == expect(0.5, 1, 1, 0, 1, 1)
+
+
+# --- TRL's calling convention -----------------------------------------------------------------------
+
+
+def test_string_and_conversational_completions_score_the_same() -> None:
+    for completion in [complete(RATIONALE, ANSWER), complete(RATIONALE, ANSWER[:30]), ANSWER, ""]:
+        conversational = [{"role": "assistant", "content": completion}]
+        assert score(conversational) == score(completion)
+    assert score([]) == score([{"role": "assistant"}]) == score(None) == score("")
+
+
+def test_batches_of_dataset_rows_with_extra_columns_as_trl_passes_them() -> None:
+    """Rows go through Arrow (`datasets.Dataset`) as in training; TRL passes every column but the prompt
+    as a keyword list, plus keywords of its own, which the rewards ignore; each row is scored against
+    its own sentence, labels and format."""
+    conll = read_dataset(DATA / "conll2003_mini.txt").examples
+    ai = read_dataset(DATA / "crossner_ai_mini.txt").examples
+    pairs = [
+        (conll[0], "grouped_json"),
+        (ai[0], "xml"),
+        (conll[1], "offset_json"),
+        (conll[0], "grouped_json"),
+    ]
+    rows = list(Dataset.from_list([rl_record(e, get_format(f), dataset="d") for e, f in pairs]))
+    columns = {key: [row[key] for row in rows] for key in rows[0] if key != "prompt"}
+    assert set(columns) >= {"text", "entities", "labels", "output_format", "dataset"}
+    columns["id"] = ["a", "b", "c", "d"]  # any other dataset column
+    reasoned = "\n".join(assertion(text, label) for text, label in conll[0].span_texts())
+    answers = [get_format(f).render(e) for e, f in pairs]
+    completions = [complete(reasoned, answers[0]), complete("", answers[1]), complete("", answers[2]), ""]
+    trl_keywords = {
+        "prompts": [row["prompt"] for row in rows],
+        "completion_ids": [[1, 2]] * len(rows),
+        "trainer_state": None,
+        "log_extra": lambda *_: None,
+        "log_metric": lambda *_: None,
+    }
+    results = {
+        name: function(
+            completions=[[{"role": "assistant", "content": c}] for c in completions],
+            **columns,
+            **trl_keywords,
+        )
+        for name, function in REWARDS.items()
+    }
+    # Rows 2 and 3 have an empty rationale: half the format reward and no consistency.
+    expected = [ALL_ONE, expect(0.5, 1, 1, 0, 1, 1), expect(0.5, 1, 1, 0, 1, 1), ALL_ZERO]
+    for i, row_expected in enumerate(expected):
+        assert {name: values[i] for name, values in results.items()} == row_expected, i
+    assert all(type(v) is float for values in results.values() for v in values)
+
+
+# --- properties ---------------------------------------------------------------------------------------
+
+FRAGMENTS = st.sampled_from(
+    [
+        "<think>",
+        "</think>",
+        "\n",
+        " ",
+        '{"entities": {',
+        '"misc": [',
+        '"organisation": ',
+        '"EU"',
+        '"Paris"',
+        '"ORG"',
+        '", "',
+        "[",
+        "]",
+        "{",
+        "}",
+        ",",
+        ":",
+        '"',
+        "'",
+        "```",
+        "```json\n",
+        '"EU" is an organisation',
+        '"German" is not a misc',
+        "<person>",
+        "</person>",
+        "[EU | organisation]",
+        '[{"text": "EU", "label": "misc", "start": 0, "end": 2, "occurrence_index": 1}]',
+        "x" * 50,
+    ]
+)
+COMPLETIONS = st.one_of(
+    st.text(max_size=300),
+    st.lists(st.one_of(FRAGMENTS, st.text(max_size=4)), max_size=40).map("".join),
+    st.sampled_from([c.values[0] for c in CASES]),
+)
+SENTENCES = st.one_of(
+    st.text(max_size=60),
+    st.lists(
+        st.sampled_from(["EU", "German", "Paris", "[", "|", "<", '"', "U.S.", ",", "é", "_"]), max_size=12
+    ).map(" ".join),
+)
+
+
+def draw_spans(draw: st.DrawFn, text: str, labels: list[str], most: int = 3) -> set[Span]:
+    """Valid spans of `text` (trimmed, distinct) with labels drawn from `labels`."""
+    spans: set[Span] = set()
+    for _ in range(draw(st.integers(0, most))):
+        if not text.strip():
+            break
+        start = draw(st.integers(0, len(text) - 1))
+        end = draw(st.integers(start + 1, len(text)))
+        covered = text[start:end]
+        if covered.strip():
+            start += len(covered) - len(covered.lstrip())
+            end -= len(covered) - len(covered.rstrip())
+            spans.add(Span(start, end, draw(st.sampled_from(labels))))
+    return spans
+
+
+@st.composite
+def gold_rows(draw: st.DrawFn) -> tuple[str, list[dict[str, Any]]]:
+    """A sentence with valid gold spans of it, as the RL dataset's columns hold them."""
+    text = draw(SENTENCES)
+    return text, Example(text, tuple(draw_spans(draw, text, LABELS)), SCHEMA).entity_dicts()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(completion=COMPLETIONS, row=gold_rows(), fmt=st.sampled_from(list(FORMATS)))
+def test_components_are_total_deterministic_and_bounded(
+    completion: str, row: tuple[str, list[dict[str, Any]]], fmt: str
+) -> None:
+    text, gold = row
+    first = score(completion, text, gold, fmt)
+    assert score([{"role": "assistant", "content": completion}], text, gold, fmt) == first  # cached
+    analyse.cache_clear()
+    assert score(completion, text, gold, fmt) == first  # recomputed
+    assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in first.values()), first
+
+
+@settings(max_examples=200, deadline=None)
+@given(row=gold_rows(), data=st.data())
+def test_f1_totals_are_the_per_label_counts_summed(
+    row: tuple[str, list[dict[str, Any]]], data: st.DataObject
+) -> None:
+    """The F1 reward counts micro totals directly (`match_totals`), not per label and then summed."""
+    text, gold = row
+    example = Example(text, spans_from_dicts(gold), SCHEMA)
+    predicted = sorted(draw_spans(data.draw, text, [*LABELS, "ORG"], most=4))
+    ungrounded = data.draw(
+        st.lists(st.tuples(st.sampled_from(["EU", "eu ", "Paris", "x"]), st.sampled_from(LABELS)))
+    )
+    for mode in MATCH_MODES:
+        summed = sum(match_counts(example, predicted, ungrounded, mode).values(), Counts())
+        assert match_totals(example, predicted, ungrounded, mode) == summed
+
+
+# --- registry -----------------------------------------------------------------------------------------
+
+
+def test_unknown_reward_names_are_rejected_with_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="unknown reward") as error:
+        get_rewards(["f1", "accuracy"])
+    assert "accuracy" in str(error.value)
+    assert all(name in str(error.value) for name in REWARDS)
+
+
+def test_registry_names_weights_and_function_names() -> None:
+    assert set(DEFAULT_WEIGHTS) <= set(REWARDS)
+    assert get_rewards(list(DEFAULT_WEIGHTS)) == [REWARDS[name] for name in DEFAULT_WEIGHTS]
+    # TRL logs each function as rewards/<__name__>: two components under one name would be merged.
+    names = [function.__name__ for function in REWARDS.values()]
+    assert len(set(names)) == len(names)
+    assert REWARDS["f1"].__name__ == "f1_reward" and REWARDS["f1_exact"].__name__ == "f1_exact_reward"
+
+
+# --- dataset sampling ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sizes", "total", "cap", "expected"),
+    [
+        ([50, 30, 20], 10, None, [5, 3, 2]),  # exact shares
+        ([10, 20, 30], 7, None, [1, 2, 4]),  # shares 1.17, 2.33, 3.5: the largest remainder gets the 7th
+        ([1, 1, 1], 2, None, [1, 1, 0]),  # equal remainders: the earlier dataset first
+        ([4, 3], None, None, [4, 3]),  # no total: everything
+        ([4, 3], 100, None, [4, 3]),  # more asked than there is
+        ([100, 10], None, 50, [50, 10]),  # the cap binds alone
+        ([100, 10], 25, 20, [20, 3]),  # shares 22.7 and 2.3: the first capped at 20, nothing moves over
+        ([0, 5], 3, None, [0, 3]),
+    ],
+)
+def test_proportional_sizes(
+    sizes: list[int], total: int | None, cap: int | None, expected: list[int]
+) -> None:
+    assert proportional_sizes(sizes, total, cap) == expected
+
+
+@given(sizes=st.lists(st.integers(0, 500), min_size=1, max_size=6), data=st.data())
+def test_proportional_sizes_add_up_and_respect_the_cap(sizes: list[int], data: st.DataObject) -> None:
+    total = data.draw(st.integers(0, max(sum(sizes) - 1, 0)))
+    takes = proportional_sizes(sizes, total, None)
+    assert sum(takes) == min(total, sum(sizes))
+    for take, size in zip(takes, sizes, strict=True):
+        assert take <= size and abs(take - total * size / max(sum(sizes), 1)) < 1
+    cap = data.draw(st.integers(0, 500))
+    capped = proportional_sizes(sizes, total, cap)
+    assert sum(capped) <= total and all(t <= min(s, cap) for t, s in zip(capped, sizes, strict=True))
+
+
+def test_sample_mixture_is_seeded_proportional_and_without_duplicates() -> None:
+    datasets = [
+        [Example(f"first sentence {i} .", (), SCHEMA) for i in range(40)],
+        [Example(f"second sentence {i} .", (), SCHEMA) for i in range(20)],
+    ]
+    drawn = sample_mixture(datasets, 12, None, seed=3)
+    assert [len(d) for d in drawn] == [8, 4]
+    assert drawn == sample_mixture(datasets, 12, None, seed=3)
+    assert any(sample_mixture(datasets, 12, None, seed=s) != drawn for s in range(4, 8))
+    for examples, source in zip(drawn, datasets, strict=True):
+        assert len(set(examples)) == len(examples)
+        assert examples == sorted(examples, key=source.index)  # original order kept
+    assert [len(d) for d in sample_mixture(datasets, None, 5, seed=0)] == [5, 5]
+
+
+def test_rl_prompts_over_two_files_keep_gold_labels_format_and_dataset() -> None:
+    paths = [DATA / "conll2003_mini.txt", DATA / "crossner_ai_mini.txt"]
+    datasets = [read_dataset(path) for path in paths]
+    prompts = rl_prompts([str(p) for p in paths], "xml", descriptions=False)
+    assert len(prompts) == sum(len(d.examples) for d in datasets) == 7
+    examples = [(d, e) for d in datasets for e in d.examples]
+    for prompt, (dataset, example) in zip(prompts, examples, strict=True):
+        assert prompt["text"] == example.text
+        assert prompt["entities"] == example.entity_dicts()
+        assert prompt["labels"] == list(dataset.schema.labels)
+        assert prompt["output_format"] == "xml"
+        assert prompt["dataset"] == dataset.name
+        [message] = prompt["prompt"]
+        assert message["role"] == "user" and example.text in message["content"]
+        assert all(f"- {label}" in message["content"] for label in dataset.schema.labels)
+    # 4 and 3 sentences, 4 asked: shares 2.29 and 1.71, the larger remainder gets the fourth.
+    sampled = rl_prompts([str(p) for p in paths], "grouped_json", total=4, seed=1)
+    assert [p["dataset"] for p in sampled].count("conll2003_mini") == 2
+    assert [p["dataset"] for p in sampled].count("crossner_ai_mini") == 2
+
+
+# --- GRPO smoke run -----------------------------------------------------------------------------------
+
+SIZES = dict(
+    vocab_size=512,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init tiny model: it writes junk, which is all a smoke test of the plumbing needs."""
+    corpus = [e.text for e in read_dataset(DATA / "conll2003_mini.txt").examples] * 20
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), corpus, **SIZES)
+
+
+def test_grpo_smoke_run_of_the_tiny_cpu_recipe(tiny_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rl"
+    overrides = {
+        "model_name_or_path": tiny_model,
+        "output_dir": out,
+        "max_steps": 2,
+        "total": 8,
+        "num_generations": 2,
+        "per_device_train_batch_size": 2,
+        "max_completion_length": 16,
+        "save_strategy": "no",
+    }
+    command = [sys.executable, str(ROOT / "stages" / "rl.py"), "--config", "recipes/tiny-cpu/rl.yaml"]
+    command += [arg for key, value in overrides.items() for arg in (f"--{key}", str(value))]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-5000:]
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    assert "rl: 8 prompts, rewards format×1, f1×10, consistency×1, schema×1, grounding×1" in log
+    step_logs = re.findall(r"\{'loss'.*?\}", log)
+    assert len(step_logs) == 2, log[-5000:]
+    for name in ("format_reward", "f1_reward", "consistency_reward", "schema_reward", "grounding_reward"):
+        assert all(f"'rewards/{name}/mean'" in step for step in step_logs), name
