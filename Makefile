@@ -8,7 +8,41 @@ comma := ,
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install test test-slow lint format clean docker-lock
+.PHONY: install test test-slow lint format clean docker-lock demo bench
+.DEFAULT_GOAL := test
+
+# Pipeline stages: make <stage> RECIPE=recipes/<dir>/<stage>.yaml [NUM_GPUS=n | NUM_PROCS=n]
+#   [ACCELERATE_CONFIG=recipes/accelerate/zero3.yaml] [ARGS="--max_steps 5"]. Multi-node: recipes/slurm/.
+RECIPE ?=
+NUM_GPUS ?=
+NUM_PROCS ?=
+ACCELERATE_CONFIG ?= recipes/accelerate/zero2.yaml
+ARGS ?=
+# Trainer stages: one process here; NUM_GPUS=n: accelerate over n local GPUs; NUM_PROCS=n: n CPU processes
+# under torchrun (DeepSpeed on CPU via ARGS="--deepspeed recipes/accelerate/ds_zero3.json"; accelerate's
+# DeepSpeed launch fails there).
+TRAIN_LAUNCH = $(if $(NUM_GPUS),$(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NUM_GPUS),$(if $(NUM_PROCS),DS_ACCELERATOR=cpu $(BIN)/torchrun --standalone --nproc_per_node $(NUM_PROCS),$(BIN)/python))
+need-recipe = $(if $(RECIPE),,$(error RECIPE=recipes/<dir>/$@.yaml is required))
+# Stage 1 and evaluation are single processes: their backends (vLLM tensor parallel, a server) use the GPUs.
+one-process = $(if $(NUM_GPUS)$(NUM_PROCS),$(error make $@ runs one process; the backend options use the GPUs))
+
+.PHONY: cot sft rl eval
+
+# Stage 1: teacher CoT annotations.
+cot: install
+	$(need-recipe)$(one-process)$(BIN)/python stages/cot.py --config $(RECIPE) $(ARGS)
+
+# Stage 2: SFT on the annotations.
+sft: install
+	$(need-recipe)$(TRAIN_LAUNCH) stages/sft.py --config $(RECIPE) $(ARGS)
+
+# Stage 3: GRPO from the SFT model.
+rl: install
+	$(need-recipe)$(TRAIN_LAUNCH) stages/rl.py --config $(RECIPE) $(ARGS)
+
+# Evaluation of any stage's model.
+eval: install
+	$(need-recipe)$(one-process)$(BIN)/python stages/eval.py --config $(RECIPE) $(ARGS)
 
 install: $(STAMP)
 
@@ -19,6 +53,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
+
+# The whole pipeline on CPU with the tiny model: CoT -> SFT -> GRPO -> eval, plots and report.
+demo: install
+	$(BIN)/python -m reasoningner.demo
+
+# Every stage benchmark, gathered in benchmarks/results/summary.{json,md}.
+bench: install
+	$(BIN)/python benchmarks/run_all.py
 
 test: install
 	$(BIN)/python -m pytest -m "not slow" -q

@@ -27,11 +27,32 @@ def configure_batching(training_args: Any, attn_implementation: str | None) -> s
     if training_args.packing:
         return f"packing ({training_args.packing_strategy})"
     if attn_implementation in VARLEN_ATTENTION:
+        # TRL refuses padding-free batches with a `max_length` unless packing, so the limit has to go.
+        if training_args.max_length is not None:
+            logger.warning(
+                "padding-free batches: max_length=%d is not enforced (TRL truncates only padded or packed "
+                "batches); set packing: true to cap the sequence length",
+                training_args.max_length,
+            )
+            training_args.max_length = None
         training_args.padding_free = True
         return "padding-free"
     training_args.padding_free = False
     training_args.train_sampling_strategy = "group_by_length"
     return "length-grouped"
+
+
+def start_deepspeed_on_cpu(training_args: Any) -> None:
+    """Start DeepSpeed's communication layer for a DeepSpeed run on CPU (`use_cpu`, several processes).
+
+    There TrainingArguments sets up torch.distributed alone, so ZeRO-3's partitioned loading would
+    see a world of one process and refuse the batch sizes filled in for the real one. On GPU,
+    TrainingArguments (or `accelerate launch`) has already started it, and this does nothing.
+    """
+    if training_args.deepspeed and training_args.use_cpu and training_args.world_size > 1:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=training_args.ddp_backend or "gloo")
 
 
 def policy_model(path: str, model_init_kwargs: dict[str, Any]) -> Any:
@@ -53,14 +74,24 @@ def last_checkpoint(output_dir: str) -> str | None:
 
 
 def save_final(trainer: Any, output_dir: str, merge_lora: bool) -> Path | None:
-    """Save model and tokenizer; with `merge_lora`, also a merged full model in `output_dir/merged`."""
+    """Save model and tokenizer; with `merge_lora`, also a merged full model in `output_dir/merged`.
+
+    The merge reloads the base model and the adapter just saved instead of merging the trainer's model,
+    whose weights are partitioned across ranks under ZeRO-3 (empty tensors on each rank). It is the last
+    step of a run: it turns off transformers' ZeRO-3 loading in this process so the whole model loads here.
+    """
     trainer.save_model(output_dir)
+    trainer.save_state()  # trainer_state.json beside the model: the log history, for reports and plots
     if not merge_lora or not hasattr(trainer.model, "merge_and_unload"):
         return None
     if not trainer.accelerator.is_main_process:
         return None
+    from peft import AutoPeftModelForCausalLM
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
     merged_dir = Path(output_dir) / "merged"
-    merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+    merged = AutoPeftModelForCausalLM.from_pretrained(output_dir, dtype="auto").merge_and_unload()
     merged.save_pretrained(merged_dir)
     trainer.processing_class.save_pretrained(merged_dir)
     return merged_dir

@@ -12,7 +12,7 @@ from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config
 
 from reasoningner.rewards import DEFAULT_WEIGHTS, get_rewards
 from reasoningner.tracking import record_trainer_stage, set_trainer_run, wants_wandb
-from reasoningner.training import last_checkpoint, policy_model, save_final
+from reasoningner.training import last_checkpoint, policy_model, save_final, start_deepspeed_on_cpu
 from reasoningner.training_data import rl_prompts
 
 
@@ -37,6 +37,7 @@ def main() -> None:
         (RLScriptArguments, GRPOConfig, ModelConfig)
     ).parse_args_and_config()
     set_seed(training_args.seed)
+    start_deepspeed_on_cpu(training_args)
     if wants_wandb(training_args.report_to):
         set_trainer_run("rl", training_args.output_dir)
 

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, set_seed
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
 from reasoningner.tracking import record_trainer_stage, set_trainer_run, wants_wandb
-from reasoningner.training import configure_batching, last_checkpoint, save_final
+from reasoningner.training import configure_batching, last_checkpoint, save_final, start_deepspeed_on_cpu
 from reasoningner.training_data import sft_conversations
 
 
@@ -36,6 +36,7 @@ def main() -> None:
         (SFTScriptArguments, SFTConfig, ModelConfig)
     ).parse_args_and_config()
     set_seed(training_args.seed)
+    start_deepspeed_on_cpu(training_args)
     if wants_wandb(training_args.report_to):
         set_trainer_run("sft", training_args.output_dir)
 
@@ -56,7 +57,9 @@ def main() -> None:
 
     # The model is loaded by the trainer, after the training arguments exist, so that DeepSpeed
     # ZeRO-3 partitions it while loading instead of every rank materialising the whole checkpoint.
+    # Keys a recipe sets in `model_init_kwargs` (e.g. `use_kernels`) are kept; the model options win.
     training_args.model_init_kwargs = {
+        **(training_args.model_init_kwargs or {}),
         "revision": model_args.model_revision,
         "dtype": model_args.dtype,
         "attn_implementation": model_args.attn_implementation,

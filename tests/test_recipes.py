@@ -1,0 +1,421 @@
+"""Recipe lint: every recipe parses with its own stage's parser, names only things that exist, takes
+its inputs from the outputs of earlier stages, and agrees with the accelerate/DeepSpeed configs it is
+launched with.
+
+A GPU job that dies on a typo after hours in a queue is the worst bug a recipe can ship; all of this
+runs on CPU in seconds. Recipes name their stage: `recipes/<dir>/<stage>.yaml`,
+`<stage>-<variant>.yaml`, or any name in `recipes/<stage>/`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from unittest import mock
+
+import pytest
+import yaml
+
+from reasoningner.cot import ANNOTATIONS, GOLD_TEMPLATE
+from reasoningner.formats import FORMATS
+from reasoningner.generation import BACKENDS
+from reasoningner.readers import READERS
+from reasoningner.rewards import REWARDS
+from reasoningner.training import VARLEN_ATTENTION
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+ACCELERATE = RECIPES / "accelerate"
+STAGES = ("cot", "sft", "rl", "eval")  # pipeline order: a stage reads what earlier stages wrote
+STAGE_RECIPES = sorted(p for p in RECIPES.rglob("*.yaml") if ACCELERATE not in p.parents)
+ACCELERATE_CONFIGS = sorted(ACCELERATE.glob("*.yaml"))
+DEEPSPEED_CONFIGS = sorted(ACCELERATE.glob("ds_*.json"))
+
+# Outputs made by a command rather than by a stage recipe, with the command.
+MADE_BY_COMMANDS = {
+    "outputs/tiny-cpu/tiny-model": "reasoningner tiny-model --out outputs/tiny-cpu/tiny-model"
+}
+# TRL 1.16 values that are only checked once training runs (GRPOConfig's help texts list them).
+GRPO_LOSS_TYPES = {"grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"}
+VLLM_MODES = {"colocate", "server"}
+ATTENTION = {None, "eager", "sdpa", "flex_attention", *VARLEN_ATTENTION}
+DTYPES = {None, "auto", "bfloat16", "float16", "float32"}
+# What a string must look like to be taken for a local path (hub ids like Qwen/Qwen3-8B are not).
+LOCAL_PATH = re.compile(
+    r"^(\.\.?/|data/|outputs/|tests/|recipes/|stages/)|\.(txt|json|jsonl|conll|tsv|ya?ml)$"
+)
+MENTIONED_FILE = re.compile(
+    r"(?<![\w./-])((?:recipes|stages|docker)/[\w./-]+\.(?:ya?ml|json|py|slurm|sh|md))"
+)
+
+
+def ids(paths: list[Path]) -> list[str]:
+    return [str(p.relative_to(RECIPES)) for p in paths]
+
+
+def stage_of(path: Path) -> str:
+    for candidate in (path.stem, path.stem.split("-")[0], path.parent.name):
+        if candidate in STAGES:
+            return candidate
+    raise AssertionError(
+        f"{path}: name it <stage>.yaml or <stage>-<variant>.yaml, or put it in recipes/<stage>/"
+    )
+
+
+@functools.cache
+def load_stage(stage: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"stage_{stage}", ROOT / "stages" / f"{stage}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Parsed(Exception):
+    """Stops a stage's `main()` right after its parser has read the recipe."""
+
+    def __init__(self, parsed: tuple[Any, ...]) -> None:
+        super().__init__("parsed")
+        self.parsed = parsed
+
+
+def parse(path: Path) -> tuple[Any, ...]:
+    """The dataclasses that `stages/<stage>.py --config path` builds, through the stage's own parser call.
+
+    TrlParser refuses keys no dataclass declares, and the dataclasses validate their values. Trainer
+    stages get `--use_cpu true`: TrainingArguments refuses `bf16` on a machine without a GPU.
+    """
+    module = load_stage(stage_of(path))
+
+    class CapturingParser(module.TrlParser):
+        def parse_args_and_config(self, args: Any = None, **kwargs: Any) -> tuple[Any, ...]:
+            fields = {name for cls in self.dataclass_types for name in cls.__dataclass_fields__}
+            cpu = ["--use_cpu", "true"] if "use_cpu" in fields else []
+            raise _Parsed(super().parse_args_and_config(args=["--config", str(path), *cpu], **kwargs))
+
+    # A recipe's `env:` block sets environment variables; keep them out of the test process.
+    with mock.patch.object(module, "TrlParser", CapturingParser), mock.patch.dict(os.environ):
+        try:
+            module.main()
+        except _Parsed as stop:
+            return stop.parsed
+    raise AssertionError(f"stages/{stage_of(path)}.py main() never parsed its arguments with TrlParser")
+
+
+@functools.cache
+def parsed(path: Path) -> dict[str, Any]:
+    """All fields of the parsed dataclasses by name (the stages' dataclasses share no field)."""
+    return {k: v for args in parse(path) for k, v in vars(args).items()}
+
+
+def raw(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings(item)
+
+
+def local_paths(path: Path) -> list[str]:
+    """Strings of the recipe (nested ones too) that name local files or directories."""
+    return [s for s in strings(raw(path)) if "://" not in s and LOCAL_PATH.search(s)]
+
+
+def produced() -> dict[str, list[Path]]:
+    """What each stage recipe writes (its output_dir, and stage 1's annotation file) -> the recipes."""
+    outputs: dict[str, list[Path]] = {}
+    for path in STAGE_RECIPES:
+        output_dir = parsed(path)["output_dir"]
+        made = [output_dir, f"{output_dir}/{ANNOTATIONS}"] if stage_of(path) == "cot" else [output_dir]
+        for item in made:
+            outputs.setdefault(item, []).append(path)
+    return outputs
+
+
+def launch_configs(path: Path) -> list[Path]:
+    """The accelerate configs a recipe's comments launch it with (`--config_file ...`)."""
+    return [ROOT / m for m in re.findall(r"--config_file\s+(\S+)", path.read_text(encoding="utf-8"))]
+
+
+def deepspeed_file(accelerate_config: Path) -> Path | None:
+    name = (raw(accelerate_config).get("deepspeed_config") or {}).get("deepspeed_config_file")
+    return ROOT / name if name else None
+
+
+# --- stage recipes ----------------------------------------------------------------------------------
+
+
+def test_every_stage_has_recipes() -> None:
+    assert {stage_of(p) for p in STAGE_RECIPES} >= {"cot", "sft", "rl"}
+
+
+@pytest.mark.parametrize("path", STAGE_RECIPES, ids=ids(STAGE_RECIPES))
+def test_recipe_parses_with_its_stage_parser(path: Path) -> None:
+    parse(path)
+
+
+@pytest.mark.parametrize("stage", ["cot", "sft", "rl"])
+def test_a_misspelled_key_is_refused(stage: str, tmp_path: Path) -> None:
+    recipe = tmp_path / f"{stage}.yaml"
+    text = (RECIPES / "tiny-cpu" / f"{stage}.yaml").read_text(encoding="utf-8")
+    recipe.write_text(text.replace("output_dir:", "output_dri:"), encoding="utf-8")
+    with pytest.raises(ValueError, match="output_dri"):
+        parse(recipe)
+
+
+@pytest.mark.parametrize("path", STAGE_RECIPES, ids=ids(STAGE_RECIPES))
+def test_named_formats_readers_and_backends_exist(path: Path) -> None:
+    args = parsed(path)
+    if "output_format" in args:
+        assert args["output_format"] in FORMATS
+    if "reader" in args:
+        assert args["reader"] == "auto" or args["reader"] in READERS
+    if "backend" in args:
+        assert args["backend"] in {GOLD_TEMPLATE, *BACKENDS}
+        options = args.get("backend_options") or {}
+        if options:
+            signature = inspect.signature(BACKENDS[args["backend"]].__init__)
+            takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+            unknown = set(options) - set(signature.parameters)
+            assert takes_any or not unknown, f"backend_options the {args['backend']} backend lacks: {unknown}"
+    if "match_mode" in args:
+        assert args["match_mode"] in {"text", "exact"}
+
+
+@pytest.mark.parametrize("path", STAGE_RECIPES, ids=ids(STAGE_RECIPES))
+def test_model_options_are_known(path: Path) -> None:
+    args = parsed(path)
+    if "attn_implementation" in args:
+        assert args["attn_implementation"] in ATTENTION
+    if "dtype" in args:
+        assert args["dtype"] in DTYPES
+        assert not (args.get("bf16") and args["dtype"] in {"float16"}), "bf16 training of a float16 model"
+
+
+RL_RECIPES = [p for p in STAGE_RECIPES if stage_of(p) == "rl"]
+
+
+@pytest.mark.parametrize("path", RL_RECIPES, ids=ids(RL_RECIPES))
+def test_rewards_exist_and_are_weighted_one_to_one(path: Path) -> None:
+    args = parsed(path)
+    assert args["reward_funcs"], "no reward"
+    assert set(args["reward_funcs"]) <= set(REWARDS), f"unknown rewards; known: {sorted(REWARDS)}"
+    assert len(set(args["reward_funcs"])) == len(args["reward_funcs"]), "a reward named twice"
+    if args["reward_weights"] is not None:
+        assert len(args["reward_weights"]) == len(args["reward_funcs"])
+
+
+@pytest.mark.parametrize("path", RL_RECIPES, ids=ids(RL_RECIPES))
+def test_grpo_settings_are_valid_on_any_number_of_gpus(path: Path) -> None:
+    """Parsing built GRPOConfig for one process, which then needs whole groups of `num_generations` in
+    one process's generation batch: those hold for any number of processes. A `generation_batch_size`
+    would instead have to divide by the global batch, which depends on the GPU count."""
+    args = parsed(path)
+    assert args["loss_type"] in GRPO_LOSS_TYPES
+    assert "generation_batch_size" not in raw(path), "set steps_per_generation instead"
+    if args["use_vllm"]:
+        assert args["vllm_mode"] in VLLM_MODES
+        assert 0 < args["vllm_gpu_memory_utilization"] < 1
+        assert not args["vllm_enable_sleep_mode"] or args["vllm_mode"] == "colocate"
+
+
+@pytest.mark.parametrize("path", STAGE_RECIPES, ids=ids(STAGE_RECIPES))
+def test_local_files_exist(path: Path) -> None:
+    """Inputs outside outputs/ must exist; data outside the repository (../shared) only where mounted."""
+    missing = [p for p in local_paths(path) if not p.startswith("outputs/") and not (ROOT / p).exists()]
+    absent_mounts = {p for p in missing if p.startswith("../") and not (ROOT / p.split("/")[1]).exists()}
+    assert not set(missing) - absent_mounts, f"missing: {sorted(set(missing) - absent_mounts)}"
+    if absent_mounts:
+        pytest.skip(f"data outside the repository is not mounted here: {sorted(absent_mounts)}")
+
+
+@pytest.mark.parametrize("path", STAGE_RECIPES, ids=ids(STAGE_RECIPES))
+def test_inputs_under_outputs_are_written_by_earlier_stages(path: Path) -> None:
+    stage = stage_of(path)
+    outputs = produced()
+    for item in local_paths(path):
+        if not item.startswith("outputs/") or item == parsed(path)["output_dir"] or item in MADE_BY_COMMANDS:
+            continue
+        writers = outputs.get(item.rstrip("/"), [])
+        earlier = [w for w in writers if STAGES.index(stage_of(w)) < STAGES.index(stage)]
+        assert earlier, f"{item} is written by no recipe of a stage before {stage} (writers: {ids(writers)})"
+
+
+PIPELINES = sorted({p.parent for p in STAGE_RECIPES if (p.parent / "sft.yaml").exists()})
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES, ids=ids(PIPELINES))
+def test_pipeline_stages_chain(pipeline: Path) -> None:
+    """Within a pipeline directory: SFT trains on stage 1's annotations (this directory's cot recipe
+    when it has one), GRPO starts from the SFT model, and all trainer outputs stay in outputs/<dir>/."""
+    sft = parsed(pipeline / "sft.yaml")
+    if (pipeline / "cot.yaml").exists():
+        assert sft["train_files"] == [f"{parsed(pipeline / 'cot.yaml')['output_dir']}/{ANNOTATIONS}"]
+    else:
+        assert all(f.endswith(f"/{ANNOTATIONS}") for f in sft["train_files"]), "SFT needs stage 1 annotations"
+    if (pipeline / "rl.yaml").exists():
+        assert parsed(pipeline / "rl.yaml")["model_name_or_path"] == sft["output_dir"]
+    for stage in ("sft", "rl"):
+        recipe = pipeline / f"{stage}.yaml"
+        if recipe.exists():
+            args = parsed(recipe)
+            assert args["output_dir"].startswith(f"outputs/{pipeline.name}/"), "output of another pipeline"
+            assert args["run_name"] is None or args["run_name"].startswith(pipeline.name)
+
+
+def test_no_two_pipelines_write_the_same_output() -> None:
+    """Recipes sharing an output directory must be variants of one stage in one directory (a copied
+    recipe whose output_dir was not changed would overwrite another model's checkpoints)."""
+    for output, writers in produced().items():
+        assert len({(w.parent, stage_of(w)) for w in writers}) == 1, f"{output} written by {ids(writers)}"
+
+
+@pytest.mark.parametrize("path", STAGE_RECIPES, ids=ids(STAGE_RECIPES))
+def test_files_named_in_comments_exist(path: Path) -> None:
+    """The launch commands in a recipe's header name configs, stages and scripts that exist."""
+    text = path.read_text(encoding="utf-8")
+    missing = [m for m in MENTIONED_FILE.findall(text) if not (ROOT / m).exists()]
+    assert not missing
+    for config in launch_configs(path):
+        assert config.parent == ACCELERATE and config.exists(), config
+
+
+TRAINER_RECIPES = [p for p in STAGE_RECIPES if stage_of(p) in {"sft", "rl"} and launch_configs(p)]
+
+
+@pytest.mark.parametrize("path", TRAINER_RECIPES, ids=ids(TRAINER_RECIPES))
+def test_training_arguments_agree_with_the_deepspeed_config(path: Path) -> None:
+    """What transformers does when the Trainer meets a DeepSpeed config: fill every "auto" from the
+    training arguments and refuse any value that contradicts them."""
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig, unset_hf_deepspeed_config
+
+    training_args = parse(path)[1]
+    for config in launch_configs(path):
+        ds_file = deepspeed_file(config)
+        if ds_file is None:
+            continue
+        try:
+            HfTrainerDeepSpeedConfig(str(ds_file)).trainer_config_process(training_args)
+        finally:
+            unset_hf_deepspeed_config()
+
+
+# --- accelerate and DeepSpeed configs ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", DEEPSPEED_CONFIGS, ids=ids(DEEPSPEED_CONFIGS))
+def test_deepspeed_config_defers_to_the_trainer(path: Path) -> None:
+    """Batch sizes, accumulation, clipping and precision come from the recipe ("auto"); no optimizer or
+    scheduler section, so the Trainer's torch optimizer and schedule are used (DeepSpeed's fused Adam
+    would compile CUDA ops)."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+        assert config.get(key) == "auto", key
+    assert config.get("gradient_clipping") == "auto"
+    assert config["bf16"]["enabled"] == "auto" and config["fp16"]["enabled"] == "auto"
+    assert "optimizer" not in config and "scheduler" not in config
+    stage = config["zero_optimization"]["stage"]
+    assert path.stem == f"ds_zero{stage}"
+    if stage == 3:
+        assert config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+
+
+@pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=ids(ACCELERATE_CONFIGS))
+def test_accelerate_config_loads_as_accelerate_launch_reads_it(path: Path) -> None:
+    """`accelerate launch --config_file path` up to the DeepSpeed plugin the training processes build
+    from its environment: the DeepSpeed file exists, and no accelerate key contradicts it (accelerate
+    refuses zero_stage, mixed_precision, zero3_save_16bit_model... next to a config file)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import DeepSpeedPlugin
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(path), "stages/sft.py"])
+    args, defaults, mixed_precision_from_config = _validate_launch_command(args)
+    ds_file = deepspeed_file(path)
+    if not args.use_deepspeed:
+        assert ds_file is None
+        return
+    assert ds_file is not None and ds_file.exists()
+    fields = [*defaults.deepspeed_config, *(["mixed_precision"] if mixed_precision_from_config else [])]
+    args.deepspeed_fields_from_accelerate_config = ",".join(fields)
+    _, env = prepare_deepspeed_cmd_env(args)
+    with mock.patch.dict(os.environ, env):
+        plugin = DeepSpeedPlugin()
+    assert plugin.zero_stage == json.loads(ds_file.read_text(encoding="utf-8"))["zero_optimization"]["stage"]
+    assert plugin.zero3_init_flag == (plugin.zero_stage == 3)
+
+
+# --- SLURM scripts, with stand-ins for srun, scontrol, the launchers and the server -------------------
+
+FAKES = {
+    "srun": "while [[ $1 == --* ]]; do shift; done\n"
+    'for ((i = 0; i < SLURM_NNODES; i++)); do SLURM_NODEID=$i "$@"; done',
+    "scontrol": "printf 'node-a\\nnode-b\\n'",
+    "curl": "exit 0",
+    "vllm": "exec sleep 60",
+    **{name: f'echo "{name} $*" >> "$CALLS"' for name in ("accelerate", "python", "trl")},
+}
+
+
+def run_slurm(script: str, args: list[str], env: dict[str, str], tmp_path: Path) -> list[str]:
+    """Run recipes/slurm/<script> with the stand-ins first on PATH; the commands they were given."""
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in FAKES.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n", encoding="utf-8")
+        (bin_dir / name).chmod(0o755)
+    calls = tmp_path / "calls"
+    env = {**os.environ, **env, "CALLS": str(calls), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    subprocess.run(["bash", f"recipes/slurm/{script}", *args], cwd=ROOT, env=env, check=True, timeout=60)
+    return calls.read_text(encoding="utf-8").splitlines()
+
+
+def test_train_slurm_starts_one_launcher_per_node_with_its_rank(tmp_path: Path) -> None:
+    calls = run_slurm(
+        "train.slurm",
+        ["rl", "recipes/qwen3-8b/rl.yaml", "recipes/accelerate/zero3.yaml", "--run_name", "a b"],
+        {"SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "node-[a-b]"},
+        tmp_path,
+    )
+    common = (
+        "accelerate launch --config_file recipes/accelerate/zero3.yaml --num_machines 2 --num_processes 16 "
+        "--machine_rank {} --main_process_ip node-a --main_process_port 29500 "
+        "stages/rl.py --config recipes/qwen3-8b/rl.yaml --run_name a b"
+    )
+    assert calls == [common.format(0), common.format(1)]
+
+
+def test_cot_slurm_annotates_its_array_shard_against_the_local_server(tmp_path: Path) -> None:
+    calls = run_slurm("cot.slurm", [], {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "4"}, tmp_path)
+    assert calls == [
+        "python stages/cot.py --config recipes/teacher/cot.yaml "
+        "--teacher_model Qwen/Qwen3-235B-A22B-Instruct-2507 --shard 2/4"
+    ]
+    assert (
+        parsed(RECIPES / "teacher" / "cot.yaml")["backend_options"]["base_url"] == "http://localhost:8000/v1"
+    )
+
+
+def test_vllm_serve_slurm_serves_grpo_with_trl(tmp_path: Path) -> None:
+    calls = run_slurm("vllm_serve.slurm", ["grpo", "outputs/qwen3-8b/sft"], {}, tmp_path)
+    assert calls == [
+        "trl vllm-serve --model outputs/qwen3-8b/sft --host 0.0.0.0 --port 8000 --tensor_parallel_size 1 "
+        "--data_parallel_size 8 --gpu_memory_utilization 0.9 --max_model_len 8192"
+    ]
