@@ -29,7 +29,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from reasoningner.formats import OutputFormat, get_format, split_answer
-from reasoningner.generation import Completion, SamplingConfig, build_generator
+from reasoningner.generation import Completion, SamplingConfig, build_generator, options_from
 from reasoningner.metrics import MatchMode, example_f1
 from reasoningner.prompts import teacher_instruction
 from reasoningner.rationale import consistency, gold_template_rationale
@@ -55,8 +55,8 @@ class CoTArguments:
         default=GOLD_TEMPLATE, metadata={"help": "gold-template, transformers, openai, vllm"}
     )
     teacher_model: str | None = field(default=None, metadata={"help": "model path or name for the backend"})
-    backend_options: dict[str, Any] | None = field(
-        default=None, metadata={"help": "keyword options of the backend (generation.build_generator)"}
+    backend_options: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "options of generation.build_generator; JSON on the CLI"}
     )
     samples_per_sentence: int = field(default=1, metadata={"help": "teacher samples per sentence"})
     temperature: float = 0.7
@@ -226,7 +226,7 @@ def _samples(args: CoTArguments, tasks: Sequence[Task]) -> Iterator[tuple[Task, 
         for task in tasks:
             yield task, gold_template_sample(task.example, output_format)
         return
-    options = dict(args.backend_options or {})
+    options = options_from(args.backend_options)
     if args.teacher_model:
         options.setdefault("model", args.teacher_model)
     sampling = SamplingConfig(

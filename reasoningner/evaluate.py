@@ -83,7 +83,7 @@ from rich.table import Table
 from tqdm.auto import tqdm
 
 from reasoningner.formats import CONTENT_PROBLEMS, ParseResult
-from reasoningner.generation import Completion, Generator, SamplingConfig, build_generator
+from reasoningner.generation import Completion, Generator, SamplingConfig, build_generator, options_from
 from reasoningner.metrics import MATCH_MODES, Counts, MatchMode, Report, Scorer
 from reasoningner.predict import NERModel
 from reasoningner.readers import read_dataset
@@ -118,8 +118,8 @@ class EvalArguments:
     )
     descriptions: bool = field(default=True, metadata={"help": "put known label descriptions in the prompt"})
     backend: str = field(default="transformers", metadata={"help": "transformers, vllm or openai"})
-    backend_options: dict[str, Any] | None = field(
-        default=None, metadata={"help": "keyword options of the backend (generation.build_generator)"}
+    backend_options: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "options of generation.build_generator; JSON on the CLI"}
     )
     max_new_tokens: int = 1024
     temperature: float = field(default=0.0, metadata={"help": "0 decodes greedily"})
@@ -546,7 +546,7 @@ def evaluate(args: EvalArguments, generator: Generator | None = None) -> Evaluat
     items, datasets, label_maps = load_items(args)
     owns_generator = generator is None
     if generator is None:
-        options = dict(args.backend_options or {})
+        options = options_from(args.backend_options)
         if args.model_name_or_path:
             options.setdefault("model", args.model_name_or_path)
         if "model" not in options:

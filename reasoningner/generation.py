@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import json
 import logging
 import os
 import random
@@ -498,6 +499,20 @@ class TransformersGenerator(Generator):
 BACKENDS: dict[str, type[Generator]] = {
     cls.name: cls for cls in (VLLMGenerator, OpenAIGenerator, TransformersGenerator)
 }
+
+
+def options_from(value: dict[str, Any] | str | None) -> dict[str, Any]:
+    """Backend options as a recipe gives them (a mapping) or as a CLI override does (a JSON string)."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as error:
+            raise ValueError(f"backend_options must be a JSON object, got {value!r}: {error}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"backend_options must be a mapping, got {value!r}")
+    return dict(value)
 
 
 def build_generator(backend: str, **options: Any) -> Generator:

@@ -41,7 +41,9 @@ def test_convert_round_trips_through_every_readable_writer(tmp_path, writer):
 
 
 def test_convert_nested_data_to_conll_fails_with_a_clear_error(tmp_path, capsys):
-    code = main(["data", "convert", str(DATA / "ace2005_mini.json"), str(tmp_path / "x.txt"), "--to", "conll"])
+    code = main(
+        ["data", "convert", str(DATA / "ace2005_mini.json"), str(tmp_path / "x.txt"), "--to", "conll"]
+    )
     assert code == 2
     assert "nested" in capsys.readouterr().err.lower()
 
@@ -52,7 +54,9 @@ def test_malformed_input_names_file_and_line_and_skip_mode_counts(tmp_path, caps
     assert main(["data", "convert", str(bad), str(tmp_path / "out.jsonl"), "--to", "jsonl"]) == 2
     assert f"{bad}:4:" in capsys.readouterr().err
 
-    assert main(["data", "convert", str(bad), str(tmp_path / "out.jsonl"), "--to", "jsonl", "--skip-bad"]) == 0
+    assert (
+        main(["data", "convert", str(bad), str(tmp_path / "out.jsonl"), "--to", "jsonl", "--skip-bad"]) == 0
+    )
     out = capsys.readouterr().out
     assert "wrote 2 examples" in out and "skipped 1" in out
     assert len(read_dataset(tmp_path / "out.jsonl").examples) == 2

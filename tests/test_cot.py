@@ -42,9 +42,12 @@ def completion(rationale: str | None, answer: str) -> Completion:
 
 
 RIGHT_RATIONALE = (
-    '"Peter Blackburn" is a person\n"EU" is an organisation\n"Brussels" is a location\n"officials" is not an entity'
+    '"Peter Blackburn" is a person\n"EU" is an organisation\n"Brussels" is a location\n'
+    '"officials" is not an entity'
 )
-RIGHT_ANSWER = '{"entities": {"person": ["Peter Blackburn"], "organisation": ["EU"], "location": ["Brussels"]}}'
+RIGHT_ANSWER = (
+    '{"entities": {"person": ["Peter Blackburn"], "organisation": ["EU"], "location": ["Brussels"]}}'
+)
 
 
 def test_a_right_and_consistent_annotation_scores_one_on_both():
@@ -73,7 +76,7 @@ def test_an_entity_answered_but_never_reasoned_about_lowers_consistency_only():
     "text",
     [
         "",
-        "<think>unfinished reasoning about \"EU\" is an organisation",
+        '<think>unfinished reasoning about "EU" is an organisation',
         '<think>"EU" is an organisation</think>{"entities": {"organisation": ["EU"',
         "```json\nnot json at all\n```",
         '{"entities": ["EU", 3, null]}',
@@ -92,7 +95,10 @@ def test_the_best_sample_is_highest_f1_then_consistency_then_earliest():
     wrong = completion(RIGHT_RATIONALE, '{"entities": {"person": ["Peter Blackburn"]}}')
     right_unreasoned = completion('"EU" is an organisation', RIGHT_ANSWER)
     right = completion(RIGHT_RATIONALE, RIGHT_ANSWER)
-    samples = [score_sample(EXAMPLE, c, GROUPED, "text", i) for i, c in enumerate([wrong, right_unreasoned, right, right])]
+    samples = [
+        score_sample(EXAMPLE, c, GROUPED, "text", i)
+        for i, c in enumerate([wrong, right_unreasoned, right, right])
+    ]
     assert best_sample(samples).index == 2
 
 
@@ -165,8 +171,15 @@ def tiny_teacher(tmp_path_factory):
 
     texts = [e.text for e in read_dataset(DATA / "conll2003_mini.txt").examples]
     return build_tiny_model(
-        tmp_path_factory.mktemp("teacher"), texts, vocab_size=400, hidden_size=32, intermediate_size=64,
-        num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+        tmp_path_factory.mktemp("teacher"),
+        texts,
+        vocab_size=400,
+        hidden_size=32,
+        intermediate_size=64,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=16,
     )
 
 
@@ -216,3 +229,16 @@ def test_a_run_killed_mid_way_resumes_to_the_same_result(tmp_path, tiny_teacher)
     assert 2 <= partial < 7
     run_stage(*transformers_args(killed, tiny_teacher))
     assert path.read_bytes() == (clean / "annotations.jsonl").read_bytes()
+
+
+def test_backend_options_can_be_overridden_on_the_command_line_as_json():
+    from trl import TrlParser
+
+    from reasoningner.generation import options_from
+
+    (args,) = TrlParser((CoTArguments,)).parse_args_and_config(
+        args=["--backend", "openai", "--backend_options", '{"base_url": "http://127.0.0.1:8000/v1"}']
+    )
+    assert options_from(args.backend_options) == {"base_url": "http://127.0.0.1:8000/v1"}
+    with pytest.raises(ValueError, match="JSON object"):
+        options_from("{not json")

@@ -508,7 +508,12 @@ def test_eval_stage_end_to_end_with_the_tiny_model(tmp_path: Path, tiny_model: P
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["generations.jsonl", "results.json", "results.md"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "generations.jsonl",
+        "manifest.json",
+        "results.json",
+        "results.md",
+    ]
     assert len((out / "generations.jsonl").read_text().splitlines()) == 5
     results = json.loads((out / "results.json").read_text())
     assert results["scores"]["text"]["datasets"]["conll"]["examples"] == 5

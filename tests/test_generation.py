@@ -552,7 +552,10 @@ def test_a_rationale_split_off_by_the_server_is_put_back_in_front_of_the_answer(
     generator = OpenAIGenerator("http://127.0.0.1:9/v1", api_key_env=None)
     payload = {
         "choices": [
-            {"index": 0, "message": {"content": '{"entities": {}}', "reasoning_content": '"x" is not an entity'}},
+            {
+                "index": 0,
+                "message": {"content": '{"entities": {}}', "reasoning_content": '"x" is not an entity'},
+            },
             {"index": 1, "message": {"content": "<think>kept</think>answer", "reasoning_content": "dup"}},
         ],
         "usage": {"completion_tokens": 4},
