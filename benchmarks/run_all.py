@@ -1,0 +1,74 @@
+"""`make bench`: run every stage benchmark, one after the other, and gather their figures.
+
+Writes `benchmarks/results/summary.json` and `summary.md` with the machine's description. Each
+benchmark measures its own comparison side by side in one run; this only collects them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = {
+    "rewards": ["bench_rewards.py"],
+    "sft": ["bench_sft.py", "--conversations", "256"],
+    "cot_server": ["bench_openai_concurrency.py"],
+    "eval": ["bench_eval.py"],
+}
+
+
+def machine() -> dict[str, str | int]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count() or 0,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def markdown(summary: dict) -> str:
+    lines = [
+        "# reasoningner benchmarks",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in summary["machine"].items()),
+    ]
+    for name, result in summary["results"].items():
+        lines += ["", f"## {name}", "", "```json", json.dumps(result, indent=2), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for name in args.only:
+        script, *options = BENCHMARKS[name]
+        target = args.out / f"{name}.json"
+        started = time.perf_counter()
+        subprocess.run([sys.executable, str(HERE / script), *options, "--json", str(target)], check=True)
+        results[name] = json.loads(target.read_text()) | {
+            "wall_seconds": round(time.perf_counter() - started, 1)
+        }
+    summary = {"machine": machine(), "results": results}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (args.out / "summary.md").write_text(markdown(summary), encoding="utf-8")
+    print(f"wrote {args.out / 'summary.json'} and {args.out / 'summary.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
