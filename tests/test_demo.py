@@ -1,0 +1,39 @@
+"""The CPU demo end to end, shortened (`--quick`): every stage runs and the report is complete."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.mark.slow
+def test_the_quick_demo_runs_every_stage_and_writes_report_and_plots(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "reasoningner.demo", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for line in (
+        "stage 1 (CoT",
+        "dev F1 before training",
+        "stage 2 (SFT)",
+        "stage 3 (GRPO)",
+        "held-out mean reward",
+    ):
+        assert line in result.stdout
+    summary = json.loads((tmp_path / "demo.json").read_text())
+    assert set(summary["evals"]) == {"before", "sft", "grpo"}
+    assert set(summary["rewards"]["grpo"]) == {"format", "f1", "consistency", "schema", "grounding", "total"}
+    report = (tmp_path / "demo.md").read_text()
+    for image in ("sft_loss.png", "rl_rewards.png", "f1_per_label.png"):
+        assert (tmp_path / image).stat().st_size > 1000
+        assert f"]({image})" in report
+    for stage in ("cot", "sft", "rl", "eval-grpo"):
+        assert (tmp_path / stage / "manifest.json").is_file()
