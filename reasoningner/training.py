@@ -19,6 +19,21 @@ VARLEN_ATTENTION = (
 )
 
 
+def model_init_kwargs(training_args: Any, model_args: Any) -> dict[str, Any]:
+    """How the trainer loads the model: the recipe's own `model_init_kwargs` (e.g. `use_kernels`),
+    overridden by the model options (quantization goes to the trainer's `quantization_config`).
+
+    The trainer loads the model after the training arguments exist, so that DeepSpeed ZeRO-3
+    partitions it while loading instead of every rank materialising the whole checkpoint.
+    """
+    return {
+        **(training_args.model_init_kwargs or {}),
+        "revision": model_args.model_revision,
+        "dtype": model_args.dtype,
+        "attn_implementation": model_args.attn_implementation,
+    }
+
+
 def configure_batching(training_args: Any, attn_implementation: str | None) -> str:
     """Padding-free batches where the attention kernel handles them, length-grouped batches otherwise.
 

@@ -8,11 +8,17 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset
 from transformers import AutoTokenizer, set_seed
-from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config
+from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from reasoningner.rewards import DEFAULT_WEIGHTS, get_rewards
 from reasoningner.tracking import record_trainer_stage, set_trainer_run, wants_wandb
-from reasoningner.training import last_checkpoint, policy_model, save_final, start_deepspeed_on_cpu
+from reasoningner.training import (
+    last_checkpoint,
+    model_init_kwargs,
+    policy_model,
+    save_final,
+    start_deepspeed_on_cpu,
+)
 from reasoningner.training_data import rl_prompts
 
 
@@ -55,11 +61,7 @@ def main() -> None:
     if training_args.reward_weights is None:
         training_args.reward_weights = [DEFAULT_WEIGHTS.get(name, 1.0) for name in script_args.reward_funcs]
 
-    training_args.model_init_kwargs = {
-        "revision": model_args.model_revision,
-        "dtype": model_args.dtype,
-        "attn_implementation": model_args.attn_implementation,
-    }
+    training_args.model_init_kwargs = model_init_kwargs(training_args, model_args)
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.model_name_or_path, revision=model_args.model_revision
     )
@@ -69,6 +71,7 @@ def main() -> None:
         args=training_args,
         train_dataset=train_dataset,
         processing_class=tokenizer,
+        quantization_config=get_quantization_config(model_args),  # QLoRA with load_in_4bit
         peft_config=get_peft_config(model_args),
     )
     trainer.accelerator.print(

@@ -7,11 +7,17 @@ python stages/sft.py --config recipes/tiny-cpu/sft.yaml --num_train_epochs 1
 from dataclasses import dataclass, field
 
 from datasets import Dataset
-from transformers import AutoTokenizer, set_seed
-from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
+from transformers import AutoTokenizer, IntervalStrategy, set_seed
+from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config, get_quantization_config
 
 from reasoningner.tracking import record_trainer_stage, set_trainer_run, wants_wandb
-from reasoningner.training import configure_batching, last_checkpoint, save_final, start_deepspeed_on_cpu
+from reasoningner.training import (
+    configure_batching,
+    last_checkpoint,
+    model_init_kwargs,
+    save_final,
+    start_deepspeed_on_cpu,
+)
 from reasoningner.training_data import sft_conversations
 
 
@@ -54,16 +60,10 @@ def main() -> None:
 
     train_dataset = conversations(script_args.train_files)
     eval_dataset = conversations(script_args.eval_files) if script_args.eval_files else None
+    if eval_dataset is not None and training_args.eval_strategy == IntervalStrategy.NO:
+        training_args.eval_strategy = IntervalStrategy.EPOCH  # eval files given: evaluate them
 
-    # The model is loaded by the trainer, after the training arguments exist, so that DeepSpeed
-    # ZeRO-3 partitions it while loading instead of every rank materialising the whole checkpoint.
-    # Keys a recipe sets in `model_init_kwargs` (e.g. `use_kernels`) are kept; the model options win.
-    training_args.model_init_kwargs = {
-        **(training_args.model_init_kwargs or {}),
-        "revision": model_args.model_revision,
-        "dtype": model_args.dtype,
-        "attn_implementation": model_args.attn_implementation,
-    }
+    training_args.model_init_kwargs = model_init_kwargs(training_args, model_args)
     batching = configure_batching(training_args, model_args.attn_implementation)
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.model_name_or_path, revision=model_args.model_revision
@@ -74,6 +74,7 @@ def main() -> None:
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
+        quantization_config=get_quantization_config(model_args),  # QLoRA with load_in_4bit
         peft_config=get_peft_config(model_args),
     )
     trainer.accelerator.print(f"sft: {len(train_dataset)} conversations, {batching} batches")

@@ -1,0 +1,419 @@
+"""Stage 2 (SFT): the loss mask on the real template, full and LoRA runs of the stage script, auto-resume,
+the direct-answer baseline and the batching policy."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import runpy
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from datasets import Dataset
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from trl import SFTConfig, SFTTrainer
+from trl.trainer import sft_trainer
+
+from reasoningner.cot import ANNOTATIONS, CoTArguments, annotate, read_records, record_example
+from reasoningner.formats import get_format
+from reasoningner.prompts import ner_instruction
+from reasoningner.readers import read_dataset
+from reasoningner.tiny_model import IM_END, THINK_OPEN, build_tiny_model
+from reasoningner.training import configure_batching
+from reasoningner.training_data import sft_conversations
+
+ROOT = Path(__file__).parents[1]
+STAGE = ROOT / "stages" / "sft.py"
+RECIPE = ROOT / "recipes" / "tiny-cpu" / "sft.yaml"
+RECIPE_ARGS = yaml.safe_load(RECIPE.read_text())
+CONLL = Path(__file__).parent / "data" / "conll2003_mini.txt"
+SIZES = dict(
+    vocab_size=512,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+)
+
+
+@pytest.fixture(scope="module")
+def cot_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Stage 1 output for the mini CoNLL file, from the gold-template teacher."""
+    out = tmp_path_factory.mktemp("cot")
+    annotate(
+        CoTArguments(datasets=[str(CONLL)], output_dir=str(out), output_format=RECIPE_ARGS["output_format"])
+    )
+    return out / ANNOTATIONS
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, cot_file: Path) -> Path:
+    """A tiny model whose tokenizer learnt from the conversations it trains on."""
+    conversations = sft_conversations([str(cot_file)], RECIPE_ARGS["output_format"])
+    corpus = [message["content"] for c in conversations for message in c["messages"]] * 20
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), corpus, **SIZES)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+@pytest.fixture()
+def one_thread() -> Iterator[None]:
+    """The tiny model trains about twice as fast on one thread as on two (thread overhead dominates)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def recipe_conversations(cot_file: Path) -> list[dict[str, Any]]:
+    """The conversations the stage builds from `cot_file` under the tiny-cpu recipe."""
+    return sft_conversations(
+        [str(cot_file)], RECIPE_ARGS["output_format"], descriptions=RECIPE_ARGS["descriptions"]
+    )
+
+
+def run_stage(*args: str) -> None:
+    """`python stages/sft.py --config recipes/tiny-cpu/sft.yaml ARGS`, in this process."""
+    argv = sys.argv
+    sys.argv = [str(STAGE), "--config", str(RECIPE), *args]
+    try:
+        runpy.run_path(str(STAGE), run_name="__main__")
+    finally:
+        sys.argv = argv
+
+
+def stage_args(model_dir: Path, cot_file: Path, output_dir: Path, *, max_steps: int, lr: float) -> list[str]:
+    """Overrides for a short run on the four mini conversations: whole-batch steps at a constant rate."""
+    return [
+        "--model_name_or_path", str(model_dir),
+        "--train_files", str(cot_file),
+        "--output_dir", str(output_dir),
+        "--max_steps", str(max_steps),
+        "--learning_rate", str(lr),
+        "--lr_scheduler_type", "constant",
+        "--warmup_steps", "0",
+        "--per_device_train_batch_size", "4",
+        "--logging_steps", "1",
+        "--disable_tqdm", "true",
+    ]  # fmt: skip
+
+
+def supervised_loss(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, conversations: Sequence[dict[str, Any]]
+) -> float:
+    """Mean loss over the assistant tokens of one padded batch of `conversations`, model in eval mode."""
+    encoded = [
+        tokenizer.apply_chat_template(c["messages"], return_dict=True, return_assistant_tokens_mask=True)
+        for c in conversations
+    ]
+    width = max(len(e["input_ids"]) for e in encoded)
+    input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
+    labels = torch.full((len(encoded), width), -100)
+    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, e in enumerate(encoded):
+        ids = torch.tensor(e["input_ids"])
+        input_ids[row, : len(ids)] = ids
+        labels[row, : len(ids)] = torch.where(torch.tensor(e["assistant_masks"]) == 1, ids, -100)
+        attention_mask[row, : len(ids)] = 1
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.item()
+
+
+def load(path: Path) -> PreTrainedModel:
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+# --- the loss mask, token by token, as TRL tokenizes our conversations -------------------------------------
+
+
+@pytest.mark.parametrize("rationales", [True, False], ids=["cot", "direct"])
+def test_exactly_the_assistant_turn_is_trained(
+    model_dir: Path, tokenizer: PreTrainedTokenizerBase, cot_file: Path, tmp_path: Path, rationales: bool
+) -> None:
+    conversations = sft_conversations([str(cot_file)], RECIPE_ARGS["output_format"], rationales=rationales)
+    args = SFTConfig(
+        output_dir=str(tmp_path),
+        assistant_only_loss=True,
+        max_length=RECIPE_ARGS["max_length"],
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+    )
+    trainer = SFTTrainer(
+        model=str(model_dir),
+        args=args,
+        train_dataset=Dataset.from_list(conversations),
+        processing_class=tokenizer,
+    )
+    records = read_records(cot_file)
+    assert len(trainer.train_dataset) == len(records) == 4
+    think_id, im_end_id = tokenizer.convert_tokens_to_ids([THINK_OPEN, IM_END])
+    for row, record, conversation in zip(trainer.train_dataset, records, conversations, strict=True):
+        target = (f"<think>\n{record['rationale']}\n</think>\n" if rationales else "") + record["answer"]
+        user = conversation["messages"][0]["content"]
+        ids, labels = row["input_ids"], row["labels"]
+        trained = [position for position, label in enumerate(labels) if label != -100]
+        first, last = trained[0], trained[-1]
+        assert trained == list(range(first, last + 1)), "the trained tokens are one contiguous span"
+        assert [labels[p] for p in trained] == ids[first : last + 1]
+        assert tokenizer.decode(ids[:first]) == f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+        assert tokenizer.decode(ids[first : last + 1]) == target + "<|im_end|>"
+        assert tokenizer.decode(ids[last + 1 :]) == "\n"  # after <|im_end|>: not trained, never generated
+        assert ids[last] == im_end_id
+        assert (ids[first] == think_id) == rationales
+
+    # The collator pads on the right with -100 labels and keeps each row's labels as they were.
+    rows = [trainer.train_dataset[i] for i in range(len(records))]
+    batch = trainer.data_collator(rows)
+    for row, labels, attention in zip(rows, batch["labels"], batch["attention_mask"], strict=True):
+        length = len(row["input_ids"])
+        assert labels[:length].tolist() == row["labels"]
+        assert (labels[length:] == -100).all() and attention.sum() == length
+
+
+# --- full and LoRA training through the stage script --------------------------------------------------------
+
+
+def test_full_sft_run_lowers_the_loss_and_saves_a_loadable_model(
+    model_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    cot_file: Path,
+    tmp_path: Path,
+    one_thread: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "sft"
+    run_stage(*stage_args(model_dir, cot_file, out, max_steps=20, lr=3e-3), "--save_strategy", "no")
+    assert "sft: 4 conversations, length-grouped batches" in capsys.readouterr().out  # no flash kernel
+    conversations = recipe_conversations(cot_file)
+    before = supervised_loss(load(model_dir), tokenizer, conversations)
+    after = supervised_loss(load(out), tokenizer, conversations)
+    assert after < 0.8 * before, (before, after)
+    saved = AutoTokenizer.from_pretrained(out)
+    assert saved.chat_template == tokenizer.chat_template and saved.eos_token == IM_END
+
+
+def test_recipe_model_init_kwargs_reach_the_loader(
+    model_dir: Path, cot_file: Path, tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads: list[dict[str, Any]] = []
+    create = sft_trainer.create_model_from_path
+
+    def spy(path: str, **kwargs: Any) -> PreTrainedModel:
+        loads.append(kwargs)
+        return create(path, **kwargs)
+
+    monkeypatch.setattr(sft_trainer, "create_model_from_path", spy)
+    run_stage(
+        *stage_args(model_dir, cot_file, tmp_path, max_steps=1, lr=1e-3),
+        "--save_strategy", "no",
+        "--model_init_kwargs", '{"use_kernels": false, "dtype": "bfloat16"}',
+        "--attn_implementation", "eager",
+    )  # fmt: skip
+    (kwargs,) = loads
+    assert kwargs["use_kernels"] is False  # kept from the recipe
+    assert (kwargs["dtype"], kwargs["attn_implementation"]) == ("float32", "eager")  # the model options win
+
+
+LORA = [
+    "--use_peft",
+    "true",
+    "--lora_r",
+    "8",
+    "--lora_alpha",
+    "16",
+    "--lora_target_modules",
+    "q_proj",
+    "v_proj",
+]
+
+
+def check_lora_output(
+    out: Path, model_dir: Path, tokenizer: PreTrainedTokenizerBase, cot_file: Path
+) -> float:
+    """The adapter and its merge in `out/merged` agree, and the merge changed q/v only; returns its loss."""
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert (adapter["r"], adapter["lora_alpha"]) == (8, 16)
+    assert set(adapter["target_modules"]) == {"q_proj", "v_proj"}
+    assert not (out / "model.safetensors").exists()  # the adapter alone, not the base weights
+    conversations = recipe_conversations(cot_file)
+    with_adapter = supervised_loss(PeftModel.from_pretrained(load(model_dir), out), tokenizer, conversations)
+    merged = load(out / "merged")
+    base_weights = load(model_dir).state_dict()
+    assert type(merged).__name__ == "Qwen3ForCausalLM"
+    for name, weight in merged.state_dict().items():
+        targeted = name.endswith(("q_proj.weight", "v_proj.weight"))
+        assert torch.equal(weight, base_weights[name]) != targeted, name
+    assert AutoTokenizer.from_pretrained(out / "merged").chat_template == tokenizer.chat_template
+    loss = supervised_loss(merged, tokenizer, conversations)
+    assert loss == pytest.approx(with_adapter, rel=1e-4)
+    return loss
+
+
+def test_lora_sft_run_lowers_the_loss_and_merges(
+    model_dir: Path, tokenizer: PreTrainedTokenizerBase, cot_file: Path, tmp_path: Path, one_thread: None
+) -> None:
+    out = tmp_path / "lora"
+    run_stage(*stage_args(model_dir, cot_file, out, max_steps=20, lr=1e-2), *LORA, "--merge_lora", "true")
+    before = supervised_loss(load(model_dir), tokenizer, recipe_conversations(cot_file))
+    after = check_lora_output(out, model_dir, tokenizer, cot_file)
+    # A random-init model's logits are tiny (unit hidden states against 0.02-scale tied embeddings) and LoRA
+    # on q/v cannot scale them up, so the loss can only fall a little below log(vocab): ~0.15 nats here.
+    assert after < before - 0.1, (before, after)
+
+
+@pytest.mark.slow
+def test_lora_merge_under_zero3(
+    model_dir: Path, tokenizer: PreTrainedTokenizerBase, cot_file: Path, tmp_path: Path
+) -> None:
+    """ZeRO-3 leaves each rank an empty partition of each weight: the merge must not use the trainer model."""
+    pytest.importorskip("deepspeed")
+    zero3 = tmp_path / "zero3.json"
+    zero3.write_text(
+        json.dumps(
+            {
+                "zero_optimization": {
+                    "stage": 3,
+                    "stage3_param_persistence_threshold": 0,  # partition even the tiny model's weights
+                    "stage3_gather_16bit_weights_on_model_save": True,
+                },
+                "train_batch_size": "auto",
+                "train_micro_batch_size_per_gpu": "auto",
+                "gradient_accumulation_steps": "auto",
+                "gradient_clipping": "auto",
+            }
+        )
+    )
+    out = tmp_path / "lora"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
+    result = subprocess.run(
+        [
+            *launch, str(STAGE), "--config", str(RECIPE),
+            *stage_args(model_dir, cot_file, out, max_steps=3, lr=1e-2), *LORA,
+            "--merge_lora", "true", "--save_strategy", "no", "--deepspeed", str(zero3),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_lora_output(out, model_dir, tokenizer, cot_file)
+
+
+# --- resume -------------------------------------------------------------------------------------------------
+
+
+def test_a_relaunched_run_resumes_from_the_last_checkpoint(
+    model_dir: Path, cot_file: Path, tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "sft"
+    args = ["--save_steps", "3", "--per_device_train_batch_size", "2"]
+    run_stage(*stage_args(model_dir, cot_file, out, max_steps=3, lr=1e-3), *args)
+    first = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    assert first["global_step"] == 3
+
+    steps_taken: list[int] = []
+    training_step = SFTTrainer.training_step
+
+    def counting_step(self: SFTTrainer, *args: Any, **kwargs: Any) -> torch.Tensor:
+        steps_taken.append(self.state.global_step)
+        return training_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(SFTTrainer, "training_step", counting_step)
+    run_stage(*stage_args(model_dir, cot_file, out, max_steps=6, lr=1e-3), *args)
+    assert steps_taken == [3, 4, 5], "the relaunch continues at step 3 instead of starting over"
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    losses = [entry for entry in state["log_history"] if "loss" in entry]
+    assert [entry["step"] for entry in losses] == [1, 2, 3, 4, 5, 6]
+    assert losses[:3] == [entry for entry in first["log_history"] if "loss" in entry]
+    assert not (out / "checkpoint-3").exists()  # save_total_limit: 1
+
+
+# --- the direct-answer baseline -----------------------------------------------------------------------------
+
+
+def test_without_rationales_the_targets_are_the_answers_alone(cot_file: Path) -> None:
+    fmt = get_format(RECIPE_ARGS["output_format"])
+    records = read_records(cot_file)
+    direct = sft_conversations([str(cot_file)], fmt.name, rationales=False)
+    with_cot = sft_conversations([str(cot_file)], fmt.name, rationales=True)
+    for record, plain, reasoned in zip(records, direct, with_cot, strict=True):
+        example = record_example(record)
+        (user, assistant) = plain["messages"]
+        assert assistant == {"role": "assistant", "content": record["answer"]}
+        assert user["content"] == ner_instruction(example.text, example.schema, fmt, reasoning=False)
+        assert THINK_OPEN not in user["content"] + assistant["content"]
+        assert reasoned["messages"][1]["content"].startswith(THINK_OPEN)
+        assert THINK_OPEN in reasoned["messages"][0]["content"]
+
+    examples = read_dataset(CONLL).examples
+    from_plain = sft_conversations([str(CONLL)], fmt.name, rationales=False)
+    assert [c["messages"][1]["content"] for c in from_plain] == [fmt.render(e) for e in examples]
+
+
+def test_plain_ner_data_with_rationales_fails_naming_the_file(cot_file: Path, model_dir: Path) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"{CONLL}: plain NER data has no rationales")):
+        sft_conversations([str(cot_file), str(CONLL)], RECIPE_ARGS["output_format"])
+    with pytest.raises(ValueError, match="rationales: false"):  # the stage stops before loading the model
+        run_stage("--model_name_or_path", str(model_dir), "--train_files", str(CONLL))
+
+
+# --- batching policy ----------------------------------------------------------------------------------------
+
+
+def sft_config(tmp_path: Path, **kwargs: Any) -> SFTConfig:
+    return SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", **kwargs)
+
+
+@pytest.mark.parametrize("attn", ["flash_attention_2", "flash_attention_3", "kernels-community/flash-attn"])
+def test_varlen_attention_gets_padding_free_batches(tmp_path: Path, attn: str) -> None:
+    args = sft_config(tmp_path, max_length=512)
+    assert configure_batching(args, attn) == "padding-free"
+    assert args.padding_free and args.train_sampling_strategy == "random"
+    assert args.max_length is None  # TRL enforces it only on padded or packed batches, and refuses otherwise
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager", None])
+def test_other_attention_gets_length_grouped_padded_batches(tmp_path: Path, attn: str | None) -> None:
+    args = sft_config(tmp_path, padding_free=True)
+    assert configure_batching(args, attn) == "length-grouped"
+    assert not args.padding_free and args.train_sampling_strategy == "group_by_length"
+
+
+@pytest.mark.parametrize("attn", ["flash_attention_2", "sdpa"])
+def test_a_packing_recipe_keeps_its_own_batching(tmp_path: Path, attn: str) -> None:
+    args = sft_config(tmp_path, packing=True, packing_strategy="wrapped")
+    assert configure_batching(args, attn) == "packing (wrapped)"
+    assert (args.packing, args.packing_strategy, args.padding_free) == (True, "wrapped", False)
+    assert args.train_sampling_strategy == "random"
+
+
+def test_trl_accepts_the_padding_free_choice_with_the_recipe_max_length(
+    model_dir: Path, tokenizer: PreTrainedTokenizerBase, cot_file: Path, tmp_path: Path
+) -> None:
+    """TRL 1.16 refuses `padding_free` with a `max_length` unless packing; the recipe sets one."""
+    args = sft_config(tmp_path, assistant_only_loss=True, max_length=RECIPE_ARGS["max_length"])
+    configure_batching(args, "flash_attention_2")
+    dataset = Dataset.from_list(recipe_conversations(cot_file))
+    trainer = SFTTrainer(model=str(model_dir), args=args, train_dataset=dataset, processing_class=tokenizer)
+    rows = [trainer.train_dataset[i] for i in range(len(dataset))]
+    batch = trainer.data_collator(rows)
+    assert "attention_mask" not in batch
+    assert batch["input_ids"].shape == (1, sum(len(row["input_ids"]) for row in rows))
+    assert (batch["position_ids"] == 0).sum() == len(rows)
