@@ -164,25 +164,6 @@ def test_merging_an_incomplete_set_of_shards_is_refused(tmp_path):
         merge_shards(tmp_path)
 
 
-@pytest.fixture(scope="module")
-def tiny_teacher(tmp_path_factory):
-    from reasoningner.readers import read_dataset
-    from reasoningner.tiny_model import build_tiny_model
-
-    texts = [e.text for e in read_dataset(DATA / "conll2003_mini.txt").examples]
-    return build_tiny_model(
-        tmp_path_factory.mktemp("teacher"),
-        texts,
-        vocab_size=400,
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=1,
-        head_dim=16,
-    )
-
-
 def transformers_args(tmp_path: Path, teacher: Path) -> list[str]:
     return [
         "--datasets", str(DATA / "conll2003_mini.txt"), str(DATA / "crossner_ai_mini.txt"),
@@ -196,22 +177,22 @@ def transformers_args(tmp_path: Path, teacher: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def test_transformers_teacher_writes_scored_records(tmp_path, tiny_teacher):
-    run_stage(*transformers_args(tmp_path, tiny_teacher))
+def test_transformers_teacher_writes_scored_records(tmp_path, tiny_model_dir):
+    run_stage(*transformers_args(tmp_path, tiny_model_dir))
     records = read_records(tmp_path / "annotations.jsonl")
     assert len(records) == 7
-    assert all(r["teacher"] == f"transformers:{tiny_teacher}" for r in records)
+    assert all(r["teacher"] == f"transformers:{tiny_model_dir}" for r in records)
     assert all(r["completion_tokens"] > 0 for r in records)
     # A random tiny model does not annotate well: its records are kept but not accepted.
     assert not any(r["accepted"] for r in records)
 
 
-def test_a_run_killed_mid_way_resumes_to_the_same_result(tmp_path, tiny_teacher):
+def test_a_run_killed_mid_way_resumes_to_the_same_result(tmp_path, tiny_model_dir):
     clean = tmp_path / "clean"
-    run_stage(*transformers_args(clean, tiny_teacher))
+    run_stage(*transformers_args(clean, tiny_model_dir))
     killed = tmp_path / "killed"
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "stages" / "cot.py"), *transformers_args(killed, tiny_teacher)],
+        [sys.executable, str(ROOT / "stages" / "cot.py"), *transformers_args(killed, tiny_model_dir)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -227,7 +208,7 @@ def test_a_run_killed_mid_way_resumes_to_the_same_result(tmp_path, tiny_teacher)
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     partial = path.read_bytes().count(b"\n")
     assert 2 <= partial < 7
-    run_stage(*transformers_args(killed, tiny_teacher))
+    run_stage(*transformers_args(killed, tiny_model_dir))
     assert path.read_bytes() == (clean / "annotations.jsonl").read_bytes()
 
 

@@ -27,6 +27,7 @@ import os
 import runpy
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 from unittest import mock
@@ -43,15 +44,6 @@ ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "WANDB_MODE": "disabled",
 }
-SIZES = dict(
-    vocab_size=400,
-    hidden_size=32,
-    intermediate_size=64,
-    num_layers=2,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-)
 STEPS = 2
 ZERO_INIT_MESSAGE = "activating zero.init()"
 
@@ -172,12 +164,9 @@ def saved_hashes(path: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from reasoningner.readers import read_dataset
-    from reasoningner.tiny_model import build_tiny_model
-
-    texts = [example.text for example in read_dataset(CONLL).examples]
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"), texts, **SIZES)
+def tiny_model(tiny_model_factory: Callable[..., Path]) -> Path:
+    """conftest's tiny model (mini CoNLL sentences, vocabulary of at most 400) with two layers."""
+    return tiny_model_factory(num_layers=2)
 
 
 @pytest.fixture(scope="module")

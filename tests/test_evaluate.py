@@ -453,26 +453,15 @@ def test_predict_repeated_mentions_ungrounded_unknown_labels_and_blank_texts() -
 # --- the real tiny model: predict CLI and stages/eval.py ---------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from reasoningner.tiny_model import build_tiny_model
-
-    texts = [e.text for e in read_dataset(DATA / "conll2003_mini.txt").examples]
-    return build_tiny_model(
-        tmp_path_factory.mktemp("tiny"), texts, vocab_size=400, hidden_size=32, intermediate_size=64,
-        num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-    )  # fmt: skip
-
-
 def test_predict_cli_with_the_tiny_model(
-    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture
 ) -> None:
     source = tmp_path / "texts.txt"
     source.write_text("EU rejects German call .\n\nPeter Blackburn met Peter .\n", encoding="utf-8")
     descriptions = tmp_path / "descriptions.json"
     descriptions.write_text(json.dumps({"person": "a human"}), encoding="utf-8")
     code = main(
-        ["predict", "--model", str(tiny_model), "--labels", "person,location", "--descriptions-file",
+        ["predict", "--model", str(tiny_model_dir), "--labels", "person,location", "--descriptions-file",
          str(descriptions), "--rationale", "--max-new-tokens", "12", str(source)]
     )  # fmt: skip
     assert code == 0
@@ -484,15 +473,15 @@ def test_predict_cli_with_the_tiny_model(
             assert record["text"][entity["start"] : entity["end"]] == entity["text"]
     assert "rationale" in records[0]
     assert main(["predict", "--model", str(tmp_path / "nowhere"), "--labels", "person", str(source)]) == 2
-    assert main(["predict", "--model", str(tiny_model), "--labels", "bad label", str(source)]) == 2
+    assert main(["predict", "--model", str(tiny_model_dir), "--labels", "bad label", str(source)]) == 2
 
 
-def test_eval_stage_end_to_end_with_the_tiny_model(tmp_path: Path, tiny_model: Path) -> None:
+def test_eval_stage_end_to_end_with_the_tiny_model(tmp_path: Path, tiny_model_dir: Path) -> None:
     recipe = tmp_path / "eval.yaml"
     recipe.write_text(
         yaml.safe_dump(
             {
-                "model_name_or_path": str(tiny_model),
+                "model_name_or_path": str(tiny_model_dir),
                 "output_dir": str(tmp_path / "out"),
                 "backend_options": {"batch_size": 4},
                 "max_new_tokens": 12,
@@ -517,5 +506,5 @@ def test_eval_stage_end_to_end_with_the_tiny_model(tmp_path: Path, tiny_model: P
     assert len((out / "generations.jsonl").read_text().splitlines()) == 5
     results = json.loads((out / "results.json").read_text())
     assert results["scores"]["text"]["datasets"]["conll"]["examples"] == 5
-    assert results["config"]["model_name_or_path"] == str(tiny_model)
+    assert results["config"]["model_name_or_path"] == str(tiny_model_dir)
     assert "conll" in result.stdout and "Avg" in result.stdout

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reasoningner.formats import FORMATS, ParseResult, Problem, get_format, split_answer
+from reasoningner.readers import read_alpaca, read_conll
 from reasoningner.spans import Example, Schema, Span, is_crossing, occurrences
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data"
@@ -441,79 +442,17 @@ def test_offset_json_mismatch_falls_back_to_the_nearest_occurrence() -> None:
 # --- the shared data ---------------------------------------------------------------------------------
 
 
-def _read_bio(path: Path) -> list[Example]:
-    """CoNLL `token<TAB>tag` sentences; text is the tokens joined by single spaces (private loader)."""
-    sentences: list[tuple[list[str], list[str]]] = []
-    tokens: list[str] = []
-    tags: list[str] = []
-    for line in path.read_text(encoding="utf-8").splitlines() + [""]:
-        if line.strip():
-            token, tag = line.split("\t")
-            tokens.append(token)
-            tags.append(tag)
-        elif tokens:
-            sentences.append((tokens, tags))
-            tokens, tags = [], []
-    labels = dict.fromkeys(tag[2:] for _, tags in sentences for tag in tags if tag != "O")
-    schema = Schema(tuple(labels))
-    examples = []
-    for number, (tokens, tags) in enumerate(sentences):
-        starts = [sum(len(token) + 1 for token in tokens[:i]) for i in range(len(tokens))]
-        spans: list[Span] = []
-        open_at: tuple[int, str] | None = None
-        for i, tag in enumerate([*tags, "O"]):
-            if open_at and (tag == "O" or tag.startswith("B-") or tag[2:] != open_at[1]):
-                spans.append(Span(starts[open_at[0]], starts[i - 1] + len(tokens[i - 1]), open_at[1]))
-                open_at = None
-            if tag != "O" and open_at is None:
-                open_at = (i, tag[2:])
-        examples.append(Example(" ".join(tokens), tuple(spans), schema, f"{path.name}:{number}"))
-    return examples
-
-
-_GOLD_TAG = re.compile(r"<(/?)(\w+)>")
-
-
-def _read_alpaca(path: Path) -> list[Example]:
-    """Alpaca records whose output is the input with inline nested XML tags of the Label Set."""
-    records = json.loads(path.read_text(encoding="utf-8"))
-    block = records[0]["instruction"].split("Label Set:\n", 1)[1].split("\nNow", 1)[0]
-    schema = Schema(tuple(re.match(r"[^\s:(]+", line).group() for line in block.splitlines() if line.strip()))
-    examples = []
-    for number, record in enumerate(records):
-        output = record["output"]
-        pieces: list[str] = []
-        stack: list[tuple[str, int]] = []
-        spans: list[Span] = []
-        length = cursor = 0
-        for tag in _GOLD_TAG.finditer(output):
-            if tag.group(2) not in schema:
-                continue
-            pieces.append(output[cursor : tag.start()])
-            length += tag.start() - cursor
-            cursor = tag.end()
-            if not tag.group(1):
-                stack.append((tag.group(2), length))
-                continue
-            depth = max(i for i, (label, _) in enumerate(stack) if label == tag.group(2))
-            spans.append(Span(stack[depth][1], length, tag.group(2)))
-            del stack[depth]
-        text = "".join(pieces) + output[cursor:]
-        assert text == record["input"] and not stack
-        # ACE2005 has a few doubled tags (<PER><PER>...</PER></PER>): one span.
-        examples.append(Example(text, tuple(dict.fromkeys(spans)), schema, f"{path.name}:{number}"))
-    return examples
-
-
 @lru_cache
 def _shared_examples() -> dict[str, list[Example]]:
+    """Every shared corpus, read strictly by `reasoningner.readers` (the ACE file's doubled tags,
+    `<PER><PER>x</PER></PER>`, become one span)."""
     if not DATA.is_dir():
         pytest.skip(f"shared data not found at {DATA}")
     corpora: dict[str, list[Example]] = {}
     for path in sorted(DATA.glob("conll2003/*.txt")) + sorted(DATA.glob("crossner/*/*.txt")):
-        corpora[str(path.relative_to(DATA))] = _read_bio(path)
+        corpora[str(path.relative_to(DATA))] = read_conll(path).examples
     for path in sorted(DATA.glob("*/*_alpaca.json")):
-        corpora[str(path.relative_to(DATA))] = _read_alpaca(path)
+        corpora[str(path.relative_to(DATA))] = read_alpaca(path).examples
     return corpora
 
 

@@ -18,7 +18,7 @@ import threading
 import time
 import types
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,6 @@ from reasoningner.generation import (
     TransformersGenerator,
     build_generator,
 )
-from reasoningner.tiny_model import build_tiny_model
 
 CORPUS = [
     "EU rejects German call to boycott British lamb .",
@@ -46,15 +45,6 @@ CORPUS = [
     "Apple hired Mary Smith in London last year .",
     "Find the named entities in the sentence .",
 ] * 10
-SIZES = dict(
-    vocab_size=256,
-    hidden_size=32,
-    intermediate_size=64,
-    num_layers=2,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-)
 SECRET = "sk-test-DO-NOT-LEAK-0123456789"
 KEY_ENV = "REASONINGNER_TEST_API_KEY"
 
@@ -91,12 +81,12 @@ def one_torch_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def model_dir(tiny_model_factory: Callable[..., Path]) -> Path:
     """The project's tiny model, re-initialised so that its greedy output depends on the prompt and
     sometimes stops early (the default init repeats one token forever, which would make order and
     token-count checks vacuous). `do_sample` is on in its generation config, as in real Qwen3
     checkpoints: `transformers serve` samples only when the checkpoint says so."""
-    out = build_tiny_model(tmp_path_factory.mktemp("tiny"), CORPUS, seed=0, **SIZES)
+    out = tiny_model_factory(CORPUS, seed=0, vocab_size=256, num_layers=2)
     model = AutoModelForCausalLM.from_pretrained(out)
     torch.manual_seed(0)
     with torch.no_grad():

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,6 @@ from reasoningner.rationale import assertion
 from reasoningner.readers import read_dataset
 from reasoningner.rewards import DEFAULT_WEIGHTS, MAX_COMPLETION_CHARS, REWARDS, analyse, get_rewards
 from reasoningner.spans import Example, Schema, Span, spans_from_dicts
-from reasoningner.tiny_model import build_tiny_model
 from reasoningner.training_data import proportional_sizes, rl_prompts, rl_record, sample_mixture
 
 ROOT = Path(__file__).parents[1]
@@ -491,22 +491,11 @@ def test_rl_prompts_over_two_files_keep_gold_labels_format_and_dataset() -> None
 
 # --- GRPO smoke run -----------------------------------------------------------------------------------
 
-SIZES = dict(
-    vocab_size=512,
-    hidden_size=32,
-    intermediate_size=64,
-    num_layers=2,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-)
-
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_model(tiny_model_factory: Callable[..., Path], conll_mini_texts: tuple[str, ...]) -> Path:
     """A random-init tiny model: it writes junk, which is all a smoke test of the plumbing needs."""
-    corpus = [e.text for e in read_dataset(DATA / "conll2003_mini.txt").examples] * 20
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"), corpus, **SIZES)
+    return tiny_model_factory(conll_mini_texts * 20, vocab_size=512, num_layers=2)
 
 
 def test_grpo_smoke_run_of_the_tiny_cpu_recipe(tiny_model: Path, tmp_path: Path) -> None:

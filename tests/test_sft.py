@@ -9,7 +9,7 @@ import re
 import runpy
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from reasoningner.cot import ANNOTATIONS, CoTArguments, annotate, read_records, 
 from reasoningner.formats import get_format
 from reasoningner.prompts import ner_instruction
 from reasoningner.readers import read_dataset
-from reasoningner.tiny_model import IM_END, THINK_OPEN, build_tiny_model
+from reasoningner.tiny_model import IM_END, THINK_OPEN
 from reasoningner.training import configure_batching
 from reasoningner.training_data import sft_conversations
 
@@ -35,15 +35,6 @@ STAGE = ROOT / "stages" / "sft.py"
 RECIPE = ROOT / "recipes" / "tiny-cpu" / "sft.yaml"
 RECIPE_ARGS = yaml.safe_load(RECIPE.read_text())
 CONLL = Path(__file__).parent / "data" / "conll2003_mini.txt"
-SIZES = dict(
-    vocab_size=512,
-    hidden_size=32,
-    intermediate_size=64,
-    num_layers=2,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-)
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +48,11 @@ def cot_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, cot_file: Path) -> Path:
+def model_dir(tiny_model_factory: Callable[..., Path], cot_file: Path) -> Path:
     """A tiny model whose tokenizer learnt from the conversations it trains on."""
     conversations = sft_conversations([str(cot_file)], RECIPE_ARGS["output_format"])
     corpus = [message["content"] for c in conversations for message in c["messages"]] * 20
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"), corpus, **SIZES)
+    return tiny_model_factory(corpus, vocab_size=512, num_layers=2)
 
 
 @pytest.fixture(scope="module")

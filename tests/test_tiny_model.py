@@ -3,6 +3,7 @@ generation, the chat template's loss mask, and TRL's SFTTrainer with assistant-o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,17 +15,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from trl import SFTConfig, SFTTrainer
 from trl.chat_template_utils import is_chat_template_stop_token_trained
 
-from reasoningner.tiny_model import THINK_CLOSE, THINK_OPEN, build_tiny_model, train_tokenizer
+from reasoningner.tiny_model import THINK_CLOSE, THINK_OPEN, train_tokenizer
 
-SIZES = dict(
-    vocab_size=512,
-    hidden_size=32,
-    intermediate_size=64,
-    num_layers=2,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=16,
-)
+SIZES = dict(vocab_size=512, num_layers=2)  # over conftest's TINY_SIZES
 CORPUS = [
     "EU rejects German call to boycott British lamb .",
     "Peter Blackburn",
@@ -46,8 +39,8 @@ CONVERSATION = [
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"), CORPUS, seed=1, **SIZES)
+def model_dir(tiny_model_factory: Callable[..., Path]) -> Path:
+    return tiny_model_factory(CORPUS, seed=1, **SIZES)
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +64,9 @@ def test_loads_with_auto_classes_and_generates(model_dir: Path, tokenizer: PreTr
     assert generated.shape[1] > inputs["input_ids"].shape[1]
 
 
-def test_same_seed_gives_identical_files(model_dir: Path, tmp_path: Path) -> None:
-    again = build_tiny_model(tmp_path / "again", CORPUS, seed=1, **SIZES)
-    other_seed = build_tiny_model(tmp_path / "other", CORPUS, seed=2, **SIZES)
+def test_same_seed_gives_identical_files(model_dir: Path, tiny_model_factory: Callable[..., Path]) -> None:
+    again = tiny_model_factory(CORPUS, seed=1, **SIZES)
+    other_seed = tiny_model_factory(CORPUS, seed=2, **SIZES)
     files = sorted(path.name for path in model_dir.iterdir())
     assert files == sorted(path.name for path in again.iterdir())
     for name in files:

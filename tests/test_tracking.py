@@ -69,18 +69,14 @@ def test_cot_logs_its_report_and_manifest_to_an_offline_wandb_run(tmp_path, offl
     assert run.summary["acceptance_rate"] == 1.0 and run.summary["teacher_f1_mean"] == 1.0
 
 
-def test_sft_joins_the_group_logs_curves_and_records_the_cot_manifest(tmp_path, offline_wandb):
-    from reasoningner.readers import read_dataset
-    from reasoningner.tiny_model import build_tiny_model
-
+def test_sft_joins_the_group_logs_curves_and_records_the_cot_manifest(
+    tmp_path, offline_wandb, tiny_model_dir
+):
     run_dir = tmp_path / "pipeline-8"
     stage("cot", "--datasets", str(DATA / "conll2003_mini.txt"), "--output_dir", str(run_dir / "cot"))
-    texts = [e.text for e in read_dataset(DATA / "conll2003_mini.txt").examples]
-    model = build_tiny_model(tmp_path / "tiny", texts, vocab_size=400, hidden_size=32, intermediate_size=64,
-                             num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16)  # fmt: skip
     stage(
         "sft", "--config", str(ROOT / "recipes/tiny-cpu/sft.yaml"),
-        "--model_name_or_path", str(model),
+        "--model_name_or_path", str(tiny_model_dir),
         "--train_files", str(run_dir / "cot" / "annotations.jsonl"),
         "--output_dir", str(run_dir / "sft"),
         "--max_steps", "2", "--logging_steps", "1", "--per_device_train_batch_size", "2",
@@ -96,16 +92,11 @@ def test_sft_joins_the_group_logs_curves_and_records_the_cot_manifest(tmp_path, 
     assert any("train/loss" in row for row in run.history)
 
 
-def test_eval_logs_a_results_table_and_writes_its_manifest(tmp_path, offline_wandb):
-    from reasoningner.readers import read_dataset
-    from reasoningner.tiny_model import build_tiny_model
-
-    texts = [e.text for e in read_dataset(DATA / "conll2003_mini.txt").examples]
-    model = build_tiny_model(tmp_path / "tiny", texts, vocab_size=400, hidden_size=32, intermediate_size=64,
-                             num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16)  # fmt: skip
+def test_eval_logs_a_results_table_and_writes_its_manifest(tmp_path, offline_wandb, tiny_model_dir):
     out = tmp_path / "pipeline-9" / "eval"
     stage(
-        "eval", "--config", str(ROOT / "recipes/tiny-cpu/eval.yaml"), "--model_name_or_path", str(model),
+        "eval", "--config", str(ROOT / "recipes/tiny-cpu/eval.yaml"),
+        "--model_name_or_path", str(tiny_model_dir),
         "--output_dir", str(out), "--limit", "2", "--max_new_tokens", "8", "--report_to", "wandb",
         env=offline_wandb,
     )  # fmt: skip

@@ -1,0 +1,62 @@
+"""Shared fixtures: the mini CoNLL sentences and the project's tiny random-init model built from them.
+
+Building a tiny model takes a second or two; the tests that only run a stage or a CLI on some tiny model
+share `tiny_model_dir`, built once per session. Tests that need another corpus, size or seed, or that
+change the weights, ask `tiny_model_factory` for a model of their own.
+
+Imports of torch and transformers stay inside the fixtures, so that collecting tests that need no
+model stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CONLL_MINI = Path(__file__).parent / "data" / "conll2003_mini.txt"
+
+# The smallest model the stages run end to end on: one layer, a vocabulary of at most 400 tokens (the
+# mini CoNLL sentences give 354). Overridden per call of `tiny_model_factory`.
+TINY_SIZES: dict[str, Any] = dict(
+    vocab_size=400,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=16,
+)
+
+
+@pytest.fixture(scope="session")
+def conll_mini_texts() -> tuple[str, ...]:
+    """The sentences of `tests/data/conll2003_mini.txt`, in file order."""
+    from reasoningner.readers import read_dataset
+
+    return tuple(example.text for example in read_dataset(CONLL_MINI).examples)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(
+    tmp_path_factory: pytest.TempPathFactory, conll_mini_texts: tuple[str, ...]
+) -> Callable[..., Path]:
+    """`make(corpus=None, **options)`: a new tiny model in a new folder, its tokenizer trained on `corpus`
+    (default: the mini CoNLL sentences); `options` (sizes, `seed`, ...) override `TINY_SIZES` and go to
+    `build_tiny_model`. Each call builds afresh, so the caller may change the model it gets."""
+    from reasoningner.tiny_model import build_tiny_model
+
+    def make(corpus: Iterable[str] | None = None, **options: Any) -> Path:
+        texts = conll_mini_texts if corpus is None else corpus
+        return build_tiny_model(tmp_path_factory.mktemp("tiny"), texts, **{**TINY_SIZES, **options})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model_factory: Callable[..., Path]) -> Path:
+    """The default tiny model (`TINY_SIZES`, mini CoNLL sentences, seed 0), shared by the whole session:
+    use it read-only."""
+    return tiny_model_factory()
