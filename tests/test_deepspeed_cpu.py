@@ -47,8 +47,6 @@ ENV = {
 STEPS = 2
 ZERO_INIT_MESSAGE = "activating zero.init()"
 
-pytestmark = pytest.mark.slow
-
 
 # --- what runs in each torchrun worker ----------------------------------------------------------------
 
