@@ -150,6 +150,9 @@ def _add_predict_command(subparsers: argparse._SubParsersAction) -> None:
         action="store_false",
         help="prompt of models trained without rationales",
     )
+    predict.add_argument(
+        "--compact-prompt", action="store_true", help="prompt of models trained with compact_prompt: true"
+    )
     predict.add_argument("--backend", default="transformers", choices=sorted(BACKENDS))
     predict.add_argument(
         "--backend-options",
@@ -181,6 +184,7 @@ def _predict(args: argparse.Namespace, console: Console) -> int:
                 args.backend,
                 output_format=args.format,
                 reasoning=args.reasoning,
+                compact_prompt=args.compact_prompt,
                 max_new_tokens=args.max_new_tokens,
                 **args.backend_options,
             )

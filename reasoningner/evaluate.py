@@ -117,6 +117,9 @@ class EvalArguments:
         default=True, metadata={"help": "the <think> prompt; false for direct-answer models"}
     )
     descriptions: bool = field(default=True, metadata={"help": "put known label descriptions in the prompt"})
+    compact_prompt: bool = field(
+        default=False, metadata={"help": "the compact prompt the model was trained on"}
+    )
     backend: str = field(default="transformers", metadata={"help": "transformers, vllm or openai"})
     backend_options: dict[str, Any] | str | None = field(
         default=None, metadata={"help": "options of generation.build_generator; JSON on the CLI"}
@@ -560,6 +563,7 @@ def evaluate(args: EvalArguments, generator: Generator | None = None) -> Evaluat
         output_format=args.output_format,
         reasoning=args.reasoning,
         descriptions=args.descriptions,
+        compact_prompt=args.compact_prompt,
         sampling=sampling,
         owns_generator=owns_generator,
     )

@@ -99,6 +99,7 @@ class NERModel:
         output_format: str | OutputFormat = "grouped_json",
         reasoning: bool = True,
         descriptions: bool = True,
+        compact_prompt: bool = False,
         sampling: SamplingConfig | None = None,
         owns_generator: bool = False,
     ) -> None:
@@ -106,6 +107,7 @@ class NERModel:
         self.output_format = get_format(output_format) if isinstance(output_format, str) else output_format
         self.reasoning = reasoning
         self.descriptions = descriptions
+        self.compact_prompt = compact_prompt
         self.sampling = sampling or SamplingConfig(max_new_tokens=1024)
         self._owns_generator = owns_generator
 
@@ -118,6 +120,7 @@ class NERModel:
         output_format: str = "grouped_json",
         reasoning: bool = True,
         descriptions: bool = True,
+        compact_prompt: bool = False,
         max_new_tokens: int = 1024,
         **options: Any,
     ) -> NERModel:
@@ -129,6 +132,7 @@ class NERModel:
             output_format=output_format,
             reasoning=reasoning,
             descriptions=descriptions,
+            compact_prompt=compact_prompt,
             sampling=SamplingConfig(max_new_tokens=max_new_tokens),
             owns_generator=True,
         )
@@ -136,7 +140,12 @@ class NERModel:
     def conversation(self, text: str, schema: Schema) -> Conversation:
         """The chat the model is asked: the training prompt as the only user turn."""
         prompt = ner_instruction(
-            text, schema, self.output_format, reasoning=self.reasoning, descriptions=self.descriptions
+            text,
+            schema,
+            self.output_format,
+            reasoning=self.reasoning,
+            descriptions=self.descriptions,
+            compact=self.compact_prompt,
         )
         return [{"role": "user", "content": prompt}]
 

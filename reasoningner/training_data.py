@@ -35,6 +35,7 @@ def sft_record(
     *,
     answer: str | None = None,
     descriptions: bool = True,
+    compact: bool = False,
 ) -> dict[str, Any]:
     """A conversation teaching `<think>rationale</think>answer` (the answer alone without rationale).
 
@@ -46,17 +47,28 @@ def sft_record(
         output_format,
         reasoning=rationale is not None,
         descriptions=descriptions,
+        compact=compact,
     )
     target = assistant_target(output_format.render(example) if answer is None else answer, rationale)
     return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": target}]}
 
 
 def rl_record(
-    example: Example, output_format: OutputFormat, *, dataset: str = "", descriptions: bool = True
+    example: Example,
+    output_format: OutputFormat,
+    *,
+    dataset: str = "",
+    descriptions: bool = True,
+    compact: bool = False,
 ) -> dict[str, Any]:
     """A GRPO prompt with the gold columns the rewards need."""
     prompt = ner_instruction(
-        example.text, example.schema, output_format, reasoning=True, descriptions=descriptions
+        example.text,
+        example.schema,
+        output_format,
+        reasoning=True,
+        descriptions=descriptions,
+        compact=compact,
     )
     return {
         "prompt": [{"role": "user", "content": prompt}],
@@ -107,6 +119,7 @@ def sft_conversations(
     *,
     rationales: bool = True,
     descriptions: bool = True,
+    compact: bool = False,
     reader: str = "auto",
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
@@ -137,7 +150,7 @@ def sft_conversations(
         else:
             pairs = [(e, fmt.render(e), None) for e in read_dataset(path, reader).examples[:limit]]
         conversations.extend(
-            sft_record(example, fmt, rationale, answer=answer, descriptions=descriptions)
+            sft_record(example, fmt, rationale, answer=answer, descriptions=descriptions, compact=compact)
             for example, answer, rationale in pairs
         )
     if not conversations:
@@ -153,6 +166,7 @@ def rl_prompts(
     cap_per_dataset: int | None = None,
     seed: int = 0,
     descriptions: bool = True,
+    compact: bool = False,
     reader: str = "auto",
 ) -> list[dict[str, Any]]:
     """GRPO prompts with gold columns, sampled proportionally from several datasets (`sample_mixture`)."""
@@ -169,7 +183,7 @@ def rl_prompts(
             named.append((dataset.name, dataset.examples))
     drawn = sample_mixture([examples for _, examples in named], total, cap_per_dataset, seed)
     return [
-        rl_record(example, fmt, dataset=name, descriptions=descriptions)
+        rl_record(example, fmt, dataset=name, descriptions=descriptions, compact=compact)
         for (name, _), examples in zip(named, drawn, strict=True)
         for example in examples
     ]

@@ -29,6 +29,7 @@ class RLScriptArguments:
     )
     output_format: str = field(default="grouped_json", metadata={"help": "answer format (formats.FORMATS)"})
     descriptions: bool = field(default=True, metadata={"help": "label descriptions in the prompt"})
+    compact_prompt: bool = field(default=False, metadata={"help": "short prompts for small models"})
     reader: str = field(default="auto", metadata={"help": "reader for plain NER files"})
     total: int | None = field(default=None, metadata={"help": "prompts drawn over all files, proportionally"})
     cap_per_dataset: int | None = field(default=None, metadata={"help": "at most this many prompts per file"})
@@ -55,6 +56,7 @@ def main() -> None:
             cap_per_dataset=script_args.cap_per_dataset,
             seed=training_args.seed,
             descriptions=script_args.descriptions,
+            compact=script_args.compact_prompt,
             reader=script_args.reader,
         )
     )

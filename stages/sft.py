@@ -32,6 +32,7 @@ class SFTScriptArguments:
         default=True, metadata={"help": "train <think> rationales; false = direct answers"}
     )
     descriptions: bool = field(default=True, metadata={"help": "label descriptions in the prompt"})
+    compact_prompt: bool = field(default=False, metadata={"help": "short prompts for small models"})
     reader: str = field(default="auto", metadata={"help": "reader for plain NER files"})
     limit: int | None = field(default=None, metadata={"help": "first N examples of each file"})
     merge_lora: bool = field(default=False, metadata={"help": "also save the LoRA-merged model in merged/"})
@@ -53,6 +54,7 @@ def main() -> None:
                 script_args.output_format,
                 rationales=script_args.rationales,
                 descriptions=script_args.descriptions,
+                compact=script_args.compact_prompt,
                 reader=script_args.reader,
                 limit=script_args.limit,
             )

@@ -223,3 +223,14 @@ def test_backend_options_can_be_overridden_on_the_command_line_as_json():
     assert options_from(args.backend_options) == {"base_url": "http://127.0.0.1:8000/v1"}
     with pytest.raises(ValueError, match="JSON object"):
         options_from("{not json")
+
+
+def test_the_compact_prompt_keeps_labels_format_mode_and_sentence_in_a_third_of_the_length():
+    from reasoningner.prompts import ner_instruction
+
+    full = ner_instruction(EXAMPLE.text, SCHEMA, GROUPED)
+    compact = ner_instruction(EXAMPLE.text, SCHEMA, GROUPED, compact=True)
+    direct = ner_instruction(EXAMPLE.text, SCHEMA, GROUPED, compact=True, reasoning=False)
+    assert compact.endswith(f"Sentence: {EXAMPLE.text}") and all(label in compact for label in SCHEMA.labels)
+    assert "grouped_json" in compact and compact != direct
+    assert 3 * len(compact) < len(full)
