@@ -69,12 +69,12 @@ test-slow: install
 	$(BIN)/python -m pytest -m slow -q
 
 lint: install
-	$(BIN)/ruff check reasoningner stages tests
-	$(BIN)/ruff format --check reasoningner stages tests
+	$(BIN)/ruff check reasoningner stages tests benchmarks
+	$(BIN)/ruff format --check reasoningner stages tests benchmarks
 
 format: install
-	$(BIN)/ruff format reasoningner stages tests
-	$(BIN)/ruff check --fix reasoningner stages tests
+	$(BIN)/ruff format reasoningner stages tests benchmarks
+	$(BIN)/ruff check --fix reasoningner stages tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
