@@ -47,6 +47,7 @@ RewardFunction = Callable[..., list[float]]
 MAX_COMPLETION_CHARS = 16_000
 # `formats.CONTENT_PROBLEMS` (unknown labels, ungrounded entities) are judged by the schema and
 # grounding rewards; the format reward only counts the other, syntax, problems.
+
 # Problems around an answer whose value is still read whole; any other syntax problem in an answer
 # that yields no entity means nothing could be read from it.
 WRAPPING_PROBLEMS = frozenset({"code_fence", "extra_text"})
