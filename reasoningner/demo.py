@@ -25,6 +25,9 @@ from reasoningner.rewards import get_rewards
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "tiny-cpu"
 REPORT = "demo.md"
+# The tiny model's size: small enough for minutes of CPU training; a small vocabulary so that unseen
+# entity names are made of subwords the model has seen often.
+TINY_MODEL = ["--vocab-size", "1024", "--seed", "0"]
 # --quick: the same pipeline, shortened to a smoke run (the slow test runs it).
 QUICK = {
     "cot": ["--limit", "64"],
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     from reasoningner.cli import main as cli
 
     model = out / "tiny-model"
-    cli(["tiny-model", "--out", str(model), "--data", *recipe("cot")["datasets"], "--seed", "0"])
+    cli(["tiny-model", "--out", str(model), "--data", *recipe("cot")["datasets"], *TINY_MODEL])
 
     def evaluate(name: str, model_dir: Path) -> dict[str, Any]:
         eval_args = ["--config", eval_recipe, "--model_name_or_path", str(model_dir)]

@@ -16,8 +16,11 @@ Components, each total (never raises), deterministic and in [0, 1]:
   is 1.0, exactly one empty is 0.0.
 - `consistency`: `rationale.consistency` between the rationale and the answer (shared with stage 1).
 - `schema`: the share of predicted entities whose label is in the schema (ReasoningNER's schema
-  reward); 1.0 for a parsed answer without entities.
+  reward).
 - `grounding`: the share of predicted entities whose text occurs in the sentence.
+  An answer without entities is vacuously compliant and grounded: both pay it 1.0 only when the
+  gold has no entity either. Otherwise a policy that cannot yet find entities learns that saying
+  nothing earns these two points for free (seen in the CPU demo: GRPO drifted to empty answers).
 
 Guards against the obvious hacks: a completion longer than `MAX_COMPLETION_CHARS` gets 0 on every
 component; an answer copied into the rationale (so that consistency is trivially met) gets 0
@@ -222,26 +225,31 @@ def consistency_reward(completions, text, labels, output_format, **_) -> list[fl
     return scores
 
 
-def _share(analysis: Analysis, good: Callable[[str, str], bool]) -> float:
+def _share(analysis: Analysis, gold_is_empty: bool, good: Callable[[str, str], bool]) -> float:
+    """The share of predicted entities that are `good`; an empty answer is right only for empty gold."""
     if analysis.oversized or not analysis.answered:
         return 0.0
     pairs = analysis.predicted_pairs
-    return sum(good(t, label) for t, label in pairs) / len(pairs) if pairs else 1.0
+    if not pairs:
+        return float(gold_is_empty)
+    return sum(good(t, label) for t, label in pairs) / len(pairs)
 
 
 @reward("schema")
-def schema_reward(completions, text, labels, output_format, **_) -> list[float]:
+def schema_reward(completions, text, entities, labels, output_format, **_) -> list[float]:
     """Share of predicted entities whose label is in the schema."""
     return [
-        _share(a, lambda _t, label, ls=frozenset(ls): label in ls)
-        for a, ls in zip(_analyses(completions, text, labels, output_format), labels, strict=True)
+        _share(a, not es, lambda _t, label, ls=frozenset(ls): label in ls)
+        for a, es, ls in zip(
+            _analyses(completions, text, labels, output_format), entities, labels, strict=True
+        )
     ]
 
 
 @reward("grounding")
-def grounding_reward(completions, text, labels, output_format, **_) -> list[float]:
+def grounding_reward(completions, text, entities, labels, output_format, **_) -> list[float]:
     """Share of predicted entities that occur in the sentence (no invented entities)."""
     return [
-        _share(a, lambda t, _label, sentence=s: bool(t) and t in sentence)
-        for a, s in zip(_analyses(completions, text, labels, output_format), text, strict=True)
+        _share(a, not es, lambda t, _label, sentence=s: bool(t) and t in sentence)
+        for a, s, es in zip(_analyses(completions, text, labels, output_format), text, entities, strict=True)
     ]

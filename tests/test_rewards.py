@@ -155,8 +155,9 @@ CASES = [
         expect(1, 2 / 3, 2 / 3, 2 / 3, 2 / 3, 1),
         id="label-outside-schema",
     ),
-    # Answering nothing when there are entities: F1 0, the rest is the price of being well formed.
-    pytest.param(complete(NOTHING, EMPTY), expect(1, 0, 0, 1, 1, 1), id="empty-answer"),
+    # Answering nothing when there are entities: F1 0; schema and grounding are not paid for saying
+    # nothing (only an empty gold makes an empty answer right); format and consistency still hold.
+    pytest.param(complete(NOTHING, EMPTY), expect(1, 0, 0, 1, 0, 0), id="empty-answer"),
     # Listing entities more often than they occur adds nothing (`duplicate`, kept once).
     pytest.param(
         complete(
