@@ -60,9 +60,8 @@ def main() -> int:
         target = args.out / f"{name}.json"
         started = time.perf_counter()
         subprocess.run([sys.executable, str(HERE / script), *options, "--json", str(target)], check=True)
-        results[name] = json.loads(target.read_text()) | {
-            "wall_seconds": round(time.perf_counter() - started, 1)
-        }
+        seconds = round(time.perf_counter() - started, 1)
+        results[name] = {"figures": json.loads(target.read_text()), "wall_seconds": seconds}
     summary = {"machine": machine(), "results": results}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (args.out / "summary.md").write_text(markdown(summary), encoding="utf-8")
