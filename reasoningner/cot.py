@@ -107,9 +107,9 @@ def score_sample(
     The stored answer is the canonical rendering of what the teacher found (labels outside the
     schema dropped), so that training targets are always well-formed.
     """
-    rationale, answer, _ = split_answer(completion.text)
+    rationale, answer, problems = split_answer(completion.text)
     rationale = (rationale or "").strip()
-    parsed = output_format.parse(answer, example.text, example.schema)
+    parsed = output_format.parse_answer(answer, example.text, example.schema, problems)
     pairs = [(s.text(example.text), s.label) for s in parsed.spans] + list(parsed.ungrounded)
     kept = tuple(s for s in parsed.spans if s.label in example.schema)
     return Sample(

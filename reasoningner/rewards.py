@@ -41,7 +41,7 @@ from operator import itemgetter
 from typing import Any, NamedTuple
 
 from reasoningner.formats import CONTENT_PROBLEMS, ParseResult, get_format, split_answer
-from reasoningner.metrics import MatchMode, match_totals
+from reasoningner.metrics import MatchMode, example_f1
 from reasoningner.rationale import consistency
 from reasoningner.spans import Example, Schema, Span
 
@@ -184,11 +184,7 @@ def entity_f1(analysis: Analysis, gold: Example, mode: MatchMode) -> float:
     """F1 of one prediction; both empty is 1.0 (nothing to find, nothing invented)."""
     if analysis.oversized or not analysis.answered:
         return 0.0
-    counts = match_totals(gold, analysis.parse.spans, analysis.parse.ungrounded, mode)
-    tp, fp, fn = counts.tp, counts.fp, counts.fn
-    if tp + fp + fn == 0:
-        return 1.0
-    return 2 * tp / (2 * tp + fp + fn)
+    return example_f1(gold, analysis.parse.spans, analysis.parse.ungrounded, mode)
 
 
 def make_f1_reward(mode: MatchMode) -> RewardFunction:

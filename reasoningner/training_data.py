@@ -20,14 +20,6 @@ from reasoningner.readers import read_dataset
 from reasoningner.spans import Example
 
 
-def entity_dicts(example: Example) -> list[dict[str, Any]]:
-    """Gold spans as plain dicts (Arrow-friendly), with their text for readability."""
-    return [
-        {"start": s.start, "end": s.end, "label": s.label, "text": s.text(example.text)}
-        for s in example.spans
-    ]
-
-
 def sft_record(
     example: Example,
     output_format: OutputFormat,
