@@ -48,7 +48,9 @@ def recipe(stage: str) -> dict[str, Any]:
     return yaml.safe_load((RECIPES / f"{stage}.yaml").read_text(encoding="utf-8"))
 
 
-def held_out_reward(generations: Path, names: list[str], weights: list[float]) -> dict[str, float]:
+def held_out_reward(
+    generations: Path, names: list[str], weights: list[float], output_format: str
+) -> dict[str, float]:
     """Mean of each reward component and of their weighted sum over the evaluation's outputs."""
     rows = [json.loads(line) for line in generations.read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = [r for r in rows if r["variant"] == "normal"]
@@ -57,7 +59,7 @@ def held_out_reward(generations: Path, names: list[str], weights: list[float]) -
         "text": [r["text"] for r in rows],
         "entities": [r["gold"] for r in rows],
         "labels": [r["labels"] for r in rows],
-        "output_format": [recipe("rl")["output_format"]] * len(rows),
+        "output_format": [output_format] * len(rows),
     }
     scores = {name: function(**columns) for name, function in zip(names, get_rewards(names), strict=True)}
     means = {name: sum(values) / len(values) for name, values in scores.items()}
@@ -177,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
 
     names, weights = rl["reward_funcs"], rl["reward_weights"]
     rewards = {
-        stage: held_out_reward(out / f"eval-{stage}" / "generations.jsonl", names, weights)
+        stage: held_out_reward(
+            out / f"eval-{stage}" / "generations.jsonl", names, weights, rl["output_format"]
+        )
         for stage in ("sft", "grpo")
     }
     lines.append(
