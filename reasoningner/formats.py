@@ -101,7 +101,16 @@ from functools import lru_cache
 from itertools import combinations
 from typing import Any, ClassVar
 
-from reasoningner.spans import Example, Schema, Span, is_crossing, normalize_mention, occurrences, sort_spans
+from reasoningner.spans import (
+    Example,
+    Schema,
+    Span,
+    is_crossing,
+    is_word_char,
+    normalize_mention,
+    occurrences,
+    sort_spans,
+)
 
 __all__ = [
     "CONTENT_PROBLEMS",
@@ -290,6 +299,10 @@ def _lenient_occurrences(text: str, mention: str) -> list[tuple[int, int]]:
     The regex is the inverse of `normalize_mention`: between a word character and a punctuation
     mark any whitespace may appear or not; between words, one or more whitespace characters.
     """
+    key = normalize_mention(mention)
+    # A match normalises to `key` and lies within the text, so `key` lies within the normalised text.
+    if not key or key not in _normalized(text):
+        return []
     parts: list[str] = []
     previous = ""
     gap = False
@@ -298,19 +311,15 @@ def _lenient_occurrences(text: str, mention: str) -> list[tuple[int, int]]:
             gap = True
             continue
         if previous:
-            if not (_is_word(previous) and _is_word(char)):
+            if not (is_word_char(previous) and is_word_char(char)):
                 parts.append(r"\s*")
             elif gap:
                 parts.append(r"\s+")
         parts.append(re.escape(char))
         previous, gap = char, False
-    key = normalize_mention(mention)
-    # A match normalises to `key` and lies within the text, so `key` lies within the normalised text.
-    if not parts or key not in _normalized(text):
-        return []
     core = "".join(parts)
-    left = r"(?<!\w)" if _is_word(mention.strip()[0]) else ""
-    right = r"(?!\w)" if _is_word(mention.strip()[-1]) else ""
+    left = r"(?<!\w)" if is_word_char(mention.strip()[0]) else ""
+    right = r"(?!\w)" if is_word_char(mention.strip()[-1]) else ""
     for pattern in (left + core + right, core):
         found = [
             (m.start(), m.end())
@@ -320,10 +329,6 @@ def _lenient_occurrences(text: str, mention: str) -> list[tuple[int, int]]:
         if found:
             return found
     return []
-
-
-def _is_word(char: str) -> bool:
-    return char.isalnum() or char == "_"
 
 
 def _nearest(found: Sequence[tuple[int, int]], near: int) -> tuple[int, int]:
@@ -647,25 +652,29 @@ def _load_json(answer: str, built: _Builder) -> Any:
     if not answer:
         built.no_answer()
         return _MISSING
-    start = _JSON_START.search(answer)
-    if start is None:
-        built.problem("invalid_json", "the answer holds no JSON object or list")
-        return _MISSING
-    if answer[: start.start()].strip():
-        built.problem("extra_text", "text before the JSON value")
+    if answer[0] in "[{":  # the usual case, without a search
+        start = 0
+    else:
+        found = _JSON_START.search(answer)
+        if found is None:
+            built.problem("invalid_json", "the answer holds no JSON object or list")
+            return _MISSING
+        start = found.start()
+        if answer[:start].strip():
+            built.problem("extra_text", "text before the JSON value")
     try:
-        value, end = _DECODER.raw_decode(answer, start.start())
+        value, end = _DECODER.raw_decode(answer, start)
     except (ValueError, RecursionError):
-        end = _json_extent(answer, start.start())
+        end = _json_extent(answer, start)
         if end is None:
             built.problem("truncated", "the JSON value is cut off; its complete entries are kept")
-            return _salvage(answer, start.start(), 0)[0]
-        value = _python_literal(answer[start.start() : end])
+            return _salvage(answer, start, 0)[0]
+        value = _python_literal(answer[start:end])
         if value is _MISSING:
             built.problem(
                 "invalid_json", "the answer is not valid JSON; the entries before the error are kept"
             )
-            return _salvage(answer, start.start(), 0)[0]
+            return _salvage(answer, start, 0)[0]
         built.problem("invalid_json", "the answer is a Python literal, not JSON")
     if answer[end:].strip():
         built.problem("extra_text", "text after the JSON value")

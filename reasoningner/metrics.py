@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal, get_args
@@ -139,19 +140,26 @@ def match_totals(
     return Counts(tp, len(predicted_keys) - tp, len(gold_keys) - tp)
 
 
+def agreement(expected: AbstractSet[Any], found: AbstractSet[Any]) -> float:
+    """F1 between two sets of keys, 2|E & F| / (|E| + |F|); both empty is 1.0.
+
+    The per-sample score of stage 1 validation, the F1 reward and rationale consistency: unlike a
+    corpus-level score, a sentence with nothing to find answered with nothing scores 1.0, as
+    nothing was missed and nothing invented.
+    """
+    if not expected and not found:
+        return 1.0
+    return 2 * len(expected & found) / (len(expected) + len(found))
+
+
 def example_f1(
     gold: Example,
     predicted: Sequence[Span],
     ungrounded: Sequence[tuple[str, str]] = (),
     mode: MatchMode = "exact",
 ) -> float:
-    """F1 of one example's prediction: the per-sample score of stage 1 validation and the GRPO reward.
-
-    Unlike corpus-level scores, a sentence with no gold entity answered with none scores 1.0: there
-    was nothing to find and nothing was invented.
-    """
-    total = match_totals(gold, predicted, ungrounded, mode)
-    return 1.0 if total.tp + total.fp + total.fn == 0 else total.f1
+    """F1 of one example's prediction (`agreement` of its gold and predicted keys in `mode`)."""
+    return agreement(*_match_keys(gold, predicted, ungrounded, mode))
 
 
 @dataclass(frozen=True)

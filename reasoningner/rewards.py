@@ -5,8 +5,10 @@ calls it; TRL logs each one separately. The columns every RL example carries (`t
 `text` (the sentence), `entities` (gold spans as dicts), `labels` (the schema's label list) and
 `output_format` (a name from `formats.FORMATS`).
 
-A completion is parsed once: all components read the same cached `Analysis`, so the five-part
-reward costs about one parse (TRL calls the functions one after the other on the same batch).
+A completion is parsed once: all components read the same `Analysis`, so the five-part reward
+costs about one parse. TRL calls the functions one after the other on the same batch, so the
+analyses of the last batch are kept and found again by the identity of its column lists; single
+completions are also memoised by content (repeated samples of a prompt).
 
 Components, each total (never raises), deterministic and in [0, 1]:
 
@@ -41,8 +43,8 @@ from operator import itemgetter
 from typing import Any, NamedTuple
 
 from reasoningner.formats import CONTENT_PROBLEMS, ParseResult, get_format, split_answer
-from reasoningner.metrics import MatchMode, example_f1
-from reasoningner.rationale import consistency
+from reasoningner.metrics import MatchMode, agreement, example_f1
+from reasoningner.rationale import consistency, mention_keys
 from reasoningner.spans import Example, Schema, Span
 
 RewardFunction = Callable[..., list[float]]
@@ -65,7 +67,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 
 
 class Analysis(NamedTuple):
-    """Everything the components need from one completion, computed once."""
+    """One completion read once, with every score that does not depend on gold already computed."""
 
     oversized: bool
     rationale: str | None
@@ -73,6 +75,13 @@ class Analysis(NamedTuple):
     answer: str
     parse: ParseResult | None
     predicted_pairs: tuple[tuple[str, str], ...]
+    # The answer's text-level keys (`rationale.mention_keys`), what the F1 reward compares with gold.
+    predicted_keys: frozenset[tuple[str, str]] = frozenset()
+    format_score: float = 0.0
+    consistency_score: float = 0.0
+    # Shares of predicted entities with a schema label / found in the sentence; None without entities.
+    in_schema: float | None = None
+    grounded: float | None = None
 
     @property
     def answered(self) -> bool:
@@ -84,9 +93,24 @@ def _schema(labels: tuple[str, ...]) -> Schema:
     return Schema(labels)
 
 
+def _answer_syntax_score(parse: ParseResult | None) -> float:
+    if parse is None:
+        return 0.0
+    kinds = {p.kind for p in parse.problems} - CONTENT_PROBLEMS
+    return max(0.0, 1.0 - 0.25 * len(kinds))
+
+
+def _has_rationale(rationale: str | None, closed: bool) -> bool:
+    return bool(rationale and rationale.strip()) and closed
+
+
+def _share(pairs: tuple[tuple[str, str], ...], good: Callable[[str, str], bool]) -> float | None:
+    return sum(good(t, label) for t, label in pairs) / len(pairs) if pairs else None
+
+
 @lru_cache(maxsize=65_536)
 def analyse(completion: str, text: str, labels: tuple[str, ...], output_format: str) -> Analysis:
-    """Parse a completion once (cached: TRL calls every reward on the same completions).
+    """Parse a completion once and score it on every component but F1 (cached by content).
 
     The whole completion goes to the parser, so problems around the answer (code fences, extra
     text) count against the answer's format score, not against the rationale.
@@ -95,15 +119,38 @@ def analyse(completion: str, text: str, labels: tuple[str, ...], output_format: 
         return Analysis(True, None, False, "", None, ())
     rationale, answer, problems = split_answer(completion)
     closed = not any(p.kind == "unclosed_think" for p in problems)
-    if not answer:
-        return Analysis(False, rationale, closed, "", None, ())
-    parse = get_format(output_format).parse_answer(answer, text, _schema(labels), problems)
-    pairs = tuple((text[span.start : span.end], span.label) for span in parse.spans) + tuple(
-        dict.fromkeys(parse.ungrounded)
+    has_rationale = _has_rationale(rationale, closed)
+    parse = (
+        get_format(output_format).parse_answer(answer, text, _schema(labels), problems) if answer else None
     )
-    if not pairs and {p.kind for p in parse.problems} - CONTENT_PROBLEMS - WRAPPING_PROBLEMS:
-        return Analysis(False, rationale, closed, "", None, ())
-    return Analysis(False, rationale, closed, answer, parse, pairs)
+    pairs: tuple[tuple[str, str], ...] = ()
+    if parse is not None:
+        pairs = tuple((text[span.start : span.end], span.label) for span in parse.spans) + tuple(
+            dict.fromkeys(parse.ungrounded)
+        )
+        if not pairs and {p.kind for p in parse.problems} - CONTENT_PROBLEMS - WRAPPING_PROBLEMS:
+            parse, answer = None, ""  # nothing could be read: no answer
+    format_score = 0.5 * has_rationale + 0.5 * _answer_syntax_score(parse)
+    if parse is None:
+        return Analysis(False, rationale, closed, "", None, (), frozenset(), format_score)
+    # An answer copied into the rationale would make consistency trivially met: it earns nothing.
+    copied = bool(pairs) and answer in (rationale or "")
+    allowed = frozenset(labels)
+    return Analysis(
+        oversized=False,
+        rationale=rationale,
+        think_closed=closed,
+        answer=answer,
+        parse=parse,
+        predicted_pairs=pairs,
+        predicted_keys=frozenset(mention_keys(pairs)),
+        format_score=format_score,
+        consistency_score=(
+            consistency(rationale, pairs, _schema(labels)) if has_rationale and not copied else 0.0  # type: ignore[arg-type]
+        ),
+        in_schema=_share(pairs, lambda _t, label: label in allowed),
+        grounded=_share(pairs, lambda t, _label: bool(t) and t in text),
+    )
 
 
 def _completion_text(completion: Any) -> str:
@@ -115,16 +162,27 @@ def _completion_text(completion: Any) -> str:
     return ""
 
 
+# The last batch: its column lists (held, so their identities cannot be reused) and its analyses.
+_last_batch: tuple[tuple[Sequence[Any], ...], list[Analysis]] = ((), [])
+
+
 def _analyses(
     completions: Sequence[Any],
     text: Sequence[str],
     labels: Sequence[Sequence[str]],
     output_format: Sequence[str],
 ) -> list[Analysis]:
-    return [
+    global _last_batch
+    columns = (completions, text, labels, output_format)
+    held, analyses = _last_batch
+    if len(held) == len(columns) and all(a is b for a, b in zip(held, columns, strict=True)):
+        return analyses
+    analyses = [
         analyse(_completion_text(c), t, tuple(ls), f)
         for c, t, ls, f in zip(completions, text, labels, output_format, strict=True)
     ]
+    _last_batch = (columns, analyses)
+    return analyses
 
 
 REWARDS: dict[str, RewardFunction] = {}
@@ -147,24 +205,10 @@ def get_rewards(names: Sequence[str]) -> list[RewardFunction]:
     return [REWARDS[name] for name in names]
 
 
-def _answer_syntax_score(analysis: Analysis) -> float:
-    if not analysis.answered:
-        return 0.0
-    kinds = {p.kind for p in analysis.parse.problems} - CONTENT_PROBLEMS
-    return max(0.0, 1.0 - 0.25 * len(kinds))
-
-
-def _has_rationale(analysis: Analysis) -> bool:
-    return bool(analysis.rationale and analysis.rationale.strip()) and analysis.think_closed
-
-
 @reward("format")
 def format_reward(completions, text, labels, output_format, **_) -> list[float]:
     """Half for a closed, non-empty rationale, half for a cleanly parsing answer."""
-    return [
-        0.0 if a.oversized else 0.5 * _has_rationale(a) + 0.5 * _answer_syntax_score(a)
-        for a in _analyses(completions, text, labels, output_format)
-    ]
+    return [a.format_score for a in _analyses(completions, text, labels, output_format)]
 
 
 @lru_cache(maxsize=16_384)
@@ -172,25 +216,34 @@ def _gold(text: str, spans: tuple[tuple[Any, Any, Any], ...], labels: tuple[str,
     return Example(text, tuple(Span(int(s), int(e), str(label)) for s, e, label in spans), _schema(labels))
 
 
+@lru_cache(maxsize=16_384)
+def _gold_text_keys(text: str, spans: tuple[tuple[Any, Any, Any], ...]) -> frozenset[tuple[str, str]]:
+    return frozenset(mention_keys((text[int(s) : int(e)], str(label)) for s, e, label in spans))
+
+
 _SPAN_FIELDS = itemgetter("start", "end", "label")
 
 
-def _gold_example(text: str, entities: Sequence[dict], labels: tuple[str, ...]) -> Example:
-    """The gold of one row (`spans.spans_from_dicts`), built once for all the generations of its prompt."""
-    return _gold(text, tuple(map(_SPAN_FIELDS, entities)), labels)
+def entity_f1(
+    analysis: Analysis, text: str, entities: Sequence[dict], labels: tuple[str, ...], mode: MatchMode
+) -> float:
+    """F1 of one prediction against the gold of its row; both empty is 1.0 (`metrics.agreement`).
 
-
-def entity_f1(analysis: Analysis, gold: Example, mode: MatchMode) -> float:
-    """F1 of one prediction; both empty is 1.0 (nothing to find, nothing invented)."""
+    The gold is built once for all the generations of a prompt; text matching compares the keys the
+    analysis already holds, exact matching goes through `metrics.example_f1`.
+    """
     if analysis.oversized or not analysis.answered:
         return 0.0
-    return example_f1(gold, analysis.parse.spans, analysis.parse.ungrounded, mode)
+    spans = tuple(map(_SPAN_FIELDS, entities))
+    if mode == "text":
+        return agreement(_gold_text_keys(text, spans), analysis.predicted_keys)
+    return example_f1(_gold(text, spans, labels), analysis.parse.spans, analysis.parse.ungrounded, mode)
 
 
 def make_f1_reward(mode: MatchMode) -> RewardFunction:
     def f1_reward(completions, text, entities, labels, output_format, **_) -> list[float]:
         return [
-            entity_f1(a, _gold_example(t, es, tuple(ls)), mode)
+            entity_f1(a, t, es, tuple(ls), mode)
             for a, t, es, ls in zip(
                 _analyses(completions, text, labels, output_format), text, entities, labels, strict=True
             )
@@ -204,41 +257,25 @@ reward("f1")(make_f1_reward("text"))
 reward("f1_exact")(make_f1_reward("exact"))
 
 
-def _answer_in_rationale(analysis: Analysis) -> bool:
-    """The rationale contains the answer itself: a copy made to fake consistency."""
-    return bool(analysis.predicted_pairs) and analysis.answer in (analysis.rationale or "")
-
-
 @reward("consistency")
 def consistency_reward(completions, text, labels, output_format, **_) -> list[float]:
     """Does the rationale assert exactly the answered entities? (`rationale.consistency`)"""
-    scores = []
-    for a, ls in zip(_analyses(completions, text, labels, output_format), labels, strict=True):
-        if a.oversized or not a.answered or not _has_rationale(a) or _answer_in_rationale(a):
-            scores.append(0.0)
-        else:
-            scores.append(consistency(a.rationale, a.predicted_pairs, _schema(tuple(ls))))
-    return scores
+    return [a.consistency_score for a in _analyses(completions, text, labels, output_format)]
 
 
-def _share(analysis: Analysis, gold_is_empty: bool, good: Callable[[str, str], bool]) -> float:
-    """The share of predicted entities that are `good`; an empty answer is right only for empty gold."""
-    if analysis.oversized or not analysis.answered:
+def _share_or_empty(share: float | None, answered: bool, gold_is_empty: bool) -> float:
+    """A share of the predicted entities; an empty answer is right only for empty gold."""
+    if not answered:
         return 0.0
-    pairs = analysis.predicted_pairs
-    if not pairs:
-        return float(gold_is_empty)
-    return sum(good(t, label) for t, label in pairs) / len(pairs)
+    return float(gold_is_empty) if share is None else share
 
 
 @reward("schema")
 def schema_reward(completions, text, entities, labels, output_format, **_) -> list[float]:
     """Share of predicted entities whose label is in the schema."""
     return [
-        _share(a, not es, lambda _t, label, ls=frozenset(ls): label in ls)
-        for a, es, ls in zip(
-            _analyses(completions, text, labels, output_format), entities, labels, strict=True
-        )
+        _share_or_empty(a.in_schema, a.answered, not es)
+        for a, es in zip(_analyses(completions, text, labels, output_format), entities, strict=True)
     ]
 
 
@@ -246,6 +283,6 @@ def schema_reward(completions, text, entities, labels, output_format, **_) -> li
 def grounding_reward(completions, text, entities, labels, output_format, **_) -> list[float]:
     """Share of predicted entities that occur in the sentence (no invented entities)."""
     return [
-        _share(a, not es, lambda t, _label, sentence=s: bool(t) and t in sentence)
-        for a, s, es in zip(_analyses(completions, text, labels, output_format), text, entities, strict=True)
+        _share_or_empty(a.grounded, a.answered, not es)
+        for a, es in zip(_analyses(completions, text, labels, output_format), entities, strict=True)
     ]

@@ -187,9 +187,6 @@ def is_crossing(a: Span, b: Span) -> bool:
     return a.start < b.start < a.end < b.end or b.start < a.start < b.end < a.end
 
 
-_WORD_CHAR = re.compile(r"\w")
-
-
 def occurrences(text: str, needle: str) -> list[int]:
     """Start offsets of `needle` in `text` at word boundaries, in order, overlaps allowed.
 
@@ -205,14 +202,23 @@ def occurrences(text: str, needle: str) -> list[int]:
     while start != -1:
         found.append(start)
         start = text.find(needle, start + 1)
-    bounded = [s for s in found if _at_boundary(text, s, s + len(needle))]
+    if not found:
+        return found
+    # Only a needle edge that is a word character can be glued to a neighbour.
+    check_left, check_right = is_word_char(needle[0]), is_word_char(needle[-1])
+    length, size = len(needle), len(text)
+    bounded = [
+        s
+        for s in found
+        if not (check_left and s > 0 and is_word_char(text[s - 1]))
+        and not (check_right and s + length < size and is_word_char(text[s + length]))
+    ]
     return bounded or found
 
 
-def _at_boundary(text: str, start: int, end: int) -> bool:
-    left_ok = start == 0 or not (_WORD_CHAR.match(text[start - 1]) and _WORD_CHAR.match(text[start]))
-    right_ok = end == len(text) or not (_WORD_CHAR.match(text[end - 1]) and _WORD_CHAR.match(text[end]))
-    return left_ok and right_ok
+def is_word_char(char: str) -> bool:
+    """What `\\w` matches in a str pattern (alphanumerics and `_`), without the regex machinery."""
+    return char.isalnum() or char == "_"
 
 
 def normalize_mention(text: str) -> str:

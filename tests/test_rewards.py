@@ -260,6 +260,25 @@ def test_string_and_conversational_completions_score_the_same() -> None:
     assert score([]) == score([{"role": "assistant"}]) == score(None) == score("")
 
 
+def test_one_batch_is_analysed_once_and_a_new_batch_never_gets_stale_scores() -> None:
+    """TRL calls every component with the same column lists; a batch with other lists is read afresh,
+    even when its lengths match and the previous batch's lists are reused objects elsewhere."""
+    first = {
+        "completions": [complete(RATIONALE, ANSWER), complete(NOTHING, EMPTY)],
+        "text": [TEXT, TEXT],
+        "entities": [GOLD, GOLD],
+        "labels": [LABELS, LABELS],
+        "output_format": ["grouped_json", "grouped_json"],
+    }
+    analyse.cache_clear()
+    scores = {name: REWARDS[name](**first) for name in DEFAULT_WEIGHTS}
+    assert analyse.cache_info().misses == 2  # the four components after the first parsed nothing
+    assert scores["f1"] == [1.0, 0.0]
+    second = dict(first, completions=[complete(NOTHING, EMPTY), complete(RATIONALE, ANSWER)])
+    assert REWARDS["f1"](**second) == [0.0, 1.0]
+    assert REWARDS["f1"](**first) == [1.0, 0.0]
+
+
 def test_batches_of_dataset_rows_with_extra_columns_as_trl_passes_them() -> None:
     """Rows go through Arrow (`datasets.Dataset`) as in training; TRL passes every column but the prompt
     as a keyword list, plus keywords of its own, which the rewards ignore; each row is scored against

@@ -1,0 +1,88 @@
+"""The rationale grammar (`rationale.asserted_entities`) and the consistency score it feeds."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reasoningner.rationale import asserted_entities, assertion, consistency
+from reasoningner.spans import Schema
+
+SCHEMA = Schema(("person", "location", "organisation", "musical_artist", "artist"))
+
+
+@pytest.mark.parametrize(
+    ("rationale", "expected"),
+    [
+        pytest.param('"Peter Blackburn" is a person', [("Peter Blackburn", "person")], id="is-a"),
+        pytest.param('"EU" is an Organisation.', [("EU", "organisation")], id="is-an-any-case"),
+        pytest.param('"Paris" is the location', [("Paris", "location")], id="is-the"),
+        pytest.param(
+            '"Paris" -> location, "Rome": location',
+            [("Paris", "location"), ("Rome", "location")],
+            id="arrows",
+        ),
+        pytest.param(
+            '"Paris" → location\n"Rome" = location',
+            [("Paris", "location"), ("Rome", "location")],
+            id="symbols",
+        ),
+        pytest.param('"Rome" labelled as a location', [("Rome", "location")], id="labelled"),
+        pytest.param(
+            "“Bach” is a musical artist", [("Bach", "musical_artist")], id="curly-underscore-as-space"
+        ),
+        pytest.param('"Bach" is a musical_artist', [("Bach", "musical_artist")], id="longest-label-wins"),
+        pytest.param('"lamb" is not an entity\n"EU" is not a person', [], id="rejections"),
+        pytest.param('"Paris" is a locationist', [], id="label-must-end"),
+        pytest.param('"Par\nis" is a location', [], id="no-newline-in-quote"),
+        pytest.param('"' + "x" * 201 + '" is a person', [], id="quote-too-long"),
+        pytest.param('He said "hi" and "Ann" is a person', [("Ann", "person")], id="after-a-stray-quote"),
+    ],
+)
+def test_assertions_are_read_in_every_documented_form(
+    rationale: str, expected: list[tuple[str, str]]
+) -> None:
+    assert asserted_entities(rationale, SCHEMA) == expected
+
+
+def test_the_canonical_statement_is_understood() -> None:
+    for label in SCHEMA.labels:
+        assert asserted_entities(assertion("New York", label), SCHEMA) == [("New York", label)]
+
+
+fragments = st.sampled_from(
+    [
+        '"',
+        "“",
+        "”",
+        "EU",
+        "New York",
+        " is a ",
+        " is an ",
+        " is not an ",
+        "person",
+        "location",
+        " -> ",
+        ": ",
+        "\n",
+        ", ",
+        "x",
+    ]
+)
+
+
+@given(st.lists(fragments, max_size=30).map("".join))
+def test_straight_and_curly_quotes_are_the_same_grammar(rationale: str) -> None:
+    """Straight quotes take a faster regex than curly ones: both must read the same assertions."""
+    straight = rationale.replace("“", '"').replace("”", '"')
+    curly = straight.replace('"', "“") + "”"  # a curly quote anywhere selects the other regex
+    assert asserted_entities(straight, SCHEMA) == asserted_entities(curly, SCHEMA)
+
+
+def test_consistency_is_the_f1_of_asserted_and_answered_pairs() -> None:
+    rationale = '"EU" is an organisation\n"German" is a person'
+    assert consistency(rationale, [("EU", "organisation"), ("German", "person")], SCHEMA) == 1.0
+    assert consistency(rationale, [("eu", "organisation")], SCHEMA) == pytest.approx(2 / 3)  # text-level keys
+    assert consistency("Nothing here names an entity.", [], SCHEMA) == 1.0
+    assert consistency("Nothing here names an entity.", [("EU", "organisation")], SCHEMA) == 0.0
