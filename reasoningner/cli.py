@@ -103,13 +103,19 @@ def _add_tiny_model_command(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--layers", type=int, default=4)
     tiny.add_argument("--heads", type=int, default=4)
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument(
+        "--copy-warmup-steps",
+        type=int,
+        default=0,
+        help="then pretrain this many steps to copy text, as a real base model can (see tiny_model.py)",
+    )
     tiny.set_defaults(handler=_tiny_model)
 
 
 def _tiny_model(args: argparse.Namespace, console: Console) -> int:
     from reasoningner.formats import get_format
     from reasoningner.rationale import gold_template_rationale
-    from reasoningner.tiny_model import build_tiny_model
+    from reasoningner.tiny_model import build_tiny_model, warm_up_copying
     from reasoningner.training_data import sft_record
 
     output_format = get_format(args.output_format)
@@ -130,6 +136,10 @@ def _tiny_model(args: argparse.Namespace, console: Console) -> int:
         num_heads=args.heads,
         seed=args.seed,
     )
+    if args.copy_warmup_steps:
+        texts = [example.text for path in args.data for example in read_dataset(path).examples]
+        losses = warm_up_copying(out, texts, steps=args.copy_warmup_steps, seed=args.seed)
+        console.print(f"copy warm-up: {len(losses)} steps, loss {losses[0]:.2f} -> {losses[-1]:.2f}")
     console.print(f"tiny model saved to {out}")
     return 0
 

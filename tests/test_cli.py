@@ -1,4 +1,4 @@
-"""The `reasoningner data` commands, run through `cli.main` as a user would."""
+"""The `reasoningner` commands (data, tiny-model), run through `cli.main` as a user would."""
 
 import json
 from pathlib import Path
@@ -60,3 +60,22 @@ def test_malformed_input_names_file_and_line_and_skip_mode_counts(tmp_path, caps
     out = capsys.readouterr().out
     assert "wrote 2 examples" in out and "skipped 1" in out
     assert len(read_dataset(tmp_path / "out.jsonl").examples) == 2
+
+
+def test_tiny_model_command_builds_warms_up_and_reports(tmp_path, capsys):
+    out = tmp_path / "model"
+    sizes = ["--vocab-size", "400", "--hidden-size", "32", "--intermediate-size", "64", "--layers", "1"]
+    args = [
+        "tiny-model",
+        "--out",
+        str(out),
+        "--data",
+        str(DATA / "conll2003_mini.txt"),
+        *sizes,
+        "--heads",
+        "2",
+    ]
+    assert main([*args, "--copy-warmup-steps", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "copy warm-up: 3 steps" in printed and (out / "model.safetensors").is_file()
+    assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
