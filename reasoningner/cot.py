@@ -54,6 +54,9 @@ class CoTArguments:
     backend: str = field(
         default=GOLD_TEMPLATE, metadata={"help": "gold-template, transformers, openai, vllm"}
     )
+    template_context_words: int = field(
+        default=3, metadata={"help": "gold-template: words of context quoted around each entity (0: none)"}
+    )
     teacher_model: str | None = field(default=None, metadata={"help": "model path or name for the backend"})
     backend_options: dict[str, Any] | str | None = field(
         default=None, metadata={"help": "options of generation.build_generator; JSON on the CLI"}
@@ -127,9 +130,9 @@ def best_sample(samples: Sequence[Sample]) -> Sample:
     return max(samples, key=lambda s: (s.f1, s.consistency, -s.index))
 
 
-def gold_template_sample(example: Example, output_format: OutputFormat) -> Sample:
+def gold_template_sample(example: Example, output_format: OutputFormat, context_words: int = 3) -> Sample:
     """The teacher-free annotation: a rationale written from the gold spans, the gold answer."""
-    rationale = gold_template_rationale(example)
+    rationale = gold_template_rationale(example, context_words)
     pairs = example.span_texts()
     return Sample(
         0, rationale, output_format.render(example), 1.0, consistency(rationale, pairs, example.schema), 0
@@ -224,7 +227,7 @@ def _samples(args: CoTArguments, tasks: Sequence[Task]) -> Iterator[tuple[Task, 
     output_format = get_format(args.output_format)
     if args.backend == GOLD_TEMPLATE:
         for task in tasks:
-            yield task, gold_template_sample(task.example, output_format)
+            yield task, gold_template_sample(task.example, output_format, args.template_context_words)
         return
     options = options_from(args.backend_options)
     if args.teacher_model:

@@ -95,16 +95,19 @@ def assertion(text: str, label: str) -> str:
 def gold_template_rationale(example: Example, context_words: int = 3) -> str:
     """A rationale grounded in the gold spans, for running the pipeline without a teacher LLM.
 
-    Each entity is stated with the words around it, so that the student learns to look at context
-    before deciding a label; the last line says that nothing else is an entity.
+    Each entity is stated with up to `context_words` words on either side (none with 0), so that the
+    student learns to look at context before deciding a label; the last line says that nothing else
+    is an entity.
     """
     if not example.spans:
         return "No span of this sentence names an entity of the given types."
     lines = []
     for span in example.spans:
-        left = example.text[: span.start].split()[-context_words:]
-        right = example.text[span.end :].split()[:context_words]
-        context = " ".join([*left, "[", span.text(example.text), "]", *right])
-        lines.append(f"{assertion(span.text(example.text), span.label)}, from its context: {context}")
+        line = assertion(span.text(example.text), span.label)
+        if context_words > 0:
+            left = example.text[: span.start].split()[-context_words:]
+            right = example.text[span.end :].split()[:context_words]
+            line += f", from its context: {' '.join([*left, '[', span.text(example.text), ']', *right])}"
+        lines.append(line)
     lines.append("No other span names an entity of the given types.")
     return "\n".join(lines)
