@@ -121,6 +121,17 @@ def gold_args(tmp_path: Path, **overrides) -> CoTArguments:
     return CoTArguments(**values)
 
 
+@pytest.mark.parametrize("context_words", [0, 3])
+def test_gold_template_context_words_set_what_each_rationale_line_quotes(tmp_path, context_words):
+    annotate(gold_args(tmp_path, template_context_words=context_words))
+    records = [r for r in read_records(tmp_path / "annotations.jsonl") if r["entities"]]
+    for record in records:
+        lines = record["rationale"].splitlines()
+        assert len(lines) == len(record["entities"]) + 1  # one assertion per entity, then "no other"
+        assert all(("from its context: " in line) == (context_words > 0) for line in lines[:-1])
+        assert record["consistency"] == 1.0 and record["accepted"]
+
+
 def test_gold_template_annotations_are_accepted_labelled_and_load_as_a_dataset(tmp_path):
     report = annotate(gold_args(tmp_path))
     records = read_records(tmp_path / "annotations.jsonl")
