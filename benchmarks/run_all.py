@@ -20,6 +20,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = {
     "rewards": ["bench_rewards.py"],
+    # As GRPO batches come: groups of 8 distinct completions per prompt (the recipes' num_generations).
+    "rewards_grpo_groups": ["bench_rewards.py", "--generations", "8"],
     "sft": ["bench_sft.py", "--conversations", "256"],
     "cot_server": ["bench_openai_concurrency.py"],
     "eval": ["bench_eval.py"],
@@ -54,7 +56,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    results = {}
+    previous = args.out / "summary.json"
+    # --only reruns some benchmarks; the others keep their last figures.
+    results = json.loads(previous.read_text())["results"] if previous.is_file() else {}
     for name in args.only:
         script, *options = BENCHMARKS[name]
         target = args.out / f"{name}.json"
@@ -62,7 +66,10 @@ def main() -> int:
         subprocess.run([sys.executable, str(HERE / script), *options, "--json", str(target)], check=True)
         seconds = round(time.perf_counter() - started, 1)
         results[name] = {"figures": json.loads(target.read_text()), "wall_seconds": seconds}
-    summary = {"machine": machine(), "results": results}
+    summary = {
+        "machine": machine(),
+        "results": {name: results[name] for name in BENCHMARKS if name in results},
+    }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (args.out / "summary.md").write_text(markdown(summary), encoding="utf-8")
     print(f"wrote {args.out / 'summary.json'} and {args.out / 'summary.md'}")
