@@ -25,6 +25,7 @@ for scale.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import re
@@ -318,14 +319,23 @@ def clear_caches() -> None:
 
 def best_rates(runs: dict[str, Callable[[], list[float]]], n: int, repeats: int) -> dict[str, float]:
     """Completions per second of each run's fastest of `repeats`, in CPU time of this process (other
-    load on a shared machine counts as little as it can); the runs take turns, each with cold caches."""
+    load on a shared machine counts as little as it can); the runs take turns, each with cold caches.
+
+    The garbage collector is paused while a run is timed, as `timeit` does: its passes scale with
+    everything else this process holds (the data set, the memos), not with the reward's own work.
+    """
     best = dict.fromkeys(runs, float("inf"))
     for _ in range(repeats):
         for name, run in runs.items():
             clear_caches()
-            start = time.process_time()
-            scores = run()
-            best[name] = min(best[name], time.process_time() - start)
+            gc.collect()
+            gc.disable()
+            try:
+                start = time.process_time()
+                scores = run()
+                best[name] = min(best[name], time.process_time() - start)
+            finally:
+                gc.enable()
             assert len(scores) == n
     return {name: n / seconds for name, seconds in best.items()}
 

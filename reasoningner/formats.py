@@ -303,6 +303,30 @@ def _lenient_occurrences(text: str, mention: str) -> list[tuple[int, int]]:
     # A match normalises to `key` and lies within the text, so `key` lies within the normalised text.
     if not key or key not in _normalized(text):
         return []
+    if mention.isascii() and mention.isalnum() and text.isascii():
+        return _ascii_word_occurrences(text, mention)
+    return _lenient_regex_occurrences(text, mention, key)
+
+
+def _ascii_word_occurrences(text: str, mention: str) -> list[tuple[int, int]]:
+    """`_lenient_occurrences` of one ASCII word in an ASCII text, by string search: what the regex
+    finds there (case ignored, word-bounded matches if any, else all; never overlapping)."""
+    lowered, needle, size = text.lower(), mention.lower(), len(mention)
+    found = []
+    start = lowered.find(needle)
+    while start != -1:
+        found.append(start)
+        start = lowered.find(needle, start + size)
+    bounded = [
+        s
+        for s in found
+        if (s == 0 or not is_word_char(text[s - 1]))
+        and (s + size == len(text) or not is_word_char(text[s + size]))
+    ]
+    return [(s, s + size) for s in bounded or found]
+
+
+def _lenient_regex_occurrences(text: str, mention: str, key: str) -> list[tuple[int, int]]:
     parts: list[str] = []
     previous = ""
     gap = False

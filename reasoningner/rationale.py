@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from functools import lru_cache
 
 from reasoningner.metrics import agreement
@@ -78,9 +79,15 @@ def mention_keys(pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
     return {(_normalized(text), label) for text, label in pairs}
 
 
-def consistency(rationale: str, answer: Iterable[tuple[str, str]], schema: Schema) -> float:
-    """How exactly the rationale supports the answer's (text, label) pairs (module docstring)."""
-    return agreement(mention_keys(asserted_entities(rationale, schema)), mention_keys(answer))
+def consistency(
+    rationale: str, answer: Iterable[tuple[str, str]] | AbstractSet[tuple[str, str]], schema: Schema
+) -> float:
+    """How exactly the rationale supports the answer's (text, label) pairs (module docstring).
+
+    A set is taken as the answer's `mention_keys` already made (the GRPO reward has them at hand).
+    """
+    answered = answer if isinstance(answer, AbstractSet) else mention_keys(answer)
+    return agreement(mention_keys(asserted_entities(rationale, schema)), answered)
 
 
 def _article(label: str) -> str:

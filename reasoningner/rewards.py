@@ -104,8 +104,13 @@ def _has_rationale(rationale: str | None, closed: bool) -> bool:
     return bool(rationale and rationale.strip()) and closed
 
 
-def _share(pairs: tuple[tuple[str, str], ...], good: Callable[[str, str], bool]) -> float | None:
-    return sum(good(t, label) for t, label in pairs) / len(pairs) if pairs else None
+def _shares(pairs: tuple[tuple[str, str], ...], text: str, labels: tuple[str, ...]) -> tuple[float, float]:
+    """Shares of `pairs` (not empty) with a label of the schema, and with a text found in `text`."""
+    in_schema = grounded = 0
+    for mention, label in pairs:
+        in_schema += label in labels
+        grounded += bool(mention) and mention in text
+    return in_schema / len(pairs), grounded / len(pairs)
 
 
 @lru_cache(maxsize=65_536)
@@ -135,7 +140,8 @@ def analyse(completion: str, text: str, labels: tuple[str, ...], output_format: 
         return Analysis(False, rationale, closed, "", None, (), frozenset(), format_score)
     # An answer copied into the rationale would make consistency trivially met: it earns nothing.
     copied = bool(pairs) and answer in (rationale or "")
-    allowed = frozenset(labels)
+    in_schema, grounded = _shares(pairs, text, labels) if pairs else (None, None)
+    keys = frozenset(mention_keys(pairs))
     return Analysis(
         oversized=False,
         rationale=rationale,
@@ -143,13 +149,13 @@ def analyse(completion: str, text: str, labels: tuple[str, ...], output_format: 
         answer=answer,
         parse=parse,
         predicted_pairs=pairs,
-        predicted_keys=frozenset(mention_keys(pairs)),
+        predicted_keys=keys,
         format_score=format_score,
         consistency_score=(
-            consistency(rationale, pairs, _schema(labels)) if has_rationale and not copied else 0.0  # type: ignore[arg-type]
+            consistency(rationale, keys, _schema(labels)) if has_rationale and not copied else 0.0  # type: ignore[arg-type]
         ),
-        in_schema=_share(pairs, lambda _t, label: label in allowed),
-        grounded=_share(pairs, lambda t, _label: bool(t) and t in text),
+        in_schema=in_schema,
+        grounded=grounded,
     )
 
 

@@ -13,9 +13,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reasoningner.formats import FORMATS, ParseResult, Problem, get_format, split_answer
+from reasoningner.formats import (
+    FORMATS,
+    ParseResult,
+    Problem,
+    _ascii_word_occurrences,
+    _lenient_regex_occurrences,
+    get_format,
+    split_answer,
+)
 from reasoningner.readers import read_alpaca, read_conll
-from reasoningner.spans import Example, Schema, Span, is_crossing, occurrences
+from reasoningner.spans import Example, Schema, Span, is_crossing, normalize_mention, occurrences
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data"
 
@@ -633,3 +641,14 @@ def test_round_trip_of_random_examples(ex: Example) -> None:
         if fmt.expresses(ex):
             result = fmt.parse(fmt.render(ex), ex.text, ex.schema)
             assert result.ok and result.spans == list(ex.spans), (fmt.name, fmt.render(ex), result)
+
+
+@given(
+    st.text(alphabet="aAbB1 .-_", max_size=30),
+    st.text(alphabet="aAbB1", min_size=1, max_size=4),
+)
+def test_the_ascii_word_search_finds_what_the_lenient_regex_finds(text: str, mention: str) -> None:
+    """Lenient grounding of a plain ASCII word skips building a regex; both must agree."""
+    assert _ascii_word_occurrences(text, mention) == _lenient_regex_occurrences(
+        text, mention, normalize_mention(mention)
+    )
