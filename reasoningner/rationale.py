@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from collections.abc import Set as AbstractSet
 from functools import lru_cache
 
 from reasoningner.metrics import agreement
@@ -79,15 +78,14 @@ def mention_keys(pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
     return {(_normalized(text), label) for text, label in pairs}
 
 
-def consistency(
-    rationale: str, answer: Iterable[tuple[str, str]] | AbstractSet[tuple[str, str]], schema: Schema
-) -> float:
-    """How exactly the rationale supports the answer's (text, label) pairs (module docstring).
+def asserted_keys(rationale: str, schema: Schema) -> set[tuple[str, str]]:
+    """The `mention_keys` of what the rationale asserts: one side of `consistency`."""
+    return mention_keys(asserted_entities(rationale, schema))
 
-    A set is taken as the answer's `mention_keys` already made (the GRPO reward has them at hand).
-    """
-    answered = answer if isinstance(answer, AbstractSet) else mention_keys(answer)
-    return agreement(mention_keys(asserted_entities(rationale, schema)), answered)
+
+def consistency(rationale: str, answer: Iterable[tuple[str, str]], schema: Schema) -> float:
+    """How exactly the rationale supports the answer's (text, label) pairs (module docstring)."""
+    return agreement(asserted_keys(rationale, schema), mention_keys(answer))
 
 
 def _article(label: str) -> str:

@@ -44,7 +44,7 @@ from typing import Any, NamedTuple
 
 from reasoningner.formats import CONTENT_PROBLEMS, ParseResult, get_format, split_answer
 from reasoningner.metrics import MatchMode, agreement, example_f1
-from reasoningner.rationale import consistency, mention_keys
+from reasoningner.rationale import asserted_keys, mention_keys
 from reasoningner.spans import Example, Schema, Span
 
 RewardFunction = Callable[..., list[float]]
@@ -78,7 +78,8 @@ class Analysis(NamedTuple):
     # The answer's text-level keys (`rationale.mention_keys`), what the F1 reward compares with gold.
     predicted_keys: frozenset[tuple[str, str]] = frozenset()
     format_score: float = 0.0
-    consistency_score: float = 0.0
+    # Whether consistency may be paid: a closed, non-empty rationale that does not copy the answer.
+    reasoned: bool = False
     # Shares of predicted entities with a schema label / found in the sentence; None without entities.
     in_schema: float | None = None
     grounded: float | None = None
@@ -115,7 +116,7 @@ def _shares(pairs: tuple[tuple[str, str], ...], text: str, labels: tuple[str, ..
 
 @lru_cache(maxsize=65_536)
 def analyse(completion: str, text: str, labels: tuple[str, ...], output_format: str) -> Analysis:
-    """Parse a completion once and score it on every component but F1 (cached by content).
+    """Parse a completion once and score what every component needs but gold (cached by content).
 
     The whole completion goes to the parser, so problems around the answer (code fences, extra
     text) count against the answer's format score, not against the rationale.
@@ -151,9 +152,7 @@ def analyse(completion: str, text: str, labels: tuple[str, ...], output_format: 
         predicted_pairs=pairs,
         predicted_keys=keys,
         format_score=format_score,
-        consistency_score=(
-            consistency(rationale, keys, _schema(labels)) if has_rationale and not copied else 0.0  # type: ignore[arg-type]
-        ),
+        reasoned=has_rationale and not copied,
         in_schema=in_schema,
         grounded=grounded,
     )
@@ -266,7 +265,10 @@ reward("f1_exact")(make_f1_reward("exact"))
 @reward("consistency")
 def consistency_reward(completions, text, labels, output_format, **_) -> list[float]:
     """Does the rationale assert exactly the answered entities? (`rationale.consistency`)"""
-    return [a.consistency_score for a in _analyses(completions, text, labels, output_format)]
+    return [
+        agreement(asserted_keys(a.rationale, _schema(tuple(ls))), a.predicted_keys) if a.reasoned else 0.0  # type: ignore[arg-type]
+        for a, ls in zip(_analyses(completions, text, labels, output_format), labels, strict=True)
+    ]
 
 
 def _share_or_empty(share: float | None, answered: bool, gold_is_empty: bool) -> float:
