@@ -29,7 +29,6 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Literal, get_args
 
 from reasoningner.spans import Example, Span, check_span, normalize_mention
@@ -81,10 +80,6 @@ class Counts:
         }
 
 
-# Mentions recur (gold across a prompt's generations, predictions across examples): normalise each once.
-_normalized = lru_cache(maxsize=16_384)(normalize_mention)
-
-
 def _match_keys(
     gold: Example, predicted: Sequence[Span], ungrounded: Sequence[tuple[str, str]], mode: MatchMode
 ) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
@@ -93,14 +88,15 @@ def _match_keys(
         raise ValueError(f"unknown match mode {mode!r}; expected one of {list(MATCH_MODES)}")
     for span in predicted:
         check_span(span, gold.text)
-    ungrounded_keys = {(_normalized(text), label) for text, label in ungrounded}
+    ungrounded_keys = {(normalize_mention(text), label) for text, label in ungrounded}
     if mode == "exact":
         # 3-tuples for spans and 2-tuples for ungrounded mentions never compare equal.
         gold_keys: set[tuple[Any, ...]] = {(s.start, s.end, s.label) for s in gold.spans}
         predicted_keys = {(s.start, s.end, s.label) for s in predicted} | ungrounded_keys
     else:
-        gold_keys = {(_normalized(s.text(gold.text)), s.label) for s in gold.spans}
-        predicted_keys = {(_normalized(s.text(gold.text)), s.label) for s in predicted} | ungrounded_keys
+        text = gold.text
+        gold_keys = {(normalize_mention(s.text(text)), s.label) for s in gold.spans}
+        predicted_keys = {(normalize_mention(s.text(text)), s.label) for s in predicted} | ungrounded_keys
     return gold_keys, predicted_keys
 
 
