@@ -109,7 +109,6 @@ from reasoningner.spans import (
     is_word_char,
     normalize_mention,
     occurrences,
-    sort_spans,
 )
 
 __all__ = [
@@ -237,8 +236,12 @@ class _Builder:
         self.text = text
         self.schema = schema
         self.problems = problems
-        self.spans: list[Span] = []
+        # Each span as its reading-order key (start, -end, label): plain tuples dedup and sort in C.
+        self.keys: list[tuple[int, int, str]] = []
         self.ungrounded: list[tuple[str, str]] = []
+
+    def add(self, start: int, end: int, label: str) -> None:
+        self.keys.append((start, -end, label))
 
     def problem(self, kind: str, detail: str) -> None:
         self.problems.append(Problem(kind, detail))
@@ -252,7 +255,7 @@ class _Builder:
         """Add the occurrence of `mention` nearest to position `near`, or record it as ungrounded."""
         found = _find(self.text, mention)
         if found:
-            self.spans.append(Span(*_nearest(found, near), label))
+            self.add(*_nearest(found, near), label)
         else:
             self.miss(mention, label)
 
@@ -261,21 +264,24 @@ class _Builder:
         self.problem("ungrounded", f"{mention!r} ({label}) is not in the sentence")
 
     def result(self) -> ParseResult:
-        spans: list[Span] = []
-        seen: set[tuple[int, int, str]] = set()  # span fields: hashing them is cheaper than a Span
-        for span in self.spans:
-            key = (span.start, span.end, span.label)
-            if key in seen:
-                self.problem("duplicate", f"{span.text(self.text)!r} ({span.label}) is stated more than once")
-            else:
+        """The spans once each, in reading order (`spans.sort_spans`); duplicates and labels outside
+        the schema reported in the order they were written."""
+        unique = dict.fromkeys(self.keys)
+        if len(unique) < len(self.keys):
+            seen: set[tuple[int, int, str]] = set()
+            for key in self.keys:
+                if key in seen:
+                    start, negative_end, label = key
+                    mention = self.text[start:-negative_end]
+                    self.problem("duplicate", f"{mention!r} ({label}) is stated more than once")
                 seen.add(key)
-                spans.append(span)
-        labels = [span.label for span in spans] + [label for _, label in self.ungrounded]
         known = self.schema.labels
-        for label in dict.fromkeys(labels):
-            if label not in known:
-                self.problem("unknown_label", f"{label!r} is not a label of the schema")
-        return ParseResult(sort_spans(spans) if len(spans) > 1 else spans, self.ungrounded, self.problems)
+        unknown = [label for _, _, label in unique if label not in known]
+        unknown += [label for _, label in self.ungrounded if label not in known]
+        for label in dict.fromkeys(unknown):
+            self.problem("unknown_label", f"{label!r} is not a label of the schema")
+        spans = [Span(start, -negative_end, label) for start, negative_end, label in sorted(unique)]
+        return ParseResult(spans, self.ungrounded, self.problems)
 
 
 @lru_cache(maxsize=16_384)
@@ -290,9 +296,6 @@ def _find(text: str, mention: str) -> tuple[tuple[int, int], ...]:
     return tuple(_lenient_occurrences(text, mention))
 
 
-_normalized = lru_cache(maxsize=4096)(normalize_mention)  # for sentences, which recur across completions
-
-
 def _lenient_occurrences(text: str, mention: str) -> list[tuple[int, int]]:
     """Matches of `mention` ignoring case and whitespace next to punctuation, word-bounded if possible.
 
@@ -301,7 +304,7 @@ def _lenient_occurrences(text: str, mention: str) -> list[tuple[int, int]]:
     """
     key = normalize_mention(mention)
     # A match normalises to `key` and lies within the text, so `key` lies within the normalised text.
-    if not key or key not in _normalized(text):
+    if not key or key not in normalize_mention(text):
         return []
     if mention.isascii() and mention.isalnum() and text.isascii():
         return _ascii_word_occurrences(text, mention)
@@ -459,7 +462,7 @@ class _InlineFormat(OutputFormat):
             return
         start += len(covered) - len(covered.lstrip())
         end -= len(covered) - len(covered.rstrip())
-        built.spans.append(Span(start, end, label))
+        built.add(start, end, label)
 
     @staticmethod
     def _add_aligned(built: _Builder, markup: _Markup) -> None:
@@ -481,7 +484,7 @@ class _InlineFormat(OutputFormat):
                 and mapped_last is not None
                 and text[mapped_start : mapped_last + 1] == mention
             ):
-                built.spans.append(Span(mapped_start, mapped_last + 1, label))
+                built.add(mapped_start, mapped_last + 1, label)
             else:
                 near = mapped_start if mapped_start is not None else start * len(text) // max(1, len(clean))
                 built.ground(mention, label, near)
@@ -730,12 +733,40 @@ def _json_extent(text: str, start: int) -> int | None:
 
 
 def _python_literal(source: str) -> Any:
-    """`source` read as a Python list or dict literal (what models write for JSON), else `_MISSING`."""
+    """`source` read as a Python list or dict literal (what models write for JSON), else `_MISSING`.
+
+    Only sources with single quotes are tried: that is how Python writes strings, and an answer
+    without them is JSON gone wrong, better salvaged entry by entry than read with Python's rules.
+    """
+    if "'" not in source:
+        return _MISSING
+    if '"' not in source and "\\" not in source:
+        # Strings without quotes or escapes inside: swapping the quotes makes it JSON, read in C.
+        try:
+            value = json.loads(source.replace("'", '"'), parse_constant=_reject_constant)
+        except ValueError:
+            pass
+        else:
+            if _python_compatible(value):
+                return value if isinstance(value, (list, dict)) else _MISSING
     try:
         value = ast.literal_eval(source)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return _MISSING
     return value if isinstance(value, (list, dict)) else _MISSING
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a Python literal")
+
+
+def _python_compatible(value: Any) -> bool:
+    """Whether JSON `value` reads the same as a Python literal: JSON's true, false and null do not."""
+    if isinstance(value, dict):
+        return all(map(_python_compatible, value.values()))
+    if isinstance(value, list):
+        return all(map(_python_compatible, value))
+    return value is not None and not isinstance(value, bool)
 
 
 def _salvage(text: str, start: int, depth: int) -> tuple[Any, int, bool]:
@@ -877,7 +908,7 @@ class OccurrenceJsonFormat(_EntryListFormat):
                 "offset_mismatch", f"{mention!r} occurs {len(found)} times, so there is no occurrence {index}"
             )
             index = min(max(index, 1), len(found))
-        built.spans.append(Span(*found[index - 1], label))
+        built.add(*found[index - 1], label)
 
     def expresses(self, example: Example) -> bool:
         return all(span.start in occurrences(example.text, span.text(example.text)) for span in example.spans)
@@ -907,7 +938,7 @@ class OffsetJsonFormat(_EntryListFormat):
         start = _as_int(entry.get("start"), "start", built)
         end = _as_int(entry.get("end"), "end", built)
         if start is not None and end is not None and 0 <= start < end and built.text[start:end] == mention:
-            built.spans.append(Span(start, end, label))
+            built.add(start, end, label)
             return
         if start is not None and end is not None:
             built.problem("offset_mismatch", f"{start}:{end} does not hold {mention!r}")
@@ -961,18 +992,18 @@ class GroupedJsonFormat(OutputFormat):
                 built.problem("bad_entry", f"{label!r}: {_short(mentions)} is not a list of texts")
                 continue
             listed: dict[str, int] = {}
-            for mention in mentions:
-                if not isinstance(mention, str) or not mention.strip():
-                    built.problem("bad_entry", f"{label}: {_short(mention)} is not an entity text")
+            for listed_mention in mentions:
+                mention = listed_mention.strip() if isinstance(listed_mention, str) else ""
+                if not mention:
+                    built.problem("bad_entry", f"{label}: {_short(listed_mention)} is not an entity text")
                     continue
-                mention = mention.strip()
                 found = _find(text, mention)
                 rank = listed.get(mention, 0)
                 listed[mention] = rank + 1
                 if not found:
                     built.miss(mention, label)
                 elif rank < len(found):
-                    built.spans.append(Span(*found[rank], label))
+                    built.add(*found[rank], label)
                 else:
                     built.problem(
                         "duplicate", f"{mention!r} is listed under {label} more often than it occurs"

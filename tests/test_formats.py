@@ -14,11 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reasoningner.formats import (
+    _MISSING,
     FORMATS,
     ParseResult,
     Problem,
     _ascii_word_occurrences,
     _lenient_regex_occurrences,
+    _python_literal,
     get_format,
     split_answer,
 )
@@ -652,3 +654,33 @@ def test_the_ascii_word_search_finds_what_the_lenient_regex_finds(text: str, men
     assert _ascii_word_occurrences(text, mention) == _lenient_regex_occurrences(
         text, mention, normalize_mention(mention)
     )
+
+
+_LITERALS = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(_LITERALS)
+def test_python_literals_are_read_as_python_reads_them(value) -> None:
+    """The quote-swapping fast path agrees with `ast.literal_eval` on every container Python writes."""
+    source = repr(value)
+    expected = value if isinstance(value, (list, dict)) and "'" in source else _MISSING
+    assert _python_literal(source) == expected
+
+
+@pytest.mark.parametrize("source", ["{'a': true}", "['x', null]", "{'a': NaN}", '["a" "b"]', "{}"])
+def test_only_python_literals_are_read_as_python(source) -> None:
+    """JSON's constants are no Python, and without single quotes the answer is broken JSON, not Python."""
+    assert _python_literal(source) is _MISSING
+
+
+def test_a_python_literal_answer_is_read_with_a_problem() -> None:
+    gold = example("EU rejects German call", ("EU", "ORG", 1), ("German", "MISC", 1))
+    parsed = get_format("grouped_json").parse_answer(
+        "{'entities': {'ORG': ['EU'], 'MISC': ['German']}}", gold.text, gold.schema
+    )
+    assert parsed.spans == list(gold.spans)
+    assert [p.kind for p in parsed.problems] == ["invalid_json"]
