@@ -8,7 +8,8 @@ an *assertion*:
     "EU" is an organisation
     "lamb" is not an entity
 
-An assertion is a double-quoted text (straight or curly quotes), then a linking phrase
+An assertion is a double-quoted text (straight or curly quotes; no space after the opening
+quote, no newline inside, at most 200 characters), then a linking phrase
 (`is a`, `is an`, `is the`, `is`, `->`, `→`, `:`, `=`, `as`, `labelled`, `labeled`), then a label
 of the schema, matched case-insensitively as a whole word (underscores in labels may be written as
 spaces). "is not a(n) <label>" and "is not an entity" are rejections: they assert nothing.
@@ -29,53 +30,57 @@ from functools import lru_cache
 from reasoningner.metrics import agreement
 from reasoningner.spans import Example, Schema, normalize_mention
 
-# The quoted text is matched atomically (a lookahead, then a backreference to what it saw): giving
-# characters back could never meet a closing quote, and trying to after every quote was most of the
-# cost. Quotes and newlines have no case, so only the link and the label are matched ignoring case.
-_QUOTED = r"{quote}(?=(?P<text>[^\"“”\n]{{1,200}}))(?P=text){quote}"
+# Quoted text and link are matched atomically (a lookahead, then a backreference to what it saw; the
+# `(?>...)` of Python 3.11 in 3.10's terms): giving characters back could never meet a closing quote,
+# nor make a rejection's "is not an entity" name a label. The quoted text must not begin with a
+# space, so that a closing quote (followed by " is a ...") fails at once instead of scanning the rest
+# of its line. Quotes and newlines have no case, so only the link and the label ignore case.
+_QUOTED = r"{quote}(?=[^\s\"“”])(?=(?P<text>[^\"“”\n]{{1,200}}))(?P=text){quote}"
 _LINK = (
     r"\s*(?:is\s+(?P<negation>not\s+)?(?:an?\s+|the\s+)?|->\s*|→\s*|:\s*|=\s*|as\s+(?:an?\s+)?"
     r"|label(?:l)?ed\s+(?:as\s+)?(?:an?\s+)?)"
 )
+# Words the link may end with: a label that begins with one needs the link to give them back.
+_LINK_WORDS = frozenset({"a", "an", "the", "not", "as"})
 
 
 @lru_cache(maxsize=256)
 def _assertion_pattern(labels: tuple[str, ...], curly_quotes: bool) -> re.Pattern[str]:
     """The assertion regex; without curly quotes in the text, quotes are found as one character,
-    which the regex engine searches for much faster than a class of three."""
+    which the regex engine searches for much faster than a class of three. Its groups are, in
+    order: text, link, negation, label."""
     # Longest labels first so "musicalartist" wins over "artist"-like prefixes.
     alternatives = sorted({re.escape(label).replace("_", "[_ ]") for label in labels}, key=len, reverse=True)
     label_group = "(?P<label>" + "|".join(alternatives) + ")"
     quoted = _QUOTED.format(quote='["“”]' if curly_quotes else '"')
-    return re.compile(quoted + "(?i:" + _LINK + label_group + r"(?![\w-]))")
+    first_words = {label.casefold().replace("_", " ").split(" ")[0] for label in labels}
+    link = f"(?P<link>{_LINK})" if first_words & _LINK_WORDS else f"(?=(?P<link>{_LINK}))(?P=link)"
+    return re.compile(quoted + "(?i:" + link + label_group + r"(?![\w-]))")
 
 
 @lru_cache(maxsize=256)
 def _canonical_labels(labels: tuple[str, ...]) -> dict[str, str]:
-    """Labels by the form an assertion's label is matched in (case-folded, underscores as spaces)."""
-    return {label.casefold().replace("_", " "): label for label in labels}
+    """Labels by every form an assertion may write them in: as given, and case-folded with
+    underscores as spaces (the form the pattern matches ignoring case)."""
+    folded = {label.casefold().replace("_", " "): label for label in labels}
+    return folded | {label: label for label in labels}
 
 
 def asserted_entities(rationale: str, schema: Schema) -> list[tuple[str, str]]:
     """(text, label) pairs the rationale asserts as entities, in order; rejections are left out."""
     canonical = _canonical_labels(schema.labels)
-    found = []
-    curly_quotes = "“" in rationale or "”" in rationale
-    for match in _assertion_pattern(schema.labels, curly_quotes).finditer(rationale):
-        if match.group("negation"):
-            continue
-        label = canonical[match.group("label").casefold().replace("_", " ")]
-        found.append((match.group("text"), label))
-    return found
-
-
-# Mentions recur (in rationales and answers of a prompt's generations): normalise each once.
-_normalized = lru_cache(maxsize=16_384)(normalize_mention)
+    pattern = _assertion_pattern(schema.labels, "“" in rationale or "”" in rationale)
+    # findall gives the groups in pattern order without a match object each.
+    return [
+        (text, canonical.get(label) or canonical[label.casefold().replace("_", " ")])
+        for text, _link, negation, label in pattern.findall(rationale)
+        if not negation
+    ]
 
 
 def mention_keys(pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
     """(text, label) pairs keyed as text-level matching keys them (`spans.normalize_mention`)."""
-    return {(_normalized(text), label) for text, label in pairs}
+    return {(normalize_mention(text), label) for text, label in pairs}
 
 
 def asserted_keys(rationale: str, schema: Schema) -> set[tuple[str, str]]:

@@ -38,6 +38,7 @@ SCHEMA = Schema(("person", "location", "organisation", "musical_artist", "artist
         pytest.param('"Par\nis" is a location', [], id="no-newline-in-quote"),
         pytest.param('"' + "x" * 201 + '" is a person', [], id="quote-too-long"),
         pytest.param('He said "hi" and "Ann" is a person', [("Ann", "person")], id="after-a-stray-quote"),
+        pytest.param('" EU" is an organisation', [], id="no-space-after-the-opening-quote"),
     ],
 )
 def test_assertions_are_read_in_every_documented_form(
@@ -61,6 +62,9 @@ fragments = st.sampled_from(
         " is a ",
         " is an ",
         " is not an ",
+        " is the ",
+        " labelled as a ",
+        "entity",
         "person",
         "location",
         " -> ",
@@ -86,3 +90,18 @@ def test_consistency_is_the_f1_of_asserted_and_answered_pairs() -> None:
     assert consistency(rationale, [("eu", "organisation")], SCHEMA) == pytest.approx(2 / 3)  # text-level keys
     assert consistency("Nothing here names an entity.", [], SCHEMA) == 1.0
     assert consistency("Nothing here names an entity.", [("EU", "organisation")], SCHEMA) == 0.0
+
+
+# A label that begins with a word the link may end with ("the") makes the link give words back.
+LINK_WORD_SCHEMA = Schema((*SCHEMA.labels, "the_band"))
+
+
+def test_a_label_may_begin_with_a_word_of_the_link() -> None:
+    assert asserted_entities('"Blur" is the band', LINK_WORD_SCHEMA) == [("Blur", "the_band")]
+    assert asserted_entities('"Blur" is a the band', LINK_WORD_SCHEMA) == [("Blur", "the_band")]
+
+
+@given(st.lists(fragments, max_size=30).map("".join))
+def test_the_atomic_link_reads_what_the_backtracking_one_reads(rationale: str) -> None:
+    """Without a label that begins with a link word the link is atomic (faster on rejections)."""
+    assert asserted_entities(rationale, SCHEMA) == asserted_entities(rationale, LINK_WORD_SCHEMA)
