@@ -94,24 +94,8 @@ def _schema(labels: tuple[str, ...]) -> Schema:
     return Schema(labels)
 
 
-def _answer_syntax_score(parse: ParseResult | None) -> float:
-    if parse is None:
-        return 0.0
-    kinds = {p.kind for p in parse.problems} - CONTENT_PROBLEMS
-    return max(0.0, 1.0 - 0.25 * len(kinds))
-
-
-def _has_rationale(rationale: str | None, closed: bool) -> bool:
-    return bool(rationale and rationale.strip()) and closed
-
-
-def _shares(pairs: tuple[tuple[str, str], ...], text: str, labels: tuple[str, ...]) -> tuple[float, float]:
-    """Shares of `pairs` (not empty) with a label of the schema, and with a text found in `text`."""
-    in_schema = grounded = 0
-    for mention, label in pairs:
-        in_schema += label in labels
-        grounded += bool(mention) and mention in text
-    return in_schema / len(pairs), grounded / len(pairs)
+def _answer_syntax_score(problem_kinds: set[str]) -> float:
+    return max(0.0, 1.0 - 0.25 * len(problem_kinds - CONTENT_PROBLEMS))
 
 
 @lru_cache(maxsize=65_536)
@@ -124,37 +108,39 @@ def analyse(completion: str, text: str, labels: tuple[str, ...], output_format: 
     if len(completion) > MAX_COMPLETION_CHARS:
         return Analysis(True, None, False, "", None, ())
     rationale, answer, problems = split_answer(completion)
-    closed = not any(p.kind == "unclosed_think" for p in problems)
-    has_rationale = _has_rationale(rationale, closed)
+    closed = not problems or all(p.kind != "unclosed_think" for p in problems)
+    has_rationale = closed and bool(rationale and rationale.strip())
     parse = (
         get_format(output_format).parse_answer(answer, text, _schema(labels), problems) if answer else None
     )
-    pairs: tuple[tuple[str, str], ...] = ()
-    if parse is not None:
-        pairs = tuple((text[span.start : span.end], span.label) for span in parse.spans) + tuple(
-            dict.fromkeys(parse.ungrounded)
-        )
-        if not pairs and {p.kind for p in parse.problems} - CONTENT_PROBLEMS - WRAPPING_PROBLEMS:
-            parse, answer = None, ""  # nothing could be read: no answer
-    format_score = 0.5 * has_rationale + 0.5 * _answer_syntax_score(parse)
     if parse is None:
-        return Analysis(False, rationale, closed, "", None, (), frozenset(), format_score)
+        return Analysis(False, rationale, closed, "", None, (), frozenset(), 0.5 * has_rationale)
+    pairs = tuple((text[span.start : span.end], span.label) for span in parse.spans)
+    if parse.ungrounded:
+        pairs += tuple(dict.fromkeys(parse.ungrounded))
+    kinds = {p.kind for p in parse.problems}
+    if not pairs and kinds - CONTENT_PROBLEMS - WRAPPING_PROBLEMS:  # nothing could be read: no answer
+        return Analysis(False, rationale, closed, "", None, (), frozenset(), 0.5 * has_rationale)
     # An answer copied into the rationale would make consistency trivially met: it earns nothing.
     copied = bool(pairs) and answer in (rationale or "")
-    in_schema, grounded = _shares(pairs, text, labels) if pairs else (None, None)
-    keys = frozenset(mention_keys(pairs))
+    in_schema = grounded = None
+    if pairs:  # the parser reports every label outside the schema, and grounds every text it can
+        in_schema = 1.0
+        if "unknown_label" in kinds:
+            in_schema = sum(label in labels for _, label in pairs) / len(pairs)
+        grounded = len(parse.spans) / len(pairs)
     return Analysis(
-        oversized=False,
-        rationale=rationale,
-        think_closed=closed,
-        answer=answer,
-        parse=parse,
-        predicted_pairs=pairs,
-        predicted_keys=keys,
-        format_score=format_score,
-        reasoned=has_rationale and not copied,
-        in_schema=in_schema,
-        grounded=grounded,
+        False,
+        rationale,
+        closed,
+        answer,
+        parse,
+        pairs,
+        frozenset(mention_keys(pairs)),
+        0.5 * has_rationale + 0.5 * _answer_syntax_score(kinds),
+        has_rationale and not copied,
+        in_schema,
+        grounded,
     )
 
 
@@ -221,34 +207,31 @@ def _gold(text: str, spans: tuple[tuple[Any, Any, Any], ...], labels: tuple[str,
     return Example(text, tuple(Span(int(s), int(e), str(label)) for s, e, label in spans), _schema(labels))
 
 
-@lru_cache(maxsize=16_384)
-def _gold_text_keys(text: str, spans: tuple[tuple[Any, Any, Any], ...]) -> frozenset[tuple[str, str]]:
-    return frozenset(mention_keys((text[int(s) : int(e)], str(label)) for s, e, label in spans))
-
-
 _SPAN_FIELDS = itemgetter("start", "end", "label")
 
 
 def entity_f1(
-    analysis: Analysis, text: str, entities: Sequence[dict], labels: tuple[str, ...], mode: MatchMode
+    analysis: Analysis, text: str, entities: Sequence[dict], labels: Sequence[str], mode: MatchMode
 ) -> float:
     """F1 of one prediction against the gold of its row; both empty is 1.0 (`metrics.agreement`).
 
-    The gold is built once for all the generations of a prompt; text matching compares the keys the
-    analysis already holds, exact matching goes through `metrics.example_f1`.
+    Text matching compares the keys the analysis holds with the gold's, made afresh (cheaper than
+    a cache keyed by the spans: the mentions' normal forms are cached); exact matching builds the
+    gold once for all the generations of a prompt and goes through `metrics.example_f1`.
     """
     if analysis.oversized or not analysis.answered:
         return 0.0
-    spans = tuple(map(_SPAN_FIELDS, entities))
     if mode == "text":
-        return agreement(_gold_text_keys(text, spans), analysis.predicted_keys)
-    return example_f1(_gold(text, spans, labels), analysis.parse.spans, analysis.parse.ungrounded, mode)
+        gold = mention_keys((text[e["start"] : e["end"]], e["label"]) for e in entities)
+        return agreement(gold, analysis.predicted_keys)
+    gold_example = _gold(text, tuple(map(_SPAN_FIELDS, entities)), tuple(labels))
+    return example_f1(gold_example, analysis.parse.spans, analysis.parse.ungrounded, mode)
 
 
 def make_f1_reward(mode: MatchMode) -> RewardFunction:
     def f1_reward(completions, text, entities, labels, output_format, **_) -> list[float]:
         return [
-            entity_f1(a, t, es, tuple(ls), mode)
+            entity_f1(a, t, es, ls, mode)
             for a, t, es, ls in zip(
                 _analyses(completions, text, labels, output_format), text, entities, labels, strict=True
             )
