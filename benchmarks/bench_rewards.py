@@ -33,10 +33,11 @@ import string
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from operator import mul
 from pathlib import Path
 from typing import Any
 
-from reasoningner import formats, metrics, rationale, rewards
+from reasoningner import formats, metrics, rationale, rewards, spans
 from reasoningner.formats import get_format
 from reasoningner.prompts import assistant_target
 from reasoningner.rationale import assertion
@@ -295,23 +296,20 @@ def baseline_rewards(columns: Columns, batch_size: int) -> list[float]:
 
 def composite_rewards(columns: Columns, batch_size: int) -> list[float]:
     """The weighted five-part reward, each component called on whole batches as TRL does."""
-    names = list(DEFAULT_WEIGHTS)
-    functions = get_rewards(names)
+    functions = get_rewards(list(DEFAULT_WEIGHTS))
+    weights = list(DEFAULT_WEIGHTS.values())
     totals: list[float] = []
     for start in range(0, len(columns["completions"]), batch_size):
         batch = {key: values[start : start + batch_size] for key, values in columns.items()}
         per_function = [function(prompts=None, **batch) for function in functions]
-        totals += [
-            sum(DEFAULT_WEIGHTS[name] * scores[i] for name, scores in zip(names, per_function, strict=True))
-            for i in range(len(batch["completions"]))
-        ]
+        totals += [sum(map(mul, weights, scores)) for scores in zip(*per_function, strict=True)]
     return totals
 
 
 def clear_caches() -> None:
     """Empty every memo on the reward path (`rewards.analyse` and the smaller ones it relies on), so
     that a run only saves what repeats within it: the sentences and labels its completions share."""
-    for module in (rewards, formats, metrics, rationale):
+    for module in (rewards, formats, metrics, rationale, spans):
         for value in vars(module).values():
             if hasattr(value, "cache_clear"):
                 value.cache_clear()
