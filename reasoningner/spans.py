@@ -204,7 +204,7 @@ def occurrences(text: str, needle: str) -> list[int]:
     while start != -1:
         found.append(start)
         start = text.find(needle, start + 1)
-    if not found:
+    if len(found) < 2:  # one occurrence is returned bounded or not
         return found
     # Only a needle edge that is a word character can be glued to a neighbour.
     check_left, check_right = is_word_char(needle[0]), is_word_char(needle[-1])
