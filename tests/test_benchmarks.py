@@ -1,0 +1,43 @@
+"""The reward benchmark still runs and its two rewards score what they should (figures are not tested)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_rewards.py"
+
+
+def _bench_rewards():
+    spec = importlib.util.spec_from_file_location("bench_rewards", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_reward_benchmark_runs_and_pays_right_answers_most(tmp_path) -> None:
+    bench = _bench_rewards()
+    results = bench.main(
+        ["--n", "400", "--repeats", "1", "--generations", "4", "--json", str(tmp_path / "r.json")]
+    )
+    assert (tmp_path / "r.json").exists()
+    assert results["composite_per_s"] > 0 and results["baseline_per_s"] > 0
+    by_kind = results["mean_reward_by_kind"]
+    assert by_kind["right"] == 14.0  # every component at 1, weights 1 + 10 + 1 + 1 + 1
+    assert by_kind["unclosed"] == 0.0  # no answer, no closed rationale: nothing
+    assert max(by_kind.values()) == by_kind["right"]
+
+
+def test_the_baseline_is_reasoningner_f1_plus_schema() -> None:
+    bench = _bench_rewards()
+    completion = [
+        {"role": "assistant", "content": '<think>x</think>```json\n{"entities": {"person": ["Ann"]}}\n```'}
+    ]
+    gold = '{\n  "entities": {\n    "person": [\n      "ann"\n    ]\n  }\n}'
+    columns = {
+        "completions": [completion, completion],
+        "golds": [gold, '{"entities": {}}'],
+        "schema": [["person"]] * 2,
+    }
+    # Right after normalisation (case), in the schema: 1 + 1; against empty gold F1 is 0, schema still 1.
+    assert bench.baseline_rewards(columns, batch_size=2) == [2.0, 1.0]
