@@ -113,14 +113,16 @@ def analyse(completion: str, text: str, labels: tuple[str, ...], output_format: 
     parse = (
         get_format(output_format).parse_answer(answer, text, _schema(labels), problems) if answer else None
     )
-    if parse is None:
-        return Analysis(False, rationale, closed, "", None, (), frozenset(), 0.5 * has_rationale)
-    pairs = tuple((text[span.start : span.end], span.label) for span in parse.spans)
-    if parse.ungrounded:
-        pairs += tuple(dict.fromkeys(parse.ungrounded))
-    kinds = {p.kind for p in parse.problems}
-    if not pairs and kinds - CONTENT_PROBLEMS - WRAPPING_PROBLEMS:  # nothing could be read: no answer
-        return Analysis(False, rationale, closed, "", None, (), frozenset(), 0.5 * has_rationale)
+    pairs: tuple[tuple[str, str], ...] = ()
+    kinds: set[str] = set()
+    if parse is not None:
+        pairs = tuple((text[span.start : span.end], span.label) for span in parse.spans)
+        if parse.ungrounded:
+            pairs += tuple(dict.fromkeys(parse.ungrounded))
+        kinds = {p.kind for p in parse.problems}
+    if parse is None or (not pairs and kinds - CONTENT_PROBLEMS - WRAPPING_PROBLEMS):
+        # Nothing could be read: no answer.
+        return Analysis(False, rationale, closed, "", None, (), format_score=0.5 * has_rationale)
     # An answer copied into the rationale would make consistency trivially met: it earns nothing.
     copied = bool(pairs) and answer in (rationale or "")
     in_schema = grounded = None
@@ -130,17 +132,17 @@ def analyse(completion: str, text: str, labels: tuple[str, ...], output_format: 
             in_schema = sum(label in labels for _, label in pairs) / len(pairs)
         grounded = len(parse.spans) / len(pairs)
     return Analysis(
-        False,
-        rationale,
-        closed,
-        answer,
-        parse,
-        pairs,
-        frozenset(mention_keys(pairs)),
-        0.5 * has_rationale + 0.5 * _answer_syntax_score(kinds),
-        has_rationale and not copied,
-        in_schema,
-        grounded,
+        oversized=False,
+        rationale=rationale,
+        think_closed=closed,
+        answer=answer,
+        parse=parse,
+        predicted_pairs=pairs,
+        predicted_keys=frozenset(mention_keys(pairs)),
+        format_score=0.5 * has_rationale + 0.5 * _answer_syntax_score(kinds),
+        reasoned=has_rationale and not copied,
+        in_schema=in_schema,
+        grounded=grounded,
     )
 
 
