@@ -203,7 +203,7 @@ def warm_up_copying(
     *,
     steps: int,
     batch_size: int = 8,
-    learning_rate: float = 2e-3,
+    learning_rate: float = 4e-3,
     max_tokens: int = 64,
     seed: int = 0,
 ) -> list[float]:
@@ -215,6 +215,8 @@ def warm_up_copying(
     after a newline, it forms them in a few thousand steps: half of the texts are sentences of the
     corpus, half random sequences of its words, whose second copy only copying can predict. No label
     and no NER format is seen, so this is pretraining, not a head start on the task.
+    Copying forms abruptly, after a number of steps that depends on the seed; the learning rate of
+    4e-3 makes it form sooner (CPU demo, seed 1: dev F1 35 after SFT, 25 with 2e-3).
     """
     from tqdm.auto import tqdm
 
