@@ -84,10 +84,10 @@ from tqdm.auto import tqdm
 
 from reasoningner.formats import CONTENT_PROBLEMS, ParseResult
 from reasoningner.generation import Completion, Generator, SamplingConfig, build_generator, options_from
-from reasoningner.metrics import MATCH_MODES, Counts, MatchMode, Report, Scorer
+from reasoningner.metrics import MATCH_MODES, Counts, MatchMode, Report, Scorer, text_keys
 from reasoningner.predict import NERModel
 from reasoningner.readers import read_dataset
-from reasoningner.spans import Example, Schema, Span, SpanError, normalize_mention
+from reasoningner.spans import Example, Schema, Span, SpanError
 
 logger = logging.getLogger(__name__)
 
@@ -318,7 +318,7 @@ def error_counts(gold: Example, parsed: ParseResult) -> ErrorCounts:
         outputs=1,
         format_failures=int(bool(kinds - CONTENT_PROBLEMS)),
         no_answer=int(bool(kinds & _NO_ANSWER)),
-        hallucinated=len({(normalize_mention(text), label) for text, label in parsed.ungrounded}),
+        hallucinated=len(text_keys(parsed.ungrounded)),
         boundary_errors=boundary,
         type_errors=type_errors,
         missed=sum(span not in explained for span in gold.spans),

@@ -26,7 +26,7 @@ entity, F1 when precision + recall is 0. This matches seqeval's `zero_division=0
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -80,6 +80,15 @@ class Counts:
         }
 
 
+def text_keys(pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """`(text, label)` pairs keyed as `text` matching keys them: `(normalize_mention(text), label)`.
+
+    The one definition of a text-level key: metrics, the F1 and consistency rewards, rationale
+    consistency and the error analysis all compare these.
+    """
+    return {(normalize_mention(text), label) for text, label in pairs}
+
+
 def _match_keys(
     gold: Example, predicted: Sequence[Span], ungrounded: Sequence[tuple[str, str]], mode: MatchMode
 ) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
@@ -88,15 +97,15 @@ def _match_keys(
         raise ValueError(f"unknown match mode {mode!r}; expected one of {list(MATCH_MODES)}")
     for span in predicted:
         check_span(span, gold.text)
-    ungrounded_keys = {(normalize_mention(text), label) for text, label in ungrounded}
+    ungrounded_keys = text_keys(ungrounded)
     if mode == "exact":
         # 3-tuples for spans and 2-tuples for ungrounded mentions never compare equal.
         gold_keys: set[tuple[Any, ...]] = {(s.start, s.end, s.label) for s in gold.spans}
         predicted_keys = {(s.start, s.end, s.label) for s in predicted} | ungrounded_keys
     else:
         text = gold.text
-        gold_keys = {(normalize_mention(s.text(text)), s.label) for s in gold.spans}
-        predicted_keys = {(normalize_mention(s.text(text)), s.label) for s in predicted} | ungrounded_keys
+        gold_keys = text_keys((s.text(text), s.label) for s in gold.spans)
+        predicted_keys = text_keys((s.text(text), s.label) for s in predicted) | ungrounded_keys
     return gold_keys, predicted_keys
 
 

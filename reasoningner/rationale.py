@@ -27,8 +27,8 @@ import re
 from collections.abc import Iterable
 from functools import lru_cache
 
-from reasoningner.metrics import agreement
-from reasoningner.spans import Example, Schema, normalize_mention
+from reasoningner.metrics import agreement, text_keys
+from reasoningner.spans import Example, Schema
 
 # Quoted text and link are matched atomically (a lookahead, then a backreference to what it saw; the
 # `(?>...)` of Python 3.11 in 3.10's terms): giving characters back could never meet a closing quote,
@@ -78,19 +78,14 @@ def asserted_entities(rationale: str, schema: Schema) -> list[tuple[str, str]]:
     ]
 
 
-def mention_keys(pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-    """(text, label) pairs keyed as text-level matching keys them (`spans.normalize_mention`)."""
-    return {(normalize_mention(text), label) for text, label in pairs}
-
-
 def asserted_keys(rationale: str, schema: Schema) -> set[tuple[str, str]]:
-    """The `mention_keys` of what the rationale asserts: one side of `consistency`."""
-    return mention_keys(asserted_entities(rationale, schema))
+    """The `metrics.text_keys` of what the rationale asserts: one side of `consistency`."""
+    return text_keys(asserted_entities(rationale, schema))
 
 
 def consistency(rationale: str, answer: Iterable[tuple[str, str]], schema: Schema) -> float:
     """How exactly the rationale supports the answer's (text, label) pairs (module docstring)."""
-    return agreement(asserted_keys(rationale, schema), mention_keys(answer))
+    return agreement(asserted_keys(rationale, schema), text_keys(answer))
 
 
 def _article(label: str) -> str:

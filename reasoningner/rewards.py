@@ -43,8 +43,8 @@ from operator import itemgetter
 from typing import Any, NamedTuple
 
 from reasoningner.formats import CONTENT_PROBLEMS, ParseResult, get_format, split_answer
-from reasoningner.metrics import MatchMode, agreement, example_f1
-from reasoningner.rationale import asserted_keys, mention_keys
+from reasoningner.metrics import MatchMode, agreement, example_f1, text_keys
+from reasoningner.rationale import asserted_keys
 from reasoningner.spans import Example, Schema, Span
 
 RewardFunction = Callable[..., list[float]]
@@ -75,7 +75,7 @@ class Analysis(NamedTuple):
     answer: str
     parse: ParseResult | None
     predicted_pairs: tuple[tuple[str, str], ...]
-    # The answer's text-level keys (`rationale.mention_keys`), what the F1 reward compares with gold.
+    # The answer's text-level keys (`metrics.text_keys`), what the F1 reward compares with gold.
     predicted_keys: frozenset[tuple[str, str]] = frozenset()
     format_score: float = 0.0
     # Whether consistency may be paid: a closed, non-empty rationale that does not copy the answer.
@@ -138,7 +138,7 @@ def analyse(completion: str, text: str, labels: tuple[str, ...], output_format: 
         answer=answer,
         parse=parse,
         predicted_pairs=pairs,
-        predicted_keys=frozenset(mention_keys(pairs)),
+        predicted_keys=frozenset(text_keys(pairs)),
         format_score=0.5 * has_rationale + 0.5 * _answer_syntax_score(kinds),
         reasoned=has_rationale and not copied,
         in_schema=in_schema,
@@ -224,7 +224,7 @@ def entity_f1(
     if analysis.oversized or not analysis.answered:
         return 0.0
     if mode == "text":
-        gold = mention_keys((text[e["start"] : e["end"]], e["label"]) for e in entities)
+        gold = text_keys((text[e["start"] : e["end"]], e["label"]) for e in entities)
         return agreement(gold, analysis.predicted_keys)
     gold_example = _gold(text, tuple(map(_SPAN_FIELDS, entities)), tuple(labels))
     return example_f1(gold_example, analysis.parse.spans, analysis.parse.ungrounded, mode)
