@@ -56,7 +56,7 @@ $(STAMP): pyproject.toml
 
 # The whole pipeline on CPU with the tiny model: CoT -> SFT -> GRPO -> eval, plots and report.
 demo: install
-	$(BIN)/python -m reasoningner.demo
+	$(BIN)/python stages/demo.py
 
 # Every stage benchmark, gathered in benchmarks/results/summary.{json,md}.
 bench: install

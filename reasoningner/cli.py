@@ -11,12 +11,13 @@ import itertools
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from reasoningner.formats import FORMATS
+from reasoningner.configs import RENAMED, PromptArguments
 from reasoningner.generation import BACKENDS
 from reasoningner.predict import NERModel
 from reasoningner.readers import READERS, WRITERS, DataError, read_dataset, write_dataset
@@ -113,18 +114,17 @@ def _add_tiny_model_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _tiny_model(args: argparse.Namespace, console: Console) -> int:
-    from reasoningner.formats import get_format
     from reasoningner.rationale import gold_template_rationale
     from reasoningner.tiny_model import build_tiny_model, warm_up_copying
     from reasoningner.training_data import sft_record
 
-    output_format = get_format(args.output_format)
+    prompt = PromptArguments(output_format=args.output_format)
     # The tokenizer learns from what the model will read and write: prompts, rationales, answers.
     corpus = [
         message["content"]
         for path in args.data
         for example in read_dataset(path).examples
-        for message in sft_record(example, output_format, gold_template_rationale(example))["messages"]
+        for message in sft_record(example, prompt, gold_template_rationale(example))["messages"]
     ]
     out = build_tiny_model(
         args.out,
@@ -152,17 +152,8 @@ def _add_predict_command(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--model", required=True, help="model directory (a served model name for openai)")
     predict.add_argument("--labels", required=True, help="comma-separated entity types, in prompt order")
     predict.add_argument("--descriptions-file", type=Path, help="JSON object: label -> one-line description")
-    predict.add_argument("--format", default="grouped_json", choices=list(FORMATS), help="the model's format")
     predict.add_argument("--rationale", action="store_true", help="add the <think> rationale to each line")
-    predict.add_argument(
-        "--no-reasoning",
-        dest="reasoning",
-        action="store_false",
-        help="prompt of models trained without rationales",
-    )
-    predict.add_argument(
-        "--compact-prompt", action="store_true", help="prompt of models trained with compact_prompt: true"
-    )
+    _add_dataclass_arguments(predict, PromptArguments, "the prompt contract the model was trained with")
     predict.add_argument("--backend", default="transformers", choices=sorted(BACKENDS))
     predict.add_argument(
         "--backend-options",
@@ -186,17 +177,12 @@ def _predict(args: argparse.Namespace, console: Console) -> int:
     schema = Schema(labels, descriptions)  # checked before the model is loaded
     if args.backend == "transformers" and not Path(args.model).is_dir():
         raise FileNotFoundError(f"no model directory {args.model}")
+    prompt = PromptArguments(**{f.name: getattr(args, f.name) for f in fields(PromptArguments)})
     with contextlib.ExitStack() as stack:
         lines = sys.stdin if args.input == "-" else stack.enter_context(open(args.input, encoding="utf-8"))
         model = stack.enter_context(
             NERModel.from_pretrained(
-                args.model,
-                args.backend,
-                output_format=args.format,
-                reasoning=args.reasoning,
-                compact_prompt=args.compact_prompt,
-                max_new_tokens=args.max_new_tokens,
-                **args.backend_options,
+                args.model, args.backend, prompt, max_new_tokens=args.max_new_tokens, **args.backend_options
             )
         )
         texts = (line.rstrip("\r\n") for line in lines)
@@ -205,6 +191,30 @@ def _predict(args: argparse.Namespace, console: Console) -> int:
             for text, prediction in zip(chunk, predictions, strict=True):
                 print(json.dumps(prediction.to_dict(text), ensure_ascii=False), flush=True)
     return 0
+
+
+def _add_dataclass_arguments(parser: argparse.ArgumentParser, config: type, title: str) -> None:
+    """One `--dashed-name` option per field of a `configs` dataclass, with its type, default and help,
+    so that the command line and the recipes name each setting alike."""
+    group = parser.add_argument_group(title)
+    for spec in fields(config):
+        flag = "--" + spec.name.replace("_", "-")
+        default = spec.default
+        help_text = f"{spec.metadata.get('help', '')} (default: {default})"
+        if isinstance(default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        else:
+            group.add_argument(flag, type=type(default), default=default, help=help_text)
+
+
+def _refuse_renamed_flags(argv: Sequence[str]) -> None:
+    """Old option names (`configs.RENAMED`, and `--format`) fail with the new name."""
+    renamed = {f"--{old}".replace("_", "-"): f"--{new}".replace("_", "-") for old, new in RENAMED.items()}
+    renamed["--format"] = "--output-format"
+    for arg in argv:
+        flag = arg.split("=")[0]
+        if flag in renamed:
+            raise ValueError(f"{flag} is now called {renamed[flag]}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,9 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     console = Console(stderr=False)
     try:
+        _refuse_renamed_flags(argv)
+        args = build_parser().parse_args(argv)
         return args.handler(args, console)
     except (DataError, SpanError, FileNotFoundError, ValueError) as error:
         Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False)

@@ -22,72 +22,31 @@ import json
 import statistics
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from reasoningner.configs import GOLD_TEMPLATE, CoTArguments, GenerationArguments, PromptArguments
 from reasoningner.formats import OutputFormat, get_format, split_answer
-from reasoningner.generation import Completion, SamplingConfig, build_generator, options_from
+from reasoningner.generation import Completion
 from reasoningner.metrics import MatchMode, example_f1
 from reasoningner.prompts import teacher_instruction
 from reasoningner.rationale import consistency, gold_template_rationale
 from reasoningner.readers import read_dataset
-from reasoningner.spans import Example, Schema, spans_from_dicts
+from reasoningner.records import read_records
+from reasoningner.spans import Example
 
-GOLD_TEMPLATE = "gold-template"
 ANNOTATIONS = "annotations.jsonl"
 REPORT = "report.json"
 
 
-@dataclass
-class CoTArguments:
-    """Stage 1 settings: a YAML recipe plus CLI overrides, parsed by TRL's `TrlParser`."""
-
-    datasets: list[str] = field(default_factory=list, metadata={"help": "input files in any readable format"})
-    reader: str = field(default="auto", metadata={"help": "reader name, or auto to sniff each file"})
-    limit: int | None = field(default=None, metadata={"help": "only the first N sentences of each dataset"})
-    output_dir: str = field(default="outputs/cot", metadata={"help": "annotations and report go here"})
-    output_format: str = field(default="grouped_json", metadata={"help": "answer format (formats.FORMATS)"})
-    descriptions: bool = field(default=True, metadata={"help": "put label descriptions in the prompt"})
-    backend: str = field(
-        default=GOLD_TEMPLATE, metadata={"help": "gold-template, transformers, openai, vllm"}
-    )
-    template_context_words: int = field(
-        default=3, metadata={"help": "gold-template: words of context quoted around each entity (0: none)"}
-    )
-    teacher_model: str | None = field(default=None, metadata={"help": "model path or name for the backend"})
-    backend_options: dict[str, Any] | str | None = field(
-        default=None, metadata={"help": "options of generation.build_generator; JSON on the CLI"}
-    )
-    samples_per_sentence: int = field(default=1, metadata={"help": "teacher samples per sentence"})
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_new_tokens: int = 1024
-    seed: int = 0
-    chunk_size: int = field(default=64, metadata={"help": "sentences handed to the backend at once"})
-    f1_threshold: float = field(default=1.0, metadata={"help": "minimum teacher F1 against gold"})
-    min_consistency: float = field(default=1.0, metadata={"help": "minimum rationale/answer consistency"})
-    match_mode: str = field(default="text", metadata={"help": "F1 matching: text or exact"})
-    gold_answer: bool = field(default=False, metadata={"help": "store the gold answer with the rationale"})
-    shard: str = field(default="0/1", metadata={"help": "i/n: annotate every n-th sentence from i"})
-    merge: bool = field(default=False, metadata={"help": "merge the shard files in output_dir, then stop"})
-    report_to: str = field(default="none", metadata={"help": "wandb or none"})
-
-    def shard_index(self) -> tuple[int, int]:
-        try:
-            index, count = (int(part) for part in self.shard.split("/"))
-        except ValueError:
-            raise ValueError(f"shard must look like i/n, got {self.shard!r}") from None
-        if not 0 <= index < count:
-            raise ValueError(f"shard {self.shard!r}: need 0 <= i < n")
-        return index, count
-
-    def output_path(self) -> Path:
-        index, count = self.shard_index()
-        name = ANNOTATIONS if count == 1 else f"annotations.shard-{index}-of-{count}.jsonl"
-        return Path(self.output_dir) / name
+def output_path(args: CoTArguments) -> Path:
+    """This shard's annotation file in `output_dir`."""
+    index, count = args.shard_index()
+    name = ANNOTATIONS if count == 1 else f"annotations.shard-{index}-of-{count}.jsonl"
+    return Path(args.output_dir) / name  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -158,16 +117,13 @@ class Task:
     conversation: list[dict[str, str]]
 
 
-def load_tasks(args: CoTArguments) -> list[Task]:
+def load_tasks(args: CoTArguments, prompt: PromptArguments) -> list[Task]:
     """All input sentences in order, with positions over the whole input, then this shard's share."""
-    output_format = get_format(args.output_format)
     tasks = []
     for path in args.datasets:
         dataset = read_dataset(path, args.reader)
         for example in dataset.examples[: args.limit]:
-            content = teacher_instruction(
-                example.text, example.schema, output_format, descriptions=args.descriptions
-            )
+            content = teacher_instruction(example.text, example.schema, prompt)
             tasks.append(Task(len(tasks), dataset.name, example, [{"role": "user", "content": content}]))
     index, count = args.shard_index()
     return tasks[index::count]
@@ -184,10 +140,12 @@ def finished_keys(path: Path) -> set[str]:
     return {json.loads(line)["key"] for line in complete.decode("utf-8").splitlines() if line.strip()}
 
 
-def build_record(task: Task, sample: Sample, args: CoTArguments, teacher: str) -> dict[str, Any]:
+def build_record(
+    task: Task, sample: Sample, args: CoTArguments, prompt: PromptArguments, teacher: str
+) -> dict[str, Any]:
     accepted = sample.f1 >= args.f1_threshold and sample.consistency >= args.min_consistency
     answer = (
-        get_format(args.output_format).render(task.example)
+        get_format(prompt.output_format).render(task.example)
         if args.gold_answer and accepted
         else sample.answer
     )
@@ -200,7 +158,7 @@ def build_record(task: Task, sample: Sample, args: CoTArguments, teacher: str) -
         "entities": task.example.entity_dicts(),
         "labels": list(task.example.schema.labels),
         "descriptions": dict(task.example.schema.descriptions),
-        "output_format": args.output_format,
+        "output_format": prompt.output_format,
         "rationale": sample.rationale,
         "answer": answer,
         "answer_source": "gold" if args.gold_answer and accepted else "teacher",
@@ -214,33 +172,18 @@ def build_record(task: Task, sample: Sample, args: CoTArguments, teacher: str) -
     }
 
 
-def record_example(record: dict[str, Any]) -> Example:
-    """The gold example a record was made from."""
-    # Loaded through `datasets`, descriptions become a struct over all labels seen, None where unset.
-    descriptions = {k: v for k, v in (record.get("descriptions") or {}).items() if v is not None}
-    schema = Schema(tuple(record["labels"]), descriptions)
-    return Example(record["text"], spans_from_dicts(record["entities"]), schema, record["id"])
-
-
-def _samples(args: CoTArguments, tasks: Sequence[Task]) -> Iterator[tuple[Task, Sample]]:
+def _samples(
+    args: CoTArguments, prompt: PromptArguments, generation: GenerationArguments, tasks: Sequence[Task]
+) -> Iterator[tuple[Task, Sample]]:
     """Annotate `tasks`, yielding each as soon as its samples are scored."""
-    output_format = get_format(args.output_format)
-    if args.backend == GOLD_TEMPLATE:
+    output_format = get_format(prompt.output_format)
+    if generation.backend == GOLD_TEMPLATE:
         for task in tasks:
             yield task, gold_template_sample(task.example, output_format, args.template_context_words)
         return
-    options = options_from(args.backend_options)
-    if args.teacher_model:
-        options.setdefault("model", args.teacher_model)
-    sampling = SamplingConfig(
-        n=args.samples_per_sentence,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-    )
+    sampling = generation.sampling(n=args.samples_per_sentence)
     mode: MatchMode = args.match_mode  # type: ignore[assignment]
-    with build_generator(args.backend, **options) as generator:
+    with generation.build_generator() as generator:
         for start in range(0, len(tasks), args.chunk_size):
             chunk = tasks[start : start + args.chunk_size]
             for index, completions in generator.generate_iter([t.conversation for t in chunk], sampling):
@@ -251,41 +194,29 @@ def _samples(args: CoTArguments, tasks: Sequence[Task]) -> Iterator[tuple[Task, 
                 yield chunk[index], best_sample(scored)
 
 
-def teacher_name(args: CoTArguments) -> str:
-    return GOLD_TEMPLATE if args.backend == GOLD_TEMPLATE else f"{args.backend}:{args.teacher_model}"
+def teacher_name(generation: GenerationArguments) -> str:
+    if generation.backend == GOLD_TEMPLATE:
+        return GOLD_TEMPLATE
+    return f"{generation.backend}:{generation.model_name_or_path}"
 
 
-def annotate(args: CoTArguments) -> dict[str, Any]:
+def annotate(args: CoTArguments, prompt: PromptArguments, generation: GenerationArguments) -> dict[str, Any]:
     """Annotate what is missing from this shard's output file; return the report of the whole file."""
-    path = args.output_path()
+    path = output_path(args)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = finished_keys(path)
-    tasks = [t for t in load_tasks(args) if example_key(t.dataset, t.example) not in done]
-    teacher = teacher_name(args)
+    tasks = [t for t in load_tasks(args, prompt) if example_key(t.dataset, t.example) not in done]
+    teacher = teacher_name(generation)
     started = time.perf_counter()
     with path.open("a", encoding="utf-8") as out, tqdm(total=len(tasks), desc="cot", unit="sent") as bar:
-        for task, sample in _samples(args, tasks):
-            out.write(json.dumps(build_record(task, sample, args, teacher), ensure_ascii=False) + "\n")
+        for task, sample in _samples(args, prompt, generation, tasks):
+            record = build_record(task, sample, args, prompt, teacher)
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
             out.flush()
             bar.update()
     report = summarize(read_records(path), seconds=time.perf_counter() - started, annotated=len(tasks))
     (path.parent / REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def is_cot_file(path: str | Path) -> bool:
-    """Stage 1 output: JSONL whose records carry a rationale and a key."""
-    with open(path, encoding="utf-8") as handle:
-        first = handle.readline()
-    try:
-        record = json.loads(first)
-    except ValueError:
-        return False
-    return isinstance(record, dict) and {"key", "rationale", "answer", "accepted"} <= record.keys()
 
 
 def merge_shards(output_dir: str | Path) -> Path:
@@ -330,11 +261,3 @@ def summarize(records: Sequence[dict[str, Any]], seconds: float, annotated: int)
         "seconds_this_run": round(seconds, 3),
         "sentences_per_second_this_run": round(annotated / seconds, 2) if seconds else None,
     }
-
-
-def load_cot_dataset(path: str | Path, accepted_only: bool = True) -> Any:
-    """The annotations as a Hugging Face `datasets.Dataset` (for stage 2), accepted ones by default."""
-    import datasets
-
-    dataset = datasets.load_dataset("json", data_files=str(path), split="train")
-    return dataset.filter(lambda record: record["accepted"]) if accepted_only else dataset

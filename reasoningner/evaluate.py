@@ -79,61 +79,24 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
 from tqdm.auto import tqdm
 
+from reasoningner.configs import EvalArguments, GenerationArguments, PromptArguments
 from reasoningner.formats import CONTENT_PROBLEMS, ParseResult
-from reasoningner.generation import Completion, Generator, SamplingConfig, build_generator, options_from
-from reasoningner.metrics import MATCH_MODES, Counts, MatchMode, Report, Scorer, text_keys
+from reasoningner.generation import Completion, Generator
+from reasoningner.metrics import MATCH_MODES, Report, Scorer, text_keys
 from reasoningner.predict import NERModel
 from reasoningner.readers import read_dataset
+from reasoningner.results import NORMAL, ErrorCounts, Evaluation
 from reasoningner.spans import Example, Schema, Span, SpanError
 
 logger = logging.getLogger(__name__)
 
-NORMAL = "normal"
 PROBES = ("opaque", "shuffled")
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 GENERATIONS = "generations.jsonl"
 _NO_ANSWER = frozenset({"no_answer", "unclosed_think"})
-
-
-@dataclass
-class EvalArguments:
-    """Evaluation settings: a YAML recipe plus CLI overrides, parsed by TRL's `TrlParser`."""
-
-    model_name_or_path: str | None = field(default=None, metadata={"help": "model directory or name"})
-    datasets: list[dict[str, Any]] = field(
-        default_factory=list, metadata={"help": "evaluation sets: path, reader, name, labels, descriptions"}
-    )
-    reader: str = field(default="auto", metadata={"help": "reader of sets that name none"})
-    limit: int | None = field(default=None, metadata={"help": "only the first N sentences of each set"})
-    output_dir: str = field(default="outputs/eval", metadata={"help": "results and generations go here"})
-    output_format: str = field(
-        default="grouped_json", metadata={"help": "answer format the model was trained on"}
-    )
-    reasoning: bool = field(
-        default=True, metadata={"help": "the <think> prompt; false for direct-answer models"}
-    )
-    descriptions: bool = field(default=True, metadata={"help": "put known label descriptions in the prompt"})
-    compact_prompt: bool = field(
-        default=False, metadata={"help": "the compact prompt the model was trained on"}
-    )
-    backend: str = field(default="transformers", metadata={"help": "transformers, vllm or openai"})
-    backend_options: dict[str, Any] | str | None = field(
-        default=None, metadata={"help": "options of generation.build_generator; JSON on the CLI"}
-    )
-    max_new_tokens: int = 1024
-    temperature: float = field(default=0.0, metadata={"help": "0 decodes greedily"})
-    top_p: float = 1.0
-    seed: int = 0
-    primary_mode: str = field(default="text", metadata={"help": "the score that leads: text or exact"})
-    probes: list[str] = field(
-        default_factory=list, metadata={"help": "memorization probes: opaque, shuffled"}
-    )
-    probe_seed: int = field(default=0, metadata={"help": "seed of the shuffled-label permutation"})
-    report_to: str = field(default="none", metadata={"help": "wandb or none"})
 
 
 @dataclass(frozen=True)
@@ -266,32 +229,6 @@ def probe_schema(schema: Schema, mapping: Mapping[str, str]) -> Schema:
     )
 
 
-@dataclass
-class ErrorCounts:
-    """Error categories of the module docstring, summed over outputs; `problems` counts outputs per kind."""
-
-    outputs: int = 0
-    format_failures: int = 0
-    no_answer: int = 0
-    hallucinated: int = 0
-    boundary_errors: int = 0
-    type_errors: int = 0
-    missed: int = 0
-    spurious: int = 0
-    problems: Counter[str] = field(default_factory=Counter)
-
-    def __add__(self, other: ErrorCounts) -> ErrorCounts:
-        if not isinstance(other, ErrorCounts):
-            return NotImplemented
-        summed = {f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
-        return ErrorCounts(**summed)
-
-    def to_dict(self) -> dict[str, Any]:
-        counts = asdict(self)
-        counts["problems"] = dict(sorted(self.problems.items()))
-        return counts
-
-
 def error_counts(gold: Example, parsed: ParseResult) -> ErrorCounts:
     """The error analysis of one output against its gold example (definitions: module docstring)."""
     kinds = {problem.kind for problem in parsed.problems}
@@ -336,181 +273,6 @@ class _Item:
     example: Example
 
 
-@dataclass
-class Evaluation:
-    """Scores per variant (normal, then each probe) and mode, error counts, set details, timing."""
-
-    primary_mode: MatchMode
-    reports: dict[str, dict[str, Report]]
-    errors: dict[str, dict[str, ErrorCounts]]
-    datasets: dict[str, dict[str, Any]]
-    label_maps: dict[str, dict[str, dict[str, str]]]
-    generation: dict[str, Any]
-    config: dict[str, Any]
-
-    @property
-    def modes(self) -> list[str]:
-        """The primary mode first."""
-        return [self.primary_mode, *(mode for mode in MATCH_MODES if mode != self.primary_mode)]
-
-    def drops(self) -> dict[str, dict[str, dict[str, float]]]:
-        """dataset -> probe -> mode -> normal F1 minus probe F1 (fractions)."""
-        drops: dict[str, dict[str, dict[str, float]]] = {}
-        for probe, maps in self.label_maps.items():
-            for dataset in maps:
-                drops.setdefault(dataset, {})[probe] = {
-                    mode: self.reports[NORMAL][mode].datasets[dataset].micro.f1
-                    - self.reports[probe][mode].datasets[dataset].micro.f1
-                    for mode in self.modes
-                }
-        return drops
-
-    def to_dict(self) -> dict[str, Any]:
-        """The content of results.json."""
-        return {
-            "primary_mode": self.primary_mode,
-            "scores": {mode: self.reports[NORMAL][mode].to_dict() for mode in self.modes},
-            "errors": {name: counts.to_dict() for name, counts in self.errors[NORMAL].items()},
-            "probes": {
-                probe: {
-                    "label_maps": self.label_maps[probe],
-                    "scores": {mode: self.reports[probe][mode].to_dict() for mode in self.modes},
-                    "errors": {name: counts.to_dict() for name, counts in self.errors[probe].items()},
-                }
-                for probe in self.label_maps
-            },
-            "probe_drops": self.drops(),
-            "datasets": self.datasets,
-            "generation": self.generation,
-            "config": self.config,
-        }
-
-    def to_markdown(self) -> str:
-        """results.md: scores in both modes, per type, error analysis, probe drops."""
-        generation = self.generation
-        parts = [
-            f"# Evaluation of `{self.config.get('model_name_or_path') or 'an injected generator'}`\n",
-            f"Backend `{self.config.get('backend')}`, format `{self.config.get('output_format')}`, "
-            f"{generation['sentences']} outputs in {generation['seconds']:.1f} s "
-            f"({generation['sentences_per_second']:.2f} sentences/s). Micro P/R/F1 in percent; Avg is the "
-            "unweighted mean over datasets. Primary score: "
-            f"**{_MODE_NAMES[self.primary_mode]}**.\n",
-        ]
-        for mode in self.modes:
-            primary = " (primary)" if mode == self.primary_mode else ""
-            parts.append(f"## {_MODE_NAMES[mode]}{primary}\n\n{self.reports[NORMAL][mode].to_markdown()}")
-        parts.append(self._per_type_markdown())
-        parts.append(self._errors_markdown())
-        if self.label_maps:
-            parts.append(self._probes_markdown())
-        return "\n".join(parts)
-
-    def _per_type_markdown(self) -> str:
-        primary, other = self.modes
-        lines = [
-            f"## Per type ({_MODE_NAMES[primary]}; gold and predicted count {primary}-mode keys)\n",
-        ]
-        for name, scores in self.reports[NORMAL][primary].datasets.items():
-            other_labels = self.reports[NORMAL][other].datasets[name].per_label
-            lines += [
-                f"### {name}\n",
-                f"| Type | Gold | Predicted | P | R | F1 | {other} F1 |",
-                "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-            ]
-            for label in sorted(scores.per_label.keys() | other_labels.keys()):
-                c = scores.per_label.get(label, Counts())
-                other_f1 = other_labels.get(label, Counts()).f1
-                lines.append(
-                    f"| {label} | {c.tp + c.fn} | {c.tp + c.fp} | {_pct(c.precision)} | {_pct(c.recall)} | "
-                    f"{_pct(c.f1)} | {_pct(other_f1)} |"
-                )
-            lines.append("")
-        return "\n".join(lines)
-
-    def _errors_markdown(self) -> str:
-        lines = [
-            "## Error analysis\n",
-            "Counts over outputs (definitions: `reasoningner/evaluate.py`). Exact-mode false positives = "
-            "type + boundary + spurious + hallucinated.\n",
-            "| Dataset | Outputs | Format failures | No answer | Hallucinated | Boundary | Type | Missed "
-            "| Spurious |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for variant, by_dataset in self.errors.items():
-            for name, c in by_dataset.items():
-                shown = name if variant == NORMAL else f"{name} ({variant})"
-                lines.append(
-                    f"| {shown} | {c.outputs} | {c.format_failures} | {c.no_answer} | {c.hallucinated} | "
-                    f"{c.boundary_errors} | {c.type_errors} | {c.missed} | {c.spurious} |"
-                )
-        lines += [
-            "",
-            "### Parse problems (outputs with each kind)\n",
-            "| Dataset | Problems |",
-            "| --- | --- |",
-        ]
-        for name, c in self.errors[NORMAL].items():
-            listed = ", ".join(f"{kind} {count}" for kind, count in sorted(c.problems.items())) or "none"
-            lines.append(f"| {name} | {listed} |")
-        return "\n".join(lines) + "\n"
-
-    def _probes_markdown(self) -> str:
-        primary = self.primary_mode
-        probes = list(self.label_maps)
-        header = "| Dataset | F1 | " + " | ".join(f"{probe} F1 | drop" for probe in probes) + " |"
-        lines = [
-            f"## Memorization probe ({_MODE_NAMES[primary]}, drop in points)\n",
-            "Labels renamed in prompt and gold; descriptions stay with their entity type.\n",
-            header,
-            "| --- | ---: |" + " ---: | ---: |" * len(probes),
-        ]
-        drops = self.drops()
-        for name, by_probe in drops.items():
-            cells = [name, _pct(self.reports[NORMAL][primary].datasets[name].micro.f1)]
-            for probe in probes:
-                if probe in by_probe:
-                    probe_f1 = self.reports[probe][primary].datasets[name].micro.f1
-                    cells += [_pct(probe_f1), _pct(by_probe[probe][primary])]
-                else:
-                    cells += ["-", "-"]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-        for probe, maps in self.label_maps.items():
-            for name, mapping in maps.items():
-                shown = ", ".join(f"{label} -> {new}" for label, new in mapping.items())
-                lines.append(f"- {name} {probe}: {shown}")
-        return "\n".join(lines) + "\n"
-
-    def table(self) -> Table:
-        """The per-dataset table for the console, both modes, primary first."""
-        table = Table(title=f"NER evaluation (primary: {_MODE_NAMES[self.primary_mode]})")
-        table.add_column("Dataset", no_wrap=True)
-        table.add_column("N", justify="right")
-        for mode in self.modes:
-            for metric in ("P", "R", "F1"):
-                table.add_column(f"{mode} {metric}", justify="right")
-        names = list(self.reports[NORMAL][self.primary_mode].datasets)
-        for name in names:
-            row = [name, str(self.reports[NORMAL][self.primary_mode].datasets[name].examples)]
-            for mode in self.modes:
-                micro = self.reports[NORMAL][mode].datasets[name].micro
-                row += [_pct(micro.precision), _pct(micro.recall), _pct(micro.f1)]
-            table.add_row(*row)
-        average = ["Avg", ""]
-        for mode in self.modes:
-            avg = self.reports[NORMAL][mode].average
-            average += [_pct(avg.precision), _pct(avg.recall), _pct(avg.f1)]
-        table.add_row(*average, style="bold")
-        return table
-
-
-_MODE_NAMES = {"text": "text-pair F1", "exact": "exact-span F1"}
-
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.2f}"
-
-
 def load_items(
     args: EvalArguments,
 ) -> tuple[list[_Item], dict[str, dict[str, Any]], dict[str, dict[str, dict[str, str]]]]:
@@ -539,35 +301,22 @@ def load_items(
     return items + probed, datasets, label_maps
 
 
-def evaluate(args: EvalArguments, generator: Generator | None = None) -> Evaluation:
+def evaluate(
+    args: EvalArguments,
+    prompt: PromptArguments,
+    generation: GenerationArguments,
+    generator: Generator | None = None,
+) -> Evaluation:
     """Ask, parse, score and analyse every sentence; write the three output files; return the results.
 
-    `generator` replaces the backend of `args` (tests pass a scripted one); it is not closed here.
+    `generator` replaces the backend of `generation` (tests pass a scripted one); it is not closed here.
     """
-    if args.primary_mode not in MATCH_MODES:
-        raise ValueError(f"primary_mode must be one of {list(MATCH_MODES)}, not {args.primary_mode!r}")
     items, datasets, label_maps = load_items(args)
-    owns_generator = generator is None
     if generator is None:
-        options = options_from(args.backend_options)
-        if args.model_name_or_path:
-            options.setdefault("model", args.model_name_or_path)
-        if "model" not in options:
-            raise ValueError("no model: set model_name_or_path")
-        generator = build_generator(args.backend, **options)
-    sampling = SamplingConfig(
-        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed
-    )
-    model = NERModel(
-        generator,
-        output_format=args.output_format,
-        reasoning=args.reasoning,
-        descriptions=args.descriptions,
-        compact_prompt=args.compact_prompt,
-        sampling=sampling,
-        owns_generator=owns_generator,
-    )
-    output_dir = Path(args.output_dir)
+        model = NERModel.from_generation(generation, prompt)
+    else:
+        model = NERModel(generator, prompt, sampling=generation.sampling())
+    output_dir = Path(args.output_dir)  # type: ignore[arg-type]
     output_dir.mkdir(parents=True, exist_ok=True)
     outcomes: list[tuple[ParseResult, ErrorCounts] | None] = [None] * len(items)
     tokens = 0
@@ -602,7 +351,7 @@ def evaluate(args: EvalArguments, generator: Generator | None = None) -> Evaluat
             "sentences_per_second": len(items) / seconds if seconds else 0.0,
             "completion_tokens": tokens,
         },
-        config=asdict(args),
+        config={**asdict(args), **asdict(prompt), **asdict(generation)},
     )
     (output_dir / RESULTS_JSON).write_text(
         json.dumps(evaluation.to_dict(), indent=2) + "\n", encoding="utf-8"

@@ -188,8 +188,8 @@ class OutputFormat(ABC):
 
 # --- shared: rationale and fences, result building, grounding --------------------------------------
 
-_THINK_OPEN = "<think>"
-_THINK_CLOSE = "</think>"
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
 # A fence's info string ("json") is only taken as such when a newline follows it, so that a fenced
 # one-line answer is not eaten as an info string.
 _FENCE = re.compile(r"```(?:[\w+-]*[ \t]*\n)?(.*?)(?:```|\Z)", re.DOTALL)
@@ -206,19 +206,19 @@ def split_answer(output: str) -> tuple[str | None, str, list[Problem]]:
     problems: list[Problem] = []
     rationale: str | None = None
     answer = output
-    open_at = output.find(_THINK_OPEN)
-    close_at = output.find(_THINK_CLOSE)
+    open_at = output.find(THINK_OPEN)
+    close_at = output.find(THINK_CLOSE)
     if open_at != -1 and (close_at == -1 or open_at < close_at):
         if output[:open_at].strip():
             problems.append(Problem("extra_text", "text before <think>"))
-        body_at = open_at + len(_THINK_OPEN)
-        close_at = output.find(_THINK_CLOSE, body_at)
+        body_at = open_at + len(THINK_OPEN)
+        close_at = output.find(THINK_CLOSE, body_at)
         if close_at == -1:
             problems.append(Problem("unclosed_think", "<think> is never closed, so there is no answer"))
             return output[body_at:].strip(), "", problems
-        rationale, answer = output[body_at:close_at], output[close_at + len(_THINK_CLOSE) :]
+        rationale, answer = output[body_at:close_at], output[close_at + len(THINK_CLOSE) :]
     elif close_at != -1:
-        rationale, answer = output[:close_at], output[close_at + len(_THINK_CLOSE) :]
+        rationale, answer = output[:close_at], output[close_at + len(THINK_CLOSE) :]
     answer = answer.strip()
     fence = _FENCE.search(answer) if "```" in answer else None
     if fence:

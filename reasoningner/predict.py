@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reasoningner.formats import OutputFormat, ParseResult, Problem, get_format, split_answer
-from reasoningner.generation import Completion, Conversation, Generator, SamplingConfig, build_generator
+from reasoningner.configs import GenerationArguments, PromptArguments
+from reasoningner.formats import ParseResult, Problem, get_format, split_answer
+from reasoningner.generation import Completion, Conversation, Generator, SamplingConfig
 from reasoningner.prompts import ner_instruction
 from reasoningner.spans import Schema
 
@@ -84,30 +85,24 @@ class Prediction(list[Entity]):
 
 
 class NERModel:
-    """A generation backend plus the prompt and answer format a model was trained with.
+    """A generation backend plus the prompt contract a model was trained with.
 
     `generator` is any `generation.Generator` (a scripted one in tests); the model closes it only
-    when it built it (`from_pretrained`). `reasoning` and `output_format` must match training:
-    they choose the prompt wording and the parser. `descriptions=False` keeps label descriptions out
-    of every prompt, even when given. Decoding is greedy unless `sampling` says otherwise.
+    when it built it (`from_pretrained`). `prompt` must match training: it chooses the prompt
+    wording and the answer parser. Decoding is greedy unless `sampling` says otherwise.
     """
 
     def __init__(
         self,
         generator: Generator,
+        prompt: PromptArguments | None = None,
         *,
-        output_format: str | OutputFormat = "grouped_json",
-        reasoning: bool = True,
-        descriptions: bool = True,
-        compact_prompt: bool = False,
         sampling: SamplingConfig | None = None,
         owns_generator: bool = False,
     ) -> None:
         self.generator = generator
-        self.output_format = get_format(output_format) if isinstance(output_format, str) else output_format
-        self.reasoning = reasoning
-        self.descriptions = descriptions
-        self.compact_prompt = compact_prompt
+        self.prompt = prompt or PromptArguments()
+        self.output_format = get_format(self.prompt.output_format)
         self.sampling = sampling or SamplingConfig(max_new_tokens=1024)
         self._owns_generator = owns_generator
 
@@ -116,38 +111,31 @@ class NERModel:
         cls,
         path: str | Path,
         backend: str = "transformers",
+        prompt: PromptArguments | None = None,
         *,
-        output_format: str = "grouped_json",
-        reasoning: bool = True,
-        descriptions: bool = True,
-        compact_prompt: bool = False,
         max_new_tokens: int = 1024,
         **options: Any,
     ) -> NERModel:
         """Load `path` with the named backend; `options` go to it (`generation.build_generator`),
         e.g. `batch_size=16` for transformers or `tensor_parallel_size=2` for vllm. Greedy decoding."""
-        generator = build_generator(backend, model=str(path), **options)
-        return cls(
-            generator,
-            output_format=output_format,
-            reasoning=reasoning,
-            descriptions=descriptions,
-            compact_prompt=compact_prompt,
-            sampling=SamplingConfig(max_new_tokens=max_new_tokens),
-            owns_generator=True,
+        generation = GenerationArguments(
+            model_name_or_path=str(path),
+            backend=backend,
+            backend_options=options,
+            max_new_tokens=max_new_tokens,
         )
+        return cls.from_generation(generation, prompt)
+
+    @classmethod
+    def from_generation(
+        cls, generation: GenerationArguments, prompt: PromptArguments | None = None
+    ) -> NERModel:
+        """The model that `generation` describes (backend, model, sampling), asked with `prompt`."""
+        return cls(generation.build_generator(), prompt, sampling=generation.sampling(), owns_generator=True)
 
     def conversation(self, text: str, schema: Schema) -> Conversation:
         """The chat the model is asked: the training prompt as the only user turn."""
-        prompt = ner_instruction(
-            text,
-            schema,
-            self.output_format,
-            reasoning=self.reasoning,
-            descriptions=self.descriptions,
-            compact=self.compact_prompt,
-        )
-        return [{"role": "user", "content": prompt}]
+        return [{"role": "user", "content": ner_instruction(text, schema, self.prompt)}]
 
     def run(self, items: Sequence[tuple[str, Schema]]) -> Iterator[tuple[int, Completion, ParseResult]]:
         """Generate and parse for every `(text, schema)`, yielding `(index, raw completion, parse)` as

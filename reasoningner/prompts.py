@@ -6,12 +6,12 @@ so that what a model is trained on is exactly what it is asked at test time.
 
 from __future__ import annotations
 
-from reasoningner.formats import OutputFormat
+from dataclasses import replace
+
+from reasoningner.configs import PromptArguments
+from reasoningner.formats import THINK_CLOSE, THINK_OPEN, get_format
 from reasoningner.rationale import assertion
 from reasoningner.spans import Schema
-
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
 
 
 def label_block(schema: Schema, descriptions: bool = True) -> str:
@@ -23,25 +23,18 @@ def label_block(schema: Schema, descriptions: bool = True) -> str:
     return "\n".join(lines)
 
 
-def ner_instruction(
-    text: str,
-    schema: Schema,
-    output_format: OutputFormat,
-    *,
-    reasoning: bool = True,
-    descriptions: bool = True,
-    compact: bool = False,
-) -> str:
-    """The user turn: task, label set, answer format, sentence.
+def ner_instruction(text: str, schema: Schema, prompt: PromptArguments) -> str:
+    """The user turn: task, label set, answer format, sentence, as the prompt contract says.
 
-    `compact` drops the wording a pretrained model needs to understand the task and keeps what a
+    `compact_prompt` drops the wording a pretrained model needs to understand the task and keeps what a
     model trained from scratch (the tiny CPU model) needs to tell prompts apart: labels, format
     name, whether to reason. It makes prompts about three times shorter.
     """
-    if compact:
-        mode = "reason" if reasoning else "answer"
-        return f"NER {output_format.name} {mode}\n{label_block(schema, descriptions)}\nSentence: {text}"
-    if reasoning:
+    labels = label_block(schema, prompt.descriptions)
+    if prompt.compact_prompt:
+        mode = "reason" if prompt.reasoning else "answer"
+        return f"NER {prompt.output_format} {mode}\n{labels}\nSentence: {text}"
+    if prompt.reasoning:
         how = (
             f"First reason inside {THINK_OPEN}...{THINK_CLOSE}: state every decision as "
             f'{assertion("entity text", "label")} (or "text" is not an entity), '
@@ -51,19 +44,19 @@ def ner_instruction(
         how = "Give the answer directly."
     return (
         "Find the named entities in the sentence, using only these entity types:\n"
-        f"{label_block(schema, descriptions)}\n"
-        f"Answer format: {output_format.instruction()}\n"
+        f"{labels}\n"
+        f"Answer format: {get_format(prompt.output_format).instruction()}\n"
         f"{how}\n"
         f"Sentence: {text}"
     )
 
 
-def teacher_instruction(
-    text: str, schema: Schema, output_format: OutputFormat, *, descriptions: bool = True
-) -> str:
-    """The teacher's turn: the student's instruction plus what makes its rationale checkable."""
+def teacher_instruction(text: str, schema: Schema, prompt: PromptArguments) -> str:
+    """The teacher's turn: the full reasoning instruction in the contract's format, plus what makes
+    its rationale checkable."""
+    full = replace(prompt, reasoning=True, compact_prompt=False)
     return (
-        ner_instruction(text, schema, output_format, reasoning=True, descriptions=descriptions)
+        ner_instruction(text, schema, full)
         + "\n\nIn your reasoning, go through the sentence in order; for each candidate span, say briefly "
         "why its context makes it an entity of that type (or not), using exactly the statement form above. "
         "Do not state a decision you do not keep in the answer."

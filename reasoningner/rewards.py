@@ -7,8 +7,8 @@ calls it; TRL logs each one separately. The columns every RL example carries (`t
 
 A completion is parsed once: all components read the same `Analysis`, so the five-part reward
 costs about one parse. TRL calls the functions one after the other on the same batch, so the
-analyses of the last batch are kept and found again by the identity of its column lists; single
-completions are also memoised by content (repeated samples of a prompt).
+analyses of the last batch are kept (`_BatchAnalyses`) and found again by the identity of its column
+lists; single completions are also memoised by content (repeated samples of a prompt).
 
 Components, each total (never raises), deterministic and in [0, 1]:
 
@@ -39,13 +39,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from operator import itemgetter
 from typing import Any, NamedTuple
 
 from reasoningner.formats import CONTENT_PROBLEMS, ParseResult, get_format, split_answer
 from reasoningner.metrics import MatchMode, agreement, example_f1, text_keys
 from reasoningner.rationale import asserted_keys
-from reasoningner.spans import Example, Schema, Span
+from reasoningner.spans import Example, Schema, Span, spans_from_dicts
 
 RewardFunction = Callable[..., list[float]]
 
@@ -67,14 +66,19 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 
 
 class Analysis(NamedTuple):
-    """One completion read once, with every score that does not depend on gold already computed."""
+    """One completion read once, with every score that does not depend on gold already computed.
 
-    oversized: bool
-    rationale: str | None
-    think_closed: bool
-    answer: str
-    parse: ParseResult | None
-    predicted_pairs: tuple[tuple[str, str], ...]
+    The defaults describe a completion with nothing to score: an unreadable answer sets only what
+    the rationale earns, an oversized completion only `oversized`.
+    """
+
+    oversized: bool = False
+    rationale: str | None = None
+    think_closed: bool = False
+    # The answer and its parse: "" and None when nothing could be read from it (no answer).
+    answer: str = ""
+    parse: ParseResult | None = None
+    predicted_pairs: tuple[tuple[str, str], ...] = ()
     # The answer's text-level keys (`metrics.text_keys`), what the F1 reward compares with gold.
     predicted_keys: frozenset[tuple[str, str]] = frozenset()
     format_score: float = 0.0
@@ -106,7 +110,7 @@ def analyse(completion: str, text: str, labels: tuple[str, ...], output_format: 
     text) count against the answer's format score, not against the rationale.
     """
     if len(completion) > MAX_COMPLETION_CHARS:
-        return Analysis(True, None, False, "", None, ())
+        return Analysis(oversized=True)
     rationale, answer, problems = split_answer(completion)
     closed = not problems or all(p.kind != "unclosed_think" for p in problems)
     has_rationale = closed and bool(rationale and rationale.strip())
@@ -122,7 +126,7 @@ def analyse(completion: str, text: str, labels: tuple[str, ...], output_format: 
         kinds = {p.kind for p in parse.problems}
     if parse is None or (not pairs and kinds - CONTENT_PROBLEMS - WRAPPING_PROBLEMS):
         # Nothing could be read: no answer.
-        return Analysis(False, rationale, closed, "", None, (), format_score=0.5 * has_rationale)
+        return Analysis(rationale=rationale, think_closed=closed, format_score=0.5 * has_rationale)
     # An answer copied into the rationale would make consistency trivially met: it earns nothing.
     copied = bool(pairs) and answer in (rationale or "")
     in_schema = grounded = None
@@ -132,7 +136,6 @@ def analyse(completion: str, text: str, labels: tuple[str, ...], output_format: 
             in_schema = sum(label in labels for _, label in pairs) / len(pairs)
         grounded = len(parse.spans) / len(pairs)
     return Analysis(
-        oversized=False,
         rationale=rationale,
         think_closed=closed,
         answer=answer,
@@ -155,27 +158,41 @@ def _completion_text(completion: Any) -> str:
     return ""
 
 
-# The last batch: its column lists (held, so their identities cannot be reused) and its analyses.
-_last_batch: tuple[tuple[Sequence[Any], ...], list[Analysis]] = ((), [])
+class _BatchAnalyses:
+    """The analyses of the last batch, so that the components after the first reuse them.
+
+    TRL calls each reward function in turn on the same batch, passing the same column lists, so the
+    identity of those lists identifies the batch at no cost (comparing their contents would repeat
+    the per-completion work of `analyse`'s own cache). The lists are held, not just their ids, so
+    that no new list can be given the id of one of them while it is remembered.
+    """
+
+    __slots__ = ("analyses", "columns")
+
+    def __init__(self) -> None:
+        self.columns: tuple[Sequence[Any], ...] = ()
+        self.analyses: list[Analysis] = []
+
+    def for_batch(
+        self,
+        completions: Sequence[Any],
+        text: Sequence[str],
+        labels: Sequence[Sequence[str]],
+        output_format: Sequence[str],
+    ) -> list[Analysis]:
+        """The analysis of each completion of the batch: the held ones if its columns are the held lists."""
+        columns = (completions, text, labels, output_format)
+        if self.columns and all(held is given for held, given in zip(self.columns, columns, strict=True)):
+            return self.analyses
+        self.columns = columns
+        self.analyses = [
+            analyse(_completion_text(c), t, tuple(ls), f)
+            for c, t, ls, f in zip(completions, text, labels, output_format, strict=True)
+        ]
+        return self.analyses
 
 
-def _analyses(
-    completions: Sequence[Any],
-    text: Sequence[str],
-    labels: Sequence[Sequence[str]],
-    output_format: Sequence[str],
-) -> list[Analysis]:
-    global _last_batch
-    columns = (completions, text, labels, output_format)
-    held, analyses = _last_batch
-    if len(held) == len(columns) and all(a is b for a, b in zip(held, columns, strict=True)):
-        return analyses
-    analyses = [
-        analyse(_completion_text(c), t, tuple(ls), f)
-        for c, t, ls, f in zip(completions, text, labels, output_format, strict=True)
-    ]
-    _last_batch = (columns, analyses)
-    return analyses
+_last_batch = _BatchAnalyses()
 
 
 REWARDS: dict[str, RewardFunction] = {}
@@ -201,15 +218,13 @@ def get_rewards(names: Sequence[str]) -> list[RewardFunction]:
 @reward("format")
 def format_reward(completions, text, labels, output_format, **_) -> list[float]:
     """Half for a closed, non-empty rationale, half for a cleanly parsing answer."""
-    return [a.format_score for a in _analyses(completions, text, labels, output_format)]
+    return [a.format_score for a in _last_batch.for_batch(completions, text, labels, output_format)]
 
 
 @lru_cache(maxsize=16_384)
-def _gold(text: str, spans: tuple[tuple[Any, Any, Any], ...], labels: tuple[str, ...]) -> Example:
-    return Example(text, tuple(Span(int(s), int(e), str(label)) for s, e, label in spans), _schema(labels))
-
-
-_SPAN_FIELDS = itemgetter("start", "end", "label")
+def _gold(text: str, spans: tuple[Span, ...], labels: tuple[str, ...]) -> Example:
+    """The gold of a row as an `Example`, built (and validated) once for all its generations."""
+    return Example(text, spans, _schema(labels))
 
 
 def entity_f1(
@@ -226,17 +241,16 @@ def entity_f1(
     if mode == "text":
         gold = text_keys((text[e["start"] : e["end"]], e["label"]) for e in entities)
         return agreement(gold, analysis.predicted_keys)
-    gold_example = _gold(text, tuple(map(_SPAN_FIELDS, entities)), tuple(labels))
+    gold_example = _gold(text, spans_from_dicts(entities), tuple(labels))
     return example_f1(gold_example, analysis.parse.spans, analysis.parse.ungrounded, mode)
 
 
 def make_f1_reward(mode: MatchMode) -> RewardFunction:
     def f1_reward(completions, text, entities, labels, output_format, **_) -> list[float]:
+        analyses = _last_batch.for_batch(completions, text, labels, output_format)
         return [
             entity_f1(a, t, es, ls, mode)
-            for a, t, es, ls in zip(
-                _analyses(completions, text, labels, output_format), text, entities, labels, strict=True
-            )
+            for a, t, es, ls in zip(analyses, text, entities, labels, strict=True)
         ]
 
     f1_reward.__name__ = "f1_reward" if mode == "text" else f"f1_{mode}_reward"
@@ -250,9 +264,10 @@ reward("f1_exact")(make_f1_reward("exact"))
 @reward("consistency")
 def consistency_reward(completions, text, labels, output_format, **_) -> list[float]:
     """Does the rationale assert exactly the answered entities? (`rationale.consistency`)"""
+    analyses = _last_batch.for_batch(completions, text, labels, output_format)
     return [
         agreement(asserted_keys(a.rationale, _schema(tuple(ls))), a.predicted_keys) if a.reasoned else 0.0  # type: ignore[arg-type]
-        for a, ls in zip(_analyses(completions, text, labels, output_format), labels, strict=True)
+        for a, ls in zip(analyses, labels, strict=True)
     ]
 
 
@@ -266,16 +281,14 @@ def _share_or_empty(share: float | None, answered: bool, gold_is_empty: bool) ->
 @reward("schema")
 def schema_reward(completions, text, entities, labels, output_format, **_) -> list[float]:
     """Share of predicted entities whose label is in the schema."""
+    analyses = _last_batch.for_batch(completions, text, labels, output_format)
     return [
-        _share_or_empty(a.in_schema, a.answered, not es)
-        for a, es in zip(_analyses(completions, text, labels, output_format), entities, strict=True)
+        _share_or_empty(a.in_schema, a.answered, not es) for a, es in zip(analyses, entities, strict=True)
     ]
 
 
 @reward("grounding")
 def grounding_reward(completions, text, entities, labels, output_format, **_) -> list[float]:
     """Share of predicted entities that occur in the sentence (no invented entities)."""
-    return [
-        _share_or_empty(a.grounded, a.answered, not es)
-        for a, es in zip(_analyses(completions, text, labels, output_format), entities, strict=True)
-    ]
+    analyses = _last_batch.for_batch(completions, text, labels, output_format)
+    return [_share_or_empty(a.grounded, a.answered, not es) for a, es in zip(analyses, entities, strict=True)]

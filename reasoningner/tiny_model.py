@@ -19,11 +19,11 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AddedToken, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
+from reasoningner.formats import THINK_CLOSE, THINK_OPEN
+
 END_OF_TEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
 
 # ChatML as in Qwen3, minus tools. The assistant content is rendered verbatim, `<think>` block included,
 # because we train on the rationale (Qwen3's template strips it from earlier turns). The loss mask

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -110,8 +109,3 @@ def save_final(trainer: Any, output_dir: str, merge_lora: bool) -> Path | None:
     merged.save_pretrained(merged_dir)
     trainer.processing_class.save_pretrained(merged_dir)
     return merged_dir
-
-
-def write_json(path: str | Path, payload: dict[str, Any]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")

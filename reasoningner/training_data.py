@@ -13,61 +13,40 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reasoningner.cot import is_cot_file, read_records, record_example
-from reasoningner.formats import OutputFormat, get_format
+from reasoningner.configs import DataArguments, PromptArguments
+from reasoningner.formats import get_format
 from reasoningner.prompts import assistant_target, ner_instruction
 from reasoningner.readers import read_dataset
+from reasoningner.records import is_cot_file, read_records, record_example
 from reasoningner.spans import Example
 
 
 def sft_record(
-    example: Example,
-    output_format: OutputFormat,
-    rationale: str | None,
-    *,
-    answer: str | None = None,
-    descriptions: bool = True,
-    compact: bool = False,
+    example: Example, prompt: PromptArguments, rationale: str | None = None, answer: str | None = None
 ) -> dict[str, Any]:
-    """A conversation teaching `<think>rationale</think>answer` (the answer alone without rationale).
-
-    `answer` defaults to the gold answer; stage 1 records bring their own.
-    """
-    prompt = ner_instruction(
-        example.text,
-        example.schema,
-        output_format,
-        reasoning=rationale is not None,
-        descriptions=descriptions,
-        compact=compact,
-    )
-    target = assistant_target(output_format.render(example) if answer is None else answer, rationale)
-    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": target}]}
-
-
-def rl_record(
-    example: Example,
-    output_format: OutputFormat,
-    *,
-    dataset: str = "",
-    descriptions: bool = True,
-    compact: bool = False,
-) -> dict[str, Any]:
-    """A GRPO prompt with the gold columns the rewards need."""
-    prompt = ner_instruction(
-        example.text,
-        example.schema,
-        output_format,
-        reasoning=True,
-        descriptions=descriptions,
-        compact=compact,
-    )
+    """A conversation teaching `<think>rationale</think>answer`, or the answer alone when the contract
+    says no reasoning. `answer` defaults to the gold answer; stage 1 records bring their own."""
+    if prompt.reasoning and rationale is None:
+        raise ValueError("the prompt asks for reasoning: a rationale is needed")
+    if answer is None:
+        answer = get_format(prompt.output_format).render(example)
+    target = assistant_target(answer, rationale if prompt.reasoning else None)
     return {
-        "prompt": [{"role": "user", "content": prompt}],
+        "messages": [
+            {"role": "user", "content": ner_instruction(example.text, example.schema, prompt)},
+            {"role": "assistant", "content": target},
+        ]
+    }
+
+
+def rl_record(example: Example, prompt: PromptArguments, dataset: str = "") -> dict[str, Any]:
+    """A GRPO prompt with the gold columns the rewards need."""
+    return {
+        "prompt": [{"role": "user", "content": ner_instruction(example.text, example.schema, prompt)}],
         "text": example.text,
         "entities": example.entity_dicts(),
         "labels": list(example.schema.labels),
-        "output_format": output_format.name,
+        "output_format": prompt.output_format,
         "dataset": dataset,
     }
 
@@ -105,45 +84,43 @@ def sample_mixture(
     ]
 
 
+def _accepted_annotations(path: str, prompt: PromptArguments) -> list[dict[str, Any]]:
+    """The accepted records of a stage 1 file, which must answer in the contract's format."""
+    records = [record for record in read_records(path) if record["accepted"]]
+    for record in records:
+        if record["output_format"] != prompt.output_format:
+            raise ValueError(
+                f"{path}: annotations answer in {record['output_format']}, "
+                f"the recipe asks for {prompt.output_format}"
+            )
+    return records
+
+
 def sft_conversations(
-    paths: Sequence[str],
-    output_format: str,
-    *,
-    rationales: bool = True,
-    descriptions: bool = True,
-    compact: bool = False,
-    reader: str = "auto",
-    limit: int | None = None,
+    paths: Sequence[str], prompt: PromptArguments, data: DataArguments | None = None
 ) -> list[dict[str, Any]]:
     """SFT conversations from stage 1 annotations (accepted ones) or from any NER data file.
 
-    With `rationales`, every file must be stage 1 output (its rationale becomes the `<think>`
+    With `prompt.reasoning`, every file must be stage 1 output (its rationale becomes the `<think>`
     block); without, the answer alone is the target: the papers' direct-answer baseline.
     """
-    fmt = get_format(output_format)
+    data = data or DataArguments()
+    fmt = get_format(prompt.output_format)
     conversations = []
     for path in paths:
         if is_cot_file(path):
-            records = [r for r in read_records(Path(path)) if r["accepted"]][:limit]
-            for record in records:
-                if record["output_format"] != output_format:
-                    raise ValueError(
-                        f"{path}: annotations answer in {record['output_format']}, "
-                        f"the recipe asks for {output_format}"
-                    )
-            pairs = [
-                (record_example(r), r["answer"], r["rationale"] if rationales else None) for r in records
-            ]
-        elif rationales:
+            records = _accepted_annotations(path, prompt)[: data.limit]
+            pairs = [(record_example(r), r["answer"], r["rationale"]) for r in records]
+        elif prompt.reasoning:
             raise ValueError(
                 f"{path}: plain NER data has no rationales; "
-                "run stage 1 (make cot) on it, or set rationales: false"
+                "run stage 1 (make cot) on it, or set reasoning: false"
             )
         else:
-            pairs = [(e, fmt.render(e), None) for e in read_dataset(path, reader).examples[:limit]]
+            examples = read_dataset(path, data.reader).examples[: data.limit]
+            pairs = [(e, fmt.render(e), None) for e in examples]
         conversations.extend(
-            sft_record(example, fmt, rationale, answer=answer, descriptions=descriptions, compact=compact)
-            for example, answer, rationale in pairs
+            sft_record(example, prompt, rationale, answer) for example, answer, rationale in pairs
         )
     if not conversations:
         raise ValueError(f"no training examples in {list(paths)} (are any annotations accepted?)")
@@ -152,30 +129,28 @@ def sft_conversations(
 
 def rl_prompts(
     paths: Sequence[str],
-    output_format: str,
+    prompt: PromptArguments,
+    data: DataArguments | None = None,
     *,
     total: int | None = None,
     cap_per_dataset: int | None = None,
     seed: int = 0,
-    descriptions: bool = True,
-    compact: bool = False,
-    reader: str = "auto",
 ) -> list[dict[str, Any]]:
-    """GRPO prompts with gold columns, sampled proportionally from several datasets (`sample_mixture`)."""
-    fmt = get_format(output_format)
+    """GRPO prompts with gold columns, sampled proportionally from several datasets (`sample_mixture`)
+    after the first `data.limit` examples of each file."""
+    data = data or DataArguments()
     named: list[tuple[str, list[Example]]] = []
     for path in paths:
         if is_cot_file(path):
-            records = read_records(Path(path))
-            named.append(
-                (records[0]["dataset"] if records else Path(path).stem, [record_example(r) for r in records])
-            )
+            records = read_records(path)[: data.limit]  # gold only: any answer format will do
+            name = records[0]["dataset"] if records else Path(path).stem
+            named.append((name, [record_example(r) for r in records]))
         else:
-            dataset = read_dataset(path, reader)
-            named.append((dataset.name, dataset.examples))
+            dataset = read_dataset(path, data.reader)
+            named.append((dataset.name, dataset.examples[: data.limit]))
     drawn = sample_mixture([examples for _, examples in named], total, cap_per_dataset, seed)
     return [
-        rl_record(example, fmt, dataset=name, descriptions=descriptions, compact=compact)
+        rl_record(example, prompt, dataset=name)
         for (name, _), examples in zip(named, drawn, strict=True)
         for example in examples
     ]

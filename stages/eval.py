@@ -7,9 +7,10 @@ python stages/eval.py --config recipes/eval/crossner-zero-shot.yaml --model_name
 import sys
 
 from rich.console import Console
-from trl import TrlParser
 
-from reasoningner.evaluate import NORMAL, RESULTS_MD, EvalArguments, evaluate
+from reasoningner.configs import EvalArguments, GenerationArguments, PromptArguments, RecipeParser
+from reasoningner.evaluate import RESULTS_MD, evaluate
+from reasoningner.results import NORMAL
 from reasoningner.tracking import build_manifest, config_dict, wandb_run, wants_wandb, write_manifest
 
 
@@ -26,14 +27,15 @@ def log_tables(run, evaluation) -> None:
     run.log({"results": table})
 
 
-def main() -> None:
-    (args,) = TrlParser((EvalArguments,)).parse_args_and_config()
-    evaluation = evaluate(args)
-    inputs = [
-        *(d["path"] for d in args.datasets),
-        *([args.model_name_or_path] if args.model_name_or_path else []),
-    ]
-    manifest = build_manifest("eval", config_dict(args), inputs)
+def make_parser() -> RecipeParser:
+    return RecipeParser((EvalArguments, PromptArguments, GenerationArguments))
+
+
+def main(args: EvalArguments, prompt: PromptArguments, generation: GenerationArguments) -> None:
+    evaluation = evaluate(args, prompt, generation)
+    model = [generation.model_name_or_path] if generation.model_name_or_path else []
+    inputs = [*(d if isinstance(d, str) else d["path"] for d in args.datasets), *model]
+    manifest = build_manifest("eval", config_dict(args, prompt, generation), inputs)
     write_manifest(args.output_dir, manifest, evaluation.to_dict()["scores"])
     with wandb_run("eval", args.output_dir, manifest, wants_wandb(args.report_to)) as run:
         if run is not None:
@@ -48,4 +50,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(*make_parser().parse_args_and_config())

@@ -4,12 +4,11 @@ accelerate launch --config_file recipes/accelerate/zero3.yaml stages/rl.py --con
 python stages/rl.py --config recipes/tiny-cpu/rl.yaml --max_steps 5
 """
 
-from dataclasses import dataclass, field
-
 from datasets import Dataset
 from transformers import AutoTokenizer, set_seed
-from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config, get_quantization_config
+from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config, get_quantization_config
 
+from reasoningner.configs import PromptArguments, RecipeParser, RLScriptArguments
 from reasoningner.rewards import DEFAULT_WEIGHTS, get_rewards
 from reasoningner.tracking import record_trainer_stage, set_trainer_run, wants_wandb
 from reasoningner.training import (
@@ -22,27 +21,16 @@ from reasoningner.training import (
 from reasoningner.training_data import rl_prompts
 
 
-@dataclass
-class RLScriptArguments:
-    train_files: list[str] = field(
-        default_factory=list, metadata={"help": "NER files or stage 1 annotations"}
-    )
-    output_format: str = field(default="grouped_json", metadata={"help": "answer format (formats.FORMATS)"})
-    descriptions: bool = field(default=True, metadata={"help": "label descriptions in the prompt"})
-    compact_prompt: bool = field(default=False, metadata={"help": "short prompts for small models"})
-    reader: str = field(default="auto", metadata={"help": "reader for plain NER files"})
-    total: int | None = field(default=None, metadata={"help": "prompts drawn over all files, proportionally"})
-    cap_per_dataset: int | None = field(default=None, metadata={"help": "at most this many prompts per file"})
-    reward_funcs: list[str] = field(
-        default_factory=lambda: list(DEFAULT_WEIGHTS), metadata={"help": "names in rewards.REWARDS"}
-    )
-    merge_lora: bool = field(default=False, metadata={"help": "also save the LoRA-merged policy in merged/"})
+def make_parser() -> RecipeParser:
+    return RecipeParser((RLScriptArguments, PromptArguments, GRPOConfig, ModelConfig))
 
 
-def main() -> None:
-    script_args, training_args, model_args = TrlParser(
-        (RLScriptArguments, GRPOConfig, ModelConfig)
-    ).parse_args_and_config()
+def main(
+    script_args: RLScriptArguments,
+    prompt: PromptArguments,
+    training_args: GRPOConfig,
+    model_args: ModelConfig,
+) -> None:
     set_seed(training_args.seed)
     start_deepspeed_on_cpu(training_args)
     if wants_wandb(training_args.report_to):
@@ -51,13 +39,11 @@ def main() -> None:
     train_dataset = Dataset.from_list(
         rl_prompts(
             script_args.train_files,
-            script_args.output_format,
+            prompt,
+            script_args,
             total=script_args.total,
             cap_per_dataset=script_args.cap_per_dataset,
             seed=training_args.seed,
-            descriptions=script_args.descriptions,
-            compact=script_args.compact_prompt,
-            reader=script_args.reader,
         )
     )
     if training_args.reward_weights is None:
@@ -87,10 +73,10 @@ def main() -> None:
     record_trainer_stage(
         "rl",
         trainer,
-        (script_args, training_args, model_args),
+        (script_args, prompt, training_args, model_args),
         [*script_args.train_files, model_args.model_name_or_path],
     )
 
 
 if __name__ == "__main__":
-    main()
+    main(*make_parser().parse_args_and_config())

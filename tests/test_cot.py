@@ -10,21 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from reasoningner.cot import (
-    CoTArguments,
-    annotate,
-    best_sample,
-    load_cot_dataset,
-    merge_shards,
-    read_records,
-    record_example,
-    score_sample,
-)
+from reasoningner.configs import CoTArguments, GenerationArguments, PromptArguments
+from reasoningner.cot import annotate, best_sample, merge_shards, score_sample
 from reasoningner.formats import get_format
 from reasoningner.generation import Completion
+from reasoningner.records import read_records, record_example
 from reasoningner.spans import Example, Schema, Span
+from tests.stages import load_stage
 
 ROOT = Path(__file__).parents[1]
+STAGE = load_stage("cot")
+
 DATA = Path(__file__).parent / "data"
 SCHEMA = Schema(("person", "organisation", "location", "misc"))
 EXAMPLE = Example(
@@ -113,17 +109,18 @@ def run_stage(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     )
 
 
-def gold_args(tmp_path: Path, **overrides) -> CoTArguments:
+def gold_args(tmp_path: Path, **overrides) -> tuple[CoTArguments, PromptArguments, GenerationArguments]:
+    """The three configs of a gold-template run over two small files, `overrides` for CoTArguments."""
     values = {
         "datasets": [str(DATA / "conll2003_mini.txt"), str(DATA / "ace2005_mini.json")],
         "output_dir": str(tmp_path),
     } | overrides
-    return CoTArguments(**values)
+    return CoTArguments(**values), PromptArguments(), GenerationArguments(backend="gold-template")
 
 
 @pytest.mark.parametrize("context_words", [0, 3])
 def test_gold_template_context_words_set_what_each_rationale_line_quotes(tmp_path, context_words):
-    annotate(gold_args(tmp_path, template_context_words=context_words))
+    annotate(*gold_args(tmp_path, template_context_words=context_words))
     records = [r for r in read_records(tmp_path / "annotations.jsonl") if r["entities"]]
     for record in records:
         lines = record["rationale"].splitlines()
@@ -132,8 +129,8 @@ def test_gold_template_context_words_set_what_each_rationale_line_quotes(tmp_pat
         assert record["consistency"] == 1.0 and record["accepted"]
 
 
-def test_gold_template_annotations_are_accepted_labelled_and_load_as_a_dataset(tmp_path):
-    report = annotate(gold_args(tmp_path))
+def test_gold_template_annotations_are_accepted_and_labelled(tmp_path):
+    report = annotate(*gold_args(tmp_path))
     records = read_records(tmp_path / "annotations.jsonl")
     assert report["sentences"] == len(records) == 7
     assert report["acceptance_rate"] == 1.0
@@ -143,34 +140,31 @@ def test_gold_template_annotations_are_accepted_labelled_and_load_as_a_dataset(t
         assert GROUPED.parse(record["answer"], example.text, example.schema).spans == list(example.spans) or (
             not GROUPED.expresses(example)
         )
-    dataset = load_cot_dataset(tmp_path / "annotations.jsonl")
-    assert len(dataset) == 7
-    assert record_example(dataset[4]).spans == record_example(records[4]).spans
     assert json.loads((tmp_path / "report.json").read_text())["sentences"] == 7
 
 
 def test_a_rerun_does_nothing_twice_and_repairs_a_half_written_line(tmp_path):
-    annotate(gold_args(tmp_path))
+    annotate(*gold_args(tmp_path))
     path = tmp_path / "annotations.jsonl"
     complete = path.read_bytes()
     lines = complete.splitlines(keepends=True)
     path.write_bytes(b"".join(lines[:3]) + lines[3][:25])  # killed while writing the 4th record
-    report = annotate(gold_args(tmp_path))
+    report = annotate(*gold_args(tmp_path))
     assert report["annotated_this_run"] == len(lines) - 3
     assert path.read_bytes() == complete
-    assert annotate(gold_args(tmp_path))["annotated_this_run"] == 0
+    assert annotate(*gold_args(tmp_path))["annotated_this_run"] == 0
 
 
 def test_shards_merge_into_exactly_the_unsharded_result(tmp_path):
-    annotate(gold_args(tmp_path / "whole"))
+    annotate(*gold_args(tmp_path / "whole"))
     for index in range(3):
-        annotate(gold_args(tmp_path / "sharded", shard=f"{index}/3"))
+        annotate(*gold_args(tmp_path / "sharded", shard=f"{index}/3"))
     merged = merge_shards(tmp_path / "sharded")
     assert merged.read_bytes() == (tmp_path / "whole" / "annotations.jsonl").read_bytes()
 
 
 def test_merging_an_incomplete_set_of_shards_is_refused(tmp_path):
-    annotate(gold_args(tmp_path, shard="0/3"))
+    annotate(*gold_args(tmp_path, shard="0/3"))
     with pytest.raises(ValueError, match="complete set"):
         merge_shards(tmp_path)
 
@@ -180,7 +174,7 @@ def transformers_args(tmp_path: Path, teacher: Path) -> list[str]:
         "--datasets", str(DATA / "conll2003_mini.txt"), str(DATA / "crossner_ai_mini.txt"),
         "--output_dir", str(tmp_path),
         "--backend", "transformers",
-        "--teacher_model", str(teacher),
+        "--model_name_or_path", str(teacher),
         "--temperature", "0",
         "--max_new_tokens", "24",
         "--chunk_size", "1",
@@ -224,24 +218,39 @@ def test_a_run_killed_mid_way_resumes_to_the_same_result(tmp_path, tiny_model_di
 
 
 def test_backend_options_can_be_overridden_on_the_command_line_as_json():
-    from trl import TrlParser
-
     from reasoningner.generation import options_from
 
-    (args,) = TrlParser((CoTArguments,)).parse_args_and_config(
-        args=["--backend", "openai", "--backend_options", '{"base_url": "http://127.0.0.1:8000/v1"}']
+    _, _, generation = STAGE.make_parser().parse_args_and_config(
+        args=[
+            "--output_dir",
+            "out",
+            "--backend",
+            "openai",
+            "--backend_options",
+            '{"base_url": "http://127.0.0.1:8000/v1"}',
+        ]  # fmt: skip
     )
-    assert options_from(args.backend_options) == {"base_url": "http://127.0.0.1:8000/v1"}
+    assert generation.backend_options == {"base_url": "http://127.0.0.1:8000/v1"}
     with pytest.raises(ValueError, match="JSON object"):
         options_from("{not json")
+
+
+def test_main_runs_stage_1_from_parsed_configs_and_writes_its_manifest(tmp_path):
+    STAGE.main(*gold_args(tmp_path))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["stage"] == "cot" and manifest["summary"]["accepted"] == 7
+    assert (
+        manifest["config"]["backend"] == "gold-template"
+        and manifest["config"]["output_format"] == "grouped_json"
+    )
 
 
 def test_the_compact_prompt_keeps_labels_format_mode_and_sentence_in_a_third_of_the_length():
     from reasoningner.prompts import ner_instruction
 
-    full = ner_instruction(EXAMPLE.text, SCHEMA, GROUPED)
-    compact = ner_instruction(EXAMPLE.text, SCHEMA, GROUPED, compact=True)
-    direct = ner_instruction(EXAMPLE.text, SCHEMA, GROUPED, compact=True, reasoning=False)
+    full = ner_instruction(EXAMPLE.text, SCHEMA, PromptArguments())
+    compact = ner_instruction(EXAMPLE.text, SCHEMA, PromptArguments(compact_prompt=True))
+    direct = ner_instruction(EXAMPLE.text, SCHEMA, PromptArguments(compact_prompt=True, reasoning=False))
     assert compact.endswith(f"Sentence: {EXAMPLE.text}") and all(label in compact for label in SCHEMA.labels)
     assert "grouped_json" in compact and compact != direct
     assert 3 * len(compact) < len(full)

@@ -10,26 +10,26 @@ runs on CPU in seconds. Recipes name their stage: `recipes/<dir>/<stage>.yaml`,
 from __future__ import annotations
 
 import functools
-import importlib.util
 import inspect
 import json
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from unittest import mock
 
 import pytest
 import yaml
 
-from reasoningner.cot import ANNOTATIONS, GOLD_TEMPLATE
+from reasoningner.configs import GOLD_TEMPLATE
+from reasoningner.cot import ANNOTATIONS
 from reasoningner.formats import FORMATS
 from reasoningner.generation import BACKENDS
 from reasoningner.readers import READERS
 from reasoningner.rewards import REWARDS
 from reasoningner.training import VARLEN_ATTENTION
+from tests.stages import load_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -70,44 +70,19 @@ def stage_of(path: Path) -> str:
     )
 
 
-@functools.cache
-def load_stage(stage: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"stage_{stage}", ROOT / "stages" / f"{stage}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-class _Parsed(Exception):
-    """Stops a stage's `main()` right after its parser has read the recipe."""
-
-    def __init__(self, parsed: tuple[Any, ...]) -> None:
-        super().__init__("parsed")
-        self.parsed = parsed
-
-
 def parse(path: Path) -> tuple[Any, ...]:
-    """The dataclasses that `stages/<stage>.py --config path` builds, through the stage's own parser call.
+    """The dataclasses that `stages/<stage>.py --config path` builds, through the stage's own parser.
 
-    TrlParser refuses keys no dataclass declares, and the dataclasses validate their values. Trainer
-    stages get `--use_cpu true`: TrainingArguments refuses `bf16` on a machine without a GPU.
+    The parser refuses keys no dataclass declares (and renamed ones), and the dataclasses validate
+    their values. Trainer stages get `--use_cpu true`: TrainingArguments refuses `bf16` on a machine
+    without a GPU.
     """
-    module = load_stage(stage_of(path))
-
-    class CapturingParser(module.TrlParser):
-        def parse_args_and_config(self, args: Any = None, **kwargs: Any) -> tuple[Any, ...]:
-            fields = {name for cls in self.dataclass_types for name in cls.__dataclass_fields__}
-            cpu = ["--use_cpu", "true"] if "use_cpu" in fields else []
-            raise _Parsed(super().parse_args_and_config(args=["--config", str(path), *cpu], **kwargs))
-
+    parser = load_stage(stage_of(path)).make_parser()
+    fields = {name for cls in parser.dataclass_types for name in cls.__dataclass_fields__}
+    cpu = ["--use_cpu", "true"] if "use_cpu" in fields else []
     # A recipe's `env:` block sets environment variables; keep them out of the test process.
-    with mock.patch.object(module, "TrlParser", CapturingParser), mock.patch.dict(os.environ):
-        try:
-            module.main()
-        except _Parsed as stop:
-            return stop.parsed
-    raise AssertionError(f"stages/{stage_of(path)}.py main() never parsed its arguments with TrlParser")
+    with mock.patch.dict(os.environ):
+        return parser.parse_args_and_config(args=["--config", str(path), *cpu])
 
 
 @functools.cache
@@ -176,6 +151,21 @@ def test_a_misspelled_key_is_refused(stage: str, tmp_path: Path) -> None:
     recipe.write_text(text.replace("output_dir:", "output_dri:"), encoding="utf-8")
     with pytest.raises(ValueError, match="output_dri"):
         parse(recipe)
+
+
+@pytest.mark.parametrize(
+    ("stage", "old", "new"),
+    [("sft", "rationales", "reasoning"), ("cot", "teacher_model", "model_name_or_path")],
+)
+def test_a_renamed_key_is_refused_with_its_new_name_in_a_recipe_and_on_the_command_line(
+    tmp_path: Path, stage: str, old: str, new: str
+) -> None:
+    recipe = tmp_path / f"{stage}.yaml"
+    recipe.write_text((RECIPES / "tiny-cpu" / f"{stage}.yaml").read_text(encoding="utf-8") + f"{old}: x\n")
+    with pytest.raises(ValueError, match=f"{old} is now called {new}"):
+        parse(recipe)
+    with pytest.raises(ValueError, match=f"{old} is now called {new}"):
+        load_stage(stage).make_parser().parse_args_and_config(args=["--output_dir", "o", f"--{old}", "x"])
 
 
 @pytest.mark.parametrize("path", STAGE_RECIPES, ids=ids(STAGE_RECIPES))
@@ -304,7 +294,7 @@ def test_training_arguments_agree_with_the_deepspeed_config(path: Path) -> None:
     training arguments and refuse any value that contradicts them."""
     from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig, unset_hf_deepspeed_config
 
-    training_args = parse(path)[1]
+    _, _, training_args, _ = parse(path)  # script, prompt, training, model arguments
     for config in launch_configs(path):
         ds_file = deepspeed_file(config)
         if ds_file is None:
@@ -406,7 +396,7 @@ def test_cot_slurm_annotates_its_array_shard_against_the_local_server(tmp_path: 
     calls = run_slurm("cot.slurm", [], {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "4"}, tmp_path)
     assert calls == [
         "python stages/cot.py --config recipes/teacher/cot.yaml "
-        "--teacher_model Qwen/Qwen3-235B-A22B-Instruct-2507 --shard 2/4"
+        "--model_name_or_path Qwen/Qwen3-235B-A22B-Instruct-2507 --shard 2/4"
     ]
     assert (
         parsed(RECIPES / "teacher" / "cot.yaml")["backend_options"]["base_url"] == "http://localhost:8000/v1"

@@ -279,6 +279,27 @@ def test_one_batch_is_analysed_once_and_a_new_batch_never_gets_stale_scores() ->
     assert REWARDS["f1"](**first) == [1.0, 0.0]
 
 
+def test_a_batch_is_known_by_its_lists_not_by_their_contents() -> None:
+    """Equal columns in new lists (the next step's batch, say) are read again, through `analyse`'s
+    cache; only the very lists of the last batch get its analyses back."""
+
+    def columns() -> dict[str, list[Any]]:
+        return {
+            "completions": [complete(RATIONALE, ANSWER)],
+            "text": [TEXT],
+            "entities": [GOLD],
+            "labels": [LABELS],
+            "output_format": ["grouped_json"],
+        }
+
+    batch = columns()
+    analyse.cache_clear()
+    assert REWARDS["f1"](**batch) == REWARDS["format"](**batch) == [1.0]
+    assert (analyse.cache_info().hits, analyse.cache_info().misses) == (0, 1)
+    assert REWARDS["f1"](**columns()) == [1.0]
+    assert (analyse.cache_info().hits, analyse.cache_info().misses) == (1, 1)
+
+
 def test_batches_of_dataset_rows_with_extra_columns_as_trl_passes_them() -> None:
     """Rows go through Arrow (`datasets.Dataset`) as in training; TRL passes every column but the prompt
     as a keyword list, plus keywords of its own, which the rewards ignore; each row is scored against

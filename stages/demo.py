@@ -5,7 +5,7 @@ runs, so that a masking, template, parsing or reward bug shows up as numbers tha
 dev F1 before training, after SFT and after GRPO, and the mean composite reward of the SFT model
 and of the GRPO policy on the same held-out prompts (the dev generations of the evaluation).
 
-    python -m reasoningner.demo [--quick] [--out outputs/tiny-cpu]
+    python stages/demo.py [--quick] [--out outputs/tiny-cpu]
 """
 
 from __future__ import annotations

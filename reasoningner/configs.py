@@ -1,0 +1,227 @@
+"""Every setting a stage parses, each defined once: the dataclasses of the recipes and the CLI.
+
+A stage's `make_parser()` parses a tuple of these with `RecipeParser` (TRL's `TrlParser`: YAML
+recipe, then command line overrides), as TRL's own scripts parse `(ScriptArguments, SFTConfig, ModelConfig)`:
+
+| stage | dataclasses |
+| --- | --- |
+| `stages/cot.py` | `CoTArguments`, `PromptArguments`, `GenerationArguments` |
+| `stages/sft.py` | `SFTScriptArguments`, `PromptArguments`, TRL's `SFTConfig`, `ModelConfig` |
+| `stages/rl.py` | `RLScriptArguments`, `PromptArguments`, TRL's `GRPOConfig`, `ModelConfig` |
+| `stages/eval.py` | `EvalArguments`, `PromptArguments`, `GenerationArguments` |
+
+Shared ideas are shared classes, never copied fields: the prompt contract (`PromptArguments`), how
+text is generated (`GenerationArguments`), how data files are read (`DataArguments`, the base of
+every stage's script arguments). `RENAMED` lists keys of earlier versions: a recipe or command line
+that still uses one is refused with the new name.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl import TrlParser
+
+from reasoningner.formats import FORMATS
+from reasoningner.generation import BACKENDS, Generator, SamplingConfig, build_generator, options_from
+from reasoningner.metrics import MATCH_MODES
+from reasoningner.rewards import DEFAULT_WEIGHTS
+
+GOLD_TEMPLATE = "gold-template"  # stage 1's teacher-free "backend": rationales written from gold
+
+# Old recipe and command-line keys -> the one name each idea has now.
+RENAMED = {
+    "rationales": "reasoning",
+    "teacher_model": "model_name_or_path",
+}
+
+
+@dataclass
+class PromptArguments:
+    """The prompt contract: how a model is asked and how it answers.
+
+    A model must be asked as it was trained, so the teacher (stage 1), SFT, GRPO, evaluation and
+    prediction all build prompts from this one dataclass (`prompts.ner_instruction`).
+    """
+
+    output_format: str = field(
+        default="grouped_json", metadata={"help": f"answer format: {', '.join(FORMATS)}"}
+    )
+    reasoning: bool = field(
+        default=True, metadata={"help": "<think> rationale before the answer; false: the answer alone"}
+    )
+    descriptions: bool = field(default=True, metadata={"help": "label descriptions in the prompt"})
+    compact_prompt: bool = field(
+        default=False, metadata={"help": "short prompts for small models trained from scratch"}
+    )
+
+    def __post_init__(self) -> None:
+        _check_choice("output_format", self.output_format, FORMATS)
+
+
+@dataclass
+class GenerationArguments:
+    """Which backend generates with which model, and how it samples (stage 1's teacher, evaluation)."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "model directory, hub id, or the name a server serves"}
+    )
+    backend: str = field(
+        default="transformers",
+        metadata={"help": f"{', '.join(sorted(BACKENDS))}, or {GOLD_TEMPLATE} (stage 1 only)"},
+    )
+    backend_options: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "keyword options of the backend (generation.py); JSON on the CLI"}
+    )
+    temperature: float = field(default=0.0, metadata={"help": "0 decodes greedily"})
+    top_p: float = 1.0
+    max_new_tokens: int = 1024
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("backend", self.backend, [*sorted(BACKENDS), GOLD_TEMPLATE])
+        self.backend_options = options_from(self.backend_options)
+
+    def sampling(self, n: int = 1) -> SamplingConfig:
+        return SamplingConfig(
+            n=n,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_new_tokens=self.max_new_tokens,
+            seed=self.seed,
+        )
+
+    def build_generator(self) -> Generator:
+        """The backend with its options; `model_name_or_path` is its model unless the options name one."""
+        if self.backend == GOLD_TEMPLATE:
+            raise ValueError(f"the {GOLD_TEMPLATE} backend writes from gold and generates nothing")
+        options = dict(self.backend_options)  # type: ignore[arg-type]
+        if self.model_name_or_path:
+            options.setdefault("model", self.model_name_or_path)
+        if "model" not in options:
+            raise ValueError("no model: set model_name_or_path")
+        return build_generator(self.backend, **options)
+
+
+@dataclass
+class DataArguments:
+    """How a stage reads its NER files (`readers.read_dataset`)."""
+
+    reader: str = field(default="auto", metadata={"help": "reader of plain NER files; auto sniffs each file"})
+    limit: int | None = field(default=None, metadata={"help": "only the first N examples of each file"})
+
+
+@dataclass
+class RunArguments(DataArguments):
+    """Where a stage without a Trainer writes (trainer stages take these from TrainingArguments)."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "outputs go here (required)"})
+    report_to: str = field(default="none", metadata={"help": "wandb or none"})
+
+    def __post_init__(self) -> None:
+        if not self.output_dir:
+            raise ValueError("output_dir is required")
+
+
+@dataclass
+class CoTArguments(RunArguments):
+    """Stage 1: which files the teacher annotates, how many samples, which ones are kept."""
+
+    datasets: list[str] = field(default_factory=list, metadata={"help": "input files in any readable format"})
+    template_context_words: int = field(
+        default=3, metadata={"help": "gold-template: words of context quoted around each entity (0: none)"}
+    )
+    samples_per_sentence: int = field(default=1, metadata={"help": "teacher samples per sentence"})
+    chunk_size: int = field(default=64, metadata={"help": "sentences handed to the backend at once"})
+    f1_threshold: float = field(default=1.0, metadata={"help": "minimum teacher F1 against gold"})
+    min_consistency: float = field(default=1.0, metadata={"help": "minimum rationale/answer consistency"})
+    match_mode: str = field(default="text", metadata={"help": "F1 matching: text or exact"})
+    gold_answer: bool = field(default=False, metadata={"help": "store the gold answer with the rationale"})
+    shard: str = field(default="0/1", metadata={"help": "i/n: annotate every n-th sentence from i"})
+    merge: bool = field(default=False, metadata={"help": "merge the shard files in output_dir, then stop"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.shard_index()
+        _check_choice("match_mode", self.match_mode, MATCH_MODES)
+
+    def shard_index(self) -> tuple[int, int]:
+        try:
+            index, count = (int(part) for part in self.shard.split("/"))
+        except ValueError:
+            raise ValueError(f"shard must look like i/n, got {self.shard!r}") from None
+        if not 0 <= index < count:
+            raise ValueError(f"shard {self.shard!r}: need 0 <= i < n")
+        return index, count
+
+
+@dataclass
+class TrainerScriptArguments(DataArguments):
+    """What SFT and GRPO share beside TRL's own configs: training files, the LoRA merge."""
+
+    train_files: list[str] = field(
+        default_factory=list, metadata={"help": "stage 1 annotations or NER files"}
+    )
+    merge_lora: bool = field(default=False, metadata={"help": "also save the LoRA-merged model in merged/"})
+
+
+@dataclass
+class SFTScriptArguments(TrainerScriptArguments):
+    eval_files: list[str] = field(default_factory=list, metadata={"help": "held-out files for eval loss"})
+
+
+@dataclass
+class RLScriptArguments(TrainerScriptArguments):
+    total: int | None = field(default=None, metadata={"help": "prompts drawn over all files, proportionally"})
+    cap_per_dataset: int | None = field(default=None, metadata={"help": "at most this many prompts per file"})
+    reward_funcs: list[str] = field(
+        default_factory=lambda: list(DEFAULT_WEIGHTS), metadata={"help": "names in rewards.REWARDS"}
+    )
+
+
+@dataclass
+class EvalArguments(RunArguments):
+    """Evaluation sets (file, reader, labels, descriptions, probes: see `evaluate`) and scoring."""
+
+    datasets: list[dict[str, Any]] = field(
+        default_factory=list, metadata={"help": "evaluation sets: path, reader, name, labels, descriptions"}
+    )
+    primary_mode: str = field(default="text", metadata={"help": "the score that leads: text or exact"})
+    probes: list[str] = field(
+        default_factory=list, metadata={"help": "memorization probes: opaque, shuffled"}
+    )
+    probe_seed: int = field(default=0, metadata={"help": "seed of the shuffled-label permutation"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_choice("primary_mode", self.primary_mode, MATCH_MODES)
+
+
+class RecipeParser(TrlParser):
+    """TRL's parser (YAML recipe, then command line) that refuses a renamed key with its new name and
+    an unknown recipe key before any dataclass is built (whose own checks would speak first)."""
+
+    def parse_args_and_config(self, args: Any = None, **kwargs: Any) -> tuple[Any, ...]:
+        given = list(sys.argv[1:] if args is None else args)
+        _refuse_renamed(arg[2:].split("=")[0] for arg in given if arg.startswith("--"))
+        return super().parse_args_and_config(args=given, **kwargs)
+
+    def set_defaults_with_config(self, **kwargs: Any) -> list[str]:
+        _refuse_renamed(kwargs)
+        unknown = super().set_defaults_with_config(**kwargs)
+        if unknown:
+            raise ValueError(f"unknown recipe keys: {sorted(unknown[::2])}")
+        return unknown
+
+
+def _check_choice(key: str, value: str, choices: Any) -> None:
+    if value not in choices:
+        raise ValueError(f"{key} {value!r}: choose one of {list(choices)}")
+
+
+def _refuse_renamed(keys: Any) -> None:
+    old = [key for key in keys if key in RENAMED]
+    if old:
+        raise ValueError("; ".join(f"{key} is now called {RENAMED[key]}" for key in old))
