@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from reasoningner.evaluate import EvalArguments, evaluate
+from reasoningner.configs import EvalArguments, GenerationArguments, PromptArguments
+from reasoningner.evaluate import evaluate
 from reasoningner.generation import SamplingConfig, TransformersGenerator
 from reasoningner.readers import read_dataset
 from reasoningner.tiny_model import build_tiny_model
@@ -54,9 +55,9 @@ def main() -> None:
                     datasets=[{"path": str(DATA), "name": "conll2003"}],
                     limit=args.sentences,
                     output_dir=str(Path(scratch) / f"eval-{batch_size}"),
-                    max_new_tokens=args.max_new_tokens,
                 )
-                generation = evaluate(eval_args, generator=generator).generation
+                sampling = GenerationArguments(max_new_tokens=args.max_new_tokens)
+                generation = evaluate(eval_args, PromptArguments(), sampling, generator=generator).generation
             rows.append(
                 {
                     "batch_size": batch_size,

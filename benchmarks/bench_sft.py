@@ -38,7 +38,8 @@ from datasets import Dataset
 from transformers import AutoTokenizer, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
-from reasoningner.cot import ANNOTATIONS, CoTArguments, annotate
+from reasoningner.configs import CoTArguments, DataArguments, GenerationArguments, PromptArguments
+from reasoningner.cot import ANNOTATIONS, annotate
 from reasoningner.tiny_model import build_tiny_model
 from reasoningner.training import configure_batching
 from reasoningner.training_data import sft_conversations
@@ -144,24 +145,19 @@ def prepare(
     args: argparse.Namespace, work: Path, recipe: dict[str, Any]
 ) -> tuple[Path, list[dict[str, Any]]]:
     """The model and the conversations: given, or made as the tiny-cpu pipeline makes them."""
+    prompt = PromptArguments(
+        **{key: recipe[key] for key in ("output_format", "descriptions", "compact_prompt")}
+    )
     annotations = args.annotations
     if annotations is None:
         # Every gold-template annotation is accepted, so as many sentences as conversations are needed.
         annotate(
-            CoTArguments(
-                datasets=[str(TRAIN_SLICE)],
-                limit=args.conversations,
-                output_dir=str(work / "cot"),
-                output_format=recipe["output_format"],
-            )
+            CoTArguments(datasets=[str(TRAIN_SLICE)], limit=args.conversations, output_dir=str(work / "cot")),
+            prompt,
+            GenerationArguments(backend="gold-template"),
         )
         annotations = work / "cot" / ANNOTATIONS
-    conversations = sft_conversations(
-        [str(annotations)],
-        recipe["output_format"],
-        descriptions=recipe["descriptions"],
-        limit=args.conversations,
-    )
+    conversations = sft_conversations([str(annotations)], prompt, DataArguments(limit=args.conversations))
     model = args.model
     if model is None:
         corpus = [message["content"] for c in conversations for message in c["messages"]]

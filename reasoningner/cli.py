@@ -174,10 +174,10 @@ def _predict(args: argparse.Namespace, console: Console) -> int:
     descriptions = (
         json.loads(args.descriptions_file.read_text(encoding="utf-8")) if args.descriptions_file else {}
     )
-    schema = Schema(labels, descriptions)  # checked before the model is loaded
+    schema = Schema(labels, descriptions)  # checked before the model is loaded, as the contract is
+    prompt = PromptArguments(**{f.name: getattr(args, f.name) for f in fields(PromptArguments)})
     if args.backend == "transformers" and not Path(args.model).is_dir():
         raise FileNotFoundError(f"no model directory {args.model}")
-    prompt = PromptArguments(**{f.name: getattr(args, f.name) for f in fields(PromptArguments)})
     with contextlib.ExitStack() as stack:
         lines = sys.stdin if args.input == "-" else stack.enter_context(open(args.input, encoding="utf-8"))
         model = stack.enter_context(

@@ -79,3 +79,27 @@ def test_tiny_model_command_builds_warms_up_and_reports(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "copy warm-up: 3 steps" in printed and (out / "model.safetensors").is_file()
     assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
+
+
+def test_predict_takes_the_prompt_contract_under_the_recipe_names_and_refuses_old_flags(capsys):
+    from dataclasses import fields
+
+    from reasoningner.cli import build_parser
+    from reasoningner.configs import PromptArguments
+
+    argv = ["predict", "--model", "m", "--labels", "person", "--output-format", "xml", "--compact-prompt"]
+    args = build_parser().parse_args([*argv, "--no-descriptions", "--no-reasoning"])
+    assert {f.name: getattr(args, f.name) for f in fields(PromptArguments)} == {
+        "output_format": "xml",
+        "reasoning": False,
+        "descriptions": False,
+        "compact_prompt": True,
+    }
+    defaults = build_parser().parse_args(argv[:5])
+    assert PromptArguments(**{f.name: getattr(defaults, f.name) for f in fields(PromptArguments)}) == (
+        PromptArguments()
+    )
+    assert main(["predict", "--model", "m", "--labels", "person", "--format", "xml"]) == 2
+    assert "--format is now called --output-format" in capsys.readouterr().err
+    assert main([*argv[:5], "--output-format", "yaml"]) == 2
+    assert "output_format 'yaml': choose one of" in capsys.readouterr().err

@@ -169,13 +169,12 @@ def tiny_model(tiny_model_factory: Callable[..., Path]) -> Path:
 
 @pytest.fixture(scope="module")
 def annotations(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from reasoningner.cot import CoTArguments, annotate
+    from reasoningner.configs import CoTArguments, GenerationArguments, PromptArguments
+    from reasoningner.cot import annotate, output_path
 
-    args = CoTArguments(
-        datasets=[str(CONLL)], output_dir=str(tmp_path_factory.mktemp("cot")), descriptions=False
-    )
-    annotate(args)
-    return args.output_path()
+    args = CoTArguments(datasets=[str(CONLL)], output_dir=str(tmp_path_factory.mktemp("cot")))
+    annotate(args, PromptArguments(descriptions=False), GenerationArguments(backend="gold-template"))
+    return output_path(args)
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=["zero2", "zero3"])

@@ -13,7 +13,7 @@ ROOT = Path(__file__).parents[1]
 @pytest.mark.slow
 def test_the_quick_demo_runs_every_stage_and_writes_report_and_plots(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "reasoningner.demo", "--quick", "--out", str(tmp_path)],
+        [sys.executable, str(ROOT / "stages" / "demo.py"), "--quick", "--out", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -20,19 +20,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reasoningner.cli import main
-from reasoningner.evaluate import (
-    ErrorCounts,
-    EvalArguments,
-    error_counts,
-    evaluate,
-    load_items,
-    probe_mapping,
-)
+from reasoningner.configs import EvalArguments, GenerationArguments, PromptArguments
+from reasoningner.evaluate import error_counts, evaluate, load_items, probe_mapping
 from reasoningner.formats import FORMATS, ParseResult, Problem, get_format
 from reasoningner.generation import Completion, Conversation, Generator, SamplingConfig
 from reasoningner.metrics import Counts, Scorer, match_counts
 from reasoningner.predict import Entity, NERModel
 from reasoningner.readers import Dataset, read_dataset, write_jsonl
+from reasoningner.results import ErrorCounts, Evaluation
 from reasoningner.spans import Example, Schema, Span
 
 ROOT = Path(__file__).parents[1]
@@ -82,6 +77,11 @@ def eval_args(tmp_path: Path, datasets: list, **overrides) -> EvalArguments:
     return EvalArguments(datasets=datasets, output_dir=str(tmp_path / "out"), **overrides)
 
 
+def run_eval(args: EvalArguments, generator: Generator, output_format: str = "grouped_json") -> Evaluation:
+    """`evaluate` with a scripted generator in place of the backend, greedy, the default prompt."""
+    return evaluate(args, PromptArguments(output_format), GenerationArguments(), generator=generator)
+
+
 # --- scores: hand-computed on nested and repeated entities -------------------------------------------
 
 NESTED = "IL-2 gene expression in T cells ."
@@ -123,7 +123,7 @@ def hand_sets(tmp_path: Path) -> list[dict]:
 
 
 def test_scores_match_hand_computed_numbers_and_the_scorer(tmp_path: Path, hand_sets: list[dict]) -> None:
-    evaluation = evaluate(eval_args(tmp_path, hand_sets), generator=from_table(OUTPUTS))
+    evaluation = run_eval(eval_args(tmp_path, hand_sets), from_table(OUTPUTS))
     exact, text = evaluation.reports["normal"]["exact"], evaluation.reports["normal"]["text"]
     # exact: first tp 2 (DNA, protein) fp 2 (T, Paris@0 as location) fn 3 (T cells, Paris person, Paris@11)
     #        second tp 3 (Bob, Bob, Bob) fp 2 (Alice, Acme) fn 1 (Rome)
@@ -182,7 +182,7 @@ def test_scores_match_hand_computed_numbers_and_the_scorer(tmp_path: Path, hand_
 
 
 def test_primary_mode_exact_leads(tmp_path: Path, hand_sets: list[dict]) -> None:
-    evaluation = evaluate(eval_args(tmp_path, hand_sets, primary_mode="exact"), generator=from_table(OUTPUTS))
+    evaluation = run_eval(eval_args(tmp_path, hand_sets, primary_mode="exact"), from_table(OUTPUTS))
     markdown = evaluation.to_markdown()
     assert markdown.index("## exact-span F1 (primary)") < markdown.index("## text-pair F1")
     assert evaluation.table().columns[2].header == "exact P"
@@ -231,9 +231,8 @@ def test_junk_generations_never_crash(tmp_path: Path, output_format: str, limit:
             }
         ],
         limit=limit,
-        output_format=output_format,
     )
-    evaluation = evaluate(args, generator=generator)
+    evaluation = run_eval(args, generator, output_format)
     errors = evaluation.errors["normal"]["conll2003-train"]
     assert errors.outputs == limit
     assert errors.format_failures > limit / 2
@@ -365,7 +364,7 @@ def test_a_model_that_memorized_label_names_shows_the_drop(tmp_path: Path) -> No
     args = eval_args(
         tmp_path, [{"path": str(DATA / "conll2003_mini.txt"), "name": "conll"}], probes=["opaque"]
     )
-    evaluation = evaluate(args, generator=from_table(gold))
+    evaluation = run_eval(args, from_table(gold))
     assert evaluation.reports["normal"]["text"].datasets["conll"].micro.f1 == 1.0
     assert evaluation.reports["opaque"]["text"].datasets["conll"].micro.f1 == 0.0
     assert evaluation.drops()["conll"]["opaque"] == {"text": 1.0, "exact": 1.0}
@@ -386,7 +385,7 @@ def test_label_subset_rename_and_descriptions_reach_the_prompt(tmp_path: Path) -
     info = datasets["conll2003_mini"]
     assert info["labels"] == ["PER", "LOC"] and info["dropped_entities"] > 0
     generator = Scripted(lambda sentence, prompt: "{}")
-    evaluate(eval_args(tmp_path, [entry], limit=1), generator=generator)
+    run_eval(eval_args(tmp_path, [entry], limit=1), generator)
     assert "- PER: a human being\n- LOC\n" in generator.prompts[0]
     with pytest.raises(ValueError, match="unknown keys"):
         load_items(eval_args(tmp_path, [{**entry, "lables": []}]))
@@ -413,7 +412,7 @@ def test_predict_offsets_slice_the_input_for_every_format(output_format: str) ->
     ]
     fmt = get_format(output_format)
     answers = {e.text: f"<think>because</think>{fmt.render(e)}" for e in gold}
-    model = NERModel(from_table(answers), output_format=output_format)
+    model = NERModel(from_table(answers), PromptArguments(output_format))
     predictions = model.predict(TEXTS, ["person", "location"], return_rationale=True)
     for text, example, prediction in zip(TEXTS, gold, predictions, strict=True):
         for entity in prediction:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import runpy
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -22,18 +21,25 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from trl import SFTConfig, SFTTrainer
 from trl.trainer import sft_trainer
 
-from reasoningner.cot import ANNOTATIONS, CoTArguments, annotate, read_records, record_example
-from reasoningner.formats import get_format
+from reasoningner.configs import CoTArguments, GenerationArguments, PromptArguments
+from reasoningner.cot import ANNOTATIONS, annotate
+from reasoningner.formats import THINK_OPEN, get_format
 from reasoningner.prompts import ner_instruction
 from reasoningner.readers import read_dataset
-from reasoningner.tiny_model import IM_END, THINK_OPEN
+from reasoningner.records import read_records, record_example
+from reasoningner.tiny_model import IM_END
 from reasoningner.training import configure_batching
 from reasoningner.training_data import sft_conversations
+from tests.stages import load_stage
 
 ROOT = Path(__file__).parents[1]
-STAGE = ROOT / "stages" / "sft.py"
 RECIPE = ROOT / "recipes" / "tiny-cpu" / "sft.yaml"
 RECIPE_ARGS = yaml.safe_load(RECIPE.read_text())
+# The recipe's prompt contract, and the default one in the recipe's answer format.
+RECIPE_PROMPT = PromptArguments(
+    **{key: RECIPE_ARGS[key] for key in ("output_format", "descriptions", "compact_prompt")}
+)
+PROMPT = PromptArguments(output_format=RECIPE_ARGS["output_format"])
 CONLL = Path(__file__).parent / "data" / "conll2003_mini.txt"
 
 
@@ -42,7 +48,9 @@ def cot_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Stage 1 output for the mini CoNLL file, from the gold-template teacher."""
     out = tmp_path_factory.mktemp("cot")
     annotate(
-        CoTArguments(datasets=[str(CONLL)], output_dir=str(out), output_format=RECIPE_ARGS["output_format"])
+        CoTArguments(datasets=[str(CONLL)], output_dir=str(out)),
+        PROMPT,
+        GenerationArguments(backend="gold-template"),
     )
     return out / ANNOTATIONS
 
@@ -50,7 +58,7 @@ def cot_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def model_dir(tiny_model_factory: Callable[..., Path], cot_file: Path) -> Path:
     """A tiny model whose tokenizer learnt from the conversations it trains on."""
-    conversations = sft_conversations([str(cot_file)], RECIPE_ARGS["output_format"])
+    conversations = sft_conversations([str(cot_file)], PROMPT)
     corpus = [message["content"] for c in conversations for message in c["messages"]] * 20
     return tiny_model_factory(corpus, vocab_size=512, num_layers=2)
 
@@ -71,19 +79,13 @@ def one_thread() -> Iterator[None]:
 
 def recipe_conversations(cot_file: Path) -> list[dict[str, Any]]:
     """The conversations the stage builds from `cot_file` under the tiny-cpu recipe."""
-    return sft_conversations(
-        [str(cot_file)], RECIPE_ARGS["output_format"], descriptions=RECIPE_ARGS["descriptions"]
-    )
+    return sft_conversations([str(cot_file)], RECIPE_PROMPT)
 
 
 def run_stage(*args: str) -> None:
     """`python stages/sft.py --config recipes/tiny-cpu/sft.yaml ARGS`, in this process."""
-    argv = sys.argv
-    sys.argv = [str(STAGE), "--config", str(RECIPE), *args]
-    try:
-        runpy.run_path(str(STAGE), run_name="__main__")
-    finally:
-        sys.argv = argv
+    stage = load_stage("sft")
+    stage.main(*stage.make_parser().parse_args_and_config(args=["--config", str(RECIPE), *args]))
 
 
 def stage_args(model_dir: Path, cot_file: Path, output_dir: Path, *, max_steps: int, lr: float) -> list[str]:
@@ -131,11 +133,11 @@ def load(path: Path) -> PreTrainedModel:
 # --- the loss mask, token by token, as TRL tokenizes our conversations -------------------------------------
 
 
-@pytest.mark.parametrize("rationales", [True, False], ids=["cot", "direct"])
+@pytest.mark.parametrize("reasoning", [True, False], ids=["cot", "direct"])
 def test_exactly_the_assistant_turn_is_trained(
-    model_dir: Path, tokenizer: PreTrainedTokenizerBase, cot_file: Path, tmp_path: Path, rationales: bool
+    model_dir: Path, tokenizer: PreTrainedTokenizerBase, cot_file: Path, tmp_path: Path, reasoning: bool
 ) -> None:
-    conversations = sft_conversations([str(cot_file)], RECIPE_ARGS["output_format"], rationales=rationales)
+    conversations = sft_conversations([str(cot_file)], PromptArguments(PROMPT.output_format, reasoning))
     args = SFTConfig(
         output_dir=str(tmp_path),
         assistant_only_loss=True,
@@ -154,7 +156,7 @@ def test_exactly_the_assistant_turn_is_trained(
     assert len(trainer.train_dataset) == len(records) == 4
     think_id, im_end_id = tokenizer.convert_tokens_to_ids([THINK_OPEN, IM_END])
     for row, record, conversation in zip(trainer.train_dataset, records, conversations, strict=True):
-        target = (f"<think>\n{record['rationale']}\n</think>\n" if rationales else "") + record["answer"]
+        target = (f"<think>\n{record['rationale']}\n</think>\n" if reasoning else "") + record["answer"]
         user = conversation["messages"][0]["content"]
         ids, labels = row["input_ids"], row["labels"]
         trained = [position for position, label in enumerate(labels) if label != -100]
@@ -165,7 +167,7 @@ def test_exactly_the_assistant_turn_is_trained(
         assert tokenizer.decode(ids[first : last + 1]) == target + "<|im_end|>"
         assert tokenizer.decode(ids[last + 1 :]) == "\n"  # after <|im_end|>: not trained, never generated
         assert ids[last] == im_end_id
-        assert (ids[first] == think_id) == rationales
+        assert (ids[first] == think_id) == reasoning
 
     # The collator pads on the right with -100 labels and keeps each row's labels as they were.
     rows = [trainer.train_dataset[i] for i in range(len(records))]
@@ -293,7 +295,7 @@ def test_lora_merge_under_zero3(
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
     result = subprocess.run(
         [
-            *launch, str(STAGE), "--config", str(RECIPE),
+            *launch, str(ROOT / "stages" / "sft.py"), "--config", str(RECIPE),
             *stage_args(model_dir, cot_file, out, max_steps=3, lr=1e-2), *LORA,
             "--merge_lora", "true", "--save_strategy", "no", "--deepspeed", str(zero3),
         ],
@@ -339,29 +341,30 @@ def test_a_relaunched_run_resumes_from_the_last_checkpoint(
 # --- the direct-answer baseline -----------------------------------------------------------------------------
 
 
-def test_without_rationales_the_targets_are_the_answers_alone(cot_file: Path) -> None:
+def test_without_reasoning_the_targets_are_the_answers_alone(cot_file: Path) -> None:
     fmt = get_format(RECIPE_ARGS["output_format"])
     records = read_records(cot_file)
-    direct = sft_conversations([str(cot_file)], fmt.name, rationales=False)
-    with_cot = sft_conversations([str(cot_file)], fmt.name, rationales=True)
+    direct_prompt = PromptArguments(fmt.name, reasoning=False)
+    direct = sft_conversations([str(cot_file)], direct_prompt)
+    with_cot = sft_conversations([str(cot_file)], PromptArguments(fmt.name))
     for record, plain, reasoned in zip(records, direct, with_cot, strict=True):
         example = record_example(record)
         (user, assistant) = plain["messages"]
         assert assistant == {"role": "assistant", "content": record["answer"]}
-        assert user["content"] == ner_instruction(example.text, example.schema, fmt, reasoning=False)
+        assert user["content"] == ner_instruction(example.text, example.schema, direct_prompt)
         assert THINK_OPEN not in user["content"] + assistant["content"]
         assert reasoned["messages"][1]["content"].startswith(THINK_OPEN)
         assert THINK_OPEN in reasoned["messages"][0]["content"]
 
     examples = read_dataset(CONLL).examples
-    from_plain = sft_conversations([str(CONLL)], fmt.name, rationales=False)
+    from_plain = sft_conversations([str(CONLL)], direct_prompt)
     assert [c["messages"][1]["content"] for c in from_plain] == [fmt.render(e) for e in examples]
 
 
 def test_plain_ner_data_with_rationales_fails_naming_the_file(cot_file: Path, model_dir: Path) -> None:
     with pytest.raises(ValueError, match=re.escape(f"{CONLL}: plain NER data has no rationales")):
-        sft_conversations([str(cot_file), str(CONLL)], RECIPE_ARGS["output_format"])
-    with pytest.raises(ValueError, match="rationales: false"):  # the stage stops before loading the model
+        sft_conversations([str(cot_file), str(CONLL)], PROMPT)
+    with pytest.raises(ValueError, match="reasoning: false"):  # the stage stops before loading the model
         run_stage("--model_name_or_path", str(model_dir), "--train_files", str(CONLL))
 
 

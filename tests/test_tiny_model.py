@@ -15,7 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from trl import SFTConfig, SFTTrainer
 from trl.chat_template_utils import is_chat_template_stop_token_trained
 
-from reasoningner.tiny_model import THINK_CLOSE, THINK_OPEN, train_tokenizer
+from reasoningner.formats import THINK_CLOSE, THINK_OPEN
+from reasoningner.tiny_model import train_tokenizer
 
 SIZES = dict(vocab_size=512, num_layers=2)  # over conftest's TINY_SIZES
 CORPUS = [
