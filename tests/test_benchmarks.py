@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_rewards.py"
-
-
-def _bench_rewards():
-    spec = importlib.util.spec_from_file_location("bench_rewards", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.scripts import load_script
 
 
 def test_the_reward_benchmark_runs_and_pays_right_answers_most(tmp_path) -> None:
-    bench = _bench_rewards()
+    bench = load_script("benchmarks/bench_rewards.py")
     results = bench.main(
         ["--n", "400", "--repeats", "1", "--generations", "4", "--json", str(tmp_path / "r.json")]
     )
@@ -29,7 +19,7 @@ def test_the_reward_benchmark_runs_and_pays_right_answers_most(tmp_path) -> None
 
 
 def test_the_baseline_is_reasoningner_f1_plus_schema() -> None:
-    bench = _bench_rewards()
+    bench = load_script("benchmarks/bench_rewards.py")
     completion = [
         {"role": "assistant", "content": '<think>x</think>```json\n{"entities": {"person": ["Ann"]}}\n```'}
     ]

@@ -16,7 +16,7 @@ from reasoningner.formats import get_format
 from reasoningner.generation import Completion
 from reasoningner.records import read_records, record_example
 from reasoningner.spans import Example, Schema, Span
-from tests.stages import load_stage
+from tests.scripts import load_stage
 
 ROOT = Path(__file__).parents[1]
 STAGE = load_stage("cot")

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -23,7 +20,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -36,6 +32,7 @@ from reasoningner.generation import (
     TransformersGenerator,
     build_generator,
 )
+from tests.scripts import load_script
 
 CORPUS = [
     "EU rejects German call to boycott British lamb .",
@@ -169,49 +166,16 @@ def test_transformers_yields_batches_in_order_and_passes_chat_template_kwargs(
 # --- openai backend against transformers serve --------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`transformers serve` on loopback, pinned to the tiny model; yields its base URL."""
     for module in ("fastapi", "uvicorn", "openai"):
         pytest.importorskip(module, reason="transformers serve needs transformers[serving]")
-    port = free_port()
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "HF_HUB_DISABLE_UPDATE_CHECK": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-    command = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(model_dir)]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"transformers serve did not come up:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    # The concurrency benchmark's server, on one thread as the tests run.
+    serve = load_script("benchmarks/bench_openai_concurrency.py").transformers_serve
+    with serve(model_dir, continuous_batching=False, threads=1, log_path=log_path) as url:
+        yield url
 
 
 def test_openai_greedy_over_transformers_serve_matches_local_generation(

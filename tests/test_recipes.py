@@ -29,7 +29,7 @@ from reasoningner.generation import BACKENDS
 from reasoningner.readers import READERS
 from reasoningner.rewards import REWARDS
 from reasoningner.training import VARLEN_ATTENTION
-from tests.stages import load_stage
+from tests.scripts import load_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"

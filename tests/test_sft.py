@@ -30,7 +30,7 @@ from reasoningner.records import read_records, record_example
 from reasoningner.tiny_model import IM_END
 from reasoningner.training import configure_batching
 from reasoningner.training_data import sft_conversations
-from tests.stages import load_stage
+from tests.scripts import load_stage
 
 ROOT = Path(__file__).parents[1]
 RECIPE = ROOT / "recipes" / "tiny-cpu" / "sft.yaml"
