@@ -17,6 +17,7 @@ from datasets import Dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from reasoningner.configs import DataArguments, PromptArguments
 from reasoningner.formats import FORMATS, get_format
 from reasoningner.metrics import MATCH_MODES, Counts, match_counts, match_totals
 from reasoningner.rationale import assertion
@@ -312,7 +313,7 @@ def test_batches_of_dataset_rows_with_extra_columns_as_trl_passes_them() -> None
         (conll[1], "offset_json"),
         (conll[0], "grouped_json"),
     ]
-    rows = list(Dataset.from_list([rl_record(e, get_format(f), dataset="d") for e, f in pairs]))
+    rows = list(Dataset.from_list([rl_record(e, PromptArguments(f), dataset="d") for e, f in pairs]))
     columns = {key: [row[key] for row in rows] for key in rows[0] if key != "prompt"}
     assert set(columns) >= {"text", "entities", "labels", "output_format", "dataset"}
     columns["id"] = ["a", "b", "c", "d"]  # any other dataset column
@@ -512,7 +513,7 @@ def test_sample_mixture_is_seeded_proportional_and_without_duplicates() -> None:
 def test_rl_prompts_over_two_files_keep_gold_labels_format_and_dataset() -> None:
     paths = [DATA / "conll2003_mini.txt", DATA / "crossner_ai_mini.txt"]
     datasets = [read_dataset(path) for path in paths]
-    prompts = rl_prompts([str(p) for p in paths], "xml", descriptions=False)
+    prompts = rl_prompts([str(p) for p in paths], PromptArguments("xml", descriptions=False))
     assert len(prompts) == sum(len(d.examples) for d in datasets) == 7
     examples = [(d, e) for d in datasets for e in d.examples]
     for prompt, (dataset, example) in zip(prompts, examples, strict=True):
@@ -525,9 +526,11 @@ def test_rl_prompts_over_two_files_keep_gold_labels_format_and_dataset() -> None
         assert message["role"] == "user" and example.text in message["content"]
         assert all(f"- {label}" in message["content"] for label in dataset.schema.labels)
     # 4 and 3 sentences, 4 asked: shares 2.29 and 1.71, the larger remainder gets the fourth.
-    sampled = rl_prompts([str(p) for p in paths], "grouped_json", total=4, seed=1)
+    sampled = rl_prompts([str(p) for p in paths], PromptArguments(), total=4, seed=1)
     assert [p["dataset"] for p in sampled].count("conll2003_mini") == 2
     assert [p["dataset"] for p in sampled].count("crossner_ai_mini") == 2
+    first = rl_prompts([str(p) for p in paths], PromptArguments(), DataArguments(limit=1))
+    assert [p["text"] for p in first] == [d.examples[0].text for d in datasets]
 
 
 # --- GRPO smoke run -----------------------------------------------------------------------------------
