@@ -13,6 +13,7 @@ from tests.wandb_records import read_offline_runs
 
 ROOT = Path(__file__).parents[1]
 DATA = Path(__file__).parent / "data"
+GOLD = ["--backend", "gold-template"]  # stage 1 without a teacher model
 
 
 def stage(name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -60,7 +61,7 @@ def offline_wandb(tmp_path):
 def test_cot_logs_its_report_and_manifest_to_an_offline_wandb_run(tmp_path, offline_wandb):
     out = tmp_path / "pipeline-7" / "cot"
     args = ["--datasets", str(DATA / "conll2003_mini.txt"), "--output_dir", str(out), "--report_to", "wandb"]
-    stage("cot", *args, env=offline_wandb)
+    stage("cot", *args, *GOLD, env=offline_wandb)
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["stage"] == "cot" and manifest["summary"]["sentences"] == 4
     (run,) = read_offline_runs(Path(offline_wandb["WANDB_DIR"]))
@@ -73,7 +74,7 @@ def test_sft_joins_the_group_logs_curves_and_records_the_cot_manifest(
     tmp_path, offline_wandb, tiny_model_dir
 ):
     run_dir = tmp_path / "pipeline-8"
-    stage("cot", "--datasets", str(DATA / "conll2003_mini.txt"), "--output_dir", str(run_dir / "cot"))
+    stage("cot", "--datasets", str(DATA / "conll2003_mini.txt"), "--output_dir", str(run_dir / "cot"), *GOLD)
     stage(
         "sft", "--config", str(ROOT / "recipes/tiny-cpu/sft.yaml"),
         "--model_name_or_path", str(tiny_model_dir),
