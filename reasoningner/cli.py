@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from reasoningner.configs import RENAMED, PromptArguments
+from reasoningner.configs import RENAMED, PromptArguments, PromptContract
 from reasoningner.generation import BACKENDS
 from reasoningner.predict import NERModel
 from reasoningner.readers import READERS, WRITERS, DataError, read_dataset, write_dataset
@@ -150,10 +150,13 @@ def _add_predict_command(subparsers: argparse._SubParsersAction) -> None:
     )
     predict.add_argument("input", nargs="?", default="-", help="file with one text per line (default: stdin)")
     predict.add_argument("--model", required=True, help="model directory (a served model name for openai)")
-    predict.add_argument("--labels", required=True, help="comma-separated entity types, in prompt order")
+    predict.add_argument(
+        "--labels",
+        help="comma-separated entity types, in prompt order (default: those the model was trained on)",
+    )
     predict.add_argument("--descriptions-file", type=Path, help="JSON object: label -> one-line description")
     predict.add_argument("--rationale", action="store_true", help="add the <think> rationale to each line")
-    _add_dataclass_arguments(predict, PromptArguments, "the prompt contract the model was trained with")
+    _add_prompt_arguments(predict)
     predict.add_argument("--backend", default="transformers", choices=sorted(BACKENDS))
     predict.add_argument(
         "--backend-options",
@@ -170,11 +173,17 @@ PREDICT_CHUNK = 256  # lines per generate call: large enough to batch, small eno
 
 def _predict(args: argparse.Namespace, console: Console) -> int:
     """One JSON line per input line (a blank line gets no entities), written as each chunk is done."""
-    labels = tuple(label.strip() for label in args.labels.split(",") if label.strip())
+    labels = tuple(label.strip() for label in (args.labels or "").split(",") if label.strip())
     descriptions = (
         json.loads(args.descriptions_file.read_text(encoding="utf-8")) if args.descriptions_file else {}
     )
-    schema = Schema(labels, descriptions)  # checked before the model is loaded, as the contract is
+    if not labels:
+        contract = PromptContract.load(args.model)
+        labels = tuple(contract.labels) if contract is not None else ()
+    if not labels:
+        raise ValueError(f"{args.model} has no prompt contract naming its labels: give --labels")
+    # Labels and prompt settings are checked before the model is loaded.
+    schema = Schema(labels, descriptions)
     prompt = PromptArguments(**{f.name: getattr(args, f.name) for f in fields(PromptArguments)})
     if args.backend == "transformers" and not Path(args.model).is_dir():
         raise FileNotFoundError(f"no model directory {args.model}")
@@ -193,18 +202,16 @@ def _predict(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _add_dataclass_arguments(parser: argparse.ArgumentParser, config: type, title: str) -> None:
-    """One `--dashed-name` option per field of a `configs` dataclass, with its type, default and help,
-    so that the command line and the recipes name each setting alike."""
-    group = parser.add_argument_group(title)
-    for spec in fields(config):
+def _add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
+    """One `--dashed-name` option per field of `PromptArguments`, with its help, unset by default (the
+    model's saved contract decides), so that the command line and the recipes name each setting alike."""
+    group = parser.add_argument_group("prompt contract (default: the one saved beside the model)")
+    for spec in fields(PromptArguments):
         flag = "--" + spec.name.replace("_", "-")
-        default = spec.default
-        help_text = f"{spec.metadata.get('help', '')} (default: {default})"
-        if isinstance(default, bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        if isinstance(PromptArguments.DEFAULTS[spec.name], bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, help=spec.metadata["help"])
         else:
-            group.add_argument(flag, type=type(default), default=default, help=help_text)
+            group.add_argument(flag, help=spec.metadata["help"])
 
 
 def _refuse_renamed_flags(argv: Sequence[str]) -> None:

@@ -18,9 +18,12 @@ that still uses one is refused with the new name.
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
 
 from trl import TrlParser
 
@@ -28,6 +31,8 @@ from reasoningner.formats import FORMATS
 from reasoningner.generation import BACKENDS, Generator, SamplingConfig, build_generator, options_from
 from reasoningner.metrics import MATCH_MODES
 from reasoningner.rewards import DEFAULT_WEIGHTS
+
+logger = logging.getLogger(__name__)
 
 GOLD_TEMPLATE = "gold-template"  # stage 1's teacher-free "backend": rationales written from gold
 
@@ -38,27 +43,105 @@ RENAMED = {
 }
 
 
+PROMPT_CONTRACT = "prompt_contract.json"  # saved beside a trained model's weights
+
+
 @dataclass
 class PromptArguments:
     """The prompt contract: how a model is asked and how it answers.
 
     A model must be asked as it was trained, so the teacher (stage 1), SFT, GRPO, evaluation and
-    prediction all build prompts from this one dataclass (`prompts.ner_instruction`).
+    prediction all build prompts from this one dataclass (`prompts.ner_instruction`). A field left
+    unset (None) takes its value from `DEFAULTS` at once, and remembers it was not given: `resolve`
+    then takes it from the contract saved beside the model (`PromptContract`) instead.
     """
 
-    output_format: str = field(
-        default="grouped_json", metadata={"help": f"answer format: {', '.join(FORMATS)}"}
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        "output_format": "grouped_json",
+        "reasoning": True,
+        "descriptions": True,
+        "compact_prompt": False,
+    }
+
+    output_format: str | None = field(
+        default=None, metadata={"help": f"answer format: {', '.join(FORMATS)} (default grouped_json)"}
     )
-    reasoning: bool = field(
-        default=True, metadata={"help": "<think> rationale before the answer; false: the answer alone"}
+    reasoning: bool | None = field(
+        default=None,
+        metadata={"help": "<think> rationale before the answer; false: the answer alone (default true)"},
     )
-    descriptions: bool = field(default=True, metadata={"help": "label descriptions in the prompt"})
-    compact_prompt: bool = field(
-        default=False, metadata={"help": "short prompts for small models trained from scratch"}
+    descriptions: bool | None = field(
+        default=None, metadata={"help": "label descriptions in the prompt (default true)"}
+    )
+    compact_prompt: bool | None = field(
+        default=None, metadata={"help": "short prompts for small models trained from scratch (default false)"}
     )
 
     def __post_init__(self) -> None:
+        self._given = frozenset(name for name in self.DEFAULTS if getattr(self, name) is not None)
+        for name, default in self.DEFAULTS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
         _check_choice("output_format", self.output_format, FORMATS)
+
+    def resolve(self, contract: PromptContract | None) -> PromptArguments:
+        """The settings to ask a model with: the given ones, the rest from its `contract` (if any).
+
+        A given value that contradicts the contract is kept (an experiment may mean it), with one
+        warning naming both: a model asked otherwise than it was trained answers worse.
+        """
+        if contract is None:
+            return self
+        values = {}
+        for name in self.DEFAULTS:
+            given, trained = getattr(self, name), getattr(contract.prompt, name)
+            if name not in self._given:
+                values[name] = trained
+                continue
+            if given != trained:
+                logger.warning(
+                    "%s=%r contradicts the prompt contract %s: the model was trained with %s=%r",
+                    name, given, contract.source, name, trained,
+                )  # fmt: skip
+            values[name] = given
+        return PromptArguments(**values)
+
+
+@dataclass
+class PromptContract:
+    """What a trained model carries in `prompt_contract.json`: its prompt settings and the labels it
+    was trained on, so that evaluation, prediction and the next stage ask it as it learned."""
+
+    prompt: PromptArguments
+    labels: list[str] = field(default_factory=list)
+    source: str = ""  # where it was read from, for messages
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / PROMPT_CONTRACT
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"prompt": asdict(self.prompt), "labels": self.labels}
+        path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, model: str | Path | None) -> PromptContract | None:
+        """The contract saved in a model directory (or in the run directory above a `checkpoint-N`);
+        None for a model without one (a base model, a hub id)."""
+        if model is None:
+            return None
+        for folder in (Path(model), Path(model).parent):
+            path = folder / PROMPT_CONTRACT
+            if path.is_file():
+                try:
+                    payload = json.loads(path.read_text(encoding="utf-8"))
+                    return cls(
+                        PromptArguments(**payload["prompt"]), list(payload.get("labels", [])), str(path)
+                    )
+                except (ValueError, TypeError, KeyError) as error:
+                    raise ValueError(f"{path}: not a prompt contract ({error})") from None
+            if not Path(model).name.startswith("checkpoint-"):
+                break
+        return None
 
 
 @dataclass

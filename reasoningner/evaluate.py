@@ -351,7 +351,7 @@ def evaluate(
             "sentences_per_second": len(items) / seconds if seconds else 0.0,
             "completion_tokens": tokens,
         },
-        config={**asdict(args), **asdict(prompt), **asdict(generation)},
+        config={**asdict(args), **asdict(model.prompt), **asdict(generation)},
     )
     (output_dir / RESULTS_JSON).write_text(
         json.dumps(evaluation.to_dict(), indent=2) + "\n", encoding="utf-8"

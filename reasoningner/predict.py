@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reasoningner.configs import GenerationArguments, PromptArguments
+from reasoningner.configs import GenerationArguments, PromptArguments, PromptContract
 from reasoningner.formats import ParseResult, Problem, get_format, split_answer
 from reasoningner.generation import Completion, Conversation, Generator, SamplingConfig
 from reasoningner.prompts import ner_instruction
@@ -89,7 +89,8 @@ class NERModel:
 
     `generator` is any `generation.Generator` (a scripted one in tests); the model closes it only
     when it built it (`from_pretrained`). `prompt` must match training: it chooses the prompt
-    wording and the answer parser. Decoding is greedy unless `sampling` says otherwise.
+    wording and the answer parser (`from_pretrained` reads it from the model's saved contract).
+    Decoding is greedy unless `sampling` says otherwise.
     """
 
     def __init__(
@@ -98,12 +99,14 @@ class NERModel:
         prompt: PromptArguments | None = None,
         *,
         sampling: SamplingConfig | None = None,
+        labels: Sequence[str] = (),
         owns_generator: bool = False,
     ) -> None:
         self.generator = generator
         self.prompt = prompt or PromptArguments()
         self.output_format = get_format(self.prompt.output_format)
         self.sampling = sampling or SamplingConfig(max_new_tokens=1024)
+        self.labels = list(labels)  # what the model was trained to find, when its contract says
         self._owns_generator = owns_generator
 
     @classmethod
@@ -117,7 +120,8 @@ class NERModel:
         **options: Any,
     ) -> NERModel:
         """Load `path` with the named backend; `options` go to it (`generation.build_generator`),
-        e.g. `batch_size=16` for transformers or `tensor_parallel_size=2` for vllm. Greedy decoding."""
+        e.g. `batch_size=16` for transformers or `tensor_parallel_size=2` for vllm. Greedy decoding.
+        The prompt settings `prompt` leaves unset come from the model's `prompt_contract.json`."""
         generation = GenerationArguments(
             model_name_or_path=str(path),
             backend=backend,
@@ -130,8 +134,16 @@ class NERModel:
     def from_generation(
         cls, generation: GenerationArguments, prompt: PromptArguments | None = None
     ) -> NERModel:
-        """The model that `generation` describes (backend, model, sampling), asked with `prompt`."""
-        return cls(generation.build_generator(), prompt, sampling=generation.sampling(), owns_generator=True)
+        """The model that `generation` describes (backend, model, sampling), asked with `prompt`, whose
+        unset fields come from the prompt contract saved beside the model."""
+        contract = PromptContract.load(generation.model_name_or_path)
+        return cls(
+            generation.build_generator(),
+            (prompt or PromptArguments()).resolve(contract),
+            sampling=generation.sampling(),
+            labels=contract.labels if contract is not None else (),
+            owns_generator=True,
+        )
 
     def conversation(self, text: str, schema: Schema) -> Conversation:
         """The chat the model is asked: the training prompt as the only user turn."""

@@ -6,6 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from reasoningner.configs import PromptContract
+
 logger = logging.getLogger(__name__)
 
 # Attention kernels that take a flattened batch with position ids and attend within each sequence
@@ -87,14 +89,17 @@ def last_checkpoint(output_dir: str) -> str | None:
     return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
 
 
-def save_final(trainer: Any, output_dir: str, merge_lora: bool) -> Path | None:
-    """Save model and tokenizer; with `merge_lora`, also a merged full model in `output_dir/merged`.
+def save_final(trainer: Any, output_dir: str, merge_lora: bool, contract: PromptContract) -> Path | None:
+    """Save model, tokenizer and prompt contract; with `merge_lora`, also a merged full model (with
+    the same contract) in `output_dir/merged`.
 
     The merge reloads the base model and the adapter just saved instead of merging the trainer's model,
     whose weights are partitioned across ranks under ZeRO-3 (empty tensors on each rank). It is the last
     step of a run: it turns off transformers' ZeRO-3 loading in this process so the whole model loads here.
     """
     trainer.save_model(output_dir)
+    if trainer.accelerator.is_main_process:
+        contract.save(output_dir)
     trainer.save_state()  # trainer_state.json beside the model: the log history, for reports and plots
     if not merge_lora or not hasattr(trainer.model, "merge_and_unload"):
         return None
@@ -108,4 +113,5 @@ def save_final(trainer: Any, output_dir: str, merge_lora: bool) -> Path | None:
     merged = AutoPeftModelForCausalLM.from_pretrained(output_dir, dtype="auto").merge_and_unload()
     merged.save_pretrained(merged_dir)
     trainer.processing_class.save_pretrained(merged_dir)
+    contract.save(merged_dir)
     return merged_dir

@@ -9,7 +9,7 @@ as ReasoningNER's scripts do, and deterministically from a seed.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,35 +96,50 @@ def _accepted_annotations(path: str, prompt: PromptArguments) -> list[dict[str, 
     return records
 
 
-def sft_conversations(
+SFTExample = tuple[Example, str, "str | None"]  # gold example, answer to learn, rationale (None: direct)
+
+
+def sft_examples(
     paths: Sequence[str], prompt: PromptArguments, data: DataArguments | None = None
-) -> list[dict[str, Any]]:
-    """SFT conversations from stage 1 annotations (accepted ones) or from any NER data file.
+) -> list[SFTExample]:
+    """What SFT learns from stage 1 annotations (accepted ones) or from any NER data file.
 
     With `prompt.reasoning`, every file must be stage 1 output (its rationale becomes the `<think>`
     block); without, the answer alone is the target: the papers' direct-answer baseline.
     """
     data = data or DataArguments()
     fmt = get_format(prompt.output_format)
-    conversations = []
+    examples: list[SFTExample] = []
     for path in paths:
         if is_cot_file(path):
             records = _accepted_annotations(path, prompt)[: data.limit]
-            pairs = [(record_example(r), r["answer"], r["rationale"]) for r in records]
+            examples += [(record_example(r), r["answer"], r["rationale"]) for r in records]
         elif prompt.reasoning:
             raise ValueError(
                 f"{path}: plain NER data has no rationales; "
                 "run stage 1 (make cot) on it, or set reasoning: false"
             )
         else:
-            examples = read_dataset(path, data.reader).examples[: data.limit]
-            pairs = [(e, fmt.render(e), None) for e in examples]
-        conversations.extend(
-            sft_record(example, prompt, rationale, answer) for example, answer, rationale in pairs
-        )
-    if not conversations:
+            examples += [
+                (e, fmt.render(e), None) for e in read_dataset(path, data.reader).examples[: data.limit]
+            ]
+    if not examples:
         raise ValueError(f"no training examples in {list(paths)} (are any annotations accepted?)")
-    return conversations
+    return examples
+
+
+def sft_conversations(
+    paths: Sequence[str], prompt: PromptArguments, data: DataArguments | None = None
+) -> list[dict[str, Any]]:
+    """The `sft_record` conversations of `sft_examples`."""
+    return [
+        sft_record(e, prompt, rationale, answer) for e, answer, rationale in sft_examples(paths, prompt, data)
+    ]
+
+
+def trained_labels(label_sets: Iterable[Sequence[str]]) -> list[str]:
+    """Every label of the training examples' label sets, in first-seen order: what the model knows."""
+    return list(dict.fromkeys(label for labels in label_sets for label in labels))
 
 
 def rl_prompts(

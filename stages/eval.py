@@ -11,7 +11,7 @@ from rich.console import Console
 from reasoningner.configs import EvalArguments, GenerationArguments, PromptArguments, RecipeParser
 from reasoningner.evaluate import RESULTS_MD, evaluate
 from reasoningner.results import NORMAL
-from reasoningner.tracking import build_manifest, config_dict, wandb_run, wants_wandb, write_manifest
+from reasoningner.tracking import build_manifest, wandb_run, wants_wandb, write_manifest
 
 
 def log_tables(run, evaluation) -> None:
@@ -35,7 +35,7 @@ def main(args: EvalArguments, prompt: PromptArguments, generation: GenerationArg
     evaluation = evaluate(args, prompt, generation)
     model = [generation.model_name_or_path] if generation.model_name_or_path else []
     inputs = [*(d if isinstance(d, str) else d["path"] for d in args.datasets), *model]
-    manifest = build_manifest("eval", config_dict(args, prompt, generation), inputs)
+    manifest = build_manifest("eval", evaluation.config, inputs)  # the prompt as resolved from the model
     write_manifest(args.output_dir, manifest, evaluation.to_dict()["scores"])
     with wandb_run("eval", args.output_dir, manifest, wants_wandb(args.report_to)) as run:
         if run is not None:

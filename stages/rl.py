@@ -8,7 +8,7 @@ from datasets import Dataset
 from transformers import AutoTokenizer, set_seed
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config, get_quantization_config
 
-from reasoningner.configs import PromptArguments, RecipeParser, RLScriptArguments
+from reasoningner.configs import PromptArguments, PromptContract, RecipeParser, RLScriptArguments
 from reasoningner.rewards import DEFAULT_WEIGHTS, get_rewards
 from reasoningner.tracking import record_trainer_stage, set_trainer_run, wants_wandb
 from reasoningner.training import (
@@ -18,7 +18,7 @@ from reasoningner.training import (
     save_final,
     start_deepspeed_on_cpu,
 )
-from reasoningner.training_data import rl_prompts
+from reasoningner.training_data import rl_prompts, trained_labels
 
 
 def make_parser() -> RecipeParser:
@@ -36,6 +36,7 @@ def main(
     if wants_wandb(training_args.report_to):
         set_trainer_run("rl", training_args.output_dir)
 
+    prompt = prompt.resolve(PromptContract.load(model_args.model_name_or_path))
     train_dataset = Dataset.from_list(
         rl_prompts(
             script_args.train_files,
@@ -46,6 +47,7 @@ def main(
             seed=training_args.seed,
         )
     )
+    contract = PromptContract(prompt, trained_labels(train_dataset["labels"]))
     if training_args.reward_weights is None:
         training_args.reward_weights = [DEFAULT_WEIGHTS.get(name, 1.0) for name in script_args.reward_funcs]
 
@@ -63,13 +65,15 @@ def main(
         peft_config=get_peft_config(model_args),
     )
     trainer.accelerator.print(
-        f"rl: {len(train_dataset)} prompts, rewards "
+        f"rl: {len(train_dataset)} prompts, {prompt}, rewards "
         + ", ".join(
             f"{n}×{w:g}" for n, w in zip(script_args.reward_funcs, training_args.reward_weights, strict=True)
         )
     )
+    if trainer.accelerator.is_main_process:
+        contract.save(training_args.output_dir)  # before any checkpoint, which it also describes
     trainer.train(resume_from_checkpoint=last_checkpoint(training_args.output_dir))
-    save_final(trainer, training_args.output_dir, script_args.merge_lora)
+    save_final(trainer, training_args.output_dir, script_args.merge_lora, contract)
     record_trainer_stage(
         "rl",
         trainer,

@@ -8,7 +8,7 @@ from datasets import Dataset
 from transformers import AutoTokenizer, IntervalStrategy, set_seed
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config, get_quantization_config
 
-from reasoningner.configs import PromptArguments, RecipeParser, SFTScriptArguments
+from reasoningner.configs import PromptArguments, PromptContract, RecipeParser, SFTScriptArguments
 from reasoningner.tracking import record_trainer_stage, set_trainer_run, wants_wandb
 from reasoningner.training import (
     configure_batching,
@@ -17,7 +17,7 @@ from reasoningner.training import (
     save_final,
     start_deepspeed_on_cpu,
 )
-from reasoningner.training_data import sft_conversations
+from reasoningner.training_data import sft_conversations, sft_examples, sft_record, trained_labels
 
 
 def make_parser() -> RecipeParser:
@@ -35,11 +35,15 @@ def main(
     if wants_wandb(training_args.report_to):
         set_trainer_run("sft", training_args.output_dir)
 
-    def conversations(files: list[str]) -> Dataset:
-        return Dataset.from_list(sft_conversations(files, prompt, script_args))
-
-    train_dataset = conversations(script_args.train_files)
-    eval_dataset = conversations(script_args.eval_files) if script_args.eval_files else None
+    prompt = prompt.resolve(PromptContract.load(model_args.model_name_or_path))
+    train = sft_examples(script_args.train_files, prompt, script_args)
+    contract = PromptContract(prompt, trained_labels(example.schema.labels for example, _, _ in train))
+    train_dataset = Dataset.from_list(
+        [sft_record(e, prompt, rationale, answer) for e, answer, rationale in train]
+    )
+    eval_dataset = None
+    if script_args.eval_files:
+        eval_dataset = Dataset.from_list(sft_conversations(script_args.eval_files, prompt, script_args))
     if eval_dataset is not None and training_args.eval_strategy == IntervalStrategy.NO:
         training_args.eval_strategy = IntervalStrategy.EPOCH  # eval files given: evaluate them
 
@@ -57,9 +61,11 @@ def main(
         quantization_config=get_quantization_config(model_args),  # QLoRA with load_in_4bit
         peft_config=get_peft_config(model_args),
     )
-    trainer.accelerator.print(f"sft: {len(train_dataset)} conversations, {batching} batches")
+    trainer.accelerator.print(f"sft: {len(train_dataset)} conversations, {batching} batches, {prompt}")
+    if trainer.accelerator.is_main_process:
+        contract.save(training_args.output_dir)  # before any checkpoint, which it also describes
     trainer.train(resume_from_checkpoint=last_checkpoint(training_args.output_dir))
-    save_final(trainer, training_args.output_dir, script_args.merge_lora)
+    save_final(trainer, training_args.output_dir, script_args.merge_lora, contract)
     record_trainer_stage(
         "sft",
         trainer,

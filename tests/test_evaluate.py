@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reasoningner.cli import main
-from reasoningner.configs import EvalArguments, GenerationArguments, PromptArguments
+from reasoningner.configs import EvalArguments, GenerationArguments, PromptArguments, PromptContract
 from reasoningner.evaluate import error_counts, evaluate, load_items, probe_mapping
 from reasoningner.formats import FORMATS, ParseResult, Problem, get_format
 from reasoningner.generation import Completion, Conversation, Generator, SamplingConfig
@@ -29,6 +31,7 @@ from reasoningner.predict import Entity, NERModel
 from reasoningner.readers import Dataset, read_dataset, write_jsonl
 from reasoningner.results import ErrorCounts, Evaluation
 from reasoningner.spans import Example, Schema, Span
+from tests.scripts import load_stage
 
 ROOT = Path(__file__).parents[1]
 DATA = Path(__file__).parent / "data"
@@ -507,3 +510,57 @@ def test_eval_stage_end_to_end_with_the_tiny_model(tmp_path: Path, tiny_model_di
     assert results["scores"]["text"]["datasets"]["conll"]["examples"] == 5
     assert results["config"]["model_name_or_path"] == str(tiny_model_dir)
     assert "conll" in result.stdout and "Avg" in result.stdout
+
+
+# --- the prompt contract saved beside a model: every consumer reads it ----------------------------------
+
+CONTRACT = PromptContract(
+    PromptArguments("xml", reasoning=False, descriptions=False, compact_prompt=True), ["person", "location"]
+)
+
+
+@pytest.fixture()
+def contracted_model(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    """The tiny model with a prompt contract beside it, as SFT and GRPO save their models."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    CONTRACT.save(model)
+    return model
+
+
+def test_ner_model_asks_as_the_contract_says_and_a_contradicting_setting_warns(
+    contracted_model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with NERModel.from_pretrained(contracted_model, max_new_tokens=4) as model:
+        assert (model.prompt, model.labels) == (CONTRACT.prompt, CONTRACT.labels)
+        schema = Schema(("person", "location"), {"person": "a human"})
+        assert (
+            model.conversation("Jo runs .", schema)[0]["content"]
+            == "NER xml answer\n- person\n- location\nSentence: Jo runs ."
+        )
+    assert not caplog.records
+    with NERModel.from_pretrained(
+        contracted_model, prompt=PromptArguments(output_format="bracketed")
+    ) as model:
+        assert model.prompt == PromptArguments("bracketed", False, False, True)
+    assert "output_format='bracketed' contradicts the prompt contract" in caplog.text
+
+
+def test_evaluation_and_predict_default_to_the_contract(
+    contracted_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    stage = load_stage("eval")
+    args = ["--model_name_or_path", str(contracted_model), "--output_dir", str(tmp_path / "out"),
+            "--limit", "2", "--max_new_tokens", "4"]  # fmt: skip
+    eval_args, prompt, generation = stage.make_parser().parse_args_and_config(args=args)
+    eval_args.datasets = [{"path": str(DATA / "conll2003_mini.txt")}]
+    stage.main(eval_args, prompt, generation)
+    config = json.loads((tmp_path / "out" / "results.json").read_text())["config"]
+    assert {key: config[key] for key in PromptArguments.DEFAULTS} == asdict(CONTRACT.prompt)
+    capsys.readouterr()
+    source = tmp_path / "texts.txt"
+    source.write_text("Jo runs .\n", encoding="utf-8")
+    assert main(["predict", "--model", str(contracted_model), "--max-new-tokens", "4", str(source)]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == "Jo runs ."  # labels from the contract
+    assert main(["predict", "--model", str(tmp_path / "base"), str(source)]) == 2
+    assert "prompt contract naming its labels: give --labels" in capsys.readouterr().err

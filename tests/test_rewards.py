@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from datasets import Dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reasoningner.configs import DataArguments, PromptArguments
+from reasoningner.configs import DataArguments, PromptArguments, PromptContract
 from reasoningner.formats import FORMATS, get_format
 from reasoningner.metrics import MATCH_MODES, Counts, match_counts, match_totals
 from reasoningner.rationale import assertion
@@ -543,9 +544,14 @@ def tiny_model(tiny_model_factory: Callable[..., Path], conll_mini_texts: tuple[
 
 
 def test_grpo_smoke_run_of_the_tiny_cpu_recipe(tiny_model: Path, tmp_path: Path) -> None:
+    """Two GRPO steps; the policy's prompt contract decides what the recipe leaves unset (reasoning),
+    the recipe's contradicting format wins with a warning, and the RL model carries the result."""
+    policy = tmp_path / "sft"
+    shutil.copytree(tiny_model, policy)
+    PromptContract(PromptArguments("xml", reasoning=False, compact_prompt=True), ["person"]).save(policy)
     out = tmp_path / "rl"
     overrides = {
-        "model_name_or_path": tiny_model,
+        "model_name_or_path": policy,
         "output_dir": out,
         "max_steps": 2,
         "total": 8,
@@ -561,7 +567,11 @@ def test_grpo_smoke_run_of_the_tiny_cpu_recipe(tiny_model: Path, tmp_path: Path)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-5000:]
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
-    assert "rl: 8 prompts, rewards format×1, f1×10, consistency×1, schema×1, grounding×1" in log
+    resolved = PromptArguments("grouped_json", reasoning=False, descriptions=False, compact_prompt=True)
+    assert f"rl: 8 prompts, {resolved}, rewards format×1, f1×10, consistency×1, schema×1, grounding×1" in log
+    assert "output_format='grouped_json' contradicts the prompt contract" in log
+    saved = PromptContract.load(out)
+    assert saved.prompt == resolved and sorted(saved.labels) == ["location", "misc", "organisation", "person"]
     step_logs = re.findall(r"\{'loss'.*?\}", log)
     assert len(step_logs) == 2, log[-5000:]
     for name in ("format_reward", "f1_reward", "consistency_reward", "schema_reward", "grounding_reward"):

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from trl import SFTConfig, SFTTrainer
 from trl.trainer import sft_trainer
 
-from reasoningner.configs import CoTArguments, GenerationArguments, PromptArguments
+from reasoningner.configs import CoTArguments, GenerationArguments, PromptArguments, PromptContract
 from reasoningner.cot import ANNOTATIONS, annotate
 from reasoningner.formats import THINK_OPEN, get_format
 from reasoningner.prompts import ner_instruction
@@ -191,13 +191,16 @@ def test_full_sft_run_lowers_the_loss_and_saves_a_loadable_model(
 ) -> None:
     out = tmp_path / "sft"
     run_stage(*stage_args(model_dir, cot_file, out, max_steps=20, lr=3e-3), "--save_strategy", "no")
-    assert "sft: 4 conversations, length-grouped batches" in capsys.readouterr().out  # no flash kernel
+    assert f"sft: 4 conversations, length-grouped batches, {RECIPE_PROMPT}" in capsys.readouterr().out
     conversations = recipe_conversations(cot_file)
     before = supervised_loss(load(model_dir), tokenizer, conversations)
     after = supervised_loss(load(out), tokenizer, conversations)
     assert after < 0.8 * before, (before, after)
     saved = AutoTokenizer.from_pretrained(out)
     assert saved.chat_template == tokenizer.chat_template and saved.eos_token == IM_END
+    contract = PromptContract.load(out)  # how to ask the model, and what it learnt to find
+    assert contract.prompt == RECIPE_PROMPT
+    assert sorted(contract.labels) == sorted(read_dataset(CONLL).schema.labels)
 
 
 def test_recipe_model_init_kwargs_reach_the_loader(
@@ -264,6 +267,7 @@ def test_lora_sft_run_lowers_the_loss_and_merges(
     run_stage(*stage_args(model_dir, cot_file, out, max_steps=20, lr=1e-2), *LORA, "--merge_lora", "true")
     before = supervised_loss(load(model_dir), tokenizer, recipe_conversations(cot_file))
     after = check_lora_output(out, model_dir, tokenizer, cot_file)
+    assert PromptContract.load(out / "merged").prompt == RECIPE_PROMPT
     # A random-init model's logits are tiny (unit hidden states against 0.02-scale tied embeddings) and LoRA
     # on q/v cannot scale them up, so the loss can only fall a little below log(vocab): ~0.15 nats here.
     assert after < before - 0.1, (before, after)

@@ -1,0 +1,69 @@
+"""The prompt contract: unset settings come from the model's saved contract, given ones win with a
+warning when they contradict it, and the contract file round-trips beside a model and its checkpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from reasoningner.configs import PROMPT_CONTRACT, GenerationArguments, PromptArguments, PromptContract
+
+TRAINED = PromptContract(
+    PromptArguments(output_format="xml", reasoning=False, descriptions=False, compact_prompt=True),
+    ["person", "location"],
+    "model/prompt_contract.json",
+)
+
+
+def test_unset_fields_take_the_defaults_until_a_contract_fills_them() -> None:
+    prompt = PromptArguments()
+    assert (prompt.output_format, prompt.reasoning, prompt.descriptions, prompt.compact_prompt) == (
+        "grouped_json",
+        True,
+        True,
+        False,
+    )
+    assert prompt.resolve(None) is prompt
+    assert prompt.resolve(TRAINED) == TRAINED.prompt
+
+
+def test_a_given_field_wins_and_warns_once_when_it_contradicts_the_contract(caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="reasoningner.configs"):
+        resolved = PromptArguments(output_format="bracketed", descriptions=False).resolve(TRAINED)
+    assert resolved == PromptArguments("bracketed", reasoning=False, descriptions=False, compact_prompt=True)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == [
+        "output_format='bracketed' contradicts the prompt contract model/prompt_contract.json: "
+        "the model was trained with output_format='xml'"
+    ]  # descriptions=False agrees with the contract: no warning
+
+
+def test_the_contract_round_trips_and_a_checkpoint_reads_its_run_s(tmp_path: Path) -> None:
+    TRAINED.save(tmp_path / "run")
+    (tmp_path / "run" / "checkpoint-4").mkdir()
+    for where in ("run", "run/checkpoint-4"):
+        loaded = PromptContract.load(tmp_path / where)
+        assert (loaded.prompt, loaded.labels) == (TRAINED.prompt, TRAINED.labels)
+        assert loaded.source == str(tmp_path / "run" / PROMPT_CONTRACT)
+    (tmp_path / "base").mkdir()
+    assert PromptContract.load(tmp_path / "base") is None  # a base model has none
+    assert PromptContract.load("Qwen/Qwen3-8B") is None
+    assert PromptContract.load(None) is None
+
+
+def test_a_broken_contract_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / PROMPT_CONTRACT).write_text(json.dumps({"prompt": {"output_format": "yaml"}}))
+    with pytest.raises(ValueError, match=f"{tmp_path / PROMPT_CONTRACT}: not a prompt contract"):
+        PromptContract.load(tmp_path)
+
+
+def test_choices_are_checked_when_the_config_is_built() -> None:
+    with pytest.raises(ValueError, match="output_format 'yaml': choose one of"):
+        PromptArguments(output_format="yaml")
+    with pytest.raises(ValueError, match="backend 'vlm': choose one of .*gold-template"):
+        GenerationArguments(backend="vlm")
+    with pytest.raises(ValueError, match="no model: set model_name_or_path"):
+        GenerationArguments().build_generator()
