@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from reasoningner.configs import PromptArguments, PromptContract
 from reasoningner.rewards import get_rewards
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,14 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     timings["tiny model"] = time.perf_counter() - tiny_started
 
-    def evaluate(name: str, model_dir: Path) -> dict[str, Any]:
-        eval_args = ["--config", eval_recipe, "--model_name_or_path", str(model_dir)]
+    def evaluate(name: str, model_dir: Path, *prompt: str) -> dict[str, Any]:
+        eval_args = ["--config", eval_recipe, "--model_name_or_path", str(model_dir), *prompt]
         timings[f"eval {name}"] = run(
             "eval", *eval_args, "--output_dir", str(out / f"eval-{name}"), *extra.get("eval", [])
         )
         return scores(out / f"eval-{name}" / "results.json")
 
-    evals = {"before": evaluate("before", model)}
+    # The untrained model has no prompt contract yet: ask it as SFT will train it.
+    sft_prompt = [arg for key in PromptArguments.DEFAULTS if key in recipe("sft")
+                  for arg in (f"--{key}", str(recipe("sft")[key]))]  # fmt: skip
+    evals = {"before": evaluate("before", model, *sft_prompt)}
     lines.append(f"dev F1 before training: {100 * evals['before']['f1']:.1f}")
 
     annotations = str(out / "cot" / "annotations.jsonl")
@@ -195,10 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     lines.append(f"stage 3 (GRPO): dev F1 {100 * evals['grpo']['f1']:.1f}")
 
     names, weights = rl["reward_funcs"], rl["reward_weights"]
+    output_format = PromptContract.load(out / "rl").prompt.output_format  # type: ignore[union-attr]
     rewards = {
-        stage: held_out_reward(
-            out / f"eval-{stage}" / "generations.jsonl", names, weights, rl["output_format"]
-        )
+        stage: held_out_reward(out / f"eval-{stage}" / "generations.jsonl", names, weights, output_format)
         for stage in ("sft", "grpo")
     }
     lines.append(
