@@ -4,12 +4,15 @@ Stage 1 (teacher CoT), evaluation and prediction all need "chat conversations in
 out". They name a backend so the same pipeline runs on a GPU node (vLLM), against a served or hosted
 teacher (`vllm serve`, an API), or on CPU with a tiny model in tests. Every backend yields results as
 they finish (`generate_iter`) so that callers can persist each one at once and a crash loses little.
+A conversation the backend gives up on (a server that keeps failing on it) need not stop the others:
+`generate_outcomes` yields its `ConversationFailed` in place of completions, and stage 1 records it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import itertools
 import json
 import logging
@@ -53,14 +56,24 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class Completion:
-    """One sampled answer and its length in generated tokens (0 when the backend does not say)."""
+    """One sampled answer, its length in generated tokens (0 when the backend does not say), and why
+    generation stopped: "stop", "length" (cut off at max_new_tokens), None when the backend does not say.
+    Stage 1 needs the reason: a cut-off answer is not the teacher's answer."""
 
     text: str
     completion_tokens: int
+    finish_reason: str | None = None
 
 
 class GenerationError(RuntimeError):
     """A backend could not produce completions (e.g. a server kept failing); never carries credentials."""
+
+
+class ConversationFailed(GenerationError):
+    """The backend gave up on one conversation (retries exhausted, a request refused); others may go on."""
+
+
+Outcome = list[Completion] | ConversationFailed
 
 
 class Generator(ABC):
@@ -74,19 +87,31 @@ class Generator(ABC):
         """Yield `(index into conversations, its n completions)` as each conversation finishes.
 
         Order is the backend's completion order; every index is yielded exactly once. Greedy decoding
-        generates once and repeats the result n times (vLLM refuses n > 1 when greedy).
+        generates once and repeats the result n times (vLLM refuses n > 1 when greedy). The first
+        conversation the backend gives up on raises its `ConversationFailed`.
         """
+        for index, outcome in self.generate_outcomes(conversations, sampling):
+            if isinstance(outcome, ConversationFailed):
+                raise outcome
+            yield index, outcome
+
+    def generate_outcomes(
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig
+    ) -> Iterator[tuple[int, Outcome]]:
+        """`generate_iter`, except that a conversation the backend gives up on is yielded with its
+        `ConversationFailed` and the others go on, so that one bad sentence does not stop a long run.
+        Errors that concern every conversation (a refused API key, an engine crash) still raise."""
         if sampling.temperature > 0 or sampling.n == 1:
             yield from self._generate(conversations, sampling)
             return
-        for index, completions in self._generate(conversations, replace(sampling, n=1)):
-            yield index, completions * sampling.n
+        for index, outcome in self._generate(conversations, replace(sampling, n=1)):
+            yield index, outcome if isinstance(outcome, ConversationFailed) else outcome * sampling.n
 
     @abstractmethod
     def _generate(
         self, conversations: Sequence[Conversation], sampling: SamplingConfig
-    ) -> Iterator[tuple[int, list[Completion]]]:
-        """`generate_iter` for this backend, with n == 1 whenever decoding is greedy."""
+    ) -> Iterator[tuple[int, Outcome]]:
+        """`generate_outcomes` for this backend, with n == 1 whenever decoding is greedy."""
 
     def generate(
         self,
@@ -185,7 +210,10 @@ class VLLMGenerator(Generator):
                 chunk, params, use_tqdm=False, chat_template_kwargs=self.chat_template_kwargs or None
             )
             for offset, output in enumerate(outputs):
-                yield start + offset, [Completion(o.text, len(o.token_ids)) for o in output.outputs]
+                yield (
+                    start + offset,
+                    [Completion(o.text, len(o.token_ids), o.finish_reason) for o in output.outputs],
+                )
 
     def close(self) -> None:
         self._llm = None
@@ -196,14 +224,19 @@ class OpenAIGenerator(Generator):
     """Any OpenAI-compatible `/chat/completions` server: `vllm serve`, `transformers serve`, a hosted API.
 
     Up to `max_concurrency` requests are in flight at once (servers batch concurrent requests). Each
-    request gets `request_timeout` seconds in total; 408/429/5xx answers, timeouts and connection errors
-    are retried up to `max_attempts` times with exponential backoff and jitter (honouring Retry-After),
-    then a `GenerationError` names the last status and a body excerpt. The API key is read once from the
-    environment variable `api_key_env` (none sent if unset) and kept out of reprs, logs and errors.
+    request gets `request_timeout` seconds in total; 408/429/5xx answers, timeouts, connection errors
+    and 200 answers that are not JSON with choices (a proxy's error page, a server's error object) are
+    retried up to `max_attempts` times with exponential backoff and jitter (honouring Retry-After), then
+    that conversation fails with a `ConversationFailed` naming the last problem and a body excerpt; so
+    does one whose request is refused (another 4xx: e.g. a prompt too long). 401, 403 and 404 say the
+    key, the model or the URL is wrong for every request: they raise a `GenerationError` at once. The
+    API key is read once from the environment variable `api_key_env` (none sent if unset) and kept out
+    of reprs, logs and errors.
     """
 
     name = "openai"
     RETRYABLE_STATUS: ClassVar[frozenset[int]] = frozenset({408, 429})
+    FATAL_STATUS: ClassVar[frozenset[int]] = frozenset({401, 403, 404})
 
     def __init__(
         self,
@@ -258,7 +291,7 @@ class OpenAIGenerator(Generator):
         )
         semaphore = asyncio.Semaphore(self.max_concurrency)
         todo = iter(enumerate(conversations))
-        pending: dict[asyncio.Task[list[Completion]], int] = {}
+        pending: dict[asyncio.Task[Outcome], int] = {}
 
         def schedule() -> None:
             for index, conversation in itertools.islice(todo, 2 * self.max_concurrency - len(pending)):
@@ -285,14 +318,17 @@ class OpenAIGenerator(Generator):
         semaphore: asyncio.Semaphore,
         conversation: Conversation,
         sampling: SamplingConfig,
-    ) -> list[Completion]:
+    ) -> Outcome:
         """n completions for one conversation, topping up with single-sample requests if the server
         returned fewer choices than asked (`transformers serve` ignores `n`). Each top-up request gets
-        its own seed, or a server that does honour seeds would return the same sample n times."""
-        payload = await self._post(
-            client, semaphore, self._body(conversation, sampling, sampling.n, sampling.seed)
-        )
-        completions = self._parse(payload)
+        its own seed, or a server that does honour seeds would return the same sample n times. A
+        conversation the server keeps failing on is returned as its `ConversationFailed`."""
+        try:
+            completions = await self._post(
+                client, semaphore, self._body(conversation, sampling, sampling.n, sampling.seed)
+            )
+        except ConversationFailed as failure:
+            return failure
         missing = sampling.n - len(completions)
         if missing > 0:
             seeds = [
@@ -303,9 +339,15 @@ class OpenAIGenerator(Generator):
                 *(
                     self._post(client, semaphore, self._body(conversation, sampling, 1, seed))
                     for seed in seeds
-                )
+                ),
+                return_exceptions=True,  # siblings of a failed top-up finish instead of being orphaned
             )
-            completions += [self._parse(p)[0] for p in extra]
+            for result in extra:
+                if isinstance(result, ConversationFailed):
+                    return result
+                if isinstance(result, BaseException):
+                    raise result
+            completions += [result[0] for result in extra]  # type: ignore[index]
         return completions[: sampling.n]
 
     def _body(self, conversation: Conversation, sampling: SamplingConfig, n: int, seed: int | None) -> dict:
@@ -325,21 +367,36 @@ class OpenAIGenerator(Generator):
             body["chat_template_kwargs"] = self.chat_template_kwargs
         return body
 
-    def _parse(self, payload: dict) -> list[Completion]:
+    def _parse(self, payload: Any) -> list[Completion]:
         """Completions in choice order. Servers report completion tokens summed over the choices, so
-        the total is split evenly (remainder to the first ones) and still adds up."""
+        the total is split evenly (remainder to the first ones) and still adds up. A payload without
+        choices is a ValueError, which `_post` retries."""
         try:
             choices = sorted(payload["choices"], key=lambda c: c.get("index", 0))
             texts = [_message_text(choice["message"]) for choice in choices]
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise GenerationError(f"{self.url}: malformed response {_excerpt(str(payload))}") from exc
+            reasons = [choice.get("finish_reason") for choice in choices]
+            total = int((payload.get("usage") or {}).get("completion_tokens") or 0)
+        except (KeyError, TypeError, AttributeError, ValueError):
+            raise ValueError(f"HTTP 200 with a malformed completion: {_excerpt(str(payload))}") from None
         if not texts:
-            raise GenerationError(f"{self.url}: response has no choices: {_excerpt(str(payload))}")
-        total = int((payload.get("usage") or {}).get("completion_tokens") or 0)
+            raise ValueError(f"HTTP 200 with no choices: {_excerpt(str(payload))}")
         share, remainder = divmod(total, len(texts))
-        return [Completion(text, share + (i < remainder)) for i, text in enumerate(texts)]
+        return [
+            Completion(text, share + (i < remainder), reason)
+            for i, (text, reason) in enumerate(zip(texts, reasons, strict=True))
+        ]
 
-    async def _post(self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore, body: dict) -> dict:
+    def _read(self, response: httpx.Response) -> list[Completion]:
+        """The completions of a 200 answer; ValueError when it is not JSON with choices."""
+        try:
+            payload = response.json()
+        except ValueError:
+            raise ValueError(f"HTTP 200 with invalid JSON: {_excerpt(response.text)}") from None
+        return self._parse(payload)
+
+    async def _post(
+        self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore, body: dict
+    ) -> list[Completion]:
         problem = ""
         for attempt in range(1, self.max_attempts + 1):
             retry_after: float | None = None
@@ -351,15 +408,20 @@ class OpenAIGenerator(Generator):
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             else:
-                if response.status_code == 200:
+                status = response.status_code
+                if status == 200:
                     try:
-                        return response.json()
+                        return self._read(response)
                     except ValueError as exc:
-                        raise GenerationError(f"{self.url}: invalid JSON {_excerpt(response.text)}") from exc
-                problem = f"HTTP {response.status_code}: {_excerpt(response.text)}"
-                if response.status_code < 500 and response.status_code not in self.RETRYABLE_STATUS:
-                    raise GenerationError(f"{self.url} refused the request ({self._key_note}): {problem}")
-                retry_after = _retry_after(response.headers.get("retry-after"))
+                        problem = str(exc)
+                else:
+                    problem = f"HTTP {status}: {_excerpt(response.text)}"
+                    refusal = f"{self.url} refused the request ({self._key_note}): {problem}"
+                    if status in self.FATAL_STATUS:
+                        raise GenerationError(refusal)
+                    if status < 500 and status not in self.RETRYABLE_STATUS:
+                        raise ConversationFailed(refusal)
+                    retry_after = _retry_after(response.headers.get("retry-after"))
             if attempt < self.max_attempts:
                 delay = self._backoff(attempt, retry_after)
                 logger.warning(
@@ -371,7 +433,7 @@ class OpenAIGenerator(Generator):
                     delay,
                 )
                 await asyncio.sleep(delay)
-        raise GenerationError(f"{self.url}: gave up after {self.max_attempts} attempts; last: {problem}")
+        raise ConversationFailed(f"{self.url}: gave up after {self.max_attempts} attempts; last: {problem}")
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """Exponential with jitter in [delay/2, delay], so that many clients do not retry in lockstep."""
@@ -487,9 +549,12 @@ class TransformersGenerator(Generator):
                 yield start + offset, [self._completion(row) for row in rows]
 
     def _completion(self, tokens: list[int]) -> Completion:
-        end = next((i + 1 for i, token in enumerate(tokens) if token in self._eos_ids), len(tokens))
-        text = self._tokenizer.decode(tokens[:end], skip_special_tokens=True)
-        return Completion(text, end)
+        """Up to the first end-of-sequence token; a row without one ran into max_new_tokens (generation
+        stops early only when every row of the batch has ended)."""
+        end = next((i + 1 for i, token in enumerate(tokens) if token in self._eos_ids), None)
+        if end is None:
+            return Completion(self._tokenizer.decode(tokens, skip_special_tokens=True), len(tokens), "length")
+        return Completion(self._tokenizer.decode(tokens[:end], skip_special_tokens=True), end, "stop")
 
     def close(self) -> None:
         self._model = None
@@ -515,6 +580,25 @@ def options_from(value: dict[str, Any] | str | None) -> dict[str, Any]:
     return dict(value)
 
 
+def check_options(backend: str, options: dict[str, Any]) -> None:
+    """Refuse an option the backend does not take, or lacks one it needs, in one line that names them
+    and the options it accepts, before anything loads (a TypeError from deep inside says neither).
+
+    vLLM hands options it does not name to its engine, which names an unknown one itself.
+    """
+    parameters = dict(inspect.signature(BACKENDS[backend].__init__).parameters)
+    parameters.pop("self")
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = sorted(parameters)
+    unknown = sorted(set(options) - set(parameters))
+    if unknown:
+        raise ValueError(f"unknown backend_options {unknown}: the {backend} backend accepts {accepted}")
+    missing = [name for name, p in parameters.items() if p.default is p.empty and name not in options]
+    if missing:
+        raise ValueError(f"missing backend_options {missing}: the {backend} backend accepts {accepted}")
+
+
 def build_generator(backend: str, **options: Any) -> Generator:
     """The named backend ("vllm", "openai" or "transformers") built with its own keyword options."""
     try:
@@ -523,4 +607,5 @@ def build_generator(backend: str, **options: Any) -> Generator:
         raise ValueError(
             f"unknown generation backend {backend!r}; choose one of {sorted(BACKENDS)}"
         ) from None
+    check_options(backend, options)
     return cls(**options)

@@ -26,6 +26,7 @@ from transformers import AutoModelForCausalLM
 
 from reasoningner.generation import (
     Completion,
+    ConversationFailed,
     GenerationError,
     OpenAIGenerator,
     SamplingConfig,
@@ -121,11 +122,13 @@ def test_transformers_token_counts_exclude_padding(model_dir: Path, local: Trans
     """In a batch, sequences that stopped early are padded up to the longest; generated alone they are
     not, so equal counts prove the padding is not counted."""
     conversations = [conversation(s) for s in SENTENCES]
-    counts = [
-        c[0].completion_tokens for c in local.generate(conversations, SamplingConfig(max_new_tokens=12))
-    ]
+    completions = [c[0] for c in local.generate(conversations, SamplingConfig(max_new_tokens=12))]
+    counts = [c.completion_tokens for c in completions]
     assert all(1 <= count <= 12 for count in counts)
     assert min(counts) < 12 == max(counts), f"fixture should mix early stops and full lengths: {counts}"
+    # Without an end-of-sequence token the row ran into max_new_tokens: stage 1 must know it was cut off.
+    assert all(c.finish_reason == "stop" for c in completions if c.completion_tokens < 12)
+    assert "length" in {c.finish_reason for c in completions}
     with TransformersGenerator(model_dir, batch_size=1) as one_by_one:
         for sentence, count in zip(SENTENCES, counts, strict=True):
             [[completion]] = one_by_one.generate([conversation(sentence)], SamplingConfig(max_new_tokens=12))
@@ -258,6 +261,14 @@ class FakeHandler(BaseHTTPRequestHandler):
             return self.send(503, {"error": "model overloaded"})
         if kind == "status400":
             return self.send(400, {"error": "unknown field"})
+        if kind == "status401":
+            return self.send(401, {"error": "invalid key"})
+        if kind == "badjson" and attempt <= int(arg):
+            return self.send_raw(200, b"<html>proxy error</html>")
+        if kind == "nochoices" and attempt <= int(arg):
+            return self.send(200, {"object": "error", "message": "engine restarting"})
+        if kind == "emptychoices" and attempt <= int(arg):
+            return self.send(200, {"choices": []})
         if kind == "hang" and attempt <= int(arg):
             time.sleep(HANG_S)
         if kind == "slow":
@@ -267,14 +278,16 @@ class FakeHandler(BaseHTTPRequestHandler):
             {
                 "index": i,
                 "message": {"role": "assistant", "content": f"echo:{content}#{i}"},
-                "finish_reason": "stop",
+                "finish_reason": "length" if kind == "length" else "stop",
             }
             for i in reversed(range(n))
         ]
         self.send(200, {"choices": choices, "usage": {"completion_tokens": 10 * n + 1}})
 
     def send(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode()
+        self.send_raw(status, json.dumps(payload).encode(), headers)
+
+    def send_raw(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -343,6 +356,52 @@ def test_openai_gives_up_with_a_clear_error_that_hides_the_key(
     assert fake.attempts["status400"] == 1, "a 400 is not retried"
 
 
+def test_openai_retries_200_answers_that_are_not_json_with_choices(
+    fake: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A proxy's error page or a server's error object, sent with status 200, is a failed attempt."""
+    caplog.set_level(logging.DEBUG)
+    contents = ["badjson:2:a", "nochoices:1:b", "emptychoices:1:c", "length:0:d"]
+    with fake_client(fake.base_url, max_attempts=3) as client:
+        results = client.generate([conversation(c) for c in contents], SamplingConfig())
+    assert [c[0].text for c in results] == [echo(c)[0] for c in contents]
+    assert [fake.attempts[c] for c in contents] == [3, 2, 2, 1]
+    assert [c[0].finish_reason for c in results] == ["stop", "stop", "stop", "length"]
+    retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert sum("HTTP 200 with invalid JSON: <html>proxy error</html>" in m for m in retries) == 2
+    assert any("HTTP 200 with a malformed completion" in m and "engine restarting" in m for m in retries)
+    assert any("HTTP 200 with no choices" in m for m in retries)
+
+
+def test_openai_a_conversation_it_gives_up_on_does_not_stop_the_others(fake: FakeServer) -> None:
+    contents = ["plain:a", "always503", "badjson:9:b", "status400", "plain:c"]
+    with fake_client(fake.base_url, max_attempts=2, max_concurrency=2) as client:
+        outcomes = dict(client.generate_outcomes([conversation(c) for c in contents], SamplingConfig(n=2)))
+    assert sorted(outcomes) == list(range(len(contents)))
+    assert [c.text for c in outcomes[0]] == echo("plain:a")[:1] * 2  # type: ignore[union-attr]
+    assert [c.text for c in outcomes[4]] == echo("plain:c")[:1] * 2  # type: ignore[union-attr]
+    failures = {i: str(o) for i, o in outcomes.items() if isinstance(o, ConversationFailed)}
+    assert sorted(failures) == [1, 2, 3]
+    assert "gave up after 2 attempts; last: HTTP 503" in failures[1]
+    assert "gave up after 2 attempts; last: HTTP 200 with invalid JSON" in failures[2]
+    assert "refused the request" in failures[3] and "HTTP 400" in failures[3]
+    assert fake.attempts["status400"] == 1
+    assert all(SECRET not in failure for failure in failures.values())
+
+
+def test_openai_a_refused_key_stops_everything_at_once(fake: FakeServer) -> None:
+    """401/403/404 are wrong for every request: recording each sentence as failed would only hide it."""
+    contents = ["status401", *(f"slow:{HANG_S}:{i}" for i in range(3))]
+    started = time.monotonic()
+    with (
+        fake_client(fake.base_url, max_concurrency=4) as client,
+        pytest.raises(GenerationError, match="refused the request .*HTTP 401") as failure,
+    ):
+        list(client.generate_outcomes([conversation(c) for c in contents], SamplingConfig()))
+    assert not isinstance(failure.value, ConversationFailed)
+    assert fake.attempts["status401"] == 1 and time.monotonic() - started < HANG_S
+
+
 def test_openai_yields_in_completion_order_within_the_concurrency_bound(fake: FakeServer) -> None:
     contents = ["slow:0.6:a", "slow:0.1:b", "slow:0.1:c", "slow:0.1:d", "slow:0.1:e"]
     with fake_client(fake.base_url, max_concurrency=2) as client:
@@ -375,14 +434,15 @@ def test_openai_asks_for_n_and_splits_usage(fake: FakeServer) -> None:
             [conversation("plain:a")], SamplingConfig(n=3, temperature=0.7, seed=5)
         )
     assert completions == [
-        Completion(text, tokens) for text, tokens in zip(echo("plain:a", 3), [11, 10, 10], strict=True)
+        Completion(text, tokens, "stop")
+        for text, tokens in zip(echo("plain:a", 3), [11, 10, 10], strict=True)
     ]
     [(_, body, _)] = fake.requests
     assert body["n"] == 3 and body["seed"] == 5 and body["model"] == "teacher" and body["max_tokens"] == 512
     assert body["temperature"] == 0.7 and body["chat_template_kwargs"] == {"enable_thinking": False}
     with fake_client(fake.base_url) as client:
         [greedy] = client.generate([conversation("plain:b")], SamplingConfig(n=2))
-    assert greedy == [Completion(echo("plain:b")[0], 11)] * 2
+    assert greedy == [Completion(echo("plain:b")[0], 11, "stop")] * 2
     assert "n" not in fake.requests[-1][1], "greedy asks once: vLLM refuses n > 1 when greedy"
 
 
@@ -423,7 +483,11 @@ class FakeLLM:
         return [
             types.SimpleNamespace(
                 outputs=[
-                    types.SimpleNamespace(text=f"{m[-1]['content']}#{i}", token_ids=list(range(i + 1)))
+                    types.SimpleNamespace(
+                        text=f"{m[-1]['content']}#{i}",
+                        token_ids=list(range(i + 1)),
+                        finish_reason="length" if i else "stop",
+                    )
                     for i in range(sampling_params.kwargs["n"])
                 ]
             )
@@ -475,14 +539,16 @@ def test_vllm_plumbing(fake_vllm: types.ModuleType) -> None:
         SamplingConfig(n=2, temperature=0.6, top_p=0.9, max_new_tokens=64, seed=11),
         on_done=done.append,
     )
-    assert results == [[Completion(f"{s}#0", 1), Completion(f"{s}#1", 2)] for s in sentences]
+    assert results == [
+        [Completion(f"{s}#0", 1, "stop"), Completion(f"{s}#1", 2, "length")] for s in sentences
+    ]
     assert done == [0, 1, 2]
     assert [len(messages) for messages, _, _ in llm.calls] == [2, 1]
     _, params, kwargs = llm.calls[0]
     assert params.kwargs == dict(n=2, temperature=0.6, top_p=0.9, max_tokens=64, seed=11)
     assert kwargs == dict(use_tqdm=False, chat_template_kwargs={"enable_thinking": False})
     [greedy] = generator.generate([conversation("d")], SamplingConfig(n=2))
-    assert greedy == [Completion("d#0", 1)] * 2 and llm.calls[-1][1].kwargs["n"] == 1
+    assert greedy == [Completion("d#0", 1, "stop")] * 2 and llm.calls[-1][1].kwargs["n"] == 1
     generator.close()
     with pytest.raises(GenerationError, match="closed"):
         generator.generate([conversation("a")], SamplingConfig())
@@ -492,6 +558,23 @@ def test_vllm_missing_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(ImportError, match=r"pip install reasoningner\[vllm\]"):
         build_generator("vllm", model="/models/teacher")
+
+
+def test_backend_options_are_checked_in_one_line_before_anything_loads(tmp_path: Path) -> None:
+    absent = str(tmp_path / "no-model")  # loading it would fail otherwise
+    with pytest.raises(
+        ValueError,
+        match=r"unknown backend_options \['batchsize'\]: the transformers backend accepts \[.*'batch_size'",
+    ):
+        build_generator("transformers", model=absent, batchsize=2)
+    with pytest.raises(
+        ValueError, match=r"unknown backend_options \['max_concurency'\]: the openai .*'max_concurrency'"
+    ):
+        build_generator("openai", base_url="http://127.0.0.1:9/v1", max_concurency=4)
+    with pytest.raises(
+        ValueError, match=r"missing backend_options \['base_url'\]: the openai backend accepts"
+    ):
+        build_generator("openai", model="teacher")
 
 
 def test_unknown_backend_and_bad_sampling_are_refused() -> None:
