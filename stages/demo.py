@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -56,8 +57,8 @@ def recipe(stage: str) -> dict[str, Any]:
 
 def held_out_reward(
     generations: Path, names: list[str], weights: list[float], output_format: str
-) -> dict[str, float]:
-    """Mean of each reward component and of their weighted sum over the evaluation's outputs."""
+) -> dict[str, list[float]]:
+    """Each reward component, and their weighted sum (`total`), of every evaluation output."""
     rows = [json.loads(line) for line in generations.read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = [r for r in rows if r["variant"] == "normal"]
     columns = {
@@ -68,13 +69,32 @@ def held_out_reward(
         "output_format": [output_format] * len(rows),
     }
     scores = {name: function(**columns) for name, function in zip(names, get_rewards(names), strict=True)}
-    means = {name: sum(values) / len(values) for name, values in scores.items()}
-    means["total"] = sum(w * means[n] for n, w in zip(names, weights, strict=True))
-    return means
+    scores["total"] = [
+        sum(w * scores[n][i] for n, w in zip(names, weights, strict=True)) for i in range(len(rows))
+    ]
+    return scores
 
 
-def plot(out: Path, evals: dict[str, dict[str, Any]]) -> list[str]:
-    """Training loss, each reward component over GRPO steps, F1 per stage per label (PNG files)."""
+def mean_and_error(values: list[float]) -> tuple[float, float]:
+    """The mean and its standard error (over prompts)."""
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0)
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """The mean of each value and the `window - 1` before it (fewer at the start)."""
+    return [statistics.fmean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+
+
+# Length-grouped batches (`training.configure_batching`): transformers' sampler sorts each group of 50
+# batches from the longest sentences to the shortest, so the raw loss saws with a 50-step period.
+LENGTH_GROUP_STEPS = 50
+
+
+def plot(
+    out: Path, evals: dict[str, dict[str, Any]], held_out: dict[str, dict[str, list[float]]]
+) -> list[str]:
+    """SFT loss, GRPO rewards over steps, held-out reward by model, F1 per stage per label (PNGs)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,27 +102,73 @@ def plot(out: Path, evals: dict[str, dict[str, Any]]) -> list[str]:
 
     images = []
     sft_log = json.loads((out / "sft" / "trainer_state.json").read_text())["log_history"]
-    points = [(row["step"], row["loss"]) for row in sft_log if "loss" in row]
+    steps = [row["step"] for row in sft_log if "loss" in row]
+    losses = [row["loss"] for row in sft_log if "loss" in row]
+    every = steps[1] - steps[0] if len(steps) > 1 else 1
     figure, axis = plt.subplots(figsize=(6, 3.5))
-    axis.plot(*zip(*points, strict=True), marker=".")
+    axis.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=0.8, label="logged")
+    window = max(1, LENGTH_GROUP_STEPS // every)
+    axis.plot(
+        steps, moving_average(losses, window), color="tab:blue", label=f"mean of {window * every} steps"
+    )
     axis.set(title="SFT training loss", xlabel="step", ylabel="loss")
+    axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(out / "sft_loss.png", dpi=110)
     images.append("sft_loss.png")
 
-    rl_log = json.loads((out / "rl" / "trainer_state.json").read_text())["log_history"]
+    rl_log = [
+        row
+        for row in json.loads((out / "rl" / "trainer_state.json").read_text())["log_history"]
+        if "reward" in row
+    ]
     components = sorted(
-        {k for row in rl_log for k in row if k.startswith("rewards/") and k.endswith("/mean")}
+        {k.split("/")[1] for row in rl_log for k in row if k.startswith("rewards/") and k.endswith("/mean")}
     )
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    for key in components:
-        steps = [(row["step"], row[key]) for row in rl_log if key in row]
-        axis.plot(*zip(*steps, strict=True), label=key.split("/")[1].removesuffix("_reward"))
-    axis.set(title="GRPO reward components", xlabel="step", ylabel="mean reward", ylim=(-0.05, 1.05))
-    axis.legend(fontsize=8)
+    figure, (total_axis, parts_axis) = plt.subplots(1, 2, figsize=(10, 3.8))
+    steps = [row["step"] for row in rl_log]
+    window = max(1, len(rl_log) // 10)
+    for axis, keys in ((total_axis, ["reward"]), (parts_axis, [f"rewards/{c}/mean" for c in components])):
+        for key in keys:
+            means = [row[key] for row in rl_log]
+            spread = [
+                row[key.replace("/mean", "/std") if key != "reward" else "reward_std"] for row in rl_log
+            ]
+            smooth = moving_average(means, window)
+            line = axis.plot(
+                steps, smooth, label="total" if key == "reward" else key.split("/")[1].removesuffix("_reward")
+            )[0]
+            low = [m - s for m, s in zip(smooth, moving_average(spread, window), strict=True)]
+            high = [m + s for m, s in zip(smooth, moving_average(spread, window), strict=True)]
+            axis.fill_between(steps, low, high, color=line.get_color(), alpha=0.12)
+    total_axis.set(
+        title=f"GRPO reward (moving mean of {window} step(s), ± std in a step)",
+        xlabel="step",
+        ylabel="reward",
+    )
+    parts_axis.set(title="reward components", xlabel="step", ylim=(-0.05, 1.05))
+    parts_axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     figure.savefig(out / "rl_rewards.png", dpi=110)
     images.append("rl_rewards.png")
+
+    components = [name for name in next(iter(held_out.values())) if name != "total"]
+    figure, (parts_axis, total_axis) = plt.subplots(1, 2, figsize=(10, 3.5), width_ratios=[3, 1])
+    width = 0.8 / len(held_out)
+    for i, (model, scores) in enumerate(held_out.items()):
+        parts = [mean_and_error(scores[name]) for name in components]
+        parts_axis.bar([x + i * width for x in range(len(components))], [m for m, _ in parts], width,
+                       yerr=[e for _, e in parts], capsize=3, label=model)  # fmt: skip
+        total, error = mean_and_error(scores["total"])
+        total_axis.bar([i], [total], 0.6, yerr=[error], capsize=3, label=model)
+    parts_axis.set_xticks([x + width * (len(held_out) - 1) / 2 for x in range(len(components))], components)
+    parts_axis.set(title="held-out reward components (mean ± s.e. over dev prompts)", ylim=(0, 1.05))
+    total_axis.set_xticks(range(len(held_out)), list(held_out))
+    total_axis.set(title="weighted total")
+    parts_axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out / "held_out_reward.png", dpi=110)
+    images.append("held_out_reward.png")
 
     labels = sorted({label for e in evals.values() for label in e["per_label"]})
     figure, axis = plt.subplots(figsize=(6, 3.5))
@@ -200,21 +266,38 @@ def main(argv: list[str] | None = None) -> int:
 
     names, weights = rl["reward_funcs"], rl["reward_weights"]
     output_format = PromptContract.load(out / "rl").prompt.output_format  # type: ignore[union-attr]
-    rewards = {
+    held_out = {
         stage: held_out_reward(out / f"eval-{stage}" / "generations.jsonl", names, weights, output_format)
         for stage in ("sft", "grpo")
+    }
+    rewards = {
+        stage: {name: mean_and_error(values)[0] for name, values in scores.items()}
+        for stage, scores in held_out.items()
+    }
+    errors = {
+        stage: {name: mean_and_error(values)[1] for name, values in scores.items()}
+        for stage, scores in held_out.items()
     }
     lines.append(
         f"held-out mean reward (max {sum(weights):g}): SFT {rewards['sft']['total']:.2f} -> "
         f"GRPO {rewards['grpo']['total']:.2f}"
     )
-    images = plot(out, evals)
+    images = plot(out, evals, held_out)
     total = time.perf_counter() - started
     lines.append(f"total time {total / 60:.1f} min")
 
-    summary = {"evals": evals, "rewards": rewards, "cot": cot, "timings": timings, "total_seconds": total}
+    summary = {
+        "evals": evals,
+        "rewards": rewards,
+        "reward_errors": errors,
+        "cot": cot,
+        "timings": timings,
+        "total_seconds": total,
+    }
     (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    (out / REPORT).write_text(report_markdown(lines, evals, rewards, timings, images), encoding="utf-8")
+    (out / REPORT).write_text(
+        report_markdown(lines, evals, rewards, errors, timings, images), encoding="utf-8"
+    )
     print("\n".join(["", "reasoningner demo", *(f"  {line}" for line in lines), f"  report: {out / REPORT}"]))
     return 0
 
@@ -223,6 +306,7 @@ def report_markdown(
     lines: list[str],
     evals: dict[str, Any],
     rewards: dict[str, dict[str, float]],
+    errors: dict[str, dict[str, float]],
     timings: dict[str, float],
     images: list[str],
 ) -> str:
@@ -236,11 +320,18 @@ def report_markdown(
         "| --- | ---: |",
         *(f"| {stage} | {100 * result['f1']:.1f} |" for stage, result in evals.items()),
         "",
-        "Held-out reward (mean over the dev prompts):",
+        "Held-out reward (mean ± standard error over the dev prompts):",
         "",
         "| model | " + " | ".join(components) + " |",
         "| --- |" + " ---: |" * len(components),
-        *(f"| {m} | " + " | ".join(f"{rewards[m][c]:.3f}" for c in components) + " |" for m in rewards),
+        *(
+            f"| {m} | " + " | ".join(f"{rewards[m][c]:.3f} ± {errors[m][c]:.3f}" for c in components) + " |"
+            for m in rewards
+        ),
+        "",
+        f"The SFT loss is logged every few steps; batches are grouped by length, each group of "
+        f"{LENGTH_GROUP_STEPS} batches running from the longest sentences to the shortest, so the logged "
+        f"loss saws with that period. The plot's line is its mean over one period.",
         "",
         "| step | seconds |",
         "| --- | ---: |",

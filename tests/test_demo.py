@@ -31,8 +31,9 @@ def test_the_quick_demo_runs_every_stage_and_writes_report_and_plots(tmp_path):
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert set(summary["evals"]) == {"before", "sft", "grpo"}
     assert set(summary["rewards"]["grpo"]) == {"format", "f1", "consistency", "schema", "grounding", "total"}
+    assert summary["reward_errors"]["grpo"].keys() == summary["rewards"]["grpo"].keys()
     report = (tmp_path / "demo.md").read_text()
-    for image in ("sft_loss.png", "rl_rewards.png", "f1_per_label.png"):
+    for image in ("sft_loss.png", "rl_rewards.png", "held_out_reward.png", "f1_per_label.png"):
         assert (tmp_path / image).stat().st_size > 1000
         assert f"]({image})" in report
     for stage in ("cot", "sft", "rl", "eval-grpo"):
