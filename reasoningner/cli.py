@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import itertools
 import json
 import sys
@@ -19,7 +20,7 @@ from rich.table import Table
 
 from reasoningner.configs import RENAMED, PromptArguments, PromptContract
 from reasoningner.generation import BACKENDS
-from reasoningner.predict import NERModel
+from reasoningner.predict import MAX_PROMPT_CHARS, NERModel, check_scoring
 from reasoningner.readers import READERS, WRITERS, DataError, read_dataset, write_dataset
 from reasoningner.spans import Schema, SpanError
 from reasoningner.stats import dataset_stats
@@ -156,6 +157,25 @@ def _add_predict_command(subparsers: argparse._SubParsersAction) -> None:
     )
     predict.add_argument("--descriptions-file", type=Path, help="JSON object: label -> one-line description")
     predict.add_argument("--rationale", action="store_true", help="add the <think> rationale to each line")
+    predict.add_argument(
+        "--num-samples",
+        type=int,
+        default=1,
+        help="answers sampled per text (temperature 0.7); an entity's score is the share that found it "
+        "(default 1: greedy, every score 1.0)",
+    )
+    predict.add_argument("--threshold", type=float, default=0.0, help="drop entities scoring below this")
+    predict.add_argument(
+        "--flat-ner",
+        action="store_true",
+        help="no overlapping entities: keep the higher score, then the longer, then the earlier",
+    )
+    predict.add_argument(
+        "--max-prompt-chars",
+        type=int,
+        default=MAX_PROMPT_CHARS,
+        help="longer prompts are asked in windows of the text; lower it for a small context",
+    )
     _add_prompt_arguments(predict)
     predict.add_argument("--backend", default="transformers", choices=sorted(BACKENDS))
     predict.add_argument(
@@ -172,7 +192,11 @@ PREDICT_CHUNK = 256  # lines per generate call: large enough to batch, small eno
 
 
 def _predict(args: argparse.Namespace, console: Console) -> int:
-    """One JSON line per input line (a blank line gets no entities), written as each chunk is done."""
+    """One JSON line per input line (a blank line gets no entities), written as each chunk is done.
+
+    Input that is not UTF-8 is decoded with U+FFFD for each bad byte (the line echoed is that text, so
+    offsets still slice it) rather than ending the run.
+    """
     labels = tuple(label.strip() for label in (args.labels or "").split(",") if label.strip())
     descriptions = (
         json.loads(args.descriptions_file.read_text(encoding="utf-8")) if args.descriptions_file else {}
@@ -185,18 +209,37 @@ def _predict(args: argparse.Namespace, console: Console) -> int:
     # Labels and prompt settings are checked before the model is loaded.
     schema = Schema(labels, descriptions)
     prompt = PromptArguments(**{f.name: getattr(args, f.name) for f in fields(PromptArguments)})
+    check_scoring(args.threshold, args.num_samples)
     if args.backend == "transformers" and not Path(args.model).is_dir():
         raise FileNotFoundError(f"no model directory {args.model}")
     with contextlib.ExitStack() as stack:
-        lines = sys.stdin if args.input == "-" else stack.enter_context(open(args.input, encoding="utf-8"))
+        if args.input == "-":
+            # The bytes of stdin, decoded here: its own decoder may be strict, or (a C locale) turn bad
+            # bytes into lone surrogates that a tokenizer refuses. Detached after, so stdin stays open.
+            lines = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
+            stack.callback(lines.detach)
+        else:
+            lines = stack.enter_context(open(args.input, encoding="utf-8", errors="replace"))
         model = stack.enter_context(
             NERModel.from_pretrained(
-                args.model, args.backend, prompt, max_new_tokens=args.max_new_tokens, **args.backend_options
+                args.model,
+                args.backend,
+                prompt,
+                max_new_tokens=args.max_new_tokens,
+                max_prompt_chars=args.max_prompt_chars,
+                **args.backend_options,
             )
         )
         texts = (line.rstrip("\r\n") for line in lines)
         while chunk := list(itertools.islice(texts, PREDICT_CHUNK)):
-            predictions = model.predict(chunk, schema, return_rationale=args.rationale)
+            predictions = model.predict(
+                chunk,
+                schema,
+                return_rationale=args.rationale,
+                threshold=args.threshold,
+                flat_ner=args.flat_ner,
+                num_samples=args.num_samples,
+            )
             for text, prediction in zip(chunk, predictions, strict=True):
                 print(json.dumps(prediction.to_dict(text), ensure_ascii=False), flush=True)
     return 0

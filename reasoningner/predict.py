@@ -3,8 +3,13 @@
     from reasoningner.predict import NERModel
 
     with NERModel.from_pretrained("outputs/tiny-cpu/sft") as model:
-        [entities] = model.predict(["Peter Blackburn met EU officials ."], ["person", "organisation"])
-    entities[0]  # Entity(text='Peter Blackburn', label='person', start=0, end=15)
+        entities = model.predict_entities("Peter Blackburn met EU officials .", ["person", "organisation"])
+    entities[0]  # Entity(text='Peter Blackburn', label='person', start=0, end=15, score=1.0)
+
+`predict_entities(text, labels)` takes one text, `predict(texts, labels)` a batch (one generate call),
+as in GLiNER; both take `threshold`, `flat_ner` and `num_samples`, and `Prediction.to_spacy(doc)`
+sets a spaCy `Doc`'s entities. Unlike GLiNER, nothing is dropped by default (threshold 0, nested
+entities kept): the models are trained on nested data too.
 
 Every text is asked with the prompt the model was trained on (`prompts.ner_instruction`) and the
 answer is read by the format's own parser (`formats`), the same path evaluation takes, so what
@@ -18,36 +23,78 @@ under a label is its first k occurrences (word-boundary aware); occurrence_json 
 occurrence index; offset_json - the stated offsets, else the occurrence nearest them; bracketed
 and xml - the position of the markup in the rewritten sentence.
 
+Scores. A generative model states entities without probabilities, so the score is self-consistency:
+with `num_samples=k` every text is sampled k times (temperature > 0) and an entity's score is the
+share of the k answers whose parse holds that exact span (start, end, label). The entities returned
+are those of any sample. With one greedy answer (the default) every entity scores 1.0.
+
+Long texts. A prompt longer than `max_prompt_chars` characters would not fit a small context (a
+5,000-word line asked whole once took 28.9 GB and ended the run), so its text is asked in windows:
+consecutive pieces cut at whitespace (after a sentence end when one falls in the second half of the
+piece), each short enough for its prompt to fit; their entities are mapped back to offsets of the
+whole text. Characters are a proxy for tokens that needs no tokenizer (about 4 a token in English
+for a pretrained model's tokenizer, 1.2 for a tiny model's 400-token vocabulary, 1 or fewer in
+Chinese): the default of 2,000 suits a 2,048-token context; raise it for a long context, lower it
+for a dense script or long answers. An entity cut by a window edge is lost or found in part.
+
 What is not an entity. A mention that cannot be found in the text is returned on the result's
 `.ungrounded` as `(text, label)`; an entity with a label outside the requested ones is dropped,
-and `.problems` says so (`unknown_label`), with every other parse problem.
+and `.problems` says so (`unknown_label`), with every other parse problem. With several samples or
+windows, both hold what any of them had, each once. A text (or window) the backend gave up on (a
+server that refused its prompt) has the problem `generation_failed`, and the other texts go on.
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reasoningner.configs import GenerationArguments, PromptArguments, PromptContract
 from reasoningner.formats import ParseResult, Problem, get_format, split_answer
-from reasoningner.generation import Completion, Conversation, Generator, SamplingConfig
+from reasoningner.generation import (
+    Completion,
+    Conversation,
+    ConversationFailed,
+    Generator,
+    SamplingConfig,
+)
 from reasoningner.prompts import ner_instruction
-from reasoningner.spans import Schema
+from reasoningner.spans import Schema, Span
+
+if TYPE_CHECKING:
+    from spacy.tokens import Doc
+
+# For num_samples > 1 when the model's sampling is greedy: k copies of one answer would all score 1.0.
+SAMPLING_TEMPERATURE = 0.7
+# ~1,700 tokens even at 1.2 characters a token (a tiny model's 400-token vocabulary), so that a
+# 2,048-token context keeps room for a short answer; ~500 tokens of English for a real tokenizer.
+MAX_PROMPT_CHARS = 2000
+FAILED = "generation_failed"  # the problem of a text (window) the backend gave up on
 
 
 @dataclass(frozen=True)
 class Entity:
-    """A predicted entity: its text as it stands in the input, label, half-open character offsets."""
+    """A predicted entity: its text as it stands in the input, label, half-open character offsets, and
+    the share of samples that found it (1.0 from one greedy answer)."""
 
     text: str
     label: str
     start: int
     end: int
+    score: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "label": self.label, "start": self.start, "end": self.end}
+        return {
+            "text": self.text,
+            "label": self.label,
+            "start": self.start,
+            "end": self.end,
+            "score": self.score,
+        }
 
 
 class Prediction(list[Entity]):
@@ -55,7 +102,9 @@ class Prediction(list[Entity]):
 
     A list, so that `predict` returns `list[list[Entity]]`; `ungrounded` holds `(text, label)` the
     model stated but the text does not contain, `problems` the parser's findings, `rationale` the
-    `<think>` text when asked for ("" if the output had none; None when not asked for).
+    `<think>` text when asked for ("" if the output had none; None when not asked for). With several
+    samples the rationale is the first sample's; with windows, the windows' rationales in order,
+    separated by a blank line.
     """
 
     def __init__(
@@ -83,6 +132,138 @@ class Prediction(list[Entity]):
             record["rationale"] = self.rationale
         return record
 
+    def to_spacy(self, doc: Doc) -> Doc:
+        """Set `doc.ents` to these entities and return `doc` (spaCy is the optional extra `spacy`).
+
+        `doc` must be of the text this prediction is of. Each entity becomes
+        `doc.char_span(start, end, label, alignment_mode="expand")`: the tokens that cover it. spaCy's
+        entities are flat, so entities that overlap (in the text, or once expanded to tokens) raise
+        ValueError: predict with `flat_ner=True` first. Scores stay on this prediction.
+        """
+        spans = []
+        for entity in self:
+            if doc.text[entity.start : entity.end] != entity.text:
+                where = f"{entity.start}:{entity.end}"
+                raise ValueError(f"the doc is not the predicted text: {entity.text!r} is not at {where}")
+            spans.append(
+                (doc.char_span(entity.start, entity.end, entity.label, alignment_mode="expand"), entity)
+            )
+        spans.sort(key=lambda pair: (pair[0].start, pair[0].end))
+        for (before, first), (after, second) in zip(spans, spans[1:], strict=False):
+            if after.start < before.end:
+                where = (
+                    "in the text: predict with flat_ner=True"
+                    if first.start < second.end and second.start < first.end
+                    else "once expanded to spaCy tokens"
+                )
+                raise ValueError(
+                    f"spaCy entities are flat, but {first.text!r} ({first.label}) and {second.text!r} "
+                    f"({second.label}) overlap {where}"
+                )
+        doc.ents = [span for span, _ in spans]
+        return doc
+
+
+def flat_entities(entities: Sequence[Entity], labels: Sequence[str] = ()) -> list[Entity]:
+    """A non-overlapping subset of `entities`, in reading order, for flat NER and spaCy.
+
+    Of overlapping (nested or crossing) entities the one with the higher score is kept, then the
+    longer one, then the earlier one, then the one whose label comes first in `labels`.
+    """
+    rank = {label: position for position, label in enumerate(labels)}
+    kept: list[Entity] = []
+    candidates = sorted(
+        entities, key=lambda e: (-e.score, e.start - e.end, e.start, rank.get(e.label, len(rank)), e.label)
+    )
+    for entity in candidates:
+        if all(entity.end <= other.start or other.end <= entity.start for other in kept):
+            kept.append(entity)
+    return sorted(kept, key=_reading_order)
+
+
+def _reading_order(entity: Entity) -> tuple[int, int, str]:
+    """As `spans.sort_spans`: by start, outer before inner, then label."""
+    return entity.start, -entity.end, entity.label
+
+
+_SPACE = re.compile(r"\s+")
+_NON_SPACE = re.compile(r"\S")
+
+
+def windows(text: str, size: int) -> list[tuple[int, int]]:
+    """`(start, end)` of the pieces a text is asked in, each at most `size` characters.
+
+    A text that fits is one piece, as it is. A longer one is cut at the last whitespace that fits,
+    preferring one after a sentence end (`.`, `!`, `?`) in the second half of the piece, and a word
+    longer than `size` is cut inside; pieces neither start nor end with whitespace, and the whitespace
+    between them belongs to none.
+    """
+    if size < 1:
+        raise ValueError(f"window size must be at least 1, got {size}")
+    if len(text) <= size:
+        return [(0, len(text))]
+    pieces = []
+    start = 0
+    while match := _NON_SPACE.search(text, start):
+        start = match.start()
+        end = len(text)
+        if end - start > size:
+            # A whitespace run at offset i of the piece means text[start:start + i] fits.
+            cuts = [m.start() for m in _SPACE.finditer(text, start, start + size + 1)]
+            sentence_ends = [cut for cut in cuts if cut - start >= size // 2 and text[cut - 1] in ".!?"]
+            end = (sentence_ends or cuts or [start + size])[-1]
+        while text[end - 1].isspace():
+            end -= 1
+        pieces.append((start, end))
+        start = end
+    return pieces
+
+
+def check_scoring(threshold: float, num_samples: int) -> None:
+    """Refuse a threshold outside [0, 1] or fewer than one sample (before any model is loaded)."""
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+
+
+_Answers = dict[int, tuple[list[ParseResult], str]]  # window start -> its samples' parses, first rationale
+
+
+def _combine(
+    text: str,
+    answers: _Answers,
+    schema: Schema,
+    *,
+    samples: int,
+    threshold: float,
+    flat_ner: bool,
+    rationale: bool,
+) -> Prediction:
+    """One text's `Prediction` from the answers to its windows: each span scored by the share of samples
+    whose parse holds it; ungrounded mentions and problems of any sample once each, in window order."""
+    counts: Counter[Span] = Counter()
+    ungrounded: dict[tuple[str, str], None] = {}
+    problems: dict[Problem, None] = {}
+    for offset in sorted(answers):
+        for parsed in answers[offset][0]:
+            counts.update(
+                {Span(s.start + offset, s.end + offset, s.label) for s in parsed.spans if s.label in schema}
+            )
+            ungrounded.update(dict.fromkeys(parsed.ungrounded))
+            problems.update(dict.fromkeys(parsed.problems))
+    entities = [
+        Entity(text[span.start : span.end], span.label, span.start, span.end, count / samples)
+        for span, count in counts.items()
+        if count / samples >= threshold
+    ]
+    return Prediction(
+        flat_entities(entities, schema.labels) if flat_ner else sorted(entities, key=_reading_order),
+        ungrounded=list(ungrounded),
+        problems=list(problems),
+        rationale="\n\n".join(answers[offset][1] for offset in sorted(answers)) if rationale else None,
+    )
+
 
 class NERModel:
     """A generation backend plus the prompt contract a model was trained with.
@@ -90,7 +271,8 @@ class NERModel:
     `generator` is any `generation.Generator` (a scripted one in tests); the model closes it only
     when it built it (`from_pretrained`). `prompt` must match training: it chooses the prompt
     wording and the answer parser (`from_pretrained` reads it from the model's saved contract).
-    Decoding is greedy unless `sampling` says otherwise.
+    Decoding is greedy unless `sampling` says otherwise. `max_prompt_chars` bounds the prompt of
+    `predict`, which asks longer texts in windows (module docstring).
     """
 
     def __init__(
@@ -100,6 +282,7 @@ class NERModel:
         *,
         sampling: SamplingConfig | None = None,
         labels: Sequence[str] = (),
+        max_prompt_chars: int = MAX_PROMPT_CHARS,
         owns_generator: bool = False,
     ) -> None:
         self.generator = generator
@@ -107,6 +290,7 @@ class NERModel:
         self.output_format = get_format(self.prompt.output_format)
         self.sampling = sampling or SamplingConfig(max_new_tokens=1024)
         self.labels = list(labels)  # what the model was trained to find, when its contract says
+        self.max_prompt_chars = max_prompt_chars
         self._owns_generator = owns_generator
 
     @classmethod
@@ -117,6 +301,7 @@ class NERModel:
         prompt: PromptArguments | None = None,
         *,
         max_new_tokens: int = 1024,
+        max_prompt_chars: int = MAX_PROMPT_CHARS,
         **options: Any,
     ) -> NERModel:
         """Load `path` with the named backend; `options` go to it (`generation.build_generator`),
@@ -128,11 +313,15 @@ class NERModel:
             backend_options=options,
             max_new_tokens=max_new_tokens,
         )
-        return cls.from_generation(generation, prompt)
+        return cls.from_generation(generation, prompt, max_prompt_chars=max_prompt_chars)
 
     @classmethod
     def from_generation(
-        cls, generation: GenerationArguments, prompt: PromptArguments | None = None
+        cls,
+        generation: GenerationArguments,
+        prompt: PromptArguments | None = None,
+        *,
+        max_prompt_chars: int = MAX_PROMPT_CHARS,
     ) -> NERModel:
         """The model that `generation` describes (backend, model, sampling), asked with `prompt`, whose
         unset fields come from the prompt contract saved beside the model."""
@@ -142,6 +331,7 @@ class NERModel:
             (prompt or PromptArguments()).resolve(contract),
             sampling=generation.sampling(),
             labels=contract.labels if contract is not None else (),
+            max_prompt_chars=max_prompt_chars,
             owns_generator=True,
         )
 
@@ -164,35 +354,102 @@ class NERModel:
         labels: Sequence[str] | Schema,
         descriptions: Mapping[str, str] | None = None,
         return_rationale: bool = False,
+        *,
+        threshold: float = 0.0,
+        flat_ner: bool = False,
+        num_samples: int = 1,
     ) -> list[Prediction]:
         """One `Prediction` (a list of `Entity`) per text, in input order; blank texts get an empty one
-        (with rationale "" when asked for) without generating.
+        (with rationale "" when asked for) without generating. Every window of every text, with all
+        its samples, is asked in one generate call.
 
         `labels` are the entity types to find, in prompt order; `descriptions` (label -> one line)
-        go into the prompt, which zero-shot types need.
+        go into the prompt, which zero-shot types need. `num_samples` > 1 samples each text that many
+        times to score its entities (module docstring), at the model's temperature, or 0.7 when that
+        is greedy; `threshold` drops entities scoring below it; `flat_ner` keeps a non-overlapping
+        subset (`flat_entities`: higher score, then longer, then earlier).
         """
         if isinstance(texts, str) or isinstance(labels, str):
             raise TypeError("texts and labels are lists of strings; wrap a single one in a list")
+        check_scoring(threshold, num_samples)
         if isinstance(labels, Schema):
             schema = labels if descriptions is None else Schema(labels.labels, descriptions)
         else:
             schema = Schema(tuple(labels), dict(descriptions or {}))
-        results = [Prediction(rationale="" if return_rationale else None) for _ in texts]
-        todo = [index for index, text in enumerate(texts) if text.strip()]
-        for position, completion, parsed in self.run([(texts[index], schema) for index in todo]):
-            index = todo[position]
-            text = texts[index]
-            results[index] = Prediction(
-                [
-                    Entity(span.text(text), span.label, span.start, span.end)
-                    for span in parsed.spans
-                    if span.label in schema
-                ],
-                ungrounded=parsed.ungrounded,
-                problems=parsed.problems,
-                rationale=(split_answer(completion.text)[0] or "") if return_rationale else None,
+        pieces = [
+            (index, start, end)
+            for index, text in enumerate(texts)
+            if text.strip()
+            for start, end in windows(text, self._window_size(schema))
+        ]
+        conversations = [self.conversation(texts[index][start:end], schema) for index, start, end in pieces]
+        answers: dict[int, _Answers] = {index: {} for index, _, _ in pieces}
+        sampling = self._sampling(num_samples)
+        for position, outcome in self.generator.generate_outcomes(conversations, sampling):
+            index, start, end = pieces[position]
+            if isinstance(outcome, ConversationFailed):
+                answers[index][start] = ([ParseResult([], problems=[Problem(FAILED, str(outcome))])], "")
+                continue
+            window = texts[index][start:end]
+            parses = [self.output_format.parse(completion.text, window, schema) for completion in outcome]
+            answers[index][start] = (parses, split_answer(outcome[0].text)[0] or "")
+        return [
+            _combine(
+                text,
+                answers[index],
+                schema,
+                samples=num_samples,
+                threshold=threshold,
+                flat_ner=flat_ner,
+                rationale=return_rationale,
             )
-        return results
+            if index in answers
+            else Prediction(rationale="" if return_rationale else None)
+            for index, text in enumerate(texts)
+        ]
+
+    def predict_entities(
+        self,
+        text: str,
+        labels: Sequence[str] | Schema,
+        descriptions: Mapping[str, str] | None = None,
+        return_rationale: bool = False,
+        *,
+        threshold: float = 0.0,
+        flat_ner: bool = False,
+        num_samples: int = 1,
+    ) -> Prediction:
+        """`predict` for one text (GLiNER's name), with the same options."""
+        if not isinstance(text, str):
+            raise TypeError("predict_entities takes one text; use predict for a list")
+        [prediction] = self.predict(
+            [text],
+            labels,
+            descriptions,
+            return_rationale,
+            threshold=threshold,
+            flat_ner=flat_ner,
+            num_samples=num_samples,
+        )
+        return prediction
+
+    def _window_size(self, schema: Schema) -> int:
+        """Characters of text a prompt has room for: the limit less the prompt around the text."""
+        room = self.max_prompt_chars - len(self.conversation("", schema)[0]["content"])
+        if room < 1:
+            raise ValueError(
+                f"the prompt without the text is {self.max_prompt_chars - room} characters, more than "
+                f"max_prompt_chars={self.max_prompt_chars}: raise it, or shorten the label descriptions"
+            )
+        return room
+
+    def _sampling(self, num_samples: int) -> SamplingConfig:
+        """The model's sampling for one answer; for several, sampled (never k copies of a greedy one)."""
+        if num_samples == 1:
+            return replace(self.sampling, n=1)
+        return replace(
+            self.sampling, n=num_samples, temperature=self.sampling.temperature or SAMPLING_TEMPERATURE
+        )
 
     def close(self) -> None:
         if self._owns_generator:

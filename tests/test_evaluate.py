@@ -27,7 +27,7 @@ from reasoningner.evaluate import error_counts, evaluate, load_items, probe_mapp
 from reasoningner.formats import FORMATS, ParseResult, Problem, get_format
 from reasoningner.generation import Completion, Conversation, Generator, SamplingConfig
 from reasoningner.metrics import Counts, Scorer, match_counts
-from reasoningner.predict import Entity, NERModel
+from reasoningner.predict import NERModel
 from reasoningner.readers import Dataset, read_dataset, write_jsonl
 from reasoningner.results import ErrorCounts, Evaluation
 from reasoningner.spans import Example, Schema, Span
@@ -394,62 +394,6 @@ def test_label_subset_rename_and_descriptions_reach_the_prompt(tmp_path: Path) -
         load_items(eval_args(tmp_path, [{**entry, "lables": []}]))
     with pytest.raises(ValueError, match="descriptions given for labels outside"):
         load_items(eval_args(tmp_path, [{**entry, "descriptions": {"person": "x"}}]))
-
-
-# --- predict: offsets into the original text --------------------------------------------------------------
-
-TEXTS = [
-    "München liegt in Bayern ; München ist groß , sagt Jürgen aus München .",
-    "  Paris 🎉 meets Paris Hilton in Paris  ",
-    "北京 and 上海 and 北京 again",
-]
-
-
-@pytest.mark.parametrize("output_format", list(FORMATS))
-def test_predict_offsets_slice_the_input_for_every_format(output_format: str) -> None:
-    schema = Schema(("person", "location"))
-    gold = [
-        Example(TEXTS[0], (Span(0, 7, "location"), Span(50, 56, "person"), Span(61, 68, "location")), schema),
-        Example(TEXTS[1], (Span(2, 7, "person"), Span(16, 28, "person"), Span(32, 37, "location")), schema),
-        Example(TEXTS[2], (Span(0, 2, "location"), Span(7, 9, "location"), Span(14, 16, "location")), schema),
-    ]
-    fmt = get_format(output_format)
-    answers = {e.text: f"<think>because</think>{fmt.render(e)}" for e in gold}
-    model = NERModel(from_table(answers), PromptArguments(output_format))
-    predictions = model.predict(TEXTS, ["person", "location"], return_rationale=True)
-    for text, example, prediction in zip(TEXTS, gold, predictions, strict=True):
-        for entity in prediction:
-            assert text[entity.start : entity.end] == entity.text
-        if fmt.expresses(example):
-            assert [(e.start, e.end, e.label) for e in prediction] == [
-                (s.start, s.end, s.label) for s in example.spans
-            ]
-        assert prediction.rationale == "because"
-
-
-def test_predict_repeated_mentions_ungrounded_unknown_labels_and_blank_texts() -> None:
-    answer = (
-        '<think>r</think>{"entities": {"location": ["München", "München", "Atlantis"], '
-        '"person": ["jürgen"], "weapon": ["Bayern"]}}'
-    )
-    generator = Scripted(lambda sentence, _: answer)
-    model = NERModel(generator)
-    blank, prediction = model.predict(["   ", TEXTS[0]], ["location", "person"], {"location": "a place"})
-    assert blank == [] and len(generator.prompts) == 1  # no generation for a blank text
-    assert "- location: a place" in generator.prompts[0]
-    # Listed twice: the first two occurrences (grouped_json's rule). "jürgen" grounds leniently and the
-    # entity keeps the input's spelling.
-    assert list(prediction) == [
-        Entity("München", "location", 0, 7),
-        Entity("München", "location", 26, 33),
-        Entity("Jürgen", "person", 50, 56),
-    ]
-    assert prediction.ungrounded == [("Atlantis", "location")]
-    assert "unknown_label" in {p.kind for p in prediction.problems}  # "weapon" is dropped
-    assert prediction.rationale is None
-    record = prediction.to_dict(TEXTS[0])
-    assert record["ungrounded"] == [{"text": "Atlantis", "label": "location"}] and "rationale" not in record
-    assert record["entities"][0] == {"text": "München", "label": "location", "start": 0, "end": 7}
 
 
 # --- the real tiny model: predict CLI and stages/eval.py ---------------------------------------------

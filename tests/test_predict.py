@@ -1,0 +1,465 @@
+"""`NERModel.predict` / `predict_entities` and `reasoningner predict`: offsets into the input, scores as
+the share of samples, threshold, flat NER, windows for long texts, spaCy docs, undecodable input.
+
+Model outputs are scripted per sample (`Sampled`), so every score is a share computed by hand.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reasoningner.cli import main
+from reasoningner.configs import PromptArguments
+from reasoningner.formats import FORMATS, get_format
+from reasoningner.generation import Completion, Conversation, ConversationFailed, Generator, SamplingConfig
+from reasoningner.predict import Entity, NERModel, Prediction, flat_entities, windows
+from reasoningner.spans import Example, Schema, Span
+
+
+class Sampled(Generator):
+    """Answers sample i of each conversation with `answer(sentence, i)` (which may raise
+    `ConversationFailed`: the backend gives up on that one); records every prompt and, per call, how
+    many conversations it got with which sampling. `reverse` finishes the last conversation first, as
+    a backend may."""
+
+    name = "sampled"
+
+    def __init__(self, answer: Callable[[str, int], str], reverse: bool = False) -> None:
+        self.answer = answer
+        self.reverse = reverse
+        self.prompts: list[str] = []
+        self.calls: list[tuple[int, SamplingConfig]] = []
+
+    def _generate(
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig
+    ) -> Iterator[tuple[int, list[Completion]]]:
+        self.calls.append((len(conversations), sampling))
+        order = range(len(conversations))
+        for index in reversed(order) if self.reverse else order:
+            prompt = conversations[index][-1]["content"]
+            self.prompts.append(prompt)
+            sentence = prompt.rsplit("Sentence: ", 1)[1]
+            try:
+                yield index, [Completion(self.answer(sentence, sample), 3) for sample in range(sampling.n)]
+            except ConversationFailed as failure:  # the answer gave up on this conversation
+                yield index, failure
+
+
+def from_table(outputs: dict[str, str]) -> Sampled:
+    return Sampled(lambda sentence, _: outputs[sentence])
+
+
+def grouped(rationale: str = "r", **entities: list[str]) -> str:
+    """A grouped_json answer after a rationale."""
+    return f"<think>{rationale}</think>" + json.dumps({"entities": entities})
+
+
+def triples(prediction: Sequence[Entity]) -> list[tuple[str, str, float]]:
+    return [(entity.text, entity.label, entity.score) for entity in prediction]
+
+
+# --- offsets into the original text -----------------------------------------------------------------------
+
+TEXTS = [
+    "München liegt in Bayern ; München ist groß , sagt Jürgen aus München .",
+    "  Paris 🎉 meets Paris Hilton in Paris  ",
+    "北京 and 上海 and 北京 again",
+]
+
+
+@pytest.mark.parametrize("output_format", list(FORMATS))
+def test_predict_offsets_slice_the_input_for_every_format(output_format: str) -> None:
+    schema = Schema(("person", "location"))
+    gold = [
+        Example(TEXTS[0], (Span(0, 7, "location"), Span(50, 56, "person"), Span(61, 68, "location")), schema),
+        Example(TEXTS[1], (Span(2, 7, "person"), Span(16, 28, "person"), Span(32, 37, "location")), schema),
+        Example(TEXTS[2], (Span(0, 2, "location"), Span(7, 9, "location"), Span(14, 16, "location")), schema),
+    ]
+    fmt = get_format(output_format)
+    answers = {e.text: f"<think>because</think>{fmt.render(e)}" for e in gold}
+    model = NERModel(from_table(answers), PromptArguments(output_format))
+    predictions = model.predict(TEXTS, ["person", "location"], return_rationale=True)
+    for text, example, prediction in zip(TEXTS, gold, predictions, strict=True):
+        for entity in prediction:
+            assert text[entity.start : entity.end] == entity.text
+        if fmt.expresses(example):
+            assert [(e.start, e.end, e.label) for e in prediction] == [
+                (s.start, s.end, s.label) for s in example.spans
+            ]
+        assert prediction.rationale == "because"
+
+
+def test_predict_repeated_mentions_ungrounded_unknown_labels_and_blank_texts() -> None:
+    answer = (
+        '<think>r</think>{"entities": {"location": ["München", "München", "Atlantis"], '
+        '"person": ["jürgen"], "weapon": ["Bayern"]}}'
+    )
+    generator = Sampled(lambda sentence, _: answer)
+    model = NERModel(generator)
+    blank, prediction = model.predict(["   ", TEXTS[0]], ["location", "person"], {"location": "a place"})
+    assert blank == [] and len(generator.prompts) == 1  # no generation for a blank text
+    assert "- location: a place" in generator.prompts[0]
+    # Listed twice: the first two occurrences (grouped_json's rule). "jürgen" grounds leniently and the
+    # entity keeps the input's spelling.
+    assert list(prediction) == [
+        Entity("München", "location", 0, 7),
+        Entity("München", "location", 26, 33),
+        Entity("Jürgen", "person", 50, 56),
+    ]
+    assert prediction.ungrounded == [("Atlantis", "location")]
+    assert "unknown_label" in {p.kind for p in prediction.problems}  # "weapon" is dropped
+    assert prediction.rationale is None
+    record = prediction.to_dict(TEXTS[0])
+    assert record["ungrounded"] == [{"text": "Atlantis", "label": "location"}] and "rationale" not in record
+    assert record["entities"][0] == {
+        "text": "München",
+        "label": "location",
+        "start": 0,
+        "end": 7,
+        "score": 1.0,
+    }
+
+
+# --- scores: the share of samples -------------------------------------------------------------------------
+
+MEETING = "Bob met Ann in Paris ."
+SHORT = "Ann ."
+SAMPLES = {
+    MEETING: [
+        grouped("first", person=["Bob", "Ann"], location=["Paris"]),
+        grouped("second", person=["Bob"], location=["Paris", "Atlantis"]),
+        "```json\n" + grouped("third", person=["Bob", "Ann", "Paris"]).split("</think>")[1] + "\n```",
+        grouped("fourth", person=["Bob"]),
+    ],
+    SHORT: [grouped(person=["Ann"]), grouped(), grouped(person=["Ann"]), grouped()],
+}
+
+
+def sampled_model(**options) -> tuple[NERModel, Sampled]:
+    generator = Sampled(lambda sentence, sample: SAMPLES[sentence][sample])
+    return NERModel(generator, **options), generator
+
+
+def test_greedy_prediction_scores_one_and_predict_entities_takes_one_text() -> None:
+    model, generator = sampled_model()
+    prediction = model.predict_entities(MEETING, ["person", "location"])
+    assert triples(prediction) == [("Bob", "person", 1.0), ("Ann", "person", 1.0), ("Paris", "location", 1.0)]
+    assert model.predict([MEETING], ["person", "location"]) == [prediction]
+    assert [sampling for _, sampling in generator.calls] == [SamplingConfig(max_new_tokens=1024)] * 2
+    with pytest.raises(TypeError, match="one text"):
+        model.predict_entities([MEETING], ["person"])  # type: ignore[arg-type]
+    # A model whose own sampling draws several answers still scores one, not their sum.
+    model, generator = sampled_model(sampling=SamplingConfig(n=3, temperature=0.5))
+    assert triples(model.predict_entities(MEETING, ["person"]))[0] == ("Bob", "person", 1.0)
+    assert generator.calls[0][1].n == 1
+
+
+def test_scores_are_the_share_of_samples_asked_in_one_generate_call() -> None:
+    model, generator = sampled_model()
+    meeting, blank, short = model.predict(
+        [MEETING, "", SHORT], ["person", "location"], return_rationale=True, num_samples=4
+    )
+    # One call for both texts, 4 samples each, sampled at 0.7 because the model's decoding is greedy.
+    assert generator.calls == [(2, SamplingConfig(n=4, temperature=0.7, max_new_tokens=1024))]
+    # Union over the samples, in reading order (same span: label order), each scored by its share.
+    assert triples(meeting) == [
+        ("Bob", "person", 1.0),
+        ("Ann", "person", 0.5),
+        ("Paris", "location", 0.5),
+        ("Paris", "person", 0.25),
+    ]
+    assert [(e.start, e.end) for e in meeting] == [(0, 3), (8, 11), (15, 20), (15, 20)]
+    assert triples(short) == [("Ann", "person", 0.5)]
+    assert blank == [] and blank.rationale == ""
+    # Ungrounded mentions and problems of any sample, once each; the rationale of the first sample.
+    assert meeting.ungrounded == [("Atlantis", "location")]
+    assert {p.kind for p in meeting.problems} == {"ungrounded", "code_fence"}
+    assert len(meeting.problems) == len(set(meeting.problems))
+    assert meeting.rationale == "first"
+    assert meeting.to_dict(MEETING)["entities"][1] == {
+        "text": "Ann", "label": "person", "start": 8, "end": 11, "score": 0.5,
+    }  # fmt: skip
+
+    # A model that already samples keeps its temperature.
+    model, generator = sampled_model(sampling=SamplingConfig(temperature=0.3))
+    model.predict([MEETING], ["person", "location"], num_samples=4)
+    assert (generator.calls[0][1].n, generator.calls[0][1].temperature) == (4, 0.3)
+
+
+def test_threshold_drops_entities_scoring_below_it_and_bad_options_are_refused_before_generating() -> None:
+    model, generator = sampled_model()
+    half = model.predict_entities(MEETING, ["person", "location"], num_samples=4, threshold=0.5)
+    assert triples(half) == [("Bob", "person", 1.0), ("Ann", "person", 0.5), ("Paris", "location", 0.5)]
+    [everyone, only_ann] = model.predict(
+        [MEETING, SHORT], ["person", "location"], num_samples=4, threshold=1.0
+    )
+    assert triples(everyone) == [("Bob", "person", 1.0)] and only_ann == []
+    calls = len(generator.calls)
+    for options in ({"threshold": 1.5}, {"threshold": -0.1}, {"num_samples": 0}):
+        with pytest.raises(ValueError):
+            model.predict([MEETING], ["person"], **options)
+    assert len(generator.calls) == calls
+
+
+# --- flat NER -----------------------------------------------------------------------------------------------
+
+NESTED = "IL-2 gene expression in T cells ."
+
+
+def test_flat_ner_keeps_the_higher_score_then_the_longer_span() -> None:
+    # All three samples say protein "IL-2", two of them the DNA "IL-2 gene" around it.
+    answers = [
+        grouped(protein=["IL-2"], DNA=["IL-2 gene"], cell_type=["T cells"]),
+        grouped(protein=["IL-2"], DNA=["IL-2 gene"]),
+        grouped(protein=["IL-2"], cell_type=["T cells", "T"]),
+    ]
+    model = NERModel(Sampled(lambda _, sample: answers[sample]))
+    labels = ["DNA", "protein", "cell_type"]
+    nested = model.predict_entities(NESTED, labels, num_samples=3)
+    assert triples(nested) == [
+        ("IL-2 gene", "DNA", 2 / 3),
+        ("IL-2", "protein", 1.0),
+        ("T cells", "cell_type", 2 / 3),
+        ("T", "cell_type", 1 / 3),
+    ]
+    flat = model.predict_entities(NESTED, labels, num_samples=3, flat_ner=True)
+    assert triples(flat) == [("IL-2", "protein", 1.0), ("T cells", "cell_type", 2 / 3)]
+    # One greedy answer: equal scores, so the longer span wins.
+    greedy = model.predict_entities(NESTED, labels, flat_ner=True)
+    assert triples(greedy) == [("IL-2 gene", "DNA", 1.0), ("T cells", "cell_type", 1.0)]
+
+
+def test_flat_entities_ties_go_to_the_earlier_span_then_the_label_asked_first() -> None:
+    crossing = [Entity("b c", "x", 2, 5), Entity("a b", "x", 0, 3), Entity("c d", "x", 4, 7)]
+    assert flat_entities(crossing) == [Entity("a b", "x", 0, 3), Entity("c d", "x", 4, 7)]
+    same_span = [Entity("a", "person", 0, 1), Entity("a", "location", 0, 1)]
+    assert flat_entities(same_span, ["person", "location"]) == [Entity("a", "person", 0, 1)]
+    assert flat_entities(same_span, ["location", "person"]) == [Entity("a", "location", 0, 1)]
+    touching = [Entity("a", "x", 0, 1), Entity("b", "x", 1, 2)]
+    assert flat_entities(touching) == touching
+
+
+# --- long texts: windows ----------------------------------------------------------------------------------
+
+
+def test_windows_prefer_a_sentence_end_in_the_second_half() -> None:
+    text = "Aa bb. Cc dd ee ff"
+    assert windows(text, 12) == [(0, 6), (7, 18)]
+    assert windows("Aa bb Cc dd ee ff", 12) == [(0, 11), (12, 17)]  # no sentence end: the last space
+    assert windows("  fits as it is  ", 17) == [(0, 17)]
+    assert windows("abcdefgh ij", 3) == [(0, 3), (3, 6), (6, 8), (9, 11)]  # a longer word is cut inside
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet="ab.! \n\t", max_size=120), size=st.integers(1, 30))
+def test_windows_fit_have_no_edge_whitespace_and_cover_every_character(text: str, size: int) -> None:
+    pieces = windows(text, size)
+    if len(text) <= size:
+        assert pieces == [(0, len(text))]
+        return
+    end = 0
+    for start, stop in pieces:
+        assert end <= start < stop <= start + size
+        assert text[end:start].isspace() or end == start  # only whitespace between pieces
+        assert not text[start].isspace() and not text[stop - 1].isspace()
+        if stop < len(text) and not text[stop].isspace():  # cut inside a word: only a word too long
+            assert stop - start == size and not any(c.isspace() for c in text[start:stop])
+        end = stop
+    assert not text[end:].strip()
+
+
+NAMES = ("Bob", "Ann", "Carla", "Dmitri")
+LONG = " ".join(f"{NAMES[i % 4]} walked to harbour {i} . Then {NAMES[(i + 1) % 4]} left" for i in range(700))
+
+
+def names_in(sentence: str, sample: int) -> str:
+    """Every name of the window in reading order (grouped_json: a name listed k times is its first k
+    occurrences); sample 1 finds Bob alone. The rationale is the window's first word."""
+    found = [word for word in sentence.split() if word in NAMES and (sample == 0 or word == "Bob")]
+    return grouped(sentence.split()[0], person=found)
+
+
+def test_a_text_too_long_for_the_prompt_is_asked_in_windows_and_offsets_map_back() -> None:
+    generator = Sampled(names_in, reverse=True)
+    model = NERModel(generator, max_prompt_chars=700)  # 540 without the text
+    schema = Schema(("person",))
+    assert len(LONG) > 20_000
+    long, short = model.predict([LONG, "Ann ran ."], schema, return_rationale=True, num_samples=2)
+
+    assert len(generator.calls) == 1 and generator.calls[0][0] == len(generator.prompts) > 100
+    assert max(len(prompt) for prompt in generator.prompts) <= 700
+    windows_asked = [prompt.rsplit("Sentence: ", 1)[1] for prompt in reversed(generator.prompts)]
+    assert windows_asked[-1] == "Ann ran ."  # a text that fits is asked whole, as it is
+    assert " ".join(windows_asked[:-1]).split() == LONG.split()  # every word once, in order
+    assert all(re.search(r"\.$", window) for window in windows_asked[:-2])  # cut after sentence ends
+
+    expected = [(m.start(), m.end(), m.group()) for m in re.finditer("|".join(NAMES), LONG)]
+    assert [(e.start, e.end, e.text) for e in long] == expected
+    assert all(LONG[e.start : e.end] == e.text for e in long)
+    assert {e.score for e in long if e.text == "Bob"} == {1.0}  # both samples of its window
+    assert {e.score for e in long if e.text != "Bob"} == {0.5}
+    assert long.rationale == "\n\n".join(window.split()[0] for window in windows_asked[:-1])
+    assert triples(short) == [("Ann", "person", 0.5)] and short.rationale == "Ann"
+
+    with pytest.raises(ValueError, match="max_prompt_chars=100"):
+        NERModel(generator, max_prompt_chars=100).predict(["Ann ran ."], schema)
+
+
+def refuse_harbour_7(sentence: str, sample: int) -> str:
+    """`names_in`, except that the server refuses the window holding "harbour 7"."""
+    if " harbour 7 " in sentence:
+        raise ConversationFailed("HTTP 400: prompt too long")
+    return names_in(sentence, sample)
+
+
+def test_a_text_or_window_the_backend_gives_up_on_is_a_problem_and_the_others_go_on() -> None:
+    generator = Sampled(refuse_harbour_7)
+    model = NERModel(generator, max_prompt_chars=700)
+    refused = "Bob walked to harbour 7 . Then Ann left"
+    long, short, alone = model.predict([LONG, "Ann ran .", refused], ["person"], return_rationale=True)
+    assert [p.kind for p in alone.problems] == ["generation_failed"] and alone == []
+    assert "HTTP 400: prompt too long" in alone.problems[0].detail and alone.rationale == ""
+    assert triples(short) == [("Ann", "person", 1.0)] and short.problems == []
+    # The long text loses the names of its one refused window and keeps all the others.
+    [window] = [
+        p.rsplit("Sentence: ", 1)[1]
+        for p in generator.prompts
+        if " harbour 7 " in p and p != generator.prompts[-1]
+    ]
+    start = LONG.index(window)
+    expected = [
+        (m.start(), m.end())
+        for m in re.finditer("|".join(NAMES), LONG)
+        if not start <= m.start() < start + len(window)
+    ]
+    assert [(e.start, e.end) for e in long] == expected and len(expected) < len(LONG.split()) / 4
+    assert {p.kind for p in long.problems} == {"generation_failed"}
+
+
+# --- spaCy ----------------------------------------------------------------------------------------------
+
+
+def test_to_spacy_sets_doc_ents_and_refuses_overlapping_entities() -> None:
+    spacy = pytest.importorskip("spacy")
+    nlp = spacy.blank("en")
+    answers = [grouped(protein=["IL-2"], DNA=["IL-2 gene"]), grouped(protein=["IL-2"])]
+    model = NERModel(Sampled(lambda _, sample: answers[sample]))
+    nested = model.predict_entities(NESTED, ["DNA", "protein"], num_samples=2)
+    with pytest.raises(ValueError, match="overlap in the text: predict with flat_ner=True"):
+        nested.to_spacy(nlp(NESTED))
+    flat = model.predict_entities(NESTED, ["DNA", "protein"], num_samples=2, flat_ner=True)
+    doc = flat.to_spacy(nlp(NESTED))
+    assert [(span.text, span.label_, span.start_char, span.end_char) for span in doc.ents] == [
+        ("IL-2", "protein", 0, 4)
+    ]
+    # "expand": an entity inside a token becomes the whole token.
+    text = "Paris2024 games"
+    doc = Prediction([Entity("Paris", "location", 0, 5)]).to_spacy(nlp(text))
+    assert [(span.text, span.label_) for span in doc.ents] == [("Paris2024", "location")]
+    same_token = Prediction([Entity("Paris", "location", 0, 5), Entity("2024", "date", 5, 9)])
+    with pytest.raises(ValueError, match="once expanded to spaCy tokens"):
+        same_token.to_spacy(nlp(text))
+    with pytest.raises(ValueError, match="not the predicted text"):
+        Prediction([Entity("Paris", "location", 0, 5)]).to_spacy(nlp("Rome games"))
+
+
+# --- the command ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def scripted_cli(monkeypatch: pytest.MonkeyPatch) -> tuple[Sampled, dict]:
+    """`reasoningner predict` with `Sampled` answering `SAMPLES` in place of the loaded model; the dict
+    gets the options `from_pretrained` was called with."""
+    generator = Sampled(lambda sentence, sample: SAMPLES.get(sentence, [grouped(person=["Ann"])] * 4)[sample])
+    loaded: dict = {}
+
+    def from_pretrained(path, backend, prompt, **options) -> NERModel:
+        loaded.update(options)
+        return NERModel(generator, prompt, max_prompt_chars=options["max_prompt_chars"])
+
+    monkeypatch.setattr(NERModel, "from_pretrained", from_pretrained)
+    return generator, loaded
+
+
+def test_predict_cli_scores_thresholds_and_flattens(
+    tmp_path: Path, scripted_cli: tuple[Sampled, dict], capsys: pytest.CaptureFixture
+) -> None:
+    generator, loaded = scripted_cli
+    source = tmp_path / "texts.txt"
+    source.write_text(f"{MEETING}\n\n{SHORT}\n", encoding="utf-8")
+    argv = ["predict", "--model", str(tmp_path), "--labels", "person,location", str(source)]
+    assert main([*argv, "--num-samples", "4", "--flat-ner", "--max-prompt-chars", "900"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in records] == [MEETING, "", SHORT]
+    # Paris as a person (1 sample of 4) loses to Paris as a location (2 of 4).
+    assert [(e["text"], e["label"], e["score"]) for e in records[0]["entities"]] == [
+        ("Bob", "person", 1.0), ("Ann", "person", 0.5), ("Paris", "location", 0.5),
+    ]  # fmt: skip
+    assert records[1]["entities"] == [] and records[2]["entities"][0]["score"] == 0.5
+    assert generator.calls == [(2, SamplingConfig(n=4, temperature=0.7, max_new_tokens=1024))]
+    assert loaded["max_prompt_chars"] == 900
+
+    assert main([*argv, "--num-samples", "4", "--threshold", "0.75"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [[e["text"] for e in r["entities"]] for r in records] == [["Bob"], [], []]
+
+    assert main(argv) == 0  # defaults: one greedy answer, nested kept, all scores 1.0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {e["score"] for e in records[0]["entities"]} == {1.0}
+    calls = len(generator.calls)
+    assert main([*argv, "--threshold", "2"]) == 2
+    assert "threshold must be in [0, 1]" in capsys.readouterr().err
+    assert len(generator.calls) == calls
+
+
+def test_predict_cli_replaces_bytes_that_are_not_utf8(
+    tmp_path: Path, scripted_cli: tuple[Sampled, dict], monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    generator, _ = scripted_cli
+    raw = b"Ann \xff saw Ann .\nAnn \xc3( ran .\nAnn .\n"
+    # A C-locale stdin: bad bytes would come as lone surrogates, which a tokenizer refuses (TypeError).
+    stdin = io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8", errors="surrogateescape")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    source = tmp_path / "texts.txt"
+    source.write_bytes(raw)
+    for path in ("-", str(source)):
+        assert main(["predict", "--model", str(tmp_path), "--labels", "person", path]) == 0
+        records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [r["text"] for r in records] == ["Ann \ufffd saw Ann .", "Ann \ufffd( ran .", "Ann ."]
+        for record in records:
+            assert record["entities"][0] == {
+                "text": "Ann",
+                "label": "person",
+                "start": 0,
+                "end": 3,
+                "score": 1.0,
+            }
+    assert all(prompt.encode("utf-8") for prompt in generator.prompts)  # no lone surrogate was asked
+    assert not stdin.closed
+
+
+def test_predict_cli_with_the_tiny_model_windows_a_long_line_and_samples(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The issue's case on the real backend (context 2,048): a 5,000-word line no longer ends the run,
+    and two samples per window come from one `generate` with `num_return_sequences`."""
+    long = " ".join(["EU rejects German call ."] * 1000)
+    source = tmp_path / "texts.txt"
+    source.write_text(f"{long}\nPeter met Peter .\n", encoding="utf-8")
+    argv = ["predict", "--model", str(tiny_model_dir), "--labels", "person,location", "--num-samples", "2"]
+    assert main([*argv, "--max-new-tokens", "8", str(source)]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [record["text"] for record in records] == [long, "Peter met Peter ."]
+    for record in records:
+        for entity in record["entities"]:
+            assert record["text"][entity["start"] : entity["end"]] == entity["text"]
+            assert entity["score"] in (0.5, 1.0)
