@@ -10,10 +10,12 @@ import contextlib
 import io
 import itertools
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -21,8 +23,8 @@ from rich.table import Table
 from reasoningner.configs import RENAMED, PromptArguments, PromptContract
 from reasoningner.generation import BACKENDS
 from reasoningner.predict import MAX_PROMPT_CHARS, NERModel, check_scoring
-from reasoningner.readers import READERS, WRITERS, DataError, read_dataset, write_dataset
-from reasoningner.spans import Schema, SpanError
+from reasoningner.readers import READERS, WRITERS, read_dataset, write_dataset
+from reasoningner.spans import Schema
 from reasoningner.stats import dataset_stats
 
 
@@ -276,6 +278,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a user's input can cause: a bad recipe value or option, a missing file, a malformed record
+# (`DataError` and `SpanError` are ValueErrors that name the file and line).
+USER_ERRORS = (ValueError, FileNotFoundError)
+DEBUG_ENV = "REASONINGNER_DEBUG"
+
+
+def report_user_error(error: Exception) -> int:
+    """One line on stderr and exit status 2 instead of a traceback; `REASONINGNER_DEBUG=1` re-raises."""
+    if os.environ.get(DEBUG_ENV):
+        raise error
+    Console(stderr=True, width=10_000).print(f"[red]error:[/red] {error}", highlight=False)
+    return 2
+
+
+def run_stage(make_parser: Callable[[], Any], main: Callable[..., Any]) -> None:
+    """A stage script's `__main__`: parse the recipe and command line, run, and end a user's mistake
+    in one line rather than a traceback (`REASONINGNER_DEBUG=1` shows it)."""
+    try:
+        main(*make_parser().parse_args_and_config())
+    except USER_ERRORS as error:
+        sys.exit(report_user_error(error))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     console = Console(stderr=False)
@@ -283,9 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _refuse_renamed_flags(argv)
         args = build_parser().parse_args(argv)
         return args.handler(args, console)
-    except (DataError, SpanError, FileNotFoundError, ValueError) as error:
-        Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False)
-        return 2
+    except USER_ERRORS as error:
+        return report_user_error(error)
 
 
 if __name__ == "__main__":

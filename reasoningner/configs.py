@@ -18,6 +18,7 @@ that still uses one is refused with the new name.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -197,6 +198,16 @@ class DataArguments:
 
 
 @dataclass
+class ResumableArguments:
+    """For stages that resume into their output folder (stage 1, SFT, GRPO)."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "start afresh in an output folder a run with other settings left (else an error)"},
+    )
+
+
+@dataclass
 class RunArguments(DataArguments):
     """Where a stage without a Trainer writes (trainer stages take these from TrainingArguments)."""
 
@@ -209,7 +220,7 @@ class RunArguments(DataArguments):
 
 
 @dataclass
-class CoTArguments(RunArguments):
+class CoTArguments(RunArguments, ResumableArguments):
     """Stage 1: which files the teacher annotates, how many samples, which ones are kept."""
 
     datasets: list[str] = field(default_factory=list, metadata={"help": "input files in any readable format"})
@@ -241,7 +252,7 @@ class CoTArguments(RunArguments):
 
 
 @dataclass
-class TrainerScriptArguments(DataArguments):
+class TrainerScriptArguments(DataArguments, ResumableArguments):
     """What SFT and GRPO share beside TRL's own configs: training files, the LoRA merge."""
 
     train_files: list[str] = field(
@@ -282,14 +293,32 @@ class EvalArguments(RunArguments):
         _check_choice("primary_mode", self.primary_mode, MATCH_MODES)
 
 
+# Settings of TRL's and transformers' configs with a fixed set of values that those libraries only
+# check when they use them (GRPO's first step, model loading): checked at parse time instead. The
+# lists are TRL 1.16's (tests/test_configs.py compares them with its help texts).
+TRAINER_CHOICES: dict[str, tuple[str, ...]] = {
+    "loss_type": ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"),
+    "scale_rewards": ("group", "batch", "none", "true", "false"),
+    "importance_sampling_level": ("token", "sequence"),
+    "multi_objective_aggregation": ("sum_then_normalize", "normalize_then_sum"),
+    "vllm_mode": ("server", "colocate"),
+}
+
+
 class RecipeParser(TrlParser):
     """TRL's parser (YAML recipe, then command line) that refuses a renamed key with its new name and
-    an unknown recipe key before any dataclass is built (whose own checks would speak first)."""
+    an unknown recipe key before any dataclass is built (whose own checks would speak first), and
+    checks the choices of TRL's settings (`TRAINER_CHOICES`, and the `choices` of any field) before
+    any model loads."""
 
     def parse_args_and_config(self, args: Any = None, **kwargs: Any) -> tuple[Any, ...]:
         given = list(sys.argv[1:] if args is None else args)
         _refuse_renamed(arg[2:].split("=")[0] for arg in given if arg.startswith("--"))
-        return super().parse_args_and_config(args=given, **kwargs)
+        parsed = super().parse_args_and_config(args=given, **kwargs)
+        for config in parsed:
+            if dataclasses.is_dataclass(config):
+                check_choices(config)
+        return parsed
 
     def set_defaults_with_config(self, **kwargs: Any) -> list[str]:
         _refuse_renamed(kwargs)
@@ -297,6 +326,29 @@ class RecipeParser(TrlParser):
         if unknown:
             raise ValueError(f"unknown recipe keys: {sorted(unknown[::2])}")
         return unknown
+
+
+def require_model(name: str | None) -> None:
+    """A model named by a local path must be there before anything loads: a missing stage output
+    would otherwise be looked up on the Hub and fail with a long, unrelated traceback."""
+    if not name:
+        raise ValueError("no model: set model_name_or_path")
+    path = Path(name).expanduser()
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1 or Path(path.parts[0]).exists()
+    if looks_local and not path.exists():
+        raise FileNotFoundError(
+            f"model {name} does not exist: run the stage that writes it first (GRPO starts from "
+            "the SFT output_dir, SFT from a base model), or fix model_name_or_path"
+        )
+
+
+def check_choices(config: Any) -> None:
+    """Every field of `config` with a fixed set of values holds one of them (None: unset)."""
+    for spec in dataclasses.fields(config):
+        choices = spec.metadata.get("choices") or TRAINER_CHOICES.get(spec.name)
+        value = getattr(config, spec.name)
+        if choices and value is not None:
+            _check_choice(spec.name, str(value).lower() if isinstance(value, bool) else value, choices)
 
 
 def _check_choice(key: str, value: str, choices: Any) -> None:

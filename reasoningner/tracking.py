@@ -18,13 +18,18 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
+import shutil
 import subprocess
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 PACKAGES = (
@@ -148,12 +153,121 @@ def build_manifest(stage: str, config: dict[str, Any], inputs: Iterable[str | Pa
 def write_manifest(
     output_dir: str | Path, manifest: dict[str, Any], summary: dict[str, Any] | None = None
 ) -> Path:
-    """Write `manifest.json` (with the stage's summary, when it has one) into `output_dir`."""
+    """Write `manifest.json` (with the stage's summary, when it has one) into `output_dir`.
+
+    A manifest already there (an earlier attempt of a resumed run) is kept, whole, in `history`:
+    the past is never rewritten.
+    """
     path = Path(output_dir) / MANIFEST
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = manifest | ({"summary": summary} if summary is not None else {})
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    history: list[dict[str, Any]] = []
+    if path.is_file():
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        history = [*previous.pop("history", []), previous]
+    payload = manifest | ({"summary": summary} if summary is not None else {}) | {"history": history}
+    _write_json(path, payload)
     return path
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    """Written whole or not at all (a kill mid-write leaves the previous file)."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+
+
+# --- a run's identity: its settings ------------------------------------------------------------------
+
+RUN_SETTINGS = "run_settings.json"
+# Settings that may change between the attempts of one run: where and how it logs, saves, evaluates and
+# reports, how long it goes on, and how it is launched. Every other setting is part of the run.
+OPERATIONAL_PREFIXES = ("logging_", "log_", "save_", "eval_", "dataloader_", "hub_", "ddp_", "vllm_")
+OPERATIONAL = frozenset(
+    {
+        "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "local_rank", "report_to",
+        "run_name", "disable_tqdm", "push_to_hub", "max_steps", "num_train_epochs", "deepspeed",
+        "per_device_eval_batch_size", "num_completions_to_print", "skip_memory_metrics", "use_cpu",
+    }
+)  # fmt: skip
+
+
+def run_settings(config: dict[str, Any], also_operational: Iterable[str] = ()) -> dict[str, Any]:
+    """The settings that make a run what it is: `config` without the operational ones."""
+    skip = OPERATIONAL | set(also_operational)
+    return {k: v for k, v in config.items() if k not in skip and not k.startswith(OPERATIONAL_PREFIXES)}
+
+
+def claim_output_dir(
+    output_dir: str | Path,
+    settings: dict[str, Any],
+    *,
+    overwrite: bool,
+    stale: Iterable[str],
+    write: bool = True,
+) -> bool:
+    """Check that `output_dir` is free or holds an earlier attempt of this very run; True to resume.
+
+    The first attempt records its `settings` (`run_settings`) in `run_settings.json`. A later one
+    with the same settings resumes; with other settings it is an error saying what differs, unless
+    `overwrite`: then the files matching the `stale` patterns (checkpoints, annotations) are removed
+    and the run starts afresh. `write=False` (the other ranks of a distributed run) only checks.
+    """
+    output_dir = Path(output_dir)
+    path = output_dir / RUN_SETTINGS
+    settings = json.loads(json.dumps(settings, default=str))
+    earlier = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    leftovers = [p for pattern in stale for p in output_dir.glob(pattern)]
+    if overwrite:
+        if write:
+            for leftover in leftovers:
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+            _write_json(path, settings)
+        return False
+    if earlier is None:
+        if leftovers:
+            logger.warning("%s has no %s: resuming without checking its settings", output_dir, RUN_SETTINGS)
+        elif write:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(path, settings)
+        return bool(leftovers)
+    differences = [
+        f"{key}: {earlier.get(key, '<unset>')!r} -> {settings.get(key, '<unset>')!r}"
+        for key in sorted(earlier.keys() | settings.keys())
+        if earlier.get(key) != settings.get(key)
+    ]
+    if differences:
+        raise ValueError(
+            f"{output_dir} holds a run with other settings ({'; '.join(differences)}): "
+            "rerun with --overwrite_output_dir true to start afresh there, or choose another output_dir"
+        )
+    return True
+
+
+# --- secrets -------------------------------------------------------------------------------------------
+
+SECRET_ARGUMENTS = ("hub_token",)
+
+
+def keep_secrets_out(config: Any) -> None:
+    """Move secrets given as arguments (`--hub_token`) into the environment, where the Hub client reads
+    them, so that no config dump (W&B, `training_args.bin`, manifests, logs) or recorded command line
+    holds them."""
+    for name in SECRET_ARGUMENTS:
+        value = getattr(config, name, None)
+        if value:
+            os.environ["HF_TOKEN"] = value
+            setattr(config, name, None)
+    redacted, hide_next = [], False
+    for arg in sys.argv:
+        flag, _, inline = arg.partition("=")
+        if hide_next:
+            redacted.append("<redacted>")
+        elif flag.lstrip("-") in SECRET_ARGUMENTS and inline:
+            redacted.append(f"{flag}=<redacted>")
+        else:
+            redacted.append(arg)
+        hide_next = arg.lstrip("-") in SECRET_ARGUMENTS
+    sys.argv[:] = redacted
 
 
 def run_group(output_dir: str | Path) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from reasoningner.configs import PromptContract
+from reasoningner.tracking import claim_output_dir, config_dict, run_settings
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +84,69 @@ def policy_model(path: str, model_init_kwargs: dict[str, Any]) -> Any:
     return AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=True, **kwargs)
 
 
-def last_checkpoint(output_dir: str) -> str | None:
-    """The newest `checkpoint-N` of a previous run, so a relaunched job continues instead of restarting."""
-    from transformers.trainer_utils import get_last_checkpoint
+WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "adapter_model.safetensors",
+    "pytorch_model.bin",
+)
 
-    return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why `checkpoint` cannot be resumed from, or None when it is complete.
+
+    The Trainer writes `trainer_state.json` last, after the weights, optimizer, scheduler and RNG
+    states: a checkpoint without it (or with a half-written one) was cut short by a kill.
+    """
+    state_file = checkpoint / "trainer_state.json"
+    if not state_file.is_file():
+        return "no trainer_state.json"
+    try:
+        step = json.loads(state_file.read_text(encoding="utf-8"))["global_step"]
+    except (ValueError, KeyError):
+        return "trainer_state.json is incomplete"
+    if f"checkpoint-{step}" != checkpoint.name:
+        return f"trainer_state.json is of step {step}"
+    if not any((checkpoint / name).is_file() for name in WEIGHTS):
+        return "no model weights"
+    if any(checkpoint.glob("global_step*")) and not (checkpoint / "latest").is_file():
+        return "DeepSpeed states without their 'latest' tag"
+    return None
+
+
+def last_checkpoint(output_dir: str) -> str | None:
+    """The newest complete `checkpoint-N` of an earlier attempt, so that a relaunched job continues.
+
+    Incomplete ones (a kill while saving) are skipped with a warning naming them, so that the run
+    resumes from the checkpoint before instead of failing on every relaunch.
+    """
+    output = Path(output_dir)
+    found = [p for p in output.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    for checkpoint in sorted(found, key=lambda p: int(p.name.split("-", 1)[1]), reverse=True):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return str(checkpoint)
+        logger.warning("skipping %s: %s (cut short while saving)", checkpoint, problem)
+    return None
+
+
+def start_or_resume(stage: str, configs: tuple[Any, ...], overwrite: bool) -> str | None:
+    """Claim the output folder for this run (`tracking.claim_output_dir`) before any model loads, and
+    say where training starts: the checkpoint it resumes from (returned), or step 0."""
+    training_args = next(c for c in configs if hasattr(c, "process_index"))
+    main_process = training_args.process_index == 0
+    resume = claim_output_dir(
+        training_args.output_dir,
+        run_settings(config_dict(*configs)),
+        overwrite=overwrite,
+        stale=["checkpoint-*"],
+        write=main_process,
+    )
+    checkpoint = last_checkpoint(training_args.output_dir) if resume else None
+    if main_process:
+        start = f"resuming from {checkpoint}" if checkpoint else "starting at step 0"
+        print(f"{stage}: {start} in {training_args.output_dir}", flush=True)
+    return checkpoint
 
 
 def save_final(trainer: Any, output_dir: str, merge_lora: bool, contract: PromptContract) -> Path | None:

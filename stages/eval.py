@@ -8,6 +8,7 @@ import sys
 
 from rich.console import Console
 
+from reasoningner.cli import run_stage
 from reasoningner.configs import EvalArguments, GenerationArguments, PromptArguments, RecipeParser
 from reasoningner.evaluate import RESULTS_MD, evaluate
 from reasoningner.results import NORMAL
@@ -50,4 +51,4 @@ def main(args: EvalArguments, prompt: PromptArguments, generation: GenerationArg
 
 
 if __name__ == "__main__":
-    main(*make_parser().parse_args_and_config())
+    run_stage(make_parser, main)

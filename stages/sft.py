@@ -8,14 +8,21 @@ from datasets import Dataset
 from transformers import AutoTokenizer, IntervalStrategy, set_seed
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config, get_quantization_config
 
-from reasoningner.configs import PromptArguments, PromptContract, RecipeParser, SFTScriptArguments
-from reasoningner.tracking import record_trainer_stage, set_trainer_run, wants_wandb
+from reasoningner.cli import run_stage
+from reasoningner.configs import (
+    PromptArguments,
+    PromptContract,
+    RecipeParser,
+    SFTScriptArguments,
+    require_model,
+)
+from reasoningner.tracking import keep_secrets_out, record_trainer_stage, set_trainer_run, wants_wandb
 from reasoningner.training import (
     configure_batching,
-    last_checkpoint,
     model_init_kwargs,
     save_final,
     start_deepspeed_on_cpu,
+    start_or_resume,
 )
 from reasoningner.training_data import sft_conversations, sft_examples, sft_record, trained_labels
 
@@ -30,12 +37,16 @@ def main(
     training_args: SFTConfig,
     model_args: ModelConfig,
 ) -> None:
+    keep_secrets_out(training_args)
     set_seed(training_args.seed)
     start_deepspeed_on_cpu(training_args)
+    require_model(model_args.model_name_or_path)
     if wants_wandb(training_args.report_to):
         set_trainer_run("sft", training_args.output_dir)
 
     prompt = prompt.resolve(PromptContract.load(model_args.model_name_or_path))
+    configs = (script_args, prompt, training_args, model_args)
+    checkpoint = start_or_resume("sft", configs, script_args.overwrite_output_dir)
     train = sft_examples(script_args.train_files, prompt, script_args)
     contract = PromptContract(prompt, trained_labels(example.schema.labels for example, _, _ in train))
     train_dataset = Dataset.from_list(
@@ -64,15 +75,15 @@ def main(
     trainer.accelerator.print(f"sft: {len(train_dataset)} conversations, {batching} batches, {prompt}")
     if trainer.accelerator.is_main_process:
         contract.save(training_args.output_dir)  # before any checkpoint, which it also describes
-    trainer.train(resume_from_checkpoint=last_checkpoint(training_args.output_dir))
+    trainer.train(resume_from_checkpoint=checkpoint)
     save_final(trainer, training_args.output_dir, script_args.merge_lora, contract)
     record_trainer_stage(
         "sft",
         trainer,
-        (script_args, prompt, training_args, model_args),
+        configs,
         [*script_args.train_files, model_args.model_name_or_path],
     )
 
 
 if __name__ == "__main__":
-    main(*make_parser().parse_args_and_config())
+    run_stage(make_parser, main)

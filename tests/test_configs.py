@@ -67,3 +67,19 @@ def test_choices_are_checked_when_the_config_is_built() -> None:
         GenerationArguments(backend="vlm")
     with pytest.raises(ValueError, match="no model: set model_name_or_path"):
         GenerationArguments().build_generator()
+
+
+def test_the_trainer_choices_are_values_trl_documents() -> None:
+    """`TRAINER_CHOICES` checks TRL's values at parse time: each must be one TRL's help names (a value
+    TRL drops or renames fails here after an upgrade)."""
+    import re
+    from dataclasses import fields
+
+    from trl import GRPOConfig
+
+    from reasoningner.configs import TRAINER_CHOICES
+
+    helps = {f.name: f.metadata.get("help", "") for f in fields(GRPOConfig)}
+    for name, choices in TRAINER_CHOICES.items():
+        documented = {word.lower() for word in re.findall(r"[`']+(\w+)[`']", helps[name])}
+        assert set(choices) <= documented, (name, set(choices) - documented)

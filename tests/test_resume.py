@@ -1,0 +1,177 @@
+"""Trainer stages on a preemptible cluster: a kill while saving a checkpoint, reruns with the same or
+other settings, values and paths that would fail late, and secrets that must not be recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reasoningner.configs import CoTArguments, GenerationArguments, PromptArguments
+from reasoningner.cot import annotate, output_path
+from reasoningner.tracking import MANIFEST, RUN_SETTINGS, build_manifest, claim_output_dir, write_manifest
+from reasoningner.training import last_checkpoint
+from tests.scripts import load_stage
+
+ROOT = Path(__file__).parents[1]
+DATA = Path(__file__).parent / "data"
+SFT_RECIPE = str(ROOT / "recipes" / "tiny-cpu" / "sft.yaml")
+RL_RECIPE = str(ROOT / "recipes" / "tiny-cpu" / "rl.yaml")
+ENV = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
+# `python stages/sft.py ...` whose process kills itself (SIGKILL, as a preempted node) in the middle of
+# saving the checkpoint of step KILL_AT_STEP: after the weights and optimizer, before trainer_state.json.
+KILL_WHILE_SAVING = """
+import os, runpy, signal, sys
+from transformers import Trainer
+save_rng_state = Trainer._save_rng_state
+def killed(self, output_dir):
+    if self.state.global_step == int(os.environ["KILL_AT_STEP"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save_rng_state(self, output_dir)
+Trainer._save_rng_state = killed
+sys.argv = ["stages/sft.py", *sys.argv[1:]]
+runpy.run_path("stages/sft.py", run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module")
+def annotations(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    args = CoTArguments(
+        datasets=[str(DATA / "conll2003_mini.txt")], output_dir=str(tmp_path_factory.mktemp("cot"))
+    )
+    prompt = PromptArguments(descriptions=False, compact_prompt=True)
+    annotate(args, prompt, GenerationArguments(backend="gold-template"))
+    return output_path(args)
+
+
+def sft_args(model: Path, annotations: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--config", SFT_RECIPE, "--model_name_or_path", str(model), "--train_files", str(annotations),
+        "--output_dir", str(out), "--per_device_train_batch_size", "4", "--learning_rate", "1e-3",
+        "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "3", "--logging_steps", "1",
+        "--disable_tqdm", "true", *extra,
+    ]  # fmt: skip
+
+
+def run(command: list[str], **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=ROOT, env=ENV | env, capture_output=True, text=True, timeout=600)
+
+
+def test_a_kill_while_saving_a_checkpoint_resumes_from_the_one_before(
+    tiny_model_dir: Path, annotations: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "sft"
+    args = sft_args(tiny_model_dir, annotations, out, "--max_steps", "6")
+    killed = run([sys.executable, "-c", KILL_WHILE_SAVING, *args], KILL_AT_STEP="4")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert (out / "checkpoint-4" / "model.safetensors").is_file()  # written, then cut short
+    assert not (out / "checkpoint-4" / "trainer_state.json").exists()
+    assert last_checkpoint(str(out)) == str(out / "checkpoint-2")
+
+    resumed = run([sys.executable, "stages/sft.py", *args])
+    log = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, log[-3000:]
+    assert f"skipping {out / 'checkpoint-4'}: no trainer_state.json (cut short while saving)" in log
+    assert f"sft: resuming from {out / 'checkpoint-2'} in {out}" in log
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    assert [row["step"] for row in state["log_history"] if "loss" in row] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_rerun_with_other_settings_is_refused_and_overwrite_starts_afresh(
+    tiny_model_dir: Path, annotations: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    stage = load_stage("sft")
+    out = tmp_path / "sft"
+
+    def sft(*extra: str) -> None:
+        parsed = stage.make_parser().parse_args_and_config(
+            args=sft_args(tiny_model_dir, annotations, out, *extra)
+        )
+        stage.main(*parsed)
+
+    sft("--max_steps", "2")
+    assert "sft: starting at step 0" in capsys.readouterr().out
+    sft("--max_steps", "4", "--logging_steps", "2")  # longer, logged otherwise: the same run
+    assert f"sft: resuming from {out / 'checkpoint-2'}" in capsys.readouterr().out
+    with pytest.raises(ValueError) as refused:
+        sft("--max_steps", "6", "--learning_rate", "2e-3")
+    assert "learning_rate: 0.001 -> 0.002" in str(refused.value)
+    assert "--overwrite_output_dir true" in str(refused.value)
+    assert (out / "checkpoint-4").is_dir()  # nothing was touched
+    sft("--max_steps", "2", "--learning_rate", "2e-3", "--overwrite_output_dir", "true")
+    assert "sft: starting at step 0" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert json.loads((out / RUN_SETTINGS).read_text())["learning_rate"] == 2e-3
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert [attempt["config"]["learning_rate"] for attempt in manifest["history"]] == [1e-3, 1e-3]
+
+
+def test_settings_that_do_not_change_the_run_may_change_between_attempts(tmp_path: Path) -> None:
+    settings = {"learning_rate": 1e-3, "seed": 0}
+    assert claim_output_dir(tmp_path, settings, overwrite=False, stale=["checkpoint-*"]) is False
+    (tmp_path / "checkpoint-2").mkdir()
+    assert claim_output_dir(tmp_path, settings, overwrite=False, stale=["checkpoint-*"]) is True
+    with pytest.raises(ValueError, match=r"seed: 0 -> 1"):
+        claim_output_dir(tmp_path, {**settings, "seed": 1}, overwrite=False, stale=["checkpoint-*"])
+    with pytest.raises(ValueError, match=r"seed: 0 -> 1"):  # the other ranks check too, and write nothing
+        claim_output_dir(tmp_path, {**settings, "seed": 1}, overwrite=False, stale=[], write=False)
+
+
+def test_a_manifest_keeps_the_earlier_attempts_in_its_history(tmp_path: Path) -> None:
+    for attempt in range(3):
+        write_manifest(tmp_path, build_manifest("sft", {"attempt": attempt}, []), {"loss": attempt})
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    assert manifest["config"] == {"attempt": 2}
+    assert [(m["config"]["attempt"], m["summary"]["loss"]) for m in manifest["history"]] == [(0, 0), (1, 1)]
+    assert all("history" not in m for m in manifest["history"])
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("loss_type", "drgrpo"), ("scale_rewards", "grup"), ("vllm_mode", "colocated")]
+)
+def test_trl_values_with_fixed_choices_fail_when_the_recipe_is_read(key: str, value: str) -> None:
+    """Before any model loads: GRPO itself would only fail in its first step."""
+    parser = load_stage("rl").make_parser()
+    with pytest.raises(ValueError, match=f"{key} '{value}': choose one of"):
+        parser.parse_args_and_config(args=["--config", RL_RECIPE, f"--{key}", value])
+
+
+def test_user_mistakes_end_in_one_line_without_a_traceback(tmp_path: Path, annotations: Path) -> None:
+    no_sft = run([sys.executable, "stages/rl.py", "--config", RL_RECIPE, "--model_name_or_path",
+                  str(tmp_path / "outputs" / "sft"), "--output_dir", str(tmp_path / "rl")])  # fmt: skip
+    assert no_sft.returncode == 2
+    assert "Traceback" not in no_sft.stderr
+    assert f"error: model {tmp_path / 'outputs' / 'sft'} does not exist: run the stage that writes it" in (
+        no_sft.stderr
+    )
+    bad = tmp_path / "bad.txt"
+    bad.write_text("EU\tB-ORG\nrejects\tO\n\nGerman\tI-MISC\tX\tY\n", encoding="utf-8")
+    bad_data = run([sys.executable, "stages/sft.py", *sft_args(tmp_path, bad, tmp_path / "sft"),
+                    "--reasoning", "false", "--model_name_or_path", str(ROOT / "recipes")])  # fmt: skip
+    assert bad_data.returncode == 2 and "Traceback" not in bad_data.stderr
+    assert f"{bad}:4:" in bad_data.stderr
+    debug = run([sys.executable, "stages/rl.py", "--config", RL_RECIPE, "--model_name_or_path",
+                 str(tmp_path / "nowhere")], REASONINGNER_DEBUG="1")  # fmt: skip
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_a_hub_token_given_as_an_argument_is_recorded_nowhere(
+    tiny_model_dir: Path, annotations: Path, tmp_path: Path
+) -> None:
+    secret = "hf_SecretTokenThatMustNotLeak"
+    out, wandb_dir = tmp_path / "sft", tmp_path / "wandb"
+    wandb_dir.mkdir()
+    args = sft_args(
+        tiny_model_dir, annotations, out, "--max_steps", "1", "--hub_token", secret, "--report_to", "wandb"
+    )
+    result = run([sys.executable, "stages/sft.py", *args], WANDB_MODE="offline", WANDB_DIR=str(wandb_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert secret not in result.stdout + result.stderr
+    written = [p for folder in (out, wandb_dir) for p in folder.rglob("*") if p.is_file()]
+    assert any(p.name == "training_args.bin" for p in written) and any(p.suffix == ".wandb" for p in written)
+    assert [p for p in written if secret.encode() in p.read_bytes()] == []
