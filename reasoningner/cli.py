@@ -22,7 +22,7 @@ from rich.table import Table
 
 from reasoningner.configs import RENAMED, PromptArguments, PromptContract
 from reasoningner.generation import BACKENDS
-from reasoningner.predict import MAX_PROMPT_CHARS, NERModel, check_scoring
+from reasoningner.predict import NERModel, check_scoring
 from reasoningner.readers import READERS, WRITERS, read_dataset, write_dataset
 from reasoningner.spans import Schema
 from reasoningner.stats import dataset_stats
@@ -175,7 +175,7 @@ def _add_predict_command(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument(
         "--max-prompt-chars",
         type=int,
-        default=MAX_PROMPT_CHARS,
+        default=None,
         help="longer prompts are asked in windows of the text; lower it for a small context",
     )
     _add_prompt_arguments(predict)

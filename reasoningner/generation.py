@@ -80,6 +80,8 @@ class Generator(ABC):
     """A generation backend. Use as a context manager, or call `close()`, to free engines and memory."""
 
     name: ClassVar[str]
+    # The model's context in tokens, when the backend knows it: prompts are bounded by it (`predict`).
+    context_tokens: int | None = None
 
     def generate_iter(
         self, conversations: Sequence[Conversation], sampling: SamplingConfig
@@ -183,6 +185,7 @@ class VLLMGenerator(Generator):
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         if max_model_len is not None:
             engine_kwargs["max_model_len"] = max_model_len
+        self.context_tokens = max_model_len  # else the model's own, which this does not ask vLLM for
         self._llm: Any = vllm.LLM(
             model=str(model),
             tensor_parallel_size=tensor_parallel_size,
@@ -508,6 +511,7 @@ class TransformersGenerator(Generator):
         if self._tokenizer.pad_token is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
         self._model: Any = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(device).eval()
+        self.context_tokens = getattr(self._model.config, "max_position_embeddings", None)
         eos = self._model.generation_config.eos_token_id
         if eos is None:
             eos = self._tokenizer.eos_token_id

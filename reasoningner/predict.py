@@ -34,8 +34,8 @@ consecutive pieces cut at whitespace (after a sentence end when one falls in the
 piece), each short enough for its prompt to fit; their entities are mapped back to offsets of the
 whole text. Characters are a proxy for tokens that needs no tokenizer (about 4 a token in English
 for a pretrained model's tokenizer, 1.2 for a tiny model's 400-token vocabulary, 1 or fewer in
-Chinese): the default of 2,000 suits a 2,048-token context; raise it for a long context, lower it
-for a dense script or long answers. An entity cut by a window edge is lost or found in part.
+Chinese): by default the bound is the model's context less `max_new_tokens`, counted as characters
+(`prompt_chars_for`); lower it for a dense script. An entity cut by a window edge is lost or found in part.
 
 What is not an entity. A mention that cannot be found in the text is returned on the result's
 `.ungrounded` as `(text, label)`; an entity with a label outside the requested ones is dropped,
@@ -70,9 +70,8 @@ if TYPE_CHECKING:
 
 # For num_samples > 1 when the model's sampling is greedy: k copies of one answer would all score 1.0.
 SAMPLING_TEMPERATURE = 0.7
-# ~1,700 tokens even at 1.2 characters a token (a tiny model's 400-token vocabulary), so that a
-# 2,048-token context keeps room for a short answer; ~500 tokens of English for a real tokenizer.
-MAX_PROMPT_CHARS = 2000
+# The prompt bound when the backend does not say its context (a server): ~2,000-8,000 tokens.
+MAX_PROMPT_CHARS = 8000
 FAILED = "generation_failed"  # the problem of a text (window) the backend gave up on
 
 
@@ -265,6 +264,19 @@ def _combine(
     )
 
 
+def prompt_chars_for(generator: Generator, sampling: SamplingConfig) -> int:
+    """The longest prompt, in characters, that leaves room for the answer in the model's context.
+
+    A token covers at least about one character (four in English with a pretrained tokenizer, 1.2
+    with the tiny model's), so the context left after `max_new_tokens` bounds the prompt's
+    characters safely without tokenizing; `MAX_PROMPT_CHARS` when the backend does not know its
+    context (a server).
+    """
+    if generator.context_tokens is None:
+        return MAX_PROMPT_CHARS
+    return max(generator.context_tokens - sampling.max_new_tokens, 256)
+
+
 class NERModel:
     """A generation backend plus the prompt contract a model was trained with.
 
@@ -282,7 +294,7 @@ class NERModel:
         *,
         sampling: SamplingConfig | None = None,
         labels: Sequence[str] = (),
-        max_prompt_chars: int = MAX_PROMPT_CHARS,
+        max_prompt_chars: int | None = None,
         owns_generator: bool = False,
     ) -> None:
         self.generator = generator
@@ -290,7 +302,7 @@ class NERModel:
         self.output_format = get_format(self.prompt.output_format)
         self.sampling = sampling or SamplingConfig(max_new_tokens=1024)
         self.labels = list(labels)  # what the model was trained to find, when its contract says
-        self.max_prompt_chars = max_prompt_chars
+        self.max_prompt_chars = max_prompt_chars or prompt_chars_for(generator, self.sampling)
         self._owns_generator = owns_generator
 
     @classmethod
@@ -301,7 +313,7 @@ class NERModel:
         prompt: PromptArguments | None = None,
         *,
         max_new_tokens: int = 1024,
-        max_prompt_chars: int = MAX_PROMPT_CHARS,
+        max_prompt_chars: int | None = None,
         **options: Any,
     ) -> NERModel:
         """Load `path` with the named backend; `options` go to it (`generation.build_generator`),
@@ -321,7 +333,7 @@ class NERModel:
         generation: GenerationArguments,
         prompt: PromptArguments | None = None,
         *,
-        max_prompt_chars: int = MAX_PROMPT_CHARS,
+        max_prompt_chars: int | None = None,
     ) -> NERModel:
         """The model that `generation` describes (backend, model, sampling), asked with `prompt`, whose
         unset fields come from the prompt contract saved beside the model."""

@@ -463,3 +463,20 @@ def test_predict_cli_with_the_tiny_model_windows_a_long_line_and_samples(
         for entity in record["entities"]:
             assert record["text"][entity["start"] : entity["end"]] == entity["text"]
             assert entity["score"] in (0.5, 1.0)
+
+
+def test_the_prompt_bound_is_the_context_left_after_the_answer_when_the_backend_knows_it() -> None:
+    from reasoningner.predict import MAX_PROMPT_CHARS
+
+    generator = from_table({})
+    assert NERModel(generator).max_prompt_chars == MAX_PROMPT_CHARS  # a server: context unknown
+    generator.context_tokens = 2048
+    assert NERModel(generator, sampling=SamplingConfig(max_new_tokens=512)).max_prompt_chars == 1536
+    assert NERModel(generator, max_prompt_chars=900).max_prompt_chars == 900
+
+
+def test_the_transformers_backend_knows_its_context(tiny_model_dir: Path) -> None:
+    from reasoningner.generation import TransformersGenerator
+
+    with TransformersGenerator(tiny_model_dir) as generator:
+        assert generator.context_tokens == 2048  # the tiny model's max_position_embeddings
