@@ -3,25 +3,62 @@
 For every sentence the teacher (an LLM behind a `generation` backend, or the `gold-template`
 writer that needs none) produces `samples_per_sentence` rationale + answer pairs. Each is parsed
 with the foundation parsers and scored: entity F1 against gold, and consistency between rationale
-and answer (`rationale.consistency`, the score the GRPO reward shares). The best sample is kept;
-the sentence is *accepted* when it reaches `f1_threshold` and `min_consistency`. With
-`gold_answer`, an accepted sample's answer is replaced by the gold answer (its rationale is kept):
-useful with a threshold below 1.0, when near-misses of the teacher still reason well.
+and answer (`rationale.consistency`, the score the GRPO reward shares). The best sample is kept.
+With `gold_answer`, an accepted sample's answer is replaced by the gold answer (its rationale is
+kept): useful with a threshold below 1.0, when near-misses of the teacher still reason well.
 
-Output is an append-only JSONL file with one record per input sentence, accepted or not, written
-and flushed as soon as the sentence is done. A rerun drops a half-written last line and only does
-the sentences that are missing, so a run killed at any moment loses nothing it finished.
-`shard="i/n"` takes every n-th sentence from i; `merge_shards` joins shard files into what an
-unsharded run writes (records sorted by input position).
+Every sentence ends as one record with a `status` (`records`):
+- accepted: the best sample reaches `f1_threshold` and `min_consistency`;
+- rejected: it does not (kept, with its scores; training skips it);
+- failed: no usable reply. The backend gave up on the sentence (a server that kept failing on it,
+  a request it refused), or every sample came back empty or cut off at max_new_tokens, also after
+  `INCOMPLETE_RETRIES` more tries (none when a local engine decodes greedily: it would repeat
+  itself). The record says why (`reason`) and has no scores: a failure is not a teacher F1 of 0.
+The report (`report.json`) counts the three; they add up to the sentences.
+
+What a run guarantees when it is interrupted at any moment (a kill, preemption, a crash):
+- Records are appended, one line per sentence, and flushed as soon as the sentence is done: a run
+  loses only the sentences in flight, and leaves at most a half-written last line.
+- A rerun with the same inputs cuts that line off, drops the failed records to try them again, and
+  annotates exactly the sentences without a record, so that every sentence ends in the file exactly
+  once. A rewrite goes through a temporary file and `os.replace`: a kill during it leaves the old
+  file or the new one, never a mix.
+- Resume keys (`<dataset name>/<example id>`) are unique by refusal: duplicate ids in a file, or two
+  inputs with one dataset name (`a/conll/train.txt` and `b/conll/train.txt` are both
+  `conll-train`), are an error at start that names them, as a rerun would take one sentence for
+  the other. A rerun also refuses a file it cannot have written (naming file:line): a key twice,
+  a sentence not among its inputs, a record made with another prompt or another teacher.
+- One writer per file: a run holds an `flock` on `<file>.lock` while it writes, so a second run on
+  the same file fails at once; the OS releases the lock when the process ends, however it ends.
+  (On a file system without flock support it warns and goes on unlocked.)
+- `merge_shards` writes `annotations.jsonl` only from a complete, consistent set of shard files:
+  all n there, none still being written, each holding exactly its share of the inputs (computed
+  from the inputs) with the same prompt per sentence and one teacher for all; otherwise it names
+  each shard and how many sentences it lacks.
+Not covered: a machine crash (rather than a killed process) may lose the records the OS had not yet
+written to disk; the rerun annotates those sentences again.
+
+`shard="i/n"` takes every n-th sentence from i into `annotations.shard-i-of-n.jsonl` (with its own
+`report.shard-i-of-n.json`); `merge_shards` joins the shard files into what an unsharded run
+writes (records sorted by input position).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import hashlib
 import json
+import logging
+import os
+import re
+import socket
 import statistics
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,23 +67,38 @@ from tqdm.auto import tqdm
 
 from reasoningner.configs import GOLD_TEMPLATE, CoTArguments, GenerationArguments, PromptArguments
 from reasoningner.formats import OutputFormat, get_format, split_answer
-from reasoningner.generation import Completion
+from reasoningner.generation import Completion, ConversationFailed
 from reasoningner.metrics import MatchMode, example_f1
 from reasoningner.prompts import teacher_instruction
 from reasoningner.rationale import consistency, gold_template_rationale
 from reasoningner.readers import read_dataset
-from reasoningner.records import read_records
+from reasoningner.records import STATUSES, numbered_records, parse_record, read_records, record_status
 from reasoningner.spans import Example
+
+logger = logging.getLogger(__name__)
 
 ANNOTATIONS = "annotations.jsonl"
 REPORT = "report.json"
+SHARD_FILE = re.compile(r"annotations\.shard-(\d+)-of-(\d+)\.jsonl")
+INCOMPLETE_RETRIES = 2  # more tries for a sentence whose every sample came back empty or cut off
+
+
+def _shard_name(name: str, index: int, count: int) -> str:
+    """`annotations.jsonl` -> `annotations.shard-1-of-4.jsonl`; unchanged for an unsharded run."""
+    if count == 1:
+        return name
+    stem, suffix = name.split(".", 1)
+    return f"{stem}.shard-{index}-of-{count}.{suffix}"
 
 
 def output_path(args: CoTArguments) -> Path:
     """This shard's annotation file in `output_dir`."""
-    index, count = args.shard_index()
-    name = ANNOTATIONS if count == 1 else f"annotations.shard-{index}-of-{count}.jsonl"
-    return Path(args.output_dir) / name  # type: ignore[arg-type]
+    return Path(args.output_dir) / _shard_name(ANNOTATIONS, *args.shard_index())  # type: ignore[arg-type]
+
+
+def report_path(args: CoTArguments) -> Path:
+    """This shard's report: one per shard, so that shards running at once never share a file."""
+    return Path(args.output_dir) / _shard_name(REPORT, *args.shard_index())  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -59,6 +111,14 @@ class Sample:
     f1: float
     consistency: float
     completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A sentence without a usable teacher reply: recorded as failed, and tried again by a rerun."""
+
+    reason: str
+    completion_tokens: int = 0
 
 
 def score_sample(
@@ -89,6 +149,16 @@ def best_sample(samples: Sequence[Sample]) -> Sample:
     return max(samples, key=lambda s: (s.f1, s.consistency, -s.index))
 
 
+def unusable(completion: Completion) -> str | None:
+    """Why a sample is no answer at all (cut off, or empty), or None. Scored, such a sample would
+    pass for a teacher that answered wrong."""
+    if completion.finish_reason == "length":
+        return "cut off at max_new_tokens"
+    if not completion.text.strip():
+        return "empty reply"
+    return None
+
+
 def gold_template_sample(example: Example, output_format: OutputFormat, context_words: int = 3) -> Sample:
     """The teacher-free annotation: a rationale written from the gold spans, the gold answer."""
     rationale = gold_template_rationale(example, context_words)
@@ -116,41 +186,186 @@ class Task:
     example: Example
     conversation: list[dict[str, str]]
 
+    @property
+    def key(self) -> str:
+        """The resume key: which record holds this sentence."""
+        return example_key(self.dataset, self.example)
 
-def load_tasks(args: CoTArguments, prompt: PromptArguments) -> list[Task]:
-    """All input sentences in order, with positions over the whole input, then this shard's share."""
-    tasks = []
+    @functools.cached_property
+    def prompt_hash(self) -> str:
+        return prompt_hash(self.conversation)
+
+
+def load_all_tasks(args: CoTArguments, prompt: PromptArguments) -> list[Task]:
+    """All input sentences in order, with positions over the whole input.
+
+    Refuses resume keys that are not unique, before anything is written or loaded: a rerun would
+    count one sentence's record as another's and skip it.
+    """
+    tasks: list[Task] = []
+    names: dict[str, str] = {}
+    clashes: list[str] = []
     for path in args.datasets:
         dataset = read_dataset(path, args.reader)
-        for example in dataset.examples[: args.limit]:
+        if dataset.name in names:
+            clashes.append(f"{names[dataset.name]} and {path} are both named {dataset.name!r}")
+            continue
+        names[dataset.name] = path
+        examples = dataset.examples[: args.limit]
+        repeated = [i for i, n in Counter(e.id for e in examples).items() if n > 1]
+        if repeated:
+            shown = ", ".join(map(repr, repeated[:10])) + (", ..." if len(repeated) > 10 else "")
+            clashes.append(f"{path} has {len(repeated)} ids more than once: {shown}")
+        for example in examples:
             content = teacher_instruction(example.text, example.schema, prompt)
             tasks.append(Task(len(tasks), dataset.name, example, [{"role": "user", "content": content}]))
+    if clashes:
+        raise ValueError(
+            "resume keys (<dataset name>/<id>) must be unique, or a rerun would take one sentence for "
+            f"another: {'; '.join(clashes)}. Give each file a name of its own and each sentence its own id"
+        )
+    return tasks
+
+
+def load_tasks(args: CoTArguments, prompt: PromptArguments) -> list[Task]:
+    """This shard's share of `load_all_tasks`: every n-th sentence from i."""
     index, count = args.shard_index()
-    return tasks[index::count]
+    return load_all_tasks(args, prompt)[index::count]
 
 
-def finished_keys(path: Path) -> set[str]:
-    """Keys of the records already written; a half-written last line (a kill mid-write) is cut off."""
+def _replace(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all: a kill mid-write leaves the previous file."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold `<path>.lock` while writing `path`: a second run on it fails at once, instead of writing
+    every record a second time. An flock is released by the OS when its process dies, however it dies,
+    so a killed run never leaves a stale lock behind."""
+    lock = path.with_name(path.name + ".lock")
+    with lock.open("a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RuntimeError(
+                f"{path} is being written by another run ({holder}; it holds {lock.name}): a second "
+                "writer would annotate its sentences twice. Wait for that run to end, or stop it"
+            ) from None
+        except OSError as error:  # e.g. Lustre mounted without flock support
+            logger.warning("cannot lock %s (%s): make sure no other run writes %s", lock, error, path.name)
+        else:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            handle.flush()
+        yield
+
+
+def _known(
+    records: Iterable[tuple[str, dict[str, Any]]], share: Mapping[str, Task], path: Path
+) -> Iterator[tuple[str, dict[str, Any], Task]]:
+    """`(path:line, record, its task)`, refusing a key twice or a key that is not in `share`."""
+    seen: dict[str, str] = {}
+    for where, record in records:
+        key = record.get("key")
+        if key in seen:
+            raise ValueError(f"{where}: {key!r} is already at {seen[key]} (did two runs write this file?)")
+        if key not in share:
+            raise ValueError(
+                f"{where}: {key!r} is not one of the sentences of {path.name} (the run that wrote it read "
+                "other datasets, or had another limit or shard): annotate into another output_dir"
+            )
+        seen[key] = where
+        yield where, record, share[key]
+
+
+def _check_prompt(where: str, record: dict[str, Any], task: Task) -> None:
+    """A record asked otherwise than this run asks would mix two data sets in one file."""
+    if record.get("prompt_hash") != task.prompt_hash:
+        raise ValueError(
+            f"{where}: {task.key!r} was asked with another prompt (prompt_hash {record.get('prompt_hash')}, "
+            f"now {task.prompt_hash}): the prompt settings or wording changed; annotate into another "
+            "output_dir, or run with the settings that wrote it"
+        )
+
+
+def resume(path: Path, tasks: Sequence[Task], teacher: str) -> set[str]:
+    """Keys of the records in `path` that this run keeps and need not annotate again.
+
+    A half-written last line (a kill mid-write) is cut off and failed records are dropped, so that
+    their sentences are annotated again, by one atomic rewrite. Records this run cannot have written
+    are refused (`_known`, `_check_prompt`, another teacher); failed ones may differ, being dropped.
+    """
     if not path.exists():
         return set()
     data = path.read_bytes()
     complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) != len(data):
-        path.write_bytes(complete)
-    return {json.loads(line)["key"] for line in complete.decode("utf-8").splitlines() if line.strip()}
+    lines = [
+        (f"{path}:{number}", line)
+        for number, line in enumerate(complete.split(b"\n")[:-1], 1)
+        if line.strip()
+    ]
+    records = ((where, parse_record(line, where)) for where, line in lines)
+    kept: list[dict[str, Any]] = []
+    for where, record, task in _known(records, {t.key: t for t in tasks}, path):
+        if record_status(record) == "failed":
+            continue
+        _check_prompt(where, record, task)
+        if record.get("teacher") != teacher:
+            raise ValueError(
+                f"{where}: {task.key!r} was annotated by {record.get('teacher')}, this run's teacher is "
+                f"{teacher}: annotate into another output_dir, or run with the teacher that wrote it"
+            )
+        kept.append(record)
+    if len(kept) != len(lines) or len(complete) != len(data):
+        _replace(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept).encode("utf-8"))
+    return {record["key"] for record in kept}
 
 
 def build_record(
-    task: Task, sample: Sample, args: CoTArguments, prompt: PromptArguments, teacher: str
+    task: Task, outcome: Sample | Failure, args: CoTArguments, prompt: PromptArguments, teacher: str
 ) -> dict[str, Any]:
-    accepted = sample.f1 >= args.f1_threshold and sample.consistency >= args.min_consistency
-    answer = (
-        get_format(prompt.output_format).render(task.example)
-        if args.gold_answer and accepted
-        else sample.answer
-    )
+    """The record of one sentence (layout: `records`)."""
+    if isinstance(outcome, Failure):
+        annotation: dict[str, Any] = {
+            "rationale": "",
+            "answer": "",
+            "answer_source": None,
+            "f1": None,
+            "consistency": None,
+            "accepted": False,
+            "status": "failed",
+            "reason": outcome.reason,
+            "sample_index": None,
+        }
+    else:
+        accepted = outcome.f1 >= args.f1_threshold and outcome.consistency >= args.min_consistency
+        gold = args.gold_answer and accepted
+        annotation = {
+            "rationale": outcome.rationale,
+            "answer": get_format(prompt.output_format).render(task.example) if gold else outcome.answer,
+            "answer_source": "gold" if gold else "teacher",
+            "f1": outcome.f1,
+            "consistency": outcome.consistency,
+            "accepted": accepted,
+            "status": "accepted" if accepted else "rejected",
+            "reason": None,
+            "sample_index": outcome.index,
+        }
     return {
-        "key": example_key(task.dataset, task.example),
+        "key": task.key,
         "position": task.position,
         "dataset": task.dataset,
         "id": task.example.id,
@@ -159,23 +374,17 @@ def build_record(
         "labels": list(task.example.schema.labels),
         "descriptions": dict(task.example.schema.descriptions),
         "output_format": prompt.output_format,
-        "rationale": sample.rationale,
-        "answer": answer,
-        "answer_source": "gold" if args.gold_answer and accepted else "teacher",
-        "f1": sample.f1,
-        "consistency": sample.consistency,
-        "accepted": accepted,
+        **annotation,
         "teacher": teacher,
-        "sample_index": sample.index,
-        "completion_tokens": sample.completion_tokens,
-        "prompt_hash": prompt_hash(task.conversation),
+        "completion_tokens": outcome.completion_tokens,
+        "prompt_hash": task.prompt_hash,
     }
 
 
-def _samples(
+def _outcomes(
     args: CoTArguments, prompt: PromptArguments, generation: GenerationArguments, tasks: Sequence[Task]
-) -> Iterator[tuple[Task, Sample]]:
-    """Annotate `tasks`, yielding each as soon as its samples are scored."""
+) -> Iterator[tuple[Task, Sample | Failure]]:
+    """Annotate `tasks`, yielding each as soon as it is scored or has failed for good."""
     output_format = get_format(prompt.output_format)
     if generation.backend == GOLD_TEMPLATE:
         for task in tasks:
@@ -183,15 +392,31 @@ def _samples(
         return
     sampling = generation.sampling(n=args.samples_per_sentence)
     mode: MatchMode = args.match_mode  # type: ignore[assignment]
+    local_greedy = generation.temperature == 0 and generation.backend != "openai"
+    retries = 0 if local_greedy else INCOMPLETE_RETRIES
     with generation.build_generator() as generator:
         for start in range(0, len(tasks), args.chunk_size):
-            chunk = tasks[start : start + args.chunk_size]
-            for index, completions in generator.generate_iter([t.conversation for t in chunk], sampling):
-                scored = [
-                    score_sample(chunk[index].example, c, output_format, mode, i)
-                    for i, c in enumerate(completions)
-                ]
-                yield chunk[index], best_sample(scored)
+            todo, tries = list(tasks[start : start + args.chunk_size]), 0
+            while todo:
+                tries += 1
+                again = []
+                for index, outcome in generator.generate_outcomes([t.conversation for t in todo], sampling):
+                    task = todo[index]
+                    if isinstance(outcome, ConversationFailed):
+                        yield task, Failure(str(outcome))
+                        continue
+                    usable = [(i, c) for i, c in enumerate(outcome) if unusable(c) is None]
+                    if usable:
+                        scored = [score_sample(task.example, c, output_format, mode, i) for i, c in usable]
+                        yield task, best_sample(scored)
+                    elif tries <= retries:
+                        again.append(task)
+                    else:
+                        why = "; ".join(sorted({unusable(c) or "" for c in outcome}))
+                        tokens = sum(c.completion_tokens for c in outcome)
+                        attempts = "1 try" if tries == 1 else f"{tries} tries"
+                        yield task, Failure(f"no usable reply in {attempts}: {why}", tokens)
+                todo = again
 
 
 def teacher_name(generation: GenerationArguments) -> str:
@@ -201,58 +426,112 @@ def teacher_name(generation: GenerationArguments) -> str:
 
 
 def annotate(args: CoTArguments, prompt: PromptArguments, generation: GenerationArguments) -> dict[str, Any]:
-    """Annotate what is missing from this shard's output file; return the report of the whole file."""
+    """Annotate what this shard's output file lacks, failed sentences included; return the report
+    of the whole file (also written to `report_path`). Guarantees: the module docstring."""
     path = output_path(args)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    done = finished_keys(path)
-    tasks = [t for t in load_tasks(args, prompt) if example_key(t.dataset, t.example) not in done]
+    tasks = load_tasks(args, prompt)
     teacher = teacher_name(generation)
-    started = time.perf_counter()
-    with path.open("a", encoding="utf-8") as out, tqdm(total=len(tasks), desc="cot", unit="sent") as bar:
-        for task, sample in _samples(args, prompt, generation, tasks):
-            record = build_record(task, sample, args, prompt, teacher)
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            out.flush()
-            bar.update()
-    report = summarize(read_records(path), seconds=time.perf_counter() - started, annotated=len(tasks))
-    (path.parent / REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(path):
+        done = resume(path, tasks, teacher)
+        todo = [task for task in tasks if task.key not in done]
+        started = time.perf_counter()
+        with (
+            path.open("a", encoding="utf-8", newline="\n") as out,
+            tqdm(total=len(todo), desc="cot", unit="sent") as bar,
+        ):
+            for task, outcome in _outcomes(args, prompt, generation, todo):
+                out.write(
+                    json.dumps(build_record(task, outcome, args, prompt, teacher), ensure_ascii=False) + "\n"
+                )
+                out.flush()
+                bar.update()
+        report = summarize(read_records(path), seconds=time.perf_counter() - started, annotated=len(todo))
+        _replace(report_path(args), (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     return report
 
 
-def merge_shards(output_dir: str | Path) -> Path:
-    """Join `annotations.shard-*-of-n.jsonl` into `annotations.jsonl`, in input order.
+def merge_shards(args: CoTArguments, prompt: PromptArguments) -> Path:
+    """Join the `annotations.shard-i-of-n.jsonl` files of `args.output_dir` into `annotations.jsonl`,
+    in input order, as an unsharded run writes it.
 
-    Refuses to merge an incomplete set of shards or shards that disagree on n.
+    `args` and `prompt` must be those the shards ran with (the same recipe): the shares and prompts
+    are computed from them. Nothing is written unless every shard file is there, none is still being
+    written, each holds exactly its share, and all were made with the same prompts and one teacher;
+    the error names each shard that falls short and how many sentences it lacks.
     """
-    output_dir = Path(output_dir)
-    shards = sorted(output_dir.glob("annotations.shard-*-of-*.jsonl"))
-    if not shards:
+    output_dir = Path(args.output_dir)  # type: ignore[arg-type]
+    found = [
+        m for m in map(SHARD_FILE.fullmatch, (p.name for p in output_dir.glob("annotations.shard-*"))) if m
+    ]
+    if not found:
         raise FileNotFoundError(f"{output_dir}: no annotations.shard-*-of-*.jsonl files to merge")
-    counts = {s.stem.rsplit("-of-", 1)[1] for s in shards}
-    if len(counts) != 1 or len(shards) != int(next(iter(counts))):
-        raise ValueError(f"{output_dir}: shard files {[s.name for s in shards]} are not one complete set")
-    records = sorted((r for s in shards for r in read_records(s)), key=lambda r: r["position"])
-    target = output_dir / ANNOTATIONS
-    target.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    report = summarize(records, seconds=0.0, annotated=0)
-    (output_dir / REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    counts = sorted({int(m[2]) for m in found})
+    if len(counts) != 1:
+        names = sorted(m[0] for m in found)
+        raise ValueError(f"{output_dir}: shard files of {len(counts)} different splits {names}: keep one set")
+    count = counts[0]
+    tasks = load_all_tasks(args, prompt)
+    problems: list[str] = []
+    records: list[dict[str, Any]] = []
+    teachers: dict[Any, set[int]] = {}
+    paths = [output_dir / _shard_name(ANNOTATIONS, index, count) for index in range(count)]
+    with contextlib.ExitStack() as held:
+        held.enter_context(exclusive(output_dir / ANNOTATIONS))
+        for path in paths:  # all first: a shard still being written is not "incomplete"
+            if path.exists():
+                held.enter_context(exclusive(path))
+        for index, path in enumerate(paths):
+            share = {task.key: task for task in tasks[index::count]}
+            if not path.exists():
+                problems.append(f"shard {index}/{count}: {path.name} is missing ({len(share)} sentences)")
+                continue
+            got = []
+            for where, record, task in _known(numbered_records(path), share, path):
+                _check_prompt(where, record, task)
+                teachers.setdefault(record.get("teacher"), set()).add(index)
+                got.append(record)
+            if len(got) < len(share):
+                present = {record["key"] for record in got}
+                lacking = [key for key in share if key not in present]
+                problems.append(
+                    f"shard {index}/{count}: {path.name} has {len(got)} of its {len(share)} sentences, "
+                    f"{len(lacking)} missing (first {lacking[0]!r}): rerun it with --shard {index}/{count}"
+                )
+            records += got
+        if len(teachers) > 1:
+            who = ", ".join(f"{t} (shards {sorted(s)})" for t, s in teachers.items())
+            problems.append(f"the shards were annotated by different teachers: {who}")
+        if problems:
+            raise ValueError(
+                f"{output_dir}: the shard files are not one complete set, nothing merged:\n  "
+                + "\n  ".join(problems)
+            )
+        records.sort(key=lambda r: r["position"])
+        target = output_dir / ANNOTATIONS
+        _replace(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
+        report = summarize(records, seconds=0.0, annotated=0)
+        _replace(output_dir / REPORT, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     return target
 
 
 def summarize(records: Sequence[dict[str, Any]], seconds: float, annotated: int) -> dict[str, Any]:
-    """Acceptance, teacher F1, consistency distribution, tokens and time, over all records."""
+    """Counts by status (accepted + rejected + failed = sentences); teacher F1 and consistency over
+    the scored records (a failed one has no scores); tokens and time."""
     total = len(records)
-    f1s = [r["f1"] for r in records]
-    consistencies = [r["consistency"] for r in records]
+    statuses = Counter(record_status(r) for r in records)
+    scored = [r for r in records if record_status(r) != "failed"]
+    f1s = [r["f1"] for r in scored]
+    consistencies = [r["consistency"] for r in scored]
     histogram = [0] * 10
     for value in consistencies:
         histogram[min(int(value * 10), 9)] += 1
     return {
         "sentences": total,
-        "accepted": sum(r["accepted"] for r in records),
-        "acceptance_rate": sum(r["accepted"] for r in records) / total if total else 0.0,
+        **{status: statuses[status] for status in STATUSES},
+        "acceptance_rate": statuses["accepted"] / total if total else 0.0,
         "teacher_f1_mean": statistics.fmean(f1s) if f1s else 0.0,
-        "teacher_exact_rate": sum(f == 1.0 for f in f1s) / total if total else 0.0,
+        "teacher_exact_rate": sum(f == 1.0 for f in f1s) / len(f1s) if f1s else 0.0,
         "consistency_mean": statistics.fmean(consistencies) if consistencies else 0.0,
         "consistency_histogram": {f"{i / 10:.1f}-{(i + 1) / 10:.1f}": n for i, n in enumerate(histogram)},
         "completion_tokens": sum(r["completion_tokens"] for r in records),

@@ -1,11 +1,13 @@
 """Stage 1 — CoT generation: a teacher annotates NER data with rationales, validated and scored.
 
 python stages/cot.py --config recipes/tiny-cpu/cot.yaml [--shard 0/4] [--limit 100]
-python stages/cot.py --config recipes/tiny-cpu/cot.yaml --merge true
+python stages/cot.py --config recipes/tiny-cpu/cot.yaml --merge true   # the shards' recipe: their inputs
 """
 
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
 from reasoningner.configs import (
     GOLD_TEMPLATE,
@@ -14,7 +16,7 @@ from reasoningner.configs import (
     PromptArguments,
     RecipeParser,
 )
-from reasoningner.cot import annotate, merge_shards, output_path
+from reasoningner.cot import REPORT, annotate, merge_shards, output_path
 from reasoningner.tracking import build_manifest, config_dict, wandb_run, wants_wandb, write_manifest
 
 
@@ -24,7 +26,8 @@ def make_parser() -> RecipeParser:
 
 def main(args: CoTArguments, prompt: PromptArguments, generation: GenerationArguments) -> None:
     if args.merge:
-        print(f"merged shards into {merge_shards(args.output_dir)}", file=sys.stderr)
+        merged = merge_shards(args, prompt)
+        print(summary_line(json.loads((merged.parent / REPORT).read_text()), merged), file=sys.stderr)
         return
     report = annotate(args, prompt, generation)
     teacher = [] if generation.backend == GOLD_TEMPLATE else [generation.model_name_or_path]
@@ -34,11 +37,17 @@ def main(args: CoTArguments, prompt: PromptArguments, generation: GenerationArgu
         if run is not None:
             run.summary.update(report)
     print(json.dumps(report, indent=2))
-    print(
+    print(summary_line(report, output_path(args)), file=sys.stderr)
+
+
+def summary_line(report: dict[str, Any], path: Path) -> str:
+    """The counts that add up to the sentences, and what to do about failures."""
+    retry = " (a rerun tries them again)" if report["failed"] else ""
+    return (
         f"cot: {report['accepted']}/{report['sentences']} sentences accepted "
-        f"({100 * report['acceptance_rate']:.1f}%), teacher F1 {100 * report['teacher_f1_mean']:.1f}, "
-        f"consistency {report['consistency_mean']:.2f} -> {output_path(args)}",
-        file=sys.stderr,
+        f"({100 * report['acceptance_rate']:.1f}%), {report['rejected']} rejected, "
+        f"{report['failed']} failed{retry}; teacher F1 {100 * report['teacher_f1_mean']:.1f}, "
+        f"consistency {report['consistency_mean']:.2f} -> {path}"
     )
 
 

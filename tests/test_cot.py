@@ -14,6 +14,7 @@ from reasoningner.configs import CoTArguments, GenerationArguments, PromptArgume
 from reasoningner.cot import annotate, best_sample, merge_shards, score_sample
 from reasoningner.formats import get_format
 from reasoningner.generation import Completion
+from reasoningner.readers import DataError
 from reasoningner.records import read_records, record_example
 from reasoningner.spans import Example, Schema, Span
 from tests.scripts import load_stage
@@ -159,14 +160,17 @@ def test_shards_merge_into_exactly_the_unsharded_result(tmp_path):
     annotate(*gold_args(tmp_path / "whole"))
     for index in range(3):
         annotate(*gold_args(tmp_path / "sharded", shard=f"{index}/3"))
-    merged = merge_shards(tmp_path / "sharded")
+    merged = merge_shards(*gold_args(tmp_path / "sharded")[:2])
     assert merged.read_bytes() == (tmp_path / "whole" / "annotations.jsonl").read_bytes()
+    STAGE.main(*gold_args(tmp_path / "sharded", merge=True))  # the stage's --merge true, again
+    assert merged.read_bytes() == (tmp_path / "whole" / "annotations.jsonl").read_bytes()
+    assert json.loads((tmp_path / "sharded" / "report.json").read_text())["sentences"] == 7
 
 
 def test_merging_an_incomplete_set_of_shards_is_refused(tmp_path):
     annotate(*gold_args(tmp_path, shard="0/3"))
     with pytest.raises(ValueError, match="complete set"):
-        merge_shards(tmp_path)
+        merge_shards(*gold_args(tmp_path)[:2])
 
 
 def transformers_args(tmp_path: Path, teacher: Path) -> list[str]:
@@ -188,8 +192,13 @@ def test_transformers_teacher_writes_scored_records(tmp_path, tiny_model_dir):
     assert len(records) == 7
     assert all(r["teacher"] == f"transformers:{tiny_model_dir}" for r in records)
     assert all(r["completion_tokens"] > 0 for r in records)
-    # A random tiny model does not annotate well: its records are kept but not accepted.
+    # A random tiny model does not annotate well: its records are kept but not accepted. It rambles
+    # past max_new_tokens, so they are failed, with the reason; greedy on a local engine, not retried.
     assert not any(r["accepted"] for r in records)
+    assert {(r["status"], r["reason"]) for r in records} == {
+        ("failed", "no usable reply in 1 try: cut off at max_new_tokens")
+    }
+    assert json.loads((tmp_path / "report.json").read_text())["failed"] == 7
 
 
 def test_a_run_killed_mid_way_resumes_to_the_same_result(tmp_path, tiny_model_dir):
@@ -215,6 +224,38 @@ def test_a_run_killed_mid_way_resumes_to_the_same_result(tmp_path, tiny_model_di
     assert 2 <= partial < 7
     run_stage(*transformers_args(killed, tiny_model_dir))
     assert path.read_bytes() == (clean / "annotations.jsonl").read_bytes()
+
+
+def test_settings_that_cannot_work_fail_before_the_teacher_loads(tmp_path):
+    with pytest.raises(ValueError, match=r"match_mode 'txt': choose one of \['exact', 'text'\]"):
+        STAGE.make_parser().parse_args_and_config(args=["--output_dir", str(tmp_path), "--match_mode", "txt"])
+    args, prompt, _ = gold_args(tmp_path)
+    absent = str(tmp_path / "no-teacher")  # loading it would fail with another error
+    generation = GenerationArguments(
+        backend="transformers", model_name_or_path=absent, backend_options={"batchsize": 2}
+    )
+    with pytest.raises(
+        ValueError, match=r"unknown backend_options \['batchsize'\]: .* accepts \[.*'batch_size'"
+    ):
+        STAGE.main(args, prompt, generation)
+
+
+def test_the_reader_setting_is_how_stage_1_reads_its_files(tmp_path):
+    conll = str(DATA / "conll2003_mini.txt")
+    with pytest.raises(DataError, match=r"conll2003_mini.txt:1: .*invalid JSON"):
+        annotate(*gold_args(tmp_path, datasets=[conll], reader="jsonl"))
+    assert annotate(*gold_args(tmp_path, datasets=[conll], reader="conll"))["sentences"] == 4
+
+
+def test_texts_with_unicode_line_separators_survive_writing_resuming_and_reading(tmp_path):
+    """JSON leaves U+2028, U+2029 and U+0085 unescaped; lines must still end at "\\n" only."""
+    texts = ["Ann\u2028Lee met Bo .", "Cy\x85left Oslo .", "Di\u2029came ."]
+    data = tmp_path / "separators.jsonl"
+    rows = [{"id": f"s{i}", "text": t, "entities": [], "labels": ["person"]} for i, t in enumerate(texts)]
+    data.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    annotate(*gold_args(tmp_path / "out", datasets=[str(data)]))
+    assert [r["text"] for r in read_records(tmp_path / "out" / "annotations.jsonl")] == texts
+    assert annotate(*gold_args(tmp_path / "out", datasets=[str(data)]))["annotated_this_run"] == 0
 
 
 def test_backend_options_can_be_overridden_on_the_command_line_as_json():

@@ -1,0 +1,447 @@
+"""Stage 1 as a preemptible cluster and a flaky teacher treat it: every sentence ends in the output
+exactly once (accepted, rejected or failed), whatever fails and wherever a run is killed.
+
+The teacher is a fake OpenAI-compatible server on 127.0.0.1 that knows the gold answer of every
+prompt and draws each request's fate from a seeded mix (HTTP 500, a hang past the client's timeout,
+invalid JSON, no choices, empty content, a cut-off answer, a wrong answer, the right one). Fates
+are drawn from (seed, prompt, attempt), so a sentence meets the same faults in whatever order the
+requests arrive. Nothing here leaves loopback, and every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reasoningner.configs import CoTArguments, GenerationArguments, PromptArguments
+from reasoningner.cot import Task, annotate, exclusive, gold_template_sample, load_tasks, merge_shards
+from reasoningner.formats import get_format
+from reasoningner.records import read_records
+
+ROOT = Path(__file__).parents[1]
+SEED = 7
+HANG_S = 1.5  # how long a hung request keeps its server thread; the client gives up after TIMEOUT_S
+TIMEOUT_S = 0.5
+LABELS = ["person", "organisation", "location"]
+FAULT_MIX = {
+    "http500": 0.20,
+    "hang": 0.04,
+    "badjson": 0.06,
+    "nochoices": 0.06,
+    "empty": 0.08,
+    "length": 0.08,
+    "wrong": 0.12,
+    "right": 0.36,
+}
+Fate = Callable[[str, int], str]
+
+
+def draw(mix: dict[str, float], *seed: object) -> str:
+    """The fate `seed` picks from `mix` (probabilities summing to 1)."""
+    point = random.Random("|".join(map(str, seed))).random()
+    for fate, share in mix.items():
+        point -= share
+        if point < 0:
+            return fate
+    return fate
+
+
+def flaky(prompt: str, attempt: int) -> str:
+    """A fresh fate from `FAULT_MIX` on every attempt; but one prompt in ten is always cut off or
+    empty, so that some sentences run out of the retries of incomplete replies too."""
+    stubborn = draw({"length": 0.05, "empty": 0.05, "fresh": 0.9}, SEED, prompt)
+    return draw(FAULT_MIX, SEED, prompt, attempt) if stubborn == "fresh" else stubborn
+
+
+def write_inputs(path: Path, count: int) -> Path:
+    """`count` JSONL sentences; every fifth one without entities."""
+    lines = []
+    for i in range(count):
+        person, org, city = f"Ann{i} Lee", f"Acme{i}", f"Oslo{i}"
+        text = f"{person} joined {org} in {city} ."
+        spans = [(person, "person"), (org, "organisation"), (city, "location")]
+        if i % 5 == 4:
+            text, spans = f"Nothing happened on day {i} .", []
+        entities = [{"start": text.index(t), "end": text.index(t) + len(t), "label": lab} for t, lab in spans]
+        lines.append(json.dumps({"id": f"s{i}", "text": text, "entities": entities, "labels": LABELS}))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def replies(tasks: Sequence[Task]) -> dict[str, tuple[str, str]]:
+    """Prompt -> (the right reply: gold answer and a rationale that matches it, a wrong one)."""
+    grouped = get_format("grouped_json")
+    answers = {}
+    for task in tasks:
+        sample = gold_template_sample(task.example, grouped)
+        right = f"<think>\n{sample.rationale}\n</think>\n{sample.answer}"
+        answers[task.conversation[-1]["content"]] = (right, '<think>\n</think>\n{"entities": {}}')
+    return answers
+
+
+class Teacher(ThreadingHTTPServer):
+    """The fake teacher: `fate(prompt, attempt)` says how it answers each request."""
+
+    daemon_threads = True
+
+    def __init__(self, answers: dict[str, tuple[str, str]], fate: Fate, delay: float = 0.0) -> None:
+        super().__init__(("127.0.0.1", 0), TeacherHandler)
+        self.answers, self.fate, self.delay = answers, fate, delay
+        self.lock = threading.Lock()
+        self.attempts: Counter[str] = Counter()
+        self.served: Counter[str] = Counter()
+        self.asked: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class TeacherHandler(BaseHTTPRequestHandler):
+    server: Teacher
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the test output is for failures."""
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        prompt = body["messages"][-1]["content"]
+        with self.server.lock:
+            self.server.attempts[prompt] += 1
+            fate = self.server.fate(prompt, self.server.attempts[prompt])
+            self.server.served[fate] += 1
+            self.server.asked.append(prompt)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # a client gave up on a hang
+            self.answer(fate, *self.server.answers[prompt])
+
+    def answer(self, fate: str, right: str, wrong: str) -> None:
+        time.sleep(self.server.delay)
+        if fate == "http500":
+            return self.send(500, b'{"error": "overloaded"}')
+        if fate == "hang":
+            time.sleep(HANG_S)
+        if fate == "badjson":
+            return self.send(200, b"<html>502 bad gateway</html>")
+        if fate == "nochoices":
+            return self.send(200, b'{"object": "error", "message": "engine restarting"}')
+        content, finish = {
+            "empty": ("", "stop"),
+            "length": (right[: len(right) // 2], "length"),
+            "wrong": (wrong, "stop"),
+        }.get(fate, (right, "stop"))
+        choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
+        self.send(200, json.dumps({"choices": [choice], "usage": {"completion_tokens": 5}}).encode())
+
+    def send(self, status: int, data: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@contextlib.contextmanager
+def teacher(answers: dict[str, tuple[str, str]], fate: Fate, delay: float = 0.0) -> Iterator[Teacher]:
+    server = Teacher(answers, fate, delay)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def cot_args(out: Path, inputs: Sequence[Path], **overrides: Any) -> CoTArguments:
+    return CoTArguments(datasets=[str(p) for p in inputs], output_dir=str(out), **overrides)
+
+
+def backend_options(url: str, concurrency: int = 8) -> dict[str, Any]:
+    """Small timeouts and backoff, so that a run through many faults takes seconds."""
+    return {
+        "base_url": url,
+        "api_key_env": None,
+        "max_attempts": 3,
+        "request_timeout": TIMEOUT_S,
+        "backoff_base": 0.005,
+        "backoff_max": 0.02,
+        "max_concurrency": concurrency,
+    }
+
+
+def openai(url: str, concurrency: int = 8) -> GenerationArguments:
+    return GenerationArguments(
+        backend="openai", model_name_or_path="teacher", backend_options=backend_options(url, concurrency)
+    )
+
+
+GOLD = GenerationArguments(backend="gold-template")
+
+
+def assert_each_sentence_once(records: list[dict[str, Any]], tasks: Sequence[Task], report: dict) -> None:
+    keys = [r["key"] for r in records]
+    assert len(keys) == len(set(keys)), "a sentence was written twice"
+    assert set(keys) == {t.key for t in tasks}, "a sentence was lost"
+    statuses = Counter(r["status"] for r in records)
+    assert set(statuses) <= {"accepted", "rejected", "failed"}
+    assert [report[s] for s in ("accepted", "rejected", "failed")] == [
+        statuses["accepted"],
+        statuses["rejected"],
+        statuses["failed"],
+    ]
+    assert report["accepted"] + report["rejected"] + report["failed"] == report["sentences"] == len(tasks)
+    for record in records:
+        assert record["accepted"] == (record["status"] == "accepted")
+        assert (record["reason"] is not None) == (record["status"] == "failed")
+
+
+# --- a flaky teacher ----------------------------------------------------------------------------------
+
+
+def test_a_flaky_teacher_ends_every_sentence_once_and_a_rerun_retries_only_the_failed(tmp_path: Path) -> None:
+    args = cot_args(tmp_path / "out", [write_inputs(tmp_path / "flaky.jsonl", 60)], chunk_size=16)
+    prompt = PromptArguments()
+    tasks = load_tasks(args, prompt)
+    key_of = {t.conversation[-1]["content"]: t.key for t in tasks}
+    with teacher(replies(tasks), flaky) as server:
+        report = annotate(args, prompt, openai(server.url))
+        first = read_records(tmp_path / "out" / "annotations.jsonl")
+        assert_each_sentence_once(first, tasks, report)
+        assert set(server.served) == set(FAULT_MIX), "the mix should serve every fault"
+        assert all(report[s] > 0 for s in ("accepted", "rejected", "failed")), report
+        failed = {r["key"] for r in first if r["status"] == "failed"}
+        reasons = [r["reason"] for r in first if r["key"] in failed]
+        assert any("gave up after 3 attempts" in reason for reason in reasons), reasons
+        assert any(re.search("no usable reply in 3 tries: (empty reply|cut off)", r) for r in reasons), (
+            reasons
+        )
+        # A failure is not a teacher F1 of 0: the teacher's scores leave failed sentences out.
+        assert all(r["f1"] is None and r["consistency"] is None for r in first if r["key"] in failed)
+        scored = [r["f1"] for r in first if r["key"] not in failed]
+        assert report["teacher_f1_mean"] == pytest.approx(sum(scored) / len(scored))
+
+        server.asked.clear()
+        again = annotate(args, prompt, openai(server.url))
+        second = read_records(tmp_path / "out" / "annotations.jsonl")
+    assert {key_of[p] for p in server.asked} == failed, "the rerun asks for the failed sentences only"
+    assert again["annotated_this_run"] == len(failed)
+    assert_each_sentence_once(second, tasks, again)
+    kept = {r["key"]: r for r in first if r["key"] not in failed}
+    assert {r["key"]: r for r in second if r["key"] in kept} == kept
+
+
+# --- kills ----------------------------------------------------------------------------------------------
+
+KILL_MIX = {"empty": 0.1, "wrong": 0.3, "right": 0.6}  # per prompt: the same answer on every attempt
+
+
+def start_stage(out: Path, inputs: Path, url: str, log: Path) -> subprocess.Popen:
+    command = [
+        sys.executable, str(ROOT / "stages" / "cot.py"),
+        "--datasets", str(inputs),
+        "--output_dir", str(out),
+        "--backend", "openai",
+        "--model_name_or_path", "teacher",
+        "--backend_options", json.dumps(backend_options(url, concurrency=2)),
+        "--chunk_size", "8",
+    ]  # fmt: skip
+    with log.open("ab") as sink:
+        return subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=sink)
+
+
+def complete_lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    return [json.loads(line) for line in data[: data.rfind(b"\n") + 1].split(b"\n") if line.strip()]
+
+
+def test_killed_at_random_moments_and_rerun_each_time_the_output_equals_an_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    inputs = write_inputs(tmp_path / "kills.jsonl", 48)
+    prompt = PromptArguments()
+    tasks = load_tasks(cot_args(tmp_path / "reference", [inputs]), prompt)
+    log = tmp_path / "runs.log"
+    rng = random.Random(SEED)
+    path = tmp_path / "killed" / "annotations.jsonl"
+    kills: list[tuple[str, int]] = []
+    with teacher(replies(tasks), lambda p, _: draw(KILL_MIX, SEED, p), delay=0.02) as server:
+        annotate(cot_args(tmp_path / "reference", [inputs]), prompt, openai(server.url, concurrency=2))
+        for _ in range(5):
+            process = start_stage(tmp_path / "killed", inputs, server.url, log)
+            start = len(complete_lines(path))
+            target = start + rng.randint(0, 8)  # records to wait for; 0: kill during start-up
+            deadline = time.monotonic() + 30
+            while process.poll() is None and len(complete_lines(path)) < target:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.005)
+            if target == start:  # before or during the lock, the resume, the first requests
+                time.sleep(rng.uniform(0.0, 0.6))
+            how = rng.choice([signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+            process.send_signal(how)
+            process.wait(timeout=30)
+            done = complete_lines(path)
+            kills.append((how.name, len(done)))
+            assert len({r["key"] for r in done}) == len(done), f"a key written twice after {kills}"
+        finisher = start_stage(tmp_path / "killed", inputs, server.url, log)
+        assert finisher.wait(timeout=60) == 0, log.read_text()
+    assert any(0 < n < len(tasks) for _, n in kills), f"no kill landed mid-run: {kills}"
+    records = read_records(path)
+    assert len(records) == len({r["key"] for r in records}) == len(tasks)
+    reference = read_records(tmp_path / "reference" / "annotations.jsonl")
+    assert {r["key"]: r for r in records} == {r["key"]: r for r in reference}, kills
+    assert Counter(r["status"] for r in records)["failed"] > 0  # every rerun tried them again
+
+
+# --- shards -------------------------------------------------------------------------------------------
+
+
+def test_merge_refuses_missing_cut_short_half_written_running_and_inconsistent_shards(tmp_path: Path) -> None:
+    inputs = [write_inputs(tmp_path / "merge.jsonl", 30)]
+    out = tmp_path / "out"
+    prompt = PromptArguments()
+
+    def shard(index: int, other_prompt: PromptArguments | None = None) -> None:
+        annotate(cot_args(out, inputs, shard=f"{index}/3"), other_prompt or prompt, GOLD)
+
+    def merge() -> Path:
+        return merge_shards(cot_args(out, inputs), prompt)
+
+    shard(0)
+    shard(1)
+    with pytest.raises(
+        ValueError, match=r"shard 2/3: annotations.shard-2-of-3.jsonl is missing \(10 sentences\)"
+    ):
+        merge()
+    shard(2)
+    one = out / "annotations.shard-1-of-3.jsonl"
+    lines = one.read_bytes().split(b"\n")
+    one.write_bytes(b"\n".join(lines[:6]) + b"\n")
+    with pytest.raises(
+        ValueError, match=r"shard 1/3: annotations.shard-1-of-3.jsonl has 6 of its 10 sentences, 4 missing"
+    ) as refused:
+        merge()
+    assert "--shard 1/3" in str(refused.value)
+    one.write_bytes(b"\n".join(lines[:6]) + b"\n" + lines[6][:30])  # killed while writing line 7
+    with pytest.raises(ValueError, match=rf"{re.escape(str(one))}:7: half-written last record"):
+        merge()
+    assert not (out / "annotations.jsonl").exists()
+    with exclusive(out / "annotations.shard-2-of-3.jsonl"), pytest.raises(RuntimeError, match="another run"):
+        merge()
+
+    shard(1)  # repairs and completes the shard
+    assert len(read_records(merge())) == 30
+
+    two = out / "annotations.shard-2-of-3.jsonl"
+    two.unlink()
+    shard(2, PromptArguments(output_format="xml"))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(two))}:1: .* was asked with another prompt"):
+        merge()
+    two.unlink()
+    shard(2)
+    records = read_records(two)
+    two.write_text("".join(json.dumps(r | {"teacher": "openai:other"}) + "\n" for r in records))
+    with pytest.raises(
+        ValueError, match=r"different teachers: gold-template \(shards \[0, 1\]\), openai:other"
+    ):
+        merge()
+
+
+# --- keys and writers -----------------------------------------------------------------------------------
+
+
+def test_clashing_dataset_names_and_duplicate_ids_are_refused_at_start(tmp_path: Path) -> None:
+    conll = (ROOT / "tests" / "data" / "conll2003_mini.txt").read_text()
+    clashing = [tmp_path / side / "conll" / "train.txt" for side in ("a", "b")]
+    for path in clashing:
+        path.parent.mkdir(parents=True)
+        path.write_text(conll)
+    out = tmp_path / "out"
+    with pytest.raises(
+        ValueError, match=r"a/conll/train.txt and .*b/conll/train.txt are both named 'conll-train'"
+    ):
+        annotate(cot_args(out, clashing), PromptArguments(), GOLD)
+    duplicated = tmp_path / "dup.jsonl"
+    rows = [
+        ("s1", "Ann met Bo ."),
+        ("s2", "Cy left ."),
+        ("s1", "Di came ."),
+        ("s3", "Ed ran ."),
+        ("s3", "Fa sat ."),
+    ]
+    duplicated.write_text(
+        "".join(json.dumps({"id": i, "text": t, "entities": [], "labels": LABELS}) + "\n" for i, t in rows)
+    )
+    with pytest.raises(ValueError, match=r"dup.jsonl has 2 ids more than once: 's1', 's3'"):
+        annotate(cot_args(out, [duplicated]), PromptArguments(), GOLD)
+    assert not out.exists(), "refused before anything was written"
+
+
+def test_a_second_writer_fails_at_once_and_a_killed_writer_frees_the_file(tmp_path: Path) -> None:
+    inputs = write_inputs(tmp_path / "writers.jsonl", 24)
+    out = tmp_path / "out"
+    path = out / "annotations.jsonl"
+    prompt = PromptArguments()
+    tasks = load_tasks(cot_args(out, [inputs]), prompt)
+    log = tmp_path / "writer.log"
+    with teacher(replies(tasks), lambda p, _: "right", delay=0.25) as server:
+        first = start_stage(out, inputs, server.url, log)
+        try:
+            deadline = time.monotonic() + 30
+            while not complete_lines(path):
+                assert first.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.01)
+            started = time.monotonic()
+            with pytest.raises(
+                RuntimeError, match=rf"annotations.jsonl is being written by another run \(pid {first.pid} "
+            ):
+                annotate(cot_args(out, [inputs]), prompt, openai(server.url))
+            assert time.monotonic() - started < 2
+        finally:
+            first.kill()
+            first.wait(timeout=30)
+        report = annotate(cot_args(out, [inputs]), prompt, openai(server.url))
+    assert_each_sentence_once(read_records(path), tasks, report)
+
+
+# --- what a rerun refuses -------------------------------------------------------------------------------
+
+
+def test_a_rerun_refuses_a_file_it_cannot_have_written_naming_file_and_line(tmp_path: Path) -> None:
+    inputs = [write_inputs(tmp_path / "rerun.jsonl", 6)]
+    out = tmp_path / "out"
+    path = out / "annotations.jsonl"
+    annotate(cot_args(out, inputs), PromptArguments(), GOLD)
+    whole = path.read_bytes()
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}:1: .* was asked with another prompt"):
+        annotate(cot_args(out, inputs), PromptArguments(output_format="xml"), GOLD)
+    lines = whole.split(b"\n")
+    path.write_bytes(b"\n".join([lines[0], b"{not json", *lines[1:]]))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}:2: not a JSON record"):
+        annotate(cot_args(out, inputs), PromptArguments(), GOLD)
+    path.write_bytes(b"\n".join([lines[0], *lines]))  # two runs wrote the first sentence
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}:2: 'rerun/s0' is already at .*:1"):
+        annotate(cot_args(out, inputs), PromptArguments(), GOLD)
+    path.write_bytes(whole)
+    with pytest.raises(
+        ValueError, match=rf"{re.escape(str(path))}:6: 'rerun/s5' is not one of the sentences"
+    ):
+        annotate(cot_args(out, inputs, limit=5), PromptArguments(), GOLD)
+    assert annotate(cot_args(out, inputs), PromptArguments(), GOLD)["annotated_this_run"] == 0
+    assert path.read_bytes() == whole
