@@ -22,7 +22,7 @@ What a run guarantees when it is interrupted at any moment (a kill, preemption, 
 - A rerun with the same inputs cuts that line off, drops the failed records to try them again, and
   annotates exactly the sentences without a record, so that every sentence ends in the file exactly
   once. A rewrite goes through a temporary file and `os.replace`: a kill during it leaves the old
-  file or the new one, never a mix.
+  file or the new one, never a mix. (`overwrite_output_dir` starts the file afresh instead.)
 - Resume keys (`<dataset name>/<example id>`) are unique by refusal: duplicate ids in a file, or two
   inputs with one dataset name (`a/conll/train.txt` and `b/conll/train.txt` are both
   `conll-train`), are an error at start that names them, as a rerun would take one sentence for
@@ -81,6 +81,7 @@ ANNOTATIONS = "annotations.jsonl"
 REPORT = "report.json"
 SHARD_FILE = re.compile(r"annotations\.shard-(\d+)-of-(\d+)\.jsonl")
 INCOMPLETE_RETRIES = 2  # more tries for a sentence whose every sample came back empty or cut off
+AFRESH = "rerun with --overwrite_output_dir true to start afresh, or choose another output_dir"
 
 
 def _shard_name(name: str, index: int, count: int) -> str:
@@ -285,7 +286,7 @@ def _known(
         if key not in share:
             raise ValueError(
                 f"{where}: {key!r} is not one of the sentences of {path.name} (the run that wrote it read "
-                "other datasets, or had another limit or shard): annotate into another output_dir"
+                f"other datasets, or had another limit or shard): {AFRESH}"
             )
         seen[key] = where
         yield where, record, share[key]
@@ -296,8 +297,7 @@ def _check_prompt(where: str, record: dict[str, Any], task: Task) -> None:
     if record.get("prompt_hash") != task.prompt_hash:
         raise ValueError(
             f"{where}: {task.key!r} was asked with another prompt (prompt_hash {record.get('prompt_hash')}, "
-            f"now {task.prompt_hash}): the prompt settings or wording changed; annotate into another "
-            "output_dir, or run with the settings that wrote it"
+            f"now {task.prompt_hash}): the prompt settings or wording changed; {AFRESH}"
         )
 
 
@@ -326,7 +326,7 @@ def resume(path: Path, tasks: Sequence[Task], teacher: str) -> set[str]:
         if record.get("teacher") != teacher:
             raise ValueError(
                 f"{where}: {task.key!r} was annotated by {record.get('teacher')}, this run's teacher is "
-                f"{teacher}: annotate into another output_dir, or run with the teacher that wrote it"
+                f"{teacher}: {AFRESH}"
             )
         kept.append(record)
     if len(kept) != len(lines) or len(complete) != len(data):
@@ -427,12 +427,15 @@ def teacher_name(generation: GenerationArguments) -> str:
 
 def annotate(args: CoTArguments, prompt: PromptArguments, generation: GenerationArguments) -> dict[str, Any]:
     """Annotate what this shard's output file lacks, failed sentences included; return the report
-    of the whole file (also written to `report_path`). Guarantees: the module docstring."""
+    of the whole file (also written to `report_path`). Guarantees: the module docstring. With
+    `overwrite_output_dir` the file is started afresh (under the lock: never under a running writer)."""
     path = output_path(args)
     tasks = load_tasks(args, prompt)
     teacher = teacher_name(generation)
     path.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(path):
+        if args.overwrite_output_dir:
+            path.unlink(missing_ok=True)
         done = resume(path, tasks, teacher)
         todo = [task for task in tasks if task.key not in done]
         started = time.perf_counter()

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from reasoningner.cli import run_stage
 from reasoningner.configs import (
     GOLD_TEMPLATE,
     CoTArguments,
@@ -52,4 +53,4 @@ def summary_line(report: dict[str, Any], path: Path) -> str:
 
 
 if __name__ == "__main__":
-    main(*make_parser().parse_args_and_config())
+    run_stage(make_parser, main)

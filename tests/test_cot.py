@@ -238,6 +238,14 @@ def test_settings_that_cannot_work_fail_before_the_teacher_loads(tmp_path):
         ValueError, match=r"unknown backend_options \['batchsize'\]: .* accepts \[.*'batch_size'"
     ):
         STAGE.main(args, prompt, generation)
+    command = [
+        sys.executable, str(ROOT / "stages" / "cot.py"),
+        "--datasets", str(DATA / "conll2003_mini.txt"), "--output_dir", str(tmp_path),
+        "--backend", "transformers", "--model_name_or_path", absent, "--backend_options", '{"batchsize": 2}',
+    ]  # fmt: skip
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: unknown backend_options ['batchsize']")
 
 
 def test_the_reader_setting_is_how_stage_1_reads_its_files(tmp_path):

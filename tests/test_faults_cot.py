@@ -445,3 +445,8 @@ def test_a_rerun_refuses_a_file_it_cannot_have_written_naming_file_and_line(tmp_
         annotate(cot_args(out, inputs, limit=5), PromptArguments(), GOLD)
     assert annotate(cot_args(out, inputs), PromptArguments(), GOLD)["annotated_this_run"] == 0
     assert path.read_bytes() == whole
+    afresh = annotate(
+        cot_args(out, inputs, overwrite_output_dir=True), PromptArguments(output_format="xml"), GOLD
+    )
+    assert afresh["annotated_this_run"] == afresh["sentences"] == 6
+    assert {r["output_format"] for r in read_records(path)} == {"xml"}
