@@ -16,7 +16,7 @@ Every sentence ends as one record with a `status` (`records`):
   itself). The record says why (`reason`) and has no scores: a failure is not a teacher F1 of 0.
 The report (`report.json`) counts the three; they add up to the sentences.
 
-What a run guarantees when it is interrupted at any moment (a kill, preemption, a crash):
+What a run guarantees when its process ends at any moment (any signal, preemption, a crash):
 - Records are appended, one line per sentence, and flushed as soon as the sentence is done: a run
   loses only the sentences in flight, and leaves at most a half-written last line.
 - A rerun with the same inputs cuts that line off, drops the failed records to try them again, and
@@ -35,8 +35,9 @@ What a run guarantees when it is interrupted at any moment (a kill, preemption, 
   all n there, none still being written, each holding exactly its share of the inputs (computed
   from the inputs) with the same prompt per sentence and one teacher for all; otherwise it names
   each shard and how many sentences it lacks.
-Not covered: a machine crash (rather than a killed process) may lose the records the OS had not yet
-written to disk; the rerun annotates those sentences again.
+Not covered: a machine crash (power loss, kernel panic) may lose the last records the OS had not yet
+written to disk, which the rerun annotates again, or rarely leave a garbled line, which it refuses
+naming file:line.
 
 `shard="i/n"` takes every n-th sentence from i into `annotations.shard-i-of-n.jsonl` (with its own
 `report.shard-i-of-n.json`); `merge_shards` joins the shard files into what an unsharded run
