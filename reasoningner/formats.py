@@ -8,15 +8,22 @@ the spans it could still recover are kept, so metrics see a partly broken answer
 
 Formats (field names and markup as in the LLMs4NER release, except the `entities` wrapper)
 
+The inline grammar (`Markup`, read by `BracketedFormat.markup` and `XmlFormat.markup`) is the one
+the gold readers use too (`readers.read_alpaca`), so a gold output and a model output mean the same:
+
 - ``bracketed``: the sentence rewritten with each entity as ``[entity text | LABEL]``; nesting
   allowed: ``[[IL-2 | protein] gene | DNA]``. Every ``[`` may open an entity; a closer
-  ``| LABEL]`` (spaces around ``|`` optional) ends the innermost open one; a bare ``]`` pairs with
-  the innermost open ``[`` as literal text. Unpaired brackets and pipes are plain text.
+  ``| LABEL]`` (whitespace around ``|`` and before ``]`` optional) ends the innermost open one; a
+  bare ``]`` pairs with the innermost open ``[`` as literal text. Unpaired ``[`` and pipes are
+  plain text; a closer with no open ``[`` is an ``unbalanced_tag``.
 - ``xml``: the sentence with each entity as ``<LABEL>entity text</LABEL>``; nesting allowed. A
   tag is ``<NAME>`` or ``</NAME>`` where NAME is a schema label or identifier-like (a letter or
   ``_`` then letters, digits, ``_ . -``), so ``P < 0.01`` and ``<0.05>`` stay text; there is no
-  escaping. A closing tag closes the innermost open tag of its name; tags opened inside it and
-  left open are dropped (``unbalanced_tag``).
+  escaping. A closing tag closes the innermost open tag of its name, and tags opened inside it
+  stay open: closers may come in any order (GENIA's ``<protein><RNA>Id2</protein></RNA>`` is two
+  entities). A closer with no open tag of its name, and a tag never closed, are ``unbalanced_tag``.
+- Both: labels follow `spans.LABEL_PATTERN`; an entity is its marked text without the whitespace
+  at its edges (``<PER> Ann </PER>`` marks "Ann"), and one of only whitespace is a ``bad_entry``.
 - ``grouped_json`` (ReasoningNER's answer): ``{"entities": {"LABEL": ["text", ...], ...}}``;
   labels without entities are left out when rendering (``[]`` is accepted). A text listed k times
   under a label means its first k occurrences, as found by `spans.occurrences`
@@ -25,8 +32,11 @@ Formats (field names and markup as in the LLMs4NER release, except the `entities
   the 1-based index of the mention among `occurrences(sentence, text)`; ``"occurrence"`` is
   accepted as the key too.
 - ``offset_json``: ``[{"text": ..., "label": ..., "start": s, "end": e}, ...]`` with half-open
-  character offsets of the sentence. When ``sentence[s:e]`` is not the text, the text wins: the
-  mention is grounded at the occurrence nearest to ``s`` (``offset_mismatch``).
+  character offsets of the sentence. The offsets are what the answer states: when
+  ``sentence[s:e]`` is not the text, the span is ``s:e`` (``offset_mismatch``), so exact matching
+  counts it wrong; offsets that are no span of the sentence leave only the text (kept as
+  ungrounded). ``OffsetJsonFormat(reground=True)`` (``get_format(..., reground_offsets=True)``) is
+  the lenient reading: the text wins, grounded at its occurrence nearest to ``s``.
 
 Grounding. A mention given as text is looked up exactly (`occurrences`); if absent, a lenient
 search ignoring case and whitespace next to punctuation ("U.S.," finds "U.S. ,") is tried; if
@@ -95,13 +105,14 @@ import json
 import re
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import combinations
 from typing import Any, ClassVar
 
 from reasoningner.spans import (
+    LABEL_PATTERN,
     Example,
     Schema,
     Span,
@@ -115,6 +126,7 @@ __all__ = [
     "CONTENT_PROBLEMS",
     "FORMATS",
     "BracketedFormat",
+    "Markup",
     "GroupedJsonFormat",
     "OccurrenceJsonFormat",
     "OffsetJsonFormat",
@@ -371,18 +383,45 @@ def _short(value: Any) -> str:
 
 
 @dataclass
-class _Markup:
-    """An inline answer with its markup taken out.
+class Markup:
+    """An inline answer with its markup taken out: the one reading of the inline grammar, shared by
+    the output parsers and the gold readers (`readers.read_alpaca`).
 
-    `spans` are (start, end, label) in `clean`; `core` is `clean` without what an answer cut short
-    leaves behind (unpaired openers, a partial closer or tag), used to recognise truncation.
+    `spans` are (start, end, label) in `clean`, trimmed of surrounding whitespace (an entity of only
+    whitespace is dropped as a `bad_entry` problem); `problems` are closers that close nothing;
+    `unclosed` are (label, position in the answer) of openers never closed; `core` is `clean`
+    without what an answer cut short leaves behind (unpaired openers, a partial closer or tag),
+    used to recognise truncation.
     """
 
     clean: str
     spans: list[tuple[int, int, str]]
     problems: list[Problem]
-    unclosed: list[str]
+    unclosed: list[tuple[str, int]]
     core: str
+
+    @property
+    def errors(self) -> list[str]:
+        """Why this is not well-formed markup (for gold data, where any of it is an error)."""
+        return [p.detail for p in self.problems] + [
+            f"<{label}> at character {at} of the output is never closed" for label, at in self.unclosed
+        ]
+
+
+def _trimmed(
+    clean: str, raw: list[tuple[int, int, str]], problems: list[Problem]
+) -> list[tuple[int, int, str]]:
+    """Spans without the whitespace at their edges: `<PER> Ann </PER>` marks "Ann"."""
+    spans = []
+    for start, end, label in raw:
+        covered = clean[start:end]
+        if not covered.strip():
+            problems.append(Problem("bad_entry", f"an empty {label} entity at character {start}"))
+            continue
+        spans.append(
+            (start + len(covered) - len(covered.lstrip()), end - len(covered) + len(covered.rstrip()), label)
+        )
+    return spans
 
 
 class _InlineFormat(OutputFormat):
@@ -397,7 +436,12 @@ class _InlineFormat(OutputFormat):
     def _close(self, label: str) -> str: ...
 
     @abstractmethod
-    def _strip(self, answer: str, schema: Schema) -> _Markup: ...
+    def markup(self, answer: str, labels: Container[str] = (), unknown_tags_are_text: bool = False) -> Markup:
+        """`answer` read by the inline grammar (module docstring); `labels` are the schema's.
+
+        `unknown_tags_are_text`: only tags naming one of `labels` are markup (LLMs4NER's scripts
+        read XML so); brackets have no such distinction.
+        """
 
     def render(self, example: Example) -> str:
         text = example.text
@@ -432,13 +476,13 @@ class _InlineFormat(OutputFormat):
             if text.strip():
                 built.no_answer()
             return built.result()
-        markup = self._strip(answer, schema)
+        markup = self.markup(answer, schema.labels)
         built.problems.extend(markup.problems)
         if markup.clean.strip() == text.strip():
             truncated = False
             shift = (len(text) - len(text.lstrip())) - (len(markup.clean) - len(markup.clean.lstrip()))
             for start, end, label in markup.spans:
-                self._add_direct(built, max(0, start + shift), min(len(text), end + shift), label)
+                built.add(start + shift, end + shift, label)  # spans are trimmed: in range
         else:
             core = markup.core.strip()
             truncated = len(core) < len(text.strip()) and text.strip().startswith(core)
@@ -450,34 +494,19 @@ class _InlineFormat(OutputFormat):
                 built.problem("text_altered", "the rewritten sentence differs from the input")
             self._add_aligned(built, markup)
         if not truncated:
-            for label in markup.unclosed:
-                built.problem("unbalanced_tag", f"an entity opened as {label!r} is never closed")
+            for label, at in markup.unclosed:
+                built.problem("unbalanced_tag", f"<{label}> at character {at} is never closed")
         return built.result()
 
     @staticmethod
-    def _add_direct(built: _Builder, start: int, end: int, label: str) -> None:
-        covered = built.text[start:end]
-        if not covered.strip():
-            built.problem("bad_entry", f"an empty {label} entity")
-            return
-        start += len(covered) - len(covered.lstrip())
-        end -= len(covered) - len(covered.rstrip())
-        built.add(start, end, label)
-
-    @staticmethod
-    def _add_aligned(built: _Builder, markup: _Markup) -> None:
+    def _add_aligned(built: _Builder, markup: Markup) -> None:
         """Carry spans of the model's rewritten sentence over to the input sentence."""
         clean, text = markup.clean, built.text
         if not markup.spans:
             return
         position = _align(clean, text)
         for start, end, label in markup.spans:
-            mention = clean[start:end].strip()
-            if not mention:
-                built.problem("bad_entry", f"an empty {label} entity")
-                continue
-            start += len(clean[start:end]) - len(clean[start:end].lstrip())
-            end = start + len(mention)
+            mention = clean[start:end]
             mapped_start, mapped_last = position.get(start), position.get(end - 1)
             if (
                 mapped_start is not None
@@ -515,8 +544,8 @@ def _align(clean: str, text: str) -> dict[int, int]:
 
 # The lookbehinds make a closer's leading whitespace match only from the start of a whitespace run,
 # which keeps scanning linear on long runs of spaces.
-_BRACKET_TOKEN = re.compile(r"(?P<close>(?<!\s)\s*\|\s*(?P<label>[^\s\[\]|<>{}\"]+)\s*\])|\[|\]")
-_BRACKET_CLOSER = re.compile(r"\|\s*[^\s\[\]|<>{}\"]+\s*\]")
+_BRACKET_TOKEN = re.compile(rf"(?P<close>(?<!\s)\s*\|\s*(?P<label>{LABEL_PATTERN.pattern})\s*\])|\[|\]")
+_BRACKET_CLOSER = re.compile(rf"\|\s*{LABEL_PATTERN.pattern}\s*\]")
 _PARTIAL_CLOSER = re.compile(r"(?<!\s)\s*\|[^\[\]|]*\Z")
 
 
@@ -531,7 +560,7 @@ class BracketedFormat(_InlineFormat):
     def _close(self, label: str) -> str:
         return f" | {label}]"
 
-    def _strip(self, answer: str, schema: Schema) -> _Markup:
+    def markup(self, answer: str, labels: Container[str] = (), unknown_tags_are_text: bool = False) -> Markup:
         tokens = list(_BRACKET_TOKEN.finditer(answer))
         problems: list[Problem] = []
         stack: list[int] = []  # indexes in `tokens` of the "[" still open
@@ -545,7 +574,13 @@ class BracketedFormat(_InlineFormat):
                     markup.add(opener)
                     pairs.append((opener, index, token.group("label")))
                 else:
-                    problems.append(Problem("unbalanced_tag", f"{token.group().strip()!r} closes nothing"))
+                    problems.append(
+                        Problem(
+                            "unbalanced_tag",
+                            f"{token.group().strip()!r} at character {token.start()} of the output "
+                            "closes no '['",
+                        )
+                    )
             elif token.group() == "[":
                 stack.append(index)
             elif stack:
@@ -569,9 +604,12 @@ class BracketedFormat(_InlineFormat):
                     core.append(token.group())
         clean.append(answer[cursor:])
         core.append(answer[cursor:])
-        spans = [(position[opener], position[closer], label) for opener, closer, label in pairs]
+        text = "".join(clean)
+        spans = _trimmed(
+            text, [(position[opener], position[closer], label) for opener, closer, label in pairs], problems
+        )
         # Unpaired "[" are text (the sentence may have them), so nothing is reported as unclosed.
-        return _Markup("".join(clean), spans, problems, [], _PARTIAL_CLOSER.sub("", "".join(core)))
+        return Markup(text, spans, problems, [], _PARTIAL_CLOSER.sub("", "".join(core)))
 
     def expresses(self, example: Example) -> bool:
         return (
@@ -603,14 +641,14 @@ def _has_crossing(spans: tuple[Span, ...]) -> bool:
     return any(is_crossing(a, b) for a, b in combinations(spans, 2))
 
 
-_XML_TAG = re.compile(r"<(/?)([^\s\[\]|<>{}\"]+)>")
+_XML_TAG = re.compile(rf"<(/?)({LABEL_PATTERN.pattern})>")
 _TAG_NAME = re.compile(r"[^\W\d][\w.\-]*")
 _PARTIAL_TAG = re.compile(r"<[^<>\s]*\Z")
 
 
-def _is_tag(match: re.Match[str], schema: Schema) -> bool:
-    name = match.group(2)
-    return name in schema or _TAG_NAME.fullmatch(name) is not None
+def _is_tag(name: str, labels: Container[str], unknown_tags_are_text: bool = False) -> bool:
+    """A schema label, or (unless `unknown_tags_are_text`) an identifier-like name: `<0.05>` is text."""
+    return name in labels or (not unknown_tags_are_text and _TAG_NAME.fullmatch(name) is not None)
 
 
 class XmlFormat(_InlineFormat):
@@ -624,38 +662,44 @@ class XmlFormat(_InlineFormat):
     def _close(self, label: str) -> str:
         return f"</{label}>"
 
-    def _strip(self, answer: str, schema: Schema) -> _Markup:
+    def markup(self, answer: str, labels: Container[str] = (), unknown_tags_are_text: bool = False) -> Markup:
         problems: list[Problem] = []
         clean: list[str] = []
-        spans: list[tuple[int, int, str]] = []
-        stack: list[tuple[str, int]] = []
+        raw: list[tuple[int, int, str]] = []
+        stack: list[tuple[str, int, int]] = []  # (name, position in clean, position in answer)
         length = cursor = 0
         for tag in _XML_TAG.finditer(answer):
-            if not _is_tag(tag, schema):
+            closing, name = tag.group(1), tag.group(2)
+            if not _is_tag(name, labels, unknown_tags_are_text):
                 continue
             piece = answer[cursor : tag.start()]
             clean.append(piece)
             length += len(piece)
             cursor = tag.end()
-            closing, name = tag.group(1), tag.group(2)
             if not closing:
-                stack.append((name, length))
+                stack.append((name, length, tag.start()))
                 continue
+            # The innermost open tag of this name; tags opened inside it stay open, so that closers
+            # may come in any order (GENIA's <protein><RNA>Id2</protein></RNA>).
             depth = next((i for i in range(len(stack) - 1, -1, -1) if stack[i][0] == name), None)
             if depth is None:
-                problems.append(Problem("unbalanced_tag", f"</{name}> closes nothing"))
+                problems.append(
+                    Problem(
+                        "unbalanced_tag",
+                        f"</{name}> at character {tag.start()} of the output closes no <{name}>",
+                    )
+                )
                 continue
-            for inner, _ in stack[depth + 1 :]:
-                problems.append(Problem("unbalanced_tag", f"<{inner}> is not closed before </{name}>"))
-            spans.append((stack[depth][1], length, name))
-            del stack[depth:]
+            raw.append((stack.pop(depth)[1], length, name))
         clean.append(answer[cursor:])
         text = "".join(clean)
-        return _Markup(text, spans, problems, [name for name, _ in stack], _PARTIAL_TAG.sub("", text))
+        spans = _trimmed(text, raw, problems)
+        unclosed = [(name, at) for name, _, at in stack]
+        return Markup(text, spans, problems, unclosed, _PARTIAL_TAG.sub("", text))
 
     def expresses(self, example: Example) -> bool:
         return not _has_crossing(example.spans) and not any(
-            _is_tag(tag, example.schema) for tag in _XML_TAG.finditer(example.text)
+            _is_tag(tag.group(2), example.schema.labels) for tag in _XML_TAG.finditer(example.text)
         )
 
     def instruction(self) -> str:
@@ -922,9 +966,22 @@ class OccurrenceJsonFormat(_EntryListFormat):
 
 
 class OffsetJsonFormat(_EntryListFormat):
-    """``[{"text", "label", "start", "end"}]`` with half-open character offsets; the text wins on mismatch."""
+    """``[{"text", "label", "start", "end"}]`` with half-open character offsets.
+
+    The offsets are the answer (exact matching scores them): an entry whose offsets do not hold its
+    text states the span at its offsets (`offset_mismatch`), and an entry whose offsets are no span
+    of the sentence (out of range, missing, on whitespace) is kept as ungrounded text, which exact
+    matching counts wrong and text matching compares by its text. `reground=True` is the lenient
+    reading: the text wins and is grounded at its occurrence nearest to the stated start.
+    """
 
     name = "offset_json"
+
+    def __init__(self, reground: bool = False) -> None:
+        self.reground = reground
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(reground={self.reground})"
 
     def render(self, example: Example) -> str:
         return _dumps(
@@ -937,12 +994,20 @@ class OffsetJsonFormat(_EntryListFormat):
     def _locate(self, entry: dict[str, Any], mention: str, label: str, built: _Builder) -> None:
         start = _as_int(entry.get("start"), "start", built)
         end = _as_int(entry.get("end"), "end", built)
-        if start is not None and end is not None and 0 <= start < end and built.text[start:end] == mention:
-            built.add(start, end, label)
+        stated = start is not None and end is not None
+        if stated and 0 <= start < end and built.text[start:end] == mention:  # type: ignore[operator]
+            built.add(start, end, label)  # type: ignore[arg-type]
             return
-        if start is not None and end is not None:
+        if stated:
             built.problem("offset_mismatch", f"{start}:{end} does not hold {mention!r}")
-        built.ground(mention, label, start if start is not None else 0)
+        if self.reground:
+            built.ground(mention, label, start if start is not None else 0)
+            return
+        covered = built.text[start:end] if stated and 0 <= start < end <= len(built.text) else ""  # type: ignore[operator]
+        if covered.strip() and covered == covered.strip():
+            built.add(start, end, label)  # type: ignore[arg-type]
+        else:  # no span at these offsets: only the text is left to compare
+            built.ungrounded.append((mention, label))
 
     def expresses(self, example: Example) -> bool:
         return True
@@ -1045,9 +1110,14 @@ FORMATS: dict[str, OutputFormat] = {
 }
 
 
-def get_format(name: str) -> OutputFormat:
-    """The format called `name`; a ValueError names the valid ones."""
+_REGROUNDING = OffsetJsonFormat(reground=True)
+
+
+def get_format(name: str, reground_offsets: bool = False) -> OutputFormat:
+    """The format called `name`; a ValueError names the valid ones. `reground_offsets`: offset_json's
+    lenient reading, where a stated text wins over offsets that do not hold it."""
     try:
-        return FORMATS[name]
+        output_format = FORMATS[name]
     except KeyError:
         raise ValueError(f"unknown output format {name!r}; valid: {', '.join(FORMATS)}") from None
+    return _REGROUNDING if reground_offsets and name == _REGROUNDING.name else output_format

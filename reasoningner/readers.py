@@ -14,15 +14,19 @@ Formats
   BIOES all decode). As seqeval does by default, an `I-x` or `E-x` that does not continue an open
   `x` entity (after `O`, or after a `B-y` of another type) starts a new `x` entity.
 - Alpaca instruction JSON (`read_alpaca`, `write_alpaca`): `[{"instruction", "input", "output"}]`
-  or JSONL of such objects; `output` is `input` with inline tags `<LABEL>text</LABEL>` (nestable)
-  or brackets `[text | LABEL]`. Removing the tags must give back `input` exactly, and every tag
-  must be closed, in order (only closing tags with nothing between them may come in any order,
-  as some GENIA and ACE records have them). A tag is what `formats` takes for one: `<NAME>` with
-  NAME a known label or identifier-like, so `P < 0.01` and `<0.05>` are text. Exact duplicate spans
-  (ACE's `<PER><PER>x</PER></PER>`) are merged, as an `Example` holds a span once, and each merge is
-  recorded in `Dataset.notes`. The `Label Set:` block of the instruction (`LABEL: description` or
-  `LABEL(long name): description`, one per line) states the labels and descriptions; a long name
-  is kept in the description as `(long name) description`.
+  or JSONL of such objects, in every variant of the LLMs4NER release. The `output` is either the
+  `input` with inline markup, `<LABEL>text</LABEL>` or `[text | LABEL]`, read by `formats`' one
+  inline grammar (`formats.Markup`: nesting, closers in any order, what counts as a tag, entity
+  whitespace trimmed): removing the markup must give back `input` exactly, and malformed markup
+  is an error naming its character. Or it is an answer in a JSON format, told by its shape and
+  read by that format's parser (`{LABEL: [texts]}` with or without the `entities` wrapper:
+  grouped_json; entries with `start`/`end`: offset_json; else occurrence_json); any problem the
+  parser reports is an error. Exact duplicate spans (ACE's `<PER><PER>x</PER></PER>`) are merged,
+  as an `Example` holds a span once, and each merge is recorded in `Dataset.notes`. The labels and
+  descriptions come from the instruction: a `Label Set:` block (`LABEL: description` or
+  `LABEL(long name): description`, one per line; a long name is kept in the description as
+  `(long name) description`), or, without that header (LLMs4NER's relabelled `conll2003-so/se`
+  files), the first run of `LABEL: description` lines after the instruction's first line.
 - InstructUIE JSON (`read_instructuie`): `[{"sentence", "entities": [{"name", "type", "pos"}]}]`
   with half-open character offsets `pos`; `name` must equal the covered text; type `NA` or empty
   means "no entity". A `labels.json` list next to the file (InstructUIE's layout) states the labels.
@@ -410,23 +414,29 @@ def _offset(value: Any, what: str) -> int:
 # --------------------------------------------------------------------------------------------- Alpaca
 
 _LABEL_LINE = re.compile(r"([^\s\[\]|<>{}\"():]+)(?:\(([^)]*)\))?:[ \t]*(.*)")
-_XML_TAG = re.compile(rf"<(/?)({LABEL_PATTERN.pattern})>")
-# Besides schema labels, tag names are identifier-like, as in formats.py: `<0.05>` is text.
-_TAG_NAME = re.compile(r"[^\W\d][\w.\-]*")
-_BRACKET_TOKEN = re.compile(rf"\[|\]|\s*\|\s*({LABEL_PATTERN.pattern})\]")
 
 
 def _label_set(instruction: str) -> Schema | None:
-    """The labels and descriptions of the `Label Set:` block of an instruction, if it has one."""
+    """The labels and descriptions an instruction states, if it does.
+
+    Either a `Label Set:` block (`LABEL: description` or `LABEL(long name): description`, one per
+    line, or `Label Set: A, B` inline), or, in LLMs4NER's relabelled files (`conll2003-so/se`),
+    which have no header, the first run of `LABEL: description` lines after the first line.
+    """
     lines = instruction.splitlines()
     heads = [i for i, line in enumerate(lines) if line.strip().startswith("Label Set:")]
-    if not heads:
-        return None
-    inline = lines[heads[0]].strip()[len("Label Set:") :].strip()
-    if inline:
-        return Schema(tuple(label.strip() for label in inline.split(",")))
+    if heads:
+        inline = lines[heads[0]].strip()[len("Label Set:") :].strip()
+        if inline:
+            return Schema(tuple(label.strip() for label in inline.split(",")))
+        block = lines[heads[0] + 1 :]
+    else:
+        first = next((i for i, line in enumerate(lines[1:], 1) if _LABEL_LINE.fullmatch(line.strip())), None)
+        if first is None:
+            return None
+        block = lines[first:]
     labels: dict[str, str] = {}
-    for line in lines[heads[0] + 1 :]:
+    for line in block:
         match = _LABEL_LINE.fullmatch(line.strip())
         if not match:
             break
@@ -437,81 +447,76 @@ def _label_set(instruction: str) -> Schema | None:
     return Schema(tuple(labels), {label: text for label, text in labels.items() if text})
 
 
-def _cut(output: str, markup: dict[int, int], pairs: list[tuple[int, int, str]]) -> tuple[str, list[Span]]:
-    """Remove the markup intervals `{start: end}` of `output`; `pairs` (open, close, label) of
-    markup starts become spans of the remaining text."""
-    parts, moved, position, removed = [], {}, 0, 0
-    for start, end in sorted(markup.items()):
-        parts.append(output[position:start])
-        moved[start] = start - removed
-        removed += end - start
-        position = end
-    parts.append(output[position:])
-    return "".join(parts), [Span(moved[start], moved[end], label) for start, end, label in pairs]
+def _inline_spans(output: str, labels: Sequence[str]) -> tuple[str, list[Span]]:
+    """The spans of inline markup (`formats`' grammar: XML if the output has a tag, else brackets)
+    over the output without it; malformed markup is a ValueError naming its character."""
+    markup = FORMATS["xml"].markup(output, labels)  # type: ignore[attr-defined]
+    if not (markup.spans or markup.errors):
+        markup = FORMATS["bracketed"].markup(output, labels)  # type: ignore[attr-defined]
+    if markup.errors:
+        raise ValueError(markup.errors[0])
+    return markup.clean, [Span(start, end, label) for start, end, label in markup.spans]
 
 
-def _strip_xml(output: str, labels: Sequence[str]) -> tuple[str, list[Span]]:
-    """`<LABEL>text</LABEL>` markup, nestable; a tag names a label of `labels` or looks like one.
-
-    Closing tags with nothing between them may come in any order (GENIA has
-    `<DNA><protein>NF-IL6</DNA></protein>`): they end at one offset, so they close the same spans
-    whatever the order.
-    """
-    tags = [m for m in _XML_TAG.finditer(output) if m.group(2) in labels or _TAG_NAME.fullmatch(m.group(2))]
-    markup, pairs, opens = {m.start(): m.end() for m in tags}, [], []
-    i = 0
-    while i < len(tags):
-        if not tags[i].group(1):
-            opens.append((tags[i].start(), tags[i].group(2)))
-            i += 1
-            continue
-        run = [tags[i]]
-        while (
-            i + len(run) < len(tags)
-            and tags[i + len(run)].group(1)
-            and tags[i + len(run)].start() == run[-1].end()
-        ):
-            run.append(tags[i + len(run)])
-        closed = opens[-len(run) :] if len(run) <= len(opens) else []
-        if sorted(m.group(2) for m in run) != sorted(label for _, label in closed):
-            innermost = "".join(f"<{label}>" for _, label in opens[-len(run) :]) or "no tag"
-            closing = "".join(m.group() for m in run)
-            raise ValueError(f"{closing} at character {run[0].start()} of the output closes {innermost}")
-        del opens[-len(run) :]
-        pairs.extend((start, run[0].start(), label) for start, label in closed)
-        i += len(run)
-    if opens:
-        start, label = opens[-1]
-        raise ValueError(f"<{label}> at character {start} of the output is never closed")
-    return _cut(output, markup, pairs)
+def _json_output(output: str) -> Any:
+    """The output as a JSON list or object (LLMs4NER's JSON-format files), else None (inline)."""
+    if not output.lstrip().startswith(("[", "{")):
+        return None
+    try:
+        value = json.loads(output)
+    except ValueError:
+        return None
+    return value if isinstance(value, (list, dict)) else None
 
 
-def _strip_brackets(output: str) -> tuple[str, list[Span]]:
-    """`[text | LABEL]` markup; a plain `]` closes the latest `[` as literal text, so that
-    `[[3H]thymidine | X]` is the entity `[3H]thymidine` and `[ applause ]` stays text."""
-    markup, pairs, opens = {}, [], []
-    for match in _BRACKET_TOKEN.finditer(output):
-        if match.group() == "[":
-            opens.append(match.start())
-        elif match.group() == "]":
-            if opens:
-                opens.pop()
-        elif not opens:
-            raise ValueError(f"{match.group()!r} at character {match.start()} of the output closes no '['")
-        else:
-            start = opens.pop()
-            markup[start], markup[match.start()] = start + 1, match.end()
-            pairs.append((start, match.start(), match.group(1)))
-    return _cut(output, markup, pairs)
+def _json_format(value: Any) -> str:
+    """Which JSON answer format a gold output is written in, by its shape."""
+    if isinstance(value, dict):
+        return "grouped_json"
+    if any(isinstance(entry, dict) and "start" in entry for entry in value):
+        return "offset_json"
+    return "occurrence_json"
 
 
-def _alpaca_record(record: Any, schema: Schema | None) -> tuple[str, list[Span], Schema | None]:
+def _json_labels(value: Any) -> list[str]:
+    """The labels a JSON gold output uses (for files that state none), first seen first."""
+    if isinstance(value, dict):
+        groups = value.get("entities", value)
+        used = [label for label, texts in groups.items() if texts] if isinstance(groups, dict) else []
+    else:
+        used = [entry.get("label") for entry in value if isinstance(entry, dict)]
+    return [label for label in dict.fromkeys(used) if isinstance(label, str)]
+
+
+def _json_spans(value: Any, text: str, known: Schema | None) -> tuple[list[Span], list[str]]:
+    """Spans of a JSON gold output read by its answer format's own parser, and the duplicates it
+    merged. Anything else the parser objects to is a ValueError: gold data must say exactly what it
+    means."""
+    name = _json_format(value)
+    if name == "grouped_json" and "entities" not in value:  # LLMs4NER's grouped files have no wrapper
+        value = {"entities": value}
+    used = _json_labels(value)
+    schema = known or (Schema(tuple(used)) if used else None)
+    if schema is None:
+        return [], []
+    result = get_format(name).parse_answer(json.dumps(value), text, schema)
+    errors = [f"{p.kind}: {p.detail}" for p in result.problems if p.kind != "duplicate"]
+    if errors:
+        raise ValueError(f"{name} output: {errors[0]}")
+    return result.spans, [p.detail for p in result.problems if p.kind == "duplicate"]
+
+
+def _alpaca_record(record: Any, schema: Schema | None) -> tuple[str, list[Span], Schema | None, list[str]]:
+    """(text, spans, stated schema, duplicates merged) of an alpaca record: its output is the input
+    with inline markup, or an answer in one of the JSON formats (LLMs4NER's JSON-variant files)."""
     text, output = _require(record, "input", str), _require(record, "output", str)
     stated = _label_set(_require(record, "instruction", str)) if "instruction" in record else None
     known = schema or stated
-    stripped, spans = _strip_xml(output, known.labels if known else ())
-    if not spans:  # no XML tags: bracket markup, or none
-        stripped, spans = _strip_brackets(output)
+    value = _json_output(output) if output != text else None
+    if value is not None:
+        spans, merged = _json_spans(value, text, known)
+        return text, spans, stated, merged
+    stripped, spans = _inline_spans(output, known.labels if known else ())
     if stripped != text:
         at = next(
             (i for i, (a, b) in enumerate(zip(stripped, text, strict=False)) if a != b),
@@ -521,24 +526,27 @@ def _alpaca_record(record: Any, schema: Schema | None) -> tuple[str, list[Span],
             f"the output without tags differs from the input at character {at}: "
             f"{stripped[at : at + 30]!r} vs {text[at : at + 30]!r}"
         )
-    return text, spans, stated
+    unique = list(dict.fromkeys(spans))
+    merged = [f"{s.label} {s.start}:{s.end}" for s in unique if spans.count(s) > 1]
+    return text, spans, stated, merged
 
 
 def read_alpaca(
     path: PathLike, schema: Schema | None = None, on_error: OnError = "raise", name: str | None = None
 ) -> Dataset:
-    """Read Alpaca instruction JSON or JSONL whose outputs tag the input inline."""
+    """Read Alpaca instruction JSON or JSONL whose outputs tag the input inline or answer in JSON."""
     collector = _Collector(path, schema, on_error, name or _default_name(path), numbered=True)
     for index, line, record in _json_items(path, _read_text(path), collector):
         try:
-            text, spans, stated = _alpaca_record(record, schema)
+            text, spans, stated, merged = _alpaca_record(record, schema)
         except ValueError as error:
             collector.report(line, str(error), index)
             continue
         record = _Record(line, index, text, list(dict.fromkeys(spans)), stated)
-        if collector.add(record) and len(record.spans) < len(spans):
-            twice = ", ".join(f"{s.label} {s.start}:{s.end}" for s in record.spans if spans.count(s) > 1)
-            collector.note(record, f"merged {len(spans) - len(record.spans)} duplicate spans ({twice})")
+        if collector.add(record) and merged:
+            # inline spans come with their duplicates; a JSON parser merged them, one detail each
+            count = len(spans) - len(record.spans) or len(merged)
+            collector.note(record, f"merged {count} duplicate spans ({', '.join(merged)})")
     return collector.dataset()
 
 

@@ -24,10 +24,12 @@ from reasoningner.formats import (
     get_format,
     split_answer,
 )
+from reasoningner.metrics import Counts, Scorer, match_totals
 from reasoningner.readers import read_alpaca, read_conll
 from reasoningner.spans import Example, Schema, Span, is_crossing, normalize_mention, occurrences
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data"
+FIXTURES = Path(__file__).parent / "data"
 
 SCHEMA = Schema(("PER", "LOC", "ORG", "MISC"))
 BIO_SCHEMA = Schema(("DNA", "RNA", "protein", "cell_line", "cell_type"))
@@ -432,17 +434,50 @@ def test_entry_lists_wrong_shapes_and_bad_entries() -> None:
 # --- offset_json -------------------------------------------------------------------------------------
 
 
-def test_offset_json_mismatch_falls_back_to_the_nearest_occurrence() -> None:
-    fmt = FORMATS["offset_json"]
+def test_offset_json_states_its_offsets_and_regrounds_only_when_asked() -> None:
+    fmt, lenient = FORMATS["offset_json"], get_format("offset_json", reground_offsets=True)
     text = REPEATED.text
-    inclusive_end = fmt.parse('[{"text": "Paris", "label": "LOC", "start": 28, "end": 32}]', text, SCHEMA)
-    assert [s.start for s in inclusive_end.spans] == [28] and kinds(inclusive_end) == {"offset_mismatch"}
-    off_by_some = fmt.parse('[{"text": "Paris", "label": "LOC", "start": 15, "end": 20}]', text, SCHEMA)
-    assert [s.start for s in off_by_some.spans] == [13] and kinds(off_by_some) == {"offset_mismatch"}
+    inclusive_end = '[{"text": "Paris", "label": "LOC", "start": 28, "end": 32}]'
+    strict = fmt.parse(inclusive_end, text, SCHEMA)
+    assert texts(strict, text) == [("Pari", "LOC")] and kinds(strict) == {"offset_mismatch"}
+    regrounded = lenient.parse(inclusive_end, text, SCHEMA)
+    assert texts(regrounded, text) == [("Paris", "LOC")] and regrounded.spans[0].start == 28
+    off_by_some = '[{"text": "Paris", "label": "LOC", "start": 15, "end": 20}]'
+    assert [s.start for s in lenient.parse(off_by_some, text, SCHEMA).spans] == [13]
+    # 15:20 is "ris H": a span of the sentence, so it is what the answer states
+    assert texts(fmt.parse(off_by_some, text, SCHEMA), text) == [("ris H", "LOC")]
+    # offsets that are no span (on a space, out of range) or absent leave only the text
+    for entry in ('"start": 4, "end": 6', '"start": 40, "end": 99', '"start": 5, "end": 2'):
+        result = fmt.parse(f'[{{"text": "Paris", "label": "LOC", {entry}}}]', text, SCHEMA)
+        assert result.spans == [] and result.ungrounded == [("Paris", "LOC")], entry
+        assert kinds(result) == {"offset_mismatch"}
     no_offsets = fmt.parse('[{"text": "Paris Hilton", "label": "PER"}]', text, SCHEMA)
-    assert texts(no_offsets, text) == [("Paris Hilton", "PER")] and kinds(no_offsets) == {"bad_entry"}
+    assert no_offsets.spans == [] and no_offsets.ungrounded == [("Paris Hilton", "PER")]
+    assert kinds(no_offsets) == {"bad_entry"}
+    relaxed = lenient.parse('[{"text": "Paris Hilton", "label": "PER"}]', text, SCHEMA)
+    assert texts(relaxed, text) == [("Paris Hilton", "PER")] and kinds(relaxed) == {"bad_entry"}
     strings = fmt.parse('[{"text": "Paris", "label": "LOC", "start": "13", "end": 18.0}]', text, SCHEMA)
     assert [s.start for s in strings.spans] == [13] and kinds(strings) == {"bad_entry"}
+
+
+def test_offset_json_shifted_offsets_score_nothing_in_exact_mode() -> None:
+    """The issue's case: every offset one too far, right texts. Exact matching sees wrong spans;
+    text matching still compares the texts stated (here the covered ones, so nothing either)."""
+    gold = example("Ann met Bob in Rome today .", ("Ann", "PER", 1), ("Bob", "PER", 1), ("Rome", "LOC", 1))
+    shifted = json.dumps(
+        [
+            {**entity, "start": entity["start"] + 1, "end": entity["end"] + 1}
+            for entity in json.loads(FORMATS["offset_json"].render(gold))
+        ]
+    )
+    result = FORMATS["offset_json"].parse(shifted, gold.text, gold.schema)
+    assert match_totals(gold, result.spans, result.ungrounded, "exact") == Counts(0, 3, 3)
+    regrounded = get_format("offset_json", reground_offsets=True).parse(shifted, gold.text, gold.schema)
+    assert match_totals(gold, regrounded.spans, regrounded.ungrounded, "exact") == Counts(3, 0, 0)
+
+
+def test_offset_json_duplicates_are_kept_once() -> None:
+    fmt, text = FORMATS["offset_json"], REPEATED.text
     twice = fmt.parse(
         fmt.render(REPEATED)[:-1] + ', {"text": "Paris", "label": "LOC", "start": 0, "end": 5}]', text, SCHEMA
     )
@@ -496,6 +531,68 @@ def test_round_trip_on_all_shared_data(name: str) -> None:
         expressed += count
         total += len(examples)
     assert expressed / total >= max(MIN_EXPRESSED[name], 0.95)
+
+
+def gold_outputs_scored_as_predictions(path: Path) -> dict[str, Counts]:
+    """Each record's own gold `output` parsed by the xml parser as if a model wrote it, scored against
+    what the reader made of the record, in both modes: the reader and the parser share one grammar."""
+    records = json.loads(path.read_text(encoding="utf-8"))
+    examples = read_alpaca(path).examples
+    assert len(records) == len(examples)
+    scorers = {mode: Scorer(mode) for mode in ("exact", "text")}
+    for record, gold in zip(records, examples, strict=True):
+        parsed = FORMATS["xml"].parse(record["output"], gold.text, gold.schema)
+        assert {p.kind for p in parsed.problems} <= {"duplicate"}, (gold.id, parsed.problems)
+        for scorer in scorers.values():
+            scorer.add(gold, parsed.spans, parsed.ungrounded)
+    return {mode: scorer.report().datasets["default"].micro for mode, scorer in scorers.items()}
+
+
+@pytest.mark.parametrize("fixture", ["genia_mini.json", "ace2005_mini.json"])
+def test_gold_outputs_of_the_fixtures_score_100_as_predictions(fixture: str) -> None:
+    """The slices hold the hard cases: closers out of order (<protein><DNA>x</protein></DNA>),
+    doubled tags (<PER><PER>x</PER></PER>), "<" and "[" as text."""
+    text = (FIXTURES / fixture).read_text(encoding="utf-8")
+    assert re.search(r"<(\w+)><(\w+)>[^<]*</\1></\2>", text) or "<PER><PER>" in text
+    for counts in gold_outputs_scored_as_predictions(FIXTURES / fixture).values():
+        assert counts.fp == counts.fn == 0 and counts.f1 == 1.0
+
+
+@pytest.mark.parametrize("corpus", ["genia", "ace2005"])
+def test_gold_outputs_of_the_shared_nested_corpora_score_100_as_predictions(corpus: str) -> None:
+    path = DATA / corpus / "dev_xml_alpaca.json"
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path}")
+    for mode, counts in gold_outputs_scored_as_predictions(path).items():
+        assert (counts.fp, counts.fn, counts.f1) == (0, 0, 1.0), (mode, counts)
+
+
+def test_xml_closers_in_any_order_close_their_own_tags() -> None:
+    ex = example("Id2 binds E2A .", ("Id2", "protein", 1), ("Id2", "RNA", 1), schema=BIO_SCHEMA)
+    for answer in (
+        "<protein><RNA>Id2</protein></RNA> binds E2A .",
+        "<protein><RNA>Id2</RNA></protein> binds E2A .",
+    ):
+        result = FORMATS["xml"].parse(answer, ex.text, BIO_SCHEMA)
+        assert result.ok and result.spans == list(ex.spans), answer
+    markup = FORMATS["xml"].markup("<A>x <B>y</A> z</B>", ("A", "B"))  # type: ignore[attr-defined]
+    assert (markup.clean, markup.spans, markup.errors) == ("x y z", [(0, 3, "A"), (2, 5, "B")], [])
+
+
+def test_one_inline_grammar_for_gold_and_predictions(tmp_path: Path) -> None:
+    """What the gold reader reads from an output is what the parser reads from it, case by case."""
+    outputs = [
+        "[Ann | PER ] met [Bob|PER] in [[3H]x | MISC] .",
+        "<PER>Ann </PER>met <PER>Bob</PER> in <MISC>[3H]x</MISC> .",
+        "<PER><LOC>Ann</PER></LOC> met Bob in [3H]x .",
+    ]
+    records = [{"input": "Ann met Bob in [3H]x .", "output": output} for output in outputs]
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(records), encoding="utf-8")
+    for gold, output in zip(read_alpaca(path, schema=SCHEMA).examples, outputs, strict=True):
+        name = "xml" if "<" in output else "bracketed"
+        parsed = FORMATS[name].parse(output, gold.text, SCHEMA)
+        assert parsed.ok and parsed.spans == list(gold.spans), output
 
 
 def test_the_shared_data_has_nesting_and_literal_markup() -> None:

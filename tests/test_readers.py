@@ -191,11 +191,11 @@ GOOD["output"] = "<PER>Ann</PER> in <LOC>Rome</LOC>"
     ("output", "message"),
     [
         ("<PER>Ann in Rome", "<PER> at character 0 of the output is never closed"),
-        ("<PER>Ann</LOC> in Rome", "</LOC> at character 8 of the output closes <PER>"),
-        ("Ann</PER> in Rome", "</PER> at character 3 of the output closes no tag"),
+        ("<PER>Ann</LOC> in Rome", "</LOC> at character 8 of the output closes no <LOC>"),
+        ("Ann</PER> in Rome", "</PER> at character 3 of the output closes no <PER>"),
         ("<PER>Ann</PER> in Roma", "differs from the input at character 10: 'a' vs 'e'"),
         ("<ORG>Ann</ORG> in Rome", "label 'ORG' of span 0:3 is not in the schema"),
-        ("<PER>Ann </PER>in Rome", "starts or ends with whitespace"),
+        ("Ann<PER> </PER>in Rome", "an empty PER entity at character 3"),
     ],
 )
 def test_alpaca_malformed_record_names_its_line(tmp_path: Path, output: str, message: str) -> None:
@@ -233,7 +233,7 @@ def test_alpaca_jsonl_with_brackets_and_literal_brackets(tmp_path: Path) -> None
         [(13, 16, "PER", "Ann"), (22, 27, "CHEM", "[3H]x")],
         [(0, 7, "PER", "Ann Lee"), (0, 3, "PER", "Ann")],
     ]
-    assert dataset.skipped == [f"{path}:2: record 1: ' | PER]' at character 3 of the output closes no '['"]
+    assert dataset.skipped == [f"{path}:2: record 1: '| PER]' at character 3 of the output closes no '['"]
 
 
 def test_alpaca_without_label_set_infers_labels_and_leaves_non_tags_as_text(tmp_path: Path) -> None:
@@ -522,3 +522,66 @@ def test_shared_data_matches_its_readme(relative: str) -> None:
     merged = sum(int(note.split("merged ")[1].split()[0]) for note in dataset.notes)
     assert merged == (16 if relative.startswith("ace2005") else 0)
     assert (len(dataset.examples), entities(dataset) + merged) == SHARED_COUNTS[relative]
+
+
+# --- LLMs4NER's data files ---------------------------------------------------------------------------
+
+LLMS4NER = DATA / "llms4ner"
+
+
+@pytest.mark.parametrize(
+    ("fixture", "source"),
+    [
+        ("genia_json_dev_alpaca.json", "genia_mini.json"),
+        ("ace2005_occurrence_index_dev_alpaca.json", "ace2005_mini.json"),
+        ("ace2005_offset_json_dev_alpaca.json", "ace2005_mini.json"),
+    ],
+)
+def test_llms4ner_json_variants_read_as_their_xml_source(fixture: str, source: str) -> None:
+    """Grouped (no `entities` wrapper, every label listed), occurrence and offset JSON outputs give the
+    spans and the described schema of the XML file they were written from; doubled entries merge."""
+    dataset, expected = read_alpaca(LLMS4NER / fixture), read_alpaca(DATA / source)
+    assert [triples(e) for e in dataset.examples] == [triples(e) for e in expected.examples]
+    assert dataset.schema == expected.schema and dataset.skipped == []
+    if "ace2005" in fixture:
+        assert len(dataset.notes) == 2 and all("duplicate spans" in note for note in dataset.notes)
+
+
+@pytest.mark.parametrize("variant", ["se", "so"])
+def test_llms4ner_relabelled_files_keep_their_label_lines(variant: str) -> None:
+    dataset = read_alpaca(LLMS4NER / f"conll2003-{variant}_xml_dev_alpaca.json")
+    assert dataset.schema.labels == ("A", "B", "C", "D")
+    assert all(dataset.schema.describe(label) for label in dataset.schema.labels)
+    person = "A" if variant == "so" else "B"
+    assert dataset.schema.describe(person).startswith("A named individual")
+    assert ("Peter Blackburn", person) in dataset.examples[1].span_texts()
+
+
+def test_llms4ner_conll_file_with_an_altered_output_is_skipped_and_counted() -> None:
+    path = LLMS4NER / "conll03_bracketed_dev_alpaca.json"
+    with pytest.raises(
+        DataError, match=r"conll03_bracketed_dev_alpaca.json:\d+: record 2: the output without"
+    ):
+        read_alpaca(path)
+    dataset = read_alpaca(path, on_error="skip")
+    assert len(dataset.examples) == 4 and len(dataset.skipped) == 1
+    assert dataset.skipped[0].endswith(
+        "differs from the input at character 22: ' per cwt) .' vs 'per cwt) .'"
+    )
+    assert dataset.schema.labels == ("PER", "ORG", "LOC", "MISC")
+
+
+def test_json_outputs_that_do_not_fit_the_input_are_errors(tmp_path: Path) -> None:
+    instruction = "Label Set:\nPER: a person\nNow go:"
+    bad = [
+        ('[{"text": "Ann", "label": "PER", "start": 1, "end": 4}]', "offset_mismatch"),
+        ('[{"text": "Bo", "label": "PER", "occurrence_index": 1}]', "ungrounded"),
+        ('{"PER": ["Ann"], "ORG": []}', None),
+        ('{"ORG": ["Ann"]}', "unknown_label"),
+    ]
+    records = [{"instruction": instruction, "input": "Ann in Rome", "output": output} for output, _ in bad]
+    dataset = read_alpaca(write(tmp_path / "j.json", json.dumps(records)), on_error="skip")
+    assert [triples(e) for e in dataset.examples] == [[(0, 3, "PER", "Ann")]]
+    assert [message.split(": ", 3)[-1].split(":")[0] for message in dataset.skipped] == [
+        kind for _, kind in bad if kind
+    ]
