@@ -8,16 +8,16 @@ completion string is distinct and every cache is emptied before each timed run, 
 saves what it saves in training: the four components after the first reuse the first one's parse
 (`rewards.analyse`), and completions of the same sentence share its gold and its mentions' lookups.
 
-The composite is the five registered components called one after the other on each batch, as
-TRL's GRPOTrainer calls them (conversational completions, dataset columns as keyword lists). The
-baseline is the reward ReasoningNER trains with (HuiResearch/ReasoningIE, `grpo.py`), reimplemented
-here doing the same work: two components, F1 and schema, called the same way, each taking its own
-answer out of the completion (think block removed by regex, ```json fence unwrapped), `json.loads`
-of it, and mentions normalised as SQuAD does (case, punctuation, articles, spaces); the gold is an
-answer string in the dataset, read by the F1 component on every call. The floor is a single
-component pared down to `json.loads` of what follows `</think>` and the F1 of (text, label) sets
-against gold pairs built in advance: a lower bound on any reward that reads JSON in Python, printed
-for scale.
+The composite is the five registered components (strict parsing, the RL default) called one after
+the other on each batch, as TRL's GRPOTrainer calls them (conversational completions, dataset
+columns as keyword lists). The baseline is the reward ReasoningNER trains with
+(HuiResearch/ReasoningIE, `grpo.py`), reimplemented here doing the same work: two components, F1 and
+schema, called the same way, each taking its own answer out of the completion (think block removed
+by regex, ```json fence unwrapped), `json.loads` of it, and mentions normalised as SQuAD does (case,
+punctuation, articles, spaces); the gold is an answer string in the dataset, read by the F1
+component on every call. The floor is a single component pared down to `json.loads` of what follows
+`</think>` and the F1 of (text, label) sets against gold pairs built in advance: a lower bound on
+any reward that reads JSON in Python, printed for scale.
 
     python benchmarks/bench_rewards.py [--n 10000] [--batch-size 64] [--generations 1] [--json out.json]
 """
@@ -198,6 +198,12 @@ def build_columns(
     return columns, kinds
 
 
+def syntax_problem(completion: list[dict[str, str]], text: str) -> bool:
+    """Whether the parser finds a syntax problem (`formats.CONTENT_PROBLEMS` aside) in a completion."""
+    parsed = FORMAT.parse(completion[0]["content"], text, spans.Schema(("x",)))
+    return any(problem.kind not in formats.CONTENT_PROBLEMS for problem in parsed.problems)
+
+
 def floor_rewards(completions: list[Any], entities: list[list[dict[str, Any]]], **_: Any) -> list[float]:
     """One component at its leanest: `json.loads` after `</think>`, set F1 of (text, label) pairs, else 0."""
     scores = []
@@ -294,9 +300,9 @@ def baseline_rewards(columns: Columns, batch_size: int) -> list[float]:
     return totals
 
 
-def composite_rewards(columns: Columns, batch_size: int) -> list[float]:
+def composite_rewards(columns: Columns, batch_size: int, parse: str = "strict") -> list[float]:
     """The weighted five-part reward, each component called on whole batches as TRL does."""
-    functions = get_rewards(list(DEFAULT_WEIGHTS))
+    functions = get_rewards(list(DEFAULT_WEIGHTS), parse=parse)
     weights = list(DEFAULT_WEIGHTS.values())
     totals: list[float] = []
     for start in range(0, len(columns["completions"]), batch_size):
@@ -363,6 +369,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     mean_reward = {kind: round(sum(s) / len(s), 3) for kind, s in sorted(by_kind.items())}
     print("mean composite reward (max 14) by kind:")
     print("  " + ", ".join(f"{k} {v:g}" for k, v in sorted(mean_reward.items(), key=lambda kv: -kv[1])))
+    malformed = [
+        i
+        for i, (c, t) in enumerate(zip(columns["completions"], columns["text"], strict=True))
+        if syntax_problem(c, t)
+    ]
+    malformed_max = {
+        parse: max((scores[i] for i in malformed), default=0.0)
+        for parse, scores in (
+            ("strict", composite_rewards(columns, args.batch_size)),
+            ("lenient", composite_rewards(columns, args.batch_size, parse="lenient")),
+        )
+    }
+    print(
+        f"most a completion with a syntax problem earns ({len(malformed)} of them): "
+        f"strict {malformed_max['strict']:g}, lenient {malformed_max['lenient']:g} of 14"
+    )
     rates = best_rates(
         {
             "composite": lambda: composite_rewards(columns, args.batch_size),
@@ -384,6 +406,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ratio_to_floor": round(composite / floor, 3),
         "completions_by_kind": dict(sorted(Counter(kinds).items())),
         "mean_reward_by_kind": mean_reward,
+        "max_reward_malformed": malformed_max,
     }
     print(f"composite reward (5 components): {composite:>9,.0f} completions/s")
     print(f"baseline (ReasoningNER F1+schema): {baseline:>7,.0f} completions/s")

@@ -31,7 +31,7 @@ from trl import TrlParser
 from reasoningner.formats import FORMATS
 from reasoningner.generation import BACKENDS, Generator, SamplingConfig, build_generator, options_from
 from reasoningner.metrics import MATCH_MODES
-from reasoningner.rewards import DEFAULT_WEIGHTS
+from reasoningner.rewards import DEFAULT_WEIGHTS, PARSE_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -272,6 +272,18 @@ class RLScriptArguments(TrainerScriptArguments):
     cap_per_dataset: int | None = field(default=None, metadata={"help": "at most this many prompts per file"})
     reward_funcs: list[str] = field(
         default_factory=lambda: list(DEFAULT_WEIGHTS), metadata={"help": "names in rewards.REWARDS"}
+    )
+    reward_parse: str = field(
+        default="strict",
+        metadata={
+            "help": "strict: entities are paid only on an answer without syntax problems; lenient: also on "
+            "what the parser salvages (rewards module docstring)",
+            "choices": list(PARSE_MODES),
+        },
+    )
+    reward_fold_label_case: bool = field(
+        default=False,
+        metadata={"help": "rewards read a label equal to a schema label up to case as that label"},
     )
 
 

@@ -24,6 +24,23 @@ Components, each total (never raises), deterministic and in [0, 1]:
   gold has no entity either. Otherwise a policy that cannot yet find entities learns that saying
   nothing earns these two points for free (seen in the CPU demo: GRPO drifted to empty answers).
 
+Strict by default: F1, consistency, schema and grounding are paid only on an answer that parses
+with no syntax problem (any problem outside `formats.CONTENT_PROBLEMS`). A Python literal, a code
+fence, text around the JSON, no `entities` wrapper, a string for a list, invalid or truncated JSON,
+unbalanced tags, an altered sentence, offsets that do not hold their text: the answer counts as no
+answer, and only format pays, by its graduated syntax score (at most 0.875 of 14 with the default
+weights). The lenient salvage that evaluation uses (`formats`' repairs) would pay a model for answers
+no program downstream can read (13.875 of 14 for a fenced right answer), and ReasoningIE's reward
+pays them 0, so a policy would learn to keep the malformations the parser forgives. `reward_parse:
+lenient` (`RLScriptArguments`, passed as `get_rewards(names, parse="lenient")`) scores the salvaged
+entities, as before.
+
+Label case: labels are compared as written, so "PER" is outside a schema of "per" (schema and F1 count
+it wrong), as exact evaluation does. `fold_label_case=True` (`get_rewards`) maps a predicted label
+equal to a schema label up to case onto it before scoring, the way ReasoningIE lower-cases labels; it
+is off by default because evaluation does not fold, and a reward that forgives what the score
+punishes teaches the wrong label.
+
 Guards against the obvious hacks: a completion longer than `MAX_COMPLETION_CHARS` gets 0 on every
 component; an answer copied into the rationale (so that consistency is trivially met) gets 0
 consistency; an answer that cannot be read (empty, or junk the parser recovers no entity from)
@@ -41,12 +58,13 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from reasoningner.formats import CONTENT_PROBLEMS, ParseResult, get_format, split_answer
+from reasoningner.formats import CONTENT_PROBLEMS, ParseResult, Problem, get_format, split_answer
 from reasoningner.metrics import MatchMode, agreement, example_f1, text_keys
 from reasoningner.rationale import asserted_keys
-from reasoningner.spans import Example, Schema, Span, spans_from_dicts
+from reasoningner.spans import Example, Schema, Span, sort_spans, spans_from_dicts
 
 RewardFunction = Callable[..., list[float]]
+PARSE_MODES = ("strict", "lenient")
 
 MAX_COMPLETION_CHARS = 16_000
 # `formats.CONTENT_PROBLEMS` (unknown labels, ungrounded entities) are judged by the schema and
@@ -102,12 +120,36 @@ def _answer_syntax_score(problem_kinds: set[str]) -> float:
     return max(0.0, 1.0 - 0.25 * len(problem_kinds - CONTENT_PROBLEMS))
 
 
+def _fold_label_case(parse: ParseResult, labels: tuple[str, ...]) -> ParseResult:
+    """`parse` with each label equal to a schema label up to case renamed to it (and merged)."""
+    canonical = {label.casefold(): label for label in labels}
+
+    def fold(label: str) -> str:
+        return label if label in labels else canonical.get(label.casefold(), label)
+
+    spans = sort_spans(dict.fromkeys(Span(s.start, s.end, fold(s.label)) for s in parse.spans))
+    ungrounded = list(dict.fromkeys((mention, fold(label)) for mention, label in parse.ungrounded))
+    unknown = dict.fromkeys(label for _, _, label in spans if label not in labels)
+    unknown.update(dict.fromkeys(label for _, label in ungrounded if label not in labels))
+    problems = [p for p in parse.problems if p.kind != "unknown_label"]
+    problems += [Problem("unknown_label", f"{label!r} is not a label of the schema") for label in unknown]
+    return ParseResult(spans, ungrounded, problems)
+
+
 @lru_cache(maxsize=65_536)
-def analyse(completion: str, text: str, labels: tuple[str, ...], output_format: str) -> Analysis:
+def analyse(
+    completion: str,
+    text: str,
+    labels: tuple[str, ...],
+    output_format: str,
+    parse_mode: str = "strict",
+    fold_label_case: bool = False,
+) -> Analysis:
     """Parse a completion once and score what every component needs but gold (cached by content).
 
     The whole completion goes to the parser, so problems around the answer (code fences, extra
-    text) count against the answer's format score, not against the rationale.
+    text) count against the answer's format score, not against the rationale. `parse_mode` and
+    `fold_label_case`: the module docstring.
     """
     if len(completion) > MAX_COMPLETION_CHARS:
         return Analysis(oversized=True)
@@ -119,6 +161,8 @@ def analyse(completion: str, text: str, labels: tuple[str, ...], output_format: 
     )
     pairs: tuple[tuple[str, str], ...] = ()
     kinds: set[str] = set()
+    if parse is not None and fold_label_case:
+        parse = _fold_label_case(parse, labels)
     if parse is not None:
         pairs = tuple((text[span.start : span.end], span.label) for span in parse.spans)
         if parse.ungrounded:
@@ -127,6 +171,13 @@ def analyse(completion: str, text: str, labels: tuple[str, ...], output_format: 
     if parse is None or (not pairs and kinds - CONTENT_PROBLEMS - WRAPPING_PROBLEMS):
         # Nothing could be read: no answer.
         return Analysis(rationale=rationale, think_closed=closed, format_score=0.5 * has_rationale)
+    if parse_mode == "strict" and kinds - CONTENT_PROBLEMS:
+        # Readable only by salvage: no answer a program could use, but format still grades the syntax.
+        return Analysis(
+            rationale=rationale,
+            think_closed=closed,
+            format_score=0.5 * has_rationale + 0.5 * _answer_syntax_score(kinds),
+        )
     # An answer copied into the rationale would make consistency trivially met: it earns nothing.
     copied = bool(pairs) and answer in (rationale or "")
     in_schema = grounded = None
@@ -167,10 +218,11 @@ class _BatchAnalyses:
     that no new list can be given the id of one of them while it is remembered.
     """
 
-    __slots__ = ("analyses", "columns")
+    __slots__ = ("analyses", "columns", "options")
 
     def __init__(self) -> None:
         self.columns: tuple[Sequence[Any], ...] = ()
+        self.options: tuple[str, bool] = ("strict", False)
         self.analyses: list[Analysis] = []
 
     def for_batch(
@@ -179,14 +231,24 @@ class _BatchAnalyses:
         text: Sequence[str],
         labels: Sequence[Sequence[str]],
         output_format: Sequence[str],
+        reward_parse: str = "strict",
+        fold_label_case: bool = False,
     ) -> list[Analysis]:
-        """The analysis of each completion of the batch: the held ones if its columns are the held lists."""
+        """The analysis of each completion of the batch: the held ones if its columns are the held lists
+        and the options the held ones."""
         columns = (completions, text, labels, output_format)
-        if self.columns and all(held is given for held, given in zip(self.columns, columns, strict=True)):
+        options = (reward_parse, fold_label_case)
+        if (
+            self.columns
+            and options == self.options
+            and all(held is given for held, given in zip(self.columns, columns, strict=True))
+        ):
             return self.analyses
-        self.columns = columns
+        if reward_parse not in PARSE_MODES:
+            raise ValueError(f"reward_parse must be one of {PARSE_MODES}, not {reward_parse!r}")
+        self.columns, self.options = columns, options
         self.analyses = [
-            analyse(_completion_text(c), t, tuple(ls), f)
+            analyse(_completion_text(c), t, tuple(ls), f, reward_parse, fold_label_case)
             for c, t, ls, f in zip(completions, text, labels, output_format, strict=True)
         ]
         return self.analyses
@@ -208,17 +270,39 @@ def reward(name: str) -> Callable[[RewardFunction], RewardFunction]:
     return register
 
 
-def get_rewards(names: Sequence[str]) -> list[RewardFunction]:
+def get_rewards(
+    names: Sequence[str], parse: str = "strict", fold_label_case: bool = False
+) -> list[RewardFunction]:
+    """The registered rewards called `names`; other options than the defaults (strict parsing, labels
+    compared as written: module docstring) are bound into each function, under its own name."""
     unknown = [name for name in names if name not in REWARDS]
     if unknown:
         raise ValueError(f"unknown reward(s) {unknown}; known: {sorted(REWARDS)}")
-    return [REWARDS[name] for name in names]
+    if parse not in PARSE_MODES:
+        raise ValueError(f"reward parse must be one of {PARSE_MODES}, not {parse!r}")
+    if (parse, fold_label_case) == ("strict", False):
+        return [REWARDS[name] for name in names]
+    return [_bound(REWARDS[name], reward_parse=parse, fold_label_case=fold_label_case) for name in names]
+
+
+def _bound(function: RewardFunction, **options: Any) -> RewardFunction:
+    """`function` with `options` given on every call; TRL logs it by the same name."""
+
+    def bound(completions: Sequence[Any], **columns: Any) -> list[float]:
+        return function(completions, **columns, **options)
+
+    bound.__name__ = function.__name__
+    bound.__doc__ = function.__doc__
+    return bound
 
 
 @reward("format")
-def format_reward(completions, text, labels, output_format, **_) -> list[float]:
+def format_reward(
+    completions, text, labels, output_format, reward_parse="strict", fold_label_case=False, **_
+):
     """Half for a closed, non-empty rationale, half for a cleanly parsing answer."""
-    return [a.format_score for a in _last_batch.for_batch(completions, text, labels, output_format)]
+    analyses = _last_batch.for_batch(completions, text, labels, output_format, reward_parse, fold_label_case)
+    return [a.format_score for a in analyses]
 
 
 @lru_cache(maxsize=16_384)
@@ -246,8 +330,12 @@ def entity_f1(
 
 
 def make_f1_reward(mode: MatchMode) -> RewardFunction:
-    def f1_reward(completions, text, entities, labels, output_format, **_) -> list[float]:
-        analyses = _last_batch.for_batch(completions, text, labels, output_format)
+    def f1_reward(
+        completions, text, entities, labels, output_format, reward_parse="strict", fold_label_case=False, **_
+    ) -> list[float]:
+        analyses = _last_batch.for_batch(
+            completions, text, labels, output_format, reward_parse, fold_label_case
+        )
         return [
             entity_f1(a, t, es, ls, mode)
             for a, t, es, ls in zip(analyses, text, entities, labels, strict=True)
@@ -262,9 +350,11 @@ reward("f1_exact")(make_f1_reward("exact"))
 
 
 @reward("consistency")
-def consistency_reward(completions, text, labels, output_format, **_) -> list[float]:
+def consistency_reward(
+    completions, text, labels, output_format, reward_parse="strict", fold_label_case=False, **_
+) -> list[float]:
     """Does the rationale assert exactly the answered entities? (`rationale.consistency`)"""
-    analyses = _last_batch.for_batch(completions, text, labels, output_format)
+    analyses = _last_batch.for_batch(completions, text, labels, output_format, reward_parse, fold_label_case)
     return [
         agreement(asserted_keys(a.rationale, _schema(tuple(ls))), a.predicted_keys) if a.reasoned else 0.0  # type: ignore[arg-type]
         for a, ls in zip(analyses, labels, strict=True)
@@ -279,16 +369,20 @@ def _share_or_empty(share: float | None, answered: bool, gold_is_empty: bool) ->
 
 
 @reward("schema")
-def schema_reward(completions, text, entities, labels, output_format, **_) -> list[float]:
+def schema_reward(
+    completions, text, entities, labels, output_format, reward_parse="strict", fold_label_case=False, **_
+) -> list[float]:
     """Share of predicted entities whose label is in the schema."""
-    analyses = _last_batch.for_batch(completions, text, labels, output_format)
+    analyses = _last_batch.for_batch(completions, text, labels, output_format, reward_parse, fold_label_case)
     return [
         _share_or_empty(a.in_schema, a.answered, not es) for a, es in zip(analyses, entities, strict=True)
     ]
 
 
 @reward("grounding")
-def grounding_reward(completions, text, entities, labels, output_format, **_) -> list[float]:
+def grounding_reward(
+    completions, text, entities, labels, output_format, reward_parse="strict", fold_label_case=False, **_
+) -> list[float]:
     """Share of predicted entities that occur in the sentence (no invented entities)."""
-    analyses = _last_batch.for_batch(completions, text, labels, output_format)
+    analyses = _last_batch.for_batch(completions, text, labels, output_format, reward_parse, fold_label_case)
     return [_share_or_empty(a.grounded, a.answered, not es) for a, es in zip(analyses, entities, strict=True)]

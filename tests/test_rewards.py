@@ -52,16 +52,24 @@ def complete(rationale: str, answer: str) -> str:
 
 
 def score(
-    completion: Any, text: str = TEXT, entities: list[dict[str, Any]] | None = None, fmt: str = "grouped_json"
+    completion: Any,
+    text: str = TEXT,
+    entities: list[dict[str, Any]] | None = None,
+    fmt: str = "grouped_json",
+    **options: Any,
 ) -> dict[str, float]:
-    """Every registered component on one completion, called as TRL calls them (a batch of one)."""
+    """Every registered component on one completion, called as TRL calls them (a batch of one);
+    `options` are `get_rewards`' (parse, fold_label_case)."""
     columns = {
         "text": [text],
         "entities": [GOLD if entities is None else entities],
         "labels": [LABELS],
         "output_format": [fmt],
     }
-    return {name: function([completion], **columns)[0] for name, function in REWARDS.items()}
+    functions = get_rewards(list(REWARDS), **options)
+    return {
+        name: function([completion], **columns)[0] for name, function in zip(REWARDS, functions, strict=True)
+    }
 
 
 def expect(*values: float) -> dict[str, float]:
@@ -76,6 +84,17 @@ ALL_ZERO = expect(0, 0, 0, 0, 0, 0)
 # plus 0.5 × (1 - 0.25 per distinct syntax problem) for a readable answer; F1 is 2tp / (2tp + fp + fn);
 # consistency is the F1 between asserted and answered pairs; schema and grounding are shares of the
 # predicted entities.
+MALFORMED = {
+    "truncated": complete(RATIONALE, ANSWER[: ANSWER.index("British") + 3]),
+    "code-fence": complete(RATIONALE, f"```json\n{ANSWER}\n```"),
+    "python-literal": complete(RATIONALE, ANSWER.replace('"', "'")),
+    "invalid-json": complete(
+        RATIONALE, '{"entities": {"organisation": ["EU"] "misc": ["German", "British"]}}'
+    ),
+    "no-wrapper": complete(RATIONALE, '{"organisation": ["EU"], "misc": ["German", "British"]}'),
+    "text-around": complete(RATIONALE, f"Here it is: {ANSWER} Done."),
+}
+
 CASES = [
     # -- right ---------------------------------------------------------------------------------------
     pytest.param(complete(RATIONALE, ANSWER), ALL_ONE, id="right"),
@@ -95,30 +114,17 @@ CASES = [
     # Right answer, but the rationale only asserts EU: consistency 2·1 / (1 + 3) = 0.5.
     pytest.param(complete('"EU" is an organisation', ANSWER), expect(1, 1, 1, 0.5, 1, 1), id="inconsistent"),
     # -- malformed ----------------------------------------------------------------------------------
-    # Cut inside "British": the complete entries EU and German are kept; `truncated` costs a quarter
-    # of the answer half: 0.5 + 0.375. F1 2·2 / (4 + 1) = 0.8; consistency 2·2 / (3 + 2) = 0.8.
-    pytest.param(
-        complete(RATIONALE, ANSWER[: ANSWER.index("British") + 3]),
-        expect(0.875, 0.8, 0.8, 0.8, 1, 1),
-        id="truncated",
-    ),
+    # Strict (the default): an answer with a syntax problem is no answer a program could use; only
+    # format pays, 0.5 for the rationale + 0.375 (one problem costs a quarter of the answer half).
+    # `LENIENT_CASES` score the entities the parser salvages from the same completions.
+    pytest.param(MALFORMED["truncated"], expect(0.875, 0, 0, 0, 0, 0), id="truncated"),
     # Cut inside the rationale: no closed rationale, no answer, nothing to score.
     pytest.param(f"<think>\n{RATIONALE}", ALL_ZERO, id="unclosed-think"),
-    # A code fence costs a quarter of the answer half; the entities inside count.
-    pytest.param(
-        complete(RATIONALE, f"```json\n{ANSWER}\n```"), expect(0.875, 1, 1, 1, 1, 1), id="code-fence"
-    ),
-    # A Python literal is read (`invalid_json`, a quarter of the answer half).
-    pytest.param(
-        complete(RATIONALE, ANSWER.replace('"', "'")), expect(0.875, 1, 1, 1, 1, 1), id="python-literal"
-    ),
-    # Invalid JSON (missing comma): the entries before the error are kept, EU alone:
-    # F1 2·1 / (2 + 2) = 0.5; consistency 2·1 / (3 + 1) = 0.5.
-    pytest.param(
-        complete(RATIONALE, '{"entities": {"organisation": ["EU"] "misc": ["German", "British"]}}'),
-        expect(0.875, 0.5, 0.5, 0.5, 1, 1),
-        id="invalid-json",
-    ),
+    pytest.param(MALFORMED["code-fence"], expect(0.875, 0, 0, 0, 0, 0), id="code-fence"),
+    pytest.param(MALFORMED["python-literal"], expect(0.875, 0, 0, 0, 0, 0), id="python-literal"),
+    pytest.param(MALFORMED["invalid-json"], expect(0.875, 0, 0, 0, 0, 0), id="invalid-json"),
+    pytest.param(MALFORMED["no-wrapper"], expect(0.875, 0, 0, 0, 0, 0), id="no-wrapper"),
+    pytest.param(MALFORMED["text-around"], expect(0.875, 0, 0, 0, 0, 0), id="text-around"),
     # Nothing after the rationale: only the rationale half of the format reward.
     pytest.param(complete(RATIONALE, ""), expect(0.5, 0, 0, 0, 0, 0), id="no-answer"),
     # Prose where JSON is due: nothing can be read, so it is no answer either.
@@ -185,6 +191,44 @@ CASES = [
 @pytest.mark.parametrize(("completion", "expected"), CASES)
 def test_components_on_hand_built_completions(completion: str, expected: dict[str, float]) -> None:
     assert score(completion) == pytest.approx(expected)
+
+
+LENIENT_CASES = [
+    # Cut inside "British": the complete entries EU and German are kept. F1 2·2 / (4 + 1) = 0.8;
+    # consistency 2·2 / (3 + 2) = 0.8.
+    pytest.param(MALFORMED["truncated"], expect(0.875, 0.8, 0.8, 0.8, 1, 1), id="truncated"),
+    pytest.param(MALFORMED["code-fence"], expect(0.875, 1, 1, 1, 1, 1), id="code-fence"),
+    pytest.param(MALFORMED["python-literal"], expect(0.875, 1, 1, 1, 1, 1), id="python-literal"),
+    # Missing comma: the entries before the error are kept, EU alone: F1 2·1 / (2 + 2) = 0.5.
+    pytest.param(MALFORMED["invalid-json"], expect(0.875, 0.5, 0.5, 0.5, 1, 1), id="invalid-json"),
+    pytest.param(MALFORMED["no-wrapper"], expect(0.875, 1, 1, 1, 1, 1), id="no-wrapper"),
+    pytest.param(MALFORMED["text-around"], expect(0.875, 1, 1, 1, 1, 1), id="text-around"),
+]
+
+
+@pytest.mark.parametrize(("completion", "expected"), LENIENT_CASES)
+def test_lenient_parsing_pays_the_salvaged_entities(completion: str, expected: dict[str, float]) -> None:
+    assert score(completion, parse="lenient") == pytest.approx(expected)
+
+
+def test_clean_answers_score_alike_strict_and_lenient() -> None:
+    for completion, _ in [case.values for case in CASES]:
+        if completion not in MALFORMED.values():
+            assert score(completion) == score(completion, parse="lenient")
+
+
+def test_label_case_is_folded_only_when_asked() -> None:
+    shouted = complete(RATIONALE, '{"entities": {"ORGANISATION": ["EU"], "Misc": ["German", "British"]}}')
+    as_written = score(shouted)
+    assert as_written["f1"] == 0 and as_written["schema"] == 0
+    assert score(shouted, fold_label_case=True) == pytest.approx(ALL_ONE)
+
+
+def test_reward_options_are_checked_and_keep_the_function_names() -> None:
+    with pytest.raises(ValueError, match="parse must be one of"):
+        get_rewards(["f1"], parse="forgiving")
+    bound = get_rewards(list(DEFAULT_WEIGHTS), parse="lenient", fold_label_case=True)
+    assert [f.__name__ for f in bound] == [REWARDS[name].__name__ for name in DEFAULT_WEIGHTS]
 
 
 @pytest.mark.parametrize(
