@@ -19,6 +19,7 @@ that still uses one is refused with the new name.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import sys
@@ -32,6 +33,8 @@ from reasoningner.formats import FORMATS
 from reasoningner.generation import BACKENDS, Generator, SamplingConfig, build_generator, options_from
 from reasoningner.metrics import MATCH_MODES
 from reasoningner.rewards import DEFAULT_WEIGHTS, PARSE_MODES
+from reasoningner.sources import overlaps
+from reasoningner.tracking import MANIFEST
 
 logger = logging.getLogger(__name__)
 
@@ -285,6 +288,14 @@ class RLScriptArguments(TrainerScriptArguments):
         default=False,
         metadata={"help": "rewards read a label equal to a schema label up to case as that label"},
     )
+    sampler: str = field(
+        default="proportional",
+        metadata={
+            "help": "proportional (shares of the uncapped sizes, largest remainder) or reasoningner (the "
+            "paper's sample_grpo.py: shares of the capped sizes, floored)",
+            "choices": ["proportional", "reasoningner"],
+        },
+    )
 
 
 @dataclass
@@ -299,6 +310,14 @@ class EvalArguments(RunArguments):
         default_factory=list, metadata={"help": "memorization probes: opaque, shuffled"}
     )
     probe_seed: int = field(default=0, metadata={"help": "seed of the shuffled-label permutation"})
+    allow_overlap: bool = field(
+        default=False,
+        metadata={
+            "help": "evaluate sets the model was trained on (reported as in_domain) instead of refusing"
+        },
+    )
+    # Set when the recipe is read: the overlaps found with the model's training data (results.json config).
+    in_domain: list[str] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -317,11 +336,39 @@ TRAINER_CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+# What a recipe setting needs installed: (setting, its value) -> (module, how to install it).
+_VLLM = ("vllm", 'pip install "vllm>=0.22,<0.31"  (or: pip install -e ".[vllm]"; docker/ has it)')
+_FLASH = ("flash_attn", "pip install flash-attn==2.8.3.post2 --no-build-isolation  (or use sdpa)")
+NEEDS: dict[tuple[str, Any], tuple[str, str]] = {
+    ("use_vllm", True): _VLLM,
+    ("backend", "vllm"): _VLLM,
+    ("attn_implementation", "flash_attention_2"): _FLASH,
+    ("attn_implementation", "flash_attention_3"): ("flash_attn_interface", "build flash-attn 3 (hopper/)"),
+    ("use_liger_kernel", True): ("liger_kernel", 'pip install "liger-kernel>=0.6"'),
+}
+
+
+def missing_packages(configs: Any) -> list[str]:
+    """One line per package a setting of `configs` needs and this environment lacks, with the command
+    that installs it."""
+    found = []
+    for config in configs:
+        for (key, value), (module, command) in NEEDS.items():
+            if getattr(config, key, None) == value and importlib.util.find_spec(module) is None:
+                found.append(f"{key}: {value} needs {module}, not installed: {command}")
+    return list(dict.fromkeys(found))
+
+
 class RecipeParser(TrlParser):
     """TRL's parser (YAML recipe, then command line) that refuses a renamed key with its new name and
     an unknown recipe key before any dataclass is built (whose own checks would speak first), and
     checks the choices of TRL's settings (`TRAINER_CHOICES`, and the `choices` of any field) before
-    any model loads."""
+    any model loads. It then checks, in seconds, what would otherwise fail after the model loaded:
+    packages the settings need (`missing_packages`; `check_environment = False` skips it, as the
+    recipe lint does on a machine without GPUs), and an evaluation of sets the model was trained on
+    (`check_contamination`)."""
+
+    check_environment = True
 
     def parse_args_and_config(self, args: Any = None, **kwargs: Any) -> tuple[Any, ...]:
         given = list(sys.argv[1:] if args is None else args)
@@ -330,6 +377,17 @@ class RecipeParser(TrlParser):
         for config in parsed:
             if dataclasses.is_dataclass(config):
                 check_choices(config)
+        for config in parsed:
+            if getattr(config, "use_liger_kernel", False) and getattr(config, "use_cpu", False):
+                logger.warning("use_liger_kernel: off on CPU (Liger's kernels are Triton GPU kernels)")
+                config.use_liger_kernel = False
+        missing = missing_packages(parsed) if self.check_environment else []
+        if missing:
+            raise ValueError("; ".join(missing))
+        evaluation = next((c for c in parsed if isinstance(c, EvalArguments)), None)
+        generation = next((c for c in parsed if isinstance(c, GenerationArguments)), None)
+        if evaluation is not None and generation is not None:
+            check_contamination(evaluation, training_sources(generation.model_name_or_path))
         return parsed
 
     def set_defaults_with_config(self, **kwargs: Any) -> list[str]:
@@ -338,6 +396,53 @@ class RecipeParser(TrlParser):
         if unknown:
             raise ValueError(f"unknown recipe keys: {sorted(unknown[::2])}")
         return unknown
+
+
+def eval_sources(args: EvalArguments) -> list[str]:
+    """The file or source of every evaluation set of a recipe."""
+    return [entry if isinstance(entry, str) else str(entry.get("path")) for entry in args.datasets]
+
+
+def training_sources(model: str | Path | None) -> list[str]:
+    """Every data source that went into a trained model, from the manifests of its stages: its own
+    training files, then those of the stages it was built from (an SFT model's annotations, stage 1's
+    inputs), followed through the manifests recorded beside each input. Empty for a model without a
+    manifest (a base model, a hub id)."""
+    if model is None:
+        return []
+    folders = (
+        [Path(model), Path(model).parent] if Path(model).name.startswith("checkpoint-") else [Path(model)]
+    )
+    pending = [folder / MANIFEST for folder in folders if (folder / MANIFEST).is_file()][:1]
+    seen: set[Path] = set()
+    sources: list[str] = []
+    while pending:
+        path = pending.pop()
+        if path in seen or not path.is_file():
+            continue
+        seen.add(path)
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        config = manifest.get("config", {})
+        for key in ("train_files", "datasets"):
+            sources += [s for s in config.get(key) or [] if isinstance(s, str)]
+        pending += [Path(i["manifest"]["path"]) for i in manifest.get("inputs", []) if i.get("manifest")]
+    return list(dict.fromkeys(sources))
+
+
+def check_contamination(args: EvalArguments, training: list[str]) -> None:
+    """An evaluation set that shares a file, a hub dataset or a corpus family (every CrossNER domain
+    is one) with the model's training data is refused, or with `allow_overlap` reported as in-domain
+    (`args.in_domain`, in results.json): a zero-shot number must not hide a trained-on set."""
+    found = overlaps(training, eval_sources(args))
+    if found and not args.allow_overlap:
+        raise ValueError(
+            "evaluation data overlaps the model's training data: "
+            + "; ".join(found)
+            + ". Evaluate other sets, or set allow_overlap: true to report these as in-domain"
+        )
+    args.in_domain = found
+    for message in found:
+        logger.warning("in-domain: %s", message)
 
 
 def require_model(name: str | None) -> None:

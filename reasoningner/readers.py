@@ -762,6 +762,27 @@ def load_hf(
     return from_hf(hf, tokens_column, tags_column, schema=schema, name=name)
 
 
+# ------------------------------------------------------------------------------------ Named sources
+
+
+def read_source(
+    path: PathLike, schema: Schema | None = None, on_error: OnError = "raise", name: str | None = None
+) -> Dataset:
+    """A data source by name, `hf:OWNER/NAME[:CONFIG][@SPLIT]` or a local stand-in (`sources`)."""
+    from reasoningner.sources import load_source  # sources reads its rows with this module's readers
+
+    return load_source(str(path), schema, on_error, name)
+
+
+def read_nercot(
+    path: PathLike, schema: Schema | None = None, on_error: OnError = "raise", name: str | None = None
+) -> Dataset:
+    """A local NER-CoT file (ReasoningNER's stage 1 layout), read as the `hf:` source of that file."""
+    from reasoningner.sources import load_source
+
+    return load_source(f"hf:{path}?reader=nercot", schema, on_error, name or _default_name(path))
+
+
 # ------------------------------------------------------------------------------------------ Dispatch
 
 READERS: dict[str, Callable[..., Dataset]] = {
@@ -769,6 +790,8 @@ READERS: dict[str, Callable[..., Dataset]] = {
     "alpaca": read_alpaca,
     "instructuie": read_instructuie,
     "jsonl": read_jsonl,
+    "hf": read_source,
+    "nercot": read_nercot,
 }
 
 

@@ -18,7 +18,10 @@ from reasoningner.formats import get_format
 from reasoningner.prompts import assistant_target, ner_instruction
 from reasoningner.readers import read_dataset
 from reasoningner.records import is_cot_file, read_records, record_example
+from reasoningner.sources import is_source, load_source_sets
 from reasoningner.spans import Example
+
+SAMPLERS = ("proportional", "reasoningner")
 
 
 def sft_record(
@@ -84,6 +87,24 @@ def sample_mixture(
     ]
 
 
+def sample_reasoningner(
+    datasets: Sequence[Sequence[Example]], total: int, cap: int | None, seed: int
+) -> list[list[Example]]:
+    """ReasoningNER's `sample_for_grpo`: each dataset's size capped at `cap` (its `max_count`), a share
+    `int(total * capped / sum of capped)` (floored, so the sum may fall short of `total`) taken after a
+    shuffle of the whole dataset, one seeded `random` stream over the datasets in order. The same
+    examples in the same order give the paper's subset (its final shuffle aside: the trainer shuffles)."""
+    rng = random.Random(seed)
+    capped = [min(len(d), cap) if cap is not None else len(d) for d in datasets]
+    whole = sum(capped)
+    drawn = []
+    for examples, size in zip(datasets, capped, strict=True):
+        shuffled = list(examples)
+        rng.shuffle(shuffled)
+        drawn.append(shuffled[: int(total * size / whole)] if whole else [])
+    return drawn
+
+
 def _accepted_annotations(path: str, prompt: PromptArguments) -> list[dict[str, Any]]:
     """The accepted records of a stage 1 file, which must answer in the contract's format."""
     records = [record for record in read_records(path) if record["accepted"]]
@@ -105,13 +126,17 @@ def sft_examples(
     """What SFT learns from stage 1 annotations (accepted ones) or from any NER data file.
 
     With `prompt.reasoning`, every file must be stage 1 output (its rationale becomes the `<think>`
-    block); without, the answer alone is the target: the papers' direct-answer baseline.
+    block) or a source with rationales (NER-CoT, whose teacher `cot` is the `<think>` block and whose
+    gold, rendered in the contract's format, the answer); without, the answer alone is the target:
+    the papers' direct-answer baseline.
     """
     data = data or DataArguments()
     fmt = get_format(prompt.output_format)
     examples: list[SFTExample] = []
     for path in paths:
-        if is_cot_file(path):
+        if is_source(path) or data.reader == "nercot":
+            examples += _source_examples(path, prompt, data)
+        elif is_cot_file(path):
             records = _accepted_annotations(path, prompt)[: data.limit]
             examples += [(record_example(r), r["answer"], r["rationale"]) for r in records]
         elif prompt.reasoning:
@@ -126,6 +151,22 @@ def sft_examples(
     if not examples:
         raise ValueError(f"no training examples in {list(paths)} (are any annotations accepted?)")
     return examples
+
+
+def _source_examples(path: str, prompt: PromptArguments, data: DataArguments) -> list[SFTExample]:
+    """The examples of a named source (`sources`), each with its rationale when it has one."""
+    spec = path if is_source(path) else f"hf:{path}?reader=nercot"
+    fmt = get_format(prompt.output_format)
+    found: list[SFTExample] = []
+    for dataset, rationales in load_source_sets(spec, limit=data.limit):
+        for example, rationale in zip(dataset.examples, rationales, strict=True):
+            if prompt.reasoning and not rationale:
+                raise ValueError(
+                    f"{path}: example {example.id} has no rationale (NER-CoT's cot); "
+                    "run stage 1 (make cot) on it, or set reasoning: false"
+                )
+            found.append((example, fmt.render(example), rationale if prompt.reasoning else None))
+    return found
 
 
 def sft_conversations(
@@ -150,20 +191,32 @@ def rl_prompts(
     total: int | None = None,
     cap_per_dataset: int | None = None,
     seed: int = 0,
+    sampler: str | None = None,
 ) -> list[dict[str, Any]]:
-    """GRPO prompts with gold columns, sampled proportionally from several datasets (`sample_mixture`)
-    after the first `data.limit` examples of each file."""
+    """GRPO prompts with gold columns, drawn from several datasets after the first `data.limit`
+    examples of each: `proportional` (`sample_mixture`) or `reasoningner` (`sample_reasoningner`, the
+    paper's, which needs `total`). `sampler` defaults to `data.sampler` (RLScriptArguments). Each set
+    of a named source (`sources`, e.g. an InstructUIE tree) is a dataset of its own."""
     data = data or DataArguments()
+    sampler = sampler or getattr(data, "sampler", "proportional")
+    if sampler not in SAMPLERS or (sampler == "reasoningner" and total is None):
+        raise ValueError(f"sampler {sampler!r}: choose one of {list(SAMPLERS)} (reasoningner needs total)")
     named: list[tuple[str, list[Example]]] = []
     for path in paths:
-        if is_cot_file(path):
+        if is_source(path):
+            named += [(d.name, d.examples) for d, _ in load_source_sets(path, limit=data.limit)]
+        elif is_cot_file(path):
             records = read_records(path)[: data.limit]  # gold only: any answer format will do
             name = records[0]["dataset"] if records else Path(path).stem
             named.append((name, [record_example(r) for r in records]))
         else:
             dataset = read_dataset(path, data.reader)
             named.append((dataset.name, dataset.examples[: data.limit]))
-    drawn = sample_mixture([examples for _, examples in named], total, cap_per_dataset, seed)
+    groups = [examples for _, examples in named]
+    if sampler == "reasoningner":
+        drawn = sample_reasoningner(groups, total, cap_per_dataset, seed)  # type: ignore[arg-type]
+    else:
+        drawn = sample_mixture(groups, total, cap_per_dataset, seed)
     return [
         rl_record(example, prompt, dataset=name)
         for (name, _), examples in zip(named, drawn, strict=True)

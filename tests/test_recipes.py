@@ -28,6 +28,7 @@ from reasoningner.formats import FORMATS
 from reasoningner.generation import BACKENDS
 from reasoningner.readers import READERS
 from reasoningner.rewards import REWARDS
+from reasoningner.sources import is_source, overlaps, parse_source
 from reasoningner.training import VARLEN_ATTENTION
 from tests.scripts import load_stage
 
@@ -78,6 +79,7 @@ def parse(path: Path) -> tuple[Any, ...]:
     without a GPU.
     """
     parser = load_stage(stage_of(path)).make_parser()
+    parser.check_environment = False  # GPU packages (vLLM, flash-attn) are not installed on a CI machine
     fields = {name for cls in parser.dataclass_types for name in cls.__dataclass_fields__}
     cpu = ["--use_cpu", "true"] if "use_cpu" in fields else []
     # A recipe's `env:` block sets environment variables; keep them out of the test process.
@@ -226,12 +228,21 @@ def test_grpo_settings_are_valid_on_any_number_of_gpus(path: Path) -> None:
 
 @pytest.mark.parametrize("path", STAGE_RECIPES, ids=ids(STAGE_RECIPES))
 def test_local_files_exist(path: Path) -> None:
-    """Inputs outside outputs/ must exist; data outside the repository (../shared) only where mounted."""
+    """Inputs outside outputs/ exist in a fresh clone: nothing outside the repository (`../shared` is on
+    no user's machine; name such data by hub id, `hf:OWNER/NAME`), every hub source well-formed."""
+    outside = [p for p in local_paths(path) if p.startswith(("../", "/", "~"))]
+    assert not outside, f"{path}: paths a fresh clone does not have (use hf: hub ids): {outside}"
     missing = [p for p in local_paths(path) if not p.startswith("outputs/") and not (ROOT / p).exists()]
-    absent_mounts = {p for p in missing if p.startswith("../") and not (ROOT / p.split("/")[1]).exists()}
-    assert not set(missing) - absent_mounts, f"missing: {sorted(set(missing) - absent_mounts)}"
-    if absent_mounts:
-        pytest.skip(f"data outside the repository is not mounted here: {sorted(absent_mounts)}")
+    assert not missing, f"{path}: missing: {missing}"
+    for source in filter(is_source, strings(raw(path))):
+        assert not parse_source(source).local, f"{path}: {source} names a local folder: use a hub id"
+
+
+def test_a_recipe_naming_a_path_outside_the_repository_fails(tmp_path: Path) -> None:
+    recipe = tmp_path / "rl.yaml"
+    recipe.write_text("train_files: [../shared/data/conll2003/train.txt]\n", encoding="utf-8")
+    with pytest.raises(AssertionError, match="paths a fresh clone does not have"):
+        test_local_files_exist(recipe)
 
 
 @pytest.mark.parametrize("path", STAGE_RECIPES, ids=ids(STAGE_RECIPES))
@@ -256,16 +267,19 @@ def test_pipeline_stages_chain(pipeline: Path) -> None:
     sft = parsed(pipeline / "sft.yaml")
     if (pipeline / "cot.yaml").exists():
         assert sft["train_files"] == [f"{parsed(pipeline / 'cot.yaml')['output_dir']}/{ANNOTATIONS}"]
-    else:
-        assert all(f.endswith(f"/{ANNOTATIONS}") for f in sft["train_files"]), "SFT needs stage 1 annotations"
+    else:  # stage 1 annotations, or a source with rationales (the paper's NER-CoT)
+        assert all(f.endswith(f"/{ANNOTATIONS}") or is_source(f) for f in sft["train_files"]), (
+            "SFT needs stage 1 annotations"
+        )
+    name = str(pipeline.relative_to(RECIPES))
     if (pipeline / "rl.yaml").exists():
         assert parsed(pipeline / "rl.yaml")["model_name_or_path"] == sft["output_dir"]
     for stage in ("sft", "rl"):
         recipe = pipeline / f"{stage}.yaml"
         if recipe.exists():
             args = parsed(recipe)
-            assert args["output_dir"].startswith(f"outputs/{pipeline.name}/"), "output of another pipeline"
-            assert args["run_name"] is None or args["run_name"].startswith(pipeline.name)
+            assert args["output_dir"].startswith(f"outputs/{name}/"), "output of another pipeline"
+            assert args["run_name"] is None or args["run_name"].startswith(name.replace("/", "-"))
 
 
 def test_no_two_pipelines_write_the_same_output() -> None:
@@ -273,6 +287,62 @@ def test_no_two_pipelines_write_the_same_output() -> None:
     recipe whose output_dir was not changed would overwrite another model's checkpoints)."""
     for output, writers in produced().items():
         assert len({(w.parent, stage_of(w)) for w in writers}) == 1, f"{output} written by {ids(writers)}"
+
+
+def training_data(output: str) -> list[str]:
+    """Every data source that went into what `output` names (a model or annotations), following the
+    recipes that write it back to stage 1: its training files, then those of its inputs."""
+    found: list[str] = []
+    for writer in produced().get(output.rstrip("/"), []):
+        args = parsed(writer)
+        inputs = [*(args.get("train_files") or []), *(args.get("datasets") or [])]
+        found += inputs
+        for item in [*inputs, args.get("model_name_or_path") or ""]:
+            if item.startswith("outputs/") and item != args["output_dir"]:
+                found += training_data(item)
+    return list(dict.fromkeys(found))
+
+
+def contamination(path: Path) -> list[str]:
+    """The overlaps of an evaluation recipe's sets with the training data of the model it evaluates."""
+    args = parsed(path)
+    sets = [entry if isinstance(entry, str) else entry["path"] for entry in args["datasets"]]
+    return overlaps(training_data(args["model_name_or_path"] or ""), sets)
+
+
+EVAL_RECIPES = [p for p in STAGE_RECIPES if stage_of(p) == "eval"]
+
+
+@pytest.mark.parametrize("path", EVAL_RECIPES, ids=ids(EVAL_RECIPES))
+def test_evaluation_sets_are_not_trained_on_unless_declared_in_domain(path: Path) -> None:
+    """Same file, same hub dataset or same corpus family (every CrossNER domain) as any training source
+    of the pipeline that made the model (stage 1 inputs, SFT and GRPO files): an error, unless the
+    recipe says `allow_overlap: true` (results then list the sets as in-domain)."""
+    found = contamination(path)
+    assert parsed(path)["allow_overlap"] or not found, f"{path}: train/eval overlap: {found}"
+
+
+def test_a_contaminated_pair_fails_the_lint(tmp_path: Path) -> None:
+    """The zero-shot CrossNER recipe against a model whose GRPO data held CrossNER music."""
+    recipe = tmp_path / "eval.yaml"
+    text = (RECIPES / "eval" / "crossner-zero-shot.yaml").read_text(encoding="utf-8")
+    recipe.write_text(text.replace("outputs/qwen3-8b/rl", "outputs/contaminated/rl"), encoding="utf-8")
+    writer = tmp_path / "contaminated" / "rl.yaml"
+    writer.parent.mkdir()
+    writer.write_text(
+        (RECIPES / "qwen3-8b" / "rl.yaml")
+        .read_text(encoding="utf-8")
+        .replace("outputs/qwen3-8b/rl", "outputs/contaminated/rl")
+        .replace("train_files:\n", "train_files:\n  - hf:DFKI-SLT/cross_ner:music@train\n"),
+        encoding="utf-8",
+    )
+    with mock.patch(f"{__name__}.STAGE_RECIPES", [*STAGE_RECIPES, writer]):
+        with pytest.raises(AssertionError, match=r"train/eval overlap: .*cross_ner:ai@validation overlaps"):
+            test_evaluation_sets_are_not_trained_on_unless_declared_in_domain(recipe)
+        allowed = tmp_path / "eval-allowed.yaml"
+        allowed.write_text(recipe.read_text(encoding="utf-8") + "allow_overlap: true\n", encoding="utf-8")
+        test_evaluation_sets_are_not_trained_on_unless_declared_in_domain(allowed)
+        assert len(contamination(allowed)) == 5  # all five domains: one corpus family
 
 
 @pytest.mark.parametrize("path", STAGE_RECIPES, ids=ids(STAGE_RECIPES))

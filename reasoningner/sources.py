@@ -1,0 +1,443 @@
+"""Data sources by name: a Hugging Face dataset id (or a local stand-in of one), read through `readers`.
+
+A recipe names data as TRL users do, by hub id, so that a fresh clone needs no mounted folder::
+
+    hf:LOCATION[:CONFIG][@SPLIT][?reader=LAYOUT&sets=A,B&streaming=true]
+
+    hf:HuiHuang/NER-CoT@train                           NER-CoT, the paper's stage 1 output
+    hf:DFKI-SLT/cross_ner:ai@test                        a config and split of a hub dataset
+    hf:OWNER/NAME/NER@train?sets=ACE 2005,CoNLL 2003     an InstructUIE tree: <base>/<set>/{split}.json
+    hf:tests/data/hub/ner-cot@train                      a local directory standing in for a hub id
+
+LOCATION is a hub id `OWNER/NAME` (a further `/SUBDIR` is the folder inside the repository) or, when
+it exists on disk, a local file or directory. Every form is loaded by `datasets.load_dataset` (cached
+under `HF_DATASETS_CACHE`; `streaming=true` iterates without downloading the whole set), so a local
+stand-in goes through exactly the code path of the hub id it replaces. SPLIT defaults to `train`.
+
+Layouts (`reader=`, else told from the columns of the first row):
+
+- `nercot`: ReasoningNER's NER-CoT, `{guid, sentence, schema, source, cot, entities: [{text, label}]}`.
+  Entities carry no offsets: each is located in the sentence (the k-th listing of a mention takes its
+  k-th occurrence, case-insensitively when the exact text is absent). One that cannot be located is
+  left out of its example and recorded in `Dataset.notes` with its row; the count is logged. `cot` is
+  kept as the rationale (`load_rationales`), so SFT trains on the teacher's reasoning directly.
+- `instructuie`: `{sentence, entities: [{name, type, pos}]}`; with `sets=`, one folder per set holding
+  `{train,dev,test}.json` and `labels.json` (the InstructUIE NER tree). A `pos` that does not cover
+  `name` is located like an NER-CoT mention.
+- `tokens`: `tokens` + `ner_tags` columns (`readers.from_hf`).
+- `jsonl`: our interchange records (`readers.read_jsonl`).
+
+NER-CoT and InstructUIE labels follow the paper's protocol (`rner/protocol.py`): lower-cased, sorted,
+the non-entity labels `na`, `misc`, `else`, `other`, `nan` dropped with their entities (counted in
+the notes); spaces inside a label become `_`, since our labels carry no whitespace.
+
+`source_keys` says what a source is made of (its files, hub datasets and corpus families), which
+`overlaps` compares between training and evaluation data: the contamination check.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reasoningner.readers import (
+    DataError,
+    Dataset,
+    OnError,
+    _Collector,
+    _jsonl_record,
+    _Record,
+    from_hf,
+)
+from reasoningner.spans import Schema, Span, occurrences
+
+logger = logging.getLogger(__name__)
+
+HUB = "hf:"
+LAYOUTS = ("auto", "nercot", "instructuie", "tokens", "jsonl")
+QUERY_KEYS = ("reader", "sets", "streaming")
+# rner/utils.py `is_valid_label`: labels that mean "no entity" in the InstructUIE files.
+NON_ENTITY_LABELS = frozenset({"", "na", "n a", "misc", "else", "other", "nan"})
+_SPEC = re.compile(
+    r"hf:(?P<location>[^:@?]+)(?::(?P<config>[^@?]+))?(?:@(?P<split>[^?]+))?(?:\?(?P<query>.*))?"
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A parsed `hf:` source (grammar in the module docstring)."""
+
+    spec: str
+    location: str
+    config: str | None = None
+    split: str = "train"
+    layout: str = "auto"
+    sets: tuple[str, ...] = ()
+    streaming: bool = False
+
+    @property
+    def local(self) -> bool:
+        """A path on this machine (a stand-in for a hub id, or the user's own copy)."""
+        return self.location.startswith((".", "/", "~")) or Path(self.location).expanduser().exists()
+
+    @property
+    def repo(self) -> str | None:
+        """The hub repository id, None for a local source."""
+        return None if self.local else "/".join(self.location.split("/")[:2])
+
+    @property
+    def subdir(self) -> str | None:
+        """The folder inside a hub repository (`OWNER/NAME/SUBDIR`), None for the whole of it."""
+        if self.local:
+            return None
+        return "/".join(self.location.split("/")[2:]) or None
+
+    @property
+    def name(self) -> str:
+        """Dataset name for messages and resume keys: the config, else the location's last part (a
+        file's stem)."""
+        return self.config or Path(self.location.rstrip("/")).stem
+
+
+def is_source(spec: object) -> bool:
+    """Whether a recipe string names a source (`hf:`) rather than a plain file."""
+    return isinstance(spec, str) and spec.startswith(HUB)
+
+
+def parse_source(spec: str) -> Source:
+    """The parts of `spec`; a malformed one is an error that shows the grammar."""
+    match = _SPEC.fullmatch(spec.strip())
+    if match is None:
+        raise ValueError(f"{spec!r}: a source is hf:LOCATION[:CONFIG][@SPLIT][?reader=..&sets=..]")
+    query: dict[str, str] = {}
+    for item in filter(None, (match["query"] or "").split("&")):
+        key, _, value = item.partition("=")
+        if key not in QUERY_KEYS:
+            raise ValueError(f"{spec!r}: unknown option {key!r}; known: {list(QUERY_KEYS)}")
+        query[key] = value
+    layout = query.get("reader", "auto")
+    if layout not in LAYOUTS:
+        raise ValueError(f"{spec!r}: reader {layout!r}: choose one of {list(LAYOUTS)}")
+    sets = tuple(s.strip() for s in query.get("sets", "").split(",") if s.strip())
+    source = Source(
+        spec=spec,
+        location=match["location"].rstrip("/"),
+        config=match["config"],
+        split=match["split"] or "train",
+        layout="instructuie" if sets and layout == "auto" else layout,
+        sets=sets,
+        streaming=query.get("streaming", "false").lower() == "true",
+    )
+    if not source.local and source.location.count("/") < 1:
+        raise ValueError(f"{spec!r}: {source.location} is neither a local path nor a hub id OWNER/NAME")
+    return source
+
+
+# --- loading -----------------------------------------------------------------------------------------
+
+
+def load_source_sets(
+    spec: str,
+    schema: Schema | None = None,
+    on_error: OnError = "raise",
+    limit: int | None = None,
+    name: str | None = None,
+) -> list[tuple[Dataset, list[str | None]]]:
+    """Each dataset of a source (one per `sets=` entry, named after it; else one, named `name` or
+    `Source.name`) with its rationales (NER-CoT `cot`, None elsewhere), example by example; at most
+    `limit` examples each (streamed sources stop there)."""
+    source = parse_source(spec)
+    if source.sets:
+        return [_load_set(source, set_name, schema, on_error, limit) for set_name in source.sets]
+    return [_load_dataset(source, schema, on_error, limit, name or source.name)]
+
+
+def load_source(
+    spec: str, schema: Schema | None = None, on_error: OnError = "raise", name: str | None = None
+) -> Dataset:
+    """All datasets of a source as one `Dataset` (what `readers.read_dataset(spec, "hf")` returns)."""
+    parts = [dataset for dataset, _ in load_source_sets(spec, schema, on_error, name=name)]
+    if len(parts) == 1:
+        return parts[0]
+    return Dataset(
+        [e for d in parts for e in d.examples],
+        Schema.union(d.schema for d in parts),
+        name or parse_source(spec).name,
+        [m for d in parts for m in d.skipped],
+        [m for d in parts for m in d.notes],
+    )
+
+
+def _hub_base(source: Source) -> str:
+    """Where the files of a source lie, for `datasets` and `fsspec` alike (local or `hf://`)."""
+    if source.local:
+        return str(Path(source.location).expanduser())
+    return f"hf://datasets/{source.location}"
+
+
+def _load_dataset(
+    source: Source, schema: Schema | None, on_error: OnError, limit: int | None, name: str
+) -> tuple[Dataset, list[str | None]]:
+    import datasets
+
+    location = Path(source.location).expanduser()
+    if source.local and location.is_file():
+        builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(
+            location.suffix, "json"
+        )
+        hf = datasets.load_dataset(
+            builder, data_files={source.split: str(location)}, split=source.split, streaming=source.streaming
+        )
+    elif source.local:
+        hf = datasets.load_dataset(
+            str(location), source.config, split=source.split, streaming=source.streaming
+        )
+    else:
+        hf = datasets.load_dataset(
+            source.repo, source.config, split=source.split, data_dir=source.subdir, streaming=source.streaming
+        )
+    columns = set(hf.column_names or next(iter(hf)).keys())
+    layout = source.layout if source.layout != "auto" else _layout(columns, source.spec)
+    if layout == "tokens":
+        if limit is not None:
+            hf = hf.select(range(min(limit, len(hf)))) if hasattr(hf, "select") else hf.take(limit)
+        dataset = from_hf(hf, schema=schema, name=name, on_error=on_error)
+        return dataset, [None] * len(dataset.examples)
+    rows = _limited(iter(hf), limit)
+    return _collect(source.spec, name, rows, layout, schema, on_error, None)
+
+
+def _load_set(
+    source: Source, name: str, schema: Schema | None, on_error: OnError, limit: int | None
+) -> tuple[Dataset, list[str | None]]:
+    """One folder of an InstructUIE tree: `<base>/<name>/<split>.json` and its `labels.json`."""
+    import datasets
+    import fsspec
+
+    base = f"{_hub_base(source)}/{name}"
+    path = f"{base}/{source.split}.json"
+    with fsspec.open(f"{base}/labels.json", "r", encoding="utf-8") as handle:
+        labels = json.load(handle)
+    if not isinstance(labels, list):
+        raise DataError(f"{base}/labels.json", None, "not a list of labels")
+    hf = datasets.load_dataset("json", data_files={source.split: path}, split=source.split)
+    rows = _limited(iter(hf), limit)
+    return _collect(path, name, rows, source.layout, schema, on_error, labels)
+
+
+def _layout(columns: set[str], where: str) -> str:
+    if {"sentence", "entities"} <= columns:
+        return "nercot" if columns & {"cot", "schema", "guid"} else "instructuie"
+    if "tokens" in columns:
+        return "tokens"
+    if {"text", "entities"} <= columns:
+        return "jsonl"
+    raise DataError(where, None, f"cannot tell the layout of columns {sorted(columns)}; give ?reader=")
+
+
+def _limited(rows: Iterator[dict[str, Any]], limit: int | None) -> Iterator[dict[str, Any]]:
+    for index, row in enumerate(rows):
+        if limit is not None and index >= limit:
+            return
+        yield row
+
+
+def protocol_label(label: str) -> str | None:
+    """The paper's label normalisation (lower case, stripped), None for a non-entity label; spaces
+    become `_` because our labels carry none."""
+    label = label.strip().lower()
+    return None if label in NON_ENTITY_LABELS else re.sub(r"\s+", "_", label)
+
+
+def _collect(
+    where: str,
+    name: str,
+    rows: Iterable[dict[str, Any]],
+    layout: str,
+    schema: Schema | None,
+    on_error: OnError,
+    labels: list[str] | None,
+) -> tuple[Dataset, list[str | None]]:
+    """Rows -> examples through the readers' collector (errors and notes name `where` and the row)."""
+    collector = _Collector(where, schema, on_error, name, numbered=True)
+    rationales: dict[str | None, str | None] = {}
+    unlocated = 0
+    for index, row in enumerate(rows):
+        try:
+            if layout == "jsonl":
+                text, spans, stated, row_id = _jsonl_record(row)
+                record, missing = _Record(index, index, text, spans, stated, row_id), []
+            else:
+                record, missing = _protocol_record(row, index, name, layout, labels)
+        except (ValueError, TypeError) as error:
+            collector.report(index, str(error), index)
+            continue
+        if collector.add(record):
+            rationales[record.id] = row.get("cot") if layout == "nercot" else None
+            for what in missing:
+                collector.note(record, what)
+            unlocated += sum(what.startswith("entity") for what in missing)
+    dataset = collector.dataset()
+    if unlocated:
+        logger.warning(
+            "%s: %d entities could not be located in their sentence (Dataset.notes)", where, unlocated
+        )
+    return dataset, [rationales.get(example.id) for example in dataset.examples]
+
+
+def _protocol_record(
+    row: dict[str, Any], index: int, name: str, layout: str, labels: list[str] | None
+) -> tuple[_Record, list[str]]:
+    """An NER-CoT or InstructUIE row as a record, and what could not be kept (entities not located,
+    labels outside the protocol)."""
+    text = row.get("sentence")
+    if not isinstance(text, str):
+        raise ValueError(f"field 'sentence' must be a str, got {text!r}")
+    stated = labels if labels is not None else row.get("schema")
+    entities = row.get("entities") or []
+    if not isinstance(entities, list):
+        raise ValueError(f"field 'entities' must be a list, got {entities!r}")
+    key = ("text", "label") if layout == "nercot" else ("name", "type")
+    mentions = [(e.get(key[0]), e.get(key[1]), e.get("pos")) for e in entities if isinstance(e, dict)]
+    if stated is None:
+        stated = [label for _, label, _ in mentions if isinstance(label, str)]
+    schema_labels = sorted({lab for lab in map(protocol_label, map(str, stated)) if lab is not None})
+    missing: list[str] = []
+    spans: list[Span] = []
+    taken: Counter[tuple[str, str]] = Counter()
+    for mention, raw_label, pos in mentions:
+        if not isinstance(mention, str) or not isinstance(raw_label, str) or not mention.strip():
+            raise ValueError(f"entity {mention!r}/{raw_label!r}: text and label must be non-empty strings")
+        label = protocol_label(raw_label)
+        if label is None or label not in schema_labels:
+            missing.append(f"label {raw_label!r} of {mention!r} is outside the schema: left out")
+            continue
+        span = _locate(text, mention, label, pos, taken)
+        if span is None:
+            missing.append(f"entity {mention!r} ({label}) is not in the sentence: left out")
+        elif span not in spans:
+            spans.append(span)
+    if not schema_labels:
+        raise ValueError("no usable label in the schema")
+    guid = row.get("guid")
+    record_id = f"{name}-{guid if guid is not None else index}"
+    return _Record(index, index, text, spans, Schema(tuple(schema_labels)), record_id), missing
+
+
+def _locate(text: str, mention: str, label: str, pos: Any, taken: Counter[tuple[str, str]]) -> Span | None:
+    """The span of a text-only mention: `pos` when it covers the mention, else the next occurrence of
+    it (exact, then case-insensitive) that an earlier listing of the same mention has not taken."""
+    mention = mention.strip()
+    given = isinstance(pos, list) and len(pos) == 2 and all(type(p) is int for p in pos)
+    if given and 0 <= pos[0] < pos[1] <= len(text) and text[pos[0] : pos[1]].strip() == mention:
+        start = pos[0] + text[pos[0] : pos[1]].index(mention)
+        return Span(start, start + len(mention), label)
+    starts = occurrences(text, mention) or occurrences(text.lower(), mention.lower())
+    k = taken[(mention, label)]
+    taken[(mention, label)] += 1
+    if not starts:
+        return None
+    start = starts[min(k, len(starts) - 1)]
+    return Span(start, start + len(mention), label)
+
+
+# --- what a source is made of: the contamination check -------------------------------------------------
+
+# Corpus families, as prefixes of a normalised name: every CrossNER domain is one family, so training
+# on CrossNER music contaminates a zero-shot evaluation on CrossNER AI.
+FAMILIES = (
+    "crossner", "mitmovie", "mitrestaurant", "conll2003", "conll2002", "ontonotes", "genia", "ace2004",
+    "ace2005", "wikiann", "wikineural", "wnut", "ncbi", "bc5cdr", "bc2gm", "bc4chemd", "anatem", "fabner",
+    "findvehicle", "harveyner", "multinerd", "polyglotner", "tweetner7", "broadtw", "nercot",
+)  # fmt: skip
+
+
+def corpus_family(name: str) -> str | None:
+    """The family a dataset name belongs to (`CrossNER_AI`, `crossner/ai`, `cross_ner` -> crossner)."""
+    normal = re.sub(r"[^a-z0-9]", "", name.lower())
+    return next((family for family in FAMILIES if normal.startswith(family)), None)
+
+
+def source_keys(spec: str) -> set[str]:
+    """What training on or evaluating `spec` touches: `file:<path>`, `hub:<repo>[:config][/set]` and
+    `family:<corpus family>` (the most specific known family of its names; none known: its own name)."""
+    if is_source(spec):
+        source = parse_source(spec)
+        where = (
+            f"file:{Path(source.location).expanduser().resolve()}"
+            if source.local
+            else f"hub:{source.location}"
+        )
+        config = f":{source.config}" if source.config else ""
+        if source.sets:
+            keys = {f"{where}{config}/{name}" for name in source.sets}
+            names = [[name] for name in source.sets]
+        else:
+            keys = {f"{where}{config}"}
+            names = [[n for n in (source.config, *reversed(source.location.split("/"))) if n]]
+    else:
+        path = Path(spec).expanduser()
+        keys = {f"file:{path.resolve()}"}
+        names = [[path.stem, *reversed(path.parent.parts)]]
+    for candidates in names:
+        family = next(filter(None, map(corpus_family, candidates)), None)
+        keys.add(f"family:{family or re.sub(r'[^a-z0-9]', '', candidates[0].lower())}")
+    return keys
+
+
+def overlaps(training: Iterable[str], evaluated: Iterable[str]) -> list[str]:
+    """One message per evaluated source that shares a file, hub dataset or corpus family with a
+    training source (empty: no contamination found)."""
+    trained = {source: source_keys(source) for source in dict.fromkeys(training)}
+    found = []
+    for source in dict.fromkeys(evaluated):
+        for other, keys in trained.items():
+            shared = sorted(source_keys(source) & keys)
+            if shared:
+                found.append(f"{source} overlaps training source {other} ({', '.join(shared)})")
+    return found
+
+
+def resolvable(spec: str) -> tuple[bool, str]:
+    """Whether a source can be read here without a surprise, and how: a local path exists, a hub
+    dataset is in the cache, or (unless offline) the hub answers for it. Contacts the hub only when
+    the dataset is not cached and `HF_HUB_OFFLINE`/`HF_DATASETS_OFFLINE` are unset."""
+    if not is_source(spec):
+        exists = Path(spec).expanduser().exists()
+        return exists, "exists" if exists else "no such file or directory"
+    source = parse_source(spec)
+    if source.local:
+        return Path(source.location).expanduser().exists(), f"local {source.location}"
+    if hub_cached(source.repo or ""):
+        return True, "in the Hugging Face cache"
+    if offline():
+        return False, "not in the Hugging Face cache and the hub is offline (HF_HUB_OFFLINE)"
+    try:
+        from huggingface_hub import HfApi
+
+        HfApi().dataset_info(source.repo or "", timeout=10)
+    except Exception as error:  # any failure to reach or find it is the answer
+        return False, f"the hub does not serve it: {type(error).__name__}: {str(error)[:120]}"
+    return True, "reachable on the hub (downloaded at first use)"
+
+
+def offline() -> bool:
+    return any(
+        os.environ.get(v, "").lower() in {"1", "true", "yes"}
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+def hub_cached(repo: str, kind: str = "datasets") -> bool:
+    """Whether the hub cache holds a snapshot of `repo` (`kind`: datasets or models)."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    folder = Path(HF_HUB_CACHE) / f"{kind}--{repo.replace('/', '--')}" / "snapshots"
+    return folder.is_dir() and any(folder.iterdir())

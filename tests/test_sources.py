@@ -1,0 +1,227 @@
+"""Data sources by name (`hf:`), the paper's layouts and sampler, the contamination check, and the
+ReasoningNER recipes run on CPU with local stand-ins of their hub datasets, through the same code path
+(`datasets.load_dataset` on a local directory instead of a hub id)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from reasoningner.configs import EvalArguments, PromptArguments, RLScriptArguments, check_contamination
+from reasoningner.readers import read_dataset
+from reasoningner.sources import load_source_sets, overlaps, parse_source, source_keys
+from reasoningner.training_data import rl_prompts, sample_reasoningner, sft_examples
+from tests.scripts import load_stage
+
+ROOT = Path(__file__).resolve().parents[1]
+HUB = Path(__file__).parent / "data" / "hub"
+NER_COT = f"hf:{HUB / 'NER-CoT'}@train"
+UIE = f"hf:{HUB / 'InstructUIE' / 'NER'}"
+RECIPES = ROOT / "recipes" / "reasoningner" / "qwen3-8b"
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may contact the hub: a hub id that is not a local stand-in fails instead."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+def test_the_source_grammar() -> None:
+    source = parse_source("hf:DFKI-SLT/cross_ner:ai@test?reader=tokens&streaming=true")
+    assert (source.repo, source.config, source.split, source.layout, source.streaming) == (
+        "DFKI-SLT/cross_ner", "ai", "test", "tokens", True
+    )  # fmt: skip
+    tree = parse_source("hf:OWNER/NAME/IE_INSTRUCTIONS/NER@train?sets=ACE 2005,CoNLL 2003")
+    assert (tree.repo, tree.subdir, tree.sets, tree.layout) == (
+        "OWNER/NAME", "IE_INSTRUCTIONS/NER", ("ACE 2005", "CoNLL 2003"), "instructuie"
+    )  # fmt: skip
+    assert parse_source("hf:HuiHuang/NER-CoT").split == "train"
+    for bad in ("HuiHuang/NER-CoT", "hf:NER-CoT", "hf:a/b?sets=x&shuffle=1", "hf:a/b?reader=xml"):
+        with pytest.raises(ValueError, match="hf:"):
+            parse_source(bad)
+
+
+def test_ner_cot_keeps_the_cot_and_reports_what_it_cannot_locate() -> None:
+    [(dataset, rationales)] = load_source_sets(NER_COT)
+    rows = [json.loads(line) for line in (HUB / "NER-CoT" / "train.jsonl").read_text().splitlines()]
+    assert len(dataset.examples) == len(rows) == len(rationales)
+    assert rationales == [row["cot"] for row in rows]
+    first = dataset.examples[0]
+    assert first.schema.labels == ("location", "organisation", "person")  # the protocol: lower-cased, sorted
+    assert [(s.text(first.text), s.label) for s in first.spans] == [("EU", "organisation")]
+    second = dataset.examples[1]
+    assert [(s.text(second.text), s.label) for s in second.spans] == [("Peter Blackburn", "person")]
+    assert dataset.notes == [
+        f"{NER_COT}:1: record 1: entity 'Blackbird' (person) is not in the sentence: left out"
+    ]
+    # A local NER-CoT file reads the same through the registered reader.
+    local = read_dataset(HUB / "NER-CoT" / "train.jsonl", "nercot")
+    assert local.name == "NER-CoT-train" and local.examples[0].id == "NER-CoT-train-0"
+    assert [(e.text, e.spans) for e in local.examples] == [(e.text, e.spans) for e in dataset.examples]
+
+
+def test_an_instructuie_tree_is_one_source_with_a_dataset_per_set() -> None:
+    sets = load_source_sets(f"{UIE}@train?sets=CoNLL 2003,WikiANN en")
+    assert [(d.name, len(d.examples)) for d, _ in sets] == [("CoNLL 2003", 32), ("WikiANN en", 12)]
+    conll = sets[0][0]
+    assert conll.schema.labels == ("location", "organisation", "person")  # misc dropped, as the paper does
+    assert all("label 'misc'" in note for note in conll.notes) and conll.notes
+    test = read_dataset(f"{UIE}@test?sets=CrossNER_AI", "hf")
+    assert test.name == "CrossNER_AI" and len(test.examples) == 4
+
+
+def test_the_papers_sampler_floors_shares_of_the_capped_sizes() -> None:
+    groups = [[f"a{i}" for i in range(30)], [f"b{i}" for i in range(10)], [f"c{i}" for i in range(5)]]
+    drawn = sample_reasoningner(groups, total=20, cap=20, seed=42)  # type: ignore[arg-type]
+    assert [len(d) for d in drawn] == [int(20 * 20 / 35), int(20 * 10 / 35), int(20 * 5 / 35)]
+    rng = random.Random(42)  # sample_grpo.py: random.seed(seed), then shuffle each source in turn
+    expected = []
+    for group, take in zip(groups, (11, 5, 2), strict=True):
+        shuffled = list(group)
+        rng.shuffle(shuffled)
+        expected.append(shuffled[:take])
+    assert drawn == expected
+    prompts = rl_prompts(
+        [f"{UIE}@train?sets=CoNLL 2003,WikiANN en"],
+        PromptArguments(),
+        RLScriptArguments(sampler="reasoningner"),
+        total=11,
+        cap_per_dataset=20,
+        seed=0,
+    )
+    assert [p["dataset"] for p in prompts] == ["CoNLL 2003"] * 6 + ["WikiANN en"] * 4  # int(11*20/32), ...
+
+
+def test_sft_trains_on_the_ner_cot_rationale_and_refuses_a_source_without_one() -> None:
+    examples = sft_examples([NER_COT], PromptArguments())
+    example, answer, rationale = examples[0]
+    assert rationale.startswith('"EU" is an organisation')
+    assert json.loads(answer) == {"entities": {"organisation": ["EU"]}}
+    with pytest.raises(ValueError, match="has no rationale"):
+        sft_examples([f"{UIE}@train?sets=WikiANN en"], PromptArguments())
+    assert len(sft_examples([f"{UIE}@train?sets=WikiANN en"], PromptArguments(reasoning=False))) == 12
+
+
+def test_contamination_is_the_same_file_hub_dataset_or_corpus_family() -> None:
+    train = ["../shared/data/crossner/music/train.txt", f"{UIE}@train?sets=CoNLL 2003,mit-movie"]
+    found = overlaps(
+        train,
+        [
+            "hf:DFKI-SLT/cross_ner:ai@test",  # another CrossNER domain: the same family
+            f"{UIE}@test?sets=mit-movie",  # the same set of the same tree, another split
+            f"{UIE}@test?sets=WikiANN en",  # clean
+            "../shared/data/crossner/music/train.txt",  # the same file
+        ],
+    )
+    assert [message.split(" overlaps ")[0] for message in found] == [
+        "hf:DFKI-SLT/cross_ner:ai@test",
+        f"{UIE}@test?sets=mit-movie",
+        "../shared/data/crossner/music/train.txt",
+    ]
+    assert "family:crossner" in source_keys("data/crossner/ai-dev-slice.txt")
+    assert "family:conll2003" in source_keys("hf:DFKI-SLT/cross_ner:conll2003@test")
+
+
+def test_an_overlap_is_an_error_at_eval_start_unless_allowed_and_then_in_domain(tmp_path: Path) -> None:
+    model = tmp_path / "rl"
+    model.mkdir()
+    (model / "manifest.json").write_text(
+        json.dumps({"stage": "rl", "config": {"train_files": [f"{UIE}@train?sets=CoNLL 2003,CrossNER_AI"]}})
+    )
+    parser = load_stage("eval").make_parser()
+    args = ["--config", str(RECIPES / "eval.yaml"), "--model_name_or_path", str(model), "--output_dir",
+            str(tmp_path / "eval"), "--backend", "transformers"]  # fmt: skip
+    with pytest.raises(ValueError, match=r"CrossNER_AI overlaps training source .*family:crossner"):
+        parser.parse_args_and_config(args=args)
+    evaluation, *_ = parser.parse_args_and_config(args=[*args, "--allow_overlap", "true"])
+    # Every CrossNER domain is in-domain (one corpus family); the MIT sets stay zero-shot.
+    assert [m.split("sets=")[1].split(" ")[0] for m in evaluation.in_domain] == [
+        "CrossNER_AI", "CrossNER_literature", "CrossNER_music", "CrossNER_politics", "CrossNER_science"
+    ]  # fmt: skip
+    clean = EvalArguments(output_dir="o", datasets=[{"path": f"{UIE}@test?sets=mit-movie"}])
+    check_contamination(clean, [f"{UIE}@train?sets=CoNLL 2003"])
+    assert clean.in_domain == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_a_use_vllm_recipe_fails_at_once_with_the_install_command() -> None:
+    parser = load_stage("rl").make_parser()
+    with pytest.raises(ValueError, match=r'use_vllm: True needs vllm, not installed: pip install "vllm'):
+        parser.parse_args_and_config(args=["--config", str(RECIPES / "rl.yaml"), "--use_cpu", "true"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is not None, reason="flash-attn is installed here")
+def test_flash_attention_is_opt_in_and_checked_up_front() -> None:
+    parser = load_stage("sft").make_parser()
+    _, _, training, model = parser.parse_args_and_config(
+        args=["--config", str(RECIPES / "sft.yaml"), "--use_cpu", "true"]
+    )
+    assert model.attn_implementation == "sdpa" and training.use_liger_kernel is False  # Liger: off on CPU
+    with pytest.raises(
+        ValueError, match="flash_attention_2 needs flash_attn, not installed: pip install flash-attn"
+    ):
+        parser.parse_args_and_config(
+            args=[
+                "--config",
+                str(RECIPES / "sft.yaml"),
+                "--use_cpu",
+                "true",
+                "--attn_implementation",
+                "flash_attention_2",
+            ]  # fmt: skip
+        )
+
+
+# --- the paper's recipes on CPU: the tiny model and the local stand-ins, a few steps each ----------------
+
+
+def _run(stage: str, *args: str) -> None:
+    module = load_stage(stage)
+    module.main(
+        *module.make_parser().parse_args_and_config(args=["--config", str(RECIPES / f"{stage}.yaml"), *args])
+    )
+
+
+def test_the_reasoningner_recipes_run_on_cpu_with_local_stand_ins(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    sft, rl = tmp_path / "sft", tmp_path / "rl"
+    _run("sft", "--model_name_or_path", str(tiny_model_dir), "--train_files", NER_COT, "--max_steps", "2",
+         "--use_cpu", "true", "--output_dir", str(sft), "--report_to", "none")  # fmt: skip
+    assert (sft / "model.safetensors").is_file()
+    _run("rl", "--model_name_or_path", str(sft), "--train_files", f"{UIE}@train?sets=CoNLL 2003,WikiANN en",
+         "--max_steps", "2", "--use_cpu", "true", "--use_vllm", "false", "--output_dir", str(rl),
+         "--report_to", "none", "--per_device_train_batch_size", "16", "--gradient_accumulation_steps", "1",
+         "--max_completion_length", "16")  # fmt: skip
+    state = json.loads((rl / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    manifest = json.loads((rl / "manifest.json").read_text())
+    assert manifest["config"]["sampler"] == "reasoningner"
+
+    stage = load_stage("eval")
+    evaluation, prompt, generation = stage.make_parser().parse_args_and_config(
+        args=[
+            "--config",
+            str(RECIPES / "eval.yaml"),
+            "--model_name_or_path",
+            str(rl),
+            "--output_dir",
+            str(tmp_path / "eval"),
+            "--max_new_tokens",
+            "16",
+            "--backend",
+            "transformers",
+        ]  # fmt: skip
+    )
+    # The stand-in tree has CrossNER AI only; the recipe's seven sets are its hub sets.
+    assert len(evaluation.datasets) == 7
+    evaluation.datasets = [{"path": f"{UIE}@test?sets=CrossNER_AI", "name": "CrossNER_AI"}]
+    generation.backend_options = {"dtype": "float32"}
+    stage.main(evaluation, prompt, generation)
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert "CrossNER_AI" in json.dumps(results["scores"])
