@@ -5,25 +5,29 @@ hash of every input file, the manifests of the stages it consumed (found beside 
 library versions and the git commit. A model or dataset can then be traced back to the exact
 data and code that made it.
 
-W&B: all stages of one pipeline run share a group (default: the parent of the output directory,
-`outputs/<run>/<stage>` -> `<run>`; `WANDB_RUN_GROUP` overrides it), each stage is a job type, and
-each run carries the manifest in its config. Trainer stages log through `report_to`; the others
-through `wandb_run`. W&B stays optional: with `report_to: none` nothing is imported. Without a
-network, set `WANDB_MODE=offline`.
+W&B: every stage of one pipeline run logs to one group, the pipeline id (`pipeline_id`: given,
+inherited from the manifests of the inputs, or made by the first stage) that every manifest records;
+each stage is a job type and each run carries its manifest in its config. Each stage uses its inputs
+and logs its outputs as artifacts named so that one stage's output is the next one's input (data ->
+annotations -> SFT model -> RL model -> evaluation): the lineage graph. Trainer stages log through
+`report_to` (`set_trainer_run`, `record_trainer_stage`); the others through `wandb_run`. W&B stays
+optional: with `report_to: none` nothing of it is imported. Without a network, `WANDB_MODE=offline`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.metadata
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -153,7 +157,8 @@ def build_manifest(stage: str, config: dict[str, Any], inputs: Iterable[str | Pa
 def write_manifest(
     output_dir: str | Path, manifest: dict[str, Any], summary: dict[str, Any] | None = None
 ) -> Path:
-    """Write `manifest.json` (with the stage's summary, when it has one) into `output_dir`.
+    """Write `manifest.json` (with the stage's summary, when it has one) into `output_dir`, recording the
+    pipeline run it belongs to (`pipeline_id`), which the stages that read this output take on.
 
     A manifest already there (an earlier attempt of a resumed run) is kept, whole, in `history`:
     the past is never rewritten.
@@ -164,7 +169,8 @@ def write_manifest(
     if path.is_file():
         previous = json.loads(path.read_text(encoding="utf-8"))
         history = [*previous.pop("history", []), previous]
-    payload = manifest | ({"summary": summary} if summary is not None else {}) | {"history": history}
+    head = {"stage": manifest["stage"], "pipeline": _manifest_pipeline(output_dir, manifest)}  # first keys
+    payload = head | manifest | ({"summary": summary} if summary is not None else {}) | {"history": history}
     _write_json(path, payload)
     return path
 
@@ -270,8 +276,53 @@ def keep_secrets_out(config: Any) -> None:
     sys.argv[:] = redacted
 
 
-def run_group(output_dir: str | Path) -> str:
-    return os.environ.get("WANDB_RUN_GROUP") or Path(output_dir).resolve().parent.name
+# --- the pipeline run: one W&B story -----------------------------------------------------------------
+
+PIPELINE_ENV = "REASONINGNER_PIPELINE"
+UPLOAD_LIMIT = FULL_HASH_LIMIT  # bytes; a larger data file becomes a reference artifact, not an upload
+
+
+def pipeline_id(output_dir: str | Path, inputs: Iterable[str | Path]) -> str:
+    """The pipeline run a stage's output belongs to: its W&B group and the prefix of its artifacts' names.
+
+    Given: W&B's own `WANDB_RUN_GROUP` (it keeps winning), else `REASONINGNER_PIPELINE`. Else inherited:
+    the `pipeline` of the first input whose upstream manifest records one, so that SFT joins its CoT,
+    RL its SFT model and eval its model. Else this stage starts a pipeline named after its absolute
+    output_dir (`<run>-<stage>-<hash>`): the same at every relaunch and for every shard, with nothing
+    stored (`run_settings.json` is compared between attempts), and another for another folder.
+    """
+    given = os.environ.get("WANDB_RUN_GROUP") or os.environ.get(PIPELINE_ENV)
+    if given:
+        return given
+    inherited = list(dict.fromkeys(p for p in map(_recorded_pipeline, inputs) if p))
+    if len(inherited) > 1:
+        logger.warning(
+            "inputs of %d pipelines %s: this stage joins %s", len(inherited), inherited, inherited[0]
+        )
+    if inherited:
+        return inherited[0]
+    folder = Path(output_dir).resolve()
+    digest = hashlib.sha256(str(folder).encode()).hexdigest()[:8]
+    return f"{_safe_name(f'{folder.parent.name}-{folder.name}')[:80]}-{digest}"
+
+
+def _recorded_pipeline(path: str | Path) -> str | None:
+    """The `pipeline` recorded by the manifest of the stage that produced `path` (None: raw data, a base
+    model, a Hub id, or a manifest from before pipelines were recorded)."""
+    upstream = upstream_manifest(path) if Path(path).exists() else None
+    return json.loads(upstream.read_text(encoding="utf-8")).get("pipeline") if upstream else None
+
+
+def _manifest_pipeline(output_dir: str | Path, manifest: dict[str, Any]) -> str:
+    """`pipeline_id` of a built manifest (before or after `write_manifest` recorded it)."""
+    return manifest.get("pipeline") or pipeline_id(
+        output_dir, [entry["path"] for entry in manifest["inputs"]]
+    )
+
+
+def _safe_name(text: str) -> str:
+    """`text` as a W&B artifact name: letters, digits, `_`, `.` and `-` only, at most 128 characters."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:128]
 
 
 def wants_wandb(report_to: str | list[str] | None) -> bool:
@@ -281,29 +332,36 @@ def wants_wandb(report_to: str | list[str] | None) -> bool:
     return "wandb" in targets or "all" in targets
 
 
-def set_trainer_run(stage: str, output_dir: str | Path) -> None:
-    """Make the Trainer's W&B callback join the pipeline's group with this stage as job type."""
+def set_trainer_run(stage: str, output_dir: str | Path, inputs: Iterable[str | Path]) -> None:
+    """Make the Trainer's W&B callback join the pipeline's group, with this stage as job type and the
+    output folder as run name (`--run_name` wins)."""
     os.environ.setdefault("WANDB_PROJECT", "reasoningner")
-    os.environ["WANDB_RUN_GROUP"] = run_group(output_dir)
+    os.environ["WANDB_RUN_GROUP"] = pipeline_id(output_dir, inputs)
     os.environ["WANDB_JOB_TYPE"] = stage
+    os.environ["WANDB_NAME"] = Path(output_dir).resolve().name
 
 
 @contextmanager
 def wandb_run(stage: str, output_dir: str | Path, manifest: dict[str, Any], enabled: bool) -> Iterator[Any]:
-    """A W&B run for a stage without a Trainer (CoT, eval); yields None when W&B is off."""
+    """A W&B run for a stage without a Trainer (CoT, eval): in its pipeline's group, named after its
+    output folder, the manifest in its config and its inputs used as artifacts. Yields None when W&B is
+    off; the stage logs its outputs (`log_outputs`, `log_results`) inside."""
     if not enabled:
         yield None
         return
     import wandb
 
+    pipeline = _manifest_pipeline(output_dir, manifest)
     run = wandb.init(
         project=os.environ.get("WANDB_PROJECT", "reasoningner"),
-        group=run_group(output_dir),
+        group=pipeline,
         job_type=stage,
-        config={"manifest": manifest, **manifest["config"]},
+        name=Path(output_dir).resolve().name,
+        config={"manifest": manifest | {"pipeline": pipeline}, **manifest["config"]},
         dir=os.environ.get("WANDB_DIR"),
     )
     try:
+        use_inputs(run, manifest)
         yield run
     finally:
         run.finish()
@@ -312,14 +370,135 @@ def wandb_run(stage: str, output_dir: str | Path, manifest: dict[str, Any], enab
 def record_trainer_stage(
     stage: str, trainer: Any, configs: Iterable[Any], inputs: Iterable[str | Path]
 ) -> None:
-    """After training: the manifest (with the last logged metrics) beside the model, and in W&B."""
+    """After training: the manifest (with the last logged metrics) beside the model; in W&B, the manifest,
+    the inputs used as artifacts and the model logged as the artifact the next stage uses."""
     if not trainer.accelerator.is_main_process:
         return
+    output_dir = trainer.args.output_dir
     manifest = build_manifest(stage, config_dict(*configs), inputs)
     history = trainer.state.log_history
-    write_manifest(trainer.args.output_dir, manifest, history[-1] if history else {})
+    write_manifest(output_dir, manifest, history[-1] if history else {})
     if wants_wandb(trainer.args.report_to):
         import wandb
 
         if wandb.run is not None:
-            wandb.run.config.update({"manifest": manifest}, allow_val_change=True)
+            pipeline = _manifest_pipeline(output_dir, manifest)
+            wandb.run.config.update({"manifest": manifest | {"pipeline": pipeline}}, allow_val_change=True)
+            use_inputs(wandb.run, manifest)
+            log_outputs(wandb.run, [output_dir])
+
+
+# --- artifacts: the lineage graph ----------------------------------------------------------------------
+
+
+def artifact_name(path: Path) -> str:
+    """The artifact name of a local path, the same whichever stage asks: `<pipeline>-<file stem>` for a
+    file a stage wrote (`<pipeline>-annotations`), `<pipeline>-<folder>` for a model folder
+    (`<pipeline>-sft`; a checkpoint or `merged` below it adds its own name), and for raw data and base
+    models, which no stage wrote, `<folder>-<file>` and the folder's name."""
+    upstream = upstream_manifest(path)
+    pipeline = json.loads(upstream.read_text(encoding="utf-8")).get("pipeline") if upstream else None
+    if upstream is None or not pipeline:
+        return _safe_name(path.name if path.is_dir() else f"{path.parent.name}-{path.name}")
+    if not path.is_dir():
+        return _safe_name(f"{pipeline}-{path.stem}")
+    own = path.name if upstream.parent == path else f"{path.parent.name}-{path.name}"
+    return _safe_name(f"{pipeline}-{own}")
+
+
+def path_artifact(path: str | Path) -> Any:
+    """The W&B artifact of a stage's input or output, built alike by the stage that writes it and by those
+    that read it, so that W&B links them (same name, same content, same digest).
+
+    A file (data, stage 1 annotations) is a `dataset`, uploaded (one over `UPLOAD_LIMIT` by reference). A
+    folder is a `model` by reference with `checksum=False`: W&B records its files' paths and never reads,
+    hashes or uploads the weights; its `manifest.json`, uploaded, makes every training a new version. A
+    name that is not a local path is a Hub id, recorded as a reference that is never fetched: a data
+    source `hf:OWNER/NAME[:CONFIG][@SPLIT]` (`sources`) to `https://huggingface.co/datasets/OWNER/NAME`,
+    any other name (a model) to `https://huggingface.co/<id>`.
+    """
+    import wandb
+
+    local = Path(path)
+    if not local.exists():
+        spec = str(path)
+        kind = "dataset" if spec.startswith("hf:") else "model"
+        hub = wandb.Artifact(_safe_name(spec.replace("/", "--")), type=kind, metadata={"hub_id": spec})
+        repository = re.split(r"[:@?]", spec.removeprefix("hf:"))[0]
+        folder = "datasets/" if kind == "dataset" else ""
+        hub.add_reference(f"https://huggingface.co/{folder}{repository}", checksum=False)
+        return hub
+    local = local.resolve()
+    if local.is_file():
+        data = wandb.Artifact(artifact_name(local), type="dataset", metadata={"path": str(local)})
+        if local.stat().st_size > UPLOAD_LIMIT:
+            data.add_reference(local.as_uri(), checksum=False)
+        else:
+            data.add_file(str(local))
+        return data
+    model = wandb.Artifact(artifact_name(local), type="model", metadata={"path": str(local)})
+    model.add_reference(local.as_uri(), name="model", checksum=False)
+    if (local / MANIFEST).is_file():
+        model.add_file(str(local / MANIFEST))
+    return model
+
+
+def use_inputs(run: Any, manifest: dict[str, Any]) -> None:
+    """Declare the manifest's inputs as the run's input artifacts.
+
+    `run.use_artifact` refuses offline runs (wandb 0.31: TypeError); online, for an artifact not yet on the
+    server, it logs it with `use_after_commit`, which an offline run records and `wandb sync` replays:
+    offline, that is done directly.
+    """
+    for entry in manifest["inputs"]:
+        artifact = path_artifact(entry["path"])
+        if run.offline:
+            run._log_artifact(artifact, is_user_created=True, use_after_commit=True)
+        else:
+            run.use_artifact(artifact)
+
+
+def log_outputs(run: Any, paths: Iterable[str | Path]) -> None:
+    """Log what a later stage reads (stage 1's annotations, a model folder) as the run's output artifacts."""
+    for path in paths:
+        run.log_artifact(path_artifact(path))
+
+
+def log_results(run: Any, manifest: dict[str, Any], output_dir: str | Path, files: Iterable[str]) -> None:
+    """Log a stage's report `files` (in `output_dir`) as its `evaluation` artifact, `<pipeline>-<folder>`."""
+    import wandb
+
+    folder = Path(output_dir).resolve()
+    name = _safe_name(f"{_manifest_pipeline(folder, manifest)}-{folder.name}")
+    artifact = wandb.Artifact(name, type="evaluation", metadata={"path": str(folder)})
+    for file in files:
+        artifact.add_file(str(folder / file))
+    run.log_artifact(artifact)
+
+
+# --- tables ---------------------------------------------------------------------------------------------
+
+
+def mentions(entities: Iterable[Mapping[str, Any]]) -> str:
+    """Entity dicts (`text`, `label`) as one readable table cell: `EU (organisation); German (misc)`."""
+    return "; ".join(f"{entity['text']} ({entity['label']})" for entity in entities)
+
+
+def with_gold_column(reward_funcs: Sequence[Callable[..., Any]]) -> list[Callable[..., Any]]:
+    """The reward functions, the first also adding each row's gold entities to TRL's completions table.
+
+    With `log_completions`, GRPOTrainer logs the prompt, completion, one column per reward function and
+    the advantage of every completion (W&B table, `completions/*.parquet`, console sample) and hands each
+    reward function `log_extra(column, values)` for more columns: with the gold beside it, a completion's
+    rewards can be read. The wrapper keeps the function's name, which names its reward column.
+    """
+    first, *others = reward_funcs
+
+    @functools.wraps(first)
+    def first_with_gold(*args: Any, **kwargs: Any) -> Any:
+        log_extra = kwargs.get("log_extra")
+        if log_extra is not None:
+            log_extra("gold", [mentions(row) for row in kwargs["entities"]])
+        return first(*args, **kwargs)
+
+    return [first_with_gold, *others]

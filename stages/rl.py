@@ -17,7 +17,13 @@ from reasoningner.configs import (
     require_model,
 )
 from reasoningner.rewards import DEFAULT_WEIGHTS, get_rewards
-from reasoningner.tracking import keep_secrets_out, record_trainer_stage, set_trainer_run, wants_wandb
+from reasoningner.tracking import (
+    keep_secrets_out,
+    record_trainer_stage,
+    set_trainer_run,
+    wants_wandb,
+    with_gold_column,
+)
 from reasoningner.training import (
     model_init_kwargs,
     policy_model,
@@ -42,8 +48,9 @@ def main(
     set_seed(training_args.seed)
     start_deepspeed_on_cpu(training_args)
     require_model(model_args.model_name_or_path)
+    inputs = [*script_args.train_files, model_args.model_name_or_path]  # manifest, W&B group, artifacts
     if wants_wandb(training_args.report_to):
-        set_trainer_run("rl", training_args.output_dir)
+        set_trainer_run("rl", training_args.output_dir, inputs)
 
     prompt = prompt.resolve(PromptContract.load(model_args.model_name_or_path))
     configs = (script_args, prompt, training_args, model_args)
@@ -62,13 +69,17 @@ def main(
     if training_args.reward_weights is None:
         training_args.reward_weights = [DEFAULT_WEIGHTS.get(name, 1.0) for name in script_args.reward_funcs]
 
+    reward_funcs = get_rewards(script_args.reward_funcs)
+    if training_args.log_completions:
+        reward_funcs = with_gold_column(reward_funcs)  # the completions table shows each row's gold
+
     training_args.model_init_kwargs = model_init_kwargs(training_args, model_args)
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.model_name_or_path, revision=model_args.model_revision
     )
     trainer = GRPOTrainer(
         model=policy_model(model_args.model_name_or_path, training_args.model_init_kwargs),
-        reward_funcs=get_rewards(script_args.reward_funcs),
+        reward_funcs=reward_funcs,
         args=training_args,
         train_dataset=train_dataset,
         processing_class=tokenizer,
@@ -85,12 +96,7 @@ def main(
         contract.save(training_args.output_dir)  # before any checkpoint, which it also describes
     trainer.train(resume_from_checkpoint=checkpoint)
     save_final(trainer, training_args.output_dir, script_args.merge_lora, contract)
-    record_trainer_stage(
-        "rl",
-        trainer,
-        configs,
-        [*script_args.train_files, model_args.model_name_or_path],
-    )
+    record_trainer_stage("rl", trainer, configs, inputs)
 
 
 if __name__ == "__main__":

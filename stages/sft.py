@@ -41,8 +41,9 @@ def main(
     set_seed(training_args.seed)
     start_deepspeed_on_cpu(training_args)
     require_model(model_args.model_name_or_path)
+    inputs = [*script_args.train_files, model_args.model_name_or_path]  # manifest, W&B group, artifacts
     if wants_wandb(training_args.report_to):
-        set_trainer_run("sft", training_args.output_dir)
+        set_trainer_run("sft", training_args.output_dir, inputs)
 
     prompt = prompt.resolve(PromptContract.load(model_args.model_name_or_path))
     configs = (script_args, prompt, training_args, model_args)
@@ -77,12 +78,7 @@ def main(
         contract.save(training_args.output_dir)  # before any checkpoint, which it also describes
     trainer.train(resume_from_checkpoint=checkpoint)
     save_final(trainer, training_args.output_dir, script_args.merge_lora, contract)
-    record_trainer_stage(
-        "sft",
-        trainer,
-        configs,
-        [*script_args.train_files, model_args.model_name_or_path],
-    )
+    record_trainer_stage("sft", trainer, configs, inputs)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Lineage manifests and W&B runs (offline) across the stages."""
+"""Lineage manifests, pipeline ids and W&B runs (offline) across the stages."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -8,24 +9,41 @@ from pathlib import Path
 
 import pytest
 
-from reasoningner.tracking import MANIFEST, build_manifest, fingerprint, run_group, write_manifest
-from tests.wandb_records import read_offline_runs
+from reasoningner import tracking
+from reasoningner.tracking import (
+    MANIFEST,
+    PIPELINE_ENV,
+    build_manifest,
+    fingerprint,
+    path_artifact,
+    pipeline_id,
+    with_gold_column,
+    write_manifest,
+)
+from tests.wandb_records import OfflineArtifact, read_offline_runs
 
 ROOT = Path(__file__).parents[1]
 DATA = Path(__file__).parent / "data"
 GOLD = ["--backend", "gold-template"]  # stage 1 without a teacher model
 
 
-def stage(name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
+def stage(name: str, *args: str, env: dict[str, str] | None = None) -> None:
+    done = subprocess.run(
         [sys.executable, str(ROOT / "stages" / f"{name}.py"), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
-        check=True,
         env={**os.environ, **(env or {})},
     )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.fixture()
+def no_given_pipeline(monkeypatch):
+    """Neither W&B's group nor ours set: stages inherit or make the pipeline id."""
+    monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
+    monkeypatch.delenv(PIPELINE_ENV, raising=False)
 
 
 def test_fingerprint_changes_with_content_and_names(tmp_path):
@@ -37,74 +55,223 @@ def test_fingerprint_changes_with_content_and_names(tmp_path):
     assert len({first, second, fingerprint(tmp_path)}) == 3
 
 
-def test_a_manifest_records_inputs_and_the_manifest_it_consumed(tmp_path):
+def test_a_manifest_records_inputs_its_pipeline_and_the_manifest_it_consumed(tmp_path, no_given_pipeline):
     upstream = tmp_path / "run" / "cot"
     data = upstream / "annotations.jsonl"
     upstream.mkdir(parents=True)
     data.write_text("{}\n")
     write_manifest(upstream, build_manifest("cot", {"x": 1}, [DATA / "conll2003_mini.txt"]))
+    pipeline = json.loads((upstream / MANIFEST).read_text())["pipeline"]
+    assert pipeline.startswith("run-cot-")
     manifest = build_manifest("sft", {"lr": 0.1}, [data, "Qwen/Qwen3-8B"])
     assert manifest["inputs"][0]["sha256"] == fingerprint(data)
     assert manifest["inputs"][0]["manifest"]["stage"] == "cot"
     assert manifest["inputs"][1] == {"path": "Qwen/Qwen3-8B", "sha256": None}
     assert manifest["versions"]["trl"] and manifest["git"].keys() == {"commit", "dirty"}
-    assert run_group(upstream) == "run"
+    write_manifest(tmp_path / "run" / "sft", manifest)
+    assert json.loads((tmp_path / "run" / "sft" / MANIFEST).read_text())["pipeline"] == pipeline
+
+
+def test_the_pipeline_id_is_given_inherited_or_made_by_the_first_stage(
+    tmp_path, monkeypatch, no_given_pipeline
+):
+    cot = tmp_path / "demo" / "cot"
+    made = pipeline_id(cot, [DATA / "conll2003_mini.txt"])
+    assert made == pipeline_id(cot, [])  # every relaunch (and shard) of the stage: the same
+    assert pipeline_id(tmp_path / "demo-2" / "cot", []) != made  # another demo run: another group
+    write_manifest(cot, build_manifest("cot", {}, []))
+    (cot / "annotations.jsonl").write_text("{}\n")
+    assert (
+        pipeline_id(tmp_path / "anywhere", [DATA / "conll2003_mini.txt", cot / "annotations.jsonl"]) == made
+    )
+    monkeypatch.setenv(PIPELINE_ENV, "exp-1")
+    assert pipeline_id(tmp_path / "anywhere", [cot / "annotations.jsonl"]) == "exp-1"
+    monkeypatch.setenv("WANDB_RUN_GROUP", "sweep-3")
+    assert pipeline_id(tmp_path / "anywhere", []) == "sweep-3"
+
+
+def test_artifacts_are_built_alike_by_the_stage_that_writes_and_those_that_read(
+    tmp_path, monkeypatch, no_given_pipeline
+):
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))  # where add_file stages its copies
+    cot, sft = tmp_path / "run" / "cot", tmp_path / "run" / "sft"
+    write_manifest(cot, build_manifest("cot", {}, []))
+    (cot / "annotations.jsonl").write_text("{}\n")
+    write_manifest(sft, build_manifest("sft", {}, [cot / "annotations.jsonl"]))
+    (sft / "model.safetensors").write_bytes(b"weights")
+    pipeline = json.loads((sft / MANIFEST).read_text())["pipeline"]
+
+    annotations = path_artifact(cot / "annotations.jsonl")
+    assert (annotations.name, annotations.type) == (f"{pipeline}-annotations", "dataset")
+    assert annotations.manifest.entries["annotations.jsonl"].ref is None  # uploaded
+    model = path_artifact(sft)
+    assert (model.name, model.type) == (f"{pipeline}-sft", "model")
+    assert model.manifest.entries["model/model.safetensors"].ref == (sft / "model.safetensors").as_uri()
+    assert model.manifest.entries["manifest.json"].ref is None
+    assert path_artifact(os.path.relpath(sft)).digest == model.digest  # a reader's view: the same
+    (sft / "model.safetensors").write_bytes(b"other weights")
+    assert path_artifact(sft).digest == model.digest  # weights are never read
+    write_manifest(sft, build_manifest("sft", {"retrained": True}, [cot / "annotations.jsonl"]))
+    assert path_artifact(sft).digest != model.digest  # a new training: a new version
+
+    base = path_artifact(tmp_path / "run")  # a folder no stage wrote: a base model
+    assert (base.name, base.type) == ("run", "model")
+    hub = path_artifact("Qwen/Qwen3-8B")
+    assert (hub.name, hub.metadata) == ("Qwen--Qwen3-8B", {"hub_id": "Qwen/Qwen3-8B"})
+    assert [e.ref for e in hub.manifest.entries.values()] == ["https://huggingface.co/Qwen/Qwen3-8B"]
+    source = path_artifact("hf:DFKI-SLT/cross_ner:ai@test")
+    assert (source.name, source.type) == ("hf-DFKI-SLT--cross_ner-ai-test", "dataset")
+    assert [e.ref for e in source.manifest.entries.values()] == [
+        "https://huggingface.co/datasets/DFKI-SLT/cross_ner"
+    ]
+    monkeypatch.setattr(tracking, "UPLOAD_LIMIT", 0)
+    raw = path_artifact(DATA / "conll2003_mini.txt")
+    assert (raw.name, raw.type) == ("data-conll2003_mini.txt", "dataset")
+    assert [e.ref for e in raw.manifest.entries.values()] == [(DATA / "conll2003_mini.txt").as_uri()]
+
+
+def test_the_first_reward_function_adds_the_gold_to_trls_completions_table():
+    def format_reward(completions, **_):
+        return [0.5] * len(completions)
+
+    def f1_reward(completions, **_):
+        return [1.0] * len(completions)
+
+    first, second = with_gold_column([format_reward, f1_reward])
+    assert first.__name__ == "format_reward" and second is f1_reward  # TRL names the reward columns by it
+    columns = {}
+    entities = [[{"start": 0, "end": 2, "label": "organisation", "text": "EU"}], []]
+    rewards = first(completions=["a", "b"], entities=entities, log_extra=columns.__setitem__)
+    assert rewards == [0.5, 0.5] and columns == {"gold": ["EU (organisation)", ""]}
+    assert first(completions=["a"], entities=[[]]) == [0.5]  # a TRL without log_extra: no column
 
 
 @pytest.fixture()
 def offline_wandb(tmp_path):
-    wandb_dir = tmp_path / "wandb-runs"
+    wandb_dir, data_dir = tmp_path / "wandb-runs", tmp_path / "wandb-data"
     wandb_dir.mkdir()
-    return {"WANDB_MODE": "offline", "WANDB_DIR": str(wandb_dir), "WANDB_RUN_GROUP": ""}
+    return {
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(wandb_dir),
+        "WANDB_DATA_DIR": str(data_dir),  # staged artifact files
+        "WANDB_CACHE_DIR": str(data_dir),
+        "WANDB_CONFIG_DIR": str(data_dir),
+        "WANDB_RUN_GROUP": "",
+        PIPELINE_ENV: "",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
-def test_cot_logs_its_report_and_manifest_to_an_offline_wandb_run(tmp_path, offline_wandb):
-    out = tmp_path / "pipeline-7" / "cot"
-    args = ["--datasets", str(DATA / "conll2003_mini.txt"), "--output_dir", str(out), "--report_to", "wandb"]
-    stage("cot", *args, *GOLD, env=offline_wandb)
-    manifest = json.loads((out / MANIFEST).read_text())
-    assert manifest["stage"] == "cot" and manifest["summary"]["sentences"] == 4
-    (run,) = read_offline_runs(Path(offline_wandb["WANDB_DIR"]))
-    assert (run.group, run.job_type) == ("pipeline-7", "cot")
-    assert run.config["manifest"]["inputs"][0]["sha256"] == fingerprint(DATA / "conll2003_mini.txt")
-    assert run.summary["acceptance_rate"] == 1.0 and run.summary["teacher_f1_mean"] == 1.0
+EVAL_RECIPE = """
+backend: transformers
+backend_options: {batch_size: 16, dtype: float32}
+datasets:
+  - {path: data/crossner/ai-dev-slice.txt, name: crossner-ai, probes: [opaque]}
+  - {path: data/genia/dev-slice.json, name: genia}
+"""
 
 
-def test_sft_joins_the_group_logs_curves_and_records_the_cot_manifest(
-    tmp_path, offline_wandb, tiny_model_dir
-):
+def only(artifacts: list[OfflineArtifact], type_: str) -> OfflineArtifact:
+    (artifact,) = [a for a in artifacts if a.type == type_]
+    return artifact
+
+
+def test_one_pipeline_run_is_one_wandb_group_and_one_artifact_chain(tmp_path, offline_wandb, tiny_model_dir):
+    """CoT -> SFT -> GRPO -> eval, each with --report_to wandb: one group, the pipeline id of every
+    manifest; each stage's input artifact is the previous stage's output (name, type, digest)."""
     run_dir = tmp_path / "pipeline-8"
-    stage("cot", "--datasets", str(DATA / "conll2003_mini.txt"), "--output_dir", str(run_dir / "cot"), *GOLD)
+    annotations = str(run_dir / "cot" / "annotations.jsonl")
+    wandb = ["--report_to", "wandb"]
+    eval_recipe = tmp_path / "eval.yaml"  # sets the model was not trained on, one with a probe
+    eval_recipe.write_text(EVAL_RECIPE, encoding="utf-8")
+    stage("cot", "--datasets", str(DATA / "conll2003_mini.txt"), "--output_dir", str(run_dir / "cot"),
+          *GOLD, *wandb, env=offline_wandb)  # fmt: skip
     stage(
         "sft", "--config", str(ROOT / "recipes/tiny-cpu/sft.yaml"),
-        "--model_name_or_path", str(tiny_model_dir),
-        "--train_files", str(run_dir / "cot" / "annotations.jsonl"),
+        "--model_name_or_path", str(tiny_model_dir), "--train_files", annotations,
         "--output_dir", str(run_dir / "sft"),
-        "--max_steps", "2", "--logging_steps", "1", "--per_device_train_batch_size", "2",
-        "--report_to", "wandb",
+        "--max_steps", "2", "--logging_steps", "1", "--per_device_train_batch_size", "2", *wandb,
         env=offline_wandb,
     )  # fmt: skip
-    manifest = json.loads((run_dir / "sft" / MANIFEST).read_text())
-    assert manifest["inputs"][0]["manifest"]["stage"] == "cot"
-    assert manifest["summary"]["train_loss"] > 0
-    (run,) = read_offline_runs(Path(offline_wandb["WANDB_DIR"]))
-    assert (run.group, run.job_type) == ("pipeline-8", "sft")
-    assert run.config["manifest"]["stage"] == "sft"
-    assert any("train/loss" in row for row in run.history)
-
-
-def test_eval_logs_a_results_table_and_writes_its_manifest(tmp_path, offline_wandb, tiny_model_dir):
-    out = tmp_path / "pipeline-9" / "eval"
     stage(
-        "eval", "--config", str(ROOT / "recipes/tiny-cpu/eval.yaml"),
-        "--model_name_or_path", str(tiny_model_dir),
-        "--output_dir", str(out), "--limit", "2", "--max_new_tokens", "8", "--report_to", "wandb",
+        "rl", "--config", str(ROOT / "recipes/tiny-cpu/rl.yaml"),
+        "--model_name_or_path", str(run_dir / "sft"), "--train_files", annotations,
+        "--output_dir", str(run_dir / "rl"), "--max_steps", "1", "--total", "4", "--num_generations", "2",
+        "--per_device_train_batch_size", "2", "--max_completion_length", "8", "--save_strategy", "no", *wandb,
         env=offline_wandb,
     )  # fmt: skip
-    manifest = json.loads((out / MANIFEST).read_text())
-    assert manifest["stage"] == "eval" and set(manifest["summary"]) == {"text", "exact"}
-    (run,) = read_offline_runs(Path(offline_wandb["WANDB_DIR"]))
-    assert (run.group, run.job_type) == ("pipeline-9", "eval")
-    assert {"text/avg_f1", "exact/avg_f1"} <= run.summary.keys()
-    assert run.summary["results/_type"] == "table-file"
-    assert run.summary["results/nrows"] == 2 * 3  # modes x datasets
+    stage(
+        "eval", "--config", str(eval_recipe),
+        "--model_name_or_path", str(run_dir / "rl"), "--output_dir", str(run_dir / "eval"),
+        "--limit", "2", "--max_new_tokens", "8", *wandb,
+        env=offline_wandb,
+    )  # fmt: skip
+
+    stages = ["cot", "sft", "rl", "eval"]
+    manifests = {name: json.loads((run_dir / name / MANIFEST).read_text()) for name in stages}
+    pipeline = manifests["cot"]["pipeline"]
+    assert pipeline.startswith("pipeline-8-cot-")
+    assert {manifest["pipeline"] for manifest in manifests.values()} == {pipeline}
+    runs = {run.job_type: run for run in read_offline_runs(Path(offline_wandb["WANDB_DIR"]))}
+    assert list(runs) == stages
+    assert {(run.group, run.config["manifest"]["pipeline"]) for run in runs.values()} == {
+        (pipeline, pipeline)
+    }
+    assert [run.name for run in runs.values()] == stages  # named after their output folders
+    cot, sft, rl, evaluation = runs.values()
+
+    data = only(cot.inputs, "dataset")
+    assert (data.name, list(data.files)) == ("data-conll2003_mini.txt", ["conll2003_mini.txt"])
+    # The chain starts at SFT's input: stage 1 does not log its annotations as an artifact yet.
+    used_annotations = only(sft.inputs, "dataset")
+    assert used_annotations.name == f"{pipeline}-annotations" and used_annotations.files == {
+        "annotations.jsonl": ""
+    }
+    assert only(rl.inputs, "dataset") == used_annotations  # the same version feeds SFT and GRPO
+    base = only(sft.inputs, "model")
+    assert base.name == tiny_model_dir.name and base.metadata == {"path": str(tiny_model_dir.resolve())}
+    (sft_model,) = sft.outputs
+    assert (sft_model.name, sft_model.type) == (f"{pipeline}-sft", "model")
+    assert sft_model.files["manifest.json"] == ""  # uploaded; the weights only referenced, never read
+    assert sft_model.files["model/model.safetensors"] == (run_dir / "sft" / "model.safetensors").as_uri()
+    assert only(rl.inputs, "model") == dataclasses.replace(sft_model, used=True)
+    (rl_model,) = rl.outputs
+    assert (rl_model.name, rl_model.type) == (f"{pipeline}-rl", "model")
+    assert only(evaluation.inputs, "model") == dataclasses.replace(rl_model, used=True)
+    assert sorted(a.name for a in evaluation.inputs if a.type == "dataset") == [
+        "crossner-ai-dev-slice.txt", "genia-dev-slice.json"
+    ]  # fmt: skip
+    (results,) = evaluation.outputs
+    assert (results.name, results.type, sorted(results.files)) == (
+        f"{pipeline}-eval", "evaluation", ["results.json", "results.md"]
+    )  # fmt: skip
+
+    assert cot.summary["acceptance_rate"] == 1.0 and cot.summary["teacher_f1_mean"] == 1.0
+    assert manifests["sft"]["inputs"][0]["manifest"]["stage"] == "cot"
+    assert manifests["sft"]["summary"]["train_loss"] > 0
+    assert any("train/loss" in row for row in sft.history)
+
+    completions = rl.tables["completions"]
+    rewards = [f"{name}_reward" for name in ("format", "f1", "consistency", "schema", "grounding")]
+    assert completions["columns"] == ["step", "prompt", "completion", *rewards, "gold", "advantage"]
+    sentences = [json.loads(line) for line in Path(annotations).read_text().splitlines()]
+    golds = {"; ".join(f"{e['text']} ({e['label']})" for e in s["entities"]) for s in sentences}
+    assert len(completions["data"]) == 2 and {row[-2] for row in completions["data"]} <= golds
+
+    tables = evaluation.tables
+    assert {"text/avg_f1", "exact/avg_f1"} <= evaluation.summary.keys()
+    assert len(tables["results"]["data"]) == 2 * 2  # modes x datasets
+    assert tables["per_type"]["columns"] == ["mode", "dataset", "type", "gold", "predicted", "precision",
+                                             "recall", "f1"]  # fmt: skip
+    assert {row[0] for row in tables["per_type"]["data"]} == {"text", "exact"}
+    assert {row[1] for row in tables["per_type"]["data"]} <= {"crossner-ai", "genia"}
+    assert {row[0] for row in tables["errors"]["data"]} == {"normal", "opaque"}
+    assert [row[:3] for row in tables["probe_drops"]["data"]] == [
+        ["crossner-ai", "opaque", "text"], ["crossner-ai", "opaque", "exact"]
+    ]  # fmt: skip
+    outputs = (run_dir / "eval" / "generations.jsonl").read_text().splitlines()
+    columns = ["dataset", "variant", "id", "text", "gold", "output", "parsed", "errors"]
+    assert tables["generations"]["columns"] == columns
+    assert len(tables["generations"]["data"]) == evaluation.summary["outputs"] == len(outputs) == 6
+    assert evaluation.summary["outputs_in_generations_table"] == 6
