@@ -44,6 +44,12 @@ rl: install
 eval: install
 	$(need-recipe)$(one-process)$(BIN)/python stages/eval.py --config $(RECIPE) $(ARGS)
 
+# Score predictions made elsewhere (LLaMA-Factory's generated_predictions.jsonl, our JSONL, raw outputs):
+#   make score GOLD=../shared/data/genia/dev_xml_alpaca.json PREDICTIONS=generated_predictions.jsonl [ARGS="--compat llms4ner"]
+.PHONY: score
+score: install
+	$(if $(GOLD),,$(error GOLD=<gold file> is required))$(if $(PREDICTIONS),,$(error PREDICTIONS=<predictions file> is required))$(BIN)/reasoningner score $(GOLD) $(PREDICTIONS) $(ARGS)
+
 install: $(STAMP)
 
 $(STAMP): pyproject.toml

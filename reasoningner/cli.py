@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from reasoningner.configs import RENAMED, PromptArguments, PromptContract
+from reasoningner.formats import FORMATS
 from reasoningner.generation import BACKENDS
 from reasoningner.predict import NERModel, check_scoring
 from reasoningner.readers import READERS, WRITERS, read_dataset, write_dataset
@@ -269,12 +270,72 @@ def _refuse_renamed_flags(argv: Sequence[str]) -> None:
             raise ValueError(f"{flag} is now called {renamed[flag]}")
 
 
+def _add_score_command(subparsers: argparse._SubParsersAction) -> None:
+    score = subparsers.add_parser(
+        "score",
+        help="score predictions made elsewhere against gold: GOLD PREDICTIONS [GOLD PREDICTIONS ...]",
+        description="Predictions: LLaMA-Factory generated_predictions.jsonl, our JSONL of spans, or raw "
+        "outputs one per line (reasoningner/score.py says how each is read).",
+    )
+    score.add_argument("files", nargs="+", type=Path, help="pairs of gold file, predictions file")
+    score.add_argument("--output-format", default="auto", choices=["auto", *FORMATS])
+    score.add_argument(
+        "--reader", default="auto", choices=["auto", *READERS], help="how the gold files are read"
+    )
+    score.add_argument(
+        "--compat",
+        default="none",
+        choices=["none", "llms4ner"],
+        help="exact scores counted as LLMs4NER's scripts",
+    )
+    score.add_argument("--primary-mode", default="text", choices=["text", "exact"])
+    score.add_argument(
+        "--reground-offsets", action="store_true", help="offset_json: a stated text wins over its offsets"
+    )
+    score.add_argument(
+        "--skip-bad", action="store_true", help="skip malformed gold records and prediction lines (counted)"
+    )
+    score.add_argument("--output-dir", type=Path, help="also write results.json and results.md here")
+    score.set_defaults(handler=_score)
+
+
+def _score(args: argparse.Namespace, console: Console) -> int:
+    from reasoningner.score import score_files, write_results
+
+    if len(args.files) % 2:
+        raise ValueError("score takes pairs: GOLD PREDICTIONS [GOLD PREDICTIONS ...]")
+    evaluation = score_files(
+        list(zip(args.files[::2], args.files[1::2], strict=True)),
+        args.output_format,
+        args.compat,
+        "skip" if args.skip_bad else "raise",
+        args.reground_offsets,
+        args.primary_mode,
+        args.reader,
+    )
+    console.print(evaluation.table())
+    for name, info in evaluation.datasets.items():
+        console.print(
+            f"{name}: {info['sentences']} scored ({info['layout']}, {info['format']}); skipped "
+            f"{info['skipped_gold']} gold records, {info['skipped_predictions']} predictions",
+            highlight=False,
+        )
+        for message in info["skipped"]:
+            console.print(f"  skipped {message}", highlight=False)
+    if args.compat != "none":
+        console.print(f"exact-span scores counted as {args.compat}'s scripts count them", highlight=False)
+    if args.output_dir:
+        write_results(evaluation, args.output_dir)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reasoningner", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_data_commands(subparsers)
     _add_tiny_model_command(subparsers)
     _add_predict_command(subparsers)
+    _add_score_command(subparsers)
     return parser
 
 

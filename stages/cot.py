@@ -18,7 +18,14 @@ from reasoningner.configs import (
     RecipeParser,
 )
 from reasoningner.cot import REPORT, annotate, merge_shards, output_path
-from reasoningner.tracking import build_manifest, config_dict, wandb_run, wants_wandb, write_manifest
+from reasoningner.tracking import (
+    build_manifest,
+    config_dict,
+    log_outputs,
+    wandb_run,
+    wants_wandb,
+    write_manifest,
+)
 
 
 def make_parser() -> RecipeParser:
@@ -37,6 +44,7 @@ def main(args: CoTArguments, prompt: PromptArguments, generation: GenerationArgu
     with wandb_run("cot", args.output_dir, manifest, wants_wandb(args.report_to)) as run:
         if run is not None:
             run.summary.update(report)
+            log_outputs(run, [output_path(args)])
     print(json.dumps(report, indent=2))
     print(summary_line(report, output_path(args)), file=sys.stderr)
 

@@ -223,8 +223,9 @@ def test_one_pipeline_run_is_one_wandb_group_and_one_artifact_chain(tmp_path, of
 
     data = only(cot.inputs, "dataset")
     assert (data.name, list(data.files)) == ("data-conll2003_mini.txt", ["conll2003_mini.txt"])
-    # The chain starts at SFT's input: stage 1 does not log its annotations as an artifact yet.
     used_annotations = only(sft.inputs, "dataset")
+    (annotations_out,) = cot.outputs
+    assert dataclasses.replace(annotations_out, used=True) == used_annotations
     assert used_annotations.name == f"{pipeline}-annotations" and used_annotations.files == {
         "annotations.jsonl": ""
     }
