@@ -436,11 +436,12 @@ class _InlineFormat(OutputFormat):
     def _close(self, label: str) -> str: ...
 
     @abstractmethod
-    def markup(self, answer: str, labels: Container[str] = (), unknown_tags_are_text: bool = False) -> Markup:
+    def markup(self, answer: str, labels: Container[str] = (), llms4ner: bool = False) -> Markup:
         """`answer` read by the inline grammar (module docstring); `labels` are the schema's.
 
-        `unknown_tags_are_text`: only tags naming one of `labels` are markup (LLMs4NER's scripts
-        read XML so); brackets have no such distinction.
+        `llms4ner`: XML as LLMs4NER's evaluation scripts read it, for `score --compat llms4ner`: only
+        tags naming one of `labels` are markup, and a closer ends the tags opened inside it (they
+        are lost, not reported). Brackets read the same either way.
         """
 
     def render(self, example: Example) -> str:
@@ -560,7 +561,7 @@ class BracketedFormat(_InlineFormat):
     def _close(self, label: str) -> str:
         return f" | {label}]"
 
-    def markup(self, answer: str, labels: Container[str] = (), unknown_tags_are_text: bool = False) -> Markup:
+    def markup(self, answer: str, labels: Container[str] = (), llms4ner: bool = False) -> Markup:
         tokens = list(_BRACKET_TOKEN.finditer(answer))
         problems: list[Problem] = []
         stack: list[int] = []  # indexes in `tokens` of the "[" still open
@@ -662,7 +663,7 @@ class XmlFormat(_InlineFormat):
     def _close(self, label: str) -> str:
         return f"</{label}>"
 
-    def markup(self, answer: str, labels: Container[str] = (), unknown_tags_are_text: bool = False) -> Markup:
+    def markup(self, answer: str, labels: Container[str] = (), llms4ner: bool = False) -> Markup:
         problems: list[Problem] = []
         clean: list[str] = []
         raw: list[tuple[int, int, str]] = []
@@ -670,7 +671,7 @@ class XmlFormat(_InlineFormat):
         length = cursor = 0
         for tag in _XML_TAG.finditer(answer):
             closing, name = tag.group(1), tag.group(2)
-            if not _is_tag(name, labels, unknown_tags_are_text):
+            if not _is_tag(name, labels, unknown_tags_are_text=llms4ner):
                 continue
             piece = answer[cursor : tag.start()]
             clean.append(piece)
@@ -690,7 +691,8 @@ class XmlFormat(_InlineFormat):
                     )
                 )
                 continue
-            raw.append((stack.pop(depth)[1], length, name))
+            raw.append((stack[depth][1], length, name))
+            del stack[depth : depth + 1 if not llms4ner else len(stack)]
         clean.append(answer[cursor:])
         text = "".join(clean)
         spans = _trimmed(text, raw, problems)

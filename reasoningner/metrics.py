@@ -19,6 +19,11 @@ Per-label counts: a false positive counts against its predicted label, a false n
 its gold label (a right span with the wrong label is one of each). Labels outside the schema are
 scored like any other, so predictions with invented labels are false positives of the micro score.
 
+LLMs4NER's scripts count otherwise (`multiset_counts`, used by `score --compat llms4ner`): the keys
+of a sentence are a multiset, so an entity stated twice is two predictions, one of them false if
+gold has it once; and a key is whatever tuple their reader makes of the format (offsets when the
+rewritten sentence equals the input, else the text).
+
 Undefined ratios are 0.0: precision when nothing was predicted, recall when there is no gold
 entity, F1 when precision + recall is 0. This matches seqeval's `zero_division=0`.
 """
@@ -145,6 +150,25 @@ def match_totals(
     return Counts(tp, len(predicted_keys) - tp, len(gold_keys) - tp)
 
 
+def multiset_counts(
+    gold: Iterable[tuple[Any, ...]], predicted: Iterable[tuple[Any, ...]], label_at: int
+) -> dict[str, Counts]:
+    """Per-label counts of one sentence with duplicates counted (LLMs4NER's `compute_f1`): a key
+    predicted k times and in gold g times is min(k, g) true and k - min(k, g) false positives.
+    `label_at` is where the label sits in a key; labels with a non-zero count, sorted."""
+    gold_bag, predicted_bag = Counter(gold), Counter(predicted)
+    tp: Counter[str] = Counter()
+    fp: Counter[str] = Counter()
+    fn: Counter[str] = Counter()
+    for key, count in predicted_bag.items():
+        tp[key[label_at]] += min(count, gold_bag[key])
+        fp[key[label_at]] += max(0, count - gold_bag[key])
+    for key, count in gold_bag.items():
+        fn[key[label_at]] += max(0, count - predicted_bag[key])
+    labels = {label for counter in (tp, fp, fn) for label, n in counter.items() if n}
+    return {label: Counts(tp[label], fp[label], fn[label]) for label in sorted(labels)}
+
+
 def agreement(expected: AbstractSet[Any], found: AbstractSet[Any]) -> float:
     """F1 between two sets of keys, 2|E & F| / (|E| + |F|); both empty is 1.0.
 
@@ -256,11 +280,15 @@ class Scorer:
     ) -> dict[str, Counts]:
         """Score one example into `dataset`; returns its per-label counts (see `match_counts`)."""
         counts = match_counts(gold, predicted, ungrounded, self.mode)
+        self.add_counts(counts, dataset)
+        return counts
+
+    def add_counts(self, counts: Mapping[str, Counts], dataset: str = "default") -> None:
+        """Tally one example's per-label counts made by another rule (`multiset_counts`)."""
         tally = self._tallies.setdefault(dataset, _Tally())
         tally.examples += 1
         for label, label_counts in counts.items():
             tally.per_label[label] = tally.per_label.get(label, Counts()) + label_counts
-        return counts
 
     def report(self) -> Report:
         """The scores so far; raises `ValueError` if no example was added (an empty evaluation

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 
-from reasoningner.metrics import Counts, Scorer, match_counts
+from reasoningner.metrics import Counts, Scorer, match_counts, multiset_counts
 from reasoningner.spans import Example, Schema, Span, SpanError
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data"
@@ -370,3 +370,18 @@ def test_scorer_add_returns_example_counts_and_empty_report_is_an_error() -> Non
     gold = _example("Paris , France and Paris , Texas", [Span(0, 5, "location"), Span(19, 24, "location")])
     assert scorer.add(gold, [Span(19, 24, "location")]) == {"location": Counts(1, 0, 0)}
     assert list(scorer.report().datasets) == ["default"]
+
+
+def test_multiset_counts_count_duplicates_as_llms4ner_does() -> None:
+    gold = [("PER", 0, 3), ("PER", 0, 3), ("LOC", 8, 12)]
+    predicted = [("PER", 0, 3), ("PER", 0, 3), ("PER", 0, 3), ("ORG", 8, 12)]
+    assert multiset_counts(gold, predicted, label_at=0) == {
+        "LOC": Counts(0, 0, 1),
+        "ORG": Counts(0, 1, 0),
+        "PER": Counts(2, 1, 0),
+    }
+    scorer = Scorer("exact")
+    scorer.add_counts(multiset_counts(gold, predicted, label_at=0), "d")
+    scorer.add_counts(multiset_counts([("x", "LOC")], [], label_at=1), "d")
+    report = scorer.report().datasets["d"]
+    assert (report.examples, report.micro) == (2, Counts(2, 2, 2))

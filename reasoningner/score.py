@@ -1,0 +1,381 @@
+"""Scoring predictions made elsewhere: `reasoningner score GOLD PREDICTIONS [GOLD PREDICTIONS ...]`.
+
+A model run by another tool (LLaMA-Factory, a vLLM script, LLMs4NER's own inference) leaves a
+predictions file; this scores it against a gold file with the tables `evaluate` makes (per dataset,
+per type, both matching modes, error analysis: `results.Evaluation`), so that a number made
+elsewhere sits next to ours on the same rules.
+
+Gold: any file a reader reads (`readers.read_dataset`). Predictions, one line per gold sentence in
+gold order, in one of three layouts told by the file's first line:
+
+- `llamafactory`: LLaMA-Factory's `generated_predictions.jsonl`, `{"prompt", "predict", "label"}`;
+  `predict` is the raw model output; the gold sentence must occur in `prompt` (a check that the
+  files are aligned); `label` is the gold answer as the prediction script saw it.
+- `spans`: our JSONL of spans, `{"text", "entities": [{"start", "end", "label", ...}]}` (what
+  `reasoningner predict` writes; our JSONL data files too), optionally `ungrounded` ([{"text",
+  "label"}]), `problems` (parse problem kinds) and `id`; `text` must be the gold sentence.
+- `outputs`: raw model outputs, one per line: a JSON string, an object with an `output` string
+  (our evaluation's generations.jsonl), or the line itself when it is no JSON string or object of
+  those (a one-line answer in any format, JSON answers included).
+
+Raw outputs are parsed by the answer format's parser as evaluation parses them (`--format`, or
+`auto`: told by the first `label`, else the first output, by its shape). `offset_json` offsets are
+scored as stated; `--reground-offsets` is the lenient reading (`formats.OffsetJsonFormat`).
+
+`--compat llms4ner` makes the exact-span scores count as LLMs4NER's evaluation scripts do where
+they differ from ours, so that a paper's number can be reproduced: the whole `predict` is read (no
+`<think>` or code fence is removed; JSON must load as it is, nothing is salvaged); duplicates are a
+multiset; XML tags whose name is not a label are text, and a closer ends the tags opened inside it;
+a sentence whose rewritten text differs from the input is matched by (label, text) on both sides;
+JSON entries are matched as the tuples of their fields ((text, label) grouped, + occurrence_index,
++ start and end). Gold comes from each line's `label` when there is one, else from the gold file
+rendered in the format. Their scripts keep whitespace inside a tag in the entity; ours trim it.
+Text-mode scores and the error analysis stay ours.
+
+Skipping: `on_error="skip"` (`--skip-bad`) skips malformed gold records (the reader's rule) and
+malformed prediction lines, counts and lists them; the predictions of skipped gold records are
+skipped too (lines align with gold records by their index, `<name>-<index>` ids).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from reasoningner.evaluate import RESULTS_JSON, RESULTS_MD, error_counts
+from reasoningner.formats import FORMATS, ParseResult, Problem, get_format
+from reasoningner.metrics import MATCH_MODES, Counts, Scorer, multiset_counts
+from reasoningner.readers import DataError, Dataset, OnError, PathLike, _read_text, read_dataset
+from reasoningner.results import NORMAL, ErrorCounts, Evaluation
+from reasoningner.spans import Example, Span, check_span
+
+LAYOUTS = ("llamafactory", "spans", "outputs")
+COMPAT = ("none", "llms4ner")
+Compat = Literal["none", "llms4ner"]
+
+
+@dataclass
+class PredictionLine:
+    """One line of a predictions file: a raw output, or spans already grounded."""
+
+    line: int
+    output: str | None = None
+    prompt: str | None = None
+    label: str | None = None
+    text: str | None = None
+    spans: list[Span] = field(default_factory=list)
+    ungrounded: list[tuple[str, str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    id: str | None = None
+
+
+def predictions_layout(first: Any) -> str:
+    """The layout of a predictions file from its first line's JSON value (module docstring)."""
+    if isinstance(first, dict) and isinstance(first.get("predict"), str):
+        return "llamafactory"
+    if isinstance(first, dict) and isinstance(first.get("output"), str):
+        return "outputs"
+    if (
+        isinstance(first, dict)
+        and isinstance(first.get("text"), str)
+        and isinstance(first.get("entities"), list)
+    ):
+        return "spans"
+    return "outputs"
+
+
+def read_predictions(
+    path: PathLike, on_error: OnError = "raise"
+) -> tuple[str, list[PredictionLine], list[str]]:
+    """(layout, lines, skip messages) of a predictions file; a bad line is a `DataError` naming it."""
+    lines = [(number, line) for number, line in enumerate(_read_text(path).split("\n"), 1) if line.strip()]
+    if not lines:
+        raise DataError(path, None, "no predictions")
+    layout = predictions_layout(_json_or_none(lines[0][1]))
+    predictions, skipped = [], []
+    for number, line in lines:
+        try:
+            predictions.append(_prediction(layout, number, line))
+        except (ValueError, TypeError, KeyError) as error:
+            message = DataError(path, number, f"{layout} prediction: {error}")
+            if on_error == "raise":
+                raise message from None
+            skipped.append(str(message))
+    return layout, predictions, skipped
+
+
+def _json_or_none(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
+def _prediction(layout: str, number: int, line: str) -> PredictionLine:
+    value = _json_or_none(line)
+    if layout == "llamafactory":
+        if not isinstance(value, dict) or not isinstance(value.get("predict"), str):
+            raise ValueError("expected an object with a 'predict' string")
+        label = value.get("label")
+        return PredictionLine(
+            number,
+            output=value["predict"],
+            prompt=value.get("prompt") if isinstance(value.get("prompt"), str) else None,
+            label=label if isinstance(label, str) else None,
+        )
+    if layout == "spans":
+        if not isinstance(value, dict) or not isinstance(value.get("text"), str):
+            raise ValueError("expected an object with a 'text' string and an 'entities' list")
+        spans = []
+        for entity in value["entities"]:
+            span = Span(int(entity["start"]), int(entity["end"]), str(entity["label"]))
+            check_span(span, value["text"], expected_text=entity.get("text"))
+            spans.append(span)
+        ungrounded = [(str(e["text"]), str(e["label"])) for e in value.get("ungrounded", [])]
+        problems = [str(kind) for kind in value.get("problems", [])]
+        identifier = value.get("id") if isinstance(value.get("id"), str) else None
+        return PredictionLine(
+            number, text=value["text"], spans=spans, ungrounded=ungrounded, problems=problems, id=identifier
+        )
+    if isinstance(value, str):
+        return PredictionLine(number, output=value)
+    if isinstance(value, dict) and isinstance(value.get("output"), str):
+        return PredictionLine(number, output=value["output"])
+    return PredictionLine(number, output=line)
+
+
+def sniff_format(sample: str) -> str:
+    """The answer format a gold answer or an output is written in, by its shape."""
+    value = _json_or_none(sample.strip())
+    if isinstance(value, dict):
+        return "grouped_json"
+    if isinstance(value, list):
+        entries = [entry for entry in value if isinstance(entry, dict)]
+        if any("start" in entry for entry in entries):
+            return "offset_json"
+        return "occurrence_json"
+    return "xml" if FORMATS["xml"].markup(sample).spans else "bracketed"  # type: ignore[attr-defined]
+
+
+@dataclass
+class ScoredSet:
+    """One gold file and its predictions, aligned and parsed."""
+
+    name: str
+    gold: list[Example]
+    predictions: list[PredictionLine]
+    parsed: list[ParseResult]
+    info: dict[str, Any]
+
+
+def align(
+    gold_path: PathLike,
+    predictions_path: PathLike,
+    output_format: str = "auto",
+    reader: str = "auto",
+    on_error: OnError = "raise",
+    reground_offsets: bool = False,
+) -> ScoredSet:
+    """Read both files, pair each prediction with its gold sentence and parse it (module docstring)."""
+    dataset = read_dataset(gold_path, reader, on_error=on_error)
+    layout, predictions, skipped = read_predictions(predictions_path, on_error)
+    pairs = _pairs(dataset, predictions, predictions_path, on_error, skipped)
+    if output_format == "auto":
+        sample = next((p.label or p.output for _, p in pairs if (p.label or p.output)), None)
+        output_format = sniff_format(sample) if sample is not None else "grouped_json"
+    fmt = get_format(output_format, reground_offsets=reground_offsets)
+    gold, kept, parsed = [], [], []
+    for example, prediction in pairs:
+        try:
+            parsed.append(_parse(prediction, example, fmt, predictions_path))
+        except DataError as error:
+            if on_error == "raise":
+                raise
+            skipped.append(str(error))
+            continue
+        gold.append(example)
+        kept.append(prediction)
+    if not gold:
+        raise DataError(predictions_path, None, f"no prediction could be scored ({len(skipped)} skipped)")
+    info = {
+        "path": str(gold_path),
+        "predictions": str(predictions_path),
+        "layout": layout,
+        "format": output_format,
+        "sentences": len(gold),
+        "entities": sum(len(example.spans) for example in gold),
+        "labels": list(dataset.schema.labels),
+        "skipped_gold": len(dataset.skipped),
+        "skipped_predictions": len(skipped),
+        "skipped": dataset.skipped + skipped,
+    }
+    return ScoredSet(dataset.name, gold, kept, parsed, info)
+
+
+def _pairs(
+    dataset: Dataset,
+    predictions: list[PredictionLine],
+    path: PathLike,
+    on_error: OnError,
+    skipped: list[str],
+) -> list[tuple[Example, PredictionLine]]:
+    """Each prediction with its gold example: by position, or by record index once gold records were
+    skipped (their predictions are skipped with them)."""
+    if not dataset.skipped:
+        if len(predictions) + len(skipped) != len(dataset.examples):
+            message = (
+                f"{len(predictions) + len(skipped)} predictions for {len(dataset.examples)} gold sentences"
+            )
+            if on_error == "raise":
+                raise DataError(path, None, message)
+            skipped.append(f"{path}: {message}; the extra lines are not scored")
+        return list(zip(dataset.examples, predictions, strict=False))
+    by_id = {example.id: example for example in dataset.examples}
+    pairs = []
+    for index, prediction in enumerate(predictions):
+        example = by_id.get(prediction.id or f"{dataset.name}-{index}")
+        if example is None:
+            skipped.append(str(DataError(path, prediction.line, "its gold record was skipped")))
+        else:
+            pairs.append((example, prediction))
+    return pairs
+
+
+def _parse(prediction: PredictionLine, gold: Example, fmt: Any, path: PathLike) -> ParseResult:
+    """The prediction's spans of the gold sentence, as evaluation reads an output."""
+    if prediction.output is None:
+        if prediction.text != gold.text:
+            raise DataError(path, prediction.line, f"its text is not the gold sentence {gold.text[:60]!r}")
+        problems = [Problem(kind, "stated by the predictions file") for kind in prediction.problems]
+        return ParseResult(prediction.spans, prediction.ungrounded, problems)
+    if prediction.prompt is not None and gold.text not in prediction.prompt:
+        raise DataError(
+            path, prediction.line, f"the prompt does not hold the gold sentence {gold.text[:60]!r}"
+        )
+    return fmt.parse(prediction.output, gold.text, gold.schema)
+
+
+def llms4ner_keys(
+    answer: str, output_format: str, labels: tuple[str, ...]
+) -> tuple[list[tuple[Any, ...]], str]:
+    """(keys, clean text) of one answer as LLMs4NER's scripts read it (module docstring); the clean
+    text is "" for JSON formats. Inline keys are (label, start, end); JSON keys as their fields."""
+    if output_format in ("xml", "bracketed"):
+        answer = answer.strip() if output_format == "bracketed" else answer  # as their two scripts do
+        markup = FORMATS[output_format].markup(answer, labels, llms4ner=True)  # type: ignore[attr-defined]
+        return [(label, start, end) for start, end, label in markup.spans], markup.clean
+    try:
+        value = json.loads(answer)
+        if output_format == "grouped_json":
+            if not isinstance(value, dict):
+                return [], ""
+            return [
+                (str(mention), str(label))
+                for label, mentions in value.items()
+                if isinstance(mentions, list)
+                for mention in mentions
+            ], ""
+        if not isinstance(value, list):
+            return [], ""
+        fields = ("occurrence_index",) if output_format == "occurrence_json" else ("start", "end")
+        return [
+            (str(entry["text"]), str(entry["label"]), *(int(entry[name]) for name in fields))
+            for entry in value
+            if isinstance(entry, dict) and all(entry.get(k) is not None for k in ("text", "label", *fields))
+        ], ""
+    except (ValueError, TypeError):
+        return [], ""
+
+
+def _llms4ner_gold(prediction: PredictionLine, gold: Example, output_format: str) -> str:
+    """The gold answer LLMs4NER's scripts compare with: the line's `label`, else the gold rendered
+    in the format (grouped as their files write it, without the `entities` wrapper)."""
+    if prediction.label is not None:
+        return prediction.label
+    rendered = FORMATS[output_format].render(gold)
+    if output_format == "grouped_json":
+        return json.dumps(json.loads(rendered)["entities"])
+    return rendered
+
+
+def llms4ner_counts(prediction: PredictionLine, gold: Example, output_format: str) -> dict[str, Counts]:
+    """Per-label counts of one line as LLMs4NER's `compute_f1` makes them."""
+    labels = gold.schema.labels
+    predicted, predicted_clean = llms4ner_keys(prediction.output or "", output_format, labels)
+    expected, gold_clean = llms4ner_keys(
+        _llms4ner_gold(prediction, gold, output_format), output_format, labels
+    )
+    if output_format not in ("xml", "bracketed"):
+        return multiset_counts(expected, predicted, label_at=1)
+    if predicted_clean != gold_clean:  # their "matching" mode: (label, text) on both sides
+        predicted = [(label, predicted_clean[start:end]) for label, start, end in predicted]
+        expected = [(label, gold_clean[start:end]) for label, start, end in expected]
+    return multiset_counts(expected, predicted, label_at=0)
+
+
+def score(sets: list[ScoredSet], compat: Compat = "none", primary_mode: str = "text") -> Evaluation:
+    """The evaluation tables of aligned sets (`results.Evaluation`, as `evaluate` makes them)."""
+    if compat not in COMPAT:
+        raise ValueError(f"compat must be one of {COMPAT}, not {compat!r}")
+    names = [scored.name for scored in sets]
+    if len(set(names)) < len(names):
+        raise ValueError(f"two gold files are named alike ({names}); rename one")
+    scorers = {mode: Scorer(mode) for mode in MATCH_MODES}  # type: ignore[arg-type]
+    errors: dict[str, ErrorCounts] = {}
+    for scored in sets:
+        for example, prediction, parsed in zip(scored.gold, scored.predictions, scored.parsed, strict=True):
+            for mode, scorer in scorers.items():
+                if mode == "exact" and compat == "llms4ner" and prediction.output is not None:
+                    scorer.add_counts(
+                        llms4ner_counts(prediction, example, scored.info["format"]), scored.name
+                    )
+                else:
+                    scorer.add(example, parsed.spans, parsed.ungrounded, scored.name)
+            errors[scored.name] = errors.get(scored.name, ErrorCounts()) + error_counts(example, parsed)
+    sentences = sum(len(scored.gold) for scored in sets)
+    return Evaluation(
+        primary_mode=primary_mode,  # type: ignore[arg-type]
+        reports={NORMAL: {mode: scorer.report() for mode, scorer in scorers.items()}},
+        errors={NORMAL: errors},
+        datasets={scored.name: scored.info for scored in sets},
+        label_maps={},
+        generation={
+            "sentences": sentences,
+            "seconds": 0.0,
+            "sentences_per_second": 0.0,
+            "completion_tokens": 0,
+        },
+        config={
+            "model_name_or_path": ", ".join(scored.info["predictions"] for scored in sets),
+            "backend": "predictions file",
+            "output_format": ", ".join(dict.fromkeys(scored.info["format"] for scored in sets)),
+            "compat": compat,
+        },
+    )
+
+
+def score_files(
+    pairs: list[tuple[PathLike, PathLike]],
+    output_format: str = "auto",
+    compat: Compat = "none",
+    on_error: OnError = "raise",
+    reground_offsets: bool = False,
+    primary_mode: str = "text",
+    reader: str = "auto",
+) -> Evaluation:
+    """`score` of (gold, predictions) file pairs."""
+    sets = [
+        align(gold, predictions, output_format, reader, on_error, reground_offsets)
+        for gold, predictions in pairs
+    ]
+    return score(sets, compat, primary_mode)
+
+
+def write_results(evaluation: Evaluation, output_dir: PathLike) -> None:
+    """results.json and results.md, as evaluation writes them."""
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RESULTS_JSON).write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n", encoding="utf-8")
+    (folder / RESULTS_MD).write_text(evaluation.to_markdown(), encoding="utf-8")

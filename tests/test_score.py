@@ -1,0 +1,213 @@
+"""`reasoningner score`: each predictions layout, skipping, the LLMs4NER counting (checked against an
+independent counter written here from their scripts' rules), and the command line."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reasoningner.cli import main
+from reasoningner.formats import FORMATS
+from reasoningner.metrics import Counts
+from reasoningner.readers import DataError, read_alpaca
+from reasoningner.score import score_files
+
+DATA = Path(__file__).parent / "data"
+ACE = DATA / "ace2005_mini.json"
+LLMS4NER = DATA / "llms4ner"
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def micro(evaluation: Any, mode: str, name: str) -> Counts:
+    return evaluation.reports["normal"][mode].datasets[name].micro
+
+
+def test_llamafactory_predictions_score_like_evaluation(tmp_path: Path) -> None:
+    records = json.loads(ACE.read_text(encoding="utf-8"))
+    predicts = [records[0]["output"], records[1]["input"], "<think>hm</think>" + records[2]["output"]]
+    rows = [
+        {"prompt": f"{r['instruction']}\n{r['input']}", "predict": p, "label": r["output"]}
+        for r, p in zip(records, predicts, strict=True)
+    ]
+    evaluation = score_files([(ACE, write_jsonl(tmp_path / "generated_predictions.jsonl", rows))])
+    gold = read_alpaca(ACE).examples
+    missed = len(gold[1].spans)
+    assert micro(evaluation, "exact", "ace2005_mini") == Counts(18 - missed, 0, missed)
+    assert evaluation.datasets["ace2005_mini"]["layout"] == "llamafactory"
+    assert evaluation.datasets["ace2005_mini"]["format"] == "xml"
+    assert evaluation.errors["normal"]["ace2005_mini"].outputs == 3
+
+
+def test_spans_and_raw_output_layouts(tmp_path: Path) -> None:
+    gold = read_alpaca(ACE).examples
+    spans = [{"text": e.text, "entities": e.entity_dicts()[1:], "id": e.id} for e in gold]
+    by_spans = score_files([(ACE, write_jsonl(tmp_path / "spans.jsonl", spans))])
+    assert micro(by_spans, "exact", "ace2005_mini") == Counts(15, 0, 3)
+    assert by_spans.datasets["ace2005_mini"]["layout"] == "spans"
+    offsets = [FORMATS["offset_json"].render(e) for e in gold]
+    for rows in (offsets, [{"output": o} for o in offsets]):  # JSON strings; eval's generations.jsonl
+        evaluation = score_files([(ACE, write_jsonl(tmp_path / "outputs.jsonl", rows))])
+        assert micro(evaluation, "exact", "ace2005_mini") == Counts(18, 0, 0)
+        assert evaluation.datasets["ace2005_mini"]["format"] == "offset_json"
+    (tmp_path / "raw.txt").write_text("\n".join(offsets) + "\n", encoding="utf-8")  # the lines themselves
+    assert micro(score_files([(ACE, tmp_path / "raw.txt")]), "text", "ace2005_mini").f1 == 1.0
+
+
+def test_offsets_shifted_by_one_score_nothing_in_exact_mode(tmp_path: Path) -> None:
+    gold = read_alpaca(ACE).examples
+    shifted = [
+        json.dumps([{**e, "start": e["start"] + 1, "end": e["end"] + 1} for e in example.entity_dicts()])
+        for example in gold
+    ]
+    path = write_jsonl(tmp_path / "shifted.jsonl", shifted)
+    assert micro(score_files([(ACE, path)]), "exact", "ace2005_mini").tp == 0
+    assert micro(score_files([(ACE, path)], reground_offsets=True), "exact", "ace2005_mini").tp == 18
+
+
+def test_skip_bad_skips_gold_records_with_their_predictions(tmp_path: Path) -> None:
+    gold_path = LLMS4NER / "conll03_bracketed_dev_alpaca.json"
+    records = json.loads(gold_path.read_text(encoding="utf-8"))
+    rows = [{"predict": r["output"], "label": r["output"]} for r in records]
+    rows[4]["predict"] = 17  # not a string: a malformed line
+    predictions = write_jsonl(tmp_path / "p.jsonl", rows)
+    with pytest.raises(DataError, match=r"conll03_bracketed_dev_alpaca.json:12: record 2"):
+        score_files([(gold_path, predictions)])
+    evaluation = score_files([(gold_path, predictions)], on_error="skip")
+    info = evaluation.datasets["conll03_bracketed_dev_alpaca"]
+    assert (info["sentences"], info["skipped_gold"], info["skipped_predictions"]) == (3, 1, 2)
+    assert any(":3: its gold record was skipped" in message for message in info["skipped"])
+    assert any(":5: llamafactory prediction" in message for message in info["skipped"])
+    assert micro(evaluation, "exact", "conll03_bracketed_dev_alpaca").f1 == 1.0
+
+
+def test_misaligned_files_are_errors_naming_the_line(tmp_path: Path) -> None:
+    rows = [{"prompt": "another sentence", "predict": "x", "label": "x"}] * 3
+    with pytest.raises(DataError, match=r"p.jsonl:1: the prompt does not hold the gold sentence"):
+        score_files([(ACE, write_jsonl(tmp_path / "p.jsonl", rows))])
+    with pytest.raises(DataError, match=r"p.jsonl: 2 predictions for 3 gold sentences"):
+        score_files([(ACE, write_jsonl(tmp_path / "p.jsonl", rows[:2]))])
+
+
+# --- LLMs4NER's counting, checked by an independent counter -------------------------------------------
+
+
+def their_xml(text: str, tags: list[str]) -> tuple[str, list[tuple[str, int, int]]]:
+    """LLMs4NER's `parse_xml_spans` + `strip_xml_tags`, restated: only the listed tags; a closer ends
+    the innermost tag of its name and every tag opened inside it; empty entities dropped."""
+    pattern = re.compile("<(/?)(" + "|".join(sorted(tags, key=len, reverse=True)) + ")>")
+    clean, stack, entities, cursor = "", [], [], 0
+    for match in pattern.finditer(text):
+        clean += text[cursor : match.start()]
+        cursor = match.end()
+        if not match.group(1):
+            stack.append((match.group(2), len(clean)))
+            continue
+        where = [i for i, (tag, _) in enumerate(stack) if tag == match.group(2)]
+        if where:
+            tag, start = stack[where[-1]]
+            del stack[where[-1] :]
+            if len(clean) > start:
+                entities.append((tag, start, len(clean)))
+    return clean + text[cursor:], entities
+
+
+def their_counts(rows: list[dict[str, str]], fmt: str, tags: list[str]) -> Counts:
+    tp = fp = fn = 0
+    for row in rows:
+        if fmt == "xml":
+            (p_clean, p), (g_clean, g) = their_xml(row["predict"], tags), their_xml(row["label"], tags)
+            if p_clean != g_clean:
+                p = [(label, p_clean[s:e]) for label, s, e in p]
+                g = [(label, g_clean[s:e]) for label, s, e in g]
+        else:
+            p, g = their_entries(row["predict"]), their_entries(row["label"])
+        predicted, gold = Counter(p), Counter(g)
+        tp += sum(min(n, gold[key]) for key, n in predicted.items())
+        fp += sum(max(0, n - gold[key]) for key, n in predicted.items())
+        fn += sum(max(0, n - predicted[key]) for key, n in gold.items())
+    return Counts(tp, fp, fn)
+
+
+def their_entries(answer: str) -> list[tuple]:
+    """LLMs4NER's occurrence-JSON `parse_entities`: json.loads or nothing, complete entries only."""
+    try:
+        data = json.loads(answer)
+        return [
+            (str(e["text"]), str(e["label"]), int(e["occurrence_index"]))
+            for e in data
+            if isinstance(e, dict) and None not in (e.get("text"), e.get("label"), e.get("occurrence_index"))
+        ]
+    except Exception:
+        return []
+
+
+def test_compat_llms4ner_counts_xml_as_their_script_does(tmp_path: Path) -> None:
+    records = json.loads(ACE.read_text(encoding="utf-8"))
+    gold_outputs = [r["output"] for r in records]
+    predicts = [
+        gold_outputs[0],
+        # an entity stated twice (a multiset counts the second as a false positive) and one tag lost
+        gold_outputs[1].replace("<GPE>", "<GPE><GPE>", 1).replace("</GPE>", "</GPE></GPE>", 1),
+        # a tag outside the labels: text to their script, so the sentence is matched by text
+        gold_outputs[2].replace("<PER>", "<TIME>", 1).replace("</PER>", "</TIME>", 1),
+    ]
+    rows = [
+        {"prompt": r["input"], "predict": p, "label": r["output"]}
+        for r, p in zip(records, predicts, strict=True)
+    ]
+    path = write_jsonl(tmp_path / "generated_predictions.jsonl", rows)
+    expected = their_counts(rows, "xml", ["PER", "ORG", "GPE", "LOC", "FAC", "VEH", "WEA"])
+    ours = micro(score_files([(ACE, path)]), "exact", "ace2005_mini")
+    compat = micro(score_files([(ACE, path)], compat="llms4ner"), "exact", "ace2005_mini")
+    assert compat == expected and compat != ours  # the rules differ on these lines, and we follow theirs
+
+
+def test_compat_llms4ner_counts_occurrence_json_as_their_script_does(tmp_path: Path) -> None:
+    gold_path = LLMS4NER / "ace2005_occurrence_index_dev_alpaca.json"
+    records = json.loads(gold_path.read_text(encoding="utf-8"))
+    labels = [r["output"] for r in records]
+    entries = json.loads(labels[1])
+    predicts = [
+        labels[0].replace('"', "'"),  # a Python literal: nothing to their json.loads
+        json.dumps(entries + entries[:2] + [{**entries[0], "occurrence_index": 2}]),  # repeats, a wrong index
+        "<think>ok</think>" + labels[2],  # nothing is taken out of the output first
+    ]
+    rows = [
+        {"prompt": r["input"], "predict": p, "label": r["output"]}
+        for r, p in zip(records, predicts, strict=True)
+    ]
+    path = write_jsonl(tmp_path / "generated_predictions.jsonl", rows)
+    compat = micro(
+        score_files([(gold_path, path)], compat="llms4ner"), "exact", "ace2005_occurrence_index_dev_alpaca"
+    )
+    assert compat == their_counts(rows, "occurrence_json", [])
+    assert compat.fp == 3  # the two repeats and the wrong index
+
+
+# --- command line -----------------------------------------------------------------------------------
+
+
+def test_score_command_prints_and_writes_the_tables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = json.loads(ACE.read_text(encoding="utf-8"))
+    rows = [{"predict": r["output"], "label": r["output"]} for r in records]
+    predictions = write_jsonl(tmp_path / "p.jsonl", rows)
+    out = tmp_path / "out"
+    assert main(["score", str(ACE), str(predictions), "--compat", "llms4ner", "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "ace2005_mini: 3 scored (llamafactory, xml)" in printed and "llms4ner" in printed
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert results["scores"]["exact"]["datasets"]["ace2005_mini"]["micro"]["f1"] == 1.0
+    assert "## Error analysis" in (out / "results.md").read_text(encoding="utf-8")
+    assert main(["score", str(ACE)]) == 2  # pairs only
+    assert "score takes pairs" in capsys.readouterr().err
