@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import yaml
 
 from reasoningner.configs import PromptArguments, PromptContract
 from reasoningner.rewards import get_rewards
+from reasoningner.tracking import PIPELINE_ENV, pipeline_id
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "tiny-cpu"
@@ -44,10 +46,14 @@ QUICK = {
 }
 
 
-def run(stage: str, *args: str) -> float:
-    """Run `stages/<stage>.py` as a user would; return the seconds it took."""
+def run(stage: str, *args: str, pipeline: str) -> float:
+    """Run `stages/<stage>.py` as a user would, in the demo's pipeline run (one W&B group, even for the
+    untrained model's evaluation, which has no upstream manifest); return the seconds it took."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "stages" / f"{stage}.py"), *args], cwd=ROOT, check=True)
+    env = os.environ | {PIPELINE_ENV: pipeline}
+    subprocess.run(
+        [sys.executable, str(ROOT / "stages" / f"{stage}.py"), *args], cwd=ROOT, env=env, check=True
+    )
     return time.perf_counter() - started
 
 
@@ -210,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     lines: list[str] = []
 
     started = time.perf_counter()
+    pipeline = pipeline_id(out, [])  # one per output folder, as a stage without upstream makes
     cot_args = [
         "--config",
         str(RECIPES / "cot.yaml"),
@@ -217,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         str(out / "cot"),
         *extra.get("cot", []),
     ]
-    timings["cot"] = run("cot", *cot_args)
+    timings["cot"] = run("cot", *cot_args, pipeline=pipeline)
     cot = json.loads((out / "cot" / "report.json").read_text())
     lines.append(f"stage 1 (CoT, gold-template): {cot['accepted']}/{cot['sentences']} sentences accepted")
 
@@ -254,13 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     annotations = str(out / "cot" / "annotations.jsonl")
     sft_args = ["--config", str(RECIPES / "sft.yaml"), "--model_name_or_path", str(model),
                 "--train_files", annotations, "--output_dir", str(out / "sft")]  # fmt: skip
-    timings["sft"] = run("sft", *sft_args, *extra.get("sft", []))
+    timings["sft"] = run("sft", *sft_args, *extra.get("sft", []), pipeline=pipeline)
     evals["sft"] = evaluate("sft", out / "sft")
     lines.append(f"stage 2 (SFT): dev F1 {100 * evals['sft']['f1']:.1f}")
 
     rl_args = ["--config", str(RECIPES / "rl.yaml"), "--model_name_or_path", str(out / "sft"),
                "--output_dir", str(out / "rl")]  # fmt: skip
-    timings["rl"] = run("rl", *rl_args, *extra.get("rl", []))
+    timings["rl"] = run("rl", *rl_args, *extra.get("rl", []), pipeline=pipeline)
     evals["grpo"] = evaluate("grpo", out / "rl")
     lines.append(f"stage 3 (GRPO): dev F1 {100 * evals['grpo']['f1']:.1f}")
 
