@@ -247,9 +247,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def evaluate(name: str, model_dir: Path, *prompt: str) -> dict[str, Any]:
         eval_args = ["--config", eval_recipe, "--model_name_or_path", str(model_dir), *prompt]
-        timings[f"eval {name}"] = run(
-            "eval", *eval_args, "--output_dir", str(out / f"eval-{name}"), *extra.get("eval", [])
-        )
+        output = ["--output_dir", str(out / f"eval-{name}")]
+        timings[f"eval {name}"] = run("eval", *eval_args, *output, *extra.get("eval", []), pipeline=pipeline)
         return scores(out / f"eval-{name}" / "results.json")
 
     # The untrained model has no prompt contract yet: ask it as SFT will train it.
