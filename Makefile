@@ -25,24 +25,29 @@ TRAIN_LAUNCH = $(if $(NUM_GPUS),$(BIN)/accelerate launch --config_file $(ACCELER
 need-recipe = $(if $(RECIPE),,$(error RECIPE=recipes/<dir>/$@.yaml is required))
 # Stage 1 and evaluation are single processes: their backends (vLLM tensor parallel, a server) use the GPUs.
 one-process = $(if $(NUM_GPUS)$(NUM_PROCS),$(error make $@ runs one process; the backend options use the GPUs))
+# Every stage starts with `reasoningner doctor` on the same recipe, GPU count and ARGS: seconds, one line per
+# check (GPUs, torch build, vLLM/flash-attn/Liger, W&B, data, model, output dir, disk, chat template).
+# DOCTOR= skips it.
+DOCTOR ?= $(BIN)/reasoningner doctor
+doctor = $(if $(DOCTOR),$(DOCTOR) $(RECIPE) $(if $(NUM_GPUS),--num-gpus $(NUM_GPUS) )--args='$(ARGS)' && )
 
-.PHONY: cot sft rl eval
+.PHONY: cot sft rl eval smoke
 
 # Stage 1: teacher CoT annotations.
 cot: install
-	$(need-recipe)$(one-process)$(BIN)/python stages/cot.py --config $(RECIPE) $(ARGS)
+	$(need-recipe)$(one-process)$(doctor)$(BIN)/python stages/cot.py --config $(RECIPE) $(ARGS)
 
 # Stage 2: SFT on the annotations.
 sft: install
-	$(need-recipe)$(TRAIN_LAUNCH) stages/sft.py --config $(RECIPE) $(ARGS)
+	$(need-recipe)$(doctor)$(TRAIN_LAUNCH) stages/sft.py --config $(RECIPE) $(ARGS)
 
 # Stage 3: GRPO from the SFT model.
 rl: install
-	$(need-recipe)$(TRAIN_LAUNCH) stages/rl.py --config $(RECIPE) $(ARGS)
+	$(need-recipe)$(doctor)$(TRAIN_LAUNCH) stages/rl.py --config $(RECIPE) $(ARGS)
 
 # Evaluation of any stage's model.
 eval: install
-	$(need-recipe)$(one-process)$(BIN)/python stages/eval.py --config $(RECIPE) $(ARGS)
+	$(need-recipe)$(one-process)$(doctor)$(BIN)/python stages/eval.py --config $(RECIPE) $(ARGS)
 
 # Score predictions made elsewhere (LLaMA-Factory's generated_predictions.jsonl, our JSONL, raw outputs):
 #   make score GOLD=../shared/data/genia/dev_xml_alpaca.json PREDICTIONS=generated_predictions.jsonl [ARGS="--compat llms4ner"]
@@ -63,6 +68,25 @@ $(STAMP): pyproject.toml
 # The whole pipeline on CPU with the tiny model: CoT -> SFT -> GRPO -> eval, plots and report.
 demo: install
 	$(BIN)/python stages/demo.py
+
+# The paper's recipes (recipes/reasoningner/qwen3-8b) a few steps each on whatever this node has (CPU: a
+# tiny local model; the local stand-ins of NER-CoT and the InstructUIE tree), then the tiny evaluation.
+SMOKE := outputs/smoke
+SMOKE_RECIPES := recipes/reasoningner/qwen3-8b
+SMOKE_DEVICE = $(shell $(BIN)/python -c "import torch; print('' if torch.cuda.is_available() else '--use_cpu true')")
+SMOKE_ARGS = --max_steps 2 --report_to none --save_strategy no $(SMOKE_DEVICE)
+smoke: install
+	rm -rf $(SMOKE)
+	$(BIN)/reasoningner tiny-model --out $(SMOKE)/tiny-model --data tests/data/conll2003_mini.txt \
+		--vocab-size 400 --hidden-size 32 --intermediate-size 64 --layers 1 --heads 2
+	$(BIN)/python stages/sft.py --config $(SMOKE_RECIPES)/sft.yaml --model_name_or_path $(SMOKE)/tiny-model \
+		--train_files hf:tests/data/hub/NER-CoT@train --output_dir $(SMOKE)/sft $(SMOKE_ARGS)
+	$(BIN)/python stages/rl.py --config $(SMOKE_RECIPES)/rl.yaml --model_name_or_path $(SMOKE)/sft \
+		--train_files "hf:tests/data/hub/InstructUIE/NER@train?sets=CoNLL 2003,WikiANN en" --use_vllm false \
+		--per_device_train_batch_size 16 --gradient_accumulation_steps 1 --max_completion_length 16 \
+		--output_dir $(SMOKE)/rl $(SMOKE_ARGS)
+	$(BIN)/python stages/eval.py --config recipes/tiny-cpu/eval.yaml --model_name_or_path $(SMOKE)/rl \
+		--output_dir $(SMOKE)/eval --limit 4 --max_new_tokens 16
 
 # Every stage benchmark, gathered in benchmarks/results/summary.{json,md}.
 bench: install

@@ -248,6 +248,28 @@ def _predict(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _add_doctor_command(subparsers: argparse._SubParsersAction) -> None:
+    doctor = subparsers.add_parser(
+        "doctor", help="check in seconds what would break a recipe's run here (GPUs, packages, data, disk)"
+    )
+    doctor.add_argument("recipe", type=Path)
+    doctor.add_argument(
+        "--num-gpus", type=int, default=None, help="GPUs the run will use (default: its need)"
+    )
+    doctor.add_argument(
+        "--args", default="", help='the stage\'s command-line overrides, as make passes ARGS: "--max_steps 5"'
+    )
+    doctor.set_defaults(handler=_doctor)
+
+
+def _doctor(args: argparse.Namespace, console: Console) -> int:
+    import shlex
+
+    from reasoningner.doctor import run
+
+    return run(args.recipe, args.num_gpus, shlex.split(args.args))
+
+
 def _add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
     """One `--dashed-name` option per field of `PromptArguments`, with its help, unset by default (the
     model's saved contract decides), so that the command line and the recipes name each setting alike."""
@@ -336,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tiny_model_command(subparsers)
     _add_predict_command(subparsers)
     _add_score_command(subparsers)
+    _add_doctor_command(subparsers)
     return parser
 
 

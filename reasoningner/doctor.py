@@ -1,0 +1,264 @@
+"""`reasoningner doctor RECIPE [--num-gpus N] [--args "STAGE OVERRIDES"]`: what would break a run, in seconds.
+
+A GPU job that dies after an hour in the queue on a missing package, a GPU count, an absent dataset or a
+full disk costs the hour; every one of those can be seen before it starts. Each check prints one line
+(`ok`, `skip` when it cannot apply here, `FAIL` with what to do), and any FAIL makes the exit status 1.
+`make cot|sft|rl|eval` run it first, with the same recipe, GPU count and overrides as the stage.
+
+It reads the recipe as YAML plus `--key value` overrides (not through the stage's parser, which would
+refuse a GPU recipe on this machine before saying why), and never contacts the hub when
+`HF_HUB_OFFLINE` is set: a hub id is then resolvable only from the cache.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import netrc
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reasoningner.configs import NEEDS
+from reasoningner.sources import hub_cached, is_source, offline, resolvable
+
+# Free disk a run needs before it starts, in GB: checkpoints of full fine-tuning (weights and optimizer
+# states) on a GPU, a model's outputs elsewhere.
+DISK_GB = {"train-gpu": 200, "gpu": 20, "cpu": 1}
+RUN_MARKERS = (
+    "run_settings.json",
+    "manifest.json",
+    "annotations.jsonl",
+    "checkpoint-*",
+    "annotations.shard-*",
+)
+
+
+@dataclass
+class Check:
+    """One line of the report."""
+
+    name: str
+    status: str  # ok, skip, FAIL
+    message: str
+
+    def line(self) -> str:
+        return f"{self.status:<5} {self.name}: {self.message}"
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The recipe's keys with `--key value [value ...]` overrides on top, values read as YAML and a list
+    where the recipe has one (as TRL's parser reads them)."""
+    recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    items = list(overrides)
+    while items:
+        key = items.pop(0)
+        if not key.startswith("--"):
+            raise ValueError(f"override {key!r}: expected --key value")
+        key, _, given = key[2:].partition("=")
+        values = [given] if given else []
+        while not given and items and not items[0].startswith("--"):
+            values.append(items.pop(0))
+        parsed = [yaml.safe_load(value) for value in values] or [True]
+        recipe[key] = parsed if isinstance(recipe.get(key), list) or len(parsed) > 1 else parsed[0]
+    return recipe
+
+
+def stage_of(recipe: dict[str, Any]) -> str:
+    """cot, sft, rl or eval, from the keys only that stage has."""
+    if "reward_funcs" in recipe or "num_generations" in recipe:
+        return "rl"
+    if "train_files" in recipe:
+        return "sft"
+    datasets = recipe.get("datasets") or []
+    if "primary_mode" in recipe or any(isinstance(d, dict) for d in datasets):
+        return "eval"
+    return "cot"
+
+
+def needs_gpu(recipe: dict[str, Any], stage: str) -> bool:
+    if stage in ("sft", "rl"):
+        return not recipe.get("use_cpu", False)
+    return recipe.get("backend") == "vllm"
+
+
+def check_gpus(recipe: dict[str, Any], stage: str, num_gpus: int | None) -> list[Check]:
+    """GPUs visible against those asked for, and a torch that can use them."""
+    import torch
+
+    wanted = num_gpus if num_gpus is not None else int(needs_gpu(recipe, stage))
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    shown = os.environ.get("CUDA_VISIBLE_DEVICES")
+    where = f" (CUDA_VISIBLE_DEVICES={shown})" if shown is not None else ""
+    checks = [
+        Check("gpus", "ok", f"{visible} visible, {wanted} needed{where}")
+        if visible >= wanted
+        else Check(
+            "gpus", "FAIL", f"{wanted} needed, {visible} visible{where}: run on a GPU node or lower NUM_GPUS"
+        )
+    ]
+    if wanted == 0:
+        checks.append(Check("torch", "ok", f"torch {torch.__version__} (no GPU needed)"))
+    elif torch.version.cuda is None:
+        checks.append(
+            Check(
+                "torch",
+                "FAIL",
+                f'torch {torch.__version__} is a CPU build: make install TORCH="torch==... '
+                '--index-url https://download.pytorch.org/whl/cu130" (or use the docker/ image)',
+            )  # fmt: skip
+        )
+    else:
+        checks.append(Check("torch", "ok", f"torch {torch.__version__}, CUDA {torch.version.cuda}"))
+    return checks
+
+
+def check_packages(recipe: dict[str, Any]) -> list[Check]:
+    """vLLM, flash-attn and Liger importable when the recipe's settings use them."""
+    checks = []
+    for (key, value), (module, command) in NEEDS.items():
+        if recipe.get(key) != value:
+            continue
+        if key == "use_liger_kernel" and recipe.get("use_cpu"):
+            checks.append(Check(module, "skip", "use_liger_kernel is turned off on CPU"))
+        elif importlib.util.find_spec(module) is None:
+            checks.append(Check(module, "FAIL", f"{key}: {value} needs it: {command}"))
+        else:
+            checks.append(Check(module, "ok", f"importable ({key}: {value})"))
+    return checks
+
+
+def check_wandb(recipe: dict[str, Any]) -> list[Check]:
+    """W&B credentials when the recipe reports there (or a mode that needs none)."""
+    report_to = recipe.get("report_to") or []
+    if "wandb" not in ([report_to] if isinstance(report_to, str) else report_to):
+        return []
+    mode = os.environ.get("WANDB_MODE", "")
+    if mode in ("offline", "disabled") or os.environ.get("WANDB_API_KEY"):
+        return [Check("wandb", "ok", f"WANDB_MODE={mode}" if mode else "WANDB_API_KEY is set")]
+    try:
+        logged_in = netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        logged_in = False
+    if logged_in:
+        return [Check("wandb", "ok", "credentials in ~/.netrc")]
+    return [Check("wandb", "FAIL", "report_to: wandb without credentials: `wandb login`, WANDB_API_KEY, "
+                  "WANDB_MODE=offline, or --report_to none")]  # fmt: skip
+
+
+def data_sources(recipe: dict[str, Any]) -> list[str]:
+    sources = [*(recipe.get("train_files") or []), *(recipe.get("eval_files") or [])]
+    for entry in recipe.get("datasets") or []:
+        sources.append(entry if isinstance(entry, str) else str(entry.get("path")))
+    return sources
+
+
+def check_data(recipe: dict[str, Any]) -> list[Check]:
+    """Every data source readable here: a local path exists, a hub dataset is cached or (online) served."""
+    checks = []
+    for source in data_sources(recipe):
+        found, how = resolvable(source)
+        if not found and not is_source(source) and source.startswith("outputs/"):
+            how += ": an earlier stage writes it (make cot / sft), run that first"
+        checks.append(Check("data", "ok" if found else "FAIL", f"{source}: {how}"))
+    return checks
+
+
+def check_model(recipe: dict[str, Any]) -> list[Check]:
+    """The model a stage loads: a local directory, or a hub id cached (or served, when online)."""
+    model = recipe.get("model_name_or_path")
+    if not model or recipe.get("backend") in ("openai", "gold-template"):
+        return []
+    path = Path(str(model)).expanduser()
+    if path.exists():
+        return [Check("model", "ok", f"{model}: local")]
+    if str(model).startswith(("outputs/", ".", "/")) or str(model).count("/") != 1:
+        return [Check("model", "FAIL", f"{model} does not exist: run the stage that writes it first")]
+    if hub_cached(str(model), "models"):
+        return [Check("model", "ok", f"{model}: in the Hugging Face cache")]
+    if offline():
+        return [Check("model", "FAIL", f"{model}: not cached and the hub is offline (HF_HUB_OFFLINE)")]
+    return [Check("model", "ok", f"{model}: downloaded from the hub at first use")]
+
+
+def check_output_dir(recipe: dict[str, Any]) -> list[Check]:
+    """The output folder is free, or holds a run this one resumes (settings are compared at start)."""
+    output = recipe.get("output_dir")
+    if not output:
+        return [Check("output_dir", "FAIL", "no output_dir")]
+    path = Path(output)
+    if not path.exists() or not any(path.iterdir()):
+        return [Check("output_dir", "ok", f"{output}: free")]
+    if any(next(path.glob(marker), None) for marker in RUN_MARKERS):
+        return [Check("output_dir", "ok", f"{output}: holds a run, which this one resumes (same settings) "
+                      "or refuses; --overwrite_output_dir true starts afresh")]  # fmt: skip
+    return [Check("output_dir", "FAIL", f"{output} holds files of no run: choose another output_dir")]
+
+
+def check_disk(recipe: dict[str, Any], stage: str) -> list[Check]:
+    folder = Path(recipe.get("output_dir") or ".").resolve()
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free / 2**30
+    kind = ("train-gpu" if stage in ("sft", "rl") else "gpu") if needs_gpu(recipe, stage) else "cpu"
+    status = "ok" if free >= DISK_GB[kind] else "FAIL"
+    return [Check("disk", status, f"{free:.0f} GB free under {folder}, {DISK_GB[kind]} GB wanted")]
+
+
+def check_chat_template(recipe: dict[str, Any], stage: str) -> list[Check]:
+    """SFT with `assistant_only_loss` needs `{% generation %}` markers, or a template TRL knows how to
+    patch (Qwen3's); checked on the tokenizer when it is local or cached."""
+    if stage != "sft" or not recipe.get("assistant_only_loss"):
+        return []
+    model = str(recipe.get("model_name_or_path") or "")
+    if not Path(model).expanduser().exists() and not hub_cached(model, "models"):
+        return [Check("chat template", "skip", f"{model} is not here yet: checked by TRL at the start")]
+    from transformers import AutoTokenizer
+    from trl.chat_template_utils import get_training_chat_template
+
+    tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
+    if not tokenizer.chat_template:
+        return [
+            Check("chat template", "FAIL", f"{model} has no chat template: SFT cannot build conversations")
+        ]
+    try:
+        patched = get_training_chat_template(tokenizer)
+    except ValueError as error:
+        return [Check("chat template", "FAIL", f"{model}: {error}; or set assistant_only_loss: false")]
+    how = "has {% generation %} markers" if patched is None else "TRL swaps in its training version"
+    return [Check("chat template", "ok", f"{model} {how}")]
+
+
+def diagnose(
+    recipe_path: str | Path, num_gpus: int | None = None, overrides: Sequence[str] = ()
+) -> list[Check]:
+    """Every check of a recipe, in order."""
+    recipe = load_recipe(recipe_path, overrides)
+    stage = stage_of(recipe)
+    steps: list[Callable[[], list[Check]]] = [
+        lambda: check_gpus(recipe, stage, num_gpus),
+        lambda: check_packages(recipe),
+        lambda: check_wandb(recipe),
+        lambda: check_data(recipe),
+        lambda: check_model(recipe),
+        lambda: check_output_dir(recipe),
+        lambda: check_disk(recipe, stage),
+        lambda: check_chat_template(recipe, stage),
+    ]
+    return [check for step in steps for check in step()]
+
+
+def run(recipe_path: str | Path, num_gpus: int | None = None, overrides: Sequence[str] = ()) -> int:
+    """Print one line per check; 1 when any failed."""
+    checks = diagnose(recipe_path, num_gpus, overrides)
+    for check in checks:
+        print(check.line(), flush=True)
+    failed = sum(check.status == "FAIL" for check in checks)
+    print(
+        f"doctor: {recipe_path}: {failed} failed of {len(checks)}" if failed else f"doctor: {recipe_path}: ok"
+    )
+    return 1 if failed else 0

@@ -1,0 +1,124 @@
+"""`reasoningner doctor`: one line per check, exit status 1 on a failure; each check shown to pass and to
+fail. Nothing contacts the hub (HF_HUB_OFFLINE), and the GPU checks read this machine (no GPU)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+
+from reasoningner import doctor
+from reasoningner.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+HUB = Path(__file__).parent / "data" / "hub"
+GPU_RL = ROOT / "recipes" / "reasoningner" / "qwen3-8b" / "rl.yaml"
+TINY_SFT = ROOT / "recipes" / "tiny-cpu" / "sft.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))  # an empty cache
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+
+
+def statuses(checks: list[doctor.Check]) -> dict[str, str]:
+    return {check.name: check.status for check in checks}
+
+
+def test_the_paper_gpu_recipe_reports_the_missing_gpus_vllm_and_data_here(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    assert main(["doctor", str(GPU_RL), "--num-gpus", "7"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("FAIL  gpus: 7 needed, 0 visible")
+    assert any(line.startswith('FAIL  vllm: use_vllm: True needs it: pip install "vllm') for line in lines)
+    assert any(line.startswith("FAIL  torch: torch") and "CPU build" in line for line in lines)
+    assert any("FAIL  data: hf:ZWK/InstructUIE_data" in line and "hub is offline" in line for line in lines)
+    assert any(line.startswith("FAIL  wandb: report_to: wandb without credentials") for line in lines)
+    assert lines[-1].startswith(f"doctor: {GPU_RL}:") and "failed" in lines[-1]
+
+
+def test_a_tiny_recipe_passes_with_its_inputs_in_place(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    overrides = f"--model_name_or_path {tiny_model_dir} --output_dir {tmp_path / 'sft'}"
+    overrides += f" --train_files hf:{HUB / 'NER-CoT'}@train"
+    assert main(["doctor", str(TINY_SFT), "--args", overrides]) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ok    chat template:" in out and "ok    gpus: 0 visible, 0 needed" in out
+    assert out.splitlines()[-1] == f"doctor: {TINY_SFT}: ok"
+
+
+def test_each_check_fails_with_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = tmp_path / "sft.yaml"
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    recipe.write_text(
+        f"model_name_or_path: {model}\ntrain_files: [{tmp_path / 'missing.jsonl'}, hf:OWNER/NAME@train]\n"
+        f"output_dir: {out}\nuse_cpu: true\nreport_to: wandb\nattn_implementation: flash_attention_2\n"
+    )
+    checks = doctor.diagnose(recipe)
+    assert [(c.name, c.status) for c in checks] == [
+        ("gpus", "ok"), ("torch", "ok"), ("flash_attn", "FAIL"), ("wandb", "FAIL"), ("data", "FAIL"),
+        ("data", "FAIL"), ("model", "ok"), ("output_dir", "FAIL"), ("disk", "ok"),
+    ]  # fmt: skip
+    data = [c.message for c in checks if c.name == "data"]
+    assert data == [
+        f"{tmp_path / 'missing.jsonl'}: no such file or directory",
+        "hf:OWNER/NAME@train: not in the Hugging Face cache and the hub is offline (HF_HUB_OFFLINE)",
+    ]
+    # W&B offline needs no credentials; a cached hub dataset resolves offline; a run's folder resumes.
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    (tmp_path / "hub-cache" / "datasets--OWNER--NAME" / "snapshots" / "abc").mkdir(parents=True)
+    (out / "notes.txt").unlink()
+    (out / "run_settings.json").write_text(json.dumps({}))
+    again = statuses(doctor.diagnose(recipe, overrides=["--attn_implementation", "sdpa"]))
+    assert (again["wandb"], again["output_dir"]) == ("ok", "ok") and "flash_attn" not in again
+    assert [c.status for c in doctor.diagnose(recipe) if c.name == "data"] == ["FAIL", "ok"]
+    # Too little disk for the run.
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(0, 0, 2**29))
+    assert statuses(doctor.diagnose(recipe))["disk"] == "FAIL"
+
+
+def test_a_model_without_a_usable_chat_template_fails_before_sft(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    recipe = tmp_path / "sft.yaml"
+    recipe.write_text(
+        f"model_name_or_path: {model}\ntrain_files: []\noutput_dir: {tmp_path / 'o'}\nuse_cpu: true\n"
+        "assistant_only_loss: true\n"
+    )
+    [check] = [c for c in doctor.diagnose(recipe) if c.name == "chat template"]
+    assert check.status == "FAIL" and "no chat template" in check.message
+
+
+def test_the_makefile_runs_doctor_before_every_stage() -> None:
+    import subprocess
+
+    for stage in ("cot", "sft", "rl", "eval"):
+        dry = subprocess.run(
+            ["make", "-n", "-o", "install", stage, f"RECIPE=recipes/tiny-cpu/{stage}.yaml", "ARGS=--limit 2"],
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        doctor_at, stage_at = dry.find("reasoningner doctor"), dry.find(f"stages/{stage}.py")
+        assert 0 <= doctor_at < stage_at, dry
+        assert f"doctor recipes/tiny-cpu/{stage}.yaml --args='--limit 2' && " in dry
