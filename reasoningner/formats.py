@@ -35,8 +35,9 @@ the gold readers use too (`readers.read_alpaca`), so a gold output and a model o
   character offsets of the sentence. The offsets are what the answer states: when
   ``sentence[s:e]`` is not the text, the span is ``s:e`` (``offset_mismatch``), so exact matching
   counts it wrong; offsets that are no span of the sentence leave only the text (kept as
-  ungrounded). ``OffsetJsonFormat(reground=True)`` (``get_format(..., reground_offsets=True)``) is
-  the lenient reading: the text wins, grounded at its occurrence nearest to ``s``.
+  ungrounded); an entry without integer offsets (``bad_entry``) is grounded by its text.
+  ``OffsetJsonFormat(reground=True)`` (``get_format(..., reground_offsets=True)``) is the lenient
+  reading: the text wins, grounded at its occurrence nearest to ``s``.
 
 Grounding. A mention given as text is looked up exactly (`occurrences`); if absent, a lenient
 search ignoring case and whitespace next to punctuation ("U.S.," finds "U.S. ,") is tried; if
@@ -972,9 +973,10 @@ class OffsetJsonFormat(_EntryListFormat):
 
     The offsets are the answer (exact matching scores them): an entry whose offsets do not hold its
     text states the span at its offsets (`offset_mismatch`), and an entry whose offsets are no span
-    of the sentence (out of range, missing, on whitespace) is kept as ungrounded text, which exact
-    matching counts wrong and text matching compares by its text. `reground=True` is the lenient
-    reading: the text wins and is grounded at its occurrence nearest to the stated start.
+    of the sentence (out of range, empty, on whitespace) is kept as ungrounded text, which exact
+    matching counts wrong and text matching compares by its text. An entry without integer offsets
+    (a `bad_entry`) states none, so its text is grounded. `reground=True` is the lenient reading:
+    the text wins and is grounded at its occurrence nearest to the stated start.
     """
 
     name = "offset_json"
@@ -1000,12 +1002,13 @@ class OffsetJsonFormat(_EntryListFormat):
         if stated and 0 <= start < end and built.text[start:end] == mention:  # type: ignore[operator]
             built.add(start, end, label)  # type: ignore[arg-type]
             return
-        if stated:
-            built.problem("offset_mismatch", f"{start}:{end} does not hold {mention!r}")
-        if self.reground:
+        if not stated or self.reground:  # no offsets to honour (a bad_entry), or the lenient reading
+            if stated:
+                built.problem("offset_mismatch", f"{start}:{end} does not hold {mention!r}")
             built.ground(mention, label, start if start is not None else 0)
             return
-        covered = built.text[start:end] if stated and 0 <= start < end <= len(built.text) else ""  # type: ignore[operator]
+        built.problem("offset_mismatch", f"{start}:{end} does not hold {mention!r}")
+        covered = built.text[start:end] if 0 <= start < end <= len(built.text) else ""  # type: ignore[operator]
         if covered.strip() and covered == covered.strip():
             built.add(start, end, label)  # type: ignore[arg-type]
         else:  # no span at these offsets: only the text is left to compare
