@@ -177,7 +177,7 @@ def write_manifest(
 
 def _write_json(path: Path, payload: Any) -> None:
     """Written whole or not at all (a kill mid-write leaves the previous file)."""
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # shards may write at once
     partial.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
     os.replace(partial, path)
 
@@ -213,40 +213,39 @@ def claim_output_dir(
 ) -> bool:
     """Check that `output_dir` is free or holds an earlier attempt of this very run; True to resume.
 
-    The first attempt records its `settings` (`run_settings`) in `run_settings.json`. A later one
-    with the same settings resumes; with other settings it is an error saying what differs, unless
-    `overwrite`: then the files matching the `stale` patterns (checkpoints, annotations) are removed
-    and the run starts afresh. `write=False` (the other ranks of a distributed run) only checks.
+    Each attempt records its `settings` (`run_settings`) in `run_settings.json`. When outputs of an
+    earlier attempt are there (files matching the `stale` patterns: checkpoints, a final model), one
+    with the same settings resumes and one with other settings is an error saying what differs,
+    unless `overwrite`: then those outputs are removed and the run starts afresh. An earlier attempt
+    that left no output claims nothing. `write=False` (the other ranks of a distributed run) only
+    checks.
     """
     output_dir = Path(output_dir)
     path = output_dir / RUN_SETTINGS
     settings = json.loads(json.dumps(settings, default=str))
     earlier = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     leftovers = [p for pattern in stale for p in output_dir.glob(pattern)]
-    if overwrite:
-        if write:
-            for leftover in leftovers:
-                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-            _write_json(path, settings)
-        return False
-    if earlier is None:
-        if leftovers:
+    if overwrite and write:
+        for leftover in leftovers:
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    if leftovers and not overwrite:
+        if earlier is None:
             logger.warning("%s has no %s: resuming without checking its settings", output_dir, RUN_SETTINGS)
-        elif write:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            _write_json(path, settings)
-        return bool(leftovers)
-    differences = [
-        f"{key}: {earlier.get(key, '<unset>')!r} -> {settings.get(key, '<unset>')!r}"
-        for key in sorted(earlier.keys() | settings.keys())
-        if earlier.get(key) != settings.get(key)
-    ]
-    if differences:
-        raise ValueError(
-            f"{output_dir} holds a run with other settings ({'; '.join(differences)}): "
-            "rerun with --overwrite_output_dir true to start afresh there, or choose another output_dir"
-        )
-    return True
+        else:
+            differences = [
+                f"{key}: {earlier.get(key, '<unset>')!r} -> {settings.get(key, '<unset>')!r}"
+                for key in sorted(earlier.keys() | settings.keys())
+                if earlier.get(key) != settings.get(key)
+            ]
+            if differences:
+                raise ValueError(
+                    f"{output_dir} holds a run with other settings ({'; '.join(differences)}): rerun with "
+                    "--overwrite_output_dir true to start afresh there, or choose another output_dir"
+                )
+    if write:  # an earlier attempt that left nothing (it failed before training) claims nothing
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(path, settings)
+    return bool(leftovers) and not overwrite
 
 
 # --- secrets -------------------------------------------------------------------------------------------

@@ -5,10 +5,19 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from reasoningner.configs import PromptContract
-from reasoningner.tracking import claim_output_dir, config_dict, run_settings
+from transformers import set_seed
+
+from reasoningner.configs import PromptArguments, PromptContract, require_model
+from reasoningner.tracking import (
+    claim_output_dir,
+    config_dict,
+    keep_secrets_out,
+    run_settings,
+    set_trainer_run,
+    wants_wandb,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -130,23 +139,48 @@ def last_checkpoint(output_dir: str) -> str | None:
     return None
 
 
-def start_or_resume(stage: str, configs: tuple[Any, ...], overwrite: bool) -> str | None:
-    """Claim the output folder for this run (`tracking.claim_output_dir`) before any model loads, and
-    say where training starts: the checkpoint it resumes from (returned), or step 0."""
-    training_args = next(c for c in configs if hasattr(c, "process_index"))
+# What a trainer stage leaves in its output folder: resume points and the final model.
+TRAINER_OUTPUTS = ("checkpoint-*", "trainer_state.json", "*.safetensors", "merged")
+
+
+class TrainerStart(NamedTuple):
+    """What a trainer stage knows before it loads anything (`start_trainer_stage`)."""
+
+    prompt: PromptArguments  # resolved against the contract of the model it starts from
+    checkpoint: str | None  # to resume from; None: step 0
+    configs: tuple[Any, ...]  # script, prompt, training and model arguments, for the manifest
+    inputs: list[str]  # training files and the model: manifest, W&B group, artifacts
+
+
+def start_trainer_stage(
+    stage: str, script_args: Any, prompt: PromptArguments, training_args: Any, model_args: Any
+) -> TrainerStart:
+    """What SFT and GRPO do before any model loads, so that a mistake costs seconds, not a model load:
+    keep secrets out of every record, seed, start DeepSpeed on CPU, check the model exists, join the
+    pipeline's W&B group, resolve the prompt against the model's contract, and claim the output folder
+    (`tracking.claim_output_dir`), saying where training starts."""
+    keep_secrets_out(training_args)
+    set_seed(training_args.seed)
+    start_deepspeed_on_cpu(training_args)
+    require_model(model_args.model_name_or_path)
+    inputs = [*script_args.train_files, model_args.model_name_or_path]
+    if wants_wandb(training_args.report_to):
+        set_trainer_run(stage, training_args.output_dir, inputs)
+    prompt = prompt.resolve(PromptContract.load(model_args.model_name_or_path))
+    configs = (script_args, prompt, training_args, model_args)
     main_process = training_args.process_index == 0
     resume = claim_output_dir(
         training_args.output_dir,
         run_settings(config_dict(*configs)),
-        overwrite=overwrite,
-        stale=["checkpoint-*"],
+        overwrite=script_args.overwrite_output_dir,
+        stale=TRAINER_OUTPUTS,
         write=main_process,
     )
     checkpoint = last_checkpoint(training_args.output_dir) if resume else None
     if main_process:
         start = f"resuming from {checkpoint}" if checkpoint else "starting at step 0"
         print(f"{stage}: {start} in {training_args.output_dir}", flush=True)
-    return checkpoint
+    return TrainerStart(prompt, checkpoint, configs, inputs)
 
 
 def save_final(trainer: Any, output_dir: str, merge_lora: bool, contract: PromptContract) -> Path | None:

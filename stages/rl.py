@@ -5,7 +5,7 @@ python stages/rl.py --config recipes/tiny-cpu/rl.yaml --max_steps 5
 """
 
 from datasets import Dataset
-from transformers import AutoTokenizer, set_seed
+from transformers import AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config, get_quantization_config
 
 from reasoningner.cli import run_stage
@@ -14,22 +14,17 @@ from reasoningner.configs import (
     PromptContract,
     RecipeParser,
     RLScriptArguments,
-    require_model,
 )
 from reasoningner.rewards import DEFAULT_WEIGHTS, get_rewards
 from reasoningner.tracking import (
-    keep_secrets_out,
     record_trainer_stage,
-    set_trainer_run,
-    wants_wandb,
     with_gold_column,
 )
 from reasoningner.training import (
     model_init_kwargs,
     policy_model,
     save_final,
-    start_deepspeed_on_cpu,
-    start_or_resume,
+    start_trainer_stage,
 )
 from reasoningner.training_data import rl_prompts, trained_labels
 
@@ -44,17 +39,8 @@ def main(
     training_args: GRPOConfig,
     model_args: ModelConfig,
 ) -> None:
-    keep_secrets_out(training_args)
-    set_seed(training_args.seed)
-    start_deepspeed_on_cpu(training_args)
-    require_model(model_args.model_name_or_path)
-    inputs = [*script_args.train_files, model_args.model_name_or_path]  # manifest, W&B group, artifacts
-    if wants_wandb(training_args.report_to):
-        set_trainer_run("rl", training_args.output_dir, inputs)
-
-    prompt = prompt.resolve(PromptContract.load(model_args.model_name_or_path))
-    configs = (script_args, prompt, training_args, model_args)
-    checkpoint = start_or_resume("rl", configs, script_args.overwrite_output_dir)
+    start = start_trainer_stage("rl", script_args, prompt, training_args, model_args)
+    prompt = start.prompt
     train_dataset = Dataset.from_list(
         rl_prompts(
             script_args.train_files,
@@ -69,7 +55,11 @@ def main(
     if training_args.reward_weights is None:
         training_args.reward_weights = [DEFAULT_WEIGHTS.get(name, 1.0) for name in script_args.reward_funcs]
 
-    reward_funcs = get_rewards(script_args.reward_funcs)
+    reward_funcs = get_rewards(
+        script_args.reward_funcs,
+        parse=script_args.reward_parse,
+        fold_label_case=script_args.reward_fold_label_case,
+    )
     if training_args.log_completions:
         reward_funcs = with_gold_column(reward_funcs)  # the completions table shows each row's gold
 
@@ -94,9 +84,9 @@ def main(
     )
     if trainer.accelerator.is_main_process:
         contract.save(training_args.output_dir)  # before any checkpoint, which it also describes
-    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.train(resume_from_checkpoint=start.checkpoint)
     save_final(trainer, training_args.output_dir, script_args.merge_lora, contract)
-    record_trainer_stage("rl", trainer, configs, inputs)
+    record_trainer_stage("rl", trainer, start.configs, start.inputs)
 
 
 if __name__ == "__main__":

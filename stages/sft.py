@@ -5,7 +5,7 @@ python stages/sft.py --config recipes/tiny-cpu/sft.yaml --num_train_epochs 1
 """
 
 from datasets import Dataset
-from transformers import AutoTokenizer, IntervalStrategy, set_seed
+from transformers import AutoTokenizer, IntervalStrategy
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config, get_quantization_config
 
 from reasoningner.cli import run_stage
@@ -14,15 +14,13 @@ from reasoningner.configs import (
     PromptContract,
     RecipeParser,
     SFTScriptArguments,
-    require_model,
 )
-from reasoningner.tracking import keep_secrets_out, record_trainer_stage, set_trainer_run, wants_wandb
+from reasoningner.tracking import record_trainer_stage
 from reasoningner.training import (
     configure_batching,
     model_init_kwargs,
     save_final,
-    start_deepspeed_on_cpu,
-    start_or_resume,
+    start_trainer_stage,
 )
 from reasoningner.training_data import sft_conversations, sft_examples, sft_record, trained_labels
 
@@ -37,17 +35,8 @@ def main(
     training_args: SFTConfig,
     model_args: ModelConfig,
 ) -> None:
-    keep_secrets_out(training_args)
-    set_seed(training_args.seed)
-    start_deepspeed_on_cpu(training_args)
-    require_model(model_args.model_name_or_path)
-    inputs = [*script_args.train_files, model_args.model_name_or_path]  # manifest, W&B group, artifacts
-    if wants_wandb(training_args.report_to):
-        set_trainer_run("sft", training_args.output_dir, inputs)
-
-    prompt = prompt.resolve(PromptContract.load(model_args.model_name_or_path))
-    configs = (script_args, prompt, training_args, model_args)
-    checkpoint = start_or_resume("sft", configs, script_args.overwrite_output_dir)
+    start = start_trainer_stage("sft", script_args, prompt, training_args, model_args)
+    prompt = start.prompt
     train = sft_examples(script_args.train_files, prompt, script_args)
     contract = PromptContract(prompt, trained_labels(example.schema.labels for example, _, _ in train))
     train_dataset = Dataset.from_list(
@@ -76,9 +65,9 @@ def main(
     trainer.accelerator.print(f"sft: {len(train_dataset)} conversations, {batching} batches, {prompt}")
     if trainer.accelerator.is_main_process:
         contract.save(training_args.output_dir)  # before any checkpoint, which it also describes
-    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.train(resume_from_checkpoint=start.checkpoint)
     save_final(trainer, training_args.output_dir, script_args.merge_lora, contract)
-    record_trainer_stage("sft", trainer, configs, inputs)
+    record_trainer_stage("sft", trainer, start.configs, start.inputs)
 
 
 if __name__ == "__main__":

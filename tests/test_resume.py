@@ -111,15 +111,22 @@ def test_a_rerun_with_other_settings_is_refused_and_overwrite_starts_afresh(
     assert [attempt["config"]["learning_rate"] for attempt in manifest["history"]] == [1e-3, 1e-3]
 
 
-def test_settings_that_do_not_change_the_run_may_change_between_attempts(tmp_path: Path) -> None:
+def test_only_a_folder_with_outputs_of_other_settings_is_refused(tmp_path: Path) -> None:
     settings = {"learning_rate": 1e-3, "seed": 0}
+    assert (
+        claim_output_dir(tmp_path, {**settings, "seed": 9}, overwrite=False, stale=["checkpoint-*"]) is False
+    )
+    # That attempt failed before it saved anything: it claims nothing.
     assert claim_output_dir(tmp_path, settings, overwrite=False, stale=["checkpoint-*"]) is False
     (tmp_path / "checkpoint-2").mkdir()
     assert claim_output_dir(tmp_path, settings, overwrite=False, stale=["checkpoint-*"]) is True
     with pytest.raises(ValueError, match=r"seed: 0 -> 1"):
         claim_output_dir(tmp_path, {**settings, "seed": 1}, overwrite=False, stale=["checkpoint-*"])
     with pytest.raises(ValueError, match=r"seed: 0 -> 1"):  # the other ranks check too, and write nothing
-        claim_output_dir(tmp_path, {**settings, "seed": 1}, overwrite=False, stale=[], write=False)
+        claim_output_dir(
+            tmp_path, {**settings, "seed": 1}, overwrite=False, stale=["checkpoint-*"], write=False
+        )
+    assert json.loads((tmp_path / RUN_SETTINGS).read_text()) == settings
 
 
 def test_a_manifest_keeps_the_earlier_attempts_in_its_history(tmp_path: Path) -> None:

@@ -588,8 +588,8 @@ def tiny_model(tiny_model_factory: Callable[..., Path], conll_mini_texts: tuple[
 
 
 def test_grpo_smoke_run_of_the_tiny_cpu_recipe(tiny_model: Path, tmp_path: Path) -> None:
-    """Two GRPO steps; the policy's prompt contract decides what the recipe leaves unset (reasoning),
-    the recipe's contradicting format wins with a warning, and the RL model carries the result."""
+    """Two GRPO steps; the policy's prompt contract decides what is left unset (the recipe sets no
+    prompt key), a contradicting format given wins with a warning, and the RL model carries the result."""
     policy = tmp_path / "sft"
     shutil.copytree(tiny_model, policy)
     PromptContract(PromptArguments("xml", reasoning=False, compact_prompt=True), ["person"]).save(policy)
@@ -603,6 +603,7 @@ def test_grpo_smoke_run_of_the_tiny_cpu_recipe(tiny_model: Path, tmp_path: Path)
         "per_device_train_batch_size": 2,
         "max_completion_length": 16,
         "save_strategy": "no",
+        "output_format": "grouped_json",
     }
     command = [sys.executable, str(ROOT / "stages" / "rl.py"), "--config", "recipes/tiny-cpu/rl.yaml"]
     command += [arg for key, value in overrides.items() for arg in (f"--{key}", str(value))]
@@ -611,7 +612,7 @@ def test_grpo_smoke_run_of_the_tiny_cpu_recipe(tiny_model: Path, tmp_path: Path)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-5000:]
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
-    resolved = PromptArguments("grouped_json", reasoning=False, descriptions=False, compact_prompt=True)
+    resolved = PromptArguments("grouped_json", reasoning=False, descriptions=True, compact_prompt=True)
     assert f"rl: 8 prompts, {resolved}, rewards format×1, f1×10, consistency×1, schema×1, grounding×1" in log
     assert "output_format='grouped_json' contradicts the prompt contract" in log
     saved = PromptContract.load(out)
