@@ -37,6 +37,9 @@ def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     stats.add_argument("paths", nargs="+", type=Path)
     stats.add_argument("--reader", default="auto", choices=["auto", *READERS])
     stats.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    stats.add_argument(
+        "--skip-bad", action="store_true", help="skip malformed records (they are counted and listed)"
+    )
     stats.set_defaults(handler=_stats)
 
     convert = data_commands.add_parser("convert", help="convert a file between supported formats")
@@ -51,7 +54,8 @@ def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _stats(args: argparse.Namespace, console: Console) -> int:
-    reports = [dataset_stats(read_dataset(path, args.reader)) for path in args.paths]
+    on_error = "skip" if args.skip_bad else "raise"
+    reports = [dataset_stats(read_dataset(path, args.reader, on_error=on_error)) for path in args.paths]
     if args.json:
         print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
         return 0

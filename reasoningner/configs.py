@@ -32,6 +32,7 @@ from trl import TrlParser
 from reasoningner.formats import FORMATS
 from reasoningner.generation import BACKENDS, Generator, SamplingConfig, build_generator, options_from
 from reasoningner.metrics import MATCH_MODES
+from reasoningner.readers import Dataset, read_dataset
 from reasoningner.rewards import DEFAULT_WEIGHTS, PARSE_MODES
 from reasoningner.sources import overlaps
 from reasoningner.tracking import MANIFEST
@@ -198,6 +199,22 @@ class DataArguments:
 
     reader: str = field(default="auto", metadata={"help": "reader of plain NER files; auto sniffs each file"})
     limit: int | None = field(default=None, metadata={"help": "only the first N examples of each file"})
+    skip_bad: bool = field(
+        default=False, metadata={"help": "skip malformed records (counted and logged) instead of stopping"}
+    )
+
+    def read(self, path: str | Path, reader: str | None = None) -> Dataset:
+        """`path` read with `reader` (default: this `reader`), malformed records skipped when asked;
+        each skip is logged with its `file:line`, so that nothing is lost unseen."""
+        dataset = read_dataset(path, reader or self.reader, on_error="skip" if self.skip_bad else "raise")
+        if dataset.skipped:
+            logger.warning(
+                "%s: skipped %d malformed records: %s",
+                path,
+                len(dataset.skipped),
+                "; ".join(dataset.skipped[:5]),
+            )
+        return dataset
 
 
 @dataclass

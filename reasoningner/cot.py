@@ -72,7 +72,6 @@ from reasoningner.generation import Completion, ConversationFailed
 from reasoningner.metrics import MatchMode, example_f1
 from reasoningner.prompts import teacher_instruction
 from reasoningner.rationale import consistency, gold_template_rationale
-from reasoningner.readers import read_dataset
 from reasoningner.records import STATUSES, numbered_records, parse_record, read_records, record_status
 from reasoningner.spans import Example
 
@@ -208,7 +207,7 @@ def load_all_tasks(args: CoTArguments, prompt: PromptArguments) -> list[Task]:
     names: dict[str, str] = {}
     clashes: list[str] = []
     for path in args.datasets:
-        dataset = read_dataset(path, args.reader)
+        dataset = args.read(path)
         if dataset.name in names:
             clashes.append(f"{names[dataset.name]} and {path} are both named {dataset.name!r}")
             continue

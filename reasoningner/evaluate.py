@@ -81,12 +81,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from reasoningner.configs import EvalArguments, GenerationArguments, PromptArguments
+from reasoningner.configs import DataArguments, EvalArguments, GenerationArguments, PromptArguments
 from reasoningner.formats import CONTENT_PROBLEMS, ParseResult
 from reasoningner.generation import Completion, Generator
 from reasoningner.metrics import MATCH_MODES, Report, Scorer, text_keys
 from reasoningner.predict import NERModel
-from reasoningner.readers import read_dataset
 from reasoningner.results import NORMAL, ErrorCounts, Evaluation
 from reasoningner.spans import Example, Schema, Span, SpanError
 
@@ -155,9 +154,11 @@ class LoadedSet:
     info: dict[str, Any]
 
 
-def load_eval_set(eval_set: EvalSet, limit: int | None = None) -> LoadedSet:
-    """Read the file, keep and rename the chosen labels, attach the descriptions; first `limit` sentences."""
-    dataset = read_dataset(eval_set.path, eval_set.reader)
+def load_eval_set(eval_set: EvalSet, data: DataArguments) -> LoadedSet:
+    """Read the file, keep and rename the chosen labels, attach the descriptions; the first `data.limit`
+    sentences."""
+    limit = data.limit
+    dataset = data.read(eval_set.path, eval_set.reader)
     name = eval_set.name or dataset.name
     source = dataset.schema
     mapping = dict(eval_set.labels or {label: label for label in source.labels})
@@ -180,6 +181,7 @@ def load_eval_set(eval_set: EvalSet, limit: int | None = None) -> LoadedSet:
         "sentences": len(examples),
         "entities": sum(len(example.spans) for example in examples),
         "dropped_entities": sum(span.label not in mapping for e in originals for span in e.spans),
+        "skipped_records": len(dataset.skipped),
         "labels": list(schema.labels),
         "label_map": mapping,
         "descriptions": dict(schema.descriptions),
@@ -286,7 +288,7 @@ def load_items(
     datasets: dict[str, dict[str, Any]] = {}
     label_maps: dict[str, dict[str, dict[str, str]]] = {}
     for eval_set in sets:
-        loaded = load_eval_set(eval_set, args.limit)
+        loaded = load_eval_set(eval_set, args)
         if loaded.name in datasets:
             raise ValueError(f"two evaluation sets are named {loaded.name!r}; give them distinct `name`s")
         if not loaded.examples:

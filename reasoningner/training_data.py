@@ -16,7 +16,6 @@ from typing import Any
 from reasoningner.configs import DataArguments, PromptArguments
 from reasoningner.formats import get_format
 from reasoningner.prompts import assistant_target, ner_instruction
-from reasoningner.readers import read_dataset
 from reasoningner.records import is_cot_file, read_records, record_example
 from reasoningner.sources import is_source, load_source_sets
 from reasoningner.spans import Example
@@ -145,9 +144,7 @@ def sft_examples(
                 "run stage 1 (make cot) on it, or set reasoning: false"
             )
         else:
-            examples += [
-                (e, fmt.render(e), None) for e in read_dataset(path, data.reader).examples[: data.limit]
-            ]
+            examples += [(e, fmt.render(e), None) for e in data.read(path).examples[: data.limit]]
     if not examples:
         raise ValueError(f"no training examples in {list(paths)} (are any annotations accepted?)")
     return examples
@@ -210,7 +207,7 @@ def rl_prompts(
             name = records[0]["dataset"] if records else Path(path).stem
             named.append((name, [record_example(r) for r in records]))
         else:
-            dataset = read_dataset(path, data.reader)
+            dataset = data.read(path)
             named.append((dataset.name, dataset.examples[: data.limit]))
     groups = [examples for _, examples in named]
     if sampler == "reasoningner":

@@ -103,3 +103,23 @@ def test_predict_takes_the_prompt_contract_under_the_recipe_names_and_refuses_ol
     assert "--format is now called --output-format" in capsys.readouterr().err
     assert main([*argv[:5], "--output-format", "yaml"]) == 2
     assert "output_format 'yaml': choose one of" in capsys.readouterr().err
+
+
+def test_every_data_reading_command_and_stage_can_skip_and_count_bad_records(tmp_path, capsys):
+    from reasoningner.configs import DataArguments, PromptArguments
+    from reasoningner.training_data import sft_examples
+
+    bad = tmp_path / "bad.txt"
+    bad.write_text("EU\tB-ORG\nrejects\tO\n\nGerman\tI-MISC\tX\tY\n\nPeter\tB-PER\n", encoding="utf-8")
+    assert main(["data", "stats", "--json", str(bad)]) == 2
+    assert f"{bad}:4:" in capsys.readouterr().err
+    assert main(["data", "stats", "--json", "--skip-bad", str(bad)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["sentences"], report["skipped_records"]) == (2, 1)
+    direct = PromptArguments(reasoning=False)
+    with pytest.raises(ValueError, match=f"{bad}:4:"):
+        sft_examples([str(bad)], direct)
+    assert [e.text for e, _, _ in sft_examples([str(bad)], direct, DataArguments(skip_bad=True))] == [
+        "EU rejects",
+        "Peter",
+    ]
