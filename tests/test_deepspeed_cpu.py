@@ -105,8 +105,8 @@ def run_worker(stage: str, dump_dir: Path, argv: list[str]) -> None:
     loader_log.addHandler(loads)
     save_final = training.save_final
 
-    def save_and_dump(trainer: Any, output_dir: str, merge_lora: bool) -> Path | None:
-        saved = save_final(trainer, output_dir, merge_lora)
+    def save_and_dump(trainer: Any, output_dir: str, merge_lora: bool, contract: Any) -> Path | None:
+        saved = save_final(trainer, output_dir, merge_lora, contract)
         record = rank_record(trainer, loads.count)
         (dump_dir / f"rank{record['rank']}.json").write_text(json.dumps(record), encoding="utf-8")
         return saved
