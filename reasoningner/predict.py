@@ -46,6 +46,7 @@ server that refused its prompt) has the problem `generation_failed`, and the oth
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -65,6 +66,8 @@ from reasoningner.generation import (
 from reasoningner.prompts import ner_instruction
 from reasoningner.spans import Schema, Span
 
+logger = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from spacy.tokens import Doc
 
@@ -73,6 +76,7 @@ SAMPLING_TEMPERATURE = 0.7
 # The prompt bound when the backend does not say its context (a server): ~2,000-8,000 tokens.
 MAX_PROMPT_CHARS = 8000
 FAILED = "generation_failed"  # the problem of a text (window) the backend gave up on
+TOO_LONG = "prompt_too_long"  # the problem of a sentence `run` does not ask: it would not fit
 
 
 @dataclass(frozen=True)
@@ -353,12 +357,31 @@ class NERModel:
 
     def run(self, items: Sequence[tuple[str, Schema]]) -> Iterator[tuple[int, Completion, ParseResult]]:
         """Generate and parse for every `(text, schema)`, yielding `(index, raw completion, parse)` as
-        each finishes (backend order), so that callers can write results as they come."""
+        each finishes (backend order), so that callers can write results as they come.
+
+        Evaluation asks whole sentences: one whose prompt is over `max_prompt_chars` is not asked (it
+        would not fit the context, and could end the batch) but answered at once with no entity and
+        the problem `prompt_too_long`, which scores it as a format failure.
+        """
         conversations = [self.conversation(text, schema) for text, schema in items]
-        for index, completions in self.generator.generate_iter(conversations, self.sampling):
-            text, schema = items[index]
+        asked = [
+            i for i, chat in enumerate(conversations) if len(chat[0]["content"]) <= self.max_prompt_chars
+        ]
+        if len(asked) < len(items):
+            logger.warning(
+                "%d of %d prompts are over max_prompt_chars=%d: answered empty (prompt_too_long)",
+                len(items) - len(asked), len(items), self.max_prompt_chars,
+            )  # fmt: skip
+            too_long = ParseResult(
+                [], problems=[Problem(TOO_LONG, f"over {self.max_prompt_chars} characters")]
+            )
+            for index in sorted(set(range(len(items))) - set(asked)):
+                yield index, Completion("", 0), too_long
+        chats = [conversations[i] for i in asked]
+        for position, completions in self.generator.generate_iter(chats, self.sampling):
+            text, schema = items[asked[position]]
             completion = completions[0]
-            yield index, completion, self.output_format.parse(completion.text, text, schema)
+            yield asked[position], completion, self.output_format.parse(completion.text, text, schema)
 
     def predict(
         self,

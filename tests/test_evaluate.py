@@ -508,3 +508,21 @@ def test_evaluation_and_predict_default_to_the_contract(
     assert json.loads(capsys.readouterr().out)["text"] == "Jo runs ."  # labels from the contract
     assert main(["predict", "--model", str(tmp_path / "base"), str(source)]) == 2
     assert "prompt contract naming its labels: give --labels" in capsys.readouterr().err
+
+
+def test_a_sentence_too_long_for_the_context_is_a_format_failure_not_a_crash(tmp_path: Path) -> None:
+    long = " ".join(["word"] * 400) + " ."
+    path = tmp_path / "mixed.jsonl"
+    records = [{"id": "0", "text": "Peter ran .", "entities": [{"start": 0, "end": 5, "label": "person"}]},
+               {"id": "1", "text": long, "entities": []}]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    generator = Scripted(lambda sentence, _: '{"entities": {"person": ["Peter"]}}')
+    generator.context_tokens = 1024 + 600  # room for a 600-character prompt after max_new_tokens
+    args = eval_args(tmp_path, [{"path": str(path), "name": "mixed", "labels": ["person"]}])
+    evaluation = evaluate(
+        args, PromptArguments(), GenerationArguments(max_new_tokens=1024), generator=generator
+    )
+    assert len(generator.prompts) == 1 and long not in generator.prompts[0]  # never asked
+    errors = evaluation.errors["normal"]["mixed"]
+    assert (errors.outputs, errors.format_failures, errors.problems["prompt_too_long"]) == (2, 1, 1)
+    assert evaluation.reports["normal"]["exact"].datasets["mixed"].micro.f1 == 1.0
