@@ -129,11 +129,14 @@ class PromptContract:
         return path
 
     @classmethod
-    def load(cls, model: str | Path | None) -> PromptContract | None:
-        """The contract saved in a model directory (or in the run directory above a `checkpoint-N`);
-        None for a model without one (a base model, a hub id)."""
+    def load(cls, model: str | Path | None, from_hub: bool = False) -> PromptContract | None:
+        """The contract saved in a model directory (or in the run directory above a `checkpoint-N`),
+        or, with `from_hub`, in the Hub repository `model` names; None for a model without one (a
+        base model). Only the caller that loads the model from the Hub anyway asks the Hub."""
         if model is None:
             return None
+        if from_hub and not Path(model).exists() and str(model).count("/") == 1:
+            model = _hub_file(str(model), PROMPT_CONTRACT) or model
         for folder in (Path(model), Path(model).parent):
             path = folder / PROMPT_CONTRACT
             if path.is_file():
@@ -146,6 +149,19 @@ class PromptContract:
                     raise ValueError(f"{path}: not a prompt contract ({error})") from None
             if not Path(model).name.startswith("checkpoint-"):
                 break
+        return None
+
+
+def _hub_file(repo_id: str, filename: str) -> str | None:
+    """The folder holding `filename` of a Hub model repository, downloaded (cached); None when the
+    repository has no such file or the Hub cannot be reached."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return str(Path(hf_hub_download(repo_id, filename)).parent)
+    except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        logger.warning("%s: no %s on the Hub (%s)", repo_id, filename, type(error).__name__)
         return None
 
 

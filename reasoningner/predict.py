@@ -341,7 +341,8 @@ class NERModel:
     ) -> NERModel:
         """The model that `generation` describes (backend, model, sampling), asked with `prompt`, whose
         unset fields come from the prompt contract saved beside the model."""
-        contract = PromptContract.load(generation.model_name_or_path)
+        # Backends that load the model from the Hub get its contract there too (a server's does not).
+        contract = PromptContract.load(generation.model_name_or_path, from_hub=generation.backend != "openai")
         return cls(
             generation.build_generator(),
             (prompt or PromptArguments()).resolve(contract),

@@ -10,10 +10,12 @@ from typing import Any, NamedTuple
 from transformers import set_seed
 
 from reasoningner.configs import PromptArguments, PromptContract, require_model
+from reasoningner.model_card import publish, write_model_card
 from reasoningner.tracking import (
     claim_output_dir,
     config_dict,
     keep_secrets_out,
+    record_trainer_stage,
     run_settings,
     set_trainer_run,
     wants_wandb,
@@ -150,6 +152,7 @@ class TrainerStart(NamedTuple):
     checkpoint: str | None  # to resume from; None: step 0
     configs: tuple[Any, ...]  # script, prompt, training and model arguments, for the manifest
     inputs: list[str]  # training files and the model: manifest, W&B group, artifacts
+    push_to: str | None  # the Hub repository to publish the final model to (`push_to_hub`)
 
 
 def start_trainer_stage(
@@ -160,6 +163,14 @@ def start_trainer_stage(
     pipeline's W&B group, resolve the prompt against the model's contract, and claim the output folder
     (`tracking.claim_output_dir`), saying where training starts."""
     keep_secrets_out(training_args)
+    # The final model is published with its card and contract (`finish_trainer_stage`), not by the
+    # Trainer, which would push TRL's card with every save.
+    push_to = (
+        (training_args.hub_model_id or Path(training_args.output_dir).name)
+        if training_args.push_to_hub
+        else None
+    )
+    training_args.push_to_hub = False
     set_seed(training_args.seed)
     start_deepspeed_on_cpu(training_args)
     require_model(model_args.model_name_or_path)
@@ -180,7 +191,18 @@ def start_trainer_stage(
     if main_process:
         start = f"resuming from {checkpoint}" if checkpoint else "starting at step 0"
         print(f"{stage}: {start} in {training_args.output_dir}", flush=True)
-    return TrainerStart(prompt, checkpoint, configs, inputs)
+    return TrainerStart(prompt, checkpoint, configs, inputs, push_to)
+
+
+def finish_trainer_stage(stage: str, trainer: Any, start: TrainerStart) -> None:
+    """After the final save: the manifest, the model card, and the model published when asked."""
+    record_trainer_stage(stage, trainer, start.configs, start.inputs)
+    if not trainer.accelerator.is_main_process:
+        return
+    output_dir = trainer.args.output_dir
+    write_model_card(output_dir, start.push_to)
+    if start.push_to:
+        print(f"{stage}: published {publish(output_dir, start.push_to, trainer.args.hub_private_repo)}")
 
 
 def save_final(trainer: Any, output_dir: str, merge_lora: bool, contract: PromptContract) -> Path | None:

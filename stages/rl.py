@@ -17,10 +17,10 @@ from reasoningner.configs import (
 )
 from reasoningner.rewards import DEFAULT_WEIGHTS, get_rewards
 from reasoningner.tracking import (
-    record_trainer_stage,
     with_gold_column,
 )
 from reasoningner.training import (
+    finish_trainer_stage,
     model_init_kwargs,
     policy_model,
     save_final,
@@ -86,7 +86,7 @@ def main(
         contract.save(training_args.output_dir)  # before any checkpoint, which it also describes
     trainer.train(resume_from_checkpoint=start.checkpoint)
     save_final(trainer, training_args.output_dir, script_args.merge_lora, contract)
-    record_trainer_stage("rl", trainer, start.configs, start.inputs)
+    finish_trainer_stage("rl", trainer, start)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ from reasoningner.configs import (
     RecipeParser,
     SFTScriptArguments,
 )
-from reasoningner.tracking import record_trainer_stage
 from reasoningner.training import (
     configure_batching,
+    finish_trainer_stage,
     model_init_kwargs,
     save_final,
     start_trainer_stage,
@@ -67,7 +67,7 @@ def main(
         contract.save(training_args.output_dir)  # before any checkpoint, which it also describes
     trainer.train(resume_from_checkpoint=start.checkpoint)
     save_final(trainer, training_args.output_dir, script_args.merge_lora, contract)
-    record_trainer_stage("sft", trainer, start.configs, start.inputs)
+    finish_trainer_stage("sft", trainer, start)
 
 
 if __name__ == "__main__":

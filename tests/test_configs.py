@@ -83,3 +83,25 @@ def test_the_trainer_choices_are_values_trl_documents() -> None:
     for name, choices in TRAINER_CHOICES.items():
         documented = {word.lower() for word in re.findall(r"[`']+(\w+)[`']", helps[name])}
         assert set(choices) <= documented, (name, set(choices) - documented)
+
+
+def test_a_hub_model_s_contract_is_fetched_only_when_the_caller_loads_it_from_the_hub(
+    tmp_path, monkeypatch
+) -> None:
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    TRAINED.save(tmp_path / "snapshot")
+    asked: list[tuple[str, str]] = []
+
+    def download(repo_id: str, filename: str) -> str:
+        asked.append((repo_id, filename))
+        if repo_id != "me/tiny-ner":
+            raise LocalEntryNotFoundError("offline")
+        return str(tmp_path / "snapshot" / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    assert PromptContract.load("me/tiny-ner") is None and asked == []  # never without from_hub
+    assert PromptContract.load("me/tiny-ner", from_hub=True).prompt == TRAINED.prompt
+    assert PromptContract.load("Qwen/Qwen3-8B", from_hub=True) is None
+    assert asked == [("me/tiny-ner", PROMPT_CONTRACT), ("Qwen/Qwen3-8B", PROMPT_CONTRACT)]

@@ -415,3 +415,29 @@ def test_trl_accepts_the_padding_free_choice_with_the_recipe_max_length(
     assert "attention_mask" not in batch
     assert batch["input_ids"].shape == (1, sum(len(row["input_ids"]) for row in rows))
     assert (batch["position_ids"] == 0).sum() == len(rows)
+
+
+def test_the_model_card_tells_how_to_use_the_model_and_publishing_uploads_it_with_the_card(
+    model_dir: Path, cot_file: Path, tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import HfApi
+
+    uploads: list[dict[str, Any]] = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: uploads.append({"repo": repo_id}))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: uploads.append(kw) or "https://hub/commit")
+    out = tmp_path / "sft"
+    args = stage_args(model_dir, cot_file, out, max_steps=2, lr=1e-3)
+    run_stage(*args, "--save_strategy", "steps", "--save_steps", "1", "--push_to_hub", "true",
+              "--hub_model_id", "me/tiny-ner")  # fmt: skip
+    card = (out / "README.md").read_text()
+    assert "[None]" not in card and "me/tiny-ner" in card
+    for label in PromptContract.load(out).labels:
+        assert f"`{label}`" in card
+    assert "| `compact_prompt` | `True` |" in card and "| `learning_rate` | `0.001` |" in card
+    assert f"`{cot_file}`" in card  # the training data, with its fingerprint
+    assert uploads[0] == {"repo": "me/tiny-ner"}
+    assert uploads[1]["folder_path"] == str(out) and "checkpoint-*" in uploads[1]["ignore_patterns"]
+    assert (out / "checkpoint-2").is_dir()  # the Trainer itself pushed nothing
+    # The card's usage snippet runs as written, against the local folder.
+    snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(snippet.replace('"me/tiny-ner"', f'"{out}", max_new_tokens=8'), {})

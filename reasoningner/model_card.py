@@ -1,0 +1,158 @@
+"""The model card a trained model carries, and publishing the model with it on the Hub.
+
+SFT and GRPO write `README.md` beside the weights from what the run recorded: the prompt contract
+(`prompt_contract.json`: how to ask the model, its labels) and the manifest (`manifest.json`: base
+model, data with fingerprints, settings, last metrics). TRL's own card knows none of this (it reads
+"fine-tuned version of [None]" for a local base model), so this one replaces it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from reasoningner.configs import PROMPT_CONTRACT, PromptArguments, PromptContract
+from reasoningner.tracking import MANIFEST
+
+CARD = "README.md"
+STAGE_NAMES = {"sft": "CoT tuning (TRL SFT)", "rl": "reasoning enhancement (TRL GRPO)"}
+# Settings worth a line of the card; the whole configuration is in manifest.json.
+CARD_SETTINGS = (
+    "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "lr_scheduler_type", "use_peft", "lora_r", "num_generations", "beta",
+    "loss_type", "reward_funcs", "reward_weights", "reward_parse", "seed",
+)  # fmt: skip
+# Files of an output folder that are not the model: not published.
+NOT_PUBLISHED = ["checkpoint-*", "run_settings.json", "*.partial", "runs/*", "completions/*"]
+
+
+def _hub_id(name: str) -> str | None:
+    """`owner/name` when `name` is a Hub id, not a local path."""
+    return (
+        name
+        if name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+        else None
+    )
+
+
+def model_card(model: str, manifest: dict[str, Any], contract: PromptContract) -> str:
+    """The card of the model found (or to be published) at `model`, from its manifest and contract."""
+    config = manifest["config"]
+    base = str(config.get("model_name_or_path", ""))
+    labels = contract.labels
+    hub_data = [
+        str(entry["path"]).removeprefix("hf:").split("?")[0].split("@")[0].split(":")[0]
+        for entry in manifest["inputs"]
+        if str(entry["path"]).startswith("hf:")
+    ]
+    front = ["---", "library_name: transformers", "pipeline_tag: text-generation"]
+    front += ["tags: [reasoningner, named-entity-recognition, trl, " + manifest["stage"] + "]"]
+    if _hub_id(base):
+        front.append(f"base_model: {base}")
+    if hub_data:
+        front.append("datasets: [" + ", ".join(dict.fromkeys(hub_data)) + "]")
+    front.append("---")
+    example = "Peter Blackburn met EU officials in Brussels ."
+    prompt_rows = [f"| `{name}` | `{getattr(contract.prompt, name)}` |" for name in PromptArguments.DEFAULTS]
+    data_rows = [
+        f"| `{entry['path']}` | `{(entry.get('sha256') or 'not local')[:16]}` |"
+        for entry in manifest["inputs"]
+        if entry["path"] != base
+    ]
+    settings = [
+        f"| `{key}` | `{config[key]}` |"
+        for key in CARD_SETTINGS
+        if config.get(key) is not None and (config.get("use_peft") or not key.startswith("lora_"))
+    ]
+    metrics = manifest.get("summary") or {}
+    return "\n".join(
+        [
+            *front,
+            f"# {Path(model).name}",
+            "",
+            "A named-entity recognizer that reasons (a `<think>` rationale) before it answers, "
+            f"trained with reasoningner, stage {STAGE_NAMES.get(manifest['stage'], manifest['stage'])}, "
+            f"from `{base}`.",
+            "",
+            "## Labels",
+            "",
+            ", ".join(f"`{label}`" for label in labels) or "(none recorded: give the labels to find)",
+            "",
+            "## Usage",
+            "",
+            "A model must be asked as it was trained: `reasoningner` reads how from `prompt_contract.json`.",
+            "",
+            "```python",
+            "from reasoningner.predict import NERModel",
+            "",
+            f'with NERModel.from_pretrained("{model}") as model:',
+            f'    print(model.predict_entities("{example}", {labels[:4]!r}))',
+            "```",
+            "",
+            "```bash",
+            f"reasoningner predict --model {model} texts.txt   # one text per line in, JSON lines out",
+            "```",
+            "",
+            "## Prompt contract",
+            "",
+            "| setting | value |",
+            "| --- | --- |",
+            *prompt_rows,
+            "",
+            "## Training data",
+            "",
+            "| input | sha256 (first 16) |",
+            "| --- | --- |",
+            *data_rows,
+            "",
+            "## Training",
+            "",
+            "| setting | value |",
+            "| --- | --- |",
+            *settings,
+            "",
+            "Last logged metrics: "
+            + (
+                ", ".join(f"`{k}` {v:.4g}" for k, v in metrics.items() if isinstance(v, int | float))
+                or "none"
+            )
+            + ". Every setting, the code's commit and the library versions are in `manifest.json`.",
+            "",
+            "## Evaluation",
+            "",
+            "Not evaluated by the training stage: `python stages/eval.py --config <recipe> "
+            f"--model_name_or_path {model}` writes `results.md` (per dataset and type, both matching modes).",
+            "",
+        ]
+    )
+
+
+def write_model_card(output_dir: str | Path, repo_id: str | None = None) -> Path:
+    """`README.md` of a trained model's folder (and of its `merged/` model), named as it is published."""
+    output_dir = Path(output_dir)
+    manifest = json.loads((output_dir / MANIFEST).read_text(encoding="utf-8"))
+    contract = PromptContract.load(output_dir)
+    if contract is None:
+        raise FileNotFoundError(f"{output_dir / PROMPT_CONTRACT}: a trained model's folder has one")
+    for folder in (output_dir, output_dir / "merged"):
+        if folder.is_dir():
+            name = repo_id or str(folder)
+            (folder / CARD).write_text(model_card(name, manifest, contract), encoding="utf-8")
+    return output_dir / CARD
+
+
+def publish(output_dir: str | Path, repo_id: str, private: bool = False) -> str:
+    """Upload the model folder (weights, tokenizer, card, contract, manifest; no checkpoints) to the
+    Hub repository `repo_id`, made if missing; the token comes from `HF_TOKEN` or the login."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(output_dir),
+        ignore_patterns=NOT_PUBLISHED,
+        commit_message="reasoningner: trained model, card and prompt contract",
+    )
+    return str(getattr(commit, "commit_url", commit))
