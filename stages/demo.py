@@ -23,6 +23,9 @@ from typing import Any
 import yaml
 
 from reasoningner.configs import PromptArguments, PromptContract
+from reasoningner.formats import CONTENT_PROBLEMS
+from reasoningner.predict import NERModel
+from reasoningner.readers import read_dataset
 from reasoningner.rewards import get_rewards
 from reasoningner.tracking import PIPELINE_ENV, pipeline_id
 
@@ -192,6 +195,84 @@ def plot(
     return images
 
 
+def strict_share(generations: Path) -> float:
+    """The share of outputs whose answer parses with no syntax problem: what a program can read as is
+    (`formats.CONTENT_PROBLEMS` are about content, not syntax), and what the strict reward pays."""
+    rows = [json.loads(line) for line in generations.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [r for r in rows if r["variant"] == "normal"]
+    clean = [not {p["kind"] for p in r["problems"]} - CONTENT_PROBLEMS for r in rows]
+    return sum(clean) / len(clean)
+
+
+CALIBRATION_SENTENCES = 100
+CALIBRATION_SAMPLES = 4
+
+
+def calibration(model_dir: Path, data: Path, limit: int) -> dict[str, Any]:
+    """Scores from `CALIBRATION_SAMPLES` sampled answers (`NERModel.predict`, self-consistency) on the
+    first `limit` dev sentences: precision (exact spans) of the entities at or above each threshold,
+    and of those with each score, for the reliability plot."""
+    examples = read_dataset(data).examples[:limit]
+    options = {"batch_size": 16, "dtype": "float32"}
+    with NERModel.from_pretrained(model_dir, max_new_tokens=192, **options) as model:
+        labels = model.labels or list(examples[0].schema.labels)
+        predictions = model.predict([e.text for e in examples], labels, num_samples=CALIBRATION_SAMPLES)
+    scored = [
+        (
+            entity.score,
+            (entity.start, entity.end, entity.label) in {(s.start, s.end, s.label) for s in e.spans},
+        )
+        for e, prediction in zip(examples, predictions, strict=True)
+        for entity in prediction
+    ]
+    levels = [k / CALIBRATION_SAMPLES for k in range(1, CALIBRATION_SAMPLES + 1)]
+
+    def precision(kept: list[bool]) -> float | None:
+        return sum(kept) / len(kept) if kept else None
+
+    return {
+        "sentences": len(examples),
+        "samples": CALIBRATION_SAMPLES,
+        "at_least": {
+            f"{t:.2f}": {
+                "entities": sum(s >= t for s, _ in scored),
+                "precision": precision([c for s, c in scored if s >= t]),
+            }
+            for t in levels
+        },
+        "exactly": {
+            f"{t:.2f}": {
+                "entities": sum(s == t for s, _ in scored),
+                "precision": precision([c for s, c in scored if s == t]),
+            }
+            for t in levels
+        },
+    }
+
+
+def plot_calibration(out: Path, calibrated: dict[str, Any]) -> str:
+    """Reliability plot: the precision of the entities with each score against the score itself."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(float(t), row["precision"], row["entities"]) for t, row in calibrated["exactly"].items()]
+    figure, axis = plt.subplots(figsize=(5, 4))
+    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8, label="calibrated")
+    shown = [(t, p, n) for t, p, n in points if p is not None]
+    axis.bar([t for t, _, _ in shown], [p for _, p, _ in shown], width=0.15, alpha=0.7, label="precision")
+    for t, p, n in shown:
+        axis.annotate(f"n={n}", (t, p), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
+    axis.set(title=f"score calibration ({calibrated['samples']} samples)", xlabel="entity score",
+             ylabel="exact-span precision", xlim=(0, 1.1), ylim=(0, 1.05))  # fmt: skip
+    axis.legend(fontsize=8, loc="upper left")
+    figure.tight_layout()
+    figure.savefig(out / "calibration.png", dpi=110)
+    plt.close(figure)
+    return "calibration.png"
+
+
 def scores(results: Path) -> dict[str, Any]:
     text = json.loads(results.read_text())["scores"]["text"]
     (dataset,) = text["datasets"].values()
@@ -288,7 +369,16 @@ def main(argv: list[str] | None = None) -> int:
         f"held-out mean reward (max {sum(weights):g}): SFT {rewards['sft']['total']:.2f} -> "
         f"GRPO {rewards['grpo']['total']:.2f}"
     )
-    images = plot(out, evals, held_out)
+    strict = {stage: strict_share(out / f"eval-{stage}" / "generations.jsonl") for stage in evals}
+    lines.append(
+        "outputs that parse strictly: "
+        + " -> ".join(f"{stage} {100 * share:.1f}%" for stage, share in strict.items())
+    )
+    calibration_started = time.perf_counter()
+    dev = ROOT / yaml.safe_load(Path(eval_recipe).read_text(encoding="utf-8"))["datasets"][0]["path"]
+    calibrated = calibration(out / "rl", dev, 4 if args.quick else CALIBRATION_SENTENCES)
+    timings["calibration"] = time.perf_counter() - calibration_started
+    images = [*plot(out, evals, held_out), plot_calibration(out, calibrated)]
     total = time.perf_counter() - started
     lines.append(f"total time {total / 60:.1f} min")
 
@@ -296,13 +386,15 @@ def main(argv: list[str] | None = None) -> int:
         "evals": evals,
         "rewards": rewards,
         "reward_errors": errors,
+        "strict_parse": strict,
+        "calibration": calibrated,
         "cot": cot,
         "timings": timings,
         "total_seconds": total,
     }
     (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (out / REPORT).write_text(
-        report_markdown(lines, evals, rewards, errors, timings, images), encoding="utf-8"
+        report_markdown(lines, evals, rewards, errors, calibrated, timings, images), encoding="utf-8"
     )
     print("\n".join(["", "reasoningner demo", *(f"  {line}" for line in lines), f"  report: {out / REPORT}"]))
     return 0
@@ -313,6 +405,7 @@ def report_markdown(
     evals: dict[str, Any],
     rewards: dict[str, dict[str, float]],
     errors: dict[str, dict[str, float]],
+    calibrated: dict[str, Any],
     timings: dict[str, float],
     images: list[str],
 ) -> str:
@@ -338,6 +431,19 @@ def report_markdown(
         f"The SFT loss is logged every few steps; batches are grouped by length, each group of "
         f"{LENGTH_GROUP_STEPS} batches running from the longest sentences to the shortest, so the logged "
         f"loss saws with that period. The plot's line is its mean over one period.",
+        "",
+        f"Entity scores of the GRPO model from {calibrated['samples']} sampled answers per sentence (the "
+        f"share stating the entity; `NERModel.predict(num_samples=...)`), first {calibrated['sentences']} "
+        "dev sentences, exact-span precision:",
+        "",
+        "| score at least | entities | precision |",
+        "| ---: | ---: | ---: |",
+        *(
+            f"| {t} | {row['entities']} | "
+            + ("-" if row["precision"] is None else f"{100 * row['precision']:.1f}")
+            + " |"
+            for t, row in calibrated["at_least"].items()
+        ),
         "",
         "| step | seconds |",
         "| --- | ---: |",

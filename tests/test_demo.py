@@ -26,6 +26,7 @@ def test_the_quick_demo_runs_every_stage_and_writes_report_and_plots(tmp_path):
         "stage 2 (SFT)",
         "stage 3 (GRPO)",
         "held-out mean reward",
+        "outputs that parse strictly",
     ):
         assert line in result.stdout
     summary = json.loads((tmp_path / "demo.json").read_text())
@@ -33,7 +34,20 @@ def test_the_quick_demo_runs_every_stage_and_writes_report_and_plots(tmp_path):
     assert set(summary["rewards"]["grpo"]) == {"format", "f1", "consistency", "schema", "grounding", "total"}
     assert summary["reward_errors"]["grpo"].keys() == summary["rewards"]["grpo"].keys()
     report = (tmp_path / "demo.md").read_text()
-    for image in ("sft_loss.png", "rl_rewards.png", "held_out_reward.png", "f1_per_label.png"):
+    assert set(summary["strict_parse"]) == {"before", "sft", "grpo"}
+    assert all(0.0 <= share <= 1.0 for share in summary["strict_parse"].values())
+    calibrated = summary["calibration"]
+    assert list(calibrated["at_least"]) == ["0.25", "0.50", "0.75", "1.00"] and calibrated["samples"] == 4
+    counts = [row["entities"] for row in calibrated["at_least"].values()]
+    assert counts == sorted(counts, reverse=True)  # a higher threshold keeps a subset
+    assert sum(row["entities"] for row in calibrated["exactly"].values()) == counts[0]
+    for image in (
+        "sft_loss.png",
+        "rl_rewards.png",
+        "held_out_reward.png",
+        "f1_per_label.png",
+        "calibration.png",
+    ):
         assert (tmp_path / image).stat().st_size > 1000
         assert f"]({image})" in report
     for stage in ("cot", "sft", "rl", "eval-grpo"):
