@@ -81,7 +81,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from reasoningner.configs import DataArguments, EvalArguments, GenerationArguments, PromptArguments
+from reasoningner.configs import (
+    DataArguments,
+    EvalArguments,
+    GenerationArguments,
+    PromptArguments,
+    PromptContract,
+)
 from reasoningner.formats import CONTENT_PROBLEMS, ParseResult
 from reasoningner.generation import Completion, Generator
 from reasoningner.metrics import MATCH_MODES, Report, Scorer, text_keys
@@ -154,14 +160,21 @@ class LoadedSet:
     info: dict[str, Any]
 
 
-def load_eval_set(eval_set: EvalSet, data: DataArguments) -> LoadedSet:
+def load_eval_set(eval_set: EvalSet, data: DataArguments, trained_labels: Sequence[str] = ()) -> LoadedSet:
     """Read the file, keep and rename the chosen labels, attach the descriptions; the first `data.limit`
-    sentences."""
+    sentences.
+
+    A set whose labels the recipe does not list, and that has exactly the labels the model was
+    trained on (`trained_labels`, from its prompt contract), is asked with them in the training order:
+    a file states its labels in the order they first occur, which differs from file to file, and a
+    model answers best asked as it was trained.
+    """
     limit = data.limit
     dataset = data.read(eval_set.path, eval_set.reader)
     name = eval_set.name or dataset.name
     source = dataset.schema
-    mapping = dict(eval_set.labels or {label: label for label in source.labels})
+    order = trained_labels if set(trained_labels) == set(source.labels) else source.labels
+    mapping = dict(eval_set.labels or {label: label for label in order})
     absent = [label for label in mapping if label not in source]
     if absent:
         logger.warning(
@@ -276,9 +289,10 @@ class _Item:
 
 
 def load_items(
-    args: EvalArguments,
+    args: EvalArguments, trained_labels: Sequence[str] = ()
 ) -> tuple[list[_Item], dict[str, dict[str, Any]], dict[str, dict[str, dict[str, str]]]]:
-    """Every sentence to ask, normal sets first then their probes, with set details and probe label maps."""
+    """Every sentence to ask, normal sets first then their probes, with set details and probe label maps
+    (`trained_labels`: see `load_eval_set`)."""
     check_probes(args.probes)
     sets = [EvalSet.from_config(entry, args.reader) for entry in args.datasets]
     if not sets:
@@ -288,7 +302,7 @@ def load_items(
     datasets: dict[str, dict[str, Any]] = {}
     label_maps: dict[str, dict[str, dict[str, str]]] = {}
     for eval_set in sets:
-        loaded = load_eval_set(eval_set, args)
+        loaded = load_eval_set(eval_set, args, trained_labels)
         if loaded.name in datasets:
             raise ValueError(f"two evaluation sets are named {loaded.name!r}; give them distinct `name`s")
         if not loaded.examples:
@@ -313,7 +327,8 @@ def evaluate(
 
     `generator` replaces the backend of `generation` (tests pass a scripted one); it is not closed here.
     """
-    items, datasets, label_maps = load_items(args)
+    contract = PromptContract.load(generation.model_name_or_path)
+    items, datasets, label_maps = load_items(args, contract.labels if contract else ())
     if generator is None:
         model = NERModel.from_generation(generation, prompt)
     else:

@@ -526,3 +526,20 @@ def test_a_sentence_too_long_for_the_context_is_a_format_failure_not_a_crash(tmp
     errors = evaluation.errors["normal"]["mixed"]
     assert (errors.outputs, errors.format_failures, errors.problems["prompt_too_long"]) == (2, 1, 1)
     assert evaluation.reports["normal"]["exact"].datasets["mixed"].micro.f1 == 1.0
+
+
+def test_a_set_with_the_model_s_labels_is_asked_in_the_training_order(tmp_path: Path) -> None:
+    file_order = list(read_dataset(DATA / "conll2003_mini.txt").schema.labels)
+    trained = list(reversed(file_order))
+    PromptContract(PromptArguments(), trained).save(tmp_path / "model")
+    generator = Scripted(lambda sentence, prompt: "{}")
+    args = eval_args(tmp_path, [{"path": str(DATA / "conll2003_mini.txt")}], limit=1)
+    evaluate(
+        args, PromptArguments(), GenerationArguments(model_name_or_path=str(tmp_path / "model")), generator
+    )
+    assert "\n".join(f"- {label}" for label in trained) in generator.prompts[0]
+    listed = eval_args(tmp_path, [{"path": str(DATA / "conll2003_mini.txt"), "labels": file_order}], limit=1)
+    evaluate(
+        listed, PromptArguments(), GenerationArguments(model_name_or_path=str(tmp_path / "model")), generator
+    )
+    assert "\n".join(f"- {label}" for label in file_order) in generator.prompts[1]  # the recipe's order wins
