@@ -104,6 +104,11 @@ class Evaluation:
             "unweighted mean over datasets. Primary score: "
             f"**{_MODE_NAMES[self.primary_mode]}**.\n",
         ]
+        if self.config.get("in_domain"):
+            parts.append(
+                f"**In domain:** the model was trained on {', '.join(self.config['in_domain'])} "
+                "(allow_overlap): these are not zero-shot scores.\n"
+            )
         for mode in self.modes:
             primary = " (primary)" if mode == self.primary_mode else ""
             parts.append(f"## {_MODE_NAMES[mode]}{primary}\n\n{self.reports[NORMAL][mode].to_markdown()}")

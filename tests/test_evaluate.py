@@ -543,3 +543,14 @@ def test_a_set_with_the_model_s_labels_is_asked_in_the_training_order(tmp_path: 
         listed, PromptArguments(), GenerationArguments(model_name_or_path=str(tmp_path / "model")), generator
     )
     assert "\n".join(f"- {label}" for label in file_order) in generator.prompts[1]  # the recipe's order wins
+
+
+def test_results_say_in_domain_when_the_model_was_trained_on_a_set(tmp_path: Path) -> None:
+    args = eval_args(tmp_path, [{"path": str(DATA / "conll2003_mini.txt")}], limit=1)
+    args.in_domain = ["conll2003_mini.txt (trained on conll2003)"]
+    run_eval(args, Scripted(lambda sentence, prompt: "{}"))
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "**In domain:** the model was trained on conll2003_mini.txt (trained on conll2003)" in markdown
+    args.in_domain = []
+    run_eval(args, Scripted(lambda sentence, prompt: "{}"))
+    assert "In domain" not in (tmp_path / "out" / "results.md").read_text()
