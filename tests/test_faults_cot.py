@@ -17,11 +17,9 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from reasoningner.configs import CoTArguments, GenerationArguments, PromptArgume
 from reasoningner.cot import Task, annotate, exclusive, gold_template_sample, load_tasks, merge_shards
 from reasoningner.formats import get_format
 from reasoningner.records import read_records
+from tests.fake_openai import ChatHandler, ChatServer, serving
 
 ROOT = Path(__file__).parents[1]
 SEED = 7
@@ -93,78 +92,50 @@ def replies(tasks: Sequence[Task]) -> dict[str, tuple[str, str]]:
     return answers
 
 
-class Teacher(ThreadingHTTPServer):
-    """The fake teacher: `fate(prompt, attempt)` says how it answers each request."""
-
-    daemon_threads = True
+class Teacher(ChatServer):
+    """The fake teacher: `fate(prompt, attempt)` says how it answers each request; `served` counts the
+    fates, `asked` lists the prompts in arrival order."""
 
     def __init__(self, answers: dict[str, tuple[str, str]], fate: Fate, delay: float = 0.0) -> None:
-        super().__init__(("127.0.0.1", 0), TeacherHandler)
+        super().__init__(TeacherHandler)
         self.answers, self.fate, self.delay = answers, fate, delay
-        self.lock = threading.Lock()
-        self.attempts: Counter[str] = Counter()
         self.served: Counter[str] = Counter()
         self.asked: list[str] = []
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
 
-
-class TeacherHandler(BaseHTTPRequestHandler):
+class TeacherHandler(ChatHandler):
     server: Teacher
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: the test output is for failures."""
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        prompt = body["messages"][-1]["content"]
+    def respond(self, content: str, attempt: int, body: dict) -> None:
         with self.server.lock:
-            self.server.attempts[prompt] += 1
-            fate = self.server.fate(prompt, self.server.attempts[prompt])
+            fate = self.server.fate(content, attempt)
             self.server.served[fate] += 1
-            self.server.asked.append(prompt)
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # a client gave up on a hang
-            self.answer(fate, *self.server.answers[prompt])
+            self.server.asked.append(content)
+        self.answer(fate, *self.server.answers[content])
 
     def answer(self, fate: str, right: str, wrong: str) -> None:
         time.sleep(self.server.delay)
         if fate == "http500":
-            return self.send(500, b'{"error": "overloaded"}')
+            return self.send(500, {"error": "overloaded"})
         if fate == "hang":
             time.sleep(HANG_S)
         if fate == "badjson":
-            return self.send(200, b"<html>502 bad gateway</html>")
+            return self.send_raw(200, b"<html>502 bad gateway</html>")
         if fate == "nochoices":
-            return self.send(200, b'{"object": "error", "message": "engine restarting"}')
+            return self.send(200, {"object": "error", "message": "engine restarting"})
         content, finish = {
             "empty": ("", "stop"),
             "length": (right[: len(right) // 2], "length"),
             "wrong": (wrong, "stop"),
         }.get(fate, (right, "stop"))
         choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
-        self.send(200, json.dumps({"choices": [choice], "usage": {"completion_tokens": 5}}).encode())
-
-    def send(self, status: int, data: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.send(200, {"choices": [choice], "usage": {"completion_tokens": 5}})
 
 
 @contextlib.contextmanager
 def teacher(answers: dict[str, tuple[str, str]], fate: Fate, delay: float = 0.0) -> Iterator[Teacher]:
-    server = Teacher(answers, fate, delay)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(Teacher(answers, fate, delay)) as server:
+        yield server  # type: ignore[misc]
 
 
 def cot_args(out: Path, inputs: Sequence[Path], **overrides: Any) -> CoTArguments:
@@ -219,7 +190,7 @@ def test_a_flaky_teacher_ends_every_sentence_once_and_a_rerun_retries_only_the_f
     tasks = load_tasks(args, prompt)
     key_of = {t.conversation[-1]["content"]: t.key for t in tasks}
     with teacher(replies(tasks), flaky) as server:
-        report = annotate(args, prompt, openai(server.url))
+        report = annotate(args, prompt, openai(server.base_url))
         first = read_records(tmp_path / "out" / "annotations.jsonl")
         assert_each_sentence_once(first, tasks, report)
         assert set(server.served) == set(FAULT_MIX), "the mix should serve every fault"
@@ -236,7 +207,7 @@ def test_a_flaky_teacher_ends_every_sentence_once_and_a_rerun_retries_only_the_f
         assert report["teacher_f1_mean"] == pytest.approx(sum(scored) / len(scored))
 
         server.asked.clear()
-        again = annotate(args, prompt, openai(server.url))
+        again = annotate(args, prompt, openai(server.base_url))
         second = read_records(tmp_path / "out" / "annotations.jsonl")
     assert {key_of[p] for p in server.asked} == failed, "the rerun asks for the failed sentences only"
     assert again["annotated_this_run"] == len(failed)
@@ -282,9 +253,9 @@ def test_killed_at_random_moments_and_rerun_each_time_the_output_equals_an_unint
     path = tmp_path / "killed" / "annotations.jsonl"
     kills: list[tuple[str, int]] = []
     with teacher(replies(tasks), lambda p, _: draw(KILL_MIX, SEED, p), delay=0.02) as server:
-        annotate(cot_args(tmp_path / "reference", [inputs]), prompt, openai(server.url, concurrency=2))
+        annotate(cot_args(tmp_path / "reference", [inputs]), prompt, openai(server.base_url, concurrency=2))
         for _ in range(5):
-            process = start_stage(tmp_path / "killed", inputs, server.url, log)
+            process = start_stage(tmp_path / "killed", inputs, server.base_url, log)
             start = len(complete_lines(path))
             target = start + rng.randint(0, 8)  # records to wait for; 0: kill during start-up
             deadline = time.monotonic() + 30
@@ -299,7 +270,7 @@ def test_killed_at_random_moments_and_rerun_each_time_the_output_equals_an_unint
             done = complete_lines(path)
             kills.append((how.name, len(done)))
             assert len({r["key"] for r in done}) == len(done), f"a key written twice after {kills}"
-        finisher = start_stage(tmp_path / "killed", inputs, server.url, log)
+        finisher = start_stage(tmp_path / "killed", inputs, server.base_url, log)
         assert finisher.wait(timeout=60) == 0, log.read_text()
     assert any(0 < n < len(tasks) for _, n in kills), f"no kill landed mid-run: {kills}"
     records = read_records(path)
@@ -401,7 +372,7 @@ def test_a_second_writer_fails_at_once_and_a_killed_writer_frees_the_file(tmp_pa
     tasks = load_tasks(cot_args(out, [inputs]), prompt)
     log = tmp_path / "writer.log"
     with teacher(replies(tasks), lambda p, _: "right", delay=0.25) as server:
-        first = start_stage(out, inputs, server.url, log)
+        first = start_stage(out, inputs, server.base_url, log)
         try:
             deadline = time.monotonic() + 30
             while not complete_lines(path):
@@ -411,12 +382,12 @@ def test_a_second_writer_fails_at_once_and_a_killed_writer_frees_the_file(tmp_pa
             with pytest.raises(
                 RuntimeError, match=rf"annotations.jsonl is being written by another run \(pid {first.pid} "
             ):
-                annotate(cot_args(out, [inputs]), prompt, openai(server.url))
+                annotate(cot_args(out, [inputs]), prompt, openai(server.base_url))
             assert time.monotonic() - started < 2
         finally:
             first.kill()
             first.wait(timeout=30)
-        report = annotate(cot_args(out, [inputs]), prompt, openai(server.url))
+        report = annotate(cot_args(out, [inputs]), prompt, openai(server.base_url))
     assert_each_sentence_once(read_records(path), tasks, report)
 
 

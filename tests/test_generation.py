@@ -8,15 +8,11 @@ transformers backend runs the same tiny model in-process; the vllm backend is ch
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-import threading
 import time
 import types
-from collections import Counter
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +29,7 @@ from reasoningner.generation import (
     TransformersGenerator,
     build_generator,
 )
+from tests.fake_openai import ChatHandler, ChatServer, serving
 from tests.scripts import load_script
 
 CORPUS = [
@@ -210,46 +207,9 @@ def test_openai_tops_up_n_when_transformers_serve_ignores_it(served: str, model_
 HANG_S = 3.0
 
 
-class FakeServer(ThreadingHTTPServer):
+class FakeHandler(ChatHandler):
     """Echoes the last user message; its text (`kind:arg:tag`) says how to misbehave, per conversation,
     counted in attempts, so that failures are deterministic whatever the arrival order."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), FakeHandler)
-        self.lock = threading.Lock()
-        self.attempts: Counter[str] = Counter()
-        self.requests: list[tuple[str, dict, str | None]] = []
-        self.in_flight = self.max_in_flight = 0
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-
-class FakeHandler(BaseHTTPRequestHandler):
-    server: FakeServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: the test output is for failures."""
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        content = body["messages"][-1]["content"]
-        with self.server.lock:
-            self.server.requests.append((self.path, body, self.headers.get("Authorization")))
-            self.server.attempts[content] += 1
-            attempt = self.server.attempts[content]
-            self.server.in_flight += 1
-            self.server.max_in_flight = max(self.server.max_in_flight, self.server.in_flight)
-        try:
-            self.respond(content, attempt, body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up on a hung request
-        finally:
-            with self.server.lock:
-                self.server.in_flight -= 1
 
     def respond(self, content: str, attempt: int, body: dict) -> None:
         kind, _, arg = content.partition(":")
@@ -284,32 +244,13 @@ class FakeHandler(BaseHTTPRequestHandler):
         ]
         self.send(200, {"choices": choices, "usage": {"completion_tokens": 10 * n + 1}})
 
-    def send(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
-        self.send_raw(status, json.dumps(payload).encode(), headers)
-
-    def send_raw(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-
 
 @pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer]:
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[ChatServer]:
     """A fresh server per test: requests a test cancelled may still reach its server after it ends."""
     monkeypatch.setenv(KEY_ENV, SECRET)
-    server = FakeServer()
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with serving(ChatServer(FakeHandler)) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def fake_client(url: str, **options: Any) -> OpenAIGenerator:
@@ -324,7 +265,7 @@ def echo(content: str, n: int = 1) -> list[str]:
 
 
 def test_openai_retries_429_503_and_hangs_then_keeps_input_order(
-    fake: FakeServer, caplog: pytest.LogCaptureFixture
+    fake: ChatServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     contents = ["plain:a", "fail429:2:b", "fail503:1:c", "hang:1:d", "plain:e", "fail429:1:f"]
@@ -341,7 +282,7 @@ def test_openai_retries_429_503_and_hangs_then_keeps_input_order(
 
 
 def test_openai_gives_up_with_a_clear_error_that_hides_the_key(
-    fake: FakeServer, caplog: pytest.LogCaptureFixture
+    fake: ChatServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     client = fake_client(fake.base_url, max_attempts=3)
@@ -357,7 +298,7 @@ def test_openai_gives_up_with_a_clear_error_that_hides_the_key(
 
 
 def test_openai_retries_200_answers_that_are_not_json_with_choices(
-    fake: FakeServer, caplog: pytest.LogCaptureFixture
+    fake: ChatServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A proxy's error page or a server's error object, sent with status 200, is a failed attempt."""
     caplog.set_level(logging.DEBUG)
@@ -373,7 +314,7 @@ def test_openai_retries_200_answers_that_are_not_json_with_choices(
     assert any("HTTP 200 with no choices" in m for m in retries)
 
 
-def test_openai_a_conversation_it_gives_up_on_does_not_stop_the_others(fake: FakeServer) -> None:
+def test_openai_a_conversation_it_gives_up_on_does_not_stop_the_others(fake: ChatServer) -> None:
     contents = ["plain:a", "always503", "badjson:9:b", "status400", "plain:c"]
     with fake_client(fake.base_url, max_attempts=2, max_concurrency=2) as client:
         outcomes = dict(client.generate_outcomes([conversation(c) for c in contents], SamplingConfig(n=2)))
@@ -389,7 +330,7 @@ def test_openai_a_conversation_it_gives_up_on_does_not_stop_the_others(fake: Fak
     assert all(SECRET not in failure for failure in failures.values())
 
 
-def test_openai_a_refused_key_stops_everything_at_once(fake: FakeServer) -> None:
+def test_openai_a_refused_key_stops_everything_at_once(fake: ChatServer) -> None:
     """401/403/404 are wrong for every request: recording each sentence as failed would only hide it."""
     contents = ["status401", *(f"slow:{HANG_S}:{i}" for i in range(3))]
     started = time.monotonic()
@@ -402,7 +343,7 @@ def test_openai_a_refused_key_stops_everything_at_once(fake: FakeServer) -> None
     assert fake.attempts["status401"] == 1 and time.monotonic() - started < HANG_S
 
 
-def test_openai_yields_in_completion_order_within_the_concurrency_bound(fake: FakeServer) -> None:
+def test_openai_yields_in_completion_order_within_the_concurrency_bound(fake: ChatServer) -> None:
     contents = ["slow:0.6:a", "slow:0.1:b", "slow:0.1:c", "slow:0.1:d", "slow:0.1:e"]
     with fake_client(fake.base_url, max_concurrency=2) as client:
         order = [
@@ -416,7 +357,7 @@ def test_openai_yields_in_completion_order_within_the_concurrency_bound(fake: Fa
     assert sorted(done) == list(range(5))
 
 
-def test_openai_leaving_the_iterator_early_cancels_the_rest(fake: FakeServer) -> None:
+def test_openai_leaving_the_iterator_early_cancels_the_rest(fake: ChatServer) -> None:
     contents = ["plain:a", *(f"slow:{HANG_S}:{i}" for i in range(3))]
     started = time.monotonic()
     with fake_client(fake.base_url, max_concurrency=4) as client:
@@ -426,7 +367,7 @@ def test_openai_leaving_the_iterator_early_cancels_the_rest(fake: FakeServer) ->
     assert time.monotonic() - started < HANG_S
 
 
-def test_openai_asks_for_n_and_splits_usage(fake: FakeServer) -> None:
+def test_openai_asks_for_n_and_splits_usage(fake: ChatServer) -> None:
     with fake_client(
         fake.base_url, model="teacher", chat_template_kwargs={"enable_thinking": False}
     ) as client:
@@ -446,7 +387,7 @@ def test_openai_asks_for_n_and_splits_usage(fake: FakeServer) -> None:
     assert "n" not in fake.requests[-1][1], "greedy asks once: vLLM refuses n > 1 when greedy"
 
 
-def test_openai_tops_up_with_seeded_single_requests_when_n_is_ignored(fake: FakeServer) -> None:
+def test_openai_tops_up_with_seeded_single_requests_when_n_is_ignored(fake: ChatServer) -> None:
     with fake_client(fake.base_url.replace("/v1", "/no-n/v1")) as client:
         results = client.generate(
             [conversation("plain:a"), conversation("plain:b")], SamplingConfig(n=3, temperature=1.0, seed=5)
@@ -459,7 +400,7 @@ def test_openai_tops_up_with_seeded_single_requests_when_n_is_ignored(fake: Fake
         assert sorted(body["seed"] for body in bodies) == [5, 6, 7]
 
 
-def test_openai_without_key_sends_no_authorization(fake: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_openai_without_key_sends_no_authorization(fake: ChatServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(KEY_ENV)
     with fake_client(fake.base_url) as client:
         client.generate([conversation("plain:a")], SamplingConfig(seed=None))
