@@ -367,16 +367,22 @@ def wandb_run(stage: str, output_dir: str | Path, manifest: dict[str, Any], enab
 
 
 def record_trainer_stage(
-    stage: str, trainer: Any, configs: Iterable[Any], inputs: Iterable[str | Path]
+    stage: str,
+    trainer: Any,
+    configs: Iterable[Any],
+    inputs: Iterable[str | Path],
+    before_logging: Callable[[], None] = lambda: None,
 ) -> None:
     """After training: the manifest (with the last logged metrics) beside the model; in W&B, the manifest,
-    the inputs used as artifacts and the model logged as the artifact the next stage uses."""
+    the inputs used as artifacts and the model logged as the artifact the next stage uses.
+    `before_logging` completes the model folder (its card) first: the artifact's digest covers it."""
     if not trainer.accelerator.is_main_process:
         return
     output_dir = trainer.args.output_dir
     manifest = build_manifest(stage, config_dict(*configs), inputs)
     history = trainer.state.log_history
     write_manifest(output_dir, manifest, history[-1] if history else {})
+    before_logging()
     if wants_wandb(trainer.args.report_to):
         import wandb
 

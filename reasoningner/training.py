@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -196,12 +197,10 @@ def start_trainer_stage(
 
 def finish_trainer_stage(stage: str, trainer: Any, start: TrainerStart) -> None:
     """After the final save: the manifest, the model card, and the model published when asked."""
-    record_trainer_stage(stage, trainer, start.configs, start.inputs)
-    if not trainer.accelerator.is_main_process:
-        return
     output_dir = trainer.args.output_dir
-    write_model_card(output_dir, start.push_to)
-    if start.push_to:
+    card = functools.partial(write_model_card, output_dir, start.push_to)
+    record_trainer_stage(stage, trainer, start.configs, start.inputs, before_logging=card)
+    if trainer.accelerator.is_main_process and start.push_to:
         print(f"{stage}: published {publish(output_dir, start.push_to, trainer.args.hub_private_repo)}")
 
 
