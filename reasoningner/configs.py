@@ -135,7 +135,7 @@ class PromptContract:
         base model). Only the caller that loads the model from the Hub anyway asks the Hub."""
         if model is None:
             return None
-        if from_hub and not Path(model).exists() and str(model).count("/") == 1:
+        if from_hub and is_hub_id(model):
             model = _hub_file(str(model), PROMPT_CONTRACT) or model
         for folder in (Path(model), Path(model).parent):
             path = folder / PROMPT_CONTRACT
@@ -478,14 +478,26 @@ def check_contamination(args: EvalArguments, training: list[str]) -> None:
         logger.warning("in-domain: %s", message)
 
 
+def is_hub_id(name: str | Path) -> bool:
+    """Whether `name` names a Hub repository (`owner/name`) rather than a local path: not a path that
+    exists, starts like one (`.`, `/`, `~`), has another number of parts, or begins with a folder that
+    exists here (`outputs/sft`)."""
+    name = str(name)
+    path = Path(name).expanduser()
+    return not (
+        name.startswith((".", "/", "~"))
+        or name.count("/") != 1
+        or path.exists()
+        or Path(path.parts[0]).exists()
+    )
+
+
 def require_model(name: str | None) -> None:
     """A model named by a local path must be there before anything loads: a missing stage output
     would otherwise be looked up on the Hub and fail with a long, unrelated traceback."""
     if not name:
         raise ValueError("no model: set model_name_or_path")
-    path = Path(name).expanduser()
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1 or Path(path.parts[0]).exists()
-    if looks_local and not path.exists():
+    if not is_hub_id(name) and not Path(name).expanduser().exists():
         raise FileNotFoundError(
             f"model {name} does not exist: run the stage that writes it first (GRPO starts from "
             "the SFT output_dir, SFT from a base model), or fix model_name_or_path"

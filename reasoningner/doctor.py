@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from reasoningner.configs import NEEDS
+from reasoningner.configs import NEEDS, is_hub_id
 from reasoningner.sources import hub_cached, is_source, offline, resolvable
 
 # Free disk a run needs before it starts, in GB: checkpoints of full fine-tuning (weights and optimizer
@@ -176,7 +176,7 @@ def check_model(recipe: dict[str, Any]) -> list[Check]:
     path = Path(str(model)).expanduser()
     if path.exists():
         return [Check("model", "ok", f"{model}: local")]
-    if str(model).startswith(("outputs/", ".", "/")) or str(model).count("/") != 1:
+    if not is_hub_id(str(model)):
         return [Check("model", "FAIL", f"{model} does not exist: run the stage that writes it first")]
     if hub_cached(str(model), "models"):
         return [Check("model", "ok", f"{model}: in the Hugging Face cache")]

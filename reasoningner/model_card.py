@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from reasoningner.configs import PROMPT_CONTRACT, PromptArguments, PromptContract
+from reasoningner.configs import PROMPT_CONTRACT, PromptArguments, PromptContract, is_hub_id
 from reasoningner.tracking import MANIFEST
 
 CARD = "README.md"
@@ -27,15 +27,6 @@ CARD_SETTINGS = (
 NOT_PUBLISHED = ["checkpoint-*", "run_settings.json", "*.partial", "runs/*", "completions/*"]
 
 
-def _hub_id(name: str) -> str | None:
-    """`owner/name` when `name` is a Hub id, not a local path."""
-    return (
-        name
-        if name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
-        else None
-    )
-
-
 def model_card(model: str, manifest: dict[str, Any], contract: PromptContract) -> str:
     """The card of the model found (or to be published) at `model`, from its manifest and contract."""
     config = manifest["config"]
@@ -48,7 +39,7 @@ def model_card(model: str, manifest: dict[str, Any], contract: PromptContract) -
     ]
     front = ["---", "library_name: transformers", "pipeline_tag: text-generation"]
     front += ["tags: [reasoningner, named-entity-recognition, trl, " + manifest["stage"] + "]"]
-    if _hub_id(base):
+    if is_hub_id(base):
         front.append(f"base_model: {base}")
     if hub_data:
         front.append("datasets: [" + ", ".join(dict.fromkeys(hub_data)) + "]")

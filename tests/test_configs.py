@@ -105,3 +105,13 @@ def test_a_hub_model_s_contract_is_fetched_only_when_the_caller_loads_it_from_th
     assert PromptContract.load("me/tiny-ner", from_hub=True).prompt == TRAINED.prompt
     assert PromptContract.load("Qwen/Qwen3-8B", from_hub=True) is None
     assert asked == [("me/tiny-ner", PROMPT_CONTRACT), ("Qwen/Qwen3-8B", PROMPT_CONTRACT)]
+
+
+def test_a_hub_id_is_owner_slash_name_that_is_not_a_local_path(tmp_path, monkeypatch) -> None:
+    from reasoningner.configs import is_hub_id
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    assert is_hub_id("Qwen/Qwen3-8B")
+    for local in ("outputs/sft", "./model", "/abs/model", "~/model", "a/b/c", "model"):
+        assert not is_hub_id(local), local
