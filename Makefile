@@ -2,13 +2,16 @@
 PYTHON ?= python3
 VENV ?= .venv
 # CPU wheel on a laptop or CI; on a cluster set e.g. TORCH="torch==2.13.0 --index-url <your CUDA index>".
+# The one place torch's version is pinned: requirements/cpu.lock is resolved against it but leaves torch out.
 TORCH ?= torch==2.13.0
 EXTRAS ?= test,deepspeed
+# Every other package `make install` installs, pinned (for the default EXTRAS; `make lock` refreshes it).
+LOCK := requirements/cpu.lock
 comma := ,
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install test test-slow lint format clean docker-lock demo bench
+.PHONY: install test test-slow lint format clean lock docker-lock demo bench
 .DEFAULT_GOAL := test
 
 # Pipeline stages: make <stage> RECIPE=recipes/<dir>/<stage>.yaml [NUM_GPUS=n | NUM_PROCS=n]
@@ -57,12 +60,16 @@ score: install
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, alone: a range asked for by another package would otherwise pull CUDA builds.
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	# Then exactly the locked versions of everything else (torch's own dependencies included), then the
+	# project without resolving anything; pip check fails if pyproject.toml and the lock have drifted.
+	$(BIN)/python -m pip install --quiet -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip check
 	touch $@
 
 # The whole pipeline on CPU with the tiny model: CoT -> SFT -> GRPO -> eval, plots and report.
@@ -109,6 +116,13 @@ format: install
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
 
-# Re-resolve the GPU image's lock (linux x86_64, Python 3.12) from package metadata.
+# Re-resolve the locks from package metadata with uv (requirements/lock.sh); ARGS go to `uv pip compile`,
+# e.g. ARGS=--upgrade or ARGS="--upgrade-package wandb"; without, the current pins are kept where they fit.
+# lock: requirements/cpu.lock (CPython >= 3.11, torch at $(TORCH) but not in the lock, no CUDA packages).
+lock:
+	TORCH='$(firstword $(TORCH))' requirements/lock.sh cpu $(ARGS)
+
+# docker-lock: the GPU image's docker/requirements-gpu.lock (linux x86_64, Python 3.12), held to the CPU
+# lock's pins except where vLLM forces others (docker/requirements-gpu.forced); run it after `make lock`.
 docker-lock:
-	docker/lock.sh
+	requirements/lock.sh gpu $(ARGS)
