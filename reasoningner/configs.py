@@ -129,14 +129,25 @@ class PromptContract:
         return path
 
     @classmethod
-    def load(cls, model: str | Path | None, from_hub: bool = False) -> PromptContract | None:
+    def load(
+        cls,
+        model: str | Path | None,
+        from_hub: bool = False,
+        *,
+        revision: str | None = None,
+        strict: bool = False,
+    ) -> PromptContract | None:
         """The contract saved in a model directory (or in the run directory above a `checkpoint-N`),
-        or, with `from_hub`, in the Hub repository `model` names; None for a model without one (a
-        base model). Only the caller that loads the model from the Hub anyway asks the Hub."""
+        or, with `from_hub`, in the Hub repository `model` names (at `revision`); None for a model
+        without one (a base model). Only the caller that loads the model from the Hub anyway asks the Hub.
+
+        A Hub that cannot be asked (no connection, no access to the repository) costs a warning and
+        gives None; with `strict` it is an error instead, for a trainer that would otherwise train on the
+        recipe's prompt settings rather than the ones the model learnt (`hub_contract_folder`)."""
         if model is None:
             return None
         if from_hub and is_hub_id(model):
-            model = _hub_file(str(model), PROMPT_CONTRACT) or model
+            model = hub_contract_folder(str(model), revision, strict) or model
         for folder in (Path(model), Path(model).parent):
             path = folder / PROMPT_CONTRACT
             if path.is_file():
@@ -152,16 +163,39 @@ class PromptContract:
         return None
 
 
-def _hub_file(repo_id: str, filename: str) -> str | None:
-    """The folder holding `filename` of a Hub model repository, downloaded (cached); None when the
-    repository has no such file or the Hub cannot be reached."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+def hub_contract_folder(repo_id: str, revision: str | None = None, strict: bool = False) -> str | None:
+    """The folder holding the `prompt_contract.json` of a Hub model repository, downloaded (cached);
+    None when the repository has none (a base model).
 
+    When the Hub cannot be asked (no connection, offline mode, an unknown or gated repository, a
+    server error), the cache answers if it knows: a copy of the file, or that the file is missing.
+    Otherwise a warning and None; with `strict`, a ConnectionError naming the repository instead,
+    unless offline mode (`HF_HUB_OFFLINE=1`) was asked for, where the warning says the contract of a
+    model cached without it could not be checked.
+    """
+    from huggingface_hub import _CACHED_NO_EXIST, constants, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    where = {"revision": revision} if revision else {}
     try:
-        return str(Path(hf_hub_download(repo_id, filename)).parent)
-    except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
-        logger.warning("%s: no %s on the Hub (%s)", repo_id, filename, type(error).__name__)
+        return str(Path(hf_hub_download(repo_id, PROMPT_CONTRACT, **where)).parent)
+    except RemoteEntryNotFoundError:
+        return None  # the repository is there and has no contract
+    except OSError as error:  # what the Hub raises when it cannot answer (HfHubHTTPError included)
+        cached = try_to_load_from_cache(repo_id, PROMPT_CONTRACT, **where)
+        if cached is _CACHED_NO_EXIST:
+            return None
+        if isinstance(cached, str):
+            return str(Path(cached).parent)
+        cause = type(error).__name__ + (f": {str(error).splitlines()[0]}" if str(error).strip() else "")
+        if strict and not constants.is_offline_mode():
+            raise ConnectionError(
+                f"{repo_id}: could not read its {PROMPT_CONTRACT} from the Hub ({cause}). Without it, "
+                "training would use the recipe's prompt settings, not the ones the model was trained "
+                "with: check the connection and the access to the repository, or download the model "
+                f"(hf download {repo_id}) and run with HF_HUB_OFFLINE=1"
+            ) from error
+        logger.warning("%s: no %s from the Hub (%s)", repo_id, PROMPT_CONTRACT, cause)
         return None
 
 

@@ -161,7 +161,8 @@ def start_trainer_stage(
 ) -> TrainerStart:
     """What SFT and GRPO do before any model loads, so that a mistake costs seconds, not a model load:
     keep secrets out of every record, seed, start DeepSpeed on CPU, check the model exists, join the
-    pipeline's W&B group, resolve the prompt against the model's contract, and claim the output folder
+    pipeline's W&B group, resolve the prompt against the model's contract (its folder's, or its Hub
+    repository's at `model_revision`), and claim the output folder
     (`tracking.claim_output_dir`), saying where training starts."""
     keep_secrets_out(training_args)
     # The final model is published with its card and contract (`finish_trainer_stage`), not by the
@@ -178,7 +179,12 @@ def start_trainer_stage(
     inputs = [*script_args.train_files, model_args.model_name_or_path]
     if wants_wandb(training_args.report_to):
         set_trainer_run(stage, training_args.output_dir, inputs)
-    prompt = prompt.resolve(PromptContract.load(model_args.model_name_or_path))
+    # A model from the Hub brings its contract from there: a Hub that cannot be asked stops the run
+    # rather than train on the recipe's prompt settings.
+    contract = PromptContract.load(
+        model_args.model_name_or_path, from_hub=True, revision=model_args.model_revision, strict=True
+    )
+    prompt = prompt.resolve(contract)
     configs = (script_args, prompt, training_args, model_args)
     main_process = training_args.process_index == 0
     resume = claim_output_dir(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -115,3 +116,76 @@ def test_a_hub_id_is_owner_slash_name_that_is_not_a_local_path(tmp_path, monkeyp
     assert is_hub_id("Qwen/Qwen3-8B")
     for local in ("outputs/sft", "./model", "/abs/model", "~/model", "a/b/c", "model"):
         assert not is_hub_id(local), local
+
+
+def _hub_error(kind: str) -> OSError:
+    """What `hf_hub_download` raises: `missing` when the repository has no such file (404), `offline`
+    when the Hub cannot be reached and the cache lacks the file (a connection error, a Hub outage)."""
+    import httpx2
+    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
+
+    if kind == "missing":
+        request = httpx2.Request("HEAD", f"https://huggingface.co/me/sft/resolve/main/{PROMPT_CONTRACT}")
+        return RemoteEntryNotFoundError(
+            "404 Client Error: Entry Not Found", response=httpx2.Response(404, request=request)
+        )
+    return LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub")
+
+
+@pytest.fixture()
+def hub(tmp_path, monkeypatch):
+    """A fake `hf_hub_download` over an empty cache in `tmp_path`, online: `hub.answer` is what it returns
+    (a contract's folder) or raises; `hub.asked` the (repo, file, revision) asked."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    TRAINED.save(tmp_path / "snapshot")
+    state = SimpleNamespace(answer=tmp_path / "snapshot", asked=[])
+
+    def download(repo_id: str, filename: str, revision: str | None = None) -> str:
+        state.asked.append((repo_id, filename, revision))
+        if isinstance(state.answer, Exception):
+            raise state.answer
+        return str(state.answer / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    return state
+
+
+def test_a_strict_load_reads_the_hub_contract_at_the_revision_and_a_missing_one_is_none(hub, caplog) -> None:
+    loaded = PromptContract.load("me/sft", from_hub=True, revision="v1", strict=True)
+    assert (loaded.prompt, loaded.labels) == (TRAINED.prompt, TRAINED.labels)
+    assert hub.asked == [("me/sft", PROMPT_CONTRACT, "v1")]
+    hub.answer = _hub_error("missing")  # a base model's repository: no contract, nothing to say
+    with caplog.at_level(logging.WARNING, logger="reasoningner.configs"):
+        assert PromptContract.load("Qwen/Qwen3-8B-Base", from_hub=True, strict=True) is None
+    assert not caplog.records
+
+
+def test_a_hub_that_cannot_be_asked_stops_a_strict_load_and_warns_otherwise(hub, caplog) -> None:
+    hub.answer = _hub_error("offline")
+    with pytest.raises(ConnectionError, match=f"me/sft: could not read its {PROMPT_CONTRACT} from the Hub"):
+        PromptContract.load("me/sft", from_hub=True, strict=True)
+    with caplog.at_level(logging.WARNING, logger="reasoningner.configs"):
+        assert PromptContract.load("me/sft", from_hub=True) is None  # NERModel, evaluation: a warning
+    assert f"me/sft: no {PROMPT_CONTRACT} from the Hub (LocalEntryNotFoundError" in caplog.text
+
+
+def test_without_the_hub_the_cache_answers_and_offline_mode_only_warns(hub, tmp_path, caplog) -> None:
+    from huggingface_hub import constants
+
+    hub.answer = _hub_error("offline")
+    # The cache remembers the file is missing from the commit `main` points to (a 404 seen earlier).
+    repo = tmp_path / "cache" / "models--me--base"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / ".no_exist" / "abc123").mkdir(parents=True)
+    (repo / ".no_exist" / "abc123" / PROMPT_CONTRACT).touch()
+    assert PromptContract.load("me/base", from_hub=True, strict=True) is None
+    # HF_HUB_OFFLINE=1 was asked for: a model cached without its contract is trained with a warning.
+    constants.HF_HUB_OFFLINE = True  # restored by the fixture's monkeypatch
+    with caplog.at_level(logging.WARNING, logger="reasoningner.configs"):
+        assert PromptContract.load("me/sft", from_hub=True, strict=True) is None
+    assert f"me/sft: no {PROMPT_CONTRACT} from the Hub" in caplog.text

@@ -31,3 +31,45 @@ def test_model_options_override_the_recipes_model_init_kwargs_and_keep_the_rest(
         "dtype": "bfloat16",
         "attn_implementation": "sdpa",
     }
+
+
+def test_a_trainer_starting_from_a_hub_model_takes_its_prompt_contract_from_the_hub(tmp_path, monkeypatch):
+    """GRPO from an SFT model published on the Hub asks it as it was trained (the recipe sets no prompt
+    key); a Hub that cannot be asked stops the run before any model loads."""
+    import huggingface_hub
+    import pytest
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from reasoningner.configs import PROMPT_CONTRACT, PromptArguments, PromptContract
+    from reasoningner.training import start_trainer_stage
+    from tests.scripts import ROOT, load_stage
+
+    trained = PromptContract(PromptArguments("xml", reasoning=False, compact_prompt=True), ["person"])
+    trained.save(tmp_path / "snapshot")
+    asked = []
+
+    def download(repo_id, filename, revision=None):
+        asked.append((repo_id, filename, revision))
+        if repo_id != "me/sft":
+            raise LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub")
+        return str(tmp_path / "snapshot" / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.chdir(tmp_path)
+
+    def start(model, out):
+        recipe = ["--config", str(ROOT / "recipes/tiny-cpu/rl.yaml"), "--model_name_or_path", model,
+                  "--model_revision", "v2", "--output_dir", str(tmp_path / out)]  # fmt: skip
+        script_args, prompt, training_args, model_args = (
+            load_stage("rl").make_parser().parse_args_and_config(args=recipe)
+        )
+        return start_trainer_stage("rl", script_args, prompt, training_args, model_args)
+
+    assert start("me/sft", "rl").prompt == trained.prompt
+    assert asked == [("me/sft", PROMPT_CONTRACT, "v2")]
+    with pytest.raises(ConnectionError, match=f"me/unreachable: could not read its {PROMPT_CONTRACT}"):
+        start("me/unreachable", "rl2")
+    assert not (tmp_path / "rl2").exists()  # stopped before it claimed the output folder
