@@ -406,7 +406,7 @@ class OpenAIGenerator(Generator):
             try:
                 async with semaphore:
                     response = await asyncio.wait_for(client.post(self.url, json=body), self.request_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 problem = f"no answer within {self.request_timeout:g}s"
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"

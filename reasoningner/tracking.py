@@ -29,7 +29,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,7 @@ def build_manifest(stage: str, config: dict[str, Any], inputs: Iterable[str | Pa
         entries.append(entry)
     return {
         "stage": stage,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": config,
         "inputs": entries,
         "versions": versions(),

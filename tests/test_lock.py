@@ -4,10 +4,10 @@ installs (`make lock`), and docker/requirements-gpu.lock, the GPU image (`make d
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
