@@ -13,13 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from reasoningner.configs import PromptArguments, PromptContract
@@ -49,11 +53,16 @@ QUICK = {
 }
 
 
+# Torch's CPU kernels may split a sum differently with another thread count, and one rounding apart
+# is another training run: the demo uses this many threads on any machine (OMP_NUM_THREADS overrides).
+THREADS = "2"
+
+
 def run(stage: str, *args: str, pipeline: str) -> float:
     """Run `stages/<stage>.py` as a user would, in the demo's pipeline run (one W&B group, even for the
     untrained model's evaluation, which has no upstream manifest); return the seconds it took."""
     started = time.perf_counter()
-    env = os.environ | {PIPELINE_ENV: pipeline}
+    env = {"OMP_NUM_THREADS": THREADS} | os.environ | {PIPELINE_ENV: pipeline}
     subprocess.run(
         [sys.executable, str(ROOT / "stages" / f"{stage}.py"), *args], cwd=ROOT, env=env, check=True
     )
@@ -282,103 +291,155 @@ def scores(results: Path) -> dict[str, Any]:
     }
 
 
+# What the demo's numbers depend on besides the seed: the CPU lock (`requirements/cpu.lock`) pins them.
+VERSIONED = ("torch", "transformers", "trl", "datasets", "accelerate", "peft", "tokenizers", "numpy")
+
+
+def package_versions() -> dict[str, str]:
+    """Python and the packages that decide the demo's numbers, for demo.json and the report."""
+    from importlib.metadata import version
+
+    return {"python": platform.python_version(), **{name: version(name) for name in VERSIONED}}
+
+
+@dataclass
+class Demo:
+    """One demo run: where it writes, its pipeline (one W&B group), the --quick shortening, timings."""
+
+    out: Path
+    quick: bool
+    pipeline: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def stage(self, label: str, stage: str, *args: str) -> None:
+        self.timings[label] = run(stage, *args, *(QUICK[stage] if self.quick else []), pipeline=self.pipeline)
+
+    def evaluate(self, label: str, model_dir: Path, output_dir: Path, *prompt: str) -> dict[str, Any]:
+        args = ["--config", str(RECIPES / "eval-demo.yaml"), "--model_name_or_path", str(model_dir)]
+        self.stage(f"eval {label}", "eval", *args, *prompt, "--output_dir", str(output_dir))
+        return scores(output_dir / "results.json")
+
+
+def prepare(demo: Demo) -> tuple[Path, Path, dict[str, Any]]:
+    """Stage 1 and the tiny model every run starts from (it stands in for a pretrained model: the seeds
+    vary training, not the starting weights); returns the model, the annotations and the CoT report."""
+    cot_args = ["--config", str(RECIPES / "cot.yaml"), "--output_dir", str(demo.out / "cot")]
+    demo.stage("cot", "cot", *cot_args)
+    from reasoningner.cli import main as cli
+
+    model = demo.out / "tiny-model"
+    started = time.perf_counter()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", THREADS)))
+    quick = QUICK["tiny-model"] if demo.quick else []
+    cli(["tiny-model", "--out", str(model), "--data", *recipe("cot")["datasets"], *TINY_MODEL, *quick])
+    demo.timings["tiny model"] = time.perf_counter() - started
+    cot = json.loads((demo.out / "cot" / "report.json").read_text())
+    return model, demo.out / "cot" / "annotations.jsonl", cot
+
+
+def train(
+    demo: Demo, model: Path, annotations: Path, folder: Path, seed: int, reasoning: bool
+) -> dict[str, Any]:
+    """SFT of `model` on the annotations (with their rationales, or answer-only targets), GRPO from it,
+    each evaluated on the dev slice: F1, held-out reward per component, strict-parse share."""
+    tag = "" if folder == demo.out else f" ({folder.relative_to(demo.out)})"
+    sft_args = ["--config", str(RECIPES / "sft.yaml"), "--model_name_or_path", str(model),
+                "--train_files", str(annotations), "--output_dir", str(folder / "sft"), "--seed", str(seed),
+                "--reasoning", str(reasoning).lower()]  # fmt: skip
+    demo.stage(f"sft{tag}", "sft", *sft_args)
+    evals = {"sft": demo.evaluate(f"sft{tag}", folder / "sft", folder / "eval-sft")}
+    rl_args = ["--config", str(RECIPES / "rl.yaml"), "--model_name_or_path", str(folder / "sft"),
+               "--output_dir", str(folder / "rl"), "--seed", str(seed)]  # fmt: skip
+    demo.stage(f"rl{tag}", "rl", *rl_args)
+    evals["grpo"] = demo.evaluate(f"grpo{tag}", folder / "rl", folder / "eval-grpo")
+
+    rl = recipe("rl")
+    output_format = PromptContract.load(folder / "rl").prompt.output_format  # type: ignore[union-attr]
+    held_out = {
+        stage: held_out_reward(
+            folder / f"eval-{stage}" / "generations.jsonl",
+            rl["reward_funcs"],
+            rl["reward_weights"],
+            output_format,
+        )
+        for stage in evals
+    }
+    return {
+        "evals": evals,
+        "held_out": held_out,
+        "rewards": {stage: {n: mean_and_error(v)[0] for n, v in s.items()} for stage, s in held_out.items()},
+        "reward_errors": {
+            stage: {n: mean_and_error(v)[1] for n, v in s.items()} for stage, s in held_out.items()
+        },
+        "strict_parse": {
+            stage: strict_share(folder / f"eval-{stage}" / "generations.jsonl") for stage in evals
+        },
+        "train_reward": train_reward_trend(folder / "rl"),
+    }
+
+
+def train_reward_trend(rl_dir: Path) -> dict[str, float]:
+    """GRPO's mean train reward over the first and the last quarter of its steps: the trend of the
+    moving average, in numbers."""
+    rows = json.loads((rl_dir / "trainer_state.json").read_text())["log_history"]
+    rewards = [row["reward"] for row in rows if "reward" in row]
+    quarter = max(1, len(rewards) // 4)
+    return {
+        "first_quarter": statistics.fmean(rewards[:quarter]),
+        "last_quarter": statistics.fmean(rewards[-quarter:]),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="a shortened smoke run of every stage")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "tiny-cpu")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", metavar="SEED",
+        help="instead of the demo: the seed study (each seed, with rationales and answer-only) -> seeds.md",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     out = args.out.resolve()
-    extra = QUICK if args.quick else {}
-    rl = recipe("rl")
-    eval_recipe = str(RECIPES / "eval-demo.yaml")
-    timings: dict[str, float] = {}
+    demo = Demo(out, args.quick, pipeline_id(out, []))  # one per output folder, as a stage without upstream
+    if args.seeds:
+        return seed_study(demo, args.seeds)
     lines: list[str] = []
 
     started = time.perf_counter()
-    pipeline = pipeline_id(out, [])  # one per output folder, as a stage without upstream makes
-    cot_args = [
-        "--config",
-        str(RECIPES / "cot.yaml"),
-        "--output_dir",
-        str(out / "cot"),
-        *extra.get("cot", []),
-    ]
-    timings["cot"] = run("cot", *cot_args, pipeline=pipeline)
-    cot = json.loads((out / "cot" / "report.json").read_text())
+    model, annotations, cot = prepare(demo)
     lines.append(f"stage 1 (CoT, gold-template): {cot['accepted']}/{cot['sentences']} sentences accepted")
-
-    from reasoningner.cli import main as cli
-
-    model = out / "tiny-model"
-    tiny_started = time.perf_counter()
-    cli(
-        [
-            "tiny-model",
-            "--out",
-            str(model),
-            "--data",
-            *recipe("cot")["datasets"],
-            *TINY_MODEL,
-            *extra.get("tiny-model", []),
-        ]
-    )
-    timings["tiny model"] = time.perf_counter() - tiny_started
-
-    def evaluate(name: str, model_dir: Path, *prompt: str) -> dict[str, Any]:
-        eval_args = ["--config", eval_recipe, "--model_name_or_path", str(model_dir), *prompt]
-        output = ["--output_dir", str(out / f"eval-{name}")]
-        timings[f"eval {name}"] = run("eval", *eval_args, *output, *extra.get("eval", []), pipeline=pipeline)
-        return scores(out / f"eval-{name}" / "results.json")
-
     # The untrained model has no prompt contract yet: ask it as SFT will train it.
     sft_prompt = [arg for key in PromptArguments.DEFAULTS if key in recipe("sft")
                   for arg in (f"--{key}", str(recipe("sft")[key]))]  # fmt: skip
-    evals = {"before": evaluate("before", model, *sft_prompt)}
-    lines.append(f"dev F1 before training: {100 * evals['before']['f1']:.1f}")
-
-    annotations = str(out / "cot" / "annotations.jsonl")
-    sft_args = ["--config", str(RECIPES / "sft.yaml"), "--model_name_or_path", str(model),
-                "--train_files", annotations, "--output_dir", str(out / "sft")]  # fmt: skip
-    timings["sft"] = run("sft", *sft_args, *extra.get("sft", []), pipeline=pipeline)
-    evals["sft"] = evaluate("sft", out / "sft")
+    before = demo.evaluate("before", model, out / "eval-before", *sft_prompt)
+    lines.append(f"dev F1 before training: {100 * before['f1']:.1f}")
+    trained = train(demo, model, annotations, out, seed=0, reasoning=True)
+    evals = {"before": before, **trained["evals"]}
     lines.append(f"stage 2 (SFT): dev F1 {100 * evals['sft']['f1']:.1f}")
-
-    rl_args = ["--config", str(RECIPES / "rl.yaml"), "--model_name_or_path", str(out / "sft"),
-               "--output_dir", str(out / "rl")]  # fmt: skip
-    timings["rl"] = run("rl", *rl_args, *extra.get("rl", []), pipeline=pipeline)
-    evals["grpo"] = evaluate("grpo", out / "rl")
     lines.append(f"stage 3 (GRPO): dev F1 {100 * evals['grpo']['f1']:.1f}")
-
-    names, weights = rl["reward_funcs"], rl["reward_weights"]
-    output_format = PromptContract.load(out / "rl").prompt.output_format  # type: ignore[union-attr]
-    held_out = {
-        stage: held_out_reward(out / f"eval-{stage}" / "generations.jsonl", names, weights, output_format)
-        for stage in ("sft", "grpo")
-    }
-    rewards = {
-        stage: {name: mean_and_error(values)[0] for name, values in scores.items()}
-        for stage, scores in held_out.items()
-    }
-    errors = {
-        stage: {name: mean_and_error(values)[1] for name, values in scores.items()}
-        for stage, scores in held_out.items()
-    }
+    rewards, errors = trained["rewards"], trained["reward_errors"]
+    most = sum(recipe("rl")["reward_weights"])
     lines.append(
-        f"held-out mean reward (max {sum(weights):g}): SFT {rewards['sft']['total']:.2f} -> "
+        f"held-out mean reward (max {most:g}): SFT {rewards['sft']['total']:.2f} -> "
         f"GRPO {rewards['grpo']['total']:.2f}"
     )
-    strict = {stage: strict_share(out / f"eval-{stage}" / "generations.jsonl") for stage in evals}
+    strict = {"before": strict_share(out / "eval-before" / "generations.jsonl"), **trained["strict_parse"]}
     lines.append(
         "outputs that parse strictly: "
         + " -> ".join(f"{stage} {100 * share:.1f}%" for stage, share in strict.items())
     )
+    trend = trained["train_reward"]
+    lines.append(
+        f"GRPO train reward, mean of the first -> last quarter of steps: "
+        f"{trend['first_quarter']:.2f} -> {trend['last_quarter']:.2f}"
+    )
     calibration_started = time.perf_counter()
-    dev = ROOT / yaml.safe_load(Path(eval_recipe).read_text(encoding="utf-8"))["datasets"][0]["path"]
+    dev = ROOT / recipe("eval-demo")["datasets"][0]["path"]
     calibrated = calibration(out / "rl", dev, 4 if args.quick else CALIBRATION_SENTENCES)
-    timings["calibration"] = time.perf_counter() - calibration_started
-    images = [*plot(out, evals, held_out), plot_calibration(out, calibrated)]
+    demo.timings["calibration"] = time.perf_counter() - calibration_started
+    images = [*plot(out, evals, trained["held_out"]), plot_calibration(out, calibrated)]
     total = time.perf_counter() - started
     lines.append(f"total time {total / 60:.1f} min")
 
@@ -387,28 +448,21 @@ def main(argv: list[str] | None = None) -> int:
         "rewards": rewards,
         "reward_errors": errors,
         "strict_parse": strict,
+        "train_reward": trend,
         "calibration": calibrated,
         "cot": cot,
-        "timings": timings,
+        "versions": package_versions(),
+        "timings": demo.timings,
         "total_seconds": total,
     }
     (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    (out / REPORT).write_text(
-        report_markdown(lines, evals, rewards, errors, calibrated, timings, images), encoding="utf-8"
-    )
+    (out / REPORT).write_text(report_markdown(lines, summary, images), encoding="utf-8")
     print("\n".join(["", "reasoningner demo", *(f"  {line}" for line in lines), f"  report: {out / REPORT}"]))
     return 0
 
 
-def report_markdown(
-    lines: list[str],
-    evals: dict[str, Any],
-    rewards: dict[str, dict[str, float]],
-    errors: dict[str, dict[str, float]],
-    calibrated: dict[str, Any],
-    timings: dict[str, float],
-    images: list[str],
-) -> str:
+def report_markdown(lines: list[str], summary: dict[str, Any], images: list[str]) -> str:
+    rewards, errors, calibrated = summary["rewards"], summary["reward_errors"], summary["calibration"]
     components = list(rewards["sft"])
     parts = [
         "# reasoningner CPU demo",
@@ -417,7 +471,7 @@ def report_markdown(
         "",
         "| stage | dev F1 (text match) |",
         "| --- | ---: |",
-        *(f"| {stage} | {100 * result['f1']:.1f} |" for stage, result in evals.items()),
+        *(f"| {stage} | {100 * result['f1']:.1f} |" for stage, result in summary["evals"].items()),
         "",
         "Held-out reward (mean ± standard error over the dev prompts):",
         "",
@@ -445,14 +499,119 @@ def report_markdown(
             for t, row in calibrated["at_least"].items()
         ),
         "",
+        versions_line(summary["versions"]),
+        "",
         "| step | seconds |",
         "| --- | ---: |",
-        *(f"| {name} | {seconds:.0f} |" for name, seconds in timings.items()),
+        *(f"| {name} | {seconds:.0f} |" for name, seconds in summary["timings"].items()),
         "",
         *(f"![{image}]({image})" for image in images),
         "",
     ]
     return "\n".join(parts)
+
+
+def versions_line(versions: dict[str, str]) -> str:
+    return "Packages: " + ", ".join(f"{name} {version}" for name, version in versions.items()) + "."
+
+
+# The seed study's two SFT targets: the rationale then the answer (the paper's), or the answer alone.
+VARIANTS = {"reasoning": True, "answer-only": False}
+# What the seed study compares, read from each run (`train`'s result): F1 and shares in percent.
+MEASURES: dict[str, Callable[[dict[str, Any]], float]] = {
+    "dev F1 SFT": lambda r: 100 * r["evals"]["sft"]["f1"],
+    "dev F1 GRPO": lambda r: 100 * r["evals"]["grpo"]["f1"],
+    "F1 gain": lambda r: 100 * (r["evals"]["grpo"]["f1"] - r["evals"]["sft"]["f1"]),
+    "reward SFT": lambda r: r["rewards"]["sft"]["total"],
+    "reward GRPO": lambda r: r["rewards"]["grpo"]["total"],
+    "reward gain": lambda r: r["rewards"]["grpo"]["total"] - r["rewards"]["sft"]["total"],
+    "strict % SFT": lambda r: 100 * r["strict_parse"]["sft"],
+    "strict % GRPO": lambda r: 100 * r["strict_parse"]["grpo"],
+    "train reward first quarter": lambda r: r["train_reward"]["first_quarter"],
+    "train reward last quarter": lambda r: r["train_reward"]["last_quarter"],
+}
+GAINS = ("F1 gain", "reward gain")
+
+
+def seed_study(demo: Demo, seeds: list[int]) -> int:
+    """The pipeline once per seed and SFT target (same tiny model and annotations): mean ± std over seeds
+    of every `MEASURES` entry, whether GRPO's gains hold on every seed and exceed twice their spread,
+    and reasoning against answer-only SFT (the paper's claim). Writes seeds.json and seeds.md."""
+    started = time.perf_counter()
+    model, annotations, _ = prepare(demo)
+    measured: dict[str, dict[int, dict[str, float]]] = {variant: {} for variant in VARIANTS}
+    for seed in seeds:
+        for variant, reasoning in VARIANTS.items():
+            run = train(demo, model, annotations, demo.out / f"seed-{seed}" / variant, seed, reasoning)
+            measured[variant][seed] = {name: read(run) for name, read in MEASURES.items()}
+    summary = {
+        "seeds": seeds,
+        "runs": measured,
+        "spread": {variant: spread(runs) for variant, runs in measured.items()},
+        "versions": package_versions(),
+        "timings": demo.timings,
+        "total_seconds": time.perf_counter() - started,
+    }
+    (demo.out / "seeds.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    report = seeds_markdown(summary)
+    (demo.out / "seeds.md").write_text(report, encoding="utf-8")
+    print(report)
+    return 0
+
+
+def spread(runs: dict[int, dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """Mean and sample std over seeds of each measure; for the gains, whether every seed gained and the
+    mean gain exceeds twice the std."""
+    result: dict[str, dict[str, Any]] = {}
+    for name in MEASURES:
+        values = [run[name] for run in runs.values()]
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        result[name] = {"mean": statistics.fmean(values), "std": std}
+        if name in GAINS:
+            result[name] |= {
+                "every_seed": min(values) > 0,
+                "beyond_2_std": statistics.fmean(values) > 2 * std,
+            }
+    return result
+
+
+def seeds_markdown(summary: dict[str, Any]) -> str:
+    seeds, runs, spreads = summary["seeds"], summary["runs"], summary["spread"]
+    lines = [
+        "# reasoningner CPU demo: seed study",
+        "",
+        f"Seeds {', '.join(map(str, seeds))} (SFT and GRPO; the tiny model and the annotations are shared). "
+        "Mean ± sample std over seeds; each seed's values below.",
+        "",
+        "| measure | " + " | ".join(VARIANTS) + " |",
+        "| --- |" + " ---: |" * len(VARIANTS),
+        *(
+            f"| {name} | "
+            + " | ".join(f"{spreads[v][name]['mean']:.2f} ± {spreads[v][name]['std']:.2f}" for v in VARIANTS)
+            + " |"
+            for name in MEASURES
+        ),
+        "",
+        *(
+            f"- {v}, {name}: positive on every seed: {'yes' if spreads[v][name]['every_seed'] else 'no'}; "
+            f"mean > 2 × std: {'yes' if spreads[v][name]['beyond_2_std'] else 'no'}"
+            for v in VARIANTS
+            for name in GAINS
+        ),
+        "",
+        "| variant | seed | " + " | ".join(MEASURES) + " |",
+        "| --- | ---: |" + " ---: |" * len(MEASURES),
+        *(
+            f"| {v} | {seed} | " + " | ".join(f"{value:.2f}" for value in run.values()) + " |"
+            for v in VARIANTS
+            for seed, run in runs[v].items()
+        ),
+        "",
+        versions_line(summary["versions"]),
+        f"Total time {summary['total_seconds'] / 60:.1f} min.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

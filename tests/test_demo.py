@@ -1,11 +1,16 @@
 """The CPU demo end to end, shortened (`--quick`): every stage runs and the report is complete."""
 
 import json
+import platform
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.scripts import load_stage
 
 ROOT = Path(__file__).parents[1]
 
@@ -52,3 +57,50 @@ def test_the_quick_demo_runs_every_stage_and_writes_report_and_plots(tmp_path):
         assert f"]({image})" in report
     for stage in ("cot", "sft", "rl", "eval-grpo"):
         assert (tmp_path / stage / "manifest.json").is_file()
+
+
+def fake_run(f1_sft: float, f1_grpo: float, reward_sft: float, reward_grpo: float) -> dict[str, Any]:
+    """What `demo.train` returns, reduced to what the seed study reads."""
+    return {
+        "evals": {"sft": {"f1": f1_sft}, "grpo": {"f1": f1_grpo}},
+        "rewards": {"sft": {"total": reward_sft}, "grpo": {"total": reward_grpo}},
+        "strict_parse": {"sft": 0.9, "grpo": 0.95},
+        "train_reward": {"first_quarter": 8.0, "last_quarter": 9.0},
+    }
+
+
+def test_the_seed_study_reports_mean_std_and_whether_every_seed_gained(tmp_path, monkeypatch):
+    demo = load_stage("demo")
+    runs = {  # (reasoning, seed) -> the run: reasoning gains on every seed, answer-only loses on seed 1
+        (True, 0): fake_run(0.40, 0.42, 9.0, 9.2),
+        (True, 1): fake_run(0.41, 0.44, 9.1, 9.4),
+        (True, 2): fake_run(0.39, 0.415, 8.9, 9.15),
+        (False, 0): fake_run(0.30, 0.31, 8.0, 8.1),
+        (False, 1): fake_run(0.32, 0.31, 8.2, 8.1),
+        (False, 2): fake_run(0.31, 0.33, 8.1, 8.3),
+    }
+    trained: list[tuple[Path, int, bool]] = []
+
+    def train(_demo, _model, _annotations, folder, seed, reasoning):
+        trained.append((folder, seed, reasoning))
+        return runs[reasoning, seed]
+
+    monkeypatch.setattr(demo, "prepare", lambda d: (tmp_path / "model", tmp_path / "cot.jsonl", {}))
+    monkeypatch.setattr(demo, "train", train)
+    assert demo.main(["--seeds", "0", "1", "2", "--out", str(tmp_path)]) == 0
+
+    assert sorted((f.relative_to(tmp_path).as_posix(), s, r) for f, s, r in trained) == sorted(
+        (f"seed-{s}/{'reasoning' if r else 'answer-only'}", s, r) for r, s in runs
+    )
+    summary = json.loads((tmp_path / "seeds.json").read_text())
+    reasoning, answer_only = summary["spread"]["reasoning"], summary["spread"]["answer-only"]
+    gains = [2.0, 3.0, 2.5]
+    assert reasoning["F1 gain"]["mean"] == pytest.approx(statistics.fmean(gains))
+    assert reasoning["F1 gain"]["std"] == pytest.approx(statistics.stdev(gains))
+    assert reasoning["F1 gain"]["every_seed"] and reasoning["F1 gain"]["beyond_2_std"]
+    assert not answer_only["F1 gain"]["every_seed"] and not answer_only["F1 gain"]["beyond_2_std"]
+    assert reasoning["reward gain"]["mean"] == pytest.approx(0.25)
+    assert summary["versions"]["python"] == platform.python_version() and "trl" in summary["versions"]
+    report = (tmp_path / "seeds.md").read_text()
+    assert "| F1 gain | 2.50 ± 0.50 |" in report
+    assert "answer-only, F1 gain: positive on every seed: no" in report
