@@ -11,7 +11,7 @@ comma := ,
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install test test-slow lint format clean lock docker-lock demo bench
+.PHONY: install test test-slow lint format clean lock docker-lock demo demo-seeds bench
 .DEFAULT_GOAL := test
 
 # Pipeline stages: make <stage> RECIPE=recipes/<dir>/<stage>.yaml [NUM_GPUS=n | NUM_PROCS=n]
@@ -75,6 +75,12 @@ $(STAMP): pyproject.toml $(LOCK)
 # The whole pipeline on CPU with the tiny model: CoT -> SFT -> GRPO -> eval, plots and report.
 demo: install
 	$(BIN)/python stages/demo.py
+
+# The seed study: the demo's SFT and GRPO with seeds 0, 1, 2, each with rationale and answer-only SFT targets
+# (the paper's claim), on the same tiny model; mean ± std -> outputs/tiny-cpu-seeds/seeds.md (about 50 min).
+SEEDS ?= 0 1 2
+demo-seeds: install
+	$(BIN)/python stages/demo.py --seeds $(SEEDS) --out outputs/tiny-cpu-seeds
 
 # The paper's recipes (recipes/reasoningner/qwen3-8b) a few steps each on whatever this node has (CPU: a
 # tiny local model; the local stand-ins of NER-CoT and the InstructUIE tree), then the tiny evaluation.
