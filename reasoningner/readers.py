@@ -733,6 +733,10 @@ def from_hf(
                     names[tag] if isinstance(tag, int) and 0 <= tag < len(names) else repr(tag)
                     for tag in tags
                 ]
+            elif not all(isinstance(tag, str) for tag in tags):
+                raise ValueError(
+                    f"{tags_column!r} holds numbers but its feature names no labels (ClassLabel)"
+                )
             if any(not token or token != token.strip() for token in tokens):
                 raise ValueError("a token is empty or has surrounding whitespace")
             text, spans = _bio_spans(tokens, tags)

@@ -200,9 +200,7 @@ def _load_dataset(
             str(location), source.config, split=source.split, streaming=source.streaming
         )
     else:
-        hf = datasets.load_dataset(
-            source.repo, source.config, split=source.split, data_dir=source.subdir, streaming=source.streaming
-        )
+        hf = _load_hub_dataset(source)
     columns = set(hf.column_names or next(iter(hf)).keys())
     layout = source.layout if source.layout != "auto" else _layout(columns, source.spec)
     if layout == "tokens":
@@ -212,6 +210,26 @@ def _load_dataset(
         return dataset, [None] * len(dataset.examples)
     rows = _limited(iter(hf), limit)
     return _collect(source.spec, name, rows, layout, schema, on_error, None)
+
+
+# The Hub's Parquet export of a dataset that still ships a loading script (e.g. DFKI-SLT/cross_ner's
+# cross_ner.py), which `datasets` >= 4 no longer runs.
+PARQUET_EXPORT = "refs/convert/parquet"
+
+
+def _load_hub_dataset(source: Source) -> Any:
+    """`datasets.load_dataset` of a hub id; a repository that still has a loading script is read from
+    the Hub's Parquet export of it instead, with a warning."""
+    import datasets
+
+    options = {"split": source.split, "data_dir": source.subdir, "streaming": source.streaming}
+    try:
+        return datasets.load_dataset(source.repo, source.config, **options)
+    except RuntimeError as error:
+        if "Dataset scripts are no longer supported" not in str(error):
+            raise
+        logger.warning("%s: %s; reading its Parquet export (%s)", source.repo, error, PARQUET_EXPORT)
+        return datasets.load_dataset(source.repo, source.config, revision=PARQUET_EXPORT, **options)
 
 
 def _load_set(

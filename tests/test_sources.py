@@ -13,7 +13,8 @@ import pytest
 
 from reasoningner.configs import EvalArguments, PromptArguments, RLScriptArguments, check_contamination
 from reasoningner.readers import read_dataset
-from reasoningner.sources import load_source_sets, overlaps, parse_source, source_keys
+from reasoningner.sources import load_source, load_source_sets, overlaps, parse_source, source_keys
+from reasoningner.spans import Schema
 from reasoningner.training_data import rl_prompts, sample_reasoningner, sft_examples
 from tests.scripts import load_stage
 
@@ -225,3 +226,47 @@ def test_the_reasoningner_recipes_run_on_cpu_with_local_stand_ins(
     stage.main(evaluation, prompt, generation)
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert "CrossNER_AI" in json.dumps(results["scores"])
+
+
+def test_a_hub_dataset_with_a_loading_script_is_read_from_its_parquet_export(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`datasets` >= 4 refuses loading scripts (DFKI-SLT/cross_ner has one); the Hub's Parquet export of
+    the same configs and splits is read instead. Any other error is not retried."""
+    import datasets
+
+    rows = datasets.Dataset.from_list([{"tokens": ["Paris", "is"], "ner_tags": ["B-location", "O"]}])
+    calls: list[dict[str, object]] = []
+
+    def load_dataset(repo: str, config: str, **options: object) -> datasets.Dataset:
+        calls.append({"repo": repo, "config": config, **options})
+        if "revision" not in options:
+            raise RuntimeError("Dataset scripts are no longer supported, but found cross_ner.py")
+        return rows
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    schema = Schema(("location",))
+    dataset = load_source("hf:DFKI-SLT/cross_ner:ai@test?reader=tokens", schema=schema)
+    assert [(s.start, s.end, s.label) for s in dataset.examples[0].spans] == [(0, 5, "location")]
+    assert [c.get("revision") for c in calls] == [None, "refs/convert/parquet"]
+    assert {(c["repo"], c["config"], c["split"]) for c in calls} == {("DFKI-SLT/cross_ner", "ai", "test")}
+    assert "Parquet export" in caplog.text
+
+    def unreachable(repo: str, config: str, **options: object) -> None:
+        raise RuntimeError("the Hub cannot be reached")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    with pytest.raises(RuntimeError, match="cannot be reached"):
+        load_source("hf:DFKI-SLT/cross_ner:ai@test?reader=tokens", schema=schema)
+
+
+def test_numeric_tags_without_label_names_are_a_clear_error_that_names_the_row() -> None:
+    import datasets
+
+    from reasoningner.readers import DataError, from_hf
+
+    rows = datasets.Dataset.from_list([{"tokens": ["Paris", "is"], "ner_tags": [1, 0]}])
+    with pytest.raises(
+        DataError, match=r"cross_ner:0: 'ner_tags' holds numbers but its feature names no labels"
+    ):
+        from_hf(rows, name="cross_ner")
