@@ -499,6 +499,9 @@ def report_markdown(lines: list[str], summary: dict[str, Any], images: list[str]
             for t, row in calibrated["at_least"].items()
         ),
         "",
+        "One seed, one run: `make demo-seeds` repeats SFT and GRPO with seeds 0, 1 and 2, each also with "
+        "answer-only SFT targets, and reports mean ± std over seeds (seeds.md).",
+        "",
         versions_line(summary["versions"]),
         "",
         "| step | seconds |",
