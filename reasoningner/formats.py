@@ -110,6 +110,7 @@ from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import combinations
+from operator import itemgetter
 from typing import Any, ClassVar
 
 from reasoningner.spans import (
@@ -145,7 +146,7 @@ __all__ = [
 CONTENT_PROBLEMS = frozenset({"unknown_label", "ungrounded", "duplicate"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Problem:
     """Something wrong with a model output; `kind` is one of the identifiers in the module docstring."""
 
@@ -153,7 +154,7 @@ class Problem:
     detail: str
 
 
-@dataclass
+@dataclass(slots=True)
 class ParseResult:
     """Spans grounded in the sentence (deduplicated, reading order), what could not be grounded, problems."""
 
@@ -224,8 +225,7 @@ def split_answer(output: str) -> tuple[str | None, str, list[Problem]]:
     if open_at != -1 and (close_at == -1 or open_at < close_at):
         if output[:open_at].strip():
             problems.append(Problem("extra_text", "text before <think>"))
-        body_at = open_at + len(THINK_OPEN)
-        close_at = output.find(THINK_CLOSE, body_at)
+        body_at = open_at + len(THINK_OPEN)  # the first </think> is past it: "</" is not in "<think>"
         if close_at == -1:
             problems.append(Problem("unclosed_think", "<think> is never closed, so there is no answer"))
             return output[body_at:].strip(), "", problems
@@ -242,8 +242,15 @@ def split_answer(output: str) -> tuple[str | None, str, list[Problem]]:
     return (rationale.strip() if rationale is not None else None), answer, problems
 
 
+_LABEL_OF_KEY = itemgetter(2)
+_LABEL_OF_PAIR = itemgetter(1)
+_new_tuple = tuple.__new__
+
+
 class _Builder:
     """Collects grounded spans and problems for one parse, then dedups and sorts them."""
+
+    __slots__ = ("keys", "problems", "schema", "text", "ungrounded")  # one per parse: lighter and faster
 
     def __init__(self, text: str, schema: Schema, problems: list[Problem]) -> None:
         self.text = text
@@ -279,22 +286,31 @@ class _Builder:
     def result(self) -> ParseResult:
         """The spans once each, in reading order (`spans.sort_spans`); duplicates and labels outside
         the schema reported in the order they were written."""
-        unique = dict.fromkeys(self.keys)
-        if len(unique) < len(self.keys):
+        keys, ungrounded = self.keys, self.ungrounded
+        if not keys and not ungrounded:  # nothing stated (a broken or empty answer)
+            return ParseResult([], [], self.problems)
+        unique = dict.fromkeys(keys)
+        if len(unique) < len(keys):
             seen: set[tuple[int, int, str]] = set()
-            for key in self.keys:
+            for key in keys:
                 if key in seen:
                     start, negative_end, label = key
                     mention = self.text[start:-negative_end]
                     self.problem("duplicate", f"{mention!r} ({label}) is stated more than once")
                 seen.add(key)
+        # Labels in the order they were written (`map` with `itemgetter`: no Python-level call per entity).
+        stated = dict.fromkeys(map(_LABEL_OF_KEY, unique))
+        if ungrounded:
+            stated.update(dict.fromkeys(map(_LABEL_OF_PAIR, ungrounded)))
         known = self.schema.labels
-        unknown = [label for _, _, label in unique if label not in known]
-        unknown += [label for _, label in self.ungrounded if label not in known]
-        for label in dict.fromkeys(unknown):
-            self.problem("unknown_label", f"{label!r} is not a label of the schema")
-        spans = [Span(start, -negative_end, label) for start, negative_end, label in sorted(unique)]
-        return ParseResult(spans, self.ungrounded, self.problems)
+        for label in stated:
+            if label not in known:
+                self.problem("unknown_label", f"{label!r} is not a label of the schema")
+        # `tuple.__new__` makes each Span as `Span._make` does, without its Python-level call.
+        spans = [
+            _new_tuple(Span, (start, -negative_end, label)) for start, negative_end, label in sorted(unique)
+        ]
+        return ParseResult(spans, ungrounded, self.problems)
 
 
 @lru_cache(maxsize=16_384)
@@ -304,8 +320,11 @@ def _find(text: str, mention: str) -> tuple[tuple[int, int], ...]:
     Cached: the completions of one prompt mention mostly the same texts of the same sentence.
     """
     starts = occurrences(text, mention)
+    size = len(mention)
+    if len(starts) == 1:  # the usual case, without building a list
+        return ((starts[0], starts[0] + size),)
     if starts:
-        return tuple((start, start + len(mention)) for start in starts)
+        return tuple([(start, start + size) for start in starts])
     return tuple(_lenient_occurrences(text, mention))
 
 
@@ -742,13 +761,13 @@ def _load_json(answer: str, built: _Builder) -> Any:
         end = _json_extent(answer, start)
         if end is None:
             built.problem("truncated", "the JSON value is cut off; its complete entries are kept")
-            return _salvage(answer, start, 0)[0]
+            return _salvage_broken(answer, start, 0)[0]
         value = _python_literal(answer[start:end])
         if value is _MISSING:
             built.problem(
                 "invalid_json", "the answer is not valid JSON; the entries before the error are kept"
             )
-            return _salvage(answer, start, 0)[0]
+            return _salvage_broken(answer, start, 0)[0]
         built.problem("invalid_json", "the answer is a Python literal, not JSON")
     if answer[end:].strip():
         built.problem("extra_text", "text after the JSON value")
@@ -790,7 +809,7 @@ def _python_literal(source: str) -> Any:
     if '"' not in source and "\\" not in source:
         # Strings without quotes or escapes inside: swapping the quotes makes it JSON, read in C.
         try:
-            value = json.loads(source.replace("'", '"'), parse_constant=_reject_constant)
+            value = _LITERAL_DECODER.decode(source.replace("'", '"'))
         except ValueError:
             pass
         else:
@@ -807,6 +826,11 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a Python literal")
 
 
+# JSON without NaN and Infinity, which Python literals lack; made once (`json.loads` with an option
+# makes a decoder on every call).
+_LITERAL_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _python_compatible(value: Any) -> bool:
     """Whether JSON `value` reads the same as a Python literal: JSON's true, false and null do not."""
     if isinstance(value, dict):
@@ -818,16 +842,21 @@ def _python_compatible(value: Any) -> bool:
 
 def _salvage(text: str, start: int, depth: int) -> tuple[Any, int, bool]:
     """(value, end, complete) for the JSON value at `start`: the value itself when it decodes, else
-    as much of a broken list or object as decodes, entry by entry, up to the first error.
-
-    Objects cut short inside a list are dropped (half a record is no record); lists and objects
-    cut short elsewhere are kept with their complete members; broken scalars are dropped.
-    """
+    what `_salvage_broken` keeps of it."""
     try:
         value, end = _DECODER.raw_decode(text, start)
         return value, end, True
     except (ValueError, RecursionError):
-        pass
+        return _salvage_broken(text, start, depth)
+
+
+def _salvage_broken(text: str, start: int, depth: int) -> tuple[Any, int, bool]:
+    """`_salvage` of a value at `start` known not to decode: as much of a broken list or object as
+    decodes, entry by entry, up to the first error (a decoding error is slow: it is not repeated).
+
+    Objects cut short inside a list are dropped (half a record is no record); lists and objects
+    cut short elsewhere are kept with their complete members; broken scalars are dropped.
+    """
     if depth >= _MAX_DEPTH or start >= len(text) or text[start] not in "[{":
         return _MISSING, start, False
     is_object = text[start] == "{"
@@ -1061,19 +1090,21 @@ class GroupedJsonFormat(OutputFormat):
             if not isinstance(mentions, list) or not isinstance(label, str) or not label:
                 built.problem("bad_entry", f"{label!r}: {_short(mentions)} is not a list of texts")
                 continue
-            listed: dict[str, int] = {}
+            listed: dict[str, int] = {}  # how often each text was listed under this label so far
             for listed_mention in mentions:
                 mention = listed_mention.strip() if isinstance(listed_mention, str) else ""
                 if not mention:
                     built.problem("bad_entry", f"{label}: {_short(listed_mention)} is not an entity text")
                     continue
                 found = _find(text, mention)
-                rank = listed.get(mention, 0)
-                listed[mention] = rank + 1
                 if not found:
                     built.miss(mention, label)
-                elif rank < len(found):
-                    built.add(*found[rank], label)
+                    continue
+                rank = listed.get(mention, 0)
+                listed[mention] = rank + 1
+                if rank < len(found):
+                    start, end = found[rank]
+                    built.add(start, end, label)
                 else:
                     built.problem(
                         "duplicate", f"{mention!r} is listed under {label} more often than it occurs"

@@ -86,17 +86,13 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 class Analysis(NamedTuple):
     """One completion read once, with every score that does not depend on gold already computed.
 
-    The defaults describe a completion with nothing to score: an unreadable answer sets only what
-    the rationale earns, an oversized completion only `oversized`.
+    The defaults describe a completion with nothing to score (an oversized one); an unreadable
+    answer sets only what the rationale earns.
     """
 
-    oversized: bool = False
     rationale: str | None = None
-    think_closed: bool = False
-    # The answer and its parse: "" and None when nothing could be read from it (no answer).
-    answer: str = ""
+    # The answer's parse: None when nothing could be read from it (no answer).
     parse: ParseResult | None = None
-    predicted_pairs: tuple[tuple[str, str], ...] = ()
     # The answer's text-level keys (`metrics.text_keys`), what the F1 reward compares with gold.
     predicted_keys: frozenset[tuple[str, str]] = frozenset()
     format_score: float = 0.0
@@ -106,18 +102,10 @@ class Analysis(NamedTuple):
     in_schema: float | None = None
     grounded: float | None = None
 
-    @property
-    def answered(self) -> bool:
-        return self.parse is not None
-
 
 @lru_cache(maxsize=4096)
 def _schema(labels: tuple[str, ...]) -> Schema:
     return Schema(labels)
-
-
-def _answer_syntax_score(problem_kinds: set[str]) -> float:
-    return max(0.0, 1.0 - 0.25 * len(problem_kinds - CONTENT_PROBLEMS))
 
 
 def _fold_label_case(parse: ParseResult, labels: tuple[str, ...]) -> ParseResult:
@@ -152,32 +140,32 @@ def analyse(
     `fold_label_case`: the module docstring.
     """
     if len(completion) > MAX_COMPLETION_CHARS:
-        return Analysis(oversized=True)
+        return Analysis()
     rationale, answer, problems = split_answer(completion)
     closed = not problems or all(p.kind != "unclosed_think" for p in problems)
-    has_rationale = closed and bool(rationale and rationale.strip())
+    has_rationale = closed and bool(rationale)  # `split_answer` strips it
     parse = (
         get_format(output_format).parse_answer(answer, text, _schema(labels), problems) if answer else None
     )
-    pairs: tuple[tuple[str, str], ...] = ()
+    pairs: list[tuple[str, str]] = []
     kinds: set[str] = set()
     if parse is not None and fold_label_case:
         parse = _fold_label_case(parse, labels)
     if parse is not None:
-        pairs = tuple((text[span.start : span.end], span.label) for span in parse.spans)
+        pairs = [(text[start:end], label) for start, end, label in parse.spans]
         if parse.ungrounded:
-            pairs += tuple(dict.fromkeys(parse.ungrounded))
-        kinds = {p.kind for p in parse.problems}
-    if parse is None or (not pairs and kinds - CONTENT_PROBLEMS - WRAPPING_PROBLEMS):
+            pairs += dict.fromkeys(parse.ungrounded)
+        if parse.problems:
+            kinds = {p.kind for p in parse.problems}
+    syntax = kinds - CONTENT_PROBLEMS  # what the format reward charges for
+    if parse is None or (not pairs and syntax - WRAPPING_PROBLEMS):
         # Nothing could be read: no answer.
-        return Analysis(rationale=rationale, think_closed=closed, format_score=0.5 * has_rationale)
-    if parse_mode == "strict" and kinds - CONTENT_PROBLEMS:
+        return Analysis(rationale=rationale, format_score=0.5 * has_rationale)
+    # Each distinct syntax problem costs a quarter of the answer's half.
+    format_score = 0.5 * has_rationale + 0.5 * max(0.0, 1.0 - 0.25 * len(syntax))
+    if parse_mode == "strict" and syntax:
         # Readable only by salvage: no answer a program could use, but format still grades the syntax.
-        return Analysis(
-            rationale=rationale,
-            think_closed=closed,
-            format_score=0.5 * has_rationale + 0.5 * _answer_syntax_score(kinds),
-        )
+        return Analysis(rationale=rationale, format_score=format_score)
     # An answer copied into the rationale would make consistency trivially met: it earns nothing.
     copied = bool(pairs) and answer in (rationale or "")
     in_schema = grounded = None
@@ -188,12 +176,9 @@ def analyse(
         grounded = len(parse.spans) / len(pairs)
     return Analysis(
         rationale=rationale,
-        think_closed=closed,
-        answer=answer,
         parse=parse,
-        predicted_pairs=pairs,
         predicted_keys=frozenset(text_keys(pairs)),
-        format_score=0.5 * has_rationale + 0.5 * _answer_syntax_score(kinds),
+        format_score=format_score,
         reasoned=has_rationale and not copied,
         in_schema=in_schema,
         grounded=grounded,
@@ -320,7 +305,7 @@ def entity_f1(
     a cache keyed by the spans: the mentions' normal forms are cached); exact matching builds the
     gold once for all the generations of a prompt and goes through `metrics.example_f1`.
     """
-    if analysis.oversized or not analysis.answered:
+    if analysis.parse is None:  # no answer
         return 0.0
     if mode == "text":
         gold = text_keys((text[e["start"] : e["end"]], e["label"]) for e in entities)
@@ -375,7 +360,8 @@ def schema_reward(
     """Share of predicted entities whose label is in the schema."""
     analyses = _last_batch.for_batch(completions, text, labels, output_format, reward_parse, fold_label_case)
     return [
-        _share_or_empty(a.in_schema, a.answered, not es) for a, es in zip(analyses, entities, strict=True)
+        _share_or_empty(a.in_schema, a.parse is not None, not es)
+        for a, es in zip(analyses, entities, strict=True)
     ]
 
 
@@ -385,4 +371,7 @@ def grounding_reward(
 ) -> list[float]:
     """Share of predicted entities that occur in the sentence (no invented entities)."""
     analyses = _last_batch.for_batch(completions, text, labels, output_format, reward_parse, fold_label_case)
-    return [_share_or_empty(a.grounded, a.answered, not es) for a, es in zip(analyses, entities, strict=True)]
+    return [
+        _share_or_empty(a.grounded, a.parse is not None, not es)
+        for a, es in zip(analyses, entities, strict=True)
+    ]

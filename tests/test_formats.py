@@ -19,6 +19,8 @@ from reasoningner.formats import (
     ParseResult,
     Problem,
     _ascii_word_occurrences,
+    _Builder,
+    _find,
     _lenient_regex_occurrences,
     _python_literal,
     get_format,
@@ -26,7 +28,15 @@ from reasoningner.formats import (
 )
 from reasoningner.metrics import Counts, Scorer, match_totals
 from reasoningner.readers import read_alpaca, read_conll
-from reasoningner.spans import Example, Schema, Span, is_crossing, normalize_mention, occurrences
+from reasoningner.spans import (
+    Example,
+    Schema,
+    Span,
+    is_crossing,
+    normalize_mention,
+    occurrences,
+    sort_spans,
+)
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data"
 FIXTURES = Path(__file__).parent / "data"
@@ -153,6 +163,24 @@ def test_split_answer_strips_code_fences_at_a_cost() -> None:
 def test_split_answer_text_before_think_is_extra() -> None:
     _, answer, problems = split_answer("Sure! <think>r</think> answer")
     assert answer == "answer" and [p.kind for p in problems] == ["extra_text"]
+
+
+@given(st.lists(st.sampled_from(["<think>", "</think>", "<", "/", "think>", "a", " ", "\n"]), max_size=12))
+def test_split_answer_reads_the_tags_as_partitioning_them_does(pieces: list[str]) -> None:
+    """`split_answer` searches `</think>` once: the first one after an opening `<think>` is the first
+    one of the output. The straightforward reading, partition by partition, must agree."""
+    output = "".join(pieces)
+    before_open, opened, after_open = output.partition("<think>")
+    before_close, closed, after_close = output.partition("</think>")
+    if opened and (not closed or len(before_open) < len(before_close)):
+        body, closed_after, rest = after_open.partition("</think>")
+        expected = (body.strip(), rest.strip()) if closed_after else (after_open.strip(), "")
+    elif closed:
+        expected = (before_close.strip(), after_close.strip())
+    else:
+        expected = (None, output.strip())
+    rationale, answer, _ = split_answer(output)
+    assert (rationale, answer) == expected
 
 
 # --- every format: round trips and wrappers ----------------------------------------------------------
@@ -749,6 +777,48 @@ def test_the_ascii_word_search_finds_what_the_lenient_regex_finds(text: str, men
     assert _ascii_word_occurrences(text, mention) == _lenient_regex_occurrences(
         text, mention, normalize_mention(mention)
     )
+
+
+@given(st.text(alphabet="ab .", max_size=20), st.text(alphabet="ab .", min_size=1, max_size=3))
+def test_found_mentions_are_their_occurrences(text: str, mention: str) -> None:
+    """`_find` of a text that occurs exactly is each of its `occurrences` with its end (one occurrence,
+    the usual case, is built without a list)."""
+    starts = occurrences(text, mention)
+    if starts:
+        assert _find(text, mention) == tuple((start, start + len(mention)) for start in starts)
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 6), st.integers(1, 3), st.sampled_from(["PER", "LOC", "x", "y"]))),
+    st.lists(st.tuples(st.sampled_from(["a", "b"]), st.sampled_from(["PER", "y", "z"])), max_size=3),
+)
+def test_built_spans_and_problems_are_the_straightforward_ones(
+    stated: list[tuple[int, int, str]], ungrounded: list[tuple[str, str]]
+) -> None:
+    """What `_Builder.result` makes in C-level steps (and at once when nothing is stated): the spans
+    once each in reading order, a duplicate per repeat, each unknown label once, as first written."""
+    text = "Ann met Bob in Paris"
+    built = _Builder(text, SCHEMA, [Problem("truncated", "")])
+    for start, length, label in stated:
+        built.add(start, start + length, label)
+    built.ungrounded.extend(ungrounded)
+    result = built.result()
+    spans = [Span(start, start + length, label) for start, length, label in stated]
+    labels = [label for _, _, label in stated] + [label for _, label in ungrounded]
+    assert result.spans == sort_spans(dict.fromkeys(spans))
+    assert all(type(span) is Span for span in result.spans)
+    assert result.ungrounded == ungrounded
+    assert [p.kind for p in result.problems] == (
+        ["truncated"]
+        + ["duplicate"] * (len(spans) - len(set(spans)))
+        + ["unknown_label"] * len({label for label in labels if label not in SCHEMA.labels})
+    )
+    unknown = [p.detail for p in result.problems if p.kind == "unknown_label"]
+    assert unknown == [
+        f"{label!r} is not a label of the schema"
+        for label in dict.fromkeys(labels)
+        if label not in SCHEMA.labels
+    ]
 
 
 _LITERALS = st.recursive(
