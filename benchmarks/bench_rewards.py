@@ -323,14 +323,17 @@ def clear_caches() -> None:
 
 def best_rates(runs: dict[str, Callable[[], list[float]]], n: int, repeats: int) -> dict[str, float]:
     """Completions per second of each run's fastest of `repeats`, in CPU time of this process (other
-    load on a shared machine counts as little as it can); the runs take turns, each with cold caches.
+    load on a shared machine counts as little as it can); the runs take turns, each with cold caches,
+    in an order reversed every other turn, so that what a run leaves behind (memory just freed, warm
+    CPU caches) does not always fall to the same one.
 
     The garbage collector is paused while a run is timed, as `timeit` does: its passes scale with
     everything else this process holds (the data set, the memos), not with the reward's own work.
     """
     best = dict.fromkeys(runs, float("inf"))
-    for _ in range(repeats):
-        for name, run in runs.items():
+    turns = list(runs.items())
+    for repeat in range(repeats):
+        for name, run in turns if repeat % 2 == 0 else turns[::-1]:
             clear_caches()
             gc.collect()
             gc.disable()
@@ -348,7 +351,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=10_000, help="completions to score")
     parser.add_argument("--batch-size", type=int, default=64, help="completions per reward call")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each; the fastest counts")
+    # Other jobs on a shared machine make single runs vary by 10-20%; the fastest of 15 is steadier.
+    parser.add_argument("--repeats", type=int, default=15, help="timed runs of each; the fastest counts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--generations", type=int, default=1, help="completions per sentence (GRPO's num_generations)"
