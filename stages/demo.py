@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,11 +59,11 @@ QUICK = {
 THREADS = "2"
 
 
-def run(stage: str, *args: str, pipeline: str) -> float:
+def run(stage: str, *args: str, pipeline: str, threads: str = THREADS) -> float:
     """Run `stages/<stage>.py` as a user would, in the demo's pipeline run (one W&B group, even for the
     untrained model's evaluation, which has no upstream manifest); return the seconds it took."""
     started = time.perf_counter()
-    env = {"OMP_NUM_THREADS": THREADS} | os.environ | {PIPELINE_ENV: pipeline}
+    env = {"OMP_NUM_THREADS": threads} | os.environ | {PIPELINE_ENV: pipeline}
     subprocess.run(
         [sys.executable, str(ROOT / "stages" / f"{stage}.py"), *args], cwd=ROOT, env=env, check=True
     )
@@ -304,15 +305,18 @@ def package_versions() -> dict[str, str]:
 
 @dataclass
 class Demo:
-    """One demo run: where it writes, its pipeline (one W&B group), the --quick shortening, timings."""
+    """One demo run: where it writes, its pipeline (one W&B group), the --quick shortening, the torch
+    threads of each stage, timings."""
 
     out: Path
     quick: bool
     pipeline: str
+    threads: str = THREADS
     timings: dict[str, float] = field(default_factory=dict)
 
     def stage(self, label: str, stage: str, *args: str) -> None:
-        self.timings[label] = run(stage, *args, *(QUICK[stage] if self.quick else []), pipeline=self.pipeline)
+        extra = QUICK[stage] if self.quick else []
+        self.timings[label] = run(stage, *args, *extra, pipeline=self.pipeline, threads=self.threads)
 
     def evaluate(self, label: str, model_dir: Path, output_dir: Path, *prompt: str) -> dict[str, Any]:
         args = ["--config", str(RECIPES / "eval-demo.yaml"), "--model_name_or_path", str(model_dir)]
@@ -329,7 +333,7 @@ def prepare(demo: Demo) -> tuple[Path, Path, dict[str, Any]]:
 
     model = demo.out / "tiny-model"
     started = time.perf_counter()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", THREADS)))
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", demo.threads)))
     quick = QUICK["tiny-model"] if demo.quick else []
     cli(["tiny-model", "--out", str(model), "--data", *recipe("cot")["datasets"], *TINY_MODEL, *quick])
     demo.timings["tiny model"] = time.perf_counter() - started
@@ -400,11 +404,16 @@ def main(argv: list[str] | None = None) -> int:
         "--seeds", type=int, nargs="+", metavar="SEED",
         help="instead of the demo: the seed study (each seed, with rationales and answer-only) -> seeds.md",
     )  # fmt: skip
+    parser.add_argument(
+        "--jobs", type=int, default=1,
+        help="seed study: runs at a time, each stage then on one torch thread (the numbers stay the same)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     out = args.out.resolve()
-    demo = Demo(out, args.quick, pipeline_id(out, []))  # one per output folder, as a stage without upstream
+    threads = THREADS if args.jobs == 1 else "1"
+    demo = Demo(out, args.quick, pipeline_id(out, []), threads)  # one pipeline per output folder
     if args.seeds:
-        return seed_study(demo, args.seeds)
+        return seed_study(demo, args.seeds, args.jobs)
     lines: list[str] = []
 
     started = time.perf_counter()
@@ -536,17 +545,23 @@ MEASURES: dict[str, Callable[[dict[str, Any]], float]] = {
 GAINS = ("F1 gain", "reward gain")
 
 
-def seed_study(demo: Demo, seeds: list[int]) -> int:
+def seed_study(demo: Demo, seeds: list[int], jobs: int = 1) -> int:
     """The pipeline once per seed and SFT target (same tiny model and annotations): mean ± std over seeds
     of every `MEASURES` entry, whether GRPO's gains hold on every seed and exceed twice their spread,
-    and reasoning against answer-only SFT (the paper's claim). Writes seeds.json and seeds.md."""
+    and reasoning against answer-only SFT (the paper's claim), `jobs` runs at a time. Writes seeds.json
+    and seeds.md."""
     started = time.perf_counter()
     model, annotations, _ = prepare(demo)
+    runs = [(seed, variant, reasoning) for seed in seeds for variant, reasoning in VARIANTS.items()]
+
+    def one(seed: int, variant: str, reasoning: bool) -> dict[str, Any]:
+        return train(demo, model, annotations, demo.out / f"seed-{seed}" / variant, seed, reasoning)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # each run is subprocesses: threads suffice
+        results = list(pool.map(one, *zip(*runs, strict=True)))
     measured: dict[str, dict[int, dict[str, float]]] = {variant: {} for variant in VARIANTS}
-    for seed in seeds:
-        for variant, reasoning in VARIANTS.items():
-            run = train(demo, model, annotations, demo.out / f"seed-{seed}" / variant, seed, reasoning)
-            measured[variant][seed] = {name: read(run) for name, read in MEASURES.items()}
+    for (seed, variant, _), result in zip(runs, results, strict=True):
+        measured[variant][seed] = {name: read(result) for name, read in MEASURES.items()}
     summary = {
         "seeds": seeds,
         "runs": measured,

@@ -60,3 +60,22 @@ def tiny_model_dir(tiny_model_factory: Callable[..., Path]) -> Path:
     """The default tiny model (`TINY_SIZES`, mini CoNLL sentences, seed 0), shared by the whole session:
     use it read-only."""
     return tiny_model_factory()
+
+
+@pytest.fixture(scope="session")
+def gold_cot_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """`make(prompt)`: stage 1 output for the mini CoNLL sentences from the gold-template teacher, with
+    the answers in `prompt`'s format (a `configs.PromptArguments`), in a new folder."""
+    from reasoningner.configs import CoTArguments, GenerationArguments
+    from reasoningner.cot import ANNOTATIONS, annotate
+
+    def make(prompt: Any) -> Path:
+        out = tmp_path_factory.mktemp("cot")
+        annotate(
+            CoTArguments(datasets=[str(CONLL_MINI)], output_dir=str(out)),
+            prompt,
+            GenerationArguments(backend="gold-template"),
+        )
+        return out / ANNOTATIONS
+
+    return make

@@ -87,7 +87,7 @@ def test_the_seed_study_reports_mean_std_and_whether_every_seed_gained(tmp_path,
 
     monkeypatch.setattr(demo, "prepare", lambda d: (tmp_path / "model", tmp_path / "cot.jsonl", {}))
     monkeypatch.setattr(demo, "train", train)
-    assert demo.main(["--seeds", "0", "1", "2", "--out", str(tmp_path)]) == 0
+    assert demo.main(["--seeds", "0", "1", "2", "--jobs", "2", "--out", str(tmp_path)]) == 0
 
     assert sorted((f.relative_to(tmp_path).as_posix(), s, r) for f, s, r in trained) == sorted(
         (f"seed-{s}/{'reasoning' if r else 'answer-only'}", s, r) for r, s in runs

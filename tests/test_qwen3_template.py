@@ -38,8 +38,7 @@ import yaml
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase, Qwen3ForCausalLM
 from trl.chat_template_utils import qwen3_chat_template, qwen3_training_chat_template
 
-from reasoningner.configs import CoTArguments, GenerationArguments, PromptArguments, PromptContract
-from reasoningner.cot import ANNOTATIONS, annotate
+from reasoningner.configs import PromptArguments, PromptContract
 from reasoningner.formats import THINK_CLOSE, THINK_OPEN, get_format, split_answer
 from reasoningner.predict import NERModel
 from reasoningner.prompts import ner_instruction
@@ -82,15 +81,9 @@ def qwen3_model(tiny_model_factory: Callable[..., Path]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cot_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cot_file(gold_cot_factory: Callable[..., Path]) -> Path:
     """Stage 1 output for the mini CoNLL sentences (the gold-template teacher), in the recipes' format."""
-    out = tmp_path_factory.mktemp("cot")
-    annotate(
-        CoTArguments(datasets=[str(CONLL)], output_dir=str(out)),
-        PROMPT,
-        GenerationArguments(backend="gold-template"),
-    )
-    return out / ANNOTATIONS
+    return gold_cot_factory(PROMPT)
 
 
 @pytest.fixture(scope="module")

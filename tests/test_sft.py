@@ -21,8 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from trl import SFTConfig, SFTTrainer
 from trl.trainer import sft_trainer
 
-from reasoningner.configs import CoTArguments, GenerationArguments, PromptArguments, PromptContract
-from reasoningner.cot import ANNOTATIONS, annotate
+from reasoningner.configs import PromptArguments, PromptContract
 from reasoningner.formats import THINK_OPEN, get_format
 from reasoningner.prompts import ner_instruction
 from reasoningner.readers import read_dataset
@@ -44,15 +43,9 @@ CONLL = Path(__file__).parent / "data" / "conll2003_mini.txt"
 
 
 @pytest.fixture(scope="module")
-def cot_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cot_file(gold_cot_factory: Callable[..., Path]) -> Path:
     """Stage 1 output for the mini CoNLL file, from the gold-template teacher."""
-    out = tmp_path_factory.mktemp("cot")
-    annotate(
-        CoTArguments(datasets=[str(CONLL)], output_dir=str(out)),
-        PROMPT,
-        GenerationArguments(backend="gold-template"),
-    )
-    return out / ANNOTATIONS
+    return gold_cot_factory(PROMPT)
 
 
 @pytest.fixture(scope="module")
