@@ -205,6 +205,7 @@ def rl_run(zero: int, sft_run: Run, tmp_path_factory: pytest.TempPathFactory) ->
         "--per_device_train_batch_size", "2",
         "--max_completion_length", "16",
         "--entropy_coef", "0.1",
+        "--beta", "0.04",  # a reference model too (the tiny-cpu recipe has none), as the GPU recipes have
         "--log_completions", "false",
     )  # fmt: skip
 
