@@ -358,11 +358,15 @@ def test_without_reasoning_the_targets_are_the_answers_alone(cot_file: Path) -> 
     assert [c["messages"][1]["content"] for c in from_plain] == [fmt.render(e) for e in examples]
 
 
-def test_plain_ner_data_with_rationales_fails_naming_the_file(cot_file: Path, model_dir: Path) -> None:
+def test_plain_ner_data_with_rationales_fails_naming_the_file(
+    cot_file: Path, model_dir: Path, tmp_path: Path
+) -> None:
     with pytest.raises(ValueError, match=re.escape(f"{CONLL}: plain NER data has no rationales")):
         sft_conversations([str(cot_file), str(CONLL)], PROMPT)
     with pytest.raises(ValueError, match="reasoning: false"):  # the stage stops before loading the model
-        run_stage("--model_name_or_path", str(model_dir), "--train_files", str(CONLL))
+        run_stage(
+            "--model_name_or_path", str(model_dir), "--train_files", str(CONLL), "--output_dir", str(tmp_path)
+        )
 
 
 # --- batching policy ----------------------------------------------------------------------------------------
