@@ -411,7 +411,7 @@ NEEDS: dict[tuple[str, Any], tuple[str, str]] = {
     ("backend", "vllm"): _VLLM,
     ("attn_implementation", "flash_attention_2"): _FLASH,
     ("attn_implementation", "flash_attention_3"): ("flash_attn_interface", "build flash-attn 3 (hopper/)"),
-    ("use_liger_kernel", True): ("liger_kernel", 'pip install "liger-kernel>=0.6"'),
+    ("use_liger_kernel", True): ("liger_kernel", 'pip install -e ".[liger]"  (liger-kernel; docker/ has it)'),
 }
 
 

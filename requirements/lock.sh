@@ -7,7 +7,7 @@
 #       never makes pip fetch a CUDA torch, nvidia-* or triton; torch's other dependencies are pinned.
 #   requirements/lock.sh gpu [uv args]  -> docker/requirements-gpu.lock (`make docker-lock`)
 #       the GPU image (linux x86_64, CPython 3.12): docker/requirements-gpu.in with pyproject.toml's
-#       extras vllm,deepspeed, constrained to the CPU lock's pins except the packages that
+#       extras vllm,deepspeed,liger, constrained to the CPU lock's pins except the packages that
 #       docker/requirements-gpu.forced lists (vLLM forbids the CPU lock's version). Run it after `make lock`.
 # Extra arguments go to `uv pip compile`, e.g.
 #   make lock ARGS=--upgrade                   # re-resolve everything to the newest allowed
@@ -62,7 +62,7 @@ else
     forced=$(sed -e 's/#.*//' docker/requirements-gpu.forced | awk 'NF { print $1 }' | paste -sd '|')
     grep -v -i -E "^(${forced})==" requirements/cpu.lock > "$tmp/cpu-pins.txt"
     "$UV_VENV/bin/uv" pip compile --quiet docker/requirements-gpu.in pyproject.toml \
-        --extra vllm --extra deepspeed \
+        --extra vllm --extra deepspeed --extra liger \
         --python-version 3.12 --python-platform x86_64-manylinux_2_28 \
         --constraints "$tmp/cpu-pins.txt" \
         --custom-compile-command "make docker-lock" \

@@ -93,6 +93,18 @@ def test_each_check_fails_with_what_to_do(tmp_path: Path, monkeypatch: pytest.Mo
     assert statuses(doctor.diagnose(recipe))["disk"] == "FAIL"
 
 
+def test_liger_is_checked_on_gpu_and_skipped_on_cpu(tmp_path: Path) -> None:
+    """The paper's SFT recipe asks for Liger's kernels: not installed here, doctor says how to install it;
+    with use_cpu, where the kernels are turned off, it skips the check."""
+    recipe = ROOT / "recipes" / "reasoningner" / "qwen3-8b" / "sft.yaml"
+    gpu = [c for c in doctor.diagnose(recipe) if c.name == "liger_kernel"]
+    assert [(c.status, c.message) for c in gpu] == [
+        ("FAIL", 'use_liger_kernel: True needs it: pip install -e ".[liger]"  (liger-kernel; docker/ has it)')
+    ]
+    cpu = [c for c in doctor.diagnose(recipe, overrides=["--use_cpu", "true"]) if c.name == "liger_kernel"]
+    assert [c.status for c in cpu] == ["skip"]
+
+
 def test_a_model_without_a_usable_chat_template_fails_before_sft(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
