@@ -35,7 +35,7 @@ from reasoningner.metrics import MATCH_MODES
 from reasoningner.readers import Dataset, read_dataset
 from reasoningner.rewards import DEFAULT_WEIGHTS, PARSE_MODES
 from reasoningner.sources import overlaps
-from reasoningner.tracking import MANIFEST
+from reasoningner.tracking import MANIFEST, data_sources
 
 logger = logging.getLogger(__name__)
 
@@ -163,30 +163,40 @@ class PromptContract:
         return None
 
 
-def hub_contract_folder(repo_id: str, revision: str | None = None, strict: bool = False) -> str | None:
-    """The folder holding the `prompt_contract.json` of a Hub model repository, downloaded (cached);
-    None when the repository has none (a base model).
-
-    When the Hub cannot be asked (no connection, offline mode, an unknown or gated repository, a
-    server error), the cache answers if it knows: a copy of the file, or that the file is missing.
-    Otherwise a warning and None; with `strict`, a ConnectionError naming the repository instead,
-    unless offline mode (`HF_HUB_OFFLINE=1`) was asked for, where the warning says the contract of a
-    model cached without it could not be checked.
-    """
-    from huggingface_hub import _CACHED_NO_EXIST, constants, hf_hub_download, try_to_load_from_cache
+def hub_file(repo_id: str, filename: str, revision: str | None = None) -> Path | None:
+    """`filename` of a Hub repository, downloaded (cached); None when the repository has none. When the
+    Hub cannot be asked (no connection, offline mode, an unknown or gated repository, a server error),
+    the cache answers if it knows: a copy of the file, or that it is missing; otherwise the OSError."""
+    from huggingface_hub import _CACHED_NO_EXIST, hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import RemoteEntryNotFoundError
 
     where = {"revision": revision} if revision else {}
     try:
-        return str(Path(hf_hub_download(repo_id, PROMPT_CONTRACT, **where)).parent)
+        return Path(hf_hub_download(repo_id, filename, **where))
     except RemoteEntryNotFoundError:
-        return None  # the repository is there and has no contract
-    except OSError as error:  # what the Hub raises when it cannot answer (HfHubHTTPError included)
-        cached = try_to_load_from_cache(repo_id, PROMPT_CONTRACT, **where)
+        return None  # the repository is there and has no such file
+    except OSError:  # what the Hub raises when it cannot answer (HfHubHTTPError included)
+        cached = try_to_load_from_cache(repo_id, filename, **where)
         if cached is _CACHED_NO_EXIST:
             return None
         if isinstance(cached, str):
-            return str(Path(cached).parent)
+            return Path(cached)
+        raise
+
+
+def hub_contract_folder(repo_id: str, revision: str | None = None, strict: bool = False) -> str | None:
+    """The folder holding the `prompt_contract.json` of a Hub model repository (`hub_file`); None when
+    the repository has none (a base model).
+
+    When neither the Hub nor the cache can answer: a warning and None; with `strict`, a ConnectionError
+    naming the repository instead, unless offline mode (`HF_HUB_OFFLINE=1`) was asked for, where the
+    warning says the contract of a model cached without it could not be checked.
+    """
+    from huggingface_hub import constants
+
+    try:
+        path = hub_file(repo_id, PROMPT_CONTRACT, revision)
+    except OSError as error:
         cause = type(error).__name__ + (f": {str(error).splitlines()[0]}" if str(error).strip() else "")
         if strict and not constants.is_offline_mode():
             raise ConnectionError(
@@ -197,6 +207,7 @@ def hub_contract_folder(repo_id: str, revision: str | None = None, strict: bool 
             ) from error
         logger.warning("%s: no %s from the Hub (%s)", repo_id, PROMPT_CONTRACT, cause)
         return None
+    return str(path.parent) if path is not None else None
 
 
 @dataclass
@@ -454,7 +465,8 @@ class RecipeParser(TrlParser):
         evaluation = next((c for c in parsed if isinstance(c, EvalArguments)), None)
         generation = next((c for c in parsed if isinstance(c, GenerationArguments)), None)
         if evaluation is not None and generation is not None:
-            check_contamination(evaluation, training_sources(generation.model_name_or_path))
+            from_hub = generation.backend != "openai"  # a served model's name is no Hub id
+            check_contamination(evaluation, training_sources(generation.model_name_or_path, from_hub))
         return parsed
 
     def set_defaults_with_config(self, **kwargs: Any) -> list[str]:
@@ -470,30 +482,24 @@ def eval_sources(args: EvalArguments) -> list[str]:
     return [entry if isinstance(entry, str) else str(entry.get("path")) for entry in args.datasets]
 
 
-def training_sources(model: str | Path | None) -> list[str]:
-    """Every data source that went into a trained model, from the manifests of its stages: its own
-    training files, then those of the stages it was built from (an SFT model's annotations, stage 1's
-    inputs), followed through the manifests recorded beside each input. Empty for a model without a
-    manifest (a base model, a hub id)."""
+def training_sources(model: str | Path | None, from_hub: bool = False) -> list[str]:
+    """Every data source that went into a trained model (`tracking.data_sources` of its manifest, in its
+    folder or the run folder above a `checkpoint-N`; with `from_hub`, the one published with a Hub
+    model). Empty for a model without a manifest (a base model) or whose Hub cannot be asked (a warning)."""
     if model is None:
         return []
-    folders = (
-        [Path(model), Path(model).parent] if Path(model).name.startswith("checkpoint-") else [Path(model)]
-    )
-    pending = [folder / MANIFEST for folder in folders if (folder / MANIFEST).is_file()][:1]
-    seen: set[Path] = set()
-    sources: list[str] = []
-    while pending:
-        path = pending.pop()
-        if path in seen or not path.is_file():
-            continue
-        seen.add(path)
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        config = manifest.get("config", {})
-        for key in ("train_files", "datasets"):
-            sources += [s for s in config.get(key) or [] if isinstance(s, str)]
-        pending += [Path(i["manifest"]["path"]) for i in manifest.get("inputs", []) if i.get("manifest")]
-    return list(dict.fromkeys(sources))
+    path = None
+    if from_hub and is_hub_id(model):
+        try:
+            path = hub_file(str(model), MANIFEST)
+        except OSError as error:
+            logger.warning("%s: no %s from the Hub (%s): training data not checked", model, MANIFEST, error)
+    else:
+        folders = (
+            [Path(model), Path(model).parent] if Path(model).name.startswith("checkpoint-") else [Path(model)]
+        )
+        path = next((folder / MANIFEST for folder in folders if (folder / MANIFEST).is_file()), None)
+    return data_sources(json.loads(path.read_text(encoding="utf-8"))) if path is not None else []
 
 
 def check_contamination(args: EvalArguments, training: list[str]) -> None:

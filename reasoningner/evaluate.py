@@ -327,7 +327,8 @@ def evaluate(
 
     `generator` replaces the backend of `generation` (tests pass a scripted one); it is not closed here.
     """
-    contract = PromptContract.load(generation.model_name_or_path)
+    # A Hub model's contract is read from the Hub (the backend loads it from there anyway).
+    contract = PromptContract.load(generation.model_name_or_path, from_hub=generation.backend != "openai")
     items, datasets, label_maps = load_items(args, contract.labels if contract else ())
     if generator is None:
         model = NERModel.from_generation(generation, prompt)

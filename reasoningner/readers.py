@@ -111,7 +111,9 @@ class Dataset:
     """What a reader returns: examples, their label set, a name, and what was skipped and why.
 
     `skipped` holds a `path:line: why` message per record skipped under `on_error="skip"`; `notes`
-    one per record the reader changed without losing information (exact duplicate spans merged).
+    one per record the reader changed without losing information (exact duplicate spans merged);
+    `corpora` the corpora its records say they come from (NER-CoT's `source`), which a model trained on
+    them records for the contamination check.
     """
 
     examples: list[Example]
@@ -119,6 +121,7 @@ class Dataset:
     name: str
     skipped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    corpora: list[str] = field(default_factory=list)
 
 
 @dataclass

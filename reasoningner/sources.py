@@ -57,6 +57,7 @@ from reasoningner.readers import (
     from_hf,
 )
 from reasoningner.spans import Schema, Span, occurrences
+from reasoningner.tracking import CORPUS
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +173,7 @@ def load_source(
         name or parse_source(spec).name,
         [m for d in parts for m in d.skipped],
         [m for d in parts for m in d.notes],
+        list(dict.fromkeys(c for d in parts for c in d.corpora)),
     )
 
 
@@ -286,6 +288,7 @@ def _collect(
     """Rows -> examples through the readers' collector (errors and notes name `where` and the row)."""
     collector = _Collector(where, schema, on_error, name, numbered=True)
     rationales: dict[str | None, str | None] = {}
+    corpora: dict[str, None] = {}
     unlocated = 0
     for index, row in enumerate(rows):
         try:
@@ -299,10 +302,13 @@ def _collect(
             continue
         if collector.add(record):
             rationales[record.id] = row.get("cot") if layout == "nercot" else None
+            if isinstance(row.get("source"), str) and row["source"].strip():
+                corpora[row["source"].strip()] = None
             for what in missing:
                 collector.note(record, what)
             unlocated += sum(what.startswith("entity") for what in missing)
     dataset = collector.dataset()
+    dataset.corpora = list(corpora)
     if unlocated:
         logger.warning(
             "%s: %d entities could not be located in their sentence (Dataset.notes)", where, unlocated
@@ -385,7 +391,10 @@ def corpus_family(name: str) -> str | None:
 
 def source_keys(spec: str) -> set[str]:
     """What training on or evaluating `spec` touches: `file:<path>`, `hub:<repo>[:config][/set]` and
-    `family:<corpus family>` (the most specific known family of its names; none known: its own name)."""
+    `family:<corpus family>` (the most specific known family of its names; none known: its own name).
+    A corpus that training records named (`corpus:<name>`, NER-CoT's `source`) touches its family only."""
+    if spec.startswith(CORPUS):
+        return {_family_key([spec.removeprefix(CORPUS)])}
     if is_source(spec):
         source = parse_source(spec)
         where = (
@@ -404,10 +413,13 @@ def source_keys(spec: str) -> set[str]:
         path = Path(spec).expanduser()
         keys = {f"file:{path.resolve()}"}
         names = [[path.stem, *reversed(path.parent.parts)]]
-    for candidates in names:
-        family = next(filter(None, map(corpus_family, candidates)), None)
-        keys.add(f"family:{family or re.sub(r'[^a-z0-9]', '', candidates[0].lower())}")
-    return keys
+    return keys | {_family_key(candidates) for candidates in names}
+
+
+def _family_key(names: list[str]) -> str:
+    """`family:` and the most specific known family of `names`, or the first name, normalised."""
+    family = next(filter(None, map(corpus_family, names)), None)
+    return f"family:{family or re.sub(r'[^a-z0-9]', '', names[0].lower())}"
 
 
 def overlaps(training: Iterable[str], evaluated: Iterable[str]) -> list[str]:

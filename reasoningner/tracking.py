@@ -154,6 +154,34 @@ def build_manifest(stage: str, config: dict[str, Any], inputs: Iterable[str | Pa
     }
 
 
+# A corpus that a stage's training records named (NER-CoT's `source`), among the data sources of a model.
+CORPUS = "corpus:"
+
+
+def data_sources(manifest: dict[str, Any]) -> list[str]:
+    """Every data source that went into a stage's output: its training files (`train_files`, `datasets`)
+    and the corpora its records named (`corpus:<name>`), then those of the stages it was built from,
+    through the manifests recorded beside its inputs. Trainer stages record the result in their manifest
+    (`data_sources`), so that a published model carries its lineage without the files it came from."""
+    sources: list[str] = []
+    pending, seen = [manifest], set()
+    while pending:
+        current = pending.pop()
+        if "data_sources" in current:
+            sources += current["data_sources"]
+            continue
+        config = current.get("config", {})
+        for key in ("train_files", "datasets"):
+            sources += [s for s in config.get(key) or [] if isinstance(s, str)]
+        sources += [f"{CORPUS}{name}" for name in current.get("corpora", [])]
+        for entry in current.get("inputs", []):
+            path = Path(entry["manifest"]["path"]) if entry.get("manifest") else None
+            if path is not None and path not in seen and path.is_file():
+                seen.add(path)
+                pending.append(json.loads(path.read_text(encoding="utf-8")))
+    return list(dict.fromkeys(sources))
+
+
 def write_manifest(
     output_dir: str | Path, manifest: dict[str, Any], summary: dict[str, Any] | None = None
 ) -> Path:
@@ -372,14 +400,17 @@ def record_trainer_stage(
     configs: Iterable[Any],
     inputs: Iterable[str | Path],
     before_logging: Callable[[], None] = lambda: None,
+    corpora: Iterable[str] = (),
 ) -> None:
-    """After training: the manifest (with the last logged metrics) beside the model; in W&B, the manifest,
-    the inputs used as artifacts and the model logged as the artifact the next stage uses.
-    `before_logging` completes the model folder (its card) first: the artifact's digest covers it."""
+    """After training: the manifest beside the model, with the last logged metrics, the `corpora` the
+    training records named and the `data_sources` of the whole lineage (the contamination check); in
+    W&B, the manifest, the inputs used as artifacts and the model logged as the artifact the next stage
+    uses. `before_logging` completes the model folder (its card) first: the artifact's digest covers it."""
     if not trainer.accelerator.is_main_process:
         return
     output_dir = trainer.args.output_dir
-    manifest = build_manifest(stage, config_dict(*configs), inputs)
+    manifest = build_manifest(stage, config_dict(*configs), inputs) | {"corpora": list(corpora)}
+    manifest["data_sources"] = data_sources(manifest)
     history = trainer.state.log_history
     write_manifest(output_dir, manifest, history[-1] if history else {})
     before_logging()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -201,11 +202,12 @@ def start_trainer_stage(
     return TrainerStart(prompt, checkpoint, configs, inputs, push_to)
 
 
-def finish_trainer_stage(stage: str, trainer: Any, start: TrainerStart) -> None:
-    """After the final save: the manifest, the model card, and the model published when asked."""
+def finish_trainer_stage(stage: str, trainer: Any, start: TrainerStart, corpora: Sequence[str] = ()) -> None:
+    """After the final save: the manifest (with the corpora the training records named, NER-CoT's
+    `source`), the model card, and the model published when asked."""
     output_dir = trainer.args.output_dir
     card = functools.partial(write_model_card, output_dir, start.push_to)
-    record_trainer_stage(stage, trainer, start.configs, start.inputs, before_logging=card)
+    record_trainer_stage(stage, trainer, start.configs, start.inputs, before_logging=card, corpora=corpora)
     if trainer.accelerator.is_main_process and start.push_to:
         print(f"{stage}: published {publish(output_dir, start.push_to, trainer.args.hub_private_repo)}")
 

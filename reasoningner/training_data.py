@@ -120,21 +120,26 @@ SFTExample = tuple[Example, str, "str | None"]  # gold example, answer to learn,
 
 
 def sft_examples(
-    paths: Sequence[str], prompt: PromptArguments, data: DataArguments | None = None
+    paths: Sequence[str],
+    prompt: PromptArguments,
+    data: DataArguments | None = None,
+    *,
+    corpora: list[str] | None = None,
 ) -> list[SFTExample]:
     """What SFT learns from stage 1 annotations (accepted ones) or from any NER data file.
 
     With `prompt.reasoning`, every file must be stage 1 output (its rationale becomes the `<think>`
     block) or a source with rationales (NER-CoT, whose teacher `cot` is the `<think>` block and whose
     gold, rendered in the contract's format, the answer); without, the answer alone is the target:
-    the papers' direct-answer baseline.
+    the papers' direct-answer baseline. `corpora`, when given, is extended with the corpora the
+    records say they come from (NER-CoT's `source`), which the stage records in its manifest.
     """
     data = data or DataArguments()
     fmt = get_format(prompt.output_format)
     examples: list[SFTExample] = []
     for path in paths:
         if is_source(path) or data.reader == "nercot":
-            examples += _source_examples(path, prompt, data)
+            examples += _source_examples(path, prompt, data, [] if corpora is None else corpora)
         elif is_cot_file(path):
             records = _accepted_annotations(path, prompt)[: data.limit]
             examples += [(record_example(r), r["answer"], r["rationale"]) for r in records]
@@ -150,12 +155,16 @@ def sft_examples(
     return examples
 
 
-def _source_examples(path: str, prompt: PromptArguments, data: DataArguments) -> list[SFTExample]:
-    """The examples of a named source (`sources`), each with its rationale when it has one."""
+def _source_examples(
+    path: str, prompt: PromptArguments, data: DataArguments, corpora: list[str]
+) -> list[SFTExample]:
+    """The examples of a named source (`sources`), each with its rationale when it has one; the
+    corpora its records name go to `corpora`."""
     spec = path if is_source(path) else f"hf:{path}?reader=nercot"
     fmt = get_format(prompt.output_format)
     found: list[SFTExample] = []
     for dataset, rationales in load_source_sets(spec, limit=data.limit):
+        corpora += [c for c in dataset.corpora if c not in corpora]
         for example, rationale in zip(dataset.examples, rationales, strict=True):
             if prompt.reasoning and not rationale:
                 raise ValueError(
@@ -189,11 +198,13 @@ def rl_prompts(
     cap_per_dataset: int | None = None,
     seed: int = 0,
     sampler: str | None = None,
+    corpora: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """GRPO prompts with gold columns, drawn from several datasets after the first `data.limit`
     examples of each: `proportional` (`sample_mixture`) or `reasoningner` (`sample_reasoningner`, the
     paper's, which needs `total`). `sampler` defaults to `data.sampler` (RLScriptArguments). Each set
-    of a named source (`sources`, e.g. an InstructUIE tree) is a dataset of its own."""
+    of a named source (`sources`, e.g. an InstructUIE tree) is a dataset of its own. `corpora`, when
+    given, is extended with the corpora the records name (as in `sft_examples`)."""
     data = data or DataArguments()
     sampler = sampler or getattr(data, "sampler", "proportional")
     if sampler not in SAMPLERS or (sampler == "reasoningner" and total is None):
@@ -201,7 +212,10 @@ def rl_prompts(
     named: list[tuple[str, list[Example]]] = []
     for path in paths:
         if is_source(path):
-            named += [(d.name, d.examples) for d, _ in load_source_sets(path, limit=data.limit)]
+            sets = [d for d, _ in load_source_sets(path, limit=data.limit)]
+            named += [(d.name, d.examples) for d in sets]
+            if corpora is not None:
+                corpora += [c for d in sets for c in d.corpora if c not in corpora]
         elif is_cot_file(path):
             records = read_records(path)[: data.limit]  # gold only: any answer format will do
             name = records[0]["dataset"] if records else Path(path).stem

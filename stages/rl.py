@@ -41,6 +41,7 @@ def main(
 ) -> None:
     start = start_trainer_stage("rl", script_args, prompt, training_args, model_args)
     prompt = start.prompt
+    corpora: list[str] = []  # what NER-CoT records name as their source: the contamination check reads it
     train_dataset = Dataset.from_list(
         rl_prompts(
             script_args.train_files,
@@ -49,6 +50,7 @@ def main(
             total=script_args.total,
             cap_per_dataset=script_args.cap_per_dataset,
             seed=training_args.seed,
+            corpora=corpora,
         )
     )
     contract = PromptContract(prompt, trained_labels(train_dataset["labels"]))
@@ -86,7 +88,7 @@ def main(
         contract.save(training_args.output_dir)  # before any checkpoint, which it also describes
     trainer.train(resume_from_checkpoint=start.checkpoint)
     save_final(trainer, training_args.output_dir, script_args.merge_lora, contract)
-    finish_trainer_stage("rl", trainer, start)
+    finish_trainer_stage("rl", trainer, start, corpora)
 
 
 if __name__ == "__main__":

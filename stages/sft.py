@@ -37,7 +37,8 @@ def main(
 ) -> None:
     start = start_trainer_stage("sft", script_args, prompt, training_args, model_args)
     prompt = start.prompt
-    train = sft_examples(script_args.train_files, prompt, script_args)
+    corpora: list[str] = []  # what NER-CoT records name as their source: the contamination check reads it
+    train = sft_examples(script_args.train_files, prompt, script_args, corpora=corpora)
     contract = PromptContract(prompt, trained_labels(example.schema.labels for example, _, _ in train))
     train_dataset = Dataset.from_list(
         [sft_record(e, prompt, rationale, answer) for e, answer, rationale in train]
@@ -67,7 +68,7 @@ def main(
         contract.save(training_args.output_dir)  # before any checkpoint, which it also describes
     trainer.train(resume_from_checkpoint=start.checkpoint)
     save_final(trainer, training_args.output_dir, script_args.merge_lora, contract)
-    finish_trainer_stage("sft", trainer, start)
+    finish_trainer_stage("sft", trainer, start, corpora)
 
 
 if __name__ == "__main__":

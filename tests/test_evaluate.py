@@ -545,6 +545,29 @@ def test_a_set_with_the_model_s_labels_is_asked_in_the_training_order(tmp_path: 
     assert "\n".join(f"- {label}" for label in file_order) in generator.prompts[1]  # the recipe's order wins
 
 
+def test_a_hub_model_s_training_order_comes_from_its_hub_contract(tmp_path: Path, monkeypatch) -> None:
+    import huggingface_hub
+
+    trained = list(reversed(read_dataset(DATA / "conll2003_mini.txt").schema.labels))
+    PromptContract(PromptArguments(), trained).save(tmp_path / "snapshot")
+    asked: list[str] = []
+
+    def download(repo_id: str, filename: str) -> str:
+        asked.append(f"{repo_id}/{filename}")
+        return str(tmp_path / "snapshot" / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    generator = Scripted(lambda sentence, prompt: "{}")
+    args = eval_args(tmp_path, [{"path": str(DATA / "conll2003_mini.txt")}], limit=1)
+    evaluate(args, PromptArguments(), GenerationArguments(model_name_or_path="me/ner"), generator)
+    assert asked == ["me/ner/prompt_contract.json"]
+    assert "\n".join(f"- {label}" for label in trained) in generator.prompts[0]
+    # A model served behind an OpenAI-compatible API is named by the server, not the Hub: not asked.
+    served = GenerationArguments(model_name_or_path="me/ner", backend="openai")
+    evaluate(args, PromptArguments(), served, generator)
+    assert asked == ["me/ner/prompt_contract.json"]
+
+
 def test_results_say_in_domain_when_the_model_was_trained_on_a_set(tmp_path: Path) -> None:
     args = eval_args(tmp_path, [{"path": str(DATA / "conll2003_mini.txt")}], limit=1)
     args.in_domain = ["conll2003_mini.txt (trained on conll2003)"]

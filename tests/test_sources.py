@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from reasoningner.configs import EvalArguments, PromptArguments, RLScriptArguments, check_contamination
+from reasoningner.configs import (
+    EvalArguments,
+    PromptArguments,
+    RLScriptArguments,
+    check_contamination,
+    training_sources,
+)
 from reasoningner.readers import read_dataset
 from reasoningner.sources import load_source, load_source_sets, overlaps, parse_source, source_keys
 from reasoningner.spans import Schema
@@ -103,6 +109,9 @@ def test_sft_trains_on_the_ner_cot_rationale_and_refuses_a_source_without_one() 
     example, answer, rationale = examples[0]
     assert rationale.startswith('"EU" is an organisation')
     assert json.loads(answer) == {"entities": {"organisation": ["EU"]}}
+    corpora: list[str] = []
+    sft_examples([NER_COT, f"{UIE}@train?sets=WikiANN en"], PromptArguments(reasoning=False), corpora=corpora)
+    assert corpora == ["CoNLL 2003"]  # what the NER-CoT records name as their source; InstructUIE has none
     with pytest.raises(ValueError, match="has no rationale"):
         sft_examples([f"{UIE}@train?sets=WikiANN en"], PromptArguments())
     assert len(sft_examples([f"{UIE}@train?sets=WikiANN en"], PromptArguments(reasoning=False))) == 12
@@ -147,6 +156,52 @@ def test_an_overlap_is_an_error_at_eval_start_unless_allowed_and_then_in_domain(
     clean = EvalArguments(output_dir="o", datasets=[{"path": f"{UIE}@test?sets=mit-movie"}])
     check_contamination(clean, [f"{UIE}@train?sets=CoNLL 2003"])
     assert clean.in_domain == []
+
+
+def test_the_corpora_ner_cot_records_name_are_training_sources(tmp_path: Path) -> None:
+    """NER-CoT's records say which corpus each comes from (`source`): an SFT model records them, and an
+    evaluation on a set of one of those corpora is in-domain, though no training file names it."""
+    sft, rl = tmp_path / "sft", tmp_path / "rl"
+    for folder, manifest in (
+        (sft, {"stage": "sft", "config": {"train_files": [NER_COT]}, "corpora": ["CrossNER_politics"]}),
+        (rl, {"stage": "rl", "config": {"train_files": []}, "corpora": [],
+              "inputs": [{"path": str(sft), "manifest": {"path": str(sft / "manifest.json")}}]}),
+    ):  # fmt: skip
+        folder.mkdir()
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert training_sources(rl) == [NER_COT, "corpus:CrossNER_politics"]
+    crossner = EvalArguments(output_dir="o", datasets=[{"path": f"{UIE}@test?sets=CrossNER_AI"}])
+    with pytest.raises(
+        ValueError, match=r"overlaps training source corpus:CrossNER_politics \(family:crossner\)"
+    ):
+        check_contamination(crossner, training_sources(rl))
+    assert source_keys("corpus:Pile-CC") == {"family:pilecc"}  # an unknown corpus is a family of its own
+
+
+def test_a_hub_model_s_training_data_comes_from_the_manifest_published_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A published model's manifest records the data of its whole lineage (`data_sources`): the files it
+    was built from are not on the machine that evaluates it."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    (tmp_path / "manifest.json").write_text(
+        json.dumps({"stage": "rl", "config": {"train_files": ["gone.jsonl"]}, "data_sources": [NER_COT]})
+    )
+    answers: dict[str, Exception | None] = {"me/rl": None, "me/offline": LocalEntryNotFoundError("no")}
+
+    def download(repo_id: str, filename: str) -> str:
+        if answers[repo_id] is not None:
+            raise answers[repo_id]
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    assert training_sources("me/rl", from_hub=True) == [NER_COT]
+    assert training_sources("me/rl") == []  # not without from_hub (a served model's name)
+    with caplog.at_level("WARNING"):
+        assert training_sources("me/offline", from_hub=True) == []
+    assert "me/offline: no manifest.json from the Hub" in caplog.text
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
@@ -195,7 +250,9 @@ def test_the_reasoningner_recipes_run_on_cpu_with_local_stand_ins(
     _run("sft", "--model_name_or_path", str(tiny_model_dir), "--train_files", NER_COT, "--max_steps", "2",
          "--use_cpu", "true", "--output_dir", str(sft), "--report_to", "none")  # fmt: skip
     assert (sft / "model.safetensors").is_file()
-    _run("rl", "--model_name_or_path", str(sft), "--train_files", f"{UIE}@train?sets=CoNLL 2003,WikiANN en",
+    assert json.loads((sft / "manifest.json").read_text())["corpora"] == ["CoNLL 2003"]  # NER-CoT's source
+    rl_files = f"{UIE}@train?sets=CoNLL 2003,WikiANN en"
+    _run("rl", "--model_name_or_path", str(sft), "--train_files", rl_files,
          "--max_steps", "2", "--use_cpu", "true", "--use_vllm", "false", "--output_dir", str(rl),
          "--report_to", "none", "--per_device_train_batch_size", "16", "--gradient_accumulation_steps", "1",
          "--max_completion_length", "16")  # fmt: skip
@@ -203,6 +260,8 @@ def test_the_reasoningner_recipes_run_on_cpu_with_local_stand_ins(
     assert state["global_step"] == 2
     manifest = json.loads((rl / "manifest.json").read_text())
     assert manifest["config"]["sampler"] == "reasoningner"
+    # The whole lineage, recorded for when the model is published without its SFT folder.
+    assert manifest["data_sources"] == [rl_files, NER_COT, "corpus:CoNLL 2003"]
 
     stage = load_stage("eval")
     evaluation, prompt, generation = stage.make_parser().parse_args_and_config(
