@@ -57,7 +57,6 @@ from reasoningner.readers import (
     from_hf,
 )
 from reasoningner.spans import Schema, Span, occurrences
-from reasoningner.tracking import CORPUS
 
 logger = logging.getLogger(__name__)
 
@@ -381,6 +380,10 @@ FAMILIES = (
     "ace2005", "wikiann", "wikineural", "wnut", "ncbi", "bc5cdr", "bc2gm", "bc4chemd", "anatem", "fabner",
     "findvehicle", "harveyner", "multinerd", "polyglotner", "tweetner7", "broadtw", "nercot",
 )  # fmt: skip
+
+
+# A corpus that a stage's training records named (NER-CoT's `source`), among the data sources of a model.
+CORPUS = "corpus:"
 
 
 def corpus_family(name: str) -> str | None:

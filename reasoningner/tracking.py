@@ -33,6 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from reasoningner.sources import CORPUS
+
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -152,10 +154,6 @@ def build_manifest(stage: str, config: dict[str, Any], inputs: Iterable[str | Pa
         "versions": versions(),
         "git": git_commit(),
     }
-
-
-# A corpus that a stage's training records named (NER-CoT's `source`), among the data sources of a model.
-CORPUS = "corpus:"
 
 
 def data_sources(manifest: dict[str, Any]) -> list[str]:
