@@ -301,8 +301,9 @@ def _collect(
             continue
         if collector.add(record):
             rationales[record.id] = row.get("cot") if layout == "nercot" else None
-            if isinstance(row.get("source"), str) and row["source"].strip():
-                corpora[row["source"].strip()] = None
+            corpus = row.get("source")
+            if isinstance(corpus, str) and corpus.strip():
+                corpora[corpus.strip()] = None
             for what in missing:
                 collector.note(record, what)
             unlocated += sum(what.startswith("entity") for what in missing)
@@ -388,8 +389,13 @@ CORPUS = "corpus:"
 
 def corpus_family(name: str) -> str | None:
     """The family a dataset name belongs to (`CrossNER_AI`, `crossner/ai`, `cross_ner` -> crossner)."""
-    normal = re.sub(r"[^a-z0-9]", "", name.lower())
+    normal = _normal_name(name)
     return next((family for family in FAMILIES if normal.startswith(family)), None)
+
+
+def _normal_name(name: str) -> str:
+    """A dataset name lower-cased, letters and digits only: how names are compared."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
 def source_keys(spec: str) -> set[str]:
@@ -422,7 +428,7 @@ def source_keys(spec: str) -> set[str]:
 def _family_key(names: list[str]) -> str:
     """`family:` and the most specific known family of `names`, or the first name, normalised."""
     family = next(filter(None, map(corpus_family, names)), None)
-    return f"family:{family or re.sub(r'[^a-z0-9]', '', names[0].lower())}"
+    return f"family:{family or _normal_name(names[0])}"
 
 
 def overlaps(training: Iterable[str], evaluated: Iterable[str]) -> list[str]:

@@ -407,7 +407,8 @@ def record_trainer_stage(
     if not trainer.accelerator.is_main_process:
         return
     output_dir = trainer.args.output_dir
-    manifest = build_manifest(stage, config_dict(*configs), inputs) | {"corpora": list(corpora)}
+    manifest = build_manifest(stage, config_dict(*configs), inputs)
+    manifest["corpora"] = list(dict.fromkeys(corpora))  # once each, in first-read order
     manifest["data_sources"] = data_sources(manifest)
     history = trainer.state.log_history
     write_manifest(output_dir, manifest, history[-1] if history else {})

@@ -164,7 +164,7 @@ def _source_examples(
     fmt = get_format(prompt.output_format)
     found: list[SFTExample] = []
     for dataset, rationales in load_source_sets(spec, limit=data.limit):
-        corpora += [c for c in dataset.corpora if c not in corpora]
+        corpora.extend(dataset.corpora)
         for example, rationale in zip(dataset.examples, rationales, strict=True):
             if prompt.reasoning and not rationale:
                 raise ValueError(
@@ -215,7 +215,7 @@ def rl_prompts(
             sets = [d for d, _ in load_source_sets(path, limit=data.limit)]
             named += [(d.name, d.examples) for d in sets]
             if corpora is not None:
-                corpora += [c for d in sets for c in d.corpora if c not in corpora]
+                corpora.extend(c for d in sets for c in d.corpora)
         elif is_cot_file(path):
             records = read_records(path)[: data.limit]  # gold only: any answer format will do
             name = records[0]["dataset"] if records else Path(path).stem

@@ -3,6 +3,7 @@ fail. Nothing contacts the hub (HF_HUB_OFFLINE), and the GPU checks read this ma
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from collections import namedtuple
@@ -93,6 +94,7 @@ def test_each_check_fails_with_what_to_do(tmp_path: Path, monkeypatch: pytest.Mo
     assert statuses(doctor.diagnose(recipe))["disk"] == "FAIL"
 
 
+@pytest.mark.skipif(importlib.util.find_spec("liger_kernel") is not None, reason="Liger is installed here")
 def test_liger_is_checked_on_gpu_and_skipped_on_cpu(tmp_path: Path) -> None:
     """The paper's SFT recipe asks for Liger's kernels: not installed here, doctor says how to install it;
     with use_cpu, where the kernels are turned off, it skips the check."""
