@@ -233,6 +233,15 @@ class GenerationArguments:
         _check_choice("backend", self.backend, [*sorted(BACKENDS), GOLD_TEMPLATE])
         self.backend_options = options_from(self.backend_options)
 
+    def prompt_contract(self) -> PromptContract | None:
+        """The contract of the model generating: read from the Hub too for a Hub model, unless a server
+        (`openai`) serves it, whose model name is its own, not a Hub id."""
+        return PromptContract.load(self.model_name_or_path, from_hub=self.backend != "openai")
+
+    def training_sources(self) -> list[str]:
+        """`training_sources` of the model generating, read from the Hub as `prompt_contract` is."""
+        return training_sources(self.model_name_or_path, from_hub=self.backend != "openai")
+
     def sampling(self, n: int = 1) -> SamplingConfig:
         return SamplingConfig(
             n=n,
@@ -465,8 +474,7 @@ class RecipeParser(TrlParser):
         evaluation = next((c for c in parsed if isinstance(c, EvalArguments)), None)
         generation = next((c for c in parsed if isinstance(c, GenerationArguments)), None)
         if evaluation is not None and generation is not None:
-            from_hub = generation.backend != "openai"  # a served model's name is no Hub id
-            check_contamination(evaluation, training_sources(generation.model_name_or_path, from_hub))
+            check_contamination(evaluation, generation.training_sources())
         return parsed
 
     def set_defaults_with_config(self, **kwargs: Any) -> list[str]:

@@ -86,7 +86,6 @@ from reasoningner.configs import (
     EvalArguments,
     GenerationArguments,
     PromptArguments,
-    PromptContract,
 )
 from reasoningner.formats import CONTENT_PROBLEMS, ParseResult
 from reasoningner.generation import Completion, Generator
@@ -327,8 +326,7 @@ def evaluate(
 
     `generator` replaces the backend of `generation` (tests pass a scripted one); it is not closed here.
     """
-    # A Hub model's contract is read from the Hub (the backend loads it from there anyway).
-    contract = PromptContract.load(generation.model_name_or_path, from_hub=generation.backend != "openai")
+    contract = generation.prompt_contract()
     items, datasets, label_maps = load_items(args, contract.labels if contract else ())
     if generator is None:
         model = NERModel.from_generation(generation, prompt)

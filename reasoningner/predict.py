@@ -54,7 +54,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reasoningner.configs import GenerationArguments, PromptArguments, PromptContract
+from reasoningner.configs import GenerationArguments, PromptArguments
 from reasoningner.formats import ParseResult, Problem, get_format, split_answer
 from reasoningner.generation import (
     Completion,
@@ -341,8 +341,7 @@ class NERModel:
     ) -> NERModel:
         """The model that `generation` describes (backend, model, sampling), asked with `prompt`, whose
         unset fields come from the prompt contract saved beside the model."""
-        # Backends that load the model from the Hub get its contract there too (a server's does not).
-        contract = PromptContract.load(generation.model_name_or_path, from_hub=generation.backend != "openai")
+        contract = generation.prompt_contract()
         return cls(
             generation.build_generator(),
             (prompt or PromptArguments()).resolve(contract),
