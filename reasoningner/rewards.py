@@ -10,12 +10,17 @@ costs about one parse. TRL calls the functions one after the other on the same b
 analyses of the last batch are kept (`_BatchAnalyses`) and found again by the identity of its column
 lists; single completions are also memoised by content (repeated samples of a prompt).
 
-Components, each total (never raises), deterministic and in [0, 1]:
+Components, each total (never raises), deterministic and in [0, 1] (but `f1_micro`, below):
 
 - `format`: half for a non-empty `<think>` rationale closed before the answer, half for an answer
   that parses cleanly; each distinct syntax problem of the answer costs a quarter of its half.
 - `f1`: entity F1 against gold (text-level pairs, ReasoningNER style, or exact spans); both empty
   is 1.0, exactly one empty is 0.0.
+- `f1_micro`: what the answer adds to the micro F1 of its batch, to first order, per gold entity
+  (`micro_f1_credit`): evaluation scores micro F1, where an entity is worth stating when it is right
+  more often than F1 / 2, while per-sentence F1 prices every entity by its own sentence (one
+  invented entity in a sentence without any costs the whole reward). It depends on the batch (its
+  TP / (TP + FP + FN)) and can be negative; use it in place of `f1`, not beside it.
 - `consistency`: `rationale.consistency` between the rationale and the answer (shared with stage 1).
 - `schema`: the share of predicted entities whose label is in the schema (ReasoningNER's schema
   reward).
@@ -59,7 +64,7 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 from reasoningner.formats import CONTENT_PROBLEMS, ParseResult, Problem, get_format, split_answer
-from reasoningner.metrics import MatchMode, agreement, example_f1, text_keys
+from reasoningner.metrics import Counts, MatchMode, agreement, match_totals, text_keys
 from reasoningner.rationale import asserted_keys
 from reasoningner.spans import Example, Schema, Span, sort_spans, spans_from_dicts
 
@@ -296,42 +301,79 @@ def _gold(text: str, spans: tuple[Span, ...], labels: tuple[str, ...]) -> Exampl
     return Example(text, spans, _schema(labels))
 
 
-def entity_f1(
+def entity_counts(
     analysis: Analysis, text: str, entities: Sequence[dict], labels: Sequence[str], mode: MatchMode
-) -> float:
-    """F1 of one prediction against the gold of its row; both empty is 1.0 (`metrics.agreement`).
+) -> Counts:
+    """True positives, false positives and false negatives of one prediction against the gold of its row;
+    no answer finds nothing.
 
     Text matching compares the keys the analysis holds with the gold's, made afresh (cheaper than
     a cache keyed by the spans: the mentions' normal forms are cached); exact matching builds the
-    gold once for all the generations of a prompt and goes through `metrics.example_f1`.
+    gold once for all the generations of a prompt and goes through `metrics.match_totals`.
     """
-    if analysis.parse is None:  # no answer
-        return 0.0
     if mode == "text":
         gold = text_keys((text[e["start"] : e["end"]], e["label"]) for e in entities)
-        return agreement(gold, analysis.predicted_keys)
+        found = len(gold & analysis.predicted_keys)
+        return Counts(found, len(analysis.predicted_keys) - found, len(gold) - found)
     gold_example = _gold(text, spans_from_dicts(entities), tuple(labels))
-    return example_f1(gold_example, analysis.parse.spans, analysis.parse.ungrounded, mode)
+    if analysis.parse is None:
+        return Counts(0, 0, len(gold_example.spans))
+    return match_totals(gold_example, analysis.parse.spans, analysis.parse.ungrounded, mode)
 
 
-def make_f1_reward(mode: MatchMode) -> RewardFunction:
+def entity_f1(counts: Counts, answered: bool) -> float:
+    """F1 of one prediction; both empty is 1.0 (as `metrics.agreement`), no answer 0.0."""
+    if not answered:
+        return 0.0
+    return counts.f1 if counts.tp + counts.fp + counts.fn else 1.0
+
+
+def micro_f1_credit(counts: Counts, answered: bool, found_share: float) -> float:
+    """What one prediction adds to the micro F1 of its batch, to first order, per gold entity.
+
+    Micro F1 = 2TP / (2TP + FP + FN) over the batch rises with a prediction's (tp - J * fp), J = TP /
+    (TP + FP + FN) the batch's `found_share`, the fp and fn of one prompt's predictions summing to a
+    constant: an entity is worth stating when it is right more often than F1 / 2. Divided by the
+    gold count, so that a complete answer is 1.0 as with `f1`; with no gold entity, the empty answer
+    is 1.0 and each invented entity costs J. No answer is 0.0. Can be negative (invented entities).
+    """
+    if not answered:
+        return 0.0
+    gold = counts.tp + counts.fn
+    credit = counts.tp - found_share * counts.fp
+    return credit / gold if gold else 1.0 + credit
+
+
+def make_f1_reward(name: str, mode: MatchMode, micro: bool) -> RewardFunction:
+    """The F1 reward `name` (TRL logs it as `rewards/<name>_reward`): per-sentence F1 or the micro credit."""
+
     def f1_reward(
         completions, text, entities, labels, output_format, reward_parse="strict", fold_label_case=False, **_
     ) -> list[float]:
         analyses = _last_batch.for_batch(
             completions, text, labels, output_format, reward_parse, fold_label_case
         )
-        return [
-            entity_f1(a, t, es, ls, mode)
+        counts = [
+            entity_counts(a, t, es, ls, mode)
             for a, t, es, ls in zip(analyses, text, entities, labels, strict=True)
         ]
+        if not micro:
+            return [entity_f1(c, a.parse is not None) for c, a in zip(counts, analyses, strict=True)]
+        batch = sum(counts, Counts())
+        found_share = batch.tp / (batch.tp + batch.fp + batch.fn) if batch.tp else 0.0
+        return [
+            micro_f1_credit(c, a.parse is not None, found_share)
+            for c, a in zip(counts, analyses, strict=True)
+        ]
 
-    f1_reward.__name__ = "f1_reward" if mode == "text" else f"f1_{mode}_reward"
+    f1_reward.__name__ = f"{name}_reward"
     return f1_reward
 
 
-reward("f1")(make_f1_reward("text"))
-reward("f1_exact")(make_f1_reward("exact"))
+reward("f1")(make_f1_reward("f1", "text", micro=False))
+reward("f1_exact")(make_f1_reward("f1_exact", "exact", micro=False))
+reward("f1_micro")(make_f1_reward("f1_micro", "text", micro=True))
+reward("f1_micro_exact")(make_f1_reward("f1_micro_exact", "exact", micro=True))
 
 
 @reward("consistency")

@@ -4,6 +4,7 @@ registry, the dataset sampler, and a GRPO smoke run of the stage script on the t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -23,7 +24,14 @@ from reasoningner.formats import FORMATS, get_format
 from reasoningner.metrics import MATCH_MODES, Counts, match_counts, match_totals
 from reasoningner.rationale import assertion
 from reasoningner.readers import read_dataset
-from reasoningner.rewards import DEFAULT_WEIGHTS, MAX_COMPLETION_CHARS, REWARDS, analyse, get_rewards
+from reasoningner.rewards import (
+    DEFAULT_WEIGHTS,
+    MAX_COMPLETION_CHARS,
+    REWARDS,
+    analyse,
+    entity_counts,
+    get_rewards,
+)
 from reasoningner.spans import Example, Schema, Span, spans_from_dicts
 from reasoningner.training_data import proportional_sizes, rl_prompts, rl_record, sample_mixture
 
@@ -58,17 +66,17 @@ def score(
     fmt: str = "grouped_json",
     **options: Any,
 ) -> dict[str, float]:
-    """Every registered component on one completion, called as TRL calls them (a batch of one);
-    `options` are `get_rewards`' (parse, fold_label_case)."""
+    """Every component that scores a completion on its own (`NAMES`), called as TRL calls them (a batch
+    of one); `options` are `get_rewards`' (parse, fold_label_case)."""
     columns = {
         "text": [text],
         "entities": [GOLD if entities is None else entities],
         "labels": [LABELS],
         "output_format": [fmt],
     }
-    functions = get_rewards(list(REWARDS), **options)
+    functions = get_rewards(NAMES, **options)
     return {
-        name: function([completion], **columns)[0] for name, function in zip(REWARDS, functions, strict=True)
+        name: function([completion], **columns)[0] for name, function in zip(NAMES, functions, strict=True)
     }
 
 
@@ -383,6 +391,8 @@ def test_batches_of_dataset_rows_with_extra_columns_as_trl_passes_them() -> None
     # Rows 2 and 3 have an empty rationale: half the format reward and no consistency.
     expected = [ALL_ONE, expect(0.5, 1, 1, 0, 1, 1), expect(0.5, 1, 1, 0, 1, 1), ALL_ZERO]
     for i, row_expected in enumerate(expected):
+        # Every answer is right (or no answer): the micro F1 credit is the F1.
+        row_expected |= {"f1_micro": row_expected["f1"], "f1_micro_exact": row_expected["f1_exact"]}
         assert {name: values[i] for name, values in results.items()} == row_expected, i
     assert all(type(v) is float for values in results.values() for v in values)
 
@@ -497,6 +507,70 @@ def test_unknown_reward_names_are_rejected_with_the_known_ones() -> None:
     assert all(name in str(error.value) for name in REWARDS)
 
 
+def grouped(**entities: list[str]) -> str:
+    """A reasoned completion answering `entities` (label -> mentions) in grouped JSON."""
+    answer = json.dumps({"entities": entities})
+    rationale = "\n".join(
+        f'"{mention}" is a {label}' for label, mentions in entities.items() for mention in mentions
+    )
+    return complete(rationale or NOTHING, answer)
+
+
+def micro_credits(name: str, rows: list[tuple[str, str, list[dict[str, Any]]]]) -> list[float]:
+    """The `name` reward of one batch of (completion, sentence, gold) rows."""
+    (function,) = get_rewards([name])
+    return function(
+        [c for c, _, _ in rows],
+        text=[t for _, t, _ in rows],
+        entities=[g for _, _, g in rows],
+        labels=[LABELS] * len(rows),
+        output_format=["grouped_json"] * len(rows),
+    )
+
+
+@pytest.mark.parametrize("name", ["f1_micro", "f1_micro_exact"])
+def test_micro_f1_credit_by_hand(name: str) -> None:
+    """Batch TP 5, FP 2, FN 7 (the unreadable answer misses its 3), so J = 5 / 14: a found entity earns
+    1 / gold count, an invented one costs J / gold count (J with no gold, where saying nothing is 1)."""
+    rows = [
+        (complete(RATIONALE, ANSWER), TEXT, GOLD),  # 3 found
+        (grouped(organisation=["EU"]), TEXT, GOLD),  # 1 found, 2 missed
+        (grouped(organisation=["EU"], misc=["lamb"]), TEXT, GOLD),  # 1 found, 1 invented, 2 missed
+        ("<think>\nhm\n</think>\n{{{", TEXT, GOLD),  # no answer: 3 missed
+        (complete(NOTHING, EMPTY), NO_ENTITY_TEXT, []),
+        (grouped(misc=["Thursday"]), NO_ENTITY_TEXT, []),  # 1 invented
+    ]
+    j = 5 / 14
+    assert micro_credits(name, rows) == pytest.approx([1, 1 / 3, (1 - j) / 3, 0, 1, 1 - j])
+
+
+def test_micro_f1_credit_ranks_answers_as_the_batch_micro_f1_does() -> None:
+    """Stating 4 wrong entities to find 1 more right one pays when the batch finds little (an entity
+    right more often than F1 / 2 raises micro F1) and costs when it finds much; per-sentence F1
+    prefers the cautious answer in both batches."""
+    cautious = grouped(organisation=["EU"])  # 1 found, 0 invented
+    bold = grouped(organisation=["EU"], misc=["German", "lamb", "rejects", "boycott", "call"])  # 2, 4
+    wrong = grouped(person=["EU"], location=["German"])
+    right = complete(RATIONALE, ANSWER)
+
+    def micro_f1(completions: list[str]) -> float:
+        analyses = [analyse(c, TEXT, tuple(LABELS), "grouped_json") for c in completions]
+        return sum((entity_counts(a, TEXT, GOLD, LABELS, "text") for a in analyses), Counts()).f1
+
+    preferred = {}
+    for batch, context in {"finds little": [wrong] * 3 + [right], "finds much": [right] * 3}.items():
+        credit_cautious, credit_bold = micro_credits(
+            "f1_micro", [(c, TEXT, GOLD) for c in [*context, cautious, bold]]
+        )[-2:]
+        assert (credit_bold > credit_cautious) == (
+            micro_f1([*context, bold]) > micro_f1([*context, cautious])
+        )
+        preferred[batch] = "bold" if credit_bold > credit_cautious else "cautious"
+        f1_cautious, f1_bold = micro_credits("f1", [(c, TEXT, GOLD) for c in [cautious, bold]])
+        assert f1_cautious > f1_bold
+    assert preferred == {"finds little": "bold", "finds much": "cautious"}
+
+
 def test_registry_names_weights_and_function_names() -> None:
     assert set(DEFAULT_WEIGHTS) <= set(REWARDS)
     assert get_rewards(list(DEFAULT_WEIGHTS)) == [REWARDS[name] for name in DEFAULT_WEIGHTS]
@@ -504,6 +578,8 @@ def test_registry_names_weights_and_function_names() -> None:
     names = [function.__name__ for function in REWARDS.values()]
     assert len(set(names)) == len(names)
     assert REWARDS["f1"].__name__ == "f1_reward" and REWARDS["f1_exact"].__name__ == "f1_exact_reward"
+    assert REWARDS["f1_micro"].__name__ == "f1_micro_reward"
+    assert REWARDS["f1_micro_exact"].__name__ == "f1_micro_exact_reward"
 
 
 # --- dataset sampling ---------------------------------------------------------------------------------
