@@ -374,6 +374,13 @@ reward("f1")(make_f1_reward("f1", "text", micro=False))
 reward("f1_exact")(make_f1_reward("f1_exact", "exact", micro=False))
 reward("f1_micro")(make_f1_reward("f1_micro", "text", micro=True))
 reward("f1_micro_exact")(make_f1_reward("f1_micro_exact", "exact", micro=True))
+F1_REWARDS = ("f1", "f1_exact", "f1_micro", "f1_micro_exact")
+
+
+def default_weight(name: str) -> float:
+    """The weight of reward `name` when a recipe gives none: `DEFAULT_WEIGHTS`, F1's for every F1
+    variant (one of them stands in for `f1`), else 1."""
+    return DEFAULT_WEIGHTS["f1"] if name in F1_REWARDS else DEFAULT_WEIGHTS.get(name, 1.0)
 
 
 @reward("consistency")

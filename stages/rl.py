@@ -15,7 +15,7 @@ from reasoningner.configs import (
     RecipeParser,
     RLScriptArguments,
 )
-from reasoningner.rewards import DEFAULT_WEIGHTS, get_rewards
+from reasoningner.rewards import default_weight, get_rewards
 from reasoningner.tracking import (
     with_gold_column,
 )
@@ -55,7 +55,7 @@ def main(
     )
     contract = PromptContract(prompt, trained_labels(train_dataset["labels"]))
     if training_args.reward_weights is None:
-        training_args.reward_weights = [DEFAULT_WEIGHTS.get(name, 1.0) for name in script_args.reward_funcs]
+        training_args.reward_weights = [default_weight(name) for name in script_args.reward_funcs]
 
     reward_funcs = get_rewards(
         script_args.reward_funcs,

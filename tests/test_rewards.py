@@ -29,6 +29,7 @@ from reasoningner.rewards import (
     MAX_COMPLETION_CHARS,
     REWARDS,
     analyse,
+    default_weight,
     entity_counts,
     get_rewards,
 )
@@ -580,6 +581,14 @@ def test_registry_names_weights_and_function_names() -> None:
     assert REWARDS["f1"].__name__ == "f1_reward" and REWARDS["f1_exact"].__name__ == "f1_exact_reward"
     assert REWARDS["f1_micro"].__name__ == "f1_micro_reward"
     assert REWARDS["f1_micro_exact"].__name__ == "f1_micro_exact_reward"
+    # A recipe without weights: every F1 variant stands in for f1 and weighs what it weighs.
+    assert [default_weight(n) for n in ["format", "f1", "f1_exact", "f1_micro", "f1_micro_exact"]] == [
+        1,
+        10,
+        10,
+        10,
+        10,
+    ]
 
 
 # --- dataset sampling ---------------------------------------------------------------------------------
