@@ -331,9 +331,9 @@ def entity_f1(counts: Counts, answered: bool) -> float:
 def micro_f1_credit(counts: Counts, answered: bool, found_share: float) -> float:
     """What one prediction adds to the micro F1 of its batch, to first order, per gold entity.
 
-    Micro F1 = 2TP / (2TP + FP + FN) over the batch rises with a prediction's (tp - J * fp), J = TP /
-    (TP + FP + FN) the batch's `found_share`, the fp and fn of one prompt's predictions summing to a
-    constant: an entity is worth stating when it is right more often than F1 / 2. Divided by the
+    Micro F1 = 2TP / (2TP + FP + FN) over the batch. An answer's tp + fn is its prompt's gold count,
+    so the batch's micro F1 moves with the answer's tp - J * fp, J = TP / (TP + FP + FN) the batch's
+    `found_share`: an entity is worth stating when it is right more often than F1 / 2. Divided by the
     gold count, so that a complete answer is 1.0 as with `f1`; with no gold entity, the empty answer
     is 1.0 and each invented entity costs J. No answer is 0.0. Can be negative (invented entities).
     """
