@@ -20,7 +20,9 @@ Components, each total (never raises), deterministic and in [0, 1] (but `f1_micr
   (`micro_f1_credit`): evaluation scores micro F1, where an entity is worth stating when it is right
   more often than F1 / 2, while per-sentence F1 prices every entity by its own sentence (one
   invented entity in a sentence without any costs the whole reward). It depends on the batch (its
-  TP / (TP + FP + FN)) and can be negative; use it in place of `f1`, not beside it.
+  TP / (TP + FP + FN)): the completions one process scores together (per-device batch x
+  `steps_per_generation`). It can be negative, and no answer earns the batch's lowest credit (at
+  most 0). Use it in place of `f1`, not beside it.
 - `consistency`: `rationale.consistency` between the rationale and the answer (shared with stage 1).
 - `schema`: the share of predicted entities whose label is in the schema (ReasoningNER's schema
   reward).
@@ -325,20 +327,23 @@ def entity_f1(counts: Counts, answered: bool) -> float:
     """F1 of one prediction; both empty is 1.0 (as `metrics.agreement`), no answer 0.0."""
     if not answered:
         return 0.0
-    return counts.f1 if counts.tp + counts.fp + counts.fn else 1.0
+    if not counts.tp + counts.fp + counts.fn:
+        return 1.0
+    return 2 * counts.tp / (2 * counts.tp + counts.fp + counts.fn)
 
 
-def micro_f1_credit(counts: Counts, answered: bool, found_share: float) -> float:
-    """What one prediction adds to the micro F1 of its batch, to first order, per gold entity.
+def micro_f1_credit(counts: Counts, found_share: float) -> float:
+    """What one readable answer adds to the micro F1 of its batch, to first order, per gold entity.
 
     Micro F1 = 2TP / (2TP + FP + FN) over the batch. An answer's tp + fn is its prompt's gold count,
     so the batch's micro F1 moves with the answer's tp - J * fp, J = TP / (TP + FP + FN) the batch's
-    `found_share`: an entity is worth stating when it is right more often than F1 / 2. Divided by the
-    gold count, so that a complete answer is 1.0 as with `f1`; with no gold entity, the empty answer
-    is 1.0 and each invented entity costs J. No answer is 0.0. Can be negative (invented entities).
+    `found_share`: an entity is worth stating when it is right more often than F1 / 2 (so, in a batch
+    that finds nothing, invented entities cost nothing). Divided by the gold count, so that a complete
+    answer is 1.0 as with `f1`; with no gold entity, the empty answer is 1.0 and each invented entity
+    costs J. Can be negative (invented entities). The division weighs a prompt's answers alike, which
+    group scaling (`scale_rewards: group`) does anyway; with `batch` or `none` it gives each prompt the
+    same range rather than micro F1's weight by gold count.
     """
-    if not answered:
-        return 0.0
     gold = counts.tp + counts.fn
     credit = counts.tp - found_share * counts.fp
     return credit / gold if gold else 1.0 + credit
@@ -361,10 +366,14 @@ def make_f1_reward(name: str, mode: MatchMode, micro: bool) -> RewardFunction:
             return [entity_f1(c, a.parse is not None) for c, a in zip(counts, analyses, strict=True)]
         batch = sum(counts, Counts())
         found_share = batch.tp / (batch.tp + batch.fp + batch.fn) if batch.tp else 0.0
-        return [
-            micro_f1_credit(c, a.parse is not None, found_share)
+        credits = [
+            micro_f1_credit(c, found_share) if a.parse is not None else None
             for c, a in zip(counts, analyses, strict=True)
         ]
+        # No answer earns what the worst readable answer of the batch earns, at most 0: the other
+        # components then pay any readable answer more than one no program can read.
+        floor = min([0.0, *(c for c in credits if c is not None)])
+        return [floor if c is None else c for c in credits]
 
     f1_reward.__name__ = f"{name}_reward"
     return f1_reward

@@ -393,8 +393,8 @@ def test_batches_of_dataset_rows_with_extra_columns_as_trl_passes_them() -> None
     expected = [ALL_ONE, expect(0.5, 1, 1, 0, 1, 1), expect(0.5, 1, 1, 0, 1, 1), ALL_ZERO]
     for i, row_expected in enumerate(expected):
         # Every answer is right (or no answer): the micro F1 credit is the F1.
-        row_expected |= {"f1_micro": row_expected["f1"], "f1_micro_exact": row_expected["f1_exact"]}
-        assert {name: values[i] for name, values in results.items()} == row_expected, i
+        micro = {"f1_micro": row_expected["f1"], "f1_micro_exact": row_expected["f1_exact"]}
+        assert {name: values[i] for name, values in results.items()} == row_expected | micro, i
     assert all(type(v) is float for values in results.values() for v in values)
 
 
@@ -567,9 +567,24 @@ def test_micro_f1_credit_ranks_answers_as_the_batch_micro_f1_does() -> None:
             micro_f1([*context, bold]) > micro_f1([*context, cautious])
         )
         preferred[batch] = "bold" if credit_bold > credit_cautious else "cautious"
-        f1_cautious, f1_bold = micro_credits("f1", [(c, TEXT, GOLD) for c in [cautious, bold]])
-        assert f1_cautious > f1_bold
     assert preferred == {"finds little": "bold", "finds much": "cautious"}
+    f1_cautious, f1_bold = micro_credits("f1", [(c, TEXT, GOLD) for c in [cautious, bold]])
+    assert f1_cautious > f1_bold
+
+
+def test_micro_f1_credit_pays_no_answer_no_more_than_the_worst_readable_one() -> None:
+    """A readable answer with only invented entities has a negative credit (J = 3 / 11 here); no answer
+    gets that same floor, so the composite reward still pays the readable answer more."""
+    wrong = grouped(person=["EU"], location=["German"])  # 0 found, 2 invented
+    unreadable = "<think>\nhm\n</think>\n{{{"
+    rows = [(c, TEXT, GOLD) for c in [complete(RATIONALE, ANSWER), wrong, unreadable]]
+    assert micro_credits("f1_micro", rows) == pytest.approx([1, -2 / 11, -2 / 11])
+    names = ["format", "f1_micro", "consistency", "schema", "grounding"]
+    totals = [
+        sum(default_weight(n) * r for n, r in zip(names, scores, strict=True))
+        for scores in zip(*(micro_credits(n, rows) for n in names), strict=True)
+    ]
+    assert totals[1] > totals[2]
 
 
 def test_registry_names_weights_and_function_names() -> None:
