@@ -233,14 +233,19 @@ class GenerationArguments:
         _check_choice("backend", self.backend, [*sorted(BACKENDS), GOLD_TEMPLATE])
         self.backend_options = options_from(self.backend_options)
 
+    @property
+    def names_hub_model(self) -> bool:
+        """Whether `model_name_or_path` may be a Hub id: not when a server (`openai`) serves the model,
+        whose model name is its own."""
+        return self.backend != "openai"
+
     def prompt_contract(self) -> PromptContract | None:
-        """The contract of the model generating: read from the Hub too for a Hub model, unless a server
-        (`openai`) serves it, whose model name is its own, not a Hub id."""
-        return PromptContract.load(self.model_name_or_path, from_hub=self.backend != "openai")
+        """The contract of the model generating: read from the Hub too for a Hub model."""
+        return PromptContract.load(self.model_name_or_path, from_hub=self.names_hub_model)
 
     def training_sources(self) -> list[str]:
         """`training_sources` of the model generating, read from the Hub as `prompt_contract` is."""
-        return training_sources(self.model_name_or_path, from_hub=self.backend != "openai")
+        return training_sources(self.model_name_or_path, from_hub=self.names_hub_model)
 
     def sampling(self, n: int = 1) -> SamplingConfig:
         return SamplingConfig(

@@ -145,9 +145,13 @@ def match_totals(
     mode: MatchMode = "exact",
 ) -> Counts:
     """The micro counts of one example: `match_counts` summed over labels, without the split."""
-    gold_keys, predicted_keys = _match_keys(gold, predicted, ungrounded, mode)
-    tp = len(gold_keys & predicted_keys)
-    return Counts(tp, len(predicted_keys) - tp, len(gold_keys) - tp)
+    return key_counts(*_match_keys(gold, predicted, ungrounded, mode))
+
+
+def key_counts(expected: AbstractSet[Any], found: AbstractSet[Any]) -> Counts:
+    """The counts of one set of found keys against the expected ones."""
+    tp = len(expected & found)
+    return Counts(tp, len(found) - tp, len(expected) - tp)
 
 
 def multiset_counts(
@@ -170,15 +174,19 @@ def multiset_counts(
 
 
 def agreement(expected: AbstractSet[Any], found: AbstractSet[Any]) -> float:
-    """F1 between two sets of keys, 2|E & F| / (|E| + |F|); both empty is 1.0.
+    """F1 between two sets of keys, 2|E & F| / (|E| + |F|); both empty is 1.0 (`sample_f1`)."""
+    return sample_f1(key_counts(expected, found))
+
+
+def sample_f1(counts: Counts) -> float:
+    """F1 of one sample, 2tp / (2tp + fp + fn); nothing expected and nothing found is 1.0.
 
     The per-sample score of stage 1 validation, the F1 reward and rationale consistency: unlike a
     corpus-level score, a sentence with nothing to find answered with nothing scores 1.0, as
     nothing was missed and nothing invented.
     """
-    if not expected and not found:
-        return 1.0
-    return 2 * len(expected & found) / (len(expected) + len(found))
+    compared = 2 * counts.tp + counts.fp + counts.fn
+    return 2 * counts.tp / compared if compared else 1.0
 
 
 def example_f1(

@@ -66,7 +66,7 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 from reasoningner.formats import CONTENT_PROBLEMS, ParseResult, Problem, get_format, split_answer
-from reasoningner.metrics import Counts, MatchMode, agreement, match_totals, text_keys
+from reasoningner.metrics import Counts, MatchMode, agreement, key_counts, match_totals, sample_f1, text_keys
 from reasoningner.rationale import asserted_keys
 from reasoningner.spans import Example, Schema, Span, sort_spans, spans_from_dicts
 
@@ -315,21 +315,11 @@ def entity_counts(
     """
     if mode == "text":
         gold = text_keys((text[e["start"] : e["end"]], e["label"]) for e in entities)
-        found = len(gold & analysis.predicted_keys)
-        return Counts(found, len(analysis.predicted_keys) - found, len(gold) - found)
+        return key_counts(gold, analysis.predicted_keys)
     gold_example = _gold(text, spans_from_dicts(entities), tuple(labels))
     if analysis.parse is None:
         return Counts(0, 0, len(gold_example.spans))
     return match_totals(gold_example, analysis.parse.spans, analysis.parse.ungrounded, mode)
-
-
-def entity_f1(counts: Counts, answered: bool) -> float:
-    """F1 of one prediction; both empty is 1.0 (as `metrics.agreement`), no answer 0.0."""
-    if not answered:
-        return 0.0
-    if not counts.tp + counts.fp + counts.fn:
-        return 1.0
-    return 2 * counts.tp / (2 * counts.tp + counts.fp + counts.fn)
 
 
 def micro_f1_credit(counts: Counts, found_share: float) -> float:
@@ -363,7 +353,10 @@ def make_f1_reward(name: str, mode: MatchMode, micro: bool) -> RewardFunction:
             for a, t, es, ls in zip(analyses, text, entities, labels, strict=True)
         ]
         if not micro:
-            return [entity_f1(c, a.parse is not None) for c, a in zip(counts, analyses, strict=True)]
+            # Both empty is 1.0 (`metrics.sample_f1`); no answer is 0.0.
+            return [
+                sample_f1(c) if a.parse is not None else 0.0 for c, a in zip(counts, analyses, strict=True)
+            ]
         batch = sum(counts, Counts())
         found_share = batch.tp / (batch.tp + batch.fp + batch.fn) if batch.tp else 0.0
         credits = [
@@ -379,11 +372,15 @@ def make_f1_reward(name: str, mode: MatchMode, micro: bool) -> RewardFunction:
     return f1_reward
 
 
-reward("f1")(make_f1_reward("f1", "text", micro=False))
-reward("f1_exact")(make_f1_reward("f1_exact", "exact", micro=False))
-reward("f1_micro")(make_f1_reward("f1_micro", "text", micro=True))
-reward("f1_micro_exact")(make_f1_reward("f1_micro_exact", "exact", micro=True))
-F1_REWARDS = ("f1", "f1_exact", "f1_micro", "f1_micro_exact")
+# The F1 rewards: each name with its matching mode and whether it pays the micro credit.
+F1_REWARDS: dict[str, tuple[MatchMode, bool]] = {
+    "f1": ("text", False),
+    "f1_exact": ("exact", False),
+    "f1_micro": ("text", True),
+    "f1_micro_exact": ("exact", True),
+}
+for _name, (_mode, _micro) in F1_REWARDS.items():
+    reward(_name)(make_f1_reward(_name, _mode, _micro))
 
 
 def default_weight(name: str) -> float:
