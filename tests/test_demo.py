@@ -1,6 +1,7 @@
 """The CPU demo end to end, shortened (`--quick`): every stage runs and the report is complete."""
 
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -13,6 +14,26 @@ import pytest
 from tests.scripts import load_stage
 
 ROOT = Path(__file__).parents[1]
+
+
+def pinned_numerics(**environment: str) -> list[str]:
+    """ATEN_CPU_CAPABILITY, MKL_CBWR, ONEDNN_MAX_CPU_ISA and torch's kernel path in a process that loaded
+    the demo with this environment (none of the three set otherwise)."""
+    keys = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
+    env = {k: v for k, v in os.environ.items() if k not in keys} | environment
+    code = (
+        f"import os, runpy; runpy.run_path({str(ROOT / 'stages' / 'demo.py')!r}, run_name='loaded'); "
+        f"import torch; print(*(os.environ[k] for k in {keys!r}), torch.backends.cpu.get_cpu_capability())"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return result.stdout.split()
+
+
+def test_the_demo_computes_on_the_avx2_path_unless_the_environment_says_otherwise():
+    assert pinned_numerics()[:3] == ["avx2", "AVX2,STRICT", "AVX2"]
+    if platform.machine() in ("x86_64", "AMD64"):  # torch's kernel path: AVX2 even on an AVX-512 CPU
+        assert pinned_numerics()[3] == "AVX2"
+        assert pinned_numerics(ATEN_CPU_CAPABILITY="default")[::3] == ["default", "DEFAULT"]
 
 
 @pytest.mark.slow
