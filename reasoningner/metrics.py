@@ -30,6 +30,7 @@ entity, F1 when precision + recall is 0. This matches seqeval's `zero_division=0
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -152,6 +153,28 @@ def key_counts(expected: AbstractSet[Any], found: AbstractSet[Any]) -> Counts:
     """The counts of one set of found keys against the expected ones."""
     tp = len(expected & found)
     return Counts(tp, len(found) - tp, len(expected) - tp)
+
+
+def f1_difference(
+    before: Sequence[Counts], after: Sequence[Counts], resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Micro F1 of `after` minus that of `before` (two evaluations of the same sentences, one `Counts`
+    each, in the same order), and the 95% interval of that difference over the sentences drawn again
+    with replacement (a paired bootstrap): how large a gain between two checkpoints this evaluation set
+    can tell from the luck of which sentences it holds. Raises `ValueError` for unpaired input."""
+    if len(before) != len(after) or not before:
+        raise ValueError(f"need the same sentences scored twice, got {len(before)} and {len(after)}")
+    columns = [[c.tp for c in before], [c.fp for c in before], [c.fn for c in before]]
+    columns += [[c.tp for c in after], [c.fp for c in after], [c.fn for c in after]]
+
+    def difference(picks: Sequence[int]) -> float:
+        tp, fp, fn, tp2, fp2, fn2 = (sum(column[i] for i in picks) for column in columns)
+        return Counts(tp2, fp2, fn2).f1 - Counts(tp, fp, fn).f1
+
+    draw = random.Random(seed)
+    every = range(len(before))
+    spread = sorted(difference(draw.choices(every, k=len(before))) for _ in range(resamples))
+    return difference(every), spread[int(0.025 * resamples)], spread[int(0.975 * resamples) - 1]
 
 
 def multiset_counts(

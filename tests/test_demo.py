@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from reasoningner.metrics import Counts
 from tests.scripts import load_stage
 
 ROOT = Path(__file__).parents[1]
@@ -59,6 +60,17 @@ def test_the_quick_demo_runs_every_stage_and_writes_report_and_plots(tmp_path):
     assert set(summary["evals"]) == {"before", "sft", "grpo"}
     assert set(summary["rewards"]["grpo"]) == {"format", "f1", "consistency", "schema", "grounding", "total"}
     assert summary["reward_errors"]["grpo"].keys() == summary["rewards"]["grpo"].keys()
+    demo = load_stage("demo")
+    for stage in ("sft", "grpo"):  # the bootstrap's sentences add up to the evaluation's micro counts
+        micro = json.loads((tmp_path / f"eval-{stage}" / "results.json").read_text())["scores"]["text"]
+        (dataset,) = micro["datasets"].values()
+        total = sum(demo.sentence_counts(tmp_path / f"eval-{stage}" / "generations.jsonl"), Counts())
+        assert [total.tp, total.fp, total.fn] == [dataset["micro"][k] for k in ("tp", "fp", "fn")]
+    gain = summary["f1_gain"]
+    assert gain["low"] <= gain["gain"] <= gain["high"]
+    f1 = {stage: summary["evals"][stage]["f1"] for stage in ("sft", "grpo")}
+    assert gain["gain"] == pytest.approx(f1["grpo"] - f1["sft"])
+    assert "GRPO - SFT:" in result.stdout
     report = (tmp_path / "demo.md").read_text()
     assert set(summary["strict_parse"]) == {"before", "sft", "grpo"}
     assert all(0.0 <= share <= 1.0 for share in summary["strict_parse"].values())

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 
-from reasoningner.metrics import Counts, Scorer, match_counts, multiset_counts
+from reasoningner.metrics import Counts, Scorer, f1_difference, match_counts, multiset_counts
 from reasoningner.spans import Example, Schema, Span, SpanError
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data"
@@ -385,3 +385,30 @@ def test_multiset_counts_count_duplicates_as_llms4ner_does() -> None:
     scorer.add_counts(multiset_counts([("x", "LOC")], [], label_at=1), "d")
     report = scorer.report().datasets["d"]
     assert (report.examples, report.micro) == (2, Counts(2, 2, 2))
+
+
+def test_f1_difference_by_hand_and_its_bootstrap_interval():
+    # Micro F1 2/6 -> 4/6. Resampled, the two sentences give: both the first +0.5, both the second 0,
+    # one of each +1/3 (half the draws): the 95% interval runs from 0 to +0.5.
+    before, after = [Counts(1, 1, 1), Counts(0, 0, 2)], [Counts(2, 0, 0), Counts(0, 0, 2)]
+    gain, low, high = f1_difference(before, after)
+    assert gain == pytest.approx(1 / 3)
+    assert (low, high) == (pytest.approx(0.0), pytest.approx(0.5))
+    assert f1_difference(before, before) == (0.0, 0.0, 0.0)
+
+
+def test_f1_difference_tells_a_gain_on_every_sentence_from_one_on_a_single_sentence():
+    draw = random.Random(0)
+    before = [Counts(draw.randint(0, 2), draw.randint(0, 2), draw.randint(1, 3)) for _ in range(300)]
+    everywhere = [Counts(c.tp + 1, c.fp, c.fn - 1) for c in before]  # one more entity found in each
+    one = [Counts(c.tp + 1, c.fp, c.fn - 1) if i == 0 else c for i, c in enumerate(before)]
+    assert f1_difference(before, everywhere)[1] > 0
+    gain, low, high = f1_difference(before, one)
+    assert gain > 0 and low <= 0 < high
+
+
+def test_f1_difference_needs_the_same_sentences_twice():
+    with pytest.raises(ValueError, match="same sentences"):
+        f1_difference([Counts(1, 0, 0)], [])
+    with pytest.raises(ValueError, match="same sentences"):
+        f1_difference([], [])
