@@ -78,7 +78,7 @@ demo: install
 
 # The seed study: the demo's SFT and GRPO with seeds 0, 1, 2, each with rationale and answer-only SFT targets
 # (the paper's claim), on the same tiny model; mean ± std -> outputs/tiny-cpu-seeds/seeds.md. JOBS runs at a
-# time, one torch thread each (52 min on 2 cores).
+# time, one torch thread each (52 min on 2 free cores of a fast host).
 SEEDS ?= 0 1 2
 JOBS ?= 2
 demo-seeds: install
