@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 # Torch's vectorized kernels, MKL and oneDNN each pick a code path by instruction set (AVX-512 where the
-# CPU has it), and one rounding apart is another training run: on an AVX2-only CPU the demo's GRPO came
-# out 2.9 F1 from the same run on an AVX-512 one. The demo computes on the AVX2 path on every x86-64
-# machine (MKL's conditional numerical reproducibility; ignored elsewhere), set before torch loads, for
-# this process and every stage it runs; the environment overrides each.
+# CPU has it), and one rounding apart is another training run: with the same lock, the demo's GRPO came
+# out 2.9 F1 lower on an AVX2-only CPU than on the earlier hosts. The demo computes on the AVX2 path on
+# every x86-64 machine (MKL's conditional numerical reproducibility; ignored elsewhere), set before torch
+# loads, for this process and every stage it runs; the environment overrides each.
 os.environ |= {
     "ATEN_CPU_CAPABILITY": "avx2",
     "MKL_CBWR": "AVX2,STRICT",
