@@ -44,7 +44,7 @@ from reasoningner.metrics import Counts, f1_difference, match_totals
 from reasoningner.predict import NERModel
 from reasoningner.readers import read_dataset
 from reasoningner.rewards import get_rewards
-from reasoningner.spans import Example, Schema, Span
+from reasoningner.spans import Example, Schema, spans_from_dicts
 from reasoningner.tracking import PIPELINE_ENV, pipeline_id
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,12 +227,8 @@ def sentence_counts(generations: Path) -> list[Counts]:
     """Each dev sentence's text-match counts, the ones the evaluation's micro F1 sums."""
     return [
         match_totals(
-            Example(
-                r["text"],
-                tuple(Span(g["start"], g["end"], g["label"]) for g in r["gold"]),
-                Schema(tuple(r["labels"])),
-            ),
-            [Span(e["start"], e["end"], e["label"]) for e in r["predicted"]],
+            Example(r["text"], spans_from_dicts(r["gold"]), Schema(tuple(r["labels"]))),
+            spans_from_dicts(r["predicted"]),
             [(e["text"], e["label"]) for e in r["ungrounded"]],
             mode="text",
         )
