@@ -198,7 +198,8 @@ def test_one_pipeline_run_is_one_wandb_group_and_one_artifact_chain(tmp_path, of
         "rl", "--config", str(ROOT / "recipes/tiny-cpu/rl.yaml"),
         "--model_name_or_path", str(run_dir / "sft"), "--train_files", annotations,
         "--output_dir", str(run_dir / "rl"), "--max_steps", "1", "--total", "4", "--num_generations", "2",
-        "--per_device_train_batch_size", "2", "--max_completion_length", "8", "--save_strategy", "no", *wandb,
+        "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+        "--max_completion_length", "8", "--save_strategy", "no", *wandb,
         env=offline_wandb,
     )  # fmt: skip
     stage(
