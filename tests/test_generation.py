@@ -143,7 +143,7 @@ def test_transformers_samples_n_per_conversation_reproducibly(local: Transformer
     assert all(c[0] == c[1] for c in greedy)
 
 
-def test_transformers_yields_batches_in_order_and_passes_chat_template_kwargs(
+def test_transformers_batches_longest_prompt_first_and_passes_chat_template_kwargs(
     local: TransformersGenerator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rendered: list[str] = []
@@ -159,7 +159,9 @@ def test_transformers_yields_batches_in_order_and_passes_chat_template_kwargs(
     local.generate(
         [conversation(s) for s in SENTENCES], SamplingConfig(max_new_tokens=2), on_done=done.append
     )
-    assert done == list(range(len(SENTENCES)))
+    lengths = [len(local._tokenizer(prompt, add_special_tokens=False)["input_ids"]) for prompt in rendered]
+    assert done == sorted(range(len(SENTENCES)), key=lambda i: (-lengths[i], i))
+    assert done != list(range(len(SENTENCES))), "fixture sentences should not come longest first"
     assert all(prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n") for prompt in rendered)
 
 
