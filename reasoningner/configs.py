@@ -6,7 +6,7 @@ recipe, then command line overrides), as TRL's own scripts parse `(ScriptArgumen
 | stage | dataclasses |
 | --- | --- |
 | `stages/cot.py` | `CoTArguments`, `PromptArguments`, `GenerationArguments` |
-| `stages/sft.py` | `SFTScriptArguments`, `PromptArguments`, TRL's `SFTConfig`, `ModelConfig` |
+| `stages/sft.py` | `TrainerScriptArguments`, `PromptArguments`, TRL's `SFTConfig`, `ModelConfig` |
 | `stages/rl.py` | `RLScriptArguments`, `PromptArguments`, TRL's `GRPOConfig`, `ModelConfig` |
 | `stages/eval.py` | `EvalArguments`, `PromptArguments`, `GenerationArguments` |
 
@@ -348,21 +348,23 @@ class CoTArguments(RunArguments, ResumableArguments):
 
 @dataclass
 class TrainerScriptArguments(DataArguments, ResumableArguments):
-    """What SFT and GRPO share beside TRL's own configs: training files, the LoRA merge."""
+    """SFT's script arguments, and what GRPO's share: training and held-out files, the LoRA merge."""
 
     train_files: list[str] = field(
         default_factory=list, metadata={"help": "stage 1 annotations or NER files"}
     )
     merge_lora: bool = field(default=False, metadata={"help": "also save the LoRA-merged model in merged/"})
-
-
-@dataclass
-class SFTScriptArguments(TrainerScriptArguments):
-    eval_files: list[str] = field(default_factory=list, metadata={"help": "held-out files for eval loss"})
+    eval_files: list[str] = field(
+        default_factory=list,
+        metadata={"help": "held-out files: SFT's eval loss, GRPO's reward on held-out prompts"},
+    )
 
 
 @dataclass
 class RLScriptArguments(TrainerScriptArguments):
+    eval_total: int | None = field(
+        default=None, metadata={"help": "held-out prompts drawn over eval_files in proportion (default all)"}
+    )
     total: int | None = field(default=None, metadata={"help": "prompts drawn over all files, proportionally"})
     cap_per_dataset: int | None = field(default=None, metadata={"help": "at most this many prompts per file"})
     reward_funcs: list[str] = field(

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from transformers import set_seed
+import torch
+from transformers import IntervalStrategy, TrainerCallback, set_seed
 
 from reasoningner.configs import PromptArguments, PromptContract, require_model
 from reasoningner.model_card import publish, write_model_card
@@ -95,6 +96,49 @@ def policy_model(path: str, model_init_kwargs: dict[str, Any]) -> Any:
 
     kwargs = {k: v for k, v in model_init_kwargs.items() if v is not None}
     return AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=True, **kwargs)
+
+
+class EvaluationKeepsRandomState(TrainerCallback):
+    """Puts torch's random state back after each evaluation as it was before it.
+
+    GRPO's held-out evaluation samples completions from the generator that training samples from:
+    without this, evaluating (or evaluating more often) would change every later training sample, and a
+    run with a held-out curve would not be the run without one. vLLM samples from its own generator,
+    which this leaves alone."""
+
+    def __init__(self) -> None:
+        self._state: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+
+    def _capture(self) -> None:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        self._state = (torch.get_rng_state(), cuda)
+
+    def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
+        self._capture()  # before `eval_on_start`
+
+    def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+        self._capture()  # a step's evaluation follows its on_step_end
+
+    def on_evaluate(self, *args: Any, **kwargs: Any) -> None:
+        if self._state is None:  # `trainer.evaluate()` called outside training
+            return
+        cpu, cuda = self._state
+        torch.set_rng_state(cpu)
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def held_out_schedule(training_args: Any, prompts: int) -> str:
+    """When GRPO evaluates its held-out prompts, in words: held-out files and no schedule evaluate nothing
+    (transformers' convention), which the stage says rather than leave unnoticed."""
+    when = []
+    if training_args.eval_on_start:
+        when.append("before the first step")
+    if training_args.eval_strategy == IntervalStrategy.STEPS:
+        when.append(f"every {training_args.eval_steps:g} steps and after the last")
+    elif training_args.eval_strategy == IntervalStrategy.EPOCH:
+        when.append("every epoch")
+    return f"{prompts} held-out prompts, " + (" and ".join(when) or "never evaluated (eval_strategy no)")
 
 
 WEIGHTS = (

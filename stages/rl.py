@@ -20,7 +20,9 @@ from reasoningner.tracking import (
     with_gold_column,
 )
 from reasoningner.training import (
+    EvaluationKeepsRandomState,
     finish_trainer_stage,
+    held_out_schedule,
     model_init_kwargs,
     policy_model,
     save_final,
@@ -53,6 +55,13 @@ def main(
             corpora=corpora,
         )
     )
+    eval_dataset = None
+    if script_args.eval_files:
+        # Seed 0 whatever the run's seed: runs of several seeds are scored on the same prompts.
+        held_out = rl_prompts(
+            script_args.eval_files, prompt, script_args, total=script_args.eval_total, sampler="proportional"
+        )
+        eval_dataset = Dataset.from_list(held_out)
     contract = PromptContract(prompt, trained_labels(train_dataset["labels"]))
     if training_args.reward_weights is None:
         training_args.reward_weights = [default_weight(name) for name in script_args.reward_funcs]
@@ -74,7 +83,9 @@ def main(
         reward_funcs=reward_funcs,
         args=training_args,
         train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
+        callbacks=[EvaluationKeepsRandomState()],
         quantization_config=get_quantization_config(model_args),  # QLoRA with load_in_4bit
         peft_config=get_peft_config(model_args),
     )
@@ -83,6 +94,7 @@ def main(
         + ", ".join(
             f"{n}×{w:g}" for n, w in zip(script_args.reward_funcs, training_args.reward_weights, strict=True)
         )
+        + (f"; {held_out_schedule(training_args, len(eval_dataset))}" if eval_dataset is not None else "")
     )
     if trainer.accelerator.is_main_process:
         contract.save(training_args.output_dir)  # before any checkpoint, which it also describes

@@ -13,7 +13,7 @@ from reasoningner.configs import (
     PromptArguments,
     PromptContract,
     RecipeParser,
-    SFTScriptArguments,
+    TrainerScriptArguments,
 )
 from reasoningner.training import (
     configure_batching,
@@ -26,11 +26,11 @@ from reasoningner.training_data import sft_conversations, sft_examples, sft_reco
 
 
 def make_parser() -> RecipeParser:
-    return RecipeParser((SFTScriptArguments, PromptArguments, SFTConfig, ModelConfig))
+    return RecipeParser((TrainerScriptArguments, PromptArguments, SFTConfig, ModelConfig))
 
 
 def main(
-    script_args: SFTScriptArguments,
+    script_args: TrainerScriptArguments,
     prompt: PromptArguments,
     training_args: SFTConfig,
     model_args: ModelConfig,

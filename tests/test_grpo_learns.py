@@ -67,3 +67,39 @@ def test_grpo_moves_an_easy_reward_the_way_its_sign_says(
     assert (last - first) * weight > 0.1, (
         f"vowel share over the first and last quarter: {first:.3f} -> {last:.3f}"
     )
+
+
+def test_held_out_evaluation_is_logged_and_leaves_training_as_it_is(
+    tiny_model_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GRPO's held-out evaluation samples from the generator training samples from: the run with it must
+    end with the very weights of the run without it (and does not without `EvaluationKeepsRandomState`),
+    and log the held-out reward when asked."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    stage = load_stage("rl")
+    monkeypatch.setitem(rewards.REWARDS, "vowels", vowel_share)
+    args = ["--config", str(ROOT / "recipes" / "tiny-cpu" / "rl.yaml"),
+            "--model_name_or_path", str(tiny_model_factory(seed=1)), "--train_files", str(CONLL_MINI),
+            "--total", "8", "--reward_funcs", "vowels", "--reward_weights", "1", "--max_steps", "2",
+            "--num_generations", "4", "--per_device_train_batch_size", "8", "--gradient_accumulation_steps",
+            "1", "--max_completion_length", "12", "--learning_rate", "1e-2", "--save_strategy", "no",
+            "--log_completions", "false", "--eval_files", str(CONLL_MINI), "--eval_total", "4",
+            "--eval_steps", "1", "--num_generations_eval", "1",
+            "--per_device_eval_batch_size", "4"]  # fmt: skip
+
+    def weights(name: str, *extra: str) -> dict[str, torch.Tensor]:
+        out = tmp_path / name
+        stage.main(*stage.make_parser().parse_args_and_config(args=[*args, *extra, "--output_dir", str(out)]))
+        return load_file(out / "model.safetensors")
+
+    plain = weights("plain", "--eval_strategy", "no", "--eval_on_start", "false")
+    evaluated = weights("evaluated", "--eval_strategy", "steps", "--eval_on_start", "true")
+    log = json.loads((tmp_path / "evaluated" / "trainer_state.json").read_text())["log_history"]
+    assert [row["step"] for row in log if "eval_reward" in row] == [0, 1, 2]
+    assert all(torch.equal(plain[key], evaluated[key]) for key in plain)
+    monkeypatch.setattr(stage, "EvaluationKeepsRandomState", TrainerCallback)
+    unguarded = weights("unguarded", "--eval_strategy", "steps", "--eval_on_start", "true")
+    assert any(not torch.equal(plain[key], unguarded[key]) for key in plain)

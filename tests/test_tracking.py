@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -257,9 +258,13 @@ def test_one_pipeline_run_is_one_wandb_group_and_one_artifact_chain(tmp_path, of
     completions = rl.tables["completions"]
     rewards = [f"{name}_reward" for name in ("format", "f1", "consistency", "schema", "grounding")]
     assert completions["columns"] == ["step", "prompt", "completion", *rewards, "gold", "advantage"]
-    sentences = [json.loads(line) for line in Path(annotations).read_text().splitlines()]
-    golds = {"; ".join(f"{e['text']} ({e['label']})" for e in s["entities"]) for s in sentences}
-    assert len(completions["data"]) == 2 and {row[-2] for row in completions["data"]} <= golds
+    # The last table is the held-out evaluation's after the last step (the recipe's eval_files): each
+    # row's gold is its own prompt's sentence's entities.
+    assert [row[0] for row in completions["data"]] == [1, 1]
+    for _, prompt, _, *_, gold, _ in completions["data"]:
+        sentence = prompt[0]["content"].rsplit("Sentence: ", 1)[1]
+        mentions = re.findall(r"(.+?) \((\w+)\)(?:; |$)", gold)
+        assert mentions and all(text in sentence for text, _ in mentions), (sentence, gold)
 
     tables = evaluation.tables
     assert {"text/avg_f1", "exact/avg_f1"} <= evaluation.summary.keys()
