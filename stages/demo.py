@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,18 @@ QUICK = {
     "tiny-model": ["--copy-warmup-steps", "4"],
     "cot": ["--limit", "64"],
     "sft": ["--max_steps", "4", "--per_device_train_batch_size", "4"],
-    "rl": ["--max_steps", "2", "--total", "16", "--max_completion_length", "32"],
+    "rl": [
+        "--max_steps",
+        "2",
+        "--total",
+        "16",
+        "--max_completion_length",
+        "32",
+        "--eval_total",
+        "16",
+        "--eval_steps",
+        "1",
+    ],  # fmt: skip
     "eval": ["--limit", "8", "--max_new_tokens", "48"],
 }
 
@@ -87,10 +99,22 @@ def recipe(stage: str) -> dict[str, Any]:
     return yaml.safe_load((RECIPES / f"{stage}.yaml").read_text(encoding="utf-8"))
 
 
+def dev_path() -> Path:
+    return ROOT / recipe("eval-demo")["datasets"][0]["path"]
+
+
+@cache
+def dev_positions() -> dict[str, int]:
+    return {example.id: i for i, example in enumerate(read_dataset(dev_path()).examples)}
+
+
 def dev_rows(generations: Path) -> list[dict[str, Any]]:
-    """The evaluation's records of the dev sentences as given (no relabelled variant)."""
+    """The evaluation's records of the dev sentences as given (no relabelled variant), in dev-file order:
+    an evaluation writes outputs as they finish (the transformers backend longest prompt first), and two
+    evaluations are compared sentence by sentence."""
     rows = [json.loads(line) for line in generations.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [r for r in rows if r["variant"] == "normal"]
+    positions = dev_positions()
+    return sorted((r for r in rows if r["variant"] == "normal"), key=lambda r: positions[r["id"]])
 
 
 def held_out_reward(
@@ -178,6 +202,12 @@ def plot(
             low = [m - s for m, s in zip(smooth, moving_average(spread, window), strict=True)]
             high = [m + s for m, s in zip(smooth, moving_average(spread, window), strict=True)]
             axis.fill_between(steps, low, high, color=line.get_color(), alpha=0.12)
+    held_out_steps = held_out_during_training(out / "rl")
+    if held_out_steps:
+        total_axis.plot(
+            list(held_out_steps), list(held_out_steps.values()), "o-", color="black", label="held-out prompts"
+        )
+        total_axis.legend(fontsize=8)
     total_axis.set(
         title=f"GRPO reward (moving mean of {window} step(s), ± std in a step)",
         xlabel="step",
@@ -417,8 +447,16 @@ def train(
             stage: strict_share(folder / f"eval-{stage}" / "generations.jsonl") for stage in evals
         },
         "train_reward": train_reward_trend(folder / "rl"),
+        "held_out_during_training": held_out_during_training(folder / "rl"),
         "f1_gain": dict(zip(("gain", "low", "high"), f1_difference(*counts), strict=True)),
     }
+
+
+def held_out_during_training(rl_dir: Path) -> dict[int, float]:
+    """GRPO's reward on the recipe's held-out prompts (`eval_files`) at each step it evaluated them:
+    the same prompts every time, so their trend is the policy's, not the prompts' difficulty."""
+    rows = json.loads((rl_dir / "trainer_state.json").read_text())["log_history"]
+    return {row["step"]: row["eval_reward"] for row in rows if "eval_reward" in row}
 
 
 def train_reward_trend(rl_dir: Path) -> dict[str, float]:
@@ -489,9 +527,16 @@ def main(argv: list[str] | None = None) -> int:
         f"GRPO train reward, mean of the first -> last quarter of steps: "
         f"{trend['first_quarter']:.2f} -> {trend['last_quarter']:.2f}"
     )
+    during = trained["held_out_during_training"]
+    if during:
+        lines.append(
+            "GRPO reward on the recipe's held-out prompts (eval_files, sampled as in training) at steps "
+            + ", ".join(map(str, during))
+            + ": "
+            + " -> ".join(f"{reward:.2f}" for reward in during.values())
+        )
     calibration_started = time.perf_counter()
-    dev = ROOT / recipe("eval-demo")["datasets"][0]["path"]
-    calibrated = calibration(out / "rl", dev, 4 if args.quick else CALIBRATION_SENTENCES)
+    calibrated = calibration(out / "rl", dev_path(), 4 if args.quick else CALIBRATION_SENTENCES)
     demo.timings["calibration"] = time.perf_counter() - calibration_started
     images = [*plot(out, evals, trained["held_out"]), plot_calibration(out, calibrated)]
     total = time.perf_counter() - started
@@ -503,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         "reward_errors": errors,
         "strict_parse": strict,
         "train_reward": trend,
+        "held_out_during_training": during,
         "f1_gain": gain,
         "calibration": calibrated,
         "cot": cot,

@@ -54,12 +54,14 @@ def test_the_quick_demo_runs_every_stage_and_writes_report_and_plots(tmp_path):
         "stage 3 (GRPO)",
         "held-out mean reward",
         "outputs that parse strictly",
+        "GRPO reward on the recipe's held-out prompts",
     ):
         assert line in result.stdout
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert set(summary["evals"]) == {"before", "sft", "grpo"}
     assert set(summary["rewards"]["grpo"]) == {"format", "f1", "consistency", "schema", "grounding", "total"}
     assert summary["reward_errors"]["grpo"].keys() == summary["rewards"]["grpo"].keys()
+    assert list(summary["held_out_during_training"]) == ["0", "1", "2"]  # on start, then every step
     demo = load_stage("demo")
     for stage in ("sft", "grpo"):  # the bootstrap's sentences add up to the evaluation's micro counts
         micro = json.loads((tmp_path / f"eval-{stage}" / "results.json").read_text())["scores"]["text"]
