@@ -103,6 +103,8 @@ class Generator(ABC):
         """`generate_iter`, except that a conversation the backend gives up on is yielded with its
         `ConversationFailed` and the others go on, so that one bad sentence does not stop a long run.
         Errors that concern every conversation (a refused API key, an engine crash) still raise."""
+        if not conversations:  # nothing to ask: no backend is started or called
+            return
         if sampling.temperature > 0 or sampling.n == 1:
             yield from self._generate(conversations, sampling)
             return

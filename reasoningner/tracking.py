@@ -219,7 +219,7 @@ OPERATIONAL = frozenset(
         "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "local_rank", "report_to",
         "run_name", "disable_tqdm", "push_to_hub", "max_steps", "num_train_epochs", "deepspeed",
         "per_device_eval_batch_size", "num_completions_to_print", "skip_memory_metrics", "use_cpu",
-        "num_generations_eval",  # held-out evaluation leaves training as it is (`EvaluationKeepsRandomState`)
+        "num_generations_eval",  # held-out evaluation leaves training as it is (`HeldOutGRPOTrainer`)
     }
 )  # fmt: skip
 

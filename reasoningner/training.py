@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
-from transformers import IntervalStrategy, TrainerCallback, set_seed
+from transformers import IntervalStrategy, set_seed
+from trl import GRPOTrainer
 
 from reasoningner.configs import PromptArguments, PromptContract, require_model
 from reasoningner.model_card import publish, write_model_card
@@ -98,34 +102,35 @@ def policy_model(path: str, model_init_kwargs: dict[str, Any]) -> Any:
     return AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=True, **kwargs)
 
 
-class EvaluationKeepsRandomState(TrainerCallback):
-    """Puts torch's random state back after each evaluation as it was before it.
+class HeldOutGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer whose held-out evaluation leaves training exactly as it would be without it.
 
-    GRPO's held-out evaluation samples completions from the generator that training samples from:
-    without this, evaluating (or evaluating more often) would change every later training sample, and a
-    run with a held-out curve would not be the run without one. vLLM samples from its own generator,
-    which this leaves alone."""
+    TRL's evaluation samples completions from the random generators training samples from, and logs them
+    into the training completions table (overwriting that step's `completions_<step>.parquet`). Here
+    each evaluation restores the random states it found (Python, NumPy, torch on CPU and every GPU) and
+    the completions table, and logs no table of its own: its rewards arrive as `eval_*` metrics. A run
+    with a held-out curve then trains to the very weights of the run without one. Generation outside
+    this process (vLLM's server mode) keeps its own random state, which evaluation advances."""
 
-    def __init__(self) -> None:
-        self._state: tuple[torch.Tensor, list[torch.Tensor]] | None = None
-
-    def _capture(self) -> None:
-        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-        self._state = (torch.get_rng_state(), cuda)
-
-    def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
-        self._capture()  # before `eval_on_start`
-
-    def on_step_end(self, *args: Any, **kwargs: Any) -> None:
-        self._capture()  # a step's evaluation follows its on_step_end
-
-    def on_evaluate(self, *args: Any, **kwargs: Any) -> None:
-        if self._state is None:  # `trainer.evaluate()` called outside training
-            return
-        cpu, cuda = self._state
-        torch.set_rng_state(cpu)
-        if cuda:
-            torch.cuda.set_rng_state_all(cuda)
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        states = (
+            random.getstate(),
+            np.random.get_state(),
+            torch.get_rng_state(),
+            torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        )
+        completions, log_completions = self._logs, self.log_completions
+        self._logs, self.log_completions = copy.deepcopy(completions), False
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self._logs, self.log_completions = completions, log_completions
+            python_state, numpy_state, cpu_state, cuda_states = states
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+            torch.set_rng_state(cpu_state)
+            if cuda_states:
+                torch.cuda.set_rng_state_all(cuda_states)
 
 
 def held_out_schedule(training_args: Any, prompts: int) -> str:
@@ -240,6 +245,10 @@ def start_trainer_stage(
         write=main_process,
     )
     checkpoint = last_checkpoint(training_args.output_dir) if resume else None
+    if checkpoint:
+        # `eval_on_start` means step 0, already evaluated: at the checkpoint's step it would log a second
+        # or an unscheduled evaluation.
+        training_args.eval_on_start = False
     if main_process:
         start = f"resuming from {checkpoint}" if checkpoint else "starting at step 0"
         print(f"{stage}: {start} in {training_args.output_dir}", flush=True)

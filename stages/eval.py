@@ -26,14 +26,15 @@ from reasoningner.tracking import (
     write_manifest,
 )
 
-GENERATIONS_IN_TABLE = 500  # the first outputs of generations.jsonl; the file holds them all
+GENERATIONS_IN_TABLE = 500  # outputs of generations.jsonl shown in W&B; the file holds them all
 ERROR_COLUMNS = [f.name for f in fields(ErrorCounts) if f.name != "problems"]
 
 
 def log_tables(run: Any, evaluation: Evaluation, generations: Path) -> None:
     """What results.md shows, as W&B tables to sort and filter: scores per dataset and per type in both
-    modes, the error analysis, the probe drops (when probes ran) and the first `GENERATIONS_IN_TABLE`
-    outputs beside their gold; the average F1s and how many outputs the table holds in the summary."""
+    modes, the error analysis, the probe drops (when probes ran) and `GENERATIONS_IN_TABLE` outputs
+    beside their gold (`spread_sample`); the average F1s and how many outputs the table holds in the
+    summary."""
     import wandb
 
     results = wandb.Table(columns=["mode", "dataset", "precision", "recall", "f1"])
@@ -62,23 +63,31 @@ def log_tables(run: Any, evaluation: Evaluation, generations: Path) -> None:
                     drops.add_data(name, probe, mode, f1, f1 - drop, drop)
         tables["probe_drops"] = drops
     shown = wandb.Table(columns=["dataset", "variant", "id", "text", "gold", "output", "parsed", "errors"])
-    with generations.open(encoding="utf-8") as lines:
-        for line in islice(lines, GENERATIONS_IN_TABLE):
-            record = json.loads(line)
-            shown.add_data(
-                record["dataset"],
-                record["variant"],
-                record["id"],
-                record["text"],
-                mentions(record["gold"]),
-                record["output"],
-                parsed_cell(record),
-                errors_cell(record),
-            )
+    for record in spread_sample(generations, GENERATIONS_IN_TABLE):
+        shown.add_data(
+            record["dataset"],
+            record["variant"],
+            record["id"],
+            record["text"],
+            mentions(record["gold"]),
+            record["output"],
+            parsed_cell(record),
+            errors_cell(record),
+        )
     tables["generations"] = shown
     run.summary["outputs"] = evaluation.generation["sentences"]
     run.summary["outputs_in_generations_table"] = len(shown.data)
     run.log(tables)
+
+
+def spread_sample(generations: Path, limit: int) -> list[dict[str, Any]]:
+    """At most `limit` records of `generations`, every k-th line: the file is in completion order (with
+    local generation, longest prompts first), so its first lines would show only the longest sentences."""
+    with generations.open(encoding="utf-8") as lines:
+        total = sum(1 for _ in lines)
+    step = max(1, -(-total // limit))
+    with generations.open(encoding="utf-8") as lines:
+        return [json.loads(line) for line in islice(lines, 0, None, step)]
 
 
 def parsed_cell(record: dict[str, Any]) -> str:

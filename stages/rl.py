@@ -6,7 +6,7 @@ python stages/rl.py --config recipes/tiny-cpu/rl.yaml --max_steps 5
 
 from datasets import Dataset
 from transformers import AutoTokenizer
-from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config, get_quantization_config
+from trl import GRPOConfig, ModelConfig, get_peft_config, get_quantization_config
 
 from reasoningner.cli import run_stage
 from reasoningner.configs import (
@@ -16,11 +16,9 @@ from reasoningner.configs import (
     RLScriptArguments,
 )
 from reasoningner.rewards import default_weight, get_rewards
-from reasoningner.tracking import (
-    with_gold_column,
-)
+from reasoningner.tracking import with_gold_column
 from reasoningner.training import (
-    EvaluationKeepsRandomState,
+    HeldOutGRPOTrainer,
     finish_trainer_stage,
     held_out_schedule,
     model_init_kwargs,
@@ -78,14 +76,13 @@ def main(
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.model_name_or_path, revision=model_args.model_revision
     )
-    trainer = GRPOTrainer(
+    trainer = HeldOutGRPOTrainer(
         model=policy_model(model_args.model_name_or_path, training_args.model_init_kwargs),
         reward_funcs=reward_funcs,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        callbacks=[EvaluationKeepsRandomState()],
         quantization_config=get_quantization_config(model_args),  # QLoRA with load_in_4bit
         peft_config=get_peft_config(model_args),
     )

@@ -577,3 +577,15 @@ def test_results_say_in_domain_when_the_model_was_trained_on_a_set(tmp_path: Pat
     args.in_domain = []
     run_eval(args, Scripted(lambda sentence, prompt: "{}"))
     assert "In domain" not in (tmp_path / "out" / "results.md").read_text()
+
+
+@pytest.mark.parametrize(("total", "shown"), [(6, 6), (500, 500), (1234, 412)])
+def test_the_wandb_generations_table_spreads_over_the_file(tmp_path: Path, total: int, shown: int) -> None:
+    """generations.jsonl is in completion order (longest prompts first with local generation): the table
+    takes every k-th output, from the first to near the last, not the first 500."""
+    generations = tmp_path / "generations.jsonl"
+    generations.write_text("".join(json.dumps({"line": n}) + "\n" for n in range(total)), encoding="utf-8")
+    records = load_stage("eval").spread_sample(generations, 500)
+    lines = [record["line"] for record in records]
+    step = lines[1] - lines[0]
+    assert len(lines) == shown and lines == list(range(0, total, step)) and lines[-1] >= total - step

@@ -132,6 +132,15 @@ def test_transformers_token_counts_exclude_padding(model_dir: Path, local: Trans
             assert completion.completion_tokens == count
 
 
+@pytest.mark.parametrize(
+    "sampling", [SamplingConfig(), SamplingConfig(n=2, temperature=1.0)], ids=["greedy", "sampled"]
+)
+def test_no_conversations_give_no_completions(local: TransformersGenerator, sampling: SamplingConfig) -> None:
+    """An empty selection (a filter that keeps nothing, a finished resume) is not an error."""
+    assert local.generate([], sampling) == []
+    assert list(local.generate_outcomes([], sampling)) == []
+
+
 def test_transformers_samples_n_per_conversation_reproducibly(local: TransformersGenerator) -> None:
     conversations = [conversation(s) for s in SENTENCES[:4]]
     sampling = SamplingConfig(n=3, temperature=1.0, max_new_tokens=8, seed=7)

@@ -73,11 +73,11 @@ def test_held_out_evaluation_is_logged_and_leaves_training_as_it_is(
     tiny_model_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """GRPO's held-out evaluation samples from the generator training samples from: the run with it must
-    end with the very weights of the run without it (and does not without `EvaluationKeepsRandomState`),
-    and log the held-out reward when asked."""
+    end with the very weights of the run without it (and does not with TRL's own GRPOTrainer), and log
+    the held-out reward when asked."""
     import torch
+    import trl
     from safetensors.torch import load_file
-    from transformers import TrainerCallback
 
     stage = load_stage("rl")
     monkeypatch.setitem(rewards.REWARDS, "vowels", vowel_share)
@@ -100,6 +100,6 @@ def test_held_out_evaluation_is_logged_and_leaves_training_as_it_is(
     log = json.loads((tmp_path / "evaluated" / "trainer_state.json").read_text())["log_history"]
     assert [row["step"] for row in log if "eval_reward" in row] == [0, 1, 2]
     assert all(torch.equal(plain[key], evaluated[key]) for key in plain)
-    monkeypatch.setattr(stage, "EvaluationKeepsRandomState", TrainerCallback)
+    monkeypatch.setattr(stage, "HeldOutGRPOTrainer", trl.GRPOTrainer)
     unguarded = weights("unguarded", "--eval_strategy", "steps", "--eval_on_start", "true")
     assert any(not torch.equal(plain[key], unguarded[key]) for key in plain)

@@ -248,7 +248,7 @@ def rl_run(sft_run: tuple[Path, Any], one_thread: None) -> tuple[Path, Any, list
             "--max_completion_length", "12", "--use_vllm", "false", *CPU]  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(stage, "get_rewards", recording)
-        trainer = run_recorded("rl", "GRPOTrainer", args)
+        trainer = run_recorded("rl", "HeldOutGRPOTrainer", args)
     return out, trainer, seen
 
 

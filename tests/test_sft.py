@@ -313,7 +313,8 @@ def test_a_relaunched_run_resumes_from_the_last_checkpoint(
     model_dir: Path, cot_file: Path, tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "sft"
-    args = ["--save_steps", "3", "--per_device_train_batch_size", "2"]
+    args = ["--save_steps", "3", "--per_device_train_batch_size", "2", "--eval_files", str(cot_file),
+            "--eval_strategy", "steps", "--eval_steps", "3", "--eval_on_start", "true"]  # fmt: skip
     run_stage(*stage_args(model_dir, cot_file, out, max_steps=3, lr=1e-3), *args)
     first = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
     assert first["global_step"] == 3
@@ -332,6 +333,8 @@ def test_a_relaunched_run_resumes_from_the_last_checkpoint(
     losses = [entry for entry in state["log_history"] if "loss" in entry]
     assert [entry["step"] for entry in losses] == [1, 2, 3, 4, 5, 6]
     assert losses[:3] == [entry for entry in first["log_history"] if "loss" in entry]
+    # Step 3 was evaluated before its checkpoint was saved: the relaunch does not evaluate it again.
+    assert [entry["step"] for entry in state["log_history"] if "eval_loss" in entry] == [0, 3, 6]
     assert not (out / "checkpoint-3").exists()  # save_total_limit: 1
 
 

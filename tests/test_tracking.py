@@ -258,9 +258,13 @@ def test_one_pipeline_run_is_one_wandb_group_and_one_artifact_chain(tmp_path, of
     completions = rl.tables["completions"]
     rewards = [f"{name}_reward" for name in ("format", "f1", "consistency", "schema", "grounding")]
     assert completions["columns"] == ["step", "prompt", "completion", *rewards, "gold", "advantage"]
-    # The last table is the held-out evaluation's after the last step (the recipe's eval_files): each
-    # row's gold is its own prompt's sentence's entities.
+    # The training step's table: the recipe's held-out evaluation after it (eval_files) neither adds
+    # rows nor replaces it. Each row's gold is its own prompt's sentence's entities.
+    sentences = [json.loads(line) for line in Path(annotations).read_text().splitlines()]
+    golds = {"; ".join(f"{e['text']} ({e['label']})" for e in s["entities"]) for s in sentences}
     assert [row[0] for row in completions["data"]] == [1, 1]
+    assert {row[-2] for row in completions["data"]} <= golds
+    assert any("eval/reward" in row for row in rl.history)
     for _, prompt, _, *_, gold, _ in completions["data"]:
         sentence = prompt[0]["content"].rsplit("Sentence: ", 1)[1]
         mentions = re.findall(r"(.+?) \((\w+)\)(?:; |$)", gold)
