@@ -63,7 +63,7 @@ def log_tables(run: Any, evaluation: Evaluation, generations: Path) -> None:
                     drops.add_data(name, probe, mode, f1, f1 - drop, drop)
         tables["probe_drops"] = drops
     shown = wandb.Table(columns=["dataset", "variant", "id", "text", "gold", "output", "parsed", "errors"])
-    for record in spread_sample(generations, GENERATIONS_IN_TABLE):
+    for record in spread_sample(generations, evaluation.generation["sentences"], GENERATIONS_IN_TABLE):
         shown.add_data(
             record["dataset"],
             record["variant"],
@@ -80,11 +80,10 @@ def log_tables(run: Any, evaluation: Evaluation, generations: Path) -> None:
     run.log(tables)
 
 
-def spread_sample(generations: Path, limit: int) -> list[dict[str, Any]]:
-    """At most `limit` records of `generations`, every k-th line: the file is in completion order (with
-    local generation, longest prompts first), so its first lines would show only the longest sentences."""
-    with generations.open(encoding="utf-8") as lines:
-        total = sum(1 for _ in lines)
+def spread_sample(generations: Path, total: int, limit: int) -> list[dict[str, Any]]:
+    """At most `limit` of the `total` records of `generations`, every k-th line: the file is in completion
+    order (with local generation, longest prompts first), so its first lines would show only the longest
+    sentences."""
     step = max(1, -(-total // limit))
     with generations.open(encoding="utf-8") as lines:
         return [json.loads(line) for line in islice(lines, 0, None, step)]
