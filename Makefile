@@ -7,6 +7,8 @@ TORCH ?= torch==2.13.0
 EXTRAS ?= test,deepspeed
 # Every other package `make install` installs, pinned (for the default EXTRAS; `make lock` refreshes it).
 LOCK := requirements/cpu.lock
+# uv installs the lock and resolves it (requirements/lock.sh); docker/Dockerfile's UV_VERSION matches.
+UV_VERSION := 0.13.9
 comma := ,
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
@@ -62,13 +64,15 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch first, alone: a range asked for by another package would otherwise pull CUDA builds.
-	$(BIN)/python -m pip install --quiet $(TORCH)
-	# Then exactly the locked versions of everything else (torch's own dependencies included), then the
-	# project without resolving anything; pip check fails if pyproject.toml and the lock have drifted.
-	$(BIN)/python -m pip install --quiet -r $(LOCK)
-	$(BIN)/python -m pip install --quiet --no-deps -e ".[$(EXTRAS)]"
+	# torch first, alone, with pip (which reads a local wheel index where one is configured): a range asked
+	# for by another package would otherwise pull CUDA builds. uv, the version requirements/lock.sh resolves
+	# the lock with, comes with it.
+	$(BIN)/python -m pip install --quiet $(TORCH) uv==$(UV_VERSION)
+	# Then exactly the locked versions of everything else (torch's own dependencies included; uv installs
+	# them in seconds where pip takes a minute), then the project without resolving anything; pip check
+	# fails if pyproject.toml and the lock have drifted.
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r $(LOCK)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e ".[$(EXTRAS)]"
 	$(BIN)/python -m pip check
 	touch $@
 
@@ -129,9 +133,9 @@ clean:
 # e.g. ARGS=--upgrade or ARGS="--upgrade-package wandb"; without, the current pins are kept where they fit.
 # lock: requirements/cpu.lock (CPython >= 3.11, torch at $(TORCH) but not in the lock, no CUDA packages).
 lock:
-	TORCH='$(firstword $(TORCH))' requirements/lock.sh cpu $(ARGS)
+	TORCH='$(firstword $(TORCH))' UV_VERSION=$(UV_VERSION) requirements/lock.sh cpu $(ARGS)
 
 # docker-lock: the GPU image's docker/requirements-gpu.lock (linux x86_64, Python 3.12), held to the CPU
 # lock's pins except where vLLM forces others (docker/requirements-gpu.forced); run it after `make lock`.
 docker-lock:
-	requirements/lock.sh gpu $(ARGS)
+	UV_VERSION=$(UV_VERSION) requirements/lock.sh gpu $(ARGS)

@@ -23,7 +23,7 @@ case "$target" in
     *) echo "usage: $0 cpu|gpu [uv pip compile args]" >&2; exit 2 ;;
 esac
 
-UV_VERSION="${UV_VERSION:-0.13.9}"   # keep in step with UV_VERSION in docker/Dockerfile
+UV_VERSION="${UV_VERSION:-0.13.9}"   # the Makefile passes its own; docker/Dockerfile's UV_VERSION matches
 UV_VENV="${UV_VENV:-${TMPDIR:-/tmp}/reasoningner-uvenv}"
 PYTHON="${PYTHON:-python3}"
 
