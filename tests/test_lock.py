@@ -55,9 +55,18 @@ def lock_pins(path: Path, python: str) -> dict[str, Version]:
 
 
 def make_variable(name: str) -> str:
-    match = re.search(rf"^{name} \?= (.+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    match = re.search(rf"^{name} [?:]= (.+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
     assert match, f"Makefile sets no {name}"
     return match.group(1).strip()
+
+
+def test_make_install_uses_the_uv_that_resolves_the_locks() -> None:
+    """uv installs what it resolved: one version in the Makefile, lock.sh's default and the image."""
+    version = make_variable("UV_VERSION")
+    lock_sh = (ROOT / "requirements" / "lock.sh").read_text()
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    assert f'UV_VERSION="${{UV_VERSION:-{version}}}"' in lock_sh
+    assert f"ARG UV_VERSION={version}\n" in dockerfile
 
 
 def make_torch() -> Version:
