@@ -121,9 +121,16 @@ def _add_tiny_model_command(subparsers: argparse._SubParsersAction) -> None:
     tiny.set_defaults(handler=_tiny_model)
 
 
+TINY_MODEL_BUILD = "tiny_model_build.json"
+
+
 def _tiny_model(args: argparse.Namespace, console: Console) -> int:
+    import hashlib
+    from importlib.metadata import version
+
+    from reasoningner import tiny_model
     from reasoningner.rationale import gold_template_rationale
-    from reasoningner.tiny_model import build_tiny_model, warm_up_copying
+    from reasoningner.tracking import fingerprint
     from reasoningner.training_data import sft_record
 
     prompt = PromptArguments(output_format=args.output_format)
@@ -134,7 +141,20 @@ def _tiny_model(args: argparse.Namespace, console: Console) -> int:
         for example in read_dataset(path).examples
         for message in sft_record(example, prompt, gold_template_rationale(example))["messages"]
     ]
-    out = build_tiny_model(
+    # A finished build records what made it; the same command then reuses it, so a demo restarted
+    # after a kill does not spend minutes rebuilding identical weights.
+    build = {
+        "arguments": {k: v for k, v in vars(args).items() if k not in ("command", "handler", "out", "data")},
+        "corpus": hashlib.sha256("\0".join(corpus).encode()).hexdigest(),
+        "code": fingerprint(tiny_model.__file__),
+        "versions": {name: version(name) for name in ("torch", "transformers", "tokenizers")},
+    }
+    record = args.out / TINY_MODEL_BUILD
+    if record.is_file() and json.loads(record.read_text(encoding="utf-8")) == build:
+        console.print(f"tiny model in {args.out} already built from these arguments and data: reused")
+        return 0
+    record.unlink(missing_ok=True)
+    out = tiny_model.build_tiny_model(
         args.out,
         corpus,
         vocab_size=args.vocab_size,
@@ -146,8 +166,9 @@ def _tiny_model(args: argparse.Namespace, console: Console) -> int:
     )
     if args.copy_warmup_steps:
         texts = [example.text for path in args.data for example in read_dataset(path).examples]
-        losses = warm_up_copying(out, texts, steps=args.copy_warmup_steps, seed=args.seed)
+        losses = tiny_model.warm_up_copying(out, texts, steps=args.copy_warmup_steps, seed=args.seed)
         console.print(f"copy warm-up: {len(losses)} steps, loss {losses[0]:.2f} -> {losses[-1]:.2f}")
+    record.write_text(json.dumps(build, indent=2), encoding="utf-8")
     console.print(f"tiny model saved to {out}")
     return 0
 

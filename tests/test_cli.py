@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from reasoningner.cli import main
+from reasoningner.cli import TINY_MODEL_BUILD, main
 from reasoningner.readers import read_dataset
 
 DATA = Path(__file__).parent / "data"
@@ -79,6 +79,20 @@ def test_tiny_model_command_builds_warms_up_and_reports(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "copy warm-up: 3 steps" in printed and (out / "model.safetensors").is_file()
     assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
+
+    # The same command again reuses the finished build; other arguments, or a build that did not
+    # finish (no record), build afresh.
+    weights = (out / "model.safetensors").read_bytes()
+    (out / "model.safetensors").write_bytes(b"left as it is")
+    assert main([*args, "--copy-warmup-steps", "3"]) == 0
+    assert "reused" in capsys.readouterr().out
+    assert (out / "model.safetensors").read_bytes() == b"left as it is"
+    assert main([*args, "--copy-warmup-steps", "2"]) == 0
+    assert "copy warm-up: 2 steps" in capsys.readouterr().out
+    (out / TINY_MODEL_BUILD).unlink()
+    assert main([*args, "--copy-warmup-steps", "3"]) == 0
+    assert "copy warm-up: 3 steps" in capsys.readouterr().out
+    assert (out / "model.safetensors").read_bytes() == weights
 
 
 def test_predict_takes_the_prompt_contract_under_the_recipe_names_and_refuses_old_flags(capsys):
