@@ -84,7 +84,7 @@ demo: install
 # (the paper's claim), on the same tiny model; mean ± std -> outputs/tiny-cpu-seeds/seeds.md. JOBS runs at a
 # time, one torch thread each: two GRPO runs at once did 14% more steps a second than one at 2 threads. One
 # thread or two give the same evaluations (every greedy output identical; after 60 GRPO steps the weights
-# differ in the 7th digit). 71 min with the SFT models resumed, on 2 cores of an AVX2-only EPYC.
+# differ by up to 3e-6). 71 min with the SFT models resumed, on 2 cores of an AVX2-only EPYC.
 SEEDS ?= 0 1 2
 JOBS ?= 2
 demo-seeds: install
