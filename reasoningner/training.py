@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from transformers import IntervalStrategy, set_seed
+from transformers import IntervalStrategy, TrainerCallback, set_seed
 from trl import GRPOTrainer
 
 from reasoningner.configs import PromptArguments, PromptContract, require_model
@@ -253,6 +253,28 @@ def start_trainer_stage(
         start = f"resuming from {checkpoint}" if checkpoint else "starting at step 0"
         print(f"{stage}: {start} in {training_args.output_dir}", flush=True)
     return TrainerStart(prompt, checkpoint, configs, inputs, push_to)
+
+
+class _RunFinished(Exception):
+    """Raised by `_StopAtLastStep` to leave `Trainer.train` before it takes a step."""
+
+
+class _StopAtLastStep(TrainerCallback):
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step >= state.max_steps:
+            raise _RunFinished
+
+
+def train_from(stage: str, trainer: Any, checkpoint: str | None) -> None:
+    """`trainer.train` from `checkpoint`, except that a run whose checkpoint is at its last step stops
+    with that checkpoint's weights and state loaded: transformers (5.24) would take one step past
+    `max_steps` from it, so a run killed after its last checkpoint, or relaunched when finished, would
+    end with other weights than one never killed."""
+    trainer.add_callback(_StopAtLastStep())
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    except _RunFinished:
+        trainer.accelerator.print(f"{stage}: {checkpoint} is the run's last step; nothing left to train")
 
 
 def finish_trainer_stage(stage: str, trainer: Any, start: TrainerStart, corpora: Sequence[str] = ()) -> None:

@@ -25,6 +25,7 @@ from reasoningner.training import (
     policy_model,
     save_final,
     start_trainer_stage,
+    train_from,
 )
 from reasoningner.training_data import rl_prompts, trained_labels
 
@@ -95,7 +96,7 @@ def main(
     )
     if trainer.accelerator.is_main_process:
         contract.save(training_args.output_dir)  # before any checkpoint, which it also describes
-    trainer.train(resume_from_checkpoint=start.checkpoint)
+    train_from("rl", trainer, start.checkpoint)
     save_final(trainer, training_args.output_dir, script_args.merge_lora, contract)
     finish_trainer_stage("rl", trainer, start, corpora)
 

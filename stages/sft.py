@@ -21,6 +21,7 @@ from reasoningner.training import (
     model_init_kwargs,
     save_final,
     start_trainer_stage,
+    train_from,
 )
 from reasoningner.training_data import sft_conversations, sft_examples, sft_record, trained_labels
 
@@ -66,7 +67,7 @@ def main(
     trainer.accelerator.print(f"sft: {len(train_dataset)} conversations, {batching} batches, {prompt}")
     if trainer.accelerator.is_main_process:
         contract.save(training_args.output_dir)  # before any checkpoint, which it also describes
-    trainer.train(resume_from_checkpoint=start.checkpoint)
+    train_from("sft", trainer, start.checkpoint)
     save_final(trainer, training_args.output_dir, script_args.merge_lora, contract)
     finish_trainer_stage("sft", trainer, start, corpora)
 

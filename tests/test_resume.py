@@ -65,7 +65,10 @@ def test_a_kill_while_saving_a_checkpoint_resumes_from_the_one_before(
     tiny_model_dir: Path, annotations: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "sft"
-    args = sft_args(tiny_model_dir, annotations, out, "--max_steps", "6")
+    # 4 steps an epoch: the run ends inside its second epoch, where transformers would resume a finished
+    # run by one more step.
+    batch_of_one = ["--per_device_train_batch_size", "1"]
+    args = sft_args(tiny_model_dir, annotations, out, "--max_steps", "6", *batch_of_one)
     killed = run([sys.executable, "-c", KILL_WHILE_SAVING, *args], KILL_AT_STEP="4")
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert (out / "checkpoint-4" / "model.safetensors").is_file()  # written, then cut short
@@ -80,6 +83,18 @@ def test_a_kill_while_saving_a_checkpoint_resumes_from_the_one_before(
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 6
     assert [row["step"] for row in state["log_history"] if "loss" in row] == [1, 2, 3, 4, 5, 6]
+
+    # Relaunched when finished, as after a kill that followed its last checkpoint: not one step more
+    # (transformers would take step 7 from checkpoint-6), the same model.
+    weights = (out / "model.safetensors").read_bytes()
+    again = run([sys.executable, "stages/sft.py", *args])
+    log = again.stdout + again.stderr
+    assert again.returncode == 0, log[-3000:]
+    assert f"sft: {out / 'checkpoint-6'} is the run's last step; nothing left to train" in log
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    assert [row["step"] for row in state["log_history"] if "loss" in row] == [1, 2, 3, 4, 5, 6]
+    assert (out / "model.safetensors").read_bytes() == weights
 
 
 def test_a_rerun_with_other_settings_is_refused_and_overwrite_starts_afresh(
