@@ -134,11 +134,11 @@ def _tiny_model(args: argparse.Namespace, console: Console) -> int:
     from reasoningner.training_data import sft_record
 
     prompt = PromptArguments(output_format=args.output_format)
+    examples = [example for path in args.data for example in read_dataset(path).examples]
     # The tokenizer learns from what the model will read and write: prompts, rationales, answers.
     corpus = [
         message["content"]
-        for path in args.data
-        for example in read_dataset(path).examples
+        for example in examples
         for message in sft_record(example, prompt, gold_template_rationale(example))["messages"]
     ]
     # A finished build records what made it; the same command then reuses it, so a demo restarted
@@ -165,7 +165,7 @@ def _tiny_model(args: argparse.Namespace, console: Console) -> int:
         seed=args.seed,
     )
     if args.copy_warmup_steps:
-        texts = [example.text for path in args.data for example in read_dataset(path).examples]
+        texts = [example.text for example in examples]
         losses = tiny_model.warm_up_copying(out, texts, steps=args.copy_warmup_steps, seed=args.seed)
         console.print(f"copy warm-up: {len(losses)} steps, loss {losses[0]:.2f} -> {losses[-1]:.2f}")
     record.write_text(json.dumps(build, indent=2), encoding="utf-8")
