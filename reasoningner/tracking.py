@@ -262,7 +262,7 @@ def claim_output_dir(
             differences = [
                 f"{key}: {earlier.get(key, '<unset>')!r} -> {settings.get(key, '<unset>')!r}"
                 for key in sorted(earlier.keys() | settings.keys())
-                if earlier.get(key) != settings.get(key)
+                if not _same_setting(earlier.get(key), settings.get(key))
             ]
             if differences:
                 raise ValueError(
@@ -273,6 +273,24 @@ def claim_output_dir(
         output_dir.mkdir(parents=True, exist_ok=True)
         _write_json(path, settings)
     return bool(leftovers) and not overwrite
+
+
+def _same_setting(earlier: Any, now: Any) -> bool:
+    """Equal, or the same local files and folders named another way (`outputs/sft`, `./outputs/sft`, its
+    absolute path): a requeue script that spells a path otherwise than the first launch resumes the run
+    instead of being told to start afresh."""
+    if earlier == now:
+        return True
+    if isinstance(earlier, list) and isinstance(now, list):
+        return len(earlier) == len(now) and all(map(_same_setting, earlier, now))
+    if isinstance(earlier, dict) and isinstance(now, dict):
+        return earlier.keys() == now.keys() and all(_same_setting(earlier[k], now[k]) for k in earlier)
+    if isinstance(earlier, str) and isinstance(now, str):
+        try:
+            return os.path.samefile(earlier, now)
+        except (OSError, ValueError):  # not both existing paths
+            return False
+    return False
 
 
 # --- secrets -------------------------------------------------------------------------------------------

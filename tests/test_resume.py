@@ -144,6 +144,34 @@ def test_only_a_folder_with_outputs_of_other_settings_is_refused(tmp_path: Path)
     assert json.loads((tmp_path / RUN_SETTINGS).read_text()) == settings
 
 
+def test_a_relaunch_naming_the_same_files_otherwise_resumes(tmp_path: Path, monkeypatch) -> None:
+    """A requeue script may spell the model and data paths otherwise than the first launch did."""
+    monkeypatch.chdir(tmp_path)
+    for folder in ("outputs/sft", "outputs/other", "data"):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "data" / "train.txt").write_text("EU\tB-ORG\n", encoding="utf-8")
+    (tmp_path / "data" / "dev.txt").write_text("EU\tB-ORG\n", encoding="utf-8")
+    first = {"model_name_or_path": "outputs/sft", "train_files": ["data/train.txt", "hf:org/ner"], "seed": 0}
+    run_dir = tmp_path / "run"
+    assert claim_output_dir(run_dir, first, overwrite=False, stale=["checkpoint-*"]) is False
+    (run_dir / "checkpoint-2").mkdir()
+    relaunch = {
+        "model_name_or_path": str(tmp_path / "outputs" / "sft"),
+        "train_files": ["./data/../data/train.txt", "hf:org/ner"],
+        "seed": 0,
+    }
+    assert claim_output_dir(run_dir, relaunch, overwrite=False, stale=["checkpoint-*"]) is True
+    for key, other in [
+        ("model_name_or_path", "outputs/other"),
+        ("train_files", ["data/dev.txt", "hf:org/ner"]),
+        ("train_files", ["data/train.txt", "hf:org/ner-v2"]),
+        ("train_files", ["data/train.txt"]),
+        ("model_name_or_path", "outputs/missing"),
+    ]:
+        with pytest.raises(ValueError, match=f"{key}: "):
+            claim_output_dir(run_dir, {**relaunch, key: other}, overwrite=False, stale=["checkpoint-*"])
+
+
 def test_a_manifest_keeps_the_earlier_attempts_in_its_history(tmp_path: Path) -> None:
     for attempt in range(3):
         write_manifest(tmp_path, build_manifest("sft", {"attempt": attempt}, []), {"loss": attempt})
