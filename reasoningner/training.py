@@ -6,6 +6,7 @@ import copy
 import functools
 import json
 import logging
+import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -131,6 +132,25 @@ class HeldOutGRPOTrainer(GRPOTrainer):
             torch.set_rng_state(cpu_state)
             if cuda_states:
                 torch.cuda.set_rng_state_all(cuda_states)
+
+
+def check_generation_cycle(training_args: Any) -> None:
+    """Refuse checkpoints that would fall inside a GRPO generation cycle (`num_iterations` > 1, or more
+    `steps_per_generation` than accumulation steps): TRL keeps the cycle's generations and its position
+    in it only in memory, so a run resumed there would generate anew and shift every later cycle, training
+    some generations more often and others less than the run never killed."""
+    cycle = training_args.steps_per_generation * training_args.num_iterations  # micro-batches
+    accumulation = training_args.gradient_accumulation_steps
+    save_steps = training_args.save_steps
+    if training_args.save_strategy != "steps" or save_steps < 1 or (save_steps * accumulation) % cycle == 0:
+        return
+    every = cycle // math.gcd(cycle, accumulation)  # optimizer steps: the shortest save interval that fits
+    raise ValueError(
+        f"save_steps {save_steps:g} falls inside a generation cycle ({training_args.steps_per_generation} "
+        f"steps_per_generation x {training_args.num_iterations} num_iterations = {cycle} micro-batches, "
+        f"{accumulation} per optimizer step): a run resumed there would not train as one never killed; "
+        f"use a multiple of {every}, e.g. save_steps {max(every, round(save_steps / every) * every)}"
+    )
 
 
 def held_out_schedule(training_args: Any, prompts: int) -> str:

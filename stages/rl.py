@@ -19,6 +19,7 @@ from reasoningner.rewards import default_weight, get_rewards
 from reasoningner.tracking import with_gold_column
 from reasoningner.training import (
     HeldOutGRPOTrainer,
+    check_generation_cycle,
     finish_trainer_stage,
     held_out_schedule,
     model_init_kwargs,
@@ -40,6 +41,7 @@ def main(
     training_args: GRPOConfig,
     model_args: ModelConfig,
 ) -> None:
+    check_generation_cycle(training_args)
     start = start_trainer_stage("rl", script_args, prompt, training_args, model_args)
     prompt = start.prompt
     corpora: list[str] = []  # what NER-CoT records name as their source: the contamination check reads it

@@ -29,7 +29,7 @@ from reasoningner.generation import BACKENDS
 from reasoningner.readers import READERS
 from reasoningner.rewards import REWARDS
 from reasoningner.sources import is_source, overlaps, parse_source
-from reasoningner.training import VARLEN_ATTENTION
+from reasoningner.training import VARLEN_ATTENTION, check_generation_cycle
 from tests.scripts import load_stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,6 +224,28 @@ def test_grpo_settings_are_valid_on_any_number_of_gpus(path: Path) -> None:
         assert args["vllm_mode"] in VLLM_MODES
         assert 0 < args["vllm_gpu_memory_utilization"] < 1
         assert not args["vllm_enable_sleep_mode"] or args["vllm_mode"] == "colocate"
+
+
+@pytest.mark.parametrize("path", RL_RECIPES, ids=ids(RL_RECIPES))
+def test_grpo_checkpoints_fall_between_generation_cycles(path: Path) -> None:
+    """A checkpoint inside a cycle (`num_iterations` > 1) would resume on other generations."""
+    check_generation_cycle(parse(path)[2])
+
+
+def test_a_checkpoint_inside_a_generation_cycle_is_refused() -> None:
+    path = RECIPES / "qwen3-8b" / "rl.yaml"
+    training_args = parse(path)[2]
+    assert (training_args.gradient_accumulation_steps, training_args.num_iterations) == (16, 4)
+    training_args.save_steps = 50
+    with pytest.raises(ValueError, match=r"save_steps 50 .* use a multiple of 4, e.g. save_steps 48"):
+        check_generation_cycle(training_args)
+    training_args.save_steps, training_args.steps_per_generation = 60, 32  # 128 micro-batches a cycle
+    with pytest.raises(ValueError, match=r"use a multiple of 8, e.g. save_steps 64"):
+        check_generation_cycle(training_args)
+    training_args.save_steps = 56
+    check_generation_cycle(training_args)
+    training_args.num_iterations, training_args.steps_per_generation, training_args.save_steps = 1, 16, 7
+    check_generation_cycle(training_args)  # one generation per optimizer step: any step will do
 
 
 @pytest.mark.parametrize("path", STAGE_RECIPES, ids=ids(STAGE_RECIPES))
