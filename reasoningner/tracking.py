@@ -213,13 +213,19 @@ def _write_json(path: Path, payload: Any) -> None:
 RUN_SETTINGS = "run_settings.json"
 # Settings that may change between the attempts of one run: where and how it logs, saves, evaluates and
 # reports, how long it goes on, and how it is launched. Every other setting is part of the run.
-OPERATIONAL_PREFIXES = ("logging_", "log_", "save_", "eval_", "dataloader_", "hub_", "ddp_", "vllm_")
+# Not the vLLM settings that change what GRPO samples or how its loss weighs it (structured outputs,
+# importance sampling), nor dataloader_drop_last.
+OPERATIONAL_PREFIXES = ("logging_", "log_", "save_", "eval_", "hub_", "ddp_", "vllm_server_")
 OPERATIONAL = frozenset(
     {
         "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "local_rank", "report_to",
         "run_name", "disable_tqdm", "push_to_hub", "max_steps", "num_train_epochs", "deepspeed",
         "per_device_eval_batch_size", "num_completions_to_print", "skip_memory_metrics", "use_cpu",
         "num_generations_eval",  # held-out evaluation leaves training as it is (`HeldOutGRPOTrainer`)
+        "vllm_mode", "vllm_model_impl", "vllm_enable_sleep_mode", "vllm_group_port",
+        "vllm_gpu_memory_utilization", "vllm_max_model_length", "vllm_tensor_parallel_size",
+        "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
+        "dataloader_prefetch_factor", "dataloader_multiprocessing_context",
     }
 )  # fmt: skip
 

@@ -13,7 +13,14 @@ import pytest
 
 from reasoningner.configs import CoTArguments, GenerationArguments, PromptArguments
 from reasoningner.cot import annotate, output_path
-from reasoningner.tracking import MANIFEST, RUN_SETTINGS, build_manifest, claim_output_dir, write_manifest
+from reasoningner.tracking import (
+    MANIFEST,
+    RUN_SETTINGS,
+    build_manifest,
+    claim_output_dir,
+    run_settings,
+    write_manifest,
+)
 from reasoningner.training import last_checkpoint
 from tests.scripts import load_stage
 
@@ -142,6 +149,33 @@ def test_only_a_folder_with_outputs_of_other_settings_is_refused(tmp_path: Path)
             tmp_path, {**settings, "seed": 1}, overwrite=False, stale=["checkpoint-*"], write=False
         )
     assert json.loads((tmp_path / RUN_SETTINGS).read_text()) == settings
+
+
+@pytest.mark.parametrize(
+    ("key", "operational"),
+    [
+        ("vllm_importance_sampling_correction", False),
+        ("vllm_structured_outputs_regex", False),
+        ("dataloader_drop_last", False),
+        ("vllm_server_port", True),
+        ("vllm_gpu_memory_utilization", True),
+        ("dataloader_num_workers", True),
+        ("logging_steps", True),
+    ],
+)
+def test_a_relaunch_may_change_how_a_run_is_served_but_not_what_it_trains(
+    tmp_path: Path, key: str, operational: bool
+) -> None:
+    settings = {"seed": 0, key: 1}
+    assert (key in run_settings(settings)) is not operational
+    claim_output_dir(tmp_path, run_settings(settings), overwrite=False, stale=["checkpoint-*"])
+    (tmp_path / "checkpoint-2").mkdir()
+    changed = run_settings({**settings, key: 2})
+    if operational:
+        assert claim_output_dir(tmp_path, changed, overwrite=False, stale=["checkpoint-*"]) is True
+    else:
+        with pytest.raises(ValueError, match=f"{key}: 1 -> 2"):
+            claim_output_dir(tmp_path, changed, overwrite=False, stale=["checkpoint-*"])
 
 
 def test_a_relaunch_naming_the_same_files_otherwise_resumes(tmp_path: Path, monkeypatch) -> None:
