@@ -15,7 +15,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from transformers import IntervalStrategy, TrainerCallback, set_seed
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import GRPOTrainer
+from trl.trainer.utils import RepeatSampler
 
 from reasoningner.configs import PromptArguments, PromptContract, require_model
 from reasoningner.model_card import publish, write_model_card
@@ -285,12 +287,95 @@ class _StopAtLastStep(TrainerCallback):
             raise _RunFinished
 
 
+ORDER_RECORD = "sampler_order.pt"
+
+
+class _OrderedSampler(torch.utils.data.Sampler):
+    """A training sampler whose epoch order a resumed run draws again.
+
+    transformers' length-grouped sampler shuffles with the global random state of the moment an epoch
+    begins, TRL's GRPO sampler with its own generator, seeded once: a run resumed inside epoch 1 or later
+    would draw epoch 0's order again (or another), training some examples of that epoch twice and others
+    never. The random state each order is drawn from is kept, saved with every checkpoint
+    (`_SamplerOrderRecord`) and set again before the resumed epoch is drawn; an uninterrupted run draws
+    exactly as before."""
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+        self.generator: torch.Generator | None = getattr(sampler, "generator", None)
+        self.drawn_from: torch.Tensor | None = None  # the random state of the current epoch's order
+        self.resume_from: torch.Tensor | None = None
+
+    def state(self) -> torch.Tensor:
+        return self.generator.get_state() if self.generator is not None else torch.get_rng_state()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        if self.generator is not None:
+            self.generator.set_state(state)
+        else:
+            torch.set_rng_state(state)
+
+    def __iter__(self) -> Any:
+        if self.resume_from is not None:
+            self.set_state(self.resume_from)
+            self.resume_from = None
+        self.drawn_from = self.state()
+        return iter(list(self.sampler))
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class _SamplerOrderRecord(TrainerCallback):
+    """Wraps the sampler the trainer builds (length-grouped, GRPO's; accelerate already draws a plain
+    random one from the seed and the epoch) in `_OrderedSampler`, and saves with each checkpoint the random
+    state its epoch's order was drawn from and the state after the draw, which the next epoch's order is
+    drawn from (TRL's own generator is not among the random states transformers saves). Resumed from
+    `checkpoint`, it sets the one the resumed epoch needs."""
+
+    def __init__(self, checkpoint: str | None) -> None:
+        self.checkpoint = checkpoint
+        self.sampler: _OrderedSampler | None = None
+
+    def wrap(self, sampler: Any) -> Any:
+        if not isinstance(sampler, LengthGroupedSampler | RepeatSampler):
+            return sampler
+        self.sampler = _OrderedSampler(sampler)
+        if self.checkpoint:
+            self._resume(Path(self.checkpoint) / ORDER_RECORD)
+        return self.sampler
+
+    def _resume(self, path: Path) -> None:
+        if not path.is_file():
+            logger.warning("%s has no %s: its epoch may be drawn in another order", path.parent, path.name)
+            return
+        record = torch.load(path, weights_only=True)
+        if not record["epoch_ended"]:
+            self.sampler.resume_from = record["drawn_from"]
+        elif self.sampler.generator is not None:  # the global state is restored by transformers
+            self.sampler.resume_from = record["after"]
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or self.sampler is None or self.sampler.drawn_from is None:
+            return
+        record = {
+            "drawn_from": self.sampler.drawn_from,
+            "after": self.sampler.state(),
+            "epoch_ended": float(state.epoch).is_integer(),
+        }
+        torch.save(record, Path(args.output_dir) / f"checkpoint-{state.global_step}" / ORDER_RECORD)
+
+
 def train_from(stage: str, trainer: Any, checkpoint: str | None) -> None:
     """`trainer.train` from `checkpoint`, except that a run whose checkpoint is at its last step stops
     with that checkpoint's weights and state loaded: transformers (5.24) would take one step past
     `max_steps` from it, so a run killed after its last checkpoint, or relaunched when finished, would
     end with other weights than one never killed."""
     trainer.add_callback(_StopAtLastStep())
+    order = _SamplerOrderRecord(checkpoint)
+    trainer.add_callback(order)
+    build_sampler = trainer._get_train_sampler
+    trainer._get_train_sampler = lambda *args, **kwargs: order.wrap(build_sampler(*args, **kwargs))
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     except _RunFinished:

@@ -29,8 +29,9 @@ DATA = Path(__file__).parent / "data"
 SFT_RECIPE = str(ROOT / "recipes" / "tiny-cpu" / "sft.yaml")
 RL_RECIPE = str(ROOT / "recipes" / "tiny-cpu" / "rl.yaml")
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
-# `python stages/sft.py ...` whose process kills itself (SIGKILL, as a preempted node) in the middle of
-# saving the checkpoint of step KILL_AT_STEP: after the weights and optimizer, before trainer_state.json.
+# `python stages/sft.py ...` (or $STAGE) whose process kills itself (SIGKILL, as a preempted node) in the
+# middle of saving the checkpoint of step KILL_AT_STEP: after the weights and optimizer, before
+# trainer_state.json.
 KILL_WHILE_SAVING = """
 import os, runpy, signal, sys
 from transformers import Trainer
@@ -40,8 +41,9 @@ def killed(self, output_dir):
         os.kill(os.getpid(), signal.SIGKILL)
     return save_rng_state(self, output_dir)
 Trainer._save_rng_state = killed
-sys.argv = ["stages/sft.py", *sys.argv[1:]]
-runpy.run_path("stages/sft.py", run_name="__main__")
+stage = os.environ.get("STAGE", "stages/sft.py")
+sys.argv = [stage, *sys.argv[1:]]
+runpy.run_path(stage, run_name="__main__")
 """
 
 
@@ -102,6 +104,74 @@ def test_a_kill_while_saving_a_checkpoint_resumes_from_the_one_before(
     assert state["global_step"] == 6
     assert [row["step"] for row in state["log_history"] if "loss" in row] == [1, 2, 3, 4, 5, 6]
     assert (out / "model.safetensors").read_bytes() == weights
+
+
+def steps(out: Path) -> list[dict]:
+    """Each step's training log row, without the timings and TRL's token count (which a resumed run
+    counts from the step it resumes at)."""
+    log = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    skip = ("step_time", "num_tokens")
+    return [{k: v for k, v in row.items() if k not in skip} for row in log if "train_loss" not in row]
+
+
+def killed_and_resumed(stage: str, args: list[str], out: Path, *kills: int) -> None:
+    """Kill the run while it saves step `kill` for each of `kills` in turn, relaunching it each time; then
+    let it finish."""
+    for kill in kills:
+        killed = run([sys.executable, "-c", KILL_WHILE_SAVING, *args], KILL_AT_STEP=str(kill), STAGE=stage)
+        assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = run([sys.executable, stage, *args])
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    assert f"resuming from {out / f'checkpoint-{kills[-1] - 1}'}" in resumed.stdout
+
+
+@pytest.mark.slow
+def test_sft_resumed_inside_a_later_epoch_trains_that_epoch_in_its_order(
+    tiny_model_dir: Path, annotations: Path, tmp_path: Path
+) -> None:
+    """Length-grouped batches are drawn from the random state of the epoch's start, which a new process
+    does not have: without the saved order, epoch 2 resumed would repeat some sentences and skip others."""
+    batch_of_one = [
+        "--max_steps",
+        "8",
+        "--per_device_train_batch_size",
+        "1",
+        "--save_steps",
+        "1",
+    ]  # 4 an epoch
+    reference, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
+    done = run(
+        [sys.executable, "stages/sft.py", *sft_args(tiny_model_dir, annotations, reference, *batch_of_one)]
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    args = sft_args(tiny_model_dir, annotations, resumed, *batch_of_one)
+    killed_and_resumed("stages/sft.py", args, resumed, 7)  # resumes from step 6, inside steps 5 to 8
+    assert steps(resumed) == steps(reference)
+    assert (resumed / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
+
+
+@pytest.mark.slow
+def test_grpo_resumed_in_a_later_epoch_draws_its_prompts_in_the_uninterrupted_order(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """TRL's sampler draws each epoch's prompt order from its own generator, seeded once per process and
+    saved with no checkpoint: a run resumed in a later epoch would draw the first epoch's order again."""
+
+    def grpo(out: Path) -> list[str]:
+        return ["--config", RL_RECIPE, "--model_name_or_path", str(tiny_model_dir), "--train_files",
+                str(DATA / "conll2003_mini.txt"), "--total", "8", "--num_generations", "4",
+                "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1",
+                "--max_completion_length", "8", "--max_steps", "7", "--save_steps", "1",
+                "--save_total_limit", "3", "--eval_on_start", "false", "--eval_strategy", "no",
+                "--log_completions", "false", "--disable_tqdm", "true", "--output_dir", str(out)]  # fmt: skip
+
+    reference, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
+    done = run([sys.executable, "stages/rl.py", *grpo(reference)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    # 2 steps an epoch (the 4 sentences, 2 a step): resumed at the end of epoch 2 (step 4), then inside
+    # epoch 3 (step 5).
+    killed_and_resumed("stages/rl.py", grpo(resumed), resumed, 5, 6)
+    assert steps(resumed) == steps(reference)
 
 
 def test_a_rerun_with_other_settings_is_refused_and_overwrite_starts_afresh(
