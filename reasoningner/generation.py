@@ -314,7 +314,7 @@ class OpenAIGenerator(Generator):
                     yield index, task.result()
                 schedule()
         finally:
-            loop.run_until_complete(_shut_down(list(pending), client))
+            shut_down(loop, list(pending), client)
             loop.close()
 
     async def _complete(
@@ -449,12 +449,25 @@ class OpenAIGenerator(Generator):
         return delay
 
 
-async def _shut_down(pending: list[asyncio.Task], client: httpx.AsyncClient) -> None:
-    """Cancel what is still in flight, wait for it to unwind, then close the connections."""
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    await client.aclose()
+# How long the requests still in flight get to unwind when a run stops.
+SHUTDOWN_S = 5.0
+
+
+def shut_down(loop: asyncio.AbstractEventLoop, pending: list[asyncio.Task], client: Any) -> None:
+    """Cancel what is still in flight, let it unwind, then close the connections; give up after
+    `SHUTDOWN_S`. A Ctrl-C (KeyboardInterrupt) can land inside one of the loop's callbacks and leave a
+    connection that never finishes closing: waiting for it kept an interrupted CoT run alive for good."""
+
+    async def unwind() -> None:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await client.aclose()
+
+    closing = loop.create_task(unwind())
+    loop.run_until_complete(asyncio.wait({closing}, timeout=SHUTDOWN_S))
+    if not closing.done():
+        logger.warning("requests still in flight did not stop within %g s: left open", SHUTDOWN_S)
 
 
 def _message_text(message: dict) -> str:

@@ -8,6 +8,7 @@ transformers backend runs the same tiny model in-process; the vllm backend is ch
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -552,3 +553,54 @@ def test_a_rationale_split_off_by_the_server_is_put_back_in_front_of_the_answer(
     first, second = generator._parse(payload)
     assert first.text == '<think>\n"x" is not an entity\n</think>\n{"entities": {}}'
     assert second.text == "<think>kept</think>answer"
+
+
+class _Connections:
+    closed = False
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def _shut_down_in_a_thread(task_body: Callable[[], Any]) -> tuple[bool, Any, _Connections]:
+    """Run `generation.shut_down` on a loop holding one in-flight task; whether it returned (a thread
+    that never ends means it hung), the task, and the connections it was to close."""
+    import asyncio
+    import threading
+
+    from reasoningner import generation
+
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(task_body())
+    loop.run_until_complete(asyncio.sleep(0))  # the request is in flight
+    connections = _Connections()
+    thread = threading.Thread(target=generation.shut_down, args=(loop, [task], connections), daemon=True)
+    thread.start()
+    thread.join(60)
+    return not thread.is_alive(), task, connections
+
+
+def test_stopping_cancels_the_requests_in_flight_and_closes_the_connections() -> None:
+    import asyncio
+
+    returned, task, connections = _shut_down_in_a_thread(lambda: asyncio.sleep(3600))
+    assert returned and task.cancelled() and connections.closed
+
+
+def test_a_request_that_never_unwinds_does_not_keep_a_stopped_run_alive(monkeypatch, caplog) -> None:
+    """As after a Ctrl-C inside one of the loop's callbacks: a CoT run hung in its shutdown for good."""
+    import asyncio
+
+    from reasoningner import generation
+
+    monkeypatch.setattr(generation, "SHUTDOWN_S", 0.2)
+
+    async def never_unwinds() -> None:
+        while True:  # e.g. a connection waiting for a close that never comes
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+
+    with caplog.at_level(logging.WARNING, logger="reasoningner.generation"):
+        returned, task, _ = _shut_down_in_a_thread(never_unwinds)
+    assert returned and not task.done()
+    assert "did not stop within 0.2 s" in caplog.text
