@@ -29,9 +29,8 @@ DATA = Path(__file__).parent / "data"
 SFT_RECIPE = str(ROOT / "recipes" / "tiny-cpu" / "sft.yaml")
 RL_RECIPE = str(ROOT / "recipes" / "tiny-cpu" / "rl.yaml")
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
-# `python stages/sft.py ...` (or $STAGE) whose process kills itself (SIGKILL, as a preempted node) in the
-# middle of saving the checkpoint of step KILL_AT_STEP: after the weights and optimizer, before
-# trainer_state.json.
+# `python stages/sft.py ...` whose process kills itself (SIGKILL, as a preempted node) in the middle of
+# saving the checkpoint of step KILL_AT_STEP: after the weights and optimizer, before trainer_state.json.
 KILL_WHILE_SAVING = """
 import os, runpy, signal, sys
 from transformers import Trainer
@@ -41,9 +40,8 @@ def killed(self, output_dir):
         os.kill(os.getpid(), signal.SIGKILL)
     return save_rng_state(self, output_dir)
 Trainer._save_rng_state = killed
-stage = os.environ.get("STAGE", "stages/sft.py")
-sys.argv = [stage, *sys.argv[1:]]
-runpy.run_path(stage, run_name="__main__")
+sys.argv = ["stages/sft.py", *sys.argv[1:]]
+runpy.run_path("stages/sft.py", run_name="__main__")
 """
 
 
@@ -114,43 +112,45 @@ def steps(out: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in skip} for row in log if "train_loss" not in row]
 
 
-def killed_and_resumed(stage: str, args: list[str], out: Path, *kills: int) -> None:
-    """Kill the run while it saves step `kill` for each of `kills` in turn, relaunching it each time; then
-    let it finish."""
+class Preempted(Exception):
+    """Stands for a kill in `interrupted`: in this process, so that each relaunch costs no start-up."""
+
+
+def interrupted(stage_name: str, args: list[str], *kills: int) -> None:
+    """Run a stage in this process, stopping it while it saves step `kill` (before trainer_state.json,
+    as `KILL_WHILE_SAVING`) for each of `kills` in turn, relaunching it each time; then let it finish.
+    Each relaunch starts as a new process would: seeded anew, with new samplers."""
+    from transformers import Trainer
+
+    stage = load_stage(stage_name)
+    save_rng_state = Trainer._save_rng_state
     for kill in kills:
-        killed = run([sys.executable, "-c", KILL_WHILE_SAVING, *args], KILL_AT_STEP=str(kill), STAGE=stage)
-        assert killed.returncode == -9, killed.stderr[-3000:]
-    resumed = run([sys.executable, stage, *args])
-    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
-    assert f"resuming from {out / f'checkpoint-{kills[-1] - 1}'}" in resumed.stdout
+
+        def killed(self: Trainer, output_dir: str, at: int = kill) -> None:
+            if self.state.global_step == at:
+                raise Preempted
+            save_rng_state(self, output_dir)
+
+        with pytest.MonkeyPatch.context() as patch, pytest.raises(Preempted):
+            patch.setattr(Trainer, "_save_rng_state", killed)
+            stage.main(*stage.make_parser().parse_args_and_config(args=args))
+    stage.main(*stage.make_parser().parse_args_and_config(args=args))
 
 
-@pytest.mark.slow
 def test_sft_resumed_inside_a_later_epoch_trains_that_epoch_in_its_order(
     tiny_model_dir: Path, annotations: Path, tmp_path: Path
 ) -> None:
     """Length-grouped batches are drawn from the random state of the epoch's start, which a new process
     does not have: without the saved order, epoch 2 resumed would repeat some sentences and skip others."""
-    batch_of_one = [
-        "--max_steps",
-        "8",
-        "--per_device_train_batch_size",
-        "1",
-        "--save_steps",
-        "1",
-    ]  # 4 an epoch
+    # 4 steps an epoch
+    batch_of_one = ["--max_steps", "8", "--per_device_train_batch_size", "1", "--save_steps", "1"]
     reference, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
-    done = run(
-        [sys.executable, "stages/sft.py", *sft_args(tiny_model_dir, annotations, reference, *batch_of_one)]
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    args = sft_args(tiny_model_dir, annotations, resumed, *batch_of_one)
-    killed_and_resumed("stages/sft.py", args, resumed, 7)  # resumes from step 6, inside steps 5 to 8
+    interrupted("sft", sft_args(tiny_model_dir, annotations, reference, *batch_of_one))
+    interrupted("sft", sft_args(tiny_model_dir, annotations, resumed, *batch_of_one), 7)  # from step 6 of 5-8
     assert steps(resumed) == steps(reference)
     assert (resumed / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
 
 
-@pytest.mark.slow
 def test_grpo_resumed_in_a_later_epoch_draws_its_prompts_in_the_uninterrupted_order(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -161,16 +161,15 @@ def test_grpo_resumed_in_a_later_epoch_draws_its_prompts_in_the_uninterrupted_or
         return ["--config", RL_RECIPE, "--model_name_or_path", str(tiny_model_dir), "--train_files",
                 str(DATA / "conll2003_mini.txt"), "--total", "8", "--num_generations", "4",
                 "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1",
-                "--max_completion_length", "8", "--max_steps", "7", "--save_steps", "1",
+                "--max_completion_length", "8", "--max_steps", "6", "--save_steps", "1",
                 "--save_total_limit", "3", "--eval_on_start", "false", "--eval_strategy", "no",
                 "--log_completions", "false", "--disable_tqdm", "true", "--output_dir", str(out)]  # fmt: skip
 
     reference, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
-    done = run([sys.executable, "stages/rl.py", *grpo(reference)])
-    assert done.returncode == 0, done.stderr[-3000:]
+    interrupted("rl", grpo(reference))
     # 2 steps an epoch (the 4 sentences, 2 a step): resumed at the end of epoch 2 (step 4), then inside
     # epoch 3 (step 5).
-    killed_and_resumed("stages/rl.py", grpo(resumed), resumed, 5, 6)
+    interrupted("rl", grpo(resumed), 5, 6)
     assert steps(resumed) == steps(reference)
 
 
