@@ -24,7 +24,7 @@ CARD_SETTINGS = (
     "loss_type", "reward_funcs", "reward_weights", "reward_parse", "seed",
 )  # fmt: skip
 # Files of an output folder that are not the model: not published.
-NOT_PUBLISHED = ["checkpoint-*", "run_settings.json", "*.partial", "runs/*", "completions/*"]
+NOT_PUBLISHED = ["checkpoint-*", "run_settings.json", "wandb_run_id", "*.partial", "runs/*", "completions/*"]
 
 
 def model_card(model: str, manifest: dict[str, Any], contract: PromptContract) -> str:

@@ -27,6 +27,7 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -389,6 +390,28 @@ def set_trainer_run(stage: str, output_dir: str | Path, inputs: Iterable[str | P
     os.environ["WANDB_RUN_GROUP"] = pipeline_id(output_dir, inputs)
     os.environ["WANDB_JOB_TYPE"] = stage
     os.environ["WANDB_NAME"] = Path(output_dir).resolve().name
+
+
+WANDB_RUN_ID = "wandb_run_id"
+_RUN_IDS_SET_HERE: set[str] = set()  # not the user's: a later stage in this process sets its own
+
+
+def continue_wandb_run(output_dir: str | Path, resuming: bool) -> None:
+    """One W&B run per training run however often it is relaunched: a run that resumes from its
+    checkpoints logs into the W&B run of its first attempt (its id kept in the output folder), a fresh
+    start (or `overwrite_output_dir`) opens a new one. A `WANDB_RUN_ID` the user set wins."""
+    given = os.environ.get("WANDB_RUN_ID")
+    if given and given not in _RUN_IDS_SET_HERE:
+        return
+    path = Path(output_dir) / WANDB_RUN_ID
+    run_id = path.read_text(encoding="utf-8").strip() if resuming and path.is_file() else ""
+    if not run_id:
+        run_id = uuid.uuid4().hex[:12]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(run_id + "\n", encoding="utf-8")
+    _RUN_IDS_SET_HERE.add(run_id)
+    os.environ["WANDB_RUN_ID"] = run_id
+    os.environ["WANDB_RESUME"] = "allow"
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from reasoningner.model_card import publish, write_model_card
 from reasoningner.tracking import (
     claim_output_dir,
     config_dict,
+    continue_wandb_run,
     keep_secrets_out,
     record_trainer_stage,
     run_settings,
@@ -267,6 +268,8 @@ def start_trainer_stage(
         write=main_process,
     )
     checkpoint = last_checkpoint(training_args.output_dir) if resume else None
+    if main_process and wants_wandb(training_args.report_to):
+        continue_wandb_run(training_args.output_dir, resuming=resume)
     if checkpoint:
         # `eval_on_start` means step 0, already evaluated: at the checkpoint's step it would log a second
         # or an unscheduled evaluation.

@@ -147,6 +147,31 @@ def test_the_first_reward_function_adds_the_gold_to_trls_completions_table():
     assert first(completions=["a"], entities=[[]]) == [0.5]  # a TRL without log_extra: no column
 
 
+def test_a_resumed_training_run_continues_its_wandb_run_and_a_fresh_start_opens_another(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("WANDB_RUN_ID", "")  # unset, and restored after the test (the stage sets both)
+    monkeypatch.setenv("WANDB_RESUME", "")
+    tracking.continue_wandb_run(tmp_path / "run", resuming=False)
+    first = os.environ["WANDB_RUN_ID"]
+    assert os.environ["WANDB_RESUME"] == "allow"
+    assert (tmp_path / "run" / tracking.WANDB_RUN_ID).read_text().strip() == first
+    monkeypatch.delenv("WANDB_RUN_ID")  # a relaunch is a new process
+    tracking.continue_wandb_run(tmp_path / "run", resuming=True)
+    assert os.environ["WANDB_RUN_ID"] == first
+    monkeypatch.delenv("WANDB_RUN_ID")
+    tracking.continue_wandb_run(tmp_path / "run", resuming=False)  # started afresh (overwrite_output_dir)
+    second = os.environ["WANDB_RUN_ID"]
+    assert second != first
+    assert (tmp_path / "run" / tracking.WANDB_RUN_ID).read_text().strip() == second
+    tracking.continue_wandb_run(tmp_path / "next-stage", resuming=False)  # in the same process
+    assert os.environ["WANDB_RUN_ID"] not in (first, second)
+    monkeypatch.setenv("WANDB_RUN_ID", "given")  # the user's choice wins and is not recorded
+    tracking.continue_wandb_run(tmp_path / "other", resuming=False)
+    assert os.environ["WANDB_RUN_ID"] == "given"
+    assert not (tmp_path / "other").exists()
+
+
 @pytest.fixture()
 def offline_wandb(tmp_path):
     wandb_dir, data_dir = tmp_path / "wandb-runs", tmp_path / "wandb-data"
@@ -221,6 +246,10 @@ def test_one_pipeline_run_is_one_wandb_group_and_one_artifact_chain(tmp_path, of
         (pipeline, pipeline)
     }
     assert [run.name for run in runs.values()] == stages  # named after their output folders
+    # A relaunch of SFT or GRPO would log into the same run: its id is kept in the output folder.
+    assert [runs[name].id for name in ("sft", "rl")] == [
+        (run_dir / name / tracking.WANDB_RUN_ID).read_text().strip() for name in ("sft", "rl")
+    ]
     cot, sft, rl, evaluation = runs.values()
 
     data = only(cot.inputs, "dataset")

@@ -34,6 +34,7 @@ class OfflineArtifact:
 
 @dataclass
 class OfflineRun:
+    id: str = ""
     group: str = ""
     job_type: str = ""
     name: str = ""
@@ -90,7 +91,7 @@ def read_offline_runs(wandb_dir: Path) -> list[OfflineRun]:
             record.ParseFromString(raw)
             kind = record.WhichOneof("record_type")
             if kind == "run":
-                run.group, run.job_type = record.run.run_group, record.run.job_type
+                run.id, run.group, run.job_type = record.run.run_id, record.run.run_group, record.run.job_type
                 run.name = record.run.display_name
                 run.config.update({_key(i): json.loads(i.value_json) for i in record.run.config.update})
             elif kind == "config":
