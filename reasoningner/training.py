@@ -322,8 +322,8 @@ class _OrderedSampler(torch.utils.data.Sampler):
         if self.resume_from is not None:
             self.set_state(self.resume_from)
             self.resume_from = None
-        self.drawn_from = self.state()
-        return iter(list(self.sampler))
+        self.drawn_from = self.state()  # GRPO's sampler draws at its first index, from this state still
+        return iter(self.sampler)
 
     def __len__(self) -> int:
         return len(self.sampler)
