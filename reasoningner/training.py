@@ -373,7 +373,9 @@ def train_from(stage: str, trainer: Any, checkpoint: str | None) -> None:
     """`trainer.train` from `checkpoint`, except that a run whose checkpoint is at its last step stops
     with that checkpoint's weights and state loaded: transformers (5.24) would take one step past
     `max_steps` from it, so a run killed after its last checkpoint, or relaunched when finished, would
-    end with other weights than one never killed."""
+    end with other weights than one never killed. Such a run then ends as training does: with the best
+    checkpoint's weights under `load_best_model_at_end`, and the callbacks' end of training (W&B's model
+    artifact); the final speed and loss row is not logged, as no step was taken."""
     trainer.add_callback(_StopAtLastStep())
     order = _SamplerOrderRecord(checkpoint)
     trainer.add_callback(order)
@@ -383,6 +385,9 @@ def train_from(stage: str, trainer: Any, checkpoint: str | None) -> None:
         trainer.train(resume_from_checkpoint=checkpoint)
     except _RunFinished:
         trainer.accelerator.print(f"{stage}: {checkpoint} is the run's last step; nothing left to train")
+        if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint is not None:
+            trainer._load_best_model()
+        trainer.control = trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
 
 
 def finish_trainer_stage(stage: str, trainer: Any, start: TrainerStart, corpora: Sequence[str] = ()) -> None:

@@ -151,6 +151,39 @@ def test_sft_resumed_inside_a_later_epoch_trains_that_epoch_in_its_order(
     assert (resumed / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
 
 
+def test_a_finished_run_relaunched_ends_with_its_best_checkpoint_and_the_end_of_training(
+    tiny_model_dir: Path, annotations: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relaunch after the last checkpoint (a kill during the final save) takes no step, yet ends as the
+    run would have: `load_best_model_at_end` loads the best checkpoint, and the callbacks (W&B's model
+    artifact) see the end of training."""
+    from transformers.trainer_callback import CallbackHandler
+
+    out = tmp_path / "sft"
+    # The highest eval loss counts as best: an early checkpoint, not the last one.
+    best_is_first = ["--eval_strategy", "steps", "--eval_steps", "2", "--eval_files", str(annotations),
+                     "--load_best_model_at_end", "true", "--metric_for_best_model", "loss",
+                     "--greater_is_better", "true", "--max_steps", "6",
+                     "--per_device_train_batch_size", "1"]  # fmt: skip
+    args = sft_args(tiny_model_dir, annotations, out, *best_is_first)
+    interrupted("sft", args)
+    best = json.loads((out / "trainer_state.json").read_text())["best_model_checkpoint"]
+    assert Path(best).name != "checkpoint-6"
+    weights = (out / "model.safetensors").read_bytes()
+    (out / "model.safetensors").unlink()
+
+    ended = []
+    on_train_end = CallbackHandler.on_train_end
+    monkeypatch.setattr(
+        CallbackHandler,
+        "on_train_end",
+        lambda self, *a: ended.append(a[1].global_step) or on_train_end(self, *a),
+    )
+    interrupted("sft", args)
+    assert (out / "model.safetensors").read_bytes() == weights
+    assert ended == [6]
+
+
 def test_grpo_resumed_in_a_later_epoch_draws_its_prompts_in_the_uninterrupted_order(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
