@@ -290,18 +290,12 @@ class _StopAtLastStep(TrainerCallback):
             raise _RunFinished
 
 
-ORDER_RECORD = "sampler_order.pt"
+RESUME_RECORD = "resume_state.pt"
 
 
 class _OrderedSampler(torch.utils.data.Sampler):
-    """A training sampler whose epoch order a resumed run draws again.
-
-    transformers' length-grouped sampler shuffles with the global random state of the moment an epoch
-    begins, TRL's GRPO sampler with its own generator, seeded once: a run resumed inside epoch 1 or later
-    would draw epoch 0's order again (or another), training some examples of that epoch twice and others
-    never. The random state each order is drawn from is kept, saved with every checkpoint
-    (`_SamplerOrderRecord`) and set again before the resumed epoch is drawn; an uninterrupted run draws
-    exactly as before."""
+    """A training sampler that keeps the random state its current epoch's order was drawn from, and can
+    be set to draw from a given one (`_ResumeRecord`); uninterrupted, it draws exactly as the one it wraps."""
 
     def __init__(self, sampler: Any) -> None:
         self.sampler = sampler
@@ -329,44 +323,60 @@ class _OrderedSampler(torch.utils.data.Sampler):
         return len(self.sampler)
 
 
-class _SamplerOrderRecord(TrainerCallback):
-    """Wraps the sampler the trainer builds (length-grouped, GRPO's; accelerate already draws a plain
-    random one from the seed and the epoch) in `_OrderedSampler`, and saves with each checkpoint the random
-    state its epoch's order was drawn from and the state after the draw, which the next epoch's order is
-    drawn from (TRL's own generator is not among the random states transformers saves). Resumed from
-    `checkpoint`, it sets the one the resumed epoch needs."""
+class _ResumeRecord(TrainerCallback):
+    """Saves with each checkpoint (`resume_state.pt`) what a resumed run needs and transformers does not
+    save, and sets it again when the run resumes from that checkpoint:
 
-    def __init__(self, checkpoint: str | None) -> None:
-        self.checkpoint = checkpoint
+    - the random state the current epoch's order was drawn from, and the one after the draw, from which
+      the next epoch's is drawn. transformers' length-grouped sampler shuffles with the global random
+      state of the moment an epoch begins, TRL's GRPO sampler with its own generator, seeded once: a run
+      resumed inside epoch 1 or later would draw epoch 0's order again (or another), training some
+      examples twice and others never. Those samplers are wrapped in `_OrderedSampler` (accelerate
+      already draws a plain random one from the seed and the epoch).
+    - TRL SFT's count of trained tokens (`num_tokens`, a W&B x-axis), which would restart at 0."""
+
+    def __init__(self, trainer: Any, checkpoint: str | None) -> None:
+        self.trainer = trainer
+        self.record = self._load(Path(checkpoint) / RESUME_RECORD) if checkpoint else {}
         self.sampler: _OrderedSampler | None = None
+
+    @staticmethod
+    def _load(path: Path) -> dict[str, Any]:
+        if not path.is_file():
+            logger.warning(
+                "%s has no %s: its epoch may be drawn in another order, its token count restarts",
+                path.parent,
+                path.name,
+            )
+            return {}
+        return torch.load(path, weights_only=True)
 
     def wrap(self, sampler: Any) -> Any:
         if not isinstance(sampler, LengthGroupedSampler | RepeatSampler):
             return sampler
         self.sampler = _OrderedSampler(sampler)
-        if self.checkpoint:
-            self._resume(Path(self.checkpoint) / ORDER_RECORD)
+        if "drawn_from" in self.record:
+            if not self.record["epoch_ended"]:
+                self.sampler.resume_from = self.record["drawn_from"]
+            elif self.sampler.generator is not None:  # the global state is restored by transformers
+                self.sampler.resume_from = self.record["after"]
         return self.sampler
 
-    def _resume(self, path: Path) -> None:
-        if not path.is_file():
-            logger.warning("%s has no %s: its epoch may be drawn in another order", path.parent, path.name)
-            return
-        record = torch.load(path, weights_only=True)
-        if not record["epoch_ended"]:
-            self.sampler.resume_from = record["drawn_from"]
-        elif self.sampler.generator is not None:  # the global state is restored by transformers
-            self.sampler.resume_from = record["after"]
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if "num_tokens" in self.record and hasattr(self.trainer, "_total_train_tokens"):
+            self.trainer._total_train_tokens = self.record["num_tokens"]
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if not state.is_world_process_zero or self.sampler is None or self.sampler.drawn_from is None:
+        if not state.is_world_process_zero:
             return
-        record = {
-            "drawn_from": self.sampler.drawn_from,
-            "after": self.sampler.state(),
-            "epoch_ended": float(state.epoch).is_integer(),
-        }
-        torch.save(record, Path(args.output_dir) / f"checkpoint-{state.global_step}" / ORDER_RECORD)
+        record: dict[str, Any] = {}
+        if self.sampler is not None and self.sampler.drawn_from is not None:
+            record["drawn_from"] = self.sampler.drawn_from
+            record["after"] = self.sampler.state()
+            record["epoch_ended"] = float(state.epoch).is_integer()
+        if hasattr(self.trainer, "_total_train_tokens"):
+            record["num_tokens"] = self.trainer._total_train_tokens
+        torch.save(record, Path(args.output_dir) / f"checkpoint-{state.global_step}" / RESUME_RECORD)
 
 
 def train_from(stage: str, trainer: Any, checkpoint: str | None) -> None:
@@ -377,10 +387,10 @@ def train_from(stage: str, trainer: Any, checkpoint: str | None) -> None:
     checkpoint's weights under `load_best_model_at_end`, and the callbacks' end of training (W&B's model
     artifact); the final speed and loss row is not logged, as no step was taken."""
     trainer.add_callback(_StopAtLastStep())
-    order = _SamplerOrderRecord(checkpoint)
-    trainer.add_callback(order)
+    record = _ResumeRecord(trainer, checkpoint)
+    trainer.add_callback(record)
     build_sampler = trainer._get_train_sampler
-    trainer._get_train_sampler = lambda *args, **kwargs: order.wrap(build_sampler(*args, **kwargs))
+    trainer._get_train_sampler = lambda *args, **kwargs: record.wrap(build_sampler(*args, **kwargs))
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     except _RunFinished:
