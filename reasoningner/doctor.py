@@ -16,6 +16,7 @@ import importlib.util
 import netrc
 import os
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,12 @@ RUN_MARKERS = (
     "checkpoint-*",
     "annotations.shard-*",
 )
+
+
+# A torch extension build (DeepSpeed compiles its ops at first use) holds `lock` in its folder while it
+# runs; a build killed midway leaves it, and every later build of that op waits on it forever (torch's
+# FileBaton). Builds take minutes: a lock this old is a dead build's.
+STALE_BUILD_LOCK_MIN = 30
 
 
 @dataclass
@@ -233,6 +240,30 @@ def check_chat_template(recipe: dict[str, Any], stage: str) -> list[Check]:
     return [Check("chat template", "ok", f"{model} {how}")]
 
 
+def stale_build_locks() -> list[str]:
+    """Each torch extension build lock older than `STALE_BUILD_LOCK_MIN`, with its age and what to do."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    now = time.time()
+    stale = []
+    for lock in sorted([*root.glob("*/lock"), *root.glob("*/*/lock")]):
+        minutes = (now - lock.stat().st_mtime) / 60
+        if minutes >= STALE_BUILD_LOCK_MIN:
+            stale.append(
+                f"{lock} is {minutes:.0f} min old: a build killed midway left it, and a run that compiles "
+                f"{lock.parent.name} would wait on it for good; delete it unless that build is running"
+            )
+    return stale
+
+
+def check_extension_builds() -> list[Check]:
+    stale = stale_build_locks()
+    if stale:
+        return [Check("extension builds", "FAIL", message) for message in stale]
+    return [Check("extension builds", "ok", "no stale torch extension build lock")]
+
+
 def diagnose(
     recipe_path: str | Path, num_gpus: int | None = None, overrides: Sequence[str] = ()
 ) -> list[Check]:
@@ -248,6 +279,7 @@ def diagnose(
         lambda: check_output_dir(recipe),
         lambda: check_disk(recipe, stage),
         lambda: check_chat_template(recipe, stage),
+        check_extension_builds,
     ]
     return [check for step in steps for check in step()]
 

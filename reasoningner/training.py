@@ -20,6 +20,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
 from reasoningner.configs import PromptArguments, PromptContract, require_model
+from reasoningner.doctor import stale_build_locks
 from reasoningner.model_card import publish, write_model_card
 from reasoningner.tracking import (
     claim_output_dir,
@@ -233,9 +234,9 @@ def start_trainer_stage(
     stage: str, script_args: Any, prompt: PromptArguments, training_args: Any, model_args: Any
 ) -> TrainerStart:
     """What SFT and GRPO do before any model loads, so that a mistake costs seconds, not a model load:
-    keep secrets out of every record, seed, start DeepSpeed on CPU, check the model exists, join the
-    pipeline's W&B group, resolve the prompt against the model's contract (its folder's, or its Hub
-    repository's at `model_revision`), and claim the output folder
+    keep secrets out of every record, seed, refuse a dead extension build's lock, start DeepSpeed on
+    CPU, check the model exists, join the pipeline's W&B group, resolve the prompt against the model's
+    contract (its folder's, or its Hub repository's at `model_revision`), and claim the output folder
     (`tracking.claim_output_dir`), saying where training starts."""
     keep_secrets_out(training_args)
     # The final model is published with its card and contract (`finish_trainer_stage`), not by the
@@ -247,6 +248,9 @@ def start_trainer_stage(
     )
     training_args.push_to_hub = False
     set_seed(training_args.seed)
+    stale = stale_build_locks()
+    if stale:  # DeepSpeed would wait on it without a word, for the whole allocation
+        raise ValueError("; ".join(stale))
     start_deepspeed_on_cpu(training_args)
     require_model(model_args.model_name_or_path)
     inputs = [*script_args.train_files, model_args.model_name_or_path]

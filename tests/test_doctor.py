@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
+import time
 from collections import namedtuple
 from pathlib import Path
 
@@ -73,7 +75,7 @@ def test_each_check_fails_with_what_to_do(tmp_path: Path, monkeypatch: pytest.Mo
     checks = doctor.diagnose(recipe)
     assert [(c.name, c.status) for c in checks] == [
         ("gpus", "ok"), ("torch", "ok"), ("flash_attn", "FAIL"), ("wandb", "FAIL"), ("data", "FAIL"),
-        ("data", "FAIL"), ("model", "ok"), ("output_dir", "FAIL"), ("disk", "ok"),
+        ("data", "FAIL"), ("model", "ok"), ("output_dir", "FAIL"), ("disk", "ok"), ("extension builds", "ok"),
     ]  # fmt: skip
     data = [c.message for c in checks if c.name == "data"]
     assert data == [
@@ -136,3 +138,30 @@ def test_the_makefile_runs_doctor_before_every_stage() -> None:
         doctor_at, stage_at = dry.find("reasoningner doctor"), dry.find(f"stages/{stage}.py")
         assert 0 <= doctor_at < stage_at, dry
         assert f"doctor recipes/tiny-cpu/{stage}.yaml --args='--limit 2' && " in dry
+
+
+@pytest.mark.parametrize("layout", ["deepspeed_shm_comm", "py311_cu128/cpu_adam"])
+def test_a_dead_extension_build_lock_fails_doctor_and_the_trainer_stages(
+    layout: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path
+) -> None:
+    """A kill while DeepSpeed compiles an op leaves torch's build lock, and every later run waits on it in
+    silence: doctor and SFT/GRPO name it instead. A lock of a build running now is left alone."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))  # its folders, or the default's
+    lock = tmp_path / "extensions" / layout / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    assert statuses(doctor.diagnose(TINY_SFT))["extension builds"] == "ok"  # a build running now
+    an_hour_ago = time.time() - 3600
+    os.utime(lock, (an_hour_ago, an_hour_ago))
+    [check] = [c for c in doctor.diagnose(TINY_SFT) if c.name == "extension builds"]
+    assert check.status == "FAIL"
+    assert check.message.startswith(f"{lock} is 60 min old: a build killed midway left it")
+
+    from tests.scripts import load_stage
+
+    sft = load_stage("sft")
+    args = ["--config", str(TINY_SFT), "--model_name_or_path", str(tiny_model_dir),
+            "--output_dir", str(tmp_path / "sft")]  # fmt: skip
+    with pytest.raises(ValueError, match=f"{lock} is 60 min old"):
+        sft.main(*sft.make_parser().parse_args_and_config(args=args))
+    assert not (tmp_path / "sft").exists()  # refused before it claimed anything
