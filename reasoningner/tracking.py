@@ -203,9 +203,13 @@ def write_manifest(
 
 
 def _write_json(path: Path, payload: Any) -> None:
+    _write_whole(path, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def _write_whole(path: Path, text: str) -> None:
     """Written whole or not at all (a kill mid-write leaves the previous file)."""
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # shards may write at once
-    partial.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    partial.write_text(text, encoding="utf-8")
     os.replace(partial, path)
 
 
@@ -408,7 +412,7 @@ def continue_wandb_run(output_dir: str | Path, resuming: bool) -> None:
     if not run_id:
         run_id = uuid.uuid4().hex[:12]
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(run_id + "\n", encoding="utf-8")
+        _write_whole(path, run_id + "\n")
     _RUN_IDS_SET_HERE.add(run_id)
     os.environ["WANDB_RUN_ID"] = run_id
     os.environ["WANDB_RESUME"] = "allow"
