@@ -47,16 +47,12 @@ writes (records sorted by input position).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
 import logging
-import os
 import re
-import socket
 import statistics
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -67,6 +63,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from reasoningner.configs import GOLD_TEMPLATE, CoTArguments, GenerationArguments, PromptArguments
+from reasoningner.files import complete_lines, exclusive, write_whole
 from reasoningner.formats import OutputFormat, get_format, split_answer
 from reasoningner.generation import Completion, ConversationFailed
 from reasoningner.metrics import MatchMode, example_f1
@@ -234,46 +231,6 @@ def load_tasks(args: CoTArguments, prompt: PromptArguments) -> list[Task]:
     return load_all_tasks(args, prompt)[index::count]
 
 
-def _replace(path: Path, data: bytes) -> None:
-    """Write `path` whole or not at all: a kill mid-write leaves the previous file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-@contextlib.contextmanager
-def exclusive(path: Path) -> Iterator[None]:
-    """Hold `<path>.lock` while writing `path`: a second run on it fails at once, instead of writing
-    every record a second time. An flock is released by the OS when its process dies, however it dies,
-    so a killed run never leaves a stale lock behind."""
-    lock = path.with_name(path.name + ".lock")
-    with lock.open("a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise RuntimeError(
-                f"{path} is being written by another run ({holder}; it holds {lock.name}): a second "
-                "writer would annotate its sentences twice. Wait for that run to end, or stop it"
-            ) from None
-        except OSError as error:  # e.g. Lustre mounted without flock support
-            logger.warning("cannot lock %s (%s): make sure no other run writes %s", lock, error, path.name)
-        else:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-            handle.flush()
-        yield
-
-
 def _known(
     records: Iterable[tuple[str, dict[str, Any]]], share: Mapping[str, Task], path: Path
 ) -> Iterator[tuple[str, dict[str, Any], Task]]:
@@ -310,13 +267,7 @@ def resume(path: Path, tasks: Sequence[Task], teacher: str) -> set[str]:
     """
     if not path.exists():
         return set()
-    data = path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    lines = [
-        (f"{path}:{number}", line)
-        for number, line in enumerate(complete.split(b"\n")[:-1], 1)
-        if line.strip()
-    ]
+    lines, cut = complete_lines(path)
     records = ((where, parse_record(line, where)) for where, line in lines)
     kept: list[dict[str, Any]] = []
     for where, record, task in _known(records, {t.key: t for t in tasks}, path):
@@ -329,8 +280,8 @@ def resume(path: Path, tasks: Sequence[Task], teacher: str) -> set[str]:
                 f"{teacher}: {AFRESH}"
             )
         kept.append(record)
-    if len(kept) != len(lines) or len(complete) != len(data):
-        _replace(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept).encode("utf-8"))
+    if len(kept) != len(lines) or cut:
+        write_whole(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
     return {record["key"] for record in kept}
 
 
@@ -450,7 +401,7 @@ def annotate(args: CoTArguments, prompt: PromptArguments, generation: Generation
                 out.flush()
                 bar.update()
         report = summarize(read_records(path), seconds=time.perf_counter() - started, annotated=len(todo))
-        _replace(report_path(args), (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+        write_whole(report_path(args), json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -512,9 +463,9 @@ def merge_shards(args: CoTArguments, prompt: PromptArguments) -> Path:
             )
         records.sort(key=lambda r: r["position"])
         target = output_dir / ANNOTATIONS
-        _replace(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
+        write_whole(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         report = summarize(records, seconds=0.0, annotated=0)
-        _replace(output_dir / REPORT, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+        write_whole(output_dir / REPORT, json.dumps(report, indent=2) + "\n")
     return target
 
 

@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from reasoningner.files import write_whole
 from reasoningner.sources import CORPUS
 
 logger = logging.getLogger(__name__)
@@ -203,14 +204,7 @@ def write_manifest(
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    _write_whole(path, json.dumps(payload, indent=2, default=str) + "\n")
-
-
-def _write_whole(path: Path, text: str) -> None:
-    """Written whole or not at all (a kill mid-write leaves the previous file)."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # shards may write at once
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    write_whole(path, json.dumps(payload, indent=2, default=str) + "\n")
 
 
 # --- a run's identity: its settings ------------------------------------------------------------------
@@ -412,7 +406,7 @@ def continue_wandb_run(output_dir: str | Path, resuming: bool) -> None:
     if not run_id:
         run_id = uuid.uuid4().hex[:12]
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_whole(path, run_id + "\n")
+        write_whole(path, run_id + "\n")
     _RUN_IDS_SET_HERE.add(run_id)
     os.environ["WANDB_RUN_ID"] = run_id
     os.environ["WANDB_RESUME"] = "allow"

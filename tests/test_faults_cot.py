@@ -26,7 +26,8 @@ from typing import Any
 import pytest
 
 from reasoningner.configs import CoTArguments, GenerationArguments, PromptArguments
-from reasoningner.cot import Task, annotate, exclusive, gold_template_sample, load_tasks, merge_shards
+from reasoningner.cot import Task, annotate, gold_template_sample, load_tasks, merge_shards
+from reasoningner.files import exclusive
 from reasoningner.formats import get_format
 from reasoningner.records import read_records
 from tests.fake_openai import ChatHandler, ChatServer, serving

@@ -1,0 +1,70 @@
+"""Output files that a kill at any moment leaves usable: written whole or not at all, written by one run
+at a time, and line files read up to their last complete line (what stage 1 and evaluation resume from)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def write_whole(path: Path, data: bytes | str) -> None:
+    """Write `path` whole or not at all: a kill mid-write leaves the previous file."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold `<path>.lock` while writing `path`: a second run on it fails at once, instead of writing
+    every record a second time. An flock is released by the OS when its process dies, however it dies,
+    so a killed run never leaves a stale lock behind."""
+    lock = path.with_name(path.name + ".lock")
+    with lock.open("a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RuntimeError(
+                f"{path} is being written by another run ({holder}; it holds {lock.name}): a second "
+                "writer would write its records twice. Wait for that run to end, or stop it"
+            ) from None
+        except OSError as error:  # e.g. Lustre mounted without flock support
+            logger.warning("cannot lock %s (%s): make sure no other run writes %s", lock, error, path.name)
+        else:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            handle.flush()
+        yield
+
+
+def complete_lines(path: Path) -> tuple[list[tuple[str, bytes]], bool]:
+    """The non-blank complete lines of `path` as `(path:line, line)`, and whether a half-written last
+    line (a kill mid-write) follows them."""
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    lines = [
+        (f"{path}:{number}", line)
+        for number, line in enumerate(complete.split(b"\n")[:-1], 1)
+        if line.strip()
+    ]
+    return lines, len(complete) != len(data)
