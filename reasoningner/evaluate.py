@@ -57,7 +57,14 @@ relies on the label *name* it memorized or on the definition it is given; with n
 Output in `output_dir`: `results.json` (everything below, ratios as fractions), `results.md`
 (Markdown tables: scores in both modes, per type, error analysis, probe drops) and
 `generations.jsonl` (one line per output as it finishes: dataset, variant, id, text, labels, raw
-output, parsed spans, ungrounded mentions, parse problems, gold, error counts). A rerun overwrites.
+output, parsed spans, ungrounded mentions, parse problems, gold, error counts).
+
+A rerun into the same folder (a relaunch after a kill, or a rescoring) asks only what
+`generations.jsonl` has no output for: each output is kept under the fingerprint of what it was
+asked with (`asked`: the prompt, every generation setting and, for a local model, its files'
+contents: a model retrained in place answers anew), and parsed and scored again with today's code.
+Outputs asked otherwise are dropped (one atomic rewrite); delete the file to ask everything again.
+With an injected `generator` (tests) nothing is kept: its outputs cannot be identified.
 
 General capability, optional and not in CI: with lm-evaluation-harness installed (it is not a
 dependency), check that NER training kept the base model's skills::
@@ -69,6 +76,7 @@ dependency), check that NER training kept the base model's skills::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -87,12 +95,14 @@ from reasoningner.configs import (
     GenerationArguments,
     PromptArguments,
 )
+from reasoningner.files import complete_lines, exclusive, write_whole
 from reasoningner.formats import CONTENT_PROBLEMS, ParseResult
 from reasoningner.generation import Completion, Generator
 from reasoningner.metrics import MATCH_MODES, Report, Scorer, text_keys
-from reasoningner.predict import NERModel
+from reasoningner.predict import TOO_LONG, NERModel
 from reasoningner.results import NORMAL, ErrorCounts, Evaluation
 from reasoningner.spans import Example, Schema, Span, SpanError
+from reasoningner.tracking import fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -334,26 +344,42 @@ def evaluate(
         model = NERModel(generator, prompt, sampling=generation.sampling())
     output_dir = Path(args.output_dir)  # type: ignore[arg-type]
     output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / GENERATIONS
+    identity = generation_identity(generation) if generator is None else None
+    keys = [
+        asked_key(model.conversation(item.example.text, item.example.schema), identity) if identity else None
+        for item in items
+    ]
     outcomes: list[tuple[ParseResult, ErrorCounts] | None] = [None] * len(items)
     tokens = 0
-    started = time.perf_counter()
-    with (
-        model,
-        # backslashreplace: a lone surrogate from a server's JSON becomes a JSON escape, not a crash
-        (output_dir / GENERATIONS).open("w", encoding="utf-8", errors="backslashreplace") as out,
-        tqdm(total=len(items), desc="eval", unit="sent") as bar,
-    ):
-        for index, completion, result in model.run(
-            [(item.example.text, item.example.schema) for item in items]
+    with model, exclusive(path):
+        kept = []
+        for index, record in earlier_outputs(path, keys).items():
+            item, completion = items[index], Completion(record["output"], record["completion_tokens"])
+            result = model.output_format.parse(completion.text, item.example.text, item.example.schema)
+            outcomes[index] = (result, error_counts(item.example, result))
+            kept.append(_generation_record(item, completion, result, outcomes[index][1], keys[index]))
+        write_whole(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in kept))
+        todo = [index for index, outcome in enumerate(outcomes) if outcome is None]
+        started = time.perf_counter()
+        with (
+            # backslashreplace: a lone surrogate from a server's JSON becomes a JSON escape, not a crash
+            path.open("a", encoding="utf-8", errors="backslashreplace") as out,
+            tqdm(total=len(items), initial=len(kept), desc="eval", unit="sent") as bar,
         ):
-            counts = error_counts(items[index].example, result)
-            outcomes[index] = (result, counts)
-            tokens += completion.completion_tokens
-            record = _generation_record(items[index], completion, result, counts)
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            out.flush()
-            bar.update()
-    seconds = time.perf_counter() - started
+            for position, completion, result in model.run(
+                [(items[index].example.text, items[index].example.schema) for index in todo]
+            ):
+                index = todo[position]
+                counts = error_counts(items[index].example, result)
+                outcomes[index] = (result, counts)
+                tokens += completion.completion_tokens
+                asked = None if any(p.kind == TOO_LONG for p in result.problems) else keys[index]
+                record = _generation_record(items[index], completion, result, counts, asked)
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                out.flush()
+                bar.update()
+        seconds = time.perf_counter() - started
     reports, errors = _score(items, outcomes, label_maps)  # type: ignore[arg-type]
     evaluation = Evaluation(
         primary_mode=args.primary_mode,  # type: ignore[arg-type]
@@ -363,8 +389,9 @@ def evaluate(
         label_maps=label_maps,
         generation={
             "sentences": len(items),
+            "reused": len(kept),  # outputs of an earlier run (the module docstring); the rest asked now
             "seconds": round(seconds, 3),
-            "sentences_per_second": len(items) / seconds if seconds else 0.0,
+            "sentences_per_second": len(todo) / seconds if seconds else 0.0,
             "completion_tokens": tokens,
         },
         config={**asdict(args), **asdict(model.prompt), **asdict(generation)},
@@ -397,8 +424,42 @@ def _score(
     return reports, errors
 
 
+def generation_identity(generation: GenerationArguments) -> str:
+    """What decides a model's outputs besides the prompt: every generation setting and, for a local
+    model, the contents of its folder's files (sampled for weights, `tracking.fingerprint`)."""
+    identity: dict[str, Any] = {"generation": asdict(generation)}
+    folder = Path(generation.model_name_or_path or "")
+    if generation.model_name_or_path and folder.is_dir():
+        identity["files"] = {p.name: fingerprint(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def asked_key(conversation: Sequence[Mapping[str, str]], identity: str) -> str:
+    """The fingerprint an output is kept under: the exact prompt and the `generation_identity`."""
+    return hashlib.sha256(json.dumps([conversation, identity], sort_keys=True).encode()).hexdigest()[:24]
+
+
+def earlier_outputs(path: Path, keys: Sequence[str | None]) -> dict[int, dict[str, Any]]:
+    """Item index -> the record of an earlier run that asked it exactly so (`asked_key`); one record per
+    item, so that a sentence asked twice (sampling) keeps two outputs only if there were two."""
+    if not path.exists():
+        return {}
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for where, line in complete_lines(path)[0]:
+        try:
+            record = json.loads(line)
+            key = record.get("asked")
+        except (ValueError, AttributeError) as error:
+            raise ValueError(
+                f"{where}: not an output record ({error}): move {path.name} away to ask every sentence again"
+            ) from None
+        if key:
+            by_key.setdefault(key, []).append(record)
+    return {i: by_key[key].pop(0) for i, key in enumerate(keys) if key and by_key.get(key)}
+
+
 def _generation_record(
-    item: _Item, completion: Completion, result: ParseResult, counts: ErrorCounts
+    item: _Item, completion: Completion, result: ParseResult, counts: ErrorCounts, asked: str | None
 ) -> dict[str, Any]:
     text = item.example.text
     return {
@@ -416,4 +477,5 @@ def _generation_record(
         "problems": [{"kind": p.kind, "detail": p.detail} for p in result.problems],
         "gold": item.example.entity_dicts(),
         "errors": counts.to_dict(),
+        "asked": asked,
     }

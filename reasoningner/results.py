@@ -96,10 +96,11 @@ class Evaluation:
     def to_markdown(self) -> str:
         """results.md: scores in both modes, per type, error analysis, probe drops."""
         generation = self.generation
+        reused = f" ({generation['reused']} of an earlier run)" if generation.get("reused") else ""
         parts = [
             f"# Evaluation of `{self.config.get('model_name_or_path') or 'an injected generator'}`\n",
             f"Backend `{self.config.get('backend')}`, format `{self.config.get('output_format')}`, "
-            f"{generation['sentences']} outputs in {generation['seconds']:.1f} s "
+            f"{generation['sentences']} outputs{reused} in {generation['seconds']:.1f} s "
             f"({generation['sentences_per_second']:.2f} sentences/s). Micro P/R/F1 in percent; Avg is the "
             "unweighted mean over datasets. Primary score: "
             f"**{_MODE_NAMES[self.primary_mode]}**.\n",

@@ -121,7 +121,8 @@ def main(args: EvalArguments, prompt: PromptArguments, generation: GenerationArg
     Console().print(evaluation.table())
     generation = evaluation.generation
     print(
-        f"eval: {generation['sentences']} outputs, {generation['sentences_per_second']:.2f} sentences/s "
+        f"eval: {generation['sentences']} outputs ({generation['reused']} of an earlier run), "
+        f"{generation['sentences_per_second']:.2f} sentences/s "
         f"-> {args.output_dir}/{RESULTS_MD}",
         file=sys.stderr,
     )

@@ -445,6 +445,7 @@ def test_eval_stage_end_to_end_with_the_tiny_model(tmp_path: Path, tiny_model_di
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == [
         "generations.jsonl",
+        "generations.jsonl.lock",  # held while it is written (`files.exclusive`)
         "manifest.json",
         "results.json",
         "results.md",
@@ -454,6 +455,75 @@ def test_eval_stage_end_to_end_with_the_tiny_model(tmp_path: Path, tiny_model_di
     assert results["scores"]["text"]["datasets"]["conll"]["examples"] == 5
     assert results["config"]["model_name_or_path"] == str(tiny_model_dir)
     assert "conll" in result.stdout and "Avg" in result.stdout
+
+
+class Preempted(Exception):
+    """Stands for a kill in the middle of an evaluation."""
+
+
+def test_a_relaunched_evaluation_asks_only_what_it_lacks(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill mid-evaluation loses only the outputs in flight: the relaunch asks the rest and ends with
+    the scores of a run never killed. Outputs asked otherwise (another setting, a model changed in place)
+    are asked again; a garbled file is refused naming file:line."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    sets = [{"path": str(ROOT / "data" / "conll2003" / "dev-slice.txt"), "name": "conll"}]
+
+    def run(out: str, max_new_tokens: int = 12) -> Evaluation:
+        args = EvalArguments(datasets=sets, limit=6, probes=["opaque"], output_dir=str(tmp_path / out))
+        generation = GenerationArguments(
+            model_name_or_path=str(model), backend_options={"batch_size": 2}, max_new_tokens=max_new_tokens
+        )
+        return evaluate(args, PromptArguments(), generation)
+
+    asked: list[int] = []
+    original_run = NERModel.run
+
+    def counted(self: NERModel, items: Sequence) -> Iterator:
+        asked.append(len(items))
+        yield from original_run(self, items)
+
+    def killed_after_five(self: NERModel, items: Sequence) -> Iterator:
+        for number, output in enumerate(original_run(self, items), 1):
+            yield output
+            if number == 5:
+                raise Preempted
+
+    reference = run("reference")
+    with monkeypatch.context() as patch, pytest.raises(Preempted):
+        patch.setattr(NERModel, "run", killed_after_five)
+        run("out")
+    generations = tmp_path / "out" / "generations.jsonl"
+    assert len(generations.read_text().splitlines()) == 5
+
+    def outputs(out: str) -> list[tuple]:
+        records = [
+            json.loads(line) for line in (tmp_path / out / "generations.jsonl").read_text().splitlines()
+        ]
+        return sorted((r["variant"], r["id"], r["output"], r["asked"]) for r in records)
+
+    monkeypatch.setattr(NERModel, "run", counted)
+    resumed = run("out")
+    assert asked == [12 - 5]  # 6 sentences and their opaque-label probe
+    assert resumed.generation["reused"] == 5
+    assert resumed.to_dict()["scores"] == reference.to_dict()["scores"]
+    assert outputs("out") == outputs("reference")
+
+    assert run("out").to_dict()["scores"] == reference.to_dict()["scores"]  # complete: nothing to ask
+    assert asked[-1] == 0
+    run("out", max_new_tokens=8)  # other settings: every output asked anew
+    assert asked[-1] == 12
+    run("out")
+    assert asked[-1] == 12  # those of the first settings were dropped
+    (model / "notes.txt").write_text("retrained here")  # the model folder changed
+    run("out")
+    assert asked[-1] == 12
+
+    generations.write_text(generations.read_text() + "{not json\n")
+    with pytest.raises(ValueError, match=f"{generations}:13: not an output record"):
+        run("out")
 
 
 # --- the prompt contract saved beside a model: every consumer reads it ----------------------------------
