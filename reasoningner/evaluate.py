@@ -62,7 +62,8 @@ output, parsed spans, ungrounded mentions, parse problems, gold, error counts).
 A rerun into the same folder (a relaunch after a kill, or a rescoring) asks only what
 `generations.jsonl` has no output for: each output is kept under the fingerprint of what it was
 asked with (`asked`: the prompt, every generation setting and, for a local model, its files'
-contents: a model retrained in place answers anew), and parsed and scored again with today's code.
+contents: a model retrained in place answers anew; a server's model is known by its name only), and
+parsed and scored again with today's code.
 Outputs asked otherwise are dropped (one atomic rewrite); delete the file to ask everything again.
 With an injected `generator` (tests) nothing is kept: its outputs cannot be identified.
 
