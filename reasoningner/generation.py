@@ -529,10 +529,12 @@ class TransformersGenerator(Generator):
             self._tokenizer.pad_token = self._tokenizer.eos_token
         self._model: Any = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(device).eval()
         self.context_tokens = getattr(self._model.config, "max_position_embeddings", None)
+        # Every end id the model declares and the tokenizer's, as TRL's GRPO and vLLM stop: a LoRA adapter
+        # loads its base's generation config, which for Qwen3-Base lacks the chat turn's end (<|im_end|>,
+        # the tokenizer's eos), and would run on to max_new_tokens past the answer it was trained to end.
         eos = self._model.generation_config.eos_token_id
-        if eos is None:
-            eos = self._tokenizer.eos_token_id
-        self._eos_ids = set(eos) if isinstance(eos, list) else {eos}
+        declared = eos if isinstance(eos, list) else [eos]
+        self._eos_ids = {t for t in [*declared, self._tokenizer.eos_token_id] if t is not None}
 
     def _generate(
         self, conversations: Sequence[Conversation], sampling: SamplingConfig
@@ -549,6 +551,7 @@ class TransformersGenerator(Generator):
             "pad_token_id": self._tokenizer.pad_token_id,
             "do_sample": sample,
             "num_return_sequences": sampling.n,
+            "eos_token_id": sorted(self._eos_ids),
         }
         if sample:
             options.update(temperature=sampling.temperature, top_p=sampling.top_p)

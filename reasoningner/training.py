@@ -436,6 +436,9 @@ def save_final(trainer: Any, output_dir: str, merge_lora: bool, contract: Prompt
     unset_hf_deepspeed_config()
     merged_dir = Path(output_dir) / "merged"
     merged = AutoPeftModelForCausalLM.from_pretrained(output_dir, dtype="auto").merge_and_unload()
+    # The trainer's generation config, which transformers gave the tokenizer's end token (for Qwen3-Base
+    # the chat turn's end, missing from the base's): the merged model stops where it was trained to.
+    merged.generation_config = trainer.model.generation_config
     merged.save_pretrained(merged_dir)
     trainer.processing_class.save_pretrained(merged_dir)
     contract.save(merged_dir)

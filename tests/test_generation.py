@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import sys
 import time
 import types
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from reasoningner.generation import (
     Completion,
@@ -131,6 +132,26 @@ def test_transformers_token_counts_exclude_padding(model_dir: Path, local: Trans
         for sentence, count in zip(SENTENCES, counts, strict=True):
             [[completion]] = one_by_one.generate([conversation(sentence)], SamplingConfig(max_new_tokens=12))
             assert completion.completion_tokens == count
+
+
+def test_transformers_stops_at_the_tokenizers_end_too(
+    model_dir: Path, local: TransformersGenerator, tmp_path: Path
+) -> None:
+    """A LoRA adapter loads its base's generation config, which for Qwen3-Base names another end token
+    than the chat turn's (the tokenizer's eos): generation must stop at the tokenizer's too, as TRL's GRPO
+    and vLLM do, not run on to max_new_tokens."""
+    other_end = tmp_path / "model"
+    shutil.copytree(model_dir, other_end)
+    config = GenerationConfig.from_pretrained(other_end)
+    tokenizer_eos = AutoTokenizer.from_pretrained(other_end).eos_token_id
+    config.eos_token_id = next(t for t in range(256) if t not in (tokenizer_eos, config.pad_token_id))
+    config.save_pretrained(other_end)
+    conversations = [conversation(s) for s in SENTENCES]
+    greedy = SamplingConfig(max_new_tokens=12)
+    expected = local.generate(conversations, greedy)
+    assert {c[0].finish_reason for c in expected} == {"stop", "length"}
+    with TransformersGenerator(other_end, batch_size=3) as generator:
+        assert generator.generate(conversations, greedy) == expected
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -17,7 +18,13 @@ import torch
 import yaml
 from datasets import Dataset
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from trl import SFTConfig, SFTTrainer
 from trl.trainer import sft_trainer
 
@@ -256,11 +263,21 @@ def check_lora_output(
 def test_lora_sft_run_lowers_the_loss_and_merges(
     model_dir: Path, tokenizer: PreTrainedTokenizerBase, cot_file: Path, tmp_path: Path, one_thread: None
 ) -> None:
+    # As Qwen3-Base: the generation config ends at another token than the tokenizer (the chat turn's end).
+    base = tmp_path / "base"
+    shutil.copytree(model_dir, base)
+    base_generation = GenerationConfig.from_pretrained(base)
+    base_generation.eos_token_id = next(t for t in range(8) if t != tokenizer.eos_token_id)
+    base_generation.save_pretrained(base)
     out = tmp_path / "lora"
-    run_stage(*stage_args(model_dir, cot_file, out, max_steps=20, lr=1e-2), *LORA, "--merge_lora", "true")
-    before = supervised_loss(load(model_dir), tokenizer, recipe_conversations(cot_file))
-    after = check_lora_output(out, model_dir, tokenizer, cot_file)
+    run_stage(*stage_args(base, cot_file, out, max_steps=20, lr=1e-2), *LORA, "--merge_lora", "true")
+    before = supervised_loss(load(base), tokenizer, recipe_conversations(cot_file))
+    after = check_lora_output(out, base, tokenizer, cot_file)
     assert PromptContract.load(out / "merged").prompt == RECIPE_PROMPT
+    # The merged model stops where it was trained to, as the trainer's model did (transformers adds the
+    # tokenizer's end to it), not only where the base's generation config says.
+    merged_ends = GenerationConfig.from_pretrained(out / "merged").eos_token_id
+    assert {tokenizer.eos_token_id, base_generation.eos_token_id} <= set(merged_ends)
     # A random-init model's logits are tiny (unit hidden states against 0.02-scale tied embeddings) and LoRA
     # on q/v cannot scale them up, so the loss can only fall a little below log(vocab): ~0.15 nats here.
     assert after < before - 0.1, (before, after)
