@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from reasoningner.configs import RENAMED, PromptArguments, PromptContract
+from reasoningner.configs import RENAMED, GenerationArguments, PromptArguments, require_model
 from reasoningner.formats import FORMATS
 from reasoningner.generation import BACKENDS
 from reasoningner.predict import NERModel, check_scoring
@@ -229,8 +229,8 @@ def _predict(args: argparse.Namespace, console: Console) -> int:
     descriptions = (
         json.loads(args.descriptions_file.read_text(encoding="utf-8")) if args.descriptions_file else {}
     )
-    if not labels:
-        contract = PromptContract.load(args.model)
+    if not labels:  # the model's own, from its folder or its Hub repository
+        contract = GenerationArguments(model_name_or_path=args.model, backend=args.backend).prompt_contract()
         labels = tuple(contract.labels) if contract is not None else ()
     if not labels:
         raise ValueError(f"{args.model} has no prompt contract naming its labels: give --labels")
@@ -238,8 +238,8 @@ def _predict(args: argparse.Namespace, console: Console) -> int:
     schema = Schema(labels, descriptions)
     prompt = PromptArguments(**{f.name: getattr(args, f.name) for f in fields(PromptArguments)})
     check_scoring(args.threshold, args.num_samples)
-    if args.backend == "transformers" and not Path(args.model).is_dir():
-        raise FileNotFoundError(f"no model directory {args.model}")
+    if args.backend != "openai":
+        require_model(args.model)  # a local folder that is not there would be looked up on the Hub
     with contextlib.ExitStack() as stack:
         if args.input == "-":
             # The bytes of stdin, decoded here: its own decoder may be strict, or (a C locale) turn bad

@@ -234,18 +234,18 @@ class GenerationArguments:
         self.backend_options = options_from(self.backend_options)
 
     @property
-    def names_hub_model(self) -> bool:
-        """Whether `model_name_or_path` may be a Hub id: not when a server (`openai`) serves the model,
-        whose model name is its own."""
-        return self.backend != "openai"
+    def revision(self) -> str | None:
+        """The Hub revision of the model (vLLM's `revision` engine option), which its contract is read at."""
+        return self.backend_options.get("revision")  # type: ignore[union-attr]
 
     def prompt_contract(self) -> PromptContract | None:
-        """The contract of the model generating: read from the Hub too for a Hub model."""
-        return PromptContract.load(self.model_name_or_path, from_hub=self.names_hub_model)
+        """The contract of the model generating: read from the Hub too for a Hub id, also the name a
+        server serves (`vllm serve owner/name` serves it under that name)."""
+        return PromptContract.load(self.model_name_or_path, from_hub=True, revision=self.revision)
 
     def training_sources(self) -> list[str]:
         """`training_sources` of the model generating, read from the Hub as `prompt_contract` is."""
-        return training_sources(self.model_name_or_path, from_hub=self.names_hub_model)
+        return training_sources(self.model_name_or_path, from_hub=True, revision=self.revision)
 
     def sampling(self, n: int = 1) -> SamplingConfig:
         return SamplingConfig(
@@ -497,22 +497,24 @@ def eval_sources(args: EvalArguments) -> list[str]:
     return [entry if isinstance(entry, str) else str(entry.get("path")) for entry in args.datasets]
 
 
-def training_sources(model: str | Path | None, from_hub: bool = False) -> list[str]:
+def training_sources(
+    model: str | Path | None, from_hub: bool = False, revision: str | None = None
+) -> list[str]:
     """Every data source that went into a trained model (`tracking.data_sources` of its manifest, in its
-    folder or the run folder above a `checkpoint-N`; with `from_hub`, the one published with a Hub
-    model). Empty for a model without a manifest (a base model) or whose Hub cannot be asked (a warning)."""
+    folder or the run folder above a `checkpoint-N` or a `merged` model; with `from_hub`, the one
+    published with a Hub model, at `revision`). Empty for a model without a manifest (a base model) or
+    whose Hub cannot be asked (a warning)."""
     if model is None:
         return []
     path = None
     if from_hub and is_hub_id(model):
         try:
-            path = hub_file(str(model), MANIFEST)
+            path = hub_file(str(model), MANIFEST, revision)
         except OSError as error:
             logger.warning("%s: no %s from the Hub (%s): training data not checked", model, MANIFEST, error)
     else:
-        folders = (
-            [Path(model), Path(model).parent] if Path(model).name.startswith("checkpoint-") else [Path(model)]
-        )
+        inside_run = Path(model).name.startswith("checkpoint-") or Path(model).name == "merged"
+        folders = [Path(model), Path(model).parent] if inside_run else [Path(model)]
         path = next((folder / MANIFEST for folder in folders if (folder / MANIFEST).is_file()), None)
     return data_sources(json.loads(path.read_text(encoding="utf-8"))) if path is not None else []
 

@@ -342,6 +342,13 @@ class NERModel:
         """The model that `generation` describes (backend, model, sampling), asked with `prompt`, whose
         unset fields come from the prompt contract saved beside the model."""
         contract = generation.prompt_contract()
+        if contract is None:
+            logger.warning(
+                "%s has no prompt contract (a base model, or one trained elsewhere): asked with %s; a model "
+                "trained here and asked otherwise than it learnt answers worse",
+                generation.model_name_or_path,
+                prompt or PromptArguments(),
+            )
         return cls(
             generation.build_generator(),
             (prompt or PromptArguments()).resolve(contract),

@@ -542,6 +542,38 @@ def contracted_model(tiny_model_dir: Path, tmp_path: Path) -> Path:
     return model
 
 
+def test_predict_cli_with_a_hub_model_takes_its_labels_and_prompt_from_its_hub_repository(
+    contracted_model: Path, tmp_path: Path
+) -> None:
+    """What the model card tells Hub users to run: `reasoningner predict --model owner/name texts.txt`,
+    without --labels (here from the Hub cache, offline, as `hf download` leaves a model)."""
+    snapshot = tmp_path / "hub" / "models--me--tiny-ner" / "snapshots" / "0123abcd"
+    shutil.copytree(contracted_model, snapshot)
+    (tmp_path / "hub" / "models--me--tiny-ner" / "refs").mkdir()
+    (tmp_path / "hub" / "models--me--tiny-ner" / "refs" / "main").write_text("0123abcd")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("Peter Blackburn met Peter .\n", encoding="utf-8")
+    env = os.environ | {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "reasoningner.cli", "predict", "--model", "me/tiny-ner",
+         "--max-new-tokens", "8", str(texts)], cwd=tmp_path, capture_output=True, text=True, env=env,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [record] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert record["text"] == "Peter Blackburn met Peter ."
+    assert "no prompt contract" not in result.stderr
+
+
+def test_a_model_without_a_contract_is_asked_with_the_given_settings_and_a_warning(
+    tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    given = PromptArguments("xml", descriptions=False)
+    with caplog.at_level("WARNING"), NERModel.from_pretrained(tiny_model_dir, prompt=given) as model:
+        assert model.prompt == given
+    assert f"{tiny_model_dir} has no prompt contract (a base model, or one trained elsewhere)" in caplog.text
+
+
 def test_ner_model_asks_as_the_contract_says_and_a_contradicting_setting_warns(
     contracted_model: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -632,10 +664,11 @@ def test_a_hub_model_s_training_order_comes_from_its_hub_contract(tmp_path: Path
     evaluate(args, PromptArguments(), GenerationArguments(model_name_or_path="me/ner"), generator)
     assert asked == ["me/ner/prompt_contract.json"]
     assert "\n".join(f"- {label}" for label in trained) in generator.prompts[0]
-    # A model served behind an OpenAI-compatible API is named by the server, not the Hub: not asked.
+    # A server serves a Hub model under its id (`vllm serve me/ner`): its contract is read from the Hub too.
     served = GenerationArguments(model_name_or_path="me/ner", backend="openai")
     evaluate(args, PromptArguments(), served, generator)
-    assert asked == ["me/ner/prompt_contract.json"]
+    assert asked == ["me/ner/prompt_contract.json"] * 2
+    assert "\n".join(f"- {label}" for label in trained) in generator.prompts[1]
 
 
 def test_results_say_in_domain_when_the_model_was_trained_on_a_set(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from reasoningner.configs import (
     EvalArguments,
+    GenerationArguments,
     PromptArguments,
     RLScriptArguments,
     check_contamination,
@@ -170,6 +171,8 @@ def test_the_corpora_ner_cot_records_name_are_training_sources(tmp_path: Path) -
         folder.mkdir()
         (folder / "manifest.json").write_text(json.dumps(manifest))
     assert training_sources(rl) == [NER_COT, "corpus:CrossNER_politics"]
+    (rl / "merged").mkdir()  # a merged LoRA model: its run's manifest is in the folder above
+    assert training_sources(rl / "merged") == training_sources(rl)
     crossner = EvalArguments(output_dir="o", datasets=[{"path": f"{UIE}@test?sets=CrossNER_AI"}])
     with pytest.raises(
         ValueError, match=r"overlaps training source corpus:CrossNER_politics \(family:crossner\)"
@@ -191,14 +194,22 @@ def test_a_hub_model_s_training_data_comes_from_the_manifest_published_with_it(
     )
     answers: dict[str, Exception | None] = {"me/rl": None, "me/offline": LocalEntryNotFoundError("no")}
 
-    def download(repo_id: str, filename: str) -> str:
+    revisions: list[str | None] = []
+
+    def download(repo_id: str, filename: str, revision: str | None = None) -> str:
+        revisions.append(revision)
         if answers[repo_id] is not None:
             raise answers[repo_id]
         return str(tmp_path / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
     assert training_sources("me/rl", from_hub=True) == [NER_COT]
-    assert training_sources("me/rl") == []  # not without from_hub (a served model's name)
+    assert training_sources("me/rl") == []  # not without from_hub
+    # A model served or loaded at a revision (vLLM's `revision` option) is checked at that revision.
+    served = GenerationArguments(
+        model_name_or_path="me/rl", backend="openai", backend_options={"revision": "v1"}
+    )
+    assert served.training_sources() == [NER_COT] and revisions[-1] == "v1"
     with caplog.at_level("WARNING"):
         assert training_sources("me/offline", from_hub=True) == []
     assert "me/offline: no manifest.json from the Hub" in caplog.text
