@@ -133,17 +133,29 @@ def write_model_card(output_dir: str | Path, repo_id: str | None = None) -> Path
     return output_dir / CARD
 
 
-def publish(output_dir: str | Path, repo_id: str, private: bool = False) -> str:
-    """Upload the model folder (weights, tokenizer, card, contract, manifest; no checkpoints) to the
-    Hub repository `repo_id`, made if missing; the token comes from `HF_TOKEN` or the login."""
+def hub_repository(name: str, private: bool = False) -> str:
+    """The full id (`owner/name`) of the Hub repository `name` names, made now if missing (the token
+    comes from `HF_TOKEN` or the login): a training stage asks before it trains, so that a missing login
+    or a name the account may not use fails then, not after days of training, and so that the card names
+    the repository users load (a bare `name` is the account's)."""
     from huggingface_hub import HfApi
 
-    api = HfApi()
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(
+    return HfApi().create_repo(name, private=private, exist_ok=True).repo_id
+
+
+def publish(output_dir: str | Path, repo_id: str) -> str:
+    """Upload the model users load to the Hub repository `repo_id`: the folder's (weights, tokenizer,
+    card, contract, manifest; no checkpoints), or its `merged/` model when there is one (an adapter
+    needs its base, and vLLM loads no adapter as a model). It replaces the repository's files, so that
+    nothing of an earlier publish (an adapter beside new full weights) is loaded with the new model."""
+    from huggingface_hub import HfApi
+
+    merged = Path(output_dir) / "merged"
+    commit = HfApi().upload_folder(
         repo_id=repo_id,
-        folder_path=str(output_dir),
+        folder_path=str(merged if merged.is_dir() else output_dir),
         ignore_patterns=NOT_PUBLISHED,
+        delete_patterns="*",  # .gitattributes stays (huggingface_hub keeps it)
         commit_message="reasoningner: trained model, card and prompt contract",
     )
     return str(getattr(commit, "commit_url", commit))

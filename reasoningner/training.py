@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import random
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,10 +20,11 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
-from reasoningner.configs import PromptArguments, PromptContract, require_model
+from reasoningner.configs import PromptArguments, PromptContract, is_hub_id, require_model
 from reasoningner.doctor import stale_build_locks
-from reasoningner.model_card import publish, write_model_card
+from reasoningner.model_card import hub_repository, publish, write_model_card
 from reasoningner.tracking import (
+    MANIFEST,
     claim_output_dir,
     config_dict,
     continue_wandb_run,
@@ -239,13 +241,15 @@ def start_trainer_stage(
     contract (its folder's, or its Hub repository's at `model_revision`), and claim the output folder
     (`tracking.claim_output_dir`), saying where training starts."""
     keep_secrets_out(training_args)
+    main_process = training_args.process_index == 0
     # The final model is published with its card and contract (`finish_trainer_stage`), not by the
     # Trainer, which would push TRL's card with every save.
-    push_to = (
-        (training_args.hub_model_id or Path(training_args.output_dir).name)
-        if training_args.push_to_hub
-        else None
-    )
+    push_to = None
+    if training_args.push_to_hub:
+        check_publishable(script_args, model_args)
+        push_to = training_args.hub_model_id or Path(training_args.output_dir).name
+        if main_process:
+            push_to = hub_repository(push_to, training_args.hub_private_repo)
     training_args.push_to_hub = False
     set_seed(training_args.seed)
     stale = stale_build_locks()
@@ -263,7 +267,6 @@ def start_trainer_stage(
     )
     prompt = prompt.resolve(contract)
     configs = (script_args, prompt, training_args, model_args)
-    main_process = training_args.process_index == 0
     resume = claim_output_dir(
         training_args.output_dir,
         run_settings(config_dict(*configs)),
@@ -282,6 +285,17 @@ def start_trainer_stage(
         start = f"resuming from {checkpoint}" if checkpoint else "starting at step 0"
         print(f"{stage}: {start} in {training_args.output_dir}", flush=True)
     return TrainerStart(prompt, checkpoint, configs, inputs, push_to)
+
+
+def check_publishable(script_args: Any, model_args: Any) -> None:
+    """A LoRA adapter published alone names its base by the path it was trained from: one on a local
+    folder (GRPO from an SFT output) could be loaded by no one else."""
+    base = model_args.model_name_or_path
+    if model_args.use_peft and not script_args.merge_lora and not is_hub_id(base):
+        raise ValueError(
+            f"push_to_hub of a LoRA adapter on the local model {base}: no one else could load it; set "
+            "merge_lora: true (the merged model is published) or train from a Hub model"
+        )
 
 
 class _RunFinished(Exception):
@@ -410,8 +424,13 @@ def finish_trainer_stage(stage: str, trainer: Any, start: TrainerStart, corpora:
     output_dir = trainer.args.output_dir
     card = functools.partial(write_model_card, output_dir, start.push_to)
     record_trainer_stage(stage, trainer, start.configs, start.inputs, before_logging=card, corpora=corpora)
-    if trainer.accelerator.is_main_process and start.push_to:
-        print(f"{stage}: published {publish(output_dir, start.push_to, trainer.args.hub_private_repo)}")
+    if not trainer.accelerator.is_main_process:
+        return
+    merged = Path(output_dir) / "merged"
+    if merged.is_dir():  # a merged model is a model of its own: it carries its lineage too
+        shutil.copy2(Path(output_dir) / MANIFEST, merged / MANIFEST)
+    if start.push_to:
+        print(f"{stage}: published {publish(output_dir, start.push_to)}")
 
 
 def save_final(trainer: Any, output_dir: str, merge_lora: bool, contract: PromptContract) -> Path | None:

@@ -260,8 +260,28 @@ def check_lora_output(
     return loss
 
 
+def fake_hub(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """HfApi's repository creation and upload, recorded (a bare name is the account `me`'s)."""
+    from huggingface_hub import HfApi, RepoUrl
+
+    uploads: list[dict[str, Any]] = []
+
+    def create_repo(self: HfApi, repo_id: str, **kw: Any) -> RepoUrl:
+        uploads.append({"repo": repo_id})
+        return RepoUrl(f"https://huggingface.co/{repo_id if '/' in repo_id else 'me/' + repo_id}")
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: uploads.append(kw) or "https://hub/commit")
+    return uploads
+
+
 def test_lora_sft_run_lowers_the_loss_and_merges(
-    model_dir: Path, tokenizer: PreTrainedTokenizerBase, cot_file: Path, tmp_path: Path, one_thread: None
+    model_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    cot_file: Path,
+    tmp_path: Path,
+    one_thread: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # As Qwen3-Base: the generation config ends at another token than the tokenizer (the chat turn's end).
     base = tmp_path / "base"
@@ -270,7 +290,14 @@ def test_lora_sft_run_lowers_the_loss_and_merges(
     base_generation.eos_token_id = next(t for t in range(8) if t != tokenizer.eos_token_id)
     base_generation.save_pretrained(base)
     out = tmp_path / "lora"
-    run_stage(*stage_args(base, cot_file, out, max_steps=20, lr=1e-2), *LORA, "--merge_lora", "true")
+    uploads = fake_hub(monkeypatch)
+    run_stage(*stage_args(base, cot_file, out, max_steps=20, lr=1e-2), *LORA, "--merge_lora", "true",
+              "--push_to_hub", "true", "--hub_model_id", "me/lora")  # fmt: skip
+    # The merged model is published (an adapter on a local base could be loaded by no one else), with
+    # the run's lineage (the contamination check reads it) and a card naming the repository.
+    assert uploads[-1]["repo_id"] == "me/lora" and uploads[-1]["folder_path"] == str(out / "merged")
+    assert (out / "merged" / "manifest.json").read_bytes() == (out / "manifest.json").read_bytes()
+    assert 'NERModel.from_pretrained("me/lora")' in (out / "merged" / "README.md").read_text()
     before = supervised_loss(load(base), tokenizer, recipe_conversations(cot_file))
     after = check_lora_output(out, base, tokenizer, cot_file)
     assert PromptContract.load(out / "merged").prompt == RECIPE_PROMPT
@@ -434,26 +461,41 @@ def test_trl_accepts_the_padding_free_choice_with_the_recipe_max_length(
     assert (batch["position_ids"] == 0).sum() == len(rows)
 
 
+def test_publishing_asks_the_hub_before_training_and_refuses_an_adapter_no_one_else_could_load(
+    model_dir: Path, cot_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import LocalTokenNotFoundError
+
+    def no_login(self: HfApi, repo_id: str, **kw: Any) -> None:
+        raise LocalTokenNotFoundError("Token is required (`token=True`), but no token found")
+
+    monkeypatch.setattr(HfApi, "create_repo", no_login)
+    out = tmp_path / "sft"
+    args = stage_args(model_dir, cot_file, out, max_steps=2, lr=1e-3)
+    with pytest.raises(LocalTokenNotFoundError):
+        run_stage(*args, "--push_to_hub", "true")
+    assert not out.exists()  # before anything was trained or claimed
+    with pytest.raises(ValueError, match=f"push_to_hub of a LoRA adapter on the local model {model_dir}"):
+        run_stage(*args, *LORA, "--push_to_hub", "true")
+
+
 def test_the_model_card_tells_how_to_use_the_model_and_publishing_uploads_it_with_the_card(
     model_dir: Path, cot_file: Path, tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from huggingface_hub import HfApi
-
-    uploads: list[dict[str, Any]] = []
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: uploads.append({"repo": repo_id}))
-    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: uploads.append(kw) or "https://hub/commit")
-    out = tmp_path / "sft"
+    out = tmp_path / "tiny-ner"
+    uploads = fake_hub(monkeypatch)
     args = stage_args(model_dir, cot_file, out, max_steps=2, lr=1e-3)
-    run_stage(*args, "--save_strategy", "steps", "--save_steps", "1", "--push_to_hub", "true",
-              "--hub_model_id", "me/tiny-ner")  # fmt: skip
+    run_stage(*args, "--save_strategy", "steps", "--save_steps", "1", "--push_to_hub", "true")
     card = (out / "README.md").read_text()
-    assert "[None]" not in card and "me/tiny-ner" in card
+    assert "[None]" not in card and 'NERModel.from_pretrained("me/tiny-ner")' in card
     for label in PromptContract.load(out).labels:
         assert f"`{label}`" in card
     assert "| `compact_prompt` | `True` |" in card and "| `learning_rate` | `0.001` |" in card
     assert f"`{cot_file}`" in card  # the training data, with its fingerprint
-    assert uploads[0] == {"repo": "me/tiny-ner"}
-    assert uploads[1]["folder_path"] == str(out) and "checkpoint-*" in uploads[1]["ignore_patterns"]
+    assert uploads[0] == {"repo": "tiny-ner"}
+    assert uploads[1]["repo_id"] == "me/tiny-ner" and uploads[1]["folder_path"] == str(out)
+    assert "checkpoint-*" in uploads[1]["ignore_patterns"] and uploads[1]["delete_patterns"] == "*"
     assert (out / "checkpoint-2").is_dir()  # the Trainer itself pushed nothing
     # The card's usage snippet runs as written, against the local folder.
     snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
