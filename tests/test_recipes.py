@@ -501,3 +501,15 @@ def test_vllm_serve_slurm_serves_grpo_with_trl(tmp_path: Path) -> None:
         "trl vllm-serve --model outputs/qwen3-8b/sft --host 0.0.0.0 --port 8000 --tensor_parallel_size 1 "
         "--data_parallel_size 8 --gpu_memory_utilization 0.9 --max_model_len 8192"
     ]
+
+
+def test_the_docker_run_command_keeps_every_recipe_s_outputs_on_the_host() -> None:
+    """`docker run --rm` drops the container's disk: every output_dir must sit under a mounted folder."""
+    readme = (ROOT / "docker" / "README.md").read_text(encoding="utf-8")
+    command = readme.split("docker run", 1)[1].split("\n    #", 1)[0]
+    mounted = re.findall(r"-v \S+:/workspace/(\S+)", command)
+    assert mounted
+    for path in STAGE_RECIPES:
+        output = yaml.safe_load(path.read_text(encoding="utf-8")).get("output_dir")
+        if output:
+            assert any(Path(output).is_relative_to(folder) for folder in mounted), (path, output, mounted)
