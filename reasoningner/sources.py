@@ -176,11 +176,15 @@ def load_source(
     )
 
 
-def _hub_base(source: Source) -> str:
-    """Where the files of a source lie, for `datasets` and `fsspec` alike (local or `hf://`)."""
+def _set_file(source: Source, name: str, filename: str) -> str:
+    """The path here of `filename` of the set `name` of an InstructUIE tree: a hub file through the
+    Hugging Face cache (downloaded once, read offline after), as models are."""
     if source.local:
-        return str(Path(source.location).expanduser())
-    return f"hf://datasets/{source.location}"
+        return str(Path(source.location).expanduser() / name / filename)
+    from huggingface_hub import hf_hub_download
+
+    inside = "/".join(part for part in (source.subdir, name, filename) if part)
+    return hf_hub_download(source.repo or "", inside, repo_type="dataset")
 
 
 def _load_dataset(
@@ -238,17 +242,16 @@ def _load_set(
 ) -> tuple[Dataset, list[str | None]]:
     """One folder of an InstructUIE tree: `<base>/<name>/<split>.json` and its `labels.json`."""
     import datasets
-    import fsspec
 
-    base = f"{_hub_base(source)}/{name}"
-    path = f"{base}/{source.split}.json"
-    with fsspec.open(f"{base}/labels.json", "r", encoding="utf-8") as handle:
-        labels = json.load(handle)
+    labels_file = _set_file(source, name, "labels.json")
+    labels = json.loads(Path(labels_file).read_text(encoding="utf-8"))
     if not isinstance(labels, list):
-        raise DataError(f"{base}/labels.json", None, "not a list of labels")
+        raise DataError(labels_file, None, "not a list of labels")
+    path = _set_file(source, name, f"{source.split}.json")
     hf = datasets.load_dataset("json", data_files={source.split: path}, split=source.split)
     rows = _limited(iter(hf), limit)
-    return _collect(path, name, rows, source.layout, schema, on_error, labels)
+    where = path if source.local else f"hf://datasets/{source.location}/{name}/{source.split}.json"
+    return _collect(where, name, rows, source.layout, schema, on_error, labels)
 
 
 def _layout(columns: set[str], where: str) -> str:

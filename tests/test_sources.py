@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import random
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -340,3 +344,31 @@ def test_numeric_tags_without_label_names_are_a_clear_error_that_names_the_row()
         DataError, match=r"cross_ner:0: 'ner_tags' holds numbers but its feature names no labels"
     ):
         from_hf(rows, name="cross_ner")
+
+
+def test_a_hub_instructuie_tree_is_read_from_the_cache_offline(tmp_path: Path) -> None:
+    """Compute nodes without internet run on what the login node downloaded (HF_HUB_OFFLINE=1): the
+    paper's `?sets=` sources read their files through the Hugging Face cache, as models do."""
+    repo = tmp_path / "hub" / "datasets--OWNER--InstructUIE_data"
+    shutil.copytree(HUB / "InstructUIE", repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    script = (
+        "from reasoningner.sources import load_source_sets\n"
+        "sets = load_source_sets('hf:OWNER/InstructUIE_data/NER@train?sets=CoNLL 2003,WikiANN en')\n"
+        "print([(d.name, len(d.examples)) for d, _ in sets])\n"
+    )
+    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = (
+        os.environ
+        | offline
+        | {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_DATASETS_CACHE": str(tmp_path / "d")}
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = [
+        (d.name, len(d.examples)) for d, _ in load_source_sets(f"{UIE}@train?sets=CoNLL 2003,WikiANN en")
+    ]
+    assert result.stdout.strip() == str(expected)
