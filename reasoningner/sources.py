@@ -234,7 +234,16 @@ def _load_hub_dataset(source: Source) -> Any:
         if "Dataset scripts are no longer supported" not in str(error):
             raise
         logger.warning("%s: %s; reading its Parquet export (%s)", source.repo, error, PARQUET_EXPORT)
-        return datasets.load_dataset(source.repo, source.config, revision=PARQUET_EXPORT, **options)
+        # The export lays a config's split out as <config>/<split>/*.parquet, which `datasets` reads as
+        # one "default" config of every config's rows: the files are named, not the config.
+        files = {source.split: f"{source.config or 'default'}/{source.split}/*.parquet"}
+        return datasets.load_dataset(
+            source.repo,
+            data_files=files,
+            revision=PARQUET_EXPORT,
+            split=source.split,
+            streaming=source.streaming,
+        )
 
 
 def _load_set(

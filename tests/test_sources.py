@@ -303,27 +303,35 @@ def test_the_reasoningner_recipes_run_on_cpu_with_local_stand_ins(
 
 
 def test_a_hub_dataset_with_a_loading_script_is_read_from_its_parquet_export(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     """`datasets` >= 4 refuses loading scripts (DFKI-SLT/cross_ner has one); the Hub's Parquet export of
     the same configs and splits is read instead. Any other error is not retried."""
     import datasets
 
-    rows = datasets.Dataset.from_list([{"tokens": ["Paris", "is"], "ner_tags": ["B-location", "O"]}])
+    # The export's layout, <config>/<split>/*.parquet, here on disk: two configs of one split.
+    export = tmp_path / "export"
+    for config, word in (("ai", "Paris"), ("music", "Abba")):
+        (export / config / "test").mkdir(parents=True)
+        rows = [{"tokens": [word, "is"], "ner_tags": ["B-location", "O"]}]
+        datasets.Dataset.from_list(rows).to_parquet(export / config / "test" / "0000.parquet")
     calls: list[dict[str, object]] = []
+    real_load_dataset = datasets.load_dataset
 
-    def load_dataset(repo: str, config: str, **options: object) -> datasets.Dataset:
+    def load_dataset(repo: str, config: str | None = None, **options: object) -> datasets.Dataset:
         calls.append({"repo": repo, "config": config, **options})
         if "revision" not in options:
             raise RuntimeError("Dataset scripts are no longer supported, but found cross_ner.py")
-        return rows
+        options.pop("revision")
+        return real_load_dataset(str(export), config, **options)
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     schema = Schema(("location",))
     dataset = load_source("hf:DFKI-SLT/cross_ner:ai@test?reader=tokens", schema=schema)
+    assert [e.text for e in dataset.examples] == ["Paris is"]  # the config's rows only
     assert [(s.start, s.end, s.label) for s in dataset.examples[0].spans] == [(0, 5, "location")]
     assert [c.get("revision") for c in calls] == [None, "refs/convert/parquet"]
-    assert {(c["repo"], c["config"], c["split"]) for c in calls} == {("DFKI-SLT/cross_ner", "ai", "test")}
+    assert {(c["repo"], c["split"]) for c in calls} == {("DFKI-SLT/cross_ner", "test")}
     assert "Parquet export" in caplog.text
 
     def unreachable(repo: str, config: str, **options: object) -> None:
