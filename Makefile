@@ -60,9 +60,20 @@ eval: install
 score: install
 	$(if $(GOLD),,$(error GOLD=<gold file> is required))$(if $(PREDICTIONS),,$(error PREDICTIONS=<predictions file> is required))$(BIN)/reasoningner score $(GOLD) $(PREDICTIONS) $(ARGS)
 
+# The extras $(LOCK) pins; vllm and liger are a GPU node's (README, "Install"; docker/ has them).
+LOCKED_EXTRAS := test deepspeed
+UNLOCKED = $(filter-out $(LOCKED_EXTRAS),$(subst $(comma), ,$(EXTRAS)))
+
+ifeq ($(EXTRAS),image)
+# docker/Dockerfile's /opt/venv, installed with the image (its stamp .installed-image): a mounted checkout
+# newer than the image installs nothing into it; rebuild the image to change it.
+install:
+else
 install: $(STAMP)
+endif
 
 $(STAMP): pyproject.toml $(LOCK)
+	$(if $(UNLOCKED),$(error EXTRAS=$(EXTRAS): $(LOCK) pins the extras $(LOCKED_EXTRAS) only, not $(UNLOCKED): on a GPU node install them with pip as the README says, or use docker/))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, alone, with pip (which reads a local wheel index where one is configured): a range asked
 	# for by another package would otherwise pull CUDA builds. uv, the version requirements/lock.sh resolves
@@ -96,6 +107,8 @@ SMOKE := outputs/smoke
 SMOKE_RECIPES := recipes/reasoningner/qwen3-8b
 SMOKE_DEVICE = $(shell $(BIN)/python -c "import torch; print('' if torch.cuda.is_available() else '--use_cpu true')")
 SMOKE_ARGS = --max_steps 2 --report_to none --save_strategy no $(SMOKE_DEVICE)
+# One GPU at most: TRL refuses several GPUs visible to one process (nn.DataParallel).
+smoke: export CUDA_VISIBLE_DEVICES := $(firstword $(subst $(comma), ,$(or $(CUDA_VISIBLE_DEVICES),0)))
 smoke: install
 	rm -rf $(SMOKE)
 	$(BIN)/reasoningner tiny-model --out $(SMOKE)/tiny-model --data tests/data/conll2003_mini.txt \

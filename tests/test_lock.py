@@ -4,6 +4,7 @@ installs (`make lock`), and docker/requirements-gpu.lock, the GPU image (`make d
 from __future__ import annotations
 
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -127,3 +128,23 @@ def test_shared_pins_agree_except_what_vllm_forces():
     assert not unexpected, f"the locks disagree, run `make docker-lock` after `make lock`: {unexpected}"
     stale = forced() - differ
     assert not stale, f"{FORCED.name} lists {sorted(stale)}, which the locks pin alike: drop them"
+
+
+def make_install(tmp_path: Path, extras: str, *options: str) -> subprocess.CompletedProcess:
+    """What `make install` would run (-n), into a venv folder that does not exist."""
+    command = ["make", "-n", "install", f"EXTRAS={extras}", f"VENV={tmp_path / 'venv'}", *options]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_make_install_refuses_extras_the_lock_does_not_pin(tmp_path: Path) -> None:
+    """`--no-deps` against the CPU lock would install nothing of vllm or liger, and pip check would pass."""
+    assert "uv pip install" in make_install(tmp_path, "test,deepspeed").stdout
+    refused = make_install(tmp_path, "test,vllm,liger")
+    assert refused.returncode != 0
+    assert "not vllm liger: on a GPU node install them with pip" in refused.stderr
+
+
+def test_make_install_leaves_the_docker_image_s_environment_alone(tmp_path: Path) -> None:
+    """A checkout mounted into the image, newer than the image, must not reinstall (no pip in its venv)."""
+    done = make_install(tmp_path, "image", "-W", "pyproject.toml", "-W", str(CPU_LOCK.relative_to(ROOT)))
+    assert done.returncode == 0 and "pip install" not in done.stdout, done.stdout

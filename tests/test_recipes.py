@@ -14,6 +14,7 @@ import inspect
 import json
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -513,3 +514,21 @@ def test_the_docker_run_command_keeps_every_recipe_s_outputs_on_the_host() -> No
         output = yaml.safe_load(path.read_text(encoding="utf-8")).get("output_dir")
         if output:
             assert any(Path(output).is_relative_to(folder) for folder in mounted), (path, output, mounted)
+
+
+def test_make_smoke_runs_on_one_gpu_of_the_node(tmp_path: Path) -> None:
+    """TRL refuses several GPUs visible to one process: smoke keeps the first one visible."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("python", "reasoningner"):
+        (bin_dir / tool).write_text('#!/bin/sh\necho "$0 sees GPUs $CUDA_VISIBLE_DEVICES"\n')
+        (bin_dir / tool).chmod(0o755)
+    for visible, expected in (("3,4", "3"), (None, "0")):
+        env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+        env |= {"CUDA_VISIBLE_DEVICES": visible} if visible else {}
+        result = subprocess.run(
+            ["make", "-o", "install", "smoke", f"BIN={bin_dir}", f"SMOKE={tmp_path / 'smoke'}"],
+            cwd=ROOT, capture_output=True, text=True, env=env, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert f"reasoningner sees GPUs {expected}\n" in result.stdout
