@@ -101,13 +101,19 @@ def check_gpus(recipe: dict[str, Any], stage: str, num_gpus: int | None) -> list
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     shown = os.environ.get("CUDA_VISIBLE_DEVICES")
     where = f" (CUDA_VISIBLE_DEVICES={shown})" if shown is not None else ""
-    checks = [
-        Check("gpus", "ok", f"{visible} visible, {wanted} needed{where}")
-        if visible >= wanted
-        else Check(
+    one_process = num_gpus is None and stage in ("sft", "rl") and wanted == 1
+    if visible < wanted:
+        gpus = Check(
             "gpus", "FAIL", f"{wanted} needed, {visible} visible{where}: run on a GPU node or lower NUM_GPUS"
         )
-    ]
+    elif one_process and visible > 1:  # Trainer would wrap the model in nn.DataParallel, which TRL refuses
+        gpus = Check(
+            "gpus", "FAIL", f"{visible} visible{where} to one training process, which TRL refuses: "
+            f"NUM_GPUS={visible} trains on all of them, CUDA_VISIBLE_DEVICES=0 on one",
+        )  # fmt: skip
+    else:
+        gpus = Check("gpus", "ok", f"{visible} visible, {wanted} needed{where}")
+    checks = [gpus]
     if wanted == 0:
         checks.append(Check("torch", "ok", f"torch {torch.__version__} (no GPU needed)"))
     elif torch.version.cuda is None:

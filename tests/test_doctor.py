@@ -165,3 +165,19 @@ def test_a_dead_extension_build_lock_fails_doctor_and_the_trainer_stages(
     with pytest.raises(ValueError, match=f"{lock} is 60 min old"):
         sft.main(*sft.make_parser().parse_args_and_config(args=args))
     assert not (tmp_path / "sft").exists()  # refused before it claimed anything
+
+
+def test_several_gpus_for_one_training_process_fail_with_how_to_launch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`make sft` without NUM_GPUS on an 8-GPU node: TRL refuses nn.DataParallel after the model loaded."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    [alone] = [c for c in doctor.check_gpus({}, "sft", None) if c.name == "gpus"]
+    assert alone.status == "FAIL" and "NUM_GPUS=8 trains on all of them" in alone.message
+    [launched] = [c for c in doctor.check_gpus({}, "sft", 8) if c.name == "gpus"]
+    assert launched.status == "ok"
+    [evaluation] = [c for c in doctor.check_gpus({"backend": "vllm"}, "eval", None) if c.name == "gpus"]
+    assert evaluation.status == "ok"  # vLLM's tensor parallelism uses them
