@@ -1,7 +1,9 @@
 # One command per job; each target installs what it needs into ./.venv on a fresh clone.
 PYTHON ?= python3
 VENV ?= .venv
-# CPU wheel on a laptop or CI; on a cluster set e.g. TORCH="torch==2.13.0 --index-url <your CUDA index>".
+# pip's torch 2.13.0: on Linux, PyPI's wheel is the CUDA 13.0 build (it runs on CPU too, with ~3 GB of nvidia-*
+# wheels); the CPU build alone: TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"; a
+# cluster's: TORCH="torch==2.13.0 --index-url <your CUDA index>".
 # The one place torch's version is pinned: requirements/cpu.lock is resolved against it but leaves torch out.
 TORCH ?= torch==2.13.0
 EXTRAS ?= test,deepspeed
@@ -31,7 +33,8 @@ need-recipe = $(if $(RECIPE),,$(error RECIPE=recipes/<dir>/$@.yaml is required))
 # Stage 1 and evaluation are single processes: their backends (vLLM tensor parallel, a server) use the GPUs.
 one-process = $(if $(NUM_GPUS)$(NUM_PROCS),$(error make $@ runs one process; the backend options use the GPUs))
 # Every stage starts with `reasoningner doctor` on the same recipe, GPU count and ARGS: seconds, one line per
-# check (GPUs, torch build, vLLM/flash-attn/Liger, W&B, data, model, output dir, disk, chat template).
+# check (GPUs, torch build, vLLM/flash-attn/Liger, W&B, data, model, output dir, disk, chat template, a dead
+# torch extension build's lock).
 # DOCTOR= skips it.
 DOCTOR ?= $(BIN)/reasoningner doctor
 doctor = $(if $(DOCTOR),$(DOCTOR) $(RECIPE) $(if $(NUM_GPUS),--num-gpus $(NUM_GPUS) )--args='$(ARGS)' && )
@@ -55,7 +58,7 @@ eval: install
 	$(need-recipe)$(one-process)$(doctor)$(BIN)/python stages/eval.py --config $(RECIPE) $(ARGS)
 
 # Score predictions made elsewhere (LLaMA-Factory's generated_predictions.jsonl, our JSONL, raw outputs):
-#   make score GOLD=../shared/data/genia/dev_xml_alpaca.json PREDICTIONS=generated_predictions.jsonl [ARGS="--compat llms4ner"]
+#   make score GOLD=data/genia/dev-slice.json PREDICTIONS=generated_predictions.jsonl [ARGS="--compat llms4ner"]
 .PHONY: score
 score: install
 	$(if $(GOLD),,$(error GOLD=<gold file> is required))$(if $(PREDICTIONS),,$(error PREDICTIONS=<predictions file> is required))$(BIN)/reasoningner score $(GOLD) $(PREDICTIONS) $(ARGS)
@@ -76,9 +79,10 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(if $(UNLOCKED),$(error EXTRAS=$(EXTRAS): $(LOCK) pins the extras $(LOCKED_EXTRAS) only, not $(UNLOCKED): on a GPU node install them with pip as the README says, or use docker/))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, alone, with pip (which reads a local wheel index where one is configured): a range asked
-	# for by another package would otherwise pull CUDA builds. uv, the version requirements/lock.sh resolves
-	# the lock with, comes with it.
-	$(BIN)/python -m pip install --quiet $(TORCH) uv==$(UV_VERSION)
+	# for by another package would otherwise pull another build. Then uv, the version requirements/lock.sh
+	# resolves the lock with, from the package index (TORCH may name another index).
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
 	# Then exactly the locked versions of everything else (torch's own dependencies included; uv installs
 	# them in seconds where pip takes a minute), then the project without resolving anything; pip check
 	# fails if pyproject.toml and the lock have drifted.

@@ -230,7 +230,10 @@ def _predict(args: argparse.Namespace, console: Console) -> int:
         json.loads(args.descriptions_file.read_text(encoding="utf-8")) if args.descriptions_file else {}
     )
     if not labels:  # the model's own, from its folder or its Hub repository
-        contract = GenerationArguments(model_name_or_path=args.model, backend=args.backend).prompt_contract()
+        model = GenerationArguments(
+            model_name_or_path=args.model, backend=args.backend, backend_options=args.backend_options
+        )
+        contract = model.prompt_contract()  # at the revision the backend loads
         labels = tuple(contract.labels) if contract is not None else ()
     if not labels:
         raise ValueError(f"{args.model} has no prompt contract naming its labels: give --labels")

@@ -30,7 +30,9 @@ logger = logging.getLogger(__name__)
 
 Conversation = list[dict[str, str]]
 
-VLLM_MISSING = "The vllm backend needs vLLM, which is not installed: pip install reasoningner[vllm]"
+VLLM_MISSING = (
+    'The vllm backend needs vLLM, which is not installed: pip install -e ".[vllm]" (docker/ has it)'
+)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ through the real tiny model: the `predict` CLI and `stages/eval.py` end to end.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -563,6 +564,29 @@ def test_predict_cli_with_a_hub_model_takes_its_labels_and_prompt_from_its_hub_r
     [record] = [json.loads(line) for line in result.stdout.splitlines()]
     assert record["text"] == "Peter Blackburn met Peter ."
     assert "no prompt contract" not in result.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_predict_reads_a_hub_model_s_labels_at_the_revision_its_backend_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    CONTRACT.save(tmp_path / "snapshot")
+    asked: list[str | None] = []
+
+    def download(repo_id: str, filename: str, revision: str | None = None) -> str:
+        asked.append(revision)
+        return str(tmp_path / "snapshot" / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("Jo runs .\n", encoding="utf-8")
+    # vLLM is not installed here: the run stops at the model load, after the labels were read.
+    with pytest.raises(ImportError, match="needs vLLM"):
+        main(["predict", "--model", "me/ner", "--backend", "vllm", "--backend-options", '{"revision": "v1"}',
+              str(texts)])  # fmt: skip
+    assert asked and set(asked) == {"v1"}
 
 
 def test_a_model_without_a_contract_is_asked_with_the_given_settings_and_a_warning(

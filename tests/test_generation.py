@@ -530,7 +530,7 @@ def test_vllm_plumbing(fake_vllm: types.ModuleType) -> None:
 
 def test_vllm_missing_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "vllm", None)
-    with pytest.raises(ImportError, match=r"pip install reasoningner\[vllm\]"):
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[vllm\]"'):
         build_generator("vllm", model="/models/teacher")
 
 
