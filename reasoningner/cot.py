@@ -11,10 +11,14 @@ Every sentence ends as one record with a `status` (`records`):
 - accepted: the best sample reaches `f1_threshold` and `min_consistency`;
 - rejected: it does not (kept, with its scores; training skips it);
 - failed: no usable reply. The backend gave up on the sentence (a server that kept failing on it,
-  a request it refused), or every sample came back empty or cut off at max_new_tokens, also after
-  `INCOMPLETE_RETRIES` more tries (none when a local engine decodes greedily: it would repeat
-  itself). The record says why (`reason`) and has no scores: a failure is not a teacher F1 of 0.
-The report (`report.json`) counts the three; they add up to the sentences.
+  a request it refused), or every sample came back empty, cut off at max_new_tokens or ended by the
+  engine (aborted), also after `INCOMPLETE_RETRIES` more tries, each with another seed (none when a
+  local engine decodes greedily: it would repeat itself). The record says why (`reason`) and has no
+  scores: a failure is not a teacher F1 of 0.
+The report (`report.json`) counts the three; they add up to the sentences. A teacher that fails
+`FAILURES_IN_A_ROW` sentences in a row, none answered in between (a server that died, or refuses
+every request: a context too short for max_new_tokens), stops the run with its last error instead of
+failing the rest of the data; the records written so far stay, and a rerun retries the failed.
 
 What a run guarantees when its process ends at any moment (any signal, preemption, a crash):
 - Records are appended, one line per sentence, and flushed as soon as the sentence is done: a run
@@ -56,7 +60,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +69,7 @@ from tqdm.auto import tqdm
 from reasoningner.configs import GOLD_TEMPLATE, CoTArguments, GenerationArguments, PromptArguments
 from reasoningner.files import complete_lines, exclusive, write_whole
 from reasoningner.formats import OutputFormat, get_format, split_answer
-from reasoningner.generation import Completion, ConversationFailed
+from reasoningner.generation import Completion, ConversationFailed, GenerationError
 from reasoningner.metrics import MatchMode, example_f1
 from reasoningner.prompts import teacher_instruction
 from reasoningner.rationale import consistency, gold_template_rationale
@@ -78,6 +82,9 @@ ANNOTATIONS = "annotations.jsonl"
 REPORT = "report.json"
 SHARD_FILE = re.compile(r"annotations\.shard-(\d+)-of-(\d+)\.jsonl")
 INCOMPLETE_RETRIES = 2  # more tries for a sentence whose every sample came back empty or cut off
+RETRY_SEED_STRIDE = 1_000_003  # a retry's seed: a seeded backend (vLLM) would repeat the same samples
+FAILURES_IN_A_ROW = 64
+USABLE_ENDS = ("stop", None)  # vLLM also ends with length, abort, error
 AFRESH = "rerun with --overwrite_output_dir true to start afresh, or choose another output_dir"
 
 
@@ -148,10 +155,12 @@ def best_sample(samples: Sequence[Sample]) -> Sample:
 
 
 def unusable(completion: Completion) -> str | None:
-    """Why a sample is no answer at all (cut off, or empty), or None. Scored, such a sample would
-    pass for a teacher that answered wrong."""
+    """Why a sample is no answer at all (cut off, ended by the engine, or empty), or None. Scored, such
+    a sample would pass for a teacher that answered wrong."""
     if completion.finish_reason == "length":
         return "cut off at max_new_tokens"
+    if completion.finish_reason not in USABLE_ENDS:
+        return f"ended by the engine ({completion.finish_reason})"
     if not completion.text.strip():
         return "empty reply"
     return None
@@ -345,17 +354,28 @@ def _outcomes(
     mode: MatchMode = args.match_mode  # type: ignore[assignment]
     local_greedy = generation.temperature == 0 and generation.backend != "openai"
     retries = 0 if local_greedy else INCOMPLETE_RETRIES
+    failed_in_a_row = 0
     with generation.build_generator() as generator:
         for start in range(0, len(tasks), args.chunk_size):
             todo, tries = list(tasks[start : start + args.chunk_size]), 0
             while todo:
                 tries += 1
                 again = []
-                for index, outcome in generator.generate_outcomes([t.conversation for t in todo], sampling):
+                seeded = sampling.seed is not None and tries > 1
+                asking = (
+                    replace(sampling, seed=sampling.seed + (tries - 1) * RETRY_SEED_STRIDE)
+                    if seeded
+                    else sampling
+                )
+                for index, outcome in generator.generate_outcomes([t.conversation for t in todo], asking):
                     task = todo[index]
                     if isinstance(outcome, ConversationFailed):
                         yield task, Failure(str(outcome))
+                        failed_in_a_row += 1
+                        if failed_in_a_row >= FAILURES_IN_A_ROW:
+                            raise _teacher_down(failed_in_a_row, outcome)
                         continue
+                    failed_in_a_row = 0
                     usable = [(i, c) for i, c in enumerate(outcome) if unusable(c) is None]
                     if usable:
                         scored = [score_sample(task.example, c, output_format, mode, i) for i, c in usable]
@@ -368,6 +388,14 @@ def _outcomes(
                         attempts = "1 try" if tries == 1 else f"{tries} tries"
                         yield task, Failure(f"no usable reply in {attempts}: {why}", tokens)
                 todo = again
+
+
+def _teacher_down(count: int, last: ConversationFailed) -> GenerationError:
+    return GenerationError(
+        f"the teacher failed {count} sentences in a row, none answered in between (last: {last}): is it "
+        "up, and does every request fit its context? Stopping; a rerun keeps what was annotated and "
+        "retries the failed"
+    )
 
 
 def teacher_name(generation: GenerationArguments) -> str:

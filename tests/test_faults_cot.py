@@ -15,6 +15,7 @@ import json
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,9 +27,19 @@ from typing import Any
 import pytest
 
 from reasoningner.configs import CoTArguments, GenerationArguments, PromptArguments
-from reasoningner.cot import Task, annotate, gold_template_sample, load_tasks, merge_shards
+from reasoningner.cot import (
+    FAILURES_IN_A_ROW,
+    RETRY_SEED_STRIDE,
+    Task,
+    annotate,
+    gold_template_sample,
+    load_tasks,
+    merge_shards,
+    unusable,
+)
 from reasoningner.files import exclusive
 from reasoningner.formats import get_format
+from reasoningner.generation import Completion, GenerationError
 from reasoningner.records import read_records
 from tests.fake_openai import ChatHandler, ChatServer, serving
 
@@ -215,6 +226,47 @@ def test_a_flaky_teacher_ends_every_sentence_once_and_a_rerun_retries_only_the_f
     assert_each_sentence_once(second, tasks, again)
     kept = {r["key"]: r for r in first if r["key"] not in failed}
     assert {r["key"]: r for r in second if r["key"] in kept} == kept
+
+
+class SeedCutOff(TeacherHandler):
+    """A seeded engine: the same seed gives the same samples, and seed 0 is cut off for every prompt."""
+
+    def respond(self, content: str, attempt: int, body: dict) -> None:
+        with self.server.lock:
+            self.server.asked.append(f"seed {body.get('seed')}")
+        self.answer("length" if body.get("seed") == 0 else "right", *self.server.answers[content])
+
+
+def test_a_retry_samples_with_another_seed(tmp_path: Path) -> None:
+    """vLLM draws a request's samples from its seed: a retry with the same seed repeats the cut-off."""
+    args = cot_args(tmp_path / "out", [write_inputs(tmp_path / "in.jsonl", 4)])
+    prompt = PromptArguments()
+    server = Teacher(replies(load_tasks(args, prompt)), flaky)
+    server.RequestHandlerClass = SeedCutOff
+    with serving(server):
+        sampled = openai(server.base_url)
+        sampled.temperature = 0.7
+        report = annotate(args, prompt, sampled)
+    assert report["accepted"] == 4, report
+    assert sorted(set(server.asked)) == ["seed 0", f"seed {RETRY_SEED_STRIDE}"]
+
+
+def test_a_teacher_that_fails_every_sentence_stops_the_run(tmp_path: Path) -> None:
+    """A dead server (here: a port nobody listens on) stops the run after FAILURES_IN_A_ROW sentences,
+    rather than writing the rest of the data as failed while the job looks done."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"  # closed once the block ends
+    args = cot_args(tmp_path / "out", [write_inputs(tmp_path / "in.jsonl", FAILURES_IN_A_ROW + 20)])
+    with pytest.raises(GenerationError, match=f"failed {FAILURES_IN_A_ROW} sentences in a row"):
+        annotate(args, PromptArguments(), openai(url))
+    records = read_records(tmp_path / "out" / "annotations.jsonl")
+    assert len(records) == FAILURES_IN_A_ROW and {r["status"] for r in records} == {"failed"}
+
+
+def test_an_answer_the_engine_aborted_is_no_answer() -> None:
+    assert unusable(Completion("<think>half", 3, "abort")) == "ended by the engine (abort)"
+    assert unusable(Completion("<think>x</think>{}", 3, "stop")) is None
 
 
 # --- kills ----------------------------------------------------------------------------------------------

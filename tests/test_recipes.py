@@ -449,18 +449,17 @@ FAKES = {
     "srun": "while [[ $1 == --* ]]; do shift; done\n"
     'for ((i = 0; i < SLURM_NNODES; i++)); do SLURM_NODEID=$i "$@"; done',
     "scontrol": "printf 'node-a\\nnode-b\\n'",
-    "curl": "exit 0",
-    "vllm": "exec sleep 60",
+    # The health check answers once the background server has started (recorded its command).
+    "curl": """for _ in $(seq 200); do grep -q '^vllm' "$CALLS" 2>/dev/null && exit 0; sleep 0.05; done""",
+    "vllm": 'echo "vllm $*" >> "$CALLS"; exec sleep 60',  # the server, in the background
     **{name: f'echo "{name} $*" >> "$CALLS"' for name in ("accelerate", "python", "trl")},
 }
 
 
 def run_slurm(script: str, args: list[str], env: dict[str, str], tmp_path: Path) -> list[str]:
     """Run recipes/slurm/<script> with the stand-ins first on PATH; the commands they were given."""
-    import subprocess
-
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(parents=True)
     for name, body in FAKES.items():
         (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n", encoding="utf-8")
         (bin_dir / name).chmod(0o755)
@@ -486,11 +485,19 @@ def test_train_slurm_starts_one_launcher_per_node_with_its_rank(tmp_path: Path) 
 
 
 def test_cot_slurm_annotates_its_array_shard_against_the_local_server(tmp_path: Path) -> None:
-    calls = run_slurm("cot.slurm", [], {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "4"}, tmp_path)
-    assert calls == [
+    # A preempted task resubmitted alone (an array of one) keeps the run's split.
+    array = {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "1", "SHARDS": "4"}
+    calls = run_slurm("cot.slurm", [], array, tmp_path)
+    [server] = [call for call in calls if call.startswith("vllm ")]
+    assert server.startswith("vllm serve Qwen/Qwen3-235B-A22B-Instruct-2507 --host 0.0.0.0 --port 8000 "
+                             "--generation-config vllm")  # fmt: skip
+    assert [call for call in calls if call.startswith("python ")] == [
         "python stages/cot.py --config recipes/teacher/cot.yaml "
         "--model_name_or_path Qwen/Qwen3-235B-A22B-Instruct-2507 --shard 2/4"
     ]
+    for wrong in ({"SLURM_ARRAY_TASK_ID": "2"}, {"SLURM_ARRAY_TASK_ID": "4", "SHARDS": "4"}):
+        with pytest.raises(subprocess.CalledProcessError):
+            run_slurm("cot.slurm", [], wrong, tmp_path / wrong["SLURM_ARRAY_TASK_ID"])
     assert (
         parsed(RECIPES / "teacher" / "cot.yaml")["backend_options"]["base_url"] == "http://localhost:8000/v1"
     )
