@@ -34,19 +34,22 @@ def make_parser() -> RecipeParser:
 
 def main(args: CoTArguments, prompt: PromptArguments, generation: GenerationArguments) -> None:
     if args.merge:
-        merged = merge_shards(args, prompt)
-        print(summary_line(json.loads((merged.parent / REPORT).read_text()), merged), file=sys.stderr)
-        return
-    report = annotate(args, prompt, generation)
-    teacher = [] if generation.backend == GOLD_TEMPLATE else [generation.model_name_or_path]
-    manifest = build_manifest("cot", config_dict(args, prompt, generation), [*args.datasets, *teacher])
-    write_manifest(args.output_dir, manifest, report)
-    with wandb_run("cot", args.output_dir, manifest, wants_wandb(args.report_to)) as run:
-        if run is not None:
-            run.summary.update(report)
-            log_outputs(run, [output_path(args)])
+        path = merge_shards(args, prompt)
+        report = json.loads((path.parent / REPORT).read_text(encoding="utf-8"))
+    else:
+        path, report = output_path(args), annotate(args, prompt, generation)
+    # The manifest and W&B run describe annotations.jsonl, of an unsharded run or of the merge: a shard's
+    # report is its own (report.shard-i-of-n.json), and shards writing one manifest at once would clash.
+    if args.merge or args.shard_index()[1] == 1:
+        teacher = [] if generation.backend == GOLD_TEMPLATE else [generation.model_name_or_path]
+        manifest = build_manifest("cot", config_dict(args, prompt, generation), [*args.datasets, *teacher])
+        write_manifest(args.output_dir, manifest, report)
+        with wandb_run("cot", args.output_dir, manifest, wants_wandb(args.report_to)) as run:
+            if run is not None:
+                run.summary.update(report)
+                log_outputs(run, [path])
     print(json.dumps(report, indent=2))
-    print(summary_line(report, output_path(args)), file=sys.stderr)
+    print(summary_line(report, path), file=sys.stderr)
 
 
 def summary_line(report: dict[str, Any], path: Path) -> str:

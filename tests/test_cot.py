@@ -159,12 +159,16 @@ def test_a_rerun_does_nothing_twice_and_repairs_a_half_written_line(tmp_path):
 def test_shards_merge_into_exactly_the_unsharded_result(tmp_path):
     annotate(*gold_args(tmp_path / "whole"))
     for index in range(3):
-        annotate(*gold_args(tmp_path / "sharded", shard=f"{index}/3"))
+        STAGE.main(*gold_args(tmp_path / "sharded", shard=f"{index}/3"))  # the stage, as array tasks run it
+    assert not (tmp_path / "sharded" / "manifest.json").exists()  # a shard's would clash with the others'
     merged = merge_shards(*gold_args(tmp_path / "sharded")[:2])
     assert merged.read_bytes() == (tmp_path / "whole" / "annotations.jsonl").read_bytes()
     STAGE.main(*gold_args(tmp_path / "sharded", merge=True))  # the stage's --merge true, again
     assert merged.read_bytes() == (tmp_path / "whole" / "annotations.jsonl").read_bytes()
     assert json.loads((tmp_path / "sharded" / "report.json").read_text())["sentences"] == 7
+    # The manifest beside the merged file is the whole run's, as SFT reads it for the lineage.
+    manifest = json.loads((tmp_path / "sharded" / "manifest.json").read_text())
+    assert manifest["summary"]["sentences"] == 7 and manifest["config"]["merge"] is True
 
 
 def test_merging_an_incomplete_set_of_shards_is_refused(tmp_path):
