@@ -24,8 +24,8 @@ Components, each total (never raises), deterministic and in [0, 1] (but `f1_micr
   `steps_per_generation`). It can be negative, and no answer earns the batch's lowest credit (at
   most 0). Use it in place of `f1`, not beside it.
 - `consistency`: `rationale.consistency` between the rationale and the answer (shared with stage 1).
-- `schema`: the share of predicted entities whose label is in the schema (ReasoningNER's schema
-  reward).
+- `schema`: the share of predicted entities whose label is in the schema (ReasoningIE's schema reward
+  is binary instead: 1 for a readable answer whose labels are all in the schema, also an empty one).
 - `grounding`: the share of predicted entities whose text occurs in the sentence.
   An answer without entities is vacuously compliant and grounded: both pay it 1.0 only when the
   gold has no entity either. Otherwise a policy that cannot yet find entities learns that saying
@@ -37,8 +37,9 @@ fence, text around the JSON, no `entities` wrapper, a string for a list, invalid
 unbalanced tags, an altered sentence, offsets that do not hold their text: the answer counts as no
 answer, and only format pays, by its graduated syntax score (at most 0.875 of 14 with the default
 weights). The lenient salvage that evaluation uses (`formats`' repairs) would pay a model for answers
-no program downstream can read (13.875 of 14 for a fenced right answer), and ReasoningIE's reward
-pays them 0, so a policy would learn to keep the malformations the parser forgives. `reward_parse:
+no program downstream can read (13.875 of 14 for a fenced right answer), so a policy would learn to
+keep the malformations the parser forgives. (ReasoningIE's reward strips `<think>` blocks and reads a
+fenced ```json answer: it pays a fenced right answer in full.) `reward_parse:
 lenient` (`RLScriptArguments`, passed as `get_rewards(names, parse="lenient")`) scores the salvaged
 entities, as before.
 
@@ -73,7 +74,9 @@ from reasoningner.spans import Example, Schema, Span, sort_spans, spans_from_dic
 RewardFunction = Callable[..., list[float]]
 PARSE_MODES = ("strict", "lenient")
 
-MAX_COMPLETION_CHARS = 16_000
+# Beyond what a completion of the recipes' 4,096 tokens holds (a finished long rationale must not score 0);
+# a guard against runaway text that would cost a long parse.
+MAX_COMPLETION_CHARS = 65_536
 # `formats.CONTENT_PROBLEMS` (unknown labels, ungrounded entities) are judged by the schema and
 # grounding rewards; the format reward only counts the other, syntax, problems.
 
