@@ -56,12 +56,18 @@ counts as no answer: 0 on every component but the rationale half of format (an e
 "compliant", and junk on a sentence without entities must not pass for "nothing found").
 Repeating an entity changes nothing: spans are deduplicated by the parser, ungrounded mentions here.
 
+`reasoningie_f1` and `reasoningie_schema` (at the end) are the paper's own two rewards, ported for the
+recipes that reproduce it.
+
 Default weights follow the paper (F1 10 : schema 1); format, consistency and grounding get 1 each:
 enough to keep the output well-formed and honest, too little to outweigh getting entities right.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import string
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -433,3 +439,82 @@ def grounding_reward(
         _share_or_empty(a.grounded, a.parse is not None, not es)
         for a, es in zip(analyses, entities, strict=True)
     ]
+
+
+# --- ReasoningIE's own two rewards (the paper's grpo.py), for reproducing it -------------------------
+# They read a grouped-JSON answer as its code does, not as ours do: `<think>` blocks dropped anywhere and
+# the inside of <answer> or of a ```json fence taken (`rner.utils.process_completion`), labels lower-cased,
+# texts normalised as its evaluation does (lower case, no punctuation or articles); an answer it cannot read
+# finds nothing. They take no `reward_parse` or `fold_label_case`: their reading is the paper's.
+
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.S)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def reasoningie_answer(completion: str) -> str:
+    """The answer text ReasoningIE reads from a completion."""
+    if "<think>" in completion or "</think>" in completion:
+        completion = _THINK_BLOCK.sub("", completion).replace("<think>", "").replace("</think>", "")
+    if "<answer>" in completion:
+        inside = re.findall(r"<answer>(.*?)</answer>", completion, re.S)
+        completion = inside[0] if inside else completion.replace("<answer>", "").replace("</answer>", "")
+    if "```json" in completion:
+        inside = re.findall(r"```json(.*?)```", completion, re.S)
+        completion = inside[0] if inside else completion
+    return completion.strip()
+
+
+def reasoningie_key(mention: str, label: str) -> tuple[str, str]:
+    """(normalised text, lower-cased label): `InputExample.to_set` of ReasoningIE."""
+    text = "".join(ch for ch in mention.strip().lower() if ch not in string.punctuation)
+    return " ".join(_ARTICLES.sub(" ", text).split()), label.strip().lower()
+
+
+def reasoningie_entities(answer: str) -> set[tuple[str, str]] | None:
+    """The keys of `{"entities": {label: [text, ...]}}` (invalid JSON: none); None when its code fails
+    on the answer (`entities` not a mapping, a list that is not one), which its rewards pay 0."""
+    try:
+        data = json.loads(answer)
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    try:
+        found = data.get("entities", {}).items()
+        return {
+            reasoningie_key(text, label) for label, texts in found for text in texts if isinstance(text, str)
+        }
+    except (AttributeError, TypeError):
+        return None
+
+
+@reward("reasoningie_f1")
+def reasoningie_f1_reward(completions, text, entities, **_) -> list[float]:
+    """ReasoningIE's F1 reward: 0 when nothing is predicted or expected (both empty too)."""
+    rewards = []
+    for completion, sentence, gold_dicts in zip(completions, text, entities, strict=True):
+        found = reasoningie_entities(reasoningie_answer(_completion_text(completion)))
+        gold = {reasoningie_key(sentence[e["start"] : e["end"]], e["label"]) for e in gold_dicts}
+        right = len(found & gold) if found else 0
+        precision = right / len(found) if found else 0.0
+        recall = right / len(gold) if gold else 0.0
+        rewards.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+    return rewards
+
+
+@reward("reasoningie_schema")
+def reasoningie_schema_reward(completions, labels, **_) -> list[float]:
+    """ReasoningIE's schema reward: 1 for a JSON answer whose labels are all in the schema (an empty one
+    too), else 0."""
+    rewards = []
+    for completion, schema in zip(completions, labels, strict=True):
+        answer = reasoningie_answer(_completion_text(completion))
+        try:
+            json.loads(answer)
+        except ValueError:
+            rewards.append(0.0)
+            continue
+        found = reasoningie_entities(answer)
+        allowed = {label.strip().lower() for label in schema}
+        rewards.append(float(found is not None and all(label in allowed for _, label in found)))
+    return rewards

@@ -388,6 +388,7 @@ def test_batches_of_dataset_rows_with_extra_columns_as_trl_passes_them() -> None
             **trl_keywords,
         )
         for name, function in REWARDS.items()
+        if not name.startswith("reasoningie_")  # the paper's read grouped JSON only: tested on their own
     }
     # Rows 2 and 3 have an empty rationale: half the format reward and no consistency.
     expected = [ALL_ONE, expect(0.5, 1, 1, 0, 1, 1), expect(0.5, 1, 1, 0, 1, 1), ALL_ZERO]
@@ -721,3 +722,54 @@ def test_grpo_smoke_run_of_the_tiny_cpu_recipe(tiny_model: Path, tmp_path: Path)
     assert len(step_logs) == 2, log[-5000:]
     for name in ("format_reward", "f1_reward", "consistency_reward", "schema_reward", "grounding_reward"):
         assert all(f"'rewards/{name}/mean'" in step for step in step_logs), name
+
+
+# --- ReasoningIE's own rewards ------------------------------------------------------------------------
+
+
+PARIS = "The Paris office opened ."
+PARIS_GOLD = [{"start": 4, "end": 9, "label": "location"}]
+
+
+@pytest.mark.parametrize(
+    ("completion", "gold", "f1", "schema"),
+    [
+        # Both empty: F1 0 (its safe division), schema 1: no signal between saying nothing and anything valid.
+        ('<think>\nnone\n</think>\n{"entities": {}}', [], 0.0, 1.0),
+        ('{"entities": {"location": ["Paris"]}}', [], 0.0, 1.0),
+        (
+            '<think>\n"Paris" is a location\n</think>\n{"entities": {"location": ["Paris"]}}',
+            PARIS_GOLD,
+            1.0,
+            1.0,
+        ),
+        # A fenced answer, a capitalised label and a text with an article and punctuation are read.
+        (
+            '<think>\nx\n</think>\n```json\n{"entities": {"Location": ["the Paris."]}}\n```',
+            PARIS_GOLD,
+            1.0,
+            1.0,
+        ),
+        ('{"entities": {"city": ["Paris"]}}', PARIS_GOLD, 0.0, 0.0),  # a label outside the schema
+        ("{'entities': {'location': ['Paris']}}", PARIS_GOLD, 0.0, 0.0),  # not JSON
+        ('{"entities": ["Paris"]}', PARIS_GOLD, 0.0, 0.0),  # its code fails on a list
+        ('{"entities": {"location": ["Paris", "office"]}}', PARIS_GOLD, 2 / 3, 1.0),
+    ],
+)
+def test_reasoningie_rewards_pay_what_the_paper_s_functions_pay(
+    completion: str, gold: list[dict], f1: float, schema: float
+) -> None:
+    """ReasoningIE's grpo.py f1_reward and schema_reward (rner/metric.py, rner/protocol.py, rner/utils.py)
+    on the same answers, for the recipes that reproduce the paper."""
+    rewards = get_rewards(["reasoningie_f1", "reasoningie_schema"])
+    columns = {
+        "text": [PARIS],
+        "entities": [gold],
+        "labels": [["location", "person"]],
+        "output_format": ["grouped_json"],
+    }
+    assert [r([completion], **columns)[0] for r in rewards] == [pytest.approx(f1), schema]
+    assert [r([[{"role": "assistant", "content": completion}]], **columns)[0] for r in rewards] == [
+        pytest.approx(f1),
+        schema,
+    ]  # conversational completions alike
