@@ -258,7 +258,7 @@ def test_grpo_asks_the_sft_prompts_and_rewards_whole_completions(
     out, trainer, seen = rl_run
     assert trainer.state.global_step == 2
     assert trainer.chat_template is None and trainer.chat_template_kwargs == {}  # Qwen3's template as is
-    assert [log for log in trainer.state.log_history if "rewards/f1_reward/mean" in log]
+    assert [log for log in trainer.state.log_history if "rewards/reasoningie_f1_reward/mean" in log]
     # The prompts it renders, as SFT trained the model to continue them.
     texts = [example.text for example in read_dataset(CONLL).examples]
     trained_prefixes = [prefix for prefix, _ in trained_spans(sft_run[1])]
