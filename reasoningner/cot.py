@@ -124,6 +124,7 @@ class Failure:
 
     reason: str
     completion_tokens: int = 0
+    tries: int = 1  # of the sentence so far, earlier runs' included: a rerun samples with other seeds
 
 
 def score_sample(
@@ -267,20 +268,23 @@ def _check_prompt(where: str, record: dict[str, Any], task: Task) -> None:
         )
 
 
-def resume(path: Path, tasks: Sequence[Task], teacher: str) -> set[str]:
-    """Keys of the records in `path` that this run keeps and need not annotate again.
+def resume(path: Path, tasks: Sequence[Task], teacher: str) -> tuple[set[str], dict[str, int]]:
+    """Keys of the records in `path` that this run keeps and need not annotate again, and the tries the
+    failed ones took (their retries then sample with other seeds).
 
     A half-written last line (a kill mid-write) is cut off and failed records are dropped, so that
     their sentences are annotated again, by one atomic rewrite. Records this run cannot have written
     are refused (`_known`, `_check_prompt`, another teacher); failed ones may differ, being dropped.
     """
     if not path.exists():
-        return set()
+        return set(), {}
     lines, cut = complete_lines(path)
     records = ((where, parse_record(line, where)) for where, line in lines)
     kept: list[dict[str, Any]] = []
+    tried: dict[str, int] = {}
     for where, record, task in _known(records, {t.key: t for t in tasks}, path):
         if record_status(record) == "failed":
+            tried[task.key] = int(record.get("tries") or 1)
             continue
         _check_prompt(where, record, task)
         if record.get("teacher") != teacher:
@@ -291,7 +295,7 @@ def resume(path: Path, tasks: Sequence[Task], teacher: str) -> set[str]:
         kept.append(record)
     if len(kept) != len(lines) or cut:
         write_whole(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
-    return {record["key"] for record in kept}
+    return {record["key"] for record in kept}, tried
 
 
 def build_record(
@@ -309,6 +313,7 @@ def build_record(
             "status": "failed",
             "reason": outcome.reason,
             "sample_index": None,
+            "tries": outcome.tries,
         }
     else:
         accepted = outcome.f1 >= args.f1_threshold and outcome.consistency >= args.min_consistency
@@ -323,6 +328,7 @@ def build_record(
             "status": "accepted" if accepted else "rejected",
             "reason": None,
             "sample_index": outcome.index,
+            "tries": None,
         }
     return {
         "key": task.key,
@@ -342,9 +348,15 @@ def build_record(
 
 
 def _outcomes(
-    args: CoTArguments, prompt: PromptArguments, generation: GenerationArguments, tasks: Sequence[Task]
+    args: CoTArguments,
+    prompt: PromptArguments,
+    generation: GenerationArguments,
+    tasks: Sequence[Task],
+    tried: Mapping[str, int],
 ) -> Iterator[tuple[Task, Sample | Failure]]:
-    """Annotate `tasks`, yielding each as soon as it is scored or has failed for good."""
+    """Annotate `tasks`, yielding each as soon as it is scored or has failed for good. Each try of a
+    sentence samples with its own seed, counting the tries earlier runs `tried` (a seeded backend, vLLM,
+    repeats a request's samples)."""
     output_format = get_format(prompt.output_format)
     if generation.backend == GOLD_TEMPLATE:
         for task in tasks:
@@ -357,37 +369,50 @@ def _outcomes(
     failed_in_a_row = 0
     with generation.build_generator() as generator:
         for start in range(0, len(tasks), args.chunk_size):
-            todo, tries = list(tasks[start : start + args.chunk_size]), 0
+            todo, round_ = list(tasks[start : start + args.chunk_size]), 0
             while todo:
-                tries += 1
+                round_ += 1
                 again = []
-                seeded = sampling.seed is not None and tries > 1
-                asking = (
-                    replace(sampling, seed=sampling.seed + (tries - 1) * RETRY_SEED_STRIDE)
-                    if seeded
-                    else sampling
-                )
-                for index, outcome in generator.generate_outcomes([t.conversation for t in todo], asking):
-                    task = todo[index]
-                    if isinstance(outcome, ConversationFailed):
-                        yield task, Failure(str(outcome))
-                        failed_in_a_row += 1
-                        if failed_in_a_row >= FAILURES_IN_A_ROW:
-                            raise _teacher_down(failed_in_a_row, outcome)
-                        continue
-                    failed_in_a_row = 0
-                    usable = [(i, c) for i, c in enumerate(outcome) if unusable(c) is None]
-                    if usable:
-                        scored = [score_sample(task.example, c, output_format, mode, i) for i, c in usable]
-                        yield task, best_sample(scored)
-                    elif tries <= retries:
-                        again.append(task)
-                    else:
-                        why = "; ".join(sorted({unusable(c) or "" for c in outcome}))
-                        tokens = sum(c.completion_tokens for c in outcome)
-                        attempts = "1 try" if tries == 1 else f"{tries} tries"
-                        yield task, Failure(f"no usable reply in {attempts}: {why}", tokens)
+                for tries, group in _by_tries(todo, tried, round_):
+                    asking = sampling
+                    if sampling.seed is not None and tries > 1:
+                        asking = replace(sampling, seed=sampling.seed + (tries - 1) * RETRY_SEED_STRIDE)
+                    for index, outcome in generator.generate_outcomes(
+                        [t.conversation for t in group], asking
+                    ):
+                        task = group[index]
+                        if isinstance(outcome, ConversationFailed):
+                            yield task, Failure(str(outcome), tries=tries)
+                            failed_in_a_row += 1
+                            if failed_in_a_row >= FAILURES_IN_A_ROW:
+                                raise _teacher_down(failed_in_a_row, outcome)
+                            continue
+                        failed_in_a_row = 0
+                        usable = [(i, c) for i, c in enumerate(outcome) if unusable(c) is None]
+                        if usable:
+                            scored = [
+                                score_sample(task.example, c, output_format, mode, i) for i, c in usable
+                            ]
+                            yield task, best_sample(scored)
+                        elif round_ <= retries:
+                            again.append(task)
+                        else:
+                            yield task, _no_usable_reply(outcome, round_, tries)
                 todo = again
+
+
+def _by_tries(todo: Sequence[Task], tried: Mapping[str, int], round_: int) -> list[tuple[int, list[Task]]]:
+    """The sentences of a round grouped by the try it is for each (earlier runs' tries included)."""
+    groups: dict[int, list[Task]] = {}
+    for task in todo:
+        groups.setdefault(tried.get(task.key, 0) + round_, []).append(task)
+    return sorted(groups.items())
+
+
+def _no_usable_reply(outcome: Sequence[Completion], round_: int, tries: int) -> Failure:
+    why = "; ".join(sorted({unusable(c) or "" for c in outcome}))
+    attempts = "1 try" if round_ == 1 else f"{round_} tries"
+    return Failure(f"no usable reply in {attempts}: {why}", sum(c.completion_tokens for c in outcome), tries)
 
 
 def _teacher_down(count: int, last: ConversationFailed) -> GenerationError:
@@ -415,14 +440,14 @@ def annotate(args: CoTArguments, prompt: PromptArguments, generation: Generation
     with exclusive(path):
         if args.overwrite_output_dir:
             path.unlink(missing_ok=True)
-        done = resume(path, tasks, teacher)
+        done, tried = resume(path, tasks, teacher)
         todo = [task for task in tasks if task.key not in done]
         started = time.perf_counter()
         with (
             path.open("a", encoding="utf-8", newline="\n") as out,
             tqdm(total=len(todo), desc="cot", unit="sent") as bar,
         ):
-            for task, outcome in _outcomes(args, prompt, generation, todo):
+            for task, outcome in _outcomes(args, prompt, generation, todo, tried):
                 out.write(
                     json.dumps(build_record(task, outcome, args, prompt, teacher), ensure_ascii=False) + "\n"
                 )

@@ -251,6 +251,33 @@ def test_a_retry_samples_with_another_seed(tmp_path: Path) -> None:
     assert sorted(set(server.asked)) == ["seed 0", f"seed {RETRY_SEED_STRIDE}"]
 
 
+class FirstThreeSeedsCutOff(TeacherHandler):
+    """A seeded engine whose first three seeds of a sentence (one run's tries) are all cut off."""
+
+    def respond(self, content: str, attempt: int, body: dict) -> None:
+        with self.server.lock:
+            self.server.asked.append(f"seed {body.get('seed')}")
+        cut = body.get("seed") in {0, RETRY_SEED_STRIDE, 2 * RETRY_SEED_STRIDE}
+        self.answer("length" if cut else "right", *self.server.answers[content])
+
+
+def test_a_rerun_retries_the_failed_with_seeds_no_earlier_run_used(tmp_path: Path) -> None:
+    args = cot_args(tmp_path / "out", [write_inputs(tmp_path / "in.jsonl", 3)])
+    prompt = PromptArguments()
+    server = Teacher(replies(load_tasks(args, prompt)), flaky)
+    server.RequestHandlerClass = FirstThreeSeedsCutOff
+    with serving(server):
+        sampled = openai(server.base_url)
+        sampled.temperature = 0.7
+        first = annotate(args, prompt, sampled)
+        assert first["failed"] == 3, first
+        records = read_records(tmp_path / "out" / "annotations.jsonl")
+        assert {r["tries"] for r in records} == {3}
+        again = annotate(args, prompt, sampled)
+    assert again["accepted"] == 3, again
+    assert sorted(set(server.asked)) == [f"seed {k * RETRY_SEED_STRIDE}" for k in range(4)]
+
+
 def test_a_teacher_that_fails_every_sentence_stops_the_run(tmp_path: Path) -> None:
     """A dead server (here: a port nobody listens on) stops the run after FAILURES_IN_A_ROW sentences,
     rather than writing the rest of the data as failed while the job looks done."""
