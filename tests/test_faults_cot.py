@@ -228,52 +228,45 @@ def test_a_flaky_teacher_ends_every_sentence_once_and_a_rerun_retries_only_the_f
     assert {r["key"]: r for r in second if r["key"] in kept} == kept
 
 
-class SeedCutOff(TeacherHandler):
-    """A seeded engine: the same seed gives the same samples, and seed 0 is cut off for every prompt."""
+class SeededTeacher(TeacherHandler):
+    """A seeded engine: the same seed gives the same samples; the seeds in `server.cut` are cut off for
+    every prompt, the others answer right."""
 
     def respond(self, content: str, attempt: int, body: dict) -> None:
         with self.server.lock:
             self.server.asked.append(f"seed {body.get('seed')}")
-        self.answer("length" if body.get("seed") == 0 else "right", *self.server.answers[content])
+        cut = body.get("seed") in self.server.cut  # type: ignore[attr-defined]
+        self.answer("length" if cut else "right", *self.server.answers[content])
+
+
+@contextlib.contextmanager
+def seeded_teacher(args: CoTArguments, cut_tries: int) -> Iterator[tuple[Teacher, GenerationArguments]]:
+    """`SeededTeacher` cutting off the first `cut_tries` tries' seeds, and sampling settings for it."""
+    server = Teacher(replies(load_tasks(args, PromptArguments())), flaky)
+    server.RequestHandlerClass = SeededTeacher
+    server.cut = {k * RETRY_SEED_STRIDE for k in range(cut_tries)}  # type: ignore[attr-defined]
+    with serving(server):
+        sampled = openai(server.base_url)
+        sampled.temperature = 0.7
+        yield server, sampled
 
 
 def test_a_retry_samples_with_another_seed(tmp_path: Path) -> None:
     """vLLM draws a request's samples from its seed: a retry with the same seed repeats the cut-off."""
     args = cot_args(tmp_path / "out", [write_inputs(tmp_path / "in.jsonl", 4)])
-    prompt = PromptArguments()
-    server = Teacher(replies(load_tasks(args, prompt)), flaky)
-    server.RequestHandlerClass = SeedCutOff
-    with serving(server):
-        sampled = openai(server.base_url)
-        sampled.temperature = 0.7
-        report = annotate(args, prompt, sampled)
+    with seeded_teacher(args, cut_tries=1) as (server, sampled):
+        report = annotate(args, PromptArguments(), sampled)
     assert report["accepted"] == 4, report
     assert sorted(set(server.asked)) == ["seed 0", f"seed {RETRY_SEED_STRIDE}"]
 
 
-class FirstThreeSeedsCutOff(TeacherHandler):
-    """A seeded engine whose first three seeds of a sentence (one run's tries) are all cut off."""
-
-    def respond(self, content: str, attempt: int, body: dict) -> None:
-        with self.server.lock:
-            self.server.asked.append(f"seed {body.get('seed')}")
-        cut = body.get("seed") in {0, RETRY_SEED_STRIDE, 2 * RETRY_SEED_STRIDE}
-        self.answer("length" if cut else "right", *self.server.answers[content])
-
-
 def test_a_rerun_retries_the_failed_with_seeds_no_earlier_run_used(tmp_path: Path) -> None:
     args = cot_args(tmp_path / "out", [write_inputs(tmp_path / "in.jsonl", 3)])
-    prompt = PromptArguments()
-    server = Teacher(replies(load_tasks(args, prompt)), flaky)
-    server.RequestHandlerClass = FirstThreeSeedsCutOff
-    with serving(server):
-        sampled = openai(server.base_url)
-        sampled.temperature = 0.7
-        first = annotate(args, prompt, sampled)
+    with seeded_teacher(args, cut_tries=3) as (server, sampled):  # one run's three tries
+        first = annotate(args, PromptArguments(), sampled)
         assert first["failed"] == 3, first
-        records = read_records(tmp_path / "out" / "annotations.jsonl")
-        assert {r["tries"] for r in records} == {3}
-        again = annotate(args, prompt, sampled)
+        assert {r["tries"] for r in read_records(tmp_path / "out" / "annotations.jsonl")} == {3}
+        again = annotate(args, PromptArguments(), sampled)
     assert again["accepted"] == 3, again
     assert sorted(set(server.asked)) == [f"seed {k * RETRY_SEED_STRIDE}" for k in range(4)]
 
