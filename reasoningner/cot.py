@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import re
@@ -71,7 +70,7 @@ from reasoningner.files import complete_lines, exclusive, write_whole
 from reasoningner.formats import OutputFormat, get_format, split_answer
 from reasoningner.generation import Completion, ConversationFailed, GenerationError
 from reasoningner.metrics import MatchMode, example_f1
-from reasoningner.prompts import teacher_instruction
+from reasoningner.prompts import prompt_hash, teacher_instruction
 from reasoningner.rationale import consistency, gold_template_rationale
 from reasoningner.records import STATUSES, numbered_records, parse_record, read_records, record_status
 from reasoningner.spans import Example
@@ -174,11 +173,6 @@ def gold_template_sample(example: Example, output_format: OutputFormat, context_
     return Sample(
         0, rationale, output_format.render(example), 1.0, consistency(rationale, pairs, example.schema), 0
     )
-
-
-def prompt_hash(conversation: list[dict[str, str]]) -> str:
-    """A short fingerprint of the exact prompt, so records show when the prompt changed."""
-    return hashlib.sha256(json.dumps(conversation, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def example_key(dataset: str, example: Example) -> str:

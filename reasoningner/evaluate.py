@@ -101,6 +101,7 @@ from reasoningner.formats import CONTENT_PROBLEMS, ParseResult
 from reasoningner.generation import Completion, Generator
 from reasoningner.metrics import MATCH_MODES, Report, Scorer, text_keys
 from reasoningner.predict import TOO_LONG, NERModel
+from reasoningner.prompts import prompt_hash
 from reasoningner.results import NORMAL, ErrorCounts, Evaluation
 from reasoningner.spans import Example, Schema, Span, SpanError
 from reasoningner.tracking import fingerprint
@@ -436,8 +437,8 @@ def generation_identity(generation: GenerationArguments) -> str:
 
 
 def asked_key(conversation: Sequence[Mapping[str, str]], identity: str) -> str:
-    """The fingerprint an output is kept under: the exact prompt and the `generation_identity`."""
-    return hashlib.sha256(json.dumps([conversation, identity], sort_keys=True).encode()).hexdigest()[:24]
+    """The fingerprint an output is kept under: the exact prompt's and the `generation_identity`."""
+    return f"{prompt_hash(conversation)}-{identity[:16]}"
 
 
 def earlier_outputs(path: Path, keys: Sequence[str | None]) -> dict[int, dict[str, Any]]:

@@ -6,12 +6,21 @@ so that what a model is trained on is exactly what it is asked at test time.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from reasoningner.configs import PromptArguments
 from reasoningner.formats import THINK_CLOSE, THINK_OPEN, get_format
 from reasoningner.rationale import assertion
 from reasoningner.spans import Schema
+
+
+def prompt_hash(conversation: Sequence[Mapping[str, str]]) -> str:
+    """A short fingerprint of the exact prompt: what stage 1's records and evaluation's outputs are kept
+    under, so that a resumed run knows what was asked how."""
+    return hashlib.sha256(json.dumps(conversation, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def label_block(schema: Schema, descriptions: bool = True) -> str:
