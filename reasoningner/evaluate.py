@@ -5,7 +5,7 @@
 Each evaluation set of the recipe is a file and how to read it::
 
     datasets:
-      - path: ../shared/data/crossner/ai/dev.txt
+      - path: data/crossner/ai-dev-slice.txt
         reader: conll                    # default: the recipe's `reader` (auto: sniffed)
         name: crossner-ai                # default: the reader's name for the file
         labels: [person, organisation]   # a subset, in prompt order; or {source: shown} to rename

@@ -13,10 +13,18 @@ from seqeval.metrics import classification_report, f1_score, precision_score, re
 from reasoningner.metrics import Counts, Scorer, f1_difference, match_counts, multiset_counts
 from reasoningner.spans import Example, Schema, Span, SpanError
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
+SHIPPED = Path(__file__).parents[1] / "data"
+SHARED = Path(__file__).parents[1].parent / "shared" / "data"  # the full dev sets, where a machine has them
 FLAT_FILES = {
-    "conll2003": DATA / "conll2003" / "dev.txt",
-    "crossner_ai": DATA / "crossner" / "ai" / "dev.txt",
+    "conll2003": SHIPPED / "conll2003" / "dev-slice.txt",
+    "crossner_ai": SHIPPED / "crossner" / "ai-dev-slice.txt",
+} | {
+    name: path
+    for name, path in {
+        "conll2003_full": SHARED / "conll2003" / "dev.txt",
+        "crossner_ai_full": SHARED / "crossner" / "ai" / "dev.txt",
+    }.items()
+    if path.exists()
 }
 
 TokenSpan = tuple[int, int, str]  # [start token, end token), label
@@ -43,7 +51,7 @@ def _read_bio(path: Path) -> list[tuple[list[str], list[str]]]:
 
 
 def _bio_to_token_spans(tags: list[str]) -> list[TokenSpan]:
-    """Strict IOB2 decoding (the shared files are valid IOB2, so an I- without its B- is a bug here)."""
+    """Strict IOB2 decoding (these files are valid IOB2, so an I- without its B- is a bug here)."""
     spans: list[TokenSpan] = []
     for i, tag in enumerate(tags):
         if tag.startswith("B-"):
@@ -102,11 +110,8 @@ def _corrupt(gold: list[TokenSpan], n_tokens: int, labels: list[str], rng: rando
 
 
 def _score_flat(name: str, scorer: Scorer, seed: int = 13) -> tuple[list[list[str]], list[list[str]]]:
-    """Add a corrupted copy of a shared flat dataset to `scorer`; returns (gold, predicted) BIO."""
-    path = FLAT_FILES[name]
-    if not path.exists():
-        pytest.skip(f"shared data {path} is absent")
-    sentences = _read_bio(path)
+    """Add a corrupted copy of a flat dataset to `scorer`; returns (gold, predicted) BIO."""
+    sentences = _read_bio(FLAT_FILES[name])
     labels = sorted({tag[2:] for _, tags in sentences for tag in tags if tag != "O"})
     schema = Schema(tuple(labels))
     rng = random.Random(seed)

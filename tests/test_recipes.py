@@ -378,6 +378,13 @@ def test_files_named_in_comments_exist(path: Path) -> None:
         assert config.parent == ACCELERATE and config.exists(), config
 
 
+@pytest.mark.parametrize("path", STAGE_RECIPES, ids=ids(STAGE_RECIPES))
+def test_every_key_is_documented(path: Path) -> None:
+    """recipes/README.md documents every key a recipe sets (its key tables name each in backticks)."""
+    documented = set(re.findall(r"`(\w+)`", (RECIPES / "README.md").read_text(encoding="utf-8")))
+    assert not set(raw(path)) - documented
+
+
 TRAINER_RECIPES = [p for p in STAGE_RECIPES if stage_of(p) in {"sft", "rl"} and launch_configs(p)]
 
 
