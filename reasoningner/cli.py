@@ -1,6 +1,7 @@
-"""The `reasoningner` command: data work and evaluation from the shell.
+"""The `reasoningner` command: `data` (stats, convert), `tiny-model`, `predict`, `doctor` and `score`.
 
-Training stages are not here: they are `stages/*.py`, run by `accelerate launch` (see Makefile).
+The stages are not here: they are `stages/*.py`, which `make` runs with python, or with `accelerate
+launch` / torchrun when NUM_GPUS or NUM_PROCS is set (see Makefile).
 """
 
 from __future__ import annotations
@@ -350,7 +351,8 @@ def _add_score_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _score(args: argparse.Namespace, console: Console) -> int:
-    from reasoningner.score import score_files, write_results
+    from reasoningner.evaluate import write_results
+    from reasoningner.score import score_files
 
     if len(args.files) % 2:
         raise ValueError("score takes pairs: GOLD PREDICTIONS [GOLD PREDICTIONS ...]")

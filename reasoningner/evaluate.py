@@ -398,11 +398,16 @@ def evaluate(
         },
         config={**asdict(args), **asdict(model.prompt), **asdict(generation)},
     )
-    (output_dir / RESULTS_JSON).write_text(
-        json.dumps(evaluation.to_dict(), indent=2) + "\n", encoding="utf-8"
-    )
-    (output_dir / RESULTS_MD).write_text(evaluation.to_markdown(), encoding="utf-8")
+    write_results(evaluation, output_dir)
     return evaluation
+
+
+def write_results(evaluation: Evaluation, output_dir: Path | str) -> None:
+    """results.json and results.md, each written whole (a kill leaves the earlier file or the new one)."""
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_whole(folder / RESULTS_JSON, json.dumps(evaluation.to_dict(), indent=2) + "\n")
+    write_whole(folder / RESULTS_MD, evaluation.to_markdown())
 
 
 def _score(

@@ -26,6 +26,8 @@ from typing import Any, ClassVar
 
 import httpx
 
+from reasoningner.formats import THINK_CLOSE, THINK_OPEN
+
 logger = logging.getLogger(__name__)
 
 Conversation = list[dict[str, str]]
@@ -480,8 +482,8 @@ def _message_text(message: dict) -> str:
     """
     content = message.get("content") or ""
     reasoning = message.get("reasoning_content") or message.get("reasoning")
-    if reasoning and "</think>" not in content:
-        return f"<think>\n{reasoning.strip()}\n</think>\n{content}"
+    if reasoning and THINK_CLOSE not in content:
+        return f"{THINK_OPEN}\n{reasoning.strip()}\n{THINK_CLOSE}\n{content}"
     return content
 
 

@@ -41,10 +41,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-from reasoningner.evaluate import RESULTS_JSON, RESULTS_MD, error_counts
+from reasoningner.evaluate import error_counts
 from reasoningner.formats import FORMATS, ParseResult, Problem, get_format
 from reasoningner.metrics import MATCH_MODES, Counts, Scorer, multiset_counts
 from reasoningner.readers import DataError, Dataset, OnError, PathLike, _read_text, read_dataset
@@ -371,11 +370,3 @@ def score_files(
         for gold, predictions in pairs
     ]
     return score(sets, compat, primary_mode)
-
-
-def write_results(evaluation: Evaluation, output_dir: PathLike) -> None:
-    """results.json and results.md, as evaluation writes them."""
-    folder = Path(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / RESULTS_JSON).write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n", encoding="utf-8")
-    (folder / RESULTS_MD).write_text(evaluation.to_markdown(), encoding="utf-8")

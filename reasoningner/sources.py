@@ -20,7 +20,7 @@ Layouts (`reader=`, else told from the columns of the first row):
   Entities carry no offsets: each is located in the sentence (the k-th listing of a mention takes its
   k-th occurrence, case-insensitively when the exact text is absent). One that cannot be located is
   left out of its example and recorded in `Dataset.notes` with its row; the count is logged. `cot` is
-  kept as the rationale (`load_rationales`), so SFT trains on the teacher's reasoning directly.
+  kept as the rationale (`load_source_sets`), so SFT trains on the teacher's reasoning directly.
 - `instructuie`: `{sentence, entities: [{name, type, pos}]}`; with `sets=`, one folder per set holding
   `{train,dev,test}.json` and `labels.json` (the InstructUIE NER tree). A `pos` that does not cover
   `name` is located like an NER-CoT mention.

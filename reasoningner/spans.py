@@ -85,11 +85,6 @@ class Schema:
     def describe(self, label: str) -> str | None:
         return self.descriptions.get(label)
 
-    def with_labels(self, labels: Iterable[str]) -> Schema:
-        """A schema over `labels` that keeps the descriptions this one has for them."""
-        labels = tuple(labels)
-        return Schema(labels, {k: v for k, v in self.descriptions.items() if k in labels})
-
     @classmethod
     def union(cls, schemas: Iterable[Schema]) -> Schema:
         """All labels of `schemas` in first-seen order; the first description of a label wins."""

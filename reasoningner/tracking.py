@@ -229,9 +229,9 @@ OPERATIONAL = frozenset(
 )  # fmt: skip
 
 
-def run_settings(config: dict[str, Any], also_operational: Iterable[str] = ()) -> dict[str, Any]:
+def run_settings(config: dict[str, Any]) -> dict[str, Any]:
     """The settings that make a run what it is: `config` without the operational ones."""
-    skip = OPERATIONAL | set(also_operational)
+    skip = OPERATIONAL
     return {k: v for k, v in config.items() if k not in skip and not k.startswith(OPERATIONAL_PREFIXES)}
 
 

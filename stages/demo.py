@@ -40,6 +40,7 @@ import torch
 import yaml
 
 from reasoningner.configs import PromptArguments, PromptContract
+from reasoningner.files import complete_lines
 from reasoningner.formats import CONTENT_PROBLEMS
 from reasoningner.metrics import Counts, f1_difference, match_totals
 from reasoningner.predict import NERModel
@@ -112,7 +113,7 @@ def dev_rows(generations: Path) -> list[dict[str, Any]]:
     """The evaluation's records of the dev sentences as given (no relabelled variant), in dev-file order:
     an evaluation writes outputs as they finish (the transformers backend longest prompt first), and two
     evaluations are compared sentence by sentence."""
-    rows = [json.loads(line) for line in generations.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [json.loads(line) for _, line in complete_lines(generations)[0]]  # not splitlines: U+2028 is text
     positions = dev_positions()
     return sorted((r for r in rows if r["variant"] == "normal"), key=lambda r: positions[r["id"]])
 

@@ -139,3 +139,19 @@ def test_the_seed_study_reports_mean_std_and_whether_every_seed_gained(tmp_path,
     report = (tmp_path / "seeds.md").read_text()
     assert "| F1 gain | 2.50 ± 0.50 |" in report
     assert "answer-only, F1 gain: positive on every seed: no" in report
+
+
+def test_dev_rows_keep_a_record_holding_a_line_separator_and_come_in_dev_file_order(tmp_path):
+    """An untrained model may write U+2028, which generations.jsonl keeps raw: str.splitlines cut it."""
+    demo = load_stage("demo")
+    first, second = list(demo.dev_positions())[:2]
+    generations = tmp_path / "generations.jsonl"
+    records = [{"id": i, "variant": "normal", "output": "a\u2028b"} for i in (second, first)]
+    records.append({"id": first, "variant": "opaque", "output": ""})
+    generations.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
+    )
+    assert [(r["id"], r["output"]) for r in demo.dev_rows(generations)] == [
+        (first, "a\u2028b"),
+        (second, "a\u2028b"),
+    ]
