@@ -49,6 +49,7 @@ RENAMED = {
 
 
 PROMPT_CONTRACT = "prompt_contract.json"  # saved beside a trained model's weights
+SAMPLERS = ("proportional", "reasoningner")  # how stage 3 draws its prompts (`training_data.rl_prompts`)
 
 
 @dataclass
@@ -387,7 +388,7 @@ class RLScriptArguments(TrainerScriptArguments):
         metadata={
             "help": "proportional (shares of the uncapped sizes, largest remainder) or reasoningner (the "
             "paper's sample_grpo.py: shares of the capped sizes, floored)",
-            "choices": ["proportional", "reasoningner"],
+            "choices": list(SAMPLERS),
         },
     )
 

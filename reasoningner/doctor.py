@@ -26,17 +26,12 @@ import yaml
 
 from reasoningner.configs import NEEDS, is_hub_id
 from reasoningner.sources import hub_cached, is_source, offline, resolvable
+from reasoningner.tracking import MANIFEST, RUN_SETTINGS
 
 # Free disk a run needs before it starts, in GB: checkpoints of full fine-tuning (weights and optimizer
 # states) on a GPU, a model's outputs elsewhere.
 DISK_GB = {"train-gpu": 200, "gpu": 20, "cpu": 1}
-RUN_MARKERS = (
-    "run_settings.json",
-    "manifest.json",
-    "annotations.jsonl",
-    "checkpoint-*",
-    "annotations.shard-*",
-)
+RUN_MARKERS = (RUN_SETTINGS, MANIFEST, "annotations.jsonl", "checkpoint-*", "annotations.shard-*")
 
 
 # A torch extension build (DeepSpeed compiles its ops at first use) holds `lock` in its folder while it

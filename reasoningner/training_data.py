@@ -13,14 +13,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from reasoningner.configs import DataArguments, PromptArguments
+from reasoningner.configs import SAMPLERS, DataArguments, PromptArguments
 from reasoningner.formats import get_format
 from reasoningner.prompts import assistant_target, ner_instruction
 from reasoningner.records import is_cot_file, read_records, record_example
 from reasoningner.sources import is_source, load_source_sets
 from reasoningner.spans import Example
-
-SAMPLERS = ("proportional", "reasoningner")
 
 
 def sft_record(
