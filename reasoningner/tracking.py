@@ -231,8 +231,9 @@ OPERATIONAL = frozenset(
 
 def run_settings(config: dict[str, Any]) -> dict[str, Any]:
     """The settings that make a run what it is: `config` without the operational ones."""
-    skip = OPERATIONAL
-    return {k: v for k, v in config.items() if k not in skip and not k.startswith(OPERATIONAL_PREFIXES)}
+    return {
+        k: v for k, v in config.items() if k not in OPERATIONAL and not k.startswith(OPERATIONAL_PREFIXES)
+    }
 
 
 def claim_output_dir(
