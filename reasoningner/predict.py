@@ -64,7 +64,7 @@ from reasoningner.generation import (
     SamplingConfig,
 )
 from reasoningner.prompts import ner_instruction
-from reasoningner.spans import Schema, Span
+from reasoningner.spans import Schema, Span, sort_spans
 
 logger = logging.getLogger(__name__)
 
@@ -181,12 +181,7 @@ def flat_entities(entities: Sequence[Entity], labels: Sequence[str] = ()) -> lis
     for entity in candidates:
         if all(entity.end <= other.start or other.end <= entity.start for other in kept):
             kept.append(entity)
-    return sorted(kept, key=_reading_order)
-
-
-def _reading_order(entity: Entity) -> tuple[int, int, str]:
-    """As `spans.sort_spans`: by start, outer before inner, then label."""
-    return entity.start, -entity.end, entity.label
+    return sort_spans(kept)
 
 
 _SPACE = re.compile(r"\s+")
@@ -261,7 +256,7 @@ def _combine(
         if count / samples >= threshold
     ]
     return Prediction(
-        flat_entities(entities, schema.labels) if flat_ner else sorted(entities, key=_reading_order),
+        flat_entities(entities, schema.labels) if flat_ner else sort_spans(entities),
         ungrounded=list(ungrounded),
         problems=list(problems),
         rationale="\n\n".join(answers[offset][1] for offset in sorted(answers)) if rationale else None,

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, TypeVar
 
 
 class SpanError(ValueError):
@@ -36,7 +36,21 @@ class Span(NamedTuple):
         return text[self.start : self.end]
 
 
-def sort_spans(spans: Iterable[Span]) -> list[Span]:
+class Labelled(Protocol):
+    """Anything placed on a text like a span: a `Span`, or a prediction's entity with its score."""
+
+    @property
+    def start(self) -> int: ...
+    @property
+    def end(self) -> int: ...
+    @property
+    def label(self) -> str: ...
+
+
+LabelledT = TypeVar("LabelledT", bound=Labelled)
+
+
+def sort_spans(spans: Iterable[LabelledT]) -> list[LabelledT]:
     """Reading order for rendering: by start, longer (outer) spans first, then label."""
     return sorted(spans, key=lambda s: (s.start, -s.end, s.label))
 
