@@ -11,12 +11,12 @@ from reasoningner.spans import nesting_depth
 PERCENTILES = (50, 90, 95, 99, 100)
 
 
-def percentiles(values: list[int], points: tuple[int, ...] = PERCENTILES) -> dict[str, int]:
-    """Nearest-rank percentiles (the value itself, never interpolated) keyed "p50", ..."""
+def percentiles(values: list[int]) -> dict[str, int]:
+    """Nearest-rank `PERCENTILES` (the value itself, never interpolated) keyed "p50", ..."""
     if not values:
-        return {f"p{p}": 0 for p in points}
+        return {f"p{p}": 0 for p in PERCENTILES}
     ordered = sorted(values)
-    return {f"p{p}": ordered[max(0, -(-p * len(ordered) // 100) - 1)] for p in points}
+    return {f"p{p}": ordered[max(0, -(-p * len(ordered) // 100) - 1)] for p in PERCENTILES}
 
 
 def dataset_stats(dataset: Dataset) -> dict[str, Any]:

@@ -156,7 +156,6 @@ def build_tiny_model(
     num_kv_heads: int = 2,
     head_dim: int = 64,
     max_position_embeddings: int = 2048,
-    copy_friendly_tokens: bool = True,
     seed: int = 0,
 ) -> Path:
     """Train a tokenizer on `corpus_texts`, build a random-init Qwen3 LM around it and save both to `out_dir`.
@@ -169,7 +168,6 @@ def build_tiny_model(
     tokenizer = train_tokenizer(
         corpus_texts,
         vocab_size=vocab_size,
-        copy_friendly=copy_friendly_tokens,
         max_length=max_position_embeddings,
     )
     config = Qwen3Config(
