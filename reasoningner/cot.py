@@ -87,8 +87,9 @@ USABLE_ENDS = ("stop", None)  # vLLM also ends with length, abort, error
 AFRESH = "rerun with --overwrite_output_dir true to start afresh, or choose another output_dir"
 
 
-def _shard_name(name: str, index: int, count: int) -> str:
-    """`annotations.jsonl` -> `annotations.shard-1-of-4.jsonl`; unchanged for an unsharded run."""
+def shard_name(name: str, index: int | str, count: int | str) -> str:
+    """`annotations.jsonl` -> `annotations.shard-1-of-4.jsonl`; unchanged for an unsharded run (`"*"`
+    for index and count: the glob of every shard file)."""
     if count == 1:
         return name
     stem, suffix = name.split(".", 1)
@@ -97,12 +98,12 @@ def _shard_name(name: str, index: int, count: int) -> str:
 
 def output_path(args: CoTArguments) -> Path:
     """This shard's annotation file in `output_dir`."""
-    return Path(args.output_dir) / _shard_name(ANNOTATIONS, *args.shard_index())  # type: ignore[arg-type]
+    return Path(args.output_dir) / shard_name(ANNOTATIONS, *args.shard_index())  # type: ignore[arg-type]
 
 
 def report_path(args: CoTArguments) -> Path:
     """This shard's report: one per shard, so that shards running at once never share a file."""
-    return Path(args.output_dir) / _shard_name(REPORT, *args.shard_index())  # type: ignore[arg-type]
+    return Path(args.output_dir) / shard_name(REPORT, *args.shard_index())  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -476,7 +477,7 @@ def merge_shards(args: CoTArguments, prompt: PromptArguments) -> Path:
     problems: list[str] = []
     records: list[dict[str, Any]] = []
     teachers: dict[Any, set[int]] = {}
-    paths = [output_dir / _shard_name(ANNOTATIONS, index, count) for index in range(count)]
+    paths = [output_dir / shard_name(ANNOTATIONS, index, count) for index in range(count)]
     with contextlib.ExitStack() as held:
         held.enter_context(exclusive(output_dir / ANNOTATIONS))
         for path in paths:  # all first: a shard still being written is not "incomplete"

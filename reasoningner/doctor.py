@@ -25,13 +25,16 @@ from typing import Any
 import yaml
 
 from reasoningner.configs import NEEDS, is_hub_id
+from reasoningner.cot import ANNOTATIONS, shard_name
 from reasoningner.sources import hub_cached, is_source, offline, resolvable
 from reasoningner.tracking import MANIFEST, RUN_SETTINGS
 
 # Free disk a run needs before it starts, in GB: checkpoints of full fine-tuning (weights and optimizer
 # states) on a GPU, a model's outputs elsewhere.
 DISK_GB = {"train-gpu": 200, "gpu": 20, "cpu": 1}
-RUN_MARKERS = (RUN_SETTINGS, MANIFEST, "annotations.jsonl", "checkpoint-*", "annotations.shard-*")
+# What a stage leaves in its output_dir: settings and manifest (all), stage 1's annotations and their shard
+# files, the Trainer's checkpoints.
+RUN_MARKERS = (RUN_SETTINGS, MANIFEST, ANNOTATIONS, shard_name(ANNOTATIONS, "*", "*"), "checkpoint-*")
 
 
 # A torch extension build (DeepSpeed compiles its ops at first use) holds `lock` in its folder while it

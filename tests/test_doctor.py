@@ -15,6 +15,8 @@ import pytest
 
 from reasoningner import doctor
 from reasoningner.cli import main
+from reasoningner.configs import CoTArguments
+from reasoningner.cot import output_path
 
 ROOT = Path(__file__).resolve().parents[1]
 HUB = Path(__file__).parent / "data" / "hub"
@@ -181,3 +183,17 @@ def test_several_gpus_for_one_training_process_fail_with_how_to_launch(
     assert launched.status == "ok"
     [evaluation] = [c for c in doctor.check_gpus({"backend": "vllm"}, "eval", None) if c.name == "gpus"]
     assert evaluation.status == "ok"  # vLLM's tensor parallelism uses them
+
+
+@pytest.mark.parametrize("shard", ["0/1", "2/4"])
+def test_a_folder_holding_a_stage_1_run_is_resumable_not_foreign(tmp_path: Path, shard: str) -> None:
+    """A cot run killed before its merge leaves only a shard's annotations: doctor must not call the
+    folder foreign (users would move it away and lose the run)."""
+    args = CoTArguments(output_dir=str(tmp_path / "cot"), shard=shard)
+    path = output_path(args)
+    path.parent.mkdir()
+    path.write_text("{}\n")
+    [check] = doctor.check_output_dir({"output_dir": args.output_dir})
+    assert check.status == "ok" and "holds a run" in check.message
+    path.rename(path.with_name("notes.jsonl"))
+    assert doctor.check_output_dir({"output_dir": args.output_dir})[0].status == "FAIL"
