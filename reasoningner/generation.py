@@ -521,6 +521,7 @@ class TransformersGenerator(Generator):
         device: str = "cpu",
         batch_size: int = 8,
         chat_template_kwargs: dict[str, Any] | None = None,
+        use_kernels: bool = False,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -531,7 +532,12 @@ class TransformersGenerator(Generator):
         self._tokenizer: Any = AutoTokenizer.from_pretrained(model, padding_side="left")
         if self._tokenizer.pad_token is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
-        self._model: Any = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(device).eval()
+        # Hub kernels only when asked for (`training.model_init_kwargs` says why).
+        self._model: Any = (
+            AutoModelForCausalLM.from_pretrained(model, dtype=dtype, use_kernels=use_kernels)
+            .to(device)
+            .eval()
+        )
         self.context_tokens = getattr(self._model.config, "max_position_embeddings", None)
         # Every end id the model declares and the tokenizer's, as TRL's GRPO and vLLM stop: a LoRA adapter
         # loads its base's generation config, which for Qwen3-Base lacks the chat turn's end (<|im_end|>,

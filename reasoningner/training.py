@@ -48,13 +48,19 @@ VARLEN_ATTENTION = (
 
 
 def model_init_kwargs(training_args: Any, model_args: Any) -> dict[str, Any]:
-    """How the trainer loads the model: the recipe's own `model_init_kwargs` (e.g. `use_kernels`),
-    overridden by the model options (quantization goes to the trainer's `quantization_config`).
+    """How the trainer loads the model: without the Hub's kernels unless the recipe's own
+    `model_init_kwargs` ask for them (`use_kernels: true`), overridden by the model options
+    (quantization goes to the trainer's `quantization_config`).
 
+    transformers 5.25 turned Hub kernels on by default: on a GPU, `model.train()` then swaps layers
+    for kernels downloaded from the Hub mid-run, which fails on a node without internet and changes a
+    run's numbers with the kernels' versions. Saying `use_kernels: False` keeps every admitted
+    transformers version loading the same model (it was 5.24's default).
     The trainer loads the model after the training arguments exist, so that DeepSpeed ZeRO-3
     partitions it while loading instead of every rank materialising the whole checkpoint.
     """
     return {
+        "use_kernels": False,
         **(training_args.model_init_kwargs or {}),
         "revision": model_args.model_revision,
         "dtype": model_args.dtype,

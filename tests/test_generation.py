@@ -117,6 +117,25 @@ def test_transformers_greedy_is_deterministic_and_batching_changes_nothing(
     assert len({c[0].text for c in batched}) > 1, "outputs should depend on the prompt"
 
 
+def test_transformers_loads_without_hub_kernels_unless_asked(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """transformers 5.25 kernelizes by default (layers fetched from the Hub on a GPU): the backend says
+    no unless `backend_options` ask, so every admitted transformers version runs the same model."""
+    asked: list[Any] = []
+    load = AutoModelForCausalLM.from_pretrained
+
+    def spy(*args: Any, **kwargs: Any) -> Any:  # records what was asked, loads without Hub access
+        asked.append(kwargs.get("use_kernels", "unset"))
+        return load(*args, **kwargs | {"use_kernels": False})
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
+    with TransformersGenerator(model_dir) as generator:
+        assert generator._model.use_kernels is False
+    TransformersGenerator(model_dir, use_kernels=True).close()
+    assert asked == [False, True]
+
+
 def test_transformers_token_counts_exclude_padding(model_dir: Path, local: TransformersGenerator) -> None:
     """In a batch, sequences that stopped early are padded up to the longest; generated alone they are
     not, so equal counts prove the padding is not counted."""

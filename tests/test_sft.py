@@ -217,11 +217,12 @@ def test_recipe_model_init_kwargs_reach_the_loader(
     run_stage(
         *stage_args(model_dir, cot_file, tmp_path, max_steps=1, lr=1e-3),
         "--save_strategy", "no",
-        "--model_init_kwargs", '{"use_kernels": false, "dtype": "bfloat16"}',
+        "--model_init_kwargs", '{"trust_remote_code": false, "dtype": "bfloat16"}',
         "--attn_implementation", "eager",
     )  # fmt: skip
     (kwargs,) = loads
-    assert kwargs["use_kernels"] is False  # kept from the recipe
+    assert kwargs["trust_remote_code"] is False  # kept from the recipe
+    assert kwargs["use_kernels"] is False  # no Hub kernels unless the recipe asks
     assert (kwargs["dtype"], kwargs["attn_implementation"]) == ("float32", "eager")  # the model options win
 
 

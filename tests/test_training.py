@@ -33,6 +33,13 @@ def test_model_options_override_the_recipes_model_init_kwargs_and_keep_the_rest(
     }
 
 
+def test_the_trainer_loads_without_hub_kernels_unless_the_recipe_asks():
+    model_args = SimpleNamespace(model_revision=None, dtype="float32", attn_implementation="sdpa")
+    assert model_init_kwargs(SimpleNamespace(model_init_kwargs=None), model_args)["use_kernels"] is False
+    asked = SimpleNamespace(model_init_kwargs={"use_kernels": True})
+    assert model_init_kwargs(asked, model_args)["use_kernels"] is True
+
+
 def test_a_trainer_starting_from_a_hub_model_takes_its_prompt_contract_from_the_hub(tmp_path, monkeypatch):
     """GRPO from an SFT model published on the Hub asks it as it was trained (the recipe sets no prompt
     key); a Hub that cannot be asked stops the run before any model loads."""
