@@ -45,10 +45,23 @@ def test_the_paper_gpu_recipe_reports_the_missing_gpus_vllm_and_data_here(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("FAIL  gpus: 7 needed, 0 visible")
     assert any(line.startswith('FAIL  vllm: use_vllm: True needs it: pip install "vllm') for line in lines)
-    assert any(line.startswith("FAIL  torch: torch") and "CPU build" in line for line in lines)
     assert any("FAIL  data: hf:ZWK/InstructUIE_data" in line and "hub is offline" in line for line in lines)
     assert any(line.startswith("FAIL  wandb: report_to: wandb without credentials") for line in lines)
     assert lines[-1].startswith(f"doctor: {GPU_RL}:") and "failed" in lines[-1]
+
+
+def test_a_gpu_recipe_needs_a_cuda_build_of_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Either build may be installed here: PyPI's Linux torch is the CUDA build, which runs on CPU too."""
+    import torch
+
+    def torch_check() -> doctor.Check:
+        return next(c for c in doctor.check_gpus({}, "rl", num_gpus=7) if c.name == "torch")
+
+    monkeypatch.setattr(torch.version, "cuda", None)
+    cpu = torch_check()
+    assert cpu.status == "FAIL" and cpu.message.startswith(f"torch {torch.__version__} is a CPU build: ")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert torch_check() == doctor.Check("torch", "ok", f"torch {torch.__version__}, CUDA 13.0")
 
 
 def test_a_tiny_recipe_passes_with_its_inputs_in_place(
