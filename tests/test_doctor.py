@@ -1,5 +1,5 @@
 """`reasoningner doctor`: one line per check, exit status 1 on a failure; each check shown to pass and to
-fail. Nothing contacts the hub (HF_HUB_OFFLINE), and the GPU checks read this machine (no GPU)."""
+fail. Nothing contacts the hub (HF_HUB_OFFLINE), and the GPU checks see no GPU (conftest hides them)."""
 
 from __future__ import annotations
 
@@ -39,8 +39,10 @@ def statuses(checks: list[doctor.Check]) -> dict[str, str]:
 
 
 def test_the_paper_gpu_recipe_reports_the_missing_gpus_vllm_and_data_here(
-    capsys: pytest.CaptureFixture,
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "vllm" else find_spec(name))
     assert main(["doctor", str(GPU_RL), "--num-gpus", "7"]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("FAIL  gpus: 7 needed, 0 visible")
