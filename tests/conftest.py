@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 
 # The suite tests the CPU paths, on any machine: a GPU node's GPUs are hidden from it and from the stages
-# it starts (set before anything imports torch). `make smoke` is what runs the recipes on a node's GPU.
+# it starts (set before anything imports torch); `make smoke` runs the recipes on a node's GPU. Nor does
+# it reach the Hub where there is internet: tests that need the Hub's answers fake them.
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 CONLL_MINI = Path(__file__).parent / "data" / "conll2003_mini.txt"
 
