@@ -357,7 +357,11 @@ class _ResumeRecord(TrainerCallback):
       resumed inside epoch 1 or later would draw epoch 0's order again (or another), training some
       examples twice and others never. Those samplers are wrapped in `_OrderedSampler` (accelerate
       already draws a plain random one from the seed and the epoch).
-    - TRL SFT's count of trained tokens (`num_tokens`, a W&B x-axis), which would restart at 0."""
+    - TRL SFT's count of trained tokens (`num_tokens`, a W&B x-axis), which would restart at 0.
+
+    It is written with the RNG states, before `trainer_state.json` completes the checkpoint: written on
+    `on_save`, after transformers has deleted the checkpoint before, a kill in between would leave a
+    complete-looking newest checkpoint without it."""
 
     def __init__(self, trainer: Any, checkpoint: str | None) -> None:
         self.trainer = trainer
@@ -390,7 +394,8 @@ class _ResumeRecord(TrainerCallback):
         if "num_tokens" in self.record and hasattr(self.trainer, "_total_train_tokens"):
             self.trainer._total_train_tokens = self.record["num_tokens"]
 
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def save(self, checkpoint: Path) -> None:
+        state = self.trainer.state
         if not state.is_world_process_zero:
             return
         record: dict[str, Any] = {}
@@ -400,7 +405,7 @@ class _ResumeRecord(TrainerCallback):
             record["epoch_ended"] = float(state.epoch).is_integer()
         if hasattr(self.trainer, "_total_train_tokens"):
             record["num_tokens"] = self.trainer._total_train_tokens
-        torch.save(record, Path(args.output_dir) / f"checkpoint-{state.global_step}" / RESUME_RECORD)
+        torch.save(record, checkpoint / RESUME_RECORD)
 
 
 def train_from(stage: str, trainer: Any, checkpoint: str | None) -> None:
@@ -415,6 +420,13 @@ def train_from(stage: str, trainer: Any, checkpoint: str | None) -> None:
     trainer.add_callback(record)
     build_sampler = trainer._get_train_sampler
     trainer._get_train_sampler = lambda *args, **kwargs: record.wrap(build_sampler(*args, **kwargs))
+    save_rng_state = trainer._save_rng_state
+
+    def save_rng_state_and_record(output_dir: str) -> None:
+        save_rng_state(output_dir)
+        record.save(Path(output_dir))
+
+    trainer._save_rng_state = save_rng_state_and_record
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     except _RunFinished:

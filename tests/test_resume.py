@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,23 +115,27 @@ class Preempted(Exception):
     """Stands for a kill in `interrupted`: in this process, so that each relaunch costs no start-up."""
 
 
-def interrupted(stage_name: str, args: list[str], *kills: int) -> None:
+def interrupted(stage_name: str, args: list[str], *kills: int, saved: bool = False) -> None:
     """Run a stage in this process, stopping it while it saves step `kill` (before trainer_state.json,
     as `KILL_WHILE_SAVING`) for each of `kills` in turn, relaunching it each time; then let it finish.
-    Each relaunch starts as a new process would: seeded anew, with new samplers."""
+    With `saved`, it stops just after the checkpoint is written (and the one before deleted), before
+    the callbacks hear of it. Each relaunch starts as a new process would: seeded anew, with new samplers."""
     from transformers import Trainer
 
     stage = load_stage(stage_name)
-    save_rng_state = Trainer._save_rng_state
+    method = "_save_checkpoint" if saved else "_save_rng_state"
+    save = getattr(Trainer, method)
     for kill in kills:
 
-        def killed(self: Trainer, output_dir: str, at: int = kill) -> None:
+        def killed(self: Trainer, *args: Any, at: int = kill) -> None:
+            if self.state.global_step == at and not saved:
+                raise Preempted
+            save(self, *args)
             if self.state.global_step == at:
                 raise Preempted
-            save_rng_state(self, output_dir)
 
         with pytest.MonkeyPatch.context() as patch, pytest.raises(Preempted):
-            patch.setattr(Trainer, "_save_rng_state", killed)
+            patch.setattr(Trainer, method, killed)
             stage.main(*stage.make_parser().parse_args_and_config(args=args))
     stage.main(*stage.make_parser().parse_args_and_config(args=args))
 
@@ -147,6 +152,16 @@ def test_sft_resumed_inside_a_later_epoch_trains_that_epoch_in_its_order(
     interrupted("sft", sft_args(tiny_model_dir, annotations, resumed, *batch_of_one), 7)  # from step 6 of 5-8
     assert steps(resumed) == steps(reference)
     assert (resumed / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
+
+    # Killed once step 6's checkpoint is complete and step 5's deleted (save_total_limit 1), before the
+    # callbacks run: that checkpoint must hold the epoch's order too.
+    last_only = tmp_path / "last-only"
+    last_only_args = sft_args(
+        tiny_model_dir, annotations, last_only, *batch_of_one, "--save_total_limit", "1"
+    )
+    interrupted("sft", last_only_args, 6, saved=True)
+    assert steps(last_only) == steps(reference)
+    assert (last_only / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
 
 
 def test_a_finished_run_relaunched_ends_with_its_best_checkpoint_and_the_end_of_training(
