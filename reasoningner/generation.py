@@ -160,7 +160,7 @@ def _free_memory() -> None:
 class VLLMGenerator(Generator):
     """Offline vLLM engine: the fast path on GPUs.
 
-    `engine_kwargs` go to `vllm.LLM` unchanged (e.g. `data_parallel_size`, `enforce_eager`). Conversations
+    `engine_kwargs` go to `vllm.LLM` unchanged (e.g. `enforce_eager`, `enable_prefix_caching`). Conversations
     are sent in chunks of `chunk_size` so that results reach the caller (and disk) during a long run while
     each chunk is still large enough for vLLM to batch well.
     """
@@ -180,6 +180,14 @@ class VLLMGenerator(Generator):
         chat_template_kwargs: dict[str, Any] | None = None,
         **engine_kwargs: Any,
     ) -> None:
+        if engine_kwargs.get("data_parallel_size", 1) != 1:
+            # vLLM refuses `LLM(data_parallel_size=k)` in one process (vllm-project/vllm#27282).
+            raise ValueError(
+                "backend_options data_parallel_size: vLLM's offline engine runs data parallel only as one "
+                "process per rank, and this backend is one process. Use tensor_parallel_size, split stage 1 "
+                "over processes with --shard i/n, or serve the model (vllm serve --data-parallel-size N) "
+                "and use the openai backend"
+            )
         try:
             import vllm
         except ImportError as exc:

@@ -513,7 +513,7 @@ def test_vllm_plumbing(fake_vllm: types.ModuleType) -> None:
         seed=3,
         chunk_size=2,
         chat_template_kwargs={"enable_thinking": False},
-        data_parallel_size=2,
+        enforce_eager=True,
     )
     [llm] = FakeLLM.instances
     assert llm.kwargs == dict(
@@ -523,7 +523,7 @@ def test_vllm_plumbing(fake_vllm: types.ModuleType) -> None:
         dtype="auto",
         seed=3,
         max_model_len=4096,
-        data_parallel_size=2,
+        enforce_eager=True,
     )
     done: list[int] = []
     sentences = ["a", "b", "c"]
@@ -545,6 +545,16 @@ def test_vllm_plumbing(fake_vllm: types.ModuleType) -> None:
     generator.close()
     with pytest.raises(GenerationError, match="closed"):
         generator.generate([conversation("a")], SamplingConfig())
+
+
+def test_vllm_data_parallel_in_one_process_is_refused_with_what_works(fake_vllm: types.ModuleType) -> None:
+    with pytest.raises(
+        ValueError, match=r"data_parallel_size: .*--shard i/n.*vllm serve --data-parallel-size"
+    ):
+        build_generator("vllm", model="/models/teacher", data_parallel_size=8)
+    assert FakeLLM.instances == []
+    build_generator("vllm", model="/models/teacher", data_parallel_size=1)
+    assert FakeLLM.instances[0].kwargs["data_parallel_size"] == 1
 
 
 def test_vllm_missing_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
