@@ -1028,7 +1028,7 @@ class OffsetJsonFormat(_EntryListFormat):
         start = _as_int(entry.get("start"), "start", built)
         end = _as_int(entry.get("end"), "end", built)
         stated = start is not None and end is not None
-        if stated and 0 <= start < end and built.text[start:end] == mention:  # type: ignore[operator]
+        if stated and 0 <= start < end <= len(built.text) and built.text[start:end] == mention:  # type: ignore[operator]
             built.add(start, end, label)  # type: ignore[arg-type]
             return
         if not stated or self.reground:  # no offsets to honour (a bad_entry), or the lenient reading

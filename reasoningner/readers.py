@@ -113,7 +113,9 @@ class Dataset:
     `skipped` holds a `path:line: why` message per record skipped under `on_error="skip"`; `notes`
     one per record the reader changed without losing information (exact duplicate spans merged);
     `corpora` the corpora its records say they come from (NER-CoT's `source`), which a model trained on
-    them records for the contamination check.
+    them records for the contamination check. `indices` holds each example's record index in its file,
+    which pairs it with a line of another file once records were skipped (empty where the examples
+    come from several files).
     """
 
     examples: list[Example]
@@ -122,6 +124,7 @@ class Dataset:
     skipped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     corpora: list[str] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -177,7 +180,7 @@ class _Collector:
 
     def dataset(self) -> Dataset:
         schema = self.schema or self._file_schema()
-        examples = []
+        examples, indices = [], []
         for record in self.records:
             target = self.schema or record.schema or schema
             example = record.example
@@ -188,10 +191,11 @@ class _Collector:
                     self.report(record.line, str(error), record.index if self.numbered else None)
                     continue
             examples.append(example)
+            indices.append(record.index)
         for kind, messages in (("skipped bad records", self.skipped), ("notes", self.notes)):
             if messages:
                 logger.warning("%s: %d %s, first: %s", self.path, len(messages), kind, messages[0])
-        return Dataset(examples, schema, self.name, self.skipped, self.notes)
+        return Dataset(examples, schema, self.name, self.skipped, self.notes, indices=indices)
 
     def _file_schema(self) -> Schema:
         stated = [record.schema for record in self.records if record.schema is not None]
@@ -637,11 +641,14 @@ def _jsonl_record(record: Any) -> tuple[str, list[Span], Schema | None, str | No
     unknown = sorted(set(record) - _JSONL_KEYS)
     if unknown:
         raise ValueError(f"unknown fields {unknown}; expected {sorted(_JSONL_KEYS)}")
+    # An optional field that is null is absent: `datasets` gives every row each column of the file.
+    record = {key: value for key, value in record.items() if value is not None}
     example_id = _require(record, "id", str) if "id" in record else None
     spans = []
     for entity in _require(record, "entities", list):
         if not isinstance(entity, dict) or set(entity) - _ENTITY_KEYS:
             raise ValueError(f"entity {entity!r} must be an object with keys {sorted(_ENTITY_KEYS)}")
+        entity = {key: value for key, value in entity.items() if value is not None}
         span = Span(
             _offset(entity.get("start"), "start"),
             _offset(entity.get("end"), "end"),

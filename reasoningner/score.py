@@ -34,7 +34,7 @@ Text-mode scores and the error analysis stay ours.
 
 Skipping: `on_error="skip"` (`--skip-bad`) skips malformed gold records (the reader's rule) and
 malformed prediction lines, counts and lists them; the predictions of skipped gold records are
-skipped too (lines align with gold records by their index, `<name>-<index>` ids).
+skipped too (the n-th line of predictions, malformed ones included, goes with the n-th gold record).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from reasoningner.evaluate import error_counts
-from reasoningner.formats import FORMATS, ParseResult, Problem, get_format
+from reasoningner.formats import FORMATS, ParseResult, Problem, get_format, split_answer
 from reasoningner.metrics import MATCH_MODES, Counts, Scorer, multiset_counts
 from reasoningner.readers import DataError, Dataset, OnError, PathLike, _read_text, read_dataset
 from reasoningner.results import NORMAL, ErrorCounts, Evaluation
@@ -57,9 +57,12 @@ Compat = Literal["none", "llms4ner"]
 
 @dataclass
 class PredictionLine:
-    """One line of a predictions file: a raw output, or spans already grounded."""
+    """One line of a predictions file: a raw output, or spans already grounded. `index` is its record's
+    position in the file (malformed lines and, in the outputs layout, blank ones count): the gold
+    record it is paired with."""
 
     line: int
+    index: int
     output: str | None = None
     prompt: str | None = None
     label: str | None = None
@@ -88,15 +91,22 @@ def predictions_layout(first: Any) -> str:
 def read_predictions(
     path: PathLike, on_error: OnError = "raise"
 ) -> tuple[str, list[PredictionLine], list[str]]:
-    """(layout, lines, skip messages) of a predictions file; a bad line is a `DataError` naming it."""
-    lines = [(number, line) for number, line in enumerate(_read_text(path).split("\n"), 1) if line.strip()]
+    """(layout, lines, skip messages) of a predictions file; a bad line is a `DataError` naming it.
+
+    In the outputs layout a blank line is an empty output (trailing ones aside); JSON Lines layouts
+    have no blank record."""
+    lines = list(enumerate(_read_text(path).split("\n"), 1))
+    while lines and not lines[-1][1].strip():
+        lines.pop()
     if not lines:
         raise DataError(path, None, "no predictions")
-    layout = predictions_layout(_json_or_none(lines[0][1]))
+    layout = predictions_layout(_json_or_none(next(line for _, line in lines if line.strip())))
+    if layout != "outputs":
+        lines = [(number, line) for number, line in lines if line.strip()]
     predictions, skipped = [], []
-    for number, line in lines:
+    for index, (number, line) in enumerate(lines):
         try:
-            predictions.append(_prediction(layout, number, line))
+            predictions.append(_prediction(layout, number, index, line))
         except (ValueError, TypeError, KeyError) as error:
             message = DataError(path, number, f"{layout} prediction: {error}")
             if on_error == "raise":
@@ -112,7 +122,7 @@ def _json_or_none(line: str) -> Any:
         return None
 
 
-def _prediction(layout: str, number: int, line: str) -> PredictionLine:
+def _prediction(layout: str, number: int, index: int, line: str) -> PredictionLine:
     value = _json_or_none(line)
     if layout == "llamafactory":
         if not isinstance(value, dict) or not isinstance(value.get("predict"), str):
@@ -120,6 +130,7 @@ def _prediction(layout: str, number: int, line: str) -> PredictionLine:
         label = value.get("label")
         return PredictionLine(
             number,
+            index,
             output=value["predict"],
             prompt=value.get("prompt") if isinstance(value.get("prompt"), str) else None,
             label=label if isinstance(label, str) else None,
@@ -136,18 +147,26 @@ def _prediction(layout: str, number: int, line: str) -> PredictionLine:
         problems = [str(kind) for kind in value.get("problems", [])]
         identifier = value.get("id") if isinstance(value.get("id"), str) else None
         return PredictionLine(
-            number, text=value["text"], spans=spans, ungrounded=ungrounded, problems=problems, id=identifier
+            number,
+            index,
+            text=value["text"],
+            spans=spans,
+            ungrounded=ungrounded,
+            problems=problems,
+            id=identifier,
         )
     if isinstance(value, str):
-        return PredictionLine(number, output=value)
+        return PredictionLine(number, index, output=value)
     if isinstance(value, dict) and isinstance(value.get("output"), str):
-        return PredictionLine(number, output=value["output"])
-    return PredictionLine(number, output=line)
+        return PredictionLine(number, index, output=value["output"])
+    return PredictionLine(number, index, output=line)
 
 
 def sniff_format(sample: str) -> str:
-    """The answer format a gold answer or an output is written in, by its shape."""
-    value = _json_or_none(sample.strip())
+    """The answer format a gold answer or an output is written in, by its shape (the answer's: a
+    `<think>` block or code fence around it is no XML or bracket)."""
+    sample = split_answer(sample)[1].strip()
+    value = _json_or_none(sample)
     if isinstance(value, dict):
         return "grouped_json"
     if isinstance(value, list):
@@ -182,7 +201,8 @@ def align(
     layout, predictions, skipped = read_predictions(predictions_path, on_error)
     pairs = _pairs(dataset, predictions, predictions_path, on_error, skipped)
     if output_format == "auto":
-        sample = next((p.label or p.output for _, p in pairs if (p.label or p.output)), None)
+        samples = (p.label or p.output or "" for _, p in pairs)
+        sample = next((sample for sample in samples if split_answer(sample)[1].strip()), None)
         output_format = sniff_format(sample) if sample is not None else "grouped_json"
     fmt = get_format(output_format, reground_offsets=reground_offsets)
     gold, kept, parsed = [], [], []
@@ -220,8 +240,8 @@ def _pairs(
     on_error: OnError,
     skipped: list[str],
 ) -> list[tuple[Example, PredictionLine]]:
-    """Each prediction with its gold example: by position, or by record index once gold records were
-    skipped (their predictions are skipped with them)."""
+    """Each prediction with its gold example: the line's record index is the gold record's (its `id`
+    when it names a gold record); the predictions of skipped gold records are skipped with them."""
     if not dataset.skipped:
         if len(predictions) + len(skipped) != len(dataset.examples):
             message = (
@@ -229,16 +249,23 @@ def _pairs(
             )
             if on_error == "raise":
                 raise DataError(path, None, message)
-            skipped.append(f"{path}: {message}; the extra lines are not scored")
-        return list(zip(dataset.examples, predictions, strict=False))
-    by_id = {example.id: example for example in dataset.examples}
+            skipped.append(f"{path}: {message}; the lines past the shorter file are not scored")
+        by_index = dict(enumerate(dataset.examples))
+    elif dataset.indices:
+        by_index = dict(zip(dataset.indices, dataset.examples, strict=True))
+    else:
+        raise DataError(
+            path, None, "gold records were skipped from a gold source of several files: no line can be paired"
+        )
+    by_id = {example.id: example for example in dataset.examples} if dataset.skipped else {}
     pairs = []
-    for index, prediction in enumerate(predictions):
-        example = by_id.get(prediction.id or f"{dataset.name}-{index}")
-        if example is None:
-            skipped.append(str(DataError(path, prediction.line, "its gold record was skipped")))
-        else:
+    for prediction in predictions:
+        example = by_id.get(prediction.id) if prediction.id else None
+        example = example or by_index.get(prediction.index)
+        if example is not None:
             pairs.append((example, prediction))
+        elif dataset.skipped:
+            skipped.append(str(DataError(path, prediction.line, "its gold record was skipped")))
     return pairs
 
 

@@ -347,7 +347,7 @@ def _protocol_record(
     schema_labels = sorted({lab for lab in map(protocol_label, map(str, stated)) if lab is not None})
     missing: list[str] = []
     spans: list[Span] = []
-    taken: Counter[tuple[str, str]] = Counter()
+    taken: Counter[str] = Counter()  # listings of each mention so far, whatever their label
     for mention, raw_label, pos in mentions:
         if not isinstance(mention, str) or not isinstance(raw_label, str) or not mention.strip():
             raise ValueError(f"entity {mention!r}/{raw_label!r}: text and label must be non-empty strings")
@@ -367,7 +367,7 @@ def _protocol_record(
     return _Record(index, index, text, spans, Schema(tuple(schema_labels)), record_id), missing
 
 
-def _locate(text: str, mention: str, label: str, pos: Any, taken: Counter[tuple[str, str]]) -> Span | None:
+def _locate(text: str, mention: str, label: str, pos: Any, taken: Counter[str]) -> Span | None:
     """The span of a text-only mention: `pos` when it covers the mention, else the next occurrence of
     it (exact, then case-insensitive) that an earlier listing of the same mention has not taken."""
     mention = mention.strip()
@@ -375,9 +375,9 @@ def _locate(text: str, mention: str, label: str, pos: Any, taken: Counter[tuple[
     if given and 0 <= pos[0] < pos[1] <= len(text) and text[pos[0] : pos[1]].strip() == mention:
         start = pos[0] + text[pos[0] : pos[1]].index(mention)
         return Span(start, start + len(mention), label)
-    starts = occurrences(text, mention) or occurrences(text.lower(), mention.lower())
-    k = taken[(mention, label)]
-    taken[(mention, label)] += 1
+    starts = occurrences(text, mention) or occurrences(text, mention, ignore_case=True)
+    k = taken[mention]
+    taken[mention] += 1
     if not starts:
         return None
     start = starts[min(k, len(starts) - 1)]

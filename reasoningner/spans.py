@@ -198,21 +198,25 @@ def is_crossing(a: Span, b: Span) -> bool:
     return a.start < b.start < a.end < b.end or b.start < a.start < b.end < a.end
 
 
-def occurrences(text: str, needle: str) -> list[int]:
+def occurrences(text: str, needle: str, *, ignore_case: bool = False) -> list[int]:
     """Start offsets of `needle` in `text` at word boundaries, in order, overlaps allowed.
 
     A boundary occurrence is one not glued to a word character on either side where the needle
     itself begins or ends with one: "an" is not found inside "Germany". When the needle only occurs
     inside words, those occurrences are returned instead, so that an entity written as a word
-    piece is still found.
+    piece is still found. `ignore_case` matches character by character in `text` itself (not in
+    `text.lower()`, which may be longer: "İ" lowers to two characters), so each match is `needle`'s length.
     """
     if not needle:
         return []
-    found: list[int] = []
-    start = text.find(needle)
-    while start != -1:
-        found.append(start)
-        start = text.find(needle, start + 1)
+    if ignore_case:
+        found = [m.start() for m in re.finditer(f"(?={re.escape(needle)})", text, re.IGNORECASE)]
+    else:
+        found = []
+        start = text.find(needle)
+        while start != -1:
+            found.append(start)
+            start = text.find(needle, start + 1)
     if len(found) < 2:  # one occurrence is returned bounded or not
         return found
     # Only a needle edge that is a word character can be glued to a neighbour.

@@ -89,6 +89,64 @@ def test_skip_bad_skips_gold_records_with_their_predictions(tmp_path: Path) -> N
     assert micro(evaluation, "exact", "conll03_bracketed_dev_alpaca").f1 == 1.0
 
 
+def test_a_skipped_or_blank_prediction_line_leaves_the_later_lines_with_their_own_sentences(
+    tmp_path: Path,
+) -> None:
+    gold = read_alpaca(ACE).examples
+    answers = [FORMATS["bracketed"].render(example) for example in gold]
+    # LLaMA-Factory's layout without prompts (nothing else would catch a shift): line 2 is malformed.
+    rows = [{"predict": a} for a in answers]
+    rows[1]["predict"] = None
+    evaluation = score_files([(ACE, write_jsonl(tmp_path / "p.jsonl", rows))], on_error="skip")
+    assert evaluation.datasets["ace2005_mini"]["skipped_predictions"] == 1
+    assert micro(evaluation, "exact", "ace2005_mini") == Counts(18 - len(gold[1].spans), 0, 0)
+    # Raw outputs: an empty output is a blank line, its sentence's entities all missed.
+    (tmp_path / "raw.txt").write_text("\n".join([answers[0], "", answers[2]]) + "\n\n", encoding="utf-8")
+    evaluation = score_files([(ACE, tmp_path / "raw.txt")], output_format="bracketed")
+    missed = len(gold[1].spans)
+    assert micro(evaluation, "exact", "ace2005_mini") == Counts(18 - missed, 0, missed)
+
+
+def test_gold_records_with_their_own_ids_skipped_pair_the_other_lines_by_position(tmp_path: Path) -> None:
+    gold = read_alpaca(ACE).examples
+    records = [
+        {"id": f"doc-{i}", "text": e.text, "entities": e.entity_dicts(), "labels": list(e.schema.labels)}
+        for i, e in enumerate(gold)
+    ]
+    records[0]["entities"][0]["end"] += 1000  # out of range: skipped
+    gold_path = write_jsonl(tmp_path / "gold.jsonl", records)
+    outputs = write_jsonl(tmp_path / "outputs.jsonl", [FORMATS["xml"].render(e) for e in gold])
+    evaluation = score_files([(gold_path, outputs)], on_error="skip")
+    info = evaluation.datasets["gold"]
+    assert (info["sentences"], info["skipped_gold"], info["skipped_predictions"]) == (2, 1, 1)
+    expected = sum(len(e.spans) for e in gold[1:])
+    assert micro(evaluation, "exact", "gold") == Counts(expected, 0, 0)
+
+
+def test_auto_format_reads_the_answer_after_the_rationale(tmp_path: Path) -> None:
+    gold = read_alpaca(ACE).examples
+    for name in ("grouped_json", "offset_json", "bracketed"):
+        answers = [FORMATS[name].render(e) for e in gold]
+        rows = [{"output": f"<think>{e.text}</think>\n{a}"} for e, a in zip(gold, answers, strict=True)]
+        evaluation = score_files([(ACE, write_jsonl(tmp_path / "generations.jsonl", rows))])
+        assert evaluation.datasets["ace2005_mini"]["format"] == name
+        told = score_files([(ACE, write_jsonl(tmp_path / "answers.jsonl", answers))], output_format=name)
+        assert micro(evaluation, "exact", "ace2005_mini") == micro(told, "exact", "ace2005_mini")
+        assert micro(told, "exact", "ace2005_mini").tp >= 17
+
+
+def test_an_offset_past_the_end_of_the_sentence_is_a_mismatch_not_a_crash(tmp_path: Path) -> None:
+    """Slicing stops at the end of the text: "I love Paris"[7:13] is "Paris" all the same."""
+    paris = {"text": "Paris", "label": "location", "start": 7, "end": 12}
+    gold = write_jsonl(tmp_path / "gold.jsonl", [{"text": "I love Paris", "entities": [paris]}])
+    outputs = write_jsonl(tmp_path / "o.jsonl", [json.dumps([{**paris, "end": 13}])])
+    evaluation = score_files([(gold, outputs)], output_format="offset_json")
+    assert micro(evaluation, "exact", "gold") == Counts(0, 1, 1)  # a mention not placed: false positive
+    assert micro(evaluation, "text", "gold") == Counts(1, 0, 0)
+    regrounded = score_files([(gold, outputs)], output_format="offset_json", reground_offsets=True)
+    assert micro(regrounded, "exact", "gold") == Counts(1, 0, 0)
+
+
 def test_misaligned_files_are_errors_naming_the_line(tmp_path: Path) -> None:
     rows = [{"prompt": "another sentence", "predict": "x", "label": "x"}] * 3
     with pytest.raises(DataError, match=r"p.jsonl:1: the prompt does not hold the gold sentence"):

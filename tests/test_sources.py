@@ -77,6 +77,44 @@ def test_ner_cot_keeps_the_cot_and_reports_what_it_cannot_locate() -> None:
     assert [(e.text, e.spans) for e in local.examples] == [(e.text, e.spans) for e in dataset.examples]
 
 
+def test_a_mention_found_only_ignoring_case_keeps_its_offsets_after_a_letter_that_lowers_longer(
+    tmp_path: Path,
+) -> None:
+    """ "İ".lower() is two characters: a search in the lowered sentence would shift every later offset."""
+    row = {"guid": 0, "sentence": "İzmir , İstanbul and ANKARA-based firms", "schema": ["Location"],
+           "cot": "", "entities": [{"text": "Ankara", "label": "Location"}]}  # fmt: skip
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    [example] = read_dataset(path, "nercot").examples
+    assert [(s.text(example.text), s.label) for s in example.spans] == [("ANKARA", "location")]
+
+
+def test_a_mention_listed_again_with_another_label_takes_its_next_occurrence(tmp_path: Path) -> None:
+    row = {"guid": 0, "sentence": "Washington praised Washington .", "schema": ["Person", "Location"],
+           "cot": "", "entities": [{"text": "Washington", "label": "Person"},
+                                   {"text": "Washington", "label": "Location"}]}  # fmt: skip
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    [example] = read_dataset(path, "nercot").examples
+    assert [(s.start, s.label) for s in example.spans] == [(0, "person"), (19, "location")]
+
+
+def test_our_jsonl_from_the_hub_reads_as_the_file_does_when_rows_lack_optional_fields(tmp_path: Path) -> None:
+    """`datasets` gives every row each column of the file: a row without `id` or `labels` gets nulls."""
+    rows = [
+        {"id": "a", "text": "Ann met Bob .", "labels": ["person", "organisation"],
+         "entities": [{"start": 0, "end": 3, "label": "person", "text": "Ann"}]},
+        {"text": "Bob left .", "entities": [{"start": 0, "end": 3, "label": "person"}]},
+    ]  # fmt: skip
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    plain = read_dataset(tmp_path / "train.jsonl", "jsonl")
+    hub = read_dataset(f"hf:{tmp_path}@train", "hf")
+    assert [(e.text, e.spans, e.schema) for e in hub.examples] == [
+        (e.text, e.spans, e.schema) for e in plain.examples
+    ]
+    assert hub.examples[0].id == "a" and not hub.skipped
+
+
 def test_an_instructuie_tree_is_one_source_with_a_dataset_per_set() -> None:
     sets = load_source_sets(f"{UIE}@train?sets=CoNLL 2003,WikiANN en")
     assert [(d.name, len(d.examples)) for d, _ in sets] == [("CoNLL 2003", 32), ("WikiANN en", 12)]
