@@ -486,10 +486,15 @@ def _message_text(message: dict) -> str:
     """The content, with the rationale put back in front when a server split it off.
 
     `vllm serve --reasoning-parser ...` moves the `<think>` text of reasoning models into
-    `reasoning_content` (or `reasoning`); stage 1 needs it in the text it parses.
+    `reasoning_content` (or `reasoning`, vLLM's name since 0.12); stage 1 needs it in the text it
+    parses. With no content, the parser found no `</think>` and moved the whole output (Qwen3's parser,
+    thinking on): it is returned as the model wrote it, so that an answer written without a rationale
+    is not taken for a rationale followed by an empty answer.
     """
     content = message.get("content") or ""
     reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if reasoning and not content.strip():
+        return reasoning
     if reasoning and THINK_CLOSE not in content:
         return f"{THINK_OPEN}\n{reasoning.strip()}\n{THINK_CLOSE}\n{content}"
     return content

@@ -22,6 +22,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from reasoningner.formats import split_answer
 from reasoningner.generation import (
     Completion,
     ConversationFailed,
@@ -597,12 +598,18 @@ def test_a_rationale_split_off_by_the_server_is_put_back_in_front_of_the_answer(
                 "message": {"content": '{"entities": {}}', "reasoning_content": '"x" is not an entity'},
             },
             {"index": 1, "message": {"content": "<think>kept</think>answer", "reasoning_content": "dup"}},
+            # vLLM's Qwen3 parser, thinking on, given an output without </think>: all of it is reasoning.
+            {"index": 2, "message": {"content": None, "reasoning": '{"entities": {"person": ["Ann"]}}'}},
+            {"index": 3, "message": {"content": "answer", "reasoning": "why"}},
         ],
         "usage": {"completion_tokens": 4},
     }
-    first, second = generator._parse(payload)
+    first, second, unsplit, renamed = generator._parse(payload)
     assert first.text == '<think>\n"x" is not an entity\n</think>\n{"entities": {}}'
     assert second.text == "<think>kept</think>answer"
+    assert unsplit.text == '{"entities": {"person": ["Ann"]}}'
+    assert split_answer(unsplit.text)[:2] == (None, unsplit.text)  # an answer without rationale
+    assert renamed.text == "<think>\nwhy\n</think>\nanswer"
 
 
 class _Connections:
