@@ -209,6 +209,25 @@ THINK_CLOSE = "</think>"
 _FENCE = re.compile(r"```(?:[\w+-]*[ \t]*\n)?(.*?)(?:```|\Z)", re.DOTALL)
 
 
+def message_text(message: dict[str, Any]) -> str:
+    """A chat message's text with its rationale in front, where a parser split it off.
+
+    `vllm serve --reasoning-parser ...` (and transformers' `parse_response`, which TRL's GRPO uses when
+    the tokenizer has a `response_template`) move the `<think>` text into `reasoning_content` (or
+    `reasoning`, vLLM's name since 0.12); what parses the text needs it back. With no content, the
+    parser found no `</think>` and moved the whole output (Qwen3's, thinking on): it is returned as the
+    model wrote it, so that an answer written without a rationale is not taken for a rationale
+    followed by an empty answer.
+    """
+    content = message.get("content") or ""
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if reasoning and not content.strip():
+        return str(reasoning)
+    if reasoning and THINK_CLOSE not in content:
+        return f"{THINK_OPEN}\n{str(reasoning).strip()}\n{THINK_CLOSE}\n{content}"
+    return str(content)
+
+
 def split_answer(output: str) -> tuple[str | None, str, list[Problem]]:
     """(rationale, answer, problems) of a raw output.
 

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from reasoningner.formats import THINK_CLOSE, THINK_OPEN
+from reasoningner.formats import message_text
 
 logger = logging.getLogger(__name__)
 
@@ -390,7 +390,7 @@ class OpenAIGenerator(Generator):
         choices is a ValueError, which `_post` retries."""
         try:
             choices = sorted(payload["choices"], key=lambda c: c.get("index", 0))
-            texts = [_message_text(choice["message"]) for choice in choices]
+            texts = [message_text(choice["message"]) for choice in choices]
             reasons = [choice.get("finish_reason") for choice in choices]
             total = int((payload.get("usage") or {}).get("completion_tokens") or 0)
         except (KeyError, TypeError, AttributeError, ValueError):
@@ -480,24 +480,6 @@ def shut_down(loop: asyncio.AbstractEventLoop, pending: list[asyncio.Task], clie
     loop.run_until_complete(asyncio.wait({closing}, timeout=SHUTDOWN_S))
     if not closing.done():
         logger.warning("requests still in flight did not stop within %g s: left open", SHUTDOWN_S)
-
-
-def _message_text(message: dict) -> str:
-    """The content, with the rationale put back in front when a server split it off.
-
-    `vllm serve --reasoning-parser ...` moves the `<think>` text of reasoning models into
-    `reasoning_content` (or `reasoning`, vLLM's name since 0.12); stage 1 needs it in the text it
-    parses. With no content, the parser found no `</think>` and moved the whole output (Qwen3's parser,
-    thinking on): it is returned as the model wrote it, so that an answer written without a rationale
-    is not taken for a rationale followed by an empty answer.
-    """
-    content = message.get("content") or ""
-    reasoning = message.get("reasoning_content") or message.get("reasoning")
-    if reasoning and not content.strip():
-        return reasoning
-    if reasoning and THINK_CLOSE not in content:
-        return f"{THINK_OPEN}\n{reasoning.strip()}\n{THINK_CLOSE}\n{content}"
-    return content
 
 
 def _excerpt(text: str, limit: int = 300) -> str:

@@ -72,7 +72,14 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from reasoningner.formats import CONTENT_PROBLEMS, ParseResult, Problem, get_format, split_answer
+from reasoningner.formats import (
+    CONTENT_PROBLEMS,
+    ParseResult,
+    Problem,
+    get_format,
+    message_text,
+    split_answer,
+)
 from reasoningner.metrics import Counts, MatchMode, agreement, key_counts, match_totals, sample_f1, text_keys
 from reasoningner.rationale import asserted_keys
 from reasoningner.spans import Example, Schema, Span, sort_spans, spans_from_dicts
@@ -202,11 +209,12 @@ def analyse(
 
 
 def _completion_text(completion: Any) -> str:
-    """TRL passes strings for standard datasets and message lists for conversational ones."""
+    """TRL passes strings for standard datasets and message lists for conversational ones (whose
+    rationale it splits off when the tokenizer can parse responses)."""
     if isinstance(completion, str):
         return completion
     if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
-        return str(completion[-1].get("content", ""))
+        return message_text(completion[-1])
     return ""
 
 

@@ -313,6 +313,9 @@ def test_string_and_conversational_completions_score_the_same() -> None:
         conversational = [{"role": "assistant", "content": completion}]
         assert score(conversational) == score(completion)
     assert score([]) == score([{"role": "assistant"}]) == score(None) == score("")
+    # A tokenizer that parses responses (TRL uses transformers' parse_response then) splits the rationale off.
+    parsed = [{"role": "assistant", "reasoning_content": RATIONALE, "content": ANSWER}]
+    assert score(parsed) == score(complete(RATIONALE, ANSWER)) and score(parsed) != score(ANSWER)
 
 
 def test_one_batch_is_analysed_once_and_a_new_batch_never_gets_stale_scores() -> None:
