@@ -222,6 +222,7 @@ PREDICT_CHUNK = 256  # lines per generate call: large enough to batch, small eno
 
 def _predict(args: argparse.Namespace, console: Console) -> int:
     """One JSON line per input line (a blank line gets no entities), written as each chunk is done.
+    Lines end at "\n" only (a CR inside a line is text; the one of CRLF is dropped).
 
     Input that is not UTF-8 is decoded with U+FFFD for each bad byte (the line echoed is that text, so
     offsets still slice it) rather than ending the run.
@@ -248,10 +249,10 @@ def _predict(args: argparse.Namespace, console: Console) -> int:
         if args.input == "-":
             # The bytes of stdin, decoded here: its own decoder may be strict, or (a C locale) turn bad
             # bytes into lone surrogates that a tokenizer refuses. Detached after, so stdin stays open.
-            lines = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
+            lines = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace", newline="\n")
             stack.callback(lines.detach)
         else:
-            lines = stack.enter_context(open(args.input, encoding="utf-8", errors="replace"))
+            lines = stack.enter_context(open(args.input, encoding="utf-8", errors="replace", newline="\n"))
         model = stack.enter_context(
             NERModel.from_pretrained(
                 args.model,

@@ -23,6 +23,7 @@ import importlib.util
 import json
 import logging
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,6 +36,7 @@ from reasoningner.metrics import MATCH_MODES
 from reasoningner.readers import Dataset, read_dataset
 from reasoningner.rewards import DEFAULT_WEIGHTS, PARSE_MODES
 from reasoningner.sources import overlaps
+from reasoningner.spans import Schema
 from reasoningner.tracking import MANIFEST, data_sources
 
 logger = logging.getLogger(__name__)
@@ -115,17 +117,28 @@ class PromptArguments:
 
 @dataclass
 class PromptContract:
-    """What a trained model carries in `prompt_contract.json`: its prompt settings and the labels it
-    was trained on, so that evaluation, prediction and the next stage ask it as it learned."""
+    """What a trained model carries in `prompt_contract.json`: its prompt settings, the labels it was
+    trained on and their descriptions in its training prompts, so that evaluation, prediction and the
+    next stage ask it as it learned."""
 
     prompt: PromptArguments
     labels: list[str] = field(default_factory=list)
     source: str = ""  # where it was read from, for messages
+    descriptions: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def trained(cls, prompt: PromptArguments, schemas: Iterable[Schema]) -> PromptContract:
+        """The contract of a model trained on examples of `schemas`: every label in first-seen order,
+        with its first description (what `Schema.union` keeps)."""
+        union = Schema.union(schemas)
+        return cls(prompt, list(union.labels), descriptions=dict(union.descriptions))
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / PROMPT_CONTRACT
         path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"prompt": asdict(self.prompt), "labels": self.labels}
+        payload: dict[str, Any] = {"prompt": asdict(self.prompt), "labels": self.labels}
+        if self.descriptions:
+            payload["descriptions"] = self.descriptions
         path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         return path
 
@@ -155,7 +168,10 @@ class PromptContract:
                 try:
                     payload = json.loads(path.read_text(encoding="utf-8"))
                     return cls(
-                        PromptArguments(**payload["prompt"]), list(payload.get("labels", [])), str(path)
+                        PromptArguments(**payload["prompt"]),
+                        list(payload.get("labels", [])),
+                        str(path),
+                        dict(payload.get("descriptions", {})),
                     )
                 except (ValueError, TypeError, KeyError) as error:
                     raise ValueError(f"{path}: not a prompt contract ({error})") from None

@@ -293,6 +293,7 @@ class NERModel:
         *,
         sampling: SamplingConfig | None = None,
         labels: Sequence[str] = (),
+        descriptions: Mapping[str, str] | None = None,
         max_prompt_chars: int | None = None,
         owns_generator: bool = False,
     ) -> None:
@@ -301,6 +302,8 @@ class NERModel:
         self.output_format = get_format(self.prompt.output_format)
         self.sampling = sampling or SamplingConfig(max_new_tokens=1024)
         self.labels = list(labels)  # what the model was trained to find, when its contract says
+        self.descriptions = dict(descriptions or {})  # of those labels, as its training prompts had them
+        self._told_descriptions_unused = False
         self.max_prompt_chars = max_prompt_chars or prompt_chars_for(generator, self.sampling)
         self._owns_generator = owns_generator
 
@@ -349,6 +352,7 @@ class NERModel:
             (prompt or PromptArguments()).resolve(contract),
             sampling=generation.sampling(),
             labels=contract.labels if contract is not None else (),
+            descriptions=contract.descriptions if contract is not None else None,
             max_prompt_chars=max_prompt_chars,
             owns_generator=True,
         )
@@ -401,18 +405,16 @@ class NERModel:
         its samples, is asked in one generate call.
 
         `labels` are the entity types to find, in prompt order; `descriptions` (label -> one line)
-        go into the prompt, which zero-shot types need. `num_samples` > 1 samples each text that many
-        times to score its entities (module docstring), at the model's temperature, or 0.7 when that
-        is greedy; `threshold` drops entities scoring below it; `flat_ner` keeps a non-overlapping
-        subset (`flat_entities`: higher score, then longer, then earlier).
+        go into the prompt, which zero-shot types need; a label without one is described as in the
+        model's training prompts (its contract), if they described it. `num_samples` > 1 samples each
+        text that many times to score its entities (module docstring), at the model's temperature, or
+        0.7 when that is greedy; `threshold` drops entities scoring below it; `flat_ner` keeps a
+        non-overlapping subset (`flat_entities`: higher score, then longer, then earlier).
         """
         if isinstance(texts, str) or isinstance(labels, str):
             raise TypeError("texts and labels are lists of strings; wrap a single one in a list")
         check_scoring(threshold, num_samples)
-        if isinstance(labels, Schema):
-            schema = labels if descriptions is None else Schema(labels.labels, descriptions)
-        else:
-            schema = Schema(tuple(labels), dict(descriptions or {}))
+        schema = self.schema(labels, descriptions)
         pieces = [
             (index, start, end)
             for index, text in enumerate(texts)
@@ -444,6 +446,19 @@ class NERModel:
             else Prediction(rationale="" if return_rationale else None)
             for index, text in enumerate(texts)
         ]
+
+    def schema(self, labels: Sequence[str] | Schema, descriptions: Mapping[str, str] | None = None) -> Schema:
+        """The label set asked for: `descriptions` (and a Schema's own) first, then the contract's."""
+        names = labels.labels if isinstance(labels, Schema) else tuple(labels)
+        given = {**(labels.descriptions if isinstance(labels, Schema) else {}), **(descriptions or {})}
+        if given and not self.prompt.descriptions and not self._told_descriptions_unused:
+            self._told_descriptions_unused = True
+            logger.warning(
+                "label descriptions given, but this model was trained without them in its prompts "
+                "(descriptions: false): they are left out, as in training"
+            )
+        trained = {label: self.descriptions[label] for label in names if label in self.descriptions}
+        return Schema(names, {**trained, **given})
 
     def predict_entities(
         self,

@@ -9,7 +9,7 @@ as ReasoningNER's scripts do, and deterministically from a seed.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from reasoningner.formats import get_format
 from reasoningner.prompts import assistant_target, ner_instruction
 from reasoningner.records import is_cot_file, read_records, record_example
 from reasoningner.sources import is_source, load_source_sets
-from reasoningner.spans import Example
+from reasoningner.spans import Example, Schema
 
 
 def sft_record(
@@ -182,11 +182,6 @@ def sft_conversations(
     ]
 
 
-def trained_labels(label_sets: Iterable[Sequence[str]]) -> list[str]:
-    """Every label of the training examples' label sets, in first-seen order: what the model knows."""
-    return list(dict.fromkeys(label for labels in label_sets for label in labels))
-
-
 def rl_prompts(
     paths: Sequence[str],
     prompt: PromptArguments,
@@ -197,12 +192,14 @@ def rl_prompts(
     seed: int = 0,
     sampler: str | None = None,
     corpora: list[str] | None = None,
+    schemas: list[Schema] | None = None,
 ) -> list[dict[str, Any]]:
     """GRPO prompts with gold columns, drawn from several datasets after the first `data.limit`
     examples of each: `proportional` (`sample_mixture`) or `reasoningner` (`sample_reasoningner`, the
     paper's, which needs `total`). `sampler` defaults to `data.sampler` (RLScriptArguments). Each set
     of a named source (`sources`, e.g. an InstructUIE tree) is a dataset of its own. `corpora`, when
-    given, is extended with the corpora the records name (as in `sft_examples`)."""
+    given, is extended with the corpora the records name (as in `sft_examples`); `schemas` with the
+    schema of each prompt (`PromptContract.trained`)."""
     data = data or DataArguments()
     sampler = sampler or getattr(data, "sampler", "proportional")
     if sampler not in SAMPLERS or (sampler == "reasoningner" and total is None):
@@ -226,6 +223,8 @@ def rl_prompts(
         drawn = sample_reasoningner(groups, total, cap_per_dataset, seed)  # type: ignore[arg-type]
     else:
         drawn = sample_mixture(groups, total, cap_per_dataset, seed)
+    if schemas is not None:
+        schemas.extend(example.schema for examples in drawn for example in examples)
     return [
         rl_record(example, prompt, dataset=name)
         for (name, _), examples in zip(named, drawn, strict=True)

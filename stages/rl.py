@@ -16,6 +16,7 @@ from reasoningner.configs import (
     RLScriptArguments,
 )
 from reasoningner.rewards import default_weight, get_rewards
+from reasoningner.spans import Schema
 from reasoningner.tracking import with_gold_column
 from reasoningner.training import (
     HeldOutGRPOTrainer,
@@ -28,7 +29,7 @@ from reasoningner.training import (
     start_trainer_stage,
     train_from,
 )
-from reasoningner.training_data import rl_prompts, trained_labels
+from reasoningner.training_data import rl_prompts
 
 
 def make_parser() -> RecipeParser:
@@ -45,6 +46,7 @@ def main(
     start = start_trainer_stage("rl", script_args, prompt, training_args, model_args)
     prompt = start.prompt
     corpora: list[str] = []  # what NER-CoT records name as their source: the contamination check reads it
+    schemas: list[Schema] = []  # of the prompts: the labels and descriptions the contract records
     train_dataset = Dataset.from_list(
         rl_prompts(
             script_args.train_files,
@@ -54,6 +56,7 @@ def main(
             cap_per_dataset=script_args.cap_per_dataset,
             seed=training_args.seed,
             corpora=corpora,
+            schemas=schemas,
         )
     )
     eval_dataset = None
@@ -63,7 +66,7 @@ def main(
             script_args.eval_files, prompt, script_args, total=script_args.eval_total, sampler="proportional"
         )
         eval_dataset = Dataset.from_list(held_out)
-    contract = PromptContract(prompt, trained_labels(train_dataset["labels"]))
+    contract = PromptContract.trained(prompt, schemas)
     if training_args.reward_weights is None:
         training_args.reward_weights = [default_weight(name) for name in script_args.reward_funcs]
 

@@ -23,7 +23,7 @@ from reasoningner.training import (
     start_trainer_stage,
     train_from,
 )
-from reasoningner.training_data import sft_conversations, sft_examples, sft_record, trained_labels
+from reasoningner.training_data import sft_conversations, sft_examples, sft_record
 
 
 def make_parser() -> RecipeParser:
@@ -40,7 +40,7 @@ def main(
     prompt = start.prompt
     corpora: list[str] = []  # what NER-CoT records name as their source: the contamination check reads it
     train = sft_examples(script_args.train_files, prompt, script_args, corpora=corpora)
-    contract = PromptContract(prompt, trained_labels(example.schema.labels for example, _, _ in train))
+    contract = PromptContract.trained(prompt, (example.schema for example, _, _ in train))
     train_dataset = Dataset.from_list(
         [sft_record(e, prompt, rationale, answer) for e, answer, rationale in train]
     )

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from reasoningner.configs import PROMPT_CONTRACT, GenerationArguments, PromptArguments, PromptContract
+from reasoningner.spans import Schema
 
 TRAINED = PromptContract(
     PromptArguments(output_format="xml", reasoning=False, descriptions=False, compact_prompt=True),
@@ -53,6 +54,29 @@ def test_the_contract_round_trips_and_a_checkpoint_reads_its_run_s(tmp_path: Pat
     assert PromptContract.load(tmp_path / "base") is None  # a base model has none
     assert PromptContract.load("Qwen/Qwen3-8B") is None
     assert PromptContract.load(None) is None
+
+
+def test_the_contract_of_training_data_has_every_label_and_its_first_description(tmp_path: Path) -> None:
+    prompt = PromptArguments(descriptions=True)
+    contract = PromptContract.trained(
+        prompt,
+        [
+            Schema(("PER", "LOC"), {"PER": "people"}),
+            Schema(("ORG", "PER"), {"PER": "humans", "ORG": "firms"}),
+        ],
+    )
+    assert contract.labels == ["PER", "LOC", "ORG"]
+    assert contract.descriptions == {"PER": "people", "ORG": "firms"}
+    contract.save(tmp_path)
+    loaded = PromptContract.load(tmp_path)
+    assert (loaded.prompt, loaded.labels, loaded.descriptions) == (
+        prompt,
+        contract.labels,
+        contract.descriptions,
+    )
+    TRAINED.save(tmp_path / "older")  # without descriptions, as contracts were written before
+    assert "descriptions" not in json.loads((tmp_path / "older" / PROMPT_CONTRACT).read_text())
+    assert PromptContract.load(tmp_path / "older").descriptions == {}
 
 
 def test_a_broken_contract_file_is_an_error_naming_it(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -348,6 +349,29 @@ def test_a_text_or_window_the_backend_gives_up_on_is_a_problem_and_the_others_go
 # --- spaCy ----------------------------------------------------------------------------------------------
 
 
+def test_labels_are_described_as_in_training_unless_described_anew(caplog: pytest.LogCaptureFixture) -> None:
+    generator = from_table({"Ann uses Python .": grouped(person=["Ann"])})
+    trained = {"person": "a human being", "location": "a place"}
+    model = NERModel(generator, PromptArguments(descriptions=True), descriptions=trained)
+    model.predict(["Ann uses Python ."], ["person", "language"])
+    model.predict(["Ann uses Python ."], ["person", "language"], {"language": "a programming language"})
+    model.predict(["Ann uses Python ."], Schema(("person",), {"person": "someone"}))
+    first, second, third = generator.prompts
+    assert "- person: a human being\n- language\n" in first and "a place" not in first
+    assert "- person: a human being\n- language: a programming language\n" in second
+    assert "- person: someone\n" in third
+    # A model trained without descriptions is asked without them, and says so once.
+    plain = NERModel(generator, PromptArguments(descriptions=False), descriptions=trained)
+    with caplog.at_level(logging.WARNING, logger="reasoningner.predict"):
+        for _ in range(2):
+            plain.predict(["Ann uses Python ."], ["person"], {"person": "someone"})
+    assert "someone" not in generator.prompts[-1] and "a human being" not in generator.prompts[-1]
+    assert [r.getMessage() for r in caplog.records] == [
+        "label descriptions given, but this model was trained without them in its prompts "
+        "(descriptions: false): they are left out, as in training"
+    ]
+
+
 def test_to_spacy_sets_doc_ents_and_refuses_overlapping_entities() -> None:
     spacy = pytest.importorskip("spacy")
     nlp = spacy.blank("en")
@@ -445,6 +469,16 @@ def test_predict_cli_replaces_bytes_that_are_not_utf8(
             }
     assert all(prompt.encode("utf-8") for prompt in generator.prompts)  # no lone surrogate was asked
     assert not stdin.closed
+
+
+def test_predict_cli_keeps_a_carriage_return_inside_a_line(
+    tmp_path: Path, scripted_cli: tuple[Sampled, dict], capsys: pytest.CaptureFixture
+) -> None:
+    source = tmp_path / "texts.txt"
+    source.write_bytes(b"Ann met\rBob .\r\nAnn .\n")  # a CR inside the first line; CRLF ends it
+    assert main(["predict", "--model", str(tmp_path), "--labels", "person", str(source)]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in records] == ["Ann met\rBob .", "Ann ."]
 
 
 def test_predict_cli_with_the_tiny_model_windows_a_long_line_and_samples(

@@ -675,7 +675,9 @@ def test_rl_prompts_over_two_files_keep_gold_labels_format_and_dataset() -> None
         assert message["role"] == "user" and example.text in message["content"]
         assert all(f"- {label}" in message["content"] for label in dataset.schema.labels)
     # 4 and 3 sentences, 4 asked: shares 2.29 and 1.71, the larger remainder gets the fourth.
-    sampled = rl_prompts([str(p) for p in paths], PromptArguments(), total=4, seed=1)
+    schemas: list[Schema] = []
+    sampled = rl_prompts([str(p) for p in paths], PromptArguments(), total=4, seed=1, schemas=schemas)
+    assert [list(schema.labels) for schema in schemas] == [p["labels"] for p in sampled]
     assert [p["dataset"] for p in sampled].count("conll2003_mini") == 2
     assert [p["dataset"] for p in sampled].count("crossner_ai_mini") == 2
     first = rl_prompts([str(p) for p in paths], PromptArguments(), DataArguments(limit=1))
