@@ -38,8 +38,9 @@ RUN_MARKERS = (RUN_SETTINGS, MANIFEST, ANNOTATIONS, shard_name(ANNOTATIONS, "*",
 
 
 # A torch extension build (DeepSpeed compiles its ops at first use) holds `lock` in its folder while it
-# runs; a build killed midway leaves it, and every later build of that op waits on it forever (torch's
-# FileBaton). Builds take minutes: a lock this old is a dead build's.
+# runs; up to torch 2.13 (its FileBaton), a build killed midway leaves it, and every later build of that
+# op waits on it forever. Builds take minutes: a lock this old is a dead build's. From torch 2.14 the lock
+# is an OS lock (filelock) that a kill releases: the file stays after every build, and blocks nothing.
 STALE_BUILD_LOCK_MIN = 30
 
 
@@ -245,10 +246,13 @@ def check_chat_template(recipe: dict[str, Any], stage: str) -> list[Check]:
 
 
 def stale_build_locks() -> list[str]:
-    """Each torch extension build lock older than `STALE_BUILD_LOCK_MIN`, with its age and what to do."""
-    from torch.utils.cpp_extension import get_default_build_root
+    """Each torch extension build lock older than `STALE_BUILD_LOCK_MIN`, with its age and what to do;
+    none where torch builds under an OS lock, which no dead build can leave held."""
+    from torch.utils import cpp_extension
 
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    if not hasattr(cpp_extension, "FileBaton"):  # torch >= 2.14 (`STALE_BUILD_LOCK_MIN`)
+        return []
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
     now = time.time()
     stale = []
     for lock in sorted([*root.glob("*/lock"), *root.glob("*/*/lock")]):
