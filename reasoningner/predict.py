@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -185,16 +186,19 @@ def flat_entities(entities: Sequence[Entity], labels: Sequence[str] = ()) -> lis
 
 
 _SPACE = re.compile(r"\s+")
+FULL_WIDTH_ENDS = "。！？；"
+SENTENCE_ENDS = ".!?" + FULL_WIDTH_ENDS
 _NON_SPACE = re.compile(r"\S")
 
 
 def windows(text: str, size: int) -> list[tuple[int, int]]:
     """`(start, end)` of the pieces a text is asked in, each at most `size` characters.
 
-    A text that fits is one piece, as it is. A longer one is cut at the last whitespace that fits,
-    preferring one after a sentence end (`.`, `!`, `?`) in the second half of the piece, and a word
-    longer than `size` is cut inside; pieces neither start nor end with whitespace, and the whitespace
-    between them belongs to none.
+    A text that fits is one piece, as it is. A longer one is cut at the last whitespace that fits, or
+    after a full-width sentence end (`。！？；`: Chinese and Japanese have no spaces), preferring a
+    sentence end (`.`, `!`, `?` or those) in the second half of the piece; a word longer than `size` is
+    cut inside, never between a letter and the combining marks after it. Pieces neither start nor end
+    with whitespace, and the whitespace between them belongs to none.
     """
     if size < 1:
         raise ValueError(f"window size must be at least 1, got {size}")
@@ -207,9 +211,18 @@ def windows(text: str, size: int) -> list[tuple[int, int]]:
         end = len(text)
         if end - start > size:
             # A whitespace run at offset i of the piece means text[start:start + i] fits.
-            cuts = [m.start() for m in _SPACE.finditer(text, start, start + size + 1)]
-            sentence_ends = [cut for cut in cuts if cut - start >= size // 2 and text[cut - 1] in ".!?"]
-            end = (sentence_ends or cuts or [start + size])[-1]
+            limit = start + size
+            cuts = sorted(
+                {m.start() for m in _SPACE.finditer(text, start, limit + 1)}
+                | {i + 1 for i in range(start, limit) if text[i] in FULL_WIDTH_ENDS}
+            )
+            sentence_ends = [
+                cut for cut in cuts if cut - start >= size // 2 and text[cut - 1] in SENTENCE_ENDS
+            ]
+            hard = limit
+            while hard > start + 1 and unicodedata.combining(text[hard]):
+                hard -= 1
+            end = (sentence_ends or cuts or [hard])[-1]
         while text[end - 1].isspace():
             end -= 1
         pieces.append((start, end))

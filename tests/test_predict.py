@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import sys
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -258,10 +259,19 @@ def test_windows_prefer_a_sentence_end_in_the_second_half() -> None:
     assert windows("Aa bb Cc dd ee ff", 12) == [(0, 11), (12, 17)]  # no sentence end: the last space
     assert windows("  fits as it is  ", 17) == [(0, 17)]
     assert windows("abcdefgh ij", 3) == [(0, 3), (3, 6), (6, 8), (9, 11)]  # a longer word is cut inside
+    chinese = "我昨天从上海坐火车去北京出差。" * 3  # no spaces: cut after the full stops
+    assert [chinese[a:b] for a, b in windows(chinese, 20)] == ["我昨天从上海坐火车去北京出差。"] * 3
+    accents = "xxx" + "e\u0301" * 5  # a letter and its accent stay together
+    assert [accents[a:b] for a, b in windows(accents, 4)] == [
+        "xxx",
+        "e\u0301e\u0301",
+        "e\u0301e\u0301",
+        "e\u0301",
+    ]
 
 
 @settings(max_examples=300, deadline=None)
-@given(text=st.text(alphabet="ab.! \n\t", max_size=120), size=st.integers(1, 30))
+@given(text=st.text(alphabet="ab.! \n\t。\u0301", max_size=120), size=st.integers(1, 30))
 def test_windows_fit_have_no_edge_whitespace_and_cover_every_character(text: str, size: int) -> None:
     pieces = windows(text, size)
     if len(text) <= size:
@@ -272,8 +282,10 @@ def test_windows_fit_have_no_edge_whitespace_and_cover_every_character(text: str
         assert end <= start < stop <= start + size
         assert text[end:start].isspace() or end == start  # only whitespace between pieces
         assert not text[start].isspace() and not text[stop - 1].isspace()
-        if stop < len(text) and not text[stop].isspace():  # cut inside a word: only a word too long
-            assert stop - start == size and not any(c.isspace() for c in text[start:stop])
+        if stop < len(text) and not text[stop].isspace():  # after a full stop, or inside a word too long
+            too_long = not any(c.isspace() for c in text[start:stop])
+            before_marks = all(unicodedata.combining(c) for c in text[stop : start + size + 1])
+            assert text[stop - 1] == "。" or (too_long and (stop - start == size or before_marks))
         end = stop
     assert not text[end:].strip()
 
