@@ -104,6 +104,7 @@ import ast
 import difflib
 import json
 import re
+import unicodedata
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Container, Sequence
@@ -334,7 +335,8 @@ class _Builder:
 
 @lru_cache(maxsize=16_384)
 def _find(text: str, mention: str) -> tuple[tuple[int, int], ...]:
-    """Where `mention` is in `text`: exact occurrences, else ones equal up to case and spacing.
+    """Where `mention` is in `text`: exact occurrences, else ones equal up to case and spacing, else
+    up to Unicode composition (`_composed_occurrences`).
 
     Cached: the completions of one prompt mention mostly the same texts of the same sentence.
     """
@@ -344,7 +346,33 @@ def _find(text: str, mention: str) -> tuple[tuple[int, int], ...]:
         return ((starts[0], starts[0] + size),)
     if starts:
         return tuple([(start, start + size) for start in starts])
-    return tuple(_lenient_occurrences(text, mention))
+    return tuple(_lenient_occurrences(text, mention) or _composed_occurrences(text, mention))
+
+
+def _composed_occurrences(text: str, mention: str) -> list[tuple[int, int]]:
+    """Where `mention` is in `text` once both are composed (NFC), in offsets of `text` itself.
+
+    Text from macOS, PDFs or Korean sources is often decomposed ("e" + U+0301 for "é"); a model whose
+    tokenizer composes its input (Qwen's does) writes the entity composed, which no other search finds.
+    The text is composed cluster by cluster (a character and the marks or Hangul vowels and finals
+    after it), so that every match that begins and ends at a cluster edge maps back.
+    """
+    composed_mention = unicodedata.normalize("NFC", mention)
+    if unicodedata.is_normalized("NFC", text):
+        return list(_find(text, composed_mention)) if composed_mention != mention else []
+    pieces: list[str] = []
+    origin = {0: 0}  # offset in the composed text -> offset in `text`, at each cluster edge
+    start, size, composed = 0, len(text), 0
+    while start < size:
+        end = start + 1
+        while end < size and (unicodedata.combining(text[end]) or "\u1160" <= text[end] <= "\u11ff"):
+            end += 1
+        pieces.append(unicodedata.normalize("NFC", text[start:end]))
+        composed += len(pieces[-1])
+        origin[composed] = end
+        start = end
+    found = _find("".join(pieces), composed_mention)
+    return [(origin[a], origin[b]) for a, b in found if a in origin and b in origin]
 
 
 def _lenient_occurrences(text: str, mention: str) -> list[tuple[int, int]]:

@@ -361,6 +361,15 @@ def test_a_text_or_window_the_backend_gives_up_on_is_a_problem_and_the_others_go
 # --- spaCy ----------------------------------------------------------------------------------------------
 
 
+def test_a_decomposed_text_gets_the_entities_a_composing_tokenizer_writes_composed() -> None:
+    """Qwen's tokenizer composes its input (NFC): "e" + U+0301 in the text comes back as "é"."""
+    text = unicodedata.normalize("NFD", "José met Zoë in Köln and 서울 .")
+    answer = unicodedata.normalize("NFC", grouped(person=["José", "Zoë"], location=["Köln", "서울"]))
+    prediction = NERModel(from_table({text: answer})).predict_entities(text, ["person", "location"])
+    assert [unicodedata.normalize("NFC", e.text) for e in prediction] == ["José", "Zoë", "Köln", "서울"]
+    assert all(text[e.start : e.end] == e.text for e in prediction) and not prediction.ungrounded
+
+
 def test_labels_are_described_as_in_training_unless_described_anew(caplog: pytest.LogCaptureFixture) -> None:
     generator = from_table({"Ann uses Python .": grouped(person=["Ann"])})
     trained = {"person": "a human being", "location": "a place"}
