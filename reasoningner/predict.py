@@ -186,6 +186,7 @@ def flat_entities(entities: Sequence[Entity], labels: Sequence[str] = ()) -> lis
 
 
 _SPACE = re.compile(r"\s+")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 FULL_WIDTH_ENDS = "。！？；"
 SENTENCE_ENDS = ".!?" + FULL_WIDTH_ENDS
 _NON_SPACE = re.compile(r"\S")
@@ -434,7 +435,11 @@ class NERModel:
             if text.strip()
             for start, end in windows(text, self._window_size(schema))
         ]
-        conversations = [self.conversation(texts[index][start:end], schema) for index, start, end in pieces]
+        # A lone surrogate (from surrogateescape decoding, or a JSON "\\ud800") fails the tokenizer of
+        # the whole batch: the model is asked with U+FFFD in its place, one character for one, so that
+        # offsets still slice the text given.
+        asked = [_LONE_SURROGATE.sub("\ufffd", text) for text in texts]
+        conversations = [self.conversation(asked[index][start:end], schema) for index, start, end in pieces]
         answers: dict[int, _Answers] = {index: {} for index, _, _ in pieces}
         sampling = self._sampling(num_samples)
         for position, outcome in self.generator.generate_outcomes(conversations, sampling):
@@ -442,7 +447,7 @@ class NERModel:
             if isinstance(outcome, ConversationFailed):
                 answers[index][start] = ([ParseResult([], problems=[Problem(FAILED, str(outcome))])], "")
                 continue
-            window = texts[index][start:end]
+            window = asked[index][start:end]
             parses = [self.output_format.parse(completion.text, window, schema) for completion in outcome]
             answers[index][start] = (parses, split_answer(outcome[0].text)[0] or "")
         return [

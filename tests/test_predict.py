@@ -370,6 +370,14 @@ def test_a_decomposed_text_gets_the_entities_a_composing_tokenizer_writes_compos
     assert all(text[e.start : e.end] == e.text for e in prediction) and not prediction.ungrounded
 
 
+def test_a_lone_surrogate_is_asked_as_a_replacement_character_and_offsets_slice_the_text() -> None:
+    text = "Ann \ud800 met Bob ."  # what json.loads('"\\ud800"') or surrogateescape decoding gives
+    generator = from_table({"Ann \ufffd met Bob .": grouped(person=["Ann", "Bob"])})
+    [prediction] = NERModel(generator).predict([text], ["person"])
+    assert [(e.text, e.start) for e in prediction] == [("Ann", 0), ("Bob", 10)]
+    assert all(prompt.encode("utf-8") for prompt in generator.prompts)  # a tokenizer takes them
+
+
 def test_labels_are_described_as_in_training_unless_described_anew(caplog: pytest.LogCaptureFixture) -> None:
     generator = from_table({"Ann uses Python .": grouped(person=["Ann"])})
     trained = {"person": "a human being", "location": "a place"}
