@@ -400,6 +400,23 @@ for _name, (_mode, _micro) in F1_REWARDS.items():
     reward(_name)(make_f1_reward(_name, _mode, _micro))
 
 
+# The rewards that pay a rationale (format's first half, consistency all of it).
+RATIONALE_REWARDS = ("format", "consistency")
+
+
+def answer_only_warning(names: Sequence[str], reasoning: bool) -> str | None:
+    """What GRPO of a model trained to answer without a rationale (`reasoning: false`) would be paid
+    for, with rewards that pay one: to start writing rationales it never learnt. None otherwise."""
+    paying = [name for name in names if name in RATIONALE_REWARDS]
+    if reasoning or not paying:
+        return None
+    return (
+        f"reasoning is false, but {paying} pay a rationale (format its first half, consistency all of "
+        "it): GRPO pays this answer-only model to start writing one, and its reward stays below the "
+        "maximum by their share; drop consistency to keep it answer-only"
+    )
+
+
 def default_weight(name: str) -> float:
     """The weight of reward `name` when a recipe gives none: `DEFAULT_WEIGHTS`, F1's for every F1
     variant (one of them stands in for `f1`), else 1."""

@@ -15,7 +15,7 @@ from reasoningner.configs import (
     RecipeParser,
     RLScriptArguments,
 )
-from reasoningner.rewards import default_weight, get_rewards
+from reasoningner.rewards import answer_only_warning, default_weight, get_rewards
 from reasoningner.spans import Schema
 from reasoningner.tracking import with_gold_column
 from reasoningner.training import (
@@ -99,6 +99,8 @@ def main(
         )
         + (f"; {held_out_schedule(training_args, len(eval_dataset))}" if eval_dataset is not None else "")
     )
+    if warning := answer_only_warning(script_args.reward_funcs, prompt.reasoning):
+        trainer.accelerator.print(f"rl: warning: {warning}")
     if trainer.accelerator.is_main_process:
         contract.save(training_args.output_dir)  # before any checkpoint, which it also describes
     train_from("rl", trainer, start.checkpoint)

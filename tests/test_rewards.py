@@ -29,6 +29,7 @@ from reasoningner.rewards import (
     MAX_COMPLETION_CHARS,
     REWARDS,
     analyse,
+    answer_only_warning,
     default_weight,
     entity_counts,
     get_rewards,
@@ -589,6 +590,16 @@ def test_micro_f1_credit_pays_no_answer_no_more_than_the_worst_readable_one() ->
         for scores in zip(*(micro_credits(n, rows) for n in names), strict=True)
     ]
     assert totals[1] > totals[2]
+
+
+def test_rewards_that_pay_a_rationale_are_named_for_an_answer_only_model() -> None:
+    rationale = complete(RATIONALE, ANSWER)
+    assert score(rationale)["format"] > score(ANSWER)["format"]  # what the warning is about
+    assert score(rationale)["consistency"] > score(ANSWER)["consistency"]
+    warning = answer_only_warning(["format", "f1", "consistency"], reasoning=False)
+    assert warning is not None and "['format', 'consistency'] pay a rationale" in warning
+    assert answer_only_warning(["format", "f1", "consistency"], reasoning=True) is None
+    assert answer_only_warning(["f1", "schema"], reasoning=False) is None
 
 
 def test_registry_names_weights_and_function_names() -> None:
