@@ -692,7 +692,8 @@ def seeds_markdown(summary: dict[str, Any]) -> str:
         "# reasoningner CPU demo: seed study",
         "",
         f"Seeds {', '.join(map(str, seeds))} (SFT and GRPO; the tiny model and the annotations are shared). "
-        "Mean ± sample std over seeds; each seed's values below.",
+        "Mean ± sample std over seeds; each seed's values below. Rewards compare within a variant: "
+        "answer-only outputs can earn 12.5 of 14 (format's rationale half and consistency pay a rationale).",
         "",
         "| measure | " + " | ".join(VARIANTS) + " |",
         "| --- |" + " ---: |" * len(VARIANTS),
