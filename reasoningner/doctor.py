@@ -16,6 +16,7 @@ import importlib.util
 import netrc
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -252,10 +253,9 @@ def stale_build_locks() -> list[str]:
 
     if not hasattr(cpp_extension, "FileBaton"):  # torch >= 2.14 (`STALE_BUILD_LOCK_MIN`)
         return []
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root())
     now = time.time()
     stale = []
-    for lock in sorted([*root.glob("*/lock"), *root.glob("*/*/lock")]):
+    for lock in sorted(extension_build_folder().glob("*/lock")):
         minutes = (now - lock.stat().st_mtime) / 60
         if minutes >= STALE_BUILD_LOCK_MIN:
             stale.append(
@@ -263,6 +263,25 @@ def stale_build_locks() -> list[str]:
                 f"{lock.parent.name} would wait on it for good; delete it unless that build is running"
             )
     return stale
+
+
+def extension_build_folder() -> Path:
+    """Where this torch builds its extensions, one folder each: `TORCH_EXTENSIONS_DIR`, else a folder of
+    the default root named for the Python and the accelerator build (torch's `_get_build_directory`),
+    so that another torch's or Python's builds, which this one never waits on, are not looked at."""
+    import torch
+    from torch.utils.cpp_extension import get_default_build_root
+
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    if torch.version.hip is not None:
+        accelerator = "rocm" + torch.version.hip.replace(".", "")
+    elif torch.version.cuda is not None:
+        accelerator = "cu" + torch.version.cuda.replace(".", "")
+    else:
+        accelerator = "cpu"
+    python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
+    return Path(get_default_build_root()) / f"{python}_{accelerator}"
 
 
 def check_extension_builds() -> list[Check]:

@@ -7,11 +7,13 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import time
 from collections import namedtuple
 from pathlib import Path
 
 import pytest
+import torch
 
 from reasoningner import doctor
 from reasoningner.cli import main
@@ -157,18 +159,34 @@ def test_the_makefile_runs_doctor_before_every_stage() -> None:
         assert f"doctor recipes/tiny-cpu/{stage}.yaml --args='--limit 2' && " in dry
 
 
-@pytest.mark.parametrize("layout", ["deepspeed_shm_comm", "py311_cu128/cpu_adam"])
+@pytest.mark.parametrize("root", ["TORCH_EXTENSIONS_DIR", "default"])
 def test_a_dead_extension_build_lock_fails_doctor_and_the_trainer_stages(
-    layout: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path
+    root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path
 ) -> None:
     """A kill while DeepSpeed compiles an op leaves torch's build lock (its FileBaton, up to torch 2.13),
     and every later run waits on it in silence: doctor and SFT/GRPO name it instead. A lock of a build
-    running now is left alone."""
+    running now is left alone, and so is one of another torch or Python, which this one never waits on."""
     from torch.utils import cpp_extension
 
     monkeypatch.setattr(cpp_extension, "FileBaton", object, raising=False)  # torch <= 2.13's builds
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))  # its folders, or the default's
-    lock = tmp_path / "extensions" / layout / "lock"
+    extensions = tmp_path / "extensions"
+    if root == "TORCH_EXTENSIONS_DIR":  # builds go right under it
+        monkeypatch.setenv(root, str(extensions))
+        lock = extensions / "deepspeed_shm_comm" / "lock"
+    else:  # under the default root, in a folder per Python and accelerator build
+        monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+        monkeypatch.setattr(cpp_extension, "get_default_build_root", lambda: str(extensions))
+        accelerator = f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cpu"
+        lock = (
+            extensions
+            / f"py{sys.version_info.major}{sys.version_info.minor}_{accelerator}"
+            / "cpu_adam"
+            / "lock"
+        )
+        other = extensions / "py30_cu999" / "cpu_adam" / "lock"
+        other.parent.mkdir(parents=True)
+        other.touch()
+        os.utime(other, (time.time() - 3600,) * 2)
     lock.parent.mkdir(parents=True)
     lock.touch()
     assert statuses(doctor.diagnose(TINY_SFT))["extension builds"] == "ok"  # a build running now
