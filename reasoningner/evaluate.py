@@ -64,7 +64,9 @@ A rerun into the same folder (a relaunch after a kill, or a rescoring) asks only
 asked with (`asked`: the prompt, every generation setting and, for a local model, its files'
 contents: a model retrained in place answers anew; a server's model is known by its name only), and
 parsed and scored again with today's code.
-Outputs asked otherwise are dropped (one atomic rewrite); delete the file to ask everything again.
+Earlier outputs this run does not ask for (other sentences: a smaller `limit`, another dataset list;
+other settings or model files) are moved to `generations.other.jsonl`, where a later run that asks them
+finds them again: nothing asked is lost. Delete both files to ask everything again.
 With an injected `generator` (tests) nothing is kept: its outputs cannot be identified.
 
 General capability, optional and not in CI: with lm-evaluation-harness installed (it is not a
@@ -112,6 +114,7 @@ PROBES = ("opaque", "shuffled")
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 GENERATIONS = "generations.jsonl"
+OTHER_GENERATIONS = "generations.other.jsonl"  # earlier outputs this run did not ask for (module docstring)
 _NO_ANSWER = frozenset({"no_answer", "unclosed_think"})
 
 
@@ -356,7 +359,14 @@ def evaluate(
     tokens = 0
     with model, exclusive(path):
         kept = []
-        for index, record in earlier_outputs(path, keys).items():
+        other_path = output_dir / OTHER_GENERATIONS
+        earlier, others = earlier_outputs([path, other_path], keys)
+        if others:
+            logger.info("%d earlier outputs not asked by this run kept in %s", len(others), other_path)
+            write_whole(other_path, b"".join(line + b"\n" for line in others))
+        else:
+            other_path.unlink(missing_ok=True)
+        for index, record in earlier.items():
             item, completion = items[index], Completion(record["output"], record["completion_tokens"])
             result = model.output_format.parse(completion.text, item.example.text, item.example.schema)
             outcomes[index] = (result, error_counts(item.example, result))
@@ -446,23 +456,32 @@ def asked_key(conversation: Sequence[Mapping[str, str]], identity: str) -> str:
     return f"{prompt_hash(conversation)}-{identity[:16]}"
 
 
-def earlier_outputs(path: Path, keys: Sequence[str | None]) -> dict[int, dict[str, Any]]:
-    """Item index -> the record of an earlier run that asked it exactly so (`asked_key`); one record per
-    item, so that a sentence asked twice (sampling) keeps two outputs only if there were two."""
-    if not path.exists():
-        return {}
-    by_key: dict[str, list[dict[str, Any]]] = {}
-    for where, line in complete_lines(path)[0]:
-        try:
-            record = json.loads(line)
-            key = record.get("asked")
-        except (ValueError, AttributeError) as error:
-            raise ValueError(
-                f"{where}: not an output record ({error}): move {path.name} away to ask every sentence again"
-            ) from None
-        if key:
-            by_key.setdefault(key, []).append(record)
-    return {i: by_key[key].pop(0) for i, key in enumerate(keys) if key and by_key.get(key)}
+def earlier_outputs(
+    paths: Sequence[Path], keys: Sequence[str | None]
+) -> tuple[dict[int, dict[str, Any]], list[bytes]]:
+    """Item index -> the record of an earlier run (in any of `paths`) that asked it exactly so
+    (`asked_key`), one record per item, so that a sentence asked twice (sampling) keeps two outputs only
+    if there were two; and the lines of the other records (an output too long to ask has no key: none)."""
+    by_key: dict[str, list[tuple[bytes, dict[str, Any]]]] = {}
+    for path in paths:
+        if not path.exists():
+            continue
+        for where, line in complete_lines(path)[0]:
+            try:
+                record = json.loads(line)
+                key = record.get("asked")
+            except (ValueError, AttributeError) as error:
+                raise ValueError(
+                    f"{where}: not an output record ({error}): move {path.name} away to ask every "
+                    "sentence again"
+                ) from None
+            if key:
+                by_key.setdefault(key, []).append((line, record))
+    matched = {i: by_key[key].pop(0) for i, key in enumerate(keys) if key and by_key.get(key)}
+    # A kill between the two files' rewrites leaves a record in both: kept once.
+    taken = {line for line, _ in matched.values()}
+    others = dict.fromkeys(line for records in by_key.values() for line, _ in records if line not in taken)
+    return {i: record for i, (_, record) in matched.items()}, list(others)
 
 
 def _generation_record(

@@ -472,8 +472,8 @@ def test_a_relaunched_evaluation_asks_only_what_it_lacks(
     shutil.copytree(tiny_model_dir, model)
     sets = [{"path": str(ROOT / "data" / "conll2003" / "dev-slice.txt"), "name": "conll"}]
 
-    def run(out: str, max_new_tokens: int = 12) -> Evaluation:
-        args = EvalArguments(datasets=sets, limit=6, probes=["opaque"], output_dir=str(tmp_path / out))
+    def run(out: str, max_new_tokens: int = 12, limit: int = 6) -> Evaluation:
+        args = EvalArguments(datasets=sets, limit=limit, probes=["opaque"], output_dir=str(tmp_path / out))
         generation = GenerationArguments(
             model_name_or_path=str(model), backend_options={"batch_size": 2}, max_new_tokens=max_new_tokens
         )
@@ -517,14 +517,20 @@ def test_a_relaunched_evaluation_asks_only_what_it_lacks(
     run("out", max_new_tokens=8)  # other settings: every output asked anew
     assert asked[-1] == 12
     run("out")
-    assert asked[-1] == 12  # those of the first settings were dropped
+    assert asked[-1] == 0  # those of the first settings were set aside, not lost
+    assert run("out", limit=2).generation["reused"] == 4 and asked[-1] == 0  # a quick look at a few
+    assert len(generations.read_text().splitlines()) == 4
+    assert run("out").to_dict()["scores"] == reference.to_dict()["scores"] and asked[-1] == 0
     (model / "notes.txt").write_text("retrained here")  # the model folder changed
     run("out")
     assert asked[-1] == 12
+    other = tmp_path / "out" / "generations.other.jsonl"
+    assert len(other.read_text().splitlines()) == 24  # both settings' outputs of the model before
 
     generations.write_text(generations.read_text() + "{not json\n")
     with pytest.raises(ValueError, match=f"{generations}:13: not an output record"):
         run("out")
+    assert len(other.read_text().splitlines()) == 24  # a refused run changes nothing
 
 
 # --- the prompt contract saved beside a model: every consumer reads it ----------------------------------

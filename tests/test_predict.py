@@ -284,7 +284,8 @@ def test_windows_fit_have_no_edge_whitespace_and_cover_every_character(text: str
         assert not text[start].isspace() and not text[stop - 1].isspace()
         if stop < len(text) and not text[stop].isspace():  # after a full stop, or inside a word too long
             too_long = not any(c.isspace() for c in text[start:stop])
-            before_marks = all(unicodedata.combining(c) for c in text[stop : start + size + 1])
+            # moved back to the letter whose marks a full-size cut would have split off
+            before_marks = all(unicodedata.combining(c) for c in text[stop + 1 : start + size + 1])
             assert text[stop - 1] == "。" or (too_long and (stop - start == size or before_marks))
         end = stop
     assert not text[end:].strip()
