@@ -178,17 +178,16 @@ def load_eval_set(eval_set: EvalSet, data: DataArguments, trained_labels: Sequen
     """Read the file, keep and rename the chosen labels, attach the descriptions; the first `data.limit`
     sentences.
 
-    A set whose labels the recipe does not list, and that has exactly the labels the model was
-    trained on (`trained_labels`, from its prompt contract), is asked with them in the training order:
-    a file states its labels in the order they first occur, which differs from file to file, and a
-    model answers best asked as it was trained.
+    A set asked for exactly the labels the model was trained on (`trained_labels`, from its prompt
+    contract), as the recipe lists them or as the file has them, is asked with them in the training
+    order: a file states its labels in the order they first occur, which differs from file to file, a
+    recipe in its own, and a model answers best asked as it was trained.
     """
     limit = data.limit
     dataset = data.read(eval_set.path, eval_set.reader)
     name = eval_set.name or dataset.name
     source = dataset.schema
-    order = trained_labels if set(trained_labels) == set(source.labels) else source.labels
-    mapping = dict(eval_set.labels or {label: label for label in order})
+    mapping = dict(eval_set.labels or {label: label for label in source.labels})
     absent = [label for label in mapping if label not in source]
     if absent:
         logger.warning(
@@ -196,8 +195,11 @@ def load_eval_set(eval_set: EvalSet, data: DataArguments, trained_labels: Sequen
         )
     descriptions = {mapping[label]: text for label, text in source.descriptions.items() if label in mapping}
     descriptions.update(eval_set.descriptions)
+    asked = tuple(dict.fromkeys(mapping.values()))
+    if set(asked) == set(trained_labels):
+        asked = tuple(trained_labels)
     try:
-        schema = Schema(tuple(dict.fromkeys(mapping.values())), descriptions)
+        schema = Schema(asked, descriptions)
     except SpanError as error:
         raise ValueError(f"evaluation set {name}: {error}") from None
     originals = dataset.examples[:limit]

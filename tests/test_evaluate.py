@@ -674,7 +674,16 @@ def test_a_set_with_the_model_s_labels_is_asked_in_the_training_order(tmp_path: 
     evaluate(
         listed, PromptArguments(), GenerationArguments(model_name_or_path=str(tmp_path / "model")), generator
     )
-    assert "\n".join(f"- {label}" for label in file_order) in generator.prompts[1]  # the recipe's order wins
+    assert "\n".join(f"- {label}" for label in trained) in generator.prompts[1]  # not the recipe's order
+    subset = eval_args(
+        tmp_path, [{"path": str(DATA / "conll2003_mini.txt"), "labels": file_order[:2]}], limit=1
+    )
+    evaluate(
+        subset, PromptArguments(), GenerationArguments(model_name_or_path=str(tmp_path / "model")), generator
+    )
+    assert (
+        "\n".join(f"- {label}" for label in file_order[:2]) in generator.prompts[2]
+    )  # other labels: as listed
 
 
 def test_a_hub_model_s_training_order_comes_from_its_hub_contract(tmp_path: Path, monkeypatch) -> None:
