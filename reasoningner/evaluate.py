@@ -195,11 +195,8 @@ def load_eval_set(eval_set: EvalSet, data: DataArguments, trained_labels: Sequen
         )
     descriptions = {mapping[label]: text for label, text in source.descriptions.items() if label in mapping}
     descriptions.update(eval_set.descriptions)
-    asked = tuple(dict.fromkeys(mapping.values()))
-    if set(asked) == set(trained_labels):
-        asked = tuple(trained_labels)
     try:
-        schema = Schema(asked, descriptions)
+        schema = Schema(tuple(dict.fromkeys(mapping.values())), descriptions).ordered_as(trained_labels)
     except SpanError as error:
         raise ValueError(f"evaluation set {name}: {error}") from None
     originals = dataset.examples[:limit]

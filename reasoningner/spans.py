@@ -99,6 +99,13 @@ class Schema:
     def describe(self, label: str) -> str | None:
         return self.descriptions.get(label)
 
+    def ordered_as(self, order: Sequence[str]) -> Schema:
+        """This schema with its labels in `order` when those are exactly its labels (a model's training
+        order: it answers best asked as it was trained), else as it is."""
+        if list(order) == list(self.labels) or set(order) != set(self.labels):
+            return self
+        return Schema(tuple(order), self.descriptions)
+
     @classmethod
     def union(cls, schemas: Iterable[Schema]) -> Schema:
         """All labels of `schemas` in first-seen order; the first description of a label wins."""

@@ -9,6 +9,7 @@ import logging
 import math
 import random
 import shutil
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -236,6 +237,7 @@ class TrainerStart(NamedTuple):
     configs: tuple[Any, ...]  # script, prompt, training and model arguments, for the manifest
     inputs: list[str]  # training files and the model: manifest, W&B group, artifacts
     push_to: str | None  # the Hub repository to publish the final model to (`push_to_hub`)
+    trained_labels: list[str]  # of the model it starts from (its contract), in its training order
 
 
 def start_trainer_stage(
@@ -290,7 +292,7 @@ def start_trainer_stage(
     if main_process:
         start = f"resuming from {checkpoint}" if checkpoint else "starting at step 0"
         print(f"{stage}: {start} in {training_args.output_dir}", flush=True)
-    return TrainerStart(prompt, checkpoint, configs, inputs, push_to)
+    return TrainerStart(prompt, checkpoint, configs, inputs, push_to, contract.labels if contract else [])
 
 
 def check_publishable(script_args: Any, model_args: Any) -> None:
@@ -302,6 +304,34 @@ def check_publishable(script_args: Any, model_args: Any) -> None:
             f"push_to_hub of a LoRA adapter on the local model {base}: no one else could load it; set "
             "merge_lora: true (the merged model is published) or train from a Hub model"
         )
+
+
+def cut_conversations(dataset: Any, max_length: int | None) -> int:
+    """How many of TRL's tokenized training conversations `max_length` cut before the end of their answer.
+
+    TRL truncates silently, keeping a conversation that still has tokens to learn, so a rationale-first
+    target that is too long is trained without its answer or its end of turn. Such a conversation is
+    exactly `max_length` long and its last trained token is not the one the shorter ones end on (the
+    template's end of turn), found from the data, so no template is assumed.
+    """
+    if max_length is None or len(dataset) == 0 or "labels" not in dataset.column_names:
+        return 0
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(dataset.with_format("arrow")["input_ids"]).to_numpy(zero_copy_only=False)
+    full = [int(i) for i in (lengths == max_length).nonzero()[0]]
+    if not full:
+        return 0
+
+    def last_trained(index: int) -> int | None:
+        return next((t for t in reversed(dataset[index]["labels"]) if t != -100), None)
+
+    shorter = [int(i) for i in (lengths < max_length).nonzero()[0][:200]]
+    ends = Counter(last_trained(i) for i in shorter)
+    if not ends:  # every conversation fills max_length: all were cut
+        return len(full)
+    end = ends.most_common(1)[0][0]
+    return sum(last_trained(i) != end for i in full)
 
 
 class _RunFinished(Exception):

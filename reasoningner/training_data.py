@@ -193,13 +193,15 @@ def rl_prompts(
     sampler: str | None = None,
     corpora: list[str] | None = None,
     schemas: list[Schema] | None = None,
+    label_order: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """GRPO prompts with gold columns, drawn from several datasets after the first `data.limit`
     examples of each: `proportional` (`sample_mixture`) or `reasoningner` (`sample_reasoningner`, the
     paper's, which needs `total`). `sampler` defaults to `data.sampler` (RLScriptArguments). Each set
     of a named source (`sources`, e.g. an InstructUIE tree) is a dataset of its own. `corpora`, when
     given, is extended with the corpora the records name (as in `sft_examples`); `schemas` with the
-    schema of each prompt (`PromptContract.trained`)."""
+    schema of each prompt (`PromptContract.trained`). A prompt whose labels are those of `label_order`
+    (the policy's training order) asks them in that order (`Schema.ordered_as`)."""
     data = data or DataArguments()
     sampler = sampler or getattr(data, "sampler", "proportional")
     if sampler not in SAMPLERS or (sampler == "reasoningner" and total is None):
@@ -223,6 +225,8 @@ def rl_prompts(
         drawn = sample_reasoningner(groups, total, cap_per_dataset, seed)  # type: ignore[arg-type]
     else:
         drawn = sample_mixture(groups, total, cap_per_dataset, seed)
+    if label_order:
+        drawn = [[_ordered(example, label_order) for example in examples] for examples in drawn]
     if schemas is not None:
         schemas.extend(example.schema for examples in drawn for example in examples)
     return [
@@ -230,3 +234,8 @@ def rl_prompts(
         for (name, _), examples in zip(named, drawn, strict=True)
         for example in examples
     ]
+
+
+def _ordered(example: Example, order: Sequence[str]) -> Example:
+    schema = example.schema.ordered_as(order)
+    return example if schema is example.schema else Example(example.text, example.spans, schema, example.id)

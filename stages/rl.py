@@ -57,13 +57,19 @@ def main(
             seed=training_args.seed,
             corpora=corpora,
             schemas=schemas,
+            label_order=start.trained_labels,
         )
     )
     eval_dataset = None
     if script_args.eval_files:
         # Seed 0 whatever the run's seed: runs of several seeds are scored on the same prompts.
         held_out = rl_prompts(
-            script_args.eval_files, prompt, script_args, total=script_args.eval_total, sampler="proportional"
+            script_args.eval_files,
+            prompt,
+            script_args,
+            total=script_args.eval_total,
+            sampler="proportional",
+            label_order=start.trained_labels,
         )
         eval_dataset = Dataset.from_list(held_out)
     contract = PromptContract.trained(prompt, schemas)

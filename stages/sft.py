@@ -17,6 +17,7 @@ from reasoningner.configs import (
 )
 from reasoningner.training import (
     configure_batching,
+    cut_conversations,
     finish_trainer_stage,
     model_init_kwargs,
     save_final,
@@ -65,6 +66,12 @@ def main(
         peft_config=get_peft_config(model_args),
     )
     trainer.accelerator.print(f"sft: {len(train_dataset)} conversations, {batching} batches, {prompt}")
+    if cut := cut_conversations(trainer.train_dataset, training_args.max_length):
+        trainer.accelerator.print(
+            f"sft: warning: {cut} of {len(trainer.train_dataset)} conversations are longer than max_length="
+            f"{training_args.max_length} tokens and are trained cut, without the rest of their answer and "
+            "their end of turn: raise max_length"
+        )
     if trainer.accelerator.is_main_process:
         contract.save(training_args.output_dir)  # before any checkpoint, which it also describes
     train_from("sft", trainer, start.checkpoint)

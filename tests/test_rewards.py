@@ -693,6 +693,13 @@ def test_rl_prompts_over_two_files_keep_gold_labels_format_and_dataset() -> None
     assert [p["dataset"] for p in sampled].count("crossner_ai_mini") == 2
     first = rl_prompts([str(p) for p in paths], PromptArguments(), DataArguments(limit=1))
     assert [p["text"] for p in first] == [d.examples[0].text for d in datasets]
+    # The policy's training order, for the file with exactly its labels; the other keeps its own.
+    trained = list(reversed(datasets[0].schema.labels))
+    ordered = rl_prompts(
+        [str(p) for p in paths], PromptArguments(), DataArguments(limit=1), label_order=trained
+    )
+    assert [p["labels"] for p in ordered] == [trained, list(datasets[1].schema.labels)]
+    assert "\n".join(f"- {label}" for label in trained) in ordered[0]["prompt"][0]["content"]
 
 
 # --- GRPO smoke run -----------------------------------------------------------------------------------

@@ -191,7 +191,9 @@ def test_full_sft_run_lowers_the_loss_and_saves_a_loadable_model(
 ) -> None:
     out = tmp_path / "sft"
     run_stage(*stage_args(model_dir, cot_file, out, max_steps=20, lr=3e-3), "--save_strategy", "no")
-    assert f"sft: 4 conversations, length-grouped batches, {RECIPE_PROMPT}" in capsys.readouterr().out
+    log = capsys.readouterr().out
+    assert f"sft: 4 conversations, length-grouped batches, {RECIPE_PROMPT}" in log
+    assert "trained cut" not in log
     conversations = recipe_conversations(cot_file)
     before = supervised_loss(load(model_dir), tokenizer, conversations)
     after = supervised_loss(load(out), tokenizer, conversations)
@@ -201,6 +203,34 @@ def test_full_sft_run_lowers_the_loss_and_saves_a_loadable_model(
     contract = PromptContract.load(out)  # how to ask the model, and what it learnt to find
     assert contract.prompt == RECIPE_PROMPT
     assert sorted(contract.labels) == sorted(read_dataset(CONLL).schema.labels)
+
+
+def test_conversations_cut_by_max_length_are_counted_aloud(
+    model_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    cot_file: Path,
+    tmp_path: Path,
+    one_thread: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """TRL cuts a conversation longer than max_length and trains the rest, an answer without its end."""
+    conversations = recipe_conversations(cot_file)
+
+    def tokens(messages: list[dict[str, str]], **options: Any) -> int:
+        return len(tokenizer.apply_chat_template(messages, return_dict=True, **options)["input_ids"])
+
+    prompts = [tokens(c["messages"][:-1], add_generation_prompt=True) for c in conversations]
+    fulls = sorted(tokens(c["messages"]) for c in conversations)
+    # The three longest lose at least their end of turn (the newline after it is not trained).
+    max_length = fulls[1] - 2
+    assert fulls[0] <= max_length
+    assert max(prompts) < max_length
+    args = stage_args(model_dir, cot_file, tmp_path / "sft", max_steps=1, lr=1e-3)
+    run_stage(*args, "--save_strategy", "no", "--max_length", str(max_length))
+    assert (
+        f"sft: warning: 3 of 4 conversations are longer than max_length={max_length} tokens and are "
+        "trained cut" in capsys.readouterr().out
+    )
 
 
 def test_recipe_model_init_kwargs_reach_the_loader(

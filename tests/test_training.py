@@ -80,3 +80,21 @@ def test_a_trainer_starting_from_a_hub_model_takes_its_prompt_contract_from_the_
     with pytest.raises(ConnectionError, match=f"me/unreachable: could not read its {PROMPT_CONTRACT}"):
         start("me/unreachable", "rl2")
     assert not (tmp_path / "rl2").exists()  # stopped before it claimed the output folder
+
+
+def test_cut_conversations_are_those_at_max_length_that_do_not_end_as_the_others() -> None:
+    from datasets import Dataset
+
+    from reasoningner.training import cut_conversations
+
+    end, masked = 9, -100
+    rows = [  # (input_ids, labels): the trained part ends on 9 unless cut
+        ([1, 2, 3, 9, 4], [masked, masked, 3, 9, masked]),
+        ([1, 2, 3, 5, 6], [masked, masked, 3, 5, 6]),  # at max_length 5, cut
+        ([1, 2, 3, 3, end], [masked, masked, 3, 3, end]),  # at max_length, ends as the others
+        ([1, 2, end], [masked, 2, end]),
+    ]
+    dataset = Dataset.from_dict({"input_ids": [r[0] for r in rows], "labels": [r[1] for r in rows]})
+    assert cut_conversations(dataset, 5) == 1
+    assert cut_conversations(dataset, None) == 0 and cut_conversations(dataset, 64) == 0
+    assert cut_conversations(dataset.select([1]), 5) == 1  # all at max_length: all cut
