@@ -15,8 +15,9 @@ gold order, in one of three layouts told by the file's first line:
   `reasoningner predict` writes; our JSONL data files too), optionally `ungrounded` ([{"text",
   "label"}]), `problems` (parse problem kinds) and `id`; `text` must be the gold sentence.
 - `outputs`: raw model outputs, one per line: a JSON string, an object with an `output` string
-  (our evaluation's generations.jsonl), or the line itself when it is no JSON string or object of
-  those (a one-line answer in any format, JSON answers included).
+  (our evaluation's generations.jsonl, whose `id`s pair its lines with the gold sentences whatever
+  their order, its probes' lines left out), or the line itself when it is no JSON string or object
+  of those (a one-line answer in any format, JSON answers included).
 
 Raw outputs are parsed by the answer format's parser as evaluation parses them (`--format`, or
 `auto`: told by the first `label`, else the first output, by its shape). `offset_json` offsets are
@@ -71,6 +72,7 @@ class PredictionLine:
     ungrounded: list[tuple[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     id: str | None = None
+    variant: str | None = None  # our generations.jsonl: "normal", or a probe's relabelled sentence
 
 
 def predictions_layout(first: Any) -> str:
@@ -158,7 +160,8 @@ def _prediction(layout: str, number: int, index: int, line: str) -> PredictionLi
     if isinstance(value, str):
         return PredictionLine(number, index, output=value)
     if isinstance(value, dict) and isinstance(value.get("output"), str):
-        return PredictionLine(number, index, output=value["output"])
+        fields = {key: value[key] for key in ("text", "id", "variant") if isinstance(value.get(key), str)}
+        return PredictionLine(number, index, output=value["output"], **fields)
     return PredictionLine(number, index, output=line)
 
 
@@ -240,8 +243,12 @@ def _pairs(
     on_error: OnError,
     skipped: list[str],
 ) -> list[tuple[Example, PredictionLine]]:
-    """Each prediction with its gold example: the line's record index is the gold record's (its `id`
-    when it names a gold record); the predictions of skipped gold records are skipped with them."""
+    """Each prediction with its gold example. Lines that all name their sentence (`id`: our
+    generations.jsonl, in completion order with probes and other datasets; spans with ids) are paired
+    by it; other lines by position: the n-th line's record index is the gold record's, and the
+    predictions of skipped gold records are skipped with them."""
+    if predictions and all(prediction.id for prediction in predictions):
+        return _pairs_by_id(dataset, predictions, path, on_error, skipped)
     if not dataset.skipped:
         if len(predictions) + len(skipped) != len(dataset.examples):
             message = (
@@ -257,11 +264,9 @@ def _pairs(
         raise DataError(
             path, None, "gold records were skipped from a gold source of several files: no line can be paired"
         )
-    by_id = {example.id: example for example in dataset.examples} if dataset.skipped else {}
     pairs = []
     for prediction in predictions:
-        example = by_id.get(prediction.id) if prediction.id else None
-        example = example or by_index.get(prediction.index)
+        example = by_index.get(prediction.index)
         if example is not None:
             pairs.append((example, prediction))
         elif dataset.skipped:
@@ -269,11 +274,46 @@ def _pairs(
     return pairs
 
 
+def _pairs_by_id(
+    dataset: Dataset,
+    predictions: list[PredictionLine],
+    path: PathLike,
+    on_error: OnError,
+    skipped: list[str],
+) -> list[tuple[Example, PredictionLine]]:
+    """Lines paired with the gold sentence their `id` names; a probe's lines, other datasets' and a
+    sentence's second line are not scored, and a gold sentence without a line is missing."""
+    by_id = {example.id: example for example in dataset.examples}
+    pairs, others = {}, 0
+    for prediction in predictions:
+        example = by_id.get(prediction.id) if prediction.variant in (None, NORMAL) else None
+        if example is None or prediction.id in pairs:
+            others += 1
+        else:
+            pairs[prediction.id] = (example, prediction)
+    if not pairs:
+        raise DataError(
+            path,
+            None,
+            f"no line names a sentence of the gold file (ids such as {dataset.examples[0].id!r}; the "
+            f"first line's is {predictions[0].id!r})",
+        )
+    if others:
+        skipped.append(f"{path}: {others} lines of other sentences (probes, other datasets) are not scored")
+    missing = len(dataset.examples) - len(pairs)
+    if missing:
+        message = f"{missing} of {len(dataset.examples)} gold sentences have no line"
+        if on_error == "raise":
+            raise DataError(path, None, message)
+        skipped.append(f"{path}: {message}; they are not scored")
+    return list(pairs.values())
+
+
 def _parse(prediction: PredictionLine, gold: Example, fmt: Any, path: PathLike) -> ParseResult:
     """The prediction's spans of the gold sentence, as evaluation reads an output."""
+    if prediction.text is not None and prediction.text != gold.text:
+        raise DataError(path, prediction.line, f"its text is not the gold sentence {gold.text[:60]!r}")
     if prediction.output is None:
-        if prediction.text != gold.text:
-            raise DataError(path, prediction.line, f"its text is not the gold sentence {gold.text[:60]!r}")
         problems = [Problem(kind, "stated by the predictions file") for kind in prediction.problems]
         return ParseResult(prediction.spans, prediction.ungrounded, problems)
     if prediction.prompt is not None and gold.text not in prediction.prompt:

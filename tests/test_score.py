@@ -123,6 +123,40 @@ def test_gold_records_with_their_own_ids_skipped_pair_the_other_lines_by_positio
     assert micro(evaluation, "exact", "gold") == Counts(expected, 0, 0)
 
 
+def test_our_generations_file_is_paired_by_id_whatever_its_order_probes_and_other_datasets(
+    tmp_path: Path,
+) -> None:
+    """Evaluation writes generations.jsonl in completion order, with its probes and every dataset."""
+    gold = read_alpaca(ACE).examples
+
+    def record(example: Any, variant: str, output: str) -> dict[str, str]:
+        return {
+            "dataset": "ace",
+            "variant": variant,
+            "id": example.id,
+            "text": example.text,
+            "output": output,
+        }
+
+    rows = [record(e, "normal", FORMATS["xml"].render(e)) for e in reversed(gold)]
+    rows.insert(1, record(gold[0], "opaque", "<type_1>My</type_1>"))
+    rows.append({**rows[0], "id": "genia-0", "output": "junk"})  # another dataset's
+    generations = write_jsonl(tmp_path / "generations.jsonl", rows)
+    evaluation = score_files([(ACE, generations)])
+    assert micro(evaluation, "exact", "ace2005_mini") == Counts(18, 0, 0)
+    assert evaluation.datasets["ace2005_mini"]["skipped"] == [
+        f"{generations}: 2 lines of other sentences (probes, other datasets) are not scored"
+    ]
+    partial = write_jsonl(tmp_path / "partial.jsonl", rows[1:])  # a sentence has no line
+    with pytest.raises(DataError, match="1 of 3 gold sentences have no line"):
+        score_files([(ACE, partial)])
+    missed = len(gold[-1].spans)
+    assert micro(score_files([(ACE, partial)], on_error="skip"), "exact", "ace2005_mini").tp == 18 - missed
+    garbled = write_jsonl(tmp_path / "garbled.jsonl", [{**rows[0], "text": "another sentence"}, *rows[1:]])
+    with pytest.raises(DataError, match="garbled.jsonl:1: its text is not the gold sentence"):
+        score_files([(ACE, garbled)])
+
+
 def test_auto_format_reads_the_answer_after_the_rationale(tmp_path: Path) -> None:
     gold = read_alpaca(ACE).examples
     for name in ("grouped_json", "offset_json", "bracketed"):
