@@ -201,6 +201,15 @@ def hub_file(repo_id: str, filename: str, revision: str | None = None) -> Path |
         raise
 
 
+def hub_commit(repo_id: str, revision: str | None = None) -> str | None:
+    """The commit of the snapshot of a Hub model the cache holds for `revision` (default: main), as a
+    loaded model's files are there; None when the cache has none."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    return Path(cached).parent.name if isinstance(cached, str) else None
+
+
 def hub_contract_folder(repo_id: str, revision: str | None = None, strict: bool = False) -> str | None:
     """The folder holding the `prompt_contract.json` of a Hub model repository (`hub_file`); None when
     the repository has none (a base model).

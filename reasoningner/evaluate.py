@@ -62,8 +62,8 @@ output, parsed spans, ungrounded mentions, parse problems, gold, error counts).
 A rerun into the same folder (a relaunch after a kill, or a rescoring) asks only what
 `generations.jsonl` has no output for: each output is kept under the fingerprint of what it was
 asked with (`asked`: the prompt, every generation setting and, for a local model, its files'
-contents: a model retrained in place answers anew; a server's model is known by its name only), and
-parsed and scored again with today's code.
+contents: a model retrained in place answers anew; a Hub model, by the commit of its snapshot; a
+server's model is known by its name only), and parsed and scored again with today's code.
 Earlier outputs this run does not ask for (other sentences: a smaller `limit`, another dataset list;
 other settings or model files) are moved to `generations.other.jsonl`, where a later run that asks them
 finds them again: nothing asked is lost. Delete both files to ask everything again.
@@ -97,6 +97,8 @@ from reasoningner.configs import (
     EvalArguments,
     GenerationArguments,
     PromptArguments,
+    hub_commit,
+    is_hub_id,
 )
 from reasoningner.files import complete_lines, exclusive, write_whole
 from reasoningner.formats import CONTENT_PROBLEMS, ParseResult
@@ -442,11 +444,15 @@ def _score(
 
 def generation_identity(generation: GenerationArguments) -> str:
     """What decides a model's outputs besides the prompt: every generation setting and, for a local
-    model, the contents of its folder's files (sampled for weights, `tracking.fingerprint`)."""
+    model, the contents of its folder's files (sampled for weights, `tracking.fingerprint`); for a
+    Hub model loaded here, the commit of its snapshot (a repository updated since is another model)."""
     identity: dict[str, Any] = {"generation": asdict(generation)}
-    folder = Path(generation.model_name_or_path or "")
-    if generation.model_name_or_path and folder.is_dir():
+    model = generation.model_name_or_path or ""
+    folder = Path(model)
+    if model and folder.is_dir():
         identity["files"] = {p.name: fingerprint(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    elif model and generation.backend != "openai" and is_hub_id(model):
+        identity["commit"] = hub_commit(model, generation.revision)
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -533,6 +533,31 @@ def test_a_relaunched_evaluation_asks_only_what_it_lacks(
     assert len(other.read_text().splitlines()) == 24  # a refused run changes nothing
 
 
+def test_a_hub_model_s_outputs_are_known_by_the_commit_of_its_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Hub repository updated since an evaluation is another model: its outputs are asked anew."""
+    from huggingface_hub import constants
+
+    from reasoningner.evaluate import generation_identity
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    repository = tmp_path / "models--me--ner"
+    for commit in ("aaaa", "bbbb"):
+        (repository / "snapshots" / commit).mkdir(parents=True)
+        (repository / "snapshots" / commit / "config.json").write_text("{}")
+    (repository / "refs").mkdir()
+    loaded = GenerationArguments(model_name_or_path="me/ner")
+    served = GenerationArguments(model_name_or_path="me/ner", backend="openai",
+                                 backend_options={"base_url": "http://127.0.0.1:9/v1"})  # fmt: skip
+    identities = []
+    for commit in ("aaaa", "bbbb", "aaaa"):
+        (repository / "refs" / "main").write_text(commit)
+        identities.append((generation_identity(loaded), generation_identity(served)))
+    assert identities[0][0] != identities[1][0] and identities[0] == identities[2]
+    assert identities[0][1] == identities[1][1]  # a server's model is known by its name only
+
+
 # --- the prompt contract saved beside a model: every consumer reads it ----------------------------------
 
 CONTRACT = PromptContract(
