@@ -203,7 +203,8 @@ def _add_predict_command(subparsers: argparse._SubParsersAction) -> None:
         "--max-prompt-chars",
         type=int,
         default=None,
-        help="longer prompts are asked in windows of the text; lower it for a small context",
+        help="longer prompts are asked in windows of the text (cut again where their tokens would not "
+        "fit); lower it for a small context behind a server",
     )
     _add_prompt_arguments(predict)
     predict.add_argument("--backend", default="transformers", choices=sorted(BACKENDS))

@@ -87,6 +87,11 @@ class Generator(ABC):
     # The model's context in tokens, when the backend knows it: prompts are bounded by it (`predict`).
     context_tokens: int | None = None
 
+    def prompt_tokens(self, conversations: Sequence[Conversation]) -> list[int] | None:
+        """Each conversation's prompt length in tokens, chat template included, as this backend sends
+        it; None when the backend cannot count them (a server), and characters must do."""
+        return None
+
     def generate_iter(
         self, conversations: Sequence[Conversation], sampling: SamplingConfig
     ) -> Iterator[tuple[int, list[Completion]]]:
@@ -199,7 +204,6 @@ class VLLMGenerator(Generator):
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         if max_model_len is not None:
             engine_kwargs["max_model_len"] = max_model_len
-        self.context_tokens = max_model_len  # else the model's own, which this does not ask vLLM for
         self._llm: Any = vllm.LLM(
             model=str(model),
             tensor_parallel_size=tensor_parallel_size,
@@ -208,6 +212,12 @@ class VLLMGenerator(Generator):
             seed=seed,
             **engine_kwargs,
         )
+        # max_model_len, or the model's own context when not given (as TRL's GRPO reads it).
+        self.context_tokens = self._llm.llm_engine.model_config.max_model_len
+
+    def prompt_tokens(self, conversations: Sequence[Conversation]) -> list[int]:
+        tokenizer = self._llm.get_tokenizer()
+        return token_counts(tokenizer, render_prompts(tokenizer, conversations, self.chat_template_kwargs))
 
     def _generate(
         self, conversations: Sequence[Conversation], sampling: SamplingConfig
@@ -560,13 +570,8 @@ class TransformersGenerator(Generator):
         }
         if sample:
             options.update(temperature=sampling.temperature, top_p=sampling.top_p)
-        prompts = [
-            self._tokenizer.apply_chat_template(
-                conversation, add_generation_prompt=True, tokenize=False, **self.chat_template_kwargs
-            )
-            for conversation in conversations
-        ]
-        lengths = [len(ids) for ids in self._tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+        prompts = render_prompts(self._tokenizer, conversations, self.chat_template_kwargs)
+        lengths = token_counts(self._tokenizer, prompts)
         order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
@@ -581,6 +586,11 @@ class TransformersGenerator(Generator):
                 rows = generated[offset * sampling.n : (offset + 1) * sampling.n]
                 yield index, [self._completion(row) for row in rows]
 
+    def prompt_tokens(self, conversations: Sequence[Conversation]) -> list[int]:
+        return token_counts(
+            self._tokenizer, render_prompts(self._tokenizer, conversations, self.chat_template_kwargs)
+        )
+
     def _completion(self, tokens: list[int]) -> Completion:
         """Up to the first end-of-sequence token; a row without one ran into max_new_tokens (generation
         stops early only when every row of the batch has ended)."""
@@ -592,6 +602,23 @@ class TransformersGenerator(Generator):
     def close(self) -> None:
         self._model = None
         _free_memory()
+
+
+def render_prompts(
+    tokenizer: Any, conversations: Sequence[Conversation], chat_template_kwargs: dict[str, Any]
+) -> list[str]:
+    """The prompt text of each conversation: its chat template with the assistant turn opened."""
+    return [
+        tokenizer.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=False, **chat_template_kwargs
+        )
+        for conversation in conversations
+    ]
+
+
+def token_counts(tokenizer: Any, prompts: list[str]) -> list[int]:
+    """Tokens of each rendered prompt (the template already holds the special tokens)."""
+    return [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
 
 
 BACKENDS: dict[str, type[Generator]] = {

@@ -32,10 +32,13 @@ Long texts. A prompt longer than `max_prompt_chars` characters would not fit a s
 5,000-word line asked whole once took 28.9 GB and ended the run), so its text is asked in windows:
 consecutive pieces cut at whitespace (after a sentence end when one falls in the second half of the
 piece), each short enough for its prompt to fit; their entities are mapped back to offsets of the
-whole text. Characters are a proxy for tokens that needs no tokenizer (about 4 a token in English
-for a pretrained model's tokenizer, 1.2 for a tiny model's 400-token vocabulary, 1 or fewer in
-Chinese): by default the bound is the model's context less `max_new_tokens`, counted as characters
-(`prompt_chars_for`); lower it for a dense script. An entity cut by a window edge is lost or found in part.
+whole text. By default the bound is the model's context less `max_new_tokens`, counted as characters
+(`prompt_chars_for`). Characters bound tokens only where a token covers a character or more (about 4
+in English with a pretrained tokenizer, 1.2 with the tiny model's); a byte-level tokenizer spends up
+to 4 tokens on a rare CJK character or an emoji. So a backend that can count tokens (transformers,
+vllm) has every window's prompt counted, and a window over the context left is cut again, smaller,
+until it fits (`fit_to_context`). A server cannot count: lower `max_prompt_chars` for a dense script.
+An entity cut by a window edge is lost or found in part.
 
 What is not an entity. A mention that cannot be found in the text is returned on the result's
 `.ungrounded` as `(text, label)`; an entity with a label outside the requested ones is dropped,
@@ -280,9 +283,9 @@ def _combine(
 def prompt_chars_for(generator: Generator, sampling: SamplingConfig) -> int:
     """The longest prompt, in characters, that leaves room for the answer in the model's context.
 
-    A token covers at least about one character (four in English with a pretrained tokenizer, 1.2
-    with the tiny model's), so the context left after `max_new_tokens` bounds the prompt's
-    characters safely without tokenizing; `MAX_PROMPT_CHARS` when the backend does not know its
+    The context left after `max_new_tokens`, counted as characters: a first bound that needs no
+    tokenizer, and safe wherever a token covers a character or more (`NERModel.fit_to_context`
+    counts the tokens where the backend can); `MAX_PROMPT_CHARS` when the backend does not know its
     context (a server).
     """
     if generator.context_tokens is None:
@@ -379,24 +382,39 @@ class NERModel:
         """Generate and parse for every `(text, schema)`, yielding `(index, raw completion, parse)` as
         each finishes (backend order), so that callers can write results as they come.
 
-        Evaluation asks whole sentences: one whose prompt is over `max_prompt_chars` is not asked (it
+        Evaluation asks whole sentences: one whose prompt is over `max_prompt_chars`, or over the tokens
+        the context leaves after `max_new_tokens` (where the backend can count them), is not asked (it
         would not fit the context, and could end the batch) but answered at once with no entity and
         the problem `prompt_too_long`, which scores it as a format failure.
         """
         conversations = [self.conversation(text, schema) for text, schema in items]
-        asked = [
-            i for i, chat in enumerate(conversations) if len(chat[0]["content"]) <= self.max_prompt_chars
-        ]
-        if len(asked) < len(items):
+        too_long = {
+            i: f"over {self.max_prompt_chars} characters"
+            for i, chat in enumerate(conversations)
+            if len(chat[0]["content"]) > self.max_prompt_chars
+        }
+        budget = self.prompt_token_budget()
+        fitting = [i for i in range(len(items)) if i not in too_long]
+        counts = (
+            self.generator.prompt_tokens([conversations[i] for i in fitting])
+            if budget is not None and fitting
+            else None
+        )
+        if budget is not None and counts is not None:
+            too_long |= {
+                i: f"{count} tokens, over the {budget} the context leaves"
+                for i, count in zip(fitting, counts, strict=True)
+                if count > budget
+            }
+        if too_long:
             logger.warning(
-                "%d of %d prompts are over max_prompt_chars=%d: answered empty (prompt_too_long)",
-                len(items) - len(asked), len(items), self.max_prompt_chars,
+                "%d of %d prompts do not fit (over max_prompt_chars=%d, or over the %s tokens the context "
+                "leaves): answered empty (prompt_too_long)",
+                len(too_long), len(items), self.max_prompt_chars, budget,
             )  # fmt: skip
-            too_long = ParseResult(
-                [], problems=[Problem(TOO_LONG, f"over {self.max_prompt_chars} characters")]
-            )
-            for index in sorted(set(range(len(items))) - set(asked)):
-                yield index, Completion("", 0), too_long
+            for index in sorted(too_long):
+                yield index, Completion("", 0), ParseResult([], problems=[Problem(TOO_LONG, too_long[index])])
+        asked = [i for i in range(len(items)) if i not in too_long]
         chats = [conversations[i] for i in asked]
         for position, completions in self.generator.generate_iter(chats, self.sampling):
             text, schema = items[asked[position]]
@@ -429,16 +447,20 @@ class NERModel:
             raise TypeError("texts and labels are lists of strings; wrap a single one in a list")
         check_scoring(threshold, num_samples)
         schema = self.schema(labels, descriptions)
-        pieces = [
-            (index, start, end)
-            for index, text in enumerate(texts)
-            if text.strip()
-            for start, end in windows(text, self._window_size(schema))
-        ]
         # A lone surrogate (from surrogateescape decoding, or a JSON "\\ud800") fails the tokenizer of
         # the whole batch: the model is asked with U+FFFD in its place, one character for one, so that
         # offsets still slice the text given.
         asked = [_LONE_SURROGATE.sub("\ufffd", text) for text in texts]
+        pieces = self.fit_to_context(
+            asked,
+            [
+                (index, start, end)
+                for index, text in enumerate(asked)
+                if text.strip()
+                for start, end in windows(text, self._window_size(schema))
+            ],
+            schema,
+        )
         conversations = [self.conversation(asked[index][start:end], schema) for index, start, end in pieces]
         answers: dict[int, _Answers] = {index: {} for index, _, _ in pieces}
         sampling = self._sampling(num_samples)
@@ -502,6 +524,46 @@ class NERModel:
             num_samples=num_samples,
         )
         return prediction
+
+    def prompt_token_budget(self) -> int | None:
+        """Tokens a prompt may take: the context less `max_new_tokens` (None when it is not known)."""
+        if self.generator.context_tokens is None:
+            return None
+        return self.generator.context_tokens - self.sampling.max_new_tokens
+
+    def fit_to_context(
+        self, texts: Sequence[str], pieces: list[tuple[int, int, int]], schema: Schema
+    ) -> list[tuple[int, int, int]]:
+        """`pieces` (text index, start, end), each whose prompt is over `prompt_token_budget` cut again
+        into windows of the characters its tokens allow, until every prompt fits; as they are when the
+        backend cannot count tokens."""
+        budget = self.prompt_token_budget()
+        frame = self.generator.prompt_tokens([self.conversation("", schema)]) if budget is not None else None
+        if budget is None or frame is None or not pieces:
+            return pieces
+        fitted = []
+        while pieces:
+            counts = self.generator.prompt_tokens(
+                [self.conversation(texts[index][start:end], schema) for index, start, end in pieces]
+            )
+            over = []
+            for (index, start, end), count in zip(pieces, counts or [], strict=True):
+                if count <= budget:
+                    fitted.append((index, start, end))
+                    continue
+                if end - start == 1:
+                    raise ValueError(
+                        f"a prompt with one character of text is {count} tokens, and the context leaves "
+                        f"{budget} after max_new_tokens={self.sampling.max_new_tokens}: lower "
+                        "max_new_tokens, or shorten the label descriptions"
+                    )
+                # The text's share of the tokens scaled to what the prompt around it leaves, and at
+                # least one character less, so that every round cuts.
+                room = max(budget - frame[0], 0)
+                size = max(min((end - start) * room // (count - frame[0]), end - start - 1), 1)
+                over += [(index, start + a, start + b) for a, b in windows(texts[index][start:end], size)]
+            pieces = over
+        return sorted(fitted)
 
     def _window_size(self, schema: Schema) -> int:
         """Characters of text a prompt has room for: the limit less the prompt around the text."""

@@ -685,6 +685,31 @@ def test_a_sentence_too_long_for_the_context_is_a_format_failure_not_a_crash(tmp
     assert evaluation.reports["normal"]["exact"].datasets["mixed"].micro.f1 == 1.0
 
 
+def test_a_sentence_whose_tokens_overflow_the_context_is_not_asked_where_the_backend_counts_them(
+    tmp_path: Path,
+) -> None:
+    class ByteCounted(Scripted):
+        def prompt_tokens(self, conversations: Sequence[Conversation]) -> list[int]:
+            return [len(conversation[-1]["content"].encode("utf-8")) for conversation in conversations]
+
+    dense = "上海" * 100  # 200 characters, 600 bytes
+    path = tmp_path / "mixed.jsonl"
+    records = [{"id": "0", "text": "Peter ran .", "entities": [{"start": 0, "end": 5, "label": "person"}]},
+               {"id": "1", "text": dense, "entities": []}]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    generator = ByteCounted(lambda sentence, _: '{"entities": {"person": ["Peter"]}}')
+    generator.context_tokens = 1024 + 800  # 800 characters or tokens after max_new_tokens
+    args = eval_args(tmp_path, [{"path": str(path), "name": "mixed", "labels": ["person"]}])
+    evaluation = evaluate(
+        args, PromptArguments(), GenerationArguments(max_new_tokens=1024), generator=generator
+    )
+    assert len(generator.prompts) == 1 and dense not in generator.prompts[0]  # never asked
+    dense_prompt = generator.prompts[0].replace("Peter ran .", dense)
+    assert len(dense_prompt) < 800 < len(dense_prompt.encode())  # it fits as characters, not as tokens
+    errors = evaluation.errors["normal"]["mixed"]
+    assert (errors.outputs, errors.format_failures, errors.problems["prompt_too_long"]) == (2, 1, 1)
+
+
 def test_a_set_with_the_model_s_labels_is_asked_in_the_training_order(tmp_path: Path) -> None:
     file_order = list(read_dataset(DATA / "conll2003_mini.txt").schema.labels)
     trained = list(reversed(file_order))

@@ -470,7 +470,13 @@ class FakeLLM:
     def __init__(self, **kwargs: Any) -> None:
         self.kwargs = kwargs
         self.calls: list[tuple[list, Any, dict]] = []
+        # vLLM's engine reports max_model_len, else the model's own context.
+        model_config = types.SimpleNamespace(max_model_len=kwargs.get("max_model_len", 40960))
+        self.llm_engine = types.SimpleNamespace(model_config=model_config)
         FakeLLM.instances.append(self)
+
+    def get_tokenizer(self) -> Any:
+        return FakeTokenizer()
 
     def chat(self, messages: list, sampling_params: Any, **kwargs: Any) -> list[Any]:
         self.calls.append((messages, sampling_params, kwargs))
@@ -487,6 +493,22 @@ class FakeLLM:
             )
             for m in messages
         ]
+
+
+class FakeTokenizer:
+    """A chat template that wraps each turn in <role>...</role>, one token per character."""
+
+    def apply_chat_template(
+        self, conversation: list, *, add_generation_prompt: bool, tokenize: bool, **kwargs: Any
+    ) -> str:
+        assert not tokenize and add_generation_prompt
+        turns = "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in conversation)
+        return turns + (
+            "<assistant>" if kwargs.get("enable_thinking", True) else "<assistant><think></think>"
+        )
+
+    def __call__(self, prompts: list[str], add_special_tokens: bool) -> dict[str, list[list[int]]]:
+        return {"input_ids": [[ord(c) for c in prompt] for prompt in prompts]}
 
 
 class FakeSamplingParams:
@@ -546,6 +568,21 @@ def test_vllm_plumbing(fake_vllm: types.ModuleType) -> None:
     generator.close()
     with pytest.raises(GenerationError, match="closed"):
         generator.generate([conversation("a")], SamplingConfig())
+
+
+def test_vllm_knows_its_context_and_counts_prompt_tokens_with_its_chat_template(
+    fake_vllm: types.ModuleType,
+) -> None:
+    assert build_generator("vllm", model="/models/teacher").context_tokens == 40960  # the model's own
+    generator = build_generator(
+        "vllm", model="/models/teacher", max_model_len=4096, chat_template_kwargs={"enable_thinking": False}
+    )
+    assert generator.context_tokens == 4096
+    prompt = "<system>You find named entities.</system><user>ab</user><assistant><think></think>"
+    assert generator.prompt_tokens([conversation("ab"), conversation("abcd")]) == [
+        len(prompt),
+        len(prompt) + 2,
+    ]
 
 
 def test_vllm_data_parallel_in_one_process_is_refused_with_what_works(fake_vllm: types.ModuleType) -> None:

@@ -328,6 +328,58 @@ def test_a_text_too_long_for_the_prompt_is_asked_in_windows_and_offsets_map_back
         NERModel(generator, max_prompt_chars=100).predict(["Ann ran ."], schema)
 
 
+class ByteCounted(Sampled):
+    """`Sampled` with a byte-level tokenizer's count: a token per UTF-8 byte of the prompt, plus 10 for
+    the chat template (3 tokens for a CJK character, 4 for an emoji)."""
+
+    context_tokens = 1100
+
+    def prompt_tokens(self, conversations: Sequence[Conversation]) -> list[int]:
+        return [len(conversation[-1]["content"].encode("utf-8")) + 10 for conversation in conversations]
+
+
+CITIES = "我昨天从上海坐火车去北京出差。然后🎉我们在广州见面"
+
+
+def cities_in(sentence: str, sample: int) -> str:
+    return grouped(location=[city for city in re.findall("上海|北京|广州", sentence)])
+
+
+def test_a_window_whose_tokens_overflow_the_context_is_cut_again_until_it_fits() -> None:
+    text = CITIES * 40
+    generator = ByteCounted(cities_in)
+    model = NERModel(generator, sampling=SamplingConfig(max_new_tokens=100))
+    schema = Schema(("location",))
+    assert model.max_prompt_chars == 1000  # the context left, counted as characters
+    [prediction] = model.predict([text], schema)
+
+    asked = [prompt.rsplit("Sentence: ", 1)[1] for prompt in generator.prompts]
+    assert max(generator.prompt_tokens([[{"content": p}] for p in generator.prompts])) <= 1000
+    assert "".join(asked) == text  # no space to drop between windows: every character once, in order
+    assert all(window.endswith("。") for window in asked[:-1])  # cut after a full stop
+    expected = [(m.start(), m.end()) for m in re.finditer("上海|北京|广州", text)]
+    assert [(e.start, e.end) for e in prediction] == expected
+
+    server = Sampled(cities_in)  # cannot count tokens: windows by characters only, which overflow
+    server.context_tokens = 1100
+    NERModel(server, sampling=SamplingConfig(max_new_tokens=100)).predict([text], schema)
+    assert len(asked) > len(server.prompts) > 1
+    assert max(generator.prompt_tokens([[{"content": p}] for p in server.prompts])) > 1000
+
+
+def test_a_prompt_that_cannot_fit_even_one_character_is_refused_with_what_to_change() -> None:
+    generator = ByteCounted(cities_in)
+    sampling = SamplingConfig(max_new_tokens=100)
+    [frame] = generator.prompt_tokens([NERModel(generator).conversation("", Schema(("location",)))])
+    generator.context_tokens = 100 + frame + 2  # a CJK character is 3 tokens
+    with pytest.raises(ValueError, match="one character of text is .* tokens.*max_new_tokens=100"):
+        NERModel(generator, sampling=sampling).predict(["上海" * 400], ["location"])
+    assert generator.prompts == []
+    generator.context_tokens += 1  # one character at a time fits
+    [prediction] = NERModel(generator, sampling=sampling).predict(["上海" * 5], ["location"])
+    assert len(generator.prompts) == 10 and list(prediction) == []  # no window holds a whole city
+
+
 def refuse_harbour_7(sentence: str, sample: int) -> str:
     """`names_in`, except that the server refuses the window holding "harbour 7"."""
     if " harbour 7 " in sentence:
@@ -537,6 +589,30 @@ def test_the_prompt_bound_is_the_context_left_after_the_answer_when_the_backend_
     generator.context_tokens = 2048
     assert NERModel(generator, sampling=SamplingConfig(max_new_tokens=512)).max_prompt_chars == 1536
     assert NERModel(generator, max_prompt_chars=900).max_prompt_chars == 900
+
+
+def test_the_tiny_model_s_byte_level_tokens_cut_a_chinese_text_into_windows_that_fit(
+    tiny_model_dir: Path,
+) -> None:
+    """The tiny tokenizer never saw Chinese: 3 byte tokens a character, so windows of the characters the
+    context leaves would overflow it; counted, each prompt fits and the offsets still map back."""
+    from reasoningner.generation import TransformersGenerator
+
+    with TransformersGenerator(tiny_model_dir) as generator:
+        model = NERModel(generator, sampling=SamplingConfig(max_new_tokens=1400))
+        schema = Schema(("location",))
+        text = CITIES * 30
+        by_characters = windows(text, model._window_size(schema))
+        counts = generator.prompt_tokens([model.conversation(text[a:b], schema) for a, b in by_characters])
+        assert max(counts) > 2048 - 1400  # what characters alone would ask
+        pieces = model.fit_to_context([text], [(0, a, b) for a, b in by_characters], schema)
+        fitted = generator.prompt_tokens([model.conversation(text[a:b], schema) for _, a, b in pieces])
+        assert max(fitted) <= 2048 - 1400 and len(pieces) > len(by_characters)
+        assert "".join(text[a:b] for _, a, b in pieces) == text
+        [chinese] = NERModel(generator, sampling=SamplingConfig(max_new_tokens=1400)).predict(
+            [text[:300]], schema
+        )  # asked through generate: its answers' offsets slice the text
+        assert all(text[e.start : e.end] == e.text for e in chinese)
 
 
 def test_the_transformers_backend_knows_its_context(tiny_model_dir: Path) -> None:
