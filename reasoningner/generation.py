@@ -221,7 +221,10 @@ class VLLMGenerator(Generator):
 
     def _generate(
         self, conversations: Sequence[Conversation], sampling: SamplingConfig
-    ) -> Iterator[tuple[int, list[Completion]]]:
+    ) -> Iterator[tuple[int, Outcome]]:
+        """Chunk by chunk; a prompt with no room left in max_model_len fails alone: vLLM raises for the
+        whole call ("The decoder prompt ... is longer than the maximum model length"), which a rerun of
+        stage 1 would meet again at the same chunk."""
         if self._llm is None:
             raise GenerationError("vllm generator is closed")
         params = self._vllm.SamplingParams(
@@ -233,10 +236,26 @@ class VLLMGenerator(Generator):
         )
         for start in range(0, len(conversations), self.chunk_size):
             chunk = list(conversations[start : start + self.chunk_size])
+            fits = []
+            for offset, count in enumerate(self.prompt_tokens(chunk)):
+                if count < self.context_tokens:
+                    fits.append(offset)
+                else:
+                    yield (
+                        start + offset,
+                        ConversationFailed(
+                            f"the prompt is {count} tokens, and max_model_len is {self.context_tokens}"
+                        ),
+                    )
+            if not fits:
+                continue
             outputs = self._llm.chat(
-                chunk, params, use_tqdm=False, chat_template_kwargs=self.chat_template_kwargs or None
+                [chunk[offset] for offset in fits],
+                params,
+                use_tqdm=False,
+                chat_template_kwargs=self.chat_template_kwargs or None,
             )
-            for offset, output in enumerate(outputs):
+            for offset, output in zip(fits, outputs, strict=True):
                 yield (
                     start + offset,
                     [Completion(o.text, len(o.token_ids), o.finish_reason) for o in output.outputs],

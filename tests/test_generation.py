@@ -585,6 +585,26 @@ def test_vllm_knows_its_context_and_counts_prompt_tokens_with_its_chat_template(
     ]
 
 
+def test_vllm_a_prompt_longer_than_max_model_len_fails_alone_and_is_never_sent(
+    fake_vllm: types.ModuleType,
+) -> None:
+    """vLLM raises for the whole `chat` call when one prompt is over max_model_len."""
+    frame = len("<system>You find named entities.</system><user></user><assistant>")
+    generator = build_generator("vllm", model="/models/teacher", max_model_len=frame + 10, chunk_size=2)
+    sentences = ["short", "x" * 10, "fits", "y" * 20]
+    outcomes = dict(generator.generate_outcomes([conversation(s) for s in sentences], SamplingConfig()))
+    assert [outcomes[i][0].text for i in (0, 2)] == ["short#0", "fits#0"]
+    for index in (1, 3):
+        assert isinstance(outcomes[index], ConversationFailed)
+        assert f"{frame + len(sentences[index])} tokens, and max_model_len is {frame + 10}" in str(
+            outcomes[index]
+        )
+    [llm] = FakeLLM.instances
+    assert [[m[-1]["content"] for m in messages] for messages, _, _ in llm.calls] == [["short"], ["fits"]]
+    assert list(generator.generate_outcomes([conversation("z" * 30)], SamplingConfig()))[0][0] == 0
+    assert len(llm.calls) == 2  # a chunk with nothing that fits asks nothing
+
+
 def test_vllm_data_parallel_in_one_process_is_refused_with_what_works(fake_vllm: types.ModuleType) -> None:
     with pytest.raises(
         ValueError, match=r"data_parallel_size: .*--shard i/n.*vllm serve --data-parallel-size"
