@@ -104,7 +104,7 @@ from reasoningner.files import complete_lines, exclusive, write_whole
 from reasoningner.formats import CONTENT_PROBLEMS, ParseResult
 from reasoningner.generation import Completion, Generator
 from reasoningner.metrics import MATCH_MODES, Report, Scorer, text_keys
-from reasoningner.predict import TOO_LONG, NERModel
+from reasoningner.predict import FAILED, TOO_LONG, NERModel
 from reasoningner.prompts import prompt_hash
 from reasoningner.results import NORMAL, ErrorCounts, Evaluation
 from reasoningner.spans import Example, Schema, Span, SpanError
@@ -357,7 +357,7 @@ def evaluate(
         for item in items
     ]
     outcomes: list[tuple[ParseResult, ErrorCounts] | None] = [None] * len(items)
-    tokens = 0
+    tokens = failed = 0
     with model, exclusive(path):
         kept = []
         other_path = output_dir / OTHER_GENERATIONS
@@ -387,12 +387,21 @@ def evaluate(
                 counts = error_counts(items[index].example, result)
                 outcomes[index] = (result, counts)
                 tokens += completion.completion_tokens
-                asked = None if any(p.kind == TOO_LONG for p in result.problems) else keys[index]
+                # Not kept for a rerun: a longer context, or the server back, may answer it.
+                unanswered = any(p.kind in (TOO_LONG, FAILED) for p in result.problems)
+                failed += any(p.kind == FAILED for p in result.problems)
+                asked = None if unanswered else keys[index]
                 record = _generation_record(items[index], completion, result, counts, asked)
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 out.flush()
                 bar.update()
         seconds = time.perf_counter() - started
+    if failed:
+        logger.warning(
+            "the backend gave up on %d of %d sentences (generation_failed, in %s): scored as format "
+            "failures; a rerun asks them again",
+            failed, len(todo), path,
+        )  # fmt: skip
     reports, errors = _score(items, outcomes, label_maps)  # type: ignore[arg-type]
     evaluation = Evaluation(
         primary_mode=args.primary_mode,  # type: ignore[arg-type]

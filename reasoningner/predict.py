@@ -385,7 +385,9 @@ class NERModel:
         Evaluation asks whole sentences: one whose prompt is over `max_prompt_chars`, or over the tokens
         the context leaves after `max_new_tokens` (where the backend can count them), is not asked (it
         would not fit the context, and could end the batch) but answered at once with no entity and
-        the problem `prompt_too_long`, which scores it as a format failure.
+        the problem `prompt_too_long`, which scores it as a format failure. One the backend gives up on
+        (a server that refused it, or kept failing) is answered empty with `generation_failed`, and the
+        others go on.
         """
         conversations = [self.conversation(text, schema) for text, schema in items]
         too_long = {
@@ -416,9 +418,13 @@ class NERModel:
                 yield index, Completion("", 0), ParseResult([], problems=[Problem(TOO_LONG, too_long[index])])
         asked = [i for i in range(len(items)) if i not in too_long]
         chats = [conversations[i] for i in asked]
-        for position, completions in self.generator.generate_iter(chats, self.sampling):
+        for position, outcome in self.generator.generate_outcomes(chats, self.sampling):
+            if isinstance(outcome, ConversationFailed):
+                failed = ParseResult([], problems=[Problem(FAILED, str(outcome))])
+                yield asked[position], Completion("", 0), failed
+                continue
             text, schema = items[asked[position]]
-            completion = completions[0]
+            completion = outcome[0]
             yield asked[position], completion, self.output_format.parse(completion.text, text, schema)
 
     def predict(

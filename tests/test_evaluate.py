@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import random
 import shutil
@@ -26,7 +27,14 @@ from reasoningner.cli import main
 from reasoningner.configs import EvalArguments, GenerationArguments, PromptArguments, PromptContract
 from reasoningner.evaluate import error_counts, evaluate, load_items, probe_mapping
 from reasoningner.formats import FORMATS, ParseResult, Problem, get_format
-from reasoningner.generation import Completion, Conversation, Generator, SamplingConfig
+from reasoningner.generation import (
+    Completion,
+    Conversation,
+    ConversationFailed,
+    Generator,
+    Outcome,
+    SamplingConfig,
+)
 from reasoningner.metrics import Counts, Scorer, match_counts
 from reasoningner.predict import NERModel
 from reasoningner.readers import Dataset, read_dataset, write_jsonl
@@ -708,6 +716,31 @@ def test_a_sentence_whose_tokens_overflow_the_context_is_not_asked_where_the_bac
     assert len(dense_prompt) < 800 < len(dense_prompt.encode())  # it fits as characters, not as tokens
     errors = evaluation.errors["normal"]["mixed"]
     assert (errors.outputs, errors.format_failures, errors.problems["prompt_too_long"]) == (2, 1, 1)
+
+
+def test_a_sentence_the_backend_gives_up_on_is_a_format_failure_and_the_others_are_scored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server's 400 for one sentence used to end the evaluation, and every relaunch at that sentence."""
+
+    class Refusing(Scripted):
+        def _generate(
+            self, conversations: Sequence[Conversation], sampling: SamplingConfig
+        ) -> Iterator[tuple[int, Outcome]]:
+            for index, outcome in super()._generate(conversations, sampling):
+                refused = MIXED in conversations[index][-1]["content"]
+                yield index, ConversationFailed("HTTP 400: prompt too long") if refused else outcome
+
+    path = write_set(tmp_path / "set.jsonl", [(MIXED, [(11, 14, "person")]), (TWICE, [(0, 3, "person")])])
+    generator = Refusing(lambda sentence, _: '<think>x</think>{"entities": {"person": ["Bob"]}}')
+    with caplog.at_level(logging.WARNING):
+        evaluation = run_eval(eval_args(tmp_path, [{"path": str(path), "name": "set"}]), generator)
+    errors = evaluation.errors["normal"]["set"]
+    assert (errors.outputs, errors.format_failures, errors.problems["generation_failed"]) == (2, 1, 1)
+    assert evaluation.reports["normal"]["exact"].datasets["set"].micro.tp == 1  # TWICE's first Bob
+    assert "gave up on 1 of 2 sentences" in caplog.text and "a rerun asks them again" in caplog.text
+    records = [json.loads(line) for line in (tmp_path / "out" / "generations.jsonl").read_text().splitlines()]
+    assert {r["text"]: r["asked"] for r in records}[MIXED] is None  # never reused: asked again
 
 
 def test_a_set_with_the_model_s_labels_is_asked_in_the_training_order(tmp_path: Path) -> None:
