@@ -250,13 +250,6 @@ def _pairs(
     if predictions and all(prediction.id for prediction in predictions):
         return _pairs_by_id(dataset, predictions, path, on_error, skipped)
     if not dataset.skipped:
-        if len(predictions) + len(skipped) != len(dataset.examples):
-            message = (
-                f"{len(predictions) + len(skipped)} predictions for {len(dataset.examples)} gold sentences"
-            )
-            if on_error == "raise":
-                raise DataError(path, None, message)
-            skipped.append(f"{path}: {message}; the lines past the shorter file are not scored")
         by_index = dict(enumerate(dataset.examples))
     elif dataset.indices:
         by_index = dict(zip(dataset.indices, dataset.examples, strict=True))
@@ -264,6 +257,13 @@ def _pairs(
         raise DataError(
             path, None, "gold records were skipped from a gold source of several files: no line can be paired"
         )
+    # Records on both sides, the skipped ones included (the predictions' malformed lines are in `skipped`).
+    lines, records = len(predictions) + len(skipped), len(dataset.examples) + len(dataset.skipped)
+    if lines != records:
+        message = f"{lines} predictions for {records} gold sentences"
+        if on_error == "raise":
+            raise DataError(path, None, message)
+        skipped.append(f"{path}: {message}; the lines past the shorter file are not scored")
     pairs = []
     for prediction in predictions:
         example = by_index.get(prediction.index)

@@ -88,6 +88,11 @@ def test_skip_bad_skips_gold_records_with_their_predictions(tmp_path: Path) -> N
     assert any(":5: llamafactory prediction" in message for message in info["skipped"])
     assert micro(evaluation, "exact", "conll03_bracketed_dev_alpaca").f1 == 1.0
 
+    short = write_jsonl(tmp_path / "short.jsonl", rows[:2])  # the gold file's last two have no line
+    info = score_files([(gold_path, short)], on_error="skip").datasets["conll03_bracketed_dev_alpaca"]
+    assert info["sentences"] == 2  # the two lines; the gold sentence without one is reported
+    assert any("2 predictions for 5 gold sentences; the lines past" in message for message in info["skipped"])
+
 
 def test_a_skipped_or_blank_prediction_line_leaves_the_later_lines_with_their_own_sentences(
     tmp_path: Path,
