@@ -66,7 +66,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from reasoningner.configs import GOLD_TEMPLATE, CoTArguments, GenerationArguments, PromptArguments
-from reasoningner.files import complete_lines, exclusive, write_whole
+from reasoningner.files import JSONL_ERRORS, complete_lines, exclusive, write_whole
 from reasoningner.formats import OutputFormat, get_format, split_answer
 from reasoningner.generation import Completion, ConversationFailed, GenerationError
 from reasoningner.metrics import MatchMode, example_f1
@@ -439,7 +439,7 @@ def annotate(args: CoTArguments, prompt: PromptArguments, generation: Generation
         todo = [task for task in tasks if task.key not in done]
         started = time.perf_counter()
         with (
-            path.open("a", encoding="utf-8", newline="\n") as out,
+            path.open("a", encoding="utf-8", errors=JSONL_ERRORS, newline="\n") as out,
             tqdm(total=len(todo), desc="cot", unit="sent") as bar,
         ):
             for task, outcome in _outcomes(args, prompt, generation, todo, tried):

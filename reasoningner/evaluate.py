@@ -100,7 +100,7 @@ from reasoningner.configs import (
     hub_commit,
     is_hub_id,
 )
-from reasoningner.files import complete_lines, exclusive, write_whole
+from reasoningner.files import JSONL_ERRORS, complete_lines, exclusive, write_whole
 from reasoningner.formats import CONTENT_PROBLEMS, ParseResult
 from reasoningner.generation import Completion, Generator
 from reasoningner.metrics import MATCH_MODES, Report, Scorer, text_keys
@@ -376,8 +376,7 @@ def evaluate(
         todo = [index for index, outcome in enumerate(outcomes) if outcome is None]
         started = time.perf_counter()
         with (
-            # backslashreplace: a lone surrogate from a server's JSON becomes a JSON escape, not a crash
-            path.open("a", encoding="utf-8", errors="backslashreplace") as out,
+            path.open("a", encoding="utf-8", errors=JSONL_ERRORS) as out,
             tqdm(total=len(items), initial=len(kept), desc="eval", unit="sent") as bar,
         ):
             for position, completion, result in model.run(

@@ -15,10 +15,17 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 
+# How JSON text is encoded: a lone surrogate, which strict UTF-8 refuses, becomes its \uXXXX escape;
+# inside a JSON string that is the same character again when read.
+JSONL_ERRORS = "backslashreplace"
+
+
 def write_whole(path: Path, data: bytes | str) -> None:
-    """Write `path` whole or not at all: a kill mid-write leaves the previous file."""
+    """Write `path` whole or not at all: a kill mid-write leaves the previous file. A lone surrogate
+    in `data` (from a JSON escape such as "\\ud83d" in a dataset) is written as that escape, which a
+    JSON reader gives back as it was (`JSONL_ERRORS`)."""
     if isinstance(data, str):
-        data = data.encode("utf-8")
+        data = data.encode("utf-8", JSONL_ERRORS)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as out:

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import random
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -31,6 +32,9 @@ from reasoningner.formats import message_text
 logger = logging.getLogger(__name__)
 
 Conversation = list[dict[str, str]]
+
+# A UTF-16 half with no other: JSON can escape one ("\\ud83d"), no tokenizer or UTF-8 encoder takes it.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 VLLM_MISSING = (
     'The vllm backend needs vLLM, which is not installed: pip install -e ".[vllm]" (docker/ has it)'
@@ -419,7 +423,8 @@ class OpenAIGenerator(Generator):
         choices is a ValueError, which `_post` retries."""
         try:
             choices = sorted(payload["choices"], key=lambda c: c.get("index", 0))
-            texts = [message_text(choice["message"]) for choice in choices]
+            # Half an emoji escaped in the server's JSON would fail a tokenizer or strict UTF-8 later.
+            texts = [LONE_SURROGATE.sub("\ufffd", message_text(choice["message"])) for choice in choices]
             reasons = [choice.get("finish_reason") for choice in choices]
             total = int((payload.get("usage") or {}).get("completion_tokens") or 0)
         except (KeyError, TypeError, AttributeError, ValueError):

@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any
 from reasoningner.configs import GenerationArguments, PromptArguments
 from reasoningner.formats import ParseResult, Problem, get_format, split_answer
 from reasoningner.generation import (
+    LONE_SURROGATE,
     Completion,
     Conversation,
     ConversationFailed,
@@ -189,7 +190,6 @@ def flat_entities(entities: Sequence[Entity], labels: Sequence[str] = ()) -> lis
 
 
 _SPACE = re.compile(r"\s+")
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 FULL_WIDTH_ENDS = "。！？；"
 SENTENCE_ENDS = ".!?" + FULL_WIDTH_ENDS
 _NON_SPACE = re.compile(r"\S")
@@ -456,7 +456,7 @@ class NERModel:
         # A lone surrogate (from surrogateescape decoding, or a JSON "\\ud800") fails the tokenizer of
         # the whole batch: the model is asked with U+FFFD in its place, one character for one, so that
         # offsets still slice the text given.
-        asked = [_LONE_SURROGATE.sub("\ufffd", text) for text in texts]
+        asked = [LONE_SURROGATE.sub("\ufffd", text) for text in texts]
         pieces = self.fit_to_context(
             asked,
             [

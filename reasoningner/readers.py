@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from reasoningner.files import JSONL_ERRORS
 from reasoningner.formats import FORMATS, get_format
 from reasoningner.spans import LABEL_PATTERN, Example, Schema, Span, SpanError, check_span, nesting_depth
 
@@ -583,7 +584,9 @@ def write_alpaca(dataset: Dataset, path: PathLike, format_name: str = "xml") -> 
         records.append(
             {"instruction": instruction, "input": example.text, "output": output_format.render(example)}
         )
-    Path(path).write_text(json.dumps(records, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    Path(path).write_text(
+        json.dumps(records, indent=2, ensure_ascii=False) + "\n", encoding="utf-8", errors=JSONL_ERRORS
+    )
 
 
 # ---------------------------------------------------------------------------------------- InstructUIE
@@ -683,7 +686,7 @@ def read_jsonl(
 
 def write_jsonl(dataset: Dataset, path: PathLike) -> None:
     """Write one JSON object per example; `read_jsonl` gives back equal examples and schema."""
-    with open(path, "w", encoding="utf-8") as out:
+    with open(path, "w", encoding="utf-8", errors=JSONL_ERRORS) as out:
         for example in dataset.examples:
             record: dict[str, Any] = {
                 "id": example.id,
@@ -708,7 +711,9 @@ def write_instructuie(dataset: Dataset, path: PathLike) -> None:
         }
         for example in dataset.examples
     ]
-    Path(path).write_text(json.dumps(records, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    Path(path).write_text(
+        json.dumps(records, indent=2, ensure_ascii=False) + "\n", encoding="utf-8", errors=JSONL_ERRORS
+    )
     Path(path).with_name("labels.json").write_text(
         json.dumps(list(dataset.schema.labels)) + "\n", encoding="utf-8"
     )

@@ -228,6 +228,36 @@ def test_a_flaky_teacher_ends_every_sentence_once_and_a_rerun_retries_only_the_f
     assert {r["key"]: r for r in second if r["key"] in kept} == kept
 
 
+def test_a_lone_surrogate_in_a_reply_or_a_text_neither_fails_the_run_nor_its_reruns(tmp_path: Path) -> None:
+    """JSON can escape half an emoji ("\\ud83d"): a record holding one failed strict UTF-8 at every rerun
+    of that sentence, and the run with it. A server's is replaced (U+FFFD; a tokenizer would refuse it
+    in SFT); a dataset's is written as its escape and read back as it was."""
+    args = cot_args(tmp_path / "out", [write_inputs(tmp_path / "in.jsonl", 3)])
+    prompt = PromptArguments()
+    tasks = load_tasks(args, prompt)
+    answers = {
+        content: (right.replace("<think>\n", "<think>\n\ud83d ", 1), wrong)
+        for content, (right, wrong) in replies(tasks).items()
+    }
+    with teacher(answers, lambda content, attempt: "right") as server:
+        assert annotate(args, prompt, openai(server.base_url))["accepted"] == 3
+        records = read_records(tmp_path / "out" / "annotations.jsonl")
+        assert all(record["rationale"].startswith("\ufffd ") for record in records)
+
+    inputs = tmp_path / "half.jsonl"
+    lines = (tmp_path / "in.jsonl").read_text(encoding="utf-8").splitlines()
+    half = [
+        json.dumps({**json.loads(line), "text": json.loads(line)["text"][:-1] + "\ud83d."}) for line in lines
+    ]
+    inputs.write_text("\n".join(half) + "\n", encoding="utf-8")
+    args = cot_args(tmp_path / "gold", [inputs])
+    assert annotate(args, prompt, GOLD)["accepted"] == 3
+    records = read_records(tmp_path / "gold" / "annotations.jsonl")
+    assert all(record["text"].endswith("\ud83d.") for record in records)
+    assert annotate(args, prompt, GOLD)["annotated_this_run"] == 0  # read back: nothing to redo
+    assert read_records(tmp_path / "gold" / "annotations.jsonl") == records
+
+
 class SeededTeacher(TeacherHandler):
     """A seeded engine: the same seed gives the same samples; the seeds in `server.cut` are cut off for
     every prompt, the others answer right."""
