@@ -275,9 +275,11 @@ def start_trainer_stage(
     )
     prompt = prompt.resolve(contract)
     configs = (script_args, prompt, training_args, model_args)
+    # The process count is part of the run: a checkpoint resumed on another skips or repeats data
+    # (the Trainer skips steps x accumulation batches per process) and ZeRO's optimizer shards no longer fit.
     resume = claim_output_dir(
         training_args.output_dir,
-        run_settings(config_dict(*configs)),
+        run_settings(config_dict(*configs)) | {"world_size": training_args.world_size},
         overwrite=script_args.overwrite_output_dir,
         stale=TRAINER_OUTPUTS,
         write=main_process,

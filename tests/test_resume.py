@@ -220,7 +220,11 @@ def test_grpo_resumed_in_a_later_epoch_draws_its_prompts_in_the_uninterrupted_or
 
 
 def test_a_rerun_with_other_settings_is_refused_and_overwrite_starts_afresh(
-    tiny_model_dir: Path, annotations: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    tiny_model_dir: Path,
+    annotations: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     stage = load_stage("sft")
     out = tmp_path / "sft"
@@ -240,6 +244,11 @@ def test_a_rerun_with_other_settings_is_refused_and_overwrite_starts_afresh(
     assert "learning_rate: 0.001 -> 0.002" in str(refused.value)
     assert "--overwrite_output_dir true" in str(refused.value)
     assert (out / "checkpoint-4").is_dir()  # nothing was touched
+    import transformers
+
+    with monkeypatch.context() as patch, pytest.raises(ValueError, match=r"world_size: 1 -> 4"):
+        patch.setattr(transformers.TrainingArguments, "world_size", property(lambda self: 4))
+        sft("--max_steps", "6")  # requeued on 4 processes: its data position would be another
     sft("--max_steps", "2", "--learning_rate", "2e-3", "--overwrite_output_dir", "true")
     assert "sft: starting at step 0" in capsys.readouterr().out
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
