@@ -105,15 +105,38 @@ def start_deepspeed_on_cpu(training_args: Any) -> None:
         deepspeed.init_distributed(dist_backend=training_args.ddp_backend or "gloo")
 
 
-def policy_model(path: str, model_init_kwargs: dict[str, Any]) -> Any:
+def is_adapter(path: str) -> bool:
+    """A LoRA adapter folder (stage 2 with use_peft and no merge), not a full model."""
+    return (Path(path) / "adapter_config.json").exists()
+
+
+def check_adapter_start(model_args: Any) -> None:
+    """Refuse a new LoRA (`use_peft`) on a stage-2 adapter, which GRPO continues as it is: TRL refuses
+    the pair only once the model has loaded."""
+    if model_args.use_peft and is_adapter(model_args.model_name_or_path):
+        raise ValueError(
+            f"{model_args.model_name_or_path} is a LoRA adapter, which GRPO continues with its own r, "
+            "alpha and modules: set use_peft false (--use_peft false), or start from a merged model "
+            "(SFT with merge_lora true)"
+        )
+
+
+def policy_model(path: str, model_init_kwargs: dict[str, Any], training_args: Any = None) -> Any:
     """What to hand the trainer: the path of a full model (loaded by the trainer, ZeRO-3 aware), or a
     trainable PEFT model when `path` is a LoRA adapter from stage 2 (RL continues the adapter)."""
-    if not (Path(path) / "adapter_config.json").exists():
+    if not is_adapter(path):
         return path
     from peft import AutoPeftModelForCausalLM
 
     kwargs = {k: v for k, v in model_init_kwargs.items() if v is not None}
-    return AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=True, **kwargs)
+    policy = AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=True, **kwargs)
+    plugin = getattr(training_args, "deepspeed_plugin", None)
+    if plugin is not None and plugin.zero_stage == 3:
+        # PEFT upcasts the adapter to fp32 on a bf16 base, and ZeRO-3 gathers a module's parameters into
+        # one dtype's buffer: the first optimizer step fails (trl#6089). TRL keeps its own adapters in the
+        # base's dtype too (autocast_adapter_dtype=False, which AutoPeftModel would hand the base model).
+        policy.to(policy.get_base_model().dtype)
+    return policy
 
 
 class HeldOutGRPOTrainer(GRPOTrainer):
@@ -151,18 +174,38 @@ def check_generation_cycle(training_args: Any) -> None:
     """Refuse checkpoints that would fall inside a GRPO generation cycle (`num_iterations` > 1, or more
     `steps_per_generation` than accumulation steps): TRL keeps the cycle's generations and its position
     in it only in memory, so a run resumed there would generate anew and shift every later cycle, training
-    some generations more often and others less than the run never killed."""
+    some generations more often and others less than the run never killed. Checked on the steps a save
+    falls on: `save_steps` (a ratio of `max_steps` as the Trainer resolves it), or `eval_steps` where
+    `save_strategy: best` saves at evaluations; an epoch's end can fall anywhere."""
     cycle = training_args.steps_per_generation * training_args.num_iterations  # micro-batches
     accumulation = training_args.gradient_accumulation_steps
-    save_steps = training_args.save_steps
-    if training_args.save_strategy != "steps" or save_steps < 1 or (save_steps * accumulation) % cycle == 0:
+    strategy = getattr(
+        training_args.save_strategy, "value", training_args.save_strategy
+    )  # an enum once parsed
+    if strategy == "no" or accumulation % cycle == 0:  # every optimizer step ends a cycle
         return
     every = cycle // math.gcd(cycle, accumulation)  # optimizer steps: the shortest save interval that fits
+    if strategy == "steps":
+        name, steps = "save_steps", training_args.save_steps
+    elif strategy == "best" and training_args.eval_strategy == IntervalStrategy.STEPS:
+        name, steps = "eval_steps", training_args.eval_steps  # save_strategy best saves at evaluations
+    else:
+        raise ValueError(
+            f"save_strategy {strategy} can save inside a generation cycle ({cycle} micro-batches, "
+            f"{accumulation} per optimizer step), where a resumed run would not train as one never killed: "
+            f"use save_strategy steps with save_steps a multiple of {every}"
+        )
+    if steps < 1:  # a ratio of max_steps, as the Trainer resolves it
+        if training_args.max_steps <= 0:
+            raise ValueError(f"{name} {steps:g} is a ratio of max_steps, which is unset: give it in steps")
+        steps = math.ceil(training_args.max_steps * steps)
+    if (steps * accumulation) % cycle == 0:
+        return
     raise ValueError(
-        f"save_steps {save_steps:g} falls inside a generation cycle ({training_args.steps_per_generation} "
+        f"{name} {steps:g} falls inside a generation cycle ({training_args.steps_per_generation} "
         f"steps_per_generation x {training_args.num_iterations} num_iterations = {cycle} micro-batches, "
         f"{accumulation} per optimizer step): a run resumed there would not train as one never killed; "
-        f"use a multiple of {every}, e.g. save_steps {max(every, round(save_steps / every) * every)}"
+        f"use a multiple of {every}, e.g. {name} {max(every, round(steps / every) * every)}"
     )
 
 

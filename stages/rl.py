@@ -20,6 +20,7 @@ from reasoningner.spans import Schema
 from reasoningner.tracking import with_gold_column
 from reasoningner.training import (
     HeldOutGRPOTrainer,
+    check_adapter_start,
     check_generation_cycle,
     finish_trainer_stage,
     held_out_schedule,
@@ -43,6 +44,7 @@ def main(
     model_args: ModelConfig,
 ) -> None:
     check_generation_cycle(training_args)
+    check_adapter_start(model_args)
     start = start_trainer_stage("rl", script_args, prompt, training_args, model_args)
     prompt = start.prompt
     corpora: list[str] = []  # what NER-CoT records name as their source: the contamination check reads it
@@ -89,7 +91,7 @@ def main(
         model_args.model_name_or_path, revision=model_args.model_revision
     )
     trainer = HeldOutGRPOTrainer(
-        model=policy_model(model_args.model_name_or_path, training_args.model_init_kwargs),
+        model=policy_model(model_args.model_name_or_path, training_args.model_init_kwargs, training_args),
         reward_funcs=reward_funcs,
         args=training_args,
         train_dataset=train_dataset,

@@ -245,7 +245,26 @@ def test_a_checkpoint_inside_a_generation_cycle_is_refused() -> None:
         check_generation_cycle(training_args)
     training_args.save_steps = 56
     check_generation_cycle(training_args)
-    training_args.num_iterations, training_args.steps_per_generation, training_args.save_steps = 1, 16, 7
+    training_args.save_steps, training_args.max_steps = 0.1, 500  # a ratio: step 50, as the Trainer reads it
+    with pytest.raises(ValueError, match=r"save_steps 50 .* e.g. save_steps 48"):
+        check_generation_cycle(training_args)
+    training_args.max_steps = 480
+    check_generation_cycle(training_args)  # step 48
+    training_args.max_steps = -1
+    with pytest.raises(ValueError, match=r"save_steps 0.1 is a ratio of max_steps, which is unset"):
+        check_generation_cycle(training_args)
+    training_args.save_strategy, training_args.eval_strategy, training_args.eval_steps = "best", "steps", 50
+    with pytest.raises(ValueError, match=r"eval_steps 50 .* e.g. eval_steps 48"):
+        check_generation_cycle(training_args)  # best saves at evaluations
+    from transformers.trainer_utils import SaveStrategy
+
+    training_args.save_strategy = SaveStrategy.EPOCH  # as parsed
+    with pytest.raises(ValueError, match=r"save_strategy epoch can save inside a generation cycle"):
+        check_generation_cycle(training_args)
+    training_args.save_strategy = "no"
+    check_generation_cycle(training_args)
+    training_args.save_strategy, training_args.save_steps = "steps", 7
+    training_args.num_iterations, training_args.steps_per_generation = 1, 16
     check_generation_cycle(training_args)  # one generation per optimizer step: any step will do
 
 

@@ -2,12 +2,15 @@
 
 from types import SimpleNamespace
 
-from reasoningner.training import model_init_kwargs, policy_model
+import pytest
+
+from reasoningner.training import check_adapter_start, model_init_kwargs, policy_model
 
 
 def test_a_full_model_is_handed_over_by_path_and_a_lora_adapter_as_a_trainable_peft_model(
     tmp_path, tiny_model_dir
 ):
+    import torch
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -20,6 +23,18 @@ def test_a_full_model_is_handed_over_by_path_and_a_lora_adapter_as_a_trainable_p
     assert isinstance(policy, PeftModel)
     trainable = {name for name, p in policy.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in name for name in trainable)
+
+    # On a bf16 base PEFT upcasts the adapter to fp32, which ZeRO-3's one-dtype gathers refuse.
+    bf16 = {"dtype": "bfloat16", "attn_implementation": None}
+    lora_dtypes = lambda model: {p.dtype for n, p in model.named_parameters() if "lora_" in n}  # noqa: E731
+    assert lora_dtypes(policy_model(str(adapter_dir), bf16)) == {torch.float32}
+    zero3 = SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3))
+    assert lora_dtypes(policy_model(str(adapter_dir), bf16, zero3)) == {torch.bfloat16}
+
+    check_adapter_start(SimpleNamespace(model_name_or_path=str(adapter_dir), use_peft=False))
+    check_adapter_start(SimpleNamespace(model_name_or_path=str(tiny_model_dir), use_peft=True))
+    with pytest.raises(ValueError, match=r"is a LoRA adapter, which GRPO continues.*--use_peft false"):
+        check_adapter_start(SimpleNamespace(model_name_or_path=str(adapter_dir), use_peft=True))
 
 
 def test_model_options_override_the_recipes_model_init_kwargs_and_keep_the_rest():
