@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 from trl import TrlParser
 
+from reasoningner.files import write_whole
 from reasoningner.formats import FORMATS
 from reasoningner.generation import BACKENDS, Generator, SamplingConfig, build_generator, options_from
 from reasoningner.metrics import MATCH_MODES
@@ -127,19 +128,25 @@ class PromptContract:
     descriptions: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def trained(cls, prompt: PromptArguments, schemas: Iterable[Schema]) -> PromptContract:
+    def trained(
+        cls, prompt: PromptArguments, schemas: Iterable[Schema], earlier: PromptContract | None = None
+    ) -> PromptContract:
         """The contract of a model trained on examples of `schemas`: every label in first-seen order,
-        with its first description (what `Schema.union` keeps)."""
+        with its first description (what `Schema.union` keeps). A model trained further (GRPO from SFT)
+        keeps what `earlier`, its starting model's contract, lists first: it still knows those labels."""
+        if earlier is not None and earlier.labels:
+            schemas = [Schema(tuple(earlier.labels), earlier.descriptions), *schemas]
         union = Schema.union(schemas)
         return cls(prompt, list(union.labels), descriptions=dict(union.descriptions))
 
     def save(self, directory: str | Path) -> Path:
+        """Written whole: a kill mid-write would leave a contract the next stage refuses."""
         path = Path(directory) / PROMPT_CONTRACT
         path.parent.mkdir(parents=True, exist_ok=True)
         payload: dict[str, Any] = {"prompt": asdict(self.prompt), "labels": self.labels}
         if self.descriptions:
             payload["descriptions"] = self.descriptions
-        path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        write_whole(path, json.dumps(payload, indent=2) + "\n")
         return path
 
     @classmethod

@@ -280,7 +280,12 @@ class TrainerStart(NamedTuple):
     configs: tuple[Any, ...]  # script, prompt, training and model arguments, for the manifest
     inputs: list[str]  # training files and the model: manifest, W&B group, artifacts
     push_to: str | None  # the Hub repository to publish the final model to (`push_to_hub`)
-    trained_labels: list[str]  # of the model it starts from (its contract), in its training order
+    contract: PromptContract | None  # of the model it starts from; None for a base model
+
+    @property
+    def trained_labels(self) -> list[str]:
+        """The labels of the model it starts from, in its training order."""
+        return self.contract.labels if self.contract is not None else []
 
 
 def start_trainer_stage(
@@ -337,7 +342,7 @@ def start_trainer_stage(
     if main_process:
         start = f"resuming from {checkpoint}" if checkpoint else "starting at step 0"
         print(f"{stage}: {start} in {training_args.output_dir}", flush=True)
-    return TrainerStart(prompt, checkpoint, configs, inputs, push_to, contract.labels if contract else [])
+    return TrainerStart(prompt, checkpoint, configs, inputs, push_to, contract)
 
 
 def check_publishable(script_args: Any, model_args: Any) -> None:

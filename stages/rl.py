@@ -74,7 +74,7 @@ def main(
             label_order=start.trained_labels,
         )
         eval_dataset = Dataset.from_list(held_out)
-    contract = PromptContract.trained(prompt, schemas)
+    contract = PromptContract.trained(prompt, schemas, start.contract)
     if training_args.reward_weights is None:
         training_args.reward_weights = [default_weight(name) for name in script_args.reward_funcs]
 

@@ -41,7 +41,7 @@ def main(
     prompt = start.prompt
     corpora: list[str] = []  # what NER-CoT records name as their source: the contamination check reads it
     train = sft_examples(script_args.train_files, prompt, script_args, corpora=corpora)
-    contract = PromptContract.trained(prompt, (example.schema for example, _, _ in train))
+    contract = PromptContract.trained(prompt, (example.schema for example, _, _ in train), start.contract)
     train_dataset = Dataset.from_list(
         [sft_record(e, prompt, rationale, answer) for e, answer, rationale in train]
     )

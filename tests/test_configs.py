@@ -74,6 +74,10 @@ def test_the_contract_of_training_data_has_every_label_and_its_first_description
         contract.labels,
         contract.descriptions,
     )
+    sft = PromptContract(prompt, ["MISC", "PER"], descriptions={"MISC": "other names", "PER": "persons"})
+    further = PromptContract.trained(prompt, [Schema(("PER", "LOC"), {"PER": "people"})], sft)
+    assert further.labels == ["MISC", "PER", "LOC"]  # what the model learnt before stays, first
+    assert further.descriptions == {"MISC": "other names", "PER": "persons"}
     TRAINED.save(tmp_path / "older")  # without descriptions, as contracts were written before
     assert "descriptions" not in json.loads((tmp_path / "older" / PROMPT_CONTRACT).read_text())
     assert PromptContract.load(tmp_path / "older").descriptions == {}

@@ -716,7 +716,13 @@ def test_grpo_smoke_run_of_the_tiny_cpu_recipe(tiny_model: Path, tmp_path: Path)
     prompt key), a contradicting format given wins with a warning, and the RL model carries the result."""
     policy = tmp_path / "sft"
     shutil.copytree(tiny_model, policy)
-    PromptContract(PromptArguments("xml", reasoning=False, compact_prompt=True), ["person"]).save(policy)
+    # SFT also taught "product", which the GRPO data lacks: the RL model still carries it.
+    sft_contract = PromptContract(
+        PromptArguments("xml", reasoning=False, compact_prompt=True),
+        ["person", "product"],
+        descriptions={"product": "goods"},
+    )
+    sft_contract.save(policy)
     out = tmp_path / "rl"
     overrides = {
         "model_name_or_path": policy,
@@ -740,7 +746,9 @@ def test_grpo_smoke_run_of_the_tiny_cpu_recipe(tiny_model: Path, tmp_path: Path)
     assert f"rl: 8 prompts, {resolved}, rewards format×1, f1×10, consistency×1, schema×1, grounding×1" in log
     assert "output_format='grouped_json' contradicts the prompt contract" in log
     saved = PromptContract.load(out)
-    assert saved.prompt == resolved and sorted(saved.labels) == ["location", "misc", "organisation", "person"]
+    assert saved.prompt == resolved and saved.labels[:2] == ["person", "product"]
+    assert sorted(saved.labels) == ["location", "misc", "organisation", "person", "product"]
+    assert saved.descriptions["product"] == "goods"
     step_logs = re.findall(r"\{'loss'.*?\}", log)
     assert len(step_logs) == 2, log[-5000:]
     for name in ("format_reward", "f1_reward", "consistency_reward", "schema_reward", "grounding_reward"):
