@@ -45,13 +45,14 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from reasoningner.readers import (
     DataError,
     Dataset,
     OnError,
     _Collector,
+    _json_items,
     _jsonl_record,
     _Record,
     from_hf,
@@ -197,9 +198,17 @@ def _load_dataset(
         builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(
             location.suffix, "json"
         )
-        hf = datasets.load_dataset(
-            builder, data_files={source.split: str(location)}, split=source.split, streaming=source.streaming
-        )
+        try:
+            hf = datasets.load_dataset(
+                builder,
+                data_files={source.split: str(location)},
+                split=source.split,
+                streaming=source.streaming,
+            )
+        except datasets.exceptions.DatasetGenerationError as error:  # the cause says what and where
+            raise DataError(
+                location, None, f"not readable as {builder}: {error.__cause__ or error}"
+            ) from None
     elif source.local:
         hf = datasets.load_dataset(
             str(location), source.config, split=source.split, streaming=source.streaming
@@ -214,7 +223,8 @@ def _load_dataset(
         dataset = from_hf(hf, schema=schema, name=name, on_error=on_error)
         return dataset, [None] * len(dataset.examples)
     rows = _limited(iter(hf), limit)
-    return _collect(source.spec, name, rows, layout, schema, on_error, None)
+    collector = _Collector(source.spec, schema, on_error, name, numbered=True)
+    return _collect(collector, enumerate(rows), layout, None)  # a row's index stands for its line
 
 
 # The Hub's Parquet export of a dataset that still ships a loading script (e.g. DFKI-SLT/cross_ner's
@@ -250,17 +260,21 @@ def _load_set(
     source: Source, name: str, schema: Schema | None, on_error: OnError, limit: int | None
 ) -> tuple[Dataset, list[str | None]]:
     """One folder of an InstructUIE tree: `<base>/<name>/<split>.json` and its `labels.json`."""
-    import datasets
 
     labels_file = _set_file(source, name, "labels.json")
-    labels = json.loads(Path(labels_file).read_text(encoding="utf-8"))
+    try:
+        labels = json.loads(Path(labels_file).read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise DataError(labels_file, None, f"not JSON: {error}") from None
     if not isinstance(labels, list):
         raise DataError(labels_file, None, "not a list of labels")
     path = _set_file(source, name, f"{source.split}.json")
-    hf = datasets.load_dataset("json", data_files={source.split: path}, split=source.split)
-    rows = _limited(iter(hf), limit)
     where = path if source.local else f"hf://datasets/{source.location}/{name}/{source.split}.json"
-    return _collect(where, name, rows, source.layout, schema, on_error, labels)
+    # Read here (the file is local, or in the Hub cache) so that a bad record is named by its line.
+    collector = _Collector(where, schema, on_error, name, numbered=True)
+    items = _json_items(where, Path(path).read_text(encoding="utf-8"), collector)
+    rows = _limited(((line, row) for _, line, row in items), limit)
+    return _collect(collector, rows, source.layout, labels)
 
 
 def _layout(columns: set[str], where: str) -> str:
@@ -273,7 +287,10 @@ def _layout(columns: set[str], where: str) -> str:
     raise DataError(where, None, f"cannot tell the layout of columns {sorted(columns)}; give ?reader=")
 
 
-def _limited(rows: Iterator[dict[str, Any]], limit: int | None) -> Iterator[dict[str, Any]]:
+T = TypeVar("T")
+
+
+def _limited(rows: Iterable[T], limit: int | None) -> Iterator[T]:
     for index, row in enumerate(rows):
         if limit is not None and index >= limit:
             return
@@ -288,32 +305,33 @@ def protocol_label(label: str) -> str | None:
 
 
 def _collect(
-    where: str,
-    name: str,
-    rows: Iterable[dict[str, Any]],
+    collector: _Collector,
+    rows: Iterable[tuple[int, dict[str, Any]]],
     layout: str,
-    schema: Schema | None,
-    on_error: OnError,
     labels: list[str] | None,
 ) -> tuple[Dataset, list[str | None]]:
-    """Rows -> examples through the readers' collector (errors and notes name `where` and the row)."""
-    collector = _Collector(where, schema, on_error, name, numbered=True)
+    """`(line, row)` pairs -> examples through the readers' collector (errors and notes name its file
+    and the row's line)."""
+    where, name = collector.path, collector.name
     rationales: dict[str | None, str | None] = {}
     corpora: dict[str, None] = {}
     unlocated = 0
-    for index, row in enumerate(rows):
+    for index, (line, row) in enumerate(rows):
         try:
+            if not isinstance(row, dict):
+                raise TypeError(f"a record must be an object, got {type(row).__name__}")
             if layout == "jsonl":
                 text, spans, stated, row_id = _jsonl_record(row)
-                record, missing = _Record(index, index, text, spans, stated, row_id), []
+                record, missing = _Record(line, index, text, spans, stated, row_id), []
             else:
-                record, missing = _protocol_record(row, index, name, layout, labels)
+                record, missing = _protocol_record(row, line, index, name, layout, labels)
         except (ValueError, TypeError) as error:
-            collector.report(index, str(error), index)
+            collector.report(line, str(error), index)
             continue
         if collector.add(record):
             rationales[record.id] = row.get("cot") if layout == "nercot" else None
-            corpus = row.get("source")
+            # ReasoningIE's protocol writes `source`; the NER-CoT release on the Hub names it `dataset`.
+            corpus = row.get("source") or row.get("dataset")
             if isinstance(corpus, str) and corpus.strip():
                 corpora[corpus.strip()] = None
             for what in missing:
@@ -329,7 +347,7 @@ def _collect(
 
 
 def _protocol_record(
-    row: dict[str, Any], index: int, name: str, layout: str, labels: list[str] | None
+    row: dict[str, Any], line: int, index: int, name: str, layout: str, labels: list[str] | None
 ) -> tuple[_Record, list[str]]:
     """An NER-CoT or InstructUIE row as a record, and what could not be kept (entities not located,
     labels outside the protocol)."""
@@ -364,7 +382,7 @@ def _protocol_record(
         raise ValueError("no usable label in the schema")
     guid = row.get("guid")
     record_id = f"{name}-{guid if guid is not None else index}"
-    return _Record(index, index, text, spans, Schema(tuple(schema_labels)), record_id), missing
+    return _Record(line, index, text, spans, Schema(tuple(schema_labels)), record_id), missing
 
 
 def _locate(text: str, mention: str, label: str, pos: Any, taken: Counter[str]) -> Span | None:

@@ -147,7 +147,7 @@ def test_the_papers_sampler_floors_shares_of_the_capped_sizes() -> None:
     assert [p["dataset"] for p in prompts] == ["CoNLL 2003"] * 6 + ["WikiANN en"] * 4  # int(11*20/32), ...
 
 
-def test_sft_trains_on_the_ner_cot_rationale_and_refuses_a_source_without_one() -> None:
+def test_sft_trains_on_the_ner_cot_rationale_and_refuses_a_source_without_one(tmp_path: Path) -> None:
     examples = sft_examples([NER_COT], PromptArguments())
     example, answer, rationale = examples[0]
     assert rationale.startswith('"EU" is an organisation')
@@ -157,6 +157,21 @@ def test_sft_trains_on_the_ner_cot_rationale_and_refuses_a_source_without_one() 
     assert corpora == ["CoNLL 2003"]  # what the NER-CoT records name as their source; InstructUIE has none
     with pytest.raises(ValueError, match="has no rationale"):
         sft_examples([f"{UIE}@train?sets=WikiANN en"], PromptArguments())
+    released = tmp_path / "NER-CoT"  # the Hub release: string guids, the corpus under `dataset`
+    released.mkdir()
+    rows = [json.loads(line) for line in (HUB / "NER-CoT" / "train.jsonl").read_text().splitlines()]
+    renamed = [
+        {
+            **{k: v for k, v in row.items() if k != "source"},
+            "guid": str(row["guid"]),
+            "dataset": row["source"],
+        }
+        for row in rows
+    ]
+    (released / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in renamed))
+    corpora = []
+    assert len(sft_examples([f"hf:{released}@train"], PromptArguments(), corpora=corpora)) == len(rows)
+    assert corpora == ["CoNLL 2003"]
     assert len(sft_examples([f"{UIE}@train?sets=WikiANN en"], PromptArguments(reasoning=False))) == 12
 
 
@@ -418,3 +433,30 @@ def test_a_hub_instructuie_tree_is_read_from_the_cache_offline(tmp_path: Path) -
         (d.name, len(d.examples)) for d, _ in load_source_sets(f"{UIE}@train?sets=CoNLL 2003,WikiANN en")
     ]
     assert result.stdout.strip() == str(expected)
+
+
+def test_a_bad_record_of_a_local_instructuie_tree_or_file_is_named_by_its_file_and_line(
+    tmp_path: Path,
+) -> None:
+    """What `recipes/README.md` has users do with their own InstructUIE copy: every error names where."""
+    from reasoningner.readers import DataError
+
+    tree = tmp_path / "NER"
+    shutil.copytree(HUB / "InstructUIE" / "NER" / "CoNLL 2003", tree / "set")
+    train = tree / "set" / "train.json"
+    records = json.loads(train.read_text())
+    records[1]["sentence"] = 7
+    train.write_text(json.dumps(records, indent=1))
+    line = next(n for n, text in enumerate(train.read_text().splitlines(), 1) if '"sentence": 7' in text)
+    with pytest.raises(DataError, match=rf"train.json:{line - 1}: record 1: field 'sentence' must be a str"):
+        load_source(f"hf:{tree}@train?sets=set")
+    assert len(load_source(f"hf:{tree}@train?sets=set", on_error="skip").skipped) == 1
+
+    (tree / "set" / "labels.json").write_text('["person",\n')
+    with pytest.raises(DataError, match=r"set/labels.json: not JSON"):
+        load_source(f"hf:{tree}@train?sets=set")
+
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "Ann ran .", "entities": []}\n{"text": \n')
+    with pytest.raises(DataError, match=r"broken.jsonl: not readable as json"):
+        load_source(f"hf:{broken}")
