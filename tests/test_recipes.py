@@ -532,8 +532,8 @@ def test_cot_slurm_annotates_its_array_shard_against_the_local_server(tmp_path: 
 def test_vllm_serve_slurm_serves_grpo_with_trl(tmp_path: Path) -> None:
     calls = run_slurm("vllm_serve.slurm", ["grpo", "outputs/qwen3-8b/sft"], {}, tmp_path)
     assert calls == [
-        "trl vllm-serve --model outputs/qwen3-8b/sft --host 0.0.0.0 --port 8000 --tensor_parallel_size 1 "
-        "--data_parallel_size 8 --gpu_memory_utilization 0.9 --max_model_len 8192"
+        "trl vllm-serve --model outputs/qwen3-8b/sft --host 0.0.0.0 --port 8000 --tensor_parallel_size 8 "
+        "--data_parallel_size 1 --gpu_memory_utilization 0.9 --max_model_len 8192"  # TRL: no DP for dense
     ]
 
 
