@@ -27,6 +27,7 @@ import yaml
 
 from reasoningner.configs import NEEDS, is_hub_id
 from reasoningner.cot import ANNOTATIONS, shard_name
+from reasoningner.evaluate import GENERATIONS, OTHER_GENERATIONS, RESULTS_JSON
 from reasoningner.sources import hub_cached, is_source, offline, resolvable
 from reasoningner.tracking import MANIFEST, RUN_SETTINGS
 
@@ -34,8 +35,12 @@ from reasoningner.tracking import MANIFEST, RUN_SETTINGS
 # states) on a GPU, a model's outputs elsewhere.
 DISK_GB = {"train-gpu": 200, "gpu": 20, "cpu": 1}
 # What a stage leaves in its output_dir: settings and manifest (all), stage 1's annotations and their shard
-# files, the Trainer's checkpoints.
-RUN_MARKERS = (RUN_SETTINGS, MANIFEST, ANNOTATIONS, shard_name(ANNOTATIONS, "*", "*"), "checkpoint-*")
+# files, the Trainer's checkpoints, an evaluation's outputs (all a killed one leaves: its relaunch asks
+# only what they lack).
+RUN_MARKERS = (
+    RUN_SETTINGS, MANIFEST, ANNOTATIONS, shard_name(ANNOTATIONS, "*", "*"), "checkpoint-*",
+    GENERATIONS, OTHER_GENERATIONS, RESULTS_JSON,
+)  # fmt: skip
 
 
 # A torch extension build (DeepSpeed compiles its ops at first use) holds `lock` in its folder while it

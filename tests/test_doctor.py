@@ -238,3 +238,13 @@ def test_a_folder_holding_a_stage_1_run_is_resumable_not_foreign(tmp_path: Path,
     assert check.status == "ok" and "holds a run" in check.message
     path.rename(path.with_name("notes.jsonl"))
     assert doctor.check_output_dir({"output_dir": args.output_dir})[0].status == "FAIL"
+
+
+def test_a_folder_holding_a_killed_evaluation_is_resumable_not_foreign(tmp_path: Path) -> None:
+    """A kill mid-evaluation leaves only generations.jsonl: `make eval` must relaunch it."""
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "generations.jsonl").write_text("{}\n")
+    (out / "generations.jsonl.lock").write_text("")
+    [check] = doctor.check_output_dir({"output_dir": str(out)})
+    assert check.status == "ok" and "holds a run" in check.message
