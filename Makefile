@@ -35,9 +35,9 @@ one-process = $(if $(NUM_GPUS)$(NUM_PROCS),$(error make $@ runs one process; the
 # Every stage starts with `reasoningner doctor` on the same recipe, GPU count and ARGS: seconds, one line per
 # check (GPUs, torch build, vLLM/flash-attn/Liger, W&B, data, model, output dir, disk, chat template, a dead
 # torch extension build's lock).
-# DOCTOR= skips it.
+# DOCTOR= skips it. ARGS reach it as one word, its own quotes escaped (ARGS="--backend_options '{...}'").
 DOCTOR ?= $(BIN)/reasoningner doctor
-doctor = $(if $(DOCTOR),$(DOCTOR) $(RECIPE) $(if $(NUM_GPUS),--num-gpus $(NUM_GPUS) )--args='$(ARGS)' && )
+doctor = $(if $(DOCTOR),$(DOCTOR) $(RECIPE) $(if $(NUM_GPUS),--num-gpus $(NUM_GPUS) )--args='$(subst ','\'',$(ARGS))' && )
 
 .PHONY: cot sft rl eval smoke
 

@@ -159,6 +159,30 @@ def test_the_makefile_runs_doctor_before_every_stage() -> None:
         assert f"doctor recipes/tiny-cpu/{stage}.yaml --args='--limit 2' && " in dry
 
 
+def test_doctor_gets_the_stage_arguments_whole_even_with_quotes(tmp_path: Path) -> None:
+    """The recipes' README passes JSON in single quotes: doctor and the stage both get it as written."""
+    import subprocess
+
+    echo = tmp_path / "echo"
+    echo.write_text('#!/bin/sh\nfor arg in "$@"; do printf "%s\\n" "$arg"; done\n')
+    echo.chmod(0o755)
+    (tmp_path / "python").symlink_to(echo)  # the stage: $(BIN)/python stages/eval.py ...
+    args = """--backend_options '{"batch_size": 16}' --limit 2"""
+    make = ["make", "-s", "-o", "install", "eval", "RECIPE=r.yaml", f"DOCTOR={echo}", f"BIN={tmp_path}"]
+    run = subprocess.run([*make, f"ARGS={args}"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    stage = [
+        "stages/eval.py",
+        "--config",
+        "r.yaml",
+        "--backend_options",
+        '{"batch_size": 16}',
+        "--limit",
+        "2",
+    ]
+    assert run.stdout.splitlines() == ["r.yaml", f"--args={args}", *stage]
+
+
 @pytest.mark.parametrize("root", ["TORCH_EXTENSIONS_DIR", "default"])
 def test_a_dead_extension_build_lock_fails_doctor_and_the_trainer_stages(
     root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path
