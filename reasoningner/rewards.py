@@ -50,8 +50,9 @@ is off by default because evaluation does not fold, and a reward that forgives w
 punishes teaches the wrong label.
 
 Guards against the obvious hacks: a completion longer than `MAX_COMPLETION_CHARS` gets 0 on every
-component; an answer copied into the rationale (so that consistency is trivially met) gets 0
-consistency; an answer that cannot be read (empty, or junk the parser recovers no entity from)
+component; an answer copied into the rationale asserts nothing (consistency reads only the rationale's
+`"X" is a LABEL` assertions, as stage 1's filter does), so it cannot fake consistency; an answer that
+cannot be read (empty, or junk the parser recovers no entity from)
 counts as no answer: 0 on every component but the rationale half of format (an empty output is not
 "compliant", and junk on a sentence without entities must not pass for "nothing found").
 Repeating an entity changes nothing: spans are deduplicated by the parser, ungrounded mentions here.
@@ -189,8 +190,6 @@ def analyse(
     if parse_mode == "strict" and syntax:
         # Readable only by salvage: no answer a program could use, but format still grades the syntax.
         return Analysis(rationale=rationale, format_score=format_score)
-    # An answer copied into the rationale would make consistency trivially met: it earns nothing.
-    copied = bool(pairs) and answer in (rationale or "")
     in_schema = grounded = None
     if pairs:  # the parser reports every label outside the schema, and grounds every text it can
         in_schema = 1.0
@@ -202,7 +201,7 @@ def analyse(
         parse=parse,
         predicted_keys=frozenset(text_keys(pairs)),
         format_score=format_score,
-        reasoned=has_rationale and not copied,
+        reasoned=has_rationale,
         in_schema=in_schema,
         grounded=grounded,
     )

@@ -148,11 +148,12 @@ CASES = [
     # No reasoning: the rationale half of format and all of consistency are lost.
     pytest.param(f"<think></think>{ANSWER}", expect(0.5, 1, 1, 0, 1, 1), id="empty-rationale"),
     pytest.param(ANSWER, expect(0.5, 1, 1, 0, 1, 1), id="no-rationale"),
-    # The answer pasted into the rationale: consistency is forfeited.
+    # The answer restated in the rationale, as teachers write: it asserts nothing, so it neither earns nor
+    # costs consistency (stage 1 accepts such rationales and SFT teaches them).
     pytest.param(
         complete(f"{RATIONALE}\nSo the answer is {ANSWER}", ANSWER),
-        expect(1, 1, 1, 0, 1, 1),
-        id="answer-copied",
+        expect(1, 1, 1, 1, 1, 1),
+        id="answer-restated",
     ),
     pytest.param(complete(RATIONALE + "\nHmm." * MAX_COMPLETION_CHARS, ANSWER), ALL_ZERO, id="giant-output"),
     # Paris is not in the sentence: F1 2·3 / (6 + 1) = 6/7 (text and exact: an ungrounded mention is a
@@ -281,10 +282,18 @@ def test_guard_oversized_completion_scores_zero_everywhere() -> None:
     assert score(at_limit.replace("x", "xx", 1)) == ALL_ZERO
 
 
-def test_guard_answer_copied_into_rationale_forfeits_consistency() -> None:
-    assert score(complete(f"{RATIONALE}\n{ANSWER}", ANSWER))["consistency"] == 0.0
-    # An answer without entities in the rationale is not a copy that could fake anything.
-    assert score(complete(f"{NOTHING} {EMPTY}", EMPTY), NO_ENTITY_TEXT, [])["consistency"] == 1.0
+def test_an_answer_copied_into_the_rationale_asserts_nothing_as_in_stage_1() -> None:
+    """Consistency reads only the rationale's assertions, for the reward as for stage 1's filter: a
+    copied answer (any format) adds none, so it cannot fake consistency and is not charged either."""
+    from reasoningner.cot import score_sample
+    from reasoningner.generation import Completion
+
+    assert score(complete(ANSWER, ANSWER))["consistency"] == 0.0  # the copy alone asserts nothing
+    restated = complete(f"{RATIONALE}\nSo the answer is: {ANSWER}", ANSWER)
+    assert score(restated)["consistency"] == 1.0
+    example = Example(TEXT, tuple(spans_from_dicts(GOLD)), Schema(tuple(LABELS)), "x")
+    sample = score_sample(example, Completion(restated, 1), get_format("grouped_json"), "text")
+    assert sample.consistency == 1.0
 
 
 @pytest.mark.parametrize(
