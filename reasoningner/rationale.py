@@ -9,7 +9,8 @@ an *assertion*:
     "lamb" is not an entity
 
 An assertion is a double-quoted text (straight or curly quotes; no space after the opening
-quote, no newline inside, at most 200 characters), then a linking phrase
+quote, no newline inside, at most 200 characters; a text holding a straight quote, such as
+`Roberto " Hands of Stone " Duran`, is written in curly ones), then a linking phrase
 (`is a`, `is an`, `is the`, `is`, `->`, `→`, `:`, `=`, `as`, `labelled`, `labeled`), then a label
 of the schema, matched case-insensitively as a whole word (underscores in labels may be written as
 spaces). "is not a(n) <label>" and "is not an entity" are rejections: they assert nothing.
@@ -36,6 +37,8 @@ from reasoningner.spans import Example, Schema
 # space, so that a closing quote (followed by " is a ...") fails at once instead of scanning the rest
 # of its line. Quotes and newlines have no case, so only the link and the label ignore case.
 _QUOTED = r"{quote}(?=[^\s\"“”])(?=(?P<text>[^\"“”\n]{{1,200}}))(?P=text){quote}"
+# Curly quotes around a text that holds straight ones (the other alternative, tried second).
+_CURLY_QUOTED = r"“(?=[^\s“”])(?=(?P<curly>[^“”\n]{1,200}))(?P=curly)”"
 _LINK = (
     r"\s*(?:is\s+(?P<negation>not\s+)?(?:an?\s+|the\s+)?|->\s*|→\s*|:\s*|=\s*|as\s+(?:an?\s+)?"
     r"|label(?:l)?ed\s+(?:as\s+)?(?:an?\s+)?)"
@@ -48,11 +51,14 @@ _LINK_WORDS = frozenset({"a", "an", "the", "not", "as"})
 def _assertion_pattern(labels: tuple[str, ...], curly_quotes: bool) -> re.Pattern[str]:
     """The assertion regex; without curly quotes in the text, quotes are found as one character,
     which the regex engine searches for much faster than a class of three. Its groups are, in
-    order: text, link, negation, label."""
+    order: text, curly text (with curly quotes only), link, negation, label."""
     # Longest labels first so "musicalartist" wins over "artist"-like prefixes.
     alternatives = sorted({re.escape(label).replace("_", "[_ ]") for label in labels}, key=len, reverse=True)
     label_group = "(?P<label>" + "|".join(alternatives) + ")"
-    quoted = _QUOTED.format(quote='["“”]' if curly_quotes else '"')
+    if curly_quotes:
+        quoted = "(?:" + _QUOTED.format(quote='["“”]') + "|" + _CURLY_QUOTED + ")"
+    else:
+        quoted = _QUOTED.format(quote='"')
     first_words = {label.casefold().replace("_", " ").split(" ")[0] for label in labels}
     link = f"(?P<link>{_LINK})" if first_words & _LINK_WORDS else f"(?=(?P<link>{_LINK}))(?P=link)"
     return re.compile(quoted + "(?i:" + link + label_group + r"(?![\w-]))")
@@ -69,11 +75,14 @@ def _canonical_labels(labels: tuple[str, ...]) -> dict[str, str]:
 def asserted_entities(rationale: str, schema: Schema) -> list[tuple[str, str]]:
     """(text, label) pairs the rationale asserts as entities, in order; rejections are left out."""
     canonical = _canonical_labels(schema.labels)
-    pattern = _assertion_pattern(schema.labels, "“" in rationale or "”" in rationale)
+    curly = "“" in rationale or "”" in rationale
     # findall gives the groups in pattern order without a match object each.
+    found = _assertion_pattern(schema.labels, curly).findall(rationale)
+    if not curly:
+        found = [(text, "", link, negation, label) for text, link, negation, label in found]
     return [
-        (text, canonical.get(label) or canonical[label.casefold().replace("_", " ")])
-        for text, _link, negation, label in pattern.findall(rationale)
+        (text or curly_text, canonical.get(label) or canonical[label.casefold().replace("_", " ")])
+        for text, curly_text, _link, negation, label in found
         if not negation
     ]
 
@@ -94,7 +103,8 @@ def _article(label: str) -> str:
 
 def assertion(text: str, label: str) -> str:
     """The canonical way to state one decision, understood by `asserted_entities`."""
-    return f'"{text}" is {_article(label)} {label}'
+    quoted = f"“{text}”" if '"' in text else f'"{text}"'
+    return f"{quoted} is {_article(label)} {label}"
 
 
 def gold_template_rationale(example: Example, context_words: int = 3) -> str:

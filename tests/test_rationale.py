@@ -52,6 +52,18 @@ def test_the_canonical_statement_is_understood() -> None:
         assert asserted_entities(assertion("New York", label), SCHEMA) == [("New York", label)]
 
 
+def test_a_text_holding_straight_quotes_is_stated_in_curly_ones_and_read_back() -> None:
+    """CoNLL writes nicknames inside the name (`Roberto " Hands of Stone " Duran`): the straight-quote
+    statement of it could not be read, so stage 1 rejected every such sentence at consistency 1.0."""
+    nickname = 'Roberto " Hands of Stone " Duran'
+    statement = assertion(nickname, "person")
+    assert statement == '“Roberto " Hands of Stone " Duran” is a person'
+    rationale = f'{statement}\n"EU" is an organisation\n“Bonn" is a location'  # mixed quotes still read
+    expected = [(nickname, "person"), ("EU", "organisation"), ("Bonn", "location")]
+    assert asserted_entities(rationale, SCHEMA) == expected
+    assert consistency(rationale, expected, SCHEMA) == 1.0
+
+
 fragments = st.sampled_from(
     [
         '"',
