@@ -210,20 +210,22 @@ THINK_CLOSE = "</think>"
 _FENCE = re.compile(r"```(?:[\w+-]*[ \t]*\n)?(.*?)(?:```|\Z)", re.DOTALL)
 
 
-def message_text(message: dict[str, Any]) -> str:
+def message_text(message: dict[str, Any], *, cut_when_only_reasoning: bool = False) -> str:
     """A chat message's text with its rationale in front, where a parser split it off.
 
     `vllm serve --reasoning-parser ...` (and transformers' `parse_response`, which TRL's GRPO uses when
     the tokenizer has a `response_template`) move the `<think>` text into `reasoning_content` (or
-    `reasoning`, vLLM's name since 0.12); what parses the text needs it back. With no content, the
-    parser found no `</think>` and moved the whole output (Qwen3's, thinking on): it is returned as the
+    `reasoning`, vLLM's name since 0.12); what parses the text needs it back. With no content, vLLM's
+    Qwen3 parser found no `</think>` and moved the whole output (thinking on): it is returned as the
     model wrote it, so that an answer written without a rationale is not taken for a rationale
-    followed by an empty answer.
+    followed by an empty answer. `parse_response` fills the reasoning only after a `<think>` it read:
+    there (`cut_when_only_reasoning`) no content means the output was cut inside its rationale, and
+    it is returned unclosed, which `split_answer` reports.
     """
     content = message.get("content") or ""
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     if reasoning and not content.strip():
-        return str(reasoning)
+        return f"{THINK_OPEN}\n{reasoning}" if cut_when_only_reasoning else str(reasoning)
     if reasoning and THINK_CLOSE not in content:
         return f"{THINK_OPEN}\n{str(reasoning).strip()}\n{THINK_CLOSE}\n{content}"
     return str(content)

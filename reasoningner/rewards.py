@@ -213,7 +213,7 @@ def _completion_text(completion: Any) -> str:
     if isinstance(completion, str):
         return completion
     if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
-        return message_text(completion[-1])
+        return message_text(completion[-1], cut_when_only_reasoning=True)
     return ""
 
 

@@ -326,6 +326,11 @@ def test_string_and_conversational_completions_score_the_same() -> None:
     # A tokenizer that parses responses (TRL uses transformers' parse_response then) splits the rationale off.
     parsed = [{"role": "assistant", "reasoning_content": RATIONALE, "content": ANSWER}]
     assert score(parsed) == score(complete(RATIONALE, ANSWER)) and score(parsed) != score(ANSWER)
+    # parse_response fills the reasoning only after a <think> it read: no content is a completion cut
+    # inside its rationale, whose draft answer must not be read as the answer (12.4 of 14 before).
+    draft = f"{RATIONALE}\nDraft: {ANSWER}"
+    cut = [{"role": "assistant", "reasoning_content": draft, "content": ""}]
+    assert score(cut) == score(f"<think>\n{draft}") == ALL_ZERO
 
 
 def test_one_batch_is_analysed_once_and_a_new_batch_never_gets_stale_scores() -> None:
