@@ -265,11 +265,7 @@ def claim_output_dir(
         if earlier is None:
             logger.warning("%s has no %s: resuming without checking its settings", output_dir, RUN_SETTINGS)
         else:
-            differences = [
-                f"{key}: {earlier.get(key, '<unset>')!r} -> {settings.get(key, '<unset>')!r}"
-                for key in sorted(earlier.keys() | settings.keys())
-                if not _same_setting(earlier.get(key), settings.get(key))
-            ]
+            differences = _differences(earlier, settings)
             if differences:
                 raise ValueError(
                     f"{output_dir} holds a run with other settings ({'; '.join(differences)}): rerun with "
@@ -279,6 +275,25 @@ def claim_output_dir(
         output_dir.mkdir(parents=True, exist_ok=True)
         _write_json(path, settings)
     return bool(leftovers) and not overwrite
+
+
+def recorded_run(output_dir: str | Path, settings: dict[str, Any]) -> bool:
+    """Whether `output_dir` records an attempt of this very run (its `run_settings.json`, the same
+    settings), even one killed before it saved anything: read before `claim_output_dir` rewrites it."""
+    path = Path(output_dir) / RUN_SETTINGS
+    if not path.is_file():
+        return False
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    return not _differences(earlier, json.loads(json.dumps(settings, default=str)))
+
+
+def _differences(earlier: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """`key: before -> now` for each setting that changed."""
+    return [
+        f"{key}: {earlier.get(key, '<unset>')!r} -> {settings.get(key, '<unset>')!r}"
+        for key in sorted(earlier.keys() | settings.keys())
+        if not _same_setting(earlier.get(key), settings.get(key))
+    ]
 
 
 def _same_setting(earlier: Any, now: Any) -> bool:
@@ -396,9 +411,10 @@ _RUN_IDS_SET_HERE: set[str] = set()  # not the user's: a later stage in this pro
 
 
 def continue_wandb_run(output_dir: str | Path, resuming: bool) -> None:
-    """One W&B run per training run however often it is relaunched: a run that resumes from its
-    checkpoints logs into the W&B run of its first attempt (its id kept in the output folder), a fresh
-    start (or `overwrite_output_dir`) opens a new one. A `WANDB_RUN_ID` the user set wins."""
+    """One W&B run per training run however often it is relaunched: a relaunch of the same run (from
+    its checkpoints, or killed before its first) logs into the W&B run of its first attempt (its id
+    kept in the output folder), a fresh start (or `overwrite_output_dir`) opens a new one. A
+    `WANDB_RUN_ID` the user set wins."""
     given = os.environ.get("WANDB_RUN_ID")
     if given and given not in _RUN_IDS_SET_HERE:
         return

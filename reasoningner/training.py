@@ -31,6 +31,7 @@ from reasoningner.tracking import (
     continue_wandb_run,
     keep_secrets_out,
     record_trainer_stage,
+    recorded_run,
     run_settings,
     set_trainer_run,
     wants_wandb,
@@ -325,16 +326,18 @@ def start_trainer_stage(
     configs = (script_args, prompt, training_args, model_args)
     # The process count is part of the run: a checkpoint resumed on another skips or repeats data
     # (the Trainer skips steps x accumulation batches per process) and ZeRO's optimizer shards no longer fit.
+    settings = run_settings(config_dict(*configs)) | {"world_size": training_args.world_size}
+    relaunch = not script_args.overwrite_output_dir and recorded_run(training_args.output_dir, settings)
     resume = claim_output_dir(
         training_args.output_dir,
-        run_settings(config_dict(*configs)) | {"world_size": training_args.world_size},
+        settings,
         overwrite=script_args.overwrite_output_dir,
         stale=TRAINER_OUTPUTS,
         write=main_process,
     )
     checkpoint = last_checkpoint(training_args.output_dir) if resume else None
     if main_process and wants_wandb(training_args.report_to):
-        continue_wandb_run(training_args.output_dir, resuming=resume)
+        continue_wandb_run(training_args.output_dir, resuming=resume or relaunch)
     if checkpoint:
         # `eval_on_start` means step 0, already evaluated: at the checkpoint's step it would log a second
         # or an unscheduled evaluation.

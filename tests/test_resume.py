@@ -383,3 +383,31 @@ def test_a_hub_token_given_as_an_argument_is_recorded_nowhere(
     written = [p for folder in (out, wandb_dir) for p in folder.rglob("*") if p.is_file()]
     assert any(p.name == "training_args.bin" for p in written) and any(p.suffix == ".wandb" for p in written)
     assert [p for p in written if secret.encode() in p.read_bytes()] == []
+
+
+def test_a_run_killed_before_its_first_checkpoint_keeps_its_wandb_run(
+    tiny_model_dir: Path, annotations: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A requeue before the first save is the same run: one W&B run, not a second one beside a crashed one.
+    Other settings, or overwrite_output_dir, open a new one."""
+    from reasoningner.training import start_trainer_stage
+
+    parser = load_stage("sft").make_parser()
+    out = tmp_path / "sft"
+
+    def start(*extra: str) -> str:
+        monkeypatch.delenv("WANDB_RUN_ID", raising=False)  # each launch is a new process
+        parsed = parser.parse_args_and_config(
+            args=sft_args(tiny_model_dir, annotations, out, "--report_to", "wandb", *extra)
+        )
+        start_trainer_stage("sft", *parsed)
+        return os.environ["WANDB_RUN_ID"]
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.delenv("WANDB_RESUME", raising=False)  # restored after the test, as WANDB_RUN_ID
+    first = start()
+    assert not list(out.glob("checkpoint-*"))  # killed here, before anything was saved
+    assert start() == first
+    other = start("--learning_rate", "2e-3")
+    assert other != first
+    assert start("--learning_rate", "2e-3", "--overwrite_output_dir", "true") != other
