@@ -133,14 +133,37 @@ def write_model_card(output_dir: str | Path, repo_id: str | None = None) -> Path
     return output_dir / CARD
 
 
-def hub_repository(name: str, private: bool = False) -> str:
+def hub_repository(name: str, output_dir: str | Path, private: bool = False) -> str:
     """The full id (`owner/name`) of the Hub repository `name` names, made now if missing (the token
     comes from `HF_TOKEN` or the login): a training stage asks before it trains, so that a missing login
     or a name the account may not use fails then, not after days of training, and so that the card names
-    the repository users load (a bare `name` is the account's)."""
-    from huggingface_hub import HfApi
+    the repository users load (a bare `name` is the account's).
 
-    return HfApi().create_repo(name, private=private, exist_ok=True).repo_id
+    Publishing replaces every file there (`publish`): a repository that holds another model (one not
+    published from a folder of this name, or not by us) is refused, before training."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    api = HfApi()
+    repo_id = api.create_repo(name, private=private, exist_ok=True).repo_id
+    files = [file for file in api.list_repo_files(repo_id) if file != ".gitattributes"]
+    if files:
+        published_from = None
+        if MANIFEST in files:
+            manifest = json.loads(Path(hf_hub_download(repo_id, MANIFEST)).read_text(encoding="utf-8"))
+            published_from = manifest.get("config", {}).get("output_dir")
+        if published_from is None or run_folder(published_from) != run_folder(output_dir):
+            raise ValueError(
+                f"{repo_id} holds another model ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''}; "
+                f"published from {published_from or 'elsewhere'}), whose files publishing would delete: "
+                "give --hub_model_id another name, or empty that repository"
+            )
+    return repo_id
+
+
+def run_folder(output_dir: str | Path) -> str:
+    """A run's folder by its last two parts (`qwen3-8b/sft`): the default repository name, and how a
+    repository is known as this run's however the folder's path is spelled."""
+    return "/".join(Path(output_dir).resolve().parts[-2:])
 
 
 def publish(output_dir: str | Path, repo_id: str) -> str:

@@ -23,7 +23,7 @@ from trl.trainer.utils import RepeatSampler
 
 from reasoningner.configs import PromptArguments, PromptContract, is_hub_id, require_model
 from reasoningner.doctor import stale_build_locks
-from reasoningner.model_card import hub_repository, publish, write_model_card
+from reasoningner.model_card import hub_repository, publish, run_folder, write_model_card
 from reasoningner.tracking import (
     MANIFEST,
     claim_output_dir,
@@ -304,9 +304,11 @@ def start_trainer_stage(
     push_to = None
     if training_args.push_to_hub:
         check_publishable(script_args, model_args)
-        push_to = training_args.hub_model_id or Path(training_args.output_dir).name
+        # By default named after the run's folder and its parent (qwen3-8b-sft): `sft` alone would
+        # send every model of one stage to one repository.
+        push_to = training_args.hub_model_id or run_folder(training_args.output_dir).replace("/", "-")
         if main_process:
-            push_to = hub_repository(push_to, training_args.hub_private_repo)
+            push_to = hub_repository(push_to, training_args.output_dir, training_args.hub_private_repo)
     training_args.push_to_hub = False
     set_seed(training_args.seed)
     stale = stale_build_locks()

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -291,17 +292,28 @@ def check_lora_output(
     return loss
 
 
-def fake_hub(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """HfApi's repository creation and upload, recorded (a bare name is the account `me`'s)."""
+def fake_hub(monkeypatch: pytest.MonkeyPatch, files: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """HfApi's repository creation and upload, recorded (a bare name is the account `me`'s); every
+    repository holds `files` (name -> text) until an upload."""
+    import huggingface_hub
     from huggingface_hub import HfApi, RepoUrl
 
     uploads: list[dict[str, Any]] = []
+    held = dict(files or {})
 
     def create_repo(self: HfApi, repo_id: str, **kw: Any) -> RepoUrl:
         uploads.append({"repo": repo_id})
         return RepoUrl(f"https://huggingface.co/{repo_id if '/' in repo_id else 'me/' + repo_id}")
 
+    def download(repo_id: str, filename: str, **kw: Any) -> str:
+        path = Path(tempfile.mkdtemp()) / filename
+        path.write_text(held[filename])
+        return str(path)
+
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "list_repo_files", lambda self, repo_id, **kw: [".gitattributes", *held])
+    if held:
+        monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
     monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: uploads.append(kw) or "https://hub/commit")
     return uploads
 
@@ -511,6 +523,27 @@ def test_publishing_asks_the_hub_before_training_and_refuses_an_adapter_no_one_e
         run_stage(*args, *LORA, "--push_to_hub", "true")
 
 
+def test_publishing_refuses_before_training_a_repository_holding_another_model(
+    model_dir: Path, cot_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Publishing replaces a repository's files: one of another project, or of another run of ours, is
+    refused before anything trains; a republish of this run (same folder) goes ahead."""
+    out = tmp_path / "sft"
+    args = [*stage_args(model_dir, cot_file, out, max_steps=1, lr=1e-3), "--push_to_hub", "true"]
+    fake_hub(monkeypatch, {"model.safetensors": "", "README.md": "someone's model"})
+    refused = r"me/mine holds another model \(model.safetensors, README.md; published from elsewhere\)"
+    with pytest.raises(ValueError, match=refused + r".*--hub_model_id another name"):
+        run_stage(*args, "--hub_model_id", "mine")
+    ours_elsewhere = json.dumps({"config": {"output_dir": str(tmp_path / "other" / "sft")}})
+    fake_hub(monkeypatch, {"manifest.json": ours_elsewhere})
+    with pytest.raises(ValueError, match=r"published from .*other/sft"):
+        run_stage(*args, "--hub_model_id", "mine")
+    assert not out.exists()  # nothing trained or claimed
+    uploads = fake_hub(monkeypatch, {"manifest.json": json.dumps({"config": {"output_dir": str(out)}})})
+    run_stage(*args, "--hub_model_id", "mine")
+    assert uploads[-1]["repo_id"] == "me/mine"
+
+
 def test_the_model_card_tells_how_to_use_the_model_and_publishing_uploads_it_with_the_card(
     model_dir: Path, cot_file: Path, tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -519,15 +552,16 @@ def test_the_model_card_tells_how_to_use_the_model_and_publishing_uploads_it_wit
     args = stage_args(model_dir, cot_file, out, max_steps=2, lr=1e-3)
     run_stage(*args, "--save_strategy", "steps", "--save_steps", "1", "--push_to_hub", "true")
     card = (out / "README.md").read_text()
-    assert "[None]" not in card and 'NERModel.from_pretrained("me/tiny-ner")' in card
+    assert "[None]" not in card and f'NERModel.from_pretrained("me/{tmp_path.name}-tiny-ner")' in card
     for label in PromptContract.load(out).labels:
         assert f"`{label}`" in card
     assert "| `compact_prompt` | `True` |" in card and "| `learning_rate` | `0.001` |" in card
     assert f"`{cot_file}`" in card  # the training data, with its fingerprint
-    assert uploads[0] == {"repo": "tiny-ner"}
-    assert uploads[1]["repo_id"] == "me/tiny-ner" and uploads[1]["folder_path"] == str(out)
+    default = f"{tmp_path.name}-tiny-ner"  # the run folder and its parent: not every sft run in one repo
+    assert uploads[0] == {"repo": default}
+    assert uploads[1]["repo_id"] == f"me/{default}" and uploads[1]["folder_path"] == str(out)
     assert "checkpoint-*" in uploads[1]["ignore_patterns"] and uploads[1]["delete_patterns"] == "*"
     assert (out / "checkpoint-2").is_dir()  # the Trainer itself pushed nothing
     # The card's usage snippet runs as written, against the local folder.
     snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
-    exec(snippet.replace('"me/tiny-ner"', f'"{out}", max_new_tokens=8'), {})
+    exec(snippet.replace(f'"me/{default}"', f'"{out}", max_new_tokens=8'), {})
