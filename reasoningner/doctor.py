@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import yaml
 
@@ -158,12 +159,18 @@ def check_wandb(recipe: dict[str, Any]) -> list[Check]:
     mode = os.environ.get("WANDB_MODE", "")
     if mode in ("offline", "disabled") or os.environ.get("WANDB_API_KEY"):
         return [Check("wandb", "ok", f"WANDB_MODE={mode}" if mode else "WANDB_API_KEY is set")]
+    if os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return [Check("wandb", "ok", "WANDB_IDENTITY_TOKEN_FILE is set")]
+    # `wandb login` writes the key for its server's host (WANDB_BASE_URL, a self-hosted one too) into the
+    # netrc file (NETRC, else ~/.netrc), where wandb reads it.
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or ""
+    file = os.environ.get("NETRC")
     try:
-        logged_in = netrc.netrc().authenticators("api.wandb.ai") is not None
+        logged_in = netrc.netrc(file).authenticators(host) is not None
     except (FileNotFoundError, netrc.NetrcParseError):
         logged_in = False
     if logged_in:
-        return [Check("wandb", "ok", "credentials in ~/.netrc")]
+        return [Check("wandb", "ok", f"credentials for {host} in {file or '~/.netrc'}")]
     return [Check("wandb", "FAIL", "report_to: wandb without credentials: `wandb login`, WANDB_API_KEY, "
                   "WANDB_MODE=offline, or --report_to none")]  # fmt: skip
 

@@ -32,6 +32,8 @@ def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))  # an empty cache
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
+    for name in ("WANDB_BASE_URL", "NETRC", "WANDB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub-cache"))
 
@@ -272,3 +274,23 @@ def test_a_folder_holding_a_killed_evaluation_is_resumable_not_foreign(tmp_path:
     (out / "generations.jsonl.lock").write_text("")
     [check] = doctor.check_output_dir({"output_dir": str(out)})
     assert check.status == "ok" and "holds a run" in check.message
+
+
+def test_wandb_credentials_are_looked_up_for_the_server_wandb_uses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A self-hosted server's login is in the netrc file under its own host, which wandb reads."""
+    recipe = {"report_to": ["wandb"]}
+    netrc_file = tmp_path / "netrc"
+    netrc_file.write_text("machine wandb.corp.example\n  login user\n  password key\n")
+    netrc_file.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc_file))
+    assert doctor.check_wandb(recipe)[0].status == "FAIL"  # api.wandb.ai has no login there
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.corp.example")
+    [check] = doctor.check_wandb(recipe)
+    assert check.status == "ok" and "wandb.corp.example" in check.message
+    monkeypatch.delenv("NETRC")
+    assert doctor.check_wandb(recipe)[0].status == "FAIL"  # ~/.netrc (HOME is empty here)
+    (tmp_path / ".netrc").write_text(netrc_file.read_text())
+    (tmp_path / ".netrc").chmod(0o600)
+    assert doctor.check_wandb(recipe)[0].status == "ok"
