@@ -110,7 +110,10 @@ demo-seeds: install
 SMOKE := outputs/smoke
 SMOKE_RECIPES := recipes/reasoningner/qwen3-8b
 SMOKE_DEVICE = $(shell $(BIN)/python -c "import torch; print('' if torch.cuda.is_available() else '--use_cpu true')")
-SMOKE_ARGS = --max_steps 2 --report_to none --save_strategy no $(SMOKE_DEVICE)
+# The recipes' Liger kernels where Liger is installed (the image, the liger extra), else off: a GPU node
+# after a plain `make install` has not got it, which the recipes would refuse.
+SMOKE_LIGER = $(shell $(BIN)/python -c "import importlib.util as u; print('' if u.find_spec('liger_kernel') else '--use_liger_kernel false')")
+SMOKE_ARGS = --max_steps 2 --report_to none --save_strategy no $(SMOKE_DEVICE) $(SMOKE_LIGER)
 # One GPU at most: TRL refuses several GPUs visible to one process (nn.DataParallel).
 smoke: export CUDA_VISIBLE_DEVICES := $(firstword $(subst $(comma), ,$(or $(CUDA_VISIBLE_DEVICES),0)))
 smoke: install

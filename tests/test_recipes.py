@@ -565,3 +565,16 @@ def test_make_smoke_runs_on_one_gpu_of_the_node(tmp_path: Path) -> None:
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert f"reasoningner sees GPUs {expected}\n" in result.stdout
+
+
+def test_make_smoke_turns_liger_off_where_it_is_not_installed() -> None:
+    """The paper's recipes ask for Liger, which a plain `make install` leaves out (a GPU node's extra)."""
+    import importlib.util
+
+    dry = subprocess.run(
+        ["make", "-n", "-o", "install", "smoke"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.replace("\\\n", " ")  # a command continued over lines is one line
+    stage_lines = [line for line in dry.splitlines() if "stages/sft.py" in line or "stages/rl.py" in line]
+    assert len(stage_lines) == 2
+    missing = importlib.util.find_spec("liger_kernel") is None
+    assert all(("--use_liger_kernel false" in line) == missing for line in stage_lines)
