@@ -81,9 +81,15 @@ def fingerprint(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def git_commit() -> dict[str, Any]:
-    """The commit of the code that ran, and whether the working tree had uncommitted changes."""
-    root = Path(__file__).resolve().parents[1]
+CHECKOUT = Path(__file__).resolve().parents[1]  # the repository this package runs from
+
+
+def git_commit(root: Path = CHECKOUT) -> dict[str, Any]:
+    """The commit of the code that ran (the checkout at `root`), and whether the working tree had
+    uncommitted changes; in the docker image, which has no .git, the commit it was built from
+    (`REASONINGNER_GIT_COMMIT`)."""
+    if not (root / ".git").exists() and os.environ.get("REASONINGNER_GIT_COMMIT"):
+        return {"commit": os.environ["REASONINGNER_GIT_COMMIT"], "dirty": None}
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True

@@ -315,3 +315,15 @@ def test_one_pipeline_run_is_one_wandb_group_and_one_artifact_chain(tmp_path, of
     assert tables["generations"]["columns"] == columns
     assert len(tables["generations"]["data"]) == evaluation.summary["outputs"] == len(outputs) == 6
     assert evaluation.summary["outputs_in_generations_table"] == 6
+
+
+def test_the_commit_is_the_checkout_s_or_in_the_image_the_one_it_was_built_from(tmp_path, monkeypatch):
+    checkout = tracking.git_commit()
+    assert checkout["commit"] and len(checkout["commit"]) == 40
+    image = tmp_path / "workspace"  # the image's copy of the repository has no .git
+    image.mkdir()
+    monkeypatch.delenv("REASONINGNER_GIT_COMMIT", raising=False)
+    assert tracking.git_commit(image) == {"commit": None, "dirty": None}
+    monkeypatch.setenv("REASONINGNER_GIT_COMMIT", "0" * 40)  # docker build --build-arg GIT_COMMIT=...
+    assert tracking.git_commit(image) == {"commit": "0" * 40, "dirty": None}
+    assert tracking.git_commit() == checkout  # a checkout's own git wins
