@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from reasoningner.configs import PROMPT_CONTRACT, PromptArguments, PromptContract, is_hub_id
+from reasoningner.prompts import ner_instruction
+from reasoningner.sources import is_source, parse_source
+from reasoningner.spans import Schema
 from reasoningner.tracking import MANIFEST
 
 CARD = "README.md"
@@ -27,24 +30,41 @@ CARD_SETTINGS = (
 NOT_PUBLISHED = ["checkpoint-*", "run_settings.json", "wandb_run_id", "*.partial", "runs/*", "completions/*"]
 
 
-def model_card(model: str, manifest: dict[str, Any], contract: PromptContract) -> str:
-    """The card of the model found (or to be published) at `model`, from its manifest and contract."""
+def hub_base(model: str) -> str | None:
+    """The Hub model a training run started from, followed through local stages (GRPO from an SFT
+    folder, which started from the Hub model): what the card names as `base_model`."""
+    for _ in range(8):  # a chain of stages, not a cycle
+        if is_hub_id(model):
+            return model
+        folder = Path(model)
+        manifest = next((f / MANIFEST for f in (folder, folder.parent) if (f / MANIFEST).is_file()), None)
+        if manifest is None:
+            return None
+        model = str(json.loads(manifest.read_text(encoding="utf-8"))["config"].get("model_name_or_path", ""))
+    return None
+
+
+def model_card(model: str, manifest: dict[str, Any], contract: PromptContract, adapter: bool = False) -> str:
+    """The card of the model found (or to be published) at `model`, from its manifest and contract;
+    `adapter`: a LoRA adapter published alone (PEFT loads it on its base)."""
     config = manifest["config"]
     base = str(config.get("model_name_or_path", ""))
     labels = contract.labels
-    hub_data = [
-        str(entry["path"]).removeprefix("hf:").split("?")[0].split("@")[0].split(":")[0]
+    hub_data = [  # Hub repositories only: a local stand-in names nothing others can load
+        repo
         for entry in manifest["inputs"]
-        if str(entry["path"]).startswith("hf:")
+        if is_source(str(entry["path"])) and (repo := parse_source(str(entry["path"])).repo)
     ]
-    front = ["---", "library_name: transformers", "pipeline_tag: text-generation"]
+    front = ["---", f"library_name: {'peft' if adapter else 'transformers'}", "pipeline_tag: text-generation"]
     front += ["tags: [reasoningner, named-entity-recognition, trl, " + manifest["stage"] + "]"]
-    if is_hub_id(base):
-        front.append(f"base_model: {base}")
+    if origin := hub_base(base):
+        front.append(f"base_model: {origin}")
     if hub_data:
         front.append("datasets: [" + ", ".join(dict.fromkeys(hub_data)) + "]")
     front.append("---")
     example = "Peter Blackburn met EU officials in Brussels ."
+    asked = Schema(tuple(labels[:4])) if labels else Schema(("person", "organisation"))
+    raw_prompt = ner_instruction(example, asked, contract.prompt)
     prompt_rows = [f"| `{name}` | `{getattr(contract.prompt, name)}` |" for name in PromptArguments.DEFAULTS]
     data_rows = [
         f"| `{entry['path']}` | `{(entry.get('sha256') or 'not local')[:16]}` |"
@@ -83,6 +103,14 @@ def model_card(model: str, manifest: dict[str, Any], contract: PromptContract) -
             "",
             "```bash",
             f"reasoningner predict --model {model} texts.txt   # one text per line in, JSON lines out",
+            "```",
+            "",
+            "`reasoningner` is installed from its repository (`pip install -e .` in a clone); it also maps "
+            "the answer back to character offsets. Without it, ask the model with its chat template and "
+            "this prompt as the only user turn (no system prompt), and read the answer after `</think>`:",
+            "",
+            "```text",
+            raw_prompt,
             "```",
             "",
             "## Prompt contract",
@@ -129,7 +157,8 @@ def write_model_card(output_dir: str | Path, repo_id: str | None = None) -> Path
     for folder in (output_dir, output_dir / "merged"):
         if folder.is_dir():
             name = repo_id or str(folder)
-            (folder / CARD).write_text(model_card(name, manifest, contract), encoding="utf-8")
+            adapter = (folder / "adapter_config.json").is_file()
+            (folder / CARD).write_text(model_card(name, manifest, contract, adapter), encoding="utf-8")
     return output_dir / CARD
 
 

@@ -113,3 +113,30 @@ def test_cut_conversations_are_those_at_max_length_that_do_not_end_as_the_others
     assert cut_conversations(dataset, 5) == 1
     assert cut_conversations(dataset, None) == 0 and cut_conversations(dataset, 64) == 0
     assert cut_conversations(dataset.select([1]), 5) == 1  # all at max_length: all cut
+
+
+def test_a_grpo_card_names_the_hub_base_through_its_sft_start_the_hub_datasets_and_the_raw_prompt(tmp_path):
+    """Published from GRPO on a local SFT folder: the card still says which Hub model and datasets it
+    comes from, and how to ask it without reasoningner."""
+    import json
+
+    from reasoningner.configs import PromptArguments, PromptContract
+    from reasoningner.model_card import model_card
+    from reasoningner.prompts import ner_instruction
+    from reasoningner.spans import Schema
+
+    sft = tmp_path / "outputs" / "qwen3-8b" / "sft"
+    sft.mkdir(parents=True)
+    (sft / "manifest.json").write_text(json.dumps({"config": {"model_name_or_path": "Qwen/Qwen3-8B-Base"}}))
+    inputs = [{"path": "hf:ZWK/InstructUIE_data/IE_INSTRUCTIONS/NER@train?sets=CoNLL 2003"},
+              {"path": "hf:tests/data/hub/NER-CoT@train"}, {"path": str(sft)}]  # fmt: skip
+    manifest = {"stage": "rl", "config": {"model_name_or_path": str(sft)}, "inputs": inputs}
+    contract = PromptContract(PromptArguments("grouped_json", reasoning=True), ["person", "location"])
+    card = model_card("me/qwen3-8b-rl", manifest, contract)
+    front = card.split("---")[1]
+    assert "base_model: Qwen/Qwen3-8B-Base" in front and "library_name: transformers" in front
+    assert "datasets: [ZWK/InstructUIE_data]" in front  # the repository, not a local stand-in
+    asked = ner_instruction("Peter Blackburn met EU officials in Brussels .", Schema(("person", "location")),
+                            contract.prompt)  # what NERModel and training ask with  # fmt: skip
+    assert f"```text\n{asked}\n```" in card
+    assert "library_name: peft" in model_card("me/adapter", manifest, contract, adapter=True)
