@@ -172,7 +172,6 @@ class OutputFormat(ABC):
     """One answer format: how gold spans are written and how model outputs are read back."""
 
     name: ClassVar[str]
-    nested: ClassVar[bool]
 
     @abstractmethod
     def render(self, example: Example) -> str:
@@ -495,8 +494,6 @@ def _trimmed(
 
 class _InlineFormat(OutputFormat):
     """Formats that rewrite the sentence with markup around each entity."""
-
-    nested = True
 
     @abstractmethod
     def _open(self, label: str) -> str: ...
@@ -959,8 +956,6 @@ def _dumps(value: Any) -> str:
 class _EntryListFormat(OutputFormat):
     """JSON lists of entity objects with "text" and "label" plus a locating field."""
 
-    nested = True
-
     def parse_answer(
         self, answer: str, text: str, schema: Schema, problems: Sequence[Problem] = ()
     ) -> ParseResult:
@@ -1107,7 +1102,6 @@ class GroupedJsonFormat(OutputFormat):
     """``{"entities": {"LABEL": ["text", ...]}}``; a text listed k times is its first k occurrences."""
 
     name = "grouped_json"
-    nested = True
 
     def render(self, example: Example) -> str:
         groups: dict[str, list[str]] = {label: [] for label in example.schema.labels}

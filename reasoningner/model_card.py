@@ -16,7 +16,7 @@ from reasoningner.configs import PROMPT_CONTRACT, PromptArguments, PromptContrac
 from reasoningner.prompts import ner_instruction
 from reasoningner.sources import is_source, parse_source
 from reasoningner.spans import Schema
-from reasoningner.tracking import MANIFEST
+from reasoningner.tracking import MANIFEST, RUN_SETTINGS, WANDB_RUN_ID
 
 CARD = "README.md"
 STAGE_NAMES = {"sft": "CoT tuning (TRL SFT)", "rl": "reasoning enhancement (TRL GRPO)"}
@@ -27,7 +27,7 @@ CARD_SETTINGS = (
     "loss_type", "reward_funcs", "reward_weights", "reward_parse", "seed",
 )  # fmt: skip
 # Files of an output folder that are not the model: not published.
-NOT_PUBLISHED = ["checkpoint-*", "run_settings.json", "wandb_run_id", "*.partial", "runs/*", "completions/*"]
+NOT_PUBLISHED = ["checkpoint-*", RUN_SETTINGS, WANDB_RUN_ID, "*.partial", "runs/*", "completions/*"]
 
 
 def hub_base(model: str) -> str | None:

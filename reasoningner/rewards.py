@@ -91,11 +91,11 @@ PARSE_MODES = ("strict", "lenient")
 # Beyond what a completion of the recipes' 4,096 tokens holds (a finished long rationale must not score 0);
 # a guard against runaway text that would cost a long parse.
 MAX_COMPLETION_CHARS = 65_536
-# `formats.CONTENT_PROBLEMS` (unknown labels, ungrounded entities) are judged by the schema and
-# grounding rewards; the format reward only counts the other, syntax, problems.
 
-# Problems around an answer whose value is still read whole; any other syntax problem in an answer
-# that yields no entity means nothing could be read from it.
+# The format reward counts syntax problems only: `formats.CONTENT_PROBLEMS` (unknown labels, ungrounded
+# entities) are judged by the schema and grounding rewards. Problems around an answer whose value is
+# still read whole; any other syntax problem in an answer that yields no entity means nothing could be
+# read from it.
 WRAPPING_PROBLEMS = frozenset({"code_fence", "extra_text"})
 
 DEFAULT_WEIGHTS: dict[str, float] = {

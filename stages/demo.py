@@ -6,6 +6,7 @@ dev F1 before training, after SFT and after GRPO, and the mean composite reward 
 and of the GRPO policy on the same held-out prompts (the dev generations of the evaluation).
 
     python stages/demo.py [--quick] [--out outputs/tiny-cpu]
+    python stages/demo.py --seeds 0 1 2 [--jobs 2] [--out outputs/tiny-cpu-seeds]   # make demo-seeds
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Evaluation: run a model over the evaluation sets of a recipe; scores, error analysis, probes.
 
 python stages/eval.py --config recipes/tiny-cpu/eval.yaml [--limit 20] [--model_name_or_path DIR]
-python stages/eval.py --config recipes/eval/crossner-zero-shot.yaml --model_name_or_path outputs/qwen3-8b/grpo
+python stages/eval.py --config recipes/eval/crossner-zero-shot.yaml --model_name_or_path outputs/qwen3-8b/rl
 """
 
 import json

@@ -1,6 +1,6 @@
 """Stage 2 — CoT tuning: TRL SFT (full or LoRA) teaching `<think>rationale</think>` then the answer.
 
-accelerate launch --config_file recipes/accelerate/zero2.yaml stages/sft.py --config recipes/qwen3-8b/sft.yaml
+accelerate launch --config_file recipes/accelerate/zero3.yaml stages/sft.py --config recipes/qwen3-8b/sft.yaml
 python stages/sft.py --config recipes/tiny-cpu/sft.yaml --num_train_epochs 1
 """
 

@@ -104,7 +104,7 @@ FIRST_REPEATS = example(
 def test_formats_are_registered_under_their_names() -> None:
     assert list(FORMATS) == ["bracketed", "xml", "grouped_json", "occurrence_json", "offset_json"]
     for name, fmt in FORMATS.items():
-        assert get_format(name) is fmt and fmt.name == name and fmt.nested
+        assert get_format(name) is fmt and fmt.name == name
 
 
 def test_get_format_names_the_valid_ones() -> None:
