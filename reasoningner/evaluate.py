@@ -265,7 +265,7 @@ def error_counts(gold: Example, parsed: ParseResult) -> ErrorCounts:
     gold_spans = set(gold.spans)
     explained: set[Span] = set()
     boundary = type_errors = spurious = 0
-    for span in parsed.spans:
+    for span in dict.fromkeys(parsed.spans):  # once each, as the metrics count it (`score` keeps repeats)
         if span in gold_spans:
             explained.add(span)
             continue

@@ -282,6 +282,8 @@ GOLD = Example(
         ([(22, 25, "location")], dict(spurious=1, missed=4)),  # other offsets and other label
         ([(32, 37, "cell_type")], dict(spurious=1, missed=4)),  # nothing there
         ([(0, 4, "DNA")], dict(type_errors=1, missed=3)),  # nested: the inner gold's offsets, outer's label
+        # a span stated twice (`score` keeps repeats) is one false positive, as the metrics count it
+        ([(32, 37, "cell_type"), (32, 37, "cell_type")], dict(spurious=1, missed=4)),
     ],
 )
 def test_error_categories(predicted: list, expected: dict) -> None:
