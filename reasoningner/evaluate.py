@@ -45,14 +45,16 @@ rule that applies, so every wrong prediction lands in exactly one category):
 So the exact-mode false positives are type + boundary + spurious + hallucinated, and missed <= the
 false negatives (a gold span behind a type or boundary error is a false negative but not missed).
 
-Memorization probe (RQ3 of "Assessment of Generative NER in the Era of LLMs"): the set is asked
-and scored again with its labels renamed, gold included, and the F1 drop is reported next to the
-normal score. `opaque` names the labels A, B, C, ... in schema order; `shuffled` gives them a
-seeded permutation of the real names with no label keeping its own (`probe_seed`). Descriptions
-stay with their entity type, not with the name: an opaque label keeps the real description, and
-after shuffling `location` may be described as people. The probe then asks whether the model
-relies on the label *name* it memorized or on the definition it is given; with no descriptions
-(CoNLL) opaque labels carry no meaning at all and the drop shows how much the name carried.
+Memorization probe (after RQ3 of "Assessment of Generative NER in the Era of LLMs", at test time
+only: its released data also fine-tune on relabelled training sets): the set is asked and scored
+again with its labels renamed, gold included and in the format example the prompt shows, and the
+F1 drop is reported next to the normal score. `opaque` names the labels A, B, C, ... in schema
+order; `shuffled` gives them a seeded permutation of the real names with no label keeping its own
+(`probe_seed`). Descriptions stay with their entity type, not with the name: an opaque label keeps
+the real description, and after shuffling `location` may be described as people. The probe then asks
+whether the model relies on the label *name* it memorized or on the definition it is given; with no
+descriptions (CoNLL) opaque labels carry no meaning at all and the drop shows how much the name
+carried.
 
 Output in `output_dir`: `results.json` (everything below, ratios as fractions), `results.md`
 (Markdown tables: scores in both modes, per type, error analysis, probe drops) and
@@ -352,10 +354,12 @@ def evaluate(
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / GENERATIONS
     identity = generation_identity(generation) if generator is None else None
-    keys = [
-        asked_key(model.conversation(item.example.text, item.example.schema), identity) if identity else None
+    # What each sentence is asked with: a probe's prompt shows its format example relabelled too.
+    asks = [
+        (item.example.text, item.example.schema, label_maps.get(item.variant, {}).get(item.dataset))
         for item in items
     ]
+    keys = [asked_key(model.conversation(*ask), identity) if identity else None for ask in asks]
     outcomes: list[tuple[ParseResult, ErrorCounts] | None] = [None] * len(items)
     tokens = failed = 0
     with model, exclusive(path):
@@ -379,9 +383,7 @@ def evaluate(
             path.open("a", encoding="utf-8", errors=JSONL_ERRORS) as out,
             tqdm(total=len(items), initial=len(kept), desc="eval", unit="sent") as bar,
         ):
-            for position, completion, result in model.run(
-                [(items[index].example.text, items[index].example.schema) for index in todo]
-            ):
+            for position, completion, result in model.run([asks[index] for index in todo]):
                 index = todo[position]
                 counts = error_counts(items[index].example, result)
                 outcomes[index] = (result, counts)

@@ -107,7 +107,7 @@ import re
 import unicodedata
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Container, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import combinations
@@ -193,8 +193,12 @@ class OutputFormat(ABC):
         """Whether parsing the rendering of `example` gives its spans back exactly."""
 
     @abstractmethod
-    def instruction(self) -> str:
-        """How to write this format, with a tiny example, for prompts."""
+    def instruction(self, example: Example | None = None) -> str:
+        """How to write this format, with a tiny example (`format_example()` unless given), for prompts."""
+
+    def _example_line(self, example: Example | None) -> str:
+        example = example or _EXAMPLE
+        return f"Example: {example.text} -> {self.render(example)}"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -685,10 +689,10 @@ class BracketedFormat(_InlineFormat):
             and all(_brackets_paired(span.text(example.text)) for span in example.spans)
         )
 
-    def instruction(self) -> str:
+    def instruction(self, example: Example | None = None) -> str:
         return (
             "Rewrite the sentence exactly as given, enclosing every entity as [entity text | LABEL]; "
-            f"entities may nest. Example: {_EXAMPLE.text} -> {self.render(_EXAMPLE)}"
+            "entities may nest. " + self._example_line(example)
         )
 
 
@@ -770,10 +774,10 @@ class XmlFormat(_InlineFormat):
             _is_tag(tag.group(2), example.schema.labels) for tag in _XML_TAG.finditer(example.text)
         )
 
-    def instruction(self) -> str:
+    def instruction(self, example: Example | None = None) -> str:
         return (
             "Rewrite the sentence exactly as given, wrapping every entity in tags named after its label, "
-            f"<LABEL>entity text</LABEL>; tags may nest. Example: {_EXAMPLE.text} -> {self.render(_EXAMPLE)}"
+            "<LABEL>entity text</LABEL>; tags may nest. " + self._example_line(example)
         )
 
 
@@ -1033,11 +1037,11 @@ class OccurrenceJsonFormat(_EntryListFormat):
     def expresses(self, example: Example) -> bool:
         return all(span.start in occurrences(example.text, span.text(example.text)) for span in example.spans)
 
-    def instruction(self) -> str:
+    def instruction(self, example: Example | None = None) -> str:
         return (
             'Answer with a JSON list of {"text": entity text, "label": LABEL, "occurrence_index": k}, '
             "where k says which appearance of that text in the sentence is meant (1 for the first). "
-            f"Example: {_EXAMPLE.text} -> {self.render(_EXAMPLE)}"
+            + self._example_line(example)
         )
 
 
@@ -1090,11 +1094,11 @@ class OffsetJsonFormat(_EntryListFormat):
     def expresses(self, example: Example) -> bool:
         return True
 
-    def instruction(self) -> str:
+    def instruction(self, example: Example | None = None) -> str:
         return (
             'Answer with a JSON list of {"text": entity text, "label": LABEL, "start": s, "end": e}, where s '
             "and e are the entity's character offsets in the sentence (from 0, end exclusive). "
-            f"Example: {_EXAMPLE.text} -> {self.render(_EXAMPLE)}"
+            + self._example_line(example)
         )
 
 
@@ -1163,11 +1167,11 @@ class GroupedJsonFormat(OutputFormat):
             for (_, mention), found in starts.items()
         )
 
-    def instruction(self) -> str:
+    def instruction(self, example: Example | None = None) -> str:
         return (
             'Answer with a JSON object {"entities": {LABEL: [entity text, ...]}} listing the exact text of '
             "each entity under its label, in sentence order; list a text k times for its first k mentions. "
-            f"Example: {_EXAMPLE.text} -> {self.render(_EXAMPLE)}"
+            + self._example_line(example)
         )
 
 
@@ -1176,6 +1180,17 @@ _EXAMPLE = Example(
     (Span(0, 5, "person"), Span(15, 24, "organisation")),
     Schema(("person", "organisation")),
 )
+
+
+def format_example(label_map: Mapping[str, str] | None = None) -> Example:
+    """The example every format instruction shows, its labels renamed by `label_map` where it names
+    them (a memorization probe's prompt must not show the real names it hides)."""
+    if not label_map:
+        return _EXAMPLE
+    rename = {label: label_map.get(label, label) for label in _EXAMPLE.schema.labels}
+    spans = tuple(Span(span.start, span.end, rename[span.label]) for span in _EXAMPLE.spans)
+    return Example(_EXAMPLE.text, spans, Schema(tuple(rename.values())))
+
 
 FORMATS: dict[str, OutputFormat] = {
     fmt.name: fmt

@@ -374,13 +374,18 @@ class NERModel:
             owns_generator=True,
         )
 
-    def conversation(self, text: str, schema: Schema) -> Conversation:
-        """The chat the model is asked: the training prompt as the only user turn."""
-        return [{"role": "user", "content": ner_instruction(text, schema, self.prompt)}]
+    def conversation(
+        self, text: str, schema: Schema, label_map: Mapping[str, str] | None = None
+    ) -> Conversation:
+        """The chat the model is asked: the training prompt as the only user turn (a memorization
+        probe's `label_map` renames the labels of its format example)."""
+        return [{"role": "user", "content": ner_instruction(text, schema, self.prompt, label_map)}]
 
-    def run(self, items: Sequence[tuple[str, Schema]]) -> Iterator[tuple[int, Completion, ParseResult]]:
-        """Generate and parse for every `(text, schema)`, yielding `(index, raw completion, parse)` as
-        each finishes (backend order), so that callers can write results as they come.
+    def run(
+        self, items: Sequence[tuple[str, Schema] | tuple[str, Schema, Mapping[str, str] | None]]
+    ) -> Iterator[tuple[int, Completion, ParseResult]]:
+        """Generate and parse for every `(text, schema[, label_map])`, yielding `(index, raw completion,
+        parse)` as each finishes (backend order), so that callers can write results as they come.
 
         Evaluation asks whole sentences: one whose prompt is over `max_prompt_chars`, or over the tokens
         the context leaves after `max_new_tokens` (where the backend can count them), is not asked (it
@@ -389,7 +394,7 @@ class NERModel:
         (a server that refused it, or kept failing) is answered empty with `generation_failed`, and the
         others go on.
         """
-        conversations = [self.conversation(text, schema) for text, schema in items]
+        conversations = [self.conversation(*item) for item in items]
         too_long = {
             i: f"over {self.max_prompt_chars} characters"
             for i, chat in enumerate(conversations)
@@ -423,7 +428,7 @@ class NERModel:
                 failed = ParseResult([], problems=[Problem(FAILED, str(outcome))])
                 yield asked[position], Completion("", 0), failed
                 continue
-            text, schema = items[asked[position]]
+            text, schema = items[asked[position]][:2]
             completion = outcome[0]
             yield asked[position], completion, self.output_format.parse(completion.text, text, schema)
 

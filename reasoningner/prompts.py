@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from reasoningner.configs import PromptArguments
-from reasoningner.formats import THINK_CLOSE, THINK_OPEN, get_format
+from reasoningner.formats import THINK_CLOSE, THINK_OPEN, format_example, get_format
 from reasoningner.rationale import assertion
 from reasoningner.spans import Schema
 
@@ -32,8 +32,11 @@ def label_block(schema: Schema, descriptions: bool = True) -> str:
     return "\n".join(lines)
 
 
-def ner_instruction(text: str, schema: Schema, prompt: PromptArguments) -> str:
-    """The user turn: task, label set, answer format, sentence, as the prompt contract says.
+def ner_instruction(
+    text: str, schema: Schema, prompt: PromptArguments, label_map: Mapping[str, str] | None = None
+) -> str:
+    """The user turn: task, label set, answer format, sentence, as the prompt contract says. A
+    memorization probe's `label_map` renames the labels of the format's example too.
 
     `compact_prompt` drops the wording a pretrained model needs to understand the task and keeps what a
     model trained from scratch (the tiny CPU model) needs to tell prompts apart: labels, format
@@ -54,7 +57,7 @@ def ner_instruction(text: str, schema: Schema, prompt: PromptArguments) -> str:
     return (
         "Find the named entities in the sentence, using only these entity types:\n"
         f"{labels}\n"
-        f"Answer format: {get_format(prompt.output_format).instruction()}\n"
+        f"Answer format: {get_format(prompt.output_format).instruction(format_example(label_map))}\n"
         f"{how}\n"
         f"Sentence: {text}"
     )

@@ -388,6 +388,22 @@ def test_a_model_that_memorized_label_names_shows_the_drop(tmp_path: Path) -> No
     assert "| conll | 100.00 | 0.00 | 100.00 |" in (tmp_path / "out" / "results.md").read_text()
 
 
+def test_a_probe_prompt_shows_its_format_example_relabelled_not_the_names_it_hides(tmp_path: Path) -> None:
+    """The format's example names person and organisation: left as it is, a shuffled probe's own prompt
+    would contradict its gold, and an opaque one's would show the real names."""
+    generator = from_table({})
+    generator.answer = lambda sentence, prompt: "{}"
+    args = eval_args(tmp_path, [{"path": str(DATA / "conll2003_mini.txt"), "name": "conll"}], limit=1)
+    args.probes = ["opaque", "shuffled"]
+    evaluation = run_eval(args, generator)
+    normal, opaque, shuffled = generator.prompts
+    assert '{"entities": {"person": ["Alice"], "organisation": ["Acme Corp"]}}' in normal
+    for prompt, probe in ((opaque, "opaque"), (shuffled, "shuffled")):
+        mapping = evaluation.label_maps[probe]["conll"]
+        example = {mapping["person"]: ["Alice"], mapping["organisation"]: ["Acme Corp"]}
+        assert json.dumps({"entities": example}) in prompt and '"person": ["Alice"]' not in prompt
+
+
 def test_label_subset_rename_and_descriptions_reach_the_prompt(tmp_path: Path) -> None:
     entry = {
         "path": str(DATA / "conll2003_mini.txt"),
