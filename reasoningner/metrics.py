@@ -309,9 +309,12 @@ class Scorer:
         ungrounded: Sequence[tuple[str, str]] = (),
         dataset: str = "default",
     ) -> dict[str, Counts]:
-        """Score one example into `dataset`; returns its per-label counts (see `match_counts`)."""
+        """Score one example into `dataset`; returns its per-label counts (see `match_counts`). Every
+        label of its schema gets a row in the report, zeros included (LLMs4NER's tables list each)."""
         counts = match_counts(gold, predicted, ungrounded, self.mode)
         self.add_counts(counts, dataset)
+        for label in gold.schema.labels:
+            self._tallies[dataset].per_label.setdefault(label, Counts())
         return counts
 
     def add_counts(self, counts: Mapping[str, Counts], dataset: str = "default") -> None:

@@ -364,7 +364,9 @@ def test_report_to_markdown_and_dict() -> None:
         "recall": 0.25,
         "f1": pytest.approx(1 / 3),
     }
-    assert as_dict["datasets"]["music"]["per_label"].keys() == {"location"}
+    per_label = as_dict["datasets"]["music"]["per_label"]
+    assert list(per_label) == sorted(NEWS.labels)  # every label of the schema, zeros included
+    assert per_label["location"]["tp"] == 1 and per_label["person"] == Counts().to_dict()
     assert as_dict["average"]["f1"] == pytest.approx(2 / 3)
 
 
