@@ -443,8 +443,10 @@ class EvalArguments(RunArguments):
             "help": "evaluate sets the model was trained on (reported as in_domain) instead of refusing"
         },
     )
-    # Set when the recipe is read: the overlaps found with the model's training data (results.json config).
+    # Set when the recipe is read: the overlaps found with the model's training data (results.json config),
+    # and the evaluation sources they concern (each set's `in_domain` in results.json).
     in_domain: list[str] = field(default_factory=list, init=False)
+    in_domain_sources: list[str] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -564,6 +566,7 @@ def check_contamination(args: EvalArguments, training: list[str]) -> None:
             + ". Evaluate other sets, or set allow_overlap: true to report these as in-domain"
         )
     args.in_domain = found
+    args.in_domain_sources = [source for source in eval_sources(args) if overlaps(training, [source])]
     for message in found:
         logger.warning("in-domain: %s", message)
 

@@ -324,7 +324,8 @@ def load_items(
             raise ValueError(f"two evaluation sets are named {loaded.name!r}; give them distinct `name`s")
         if not loaded.examples:
             raise ValueError(f"evaluation set {loaded.name!r} has no sentences")
-        datasets[loaded.name] = loaded.info
+        # Trained on (allow_overlap): not a zero-shot score.
+        datasets[loaded.name] = loaded.info | {"in_domain": eval_set.path in args.in_domain_sources}
         items += [_Item(loaded.name, NORMAL, example) for example in loaded.examples]
         for probe in eval_set.probes if eval_set.probes is not None else args.probes:
             mapping = probe_mapping(loaded.schema.labels, probe, args.probe_seed)

@@ -106,9 +106,11 @@ class Evaluation:
             f"**{_MODE_NAMES[self.primary_mode]}**.\n",
         ]
         if self.config.get("in_domain"):
+            trained_on = [name for name, info in self.datasets.items() if info.get("in_domain")]
             parts.append(
-                f"**In domain:** the model was trained on {', '.join(self.config['in_domain'])} "
-                "(allow_overlap): these are not zero-shot scores.\n"
+                f"**In domain:** {', '.join(trained_on) or 'some sets'} (the model was trained on "
+                f"{'; '.join(self.config['in_domain'])}, allow_overlap): not zero-shot scores, and part "
+                "of Avg.\n"
             )
         for mode in self.modes:
             primary = " (primary)" if mode == self.primary_mode else ""

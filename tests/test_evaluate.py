@@ -813,11 +813,20 @@ def test_a_hub_model_s_training_order_comes_from_its_hub_contract(tmp_path: Path
 
 def test_results_say_in_domain_when_the_model_was_trained_on_a_set(tmp_path: Path) -> None:
     args = eval_args(tmp_path, [{"path": str(DATA / "conll2003_mini.txt")}], limit=1)
+    args.datasets.append({"path": str(DATA / "genia_mini.json")})  # zero-shot beside it
     args.in_domain = ["conll2003_mini.txt (trained on conll2003)"]
+    args.in_domain_sources = [str(DATA / "conll2003_mini.txt")]
     run_eval(args, Scripted(lambda sentence, prompt: "{}"))
     markdown = (tmp_path / "out" / "results.md").read_text()
-    assert "**In domain:** the model was trained on conll2003_mini.txt (trained on conll2003)" in markdown
-    args.in_domain = []
+    assert (
+        "**In domain:** conll2003_mini (the model was trained on conll2003_mini.txt (trained on" in markdown
+    )
+    datasets = json.loads((tmp_path / "out" / "results.json").read_text())["datasets"]
+    assert {name: info["in_domain"] for name, info in datasets.items()} == {
+        "conll2003_mini": True,
+        "genia_mini": False,
+    }
+    args.in_domain, args.in_domain_sources = [], []
     run_eval(args, Scripted(lambda sentence, prompt: "{}"))
     assert "In domain" not in (tmp_path / "out" / "results.md").read_text()
 

@@ -211,6 +211,9 @@ def test_an_overlap_is_an_error_at_eval_start_unless_allowed_and_then_in_domain(
     assert [m.split("sets=")[1].split(" ")[0] for m in evaluation.in_domain] == [
         "CrossNER_AI", "CrossNER_literature", "CrossNER_music", "CrossNER_politics", "CrossNER_science"
     ]  # fmt: skip
+    assert len(evaluation.in_domain_sources) == 5 and all(
+        "CrossNER" in s for s in evaluation.in_domain_sources
+    )
     clean = EvalArguments(output_dir="o", datasets=[{"path": f"{UIE}@test?sets=mit-movie"}])
     check_contamination(clean, [f"{UIE}@train?sets=CoNLL 2003"])
     assert clean.in_domain == []
