@@ -397,6 +397,20 @@ def test_files_named_in_comments_exist(path: Path) -> None:
         assert config.parent == ACCELERATE and config.exists(), config
 
 
+@pytest.mark.parametrize("stage", ["cot", "sft", "rl", "eval"])
+def test_every_key_of_our_configs_is_documented(stage: str) -> None:
+    """Every field of our dataclasses a stage parses has a line in recipes/README.md, set by a recipe
+    or not (TRL's and transformers' keys are documented by them)."""
+    import dataclasses
+
+    documented = set(re.findall(r"`(\w+)`", (RECIPES / "README.md").read_text(encoding="utf-8")))
+    ours = [
+        c for c in load_stage(stage).make_parser().dataclass_types if c.__module__ == "reasoningner.configs"
+    ]
+    assert ours
+    assert not {f.name for c in ours for f in dataclasses.fields(c) if f.init} - documented
+
+
 @pytest.mark.parametrize("path", STAGE_RECIPES, ids=ids(STAGE_RECIPES))
 def test_every_key_is_documented(path: Path) -> None:
     """recipes/README.md documents every key a recipe sets (its key tables name each in backticks)."""
