@@ -38,7 +38,7 @@ Formats
   when present; `id`, `labels` and `descriptions` are optional; other keys are errors (a typo
   such as "entites" would otherwise drop every entity of the line). `write_jsonl` writes every
   field, and the labels and descriptions on every line, so that a line stands alone.
-- Hugging Face datasets with `tokens`/`ner_tags` columns (`from_hf`, `load_hf`); the tag names
+- Hugging Face datasets with `tokens`/`ner_tags` columns (`from_hf`; by name: `hf:` sources); the tag names
   come from the `ClassLabel` feature, or the column holds tag strings.
 
 Schema and names
@@ -73,7 +73,6 @@ __all__ = [
     "DataError",
     "Dataset",
     "from_hf",
-    "load_hf",
     "read_alpaca",
     "read_conll",
     "read_dataset",
@@ -763,22 +762,6 @@ def from_hf(
             continue
         collector.add(_Record(row, row, text, spans))
     return collector.dataset()
-
-
-def load_hf(
-    name_or_path: str,
-    split: str,
-    tokens_column: str = "tokens",
-    tags_column: str = "ner_tags",
-    schema: Schema | None = None,
-    **load_kwargs: Any,
-) -> Dataset:
-    """`datasets.load_dataset(name_or_path, split=split)` handed to `from_hf`, named `<name>-<split>`."""
-    import datasets
-
-    hf = datasets.load_dataset(name_or_path, split=split, **load_kwargs)
-    name = f"{Path(name_or_path).name}-{split}"
-    return from_hf(hf, tokens_column, tags_column, schema=schema, name=name)
 
 
 # ------------------------------------------------------------------------------------ Named sources

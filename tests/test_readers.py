@@ -16,7 +16,6 @@ from reasoningner.readers import (
     DataError,
     Dataset,
     from_hf,
-    load_hf,
     read_alpaca,
     read_conll,
     read_dataset,
@@ -432,21 +431,6 @@ def test_from_hf_bad_rows(tmp_path: Path) -> None:
     )
     dataset = from_hf(strings, name="s", on_error="skip")
     assert len(dataset.examples) == 1 and dataset.skipped == ["s:1: 1 tokens but 2 tags"]
-
-
-def test_load_hf_hands_off_to_from_hf(monkeypatch: pytest.MonkeyPatch) -> None:
-    import datasets
-
-    calls = []
-
-    def fake_load_dataset(name: str, split: str) -> object:
-        calls.append((name, split))
-        return hf_dataset([[1, 2, 0, 3]])
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    dataset = load_hf("someone/conll2003", "validation")
-    assert calls == [("someone/conll2003", "validation")]
-    assert dataset.name == "conll2003-validation" and entities(dataset) == 2
 
 
 # --------------------------------------------------------------------------------------- Dispatch
