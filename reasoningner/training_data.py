@@ -2,8 +2,8 @@
 
 SFT records are conversations (user instruction, assistant `<think>…</think>` + answer) that TRL
 tokenizes with the model's own chat template; RL records are the prompt alone plus the gold
-columns the rewards read. Mixtures of datasets are sampled proportionally with a per-dataset cap,
-as ReasoningNER's scripts do, and deterministically from a seed.
+columns the rewards read. Mixtures of datasets are sampled deterministically from a seed, with a
+per-dataset cap: proportionally to their sizes, or as ReasoningNER's `sample_grpo.py` does.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from reasoningner.configs import SAMPLERS, DataArguments, PromptArguments
 from reasoningner.formats import get_format
@@ -114,7 +114,13 @@ def _accepted_annotations(path: str, prompt: PromptArguments) -> list[dict[str, 
     return records
 
 
-SFTExample = tuple[Example, str, "str | None"]  # gold example, answer to learn, rationale (None: direct)
+class SFTExample(NamedTuple):
+    """What SFT learns from one sentence: its gold example, the answer and the rationale (None: an
+    answer-only target) to learn."""
+
+    example: Example
+    answer: str
+    rationale: str | None
 
 
 def sft_examples(
@@ -140,14 +146,14 @@ def sft_examples(
             examples += _source_examples(path, prompt, data, [] if corpora is None else corpora)
         elif is_cot_file(path):
             records = _accepted_annotations(path, prompt)[: data.limit]
-            examples += [(record_example(r), r["answer"], r["rationale"]) for r in records]
+            examples += [SFTExample(record_example(r), r["answer"], r["rationale"]) for r in records]
         elif prompt.reasoning:
             raise ValueError(
                 f"{path}: plain NER data has no rationales; "
                 "run stage 1 (make cot) on it, or set reasoning: false"
             )
         else:
-            examples += [(e, fmt.render(e), None) for e in data.read(path).examples[: data.limit]]
+            examples += [SFTExample(e, fmt.render(e), None) for e in data.read(path).examples[: data.limit]]
     if not examples:
         raise ValueError(f"no training examples in {list(paths)} (are any annotations accepted?)")
     return examples
@@ -169,7 +175,7 @@ def _source_examples(
                     f"{path}: example {example.id} has no rationale (NER-CoT's cot); "
                     "run stage 1 (make cot) on it, or set reasoning: false"
                 )
-            found.append((example, fmt.render(example), rationale if prompt.reasoning else None))
+            found.append(SFTExample(example, fmt.render(example), rationale if prompt.reasoning else None))
     return found
 
 
@@ -178,7 +184,8 @@ def sft_conversations(
 ) -> list[dict[str, Any]]:
     """The `sft_record` conversations of `sft_examples`."""
     return [
-        sft_record(e, prompt, rationale, answer) for e, answer, rationale in sft_examples(paths, prompt, data)
+        sft_record(e.example, prompt, rationale=e.rationale, answer=e.answer)
+        for e in sft_examples(paths, prompt, data)
     ]
 
 
@@ -190,20 +197,19 @@ def rl_prompts(
     total: int | None = None,
     cap_per_dataset: int | None = None,
     seed: int = 0,
-    sampler: str | None = None,
+    sampler: str = "proportional",
     corpora: list[str] | None = None,
     schemas: list[Schema] | None = None,
     label_order: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """GRPO prompts with gold columns, drawn from several datasets after the first `data.limit`
     examples of each: `proportional` (`sample_mixture`) or `reasoningner` (`sample_reasoningner`, the
-    paper's, which needs `total`). `sampler` defaults to `data.sampler` (RLScriptArguments). Each set
+    paper's, which needs `total`; `RLScriptArguments.sampler` in the stage). Each set
     of a named source (`sources`, e.g. an InstructUIE tree) is a dataset of its own. `corpora`, when
     given, is extended with the corpora the records name (as in `sft_examples`); `schemas` with the
     schema of each prompt (`PromptContract.trained`). A prompt whose labels are those of `label_order`
     (the policy's training order) asks them in that order (`Schema.ordered_as`)."""
     data = data or DataArguments()
-    sampler = sampler or getattr(data, "sampler", "proportional")
     if sampler not in SAMPLERS or (sampler == "reasoningner" and total is None):
         raise ValueError(f"sampler {sampler!r}: choose one of {list(SAMPLERS)} (reasoningner needs total)")
     named: list[tuple[str, list[Example]]] = []

@@ -57,6 +57,7 @@ def main(
             total=script_args.total,
             cap_per_dataset=script_args.cap_per_dataset,
             seed=training_args.seed,
+            sampler=script_args.sampler,
             corpora=corpora,
             schemas=schemas,
             label_order=start.trained_labels,

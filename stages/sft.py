@@ -41,9 +41,9 @@ def main(
     prompt = start.prompt
     corpora: list[str] = []  # what NER-CoT records name as their source: the contamination check reads it
     train = sft_examples(script_args.train_files, prompt, script_args, corpora=corpora)
-    contract = PromptContract.trained(prompt, (example.schema for example, _, _ in train), start.contract)
+    contract = PromptContract.trained(prompt, (e.example.schema for e in train), start.contract)
     train_dataset = Dataset.from_list(
-        [sft_record(e, prompt, rationale, answer) for e, answer, rationale in train]
+        [sft_record(e.example, prompt, rationale=e.rationale, answer=e.answer) for e in train]
     )
     eval_dataset = None
     if script_args.eval_files:

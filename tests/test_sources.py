@@ -19,7 +19,6 @@ from reasoningner.configs import (
     EvalArguments,
     GenerationArguments,
     PromptArguments,
-    RLScriptArguments,
     check_contamination,
     training_sources,
 )
@@ -139,8 +138,8 @@ def test_the_papers_sampler_floors_shares_of_the_capped_sizes() -> None:
     prompts = rl_prompts(
         [f"{UIE}@train?sets=CoNLL 2003,WikiANN en"],
         PromptArguments(),
-        RLScriptArguments(sampler="reasoningner"),
         total=11,
+        sampler="reasoningner",
         cap_per_dataset=20,
         seed=0,
     )
