@@ -11,13 +11,13 @@ saves what it saves in training: the four components after the first reuse the f
 The composite is the five registered components (strict parsing, the RL default) called one after
 the other on each batch, as TRL's GRPOTrainer calls them (conversational completions, dataset
 columns as keyword lists). The baseline is the reward ReasoningNER trains with
-(HuiResearch/ReasoningIE, `grpo.py`), reimplemented here doing the same work: two components, F1 and
-schema, called the same way, each taking its own answer out of the completion (think block removed
-by regex, ```json fence unwrapped), `json.loads` of it, and mentions normalised as SQuAD does (case,
-punctuation, articles, spaces); the gold is an answer string in the dataset, read by the F1
-component on every call. The floor is a single component pared down to `json.loads` of what follows
-`</think>` and the F1 of (text, label) sets against gold pairs built in advance: a lower bound on
-any reward that reads JSON in Python, printed for scale.
+(HuiResearch/ReasoningIE, `grpo.py`) as `rewards` ports it for the paper's recipes (`reasoningie_f1`,
+`reasoningie_schema`): two components called the same way, each taking its own answer out of the
+completion (think block removed by regex, <answer> or ```json unwrapped), `json.loads` of it, and
+mentions normalised as SQuAD does (case, punctuation, articles, spaces). The floor is a single
+component pared down to `json.loads` of what follows `</think>` and the F1 of (text, label) sets
+against gold pairs built in advance: a lower bound on any reward that reads JSON in Python, printed
+for scale.
 
     python benchmarks/bench_rewards.py [--n 10000] [--batch-size 64] [--generations 1] [--json out.json]
 """
@@ -28,8 +28,6 @@ import argparse
 import gc
 import json
 import random
-import re
-import string
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -173,7 +171,7 @@ def build_columns(
     and the kind of each; `generations` consecutive ones per sentence, as GRPO samples a group per prompt."""
     rng = random.Random(seed)
     names, weights = zip(*KINDS, strict=True)
-    keys = ("completions", "text", "entities", "labels", "output_format", "golds", "schema")
+    keys = ("completions", "text", "entities", "labels", "output_format")
     columns: Columns = {key: [] for key in keys}
     kinds: list[str] = []
     seen: set[str] = set()
@@ -192,9 +190,6 @@ def build_columns(
         columns["entities"].append(example.entity_dicts())
         columns["labels"].append(list(example.schema.labels))
         columns["output_format"].append(FORMAT.name)
-        # ReasoningNER's columns: the gold as an answer string (indented, as its data holds it), the schema.
-        columns["golds"].append(json.dumps({"entities": _groups(example.span_texts())}, indent=2))
-        columns["schema"].append(list(example.schema.labels))
     return columns, kinds
 
 
@@ -222,80 +217,14 @@ def floor_rewards(completions: list[Any], entities: list[list[dict[str, Any]]], 
     return scores
 
 
-# ReasoningNER's reward, in our words (see the module docstring): what each of its two components does.
-_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.S)
-_JSON_FENCE = re.compile(r"```json(.*?)```", re.S)
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = frozenset(string.punctuation)
-
-
-def _rner_answer(completion: str) -> str:
-    if "<think>" in completion or "</think>" in completion:
-        completion = _THINK_BLOCK.sub("", completion).replace("<think>", "").replace("</think>", "")
-    if "```json" in completion:
-        fenced = _JSON_FENCE.findall(completion)
-        if fenced:
-            completion = fenced[0]
-    return completion.strip()
-
-
-def _rner_normalize(text: str) -> str:
-    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
-    return " ".join(_ARTICLES.sub(" ", text).split()).strip()
-
-
-def _rner_pairs(answer: str) -> list[tuple[str, str]]:
-    """(text, label) pairs of a grouped JSON answer; anything unreadable is no entity."""
-    try:
-        data = json.loads(answer)
-    except ValueError:
-        return []
-    if not isinstance(data, dict):
-        return []
-    return [
-        (text.strip(), label.lower().strip())
-        for label, texts in data.get("entities", {}).items()
-        for text in texts
-        if isinstance(text, str)
-    ]
-
-
-def rner_f1_reward(completions: list[Any], golds: list[str], **_: Any) -> list[float]:
-    scores = []
-    for completion, gold in zip(completions, golds, strict=True):
-        try:
-            predicted = {
-                (_rner_normalize(t), label)
-                for t, label in _rner_pairs(_rner_answer(completion[0]["content"]))
-            }
-            expected = {(_rner_normalize(t), label) for t, label in _rner_pairs(gold)}
-            precision = len(predicted & expected) / len(predicted) if predicted else 0.0
-            recall = len(predicted & expected) / len(expected) if expected else 0.0
-            scores.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
-        except (AttributeError, TypeError):
-            scores.append(0.0)
-    return scores
-
-
-def rner_schema_reward(completions: list[Any], schema: list[list[str]], **_: Any) -> list[float]:
-    scores = []
-    for completion, labels in zip(completions, schema, strict=True):
-        try:
-            answer = _rner_answer(completion[0]["content"])
-            json.loads(answer)
-            allowed = {label.lower().strip() for label in labels}
-            scores.append(float(all(label in allowed for _, label in _rner_pairs(answer))))
-        except (ValueError, AttributeError, TypeError):
-            scores.append(0.0)
-    return scores
-
-
 def baseline_rewards(columns: Columns, batch_size: int) -> list[float]:
-    """ReasoningNER's two components, called on whole batches as TRL does, summed with equal weight."""
+    """ReasoningNER's two components (`rewards.reasoningie_f1`, `reasoningie_schema`: the ports the
+    paper's recipes train with), called on whole batches as TRL does, summed with equal weight."""
+    f1_reward, schema_reward = rewards.REWARDS["reasoningie_f1"], rewards.REWARDS["reasoningie_schema"]
     totals: list[float] = []
     for start in range(0, len(columns["completions"]), batch_size):
         batch = {key: values[start : start + batch_size] for key, values in columns.items()}
-        f1, schema = rner_f1_reward(**batch), rner_schema_reward(**batch)
+        f1, schema = f1_reward(**batch), schema_reward(**batch)
         totals += [a + b for a, b in zip(f1, schema, strict=True)]
     return totals
 

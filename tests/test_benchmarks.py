@@ -23,11 +23,11 @@ def test_the_baseline_is_reasoningner_f1_plus_schema() -> None:
     completion = [
         {"role": "assistant", "content": '<think>x</think>```json\n{"entities": {"person": ["Ann"]}}\n```'}
     ]
-    gold = '{\n  "entities": {\n    "person": [\n      "ann"\n    ]\n  }\n}'
     columns = {
         "completions": [completion, completion],
-        "golds": [gold, '{"entities": {}}'],
-        "schema": [["person"]] * 2,
+        "text": ["ann ran .", "Nobody ran ."],
+        "entities": [[{"start": 0, "end": 3, "label": "person"}], []],
+        "labels": [["person"]] * 2,
     }
     # Right after normalisation (case), in the schema: 1 + 1; against empty gold F1 is 0, schema still 1.
     assert bench.baseline_rewards(columns, batch_size=2) == [2.0, 1.0]
