@@ -396,7 +396,7 @@ def test_a_run_killed_before_its_first_checkpoint_keeps_its_wandb_run(
     out = tmp_path / "sft"
 
     def start(*extra: str) -> str:
-        monkeypatch.delenv("WANDB_RUN_ID", raising=False)  # each launch is a new process
+        monkeypatch.setenv("WANDB_RUN_ID", "")  # each launch is a new process; unset again after the test
         parsed = parser.parse_args_and_config(
             args=sft_args(tiny_model_dir, annotations, out, "--report_to", "wandb", *extra)
         )
@@ -404,7 +404,7 @@ def test_a_run_killed_before_its_first_checkpoint_keeps_its_wandb_run(
         return os.environ["WANDB_RUN_ID"]
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.delenv("WANDB_RESUME", raising=False)  # restored after the test, as WANDB_RUN_ID
+    monkeypatch.setenv("WANDB_RESUME", "")  # restored (unset) after the test, as WANDB_RUN_ID
     first = start()
     assert not list(out.glob("checkpoint-*"))  # killed here, before anything was saved
     assert start() == first
