@@ -338,8 +338,8 @@ def _add_score_command(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument(
         "--compat",
         default="none",
-        choices=["none", "llms4ner"],
-        help="exact scores counted as LLMs4NER's scripts",
+        choices=["none", "llms4ner", "reasoningie"],  # score.COMPAT (imported when scoring)
+        help="exact scores counted as LLMs4NER's scripts, or text scores as ReasoningIE's evaluation",
     )
     score.add_argument("--primary-mode", default="text", choices=["text", "exact"])
     score.add_argument(
@@ -377,7 +377,8 @@ def _score(args: argparse.Namespace, console: Console) -> int:
         for message in info["skipped"]:
             console.print(f"  skipped {message}", highlight=False)
     if args.compat != "none":
-        console.print(f"exact-span scores counted as {args.compat}'s scripts count them", highlight=False)
+        counted = "exact-span" if args.compat == "llms4ner" else "text"
+        console.print(f"{counted} scores counted as {args.compat}'s scripts count them", highlight=False)
     if args.output_dir:
         write_results(evaluation, args.output_dir)
     return 0

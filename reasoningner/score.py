@@ -33,6 +33,12 @@ JSON entries are matched as the tuples of their fields ((text, label) grouped, +
 rendered in the format. Their scripts keep whitespace inside a tag in the entity; ours trim it.
 Text-mode scores and the error analysis stay ours.
 
+`--compat reasoningie` makes the text-mode scores count as ReasoningIE's evaluation does (ReasoningNER's
+Table 1), for grouped JSON answers: the answer read as its code reads it (`<think>` blocks dropped, the
+inside of <answer> or of a ```json fence taken, `rewards.reasoningie_answer`), and each sentence's sets
+of (text, label) compared with texts lower-cased and stripped of punctuation and articles, labels
+lower-cased (`rewards.reasoningie_key`). Exact scores and the error analysis stay ours.
+
 Skipping: `on_error="skip"` (`--skip-bad`) skips malformed gold records (the reader's rule) and
 malformed prediction lines, counts and lists them; the predictions of skipped gold records are
 skipped too (the n-th line of predictions, malformed ones included, goes with the n-th gold record).
@@ -49,11 +55,12 @@ from reasoningner.formats import FORMATS, ParseResult, Problem, get_format, spli
 from reasoningner.metrics import MATCH_MODES, Counts, Scorer, multiset_counts
 from reasoningner.readers import DataError, Dataset, OnError, PathLike, _read_text, read_dataset
 from reasoningner.results import NORMAL, ErrorCounts, Evaluation
+from reasoningner.rewards import reasoningie_answer, reasoningie_entities, reasoningie_key
 from reasoningner.spans import Example, Span, check_span
 
 LAYOUTS = ("llamafactory", "spans", "outputs")
-COMPAT = ("none", "llms4ner")
-Compat = Literal["none", "llms4ner"]
+COMPAT = ("none", "llms4ner", "reasoningie")
+Compat = Literal["none", "llms4ner", "reasoningie"]
 
 
 @dataclass
@@ -381,10 +388,24 @@ def llms4ner_counts(prediction: PredictionLine, gold: Example, output_format: st
     return multiset_counts(expected, predicted, label_at=0)
 
 
+def reasoningie_counts(prediction: PredictionLine, gold: Example) -> dict[str, Counts]:
+    """Per-label counts of one line as ReasoningIE's evaluation makes them (module docstring)."""
+    found = reasoningie_entities(reasoningie_answer(prediction.output or "")) or set()
+    expected = {reasoningie_key(span.text(gold.text), span.label) for span in gold.spans}
+    counts: dict[str, Counts] = {}
+    for key, kind in [*((k, "tp") for k in found & expected), *((k, "fp") for k in found - expected),
+                      *((k, "fn") for k in expected - found)]:  # fmt: skip
+        one = Counts(tp=kind == "tp", fp=kind == "fp", fn=kind == "fn")
+        counts[key[1]] = counts.get(key[1], Counts()) + one
+    return counts
+
+
 def score(sets: list[ScoredSet], compat: Compat = "none", primary_mode: str = "text") -> Evaluation:
     """The evaluation tables of aligned sets (`results.Evaluation`, as `evaluate` makes them)."""
     if compat not in COMPAT:
         raise ValueError(f"compat must be one of {COMPAT}, not {compat!r}")
+    if compat == "reasoningie" and (formats := {s.info["format"] for s in sets} - {"grouped_json"}):
+        raise ValueError(f"--compat reasoningie reads grouped_json answers, as the paper's do, not {formats}")
     names = [scored.name for scored in sets]
     if len(set(names)) < len(names):
         raise ValueError(f"two gold files are named alike ({names}); rename one")
@@ -397,6 +418,8 @@ def score(sets: list[ScoredSet], compat: Compat = "none", primary_mode: str = "t
                     scorer.add_counts(
                         llms4ner_counts(prediction, example, scored.info["format"]), scored.name
                     )
+                elif mode == "text" and compat == "reasoningie" and prediction.output is not None:
+                    scorer.add_counts(reasoningie_counts(prediction, example), scored.name)
                 else:
                     scorer.add(example, parsed.spans, parsed.ungrounded, scored.name)
             errors[scored.name] = errors.get(scored.name, ErrorCounts()) + error_counts(example, parsed)

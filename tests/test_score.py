@@ -308,3 +308,31 @@ def test_score_command_prints_and_writes_the_tables(
     assert "## Error analysis" in (out / "results.md").read_text(encoding="utf-8")
     assert main(["score", str(ACE)]) == 2  # pairs only
     assert "score takes pairs" in capsys.readouterr().err
+
+
+def test_compat_reasoningie_counts_text_matches_as_the_papers_evaluation_does(tmp_path: Path) -> None:
+    """ReasoningNER's Table 1 figures: answers read as its code reads them, texts without punctuation and
+    articles, labels lower-cased; ours keeps them (README, Metrics)."""
+    gold = tmp_path / "gold.jsonl"
+    records = [
+        {"text": "The Beatles met Bob in the U.S. today .",
+         "entities": [{"start": 0, "end": 11, "label": "band"}, {"start": 16, "end": 19, "label": "person"},
+                      {"start": 27, "end": 31, "label": "location"}]},
+        {"text": "Nothing here .", "entities": []},
+    ]  # fmt: skip
+    write_jsonl(gold, [{**r, "labels": ["band", "person", "location"]} for r in records])
+    answers = [
+        '<think>r</think>```json\n{"entities": {"band": ["Beatles"], "PERSON": ["Bob"], "location": ["U.S"]}}'
+        "\n```",
+        '<think>r</think><answer>{"entities": {"person": ["Nobody"]}}</answer>',
+    ]
+    predictions = write_jsonl(tmp_path / "p.jsonl", [{"output": a} for a in answers])
+    ours = micro(score_files([(gold, predictions)], output_format="grouped_json"), "text", "gold")
+    paper = score_files([(gold, predictions)], output_format="grouped_json", compat="reasoningie")
+    assert micro(paper, "text", "gold") == Counts(tp=3, fp=1, fn=0)  # 'Beatles', 'bob', 'us' all match
+    assert ours.tp < 3  # article, label case and punctuation kept apart in ours
+    assert micro(paper, "exact", "gold") == micro(
+        score_files([(gold, predictions)], output_format="grouped_json"), "exact", "gold"
+    )  # exact scores stay ours
+    with pytest.raises(ValueError, match="reads grouped_json answers"):
+        score_files([(gold, predictions)], output_format="xml", compat="reasoningie")
