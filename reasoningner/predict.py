@@ -42,9 +42,10 @@ An entity cut by a window edge is lost or found in part.
 
 What is not an entity. A mention that cannot be found in the text is returned on the result's
 `.ungrounded` as `(text, label)`; an entity with a label outside the requested ones is dropped,
-and `.problems` says so (`unknown_label`), with every other parse problem. With several samples or
-windows, both hold what any of them had, each once. A text (or window) the backend gave up on (a
-server that refused its prompt) has the problem `generation_failed`, and the other texts go on.
+found in the text or not, and `.problems` says so (`unknown_label`), with every other parse
+problem. With several samples or windows, both hold what any of them had, each once. A text (or
+window) the backend gave up on (a server that refused its prompt) has the problem
+`generation_failed`, and the other texts go on.
 """
 
 from __future__ import annotations
@@ -265,7 +266,7 @@ def _combine(
             counts.update(
                 {Span(s.start + offset, s.end + offset, s.label) for s in parsed.spans if s.label in schema}
             )
-            ungrounded.update(dict.fromkeys(parsed.ungrounded))
+            ungrounded.update(dict.fromkeys((t, label) for t, label in parsed.ungrounded if label in schema))
             problems.update(dict.fromkeys(parsed.problems))
     entities = [
         Entity(text[span.start : span.end], span.label, span.start, span.end, count / samples)
