@@ -38,7 +38,7 @@ from reasoningner.generation import (
 from reasoningner.metrics import Counts, Scorer, match_counts
 from reasoningner.predict import NERModel
 from reasoningner.readers import Dataset, read_dataset, write_jsonl
-from reasoningner.results import ErrorCounts, Evaluation
+from reasoningner.results import ErrorCounts, Evaluation, spread_sample
 from reasoningner.spans import Example, Schema, Span
 from tests.scripts import load_stage
 
@@ -837,7 +837,7 @@ def test_the_wandb_generations_table_spreads_over_the_file(tmp_path: Path, total
     takes every k-th output, from the first to near the last, not the first 500."""
     generations = tmp_path / "generations.jsonl"
     generations.write_text("".join(json.dumps({"line": n}) + "\n" for n in range(total)), encoding="utf-8")
-    records = load_stage("eval").spread_sample(generations, total, 500)
+    records = spread_sample(generations, total, 500)
     lines = [record["line"] for record in records]
     step = lines[1] - lines[0]
     assert len(lines) == shown and lines == list(range(0, total, step)) and lines[-1] >= total - step
