@@ -23,8 +23,8 @@ from rich.table import Table
 
 from reasoningner.configs import RENAMED, GenerationArguments, PromptArguments, require_model
 from reasoningner.formats import FORMATS
-from reasoningner.generation import BACKENDS
-from reasoningner.predict import NERModel, check_scoring
+from reasoningner.generation import BACKENDS, BackendMissing, GenerationError, options_from
+from reasoningner.predict import FAILED, NERModel, check_scoring
 from reasoningner.readers import READERS, WRITERS, read_dataset, write_dataset
 from reasoningner.spans import Schema
 from reasoningner.stats import dataset_stats
@@ -210,9 +210,9 @@ def _add_predict_command(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--backend", default="transformers", choices=sorted(BACKENDS))
     predict.add_argument(
         "--backend-options",
-        type=json.loads,
+        type=options_from,
         default={},
-        help='backend keyword options as JSON: {"batch_size": 16}',
+        help='backend keyword options as a JSON object: {"batch_size": 16}',
     )
     predict.add_argument("--max-new-tokens", type=int, default=1024)
     predict.set_defaults(handler=_predict)
@@ -229,9 +229,15 @@ def _predict(args: argparse.Namespace, console: Console) -> int:
     offsets still slice it) rather than ending the run.
     """
     labels = tuple(label.strip() for label in (args.labels or "").split(",") if label.strip())
-    descriptions = (
-        json.loads(args.descriptions_file.read_text(encoding="utf-8")) if args.descriptions_file else {}
-    )
+    descriptions = _descriptions(args.descriptions_file) if args.descriptions_file else {}
+    reserved = sorted(set(args.backend_options) & PREDICT_SETTINGS)
+    if reserved:
+        raise ValueError(f"--backend-options cannot set {reserved}: use the flags of the same names")
+    # Prompt settings and scoring are checked first, then that the model exists, before it is loaded.
+    prompt = PromptArguments(**{f.name: getattr(args, f.name) for f in fields(PromptArguments)})
+    check_scoring(args.threshold, args.num_samples)
+    if args.backend != "openai":
+        require_model(args.model)  # a local folder that is not there would be looked up on the Hub
     if not labels:  # the model's own, from its folder or its Hub repository
         model = GenerationArguments(
             model_name_or_path=args.model, backend=args.backend, backend_options=args.backend_options
@@ -240,20 +246,21 @@ def _predict(args: argparse.Namespace, console: Console) -> int:
         labels = tuple(contract.labels) if contract is not None else ()
     if not labels:
         raise ValueError(f"{args.model} has no prompt contract naming its labels: give --labels")
-    # Labels and prompt settings are checked before the model is loaded.
     schema = Schema(labels, descriptions)
-    prompt = PromptArguments(**{f.name: getattr(args, f.name) for f in fields(PromptArguments)})
-    check_scoring(args.threshold, args.num_samples)
-    if args.backend != "openai":
-        require_model(args.model)  # a local folder that is not there would be looked up on the Hub
+    # JSON lines are UTF-8 whatever the locale (a cp1252 console could not write every text).
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(encoding="utf-8")
     with contextlib.ExitStack() as stack:
         if args.input == "-":
             # The bytes of stdin, decoded here: its own decoder may be strict, or (a C locale) turn bad
             # bytes into lone surrogates that a tokenizer refuses. Detached after, so stdin stays open.
-            lines = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace", newline="\n")
+            # utf-8-sig: a byte order mark is not text (the readers drop it too).
+            lines = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", errors="replace", newline="\n")
             stack.callback(lines.detach)
         else:
-            lines = stack.enter_context(open(args.input, encoding="utf-8", errors="replace", newline="\n"))
+            lines = stack.enter_context(
+                open(args.input, encoding="utf-8-sig", errors="replace", newline="\n")
+            )
         model = stack.enter_context(
             NERModel.from_pretrained(
                 args.model,
@@ -264,7 +271,9 @@ def _predict(args: argparse.Namespace, console: Console) -> int:
                 **args.backend_options,
             )
         )
-        texts = (line.rstrip("\r\n") for line in lines)
+        texts = (line.removesuffix("\n").removesuffix("\r") for line in lines)
+        asked = failed = 0
+        first_failure = ""
         while chunk := list(itertools.islice(texts, PREDICT_CHUNK)):
             predictions = model.predict(
                 chunk,
@@ -276,7 +285,29 @@ def _predict(args: argparse.Namespace, console: Console) -> int:
             )
             for text, prediction in zip(chunk, predictions, strict=True):
                 print(json.dumps(prediction.to_dict(text), ensure_ascii=False), flush=True)
-    return 0
+                asked += bool(text.strip())
+                failures = [problem.detail for problem in prediction.problems if problem.kind == FAILED]
+                failed += bool(failures)
+                first_failure = first_failure or (failures[0] if failures else "")
+    if failed:
+        print(f"predict: the backend gave up on {failed} of {asked} texts ({FAILED}); first: {first_failure}",
+              file=sys.stderr)  # fmt: skip
+    return 1 if asked and failed == asked else 0
+
+
+# Set by predict's own flags: a backend option of the same name would collide with them.
+PREDICT_SETTINGS = frozenset({"path", "backend", "prompt", "max_new_tokens", "max_prompt_chars"})
+
+
+def _descriptions(path: Path) -> dict[str, str]:
+    """`--descriptions-file`: a JSON object of label -> one-line description."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise ValueError(f"{path}: not JSON ({error})") from None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError(f"{path}: a JSON object of label -> description (strings) is expected")
+    return value
 
 
 def _add_doctor_command(subparsers: argparse._SubParsersAction) -> None:
@@ -395,9 +426,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# What a user's input can cause: a bad recipe value or option, a missing file, a malformed record
-# (`DataError` and `SpanError` are ValueErrors that name the file and line).
-USER_ERRORS = (ValueError, FileNotFoundError)
+# What a user's input or environment can cause: a bad recipe value or option, a missing file or a folder
+# where a file belongs, a malformed record (`DataError` and `SpanError` are ValueErrors that name the
+# file and line), a server refusing the key, model or URL, a backend not installed.
+USER_ERRORS = (
+    ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, GenerationError,
+    BackendMissing,
+)  # fmt: skip
 DEBUG_ENV = "REASONINGNER_DEBUG"
 
 

@@ -66,7 +66,12 @@ class Check:
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The recipe's keys with `--key value [value ...]` overrides on top, values read as YAML and a list
     where the recipe has one (as TRL's parser reads them)."""
-    recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    try:
+        recipe = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not YAML ({error})") from None
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{path}: a recipe is a mapping of keys to values, not a {type(recipe).__name__}")
     items = list(overrides)
     while items:
         key = items.pop(0)
@@ -216,6 +221,8 @@ def check_output_dir(recipe: dict[str, Any]) -> list[Check]:
     if not output:
         return [Check("output_dir", "FAIL", "no output_dir")]
     path = Path(output)
+    if path.exists() and not path.is_dir():
+        return [Check("output_dir", "FAIL", f"{output} is a file, not a folder")]
     if not path.exists() or not any(path.iterdir()):
         return [Check("output_dir", "ok", f"{output}: free")]
     if any(next(path.glob(marker), None) for marker in RUN_MARKERS):

@@ -36,6 +36,12 @@ Conversation = list[dict[str, str]]
 # A UTF-16 half with no other: JSON can escape one ("\\ud83d"), no tokenizer or UTF-8 encoder takes it.
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
+
+class BackendMissing(ImportError):
+    """A backend's package is not installed here: the user's environment, not a bug (one line, no
+    traceback, from the CLI and the stages)."""
+
+
 VLLM_MISSING = (
     'The vllm backend needs vLLM, which is not installed: pip install -e ".[vllm]" (docker/ has it)'
 )
@@ -200,7 +206,7 @@ class VLLMGenerator(Generator):
         try:
             import vllm
         except ImportError as exc:
-            raise ImportError(VLLM_MISSING) from exc
+            raise BackendMissing(VLLM_MISSING) from exc
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         self._vllm = vllm

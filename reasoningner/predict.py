@@ -322,6 +322,8 @@ class NERModel:
         self.labels = list(labels)  # what the model was trained to find, when its contract says
         self.descriptions = dict(descriptions or {})  # of those labels, as its training prompts had them
         self._told_descriptions_unused = False
+        if max_prompt_chars is not None and max_prompt_chars < 1:
+            raise ValueError(f"max_prompt_chars must be at least 1, got {max_prompt_chars}")
         self.max_prompt_chars = max_prompt_chars or prompt_chars_for(generator, self.sampling)
         self._owns_generator = owns_generator
 

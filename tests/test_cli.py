@@ -137,3 +137,50 @@ def test_every_data_reading_command_and_stage_can_skip_and_count_bad_records(tmp
         "EU rejects",
         "Peter",
     ]
+
+
+def test_predict_says_why_the_backend_gave_up_and_fails_when_it_answered_nothing(tmp_path, capsys):
+    """A server refusing every prompt used to give lines of `generation_failed` with exit status 0 and
+    no reason anywhere."""
+    from tests.fake_openai import ChatHandler, ChatServer, serving
+
+    class Refusing(ChatHandler):
+        def respond(self, content: str, attempt: int, body: dict) -> None:
+            self.send(400, {"error": {"message": "prompt too long for this server"}})
+
+    texts = tmp_path / "texts.txt"
+    texts.write_bytes("\ufeffAnn met Bob .\n\nBob ran .\r\n".encode())  # a byte order mark, a blank line
+    with serving(ChatServer(Refusing)) as server:
+        options = json.dumps({"base_url": server.base_url, "api_key_env": None, "max_attempts": 1})
+        argv = ["predict", "--backend", "openai", "--model", "m", "--labels", "person", "--backend-options"]
+        assert main([*argv, options, str(texts)]) == 1
+    out, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["text"] for line in lines] == ["Ann met Bob .", "", "Bob ran ."]  # no BOM, no CR
+    assert lines[0]["problems"] == ["generation_failed"]
+    assert "gave up on 2 of 2 texts" in err and "prompt too long for this server" in err
+
+
+def test_predict_refuses_backend_options_it_cannot_use_in_one_line(tmp_path, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("Ann ran .\n")
+    argv = ["predict", "--backend", "openai", "--model", "m", "--labels", "person", "--backend-options"]
+    with pytest.raises(SystemExit) as refused:  # argparse's own error: usage, one line, status 2
+        main([*argv, "[1]", str(texts)])
+    assert refused.value.code == 2 and "invalid options_from value" in capsys.readouterr().err
+    assert main([*argv, '{"max_new_tokens": 5}', str(texts)]) == 2
+    assert "--backend-options cannot set ['max_new_tokens']" in capsys.readouterr().err
+
+
+def test_user_errors_of_files_and_recipes_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "descriptions.json"
+    bad.write_text("{person: 1}")
+    argv = ["predict", "--backend", "openai", "--model", "m", "--labels", "person", "--descriptions-file"]
+    assert main([*argv, str(bad), str(tmp_path)]) == 2
+    assert f"{bad}: not JSON" in capsys.readouterr().err
+    assert main(["score", str(tmp_path), str(tmp_path)]) == 2  # a folder where a file belongs
+    assert "Traceback" not in capsys.readouterr().err
+    listed = tmp_path / "recipe.yaml"
+    listed.write_text("- a\n- b\n")
+    assert main(["doctor", str(listed)]) == 2
+    assert "a recipe is a mapping of keys to values, not a list" in capsys.readouterr().err

@@ -625,7 +625,7 @@ def test_predict_cli_with_a_hub_model_takes_its_labels_and_prompt_from_its_hub_r
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 def test_predict_reads_a_hub_model_s_labels_at_the_revision_its_backend_loads(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     import huggingface_hub
 
@@ -639,10 +639,10 @@ def test_predict_reads_a_hub_model_s_labels_at_the_revision_its_backend_loads(
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
     texts = tmp_path / "texts.txt"
     texts.write_text("Jo runs .\n", encoding="utf-8")
-    # vLLM is not installed here: the run stops at the model load, after the labels were read.
-    with pytest.raises(ImportError, match="needs vLLM"):
-        main(["predict", "--model", "me/ner", "--backend", "vllm", "--backend-options", '{"revision": "v1"}',
-              str(texts)])  # fmt: skip
+    # vLLM is not installed here: the run stops at the model load (one line), after the labels were read.
+    argv = ["predict", "--model", "me/ner", "--backend", "vllm", "--backend-options", '{"revision": "v1"}']
+    assert main([*argv, str(texts)]) == 2
+    assert "needs vLLM" in capsys.readouterr().err
     assert asked and set(asked) == {"v1"}
 
 
@@ -689,6 +689,9 @@ def test_evaluation_and_predict_default_to_the_contract(
     source.write_text("Jo runs .\n", encoding="utf-8")
     assert main(["predict", "--model", str(contracted_model), "--max-new-tokens", "4", str(source)]) == 0
     assert json.loads(capsys.readouterr().out)["text"] == "Jo runs ."  # labels from the contract
+    assert main(["predict", "--model", str(tmp_path / "base"), str(source)]) == 2
+    assert "base does not exist" in capsys.readouterr().err  # checked before its contract is looked for
+    (tmp_path / "base").mkdir()
     assert main(["predict", "--model", str(tmp_path / "base"), str(source)]) == 2
     assert "prompt contract naming its labels: give --labels" in capsys.readouterr().err
 
