@@ -106,6 +106,18 @@ def start_deepspeed_on_cpu(training_args: Any) -> None:
         deepspeed.init_distributed(dist_backend=training_args.ddp_backend or "gloo")
 
 
+def peft_config(model_args: Any) -> Any:
+    """TRL's LoRA config of the recipe, recording the base model's revision: PEFT loads an adapter's base
+    at the revision its config names (`merge_lora`, GRPO continuing it, a user of a published adapter),
+    and TRL leaves it unset, so the adapter would be put on another revision than it was trained on."""
+    from trl import get_peft_config
+
+    config = get_peft_config(model_args)
+    if config is not None and model_args.model_revision:
+        config.revision = model_args.model_revision
+    return config
+
+
 def is_adapter(path: str) -> bool:
     """A LoRA adapter folder (stage 2 with use_peft and no merge), not a full model."""
     return (Path(path) / "adapter_config.json").exists()
@@ -200,7 +212,10 @@ def check_generation_cycle(training_args: Any) -> None:
         if training_args.max_steps <= 0:
             raise ValueError(f"{name} {steps:g} is a ratio of max_steps, which is unset: give it in steps")
         steps = math.ceil(training_args.max_steps * steps)
-    if (steps * accumulation) % cycle == 0:
+    if training_args.max_steps > 0 and (training_args.max_steps * accumulation) % cycle:
+        # The Trainer also saves at the last step, which a relaunch with a higher max_steps resumes.
+        name, steps = "max_steps", training_args.max_steps
+    elif (steps * accumulation) % cycle == 0:
         return
     raise ValueError(
         f"{name} {steps:g} falls inside a generation cycle ({training_args.steps_per_generation} "
@@ -310,6 +325,13 @@ def start_trainer_stage(
         if main_process:
             push_to = hub_repository(push_to, training_args.output_dir, training_args.hub_private_repo)
     training_args.push_to_hub = False
+    if training_args.load_best_model_at_end and training_args.save_total_limit == 1:
+        # transformers then keeps only the best checkpoint at the end of training: relaunched, the
+        # finished run would resume from it and train again (a kill inside save_final too).
+        raise ValueError(
+            "save_total_limit 1 with load_best_model_at_end deletes the last checkpoint at the end, and a "
+            "relaunch would train again from the best one: use save_total_limit 2"
+        )
     set_seed(training_args.seed)
     stale = stale_build_locks()
     if stale:  # DeepSpeed would wait on it without a word, for the whole allocation
@@ -478,6 +500,9 @@ class _ResumeRecord(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if "num_tokens" in self.record and hasattr(self.trainer, "_total_train_tokens"):
             self.trainer._total_train_tokens = self.record["num_tokens"]
+        # A resumed state keeps the checkpoint's logging, eval and save steps; a relaunch may change them
+        # (`tracking.OPERATIONAL`), and then means this launch's.
+        state.compute_steps(args, state.max_steps)
 
     def save(self, checkpoint: Path) -> None:
         state = self.trainer.state
@@ -510,6 +535,9 @@ def train_from(stage: str, trainer: Any, checkpoint: str | None) -> None:
     def save_rng_state_and_record(output_dir: str) -> None:
         save_rng_state(output_dir)
         record.save(Path(output_dir))
+        # Every rank's RNG file is written before rank 0 completes the checkpoint (trainer_state.json):
+        # transformers has no barrier there, and a kill in between left one that looked complete.
+        trainer.accelerator.wait_for_everyone()
 
     trainer._save_rng_state = save_rng_state_and_record
     try:

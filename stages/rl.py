@@ -6,7 +6,7 @@ python stages/rl.py --config recipes/tiny-cpu/rl.yaml --max_steps 5
 
 from datasets import Dataset
 from transformers import AutoTokenizer
-from trl import GRPOConfig, ModelConfig, get_peft_config, get_quantization_config
+from trl import GRPOConfig, ModelConfig, get_quantization_config
 
 from reasoningner.cli import run_stage
 from reasoningner.configs import (
@@ -25,6 +25,7 @@ from reasoningner.training import (
     finish_trainer_stage,
     held_out_schedule,
     model_init_kwargs,
+    peft_config,
     policy_model,
     save_final,
     start_trainer_stage,
@@ -99,7 +100,7 @@ def main(
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         quantization_config=get_quantization_config(model_args),  # QLoRA with load_in_4bit
-        peft_config=get_peft_config(model_args),
+        peft_config=peft_config(model_args),
     )
     trainer.accelerator.print(
         f"rl: {len(train_dataset)} prompts, {prompt}, rewards "

@@ -6,7 +6,7 @@ python stages/sft.py --config recipes/tiny-cpu/sft.yaml --num_train_epochs 1
 
 from datasets import Dataset
 from transformers import AutoTokenizer, IntervalStrategy
-from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config, get_quantization_config
+from trl import ModelConfig, SFTConfig, SFTTrainer, get_quantization_config
 
 from reasoningner.cli import run_stage
 from reasoningner.configs import (
@@ -20,6 +20,7 @@ from reasoningner.training import (
     cut_conversations,
     finish_trainer_stage,
     model_init_kwargs,
+    peft_config,
     save_final,
     start_trainer_stage,
     train_from,
@@ -63,7 +64,7 @@ def main(
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         quantization_config=get_quantization_config(model_args),  # QLoRA with load_in_4bit
-        peft_config=get_peft_config(model_args),
+        peft_config=peft_config(model_args),
     )
     trainer.accelerator.print(f"sft: {len(train_dataset)} conversations, {batching} batches, {prompt}")
     if cut := cut_conversations(trainer.train_dataset, training_args.max_length):

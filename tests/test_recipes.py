@@ -245,8 +245,11 @@ def test_a_checkpoint_inside_a_generation_cycle_is_refused() -> None:
         check_generation_cycle(training_args)
     training_args.save_steps = 56
     check_generation_cycle(training_args)
-    training_args.save_steps, training_args.max_steps = 0.1, 500  # a ratio: step 50, as the Trainer reads it
-    with pytest.raises(ValueError, match=r"save_steps 50 .* e.g. save_steps 48"):
+    training_args.max_steps = 500  # the Trainer saves at the last step too
+    with pytest.raises(ValueError, match=r"max_steps 500 .* use a multiple of 8, e.g. max_steps 496"):
+        check_generation_cycle(training_args)
+    training_args.save_steps, training_args.max_steps = 0.1, 504  # a ratio: step 51, as the Trainer reads it
+    with pytest.raises(ValueError, match=r"save_steps 51 .* e.g. save_steps 48"):
         check_generation_cycle(training_args)
     training_args.max_steps = 480
     check_generation_cycle(training_args)  # step 48

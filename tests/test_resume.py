@@ -411,3 +411,31 @@ def test_a_run_killed_before_its_first_checkpoint_keeps_its_wandb_run(
     other = start("--learning_rate", "2e-3")
     assert other != first
     assert start("--learning_rate", "2e-3", "--overwrite_output_dir", "true") != other
+
+
+def test_a_relaunch_saves_at_its_own_save_steps_and_a_best_model_run_keeps_its_last_checkpoint(
+    tiny_model_dir: Path, annotations: Path, tmp_path: Path
+) -> None:
+    """transformers resumes with the checkpoint's save, eval and logging steps: a relaunch that changes
+    them (allowed) kept the old ones. And with load_best_model_at_end, save_total_limit 1 deletes the
+    last checkpoint at the end, so that the finished run, relaunched, trained again: refused."""
+    stage = load_stage("sft")
+    out = tmp_path / "sft"
+
+    def sft(*extra: str) -> None:
+        stage.main(
+            *stage.make_parser().parse_args_and_config(
+                args=sft_args(tiny_model_dir, annotations, out, *extra)
+            )
+        )
+
+    sft("--max_steps", "2")
+    sft("--max_steps", "6", "--save_steps", "3")
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [
+        "checkpoint-2",
+        "checkpoint-3",
+        "checkpoint-6",
+    ]
+    with pytest.raises(ValueError, match="save_total_limit 1 with load_best_model_at_end"):
+        sft("--max_steps", "6", "--save_total_limit", "1", "--load_best_model_at_end", "true",
+            "--eval_strategy", "steps", "--eval_steps", "2", "--overwrite_output_dir", "true")  # fmt: skip

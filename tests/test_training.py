@@ -140,3 +140,14 @@ def test_a_grpo_card_names_the_hub_base_through_its_sft_start_the_hub_datasets_a
                             contract.prompt)  # what NERModel and training ask with  # fmt: skip
     assert f"```text\n{asked}\n```" in card
     assert "library_name: peft" in model_card("me/adapter", manifest, contract, adapter=True)
+
+
+def test_a_lora_config_records_the_base_revision_it_trains_on():
+    """PEFT loads an adapter's base at its config's revision (merge, GRPO, users): TRL leaves it unset."""
+    from trl import ModelConfig
+
+    from reasoningner.training import peft_config
+
+    assert peft_config(ModelConfig(use_peft=True, model_revision="abc123")).revision == "abc123"
+    assert peft_config(ModelConfig(use_peft=True)).revision == "main"  # ModelConfig's default
+    assert peft_config(ModelConfig(use_peft=False, model_revision="abc123")) is None
