@@ -284,8 +284,10 @@ def last_checkpoint(output_dir: str) -> str | None:
     return None
 
 
-# What a trainer stage leaves in its output folder: resume points and the final model.
-TRAINER_OUTPUTS = ("checkpoint-*", "trainer_state.json", "*.safetensors", "merged")
+# What a trainer stage leaves in its output folder: resume points and the final model (a LoRA run's
+# adapter_config.json too: left after an overwrite by full fine-tuning, it would make the new full model
+# pass for an adapter, to transformers, `is_adapter`, the card and publishing).
+TRAINER_OUTPUTS = ("checkpoint-*", "trainer_state.json", "*.safetensors", "merged", "adapter_config.json")
 
 
 class TrainerStart(NamedTuple):

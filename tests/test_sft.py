@@ -565,3 +565,17 @@ def test_the_model_card_tells_how_to_use_the_model_and_publishing_uploads_it_wit
     # The card's usage snippet runs as written, against the local folder.
     snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
     exec(snippet.replace(f'"me/{default}"', f'"{out}", max_new_tokens=8'), {})
+
+
+def test_an_overwrite_by_full_fine_tuning_leaves_no_adapter_config_of_the_lora_run_before(
+    model_dir: Path, cot_file: Path, tmp_path: Path, one_thread: None
+) -> None:
+    """Left behind, the LoRA run's adapter_config.json made the new full model pass for an adapter."""
+    from reasoningner.training import is_adapter
+
+    out = tmp_path / "sft"
+    args = stage_args(model_dir, cot_file, out, max_steps=1, lr=1e-3)
+    run_stage(*args, *LORA)
+    assert is_adapter(str(out))
+    run_stage(*args, "--overwrite_output_dir", "true")
+    assert not is_adapter(str(out)) and (out / "model.safetensors").is_file()
