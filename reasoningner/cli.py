@@ -134,6 +134,13 @@ def _tiny_model(args: argparse.Namespace, console: Console) -> int:
     from reasoningner.tracking import fingerprint
     from reasoningner.training_data import sft_record
 
+    # Checked before minutes of building: the first forward pass, or the warm-up, would fail after it.
+    if args.heads < 2 or args.heads % 2:
+        raise ValueError(
+            f"--heads {args.heads}: an even number of at least 2 (the tiny model has 2 key-value heads)"
+        )
+    if args.copy_warmup_steps < 0:
+        raise ValueError(f"--copy-warmup-steps {args.copy_warmup_steps}: 0 or more")
     prompt = PromptArguments(output_format=args.output_format)
     examples = [example for path in args.data for example in read_dataset(path).examples]
     # The tokenizer learns from what the model will read and write: prompts, rationales, answers.

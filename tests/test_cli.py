@@ -184,3 +184,12 @@ def test_user_errors_of_files_and_recipes_are_one_line(tmp_path, capsys):
     listed.write_text("- a\n- b\n")
     assert main(["doctor", str(listed)]) == 2
     assert "a recipe is a mapping of keys to values, not a list" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--heads", "3"), ("--heads", "1"), ("--copy-warmup-steps", "-1")]
+)
+def test_tiny_model_refuses_settings_that_fail_after_the_build(flag, value, tmp_path, capsys):
+    data = Path(__file__).parent / "data" / "conll2003_mini.txt"
+    assert main(["tiny-model", "--out", str(tmp_path / "m"), "--data", str(data), flag, value]) == 2
+    assert flag in capsys.readouterr().err and not (tmp_path / "m").exists()
