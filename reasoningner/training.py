@@ -350,9 +350,16 @@ def start_trainer_stage(
     )
     prompt = prompt.resolve(contract)
     configs = (script_args, prompt, training_args, model_args)
-    # The process count is part of the run: a checkpoint resumed on another skips or repeats data
-    # (the Trainer skips steps x accumulation batches per process) and ZeRO's optimizer shards no longer fit.
-    settings = run_settings(config_dict(*configs)) | {"world_size": training_args.world_size}
+    # How it is launched is part of the run too. The process count: a checkpoint resumed on another skips
+    # or repeats data (the Trainer skips steps x accumulation batches per process), and ZeRO's optimizer
+    # shards no longer fit. The ZeRO stage (none: DDP), from a recipe's `deepspeed` or accelerate's config:
+    # DeepSpeed finds no checkpoint of its own in a DDP one, and DDP silently starts a DeepSpeed
+    # checkpoint with a fresh optimizer.
+    plugin = training_args.deepspeed_plugin
+    settings = run_settings(config_dict(*configs)) | {
+        "world_size": training_args.world_size,
+        "zero_stage": None if plugin is None else plugin.zero_stage,
+    }
     relaunch = not script_args.overwrite_output_dir and recorded_run(training_args.output_dir, settings)
     resume = claim_output_dir(
         training_args.output_dir,

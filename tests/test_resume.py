@@ -249,6 +249,8 @@ def test_a_rerun_with_other_settings_is_refused_and_overwrite_starts_afresh(
     with monkeypatch.context() as patch, pytest.raises(ValueError, match=r"world_size: 1 -> 4"):
         patch.setattr(transformers.TrainingArguments, "world_size", property(lambda self: 4))
         sft("--max_steps", "6")  # requeued on 4 processes: its data position would be another
+    with pytest.raises(ValueError, match=r"zero_stage: None -> 2"):  # its optimizer state is DDP's
+        sft("--max_steps", "6", "--deepspeed", "recipes/accelerate/ds_zero2.json")
     sft("--max_steps", "2", "--learning_rate", "2e-3", "--overwrite_output_dir", "true")
     assert "sft: starting at step 0" in capsys.readouterr().out
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
