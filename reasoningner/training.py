@@ -327,6 +327,11 @@ def start_trainer_stage(
         if main_process:
             push_to = hub_repository(push_to, training_args.output_dir, training_args.hub_private_repo)
     training_args.push_to_hub = False
+    if training_args.save_only_model:
+        logger.warning(
+            "save_only_model: checkpoints hold no optimizer or scheduler state, so a run resumed from one "
+            "restarts both (transformers says nothing then): a killed run does not train as one never killed"
+        )
     if training_args.load_best_model_at_end and training_args.save_total_limit == 1:
         # transformers then keeps only the best checkpoint at the end of training: relaunched, the
         # finished run would resume from it and train again (a kill inside save_final too).

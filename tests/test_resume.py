@@ -4,6 +4,7 @@ other settings, values and paths that would fail late, and secrets that must not
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -416,7 +417,7 @@ def test_a_run_killed_before_its_first_checkpoint_keeps_its_wandb_run(
 
 
 def test_a_relaunch_saves_at_its_own_save_steps_and_a_best_model_run_keeps_its_last_checkpoint(
-    tiny_model_dir: Path, annotations: Path, tmp_path: Path
+    tiny_model_dir: Path, annotations: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """transformers resumes with the checkpoint's save, eval and logging steps: a relaunch that changes
     them (allowed) kept the old ones. And with load_best_model_at_end, save_total_limit 1 deletes the
@@ -438,6 +439,9 @@ def test_a_relaunch_saves_at_its_own_save_steps_and_a_best_model_run_keeps_its_l
         "checkpoint-3",
         "checkpoint-6",
     ]
+    with caplog.at_level(logging.WARNING, logger="reasoningner.training"):
+        sft("--max_steps", "6", "--save_only_model", "true")  # finished: nothing trained, but warned
+    assert "save_only_model: checkpoints hold no optimizer or scheduler state" in caplog.text
     with pytest.raises(ValueError, match="save_total_limit 1 with load_best_model_at_end"):
         sft("--max_steps", "6", "--save_total_limit", "1", "--load_best_model_at_end", "true",
             "--eval_strategy", "steps", "--eval_steps", "2", "--overwrite_output_dir", "true")  # fmt: skip
