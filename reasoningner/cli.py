@@ -41,6 +41,7 @@ def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     stats.add_argument(
         "--skip-bad", action="store_true", help="skip malformed records (they are counted and listed)"
     )
+    stats.add_argument("--labels", help=LABELS_HELP)
     stats.set_defaults(handler=_stats)
 
     convert = data_commands.add_parser("convert", help="convert a file between supported formats")
@@ -51,12 +52,22 @@ def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument(
         "--skip-bad", action="store_true", help="skip malformed records (they are counted and listed)"
     )
+    convert.add_argument("--labels", help=LABELS_HELP)
     convert.set_defaults(handler=_convert)
 
 
-def _stats(args: argparse.Namespace, console: Console) -> int:
+LABELS_HELP = "comma-separated label set of the file (a file without entities states none)"
+
+
+def _read(path: Path, args: argparse.Namespace) -> Any:
+    """A data command's file, with the `--labels` schema when given and bad records skipped if asked."""
+    labels = tuple(label.strip() for label in (args.labels or "").split(",") if label.strip())
     on_error = "skip" if args.skip_bad else "raise"
-    reports = [dataset_stats(read_dataset(path, args.reader, on_error=on_error)) for path in args.paths]
+    return read_dataset(path, args.reader, schema=Schema(labels) if labels else None, on_error=on_error)
+
+
+def _stats(args: argparse.Namespace, console: Console) -> int:
+    reports = [dataset_stats(_read(path, args)) for path in args.paths]
     if args.json:
         print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
         return 0
@@ -87,14 +98,14 @@ def _stats_tables(report: dict) -> tuple[Table, Table]:
 
 
 def _convert(args: argparse.Namespace, console: Console) -> int:
-    dataset = read_dataset(args.source, args.reader, on_error="skip" if args.skip_bad else "raise")
+    dataset = _read(args.source, args)
     write_dataset(dataset, args.target, args.to)
     console.print(
         f"wrote {len(dataset.examples)} examples to {args.target} ({args.to}); "
         f"skipped {len(dataset.skipped)} malformed records"
     )
     for message in dataset.skipped:
-        console.print(f"  skipped {message}", highlight=False)
+        console.print(f"  skipped {message}", highlight=False, soft_wrap=True)  # one line each, to grep
     return 0
 
 
@@ -413,7 +424,7 @@ def _score(args: argparse.Namespace, console: Console) -> int:
             highlight=False,
         )
         for message in info["skipped"]:
-            console.print(f"  skipped {message}", highlight=False)
+            console.print(f"  skipped {message}", highlight=False, soft_wrap=True)
     if args.compat != "none":
         counted = "exact-span" if args.compat == "llms4ner" else "text"
         console.print(f"{counted} scores counted as {args.compat}'s scripts count them", highlight=False)

@@ -204,7 +204,9 @@ class _Collector:
         labels = dict.fromkeys(span.label for record in self.records for span in record.spans)
         if not labels:
             skipped = f" ({len(self.skipped)} records skipped)" if self.skipped else ""
-            raise DataError(self.path, None, f"no labels: no entities and none stated{skipped}; pass schema=")
+            raise DataError(
+                self.path, None, f"no labels: no entities and none stated{skipped}; pass schema= (--labels)"
+            )
         return Schema(tuple(labels))
 
 

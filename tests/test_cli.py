@@ -193,3 +193,15 @@ def test_tiny_model_refuses_settings_that_fail_after_the_build(flag, value, tmp_
     data = Path(__file__).parent / "data" / "conll2003_mini.txt"
     assert main(["tiny-model", "--out", str(tmp_path / "m"), "--data", str(data), flag, value]) == 2
     assert flag in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
+def test_data_commands_take_the_labels_of_a_file_without_entities(tmp_path, capsys):
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text('{"text": "Nothing here .", "entities": []}\n')
+    assert main(["data", "stats", str(plain), "--json"]) == 2
+    assert "pass schema= (--labels)" in capsys.readouterr().err
+    assert main(["data", "stats", str(plain), "--json", "--labels", "person,location"]) == 0
+    assert json.loads(capsys.readouterr().out)["sentences"] == 1
+    target = tmp_path / "plain.txt"
+    assert main(["data", "convert", str(plain), str(target), "--to", "conll", "--labels", "person"]) == 0
+    assert target.read_text().split() == ["Nothing", "O", "here", "O", ".", "O"]
