@@ -362,13 +362,21 @@ def _add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, help=spec.metadata["help"])
 
 
-def _refuse_renamed_flags(argv: Sequence[str]) -> None:
-    """Old option names (`configs.RENAMED`, and `--format`) fail with the new name."""
+def _refuse_renamed_flags(argv: Sequence[str], parser: argparse.ArgumentParser) -> None:
+    """Old option names (`configs.RENAMED`, and `--format`) fail with the new name, where the command
+    has it (elsewhere argparse names the unknown flag)."""
     renamed = {f"--{old}".replace("_", "-"): f"--{new}".replace("_", "-") for old, new in RENAMED.items()}
     renamed["--format"] = "--output-format"
+    command = parser
+    for word in argv:  # down the subcommands named (`data convert`)
+        subparsers = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subparsers or word not in subparsers[0].choices:
+            break
+        command = subparsers[0].choices[word]
+    flags = {flag for action in command._actions for flag in action.option_strings}
     for arg in argv:
         flag = arg.split("=")[0]
-        if flag in renamed:
+        if flag in renamed and renamed[flag] in flags:
             raise ValueError(f"{flag} is now called {renamed[flag]}")
 
 
@@ -475,8 +483,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     console = Console(stderr=False)
     try:
-        _refuse_renamed_flags(argv)
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        _refuse_renamed_flags(argv, parser)
+        args = parser.parse_args(argv)
         return args.handler(args, console)
     except USER_ERRORS as error:
         return report_user_error(error)

@@ -205,3 +205,17 @@ def test_data_commands_take_the_labels_of_a_file_without_entities(tmp_path, caps
     target = tmp_path / "plain.txt"
     assert main(["data", "convert", str(plain), str(target), "--to", "conll", "--labels", "person"]) == 0
     assert target.read_text().split() == ["Nothing", "O", "here", "O", ".", "O"]
+
+
+def test_an_old_flag_is_named_with_its_new_name_only_where_the_command_has_it(tmp_path, capsys):
+    texts = tmp_path / "t.txt"
+    texts.write_text("x\n")
+    with pytest.raises(SystemExit):  # predict's model flag is --model: argparse names the unknown flag
+        main(["predict", "--model", "m", "--teacher-model", "m", "--labels", "a", str(texts)])
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --teacher-model" in err and "--model-name-or-path" not in err
+    with pytest.raises(SystemExit):  # data convert writes with --to
+        main(["data", "convert", str(texts), str(tmp_path / "o"), "--format", "xml"])
+    assert "--output-format" not in capsys.readouterr().err
+    assert main(["predict", "--model", "m", "--labels", "a", "--format", "xml"]) == 2  # predict has it
+    assert "--format is now called --output-format" in capsys.readouterr().err
