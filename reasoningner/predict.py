@@ -555,6 +555,12 @@ class NERModel:
         frame = self.generator.prompt_tokens([self.conversation("", schema)]) if budget is not None else None
         if budget is None or frame is None or not pieces:
             return pieces
+        if frame[0] >= budget:
+            raise ValueError(
+                f"the prompt without the text is {frame[0]} tokens, and the context leaves {budget} after "
+                f"max_new_tokens={self.sampling.max_new_tokens}: lower max_new_tokens, or shorten the label "
+                "descriptions"
+            )
         fitted = []
         while pieces:
             counts = self.generator.prompt_tokens(
@@ -573,8 +579,8 @@ class NERModel:
                     )
                 # The text's share of the tokens scaled to what the prompt around it leaves, and at
                 # least one character less, so that every round cuts.
-                room = max(budget - frame[0], 0)
-                size = max(min((end - start) * room // (count - frame[0]), end - start - 1), 1)
+                room = budget - frame[0]
+                size = max(min((end - start) * room // max(count - frame[0], 1), end - start - 1), 1)
                 over += [(index, start + a, start + b) for a, b in windows(texts[index][start:end], size)]
             pieces = over
         return sorted(fitted)

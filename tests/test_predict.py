@@ -376,7 +376,10 @@ def test_a_prompt_that_cannot_fit_even_one_character_is_refused_with_what_to_cha
     with pytest.raises(ValueError, match="one character of text is .* tokens.*max_new_tokens=100"):
         NERModel(generator, sampling=sampling).predict(["上海" * 400], ["location"])
     assert generator.prompts == []
-    generator.context_tokens += 1  # one character at a time fits
+    generator.context_tokens = 100 + frame - 5  # not even the prompt around the text fits
+    with pytest.raises(ValueError, match="the prompt without the text is .* tokens"):
+        NERModel(generator, sampling=sampling, max_prompt_chars=2000).predict(["上海"], ["location"])
+    generator.context_tokens = 100 + frame + 3  # one character at a time fits
     [prediction] = NERModel(generator, sampling=sampling).predict(["上海" * 5], ["location"])
     assert len(generator.prompts) == 10 and list(prediction) == []  # no window holds a whole city
 
