@@ -293,12 +293,18 @@ def recorded_run(output_dir: str | Path, settings: dict[str, Any]) -> bool:
     return not _differences(earlier, json.loads(json.dumps(settings, default=str)))
 
 
+# How a trainer run is launched, recorded from 2026-12-04 on: an attempt recorded before, which lacks
+# them, is not refused for them (a run in flight stays resumable across the upgrade).
+LAUNCH_SETTINGS = frozenset({"world_size", "zero_stage"})
+
+
 def _differences(earlier: dict[str, Any], settings: dict[str, Any]) -> list[str]:
     """`key: before -> now` for each setting that changed."""
     return [
         f"{key}: {earlier.get(key, '<unset>')!r} -> {settings.get(key, '<unset>')!r}"
         for key in sorted(earlier.keys() | settings.keys())
         if not _same_setting(earlier.get(key), settings.get(key))
+        and not (key in LAUNCH_SETTINGS and key not in earlier)
     ]
 
 

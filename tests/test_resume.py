@@ -252,12 +252,17 @@ def test_a_rerun_with_other_settings_is_refused_and_overwrite_starts_afresh(
         sft("--max_steps", "6")  # requeued on 4 processes: its data position would be another
     with pytest.raises(ValueError, match=r"zero_stage: None -> 2"):  # its optimizer state is DDP's
         sft("--max_steps", "6", "--deepspeed", "recipes/accelerate/ds_zero2.json")
+    recorded = json.loads((out / RUN_SETTINGS).read_text())
+    older = {k: v for k, v in recorded.items() if k not in ("world_size", "zero_stage")}
+    (out / RUN_SETTINGS).write_text(json.dumps(older))  # an attempt recorded before they were
+    sft("--max_steps", "4", "--logging_steps", "2")  # resumes: not refused for what it did not record
+    assert "sft: resuming from" in capsys.readouterr().out
     sft("--max_steps", "2", "--learning_rate", "2e-3", "--overwrite_output_dir", "true")
     assert "sft: starting at step 0" in capsys.readouterr().out
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
     assert json.loads((out / RUN_SETTINGS).read_text())["learning_rate"] == 2e-3
     manifest = json.loads((out / MANIFEST).read_text())
-    assert [attempt["config"]["learning_rate"] for attempt in manifest["history"]] == [1e-3, 1e-3]
+    assert [attempt["config"]["learning_rate"] for attempt in manifest["history"]] == [1e-3] * 3
 
 
 def test_only_a_folder_with_outputs_of_other_settings_is_refused(tmp_path: Path) -> None:
