@@ -267,10 +267,11 @@ def _pairs(
     # Records on both sides, the skipped ones included (the predictions' malformed lines are in `skipped`).
     lines, records = len(predictions) + len(skipped), len(dataset.examples) + len(dataset.skipped)
     if lines != records:
-        message = f"{lines} predictions for {records} gold sentences"
-        if on_error == "raise":
-            raise DataError(path, None, message)
-        skipped.append(f"{path}: {message}; the lines past the shorter file are not scored")
+        _mismatch(
+            f"{lines} predictions for {records} gold sentences",
+            "the lines past the shorter file are not scored",
+            path, on_error, skipped,
+        )  # fmt: skip
     pairs = []
     for prediction in predictions:
         example = by_index.get(prediction.index)
@@ -309,11 +310,19 @@ def _pairs_by_id(
         skipped.append(f"{path}: {others} lines of other sentences (probes, other datasets) are not scored")
     missing = len(dataset.examples) - len(pairs)
     if missing:
-        message = f"{missing} of {len(dataset.examples)} gold sentences have no line"
-        if on_error == "raise":
-            raise DataError(path, None, message)
-        skipped.append(f"{path}: {message}; they are not scored")
+        _mismatch(
+            f"{missing} of {len(dataset.examples)} gold sentences have no line", "they are not scored",
+            path, on_error, skipped,
+        )  # fmt: skip
     return list(pairs.values())
+
+
+def _mismatch(message: str, consequence: str, path: PathLike, on_error: OnError, skipped: list[str]) -> None:
+    """Gold and predictions that do not pair up: an error naming the predictions file, or with
+    `on_error="skip"` a skip message saying what is not scored."""
+    if on_error == "raise":
+        raise DataError(path, None, message)
+    skipped.append(f"{path}: {message}; {consequence}")
 
 
 def _parse(prediction: PredictionLine, gold: Example, fmt: Any, path: PathLike) -> ParseResult:
@@ -389,15 +398,11 @@ def llms4ner_counts(prediction: PredictionLine, gold: Example, output_format: st
 
 
 def reasoningie_counts(prediction: PredictionLine, gold: Example) -> dict[str, Counts]:
-    """Per-label counts of one line as ReasoningIE's evaluation makes them (module docstring)."""
+    """Per-label counts of one line as ReasoningIE's evaluation makes them (module docstring): its keys are
+    sets, for which the multiset count is the set count."""
     found = reasoningie_entities(reasoningie_answer(prediction.output or "")) or set()
     expected = {reasoningie_key(span.text(gold.text), span.label) for span in gold.spans}
-    counts: dict[str, Counts] = {}
-    for key, kind in [*((k, "tp") for k in found & expected), *((k, "fp") for k in found - expected),
-                      *((k, "fn") for k in expected - found)]:  # fmt: skip
-        one = Counts(tp=kind == "tp", fp=kind == "fp", fn=kind == "fn")
-        counts[key[1]] = counts.get(key[1], Counts()) + one
-    return counts
+    return multiset_counts(expected, found, label_at=1)
 
 
 def score(sets: list[ScoredSet], compat: Compat = "none", primary_mode: str = "text") -> Evaluation:
