@@ -118,6 +118,13 @@ def peft_config(model_args: Any) -> Any:
     return config
 
 
+def zero_stage(training_args: Any) -> int | None:
+    """The DeepSpeed ZeRO stage a run trains under (a recipe's `deepspeed` file or accelerate's config);
+    None without DeepSpeed (DDP or one process)."""
+    plugin = getattr(training_args, "deepspeed_plugin", None)
+    return None if plugin is None else plugin.zero_stage
+
+
 def is_adapter(path: str) -> bool:
     """A LoRA adapter folder (stage 2 with use_peft and no merge), not a full model."""
     return (Path(path) / "adapter_config.json").exists()
@@ -143,8 +150,7 @@ def policy_model(path: str, model_init_kwargs: dict[str, Any], training_args: An
 
     kwargs = {k: v for k, v in model_init_kwargs.items() if v is not None}
     policy = AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=True, **kwargs)
-    plugin = getattr(training_args, "deepspeed_plugin", None)
-    if plugin is not None and plugin.zero_stage == 3:
+    if zero_stage(training_args) == 3:
         # PEFT upcasts the adapter to fp32 on a bf16 base, and ZeRO-3 gathers a module's parameters into
         # one dtype's buffer: the first optimizer step fails (trl#6089). TRL keeps its own adapters in the
         # base's dtype too (autocast_adapter_dtype=False, which AutoPeftModel would hand the base model).
@@ -360,10 +366,9 @@ def start_trainer_stage(
     # shards no longer fit. The ZeRO stage (none: DDP), from a recipe's `deepspeed` or accelerate's config:
     # DeepSpeed finds no checkpoint of its own in a DDP one, and DDP silently starts a DeepSpeed
     # checkpoint with a fresh optimizer.
-    plugin = training_args.deepspeed_plugin
     settings = run_settings(config_dict(*configs)) | {
         "world_size": training_args.world_size,
-        "zero_stage": None if plugin is None else plugin.zero_stage,
+        "zero_stage": zero_stage(training_args),
     }
     relaunch = not script_args.overwrite_output_dir and recorded_run(training_args.output_dir, settings)
     resume = claim_output_dir(
