@@ -552,8 +552,10 @@ class NERModel:
         into windows of the characters its tokens allow, until every prompt fits; as they are when the
         backend cannot count tokens."""
         budget = self.prompt_token_budget()
-        frame = self.generator.prompt_tokens([self.conversation("", schema)]) if budget is not None else None
-        if budget is None or frame is None or not pieces:
+        if budget is None or not pieces:
+            return pieces
+        frame = self.generator.prompt_tokens([self.conversation("", schema)])
+        if frame is None:  # a backend that cannot count tokens
             return pieces
         if frame[0] >= budget:
             raise ValueError(
