@@ -59,9 +59,14 @@ def _add_data_commands(subparsers: argparse._SubParsersAction) -> None:
 LABELS_HELP = "comma-separated label set of the file (a file without entities states none)"
 
 
+def _labels(option: str | None) -> tuple[str, ...]:
+    """A `--labels` option: comma-separated, blanks and spaces around each dropped."""
+    return tuple(label.strip() for label in (option or "").split(",") if label.strip())
+
+
 def _read(path: Path, args: argparse.Namespace) -> Any:
     """A data command's file, with the `--labels` schema when given and bad records skipped if asked."""
-    labels = tuple(label.strip() for label in (args.labels or "").split(",") if label.strip())
+    labels = _labels(args.labels)
     on_error = "skip" if args.skip_bad else "raise"
     return read_dataset(path, args.reader, schema=Schema(labels) if labels else None, on_error=on_error)
 
@@ -246,7 +251,7 @@ def _predict(args: argparse.Namespace, console: Console) -> int:
     Input that is not UTF-8 is decoded with U+FFFD for each bad byte (the line echoed is that text, so
     offsets still slice it) rather than ending the run.
     """
-    labels = tuple(label.strip() for label in (args.labels or "").split(",") if label.strip())
+    labels = _labels(args.labels)
     descriptions = _descriptions(args.descriptions_file) if args.descriptions_file else {}
     reserved = sorted(set(args.backend_options) & PREDICT_SETTINGS)
     if reserved:
