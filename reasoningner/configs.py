@@ -548,10 +548,21 @@ def training_sources(
         except OSError as error:
             logger.warning("%s: no %s from the Hub (%s): training data not checked", model, MANIFEST, error)
     else:
-        inside_run = Path(model).name.startswith("checkpoint-") or Path(model).name == "merged"
-        folders = [Path(model), Path(model).parent] if inside_run else [Path(model)]
-        path = next((folder / MANIFEST for folder in folders if (folder / MANIFEST).is_file()), None)
+        path = local_manifest(model)
     return data_sources(json.loads(path.read_text(encoding="utf-8"))) if path is not None else []
+
+
+def local_manifest(model: str | Path) -> Path | None:
+    """The manifest of a model trained here: in its folder, or in the run folder above a `checkpoint-N`
+    or a `merged` model; None for a model without one (a base model)."""
+    inside_run = Path(model).name.startswith("checkpoint-") or Path(model).name == "merged"
+    folders = [Path(model), Path(model).parent] if inside_run else [Path(model)]
+    return next((folder / MANIFEST for folder in folders if (folder / MANIFEST).is_file()), None)
+
+
+def is_adapter(path: str | Path) -> bool:
+    """A LoRA adapter folder (stage 2 with use_peft and no merge), not a full model."""
+    return (Path(path) / "adapter_config.json").exists()
 
 
 def check_contamination(args: EvalArguments, training: list[str]) -> None:

@@ -12,7 +12,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from reasoningner.configs import PROMPT_CONTRACT, PromptArguments, PromptContract, is_hub_id
+from reasoningner.configs import (
+    PROMPT_CONTRACT,
+    PromptArguments,
+    PromptContract,
+    is_adapter,
+    is_hub_id,
+    local_manifest,
+)
 from reasoningner.prompts import ner_instruction
 from reasoningner.sources import is_source, parse_source
 from reasoningner.spans import Schema
@@ -36,8 +43,7 @@ def hub_base(model: str) -> str | None:
     for _ in range(8):  # a chain of stages, not a cycle
         if is_hub_id(model):
             return model
-        folder = Path(model)
-        manifest = next((f / MANIFEST for f in (folder, folder.parent) if (f / MANIFEST).is_file()), None)
+        manifest = local_manifest(model)
         if manifest is None:
             return None
         model = str(json.loads(manifest.read_text(encoding="utf-8"))["config"].get("model_name_or_path", ""))
@@ -157,8 +163,9 @@ def write_model_card(output_dir: str | Path, repo_id: str | None = None) -> Path
     for folder in (output_dir, output_dir / "merged"):
         if folder.is_dir():
             name = repo_id or str(folder)
-            adapter = (folder / "adapter_config.json").is_file()
-            (folder / CARD).write_text(model_card(name, manifest, contract, adapter), encoding="utf-8")
+            (folder / CARD).write_text(
+                model_card(name, manifest, contract, is_adapter(folder)), encoding="utf-8"
+            )
     return output_dir / CARD
 
 

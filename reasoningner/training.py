@@ -21,7 +21,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
-from reasoningner.configs import PromptArguments, PromptContract, is_hub_id, require_model
+from reasoningner.configs import PromptArguments, PromptContract, is_adapter, is_hub_id, require_model
 from reasoningner.doctor import stale_build_locks
 from reasoningner.model_card import hub_repository, publish, run_folder, write_model_card
 from reasoningner.tracking import (
@@ -123,11 +123,6 @@ def zero_stage(training_args: Any) -> int | None:
     None without DeepSpeed (DDP or one process)."""
     plugin = getattr(training_args, "deepspeed_plugin", None)
     return None if plugin is None else plugin.zero_stage
-
-
-def is_adapter(path: str) -> bool:
-    """A LoRA adapter folder (stage 2 with use_peft and no merge), not a full model."""
-    return (Path(path) / "adapter_config.json").exists()
 
 
 def check_adapter_start(model_args: Any) -> None:
