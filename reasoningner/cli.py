@@ -494,6 +494,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args, console)
     except USER_ERRORS as error:
         return report_user_error(error)
+    except BrokenPipeError:
+        # The reader left (`reasoningner predict ... | head`): stop quietly as a shell tool does. Output still
+        # buffered goes to /dev/null, or the interpreter's last flush raises again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

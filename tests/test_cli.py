@@ -1,6 +1,8 @@
 """The `reasoningner` commands (data, tiny-model), run through `cli.main` as a user would."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -219,3 +221,21 @@ def test_an_old_flag_is_named_with_its_new_name_only_where_the_command_has_it(tm
     assert "--output-format" not in capsys.readouterr().err
     assert main(["predict", "--model", "m", "--labels", "a", "--format", "xml"]) == 2  # predict has it
     assert "--format is now called --output-format" in capsys.readouterr().err
+
+
+def test_a_reader_leaving_early_ends_the_command_without_a_traceback():
+    """`reasoningner ... | head`: the pipe closes before the command writes; it stops with exit 1, quietly."""
+    command = [
+        sys.executable,
+        "-m",
+        "reasoningner.cli",
+        "data",
+        "stats",
+        "--json",
+        str(DATA / "ace2005_mini.json"),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before the interpreter has started: its first write meets a closed pipe
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 1
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
