@@ -28,9 +28,11 @@ from typing import Any
 
 # Torch's vectorized kernels, MKL and oneDNN each pick a code path by instruction set (AVX-512 where the
 # CPU has it), and one rounding apart is another training run: with the same lock, the demo's GRPO came
-# out 2.9 F1 lower on an AVX2-only CPU than on the earlier hosts. The demo computes on the AVX2 path on
-# every x86-64 machine (MKL's conditional numerical reproducibility; ignored elsewhere), set before torch
-# loads, for this process and every stage it runs; the environment overrides each.
+# out 2.9 F1 lower on an AVX2-only CPU than on the earlier hosts. The demo pins the AVX2 path (MKL's
+# conditional numerical reproducibility; ignored off x86-64), set before torch loads, for this process and
+# every stage it runs; the environment overrides each. oneMKL takes its AVX2 branch on Intel CPUs only
+# (on another vendor's it falls back to its AUTO branch, its developer guide says), so the numbers repeat
+# on one vendor's CPUs, not across vendors (README, "The numbers repeat").
 os.environ |= {
     "ATEN_CPU_CAPABILITY": "avx2",
     "MKL_CBWR": "AVX2,STRICT",
