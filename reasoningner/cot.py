@@ -3,13 +3,18 @@
 For every sentence the teacher (an LLM behind a `generation` backend, or the `gold-template`
 writer that needs none) produces `samples_per_sentence` rationale + answer pairs. Each is parsed
 with the foundation parsers and scored: entity F1 against gold, and consistency between rationale
-and answer (`rationale.consistency`, the score the GRPO reward shares). The best sample is kept.
+and answer (`rationale.consistency`, the score the GRPO reward shares). A sample is acceptable when
+it reaches `f1_threshold` and `min_consistency` and its answer reads whole (`UNREADABLE`: an answer
+that does not parse is no empty answer, even for a sentence without entities). The best sample is
+kept: an acceptable one if there is one, then by F1 and consistency.
 With `gold_answer`, an accepted sample's answer is replaced by the gold answer (its rationale is
-kept): useful with a threshold below 1.0, when near-misses of the teacher still reason well.
+kept): useful with a threshold below 1.0, when near-misses of the teacher still reason well. Its
+consistency is then measured against the gold answer, the one its rationale is stored with.
 
 Every sentence ends as one record with a `status` (`records`):
-- accepted: the best sample reaches `f1_threshold` and `min_consistency`;
-- rejected: it does not (kept, with its scores; training skips it);
+- accepted: the best sample is acceptable;
+- rejected: it is not (kept, with its scores and, for an unreadable answer, the `reason`; training
+  skips it);
 - failed: no usable reply. The backend gave up on the sentence (a server that kept failing on it,
   a request it refused), or every sample came back empty, cut off at max_new_tokens or ended by the
   engine (aborted), also after `INCOMPLETE_RETRIES` more tries, each with another seed (none when a
@@ -27,6 +32,10 @@ What a run guarantees when its process ends at any moment (any signal, preemptio
   annotates exactly the sentences without a record, so that every sentence ends in the file exactly
   once. A rewrite goes through a temporary file and `os.replace`: a kill during it leaves the old
   file or the new one, never a mix. (`overwrite_output_dir` starts the file afresh instead.)
+- A record carries the `settings` that shaped it besides its prompt and teacher
+  (`annotation_settings`: thresholds, sampling, ...): a rerun or a merge refuses records made with other
+  settings, naming what differs, rather than mix two data sets in one file (records written before they
+  carried settings are not checked).
 - Resume keys (`<dataset name>/<example id>`) are unique by refusal: duplicate ids in a file, or two
   inputs with one dataset name (`a/conll/train.txt` and `b/conll/train.txt` are both
   `conll-train`), are an error at start that names them, as a rerun would take one sentence for
@@ -68,12 +77,13 @@ from tqdm.auto import tqdm
 from reasoningner.configs import GOLD_TEMPLATE, CoTArguments, GenerationArguments, PromptArguments
 from reasoningner.files import JSONL_ERRORS, complete_lines, exclusive, write_whole
 from reasoningner.formats import OutputFormat, get_format, split_answer
-from reasoningner.generation import Completion, ConversationFailed, GenerationError
+from reasoningner.generation import OUTPUT_OPTIONS, Completion, ConversationFailed, GenerationError
 from reasoningner.metrics import MatchMode, example_f1
 from reasoningner.prompts import prompt_hash, teacher_instruction
 from reasoningner.rationale import consistency, gold_template_rationale
 from reasoningner.records import STATUSES, numbered_records, parse_record, read_records, record_status
 from reasoningner.spans import Example
+from reasoningner.tracking import differences
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +95,8 @@ RETRY_SEED_STRIDE = 1_000_003  # a retry's seed: a seeded backend (vLLM) would r
 FAILURES_IN_A_ROW = 64
 USABLE_ENDS = ("stop", None)  # vLLM also ends with length, abort, error
 AFRESH = "rerun with --overwrite_output_dir true to start afresh, or choose another output_dir"
+# Parse problems that leave no whole answer to read: such a sample is never accepted.
+UNREADABLE = frozenset({"no_answer", "unclosed_think", "truncated", "invalid_json", "wrong_shape"})
 
 
 def shard_name(name: str, index: int | str, count: int | str) -> str:
@@ -116,6 +128,12 @@ class Sample:
     f1: float
     consistency: float
     completion_tokens: int
+    unreadable: tuple[str, ...] = ()  # the `UNREADABLE` problems of its answer
+
+    def acceptable(self, args: CoTArguments) -> bool:
+        return (
+            not self.unreadable and self.f1 >= args.f1_threshold and self.consistency >= args.min_consistency
+        )
 
 
 @dataclass(frozen=True)
@@ -128,9 +146,15 @@ class Failure:
 
 
 def score_sample(
-    example: Example, completion: Completion, output_format: OutputFormat, mode: MatchMode, index: int = 0
+    example: Example,
+    completion: Completion,
+    output_format: OutputFormat,
+    mode: MatchMode,
+    index: int = 0,
+    gold_answer: bool = False,
 ) -> Sample:
-    """Parse a teacher completion and score it against gold and against its own rationale.
+    """Parse a teacher completion and score it against gold and against its own rationale (against the
+    gold answer with `gold_answer`: the answer the rationale is stored with if accepted).
 
     The stored answer is the canonical rendering of what the teacher found (labels outside the
     schema dropped), so that training targets are always well-formed.
@@ -139,6 +163,8 @@ def score_sample(
     rationale = (rationale or "").strip()
     parsed = output_format.parse_answer(answer, example.text, example.schema, problems)
     pairs = [(s.text(example.text), s.label) for s in parsed.spans] + list(parsed.ungrounded)
+    if gold_answer:
+        pairs = example.span_texts()
     kept = tuple(s for s in parsed.spans if s.label in example.schema)
     return Sample(
         index=index,
@@ -147,12 +173,14 @@ def score_sample(
         f1=example_f1(example, parsed.spans, parsed.ungrounded, mode),
         consistency=consistency(rationale, pairs, example.schema) if rationale else 0.0,
         completion_tokens=completion.completion_tokens,
+        unreadable=tuple(sorted({p.kind for p in parsed.problems} & UNREADABLE)),
     )
 
 
-def best_sample(samples: Sequence[Sample]) -> Sample:
-    """Highest F1, then highest consistency, then the earliest sample."""
-    return max(samples, key=lambda s: (s.f1, s.consistency, -s.index))
+def best_sample(samples: Sequence[Sample], args: CoTArguments) -> Sample:
+    """An acceptable sample if there is one (a sample of F1 1 below `min_consistency` is not one, while
+    another of F1 0.9 above it may be), then the highest F1, consistency, then the earliest."""
+    return max(samples, key=lambda s: (s.acceptable(args), s.f1, s.consistency, -s.index))
 
 
 def unusable(completion: Completion) -> str | None:
@@ -263,13 +291,24 @@ def _check_prompt(where: str, record: dict[str, Any], task: Task) -> None:
         )
 
 
-def resume(path: Path, tasks: Sequence[Task], teacher: str) -> tuple[set[str], dict[str, int]]:
+def _check_settings(where: str, record: dict[str, Any], settings: dict[str, Any]) -> None:
+    """A record made with other thresholds or sampling would mix two data sets in one file; one written
+    before records carried their settings cannot be checked."""
+    if "settings" in record and (changed := differences(record["settings"], settings)):
+        key, what = record.get("key"), "; ".join(changed)
+        raise ValueError(f"{where}: {key!r} was annotated with other settings ({what}): {AFRESH}")
+
+
+def resume(
+    path: Path, tasks: Sequence[Task], teacher: str, settings: dict[str, Any]
+) -> tuple[set[str], dict[str, int]]:
     """Keys of the records in `path` that this run keeps and need not annotate again, and the tries the
     failed ones took (their retries then sample with other seeds).
 
     A half-written last line (a kill mid-write) is cut off and failed records are dropped, so that
     their sentences are annotated again, by one atomic rewrite. Records this run cannot have written
-    are refused (`_known`, `_check_prompt`, another teacher); failed ones may differ, being dropped.
+    are refused (`_known`, `_check_prompt`, another teacher, `_check_settings`); failed ones may differ,
+    being dropped.
     """
     if not path.exists():
         return set(), {}
@@ -282,6 +321,7 @@ def resume(path: Path, tasks: Sequence[Task], teacher: str) -> tuple[set[str], d
             tried[task.key] = int(record.get("tries") or 1)
             continue
         _check_prompt(where, record, task)
+        _check_settings(where, record, settings)
         if record.get("teacher") != teacher:
             raise ValueError(
                 f"{where}: {task.key!r} was annotated by {record.get('teacher')}, this run's teacher is "
@@ -293,8 +333,35 @@ def resume(path: Path, tasks: Sequence[Task], teacher: str) -> tuple[set[str], d
     return {record["key"] for record in kept}, tried
 
 
+def annotation_settings(args: CoTArguments, generation: GenerationArguments) -> dict[str, Any]:
+    """What shapes a record besides its prompt and teacher: how the teacher samples (with the backend
+    options that change its text, `generation.OUTPUT_OPTIONS`) and which samples are kept; for the
+    gold template, its context words. Where and how fast a run goes (servers, batch sizes, shards,
+    limit) may change between the attempts of one run."""
+    if generation.backend == GOLD_TEMPLATE:
+        return {"template_context_words": args.template_context_words}
+    options = generation.backend_options or {}
+    return {
+        "samples_per_sentence": args.samples_per_sentence,
+        "f1_threshold": args.f1_threshold,
+        "min_consistency": args.min_consistency,
+        "match_mode": args.match_mode,
+        "gold_answer": args.gold_answer,
+        "temperature": generation.temperature,
+        "top_p": generation.top_p,
+        "max_new_tokens": generation.max_new_tokens,
+        "seed": generation.seed,
+        **{f"backend_options.{k}": options[k] for k in sorted(OUTPUT_OPTIONS & options.keys())},  # type: ignore[operator]
+    }
+
+
 def build_record(
-    task: Task, outcome: Sample | Failure, args: CoTArguments, prompt: PromptArguments, teacher: str
+    task: Task,
+    outcome: Sample | Failure,
+    args: CoTArguments,
+    prompt: PromptArguments,
+    teacher: str,
+    settings: dict[str, Any],
 ) -> dict[str, Any]:
     """The record of one sentence (layout: `records`)."""
     if isinstance(outcome, Failure):
@@ -311,7 +378,7 @@ def build_record(
             "tries": outcome.tries,
         }
     else:
-        accepted = outcome.f1 >= args.f1_threshold and outcome.consistency >= args.min_consistency
+        accepted = outcome.acceptable(args)
         gold = args.gold_answer and accepted
         annotation = {
             "rationale": outcome.rationale,
@@ -321,7 +388,7 @@ def build_record(
             "consistency": outcome.consistency,
             "accepted": accepted,
             "status": "accepted" if accepted else "rejected",
-            "reason": None,
+            "reason": f"unreadable answer ({', '.join(outcome.unreadable)})" if outcome.unreadable else None,
             "sample_index": outcome.index,
             "tries": None,
         }
@@ -339,6 +406,7 @@ def build_record(
         "teacher": teacher,
         "completion_tokens": outcome.completion_tokens,
         "prompt_hash": task.prompt_hash,
+        "settings": settings,
     }
 
 
@@ -362,6 +430,7 @@ def _outcomes(
     local_greedy = generation.temperature == 0 and generation.backend != "openai"
     retries = 0 if local_greedy else INCOMPLETE_RETRIES
     failed_in_a_row = 0
+    spent: Counter[str] = Counter()  # completion tokens of every sample of every try of a sentence
     with generation.build_generator() as generator:
         for start in range(0, len(tasks), args.chunk_size):
             todo, round_ = list(tasks[start : start + args.chunk_size]), 0
@@ -376,6 +445,8 @@ def _outcomes(
                         [t.conversation for t in group], asking
                     ):
                         task = group[index]
+                        if not isinstance(outcome, ConversationFailed):
+                            spent[task.key] += sum(c.completion_tokens for c in outcome)
                         if isinstance(outcome, ConversationFailed):
                             yield task, Failure(str(outcome), tries=tries)
                             failed_in_a_row += 1
@@ -386,13 +457,20 @@ def _outcomes(
                         usable = [(i, c) for i, c in enumerate(outcome) if unusable(c) is None]
                         if usable:
                             scored = [
-                                score_sample(task.example, c, output_format, mode, i) for i, c in usable
+                                score_sample(task.example, c, output_format, mode, i, args.gold_answer)
+                                for i, c in usable
                             ]
-                            yield task, best_sample(scored)
+                            yield task, replace(best_sample(scored, args), completion_tokens=spent[task.key])
                         elif round_ <= retries:
                             again.append(task)
                         else:
-                            yield task, _no_usable_reply(outcome, round_, tries)
+                            yield (
+                                task,
+                                replace(
+                                    _no_usable_reply(outcome, round_, tries),
+                                    completion_tokens=spent[task.key],
+                                ),
+                            )
                 todo = again
 
 
@@ -407,7 +485,7 @@ def _by_tries(todo: Sequence[Task], tried: Mapping[str, int], round_: int) -> li
 def _no_usable_reply(outcome: Sequence[Completion], round_: int, tries: int) -> Failure:
     why = "; ".join(sorted({unusable(c) or "" for c in outcome}))
     attempts = "1 try" if round_ == 1 else f"{round_} tries"
-    return Failure(f"no usable reply in {attempts}: {why}", sum(c.completion_tokens for c in outcome), tries)
+    return Failure(f"no usable reply in {attempts}: {why}", tries=tries)
 
 
 def _teacher_down(count: int, last: ConversationFailed) -> GenerationError:
@@ -431,11 +509,12 @@ def annotate(args: CoTArguments, prompt: PromptArguments, generation: Generation
     path = output_path(args)
     tasks = load_tasks(args, prompt)
     teacher = teacher_name(generation)
+    settings = annotation_settings(args, generation)
     path.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(path):
         if args.overwrite_output_dir:
             path.unlink(missing_ok=True)
-        done, tried = resume(path, tasks, teacher)
+        done, tried = resume(path, tasks, teacher, settings)
         todo = [task for task in tasks if task.key not in done]
         started = time.perf_counter()
         with (
@@ -444,7 +523,10 @@ def annotate(args: CoTArguments, prompt: PromptArguments, generation: Generation
         ):
             for task, outcome in _outcomes(args, prompt, generation, todo, tried):
                 out.write(
-                    json.dumps(build_record(task, outcome, args, prompt, teacher), ensure_ascii=False) + "\n"
+                    json.dumps(
+                        build_record(task, outcome, args, prompt, teacher, settings), ensure_ascii=False
+                    )
+                    + "\n"
                 )
                 out.flush()
                 bar.update()
@@ -477,6 +559,7 @@ def merge_shards(args: CoTArguments, prompt: PromptArguments) -> Path:
     problems: list[str] = []
     records: list[dict[str, Any]] = []
     teachers: dict[Any, set[int]] = {}
+    settings: dict[str, set[int]] = {}  # recorded settings (as JSON) -> shards
     paths = [output_dir / shard_name(ANNOTATIONS, index, count) for index in range(count)]
     with contextlib.ExitStack() as held:
         held.enter_context(exclusive(output_dir / ANNOTATIONS))
@@ -492,6 +575,8 @@ def merge_shards(args: CoTArguments, prompt: PromptArguments) -> Path:
             for where, record, task in _known(numbered_records(path), share, path):
                 _check_prompt(where, record, task)
                 teachers.setdefault(record.get("teacher"), set()).add(index)
+                if "settings" in record:  # written before records carried their settings: not checked
+                    settings.setdefault(json.dumps(record["settings"], sort_keys=True), set()).add(index)
                 got.append(record)
             if len(got) < len(share):
                 present = {record["key"] for record in got}
@@ -504,6 +589,11 @@ def merge_shards(args: CoTArguments, prompt: PromptArguments) -> Path:
         if len(teachers) > 1:
             who = ", ".join(f"{t} (shards {sorted(s)})" for t, s in teachers.items())
             problems.append(f"the shards were annotated by different teachers: {who}")
+        if len(settings) > 1:
+            (first, shards), *others = settings.items()
+            for other, where in others:
+                changed = "; ".join(differences(json.loads(first), json.loads(other)))
+                problems.append(f"shards {sorted(shards)} and {sorted(where)}: other settings ({changed})")
         if problems:
             raise ValueError(
                 f"{output_dir}: the shard files are not one complete set, nothing merged:\n  "

@@ -47,6 +47,13 @@ VLLM_MISSING = (
 )
 
 
+# Backend options that change what a backend writes (the model's weights, template and precision, the
+# engine's seed); the others say where it runs and how fast (servers, batch sizes, memory, retries).
+OUTPUT_OPTIONS = frozenset(
+    {"revision", "tokenizer", "tokenizer_revision", "dtype", "quantization", "seed", "chat_template_kwargs"}
+)
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How to sample, in the terms every backend understands; temperature 0 means greedy."""

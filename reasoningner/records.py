@@ -1,10 +1,11 @@
 """Stage 1 records: what `cot` writes and stages 2 and 3 read, one JSON object per line.
 
 Each record is one input sentence with its gold (`text`, `entities`, `labels`, `descriptions`),
-the teacher's `rationale` and `answer` in `output_format`, its scores, its `status` and its resume
-`key` (the full layout: `cot.build_record`). The status is `accepted` (the `accepted` flag is true),
-`rejected` (scored below the thresholds) or `failed` (no usable teacher reply; `reason` says why,
-and the scores are null: a failure is not an F1 of 0). Training uses only the accepted records.
+the teacher's `rationale` and `answer` in `output_format`, its scores, its `status`, its resume
+`key` and the `settings` that shaped it (the full layout: `cot.build_record`). The status is
+`accepted` (the `accepted` flag is true), `rejected` (below the thresholds, or an answer that does
+not parse: `reason` says so) or `failed` (no usable teacher reply; `reason` says why, and the scores
+are null: a failure is not an F1 of 0). Training uses only the accepted records.
 This module reads them, so that the training stages depend on the data, not on the stage that made it.
 """
 

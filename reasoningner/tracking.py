@@ -271,10 +271,10 @@ def claim_output_dir(
         if earlier is None:
             logger.warning("%s has no %s: resuming without checking its settings", output_dir, RUN_SETTINGS)
         else:
-            differences = _differences(earlier, settings)
-            if differences:
+            changed = differences(earlier, settings)
+            if changed:
                 raise ValueError(
-                    f"{output_dir} holds a run with other settings ({'; '.join(differences)}): rerun with "
+                    f"{output_dir} holds a run with other settings ({'; '.join(changed)}): rerun with "
                     "--overwrite_output_dir true to start afresh there, or choose another output_dir"
                 )
     if write:  # an earlier attempt that left nothing (it failed before training) claims nothing
@@ -290,7 +290,7 @@ def recorded_run(output_dir: str | Path, settings: dict[str, Any]) -> bool:
     if not path.is_file():
         return False
     earlier = json.loads(path.read_text(encoding="utf-8"))
-    return not _differences(earlier, json.loads(json.dumps(settings, default=str)))
+    return not differences(earlier, json.loads(json.dumps(settings, default=str)))
 
 
 # How a trainer run is launched, recorded from 2026-12-04 on: an attempt recorded before, which lacks
@@ -298,7 +298,7 @@ def recorded_run(output_dir: str | Path, settings: dict[str, Any]) -> bool:
 LAUNCH_SETTINGS = frozenset({"world_size", "zero_stage"})
 
 
-def _differences(earlier: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+def differences(earlier: dict[str, Any], settings: dict[str, Any]) -> list[str]:
     """`key: before -> now` for each setting that changed."""
     return [
         f"{key}: {earlier.get(key, '<unset>')!r} -> {settings.get(key, '<unset>')!r}"

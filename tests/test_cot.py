@@ -96,7 +96,7 @@ def test_the_best_sample_is_highest_f1_then_consistency_then_earliest():
         score_sample(EXAMPLE, c, GROUPED, "text", i)
         for i, c in enumerate([wrong, right_unreasoned, right, right])
     ]
-    assert best_sample(samples).index == 2
+    assert best_sample(samples, CoTArguments(output_dir="unused")).index == 2
 
 
 def run_stage(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -311,3 +311,52 @@ def test_the_compact_prompt_keeps_labels_format_mode_and_sentence_in_a_third_of_
     assert compact.endswith(f"Sentence: {EXAMPLE.text}") and all(label in compact for label in SCHEMA.labels)
     assert "grouped_json" in compact and compact != direct
     assert 3 * len(compact) < len(full)
+
+
+ANY_RUN = CoTArguments(output_dir="unused")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<think>I am not able to help with this.</think>Sorry, I cannot answer.",
+        '<think>hmm</think>{"entities": {"person": ["Nothing',
+        "<think>nothing here, but the answer was cut",
+        "<think>nothing here</think>",
+    ],
+)
+def test_an_unreadable_answer_is_never_accepted_even_for_a_sentence_without_entities(text):
+    empty = Example("Nothing happened on Monday .", (), SCHEMA, "ex-1")
+    sample = score_sample(empty, Completion(text, 1), GROUPED, "text")
+    assert sample.unreadable and not sample.acceptable(ANY_RUN)
+    readable = score_sample(
+        empty, completion("No entity: nothing here.", '{"entities": {}}'), GROUPED, "text"
+    )
+    assert (readable.f1, readable.unreadable, readable.acceptable(ANY_RUN)) == (1.0, (), True)
+
+
+def test_the_best_sample_is_an_acceptable_one_before_a_higher_f1():
+    # F1 1 but a rationale reasoning about two of three entities; F1 0.8 with a rationale that matches.
+    right_unreasoned = completion('"Peter Blackburn" is a person\n"EU" is an organisation', RIGHT_ANSWER)
+    partial = completion(
+        '"Peter Blackburn" is a person\n"EU" is an organisation',
+        '{"entities": {"person": ["Peter Blackburn"], "organisation": ["EU"]}}',
+    )
+    samples = [
+        score_sample(EXAMPLE, c, GROUPED, "text", i) for i, c in enumerate([right_unreasoned, partial])
+    ]
+    assert [(s.f1, s.consistency) for s in samples] == [(1.0, pytest.approx(0.8)), (pytest.approx(0.8), 1.0)]
+    lenient_f1 = CoTArguments(output_dir="unused", f1_threshold=0.75, min_consistency=1.0)
+    assert best_sample(samples, lenient_f1).index == 1
+    assert best_sample(samples, ANY_RUN).index == 0  # neither acceptable: the higher F1
+
+
+def test_with_gold_answer_consistency_is_measured_against_the_gold_answer_it_is_stored_with():
+    rationale = '"Peter Blackburn" is a person\n"EU" is an organisation\n"Brussels" is not an entity'
+    answer = '{"entities": {"person": ["Peter Blackburn"], "organisation": ["EU"]}}'
+    teacher = score_sample(EXAMPLE, completion(rationale, answer), GROUPED, "text")
+    gold = score_sample(EXAMPLE, completion(rationale, answer), GROUPED, "text", gold_answer=True)
+    assert teacher.f1 == gold.f1 == pytest.approx(0.8)
+    assert teacher.consistency == 1.0  # the rationale agrees with the teacher's own answer
+    assert gold.consistency < 1.0  # not with gold, which holds Brussels
+    assert not gold.acceptable(CoTArguments(output_dir="unused", f1_threshold=0.75, gold_answer=True))
