@@ -29,6 +29,7 @@ import yaml
 from reasoningner.configs import NEEDS, is_hub_id
 from reasoningner.cot import ANNOTATIONS, shard_name
 from reasoningner.evaluate import GENERATIONS, OTHER_GENERATIONS, RESULTS_JSON
+from reasoningner.generation import options_from
 from reasoningner.sources import hub_cached, is_source, offline, resolvable
 from reasoningner.tracking import MANIFEST, RUN_SETTINGS
 
@@ -104,11 +105,25 @@ def needs_gpu(recipe: dict[str, Any], stage: str) -> bool:
     return recipe.get("backend") == "vllm"
 
 
+def gpus_needed(recipe: dict[str, Any], stage: str) -> int:
+    """One for a training process; for vLLM in stage 1 or evaluation, its tensor-parallel size (the one
+    process of `make cot`/`make eval` uses that many GPUs)."""
+    if not needs_gpu(recipe, stage):
+        return 0
+    if stage in ("sft", "rl"):
+        return 1
+    try:
+        options = options_from(recipe.get("backend_options"))
+    except ValueError:
+        return 1  # the stage itself names the bad JSON
+    return int(options.get("tensor_parallel_size", 1))
+
+
 def check_gpus(recipe: dict[str, Any], stage: str, num_gpus: int | None) -> list[Check]:
     """GPUs visible against those asked for, and a torch that can use them."""
     import torch
 
-    wanted = num_gpus if num_gpus is not None else int(needs_gpu(recipe, stage))
+    wanted = num_gpus if num_gpus is not None else gpus_needed(recipe, stage)
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     shown = os.environ.get("CUDA_VISIBLE_DEVICES")
     where = f" (CUDA_VISIBLE_DEVICES={shown})" if shown is not None else ""

@@ -294,3 +294,13 @@ def test_wandb_credentials_are_looked_up_for_the_server_wandb_uses(
     (tmp_path / ".netrc").write_text(netrc_file.read_text())
     (tmp_path / ".netrc").chmod(0o600)
     assert doctor.check_wandb(recipe)[0].status == "ok"
+
+
+def test_vllm_in_stage_1_or_evaluation_needs_its_tensor_parallel_gpus() -> None:
+    """`make cot`/`make eval` run one process; its vLLM engine takes tensor_parallel_size GPUs."""
+    offline_teacher = doctor.load_recipe(ROOT / "recipes" / "teacher" / "cot-offline.yaml", [])
+    assert doctor.check_gpus(offline_teacher, "cot", None)[0].message.startswith("8 needed, 0 visible")
+    overridden = offline_teacher | {"backend_options": '{"tensor_parallel_size": 2}'}  # as --backend_options
+    assert doctor.check_gpus(overridden, "cot", None)[0].message.startswith("2 needed, 0 visible")
+    served = {"backend": "openai", "backend_options": {"base_url": "http://node:8000/v1"}}
+    assert doctor.check_gpus(served, "cot", None)[0].status == "ok"
