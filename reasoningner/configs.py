@@ -139,6 +139,15 @@ class PromptContract:
         union = Schema.union(schemas)
         return cls(prompt, list(union.labels), descriptions=dict(union.descriptions))
 
+    def asked(self, schema: Schema) -> Schema:
+        """`schema` as this model learnt to be asked it: a label it leaves undescribed gets the
+        description of the training prompts, and exactly the trained labels come in the training order
+        (`Schema.ordered_as`); what `schema` states itself is kept."""
+        learned = {label: self.descriptions[label] for label in schema.labels if label in self.descriptions}
+        if learned.keys() - schema.descriptions.keys():
+            schema = Schema(schema.labels, learned | dict(schema.descriptions))
+        return schema.ordered_as(self.labels)
+
     def save(self, directory: str | Path) -> Path:
         """Written whole: a kill mid-write would leave a contract the next stage refuses."""
         path = Path(directory) / PROMPT_CONTRACT

@@ -99,6 +99,7 @@ from reasoningner.configs import (
     EvalArguments,
     GenerationArguments,
     PromptArguments,
+    PromptContract,
     hub_commit,
     is_hub_id,
 )
@@ -178,14 +179,15 @@ class LoadedSet:
     info: dict[str, Any]
 
 
-def load_eval_set(eval_set: EvalSet, data: DataArguments, trained_labels: Sequence[str] = ()) -> LoadedSet:
+def load_eval_set(eval_set: EvalSet, data: DataArguments, trained: PromptContract | None = None) -> LoadedSet:
     """Read the file, keep and rename the chosen labels, attach the descriptions; the first `data.limit`
     sentences.
 
-    A set asked for exactly the labels the model was trained on (`trained_labels`, from its prompt
-    contract), as the recipe lists them or as the file has them, is asked with them in the training
-    order: a file states its labels in the order they first occur, which differs from file to file, a
-    recipe in its own, and a model answers best asked as it was trained.
+    A model is asked as it was trained (`trained`: its prompt contract, `PromptContract.asked`), as
+    `NERModel.predict` asks it: a label without a description in the recipe or the file gets the one
+    of its training prompts, and a set asked for exactly the labels the model was trained on, as the
+    recipe lists them or as the file has them, is asked with them in the training order (a file states
+    its labels in the order they first occur, which differs from file to file, a recipe in its own).
     """
     limit = data.limit
     dataset = data.read(eval_set.path, eval_set.reader)
@@ -200,7 +202,8 @@ def load_eval_set(eval_set: EvalSet, data: DataArguments, trained_labels: Sequen
     descriptions = {mapping[label]: text for label, text in source.descriptions.items() if label in mapping}
     descriptions.update(eval_set.descriptions)
     try:
-        schema = Schema(tuple(dict.fromkeys(mapping.values())), descriptions).ordered_as(trained_labels)
+        schema = Schema(tuple(dict.fromkeys(mapping.values())), descriptions)
+        schema = trained.asked(schema) if trained is not None else schema
     except SpanError as error:
         raise ValueError(f"evaluation set {name}: {error}") from None
     originals = dataset.examples[:limit]
@@ -306,10 +309,10 @@ class _Item:
 
 
 def load_items(
-    args: EvalArguments, trained_labels: Sequence[str] = ()
+    args: EvalArguments, trained: PromptContract | None = None
 ) -> tuple[list[_Item], dict[str, dict[str, Any]], dict[str, dict[str, dict[str, str]]]]:
     """Every sentence to ask, normal sets first then their probes, with set details and probe label maps
-    (`trained_labels`: see `load_eval_set`)."""
+    (`trained`, the model's prompt contract: see `load_eval_set`)."""
     check_probes(args.probes)
     sets = [EvalSet.from_config(entry, args.reader) for entry in args.datasets]
     if not sets:
@@ -319,7 +322,7 @@ def load_items(
     datasets: dict[str, dict[str, Any]] = {}
     label_maps: dict[str, dict[str, dict[str, str]]] = {}
     for eval_set in sets:
-        loaded = load_eval_set(eval_set, args, trained_labels)
+        loaded = load_eval_set(eval_set, args, trained)
         if loaded.name in datasets:
             raise ValueError(f"two evaluation sets are named {loaded.name!r}; give them distinct `name`s")
         if not loaded.examples:
@@ -346,7 +349,7 @@ def evaluate(
     `generator` replaces the backend of `generation` (tests pass a scripted one); it is not closed here.
     """
     contract = generation.prompt_contract()
-    items, datasets, label_maps = load_items(args, contract.labels if contract else ())
+    items, datasets, label_maps = load_items(args, contract)
     if generator is None:
         model = NERModel.from_generation(generation, prompt)
     else:

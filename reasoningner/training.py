@@ -301,11 +301,6 @@ class TrainerStart(NamedTuple):
     push_to: str | None  # the Hub repository to publish the final model to (`push_to_hub`)
     contract: PromptContract | None  # of the model it starts from; None for a base model
 
-    @property
-    def trained_labels(self) -> list[str]:
-        """The labels of the model it starts from, in its training order."""
-        return self.contract.labels if self.contract is not None else []
-
 
 def start_trainer_stage(
     stage: str, script_args: Any, prompt: PromptArguments, training_args: Any, model_args: Any

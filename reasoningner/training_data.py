@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from reasoningner.configs import SAMPLERS, DataArguments, PromptArguments
+from reasoningner.configs import SAMPLERS, DataArguments, PromptArguments, PromptContract
 from reasoningner.formats import get_format
 from reasoningner.prompts import assistant_target, ner_instruction
 from reasoningner.records import is_cot_file, read_records, record_example
@@ -200,15 +200,15 @@ def rl_prompts(
     sampler: str = "proportional",
     corpora: list[str] | None = None,
     schemas: list[Schema] | None = None,
-    label_order: Sequence[str] = (),
+    trained: PromptContract | None = None,
 ) -> list[dict[str, Any]]:
     """GRPO prompts with gold columns, drawn from several datasets after the first `data.limit`
     examples of each: `proportional` (`sample_mixture`) or `reasoningner` (`sample_reasoningner`, the
     paper's, which needs `total`; `RLScriptArguments.sampler` in the stage). Each set
     of a named source (`sources`, e.g. an InstructUIE tree) is a dataset of its own. `corpora`, when
     given, is extended with the corpora the records name (as in `sft_examples`); `schemas` with the
-    schema of each prompt (`PromptContract.trained`). A prompt whose labels are those of `label_order`
-    (the policy's training order) asks them in that order (`Schema.ordered_as`)."""
+    schema of each prompt (`PromptContract.trained`). With `trained`, the policy's contract, each
+    prompt is asked as the policy learnt (`PromptContract.asked`: trained descriptions and label order)."""
     data = data or DataArguments()
     if sampler not in SAMPLERS or (sampler == "reasoningner" and total is None):
         raise ValueError(f"sampler {sampler!r}: choose one of {list(SAMPLERS)} (reasoningner needs total)")
@@ -231,8 +231,8 @@ def rl_prompts(
         drawn = sample_reasoningner(groups, total, cap_per_dataset, seed)  # type: ignore[arg-type]
     else:
         drawn = sample_mixture(groups, total, cap_per_dataset, seed)
-    if label_order:
-        drawn = [[_ordered(example, label_order) for example in examples] for examples in drawn]
+    if trained is not None:
+        drawn = [[_asked(example, trained) for example in examples] for examples in drawn]
     if schemas is not None:
         schemas.extend(example.schema for examples in drawn for example in examples)
     return [
@@ -242,6 +242,6 @@ def rl_prompts(
     ]
 
 
-def _ordered(example: Example, order: Sequence[str]) -> Example:
-    schema = example.schema.ordered_as(order)
+def _asked(example: Example, trained: PromptContract) -> Example:
+    schema = trained.asked(example.schema)
     return example if schema is example.schema else Example(example.text, example.spans, schema, example.id)

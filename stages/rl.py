@@ -61,7 +61,7 @@ def main(
             sampler=script_args.sampler,
             corpora=corpora,
             schemas=schemas,
-            label_order=start.trained_labels,
+            trained=start.contract,
         )
     )
     eval_dataset = None
@@ -73,7 +73,7 @@ def main(
             script_args,
             total=script_args.eval_total,
             sampler="proportional",
-            label_order=start.trained_labels,
+            trained=start.contract,
         )
         eval_dataset = Dataset.from_list(held_out)
     contract = PromptContract.trained(prompt, schemas, start.contract)

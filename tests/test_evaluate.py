@@ -790,6 +790,26 @@ def test_a_set_with_the_model_s_labels_is_asked_in_the_training_order(tmp_path: 
     )  # other labels: as listed
 
 
+def test_labels_are_described_as_in_the_model_s_training_prompts_unless_the_recipe_says_otherwise(
+    tmp_path: Path,
+) -> None:
+    """As `NERModel.predict` asks: a label the recipe and the file leave undescribed gets its trained one."""
+    described = PromptArguments(descriptions=True)
+    labels = list(read_dataset(DATA / "conll2003_mini.txt").schema.labels)
+    PromptContract(described, labels, descriptions={"person": "a human being"}).save(tmp_path / "model")
+    generation = GenerationArguments(model_name_or_path=str(tmp_path / "model"))
+    generator = Scripted(lambda sentence, prompt: "{}")
+    conll = {"path": str(DATA / "conll2003_mini.txt")}
+    evaluate(eval_args(tmp_path, [conll], limit=1), described, generation, generator)
+    assert "- person: a human being\n" in generator.prompts[0]
+    model = NERModel(generator, described, labels=labels, descriptions={"person": "a human being"})
+    text = read_dataset(DATA / "conll2003_mini.txt").examples[0].text
+    assert model.conversation(text, model.schema(labels))[-1]["content"] == generator.prompts[0]
+    recipe = conll | {"descriptions": {"person": "someone"}}
+    evaluate(eval_args(tmp_path / "again", [recipe], limit=1), described, generation, generator)
+    assert "- person: someone\n" in generator.prompts[1] and "a human being" not in generator.prompts[1]
+
+
 def test_a_hub_model_s_training_order_comes_from_its_hub_contract(tmp_path: Path, monkeypatch) -> None:
     import huggingface_hub
 

@@ -710,10 +710,18 @@ def test_rl_prompts_over_two_files_keep_gold_labels_format_and_dataset() -> None
     # The policy's training order, for the file with exactly its labels; the other keeps its own.
     trained = list(reversed(datasets[0].schema.labels))
     ordered = rl_prompts(
-        [str(p) for p in paths], PromptArguments(), DataArguments(limit=1), label_order=trained
+        [str(p) for p in paths],
+        PromptArguments(),
+        DataArguments(limit=1),
+        trained=PromptContract(PromptArguments(), trained),
     )
     assert [p["labels"] for p in ordered] == [trained, list(datasets[1].schema.labels)]
     assert "\n".join(f"- {label}" for label in trained) in ordered[0]["prompt"][0]["content"]
+    # A label the data leave undescribed is described as in the policy's training prompts.
+    described = PromptArguments(descriptions=True)
+    contract = PromptContract(described, trained, descriptions={trained[0]: "as trained"})
+    asked = rl_prompts([str(p) for p in paths], described, DataArguments(limit=1), trained=contract)
+    assert f"- {trained[0]}: as trained\n" in asked[0]["prompt"][0]["content"]
 
 
 # --- GRPO smoke run -----------------------------------------------------------------------------------
