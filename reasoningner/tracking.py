@@ -195,14 +195,17 @@ def write_manifest(
     pipeline run it belongs to (`pipeline_id`), which the stages that read this output take on.
 
     A manifest already there (an earlier attempt of a resumed run) is kept, whole, in `history`:
-    the past is never rewritten.
+    the past is never rewritten. A provisional one (`record_trainer_start`) is replaced: it stood for
+    the run this manifest completes.
     """
     path = Path(output_dir) / MANIFEST
     path.parent.mkdir(parents=True, exist_ok=True)
     history: list[dict[str, Any]] = []
     if path.is_file():
         previous = json.loads(path.read_text(encoding="utf-8"))
-        history = [*previous.pop("history", []), previous]
+        history = previous.pop("history", [])
+        if not previous.get("provisional"):
+            history.append(previous)
     head = {"stage": manifest["stage"], "pipeline": _manifest_pipeline(output_dir, manifest)}  # first keys
     payload = head | manifest | ({"summary": summary} if summary is not None else {}) | {"history": history}
     _write_json(path, payload)
@@ -467,6 +470,29 @@ def wandb_run(stage: str, output_dir: str | Path, manifest: dict[str, Any], enab
         run.finish()
 
 
+def trainer_manifest(
+    stage: str, configs: Iterable[Any], inputs: Iterable[str | Path], corpora: Iterable[str]
+) -> dict[str, Any]:
+    """A trainer stage's manifest, with the `corpora` its training records named and the `data_sources`
+    of the whole lineage (the contamination check)."""
+    manifest = build_manifest(stage, config_dict(*configs), inputs)
+    manifest["corpora"] = list(dict.fromkeys(corpora))  # once each, in first-read order
+    manifest["data_sources"] = data_sources(manifest)
+    return manifest
+
+
+def record_trainer_start(
+    stage: str,
+    output_dir: str | Path,
+    configs: Iterable[Any],
+    inputs: Iterable[str | Path],
+    corpora: Iterable[str],
+) -> None:
+    """Before training, a provisional manifest (`"provisional": true`; `record_trainer_stage` replaces it):
+    a checkpoint evaluated, trained further or published before the run ends carries its lineage too."""
+    write_manifest(output_dir, trainer_manifest(stage, configs, inputs, corpora) | {"provisional": True})
+
+
 def record_trainer_stage(
     stage: str,
     trainer: Any,
@@ -475,16 +501,14 @@ def record_trainer_stage(
     before_logging: Callable[[], None] = lambda: None,
     corpora: Iterable[str] = (),
 ) -> None:
-    """After training: the manifest beside the model, with the last logged metrics, the `corpora` the
-    training records named and the `data_sources` of the whole lineage (the contamination check); in
-    W&B, the manifest, the inputs used as artifacts and the model logged as the artifact the next stage
-    uses. `before_logging` completes the model folder (its card) first: the artifact's digest covers it."""
+    """After training: the manifest beside the model (`trainer_manifest`), with the last logged metrics;
+    in W&B, the manifest, the inputs used as artifacts and the model logged as the artifact the next
+    stage uses. `before_logging` completes the model folder (its card) first: the artifact's digest
+    covers it."""
     if not trainer.accelerator.is_main_process:
         return
     output_dir = trainer.args.output_dir
-    manifest = build_manifest(stage, config_dict(*configs), inputs)
-    manifest["corpora"] = list(dict.fromkeys(corpora))  # once each, in first-read order
-    manifest["data_sources"] = data_sources(manifest)
+    manifest = trainer_manifest(stage, configs, inputs, corpora)
     history = trainer.state.log_history
     write_manifest(output_dir, manifest, history[-1] if history else {})
     before_logging()

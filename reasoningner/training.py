@@ -31,6 +31,7 @@ from reasoningner.tracking import (
     continue_wandb_run,
     keep_secrets_out,
     record_trainer_stage,
+    record_trainer_start,
     recorded_run,
     run_settings,
     set_trainer_run,
@@ -556,6 +557,17 @@ def train_from(stage: str, trainer: Any, checkpoint: str | None) -> None:
         if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint is not None:
             trainer._load_best_model()
         trainer.control = trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
+
+
+def describe_run(
+    stage: str, trainer: Any, start: TrainerStart, contract: PromptContract, corpora: Sequence[str]
+) -> None:
+    """Before any checkpoint, which they describe too: the prompt contract and a provisional manifest
+    (`tracking.record_trainer_start`). A checkpoint evaluated, trained further or published before the
+    run ends is then asked as it learnt and carries its lineage (the contamination check)."""
+    if trainer.accelerator.is_main_process:
+        contract.save(trainer.args.output_dir)
+        record_trainer_start(stage, trainer.args.output_dir, start.configs, start.inputs, corpora)
 
 
 def finish_trainer_stage(stage: str, trainer: Any, start: TrainerStart, corpora: Sequence[str] = ()) -> None:

@@ -22,6 +22,7 @@ from reasoningner.training import (
     HeldOutGRPOTrainer,
     check_adapter_start,
     check_generation_cycle,
+    describe_run,
     finish_trainer_stage,
     held_out_schedule,
     model_init_kwargs,
@@ -111,8 +112,7 @@ def main(
     )
     if warning := answer_only_warning(script_args.reward_funcs, prompt.reasoning):
         trainer.accelerator.print(f"rl: warning: {warning}")
-    if trainer.accelerator.is_main_process:
-        contract.save(training_args.output_dir)  # before any checkpoint, which it also describes
+    describe_run("rl", trainer, start, contract, corpora)
     train_from("rl", trainer, start.checkpoint)
     save_final(trainer, training_args.output_dir, script_args.merge_lora, contract)
     finish_trainer_stage("rl", trainer, start, corpora)

@@ -18,6 +18,7 @@ from reasoningner.configs import (
 from reasoningner.training import (
     configure_batching,
     cut_conversations,
+    describe_run,
     finish_trainer_stage,
     model_init_kwargs,
     peft_config,
@@ -73,8 +74,7 @@ def main(
             f"{training_args.max_length} tokens and are trained cut, without the rest of their answer and "
             "their end of turn: raise max_length"
         )
-    if trainer.accelerator.is_main_process:
-        contract.save(training_args.output_dir)  # before any checkpoint, which it also describes
+    describe_run("sft", trainer, start, contract, corpora)
     train_from("sft", trainer, start.checkpoint)
     save_final(trainer, training_args.output_dir, script_args.merge_lora, contract)
     finish_trainer_stage("sft", trainer, start, corpora)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from reasoningner.configs import CoTArguments, GenerationArguments, PromptArguments
+from reasoningner.configs import CoTArguments, GenerationArguments, PromptArguments, training_sources
 from reasoningner.cot import annotate, output_path
 from reasoningner.tracking import (
     MANIFEST,
@@ -336,6 +336,33 @@ def test_a_relaunch_naming_the_same_files_otherwise_resumes(tmp_path: Path, monk
     ]:
         with pytest.raises(ValueError, match=f"{key}: "):
             claim_output_dir(run_dir, {**relaunch, key: other}, overwrite=False, stale=["checkpoint-*"])
+
+
+def test_a_checkpoint_of_a_run_not_yet_finished_carries_its_training_data(
+    tiny_model_dir: Path, annotations: Path, tmp_path: Path
+) -> None:
+    """Evaluating `checkpoint-N` mid-run (or after a preemption) checks it for contamination as the final
+    model is checked, from the provisional manifest the run writes at its start; the final one replaces it."""
+    from transformers import Trainer
+
+    out = tmp_path / "sft"
+    args = sft_args(tiny_model_dir, annotations, out, "--max_steps", "4")
+    save = Trainer._save_checkpoint
+
+    def preempted_after_the_first_checkpoint(self: Trainer, *args: Any) -> None:
+        save(self, *args)
+        raise Preempted
+
+    stage = load_stage("sft")
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(Preempted):
+        patch.setattr(Trainer, "_save_checkpoint", preempted_after_the_first_checkpoint)
+        stage.main(*stage.make_parser().parse_args_and_config(args=args))
+    assert json.loads((out / MANIFEST).read_text())["provisional"] is True
+    assert str(annotations) in training_sources(out / "checkpoint-2")
+    stage.main(*stage.make_parser().parse_args_and_config(args=args))
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert "provisional" not in manifest and manifest["history"] == []  # replaced, not kept as an attempt
+    assert str(annotations) in training_sources(out)
 
 
 def test_a_manifest_keeps_the_earlier_attempts_in_its_history(tmp_path: Path) -> None:
