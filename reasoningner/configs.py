@@ -574,6 +574,12 @@ def is_adapter(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").exists()
 
 
+def adapter_base(path: str | Path) -> str:
+    """The model a LoRA adapter folder is put on (PEFT's `base_model_name_or_path`)."""
+    config = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
+    return str(config.get("base_model_name_or_path") or "")
+
+
 def check_contamination(args: EvalArguments, training: list[str]) -> None:
     """An evaluation set that shares a file, a hub dataset or a corpus family (every CrossNER domain
     is one) with the model's training data is refused, or with `allow_overlap` reported as in-domain

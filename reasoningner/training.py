@@ -21,7 +21,14 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
-from reasoningner.configs import PromptArguments, PromptContract, is_adapter, is_hub_id, require_model
+from reasoningner.configs import (
+    PromptArguments,
+    PromptContract,
+    adapter_base,
+    is_adapter,
+    is_hub_id,
+    require_model,
+)
 from reasoningner.doctor import stale_build_locks
 from reasoningner.model_card import hub_repository, publish, run_folder, write_model_card
 from reasoningner.tracking import (
@@ -384,9 +391,12 @@ def start_trainer_stage(
 
 def check_publishable(script_args: Any, model_args: Any) -> None:
     """A LoRA adapter published alone names its base by the path it was trained from: one on a local
-    folder (GRPO from an SFT output) could be loaded by no one else."""
-    base = model_args.model_name_or_path
-    if model_args.use_peft and not script_args.merge_lora and not is_hub_id(base):
+    folder (GRPO from an SFT output, or GRPO continuing an adapter on one) could be loaded by no one
+    else."""
+    start = model_args.model_name_or_path
+    continued = is_adapter(start)  # GRPO continuing a stage-2 adapter publishes an adapter on its base
+    base = adapter_base(start) if continued else start
+    if (model_args.use_peft or continued) and not script_args.merge_lora and not is_hub_id(base):
         raise ValueError(
             f"push_to_hub of a LoRA adapter on the local model {base}: no one else could load it; set "
             "merge_lora: true (the merged model is published) or train from a Hub model"

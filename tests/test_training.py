@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from reasoningner.training import check_adapter_start, model_init_kwargs, policy_model
+from reasoningner.training import check_adapter_start, check_publishable, model_init_kwargs, policy_model
 
 
 def test_a_full_model_is_handed_over_by_path_and_a_lora_adapter_as_a_trainable_peft_model(
@@ -151,3 +151,21 @@ def test_a_lora_config_records_the_base_revision_it_trains_on():
     assert peft_config(ModelConfig(use_peft=True, model_revision="abc123")).revision == "abc123"
     assert peft_config(ModelConfig(use_peft=True)).revision == "main"  # ModelConfig's default
     assert peft_config(ModelConfig(use_peft=False, model_revision="abc123")) is None
+
+
+def test_grpo_continuing_an_adapter_on_a_local_base_publishes_only_merged(tmp_path):
+    """The adapter GRPO saves names its base as the stage-2 adapter did: a local path no one else has."""
+    import json
+
+    def adapter_on(base: str) -> str:
+        folder = tmp_path / base.replace("/", "_")
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base}))
+        return str(folder)
+
+    continued = SimpleNamespace(model_name_or_path=adapter_on("/scratch/models/Qwen3-8B"), use_peft=False)
+    with pytest.raises(ValueError, match="LoRA adapter on the local model /scratch/models/Qwen3-8B"):
+        check_publishable(SimpleNamespace(merge_lora=False), continued)
+    check_publishable(SimpleNamespace(merge_lora=True), continued)
+    on_the_hub = SimpleNamespace(model_name_or_path=adapter_on("Qwen/Qwen3-8B"), use_peft=False)
+    check_publishable(SimpleNamespace(merge_lora=False), on_the_hub)
