@@ -32,7 +32,14 @@ from trl import TrlParser
 
 from reasoningner.files import write_whole
 from reasoningner.formats import FORMATS
-from reasoningner.generation import BACKENDS, Generator, SamplingConfig, build_generator, options_from
+from reasoningner.generation import (
+    ADAPTER_CONFIG,
+    BACKENDS,
+    Generator,
+    SamplingConfig,
+    build_generator,
+    options_from,
+)
 from reasoningner.metrics import MATCH_MODES
 from reasoningner.readers import Dataset, read_dataset
 from reasoningner.rewards import DEFAULT_WEIGHTS, PARSE_MODES
@@ -571,12 +578,12 @@ def local_manifest(model: str | Path) -> Path | None:
 
 def is_adapter(path: str | Path) -> bool:
     """A LoRA adapter folder (stage 2 with use_peft and no merge), not a full model."""
-    return (Path(path) / "adapter_config.json").exists()
+    return (Path(path) / ADAPTER_CONFIG).exists()
 
 
 def adapter_base(path: str | Path) -> str:
     """The model a LoRA adapter folder is put on (PEFT's `base_model_name_or_path`)."""
-    config = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
+    config = json.loads((Path(path) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     return str(config.get("base_model_name_or_path") or "")
 
 

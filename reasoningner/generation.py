@@ -185,6 +185,10 @@ class VLLMGenerator(Generator):
     `engine_kwargs` go to `vllm.LLM` unchanged (e.g. `enforce_eager`, `enable_prefix_caching`). Conversations
     are sent in chunks of `chunk_size` so that results reach the caller (and disk) during a long run while
     each chunk is still large enough for vLLM to batch well.
+
+    A LoRA adapter folder (stage 2 or 3 with `use_peft` and no merge) is served as vLLM serves adapters:
+    its base model (at the revision the adapter records) with LoRA enabled, the adapter on every request,
+    and the adapter folder's tokenizer, which holds the chat template it was trained with.
     """
 
     name = "vllm"
@@ -221,6 +225,9 @@ class VLLMGenerator(Generator):
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         if max_model_len is not None:
             engine_kwargs["max_model_len"] = max_model_len
+        self._lora: Any = None
+        if (Path(model) / ADAPTER_CONFIG).is_file():  # `configs.is_adapter`, which imports this module
+            model, self._lora = _lora_engine(Path(model), engine_kwargs)
         self._llm: Any = vllm.LLM(
             model=str(model),
             tensor_parallel_size=tensor_parallel_size,
@@ -266,11 +273,13 @@ class VLLMGenerator(Generator):
                     )
             if not fits:
                 continue
+            adapter = {"lora_request": self._lora} if self._lora is not None else {}
             outputs = self._llm.chat(
                 [chunk[offset] for offset in fits],
                 params,
                 use_tqdm=False,
                 chat_template_kwargs=self.chat_template_kwargs or None,
+                **adapter,
             )
             for offset, output in zip(fits, outputs, strict=True):
                 yield (
@@ -281,6 +290,31 @@ class VLLMGenerator(Generator):
     def close(self) -> None:
         self._llm = None
         _free_memory()
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+# vLLM's `max_lora_rank` takes one of these (its LoRAConfig.MaxLoRARanks).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def _lora_engine(adapter: Path, engine_kwargs: dict[str, Any]) -> tuple[str, Any]:
+    """The base model to load for a LoRA adapter folder and the request that applies the adapter;
+    `engine_kwargs` gain what vLLM needs to apply it (the options given win)."""
+    from vllm.lora.request import LoRARequest
+
+    config = json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    rank = int(config.get("r") or 16)
+    fits = [limit for limit in VLLM_LORA_RANKS if limit >= rank]
+    if not fits:
+        raise ValueError(
+            f"{adapter}: LoRA rank {rank} is over vLLM's largest, {VLLM_LORA_RANKS[-1]}: merge it"
+        )
+    engine_kwargs.setdefault("enable_lora", True)
+    engine_kwargs.setdefault("max_lora_rank", fits[0])
+    engine_kwargs.setdefault("tokenizer", str(adapter))
+    if config.get("revision"):
+        engine_kwargs.setdefault("revision", config["revision"])
+    return str(config["base_model_name_or_path"]), LoRARequest("reasoningner-adapter", 1, str(adapter))
 
 
 class OpenAIGenerator(Generator):

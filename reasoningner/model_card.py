@@ -205,7 +205,7 @@ def run_folder(output_dir: str | Path) -> str:
 def publish(output_dir: str | Path, repo_id: str) -> str:
     """Upload the model users load to the Hub repository `repo_id`: the folder's (weights, tokenizer,
     card, contract, manifest; no checkpoints), or its `merged/` model when there is one (an adapter
-    needs its base, and vLLM loads no adapter as a model). It replaces the repository's files, so that
+    needs its base and a LoRA-enabled engine to run). It replaces the repository's files, so that
     nothing of an earlier publish (an adapter beside new full weights) is loaded with the new model."""
     from huggingface_hub import HfApi
 

@@ -9,6 +9,7 @@ transformers backend runs the same tiny model in-process; the vllm backend is ch
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import sys
@@ -718,3 +719,26 @@ def test_a_request_that_never_unwinds_does_not_keep_a_stopped_run_alive(monkeypa
         returned, task, _ = _shut_down_in_a_thread(never_unwinds)
     assert returned and not task.done()
     assert "did not stop within 0.2 s" in caplog.text
+
+
+def test_vllm_serves_a_lora_adapter_folder_on_its_base_with_the_adapter_on_every_request(
+    fake_vllm: types.ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """vLLM cannot load an adapter folder as a model (no config.json): its base is loaded with LoRA."""
+    requests = types.ModuleType("vllm.lora.request")
+    requests.LoRARequest = lambda *args: ("lora", *args)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vllm.lora", types.ModuleType("vllm.lora"))
+    monkeypatch.setitem(sys.modules, "vllm.lora.request", requests)
+    adapter = tmp_path / "sft"
+    adapter.mkdir()
+    config = {"base_model_name_or_path": "Qwen/Qwen3-8B", "r": 24, "revision": "abc123"}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    generator = build_generator("vllm", model=str(adapter), tensor_parallel_size=2)
+    [llm] = FakeLLM.instances
+    assert llm.kwargs["model"] == "Qwen/Qwen3-8B" and llm.kwargs["revision"] == "abc123"
+    assert (llm.kwargs["enable_lora"], llm.kwargs["max_lora_rank"]) == (True, 32)  # vLLM's next rank up
+    assert llm.kwargs["tokenizer"] == str(adapter)  # the trained chat template
+    generator.generate([conversation("a")], SamplingConfig())
+    assert llm.calls[0][2]["lora_request"] == ("lora", "reasoningner-adapter", 1, str(adapter))
+    build_generator("vllm", model=str(adapter), max_lora_rank=64)  # an option given wins
+    assert FakeLLM.instances[-1].kwargs["max_lora_rank"] == 64
