@@ -453,6 +453,13 @@ class EvalArguments(RunArguments):
         default_factory=list, metadata={"help": "memorization probes: opaque, shuffled"}
     )
     probe_seed: int = field(default=0, metadata={"help": "seed of the shuffled-label permutation"})
+    max_prompt_chars: int | None = field(
+        default=None,
+        metadata={
+            "help": "a sentence whose prompt is longer is not asked (prompt_too_long); default: the tokens "
+            "the context leaves where the backend counts them, else 8,000 characters (a server)"
+        },
+    )
     allow_overlap: bool = field(
         default=False,
         metadata={

@@ -351,9 +351,11 @@ def evaluate(
     contract = generation.prompt_contract()
     items, datasets, label_maps = load_items(args, contract)
     if generator is None:
-        model = NERModel.from_generation(generation, prompt)
+        model = NERModel.from_generation(generation, prompt, max_prompt_chars=args.max_prompt_chars)
     else:
-        model = NERModel(generator, prompt, sampling=generation.sampling())
+        model = NERModel(
+            generator, prompt, sampling=generation.sampling(), max_prompt_chars=args.max_prompt_chars
+        )
     output_dir = Path(args.output_dir)  # type: ignore[arg-type]
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / GENERATIONS

@@ -325,6 +325,7 @@ class NERModel:
         if max_prompt_chars is not None and max_prompt_chars < 1:
             raise ValueError(f"max_prompt_chars must be at least 1, got {max_prompt_chars}")
         self.max_prompt_chars = max_prompt_chars or prompt_chars_for(generator, self.sampling)
+        self._chars_given = max_prompt_chars is not None
         self._owns_generator = owns_generator
 
     @classmethod
@@ -390,31 +391,27 @@ class NERModel:
         """Generate and parse for every `(text, schema[, label_map])`, yielding `(index, raw completion,
         parse)` as each finishes (backend order), so that callers can write results as they come.
 
-        Evaluation asks whole sentences: one whose prompt is over `max_prompt_chars`, or over the tokens
-        the context leaves after `max_new_tokens` (where the backend can count them), is not asked (it
+        Evaluation asks whole sentences: one whose prompt is over the tokens the context leaves after
+        `max_new_tokens` (where the backend can count them), or over `max_prompt_chars` (when given, or
+        when the backend cannot count: a server), is not asked (it
         would not fit the context, and could end the batch) but answered at once with no entity and
         the problem `prompt_too_long`, which scores it as a format failure. One the backend gives up on
         (a server that refused it, or kept failing) is answered empty with `generation_failed`, and the
         others go on.
         """
         conversations = [self.conversation(*item) for item in items]
+        budget = self.prompt_token_budget()
+        counts = self.generator.prompt_tokens(conversations) if budget is not None and items else None
         too_long = {
             i: f"over {self.max_prompt_chars} characters"
             for i, chat in enumerate(conversations)
-            if len(chat[0]["content"]) > self.max_prompt_chars
+            if (counts is None or self._chars_given) and len(chat[0]["content"]) > self.max_prompt_chars
         }
-        budget = self.prompt_token_budget()
-        fitting = [i for i in range(len(items)) if i not in too_long]
-        counts = (
-            self.generator.prompt_tokens([conversations[i] for i in fitting])
-            if budget is not None and fitting
-            else None
-        )
         if budget is not None and counts is not None:
             too_long |= {
                 i: f"{count} tokens, over the {budget} the context leaves"
-                for i, count in zip(fitting, counts, strict=True)
-                if count > budget
+                for i, count in enumerate(counts)
+                if count > budget and i not in too_long
             }
         if too_long:
             logger.warning(

@@ -739,6 +739,32 @@ def test_a_sentence_whose_tokens_overflow_the_context_is_not_asked_where_the_bac
     assert (errors.outputs, errors.format_failures, errors.problems["prompt_too_long"]) == (2, 1, 1)
 
 
+def test_a_long_sentence_that_fits_in_tokens_is_asked_unless_max_prompt_chars_says_otherwise(
+    tmp_path: Path,
+) -> None:
+    """Characters bound tokens only as a first guess: a backend that counts tokens decides."""
+
+    class FourCharsAToken(Scripted):
+        def prompt_tokens(self, conversations: Sequence[Conversation]) -> list[int]:
+            return [len(conversation[-1]["content"]) // 4 for conversation in conversations]
+
+    long = " ".join(["word"] * 400) + " ."  # 2,000 characters, about 500 tokens
+    path = tmp_path / "long.jsonl"
+    record = {"id": "0", "text": long, "entities": [], "labels": ["person"]}
+    path.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    generator = FourCharsAToken(lambda sentence, _: '{"entities": {}}')
+    generator.context_tokens = 1024 + 1000  # 1,000 characters, or tokens, after max_new_tokens
+    sets = [{"path": str(path), "name": "long", "labels": ["person"]}]
+    generation = GenerationArguments(max_new_tokens=1024)
+    evaluation = evaluate(eval_args(tmp_path / "a", sets), PromptArguments(), generation, generator=generator)
+    assert len(generator.prompts) == 1 and long in generator.prompts[0]
+    assert evaluation.errors["normal"]["long"].format_failures == 0
+    bounded = eval_args(tmp_path / "b", sets, max_prompt_chars=1500)
+    evaluation = evaluate(bounded, PromptArguments(), generation, generator=generator)
+    assert len(generator.prompts) == 1  # not asked again
+    assert evaluation.errors["normal"]["long"].problems["prompt_too_long"] == 1
+
+
 def test_a_sentence_the_backend_gives_up_on_is_a_format_failure_and_the_others_are_scored(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
