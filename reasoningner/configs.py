@@ -225,12 +225,15 @@ def hub_file(repo_id: str, filename: str, revision: str | None = None) -> Path |
 
 
 def hub_commit(repo_id: str, revision: str | None = None) -> str | None:
-    """The commit of the snapshot of a Hub model the cache holds for `revision` (default: main), as a
-    loaded model's files are there; None when the cache has none."""
+    """The commit of the snapshot of a Hub model (or LoRA adapter) the cache holds for `revision`
+    (default: main), as a loaded model's files are there; None when the cache has none."""
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
-    return Path(cached).parent.name if isinstance(cached, str) else None
+    for name in ("config.json", ADAPTER_CONFIG):  # an adapter's repository has no config.json
+        cached = try_to_load_from_cache(repo_id, name, revision=revision)
+        if isinstance(cached, str):
+            return Path(cached).parent.name
+    return None
 
 
 def hub_contract_folder(repo_id: str, revision: str | None = None, strict: bool = False) -> str | None:

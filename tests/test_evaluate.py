@@ -559,8 +559,9 @@ def test_a_relaunched_evaluation_asks_only_what_it_lacks(
     assert len(other.read_text().splitlines()) == 24  # a refused run changes nothing
 
 
+@pytest.mark.parametrize("marker", ["config.json", "adapter_config.json"])  # an adapter has no config.json
 def test_a_hub_model_s_outputs_are_known_by_the_commit_of_its_snapshot(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, marker: str
 ) -> None:
     """A Hub repository updated since an evaluation is another model: its outputs are asked anew."""
     from huggingface_hub import constants
@@ -571,7 +572,7 @@ def test_a_hub_model_s_outputs_are_known_by_the_commit_of_its_snapshot(
     repository = tmp_path / "models--me--ner"
     for commit in ("aaaa", "bbbb"):
         (repository / "snapshots" / commit).mkdir(parents=True)
-        (repository / "snapshots" / commit / "config.json").write_text("{}")
+        (repository / "snapshots" / commit / marker).write_text("{}")
     (repository / "refs").mkdir()
     loaded = GenerationArguments(model_name_or_path="me/ner")
     served = GenerationArguments(model_name_or_path="me/ner", backend="openai",
