@@ -69,8 +69,13 @@ def model_card(model: str, manifest: dict[str, Any], contract: PromptContract, a
         front.append("datasets: [" + ", ".join(dict.fromkeys(hub_data)) + "]")
     front.append("---")
     example = "Peter Blackburn met EU officials in Brussels ."
-    asked = Schema(tuple(labels[:4])) if labels else Schema(("person", "organisation"))
+    asked = contract.asked(Schema(tuple(labels[:4]))) if labels else Schema(("person", "organisation"))
     raw_prompt = ner_instruction(example, asked, contract.prompt)
+    reasoning = contract.prompt.reasoning
+    label_lines = [
+        f"- `{label}`" + (f": {contract.descriptions[label]}" if label in contract.descriptions else "")
+        for label in labels
+    ]
     prompt_rows = [f"| `{name}` | `{getattr(contract.prompt, name)}` |" for name in PromptArguments.DEFAULTS]
     data_rows = [
         f"| `{entry['path']}` | `{(entry.get('sha256') or 'not local')[:16]}` |"
@@ -88,13 +93,17 @@ def model_card(model: str, manifest: dict[str, Any], contract: PromptContract, a
             *front,
             f"# {Path(model).name}",
             "",
-            "A named-entity recognizer that reasons (a `<think>` rationale) before it answers, "
-            f"trained with reasoningner, stage {STAGE_NAMES.get(manifest['stage'], manifest['stage'])}, "
+            (
+                "A named-entity recognizer that reasons (a `<think>` rationale) before it answers, "
+                if reasoning
+                else "A named-entity recognizer that answers without a rationale, "
+            )
+            + f"trained with reasoningner, stage {STAGE_NAMES.get(manifest['stage'], manifest['stage'])}, "
             f"from `{base}`.",
             "",
             "## Labels",
             "",
-            ", ".join(f"`{label}`" for label in labels) or "(none recorded: give the labels to find)",
+            *(label_lines or ["(none recorded: give the labels to find)"]),
             "",
             "## Usage",
             "",
@@ -113,7 +122,8 @@ def model_card(model: str, manifest: dict[str, Any], contract: PromptContract, a
             "",
             "`reasoningner` is installed from its repository (`pip install -e .` in a clone); it also maps "
             "the answer back to character offsets. Without it, ask the model with its chat template and "
-            "this prompt as the only user turn (no system prompt), and read the answer after `</think>`:",
+            "this prompt as the only user turn (no system prompt), and read "
+            + ("the answer after `</think>`:" if reasoning else "the reply as the answer:"),
             "",
             "```text",
             raw_prompt,

@@ -138,8 +138,20 @@ def test_a_grpo_card_names_the_hub_base_through_its_sft_start_the_hub_datasets_a
     assert "datasets: [ZWK/InstructUIE_data]" in front  # the repository, not a local stand-in
     asked = ner_instruction("Peter Blackburn met EU officials in Brussels .", Schema(("person", "location")),
                             contract.prompt)  # what NERModel and training ask with  # fmt: skip
-    assert f"```text\n{asked}\n```" in card
+    assert f"```text\n{asked}\n```" in card and "read the answer after `</think>`" in card
     assert "library_name: peft" in model_card("me/adapter", manifest, contract, adapter=True)
+    # Described labels are shown and asked with their descriptions; an answer-only model says so.
+    described = PromptContract(
+        PromptArguments("grouped_json", reasoning=False, descriptions=True),
+        ["person", "location"],
+        descriptions={"person": "a human being"},
+    )
+    card = model_card("me/answer-only", manifest, described)
+    assert "- `person`: a human being\n- `location`\n" in card
+    asked = ner_instruction("Peter Blackburn met EU officials in Brussels .",
+                            described.asked(Schema(("person", "location"))), described.prompt)  # fmt: skip
+    assert f"```text\n{asked}\n```" in card and "a human being" in asked
+    assert "answers without a rationale" in card and "read the reply as the answer" in card
 
 
 def test_a_lora_config_records_the_base_revision_it_trains_on():
