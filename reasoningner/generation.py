@@ -594,7 +594,7 @@ class TransformersGenerator(Generator):
         model: str | Path,
         *,
         dtype: str = "auto",
-        device: str = "cpu",
+        device: str | None = None,
         batch_size: int = 8,
         chat_template_kwargs: dict[str, Any] | None = None,
         use_kernels: bool = False,
@@ -608,6 +608,10 @@ class TransformersGenerator(Generator):
         self._tokenizer: Any = AutoTokenizer.from_pretrained(model, padding_side="left")
         if self._tokenizer.pad_token is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
+        if device is None:  # the first GPU where there is one: an 8B model on CPU would take days
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         # Hub kernels only when asked for (`training.model_init_kwargs` says why).
         self._model: Any = (
             AutoModelForCausalLM.from_pretrained(model, dtype=dtype, use_kernels=use_kernels)
