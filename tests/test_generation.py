@@ -742,3 +742,17 @@ def test_vllm_serves_a_lora_adapter_folder_on_its_base_with_the_adapter_on_every
     assert llm.calls[0][2]["lora_request"] == ("lora", "reasoningner-adapter", 1, str(adapter))
     build_generator("vllm", model=str(adapter), max_lora_rank=64)  # an option given wins
     assert FakeLLM.instances[-1].kwargs["max_lora_rank"] == 64
+
+
+def test_the_transformers_backend_runs_on_the_gpu_where_there_is_one(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    moved: list[str] = []
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, device: moved.append(device) or self)
+    build_generator("transformers", model=str(tiny_model_dir))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    build_generator("transformers", model=str(tiny_model_dir))
+    build_generator("transformers", model=str(tiny_model_dir), device="cpu")
+    assert moved == ["cpu", "cuda", "cpu"]
