@@ -22,6 +22,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
 from reasoningner.configs import (
+    PROMPT_CONTRACT,
     PromptArguments,
     PromptContract,
     adapter_base,
@@ -536,6 +537,11 @@ class _ResumeRecord(TrainerCallback):
         if hasattr(self.trainer, "_total_train_tokens"):
             record["num_tokens"] = self.trainer._total_train_tokens
         torch.save(record, checkpoint / RESUME_RECORD)
+        # How the checkpoint is asked and what it was trained on (`describe_run`) travel with it: a copied
+        # or uploaded `checkpoint-N` is no longer below its run folder.
+        for name in (PROMPT_CONTRACT, MANIFEST):
+            if (Path(self.trainer.args.output_dir) / name).is_file():
+                shutil.copy2(Path(self.trainer.args.output_dir) / name, checkpoint / name)
 
 
 def train_from(stage: str, trainer: Any, checkpoint: str | None) -> None:

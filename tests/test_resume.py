@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,13 @@ from typing import Any
 
 import pytest
 
-from reasoningner.configs import CoTArguments, GenerationArguments, PromptArguments, training_sources
+from reasoningner.configs import (
+    CoTArguments,
+    GenerationArguments,
+    PromptArguments,
+    PromptContract,
+    training_sources,
+)
 from reasoningner.cot import annotate, output_path
 from reasoningner.tracking import (
     MANIFEST,
@@ -342,7 +349,8 @@ def test_a_checkpoint_of_a_run_not_yet_finished_carries_its_training_data(
     tiny_model_dir: Path, annotations: Path, tmp_path: Path
 ) -> None:
     """Evaluating `checkpoint-N` mid-run (or after a preemption) checks it for contamination as the final
-    model is checked, from the provisional manifest the run writes at its start; the final one replaces it."""
+    model is checked, from the provisional manifest the run writes at its start (the final one replaces
+    it); a checkpoint copied away from its run folder still carries that and its prompt contract."""
     from transformers import Trainer
 
     out = tmp_path / "sft"
@@ -359,6 +367,12 @@ def test_a_checkpoint_of_a_run_not_yet_finished_carries_its_training_data(
         stage.main(*stage.make_parser().parse_args_and_config(args=args))
     assert json.loads((out / MANIFEST).read_text())["provisional"] is True
     assert str(annotations) in training_sources(out / "checkpoint-2")
+    copied = shutil.copytree(out / "checkpoint-2", tmp_path / "elsewhere" / "checkpoint-2")  # or uploaded
+    contract, trained = PromptContract.load(copied), PromptContract.load(out)
+    assert contract is not None and trained is not None
+    assert (contract.prompt, contract.labels) == (trained.prompt, trained.labels)
+    assert contract.source == str(copied / "prompt_contract.json")  # its own copy
+    assert str(annotations) in training_sources(copied)
     stage.main(*stage.make_parser().parse_args_and_config(args=args))
     manifest = json.loads((out / MANIFEST).read_text())
     assert "provisional" not in manifest and manifest["history"] == []  # replaced, not kept as an attempt
