@@ -470,9 +470,15 @@ class OpenAIGenerator(Generator):
         choices is a ValueError, which `_post` retries."""
         try:
             choices = sorted(payload["choices"], key=lambda c: c.get("index", 0))
-            # Half an emoji escaped in the server's JSON would fail a tokenizer or strict UTF-8 later.
-            texts = [LONE_SURROGATE.sub("\ufffd", message_text(choice["message"])) for choice in choices]
             reasons = [choice.get("finish_reason") for choice in choices]
+            # Only reasoning and cut at max_tokens: the output ended inside its rationale (an unclosed
+            # <think>). Half an emoji escaped in the server's JSON would fail a tokenizer or strict UTF-8.
+            texts = [
+                LONE_SURROGATE.sub(
+                    "\ufffd", message_text(choice["message"], cut_when_only_reasoning=reason == "length")
+                )
+                for choice, reason in zip(choices, reasons, strict=True)
+            ]
             total = int((payload.get("usage") or {}).get("completion_tokens") or 0)
         except (KeyError, TypeError, AttributeError, ValueError):
             raise ValueError(f"HTTP 200 with a malformed completion: {_excerpt(str(payload))}") from None

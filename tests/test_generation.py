@@ -659,15 +659,18 @@ def test_a_rationale_split_off_by_the_server_is_put_back_in_front_of_the_answer(
             # vLLM's Qwen3 parser, thinking on, given an output without </think>: all of it is reasoning.
             {"index": 2, "message": {"content": None, "reasoning": '{"entities": {"person": ["Ann"]}}'}},
             {"index": 3, "message": {"content": "answer", "reasoning": "why"}},
+            # The same, cut at max_tokens: it ended inside its rationale.
+            {"index": 4, "message": {"content": "", "reasoning": '"Ann" is a'}, "finish_reason": "length"},
         ],
-        "usage": {"completion_tokens": 4},
+        "usage": {"completion_tokens": 5},
     }
-    first, second, unsplit, renamed = generator._parse(payload)
+    first, second, unsplit, renamed, cut = generator._parse(payload)
     assert first.text == '<think>\n"x" is not an entity\n</think>\n{"entities": {}}'
     assert second.text == "<think>kept</think>answer"
     assert unsplit.text == '{"entities": {"person": ["Ann"]}}'
     assert split_answer(unsplit.text)[:2] == (None, unsplit.text)  # an answer without rationale
     assert renamed.text == "<think>\nwhy\n</think>\nanswer"
+    assert [p.kind for p in split_answer(cut.text)[2]] == ["unclosed_think"]  # not an invalid answer
 
 
 class _Connections:
