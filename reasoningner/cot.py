@@ -82,6 +82,7 @@ from reasoningner.metrics import MatchMode, example_f1
 from reasoningner.prompts import prompt_hash, teacher_instruction
 from reasoningner.rationale import consistency, gold_template_rationale
 from reasoningner.records import STATUSES, numbered_records, parse_record, read_records, record_status
+from reasoningner.sources import is_source
 from reasoningner.spans import Example
 from reasoningner.tracking import differences
 
@@ -239,7 +240,10 @@ def load_all_tasks(args: CoTArguments, prompt: PromptArguments) -> list[Task]:
     for path in args.datasets:
         dataset = args.read(path)
         if dataset.name in names:
-            clashes.append(f"{names[dataset.name]} and {path} are both named {dataset.name!r}")
+            clash = f"{names[dataset.name]} and {path} are both named {dataset.name!r}"
+            if is_source(path) or is_source(names[dataset.name]):  # a Hub source's name is its set's
+                clash += " (splits of one Hub source: annotate each in a run with its own output_dir)"
+            clashes.append(clash)
             continue
         names[dataset.name] = path
         examples = dataset.examples[: args.limit]

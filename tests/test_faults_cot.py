@@ -459,6 +459,9 @@ def test_clashing_dataset_names_and_duplicate_ids_are_refused_at_start(tmp_path:
         ValueError, match=r"a/conll/train.txt and .*b/conll/train.txt are both named 'conll-train'"
     ):
         annotate(cot_args(out, clashing), PromptArguments(), GOLD)
+    splits = [f"hf:{ROOT}/tests/data/hub/NER-CoT@{split}" for split in ("train", "train[:2]")]
+    with pytest.raises(ValueError, match=r"splits of one Hub source: annotate each in a run with its own"):
+        annotate(cot_args(out, splits, reader="hf"), PromptArguments(), GOLD)
     duplicated = tmp_path / "dup.jsonl"
     rows = [
         ("s1", "Ann met Bo ."),
