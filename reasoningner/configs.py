@@ -279,7 +279,13 @@ class GenerationArguments:
     temperature: float = field(default=0.0, metadata={"help": "0 decodes greedily"})
     top_p: float = 1.0
     max_new_tokens: int = 1024
-    seed: int = 0
+    seed: int | None = field(
+        default=0,
+        metadata={
+            "help": "sampling seed (each of n samples seed + i); null: unseeded, which keeps vLLM's fast "
+            "sampler (it samples a seeded request alone) at the cost of repeatable samples"
+        },
+    )
 
     def __post_init__(self) -> None:
         _check_choice("backend", self.backend, [*sorted(BACKENDS), GOLD_TEMPLATE])

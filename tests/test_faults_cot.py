@@ -43,6 +43,7 @@ from reasoningner.formats import get_format
 from reasoningner.generation import Completion, GenerationError
 from reasoningner.records import read_records
 from tests.fake_openai import ChatHandler, ChatServer, serving
+from tests.scripts import load_stage
 
 ROOT = Path(__file__).parents[1]
 SEED = 7
@@ -290,6 +291,22 @@ def test_a_retry_samples_with_another_seed(tmp_path: Path) -> None:
         report = annotate(args, PromptArguments(), sampled)
     assert report["accepted"] == 4, report
     assert sorted(set(server.asked)) == ["seed 0", f"seed {RETRY_SEED_STRIDE}"]
+
+
+def test_a_recipe_may_leave_the_teacher_unseeded(tmp_path: Path) -> None:
+    """`seed: null` keeps vLLM's fast sampler (it samples each seeded request alone): no request names one."""
+    recipe = tmp_path / "cot.yaml"
+    recipe.write_text(
+        f"datasets: [{write_inputs(tmp_path / 'in.jsonl', 3)}]\noutput_dir: {tmp_path / 'out'}\nseed: null\n"
+    )
+    args, prompt, generation = (
+        load_stage("cot").make_parser().parse_args_and_config(args=["--config", str(recipe)])
+    )
+    with seeded_teacher(args, cut_tries=0) as (server, sampled):
+        generation.backend, generation.model_name_or_path = "openai", "teacher"
+        generation.backend_options, generation.temperature = sampled.backend_options, 0.7
+        report = annotate(args, prompt, generation)
+    assert report["accepted"] == 3 and set(server.asked) == {"seed None"}
 
 
 def test_a_rerun_retries_the_failed_with_seeds_no_earlier_run_used(tmp_path: Path) -> None:
