@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -10,7 +11,7 @@ import math
 import random
 import shutil
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from transformers import IntervalStrategy, TrainerCallback, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
-from trl import GRPOTrainer
+from trl import GRPOTrainer, SFTTrainer
 from trl.trainer.utils import RepeatSampler
 
 from reasoningner.configs import (
@@ -162,35 +163,57 @@ def policy_model(path: str, model_init_kwargs: dict[str, Any], training_args: An
     return policy
 
 
+@contextlib.contextmanager
+def kept_random_states() -> Iterator[None]:
+    """Python's, NumPy's and torch's random states (CPU and every GPU) as they were before the block."""
+    states = (
+        random.getstate(),
+        np.random.get_state(),
+        torch.get_rng_state(),
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    )
+    try:
+        yield
+    finally:
+        python_state, numpy_state, cpu_state, cuda_states = states
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(cpu_state)
+        if cuda_states:
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+class HeldOutSFTTrainer(SFTTrainer):
+    """SFTTrainer whose evaluation leaves training as it would be without it (`kept_random_states`).
+
+    An evaluation draws from the global random state (its length-grouped order, the data loader's seed),
+    which the next epoch's order is drawn from; at an epoch's end it runs after that step's checkpoint,
+    so a run resumed from the checkpoint, which does not run it, would train the next epoch in another
+    order than the run never killed."""
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        with kept_random_states():
+            return super().evaluate(*args, **kwargs)
+
+
 class HeldOutGRPOTrainer(GRPOTrainer):
     """GRPOTrainer whose held-out evaluation leaves training exactly as it would be without it.
 
     TRL's evaluation samples completions from the random generators training samples from, and logs them
     into the training completions table (overwriting that step's `completions_<step>.parquet`). Here
-    each evaluation restores the random states it found (Python, NumPy, torch on CPU and every GPU) and
-    the completions table, and logs no table of its own: its rewards arrive as `eval_*` metrics. A run
-    with a held-out curve then trains to the very weights of the run without one. Generation outside
-    this process (vLLM's server mode) keeps its own random state, which evaluation advances."""
+    each evaluation restores the random states it found (`kept_random_states`) and the completions
+    table, and logs no table of its own: its rewards arrive as `eval_*` metrics. A run with a held-out
+    curve then trains to the very weights of the run without one. Generation outside this process
+    (vLLM's server mode) keeps its own random state, which evaluation advances."""
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
-        states = (
-            random.getstate(),
-            np.random.get_state(),
-            torch.get_rng_state(),
-            torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        )
         completions, log_completions = self._logs, self.log_completions
         self._logs, self.log_completions = copy.deepcopy(completions), False
         try:
-            return super().evaluate(*args, **kwargs)
+            with kept_random_states():
+                return super().evaluate(*args, **kwargs)
         finally:
             self._logs, self.log_completions = completions, log_completions
-            python_state, numpy_state, cpu_state, cuda_states = states
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
-            torch.set_rng_state(cpu_state)
-            if cuda_states:
-                torch.cuda.set_rng_state_all(cuda_states)
 
 
 def check_generation_cycle(training_args: Any) -> None:

@@ -6,7 +6,7 @@ python stages/sft.py --config recipes/tiny-cpu/sft.yaml --num_train_epochs 1
 
 from datasets import Dataset
 from transformers import AutoTokenizer, IntervalStrategy
-from trl import ModelConfig, SFTConfig, SFTTrainer, get_quantization_config
+from trl import ModelConfig, SFTConfig, get_quantization_config
 
 from reasoningner.cli import run_stage
 from reasoningner.configs import (
@@ -16,6 +16,7 @@ from reasoningner.configs import (
     TrainerScriptArguments,
 )
 from reasoningner.training import (
+    HeldOutSFTTrainer,
     configure_batching,
     cut_conversations,
     describe_run,
@@ -58,7 +59,7 @@ def main(
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.model_name_or_path, revision=model_args.model_revision
     )
-    trainer = SFTTrainer(
+    trainer = HeldOutSFTTrainer(
         model=model_args.model_name_or_path,
         args=training_args,
         train_dataset=train_dataset,

@@ -117,7 +117,7 @@ def sft(model: Path, cot_file: Path, out: Path, *overrides: str) -> Any:
             "--train_files", str(cot_file), "--output_dir", str(out), "--max_steps", "2",
             "--per_device_train_batch_size", "4", "--use_liger_kernel", "false",
             *CPU, *overrides]  # fmt: skip
-    return run_recorded("sft", "SFTTrainer", args)
+    return run_recorded("sft", "HeldOutSFTTrainer", args)
 
 
 @pytest.fixture(scope="module")

@@ -172,6 +172,21 @@ def test_sft_resumed_inside_a_later_epoch_trains_that_epoch_in_its_order(
     assert (last_only / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
 
 
+def test_sft_resumed_after_an_epoch_s_last_checkpoint_trains_as_if_its_evaluation_had_run(
+    tiny_model_dir: Path, annotations: Path, tmp_path: Path
+) -> None:
+    """The epoch-end evaluation comes after the step's checkpoint; the next epoch's order must not depend
+    on whether it ran (a run resumed from that checkpoint does not run it)."""
+    epochs_evaluated = ["--max_steps", "8", "--per_device_train_batch_size", "1", "--save_steps", "4",
+                        "--eval_strategy", "epoch", "--eval_files", str(annotations)]  # fmt: skip
+    reference, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
+    interrupted("sft", sft_args(tiny_model_dir, annotations, reference, *epochs_evaluated))
+    interrupted("sft", sft_args(tiny_model_dir, annotations, resumed, *epochs_evaluated), 4, saved=True)
+    train_rows = lambda out: [row for row in steps(out) if "loss" in row]  # noqa: E731
+    assert train_rows(resumed) == train_rows(reference)
+    assert (resumed / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
+
+
 def test_a_finished_run_relaunched_ends_with_its_best_checkpoint_and_the_end_of_training(
     tiny_model_dir: Path, annotations: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
