@@ -536,7 +536,9 @@ def artifact_name(path: Path) -> str:
         return _safe_name(path.name if path.is_dir() else f"{path.parent.name}-{path.name}")
     if not path.is_dir():
         return _safe_name(f"{pipeline}-{path.stem}")
-    own = path.name if upstream.parent == path else f"{path.parent.name}-{path.name}"
+    # A checkpoint or merged model carries a copy of its run's manifest: still named below its run.
+    below_run = upstream.parent != path or path.name == "merged" or path.name.startswith("checkpoint-")
+    own = f"{path.parent.name}-{path.name}" if below_run else path.name
     return _safe_name(f"{pipeline}-{own}")
 
 

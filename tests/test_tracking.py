@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from reasoningner import tracking
 from reasoningner.tracking import (
     MANIFEST,
     PIPELINE_ENV,
+    artifact_name,
     build_manifest,
     fingerprint,
     path_artifact,
@@ -114,6 +116,10 @@ def test_artifacts_are_built_alike_by_the_stage_that_writes_and_those_that_read(
     assert path_artifact(sft).digest == model.digest  # weights are never read
     write_manifest(sft, build_manifest("sft", {"retrained": True}, [cot / "annotations.jsonl"]))
     assert path_artifact(sft).digest != model.digest  # a new training: a new version
+    for below in ("checkpoint-500", "merged"):  # each with a copy of its run's manifest
+        (sft / below).mkdir()
+        shutil.copy2(sft / MANIFEST, sft / below / MANIFEST)
+        assert artifact_name(sft / below) == f"{pipeline}-sft-{below}"  # not the rl run's of that name
 
     base = path_artifact(tmp_path / "run")  # a folder no stage wrote: a base model
     assert (base.name, base.type) == ("run", "model")
