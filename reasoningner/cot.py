@@ -4,7 +4,7 @@ For every sentence the teacher (an LLM behind a `generation` backend, or the `go
 writer that needs none) produces `samples_per_sentence` rationale + answer pairs. Each is parsed
 with the foundation parsers and scored: entity F1 against gold, and consistency between rationale
 and answer (`rationale.consistency`, the score the GRPO reward shares). A sample is acceptable when
-it reaches `f1_threshold` and `min_consistency` and its answer reads whole (`UNREADABLE`: an answer
+it reaches `f1_threshold` and `min_consistency` and its answer is readable (`UNREADABLE`: an answer
 that does not parse is no empty answer, even for a sentence without entities). The best sample is
 kept: an acceptable one if there is one, then by F1 and consistency.
 With `gold_answer`, an accepted sample's answer is replaced by the gold answer (its rationale is
@@ -76,7 +76,7 @@ from tqdm.auto import tqdm
 
 from reasoningner.configs import GOLD_TEMPLATE, CoTArguments, GenerationArguments, PromptArguments
 from reasoningner.files import JSONL_ERRORS, complete_lines, exclusive, write_whole
-from reasoningner.formats import OutputFormat, get_format, split_answer
+from reasoningner.formats import CONTENT_PROBLEMS, OutputFormat, ParseResult, get_format, split_answer
 from reasoningner.generation import OUTPUT_OPTIONS, Completion, ConversationFailed, GenerationError
 from reasoningner.metrics import MatchMode, example_f1
 from reasoningner.prompts import prompt_hash, teacher_instruction
@@ -96,8 +96,12 @@ RETRY_SEED_STRIDE = 1_000_003  # a retry's seed: a seeded backend (vLLM) would r
 FAILURES_IN_A_ROW = 64
 USABLE_ENDS = ("stop", None)  # vLLM also ends with length, abort, error
 AFRESH = "rerun with --overwrite_output_dir true to start afresh, or choose another output_dir"
-# Parse problems that leave no whole answer to read: such a sample is never accepted.
-UNREADABLE = frozenset({"no_answer", "unclosed_think", "truncated", "invalid_json", "wrong_shape"})
+# An answer cut off or missing is never accepted; one that states no entity must also parse without any
+# other syntax problem than a wrapper (a fence, a lead-in), or junk ("Sorry, I cannot help") would pass
+# for the empty answer of a sentence without entities. An answer with entities, however shaped, is
+# judged by its F1: the stored answer is re-rendered canonically.
+UNREADABLE = frozenset({"no_answer", "unclosed_think", "truncated"})
+WRAPPERS = frozenset({"code_fence", "extra_text"})
 
 
 def shard_name(name: str, index: int | str, count: int | str) -> str:
@@ -174,8 +178,16 @@ def score_sample(
         f1=example_f1(example, parsed.spans, parsed.ungrounded, mode),
         consistency=consistency(rationale, pairs, example.schema) if rationale else 0.0,
         completion_tokens=completion.completion_tokens,
-        unreadable=tuple(sorted({p.kind for p in parsed.problems} & UNREADABLE)),
+        unreadable=unreadable(parsed),
     )
+
+
+def unreadable(parsed: ParseResult) -> tuple[str, ...]:
+    """The problems that keep an answer from being accepted whatever its F1 (`UNREADABLE`)."""
+    kinds = {problem.kind for problem in parsed.problems}
+    if parsed.spans or parsed.ungrounded:
+        return tuple(sorted(kinds & UNREADABLE))
+    return tuple(sorted(kinds & UNREADABLE or kinds - CONTENT_PROBLEMS - WRAPPERS))
 
 
 def best_sample(samples: Sequence[Sample], args: CoTArguments) -> Sample:
@@ -325,12 +337,12 @@ def resume(
             tried[task.key] = int(record.get("tries") or 1)
             continue
         _check_prompt(where, record, task)
-        _check_settings(where, record, settings)
         if record.get("teacher") != teacher:
             raise ValueError(
                 f"{where}: {task.key!r} was annotated by {record.get('teacher')}, this run's teacher is "
                 f"{teacher}: {AFRESH}"
             )
+        _check_settings(where, record, settings)
         kept.append(record)
     if len(kept) != len(lines) or cut:
         write_whole(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
@@ -340,20 +352,20 @@ def resume(
 def annotation_settings(args: CoTArguments, generation: GenerationArguments) -> dict[str, Any]:
     """What shapes a record besides its prompt and teacher: how the teacher samples (with the backend
     options that change its text, `generation.OUTPUT_OPTIONS`) and which samples are kept; for the
-    gold template, its context words. Where and how fast a run goes (servers, batch sizes, shards,
-    limit) may change between the attempts of one run."""
+    gold template, its context words and thresholds. Where and how fast a run goes (servers, batch
+    sizes, shards, limit) may change between the attempts of one run, and so may `max_new_tokens`: a
+    kept sample ended below the old limit, and a larger one is how sentences cut off are retried."""
+    acceptance = {"f1_threshold": args.f1_threshold, "min_consistency": args.min_consistency}
     if generation.backend == GOLD_TEMPLATE:
-        return {"template_context_words": args.template_context_words}
+        return {"template_context_words": args.template_context_words, **acceptance}
     options = generation.backend_options or {}
     return {
         "samples_per_sentence": args.samples_per_sentence,
-        "f1_threshold": args.f1_threshold,
-        "min_consistency": args.min_consistency,
+        **acceptance,
         "match_mode": args.match_mode,
         "gold_answer": args.gold_answer,
         "temperature": generation.temperature,
         "top_p": generation.top_p,
-        "max_new_tokens": generation.max_new_tokens,
         "seed": generation.seed,
         **{f"backend_options.{k}": options[k] for k in sorted(OUTPUT_OPTIONS & options.keys())},  # type: ignore[operator]
     }
@@ -452,7 +464,7 @@ def _outcomes(
                         if not isinstance(outcome, ConversationFailed):
                             spent[task.key] += sum(c.completion_tokens for c in outcome)
                         if isinstance(outcome, ConversationFailed):
-                            yield task, Failure(str(outcome), tries=tries)
+                            yield task, Failure(str(outcome), spent[task.key], tries)
                             failed_in_a_row += 1
                             if failed_in_a_row >= FAILURES_IN_A_ROW:
                                 raise _teacher_down(failed_in_a_row, outcome)
@@ -563,7 +575,7 @@ def merge_shards(args: CoTArguments, prompt: PromptArguments) -> Path:
     problems: list[str] = []
     records: list[dict[str, Any]] = []
     teachers: dict[Any, set[int]] = {}
-    settings: dict[str, set[int]] = {}  # recorded settings (as JSON) -> shards
+    settings: list[tuple[dict[str, Any], set[int]]] = []  # each set of recorded settings, its shards
     paths = [output_dir / shard_name(ANNOTATIONS, index, count) for index in range(count)]
     with contextlib.ExitStack() as held:
         held.enter_context(exclusive(output_dir / ANNOTATIONS))
@@ -580,7 +592,7 @@ def merge_shards(args: CoTArguments, prompt: PromptArguments) -> Path:
                 _check_prompt(where, record, task)
                 teachers.setdefault(record.get("teacher"), set()).add(index)
                 if "settings" in record:  # written before records carried their settings: not checked
-                    settings.setdefault(json.dumps(record["settings"], sort_keys=True), set()).add(index)
+                    _group(settings, record["settings"], index)
                 got.append(record)
             if len(got) < len(share):
                 present = {record["key"] for record in got}
@@ -593,11 +605,10 @@ def merge_shards(args: CoTArguments, prompt: PromptArguments) -> Path:
         if len(teachers) > 1:
             who = ", ".join(f"{t} (shards {sorted(s)})" for t, s in teachers.items())
             problems.append(f"the shards were annotated by different teachers: {who}")
-        if len(settings) > 1:
-            (first, shards), *others = settings.items()
-            for other, where in others:
-                changed = "; ".join(differences(json.loads(first), json.loads(other)))
-                problems.append(f"shards {sorted(shards)} and {sorted(where)}: other settings ({changed})")
+        (first, shards), *others = settings or [({}, set())]
+        for other, where in others:
+            changed = "; ".join(differences(first, other))
+            problems.append(f"shards {sorted(shards)} and {sorted(where)}: other settings ({changed})")
         if problems:
             raise ValueError(
                 f"{output_dir}: the shard files are not one complete set, nothing merged:\n  "
@@ -609,6 +620,16 @@ def merge_shards(args: CoTArguments, prompt: PromptArguments) -> Path:
         report = summarize(records, seconds=0.0, annotated=0)
         write_whole(output_dir / REPORT, json.dumps(report, indent=2) + "\n")
     return target
+
+
+def _group(groups: list[tuple[dict[str, Any], set[int]]], settings: dict[str, Any], shard: int) -> None:
+    """Add `shard` to the group of `settings` (the same by `tracking.differences`: a path spelled
+    otherwise is the same setting), or open a group."""
+    for known, shards in groups:
+        if not differences(known, settings):
+            shards.add(shard)
+            return
+    groups.append((settings, {shard}))
 
 
 def summarize(records: Sequence[dict[str, Any]], seconds: float, annotated: int) -> dict[str, Any]:

@@ -50,8 +50,11 @@ VLLM_MISSING = (
 # Backend options that change what a backend writes (the model's weights, template and precision, the
 # engine's seed); the others say where it runs and how fast (servers, batch sizes, memory, retries).
 OUTPUT_OPTIONS = frozenset(
-    {"revision", "tokenizer", "tokenizer_revision", "dtype", "quantization", "seed", "chat_template_kwargs"}
-)
+    {
+        "model", "revision", "tokenizer", "tokenizer_revision", "dtype", "quantization", "seed",
+        "chat_template_kwargs", "generation_config", "override_generation_config",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -333,6 +333,21 @@ def test_an_unreadable_answer_is_never_accepted_even_for_a_sentence_without_enti
         empty, completion("No entity: nothing here.", '{"entities": {}}'), GROUPED, "text"
     )
     assert (readable.f1, readable.unreadable, readable.acceptable(ANY_RUN)) == (1.0, (), True)
+    fenced = score_sample(empty, completion("Nothing.", '```json\n{"entities": {}}\n```'), GROUPED, "text")
+    assert fenced.acceptable(ANY_RUN)  # a wrapper around a clean answer
+
+
+def test_an_answer_with_entities_in_another_shape_is_judged_by_its_f1():
+    """No `entities` wrapper, a Python literal: read whole, stored re-rendered, so acceptable."""
+    for answer in (
+        '{"person": ["Peter Blackburn"], "organisation": ["EU"], "location": ["Brussels"]}',
+        "{'entities': {'person': ['Peter Blackburn'], 'organisation': ['EU'], 'location': ['Brussels']}}",
+    ):
+        sample = score_sample(EXAMPLE, completion(RIGHT_RATIONALE, answer), GROUPED, "text")
+        assert (sample.f1, sample.unreadable, sample.acceptable(ANY_RUN)) == (1.0, (), True)
+        assert json.loads(sample.answer) == json.loads(RIGHT_ANSWER)
+    empty = Example("Nothing happened on Monday .", (), SCHEMA, "ex-1")
+    assert not score_sample(empty, completion("Nothing.", "{}"), GROUPED, "text").acceptable(ANY_RUN)
 
 
 def test_the_best_sample_is_an_acceptable_one_before_a_higher_f1():

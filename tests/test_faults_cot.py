@@ -583,8 +583,10 @@ def test_a_relaunch_with_other_thresholds_or_sampling_is_refused_and_one_that_ru
             ):
                 annotate(cot_args(out, inputs, **cot_change), prompt, generation)
             assert (out / "annotations.jsonl").read_text() == before  # nothing written, nothing lost
-        # Where it runs, how fast and how far may change: the run resumes and completes.
-        report = annotate(cot_args(out, inputs, chunk_size=3), prompt, openai(server.base_url, concurrency=2))
+        # Where it runs, how fast and how far may change, and max_new_tokens (how cut-off sentences are
+        # retried): the run resumes and completes.
+        roomier = dataclasses.replace(openai(server.base_url, concurrency=2), max_new_tokens=4096)
+        report = annotate(cot_args(out, inputs, chunk_size=3), prompt, roomier)
     assert (report["sentences"], report["annotated_this_run"]) == (10, 5)
     assert (out / "annotations.jsonl").read_text().startswith(before)
     settings = {json.dumps(r["settings"], sort_keys=True) for r in read_records(out / "annotations.jsonl")}
