@@ -106,8 +106,8 @@ def needs_gpu(recipe: dict[str, Any], stage: str) -> bool:
 
 
 def gpus_needed(recipe: dict[str, Any], stage: str) -> int:
-    """One for a training process; for vLLM in stage 1 or evaluation, its tensor-parallel size (the one
-    process of `make cot`/`make eval` uses that many GPUs)."""
+    """One for a training process; for vLLM in stage 1 or evaluation, its tensor- times pipeline-parallel
+    size (the one process of `make cot`/`make eval` uses that many GPUs)."""
     if not needs_gpu(recipe, stage):
         return 0
     if stage in ("sft", "rl"):
@@ -116,7 +116,7 @@ def gpus_needed(recipe: dict[str, Any], stage: str) -> int:
         options = options_from(recipe.get("backend_options"))
     except ValueError:
         return 1  # the stage itself names the bad JSON
-    return int(options.get("tensor_parallel_size", 1))
+    return int(options.get("tensor_parallel_size") or 1) * int(options.get("pipeline_parallel_size") or 1)
 
 
 def check_gpus(recipe: dict[str, Any], stage: str, num_gpus: int | None) -> list[Check]:

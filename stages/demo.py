@@ -406,7 +406,11 @@ def prepare(demo: Demo) -> tuple[Path, Path, dict[str, Any]]:
     started = time.perf_counter()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", demo.threads)))
     quick = QUICK["tiny-model"] if demo.quick else []
-    cli(["tiny-model", "--out", str(model), "--data", *recipe("cot")["datasets"], *TINY_MODEL, *quick])
+    status = cli(
+        ["tiny-model", "--out", str(model), "--data", *recipe("cot")["datasets"], *TINY_MODEL, *quick]
+    )
+    if status:
+        raise SystemExit(status)  # the command said why
     demo.timings["tiny model"] = time.perf_counter() - started
     cot = json.loads((demo.out / "cot" / "report.json").read_text())
     return model, demo.out / "cot" / "annotations.jsonl", cot

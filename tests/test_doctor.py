@@ -302,5 +302,11 @@ def test_vllm_in_stage_1_or_evaluation_needs_its_tensor_parallel_gpus() -> None:
     assert doctor.check_gpus(offline_teacher, "cot", None)[0].message.startswith("8 needed, 0 visible")
     overridden = offline_teacher | {"backend_options": '{"tensor_parallel_size": 2}'}  # as --backend_options
     assert doctor.check_gpus(overridden, "cot", None)[0].message.startswith("2 needed, 0 visible")
+    pipelined = offline_teacher | {
+        "backend_options": {"tensor_parallel_size": 4, "pipeline_parallel_size": 2}
+    }
+    assert doctor.check_gpus(pipelined, "cot", None)[0].message.startswith("8 needed, 0 visible")
+    unset = offline_teacher | {"backend_options": {"tensor_parallel_size": None}}
+    assert doctor.check_gpus(unset, "cot", None)[0].message.startswith("1 needed, 0 visible")
     served = {"backend": "openai", "backend_options": {"base_url": "http://node:8000/v1"}}
     assert doctor.check_gpus(served, "cot", None)[0].status == "ok"
