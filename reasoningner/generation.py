@@ -306,15 +306,19 @@ def _lora_engine(adapter: Path, engine_kwargs: dict[str, Any]) -> tuple[str, Any
     from vllm.lora.request import LoRARequest
 
     config = json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    rank = int(config.get("r") or 16)
+    if config.get("modules_to_save"):
+        raise ValueError(
+            f"{adapter}: a LoRA adapter that also trains {config['modules_to_save']} is not one vLLM "
+            "applies: evaluate its merged model (merge_lora: true) or use the transformers backend"
+        )
+    rank = max([int(config.get("r") or 16), *map(int, (config.get("rank_pattern") or {}).values())])
     fits = [limit for limit in VLLM_LORA_RANKS if limit >= rank]
     if not fits:
-        raise ValueError(
-            f"{adapter}: LoRA rank {rank} is over vLLM's largest, {VLLM_LORA_RANKS[-1]}: merge it"
-        )
+        raise ValueError(f"{adapter}: LoRA rank {rank} is over vLLM's limit {VLLM_LORA_RANKS[-1]}: merge it")
     engine_kwargs.setdefault("enable_lora", True)
     engine_kwargs.setdefault("max_lora_rank", fits[0])
-    engine_kwargs.setdefault("tokenizer", str(adapter))
+    if (adapter / "tokenizer_config.json").is_file():  # our stages save it, with the trained template
+        engine_kwargs.setdefault("tokenizer", str(adapter))
     if config.get("revision"):
         engine_kwargs.setdefault("revision", config["revision"])
     return str(config["base_model_name_or_path"]), LoRARequest("reasoningner-adapter", 1, str(adapter))

@@ -734,8 +734,9 @@ def test_vllm_serves_a_lora_adapter_folder_on_its_base_with_the_adapter_on_every
     monkeypatch.setitem(sys.modules, "vllm.lora.request", requests)
     adapter = tmp_path / "sft"
     adapter.mkdir()
-    config = {"base_model_name_or_path": "Qwen/Qwen3-8B", "r": 24, "revision": "abc123"}
-    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    config = {"base_model_name_or_path": "Qwen/Qwen3-8B", "r": 8, "rank_pattern": {"q_proj": 24}}
+    (adapter / "adapter_config.json").write_text(json.dumps(config | {"revision": "abc123"}))
+    (adapter / "tokenizer_config.json").write_text("{}")
     generator = build_generator("vllm", model=str(adapter), tensor_parallel_size=2)
     [llm] = FakeLLM.instances
     assert llm.kwargs["model"] == "Qwen/Qwen3-8B" and llm.kwargs["revision"] == "abc123"
@@ -745,6 +746,12 @@ def test_vllm_serves_a_lora_adapter_folder_on_its_base_with_the_adapter_on_every
     assert llm.calls[0][2]["lora_request"] == ("lora", "reasoningner-adapter", 1, str(adapter))
     build_generator("vllm", model=str(adapter), max_lora_rank=64)  # an option given wins
     assert FakeLLM.instances[-1].kwargs["max_lora_rank"] == 64
+    (adapter / "tokenizer_config.json").unlink()  # saved elsewhere without its tokenizer: the base's
+    build_generator("vllm", model=str(adapter))
+    assert "tokenizer" not in FakeLLM.instances[-1].kwargs
+    (adapter / "adapter_config.json").write_text(json.dumps(config | {"modules_to_save": ["lm_head"]}))
+    with pytest.raises(ValueError, match=r"also trains \['lm_head'\].*merge_lora: true"):
+        build_generator("vllm", model=str(adapter))
 
 
 def test_the_transformers_backend_runs_on_the_gpu_where_there_is_one(
