@@ -9,7 +9,8 @@ that does not parse is no empty answer, even for a sentence without entities). T
 kept: an acceptable one if there is one, then by F1 and consistency.
 With `gold_answer`, an accepted sample's answer is replaced by the gold answer (its rationale is
 kept): useful with a threshold below 1.0, when near-misses of the teacher still reason well. Its
-consistency is then measured against the gold answer, the one its rationale is stored with.
+consistency is then measured against the gold answer, the one its rationale is stored with if
+accepted (a rejected record keeps the teacher's answer, with that consistency).
 
 Every sentence ends as one record with a `status` (`records`):
 - accepted: the best sample is acceptable;
