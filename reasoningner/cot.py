@@ -179,11 +179,11 @@ def score_sample(
         f1=example_f1(example, parsed.spans, parsed.ungrounded, mode),
         consistency=consistency(rationale, pairs, example.schema) if rationale else 0.0,
         completion_tokens=completion.completion_tokens,
-        unreadable=unreadable(parsed),
+        unreadable=unreadable_problems(parsed),
     )
 
 
-def unreadable(parsed: ParseResult) -> tuple[str, ...]:
+def unreadable_problems(parsed: ParseResult) -> tuple[str, ...]:
     """The problems that keep an answer from being accepted whatever its F1 (`UNREADABLE`)."""
     kinds = {problem.kind for problem in parsed.problems}
     if parsed.spans or parsed.ungrounded:
