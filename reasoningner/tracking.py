@@ -296,9 +296,29 @@ def recorded_run(output_dir: str | Path, settings: dict[str, Any]) -> bool:
     return not differences(earlier, json.loads(json.dumps(settings, default=str)))
 
 
-# How a trainer run is launched, recorded from 2026-12-04 on: an attempt recorded before, which lacks
-# them, is not refused for them (a run in flight stays resumable across the upgrade).
-LAUNCH_SETTINGS = frozenset({"world_size", "zero_stage"})
+# Settings recorded since later versions (how a trainer run is launched, from 2026-12-04; what its inputs
+# hold, from 2026-12-05): an attempt recorded before, which lacks them, is not refused for them (a run in
+# flight stays resumable across the upgrade).
+LATER_SETTINGS = frozenset({"world_size", "zero_stage", "input_contents"})
+# What a model folder's weights are: its other files (card, manifest, checkpoints) change without it.
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt")
+
+
+def input_contents(paths: Iterable[str | Path]) -> list[list[str]]:
+    """`[path, fingerprint]` of each local input a run reads (`fingerprint`, the first 16 hex digits; of a
+    model folder, of its weight files only): a relaunch on inputs changed under the same names would
+    train on something else. Pairs, not a mapping, so that a path spelled otherwise is the same input."""
+    contents = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            weights = sorted(p for pattern in WEIGHT_FILES for p in path.glob(pattern))
+            digest = hashlib.sha256("".join(p.name + fingerprint(p) for p in weights).encode()).hexdigest()
+        elif path.is_file():
+            digest = fingerprint(path)
+        else:
+            continue  # a Hub id: its revision is a setting of its own
+        contents.append([str(path), digest[:16]])
+    return contents
 
 
 def differences(earlier: dict[str, Any], settings: dict[str, Any]) -> list[str]:
@@ -307,7 +327,7 @@ def differences(earlier: dict[str, Any], settings: dict[str, Any]) -> list[str]:
         f"{key}: {earlier.get(key, '<unset>')!r} -> {settings.get(key, '<unset>')!r}"
         for key in sorted(earlier.keys() | settings.keys())
         if not _same_setting(earlier.get(key), settings.get(key))
-        and not (key in LAUNCH_SETTINGS and key not in earlier)
+        and not (key in LATER_SETTINGS and key not in earlier)
     ]
 
 

@@ -38,6 +38,7 @@ from reasoningner.tracking import (
     claim_output_dir,
     config_dict,
     continue_wandb_run,
+    input_contents,
     keep_secrets_out,
     record_trainer_stage,
     record_trainer_start,
@@ -391,6 +392,7 @@ def start_trainer_stage(
     settings = run_settings(config_dict(*configs)) | {
         "world_size": training_args.world_size,
         "zero_stage": zero_stage(training_args),
+        "input_contents": input_contents([*inputs, *(getattr(script_args, "eval_files", None) or [])]),
     }
     relaunch = not script_args.overwrite_output_dir and recorded_run(training_args.output_dir, settings)
     resume = claim_output_dir(

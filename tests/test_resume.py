@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -251,11 +252,10 @@ def test_a_rerun_with_other_settings_is_refused_and_overwrite_starts_afresh(
 ) -> None:
     stage = load_stage("sft")
     out = tmp_path / "sft"
+    data = Path(shutil.copy2(annotations, tmp_path / "annotations.jsonl"))
 
     def sft(*extra: str) -> None:
-        parsed = stage.make_parser().parse_args_and_config(
-            args=sft_args(tiny_model_dir, annotations, out, *extra)
-        )
+        parsed = stage.make_parser().parse_args_and_config(args=sft_args(tiny_model_dir, data, out, *extra))
         stage.main(*parsed)
 
     sft("--max_steps", "2")
@@ -274,8 +274,15 @@ def test_a_rerun_with_other_settings_is_refused_and_overwrite_starts_afresh(
         sft("--max_steps", "6")  # requeued on 4 processes: its data position would be another
     with pytest.raises(ValueError, match=r"zero_stage: None -> 2"):  # its optimizer state is DDP's
         sft("--max_steps", "6", "--deepspeed", "recipes/accelerate/ds_zero2.json")
+    original = data.read_text()
+    data.write_text("".join(original.splitlines(keepends=True)[:-1]))  # rewritten under the same name
+    with pytest.raises(
+        ValueError, match=rf"input_contents: \[\['{re.escape(str(data))}', '[0-9a-f]{{16}}'\]"
+    ):
+        sft("--max_steps", "6")
+    data.write_text(original)
     recorded = json.loads((out / RUN_SETTINGS).read_text())
-    older = {k: v for k, v in recorded.items() if k not in ("world_size", "zero_stage")}
+    older = {k: v for k, v in recorded.items() if k not in ("world_size", "zero_stage", "input_contents")}
     (out / RUN_SETTINGS).write_text(json.dumps(older))  # an attempt recorded before they were
     sft("--max_steps", "4", "--logging_steps", "2")  # resumes: not refused for what it did not record
     assert "sft: resuming from" in capsys.readouterr().out
