@@ -50,6 +50,7 @@ from reasoningner.tracking import MANIFEST, data_sources
 logger = logging.getLogger(__name__)
 
 GOLD_TEMPLATE = "gold-template"  # stage 1's teacher-free "backend": rationales written from gold
+LOCAL_BACKENDS = ("transformers", "vllm")  # they load the model here (a server names its own)
 
 # Old recipe and command-line keys -> the one name each idea has now.
 RENAMED = {
@@ -527,7 +528,7 @@ class RecipeParser(TrlParser):
     any model loads. It then checks, in seconds, what would otherwise fail after the model loaded:
     packages the settings need (`missing_packages`; `check_environment = False` skips it, as the
     recipe lint does on a machine without GPUs), and an evaluation of sets the model was trained on
-    (`check_contamination`)."""
+    (`check_contamination`), and that a model a backend loads here exists (`require_model`)."""
 
     check_environment = True
 
@@ -547,6 +548,8 @@ class RecipeParser(TrlParser):
             raise ValueError("; ".join(missing))
         evaluation = next((c for c in parsed if isinstance(c, EvalArguments)), None)
         generation = next((c for c in parsed if isinstance(c, GenerationArguments)), None)
+        if self.check_environment and generation is not None and generation.backend in LOCAL_BACKENDS:
+            require_model(generation.backend_options.get("model") or generation.model_name_or_path)  # type: ignore[union-attr]
         if evaluation is not None and generation is not None:
             check_contamination(evaluation, generation.training_sources())
         return parsed

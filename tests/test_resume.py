@@ -437,6 +437,13 @@ def test_user_mistakes_end_in_one_line_without_a_traceback(tmp_path: Path, annot
     debug = run([sys.executable, "stages/rl.py", "--config", RL_RECIPE, "--model_name_or_path",
                  str(tmp_path / "nowhere")], REASONINGNER_DEBUG="1")  # fmt: skip
     assert debug.returncode == 1 and "Traceback" in debug.stderr
+    # Evaluation and a local stage 1 teacher load the model too: the same one line, before anything else.
+    for stage, recipe in (("eval", "eval.yaml"), ("cot", "cot-transformers.yaml")):
+        missing = run([sys.executable, f"stages/{stage}.py", "--config", f"recipes/tiny-cpu/{recipe}",
+                       "--model_name_or_path", str(tmp_path / "outputs" / "sft"), "--output_dir",
+                       str(tmp_path / stage)])  # fmt: skip
+        assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr[-2000:]
+        assert f"error: model {tmp_path / 'outputs' / 'sft'} does not exist" in missing.stderr
 
 
 def test_a_hub_token_given_as_an_argument_is_recorded_nowhere(
