@@ -815,12 +815,16 @@ def write_dataset(dataset: Dataset, path: PathLike, writer: str) -> None:
 
 
 def sniff(path: PathLike) -> str:
-    """The reader name for a file, from its first record.
+    """The reader name for a file, from its first record; `hf` for a named source (`hf:...`).
 
     A file whose first non-blank character is `[` (JSON array) or `{` (JSONL) is a JSON format,
     told apart by the keys of the first record: `input` and `output` -> alpaca; `sentence` and
     `entities` -> instructuie; `text` -> jsonl. Any other file is CoNLL.
     """
+    from reasoningner.sources import is_source
+
+    if is_source(str(path)):
+        return "hf"
     text = _read_text(path)
     start = _WHITESPACE.match(text).end()
     if not text.startswith(("[", "{"), start):

@@ -450,6 +450,13 @@ def test_sniff_and_read_dataset(fixture: str, reader: str) -> None:
     assert read_dataset(DATA / fixture).examples == READERS[reader](DATA / fixture).examples
 
 
+def test_the_default_reader_takes_a_hub_name_as_a_source() -> None:
+    """Stage 1, evaluation and `data stats` read `hf:` names without `reader: hf`, as training does."""
+    source = f"hf:{DATA}/hub/NER-CoT@train"
+    assert sniff(source) == "hf"
+    assert read_dataset(source).examples == READERS["hf"](source).examples
+
+
 def test_sniff_alpaca_jsonl_and_unknown_json(tmp_path: Path) -> None:
     assert sniff(write(tmp_path / "a.jsonl", json.dumps(GOOD) + "\n")) == "alpaca"
     with pytest.raises(DataError, match=r"cannot tell the format .* \['label', 'words'\]"):
