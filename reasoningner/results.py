@@ -112,9 +112,8 @@ class Evaluation:
         if self.config.get("in_domain"):
             trained_on = [name for name, info in self.datasets.items() if info.get("in_domain")]
             parts.append(
-                f"**In domain:** {', '.join(trained_on) or 'some sets'} (the model was trained on "
-                f"{'; '.join(self.config['in_domain'])}, allow_overlap): not zero-shot scores, and part "
-                "of Avg.\n"
+                f"**In domain:** {', '.join(trained_on) or 'some sets'} (allow_overlap; "
+                f"{'; '.join(self.config['in_domain'])}): not zero-shot scores, and part of Avg.\n"
             )
         for mode in self.modes:
             primary = " (primary)" if mode == self.primary_mode else ""

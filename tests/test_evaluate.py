@@ -868,9 +868,7 @@ def test_results_say_in_domain_when_the_model_was_trained_on_a_set(tmp_path: Pat
     args.in_domain_sources = [str(DATA / "conll2003_mini.txt")]
     run_eval(args, Scripted(lambda sentence, prompt: "{}"))
     markdown = (tmp_path / "out" / "results.md").read_text()
-    assert (
-        "**In domain:** conll2003_mini (the model was trained on conll2003_mini.txt (trained on" in markdown
-    )
+    assert "**In domain:** conll2003_mini (allow_overlap; conll2003_mini.txt (trained on" in markdown
     datasets = json.loads((tmp_path / "out" / "results.json").read_text())["datasets"]
     assert {name: info["in_domain"] for name, info in datasets.items()} == {
         "conll2003_mini": True,
