@@ -81,6 +81,7 @@ dependency), check that NER training kept the base model's skills::
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import logging
@@ -196,9 +197,17 @@ def load_eval_set(eval_set: EvalSet, data: DataArguments, trained: PromptContrac
     mapping = dict(eval_set.labels or {label: label for label in source.labels})
     absent = [label for label in mapping if label not in source]
     if absent:
+        close = {a: m[0] for a in absent if (m := difflib.get_close_matches(a, source.labels, n=1))}
+        hint = "".join(f" ({a!r}: did you mean {m!r}?)" for a, m in close.items())
         logger.warning(
-            "%s: labels %s never occur in %s; they are still asked for", name, absent, eval_set.path
+            "%s: labels %s never occur in %s; they are still asked for%s", name, absent, eval_set.path, hint
         )
+    left_out = Counter(s.label for e in dataset.examples[:limit] for s in e.spans if s.label not in mapping)
+    if left_out and eval_set.labels:
+        logger.warning(
+            "%s: the file's labels %s are not in the set's labels: their gold spans are dropped",
+            name, dict(left_out),
+        )  # fmt: skip
     descriptions = {mapping[label]: text for label, text in source.descriptions.items() if label in mapping}
     descriptions.update(eval_set.descriptions)
     try:

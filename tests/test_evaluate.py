@@ -889,3 +889,18 @@ def test_the_wandb_generations_table_spreads_over_the_file(tmp_path: Path, total
     lines = [record["line"] for record in records]
     step = lines[1] - lines[0]
     assert len(lines) == shown and lines == list(range(0, total, step)) and lines[-1] >= total - step
+
+
+def test_a_typo_in_a_set_s_labels_is_pointed_out_with_the_gold_it_drops(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    labels = ["person", "organisation", "locaton", "misc"]  # location misspelled
+    entry = {"path": str(DATA / "conll2003_mini.txt"), "name": "conll", "labels": labels}
+    with caplog.at_level(logging.WARNING):
+        _, datasets, _ = load_items(eval_args(tmp_path, [entry]))
+    assert "labels ['locaton'] never occur" in caplog.text and "did you mean 'location'?" in caplog.text
+    dropped = datasets["conll"]["dropped_entities"]
+    assert (
+        dropped > 0
+        and f"the file's labels {{'location': {dropped}}} are not in the set's labels" in caplog.text
+    )
