@@ -202,6 +202,8 @@ class _Collector:
         if stated:
             return Schema.union(stated)
         labels = dict.fromkeys(span.label for record in self.records for span in record.spans)
+        if not self.records and not self.skipped:
+            raise DataError(self.path, None, "holds no sentences")
         if not labels:
             skipped = f" ({len(self.skipped)} records skipped)" if self.skipped else ""
             raise DataError(
@@ -830,6 +832,8 @@ def sniff(path: PathLike) -> str:
     if not text.startswith(("[", "{"), start):
         return "conll"
     first = next(_json_items(path, text, _Collector(path, None, "raise", "")), (0, 0, None))[2]
+    if first is None:
+        raise DataError(path, None, "holds no sentences (an empty JSON list)")
     keys = set(first) if isinstance(first, dict) else set()
     for reader, needed in (
         ("alpaca", {"input", "output"}),

@@ -466,6 +466,9 @@ def test_sniff_alpaca_jsonl_and_unknown_json(tmp_path: Path) -> None:
 
 
 def test_file_level_problems(tmp_path: Path) -> None:
+    for name, content in (("empty.txt", "\n \n"), ("empty.json", "[]"), ("empty.jsonl", "")):
+        with pytest.raises(DataError, match=rf"{name}: holds no sentences"):
+            read_dataset(write(tmp_path / name, content))
     with pytest.raises(DataError, match=r"no labels: .* pass schema="):
         read_conll(write(tmp_path / "o.txt", "a\tO\n"))
     assert read_conll(tmp_path / "o.txt", schema=Schema(("X",))).examples[0].spans == ()
