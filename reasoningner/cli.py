@@ -105,9 +105,11 @@ def _stats_tables(report: dict) -> tuple[Table, Table]:
 def _convert(args: argparse.Namespace, console: Console) -> int:
     dataset = _read(args.source, args)
     write_dataset(dataset, args.target, args.to)
+    beside = f" and its labels to {args.target.with_name('labels.json')}" if args.to == "instructuie" else ""
     console.print(
-        f"wrote {len(dataset.examples)} examples to {args.target} ({args.to}); "
-        f"skipped {len(dataset.skipped)} malformed records"
+        f"wrote {len(dataset.examples)} examples to {args.target} ({args.to}){beside}; "
+        f"skipped {len(dataset.skipped)} malformed records",
+        soft_wrap=True,
     )
     for message in dataset.skipped:
         console.print(f"  skipped {message}", highlight=False, soft_wrap=True)  # one line each, to grep

@@ -632,6 +632,12 @@ def read_instructuie(
         except ValueError as error:
             collector.report(line, str(error), index)
             continue
+        unlisted = sorted({span.label for span in spans} - set(stated.labels)) if stated else []
+        if unlisted:
+            collector.report(
+                line, f"labels {unlisted} are not in {labels_path}, which states the file's", index
+            )
+            continue
         collector.add(_Record(line, index, text, spans, stated))
     return collector.dataset()
 
@@ -703,7 +709,8 @@ def write_jsonl(dataset: Dataset, path: PathLike) -> None:
 
 
 def write_instructuie(dataset: Dataset, path: PathLike) -> None:
-    """Write InstructUIE JSON and its sibling `labels.json`; `read_instructuie` gives them back."""
+    """Write InstructUIE JSON and its sibling `labels.json`; `read_instructuie` gives them back. A
+    `labels.json` there already, of other labels (another file's), is refused before anything is written."""
     records = [
         {
             "sentence": example.text,
@@ -714,12 +721,23 @@ def write_instructuie(dataset: Dataset, path: PathLike) -> None:
         }
         for example in dataset.examples
     ]
+    labels_path = Path(path).with_name("labels.json")
+    if labels_path.exists() and _read_text(labels_path).strip():
+        try:
+            listed = json.loads(_read_text(labels_path))
+        except ValueError:
+            listed = None
+        if listed != list(dataset.schema.labels):
+            raise DataError(
+                labels_path,
+                None,
+                f"states the labels of the files beside it, {listed}, not this one's "
+                f"{list(dataset.schema.labels)}: write it into a folder of its own",
+            )
     Path(path).write_text(
         json.dumps(records, indent=2, ensure_ascii=False) + "\n", encoding="utf-8", errors=JSONL_ERRORS
     )
-    Path(path).with_name("labels.json").write_text(
-        json.dumps(list(dataset.schema.labels)) + "\n", encoding="utf-8"
-    )
+    labels_path.write_text(json.dumps(list(dataset.schema.labels)) + "\n", encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------- Hugging Face

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from reasoningner.cli import TINY_MODEL_BUILD, main
-from reasoningner.readers import read_dataset
+from reasoningner.readers import DataError, read_dataset
 
 DATA = Path(__file__).parent / "data"
 
@@ -239,3 +239,33 @@ def test_a_reader_leaving_early_ends_the_command_without_a_traceback():
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=60) == 1
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+def test_converting_two_files_to_instructuie_in_one_folder_is_refused_before_their_labels_clash(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """InstructUIE states a folder's labels in one labels.json: a second file of other labels would
+    overwrite it, and the first would no longer read."""
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                str(DATA / "conll2003_mini.txt"),
+                str(tmp_path / "a.json"),
+                "--to",
+                "instructuie",
+            ]
+        )
+        == 0
+    )
+    assert f"and its labels to {tmp_path / 'labels.json'}" in capsys.readouterr().out
+    genia = DATA / "genia_mini.json"
+    assert main(["data", "convert", str(genia), str(tmp_path / "b.json"), "--to", "instructuie"]) == 2
+    assert f"{tmp_path / 'labels.json'}: states the labels of the files beside it" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
+    spans = lambda path: [(e.text, e.spans) for e in read_dataset(path).examples]  # noqa: E731
+    assert spans(tmp_path / "a.json") == spans(DATA / "conll2003_mini.txt")  # still reads
+    (tmp_path / "labels.json").write_text('["person"]')  # another file's
+    with pytest.raises(DataError, match=r"a.json:\d+: .*not in .*labels.json, which states the file's"):
+        read_dataset(tmp_path / "a.json")
