@@ -19,6 +19,7 @@ that still uses one is refused with the new name.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.util
 import json
 import logging
@@ -26,8 +27,9 @@ import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
+import yaml
 from trl import TrlParser
 
 from reasoningner.files import write_whole
@@ -531,11 +533,17 @@ class RecipeParser(TrlParser):
     (`check_contamination`), and that a model a backend loads here exists (`require_model`)."""
 
     check_environment = True
+    recipe = "the recipe"  # its path once read, for messages
 
     def parse_args_and_config(self, args: Any = None, **kwargs: Any) -> tuple[Any, ...]:
         given = list(sys.argv[1:] if args is None else args)
         _refuse_renamed(arg[2:].split("=")[0] for arg in given if arg.startswith("--"))
-        parsed = super().parse_args_and_config(args=given, **kwargs)
+        if "--config" in given[:-1]:
+            self.recipe = given[given.index("--config") + 1]
+        try:
+            parsed = super().parse_args_and_config(args=given, **kwargs)
+        except yaml.YAMLError as error:
+            raise ValueError(f"{self.recipe}: not valid YAML ({' '.join(str(error).split())})") from None
         for config in parsed:
             if dataclasses.is_dataclass(config):
                 check_choices(config)
@@ -558,8 +566,19 @@ class RecipeParser(TrlParser):
         _refuse_renamed(kwargs)
         unknown = super().set_defaults_with_config(**kwargs)
         if unknown:
-            raise ValueError(f"unknown recipe keys: {sorted(unknown[::2])}")
+            keys = sorted(key.removeprefix("--") for key in unknown[::2])
+            known = [action.dest for action in self._actions]
+            hints = "".join(
+                f" ({key!r}: did you mean {close[0]!r}?)"
+                for key in keys
+                if (close := difflib.get_close_matches(key, known, n=1))
+            )
+            raise ValueError(f"{self.recipe}: unknown keys {keys} for this stage{hints}")
         return unknown
+
+    def error(self, message: str) -> NoReturn:
+        """argparse's refusal of a value (the recipe's or the command line's) in one line, not its usage."""
+        raise ValueError(f"{message} (in {self.recipe} or the command line)")
 
 
 def eval_sources(args: EvalArguments) -> list[str]:

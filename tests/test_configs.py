@@ -217,3 +217,24 @@ def test_without_the_hub_the_cache_answers_and_offline_mode_only_warns(hub, tmp_
     with caplog.at_level(logging.WARNING, logger="reasoningner.configs"):
         assert PromptContract.load("me/sft", from_hub=True, strict=True) is None
     assert f"me/sft: no {PROMPT_CONTRACT} from the Hub" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("recipe", "refusal"),
+    [
+        (
+            "learnig_rate: 0.001\n",
+            r"RECIPE: unknown keys \['learnig_rate'\] for this stage .*did you mean 'learning_rate'",
+        ),
+        ("learning_rate: 2.0e-3x\n", r"invalid float value: '2.0e-3x' \(in RECIPE or the command line\)"),
+        ("learning_rate: [0.001,\n", r"RECIPE: not valid YAML \(.*line 2"),
+    ],
+)
+def test_a_recipe_mistake_is_one_line_naming_the_recipe(tmp_path: Path, recipe: str, refusal: str) -> None:
+    """Not argparse's 150-line usage, a `--` key or a YAML traceback (`run_stage` prints the line)."""
+    from tests.scripts import load_stage
+
+    path = tmp_path / "sft.yaml"
+    path.write_text(recipe)
+    with pytest.raises(ValueError, match=refusal.replace("RECIPE", str(path))):
+        load_stage("sft").make_parser().parse_args_and_config(args=["--config", str(path)])
