@@ -32,12 +32,12 @@ TRAIN_LAUNCH = $(if $(NUM_GPUS),$(BIN)/accelerate launch --config_file $(ACCELER
 need-recipe = $(if $(RECIPE),,$(error RECIPE=recipes/<dir>/$@.yaml is required))
 # Stage 1 and evaluation are single processes: their backends (vLLM tensor parallel, a server) use the GPUs.
 one-process = $(if $(NUM_GPUS)$(NUM_PROCS),$(error make $@ runs one process; the backend options use the GPUs))
-# Every stage starts with `reasoningner doctor` on the same recipe, GPU count and ARGS: seconds, one line per
-# check (GPUs, torch build, vLLM/flash-attn/Liger, W&B, data, model, output dir, disk, chat template, a dead
+# Every stage starts with `reasoningner doctor` on the same recipe, stage, GPU count and ARGS: seconds, one line
+# per check (the recipe read by the stage's parser, GPUs, torch build, vLLM/flash-attn/Liger, W&B, data, model, output dir, disk, chat template, a dead
 # torch extension build's lock).
 # DOCTOR= skips it. ARGS reach it as one word, its own quotes escaped (ARGS="--backend_options '{...}'").
 DOCTOR ?= $(BIN)/reasoningner doctor
-doctor = $(if $(DOCTOR),$(DOCTOR) $(RECIPE) $(if $(NUM_GPUS),--num-gpus $(NUM_GPUS) )--args='$(subst ','\'',$(ARGS))' && )
+doctor = $(if $(DOCTOR),$(DOCTOR) $(RECIPE) --stage $@ $(if $(NUM_GPUS),--num-gpus $(NUM_GPUS) )--args='$(subst ','\'',$(ARGS))' && )
 
 .PHONY: cot sft rl eval smoke
 

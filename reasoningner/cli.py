@@ -346,6 +346,11 @@ def _add_doctor_command(subparsers: argparse._SubParsersAction) -> None:
     doctor.add_argument(
         "--args", default="", help='the stage\'s command-line overrides, as make passes ARGS: "--max_steps 5"'
     )
+    doctor.add_argument(
+        "--stage",
+        choices=["cot", "sft", "rl", "eval"],
+        help="the stage that runs it (default: told from its keys)",
+    )
     doctor.set_defaults(handler=_doctor)
 
 
@@ -354,7 +359,7 @@ def _doctor(args: argparse.Namespace, console: Console) -> int:
 
     from reasoningner.doctor import run
 
-    return run(args.recipe, args.num_gpus, shlex.split(args.args))
+    return run(args.recipe, args.num_gpus, shlex.split(args.args), args.stage)
 
 
 def _add_prompt_arguments(parser: argparse.ArgumentParser) -> None:

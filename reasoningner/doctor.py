@@ -12,6 +12,7 @@ refuse a GPU recipe on this machine before saying why), and never contacts the h
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import netrc
 import os
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlparse
 
@@ -31,7 +33,7 @@ from reasoningner.cot import ANNOTATIONS, shard_name
 from reasoningner.evaluate import GENERATIONS, OTHER_GENERATIONS, RESULTS_JSON
 from reasoningner.generation import options_from
 from reasoningner.sources import hub_cached, is_source, offline, resolvable
-from reasoningner.tracking import MANIFEST, RUN_SETTINGS
+from reasoningner.tracking import CHECKOUT, MANIFEST, RUN_SETTINGS
 
 # Free disk a run needs before it starts, in GB: checkpoints of full fine-tuning (weights and optimizer
 # states) on a GPU, a model's outputs elsewhere.
@@ -325,13 +327,48 @@ def check_extension_builds() -> list[Check]:
     return [Check("extension builds", "ok", "no stale torch extension build lock")]
 
 
+@functools.cache
+def load_script(relative_path: str) -> ModuleType:
+    """A script of the checkout (`stages/sft.py`) imported as a module, to call its `make_parser()`."""
+    path = CHECKOUT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import would: dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_settings(recipe_path: str | Path, stage: str, overrides: Sequence[str]) -> list[Check]:
+    """The recipe and overrides read by the stage's own parser: unknown keys (a recipe of another stage),
+    values of the wrong type or outside their choices, as the stage would refuse them at start."""
+    if not (CHECKOUT / "stages" / f"{stage}.py").is_file():
+        return [Check("settings", "skip", f"stages/{stage}.py is not in this installation")]
+    import torch
+
+    parser = load_script(f"stages/{stage}.py").make_parser()
+    parser.check_environment = False  # packages, the model and the data: the checks below
+    # Without a GPU, TrainingArguments refuses bf16: the gpus line says what is missing.
+    cpu = ["--use_cpu", "true"] if stage in ("sft", "rl") and not torch.cuda.is_available() else []
+    try:
+        parser.parse_args_and_config(args=["--config", str(recipe_path), *overrides, *cpu])
+    except (ValueError, OSError) as error:
+        return [Check("settings", "FAIL", f"stages/{stage}.py refuses them: {error}")]
+    return [Check("settings", "ok", f"read as stages/{stage}.py reads them")]
+
+
 def diagnose(
-    recipe_path: str | Path, num_gpus: int | None = None, overrides: Sequence[str] = ()
+    recipe_path: str | Path,
+    num_gpus: int | None = None,
+    overrides: Sequence[str] = (),
+    stage: str | None = None,
 ) -> list[Check]:
-    """Every check of a recipe, in order."""
+    """Every check of a recipe, in order; `stage` (cot, sft, rl, eval) as make runs it, else told from
+    the recipe's keys."""
     recipe = load_recipe(recipe_path, overrides)
-    stage = stage_of(recipe)
+    stage = stage or stage_of(recipe)
     steps: list[Callable[[], list[Check]]] = [
+        lambda: check_settings(recipe_path, stage, overrides),
         lambda: check_gpus(recipe, stage, num_gpus),
         lambda: check_packages(recipe),
         lambda: check_wandb(recipe),
@@ -345,9 +382,14 @@ def diagnose(
     return [check for step in steps for check in step()]
 
 
-def run(recipe_path: str | Path, num_gpus: int | None = None, overrides: Sequence[str] = ()) -> int:
+def run(
+    recipe_path: str | Path,
+    num_gpus: int | None = None,
+    overrides: Sequence[str] = (),
+    stage: str | None = None,
+) -> int:
     """Print one line per check; 1 when any failed."""
-    checks = diagnose(recipe_path, num_gpus, overrides)
+    checks = diagnose(recipe_path, num_gpus, overrides, stage)
     for check in checks:
         print(check.line(), flush=True)
     failed = sum(check.status == "FAIL" for check in checks)

@@ -49,7 +49,8 @@ def test_the_paper_gpu_recipe_reports_the_missing_gpus_vllm_and_data_here(
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "vllm" else find_spec(name))
     assert main(["doctor", str(GPU_RL), "--num-gpus", "7"]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("FAIL  gpus: 7 needed, 0 visible")
+    assert lines[0] == "ok    settings: read as stages/rl.py reads them"
+    assert lines[1].startswith("FAIL  gpus: 7 needed, 0 visible")
     assert any(line.startswith('FAIL  vllm: use_vllm: True needs it: pip install "vllm') for line in lines)
     assert any("FAIL  data: hf:ZWK/InstructUIE_data" in line and "hub is offline" in line for line in lines)
     assert any(line.startswith("FAIL  wandb: report_to: wandb without credentials") for line in lines)
@@ -95,8 +96,9 @@ def test_each_check_fails_with_what_to_do(tmp_path: Path, monkeypatch: pytest.Mo
     )
     checks = doctor.diagnose(recipe)
     assert [(c.name, c.status) for c in checks] == [
-        ("gpus", "ok"), ("torch", "ok"), ("flash_attn", "FAIL"), ("wandb", "FAIL"), ("data", "FAIL"),
-        ("data", "FAIL"), ("model", "ok"), ("output_dir", "FAIL"), ("disk", "ok"), ("extension builds", "ok"),
+        ("settings", "ok"), ("gpus", "ok"), ("torch", "ok"), ("flash_attn", "FAIL"), ("wandb", "FAIL"),
+        ("data", "FAIL"), ("data", "FAIL"), ("model", "ok"), ("output_dir", "FAIL"), ("disk", "ok"),
+        ("extension builds", "ok"),
     ]  # fmt: skip
     data = [c.message for c in checks if c.name == "data"]
     assert data == [
@@ -158,7 +160,7 @@ def test_the_makefile_runs_doctor_before_every_stage() -> None:
         ).stdout  # fmt: skip
         doctor_at, stage_at = dry.find("reasoningner doctor"), dry.find(f"stages/{stage}.py")
         assert 0 <= doctor_at < stage_at, dry
-        assert f"doctor recipes/tiny-cpu/{stage}.yaml --args='--limit 2' && " in dry
+        assert f"doctor recipes/tiny-cpu/{stage}.yaml --stage {stage} --args='--limit 2' && " in dry
 
 
 def test_doctor_gets_the_stage_arguments_whole_even_with_quotes(tmp_path: Path) -> None:
@@ -182,7 +184,7 @@ def test_doctor_gets_the_stage_arguments_whole_even_with_quotes(tmp_path: Path) 
         "--limit",
         "2",
     ]
-    assert run.stdout.splitlines() == ["r.yaml", f"--args={args}", *stage]
+    assert run.stdout.splitlines() == ["r.yaml", "--stage", "eval", f"--args={args}", *stage]
 
 
 @pytest.mark.parametrize("root", ["TORCH_EXTENSIONS_DIR", "default"])
@@ -310,3 +312,24 @@ def test_vllm_in_stage_1_or_evaluation_needs_its_tensor_parallel_gpus() -> None:
     assert doctor.check_gpus(unset, "cot", None)[0].message.startswith("1 needed, 0 visible")
     served = {"backend": "openai", "backend_options": {"base_url": "http://node:8000/v1"}}
     assert doctor.check_gpus(served, "cot", None)[0].status == "ok"
+
+
+def test_doctor_reads_the_recipe_as_the_stage_does(tmp_path: Path) -> None:
+    """What the stage would refuse at start (another stage's recipe, a misspelled key, a bad value or
+    override) fails doctor's first line, which every `make` stage runs first."""
+
+    def settings(recipe: Path, stage: str | None = None, overrides: tuple[str, ...] = ()) -> doctor.Check:
+        [check] = doctor.check_settings(
+            recipe, stage or doctor.stage_of(doctor.load_recipe(recipe)), overrides
+        )
+        return check
+
+    assert settings(TINY_SFT) == doctor.Check("settings", "ok", "read as stages/sft.py reads them")
+    wrong_stage = settings(TINY_SFT, "eval")
+    assert wrong_stage.status == "FAIL" and "stages/eval.py refuses them" in wrong_stage.message
+    typo = tmp_path / "sft.yaml"
+    typo.write_text(TINY_SFT.read_text().replace("learning_rate:", "learnig_rate:"))
+    assert "did you mean 'learning_rate'" in settings(typo).message
+    bad = settings(TINY_SFT, overrides=("--learning_rate", "2.0e-3x"))
+    assert bad.status == "FAIL" and "invalid float value: '2.0e-3x'" in bad.message
+    assert settings(TINY_SFT, overrides=("--max_stepz", "2")).status == "FAIL"
