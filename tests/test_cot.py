@@ -249,7 +249,8 @@ def test_settings_that_cannot_work_fail_before_the_teacher_loads(tmp_path):
     command = [
         sys.executable, str(ROOT / "stages" / "cot.py"),
         "--datasets", str(DATA / "conll2003_mini.txt"), "--output_dir", str(tmp_path),
-        "--backend", "transformers", "--model_name_or_path", absent, "--backend_options", '{"batchsize": 2}',
+        "--backend", "transformers", "--model_name_or_path", str(ROOT / "recipes"),  # a folder, not a model
+        "--backend_options", '{"batchsize": 2}',
     ]  # fmt: skip
     refused = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr

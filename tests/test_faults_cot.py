@@ -295,17 +295,17 @@ def test_a_retry_samples_with_another_seed(tmp_path: Path) -> None:
 
 def test_a_recipe_may_leave_the_teacher_unseeded(tmp_path: Path) -> None:
     """`seed: null` keeps vLLM's fast sampler (it samples each seeded request alone): no request names one."""
-    recipe = tmp_path / "cot.yaml"
-    recipe.write_text(
-        f"datasets: [{write_inputs(tmp_path / 'in.jsonl', 3)}]\noutput_dir: {tmp_path / 'out'}\nseed: null\n"
-    )
-    args, prompt, generation = (
-        load_stage("cot").make_parser().parse_args_and_config(args=["--config", str(recipe)])
-    )
+    inputs = write_inputs(tmp_path / "in.jsonl", 3)
+    args = cot_args(tmp_path / "out", [inputs])
     with seeded_teacher(args, cut_tries=0) as (server, sampled):
-        generation.backend, generation.model_name_or_path = "openai", "teacher"
-        generation.backend_options, generation.temperature = sampled.backend_options, 0.7
-        report = annotate(args, prompt, generation)
+        recipe = tmp_path / "cot.yaml"
+        recipe.write_text(
+            f"datasets: [{inputs}]\noutput_dir: {tmp_path / 'out'}\n"
+            "backend: openai\nmodel_name_or_path: teacher\n"
+            f"backend_options: {json.dumps(sampled.backend_options)}\ntemperature: 0.7\nseed: null\n"
+        )
+        parser = load_stage("cot").make_parser()
+        report = annotate(*parser.parse_args_and_config(args=["--config", str(recipe)]))
     assert report["accepted"] == 3 and set(server.asked) == {"seed None"}
 
 
