@@ -493,7 +493,13 @@ def resolvable(spec: str) -> tuple[bool, str]:
 
         HfApi().dataset_info(source.repo or "", timeout=10)
     except Exception as error:  # any failure to reach or find it is the answer
-        return False, f"the hub does not serve it: {type(error).__name__}: {str(error)[:120]}"
+        # No answer at all (DNS, connection, timeout: the HTTP client's TransportError, whichever httpx
+        # huggingface_hub brings) is not an answer that the dataset is missing.
+        unreachable = any(
+            cls.__name__ in ("TransportError", "ConnectionError") for cls in type(error).__mro__
+        )
+        why = "cannot reach the hub (offline? a proxy?)" if unreachable else "the hub does not serve it"
+        return False, f"{why}: {type(error).__name__}: {str(error)[:120]}"
     return True, "reachable on the hub (downloaded at first use)"
 
 

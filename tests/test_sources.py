@@ -462,3 +462,31 @@ def test_a_bad_record_of_a_local_instructuie_tree_or_file_is_named_by_its_file_a
     broken.write_text('{"text": "Ann ran .", "entities": []}\n{"text": \n')
     with pytest.raises(DataError, match=r"broken.jsonl: not readable as json"):
         load_source(f"hf:{broken}")
+
+
+def test_a_hub_that_cannot_be_reached_is_not_reported_as_missing_the_dataset(monkeypatch) -> None:
+    import httpx
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    from reasoningner import sources
+
+    monkeypatch.setattr(sources, "offline", lambda: False)
+    monkeypatch.setattr(sources, "hub_cached", lambda repo: False)
+
+    def answer(error: Exception):
+        def dataset_info(self, repo_id: str, **kwargs) -> None:
+            raise error
+
+        monkeypatch.setattr(HfApi, "dataset_info", dataset_info)
+        return sources.resolvable("hf:OWNER/NAME@train")
+
+    unreachable = answer(httpx.ConnectError("[Errno -2] Name or service not known"))
+    assert unreachable[0] is False and unreachable[1].startswith("cannot reach the hub (offline? a proxy?)")
+    missing = answer(
+        RepositoryNotFoundError(
+            "404 Client Error",
+            response=httpx.Response(404, request=httpx.Request("GET", "https://huggingface.co")),
+        )
+    )
+    assert missing[0] is False and missing[1].startswith("the hub does not serve it: RepositoryNotFoundError")
