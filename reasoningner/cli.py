@@ -104,7 +104,10 @@ def _stats_tables(report: dict) -> tuple[Table, Table]:
 
 def _convert(args: argparse.Namespace, console: Console) -> int:
     dataset = _read(args.source, args)
-    write_dataset(dataset, args.target, args.to)
+    try:
+        write_dataset(dataset, args.target, args.to)
+    except ValueError as error:  # an example the target format cannot hold: nothing of it is malformed
+        raise ValueError(f"{error} (--skip-bad skips malformed input only; jsonl keeps every span)") from None
     beside = f" and its labels to {args.target.with_name('labels.json')}" if args.to == "instructuie" else ""
     console.print(
         f"wrote {len(dataset.examples)} examples to {args.target} ({args.to}){beside}; "

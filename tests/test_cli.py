@@ -269,3 +269,14 @@ def test_converting_two_files_to_instructuie_in_one_folder_is_refused_before_the
     (tmp_path / "labels.json").write_text('["person"]')  # another file's
     with pytest.raises(DataError, match=r"a.json:\d+: .*not in .*labels.json, which states the file's"):
         read_dataset(tmp_path / "a.json")
+
+
+def test_an_example_the_target_format_cannot_hold_is_refused_with_a_format_that_can(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    nested = DATA / "ace2005_mini.json"  # nested spans: CoNLL BIO has no way to write them
+    assert (
+        main(["data", "convert", str(nested), str(tmp_path / "out.txt"), "--to", "conll", "--skip-bad"]) == 2
+    )
+    error = capsys.readouterr().err
+    assert "cannot represent nested or overlapping spans" in error and "jsonl keeps every span" in error
