@@ -410,7 +410,10 @@ def score(sets: list[ScoredSet], compat: Compat = "none", primary_mode: str = "t
     if compat not in COMPAT:
         raise ValueError(f"compat must be one of {COMPAT}, not {compat!r}")
     if compat == "reasoningie" and (formats := {s.info["format"] for s in sets} - {"grouped_json"}):
-        raise ValueError(f"--compat reasoningie reads grouped_json answers, as the paper's do, not {formats}")
+        raise ValueError(
+            f"--compat reasoningie reads grouped_json answers, as the paper's do, not {formats}: drop "
+            "--output-format, or score them without --compat"
+        )
     names = [scored.name for scored in sets]
     if len(set(names)) < len(names):
         raise ValueError(f"two gold files are named alike ({names}); rename one")
@@ -459,7 +462,10 @@ def score_files(
     primary_mode: str = "text",
     reader: str = "auto",
 ) -> Evaluation:
-    """`score` of (gold, predictions) file pairs."""
+    """`score` of (gold, predictions) file pairs; under `--compat reasoningie` answers are the paper's
+    grouped JSON unless told otherwise (a guess from unparseable outputs would refuse them)."""
+    if compat == "reasoningie" and output_format == "auto":
+        output_format = "grouped_json"
     sets = [
         align(gold, predictions, output_format, reader, on_error, reground_offsets)
         for gold, predictions in pairs

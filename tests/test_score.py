@@ -336,3 +336,8 @@ def test_compat_reasoningie_counts_text_matches_as_the_papers_evaluation_does(tm
     )  # exact scores stay ours
     with pytest.raises(ValueError, match="reads grouped_json answers"):
         score_files([(gold, predictions)], output_format="xml", compat="reasoningie")
+    # Unparseable outputs (an untrained model) look like another format: the paper's is the default.
+    junk = write_jsonl(tmp_path / "junk.jsonl", [{"output": "[ Bob | person ] met"}, {"output": "x"}])
+    assert micro(score_files([(gold, junk)], compat="reasoningie"), "text", "gold") == Counts(
+        tp=0, fp=0, fn=3
+    )
