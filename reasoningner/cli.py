@@ -25,7 +25,7 @@ from reasoningner.configs import RENAMED, GenerationArguments, PromptArguments, 
 from reasoningner.formats import FORMATS
 from reasoningner.generation import BACKENDS, BackendMissing, GenerationError, options_from
 from reasoningner.predict import FAILED, NERModel, check_scoring
-from reasoningner.readers import READERS, WRITERS, read_dataset, write_dataset
+from reasoningner.readers import READERS, WRITERS, CannotWrite, read_dataset, write_dataset
 from reasoningner.spans import Schema
 from reasoningner.stats import dataset_stats
 
@@ -106,7 +106,7 @@ def _convert(args: argparse.Namespace, console: Console) -> int:
     dataset = _read(args.source, args)
     try:
         write_dataset(dataset, args.target, args.to)
-    except ValueError as error:  # an example the target format cannot hold: nothing of it is malformed
+    except CannotWrite as error:  # an example the target format cannot hold: nothing of it is malformed
         raise ValueError(f"{error} (--skip-bad skips malformed input only; jsonl keeps every span)") from None
     beside = f" and its labels to {args.target.with_name('labels.json')}" if args.to == "instructuie" else ""
     console.print(

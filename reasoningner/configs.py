@@ -538,8 +538,10 @@ class RecipeParser(TrlParser):
     def parse_args_and_config(self, args: Any = None, **kwargs: Any) -> tuple[Any, ...]:
         given = list(sys.argv[1:] if args is None else args)
         _refuse_renamed(arg[2:].split("=")[0] for arg in given if arg.startswith("--"))
-        if "--config" in given[:-1]:
-            self.recipe = given[given.index("--config") + 1]
+        self.recipe = next(
+            (value for flag, value in zip(given, given[1:], strict=False) if flag == "--config"),
+            next((arg.split("=", 1)[1] for arg in given if arg.startswith("--config=")), "the recipe"),
+        )
         try:
             parsed = super().parse_args_and_config(args=given, **kwargs)
         except yaml.YAMLError as error:
@@ -664,7 +666,8 @@ def require_model(name: str | None) -> None:
     if not is_hub_id(name) and not Path(name).expanduser().exists():
         raise FileNotFoundError(
             f"model {name} does not exist: run the stage that writes it first (GRPO starts from "
-            "the SFT output_dir, SFT from a base model), or fix model_name_or_path"
+            "the SFT output_dir, SFT from a base model), or fix model_name_or_path (a Hub model is "
+            "owner/name: openai-community/gpt2, not gpt2)"
         )
 
 

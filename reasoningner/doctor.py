@@ -5,9 +5,10 @@ full disk costs the hour; every one of those can be seen before it starts. Each 
 (`ok`, `skip` when it cannot apply here, `FAIL` with what to do), and any FAIL makes the exit status 1.
 `make cot|sft|rl|eval` run it first, with the same recipe, GPU count and overrides as the stage.
 
-It reads the recipe as YAML plus `--key value` overrides (not through the stage's parser, which would
-refuse a GPU recipe on this machine before saying why), and never contacts the hub when
-`HF_HUB_OFFLINE` is set: a hub id is then resolvable only from the cache.
+Its first line reads the recipe and overrides with the stage's own parser (as on this machine: a GPU
+recipe is read with `use_cpu` where there is no GPU, and batch sizes for one process); the other checks
+read the recipe as YAML plus `--key value` overrides. It never contacts the hub when `HF_HUB_OFFLINE` is
+set: a hub id is then resolvable only from the cache.
 """
 
 from __future__ import annotations
@@ -339,9 +340,12 @@ def load_script(relative_path: str) -> ModuleType:
     return module
 
 
-def check_settings(recipe_path: str | Path, stage: str, overrides: Sequence[str]) -> list[Check]:
+def check_settings(
+    recipe_path: str | Path, stage: str, overrides: Sequence[str], num_gpus: int | None = None
+) -> list[Check]:
     """The recipe and overrides read by the stage's own parser: unknown keys (a recipe of another stage),
-    values of the wrong type or outside their choices, as the stage would refuse them at start."""
+    values of the wrong type or outside their choices, as the stage would refuse them at start. A
+    recipe's `env:` block is applied for the parse only."""
     if not (CHECKOUT / "stages" / f"{stage}.py").is_file():
         return [Check("settings", "skip", f"stages/{stage}.py is not in this installation")]
     import torch
@@ -350,10 +354,19 @@ def check_settings(recipe_path: str | Path, stage: str, overrides: Sequence[str]
     parser.check_environment = False  # packages, the model and the data: the checks below
     # Without a GPU, TrainingArguments refuses bf16: the gpus line says what is missing.
     cpu = ["--use_cpu", "true"] if stage in ("sft", "rl") and not torch.cuda.is_available() else []
+    environment = dict(os.environ)
     try:
         parser.parse_args_and_config(args=["--config", str(recipe_path), *overrides, *cpu])
     except (ValueError, OSError) as error:
+        # GRPO's batch sizes are checked against the process count, which is one here.
+        if (num_gpus or 1) > 1 and "divisible" in str(error):
+            return [
+                Check("settings", "skip", f"batch sizes are checked by the stage on {num_gpus} processes")
+            ]
         return [Check("settings", "FAIL", f"stages/{stage}.py refuses them: {error}")]
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
     return [Check("settings", "ok", f"read as stages/{stage}.py reads them")]
 
 
@@ -368,7 +381,7 @@ def diagnose(
     recipe = load_recipe(recipe_path, overrides)
     stage = stage or stage_of(recipe)
     steps: list[Callable[[], list[Check]]] = [
-        lambda: check_settings(recipe_path, stage, overrides),
+        lambda: check_settings(recipe_path, stage, overrides, num_gpus),
         lambda: check_gpus(recipe, stage, num_gpus),
         lambda: check_packages(recipe),
         lambda: check_wandb(recipe),

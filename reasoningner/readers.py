@@ -90,6 +90,10 @@ OnError = Literal["raise", "skip"]
 PathLike = str | os.PathLike[str]
 
 
+class CannotWrite(ValueError):
+    """An example a writer's format cannot hold (nested spans in CoNLL, ...): the data are well formed."""
+
+
 class DataError(ValueError):
     """A malformed record of a data file; `str()` is `path:line: message` like a compiler error.
 
@@ -339,9 +343,9 @@ def write_conll(dataset: Dataset, path: PathLike) -> None:
         where = f"example {example.id or example.text[:40]!r}"
         tokens = example.text.split()
         if not tokens or " ".join(tokens) != example.text:
-            raise ValueError(f"{where}: CoNLL needs a non-empty text with single spaces between tokens")
+            raise CannotWrite(f"{where}: CoNLL needs a non-empty text with single spaces between tokens")
         if nesting_depth(example.spans) > 1:
-            raise ValueError(f"{where}: CoNLL BIO cannot represent nested or overlapping spans")
+            raise CannotWrite(f"{where}: CoNLL BIO cannot represent nested or overlapping spans")
         starts, ends, offset = {}, {}, 0
         for i, token in enumerate(tokens):
             starts[offset], ends[offset + len(token)] = i, i
@@ -349,7 +353,7 @@ def write_conll(dataset: Dataset, path: PathLike) -> None:
         tags = ["O"] * len(tokens)
         for span in example.spans:
             if span.start not in starts or span.end not in ends:
-                raise ValueError(f"{where}: span {span} does not start and end at token boundaries")
+                raise CannotWrite(f"{where}: span {span} does not start and end at token boundaries")
             first, last = starts[span.start], ends[span.end]
             tags[first : last + 1] = [f"B-{span.label}"] + [f"I-{span.label}"] * (last - first)
         blocks.append("".join(f"{token}\t{tag}\n" for token, tag in zip(tokens, tags, strict=True)))
@@ -573,7 +577,7 @@ def write_alpaca(dataset: Dataset, path: PathLike, format_name: str = "xml") -> 
     records = []
     for example in dataset.examples:
         if not output_format.expresses(example):
-            raise ValueError(
+            raise CannotWrite(
                 f"example {example.id or example.text[:40]!r}: {format_name} cannot express its spans"
             )
         labels = "\n".join(
@@ -710,7 +714,8 @@ def write_jsonl(dataset: Dataset, path: PathLike) -> None:
 
 def write_instructuie(dataset: Dataset, path: PathLike) -> None:
     """Write InstructUIE JSON and its sibling `labels.json`; `read_instructuie` gives them back. A
-    `labels.json` there already, of other labels (another file's), is refused before anything is written."""
+    `labels.json` there already (the folder's train file's) is kept when it holds this file's labels,
+    and refused before anything is written when it lacks some (another task's)."""
     records = [
         {
             "sentence": example.text,
@@ -722,22 +727,24 @@ def write_instructuie(dataset: Dataset, path: PathLike) -> None:
         for example in dataset.examples
     ]
     labels_path = Path(path).with_name("labels.json")
+    listed = None
     if labels_path.exists() and _read_text(labels_path).strip():
         try:
             listed = json.loads(_read_text(labels_path))
         except ValueError:
-            listed = None
-        if listed != list(dataset.schema.labels):
+            listed = []
+        if not isinstance(listed, list) or not set(dataset.schema.labels) <= set(listed):
             raise DataError(
                 labels_path,
                 None,
-                f"states the labels of the files beside it, {listed}, not this one's "
+                f"states the labels of the files beside it, {listed}, which lack some of this one's "
                 f"{list(dataset.schema.labels)}: write it into a folder of its own",
             )
     Path(path).write_text(
         json.dumps(records, indent=2, ensure_ascii=False) + "\n", encoding="utf-8", errors=JSONL_ERRORS
     )
-    labels_path.write_text(json.dumps(list(dataset.schema.labels)) + "\n", encoding="utf-8")
+    if listed is None:  # the folder's labels.json (a train file's) serves its dev and test files too
+        labels_path.write_text(json.dumps(list(dataset.schema.labels)) + "\n", encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------- Hugging Face

@@ -301,7 +301,7 @@ def recorded_run(output_dir: str | Path, settings: dict[str, Any]) -> bool:
 # flight stays resumable across the upgrade).
 LATER_SETTINGS = frozenset({"world_size", "zero_stage", "input_contents"})
 # What a model folder's weights are: its other files (card, manifest, checkpoints) change without it.
-WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt")
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "adapter_model.bin")  # not training_args.bin
 
 
 def input_contents(paths: Iterable[str | Path]) -> list[list[str]]:

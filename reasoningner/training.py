@@ -392,7 +392,7 @@ def start_trainer_stage(
     settings = run_settings(config_dict(*configs)) | {
         "world_size": training_args.world_size,
         "zero_stage": zero_stage(training_args),
-        "input_contents": input_contents([*inputs, *(getattr(script_args, "eval_files", None) or [])]),
+        "input_contents": input_contents(inputs),  # not eval_files: evaluation leaves training as it is
     }
     relaunch = not script_args.overwrite_output_dir and recorded_run(training_args.output_dir, settings)
     resume = claim_output_dir(

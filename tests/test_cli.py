@@ -262,8 +262,18 @@ def test_converting_two_files_to_instructuie_in_one_folder_is_refused_before_the
     assert f"and its labels to {tmp_path / 'labels.json'}" in capsys.readouterr().out
     genia = DATA / "genia_mini.json"
     assert main(["data", "convert", str(genia), str(tmp_path / "b.json"), "--to", "instructuie"]) == 2
-    assert f"{tmp_path / 'labels.json'}: states the labels of the files beside it" in capsys.readouterr().err
-    assert not (tmp_path / "b.json").exists()
+    refusal = capsys.readouterr().err
+    assert f"{tmp_path / 'labels.json'}: states the labels of the files beside it" in refusal
+    assert "--skip-bad" not in refusal and not (tmp_path / "b.json").exists()
+    # The same task's dev file, labels in another order or a part of them: the folder's labels.json serves.
+    listed = (tmp_path / "labels.json").read_text()
+    dev = tmp_path / "dev.txt"
+    dev.write_text("Oslo\tB-location\nsaw\tO\nAnn\tB-person\n")
+    assert main(["data", "convert", str(dev), str(tmp_path / "dev.json"), "--to", "instructuie"]) == 0
+    assert (tmp_path / "labels.json").read_text() == listed
+    assert [e.spans for e in read_dataset(tmp_path / "dev.json").examples] == [
+        e.spans for e in read_dataset(dev).examples
+    ]
     spans = lambda path: [(e.text, e.spans) for e in read_dataset(path).examples]  # noqa: E731
     assert spans(tmp_path / "a.json") == spans(DATA / "conll2003_mini.txt")  # still reads
     (tmp_path / "labels.json").write_text('["person"]')  # another file's

@@ -333,3 +333,7 @@ def test_doctor_reads_the_recipe_as_the_stage_does(tmp_path: Path) -> None:
     bad = settings(TINY_SFT, overrides=("--learning_rate", "2.0e-3x"))
     assert bad.status == "FAIL" and "invalid float value: '2.0e-3x'" in bad.message
     assert settings(TINY_SFT, overrides=("--max_stepz", "2")).status == "FAIL"
+    # GRPO's batch sizes hold for the GPUs the run uses, not for this one process.
+    gpu_rl, half = ROOT / "recipes" / "qwen3-8b" / "rl.yaml", ("--gradient_accumulation_steps", "2")
+    assert doctor.check_settings(gpu_rl, "rl", half)[0].status == "FAIL"
+    assert doctor.check_settings(gpu_rl, "rl", half, num_gpus=8)[0].status == "skip"

@@ -18,6 +18,7 @@ from reasoningner.tracking import (
     artifact_name,
     build_manifest,
     fingerprint,
+    input_contents,
     path_artifact,
     pipeline_id,
     with_gold_column,
@@ -333,3 +334,25 @@ def test_the_commit_is_the_checkout_s_or_in_the_image_the_one_it_was_built_from(
     monkeypatch.setenv("REASONINGNER_GIT_COMMIT", "0" * 40)  # docker build --build-arg GIT_COMMIT=...
     assert tracking.git_commit(image) == {"commit": "0" * 40, "dirty": None}
     assert tracking.git_commit() == checkout  # a checkout's own git wins
+
+
+def test_a_model_folder_s_contents_are_its_weights(tmp_path):
+    """What a relaunch compares of its starting model: not its card, manifest, checkpoints or
+    training_args.bin, which a finished run relaunched rewrites."""
+    model = tmp_path / "sft"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
+    (model / "training_args.bin").write_bytes(b"args")
+    data = tmp_path / "train.jsonl"
+    data.write_text("{}\n")
+    before = input_contents([model, data, "hf:OWNER/NAME@train"])
+    assert [path for path, _ in before] == [str(model), str(data)]  # a Hub name is not local
+    (model / "training_args.bin").write_bytes(b"other args")
+    (model / "README.md").write_text("card")
+    (model / "checkpoint-9").mkdir()
+    assert input_contents([model, data]) == before
+    (model / "model.safetensors").write_bytes(b"other weights")
+    data.write_text("{}\n{}\n")
+    after = input_contents([model, data])
+    assert [digest for _, digest in after] != [digest for _, digest in before]
+    assert all(a != b for (_, a), (_, b) in zip(after, before, strict=True))
