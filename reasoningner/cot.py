@@ -134,7 +134,7 @@ class Sample:
     f1: float
     consistency: float
     completion_tokens: int
-    unreadable: tuple[str, ...] = ()  # the `UNREADABLE` problems of its answer
+    unreadable: tuple[str, ...] = ()  # why no F1 makes its answer acceptable (`unreadable_problems`)
 
     def acceptable(self, args: CoTArguments) -> bool:
         return (
