@@ -190,8 +190,8 @@ def load_eval_set(eval_set: EvalSet, data: DataArguments, trained: PromptContrac
     recipe lists them or as the file has them, is asked with them in the training order (a file states
     its labels in the order they first occur, which differs from file to file, a recipe in its own).
     """
-    limit = data.limit
     dataset = data.read(eval_set.path, eval_set.reader)
+    originals = dataset.examples[: data.limit]
     name = eval_set.name or dataset.name
     source = dataset.schema
     mapping = dict(eval_set.labels or {label: label for label in source.labels})
@@ -202,7 +202,7 @@ def load_eval_set(eval_set: EvalSet, data: DataArguments, trained: PromptContrac
         logger.warning(
             "%s: labels %s never occur in %s; they are still asked for%s", name, absent, eval_set.path, hint
         )
-    left_out = Counter(s.label for e in dataset.examples[:limit] for s in e.spans if s.label not in mapping)
+    left_out = Counter(s.label for e in originals for s in e.spans if s.label not in mapping)
     if left_out and eval_set.labels:
         logger.warning(
             "%s: the file's labels %s are not in the set's labels: their gold spans are dropped",
@@ -215,14 +215,13 @@ def load_eval_set(eval_set: EvalSet, data: DataArguments, trained: PromptContrac
         schema = trained.asked(schema) if trained is not None else schema
     except SpanError as error:
         raise ValueError(f"evaluation set {name}: {error}") from None
-    originals = dataset.examples[:limit]
     examples = [relabel(example, mapping, schema) for example in originals]
     info = {
         "path": eval_set.path,
         "reader": eval_set.reader,
         "sentences": len(examples),
         "entities": sum(len(example.spans) for example in examples),
-        "dropped_entities": sum(span.label not in mapping for e in originals for span in e.spans),
+        "dropped_entities": sum(left_out.values()),
         "skipped_records": len(dataset.skipped),
         "labels": list(schema.labels),
         "label_map": mapping,

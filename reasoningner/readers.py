@@ -620,15 +620,7 @@ def read_instructuie(
 ) -> Dataset:
     """Read an InstructUIE NER file; a sibling `labels.json` (a list of labels) states the labels."""
     labels_path = Path(path).with_name("labels.json")
-    stated = None
-    if schema is None and labels_path.exists():
-        try:
-            labels = json.loads(_read_text(labels_path))
-            if not isinstance(labels, list):
-                raise TypeError(f"got {type(labels).__name__}")
-            stated = Schema(tuple(labels))
-        except (ValueError, TypeError) as error:
-            raise DataError(labels_path, None, f"not a list of usable labels: {error}") from None
+    stated = _stated_schema(labels_path) if schema is None and labels_path.exists() else None
     collector = _Collector(path, schema, on_error, name or _default_name(path), numbered=True)
     for index, line, record in _json_items(path, _read_text(path), collector):
         try:
@@ -712,6 +704,18 @@ def write_jsonl(dataset: Dataset, path: PathLike) -> None:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+def _stated_schema(labels_path: Path) -> Schema:
+    """The labels an InstructUIE folder's `labels.json` lists; a DataError naming it when it lists none
+    usable."""
+    try:
+        labels = json.loads(_read_text(labels_path))
+        if not isinstance(labels, list):
+            raise TypeError(f"got {type(labels).__name__}")
+        return Schema(tuple(labels))
+    except (ValueError, TypeError) as error:
+        raise DataError(labels_path, None, f"not a list of usable labels: {error}") from None
+
+
 def write_instructuie(dataset: Dataset, path: PathLike) -> None:
     """Write InstructUIE JSON and its sibling `labels.json`; `read_instructuie` gives them back. A
     `labels.json` there already (the folder's train file's) is kept when it holds this file's labels,
@@ -729,11 +733,8 @@ def write_instructuie(dataset: Dataset, path: PathLike) -> None:
     labels_path = Path(path).with_name("labels.json")
     listed = None
     if labels_path.exists() and _read_text(labels_path).strip():
-        try:
-            listed = json.loads(_read_text(labels_path))
-        except ValueError:
-            listed = []
-        if not isinstance(listed, list) or not set(dataset.schema.labels) <= set(listed):
+        listed = list(_stated_schema(labels_path).labels)
+        if not set(dataset.schema.labels) <= set(listed):
             raise DataError(
                 labels_path,
                 None,
