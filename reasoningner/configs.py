@@ -538,10 +538,7 @@ class RecipeParser(TrlParser):
     def parse_args_and_config(self, args: Any = None, **kwargs: Any) -> tuple[Any, ...]:
         given = list(sys.argv[1:] if args is None else args)
         _refuse_renamed(arg[2:].split("=")[0] for arg in given if arg.startswith("--"))
-        self.recipe = next(
-            (value for flag, value in zip(given, given[1:], strict=False) if flag == "--config"),
-            next((arg.split("=", 1)[1] for arg in given if arg.startswith("--config=")), "the recipe"),
-        )
+        self.recipe = given[given.index("--config") + 1] if "--config" in given[:-1] else "the recipe"
         try:
             parsed = super().parse_args_and_config(args=given, **kwargs)
         except yaml.YAMLError as error:

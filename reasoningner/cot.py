@@ -462,8 +462,6 @@ def _outcomes(
                         [t.conversation for t in group], asking
                     ):
                         task = group[index]
-                        if not isinstance(outcome, ConversationFailed):
-                            spent[task.key] += sum(c.completion_tokens for c in outcome)
                         if isinstance(outcome, ConversationFailed):
                             yield task, Failure(str(outcome), spent[task.key], tries)
                             failed_in_a_row += 1
@@ -471,6 +469,7 @@ def _outcomes(
                                 raise _teacher_down(failed_in_a_row, outcome)
                             continue
                         failed_in_a_row = 0
+                        spent[task.key] += sum(c.completion_tokens for c in outcome)
                         usable = [(i, c) for i, c in enumerate(outcome) if unusable(c) is None]
                         if usable:
                             scored = [
@@ -481,13 +480,7 @@ def _outcomes(
                         elif round_ <= retries:
                             again.append(task)
                         else:
-                            yield (
-                                task,
-                                replace(
-                                    _no_usable_reply(outcome, round_, tries),
-                                    completion_tokens=spent[task.key],
-                                ),
-                            )
+                            yield task, _no_usable_reply(outcome, round_, tries, spent[task.key])
                 todo = again
 
 
@@ -499,10 +492,10 @@ def _by_tries(todo: Sequence[Task], tried: Mapping[str, int], round_: int) -> li
     return sorted(groups.items())
 
 
-def _no_usable_reply(outcome: Sequence[Completion], round_: int, tries: int) -> Failure:
+def _no_usable_reply(outcome: Sequence[Completion], round_: int, tries: int, tokens: int) -> Failure:
     why = "; ".join(sorted({unusable(c) or "" for c in outcome}))
     attempts = "1 try" if round_ == 1 else f"{round_} tries"
-    return Failure(f"no usable reply in {attempts}: {why}", tries=tries)
+    return Failure(f"no usable reply in {attempts}: {why}", tokens, tries)
 
 
 def _teacher_down(count: int, last: ConversationFailed) -> GenerationError:
@@ -539,12 +532,8 @@ def annotate(args: CoTArguments, prompt: PromptArguments, generation: Generation
             tqdm(total=len(todo), desc="cot", unit="sent") as bar,
         ):
             for task, outcome in _outcomes(args, prompt, generation, todo, tried):
-                out.write(
-                    json.dumps(
-                        build_record(task, outcome, args, prompt, teacher, settings), ensure_ascii=False
-                    )
-                    + "\n"
-                )
+                record = build_record(task, outcome, args, prompt, teacher, settings)
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 out.flush()
                 bar.update()
         report = summarize(read_records(path), seconds=time.perf_counter() - started, annotated=len(todo))
@@ -606,8 +595,8 @@ def merge_shards(args: CoTArguments, prompt: PromptArguments) -> Path:
         if len(teachers) > 1:
             who = ", ".join(f"{t} (shards {sorted(s)})" for t, s in teachers.items())
             problems.append(f"the shards were annotated by different teachers: {who}")
-        (first, shards), *others = settings or [({}, set())]
-        for other, where in others:
+        first, shards = settings[0] if settings else ({}, set())
+        for other, where in settings[1:]:
             changed = "; ".join(differences(first, other))
             problems.append(f"shards {sorted(shards)} and {sorted(where)}: other settings ({changed})")
         if problems:
