@@ -42,6 +42,7 @@ from reasoningner.generation import (
     build_generator,
     options_from,
 )
+from reasoningner.jobs import requeued, seconds_left
 from reasoningner.metrics import MATCH_MODES
 from reasoningner.readers import Dataset, read_dataset
 from reasoningner.rewards import DEFAULT_WEIGHTS, PARSE_MODES
@@ -359,8 +360,35 @@ class ResumableArguments:
 
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "start afresh in an output folder a run with other settings left (else an error)"},
+        metadata={
+            "help": "start afresh in an output folder a run with other settings left (else an error); "
+            "not in a requeued SLURM job, which repeats its first command line and resumes"
+        },
     )
+    stop_before_job_end: float = field(
+        default=900,
+        metadata={
+            "help": "in a SLURM job with a time limit: seconds before it (besides the time between two "
+            "checkpoints a run can resume from exactly) at which the stage saves, stops and requeues the "
+            "job; 0: never"
+        },
+    )
+
+    def fresh_start(self) -> bool:
+        """`overwrite_output_dir`, except in a requeued job: it runs its first command line again, whose
+        fresh start has happened, and would delete what the attempts since saved."""
+        if self.overwrite_output_dir and requeued():
+            logger.warning("a requeued job resumes: overwrite_output_dir is for its first attempt only")
+            return False
+        return self.overwrite_output_dir
+
+    def job_ending(self, interval: float = 0.0) -> bool:
+        """Whether the job's time limit is closer than `stop_before_job_end` plus `interval` (the time
+        the stage takes to its next point of stopping)."""
+        left = seconds_left()
+        return (
+            bool(self.stop_before_job_end) and left is not None and left < self.stop_before_job_end + interval
+        )
 
 
 @dataclass

@@ -226,8 +226,8 @@ RUN_SETTINGS = "run_settings.json"
 OPERATIONAL_PREFIXES = ("logging_", "log_", "save_", "eval_", "hub_", "ddp_", "vllm_server_")
 OPERATIONAL = frozenset(
     {
-        "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "local_rank", "report_to",
-        "run_name", "disable_tqdm", "push_to_hub", "max_steps", "num_train_epochs", "deepspeed",
+        "output_dir", "overwrite_output_dir", "stop_before_job_end", "resume_from_checkpoint", "local_rank",
+        "report_to", "run_name", "disable_tqdm", "push_to_hub", "max_steps", "num_train_epochs", "deepspeed",
         "per_device_eval_batch_size", "num_completions_to_print", "skip_memory_metrics", "use_cpu",
         "num_generations_eval",  # held-out evaluation leaves training as it is (`HeldOutGRPOTrainer`)
         "vllm_mode", "vllm_model_impl", "vllm_enable_sleep_mode", "vllm_group_port",

@@ -10,6 +10,7 @@ import logging
 import math
 import random
 import shutil
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,12 +27,14 @@ from reasoningner.configs import (
     PROMPT_CONTRACT,
     PromptArguments,
     PromptContract,
+    ResumableArguments,
     adapter_base,
     is_adapter,
     is_hub_id,
     require_model,
 )
 from reasoningner.doctor import stale_build_locks
+from reasoningner.jobs import requeue
 from reasoningner.model_card import hub_repository, publish, run_folder, write_model_card
 from reasoningner.tracking import (
     MANIFEST,
@@ -217,6 +220,15 @@ class HeldOutGRPOTrainer(GRPOTrainer):
             self._logs, self.log_completions = completions, log_completions
 
 
+def resume_points(training_args: Any) -> int:
+    """Every how many optimizer steps a checkpoint resumes exactly: each step for SFT; for GRPO, the steps
+    that end a generation cycle (`check_generation_cycle`)."""
+    if not hasattr(training_args, "steps_per_generation"):
+        return 1
+    cycle = training_args.steps_per_generation * training_args.num_iterations  # micro-batches
+    return cycle // math.gcd(cycle, training_args.gradient_accumulation_steps)
+
+
 def check_generation_cycle(training_args: Any) -> None:
     """Refuse checkpoints that would fall inside a GRPO generation cycle (`num_iterations` > 1, or more
     `steps_per_generation` than accumulation steps): TRL keeps the cycle's generations and its position
@@ -229,9 +241,9 @@ def check_generation_cycle(training_args: Any) -> None:
     strategy = getattr(
         training_args.save_strategy, "value", training_args.save_strategy
     )  # an enum once parsed
-    if strategy == "no" or accumulation % cycle == 0:  # every optimizer step ends a cycle
+    every = resume_points(training_args)
+    if strategy == "no" or every == 1:  # every optimizer step ends a cycle
         return
-    every = cycle // math.gcd(cycle, accumulation)  # optimizer steps: the shortest save interval that fits
     if strategy == "steps":
         name, steps = "save_steps", training_args.save_steps
     elif strategy == "best" and training_args.eval_strategy == IntervalStrategy.STEPS:
@@ -394,11 +406,12 @@ def start_trainer_stage(
         "zero_stage": zero_stage(training_args),
         "input_contents": input_contents(inputs),  # not eval_files: evaluation leaves training as it is
     }
-    relaunch = not script_args.overwrite_output_dir and recorded_run(training_args.output_dir, settings)
+    fresh = script_args.fresh_start()
+    relaunch = not fresh and recorded_run(training_args.output_dir, settings)
     resume = claim_output_dir(
         training_args.output_dir,
         settings,
-        overwrite=script_args.overwrite_output_dir,
+        overwrite=fresh,
         stale=TRAINER_OUTPUTS,
         write=main_process,
     )
@@ -465,6 +478,33 @@ class _StopAtLastStep(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.global_step >= state.max_steps:
             raise _RunFinished
+
+
+class _StopBeforeJobEnd(TrainerCallback):
+    """Saves a checkpoint and stops training at the last point a run resumes from exactly (`resume_points`)
+    before the SLURM job's time limit would cut the next interval short (`ResumableArguments.job_ending`,
+    the interval measured as the last one took): a job killed at its limit is never requeued and loses
+    the steps since its last checkpoint. Every rank stops at the same step, as rank 0 decides."""
+
+    def __init__(self, job: ResumableArguments, every: int) -> None:
+        self.job, self.every = job, every
+        self.mark = time.monotonic()
+        self.stopped_at: int | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.mark = time.monotonic()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step % self.every or state.global_step >= state.max_steps:
+            return
+        now = time.monotonic()
+        stop = [self.job.job_ending(interval=now - self.mark)]
+        self.mark = now
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast_object_list(stop, src=0)  # clocks and steps' ends differ by rank
+        if stop[0]:
+            control.should_save = control.should_training_stop = True
+            self.stopped_at = state.global_step
 
 
 RESUME_RECORD = "resume_state.pt"
@@ -569,14 +609,19 @@ class _ResumeRecord(TrainerCallback):
                 shutil.copy2(Path(self.trainer.args.output_dir) / name, checkpoint / name)
 
 
-def train_from(stage: str, trainer: Any, checkpoint: str | None) -> None:
-    """`trainer.train` from `checkpoint`, except that a run whose checkpoint is at its last step stops
-    with that checkpoint's weights and state loaded: transformers (5.24) would take one step past
-    `max_steps` from it, so a run killed after its last checkpoint, or relaunched when finished, would
-    end with other weights than one never killed. Such a run then ends as training does: with the best
-    checkpoint's weights under `load_best_model_at_end`, and the callbacks' end of training (W&B's model
-    artifact); the final speed and loss row is not logged, as no step was taken."""
+def train_from(stage: str, trainer: Any, checkpoint: str | None, job: ResumableArguments) -> bool:
+    """`trainer.train` from `checkpoint`; False when it stopped before the SLURM job's time limit (a
+    checkpoint saved, the job asked to requeue: `_StopBeforeJobEnd`), the run then being unfinished.
+
+    A run whose checkpoint is at its last step stops with that checkpoint's weights and state loaded:
+    transformers (5.24) would take one step past `max_steps` from it, so a run killed after its last
+    checkpoint, or relaunched when finished, would end with other weights than one never killed. Such a
+    run then ends as training does: with the best checkpoint's weights under `load_best_model_at_end`,
+    and the callbacks' end of training (W&B's model artifact); the final speed and loss row is not
+    logged, as no step was taken."""
     trainer.add_callback(_StopAtLastStep())
+    job_end = _StopBeforeJobEnd(job, resume_points(trainer.args))
+    trainer.add_callback(job_end)
     record = _ResumeRecord(trainer, checkpoint)
     trainer.add_callback(record)
     build_sampler = trainer._get_train_sampler
@@ -598,6 +643,15 @@ def train_from(stage: str, trainer: Any, checkpoint: str | None) -> None:
         if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint is not None:
             trainer._load_best_model()
         trainer.control = trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
+    if job_end.stopped_at is None:
+        return True
+    if trainer.accelerator.is_main_process:
+        print(
+            f"{stage}: stopped at checkpoint-{job_end.stopped_at}, {job.stop_before_job_end:g} s and one "
+            f"checkpoint interval before the job's time limit; {requeue()}",
+            flush=True,
+        )
+    return False
 
 
 def describe_run(

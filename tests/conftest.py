@@ -86,3 +86,20 @@ def gold_cot_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., 
         return out / ANNOTATIONS
 
     return make
+
+
+@pytest.fixture
+def slurm_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This process as a task of SLURM job 4242, whose `scontrol` (first on PATH) records each call it gets
+    as a line of the file returned, and accepts it."""
+    bin_dir = tmp_path / "slurm-bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol-calls.txt"
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> "{calls}"\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    for name in ("SLURM_RESTART_COUNT", "SLURM_JOB_END_TIME"):
+        monkeypatch.delenv(name, raising=False)
+    return calls

@@ -593,6 +593,34 @@ def test_a_relaunch_with_other_thresholds_or_sampling_is_refused_and_one_that_ru
     assert len(settings) == 1
 
 
+def test_a_run_near_its_job_s_time_limit_stops_and_requeues_and_its_requeued_job_completes_the_file(
+    tmp_path: Path, slurm_job: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job killed at its time limit is never requeued: stage 1 stops in time, asks for a requeue and
+    writes no report or manifest of a file it has not completed; the requeued job repeats the first
+    command line (`--overwrite_output_dir true` too) and continues the file rather than empty it."""
+    inputs = [write_inputs(tmp_path / "in.jsonl", 6)]
+    prompt = PromptArguments()
+    annotate(cot_args(tmp_path / "uninterrupted", inputs), prompt, GOLD)
+    out = tmp_path / "out"
+    stage = load_stage("cot")
+    command = ["--datasets", str(inputs[0]), "--output_dir", str(out), "--backend", "gold-template",
+               "--overwrite_output_dir", "true"]  # fmt: skip
+    monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 600))  # under the default 900 s
+    stage.main(*stage.make_parser().parse_args_and_config(command))
+    assert len(read_records(out / "annotations.jsonl")) == 1
+    assert slurm_job.read_text() == "requeue 4242\n"
+    assert not (out / "report.json").exists() and not (out / "manifest.json").exists()
+
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    monkeypatch.delenv("SLURM_JOB_END_TIME")
+    stage.main(*stage.make_parser().parse_args_and_config(command))
+    assert (out / "annotations.jsonl").read_text() == (
+        tmp_path / "uninterrupted" / "annotations.jsonl"
+    ).read_text()
+    assert json.loads((out / "report.json").read_text())["annotated_this_run"] == 5
+
+
 def test_records_written_before_they_carried_settings_still_resume(tmp_path: Path) -> None:
     inputs = [write_inputs(tmp_path / "in.jsonl", 6)]
     out = tmp_path / "out"

@@ -495,15 +495,16 @@ FAKES = {
     # The health check answers once the background server has started (recorded its command).
     "curl": """for _ in $(seq 200); do grep -q '^vllm' "$CALLS" 2>/dev/null && exit 0; sleep 0.05; done""",
     "vllm": 'echo "vllm $*" >> "$CALLS"; exec sleep 60',  # the server, in the background
-    **{name: f'echo "{name} $*" >> "$CALLS"' for name in ("accelerate", "python", "trl")},
+    **{name: f'echo "{name} $*" >> "$CALLS"' for name in ("accelerate", "python", "trl", "reasoningner")},
 }
 
 
-def run_slurm(script: str, args: list[str], env: dict[str, str], tmp_path: Path) -> list[str]:
-    """Run recipes/slurm/<script> with the stand-ins first on PATH; the commands they were given."""
+def run_slurm(script: str, args: list[str], env: dict[str, str], tmp_path: Path, **fakes: str) -> list[str]:
+    """Run recipes/slurm/<script> with the stand-ins (`FAKES`, or as `fakes` say) first on PATH; the
+    commands they were given."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(parents=True)
-    for name, body in FAKES.items():
+    for name, body in (FAKES | fakes).items():
         (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n", encoding="utf-8")
         (bin_dir / name).chmod(0o755)
     calls = tmp_path / "calls"
@@ -524,7 +525,8 @@ def test_train_slurm_starts_one_launcher_per_node_with_its_rank(tmp_path: Path) 
         "--machine_rank {} --main_process_ip node-a --main_process_port 29500 "
         "stages/rl.py --config recipes/qwen3-8b/rl.yaml --run_name a b"
     )
-    assert calls == [common.format(0), common.format(1)]
+    doctor = "reasoningner doctor recipes/qwen3-8b/rl.yaml --stage rl --num-gpus 8 --args --run_name a\\ b "
+    assert calls == [doctor, common.format(0), common.format(1)]
 
 
 def test_cot_slurm_annotates_its_array_shard_against_the_local_server(tmp_path: Path) -> None:
@@ -544,6 +546,14 @@ def test_cot_slurm_annotates_its_array_shard_against_the_local_server(tmp_path: 
     assert (
         parsed(RECIPES / "teacher" / "cot.yaml")["backend_options"]["base_url"] == "http://localhost:8000/v1"
     )
+
+
+def test_cot_slurm_gives_up_on_a_server_that_never_answers(tmp_path: Path) -> None:
+    env = {"SERVER_WAIT": "0"}
+    with pytest.raises(subprocess.CalledProcessError):
+        run_slurm("cot.slurm", [], env, tmp_path, curl="exit 7")  # refused: nothing listens
+    calls = tmp_path / "calls"  # the server may not have started at all
+    assert not calls.exists() or "python " not in calls.read_text()
 
 
 def test_vllm_serve_slurm_serves_grpo_with_trl(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from reasoningner.configs import (
     GenerationArguments,
     PromptArguments,
     PromptContract,
+    TrainerScriptArguments,
     training_sources,
 )
 from reasoningner.cot import annotate, output_path
@@ -241,6 +243,84 @@ def test_grpo_resumed_in_a_later_epoch_draws_its_prompts_in_the_uninterrupted_or
     # epoch 3 (step 5).
     interrupted("rl", grpo(resumed), 5, 6)
     assert steps(resumed) == steps(reference)
+
+
+def test_a_run_near_its_job_s_time_limit_stops_at_a_checkpoint_and_its_requeued_job_ends_as_one_never_stopped(
+    tiny_model_dir: Path,
+    annotations: Path,
+    tmp_path: Path,
+    slurm_job: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job killed at its time limit is not requeued and loses the steps since its last checkpoint: the
+    stage saves and stops in time and requeues the job, whose next attempt repeats the first command
+    line, `--overwrite_output_dir true` included, and must resume, not start afresh."""
+    stage = load_stage("sft")
+    every_fourth = ["--max_steps", "6", "--per_device_train_batch_size", "1", "--save_steps", "4"]
+    reference, stopped = tmp_path / "uninterrupted", tmp_path / "stopped"
+    stage.main(
+        *stage.make_parser().parse_args_and_config(
+            sft_args(tiny_model_dir, annotations, reference, *every_fourth)
+        )
+    )
+    capsys.readouterr()
+
+    command = sft_args(tiny_model_dir, annotations, stopped, *every_fourth, "--overwrite_output_dir", "true")
+    # 600 s left, under the default 900 s: step 1 ends the attempt.
+    monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 600))
+    stage.main(*stage.make_parser().parse_args_and_config(command))
+    out = capsys.readouterr().out
+    assert "sft: stopped at checkpoint-1" in out and "job 4242 requeued" in out
+    assert slurm_job.read_text() == "requeue 4242\n"
+    assert last_checkpoint(str(stopped)) == str(stopped / "checkpoint-1")
+    assert not (stopped / "model.safetensors").exists()  # not a finished model
+
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    monkeypatch.delenv("SLURM_JOB_END_TIME")  # a limit far off
+    stage.main(*stage.make_parser().parse_args_and_config(command))
+    assert f"sft: resuming from {stopped / 'checkpoint-1'}" in capsys.readouterr().out
+    assert steps(stopped) == steps(reference)
+    assert (stopped / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
+    assert slurm_job.read_text() == "requeue 4242\n"  # asked once
+
+
+@pytest.mark.parametrize(
+    ("per_generation", "iterations", "accumulation", "every"),
+    [(1, 1, 1, 1), (2, 1, 2, 1), (2, 4, 2, 4), (4, 1, 2, 2), (3, 2, 4, 3)],
+)
+def test_a_grpo_run_stops_for_its_job_s_end_only_where_a_generation_cycle_ends(
+    per_generation: int, iterations: int, accumulation: int, every: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    from reasoningner.training import _StopBeforeJobEnd, resume_points
+
+    args = SimpleNamespace(
+        steps_per_generation=per_generation,
+        num_iterations=iterations,
+        gradient_accumulation_steps=accumulation,
+    )
+    assert resume_points(args) == every
+    assert resume_points(SimpleNamespace(gradient_accumulation_steps=accumulation)) == 1  # SFT
+    monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 60))  # the limit is near from the start
+    callback = _StopBeforeJobEnd(TrainerScriptArguments(train_files=["x"]), every)
+    stopped_at = []
+    for step in range(1, 13):
+        control = TrainerControl()
+        callback.on_step_end(args, SimpleNamespace(global_step=step, max_steps=12), control)
+        if control.should_training_stop:
+            assert control.should_save
+            stopped_at.append(step)
+    assert stopped_at == [step for step in range(every, 12, every)]
+    monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 3600))
+    for margin, stops in ((900, False), (3600, True), (0, False)):  # 0: never
+        control = TrainerControl()
+        callback = _StopBeforeJobEnd(TrainerScriptArguments(train_files=["x"], stop_before_job_end=margin), 1)
+        callback.on_step_end(args, SimpleNamespace(global_step=1, max_steps=12), control)
+        assert control.should_training_stop is stops
 
 
 def test_a_rerun_with_other_settings_is_refused_and_overwrite_starts_afresh(
