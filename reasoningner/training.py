@@ -139,6 +139,20 @@ def zero_stage(training_args: Any) -> int | None:
     return None if plugin is None else plugin.zero_stage
 
 
+def check_saved_weights(training_args: Any, model_args: Any) -> None:
+    """Refuse full fine-tuning under ZeRO-3 without `stage3_gather_16bit_weights_on_model_save`:
+    transformers then saves DeepSpeed's shards and no weights, in each checkpoint and the final model
+    alike, which the next stage, evaluation and vLLM cannot load (and `checkpoint_problem` takes for
+    checkpoints cut short). A LoRA adapter is gathered and saved either way."""
+    plugin = getattr(training_args, "deepspeed_plugin", None)
+    lora = model_args.use_peft or is_adapter(model_args.model_name_or_path)
+    if plugin is not None and plugin.zero_stage == 3 and not plugin.zero3_save_16bit_model and not lora:
+        raise ValueError(
+            "ZeRO-3 without stage3_gather_16bit_weights_on_model_save saves no model weights: set it true "
+            "in the DeepSpeed config (recipes/accelerate/ds_zero3.json does)"
+        )
+
+
 def check_adapter_start(model_args: Any) -> None:
     """Refuse a new LoRA (`use_peft`) on a stage-2 adapter, which GRPO continues as it is: TRL refuses
     the pair only once the model has loaded."""
@@ -385,6 +399,7 @@ def start_trainer_stage(
     if stale:  # DeepSpeed would wait on it without a word, for the whole allocation
         raise ValueError("; ".join(stale))
     start_deepspeed_on_cpu(training_args)
+    check_saved_weights(training_args, model_args)
     require_model(model_args.model_name_or_path)
     inputs = [*script_args.train_files, model_args.model_name_or_path]
     if wants_wandb(training_args.report_to):

@@ -3,6 +3,7 @@ other settings, values and paths that would fail late, and secrets that must not
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -321,6 +322,31 @@ def test_a_grpo_run_stops_for_its_job_s_end_only_where_a_generation_cycle_ends(
         callback = _StopBeforeJobEnd(TrainerScriptArguments(train_files=["x"], stop_before_job_end=margin), 1)
         callback.on_step_end(args, SimpleNamespace(global_step=1, max_steps=12), control)
         assert control.should_training_stop is stops
+
+
+@pytest.mark.parametrize(
+    ("gathered", "lora", "refused"), [(False, False, True), (True, False, False), (False, True, False)]
+)
+def test_full_fine_tuning_under_zero3_must_gather_its_weights_to_save_them(
+    gathered: bool, lora: bool, refused: bool
+) -> None:
+    """Else every checkpoint holds DeepSpeed's shards only: skipped as cut short, each relaunch would
+    start at step 0, and the final model would hold no weights to load."""
+    from types import SimpleNamespace
+
+    from reasoningner.training import check_saved_weights
+
+    plugin = SimpleNamespace(zero_stage=3, zero3_save_16bit_model=gathered)
+    model = SimpleNamespace(use_peft=lora, model_name_or_path="Qwen/Qwen3-8B")
+    with (
+        pytest.raises(ValueError, match="stage3_gather_16bit_weights_on_model_save")
+        if refused
+        else contextlib.nullcontext()
+    ):
+        check_saved_weights(SimpleNamespace(deepspeed_plugin=plugin), model)
+    check_saved_weights(
+        SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=2, zero3_save_16bit_model=False)), model
+    )
 
 
 def test_a_rerun_with_other_settings_is_refused_and_overwrite_starts_afresh(
