@@ -59,7 +59,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reasoningner.configs import GenerationArguments, PromptArguments
+from reasoningner.configs import GenerationArguments, PromptArguments, PromptContract
 from reasoningner.formats import ParseResult, Problem, get_format, split_answer
 from reasoningner.generation import (
     LONE_SURROGATE,
@@ -499,7 +499,8 @@ class NERModel:
         ]
 
     def schema(self, labels: Sequence[str] | Schema, descriptions: Mapping[str, str] | None = None) -> Schema:
-        """The label set asked for: `descriptions` (and a Schema's own) first, then the contract's."""
+        """The label set asked as evaluation asks it (`PromptContract.asked`): `descriptions` (and a
+        Schema's own) first, then the contract's; exactly the trained labels in the training order."""
         names = labels.labels if isinstance(labels, Schema) else tuple(labels)
         given = {**(labels.descriptions if isinstance(labels, Schema) else {}), **(descriptions or {})}
         if given and not self.prompt.descriptions and not self._told_descriptions_unused:
@@ -508,8 +509,8 @@ class NERModel:
                 "label descriptions given, but this model was trained without them in its prompts "
                 "(descriptions: false): they are left out, as in training"
             )
-        trained = {label: self.descriptions[label] for label in names if label in self.descriptions}
-        return Schema(names, {**trained, **given})
+        contract = PromptContract(self.prompt, self.labels, descriptions=self.descriptions)
+        return contract.asked(Schema(names, given))
 
     def predict_entities(
         self,

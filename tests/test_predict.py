@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reasoningner.cli import main
-from reasoningner.configs import PromptArguments
+from reasoningner.configs import PromptArguments, PromptContract
 from reasoningner.formats import FORMATS, get_format
 from reasoningner.generation import Completion, Conversation, ConversationFailed, Generator, SamplingConfig
 from reasoningner.predict import Entity, NERModel, Prediction, flat_entities, windows
@@ -456,6 +456,20 @@ def test_labels_are_described_as_in_training_unless_described_anew(caplog: pytes
         "label descriptions given, but this model was trained without them in its prompts "
         "(descriptions: false): they are left out, as in training"
     ]
+
+
+def test_the_trained_labels_are_asked_in_their_training_order_as_evaluation_asks_them() -> None:
+    """What `predict` returns is what evaluation scores: both ask `PromptContract.asked`."""
+    generator = from_table({"Ann is in Rome .": grouped(person=["Ann"], location=["Rome"])})
+    prompt = PromptArguments(descriptions=True)
+    trained = {"person": "a human being", "location": "a place"}
+    model = NERModel(generator, prompt, labels=["person", "location"], descriptions=trained)
+    [prediction] = model.predict(["Ann is in Rome ."], ["location", "person"])
+    assert [e.label for e in prediction] == ["person", "location"]
+    assert "- person: a human being\n- location: a place\n" in generator.prompts[0]
+    contract = PromptContract(prompt, ["person", "location"], descriptions=trained)
+    for labels in (["location", "person"], ["location", "person", "date"], ["location"]):
+        assert model.schema(labels) == contract.asked(Schema(tuple(labels)))
 
 
 def test_to_spacy_sets_doc_ents_and_refuses_overlapping_entities() -> None:
