@@ -8,7 +8,8 @@ Each evaluation set of the recipe is a file and how to read it::
       - path: data/crossner/ai-dev-slice.txt
         reader: conll                    # default: the recipe's `reader` (auto: sniffed)
         name: crossner-ai                # default: the reader's name for the file
-        labels: [person, organisation]   # a subset, in prompt order (exactly the trained labels: their training order); or {source: shown} to rename
+        labels: [person, organisation]   # a subset, in prompt order (the trained labels: in training
+                                         # order); or {source: shown} to rename
         descriptions: {person: ...}      # one line per label, for the prompt (zero-shot needs them)
         probes: [opaque]                 # default: the recipe's `probes`
 
