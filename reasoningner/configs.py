@@ -137,18 +137,27 @@ class PromptContract:
     labels: list[str] = field(default_factory=list)
     source: str = ""  # where it was read from, for messages
     descriptions: dict[str, str] = field(default_factory=dict)
+    # A fingerprint of the instruction's wording the model was trained on (`prompts.wording`), which the
+    # settings above do not hold: the code words the prompt. Empty in contracts written before it.
+    wording: str = ""
 
     @classmethod
     def trained(
-        cls, prompt: PromptArguments, schemas: Iterable[Schema], earlier: PromptContract | None = None
+        cls,
+        prompt: PromptArguments,
+        schemas: Iterable[Schema],
+        earlier: PromptContract | None = None,
+        *,
+        wording: str,
     ) -> PromptContract:
-        """The contract of a model trained on examples of `schemas`: every label in first-seen order,
-        with its first description (what `Schema.union` keeps). A model trained further (GRPO from SFT)
-        keeps what `earlier`, its starting model's contract, lists first: it still knows those labels."""
+        """The contract of a model trained on examples of `schemas` worded as `wording` says: every label
+        in first-seen order, with its first description (what `Schema.union` keeps). A model trained
+        further (GRPO from SFT) keeps what `earlier`, its starting model's contract, lists first: it
+        still knows those labels."""
         if earlier is not None and earlier.labels:
             schemas = [Schema(tuple(earlier.labels), earlier.descriptions), *schemas]
         union = Schema.union(schemas)
-        return cls(prompt, list(union.labels), descriptions=dict(union.descriptions))
+        return cls(prompt, list(union.labels), descriptions=dict(union.descriptions), wording=wording)
 
     def asked(self, schema: Schema) -> Schema:
         """`schema` as this model learnt to be asked it: a label it leaves undescribed gets the
@@ -166,6 +175,8 @@ class PromptContract:
         payload: dict[str, Any] = {"prompt": asdict(self.prompt), "labels": self.labels}
         if self.descriptions:
             payload["descriptions"] = self.descriptions
+        if self.wording:
+            payload["wording"] = self.wording
         write_whole(path, json.dumps(payload, indent=2) + "\n")
         return path
 
@@ -199,6 +210,7 @@ class PromptContract:
                         list(payload.get("labels", [])),
                         str(path),
                         dict(payload.get("descriptions", {})),
+                        str(payload.get("wording", "")),
                     )
                 except (ValueError, TypeError, KeyError) as error:
                     raise ValueError(f"{path}: not a prompt contract ({error})") from None

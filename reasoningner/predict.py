@@ -69,7 +69,7 @@ from reasoningner.generation import (
     Generator,
     SamplingConfig,
 )
-from reasoningner.prompts import ner_instruction
+from reasoningner.prompts import check_wording, ner_instruction
 from reasoningner.spans import Schema, Span, sort_spans
 
 logger = logging.getLogger(__name__)
@@ -361,6 +361,7 @@ class NERModel:
         """The model that `generation` describes (backend, model, sampling), asked with `prompt`, whose
         unset fields come from the prompt contract saved beside the model."""
         contract = generation.prompt_contract()
+        check_wording(contract)
         if contract is None:
             logger.warning(
                 "%s has no prompt contract (a base model, or one trained elsewhere): asked with %s; a model "

@@ -8,19 +8,41 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from reasoningner.configs import PromptArguments
+from reasoningner.configs import PromptArguments, PromptContract
 from reasoningner.formats import THINK_CLOSE, THINK_OPEN, format_example, get_format
 from reasoningner.rationale import assertion
 from reasoningner.spans import Schema
+
+logger = logging.getLogger(__name__)
 
 
 def prompt_hash(conversation: Sequence[Mapping[str, str]]) -> str:
     """A short fingerprint of the exact prompt: what stage 1's records and evaluation's outputs are kept
     under, so that a resumed run knows what was asked how."""
     return hashlib.sha256(json.dumps(conversation, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def wording(prompt: PromptArguments) -> str:
+    """A fingerprint of how this version of the code words the instruction under `prompt`'s settings (the
+    prompt of a fixed sentence and label set), which a trained model's contract records (`PromptContract`)."""
+    schema = Schema(("person", "location"), {"person": "a human being"})
+    return prompt_hash([{"role": "user", "content": ner_instruction("Ann lives in Rome .", schema, prompt)}])
+
+
+def check_wording(contract: PromptContract | None) -> None:
+    """Warn when a model was trained on prompts worded otherwise than this version of the code words them:
+    it is asked the new way, and answers worse than it learnt to."""
+    if contract is not None and contract.wording and contract.wording != wording(contract.prompt):
+        logger.warning(
+            "%s: the model was trained on prompts worded otherwise than this version of reasoningner words "
+            "them; it is asked with today's wording and may answer worse: train it again, or install the "
+            "version it was trained with (its manifest.json names the commit)",
+            contract.source,
+        )
 
 
 def label_block(schema: Schema, descriptions: bool = True) -> str:

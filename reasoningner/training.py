@@ -36,6 +36,7 @@ from reasoningner.configs import (
 from reasoningner.doctor import stale_build_locks
 from reasoningner.jobs import requeue
 from reasoningner.model_card import hub_repository, publish, run_folder, write_model_card
+from reasoningner.prompts import check_wording
 from reasoningner.tracking import (
     MANIFEST,
     claim_output_dir,
@@ -409,6 +410,7 @@ def start_trainer_stage(
     contract = PromptContract.load(
         model_args.model_name_or_path, from_hub=True, revision=model_args.model_revision, strict=True
     )
+    check_wording(contract)
     prompt = prompt.resolve(contract)
     configs = (script_args, prompt, training_args, model_args)
     # How it is launched is part of the run too. The process count: a checkpoint resumed on another skips

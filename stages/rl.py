@@ -15,6 +15,7 @@ from reasoningner.configs import (
     RecipeParser,
     RLScriptArguments,
 )
+from reasoningner.prompts import wording
 from reasoningner.rewards import answer_only_warning, default_weight, get_rewards
 from reasoningner.spans import Schema
 from reasoningner.tracking import with_gold_column
@@ -77,7 +78,7 @@ def main(
             trained=start.contract,
         )
         eval_dataset = Dataset.from_list(held_out)
-    contract = PromptContract.trained(prompt, schemas, start.contract)
+    contract = PromptContract.trained(prompt, schemas, start.contract, wording=wording(prompt))
     if training_args.reward_weights is None:
         training_args.reward_weights = [default_weight(name) for name in script_args.reward_funcs]
 

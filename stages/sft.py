@@ -15,6 +15,7 @@ from reasoningner.configs import (
     RecipeParser,
     TrainerScriptArguments,
 )
+from reasoningner.prompts import wording
 from reasoningner.training import (
     HeldOutSFTTrainer,
     configure_batching,
@@ -44,7 +45,9 @@ def main(
     prompt = start.prompt
     corpora: list[str] = []  # what NER-CoT records name as their source: the contamination check reads it
     train = sft_examples(script_args.train_files, prompt, script_args, corpora=corpora)
-    contract = PromptContract.trained(prompt, (e.example.schema for e in train), start.contract)
+    contract = PromptContract.trained(
+        prompt, (e.example.schema for e in train), start.contract, wording=wording(prompt)
+    )
     train_dataset = Dataset.from_list(
         [sft_record(e.example, prompt, rationale=e.rationale, answer=e.answer) for e in train]
     )

@@ -64,18 +64,20 @@ def test_the_contract_of_training_data_has_every_label_and_its_first_description
             Schema(("PER", "LOC"), {"PER": "people"}),
             Schema(("ORG", "PER"), {"PER": "humans", "ORG": "firms"}),
         ],
+        wording="0123456789abcdef",
     )
     assert contract.labels == ["PER", "LOC", "ORG"]
     assert contract.descriptions == {"PER": "people", "ORG": "firms"}
     contract.save(tmp_path)
     loaded = PromptContract.load(tmp_path)
-    assert (loaded.prompt, loaded.labels, loaded.descriptions) == (
+    assert (loaded.prompt, loaded.labels, loaded.descriptions, loaded.wording) == (
         prompt,
         contract.labels,
         contract.descriptions,
+        "0123456789abcdef",
     )
     sft = PromptContract(prompt, ["MISC", "PER"], descriptions={"MISC": "other names", "PER": "persons"})
-    further = PromptContract.trained(prompt, [Schema(("PER", "LOC"), {"PER": "people"})], sft)
+    further = PromptContract.trained(prompt, [Schema(("PER", "LOC"), {"PER": "people"})], sft, wording="")
     assert further.labels == ["MISC", "PER", "LOC"]  # what the model learnt before stays, first
     assert further.descriptions == {"MISC": "other names", "PER": "persons"}
     TRAINED.save(tmp_path / "older")  # without descriptions, as contracts were written before

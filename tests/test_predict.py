@@ -10,9 +10,11 @@ import io
 import json
 import logging
 import re
+import shutil
 import sys
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,10 +22,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reasoningner.cli import main
-from reasoningner.configs import PromptArguments, PromptContract
+from reasoningner.configs import GenerationArguments, PromptArguments, PromptContract
 from reasoningner.formats import FORMATS, get_format
 from reasoningner.generation import Completion, Conversation, ConversationFailed, Generator, SamplingConfig
 from reasoningner.predict import Entity, NERModel, Prediction, flat_entities, windows
+from reasoningner.prompts import wording
 from reasoningner.spans import Example, Schema, Span
 
 
@@ -470,6 +473,25 @@ def test_the_trained_labels_are_asked_in_their_training_order_as_evaluation_asks
     contract = PromptContract(prompt, ["person", "location"], descriptions=trained)
     for labels in (["location", "person"], ["location", "person", "date"], ["location"]):
         assert model.schema(labels) == contract.asked(Schema(tuple(labels)))
+
+
+def test_a_model_trained_on_prompts_worded_otherwise_is_asked_with_a_warning(
+    tmp_path: Path, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The wording is code, not a setting: a model trained before it changed would be asked the new way
+    unnoticed (stage 1 refuses such records; a model only warns, being usable still)."""
+    model = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    prompt = PromptArguments(compact_prompt=False)
+    generation = GenerationArguments(
+        backend="transformers", model_name_or_path=str(model), backend_options={"device": "cpu"}
+    )
+    for recorded, warned in ((wording(prompt), False), ("0123456789abcdef", True), ("", False)):
+        PromptContract(prompt, ["person"], wording=recorded).save(model)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="reasoningner.prompts"):
+            NERModel.from_generation(generation).close()
+        assert ("trained on prompts worded otherwise" in caplog.text) is warned, recorded
+    assert wording(prompt) != wording(replace(prompt, compact_prompt=True))
 
 
 def test_to_spacy_sets_doc_ents_and_refuses_overlapping_entities() -> None:

@@ -26,6 +26,7 @@ from reasoningner.configs import (
     training_sources,
 )
 from reasoningner.cot import annotate, output_path
+from reasoningner.prompts import wording
 from reasoningner.tracking import (
     MANIFEST,
     RUN_SETTINGS,
@@ -499,6 +500,7 @@ def test_a_checkpoint_of_a_run_not_yet_finished_carries_its_training_data(
     contract, trained = PromptContract.load(copied), PromptContract.load(out)
     assert contract is not None and trained is not None
     assert (contract.prompt, contract.labels) == (trained.prompt, trained.labels)
+    assert contract.wording == trained.wording == wording(trained.prompt)  # how it was asked, in code
     assert contract.source == str(copied / "prompt_contract.json")  # its own copy
     assert str(annotations) in training_sources(copied)
     stage.main(*stage.make_parser().parse_args_and_config(args=args))
