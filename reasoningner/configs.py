@@ -45,7 +45,7 @@ from reasoningner.generation import (
 from reasoningner.jobs import requeued, seconds_left
 from reasoningner.metrics import MATCH_MODES
 from reasoningner.readers import Dataset, read_dataset
-from reasoningner.rewards import DEFAULT_WEIGHTS, PARSE_MODES
+from reasoningner.rewards import DEFAULT_WEIGHTS, PARSE_MODES, REWARDS
 from reasoningner.sources import overlaps
 from reasoningner.spans import Schema
 from reasoningner.tracking import MANIFEST, data_sources
@@ -493,6 +493,21 @@ class RLScriptArguments(TrainerScriptArguments):
     )
 
 
+def check_rewards(names: list[str], weights: list[float] | None) -> None:
+    """Every reward is registered (`rewards.REWARDS`) and, when weights are given, has one."""
+    for name in names:
+        if name not in REWARDS:
+            close = difflib.get_close_matches(name, REWARDS, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ValueError(
+                f"reward_funcs: unknown reward {name!r}{hint}; known: {', '.join(sorted(REWARDS))}"
+            )
+    if weights is not None and len(weights) != len(names):
+        raise ValueError(
+            f"{len(weights)} reward_weights for {len(names)} reward_funcs {names}: give one each"
+        )
+
+
 @dataclass
 class EvalArguments(RunArguments):
     """Evaluation sets (file, reader, labels, descriptions, probes: see `evaluate`) and scoring."""
@@ -586,6 +601,10 @@ class RecipeParser(TrlParser):
         for config in parsed:
             if dataclasses.is_dataclass(config):
                 check_choices(config)
+        rl = next((c for c in parsed if isinstance(c, RLScriptArguments)), None)
+        if rl is not None:  # TRL compares the weights with the rewards only once the model has loaded
+            weights = next((c.reward_weights for c in parsed if hasattr(c, "reward_weights")), None)
+            check_rewards(rl.reward_funcs, weights)
         for config in parsed:
             if getattr(config, "use_liger_kernel", False) and getattr(config, "use_cpu", False):
                 logger.warning("use_liger_kernel: off on CPU (Liger's kernels are Triton GPU kernels)")

@@ -337,3 +337,12 @@ def test_doctor_reads_the_recipe_as_the_stage_does(tmp_path: Path) -> None:
     gpu_rl, half = ROOT / "recipes" / "qwen3-8b" / "rl.yaml", ("--gradient_accumulation_steps", "2")
     assert doctor.check_settings(gpu_rl, "rl", half)[0].status == "FAIL"
     assert doctor.check_settings(gpu_rl, "rl", half, num_gpus=8)[0].status == "skip"
+    # Rewards: TRL compares their weights with them only once the policy has loaded.
+    tiny_rl = ROOT / "recipes" / "tiny-cpu" / "rl.yaml"
+    misspelt = doctor.check_settings(tiny_rl, "rl", ("--reward_funcs", "format", "f1s"))[0]
+    assert misspelt.status == "FAIL" and "unknown reward 'f1s' (did you mean f1?)" in misspelt.message
+    fewer = doctor.check_settings(tiny_rl, "rl", ("--reward_weights", "1", "10"))[0]
+    assert fewer.status == "FAIL" and "2 reward_weights for 5 reward_funcs" in fewer.message
+    assert doctor.check_settings(tiny_rl, "rl", ("--reward_funcs", "format", "f1"))[0].status == "FAIL"
+    both = ("--reward_funcs", "format", "f1", "--reward_weights", "1", "10")
+    assert doctor.check_settings(tiny_rl, "rl", both)[0].status == "ok"
