@@ -842,12 +842,18 @@ def write_dataset(dataset: Dataset, path: PathLike, writer: str) -> None:
     WRITERS[writer](dataset, path)
 
 
+def sentence_layout(keys: set[str]) -> str:
+    """Of records with `sentence` and `entities`: ReasoningNER's NER-CoT (`cot`, `schema`, `guid`) or
+    InstructUIE's; the one rule for files (`sniff`) and Hub sources (`sources`)."""
+    return "nercot" if keys & {"cot", "schema", "guid"} else "instructuie"
+
+
 def sniff(path: PathLike) -> str:
     """The reader name for a file, from its first record; `hf` for a named source (`hf:...`).
 
     A file whose first non-blank character is `[` (JSON array) or `{` (JSONL) is a JSON format,
-    told apart by the keys of the first record: `input` and `output` -> alpaca; `sentence` and
-    `entities` -> instructuie; `text` -> jsonl. Any other file is CoNLL.
+    told apart by the keys of the first record: `sentence` and `entities` -> nercot or instructuie
+    (`sentence_layout`); `input` and `output` -> alpaca; `text` -> jsonl. Any other file is CoNLL.
     """
     from reasoningner.sources import is_source
 
@@ -861,11 +867,9 @@ def sniff(path: PathLike) -> str:
     if first is None:
         raise DataError(path, None, "holds no sentences (an empty JSON list)")
     keys = set(first) if isinstance(first, dict) else set()
-    for reader, needed in (
-        ("alpaca", {"input", "output"}),
-        ("instructuie", {"sentence", "entities"}),
-        ("jsonl", {"text"}),
-    ):
+    if {"sentence", "entities"} <= keys:
+        return sentence_layout(keys)
+    for reader, needed in (("alpaca", {"input", "output"}), ("jsonl", {"text"})):
         if needed <= keys:
             return reader
     raise DataError(

@@ -56,6 +56,7 @@ from reasoningner.readers import (
     _jsonl_record,
     _Record,
     from_hf,
+    sentence_layout,
 )
 from reasoningner.spans import Schema, Span, occurrences
 
@@ -279,7 +280,7 @@ def _load_set(
 
 def _layout(columns: set[str], where: str) -> str:
     if {"sentence", "entities"} <= columns:
-        return "nercot" if columns & {"cot", "schema", "guid"} else "instructuie"
+        return sentence_layout(columns)
     if "tokens" in columns:
         return "tokens"
     if {"text", "entities"} <= columns:

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from reasoningner.configs import SAMPLERS, DataArguments, PromptArguments, PromptContract
 from reasoningner.formats import get_format
 from reasoningner.prompts import assistant_target, ner_instruction
+from reasoningner.readers import sniff
 from reasoningner.records import is_cot_file, read_records, record_example
 from reasoningner.sources import is_source, load_source_sets
 from reasoningner.spans import Example, Schema
@@ -147,6 +148,8 @@ def sft_examples(
         elif is_cot_file(path):
             records = _accepted_annotations(path, prompt)[: data.limit]
             examples += [SFTExample(record_example(r), r["answer"], r["rationale"]) for r in records]
+        elif data.reader == "auto" and sniff(path) == "nercot":  # a NER-CoT file of one's own
+            examples += _source_examples(path, prompt, data, [] if corpora is None else corpora)
         elif prompt.reasoning:
             raise ValueError(
                 f"{path}: plain NER data has no rationales; "

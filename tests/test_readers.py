@@ -443,6 +443,7 @@ def test_from_hf_bad_rows(tmp_path: Path) -> None:
         ("genia_mini.json", "alpaca"),
         ("instructuie/dev.json", "instructuie"),
         ("mini.jsonl", "jsonl"),
+        ("hub/NER-CoT/train.jsonl", "nercot"),
     ],
 )
 def test_sniff_and_read_dataset(fixture: str, reader: str) -> None:

@@ -156,6 +156,9 @@ def test_sft_trains_on_the_ner_cot_rationale_and_refuses_a_source_without_one(tm
     assert corpora == ["CoNLL 2003"]  # what the NER-CoT records name as their source; InstructUIE has none
     with pytest.raises(ValueError, match="has no rationale"):
         sft_examples([f"{UIE}@train?sets=WikiANN en"], PromptArguments())
+    # A NER-CoT file of one's own, named without `hf:` or `reader: nercot`, is NER-CoT too.
+    local = sft_examples([str(HUB / "NER-CoT" / "train.jsonl")], PromptArguments())
+    assert [(e.text, a, r) for e, a, r in local] == [(e.text, a, r) for e, a, r in examples]
     released = tmp_path / "NER-CoT"  # the Hub release: string guids, the corpus under `dataset`
     released.mkdir()
     rows = [json.loads(line) for line in (HUB / "NER-CoT" / "train.jsonl").read_text().splitlines()]
