@@ -107,7 +107,7 @@ from reasoningner.configs import (
 )
 from reasoningner.files import JSONL_ERRORS, complete_lines, exclusive, write_whole
 from reasoningner.formats import CONTENT_PROBLEMS, ParseResult
-from reasoningner.generation import Completion, Generator
+from reasoningner.generation import OUTPUT_OPTIONS, Completion, Generator
 from reasoningner.metrics import MATCH_MODES, Report, Scorer, text_keys
 from reasoningner.predict import FAILED, TOO_LONG, NERModel
 from reasoningner.prompts import prompt_hash
@@ -381,17 +381,22 @@ def evaluate(
         kept = []
         other_path = output_dir / OTHER_GENERATIONS
         earlier, others = earlier_outputs([path, other_path], keys)
-        if others:
-            logger.info("%d earlier outputs not asked by this run kept in %s", len(others), other_path)
-            write_whole(other_path, b"".join(line + b"\n" for line in others))
-        else:
-            other_path.unlink(missing_ok=True)
         for index, record in earlier.items():
             item, completion = items[index], Completion(record["output"], record["completion_tokens"])
             result = model.output_format.parse(completion.text, item.example.text, item.example.schema)
             outcomes[index] = (result, error_counts(item.example, result))
             kept.append(_generation_record(item, completion, result, outcomes[index][1], keys[index]))
-        write_whole(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in kept))
+        # Outputs move both ways between the files: the other file first takes them all, so that a kill
+        # between the rewrites leaves each output in one file or in both (then read once), never in none.
+        lines = [json.dumps(record, ensure_ascii=False).encode(errors=JSONL_ERRORS) for record in kept]
+        if others:
+            write_whole(other_path, b"".join(line + b"\n" for line in [*others, *lines]))
+        write_whole(path, b"".join(line + b"\n" for line in lines))
+        if others:
+            logger.info("%d earlier outputs not asked by this run kept in %s", len(others), other_path)
+            write_whole(other_path, b"".join(line + b"\n" for line in others))
+        else:
+            other_path.unlink(missing_ok=True)
         todo = [index for index, outcome in enumerate(outcomes) if outcome is None]
         started = time.perf_counter()
         with (
@@ -468,10 +473,16 @@ def _score(
 
 
 def generation_identity(generation: GenerationArguments) -> str:
-    """What decides a model's outputs besides the prompt: every generation setting and, for a local
+    """What decides a model's outputs besides the prompt: the generation settings but the backend options
+    that say only where it runs and how fast (servers, batch sizes, memory: not `OUTPUT_OPTIONS`, so that
+    a relaunch with a smaller batch after running out of memory keeps what was asked) and, for a local
     model, the contents of its folder's files (sampled for weights, `tracking.fingerprint`); for a
     Hub model loaded here, the commit of its snapshot (a repository updated since is another model)."""
-    identity: dict[str, Any] = {"generation": asdict(generation)}
+    options = generation.backend_options or {}
+    settings = asdict(generation) | {
+        "backend_options": {k: options[k] for k in OUTPUT_OPTIONS & options.keys()}
+    }  # type: ignore[operator]
+    identity: dict[str, Any] = {"generation": settings}
     model = generation.model_name_or_path or ""
     folder = Path(model)
     if model and folder.is_dir():

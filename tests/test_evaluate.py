@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from reasoningner.cli import main
 from reasoningner.configs import EvalArguments, GenerationArguments, PromptArguments, PromptContract
 from reasoningner.evaluate import error_counts, evaluate, load_items, probe_mapping
+from reasoningner.files import write_whole
 from reasoningner.formats import FORMATS, ParseResult, Problem, get_format
 from reasoningner.generation import (
     Completion,
@@ -542,7 +543,27 @@ def test_a_relaunched_evaluation_asks_only_what_it_lacks(
     assert asked[-1] == 0
     run("out", max_new_tokens=8)  # other settings: every output asked anew
     assert asked[-1] == 12
-    run("out")
+    import reasoningner.evaluate as evaluating
+
+    rewrites: list[Path] = []
+
+    def killed_while_rewriting(path: Path, content: str | bytes) -> None:
+        rewrites.append(path)
+        if len(rewrites) == kill_at + 1:  # after the first rewrite, or the second
+            raise Preempted
+        write_whole(path, content)
+
+    # Killed between its rewrites of the two files, outputs moving one way, then the other: no output of
+    # either settings is lost.
+    for tokens in (12, 8, 12):
+        for kill_at in (1, 2):
+            rewrites.clear()
+            with monkeypatch.context() as patch, pytest.raises(Preempted):
+                patch.setattr(evaluating, "write_whole", killed_while_rewriting)
+                run("out", max_new_tokens=tokens)
+            for either in (8, 12):
+                run("out", max_new_tokens=either)
+                assert asked[-1] == 0, (tokens, kill_at, either)
     assert asked[-1] == 0  # those of the first settings were set aside, not lost
     assert run("out", limit=2).generation["reused"] == 4 and asked[-1] == 0  # a quick look at a few
     assert len(generations.read_text().splitlines()) == 4
@@ -583,6 +604,23 @@ def test_a_hub_model_s_outputs_are_known_by_the_commit_of_its_snapshot(
         identities.append((generation_identity(loaded), generation_identity(served)))
     assert identities[0][0] != identities[1][0] and identities[0] == identities[2]
     assert identities[0][1] == identities[1][1]  # a server's model is known by its name only
+
+
+def test_where_and_how_fast_a_model_is_asked_leaves_its_outputs_known() -> None:
+    """A relaunch after running out of memory, with a smaller batch, or on another server, keeps what
+    was asked; what changes the text (a seed, the dtype, sampling) asks anew."""
+    from reasoningner.evaluate import generation_identity
+
+    def identity(temperature: float = 0.0, **options: object) -> str:
+        served = {"base_url": "http://127.0.0.1:9/v1", "max_concurrency": 8} | options
+        generation = GenerationArguments(
+            model_name_or_path="me/ner", backend="openai", temperature=temperature, backend_options=served
+        )
+        return generation_identity(generation)
+
+    first = identity()
+    assert identity(max_concurrency=2, base_url="http://node-7:8000/v1", request_timeout=60) == first
+    assert identity(seed=1) != first and identity(dtype="float16") != first and identity(0.7) != first
 
 
 # --- the prompt contract saved beside a model: every consumer reads it ----------------------------------
