@@ -301,7 +301,8 @@ def _conll_sentences(text: str) -> Iterator[list[tuple[int, str]]]:
 
 
 def _conll_columns(line: str, position: int) -> tuple[str, str]:
-    parts = line.split("\t") if "\t" in line else line.split()
+    # Columns split on tabs, else on ASCII spaces only: a token may hold a no-break space (`10\xa0000`).
+    parts = line.split("\t") if "\t" in line else [part for part in line.split(" ") if part]
     if len(parts) < 2:
         raise _TokenError(position, f"expected a token and a tag separated by a tab or spaces, got {line!r}")
     token, tag = parts[0], parts[-1].strip()
@@ -462,12 +463,16 @@ def _label_set(instruction: str) -> Schema | None:
     return Schema(tuple(labels), {label: text for label, text in labels.items() if text})
 
 
-def _inline_spans(output: str, labels: Sequence[str]) -> tuple[str, list[Span]]:
-    """The spans of inline markup (`formats`' grammar: XML if the output has a tag, else brackets)
-    over the output without it; malformed markup is a ValueError naming its character."""
+def _inline_spans(output: str, labels: Sequence[str], text: str) -> tuple[str, list[Span]]:
+    """The spans of inline markup (`formats`' grammar) over the output without it: XML's reading when it
+    finds tags and reads cleanly, else brackets' when they give back the input `text` (a sentence of a
+    bracketed file may hold tag-like text, `a <b> Ann`); malformed markup is a ValueError naming its
+    character."""
     markup = FORMATS["xml"].markup(output, labels)  # type: ignore[attr-defined]
-    if not (markup.spans or markup.errors):
-        markup = FORMATS["bracketed"].markup(output, labels)  # type: ignore[attr-defined]
+    if not markup.spans or markup.errors:
+        bracketed = FORMATS["bracketed"].markup(output, labels)  # type: ignore[attr-defined]
+        if not (markup.spans or markup.errors) or (not bracketed.errors and bracketed.clean == text):
+            markup = bracketed
     if markup.errors:
         raise ValueError(markup.errors[0])
     return markup.clean, [Span(start, end, label) for start, end, label in markup.spans]
@@ -530,19 +535,23 @@ def _alpaca_record(record: Any, schema: Schema | None) -> tuple[str, list[Span],
     value = _json_output(output) if output != text else None
     if value is not None:
         spans, merged = _json_spans(value, text, known)
-        return text, spans, stated, merged
-    stripped, spans = _inline_spans(output, known.labels if known else ())
-    if stripped != text:
-        at = next(
-            (i for i, (a, b) in enumerate(zip(stripped, text, strict=False)) if a != b),
-            min(len(stripped), len(text)),
-        )
-        raise ValueError(
-            f"the output without tags differs from the input at character {at}: "
-            f"{stripped[at : at + 30]!r} vs {text[at : at + 30]!r}"
-        )
-    unique = list(dict.fromkeys(spans))
-    merged = [f"{s.label} {s.start}:{s.end}" for s in unique if spans.count(s) > 1]
+    else:
+        stripped, spans = _inline_spans(output, known.labels if known else (), text)
+        if stripped != text:
+            at = next(
+                (i for i, (a, b) in enumerate(zip(stripped, text, strict=False)) if a != b),
+                min(len(stripped), len(text)),
+            )
+            raise ValueError(
+                f"the output without tags differs from the input at character {at}: "
+                f"{stripped[at : at + 30]!r} vs {text[at : at + 30]!r}"
+            )
+        unique = list(dict.fromkeys(spans))
+        merged = [f"{s.label} {s.start}:{s.end}" for s in unique if spans.count(s) > 1]
+    if stated is not None and "Label Set:" not in record["instruction"]:
+        # A headerless block is a guess (`_label_set`): one that misses a label the output uses was some
+        # other `Word: text` line of the instruction.
+        stated = stated if {s.label for s in spans} <= set(stated.labels) else None
     return text, spans, stated, merged
 
 
@@ -580,8 +589,13 @@ def write_alpaca(dataset: Dataset, path: PathLike, format_name: str = "xml") -> 
             raise CannotWrite(
                 f"example {example.id or example.text[:40]!r}: {format_name} cannot express its spans"
             )
+        for label in example.schema.labels:
+            if (line := _LABEL_LINE.fullmatch(f"{label}:")) is None or line.group(1) != label:
+                raise CannotWrite(f"label {label!r}: a 'Label Set:' line cannot hold it (no ':' or '(')")
+        # One line per label: a description's line breaks would end the block (and drop the labels after).
         labels = "\n".join(
-            f"{label}: {example.schema.describe(label) or ''}".rstrip() for label in example.schema.labels
+            f"{label}: {' '.join((example.schema.describe(label) or '').split())}".rstrip()
+            for label in example.schema.labels
         )
         instruction = (
             "Identify the named entities in the input sentence. "
@@ -842,6 +856,9 @@ def write_dataset(dataset: Dataset, path: PathLike, writer: str) -> None:
     WRITERS[writer](dataset, path)
 
 
+_CONLL_TAG = re.compile(r"O|[BIESLU]-\S+")
+
+
 def sentence_layout(keys: set[str]) -> str:
     """Of records with `sentence` and `entities`: ReasoningNER's NER-CoT (`cot`, `schema`, `guid`) or
     InstructUIE's; the one rule for files (`sniff`) and Hub sources (`sources`)."""
@@ -853,7 +870,8 @@ def sniff(path: PathLike) -> str:
 
     A file whose first non-blank character is `[` (JSON array) or `{` (JSONL) is a JSON format,
     told apart by the keys of the first record: `sentence` and `entities` -> nercot or instructuie
-    (`sentence_layout`); `input` and `output` -> alpaca; `text` -> jsonl. Any other file is CoNLL.
+    (`sentence_layout`); `input` and `output` -> alpaca; `text` -> jsonl. Any other file is CoNLL, as
+    is one whose first line is a token and a BIO tag.
     """
     from reasoningner.sources import is_source
 
@@ -861,8 +879,9 @@ def sniff(path: PathLike) -> str:
         return "hf"
     text = _read_text(path)
     start = _WHITESPACE.match(text).end()
-    if not text.startswith(("[", "{"), start):
-        return "conll"
+    first_line = text[start:].split("\n", 1)[0].split()
+    if not text.startswith(("[", "{"), start) or _CONLL_TAG.fullmatch(first_line[-1]) and len(first_line) > 1:
+        return "conll"  # a CoNLL file may start with the token `[` or `{`
     first = next(_json_items(path, text, _Collector(path, None, "raise", "")), (0, 0, None))[2]
     if first is None:
         raise DataError(path, None, "holds no sentences (an empty JSON list)")

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from reasoningner.readers import (
     READERS,
+    CannotWrite,
     DataError,
     Dataset,
     from_hf,
@@ -580,3 +581,41 @@ def test_json_outputs_that_do_not_fit_the_input_are_errors(tmp_path: Path) -> No
     assert [message.split(": ", 3)[-1].split(":")[0] for message in dataset.skipped] == [
         kind for _, kind in bad if kind
     ]
+
+
+# ------------------------------------------------------------------------- Files that read back wrong
+
+
+def test_a_conll_token_may_hold_a_no_break_space_and_a_file_may_start_with_a_bracket(tmp_path: Path) -> None:
+    spaced = read_conll(write(tmp_path / "a.txt", "10\xa0000 B-MONEY\ndollars O\n"))
+    [example] = spaced.examples
+    assert (example.text, example.spans) == ("10\xa0000 dollars", (Span(0, 6, "MONEY"),))
+    bracket = write(tmp_path / "b.txt", "[\tO\nAnn\tB-PER\n]\tO\n")
+    assert sniff(bracket) == "conll"
+    assert read_dataset(bracket).examples == read_conll(bracket).examples
+    assert sniff(write(tmp_path / "c.jsonl", json.dumps(GOOD) + "\n")) == "alpaca"
+
+
+def test_written_alpaca_reads_back_or_is_refused_before_anything_is_lost(tmp_path: Path) -> None:
+    schema = Schema(("PER", "LOC"), {"PER": "a person\nor an animal", "LOC": "a place"})
+    tagged = Example("a <b> Ann in Rome", (Span(6, 9, "PER"), Span(13, 17, "LOC")), schema, "x")
+    untagged = Example("a <b> tag", (), schema, "y")
+    path = tmp_path / "a.json"
+    write_alpaca(Dataset([tagged, untagged], schema, "d"), path, "bracketed")
+    back = read_alpaca(path)
+    assert [(e.text, e.spans) for e in back.examples] == [(e.text, e.spans) for e in (tagged, untagged)]
+    assert back.schema == Schema(("PER", "LOC"), {"PER": "a person or an animal", "LOC": "a place"})
+    odd = Schema(("ORG:COM", "PER"))
+    with pytest.raises(CannotWrite, match=r"label 'ORG:COM'"):
+        write_alpaca(Dataset([Example("Ann", (Span(0, 3, "PER"),), odd)], odd, "d"), tmp_path / "b.json")
+
+
+def test_a_headerless_label_line_is_not_taken_for_the_label_set_when_the_output_uses_others(
+    tmp_path: Path,
+) -> None:
+    record = {"instruction": "Find entities.\nNote: be careful.", "input": "Ann", "output": "<PER>Ann</PER>"}
+    [example] = read_alpaca(write(tmp_path / "a.json", alpaca_json([record]))).examples
+    assert example.spans == (Span(0, 3, "PER"),) and example.schema.labels == ("PER",)
+    relabelled = {**record, "instruction": "Find entities.\nPER: a person\nLOC: a place"}  # LLMs4NER's
+    [example] = read_alpaca(write(tmp_path / "b.json", alpaca_json([relabelled]))).examples
+    assert example.schema == Schema(("PER", "LOC"), {"PER": "a person", "LOC": "a place"})
