@@ -783,7 +783,18 @@ class XmlFormat(_InlineFormat):
 
 # --- JSON formats -------------------------------------------------------------------------------------
 
-_DECODER = json.JSONDecoder()
+
+def joined_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose repeated keys of lists keep every list's entries (`{"PER": ["Ann"], "PER":
+    ["Bob"]}` states both; `json` would keep the last list only); other repeated keys keep the last."""
+    joined: dict[str, Any] = {}
+    for key, value in pairs:
+        earlier = joined.get(key)
+        joined[key] = earlier + value if isinstance(earlier, list) and isinstance(value, list) else value
+    return joined
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=joined_keys)
 _MISSING: Any = object()
 _JSON_START = re.compile(r"[\[{]")
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
@@ -878,7 +889,7 @@ def _reject_constant(name: str) -> Any:
 
 # JSON without NaN and Infinity, which Python literals lack; made once (`json.loads` with an option
 # makes a decoder on every call).
-_LITERAL_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_LITERAL_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=joined_keys)
 
 
 def _python_compatible(value: Any) -> bool:

@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from reasoningner.files import JSONL_ERRORS
-from reasoningner.formats import FORMATS, get_format
+from reasoningner.formats import FORMATS, get_format, joined_keys
 from reasoningner.spans import LABEL_PATTERN, Example, Schema, Span, SpanError, check_span, nesting_depth
 
 __all__ = [
@@ -483,7 +483,7 @@ def _json_output(output: str) -> Any:
     if not output.lstrip().startswith(("[", "{")):
         return None
     try:
-        value = json.loads(output)
+        value = json.loads(output, object_pairs_hook=joined_keys)
     except ValueError:
         return None
     return value if isinstance(value, (list, dict)) else None

@@ -390,6 +390,19 @@ def test_grouped_json_shapes() -> None:
     assert wrong_inner.spans == [] and kinds(wrong_inner) == {"wrong_shape"}
 
 
+def test_a_label_repeated_in_grouped_json_keeps_every_mention() -> None:
+    """`json` keeps the last of repeated keys: the mentions listed first were dropped unseen."""
+    fmt = FORMATS["grouped_json"]
+    repeated = fmt.parse(
+        '{"entities": {"PER": ["John Smith"], "LOC": [], "LOC": ["Paris"]}}', FLAT.text, SCHEMA
+    )
+    assert repeated.spans == list(FLAT.spans)
+    python = fmt.parse(
+        "{'entities': {'LOC': ['Paris'], 'PER': [], 'PER': ['John Smith']}}", FLAT.text, SCHEMA
+    )
+    assert sorted(python.spans) == sorted(FLAT.spans)
+
+
 def test_grouped_json_invalid_and_repaired_json() -> None:
     fmt = FORMATS["grouped_json"]
     text = FLAT.text
