@@ -394,11 +394,11 @@ def test_a_label_repeated_in_grouped_json_keeps_every_mention() -> None:
     """`json` keeps the last of repeated keys: the mentions listed first were dropped unseen."""
     fmt = FORMATS["grouped_json"]
     repeated = fmt.parse(
-        '{"entities": {"PER": ["John Smith"], "LOC": [], "LOC": ["Paris"]}}', FLAT.text, SCHEMA
+        '{"entities": {"PER": ["John Smith"], "LOC": ["Paris"], "LOC": []}}', FLAT.text, SCHEMA
     )
     assert repeated.spans == list(FLAT.spans)
     python = fmt.parse(
-        "{'entities': {'LOC': ['Paris'], 'PER': [], 'PER': ['John Smith']}}", FLAT.text, SCHEMA
+        "{'entities': {'PER': ['John Smith'], 'LOC': ['Paris'], 'PER': []}}", FLAT.text, SCHEMA
     )
     assert sorted(python.spans) == sorted(FLAT.spans)
 
