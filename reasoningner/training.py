@@ -39,6 +39,7 @@ from reasoningner.model_card import hub_repository, publish, run_folder, write_m
 from reasoningner.prompts import check_wording
 from reasoningner.tracking import (
     MANIFEST,
+    WEIGHT_FILES,
     claim_output_dir,
     config_dict,
     continue_wandb_run,
@@ -299,14 +300,6 @@ def held_out_schedule(training_args: Any, prompts: int) -> str:
     return f"{prompts} held-out prompts, " + (" and ".join(when) or "never evaluated (eval_strategy no)")
 
 
-WEIGHTS = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "adapter_model.safetensors",
-    "pytorch_model.bin",
-)
-
-
 def checkpoint_problem(checkpoint: Path) -> str | None:
     """Why `checkpoint` cannot be resumed from, or None when it is complete.
 
@@ -322,7 +315,7 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
         return "trainer_state.json is incomplete"
     if f"checkpoint-{step}" != checkpoint.name:
         return f"trainer_state.json is of step {step}"
-    if not any((checkpoint / name).is_file() for name in WEIGHTS):
+    if not any(next(checkpoint.glob(pattern), None) for pattern in WEIGHT_FILES):
         return "no model weights"
     if any(checkpoint.glob("global_step*")) and not (checkpoint / "latest").is_file():
         return "DeepSpeed states without their 'latest' tag"

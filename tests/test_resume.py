@@ -118,6 +118,28 @@ def test_a_kill_while_saving_a_checkpoint_resumes_from_the_one_before(
     assert (out / "model.safetensors").read_bytes() == weights
 
 
+@pytest.mark.parametrize(
+    ("files", "problem"),
+    [
+        (["model-00001-of-00002.safetensors", "model.safetensors.index.json"], None),
+        (["pytorch_model-00001-of-00002.bin", "pytorch_model.bin.index.json"], None),  # save_safetensors off
+        (["adapter_model.bin"], None),
+        (["training_args.bin", "optimizer.pt"], "no model weights"),
+    ],
+)
+def test_a_checkpoint_is_complete_with_its_weights_in_any_form_transformers_saves(
+    tmp_path: Path, files: list[str], problem: str | None
+) -> None:
+    from reasoningner.training import checkpoint_problem
+
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    for name in files:
+        (checkpoint / name).write_bytes(b"x")
+    assert checkpoint_problem(checkpoint) == problem
+
+
 def steps(out: Path) -> list[dict]:
     """Each step's training log row (TRL's token count included), without the timings."""
     log = json.loads((out / "trainer_state.json").read_text())["log_history"]
