@@ -56,7 +56,7 @@ from reasoningner.metrics import MATCH_MODES, Counts, Scorer, multiset_counts
 from reasoningner.readers import DataError, Dataset, OnError, PathLike, _read_text, read_dataset
 from reasoningner.results import NORMAL, ErrorCounts, Evaluation
 from reasoningner.rewards import reasoningie_answer, reasoningie_entities, reasoningie_key
-from reasoningner.spans import Example, Span, check_span
+from reasoningner.spans import Example, Span, check_span, spans_from_dicts
 
 LAYOUTS = ("llamafactory", "spans", "outputs")
 COMPAT = ("none", "llms4ner", "reasoningie")
@@ -147,11 +147,9 @@ def _prediction(layout: str, number: int, index: int, line: str) -> PredictionLi
     if layout == "spans":
         if not isinstance(value, dict) or not isinstance(value.get("text"), str):
             raise ValueError("expected an object with a 'text' string and an 'entities' list")
-        spans = []
-        for entity in value["entities"]:
-            span = Span(int(entity["start"]), int(entity["end"]), str(entity["label"]))
+        spans = list(spans_from_dicts(value["entities"]))
+        for span, entity in zip(spans, value["entities"], strict=True):
             check_span(span, value["text"], expected_text=entity.get("text"))
-            spans.append(span)
         ungrounded = [(str(e["text"]), str(e["label"])) for e in value.get("ungrounded", [])]
         problems = [str(kind) for kind in value.get("problems", [])]
         identifier = value.get("id") if isinstance(value.get("id"), str) else None
