@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import netrc
 import os
 import shutil
@@ -249,14 +250,51 @@ def check_output_dir(recipe: dict[str, Any]) -> list[Check]:
     return [Check("output_dir", "FAIL", f"{output} holds files of no run: choose another output_dir")]
 
 
+def weights_gb(model: str) -> float | None:
+    """The size of a model's weight files, from a local folder or the Hub cache; None when not here."""
+    from huggingface_hub import try_to_load_from_cache
+
+    folder = Path(model)
+    if folder.is_dir():
+        return sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 2**30 or None
+    if not is_hub_id(model):
+        return None
+    index = try_to_load_from_cache(model, "model.safetensors.index.json")
+    if isinstance(index, str):
+        return json.loads(Path(index).read_text(encoding="utf-8"))["metadata"]["total_size"] / 2**30
+    single = try_to_load_from_cache(model, "model.safetensors")
+    return Path(single).stat().st_size / 2**30 if isinstance(single, str) else None
+
+
+def disk_needed(recipe: dict[str, Any], stage: str) -> tuple[float, str]:
+    """GB a run needs free, and why. Full fine-tuning keeps `save_total_limit` checkpoints and writes one
+    more before deleting the oldest, each the weights and Adam's fp32 master weights and two moments
+    (about 7 times 16-bit weights), then the final model; sized from the weight files when they are
+    here, else `DISK_GB`."""
+    if not needs_gpu(recipe, stage):
+        return DISK_GB["cpu"], "outputs"
+    if stage not in ("sft", "rl") or recipe.get("use_peft"):
+        return DISK_GB["gpu"], "outputs" if stage not in ("sft", "rl") else "LoRA checkpoints"
+    weights = weights_gb(str(recipe.get("model_name_or_path") or ""))
+    if weights is None:
+        return DISK_GB["train-gpu"], "checkpoints (the model's size is not known here)"
+    kept = recipe.get("save_total_limit")
+    copies = (int(kept) + 1) if kept else 3
+    limit = (
+        f"save_total_limit {kept}" if kept else "save_total_limit unset: every checkpoint stays, 3 counted"
+    )
+    why = f"{copies} checkpoints of {weights:.0f} GB of weights with their optimizer states ({limit})"
+    return weights * (7 * copies + 1), why
+
+
 def check_disk(recipe: dict[str, Any], stage: str) -> list[Check]:
     folder = Path(recipe.get("output_dir") or ".").resolve()
     while not folder.exists():
         folder = folder.parent
     free = shutil.disk_usage(folder).free / 2**30
-    kind = ("train-gpu" if stage in ("sft", "rl") else "gpu") if needs_gpu(recipe, stage) else "cpu"
-    status = "ok" if free >= DISK_GB[kind] else "FAIL"
-    return [Check("disk", status, f"{free:.0f} GB free under {folder}, {DISK_GB[kind]} GB wanted")]
+    needed, why = disk_needed(recipe, stage)
+    status = "ok" if free >= needed else "FAIL"
+    return [Check("disk", status, f"{free:.0f} GB free under {folder}, {needed:.0f} GB wanted for {why}")]
 
 
 def check_chat_template(recipe: dict[str, Any], stage: str) -> list[Check]:

@@ -346,3 +346,24 @@ def test_doctor_reads_the_recipe_as_the_stage_does(tmp_path: Path) -> None:
     assert doctor.check_settings(tiny_rl, "rl", ("--reward_funcs", "format", "f1"))[0].status == "FAIL"
     both = ("--reward_funcs", "format", "f1", "--reward_weights", "1", "10")
     assert doctor.check_settings(tiny_rl, "rl", both)[0].status == "ok"
+
+
+def test_the_disk_a_full_fine_tuning_run_needs_is_sized_from_its_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each checkpoint holds Adam's fp32 states besides the weights, and one more is written before the
+    oldest goes: an 8B run passed a fixed 200 GB and would fill the disk at its third save."""
+    model = tmp_path / "model"
+    model.mkdir()
+    with open(model / "model.safetensors", "wb") as weights:
+        weights.truncate(2 * 2**30)  # 2 GB, sparse
+    recipe = {"model_name_or_path": str(model), "output_dir": str(tmp_path), "save_total_limit": 2}
+    usage = namedtuple("usage", "total used free")
+    for free_gb, status in ((40, "FAIL"), (50, "ok")):  # 2 GB x (7 x 3 checkpoints + the final model)
+        monkeypatch.setattr(shutil, "disk_usage", lambda path, gb=free_gb: usage(0, 0, gb * 2**30))
+        [check] = doctor.check_disk(recipe, "sft")
+        assert check.status == status and "44 GB wanted for 3 checkpoints of 2 GB" in check.message
+    [lora] = doctor.check_disk({**recipe, "use_peft": True}, "sft")
+    assert lora.status == "ok" and "20 GB wanted for LoRA checkpoints" in lora.message
+    [unknown] = doctor.check_disk({**recipe, "model_name_or_path": "owner/not-cached"}, "sft")
+    assert unknown.status == "FAIL" and "200 GB wanted" in unknown.message
