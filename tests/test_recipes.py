@@ -489,8 +489,9 @@ def test_accelerate_config_loads_as_accelerate_launch_reads_it(path: Path) -> No
 # --- SLURM scripts, with stand-ins for srun, scontrol, the launchers and the server -------------------
 
 FAKES = {
-    "srun": "while [[ $1 == --* ]]; do shift; done\n"
-    'for ((i = 0; i < SLURM_NNODES; i++)); do SLURM_NODEID=$i "$@"; done',
+    "srun": "count=$SLURM_NNODES\n"
+    "while [[ $1 == --* ]]; do [[ $1 == --nodes=* ]] && count=${1#--nodes=}; shift; done\n"
+    'for ((i = 0; i < count; i++)); do SLURM_NODEID=$i "$@"; done',
     "scontrol": "printf 'node-a\\nnode-b\\n'",
     # The health check answers once the background server has started (recorded its command).
     "curl": """for _ in $(seq 200); do grep -q '^vllm' "$CALLS" 2>/dev/null && exit 0; sleep 0.05; done""",
@@ -527,6 +528,30 @@ def test_train_slurm_starts_one_launcher_per_node_with_its_rank(tmp_path: Path) 
     )
     doctor = "reasoningner doctor recipes/qwen3-8b/rl.yaml --stage rl --num-gpus 8 --args --run_name a\\ b "
     assert calls == [doctor, common.format(0), common.format(1)]
+
+
+def test_train_slurm_serves_grpo_on_the_last_node_of_its_allocation(tmp_path: Path) -> None:
+    """A server job of its own would be requeued apart from the trainer, which then asks a stale address."""
+    calls = run_slurm(
+        "train.slurm",
+        ["rl", "recipes/qwen3-8b/rl.yaml", "recipes/accelerate/zero3.yaml"],
+        {"SLURM_NNODES": "3", "SLURM_JOB_NODELIST": "node-[a-c]", "VLLM_MODEL": "outputs/qwen3-8b/sft"},
+        tmp_path,
+        scontrol="printf 'node-a\\nnode-b\\nnode-c\\n'",
+        curl="""for _ in $(seq 200); do grep -q '^trl' "$CALLS" 2>/dev/null && exit 0; sleep 0.05; done""",
+    )
+    assert calls[1].startswith("trl vllm-serve --model outputs/qwen3-8b/sft --host 0.0.0.0 --port 8000 ")
+    common = (
+        "accelerate launch --config_file recipes/accelerate/zero3.yaml --num_machines 2 --num_processes 16 "
+        "--machine_rank {} --main_process_ip node-a --main_process_port 29500 "
+        "stages/rl.py --config recipes/qwen3-8b/rl.yaml "
+        "--vllm_mode server --vllm_enable_sleep_mode false --vllm_server_base_url http://node-c:8000"
+    )
+    assert calls[2:] == [common.format(0), common.format(1)]
+    with pytest.raises(subprocess.CalledProcessError):  # one node cannot both serve and train
+        run_slurm("train.slurm", ["rl", "recipes/qwen3-8b/rl.yaml", "recipes/accelerate/zero3.yaml"],
+                  {"SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "node-a", "VLLM_MODEL": "m"},
+                  tmp_path / "one", scontrol="echo node-a")  # fmt: skip
 
 
 def test_cot_slurm_annotates_its_array_shard_against_the_local_server(tmp_path: Path) -> None:
