@@ -1087,9 +1087,14 @@ class OffsetJsonFormat(_EntryListFormat):
         start = _as_int(entry.get("start"), "start", built)
         end = _as_int(entry.get("end"), "end", built)
         stated = start is not None and end is not None
-        if stated and 0 <= start < end <= len(built.text) and built.text[start:end] == mention:  # type: ignore[operator]
-            built.add(start, end, label)  # type: ignore[arg-type]
-            return
+        if stated and 0 <= start < end <= len(built.text):  # type: ignore[operator]
+            covered = built.text[start:end]  # type: ignore[misc]
+            if (
+                mention and covered.strip() == mention
+            ):  # the stated text, whitespace it stated around it aside
+                lead = len(covered) - len(covered.lstrip())
+                built.add(start + lead, start + lead + len(mention), label)  # type: ignore[operator]
+                return
         if not stated or self.reground:  # no offsets to honour (a bad_entry), or the lenient reading
             if stated:
                 built.problem("offset_mismatch", f"{start}:{end} does not hold {mention!r}")

@@ -498,6 +498,11 @@ def test_offset_json_states_its_offsets_and_regrounds_only_when_asked() -> None:
     assert texts(no_offsets, text) == [("Paris Hilton", "PER")] and kinds(no_offsets) == {"bad_entry"}
     strings = fmt.parse('[{"text": "Paris", "label": "LOC", "start": "13", "end": 18.0}]', text, SCHEMA)
     assert [s.start for s in strings.spans] == [13] and kinds(strings) == {"bad_entry"}
+    # offsets that hold the stated text with the whitespace it stated around it: that text
+    padded = fmt.parse(
+        f'[{{"text": " {text[13:18]} ", "label": "LOC", "start": 12, "end": 19}}]', text, SCHEMA
+    )
+    assert texts(padded, text) == [("Paris", "LOC")] and padded.spans[0].start == 13 and padded.ok
 
 
 def test_offset_json_shifted_offsets_score_nothing_in_exact_mode() -> None:
