@@ -389,10 +389,9 @@ class ResumableArguments:
     def job_ending(self, interval: float = 0.0) -> bool:
         """Whether the job's time limit is closer than `stop_before_job_end` plus `interval` (the time
         the stage takes to its next point of stopping)."""
-        left = seconds_left()
-        return (
-            bool(self.stop_before_job_end) and left is not None and left < self.stop_before_job_end + interval
-        )
+        margin = self.stop_before_job_end
+        left = seconds_left(margin) if margin else None
+        return left is not None and left < margin + interval
 
 
 @dataclass

@@ -79,7 +79,7 @@ from reasoningner.configs import GOLD_TEMPLATE, CoTArguments, GenerationArgument
 from reasoningner.files import JSONL_ERRORS, complete_lines, exclusive, write_whole
 from reasoningner.formats import CONTENT_PROBLEMS, OutputFormat, ParseResult, get_format, split_answer
 from reasoningner.generation import OUTPUT_OPTIONS, Completion, ConversationFailed, GenerationError
-from reasoningner.jobs import requeue
+from reasoningner.jobs import stop
 from reasoningner.metrics import MatchMode, example_f1
 from reasoningner.prompts import prompt_hash, teacher_instruction
 from reasoningner.rationale import consistency, gold_template_rationale
@@ -449,8 +449,15 @@ def _outcomes(
     retries = 0 if local_greedy else INCOMPLETE_RETRIES
     failed_in_a_row = 0
     spent: Counter[str] = Counter()  # completion tokens of every sample of every try of a sentence
+    chunk_seconds = 0.0  # how long the last chunk took
     with generation.build_generator() as generator:
         for start in range(0, len(tasks), args.chunk_size):
+            if args.job_ending(interval=chunk_seconds):  # not a chunk the job's time limit would cut short
+                stop(
+                    f"cot: stopped before the job's time limit with {start} of {len(tasks)} sentences done "
+                    f"(stop_before_job_end {args.stop_before_job_end:g} s, a chunk {chunk_seconds:.0f} s)"
+                )
+            began = time.monotonic()
             todo, round_ = list(tasks[start : start + args.chunk_size]), 0
             while todo:
                 round_ += 1
@@ -483,6 +490,7 @@ def _outcomes(
                         else:
                             yield task, _no_usable_reply(outcome, round_, tries, spent[task.key])
                 todo = again
+            chunk_seconds = time.monotonic() - began
 
 
 def _by_tries(todo: Sequence[Task], tried: Mapping[str, int], round_: int) -> list[tuple[int, list[Task]]]:
@@ -513,14 +521,10 @@ def teacher_name(generation: GenerationArguments) -> str:
     return f"{generation.backend}:{generation.model_name_or_path}"
 
 
-def annotate(
-    args: CoTArguments, prompt: PromptArguments, generation: GenerationArguments
-) -> dict[str, Any] | None:
+def annotate(args: CoTArguments, prompt: PromptArguments, generation: GenerationArguments) -> dict[str, Any]:
     """Annotate what this shard's output file lacks, failed sentences included; return the report
-    of the whole file (also written to `report_path`), or None when the run stopped before its SLURM
-    job's time limit (`stop_before_job_end`) and asked for the job to be requeued, which continues it.
-    Guarantees: the module docstring. With `overwrite_output_dir` the file is started afresh (under the
-    lock: never under a running writer)."""
+    of the whole file (also written to `report_path`). Guarantees: the module docstring. With
+    `overwrite_output_dir` the file is started afresh (under the lock: never under a running writer)."""
     path = output_path(args)
     tasks = load_tasks(args, prompt)
     teacher = teacher_name(generation)
@@ -532,23 +536,15 @@ def annotate(
         done, tried = resume(path, tasks, teacher, settings)
         todo = [task for task in tasks if task.key not in done]
         started = time.perf_counter()
-        stopped = False
         with (
             path.open("a", encoding="utf-8", errors=JSONL_ERRORS, newline="\n") as out,
             tqdm(total=len(todo), desc="cot", unit="sent") as bar,
-            contextlib.closing(_outcomes(args, prompt, generation, todo, tried)) as outcomes,
         ):
-            for task, outcome in outcomes:
+            for task, outcome in _outcomes(args, prompt, generation, todo, tried):
                 record = build_record(task, outcome, args, prompt, teacher, settings)
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 out.flush()
                 bar.update()
-                if args.job_ending():  # closing the outcomes cancels the requests in flight
-                    stopped = True
-                    break
-        if stopped:
-            print(f"cot: stopped {args.stop_before_job_end:g} s before the job's time limit; {requeue()}")
-            return None
         report = summarize(read_records(path), seconds=time.perf_counter() - started, annotated=len(todo))
         write_whole(report_path(args), json.dumps(report, indent=2) + "\n")
     return report

@@ -1,34 +1,75 @@
 """The SLURM job a stage runs in: whether this attempt is a requeued one, how long the job has left,
-and asking SLURM to run it again. Outside a SLURM job none of it applies and a stage runs as it would.
+and ending an attempt so that SLURM runs the job again. Outside a SLURM job none of it applies and a
+stage runs as it would.
 
 A job killed at its time limit ends as TIMEOUT, which SLURM never requeues, and loses the steps since
 its last checkpoint; so a stage stops a little before the limit, at a point it resumes from exactly,
-and asks for the job to be queued again (`requeue`). A requeued job runs its first command line again.
+and ends the attempt with `stop`. A requeued job runs its first command line again.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import subprocess
 import time
+from typing import NoReturn
+
+logger = logging.getLogger(__name__)
+
+# The exit status of a stage that stopped before its job's time limit (sysexits' EX_TEMPFAIL: try
+# again): a job SLURM cannot requeue then ends failed, and nothing waiting on it takes an unfinished
+# output for a finished one.
+STOPPED = 75
 
 
 def requeued() -> bool:
-    """Whether this is a requeued attempt of a job (preempted, a node that failed, `requeue`): SLURM
-    counts them in `SLURM_RESTART_COUNT`, which every task of the job inherits."""
+    """Whether this is a requeued attempt of a job (preempted, a node that failed, `stop`): SLURM counts
+    them in `SLURM_RESTART_COUNT`, which every task of the job inherits."""
     return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
 
 
-def seconds_left() -> float | None:
-    """Seconds until the job's time limit (`SLURM_JOB_END_TIME`, a Unix time SLURM sets in every job's
-    environment), or None outside a job or without a limit."""
-    end = os.environ.get("SLURM_JOB_END_TIME", "")
-    return int(end) - time.time() if end.isdigit() and int(end) > 0 else None
+def _unix_time(name: str) -> int | None:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def seconds_left(margin: float) -> float | None:
+    """Seconds until the job's time limit (`SLURM_JOB_END_TIME`, a Unix time SLURM sets in a job's
+    environment); None outside a job, without a limit, or with a limit no longer than `margin` (a
+    stage stopping that far ahead would stop at once in every attempt: it runs on, with a warning)."""
+    end = _unix_time("SLURM_JOB_END_TIME")
+    if end is None:
+        return None
+    start = _unix_time("SLURM_JOB_START_TIME")
+    if start is not None and end - start <= margin:
+        _too_short(end - start, margin)
+        return None
+    return end - time.time()
+
+
+@functools.cache
+def _too_short(limit: int, margin: float) -> None:
+    logger.warning(
+        "the job's time limit (%d s) is no longer than stop_before_job_end (%g s): the stage will not "
+        "stop before it, and a kill at the limit loses the steps since the last checkpoint",
+        limit,
+        margin,
+    )
+
+
+def stop(message: str, main_process: bool = True) -> NoReturn:
+    """End this attempt: say why, ask SLURM (from the main process) to queue the job again, exit with
+    `STOPPED`."""
+    if main_process:
+        print(f"{message}; {requeue()}", flush=True)
+    raise SystemExit(STOPPED)
 
 
 def requeue() -> str:
-    """Ask SLURM to queue this job again (`scontrol requeue`): what happened, in words. It ends this
-    attempt and starts the job's script anew once SLURM schedules it."""
+    """Ask SLURM to queue this job again (`scontrol requeue`): what happened, in words. SLURM ends this
+    attempt and starts the job's script anew once it schedules it."""
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
         return "not a SLURM job: relaunch the same command to resume"

@@ -34,7 +34,7 @@ from reasoningner.configs import (
     require_model,
 )
 from reasoningner.doctor import stale_build_locks
-from reasoningner.jobs import requeue
+from reasoningner.jobs import stop
 from reasoningner.model_card import hub_repository, publish, run_folder, write_model_card
 from reasoningner.prompts import check_wording
 from reasoningner.tracking import (
@@ -490,31 +490,49 @@ class _StopAtLastStep(TrainerCallback):
             raise _RunFinished
 
 
+class _JobEnding(Exception):
+    """Raised by `_StopBeforeJobEnd` once its checkpoint is saved, to leave `Trainer.train` at once: the
+    end of training (the best model loaded, W&B's final artifact, rotations) is not this attempt's."""
+
+
 class _StopBeforeJobEnd(TrainerCallback):
-    """Saves a checkpoint and stops training at the last point a run resumes from exactly (`resume_points`)
-    before the SLURM job's time limit would cut the next interval short (`ResumableArguments.job_ending`,
-    the interval measured as the last one took): a job killed at its limit is never requeued and loses
-    the steps since its last checkpoint. Every rank stops at the same step, as rank 0 decides."""
+    """Saves a checkpoint at the last point a run resumes from exactly (`resume_points`) before the SLURM
+    job's time limit would cut the next interval short (`ResumableArguments.job_ending`: the interval
+    as the last one took, and an evaluation due at this step as the last one took), then ends the
+    attempt: a job killed at its limit is never requeued and loses the steps since its last checkpoint.
+    The step's own logging, evaluation and save run first, as in a run never stopped. Every rank stops
+    at the same step, as rank 0 decides."""
 
     def __init__(self, job: ResumableArguments, every: int) -> None:
         self.job, self.every = job, every
-        self.mark = time.monotonic()
-        self.stopped_at: int | None = None
+        self.mark = self.step_ended = time.monotonic()
+        self.evaluation = 0.0  # how long the last evaluation took
+        self.stopping_at: int | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.mark = time.monotonic()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.step_ended = time.monotonic()
         if state.global_step % self.every or state.global_step >= state.max_steps:
             return
-        now = time.monotonic()
-        stop = [self.job.job_ending(interval=now - self.mark)]
-        self.mark = now
+        ahead = self.step_ended - self.mark + (self.evaluation if control.should_evaluate else 0.0)
+        self.mark = self.step_ended
+        stop = [self.job.job_ending(interval=ahead)]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.broadcast_object_list(stop, src=0)  # clocks and steps' ends differ by rank
         if stop[0]:
-            control.should_save = control.should_training_stop = True
-            self.stopped_at = state.global_step
+            control.should_save = True  # `save_strategy: best` may drop it at an evaluation: stop later
+            self.stopping_at = state.global_step
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.evaluation = time.monotonic() - self.step_ended
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.stopping_at == state.global_step:
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.barrier()  # every rank's part of the checkpoint is written
+            raise _JobEnding
 
 
 RESUME_RECORD = "resume_state.pt"
@@ -619,9 +637,10 @@ class _ResumeRecord(TrainerCallback):
                 shutil.copy2(Path(self.trainer.args.output_dir) / name, checkpoint / name)
 
 
-def train_from(stage: str, trainer: Any, checkpoint: str | None, job: ResumableArguments) -> bool:
-    """`trainer.train` from `checkpoint`; False when it stopped before the SLURM job's time limit (a
-    checkpoint saved, the job asked to requeue: `_StopBeforeJobEnd`), the run then being unfinished.
+def train_from(stage: str, trainer: Any, checkpoint: str | None, job: ResumableArguments) -> None:
+    """`trainer.train` from `checkpoint`, until the end of training or, in a SLURM job about to reach its
+    time limit, until a checkpoint saved in time (`_StopBeforeJobEnd`): then the attempt ends there
+    (`jobs.stop`: the job requeued, exit status `jobs.STOPPED`).
 
     A run whose checkpoint is at its last step stops with that checkpoint's weights and state loaded:
     transformers (5.24) would take one step past `max_steps` from it, so a run killed after its last
@@ -630,10 +649,9 @@ def train_from(stage: str, trainer: Any, checkpoint: str | None, job: ResumableA
     and the callbacks' end of training (W&B's model artifact); the final speed and loss row is not
     logged, as no step was taken."""
     trainer.add_callback(_StopAtLastStep())
-    job_end = _StopBeforeJobEnd(job, resume_points(trainer.args))
-    trainer.add_callback(job_end)
     record = _ResumeRecord(trainer, checkpoint)
     trainer.add_callback(record)
+    trainer.add_callback(_StopBeforeJobEnd(job, resume_points(trainer.args)))  # last: every on_save runs
     build_sampler = trainer._get_train_sampler
     trainer._get_train_sampler = lambda *args, **kwargs: record.wrap(build_sampler(*args, **kwargs))
     save_rng_state = trainer._save_rng_state
@@ -653,15 +671,12 @@ def train_from(stage: str, trainer: Any, checkpoint: str | None, job: ResumableA
         if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint is not None:
             trainer._load_best_model()
         trainer.control = trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
-    if job_end.stopped_at is None:
-        return True
-    if trainer.accelerator.is_main_process:
-        print(
-            f"{stage}: stopped at checkpoint-{job_end.stopped_at}, {job.stop_before_job_end:g} s and one "
-            f"checkpoint interval before the job's time limit; {requeue()}",
-            flush=True,
+    except _JobEnding:
+        stop(
+            f"{stage}: stopped at checkpoint-{trainer.state.global_step}, the last before the job's time "
+            f"limit (stop_before_job_end {job.stop_before_job_end:g} s)",
+            trainer.accelerator.is_main_process,
         )
-    return False
 
 
 def describe_run(

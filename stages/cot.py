@@ -38,8 +38,6 @@ def main(args: CoTArguments, prompt: PromptArguments, generation: GenerationArgu
         report = json.loads((path.parent / REPORT).read_text(encoding="utf-8"))
     else:
         path, report = output_path(args), annotate(args, prompt, generation)
-        if report is None:  # stopped before the job's time limit: the requeued job continues it
-            return
     # The manifest and W&B run describe annotations.jsonl, of an unsharded run or of the merge: a shard's
     # report is its own (report.shard-i-of-n.json), and shards writing one manifest at once would clash.
     if args.merge or args.shard_index()[1] == 1:

@@ -114,9 +114,9 @@ def main(
     if warning := answer_only_warning(script_args.reward_funcs, prompt.reasoning):
         trainer.accelerator.print(f"rl: warning: {warning}")
     describe_run("rl", trainer, start, contract, corpora)
-    if train_from("rl", trainer, start.checkpoint, script_args):
-        save_final(trainer, training_args.output_dir, script_args.merge_lora, contract)
-        finish_trainer_stage("rl", trainer, start, corpora)
+    train_from("rl", trainer, start.checkpoint, script_args)
+    save_final(trainer, training_args.output_dir, script_args.merge_lora, contract)
+    finish_trainer_stage("rl", trainer, start, corpora)
 
 
 if __name__ == "__main__":

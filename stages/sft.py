@@ -79,9 +79,9 @@ def main(
             "their end of turn: raise max_length"
         )
     describe_run("sft", trainer, start, contract, corpora)
-    if train_from("sft", trainer, start.checkpoint, script_args):
-        save_final(trainer, training_args.output_dir, script_args.merge_lora, contract)
-        finish_trainer_stage("sft", trainer, start, corpora)
+    train_from("sft", trainer, start.checkpoint, script_args)
+    save_final(trainer, training_args.output_dir, script_args.merge_lora, contract)
+    finish_trainer_stage("sft", trainer, start, corpora)
 
 
 if __name__ == "__main__":

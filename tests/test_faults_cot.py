@@ -593,32 +593,43 @@ def test_a_relaunch_with_other_thresholds_or_sampling_is_refused_and_one_that_ru
     assert len(settings) == 1
 
 
-def test_a_run_near_its_job_s_time_limit_stops_and_requeues_and_its_requeued_job_completes_the_file(
+def test_a_run_near_its_job_s_time_limit_stops_between_chunks_and_its_requeued_job_completes_the_file(
     tmp_path: Path, slurm_job: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A job killed at its time limit is never requeued: stage 1 stops in time, asks for a requeue and
-    writes no report or manifest of a file it has not completed; the requeued job repeats the first
-    command line (`--overwrite_output_dir true` too) and continues the file rather than empty it."""
+    """A job killed at its time limit is never requeued and loses the chunk in flight: stage 1 starts no
+    chunk the limit would cut short (a chunk as long as the last), keeps every record it has, asks for
+    a requeue and exits with `jobs.STOPPED`, writing no report or manifest of an unfinished file; the
+    requeued job repeats the first command line (`--overwrite_output_dir true` too) and continues the
+    file rather than empty it."""
+    from reasoningner import configs, jobs
+
     inputs = [write_inputs(tmp_path / "in.jsonl", 6)]
     prompt = PromptArguments()
-    annotate(cot_args(tmp_path / "uninterrupted", inputs), prompt, GOLD)
-    out = tmp_path / "out"
-    stage = load_stage("cot")
-    command = ["--datasets", str(inputs[0]), "--output_dir", str(out), "--backend", "gold-template",
-               "--overwrite_output_dir", "true"]  # fmt: skip
-    monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 600))  # under the default 900 s
-    stage.main(*stage.make_parser().parse_args_and_config(command))
-    assert len(read_records(out / "annotations.jsonl")) == 1
-    assert slurm_job.read_text() == "requeue 4242\n"
-    assert not (out / "report.json").exists() and not (out / "manifest.json").exists()
+    out, stage = tmp_path / "out", load_stage("cot")
+    with teacher(replies(load_tasks(cot_args(out, inputs), prompt)), lambda p, a: "right") as server:
+        uninterrupted = annotate(
+            cot_args(tmp_path / "uninterrupted", inputs), prompt, openai(server.base_url)
+        )
+        options = json.dumps(backend_options(server.base_url))
+        command = ["--datasets", str(inputs[0]), "--output_dir", str(out), "--backend", "openai",
+                   "--model_name_or_path", "teacher", "--backend_options", options, "--chunk_size", "2",
+                   "--overwrite_output_dir", "true"]  # fmt: skip
+        left = iter([3600.0, 3600.0, 600.0])  # the third chunk would start 600 s before the limit
+        monkeypatch.setattr(configs, "seconds_left", lambda margin: next(left))
+        with pytest.raises(SystemExit) as stopped:
+            stage.main(*stage.make_parser().parse_args_and_config(command))
+        assert stopped.value.code == jobs.STOPPED
+        assert len(read_records(out / "annotations.jsonl")) == 4  # two whole chunks
+        assert slurm_job.read_text() == "requeue 4242\n"
+        assert not (out / "report.json").exists() and not (out / "manifest.json").exists()
 
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    monkeypatch.delenv("SLURM_JOB_END_TIME")
-    stage.main(*stage.make_parser().parse_args_and_config(command))
-    assert (out / "annotations.jsonl").read_text() == (
-        tmp_path / "uninterrupted" / "annotations.jsonl"
-    ).read_text()
-    assert json.loads((out / "report.json").read_text())["annotated_this_run"] == 5
+        monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+        monkeypatch.setattr(configs, "seconds_left", lambda margin: None)  # a limit far off, or none
+        stage.main(*stage.make_parser().parse_args_and_config(command))
+    lines = sorted((out / "annotations.jsonl").read_text().splitlines())
+    assert lines == sorted((tmp_path / "uninterrupted" / "annotations.jsonl").read_text().splitlines())
+    report = json.loads((out / "report.json").read_text())
+    assert (report["annotated_this_run"], report["accepted"]) == (2, uninterrupted["accepted"])
 
 
 def test_records_written_before_they_carried_settings_still_resume(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from reasoningner import jobs
 from reasoningner.configs import (
     CoTArguments,
     GenerationArguments,
@@ -293,7 +294,9 @@ def test_a_run_near_its_job_s_time_limit_stops_at_a_checkpoint_and_its_requeued_
     command = sft_args(tiny_model_dir, annotations, stopped, *every_fourth, "--overwrite_output_dir", "true")
     # 600 s left, under the default 900 s: step 1 ends the attempt.
     monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 600))
-    stage.main(*stage.make_parser().parse_args_and_config(command))
+    with pytest.raises(SystemExit) as ended:
+        stage.main(*stage.make_parser().parse_args_and_config(command))
+    assert ended.value.code == jobs.STOPPED  # a job SLURM cannot requeue fails: it is not finished
     out = capsys.readouterr().out
     assert "sft: stopped at checkpoint-1" in out and "job 4242 requeued" in out
     assert slurm_job.read_text() == "requeue 4242\n"
@@ -320,7 +323,7 @@ def test_a_grpo_run_stops_for_its_job_s_end_only_where_a_generation_cycle_ends(
 
     from transformers import TrainerControl
 
-    from reasoningner.training import _StopBeforeJobEnd, resume_points
+    from reasoningner.training import _JobEnding, _StopBeforeJobEnd, resume_points
 
     args = SimpleNamespace(
         steps_per_generation=per_generation,
@@ -331,20 +334,47 @@ def test_a_grpo_run_stops_for_its_job_s_end_only_where_a_generation_cycle_ends(
     assert resume_points(SimpleNamespace(gradient_accumulation_steps=accumulation)) == 1  # SFT
     monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 60))  # the limit is near from the start
     callback = _StopBeforeJobEnd(TrainerScriptArguments(train_files=["x"]), every)
-    stopped_at = []
+    saved_at = []
     for step in range(1, 13):
+        control, state = TrainerControl(), SimpleNamespace(global_step=step, max_steps=12)
+        callback.on_step_end(args, state, control)
+        if control.should_save:
+            saved_at.append(step)
+            with pytest.raises(_JobEnding):  # once saved: the attempt ends
+                callback.on_save(args, state, control)
+        else:
+            callback.on_save(args, state, control)  # another save (a strategy's) goes on
+    assert saved_at == list(range(every, 12, every))
+
+
+def test_the_time_a_run_stops_before_its_job_s_limit(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """Its margin (0: never), the interval to the next point it may stop, an evaluation due there; and a
+    job no longer than the margin, which would stop at once in every attempt, does not stop at all."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    from reasoningner.training import _StopBeforeJobEnd
+
+    now = int(time.time())
+    monkeypatch.setenv("SLURM_JOB_END_TIME", str(now + 3600))
+    args, state = SimpleNamespace(), SimpleNamespace(global_step=1, max_steps=12)
+    for margin, stops in ((900, False), (3600, True), (0, False)):
         control = TrainerControl()
-        callback.on_step_end(args, SimpleNamespace(global_step=step, max_steps=12), control)
-        if control.should_training_stop:
-            assert control.should_save
-            stopped_at.append(step)
-    assert stopped_at == [step for step in range(every, 12, every)]
-    monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 3600))
-    for margin, stops in ((900, False), (3600, True), (0, False)):  # 0: never
-        control = TrainerControl()
-        callback = _StopBeforeJobEnd(TrainerScriptArguments(train_files=["x"], stop_before_job_end=margin), 1)
-        callback.on_step_end(args, SimpleNamespace(global_step=1, max_steps=12), control)
-        assert control.should_training_stop is stops
+        job = TrainerScriptArguments(train_files=["x"], stop_before_job_end=margin)
+        _StopBeforeJobEnd(job, 1).on_step_end(args, state, control)
+        assert control.should_save is stops
+    job = TrainerScriptArguments(train_files=["x"], stop_before_job_end=900)
+    assert job.job_ending(interval=3000) and not job.job_ending(interval=2000)
+    callback = _StopBeforeJobEnd(job, 1)
+    callback.evaluation = 3000.0  # the last evaluation took that long, and one is due at this step
+    control = TrainerControl(should_evaluate=True)
+    callback.on_step_end(args, state, control)
+    assert control.should_save
+    monkeypatch.setenv("SLURM_JOB_START_TIME", str(now + 3600 - 600))  # a 10-minute job
+    with caplog.at_level(logging.WARNING, logger="reasoningner.jobs"):
+        assert not TrainerScriptArguments(train_files=["x"]).job_ending(interval=10_000)
+    assert "no longer than stop_before_job_end" in caplog.text
 
 
 @pytest.mark.parametrize(
