@@ -465,11 +465,11 @@ def _label_set(instruction: str) -> Schema | None:
 
 def _inline_spans(output: str, labels: Sequence[str], text: str) -> tuple[str, list[Span]]:
     """The spans of inline markup (`formats`' grammar) over the output without it: XML's reading when it
-    finds tags and reads cleanly, else brackets' when they give back the input `text` (a sentence of a
-    bracketed file may hold tag-like text, `a <b> Ann`); malformed markup is a ValueError naming its
-    character."""
+    finds tags and gives back the input `text` cleanly, else brackets' when they do (a sentence of a
+    bracketed file may hold tag-like text, `a <b> Ann`, `<i>Ann</i> said`); malformed markup is a
+    ValueError naming its character."""
     markup = FORMATS["xml"].markup(output, labels)  # type: ignore[attr-defined]
-    if not markup.spans or markup.errors:
+    if not markup.spans or markup.errors or markup.clean != text:
         bracketed = FORMATS["bracketed"].markup(output, labels)  # type: ignore[attr-defined]
         if not (markup.spans or markup.errors) or (not bracketed.errors and bracketed.clean == text):
             markup = bracketed
@@ -531,8 +531,13 @@ def _alpaca_record(record: Any, schema: Schema | None) -> tuple[str, list[Span],
     with inline markup, or an answer in one of the JSON formats (LLMs4NER's JSON-variant files)."""
     text, output = _require(record, "input", str), _require(record, "output", str)
     stated = _label_set(_require(record, "instruction", str)) if "instruction" in record else None
-    known = schema or stated
     value = _json_output(output) if output != text else None
+    # A headerless block is a guess (`_label_set`): one that misses a label the output uses was some other
+    # `Word: text` line of the instruction. A JSON output's labels are compared before it is read with them.
+    guessed = stated is not None and "Label Set:" not in record["instruction"]
+    if guessed and value is not None and not set(_json_labels(value)) <= set(stated.labels):  # type: ignore[union-attr]
+        stated = None
+    known = schema or stated
     if value is not None:
         spans, merged = _json_spans(value, text, known)
     else:
@@ -548,10 +553,8 @@ def _alpaca_record(record: Any, schema: Schema | None) -> tuple[str, list[Span],
             )
         unique = list(dict.fromkeys(spans))
         merged = [f"{s.label} {s.start}:{s.end}" for s in unique if spans.count(s) > 1]
-    if stated is not None and "Label Set:" not in record["instruction"]:
-        # A headerless block is a guess (`_label_set`): one that misses a label the output uses was some
-        # other `Word: text` line of the instruction.
-        stated = stated if {s.label for s in spans} <= set(stated.labels) else None
+    if guessed and stated is not None and not {s.label for s in spans} <= set(stated.labels):
+        stated = None
     return text, spans, stated, merged
 
 
@@ -871,7 +874,7 @@ def sniff(path: PathLike) -> str:
     A file whose first non-blank character is `[` (JSON array) or `{` (JSONL) is a JSON format,
     told apart by the keys of the first record: `sentence` and `entities` -> nercot or instructuie
     (`sentence_layout`); `input` and `output` -> alpaca; `text` -> jsonl. Any other file is CoNLL, as
-    is one whose first line is a token and a BIO tag.
+    is one that is not JSON and whose first line is a token and a BIO tag.
     """
     from reasoningner.sources import is_source
 
@@ -879,10 +882,15 @@ def sniff(path: PathLike) -> str:
         return "hf"
     text = _read_text(path)
     start = _WHITESPACE.match(text).end()
-    first_line = text[start:].split("\n", 1)[0].split()
-    if not text.startswith(("[", "{"), start) or _CONLL_TAG.fullmatch(first_line[-1]) and len(first_line) > 1:
-        return "conll"  # a CoNLL file may start with the token `[` or `{`
-    first = next(_json_items(path, text, _Collector(path, None, "raise", "")), (0, 0, None))[2]
+    if not text.startswith(("[", "{"), start):
+        return "conll"
+    try:
+        first = next(_json_items(path, text, _Collector(path, None, "raise", "")), (0, 0, None))[2]
+    except DataError:
+        columns = text[start:].split("\n", 1)[0].split()
+        if len(columns) > 1 and _CONLL_TAG.fullmatch(columns[-1]):
+            return "conll"  # a CoNLL file whose first token is `[` or `{`
+        raise
     if first is None:
         raise DataError(path, None, "holds no sentences (an empty JSON list)")
     keys = set(first) if isinstance(first, dict) else set()

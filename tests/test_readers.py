@@ -594,16 +594,23 @@ def test_a_conll_token_may_hold_a_no_break_space_and_a_file_may_start_with_a_bra
     assert sniff(bracket) == "conll"
     assert read_dataset(bracket).examples == read_conll(bracket).examples
     assert sniff(write(tmp_path / "c.jsonl", json.dumps(GOOD) + "\n")) == "alpaca"
+    ending_like_a_tag = {"entities": [], "text": "an E-commerce"}  # JSON whose last word looks like a tag
+    assert sniff(write(tmp_path / "d.jsonl", json.dumps(ending_like_a_tag) + "\n")) == "jsonl"
+    with pytest.raises(DataError, match="invalid JSON"):
+        sniff(write(tmp_path / "e.json", '[{"text": '))
 
 
 def test_written_alpaca_reads_back_or_is_refused_before_anything_is_lost(tmp_path: Path) -> None:
     schema = Schema(("PER", "LOC"), {"PER": "a person\nor an animal", "LOC": "a place"})
     tagged = Example("a <b> Ann in Rome", (Span(6, 9, "PER"), Span(13, 17, "LOC")), schema, "x")
     untagged = Example("a <b> tag", (), schema, "y")
+    paired = Example("x <b>y</b> Ann", (Span(11, 14, "PER"),), schema, "z")
+    italic = Example("<i>Ann</i> said", (Span(3, 6, "PER"),), schema, "w")
+    written = [tagged, untagged, paired, italic]
     path = tmp_path / "a.json"
-    write_alpaca(Dataset([tagged, untagged], schema, "d"), path, "bracketed")
+    write_alpaca(Dataset(written, schema, "d"), path, "bracketed")
     back = read_alpaca(path)
-    assert [(e.text, e.spans) for e in back.examples] == [(e.text, e.spans) for e in (tagged, untagged)]
+    assert [(e.text, e.spans) for e in back.examples] == [(e.text, e.spans) for e in written]
     assert back.schema == Schema(("PER", "LOC"), {"PER": "a person or an animal", "LOC": "a place"})
     odd = Schema(("ORG:COM", "PER"))
     with pytest.raises(CannotWrite, match=r"label 'ORG:COM'"):
@@ -615,6 +622,9 @@ def test_a_headerless_label_line_is_not_taken_for_the_label_set_when_the_output_
 ) -> None:
     record = {"instruction": "Find entities.\nNote: be careful.", "input": "Ann", "output": "<PER>Ann</PER>"}
     [example] = read_alpaca(write(tmp_path / "a.json", alpaca_json([record]))).examples
+    assert example.spans == (Span(0, 3, "PER"),) and example.schema.labels == ("PER",)
+    as_json = {**record, "output": json.dumps({"PER": ["Ann"]})}
+    [example] = read_alpaca(write(tmp_path / "j.json", alpaca_json([as_json]))).examples
     assert example.spans == (Span(0, 3, "PER"),) and example.schema.labels == ("PER",)
     relabelled = {**record, "instruction": "Find entities.\nPER: a person\nLOC: a place"}  # LLMs4NER's
     [example] = read_alpaca(write(tmp_path / "b.json", alpaca_json([relabelled]))).examples
