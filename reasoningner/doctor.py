@@ -284,7 +284,12 @@ def disk_needed(recipe: dict[str, Any], stage: str) -> tuple[float, str]:
         f"save_total_limit {kept}" if kept else "save_total_limit unset: every checkpoint stays, 3 counted"
     )
     why = f"{copies} checkpoints of {weights:.0f} GB of weights with their optimizer states ({limit})"
-    return weights * (7 * copies + 1), why
+    # A relaunch's checkpoints are on the disk already (used, not free) and make room as they rotate.
+    output = Path(recipe.get("output_dir") or ".")
+    held = sum(f.stat().st_size for f in output.glob("checkpoint-*/**/*") if f.is_file()) / 2**30
+    if held:
+        why += f", less the {held:.0f} GB its checkpoints hold"
+    return max(weights * (7 * copies + 1) - held, 0.0), why
 
 
 def check_disk(recipe: dict[str, Any], stage: str) -> list[Check]:

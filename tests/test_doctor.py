@@ -363,6 +363,17 @@ def test_the_disk_a_full_fine_tuning_run_needs_is_sized_from_its_model(
         monkeypatch.setattr(shutil, "disk_usage", lambda path, gb=free_gb: usage(0, 0, gb * 2**30))
         [check] = doctor.check_disk(recipe, "sft")
         assert check.status == status and "44 GB wanted for 3 checkpoints of 2 GB" in check.message
+    # Relaunched (requeued): its checkpoints hold part of it already.
+    (tmp_path / "checkpoint-100").mkdir()
+    with open(tmp_path / "checkpoint-100" / "optimizer.pt", "wb") as states:
+        states.truncate(14 * 2**30)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(0, 0, 31 * 2**30))
+    [relaunch] = doctor.check_disk(recipe, "sft")
+    assert (
+        relaunch.status == "ok"
+        and "30 GB wanted" in relaunch.message
+        and "less the 14 GB" in relaunch.message
+    )
     [lora] = doctor.check_disk({**recipe, "use_peft": True}, "sft")
     assert lora.status == "ok" and "20 GB wanted for LoRA checkpoints" in lora.message
     [unknown] = doctor.check_disk({**recipe, "model_name_or_path": "owner/not-cached"}, "sft")
