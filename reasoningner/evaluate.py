@@ -64,9 +64,10 @@ output, parsed spans, ungrounded mentions, parse problems, gold, error counts).
 
 A rerun into the same folder (a relaunch after a kill, or a rescoring) asks only what
 `generations.jsonl` has no output for: each output is kept under the fingerprint of what it was
-asked with (`asked`: the prompt, every generation setting and, for a local model, its files'
-contents: a model retrained in place answers anew; a Hub model, by the commit of its snapshot; a
-server's model is known by its name only), and parsed and scored again with today's code.
+asked with (`asked`: the prompt, every generation setting but where and how fast it runs (servers,
+batch sizes, memory: `generation.RUN_OPTIONS`) and, for a local model, its files' contents: a model
+retrained in place answers anew; a Hub model, by the commit of its snapshot; a server's model is known
+by its name only), and parsed and scored again with today's code.
 Earlier outputs this run does not ask for (other sentences: a smaller `limit`, another dataset list;
 other settings or model files) are moved to `generations.other.jsonl`, where a later run that asks them
 finds them again: nothing asked is lost. Delete both files to ask everything again.
@@ -107,7 +108,7 @@ from reasoningner.configs import (
 )
 from reasoningner.files import JSONL_ERRORS, complete_lines, exclusive, write_whole
 from reasoningner.formats import CONTENT_PROBLEMS, ParseResult
-from reasoningner.generation import OUTPUT_OPTIONS, Completion, Generator
+from reasoningner.generation import RUN_OPTIONS, Completion, Generator
 from reasoningner.metrics import MATCH_MODES, Report, Scorer, text_keys
 from reasoningner.predict import FAILED, TOO_LONG, NERModel
 from reasoningner.prompts import prompt_hash
@@ -474,14 +475,13 @@ def _score(
 
 def generation_identity(generation: GenerationArguments) -> str:
     """What decides a model's outputs besides the prompt: the generation settings but the backend options
-    that say only where it runs and how fast (servers, batch sizes, memory: not `OUTPUT_OPTIONS`, so that
-    a relaunch with a smaller batch after running out of memory keeps what was asked) and, for a local
-    model, the contents of its folder's files (sampled for weights, `tracking.fingerprint`); for a
-    Hub model loaded here, the commit of its snapshot (a repository updated since is another model)."""
+    that say only where it runs and how fast (`generation.RUN_OPTIONS`: a relaunch with a smaller batch
+    after running out of memory, or on another server, keeps what was asked) and, for a local model, the
+    contents of its folder's files (sampled for weights, `tracking.fingerprint`); for a Hub model loaded
+    here, the commit of its snapshot (a repository updated since is another model)."""
     options = generation.backend_options or {}
-    settings = asdict(generation) | {
-        "backend_options": {k: options[k] for k in OUTPUT_OPTIONS & options.keys()}
-    }  # type: ignore[operator]
+    kept = {k: v for k, v in options.items() if k not in RUN_OPTIONS}  # type: ignore[union-attr]
+    settings = asdict(generation) | {"backend_options": kept}
     identity: dict[str, Any] = {"generation": settings}
     model = generation.model_name_or_path or ""
     folder = Path(model)

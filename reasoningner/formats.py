@@ -785,12 +785,16 @@ class XmlFormat(_InlineFormat):
 
 
 def joined_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose repeated keys of lists keep every list's entries (`{"PER": ["Ann"], "PER":
-    ["Bob"]}` states both; `json` would keep the last list only); other repeated keys keep the last."""
+    """A JSON object whose repeated keys of lists (or of objects) keep every one's entries (`{"PER":
+    ["Ann"], "PER": ["Bob"]}` states both; `json` would keep the last only); other repeats, the last."""
     joined: dict[str, Any] = {}
     for key, value in pairs:
         earlier = joined.get(key)
-        joined[key] = earlier + value if isinstance(earlier, list) and isinstance(value, list) else value
+        if isinstance(earlier, list) and isinstance(value, list):
+            value = earlier + value
+        elif isinstance(earlier, dict) and isinstance(value, dict):
+            value = joined_keys([*earlier.items(), *value.items()])
+        joined[key] = value
     return joined
 
 

@@ -48,11 +48,20 @@ VLLM_MISSING = (
 
 
 # Backend options that change what a backend writes (the model's weights, template and precision, the
-# engine's seed); the others say where it runs and how fast (servers, batch sizes, memory, retries).
+# engine's seed): stage 1 refuses records made otherwise. The run options say only where a backend runs
+# and how fast (servers, batch sizes, memory, retries): an evaluation keeps outputs asked otherwise, and
+# asks anew when any other option changes (an engine option unknown here may change the text).
 OUTPUT_OPTIONS = frozenset(
     {
         "model", "revision", "tokenizer", "tokenizer_revision", "dtype", "quantization", "seed",
         "chat_template_kwargs", "generation_config", "override_generation_config",
+    }
+)  # fmt: skip
+RUN_OPTIONS = frozenset(
+    {
+        "base_url", "api_key_env", "max_concurrency", "request_timeout", "max_attempts", "backoff_base",
+        "backoff_max", "tensor_parallel_size", "pipeline_parallel_size", "gpu_memory_utilization",
+        "chunk_size", "batch_size", "device",
     }
 )  # fmt: skip
 

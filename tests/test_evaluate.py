@@ -621,6 +621,7 @@ def test_where_and_how_fast_a_model_is_asked_leaves_its_outputs_known() -> None:
     first = identity()
     assert identity(max_concurrency=2, base_url="http://node-7:8000/v1", request_timeout=60) == first
     assert identity(seed=1) != first and identity(dtype="float16") != first and identity(0.7) != first
+    assert identity(kv_cache_dtype="fp8") != first  # an engine option not known here may change the text
 
 
 # --- the prompt contract saved beside a model: every consumer reads it ----------------------------------

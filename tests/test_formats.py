@@ -401,6 +401,8 @@ def test_a_label_repeated_in_grouped_json_keeps_every_mention() -> None:
         "{'entities': {'PER': ['John Smith'], 'LOC': ['Paris'], 'PER': []}}", FLAT.text, SCHEMA
     )
     assert sorted(python.spans) == sorted(FLAT.spans)
+    wrapped_twice = '{"entities": {"PER": ["John Smith"]}, "entities": {"LOC": ["Paris"]}}'
+    assert sorted(fmt.parse(wrapped_twice, FLAT.text, SCHEMA).spans) == sorted(FLAT.spans)
 
 
 def test_grouped_json_invalid_and_repaired_json() -> None:
