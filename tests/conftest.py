@@ -22,6 +22,10 @@ import pytest
 # it reach the Hub where there is internet: tests that need the Hub's answers fake them.
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Nor is it a SLURM job when run inside one: a stage near the job's time limit would stop and requeue the
+# job it runs in (`jobs`). The tests that need a job say so (`slurm_job`).
+for _name in ("SLURM_JOB_ID", "SLURM_JOB_END_TIME", "SLURM_JOB_START_TIME", "SLURM_RESTART_COUNT"):
+    os.environ.pop(_name, None)
 
 CONLL_MINI = Path(__file__).parent / "data" / "conll2003_mini.txt"
 
@@ -100,6 +104,4 @@ def slurm_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     scontrol.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    for name in ("SLURM_RESTART_COUNT", "SLURM_JOB_END_TIME"):
-        monkeypatch.delenv(name, raising=False)
     return calls
