@@ -312,6 +312,32 @@ def test_a_run_near_its_job_s_time_limit_stops_at_a_checkpoint_and_its_requeued_
     assert slurm_job.read_text() == "requeue 4242\n"  # asked once
 
 
+def test_grpo_near_its_job_s_time_limit_stops_where_its_generation_cycle_ends_and_resumes_exactly(
+    tiny_model_dir: Path, tmp_path: Path, slurm_job: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each generation serves two optimizer steps (num_iterations 2): a stop inside that cycle would
+    resume on generations of its own; at its end the requeued run trains as one never stopped."""
+    stage = load_stage("rl")
+
+    def grpo(out: Path) -> list[str]:
+        return ["--config", RL_RECIPE, "--model_name_or_path", str(tiny_model_dir), "--train_files",
+                str(DATA / "conll2003_mini.txt"), "--total", "8", "--num_generations", "4",
+                "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1",
+                "--num_iterations", "2", "--max_completion_length", "8", "--max_steps", "6",
+                "--save_steps", "2", "--eval_on_start", "false", "--eval_strategy", "no",
+                "--log_completions", "false", "--disable_tqdm", "true", "--output_dir", str(out)]  # fmt: skip
+
+    reference, stopped = tmp_path / "uninterrupted", tmp_path / "stopped"
+    stage.main(*stage.make_parser().parse_args_and_config(grpo(reference)))
+    monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 600))  # near from the start
+    with pytest.raises(SystemExit):
+        stage.main(*stage.make_parser().parse_args_and_config(grpo(stopped)))
+    assert last_checkpoint(str(stopped)) == str(stopped / "checkpoint-2")  # not step 1, inside the cycle
+    monkeypatch.delenv("SLURM_JOB_END_TIME")
+    stage.main(*stage.make_parser().parse_args_and_config(grpo(stopped)))
+    assert steps(stopped) == steps(reference)
+
+
 @pytest.mark.parametrize(
     ("per_generation", "iterations", "accumulation", "every"),
     [(1, 1, 1, 1), (2, 1, 2, 1), (2, 4, 2, 4), (4, 1, 2, 2), (3, 2, 4, 3)],
