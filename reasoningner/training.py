@@ -510,7 +510,7 @@ class _StopBeforeJobEnd(TrainerCallback):
         self.stopping_at: int | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.mark = time.monotonic()
+        self.mark = self.step_ended = time.monotonic()  # an evaluation on start is timed from here
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.step_ended = time.monotonic()
