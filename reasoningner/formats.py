@@ -93,6 +93,10 @@ occurrence_json  a mention that `occurrences` does not list (a word piece of a t
 offset_json      nothing
 ===============  =============================================================================
 
+In every format, an answer whose sentence holds ``<think>`` or ``</think>`` is read as a rationale
+around it (`split_answer`): an inline answer (bracketed, xml) repeats the sentence, so without a
+rationale before it such an answer is cut there. No sentence of the shared data holds either marker.
+
 Measured on the shared data (CoNLL-2003 and CrossNER train/dev, GENIA and ACE2005 dev, 25k
 sentences): every sentence is expressible in every format except grouped_json, which expresses
 90.9-99.5% per file (lowest: CrossNER politics, where "Canada" follows "Liberal Party of Canada").
