@@ -452,7 +452,9 @@ def _outcomes(
     chunk_seconds = 0.0  # how long the last chunk took
     with generation.build_generator() as generator:
         for start in range(0, len(tasks), args.chunk_size):
-            if args.job_ending(interval=chunk_seconds):  # not a chunk the job's time limit would cut short
+            # Not a chunk the job's time limit would cut short; at least one an attempt (a start-up that
+            # used the time would otherwise requeue the job for ever).
+            if start and args.job_ending(interval=chunk_seconds):
                 stop(
                     f"cot: stopped before the job's time limit with {start} of {len(tasks)} sentences done "
                     f"(stop_before_job_end {args.stop_before_job_end:g} s, a chunk {chunk_seconds:.0f} s)"

@@ -284,9 +284,12 @@ def disk_needed(recipe: dict[str, Any], stage: str) -> tuple[float, str]:
         f"save_total_limit {kept}" if kept else "save_total_limit unset: every checkpoint stays, 3 counted"
     )
     why = f"{copies} checkpoints of {weights:.0f} GB of weights with their optimizer states ({limit})"
-    # A relaunch's checkpoints are on the disk already (used, not free) and make room as they rotate.
+    # A relaunch's checkpoints are on the disk already (used, not free) and make room as they rotate
+    # (under a save_total_limit: without one they all stay).
     output = Path(recipe.get("output_dir") or ".")
-    held = sum(f.stat().st_size for f in output.glob("checkpoint-*/**/*") if f.is_file()) / 2**30
+    held = (
+        sum(f.stat().st_size for f in output.glob("checkpoint-*/**/*") if f.is_file()) / 2**30 if kept else 0
+    )
     if held:
         why += f", less the {held:.0f} GB its checkpoints hold"
     return max(weights * (7 * copies + 1) - held, 0.0), why

@@ -516,13 +516,12 @@ def earlier_outputs(
                     f"{where}: not an output record ({error}): move {path.name} away to ask every "
                     "sentence again"
                 ) from None
-            if key:
-                by_key.setdefault(key, []).append((line, record))
+            # A kill between the two files' rewrites leaves a record in both: read once.
+            if key and all(line != seen for seen, _ in by_key.setdefault(key, [])):
+                by_key[key].append((line, record))
     matched = {i: by_key[key].pop(0) for i, key in enumerate(keys) if key and by_key.get(key)}
-    # A kill between the two files' rewrites leaves a record in both: kept once.
-    taken = {line for line, _ in matched.values()}
-    others = dict.fromkeys(line for records in by_key.values() for line, _ in records if line not in taken)
-    return {i: record for i, (_, record) in matched.items()}, list(others)
+    others = [line for records in by_key.values() for line, _ in records]
+    return {i: record for i, (_, record) in matched.items()}, others
 
 
 def _generation_record(

@@ -13,8 +13,10 @@ import functools
 import logging
 import os
 import subprocess
+import sys
 import time
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +61,14 @@ def _too_short(limit: int, margin: float) -> None:
     )
 
 
-def stop(message: str, main_process: bool = True) -> NoReturn:
-    """End this attempt: say why, ask SLURM (from the main process) to queue the job again, exit with
-    `STOPPED`."""
+def stop(message: str, main_process: bool = True, barrier: Callable[[], Any] | None = None) -> NoReturn:
+    """End this attempt: say why, ask SLURM (from the main process) to queue the job again, wait for the
+    other processes (`barrier`), exit with `STOPPED` (through `sys.exit`, which W&B records)."""
     if main_process:
         print(f"{message}; {requeue()}", flush=True)
-    raise SystemExit(STOPPED)
+    if barrier is not None:
+        barrier()
+    sys.exit(STOPPED)
 
 
 def requeue() -> str:

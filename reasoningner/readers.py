@@ -884,13 +884,16 @@ def sniff(path: PathLike) -> str:
     start = _WHITESPACE.match(text).end()
     if not text.startswith(("[", "{"), start):
         return "conll"
+    columns = text[start:].split("\n", 1)[0].split()
+    conll_like = len(columns) > 1 and _CONLL_TAG.fullmatch(columns[-1]) is not None
     try:
         first = next(_json_items(path, text, _Collector(path, None, "raise", "")), (0, 0, None))[2]
     except DataError:
-        columns = text[start:].split("\n", 1)[0].split()
-        if len(columns) > 1 and _CONLL_TAG.fullmatch(columns[-1]):
+        if conll_like:
             return "conll"  # a CoNLL file whose first token is `[` or `{`
         raise
+    if conll_like and not isinstance(first, dict):
+        return "conll"  # ... which JSON may even read: `[1] O` is a list whose first item is 1
     if first is None:
         raise DataError(path, None, "holds no sentences (an empty JSON list)")
     keys = set(first) if isinstance(first, dict) else set()

@@ -514,9 +514,13 @@ class _StopBeforeJobEnd(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.step_ended = time.monotonic()
-        if state.global_step % self.every or state.global_step >= state.max_steps:
+        step = state.global_step
+        if step % self.every or step >= state.max_steps or self._ends_an_epoch_with_its_own_work(args, state):
             return
-        ahead = self.step_ended - self.mark + (self.evaluation if control.should_evaluate else 0.0)
+        # Going on means the next interval, as the last took, then any evaluation due by its end, then
+        # the save: stopping now, only this step's evaluation and the save (the margin).
+        evaluations = control.should_evaluate + self._evaluation_due(args, state, step + 1, step + self.every)
+        ahead = self.step_ended - self.mark + self.evaluation * evaluations
         self.mark = self.step_ended
         stop = [self.job.job_ending(interval=ahead)]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -524,6 +528,21 @@ class _StopBeforeJobEnd(TrainerCallback):
         if stop[0]:
             control.should_save = True  # `save_strategy: best` may drop it at an evaluation: stop later
             self.stopping_at = state.global_step
+
+    @staticmethod
+    def _evaluation_due(args: Any, state: Any, first: int, last: int) -> bool:
+        """Whether `eval_steps` schedules an evaluation at a step from `first` to `last`."""
+        every = state.eval_steps if args.eval_strategy == IntervalStrategy.STEPS else 0
+        return bool(every) and last // every >= math.ceil(first / every)
+
+    @staticmethod
+    def _ends_an_epoch_with_its_own_work(args: Any, state: Any) -> bool:
+        """An epoch's last step evaluates, logs or saves after `on_save` under an `epoch` strategy: a stop
+        there would skip that for good, so the run stops at the next point instead."""
+        strategies = (args.eval_strategy, args.save_strategy, args.logging_strategy)
+        return float(state.epoch or 0).is_integer() and any(
+            getattr(s, "value", s) == "epoch" for s in strategies
+        )
 
     def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.evaluation = time.monotonic() - self.step_ended
@@ -676,6 +695,8 @@ def train_from(stage: str, trainer: Any, checkpoint: str | None, job: ResumableA
             f"{stage}: stopped at checkpoint-{trainer.state.global_step}, the last before the job's time "
             f"limit (stop_before_job_end {job.stop_before_job_end:g} s)",
             trainer.accelerator.is_main_process,
+            # No rank exits before the requeue is asked: a launcher ends the others when one exits.
+            barrier=trainer.accelerator.wait_for_everyone,
         )
 
 

@@ -374,6 +374,8 @@ def test_the_disk_a_full_fine_tuning_run_needs_is_sized_from_its_model(
         and "30 GB wanted" in relaunch.message
         and "less the 14 GB" in relaunch.message
     )
+    [unlimited] = doctor.check_disk({**recipe, "save_total_limit": None}, "sft")  # they all stay
+    assert unlimited.status == "FAIL" and "less the" not in unlimited.message
     [lora] = doctor.check_disk({**recipe, "use_peft": True}, "sft")
     assert lora.status == "ok" and "20 GB wanted for LoRA checkpoints" in lora.message
     [unknown] = doctor.check_disk({**recipe, "model_name_or_path": "owner/not-cached"}, "sft")

@@ -606,6 +606,19 @@ def test_a_hub_model_s_outputs_are_known_by_the_commit_of_its_snapshot(
     assert identities[0][1] == identities[1][1]  # a server's model is known by its name only
 
 
+def test_an_output_left_in_both_files_by_a_kill_is_one_output(tmp_path: Path) -> None:
+    """A sentence asked twice (sampling) takes two outputs only where there were two."""
+    from reasoningner.evaluate import earlier_outputs
+
+    line = json.dumps({"asked": "k", "output": "A"})
+    for name in ("generations.jsonl", "generations.other.jsonl"):
+        (tmp_path / name).write_text(line + "\n")
+    found, others = earlier_outputs(
+        [tmp_path / "generations.jsonl", tmp_path / "generations.other.jsonl"], ["k", "k"]
+    )
+    assert list(found) == [0] and others == []
+
+
 def test_where_and_how_fast_a_model_is_asked_leaves_its_outputs_known() -> None:
     """A relaunch after running out of memory, with a smaller batch, or on another server, keeps what
     was asked; what changes the text (a seed, the dtype, sampling) asks anew."""

@@ -593,6 +593,8 @@ def test_a_conll_token_may_hold_a_no_break_space_and_a_file_may_start_with_a_bra
     bracket = write(tmp_path / "b.txt", "[\tO\nAnn\tB-PER\n]\tO\n")
     assert sniff(bracket) == "conll"
     assert read_dataset(bracket).examples == read_conll(bracket).examples
+    numbered = write(tmp_path / "n.txt", "[1] O\nAnn B-PER\n")  # JSON reads `[1` as a list's first item
+    assert sniff(numbered) == "conll"
     assert sniff(write(tmp_path / "c.jsonl", json.dumps(GOOD) + "\n")) == "alpaca"
     ending_like_a_tag = {"entities": [], "text": "an E-commerce"}  # JSON whose last word looks like a tag
     assert sniff(write(tmp_path / "d.jsonl", json.dumps(ending_like_a_tag) + "\n")) == "jsonl"

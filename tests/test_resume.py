@@ -338,6 +338,9 @@ def test_grpo_near_its_job_s_time_limit_stops_where_its_generation_cycle_ends_an
     assert steps(stopped) == steps(reference)
 
 
+SCHEDULE = {"eval_strategy": "no", "save_strategy": "steps", "logging_strategy": "steps"}
+
+
 @pytest.mark.parametrize(
     ("per_generation", "iterations", "accumulation", "every"),
     [(1, 1, 1, 1), (2, 1, 2, 1), (2, 4, 2, 4), (4, 1, 2, 2), (3, 2, 4, 3)],
@@ -355,6 +358,7 @@ def test_a_grpo_run_stops_for_its_job_s_end_only_where_a_generation_cycle_ends(
         steps_per_generation=per_generation,
         num_iterations=iterations,
         gradient_accumulation_steps=accumulation,
+        **SCHEDULE,
     )
     assert resume_points(args) == every
     assert resume_points(SimpleNamespace(gradient_accumulation_steps=accumulation)) == 1  # SFT
@@ -362,7 +366,7 @@ def test_a_grpo_run_stops_for_its_job_s_end_only_where_a_generation_cycle_ends(
     callback = _StopBeforeJobEnd(TrainerScriptArguments(train_files=["x"]), every)
     saved_at = []
     for step in range(1, 13):
-        control, state = TrainerControl(), SimpleNamespace(global_step=step, max_steps=12)
+        control, state = TrainerControl(), SimpleNamespace(global_step=step, max_steps=12, epoch=0.5)
         callback.on_step_end(args, state, control)
         if control.should_save:
             saved_at.append(step)
@@ -384,7 +388,7 @@ def test_the_time_a_run_stops_before_its_job_s_limit(monkeypatch: pytest.MonkeyP
 
     now = int(time.time())
     monkeypatch.setenv("SLURM_JOB_END_TIME", str(now + 3600))
-    args, state = SimpleNamespace(), SimpleNamespace(global_step=1, max_steps=12)
+    args, state = SimpleNamespace(**SCHEDULE), SimpleNamespace(global_step=1, max_steps=12, epoch=0.5)
     for margin, stops in ((900, False), (3600, True), (0, False)):
         control = TrainerControl()
         job = TrainerScriptArguments(train_files=["x"], stop_before_job_end=margin)
@@ -392,11 +396,23 @@ def test_the_time_a_run_stops_before_its_job_s_limit(monkeypatch: pytest.MonkeyP
         assert control.should_save is stops
     job = TrainerScriptArguments(train_files=["x"], stop_before_job_end=900)
     assert job.job_ending(interval=3000) and not job.job_ending(interval=2000)
-    callback = _StopBeforeJobEnd(job, 1)
-    callback.evaluation = 3000.0  # the last evaluation took that long, and one is due at this step
-    control = TrainerControl(should_evaluate=True)
-    callback.on_step_end(args, state, control)
-    assert control.should_save
+    for due_now, due_next in ((True, False), (False, True), (False, False)):
+        callback = _StopBeforeJobEnd(job, 2)
+        callback.evaluation = 3000.0  # the last evaluation took that long
+        evaluated = SimpleNamespace(**{**SCHEDULE, "eval_strategy": "steps"})
+        at = SimpleNamespace(
+            global_step=2, max_steps=12, epoch=0.5, eval_steps=2 if due_now else 4 if due_next else 5
+        )
+        control = TrainerControl(should_evaluate=due_now)
+        callback.on_step_end(evaluated, at, control)
+        assert control.should_save is (due_now or due_next), (due_now, due_next)
+    # An epoch's last step evaluates, logs or saves after the step under an epoch strategy: not there.
+    control, by_epoch = TrainerControl(), SimpleNamespace(**{**SCHEDULE, "save_strategy": "epoch"})
+    stopping = TrainerScriptArguments(train_files=["x"], stop_before_job_end=3600)
+    _StopBeforeJobEnd(stopping, 1).on_step_end(
+        by_epoch, SimpleNamespace(global_step=4, max_steps=12, epoch=1.0), control
+    )
+    assert not control.should_save
     monkeypatch.setenv("SLURM_JOB_START_TIME", str(now + 3600 - 600))  # a 10-minute job
     with caplog.at_level(logging.WARNING, logger="reasoningner.jobs"):
         assert not TrainerScriptArguments(train_files=["x"]).job_ending(interval=10_000)
