@@ -79,6 +79,18 @@ def sft_args(model: Path, annotations: Path, out: Path, *extra: str) -> list[str
     ]  # fmt: skip
 
 
+def grpo_args(model: Path, out: Path, *extra: str) -> list[str]:
+    """Six GRPO steps of the tiny model on the mini sentences, 2 prompts a step, no evaluation."""
+    return [
+        "--config", RL_RECIPE, "--model_name_or_path", str(model), "--train_files",
+        str(DATA / "conll2003_mini.txt"), "--total", "8", "--num_generations", "4",
+        "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1",
+        "--max_completion_length", "8", "--max_steps", "6", "--eval_on_start", "false",
+        "--eval_strategy", "no", "--log_completions", "false", "--disable_tqdm", "true",
+        "--output_dir", str(out), *extra,
+    ]  # fmt: skip
+
+
 def run(command: list[str], **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=ROOT, env=ENV | env, capture_output=True, text=True, timeout=600)
 
@@ -255,12 +267,7 @@ def test_grpo_resumed_in_a_later_epoch_draws_its_prompts_in_the_uninterrupted_or
     saved with no checkpoint: a run resumed in a later epoch would draw the first epoch's order again."""
 
     def grpo(out: Path) -> list[str]:
-        return ["--config", RL_RECIPE, "--model_name_or_path", str(tiny_model_dir), "--train_files",
-                str(DATA / "conll2003_mini.txt"), "--total", "8", "--num_generations", "4",
-                "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1",
-                "--max_completion_length", "8", "--max_steps", "6", "--save_steps", "1",
-                "--save_total_limit", "3", "--eval_on_start", "false", "--eval_strategy", "no",
-                "--log_completions", "false", "--disable_tqdm", "true", "--output_dir", str(out)]  # fmt: skip
+        return grpo_args(tiny_model_dir, out, "--save_steps", "1", "--save_total_limit", "3")
 
     reference, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
     interrupted("rl", grpo(reference))
@@ -320,12 +327,7 @@ def test_grpo_near_its_job_s_time_limit_stops_where_its_generation_cycle_ends_an
     stage = load_stage("rl")
 
     def grpo(out: Path) -> list[str]:
-        return ["--config", RL_RECIPE, "--model_name_or_path", str(tiny_model_dir), "--train_files",
-                str(DATA / "conll2003_mini.txt"), "--total", "8", "--num_generations", "4",
-                "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1",
-                "--num_iterations", "2", "--max_completion_length", "8", "--max_steps", "6",
-                "--save_steps", "2", "--eval_on_start", "false", "--eval_strategy", "no",
-                "--log_completions", "false", "--disable_tqdm", "true", "--output_dir", str(out)]  # fmt: skip
+        return grpo_args(tiny_model_dir, out, "--num_iterations", "2", "--save_steps", "2")
 
     reference, stopped = tmp_path / "uninterrupted", tmp_path / "stopped"
     stage.main(*stage.make_parser().parse_args_and_config(grpo(reference)))
