@@ -1097,9 +1097,8 @@ class OffsetJsonFormat(_EntryListFormat):
         stated = start is not None and end is not None
         if stated and 0 <= start < end <= len(built.text):  # type: ignore[operator]
             covered = built.text[start:end]  # type: ignore[misc]
-            if (
-                mention and covered.strip() == mention
-            ):  # the stated text, whitespace it stated around it aside
+            # The stated text, with any whitespace the answer stated around it left out.
+            if mention and covered.strip() == mention:
                 lead = len(covered) - len(covered.lstrip())
                 built.add(start + lead, start + lead + len(mention), label)  # type: ignore[operator]
                 return

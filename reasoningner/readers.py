@@ -553,8 +553,8 @@ def _alpaca_record(record: Any, schema: Schema | None) -> tuple[str, list[Span],
             )
         unique = list(dict.fromkeys(spans))
         merged = [f"{s.label} {s.start}:{s.end}" for s in unique if spans.count(s) > 1]
-    if guessed and stated is not None and not {s.label for s in spans} <= set(stated.labels):
-        stated = None
+        if guessed and stated is not None and not {s.label for s in spans} <= set(stated.labels):
+            stated = None  # an inline output's labels are known once read
     return text, spans, stated, merged
 
 

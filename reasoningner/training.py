@@ -498,7 +498,7 @@ class _JobEnding(Exception):
 class _StopBeforeJobEnd(TrainerCallback):
     """Saves a checkpoint at the last point a run resumes from exactly (`resume_points`) before the SLURM
     job's time limit would cut the next interval short (`ResumableArguments.job_ending`: the interval
-    as the last one took, and an evaluation due at this step as the last one took), then ends the
+    as the last one took, and each evaluation due by its end as the last one took), then ends the
     attempt: a job killed at its limit is never requeued and loses the steps since its last checkpoint.
     The step's own logging, evaluation and save run first, as in a run never stopped. Every rank stops
     at the same step, as rank 0 decides."""
