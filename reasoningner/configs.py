@@ -298,8 +298,9 @@ class GenerationArguments:
     seed: int | None = field(
         default=0,
         metadata={
-            "help": "sampling seed (each of n samples seed + i); null: unseeded, which keeps vLLM's fast "
-            "sampler (it samples a seeded request alone) at the cost of repeatable samples"
+            "help": "sampling seed (each of n samples seed + i); null: unseeded, which keeps vLLM's fastest "
+            "sampler (a batch holding a seeded request skips FlashInfer's fused top-k/top-p kernel) at the "
+            "cost of repeatable samples"
         },
     )
 

@@ -259,8 +259,8 @@ class VLLMGenerator(Generator):
         self, conversations: Sequence[Conversation], sampling: SamplingConfig
     ) -> Iterator[tuple[int, Outcome]]:
         """Chunk by chunk; a prompt with no room left in max_model_len fails alone: vLLM raises for the
-        whole call ("The decoder prompt ... is longer than the maximum model length"), which a rerun of
-        stage 1 would meet again at the same chunk."""
+        whole call ("This model's maximum context length is N tokens. However, your prompt contains M input
+        tokens"), which a rerun of stage 1 would meet again at the same chunk."""
         if self._llm is None:
             raise GenerationError("vllm generator is closed")
         params = self._vllm.SamplingParams(

@@ -531,23 +531,43 @@ def test_train_slurm_starts_one_launcher_per_node_with_its_rank(tmp_path: Path) 
 
 
 def test_train_slurm_serves_grpo_on_the_last_node_of_its_allocation(tmp_path: Path) -> None:
-    """A server job of its own would be requeued apart from the trainer, which then asks a stale address."""
-    calls = run_slurm(
-        "train.slurm",
-        ["rl", "recipes/qwen3-8b/rl.yaml", "recipes/accelerate/zero3.yaml"],
-        {"SLURM_NNODES": "3", "SLURM_JOB_NODELIST": "node-[a-c]", "VLLM_MODEL": "outputs/qwen3-8b/sft"},
-        tmp_path,
-        scontrol="printf 'node-a\\nnode-b\\nnode-c\\n'",
-        curl="""for _ in $(seq 200); do grep -q '^trl' "$CALLS" 2>/dev/null && exit 0; sleep 0.05; done""",
-    )
+    """A server job of its own would be requeued apart from the trainer, which then asks a stale address.
+    The trainer names its address on the route to the server for the weight group (vLLM's default, the
+    default route's, is 0.0.0.0 on a node without one), unless VLLM_HOST_IP is set."""
+    route = "10.0.0.3 via 10.0.0.1 dev ib0 src 10.0.0.9 uid 0 \\    cache "
+
+    def serve(tmp: Path, **env: str) -> list[str]:
+        return run_slurm(
+            "train.slurm",
+            ["rl", "recipes/qwen3-8b/rl.yaml", "recipes/accelerate/zero3.yaml"],
+            {
+                "SLURM_NNODES": "3",
+                "SLURM_JOB_NODELIST": "node-[a-c]",
+                "VLLM_MODEL": "outputs/qwen3-8b/sft",
+                **env,
+            },
+            tmp,
+            scontrol="printf 'node-a\\nnode-b\\nnode-c\\n'",
+            curl="""for _ in $(seq 200); do grep -q '^trl' "$CALLS" 2>/dev/null && exit 0; sleep 0.05; done""",
+            getent='[[ "$*" == "ahostsv4 node-c" ]] && printf "10.0.0.3 STREAM node-c\\n10.0.0.3 DGRAM\\n"',
+            ip=f'[[ "$*" == "-4 -o route get 10.0.0.3" ]] && echo "{route}"',
+            accelerate='echo "accelerate $* (VLLM_HOST_IP=$VLLM_HOST_IP)" >> "$CALLS"',
+        )
+
+    calls = serve(tmp_path)
     assert calls[1].startswith("trl vllm-serve --model outputs/qwen3-8b/sft --host 0.0.0.0 --port 8000 ")
     common = (
         "accelerate launch --config_file recipes/accelerate/zero3.yaml --num_machines 2 --num_processes 16 "
         "--machine_rank {} --main_process_ip node-a --main_process_port 29500 "
         "stages/rl.py --config recipes/qwen3-8b/rl.yaml "
-        "--vllm_mode server --vllm_enable_sleep_mode false --vllm_server_base_url http://node-c:8000"
+        "--vllm_mode server --vllm_enable_sleep_mode false --vllm_server_base_url http://node-c:8000 "
+        "(VLLM_HOST_IP={})"
     )
-    assert calls[2:] == [common.format(0), common.format(1)]
+    assert calls[2:] == [common.format(0, "10.0.0.9"), common.format(1, "10.0.0.9")]
+    assert serve(tmp_path / "set", VLLM_HOST_IP="10.9.9.9")[2:] == [
+        common.format(0, "10.9.9.9"),
+        common.format(1, "10.9.9.9"),
+    ]
     with pytest.raises(subprocess.CalledProcessError):  # one node cannot both serve and train
         run_slurm("train.slurm", ["rl", "recipes/qwen3-8b/rl.yaml", "recipes/accelerate/zero3.yaml"],
                   {"SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "node-a", "VLLM_MODEL": "m"},
