@@ -530,6 +530,9 @@ def test_train_slurm_starts_one_launcher_per_node_with_its_rank(tmp_path: Path) 
     assert calls == [doctor, common.format(0), common.format(1)]
 
 
+CURL_TRL = """for _ in $(seq 200); do grep -q '^trl' "$CALLS" 2>/dev/null && exit 0; sleep 0.05; done"""
+
+
 def test_train_slurm_serves_grpo_on_the_last_node_of_its_allocation(tmp_path: Path) -> None:
     """A server job of its own would be requeued apart from the trainer, which then asks a stale address.
     The trainer names its address on the route to the server for the weight group (vLLM's default, the
@@ -548,7 +551,7 @@ def test_train_slurm_serves_grpo_on_the_last_node_of_its_allocation(tmp_path: Pa
             },
             tmp,
             scontrol="printf 'node-a\\nnode-b\\nnode-c\\n'",
-            curl="""for _ in $(seq 200); do grep -q '^trl' "$CALLS" 2>/dev/null && exit 0; sleep 0.05; done""",
+            curl=CURL_TRL,
             getent='[[ "$*" == "ahostsv4 node-c" ]] && printf "10.0.0.3 STREAM node-c\\n10.0.0.3 DGRAM\\n"',
             ip=f'[[ "$*" == "-4 -o route get 10.0.0.3" ]] && echo "{route}"',
             accelerate='echo "accelerate $* (VLLM_HOST_IP=$VLLM_HOST_IP)" >> "$CALLS"',
