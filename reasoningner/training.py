@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -18,6 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from datasets import Dataset
 from transformers import IntervalStrategy, TrainerCallback, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import GRPOTrainer, SFTTrainer
@@ -322,6 +324,46 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     return None
 
 
+def distributed() -> bool:
+    """Whether this process is one of several of a torch.distributed run."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def from_main_process(value: Any) -> Any:
+    """`value` as the main process has it, on every process (picklable)."""
+    if not distributed():
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def check_same_data(**datasets: Dataset | None) -> None:
+    """Refuse to train when the processes read different data (a stage-1 file still being written, a Hub
+    dataset that changed between their reads, another node's copy of a local file): each would draw its
+    batches from its own rows, skipping or repeating examples without a word."""
+    if not distributed():
+        return
+    digests = {name: data_digest(data) for name, data in datasets.items() if data is not None}
+    every = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(every, digests)
+    differing = [rank for rank, other in enumerate(every) if other != every[0]]
+    if differing:
+        raise ValueError(
+            f"processes {differing} read other {' or '.join(datasets)} data than the main process (a file "
+            "being written, a Hub dataset updated between reads, or node-local copies that differ): give "
+            "every node the same, finished data"
+        )
+
+
+def data_digest(data: Dataset) -> str:
+    """A hash of the rows, in order."""
+    digest = hashlib.sha256()
+    for batch in data.iter(batch_size=1024):
+        digest.update(json.dumps(batch, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8"))
+    return f"{data.num_rows}:{digest.hexdigest()}"
+
+
 def last_checkpoint(output_dir: str) -> str | None:
     """The newest complete `checkpoint-N` of an earlier attempt, so that a relaunched job continues.
 
@@ -400,9 +442,10 @@ def start_trainer_stage(
         set_trainer_run(stage, training_args.output_dir, inputs)
     # A model from the Hub brings its contract from there: a Hub that cannot be asked stops the run
     # rather than train on the recipe's prompt settings.
-    contract = PromptContract.load(
-        model_args.model_name_or_path, from_hub=True, revision=model_args.model_revision, strict=True
-    )
+    with training_args.main_process_first(local=False, desc="the model's prompt contract"):  # one Hub ask
+        contract = PromptContract.load(
+            model_args.model_name_or_path, from_hub=True, revision=model_args.model_revision, strict=True
+        )
     check_wording(contract)
     prompt = prompt.resolve(contract)
     configs = (script_args, prompt, training_args, model_args)
@@ -425,7 +468,14 @@ def start_trainer_stage(
         stale=TRAINER_OUTPUTS,
         write=main_process,
     )
-    checkpoint = last_checkpoint(training_args.output_dir) if resume else None
+    # Rank 0's: a node that sees other files (a node-local or lagging output folder) would resume from
+    # another step, or load other shards, and the ranks would hang or train on misaligned batches.
+    checkpoint = from_main_process(last_checkpoint(training_args.output_dir) if resume else None)
+    if checkpoint and not Path(checkpoint, "trainer_state.json").is_file():
+        raise ValueError(
+            f"process {training_args.process_index}: the main process resumes from {checkpoint}, which this "
+            "node does not see: output_dir must be on storage every node shares"
+        )
     if main_process and wants_wandb(training_args.report_to):
         continue_wandb_run(training_args.output_dir, resuming=resume or relaunch)
     if checkpoint:
@@ -522,10 +572,7 @@ class _StopBeforeJobEnd(TrainerCallback):
         evaluations = control.should_evaluate + self._evaluation_due(args, state, step + 1, step + self.every)
         ahead = self.step_ended - self.mark + self.evaluation * evaluations
         self.mark = self.step_ended
-        stop = [self.job.job_ending(interval=ahead)]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.broadcast_object_list(stop, src=0)  # clocks and steps' ends differ by rank
-        if stop[0]:
+        if from_main_process(self.job.job_ending(interval=ahead)):  # clocks and steps' ends differ by rank
             control.should_save = True  # `save_strategy: best` may drop it at an evaluation: stop later
             self.stopping_at = state.global_step
 
@@ -549,7 +596,7 @@ class _StopBeforeJobEnd(TrainerCallback):
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.stopping_at == state.global_step:
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
+            if distributed():
                 torch.distributed.barrier()  # every rank's part of the checkpoint is written
             raise _JobEnding
 

@@ -23,6 +23,7 @@ from reasoningner.training import (
     HeldOutGRPOTrainer,
     check_adapter_start,
     check_generation_cycle,
+    check_same_data,
     describe_run,
     finish_trainer_stage,
     held_out_schedule,
@@ -52,8 +53,9 @@ def main(
     prompt = start.prompt
     corpora: list[str] = []  # what NER-CoT records name as their source: the contamination check reads it
     schemas: list[Schema] = []  # of the prompts: the labels and descriptions the contract records
-    train_dataset = Dataset.from_list(
-        rl_prompts(
+    # The main process first: it fills the datasets cache that the others then read.
+    with training_args.main_process_first(local=False, desc="reading the data"):
+        train = rl_prompts(
             script_args.train_files,
             prompt,
             script_args,
@@ -65,19 +67,20 @@ def main(
             schemas=schemas,
             trained=start.contract,
         )
-    )
-    eval_dataset = None
-    if script_args.eval_files:
-        # Seed 0 whatever the run's seed: runs of several seeds are scored on the same prompts.
-        held_out = rl_prompts(
-            script_args.eval_files,
-            prompt,
-            script_args,
-            total=script_args.eval_total,
-            sampler="proportional",
-            trained=start.contract,
-        )
-        eval_dataset = Dataset.from_list(held_out)
+        held_out = None
+        if script_args.eval_files:
+            # Seed 0 whatever the run's seed: runs of several seeds are scored on the same prompts.
+            held_out = rl_prompts(
+                script_args.eval_files,
+                prompt,
+                script_args,
+                total=script_args.eval_total,
+                sampler="proportional",
+                trained=start.contract,
+            )
+    train_dataset = Dataset.from_list(train)
+    eval_dataset = Dataset.from_list(held_out) if held_out is not None else None
+    check_same_data(train=train_dataset, eval=eval_dataset)
     contract = PromptContract.trained(prompt, schemas, start.contract, wording=wording(prompt))
     if training_args.reward_weights is None:
         training_args.reward_weights = [default_weight(name) for name in script_args.reward_funcs]

@@ -18,6 +18,7 @@ from reasoningner.configs import (
 from reasoningner.prompts import wording
 from reasoningner.training import (
     HeldOutSFTTrainer,
+    check_same_data,
     configure_batching,
     cut_conversations,
     describe_run,
@@ -44,16 +45,20 @@ def main(
     start = start_trainer_stage("sft", script_args, prompt, training_args, model_args)
     prompt = start.prompt
     corpora: list[str] = []  # what NER-CoT records name as their source: the contamination check reads it
-    train = sft_examples(script_args.train_files, prompt, script_args, corpora=corpora)
+    # The main process first: it fills the datasets cache that the others then read.
+    with training_args.main_process_first(local=False, desc="reading the data"):
+        train = sft_examples(script_args.train_files, prompt, script_args, corpora=corpora)
+        held_out = (
+            sft_conversations(script_args.eval_files, prompt, script_args) if script_args.eval_files else None
+        )
     contract = PromptContract.trained(
         prompt, (e.example.schema for e in train), start.contract, wording=wording(prompt)
     )
     train_dataset = Dataset.from_list(
         [sft_record(e.example, prompt, rationale=e.rationale, answer=e.answer) for e in train]
     )
-    eval_dataset = None
-    if script_args.eval_files:
-        eval_dataset = Dataset.from_list(sft_conversations(script_args.eval_files, prompt, script_args))
+    eval_dataset = Dataset.from_list(held_out) if held_out is not None else None
+    check_same_data(train=train_dataset, eval=eval_dataset)
     if eval_dataset is not None and training_args.eval_strategy == IntervalStrategy.NO:
         training_args.eval_strategy = IntervalStrategy.EPOCH  # eval files given: evaluate them
 

@@ -474,6 +474,9 @@ def test_a_rerun_with_other_settings_is_refused_and_overwrite_starts_afresh(
 
     with monkeypatch.context() as patch, pytest.raises(ValueError, match=r"world_size: 1 -> 4"):
         patch.setattr(transformers.TrainingArguments, "world_size", property(lambda self: 4))
+        patch.setattr(
+            transformers.TrainingArguments, "main_process_first", lambda self, **_: contextlib.nullcontext()
+        )
         sft("--max_steps", "6")  # requeued on 4 processes: its data position would be another
     with pytest.raises(ValueError, match=r"zero_stage: None -> 2"):  # its optimizer state is DDP's
         sft("--max_steps", "6", "--deepspeed", "recipes/accelerate/ds_zero2.json")
