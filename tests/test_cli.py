@@ -1,13 +1,15 @@
 """The `reasoningner` commands (data, tiny-model), run through `cli.main` as a user would."""
 
+import functools
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from reasoningner.cli import TINY_MODEL_BUILD, main
+from reasoningner.cli import TINY_MODEL_BUILD, main, run_stage
 from reasoningner.readers import DataError, read_dataset
 
 DATA = Path(__file__).parent / "data"
@@ -290,3 +292,20 @@ def test_an_example_the_target_format_cannot_hold_is_refused_with_a_format_that_
     )
     error = capsys.readouterr().err
     assert "cannot represent nested or overlapping spans" in error and "jsonl keeps every span" in error
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_stage_warns_from_the_main_process_only(rank, monkeypatch, caplog, request):
+    """Every process of a launch meets the same warnings: one copy, not one per GPU; errors from each."""
+    monkeypatch.setenv("RANK", rank)
+    project = logging.getLogger("reasoningner")
+    request.addfinalizer(functools.partial(project.setLevel, project.level))  # setLevel clears level caches
+
+    def stage(*_: object) -> None:
+        logging.getLogger("reasoningner.training").warning("skipping checkpoint-4")
+        logging.getLogger("reasoningner.training").error("checkpoint-2 is unreadable")
+
+    parser = type("Parser", (), {"parse_args_and_config": lambda self: ()})
+    run_stage(parser, stage)
+    assert ("skipping checkpoint-4" in caplog.messages) == (rank == "0")
+    assert "checkpoint-2 is unreadable" in caplog.messages
