@@ -423,6 +423,13 @@ def start_trainer_stage(
             "save_only_model: checkpoints hold no optimizer or scheduler state, so a run resumed from one "
             "restarts both (transformers says nothing then): a killed run does not train as one never killed"
         )
+    if training_args.save_on_each_node:
+        # The resume record, contract and manifest are the main process's, in the folder every process
+        # resumes from (`from_main_process`): node-local folders would resume each node otherwise.
+        raise ValueError(
+            "save_on_each_node: runs resume from the main process's checkpoints, which every node must "
+            "see: put output_dir on shared storage and leave save_on_each_node false"
+        )
     if training_args.load_best_model_at_end and training_args.save_total_limit == 1:
         # transformers then keeps only the best checkpoint at the end of training: relaunched, the
         # finished run would resume from it and train again (a kill inside save_final too).

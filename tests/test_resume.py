@@ -703,7 +703,8 @@ def test_a_relaunch_saves_at_its_own_save_steps_and_a_best_model_run_keeps_its_l
 ) -> None:
     """transformers resumes with the checkpoint's save, eval and logging steps: a relaunch that changes
     them (allowed) kept the old ones. And with load_best_model_at_end, save_total_limit 1 deletes the
-    last checkpoint at the end, so that the finished run, relaunched, trained again: refused."""
+    last checkpoint at the end, so that the finished run, relaunched, trained again: refused, as are
+    node-local checkpoints (save_on_each_node)."""
     stage = load_stage("sft")
     out = tmp_path / "sft"
 
@@ -724,6 +725,8 @@ def test_a_relaunch_saves_at_its_own_save_steps_and_a_best_model_run_keeps_its_l
     with caplog.at_level(logging.WARNING, logger="reasoningner.training"):
         sft("--max_steps", "6", "--save_only_model", "true")  # finished: nothing trained, but warned
     assert "save_only_model: checkpoints hold no optimizer or scheduler state" in caplog.text
+    with pytest.raises(ValueError, match="save_on_each_node: runs resume from the main process's"):
+        sft("--max_steps", "6", "--save_on_each_node", "true")  # node-local checkpoints
     with pytest.raises(ValueError, match="save_total_limit 1 with load_best_model_at_end"):
         sft("--max_steps", "6", "--save_total_limit", "1", "--load_best_model_at_end", "true",
             "--eval_strategy", "steps", "--eval_steps", "2", "--overwrite_output_dir", "true")  # fmt: skip
