@@ -617,9 +617,19 @@ class _OrderedSampler(torch.utils.data.Sampler):
 
     def __init__(self, sampler: Any) -> None:
         self.sampler = sampler
-        self.generator: torch.Generator | None = getattr(sampler, "generator", None)
         self.drawn_from: torch.Tensor | None = None  # the random state of the current epoch's order
         self.resume_from: torch.Tensor | None = None
+        self.resume_after: torch.Tensor | None = None  # a generator's state after the last epoch's draw
+
+    @property
+    def generator(self) -> torch.Generator | None:
+        """The wrapped sampler's: accelerate gives one to a sampler without (`use_seedable_sampler: false`
+        on several processes) by setting this attribute, which the wrapped sampler must then draw from."""
+        return getattr(self.sampler, "generator", None)
+
+    @generator.setter
+    def generator(self, generator: torch.Generator) -> None:
+        self.sampler.generator = generator
 
     def state(self) -> torch.Tensor:
         return self.generator.get_state() if self.generator is not None else torch.get_rng_state()
@@ -633,7 +643,9 @@ class _OrderedSampler(torch.utils.data.Sampler):
     def __iter__(self) -> Any:
         if self.resume_from is not None:
             self.set_state(self.resume_from)
-            self.resume_from = None
+        elif self.resume_after is not None and self.generator is not None:  # else transformers restores it
+            self.generator.set_state(self.resume_after)
+        self.resume_from = self.resume_after = None
         self.drawn_from = self.state()  # GRPO's sampler draws at its first index, from this state still
         return iter(self.sampler)
 
@@ -680,8 +692,8 @@ class _ResumeRecord(TrainerCallback):
         if "drawn_from" in self.record:
             if not self.record["epoch_ended"]:
                 self.sampler.resume_from = self.record["drawn_from"]
-            elif self.sampler.generator is not None:  # the global state is restored by transformers
-                self.sampler.resume_from = self.record["after"]
+            else:
+                self.sampler.resume_after = self.record["after"]
         return self.sampler
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

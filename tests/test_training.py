@@ -181,3 +181,20 @@ def test_grpo_continuing_an_adapter_on_a_local_base_publishes_only_merged(tmp_pa
     check_publishable(SimpleNamespace(merge_lora=True), continued)
     on_the_hub = SimpleNamespace(model_name_or_path=adapter_on("Qwen/Qwen3-8B"), use_peft=False)
     check_publishable(SimpleNamespace(merge_lora=False), on_the_hub)
+
+
+def test_an_epoch_order_drawn_from_the_generator_accelerate_gives_the_sampler_is_drawn_again() -> None:
+    """With `use_seedable_sampler: false` on several processes, accelerate sets a generator on a sampler
+    that has none (the length-grouped one); the order must be drawn from it, and restored from its state."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from reasoningner.training import _OrderedSampler
+
+    sampler = _OrderedSampler(LengthGroupedSampler(batch_size=4, lengths=[(7 * i) % 23 for i in range(64)]))
+    sampler.generator = torch.Generator().manual_seed(7)  # what accelerate does
+    first = list(sampler)
+    sampler.resume_from = sampler.drawn_from  # a resumed run, its global random state elsewhere
+    torch.manual_seed(123)
+    assert list(sampler) == first
+    assert list(sampler) != first  # the next epoch: another order
