@@ -63,8 +63,13 @@ def _too_short(limit: int, margin: float) -> None:
 
 def stop(message: str, main_process: bool = True, barrier: Callable[[], Any] | None = None) -> NoReturn:
     """End this attempt: say why, ask SLURM (from the main process) to queue the job again, wait for the
-    other processes (`barrier`), exit with `STOPPED` (through `sys.exit`, which W&B records)."""
+    other processes (`barrier`), exit with `STOPPED`. A W&B run ends first, with that status: the requeue
+    has SLURM signal this attempt, which would cut W&B's own end at exit short (a "crashed" run, its
+    last metrics unsent)."""
     if main_process:
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and getattr(wandb, "run", None) is not None:
+            wandb.finish(exit_code=STOPPED)
         print(f"{message}; {requeue()}", flush=True)
     if barrier is not None:
         barrier()

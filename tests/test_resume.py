@@ -277,6 +277,27 @@ def test_grpo_resumed_in_a_later_epoch_draws_its_prompts_in_the_uninterrupted_or
     assert steps(resumed) == steps(reference)
 
 
+def test_a_stop_ends_the_w_and_b_run_before_slurm_ends_the_attempt(
+    slurm_job: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """`scontrol requeue` has SLURM signal the attempt: W&B, still running then, would end "crashed"."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    wandb.init(project="reasoningner-test", dir=tmp_path)
+    request.addfinalizer(wandb.finish)  # a failing check leaves no run to the next tests
+    running_at_requeue = []
+    requeue = jobs.requeue
+    monkeypatch.setattr(
+        jobs, "requeue", lambda: running_at_requeue.append(wandb.run is not None) or requeue()
+    )
+    with pytest.raises(SystemExit) as ended:
+        jobs.stop("sft: stopped at checkpoint-4")
+    assert ended.value.code == jobs.STOPPED
+    assert running_at_requeue == [False]
+    assert slurm_job.read_text().split() == ["requeue", "4242"]
+
+
 def test_a_run_near_its_job_s_time_limit_stops_at_a_checkpoint_and_its_requeued_job_ends_as_one_never_stopped(
     tiny_model_dir: Path,
     annotations: Path,
