@@ -23,7 +23,7 @@ from reasoningner.configs import (
 from reasoningner.prompts import ner_instruction
 from reasoningner.sources import is_source, parse_source
 from reasoningner.spans import Schema
-from reasoningner.tracking import MANIFEST, RUN_SETTINGS, WANDB_RUN_ID
+from reasoningner.tracking import MANIFEST, RUN_DATA, RUN_SETTINGS, WANDB_RUN_ID
 
 CARD = "README.md"
 STAGE_NAMES = {"sft": "CoT tuning (TRL SFT)", "rl": "reasoning enhancement (TRL GRPO)"}
@@ -34,7 +34,7 @@ CARD_SETTINGS = (
     "loss_type", "reward_funcs", "reward_weights", "reward_parse", "seed",
 )  # fmt: skip
 # Files of an output folder that are not the model: not published.
-NOT_PUBLISHED = ["checkpoint-*", RUN_SETTINGS, WANDB_RUN_ID, "*.partial", "runs/*", "completions/*"]
+NOT_PUBLISHED = ["checkpoint-*", RUN_SETTINGS, RUN_DATA, WANDB_RUN_ID, "*.partial", "runs/*", "completions/*"]
 
 
 def hub_base(model: str) -> str | None:

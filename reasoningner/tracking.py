@@ -286,6 +286,27 @@ def claim_output_dir(
     return bool(leftovers) and not overwrite
 
 
+RUN_DATA = "run_data.json"
+
+
+def claim_data(output_dir: str | Path, rows: dict[str, str], *, resuming: bool) -> None:
+    """Check that a resumed run trains on the rows it started on (`rows`: name -> digest), else record
+    them. Its data order resumes by position: a relaunch that reads other rows under the same names (a
+    Hub dataset updated, its Parquet export rewritten, a stage-1 file grown, prompts a new version words
+    otherwise) would go on with other examples, training some twice and others never."""
+    path = Path(output_dir) / RUN_DATA
+    if resuming and path.is_file():
+        changed = differences(json.loads(path.read_text(encoding="utf-8")), rows)
+        if changed:
+            raise ValueError(
+                f"{output_dir} holds a run that started on other training data ({'; '.join(changed)}): a "
+                "Hub dataset updated, a file rewritten, or prompts this version builds otherwise; restore "
+                "the data, or rerun with --overwrite_output_dir true to start afresh"
+            )
+        return
+    _write_json(path, rows)
+
+
 def recorded_run(output_dir: str | Path, settings: dict[str, Any]) -> bool:
     """Whether `output_dir` records an attempt of this very run (its `run_settings.json`, the same
     settings), even one killed before it saved anything: read before `claim_output_dir` rewrites it."""

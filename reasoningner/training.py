@@ -42,6 +42,7 @@ from reasoningner.prompts import check_wording
 from reasoningner.tracking import (
     MANIFEST,
     WEIGHT_FILES,
+    claim_data,
     claim_output_dir,
     config_dict,
     continue_wandb_run,
@@ -338,22 +339,36 @@ def from_main_process(value: Any) -> Any:
     return box[0]
 
 
-def check_same_data(**datasets: Dataset | None) -> None:
+def check_training_data(
+    start: TrainerStart, training_args: Any, train: Dataset, held_out: Dataset | None
+) -> None:
     """Refuse to train when the processes read different data (a stage-1 file still being written, a Hub
-    dataset that changed between their reads, another node's copy of a local file): each would draw its
-    batches from its own rows, skipping or repeating examples without a word."""
-    if not distributed():
-        return
-    digests = {name: data_digest(data) for name, data in datasets.items() if data is not None}
-    every = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(every, digests)
-    differing = [rank for rank, other in enumerate(every) if other != every[0]]
-    if differing:
-        raise ValueError(
-            f"processes {differing} read other {' or '.join(datasets)} data than the main process (a file "
-            "being written, a Hub dataset updated between reads, or node-local copies that differ): give "
-            "every node the same, finished data"
-        )
+    dataset that changed between their reads, other copies on other nodes: each would draw its batches
+    from its own rows), or when a resumed run reads other training rows than it started on
+    (`tracking.claim_data`)."""
+    digests = {"train": data_digest(train)} | (
+        {"eval": data_digest(held_out)} if held_out is not None else {}
+    )
+    if distributed():
+        every: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(every, digests)
+        differing = [rank for rank, other in enumerate(every) if other != every[0]]
+        if differing:
+            raise ValueError(
+                f"processes {differing} read other train or eval data than the main process (a file being "
+                "written, a Hub dataset updated between reads, or node-local copies that differ): give every "
+                "node the same, finished data"
+            )
+    problem = None
+    if training_args.process_index == 0:
+        try:
+            claim_data(
+                training_args.output_dir, {"train": digests["train"]}, resuming=start.checkpoint is not None
+            )
+        except ValueError as error:
+            problem = str(error)
+    if problem := from_main_process(problem):
+        raise ValueError(problem)
 
 
 def data_digest(data: Dataset) -> str:

@@ -23,7 +23,7 @@ from reasoningner.training import (
     HeldOutGRPOTrainer,
     check_adapter_start,
     check_generation_cycle,
-    check_same_data,
+    check_training_data,
     describe_run,
     finish_trainer_stage,
     held_out_schedule,
@@ -80,7 +80,7 @@ def main(
             )
     train_dataset = Dataset.from_list(train)
     eval_dataset = Dataset.from_list(held_out) if held_out is not None else None
-    check_same_data(train=train_dataset, eval=eval_dataset)
+    check_training_data(start, training_args, train_dataset, eval_dataset)
     contract = PromptContract.trained(prompt, schemas, start.contract, wording=wording(prompt))
     if training_args.reward_weights is None:
         training_args.reward_weights = [default_weight(name) for name in script_args.reward_funcs]

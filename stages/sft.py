@@ -18,7 +18,7 @@ from reasoningner.configs import (
 from reasoningner.prompts import wording
 from reasoningner.training import (
     HeldOutSFTTrainer,
-    check_same_data,
+    check_training_data,
     configure_batching,
     cut_conversations,
     describe_run,
@@ -58,7 +58,7 @@ def main(
         [sft_record(e.example, prompt, rationale=e.rationale, answer=e.answer) for e in train]
     )
     eval_dataset = Dataset.from_list(held_out) if held_out is not None else None
-    check_same_data(train=train_dataset, eval=eval_dataset)
+    check_training_data(start, training_args, train_dataset, eval_dataset)
     if eval_dataset is not None and training_args.eval_strategy == IntervalStrategy.NO:
         training_args.eval_strategy = IntervalStrategy.EPOCH  # eval files given: evaluate them
 

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -277,24 +278,50 @@ def test_grpo_resumed_in_a_later_epoch_draws_its_prompts_in_the_uninterrupted_or
     assert steps(resumed) == steps(reference)
 
 
-def test_a_stop_ends_the_w_and_b_run_before_slurm_ends_the_attempt(
-    slurm_job: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+def test_a_relaunch_on_hub_data_that_changed_under_its_name_is_refused(
+    tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    """`scontrol requeue` has SLURM signal the attempt: W&B, still running then, would end "crashed"."""
-    import wandb
+    """A Hub id has no file to fingerprint at start: the rows it read are recorded, and a relaunch that
+    reads others (the dataset updated between attempts) would resume its data order on other examples."""
+    hub = tmp_path / "hub" / "NER-CoT"
+    shutil.copytree(DATA / "hub" / "NER-CoT", hub)
+    stage, out = load_stage("rl"), tmp_path / "rl"
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    wandb.init(project="reasoningner-test", dir=tmp_path)
-    request.addfinalizer(wandb.finish)  # a failing check leaves no run to the next tests
-    running_at_requeue = []
+    def grpo(max_steps: str) -> None:
+        args = grpo_args(tiny_model_dir, out, "--train_files", f"hf:{hub}@train", "--max_steps", max_steps,
+                         "--save_steps", "2")  # fmt: skip
+        stage.main(*stage.make_parser().parse_args_and_config(args))
+
+    grpo("2")
+    grpo("4")  # the same rows: resumed
+    assert last_checkpoint(str(out)) == str(out / "checkpoint-4")
+    rows = (hub / "train.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    (hub / "train.jsonl").write_text("".join(rows[1:]), encoding="utf-8")  # updated upstream
+    with pytest.raises(ValueError, match=r"holds a run that started on other training data \(train: '\d+:"):
+        grpo("6")
+    assert last_checkpoint(str(out)) == str(out / "checkpoint-4")
+    grpo_with_overwrite = [*grpo_args(tiny_model_dir, out, "--train_files", f"hf:{hub}@train"),
+                           "--max_steps", "2", "--overwrite_output_dir", "true"]  # fmt: skip
+    stage.main(*stage.make_parser().parse_args_and_config(grpo_with_overwrite))  # afresh, recorded anew
+    grpo("4")
+
+
+def test_a_stop_ends_the_w_and_b_run_before_slurm_ends_the_attempt(
+    slurm_job: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`scontrol requeue` has SLURM signal the attempt: W&B, still running then, would end "crashed".
+    (A stand-in W&B: a real run started in this process would leave its service to the later tests'
+    stage processes.)"""
+    finished: list[int] = []
+    wandb = types.SimpleNamespace(run=object(), finish=lambda exit_code: finished.append(exit_code))
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+    finished_at_requeue = []
     requeue = jobs.requeue
-    monkeypatch.setattr(
-        jobs, "requeue", lambda: running_at_requeue.append(wandb.run is not None) or requeue()
-    )
+    monkeypatch.setattr(jobs, "requeue", lambda: finished_at_requeue.append(list(finished)) or requeue())
     with pytest.raises(SystemExit) as ended:
         jobs.stop("sft: stopped at checkpoint-4")
     assert ended.value.code == jobs.STOPPED
-    assert running_at_requeue == [False]
+    assert finished_at_requeue == [[jobs.STOPPED]]
     assert slurm_job.read_text().split() == ["requeue", "4242"]
 
 
