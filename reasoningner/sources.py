@@ -2,17 +2,21 @@
 
 A recipe names data as TRL users do, by hub id, so that a fresh clone needs no mounted folder::
 
-    hf:LOCATION[:CONFIG][@SPLIT][?reader=LAYOUT&sets=A,B&streaming=true]
+    hf:LOCATION[:CONFIG][@SPLIT][?reader=LAYOUT&sets=A,B&streaming=true&revision=COMMIT]
 
     hf:HuiHuang/NER-CoT@train                           NER-CoT, the paper's stage 1 output
     hf:DFKI-SLT/cross_ner:ai@test                        a config and split of a hub dataset
     hf:OWNER/NAME/NER@train?sets=ACE 2005,CoNLL 2003     an InstructUIE tree: <base>/<set>/{split}.json
     hf:tests/data/hub/ner-cot@train                      a local directory standing in for a hub id
+    hf:OWNER/NAME@train?revision=0123abcd                a hub dataset at a commit (branch or tag)
 
 LOCATION is a hub id `OWNER/NAME` (a further `/SUBDIR` is the folder inside the repository) or, when
 it exists on disk, a local file or directory. Every form is loaded by `datasets.load_dataset` (cached
 under `HF_DATASETS_CACHE`; `streaming=true` iterates without downloading the whole set), so a local
 stand-in goes through exactly the code path of the hub id it replaces. SPLIT defaults to `train`.
+`revision=` reads a hub dataset at that commit, so that every attempt of a long run (and a later
+reproduction) reads the same rows; a trainer stage also records the rows it reads and refuses a relaunch
+that reads others (`tracking.claim_data`), pinned or not.
 
 Layouts (`reader=`, else told from the columns of the first row):
 
@@ -64,7 +68,7 @@ logger = logging.getLogger(__name__)
 
 HUB = "hf:"
 LAYOUTS = ("auto", "nercot", "instructuie", "tokens", "jsonl")
-QUERY_KEYS = ("reader", "sets", "streaming")
+QUERY_KEYS = ("reader", "sets", "streaming", "revision")
 # rner/utils.py `is_valid_label`: labels that mean "no entity" in the InstructUIE files.
 NON_ENTITY_LABELS = frozenset({"", "na", "n a", "misc", "else", "other", "nan"})
 _SPEC = re.compile(
@@ -83,6 +87,7 @@ class Source:
     layout: str = "auto"
     sets: tuple[str, ...] = ()
     streaming: bool = False
+    revision: str | None = None  # of a hub dataset
 
     @property
     def local(self) -> bool:
@@ -136,9 +141,12 @@ def parse_source(spec: str) -> Source:
         layout="instructuie" if sets and layout == "auto" else layout,
         sets=sets,
         streaming=query.get("streaming", "false").lower() == "true",
+        revision=query.get("revision") or None,
     )
     if not source.local and source.location.count("/") < 1:
         raise ValueError(f"{spec!r}: {source.location} is neither a local path nor a hub id OWNER/NAME")
+    if source.local and source.revision:
+        raise ValueError(f"{spec!r}: revision= is a hub dataset's commit; {source.location} is a local path")
     return source
 
 
@@ -186,7 +194,7 @@ def _set_file(source: Source, name: str, filename: str) -> str:
     from huggingface_hub import hf_hub_download
 
     inside = "/".join(part for part in (source.subdir, name, filename) if part)
-    return hf_hub_download(source.repo or "", inside, repo_type="dataset")
+    return hf_hub_download(source.repo or "", inside, repo_type="dataset", revision=source.revision)
 
 
 def _load_dataset(
@@ -239,11 +247,19 @@ def _load_hub_dataset(source: Source) -> Any:
     import datasets
 
     options = {"split": source.split, "data_dir": source.subdir, "streaming": source.streaming}
+    if source.revision:
+        options["revision"] = source.revision
     try:
         return datasets.load_dataset(source.repo, source.config, **options)
     except RuntimeError as error:
         if "Dataset scripts are no longer supported" not in str(error):
             raise
+        if source.revision:
+            raise ValueError(
+                f"{source.spec}: {source.repo} has a loading script, so it is read from the Hub's Parquet "
+                f"export ({PARQUET_EXPORT}), which follows the latest commit: revision= cannot pin it. Leave "
+                "it out: a training run still refuses a relaunch whose rows changed"
+            ) from None
         logger.warning("%s: %s; reading its Parquet export (%s)", source.repo, error, PARQUET_EXPORT)
         # The export lays a config's split out as <config>/<split>/*.parquet, which `datasets` reads as
         # one "default" config of every config's rows: the files are named, not the config.

@@ -360,6 +360,37 @@ def test_the_reasoningner_recipes_run_on_cpu_with_local_stand_ins(
     assert "CrossNER_AI" in json.dumps(results["scores"])
 
 
+def test_a_hub_source_is_read_at_its_revision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every attempt of a long run reads the same rows: `revision=` reaches `load_dataset` and the
+    InstructUIE files' downloads (here stand-ins answering from the local copies, as the Hub would)."""
+    import datasets
+    import huggingface_hub
+
+    asked: list[tuple[str, object]] = []
+    real_load_dataset = datasets.load_dataset
+
+    def load_dataset(repo: str, config: str | None = None, **options: object) -> datasets.Dataset:
+        asked.append((repo, options.pop("revision", None)))
+        return real_load_dataset(str(HUB / "NER-CoT"), config, **options)
+
+    def download(repo_id: str, filename: str, repo_type: str, revision: str | None = None) -> str:
+        asked.append((f"{repo_id}/{filename}", revision))
+        return str(HUB / "InstructUIE" / filename)
+
+    local = load_source(NER_COT)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    assert load_source("hf:HuiHuang/NER-CoT@train?revision=0123abcd").examples == local.examples
+    [(tree, _)] = load_source_sets("hf:OWNER/NAME/NER@train?sets=WikiANN en&revision=v2")
+    assert tree.examples and asked == [
+        ("HuiHuang/NER-CoT", "0123abcd"),
+        ("OWNER/NAME/NER/WikiANN en/labels.json", "v2"),
+        ("OWNER/NAME/NER/WikiANN en/train.json", "v2"),
+    ]
+    with pytest.raises(ValueError, match="revision= is a hub dataset's commit"):
+        parse_source(f"{NER_COT}?revision=v2")
+
+
 def test_a_hub_dataset_with_a_loading_script_is_read_from_its_parquet_export(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
@@ -398,6 +429,11 @@ def test_a_hub_dataset_with_a_loading_script_is_read_from_its_parquet_export(
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
     with pytest.raises(RuntimeError, match="cannot be reached"):
         load_source("hf:DFKI-SLT/cross_ner:ai@test?reader=tokens", schema=schema)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *_, **__: load_dataset("DFKI-SLT/cross_ner"))
+    with pytest.raises(
+        ValueError, match=r"Parquet export \(refs/convert/parquet\), which follows the latest"
+    ):
+        load_source("hf:DFKI-SLT/cross_ner:ai@test?reader=tokens&revision=0123abcd", schema=schema)
 
 
 def test_numeric_tags_without_label_names_are_a_clear_error_that_names_the_row() -> None:
