@@ -9,8 +9,12 @@ import logging
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
+
+from reasoningner.jobs import requeued
 
 logger = logging.getLogger(__name__)
 
@@ -38,15 +42,23 @@ def write_whole(path: Path, data: bytes | str) -> None:
         raise
 
 
+# How long a requeued SLURM job waits for a lock its earlier attempt held: a lock on shared storage
+# (NFS, Lustre) outlives a node that died holding it until the server lets it go (NFSv4's lease, 90 s by
+# default; a Lustre client's eviction, minutes).
+REQUEUED_LOCK_WAIT = 600.0
+LOCK_RETRY_SECONDS = 10.0
+
+
 @contextlib.contextmanager
 def exclusive(path: Path) -> Iterator[None]:
     """Hold `<path>.lock` while writing `path`: a second run on it fails at once, instead of writing
     every record a second time. An flock is released by the OS when its process dies, however it dies,
-    so a killed run never leaves a stale lock behind."""
+    so a killed run never leaves a stale lock behind; on shared storage, a node that died holding it
+    does until the server releases it, for which a requeued job waits (`REQUEUED_LOCK_WAIT`)."""
     lock = path.with_name(path.name + ".lock")
     with lock.open("a+", encoding="utf-8") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock(handle, wait=REQUEUED_LOCK_WAIT if requeued() else 0.0, path=path)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
@@ -62,6 +74,26 @@ def exclusive(path: Path) -> Iterator[None]:
             handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
             handle.flush()
         yield
+
+
+def _lock(handle: IO[str], wait: float, path: Path) -> None:
+    """flock `handle`, trying again for `wait` seconds while another holds it (BlockingIOError after)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            if left > wait - LOCK_RETRY_SECONDS:  # the first try
+                logger.warning(
+                    "%s is locked, maybe by a node of this job's earlier attempt: trying again for %.0f s",
+                    path,
+                    wait,
+                )
+            time.sleep(min(LOCK_RETRY_SECONDS, left))
 
 
 def complete_lines(path: Path) -> tuple[list[tuple[str, bytes]], bool]:

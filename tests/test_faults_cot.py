@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import random
 import re
 import signal
@@ -596,6 +597,33 @@ def test_a_relaunch_with_other_thresholds_or_sampling_is_refused_and_one_that_ru
     assert (out / "annotations.jsonl").read_text().startswith(before)
     settings = {json.dumps(r["settings"], sort_keys=True) for r in read_records(out / "annotations.jsonl")}
     assert len(settings) == 1
+
+
+def test_a_requeued_job_waits_for_the_lock_a_dead_node_s_attempt_may_still_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On NFS or Lustre a lock outlives the node that died holding it until the server lets it go: the
+    requeued attempt would fail at once and end the job for good. A first attempt still fails at once."""
+    import threading
+
+    from reasoningner import files
+
+    out = tmp_path / "annotations.jsonl"
+    monkeypatch.setattr(files, "LOCK_RETRY_SECONDS", 0.05)
+    held = contextlib.ExitStack()
+    held.enter_context(exclusive(out))  # the earlier attempt's lock, not yet released
+    with pytest.raises(RuntimeError, match="being written by another run"), exclusive(out):
+        pass
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    monkeypatch.setattr(files, "REQUEUED_LOCK_WAIT", 0.3)
+    with pytest.raises(RuntimeError, match="being written by another run"), exclusive(out):
+        pass  # held past the wait
+    monkeypatch.setattr(files, "REQUEUED_LOCK_WAIT", 30.0)
+    threading.Timer(0.3, held.close).start()  # the server releases it
+    started = time.monotonic()
+    with exclusive(out):
+        assert time.monotonic() - started >= 0.25
+        assert f"pid {os.getpid()}" in (tmp_path / "annotations.jsonl.lock").read_text()
 
 
 def test_a_run_near_its_job_s_time_limit_stops_between_chunks_and_its_requeued_job_completes_the_file(
