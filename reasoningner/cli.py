@@ -490,7 +490,7 @@ def run_stage(make_parser: Callable[[], Any], main: Callable[..., Any]) -> None:
     """A stage script's `__main__`: parse the recipe and command line, run, and end a user's mistake
     in one line rather than a traceback (`REASONINGNER_DEBUG=1` shows it). Warnings come from the main
     process only: every process of a launch meets the same ones (64 copies on 8 nodes), errors from each."""
-    if int(os.environ.get("RANK", "0")) > 0:
+    if os.environ.get("RANK", "0") not in ("", "0"):
         logging.getLogger("reasoningner").setLevel(logging.ERROR)
     try:
         main(*make_parser().parse_args_and_config())

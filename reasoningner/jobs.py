@@ -14,6 +14,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -67,13 +68,29 @@ def stop(message: str, main_process: bool = True, barrier: Callable[[], Any] | N
     has SLURM signal this attempt, which would cut W&B's own end at exit short (a "crashed" run, its
     last metrics unsent)."""
     if main_process:
-        wandb = sys.modules.get("wandb")
-        if wandb is not None and getattr(wandb, "run", None) is not None:
-            wandb.finish(exit_code=STOPPED)
+        _end_wandb_run()
         print(f"{message}; {requeue()}", flush=True)
     if barrier is not None:
         barrier()
     sys.exit(STOPPED)
+
+
+# How long W&B may take to end its run before the requeue is asked regardless: a finish that hangs (a
+# cluster's network) must not let the job run into its time limit, where SLURM would not requeue it.
+WANDB_FINISH_SECONDS = 120.0
+
+
+def _end_wandb_run() -> None:
+    """End this process's W&B run, if any, with `STOPPED`, waiting at most `WANDB_FINISH_SECONDS`; a
+    failure is W&B's own message (threading prints it), never the end of the requeue."""
+    wandb = sys.modules.get("wandb")
+    if wandb is None or getattr(wandb, "run", None) is None:
+        return
+    ending = threading.Thread(target=wandb.finish, kwargs={"exit_code": STOPPED}, daemon=True)
+    ending.start()
+    ending.join(WANDB_FINISH_SECONDS)
+    if ending.is_alive():
+        logger.warning("W&B did not end its run in %g s: requeueing without it", WANDB_FINISH_SECONDS)
 
 
 def requeue() -> str:

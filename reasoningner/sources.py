@@ -15,8 +15,9 @@ it exists on disk, a local file or directory. Every form is loaded by `datasets.
 under `HF_DATASETS_CACHE`; `streaming=true` iterates without downloading the whole set), so a local
 stand-in goes through exactly the code path of the hub id it replaces. SPLIT defaults to `train`.
 `revision=` reads a hub dataset at that commit, so that every attempt of a long run (and a later
-reproduction) reads the same rows; a trainer stage also records the rows it reads and refuses a relaunch
-that reads others (`tracking.claim_data`), pinned or not.
+reproduction) reads the same rows; offline (`HF_DATASETS_OFFLINE`), `datasets` reads the newest cached
+copy whatever the revision. A trainer stage also records the rows it reads and refuses a relaunch that
+reads others (`tracking.claim_data`), pinned or not.
 
 Layouts (`reader=`, else told from the columns of the first row):
 
@@ -501,14 +502,14 @@ def resolvable(spec: str) -> tuple[bool, str]:
     source = parse_source(spec)
     if source.local:
         return Path(source.location).expanduser().exists(), f"local {source.location}"
-    if hub_cached(source.repo or ""):
+    if hub_cached(source.repo or "") and not (source.revision and not offline()):  # a revision is asked
         return True, "in the Hugging Face cache"
     if offline():
         return False, "not in the Hugging Face cache and the hub is offline (HF_HUB_OFFLINE)"
     try:
         from huggingface_hub import HfApi
 
-        HfApi().dataset_info(source.repo or "", timeout=10)
+        HfApi().dataset_info(source.repo or "", revision=source.revision, timeout=10)
     except Exception as error:  # any failure to reach or find it is the answer
         # No answer at all (DNS, connection, timeout: the HTTP client's TransportError, whichever httpx
         # huggingface_hub brings) is not an answer that the dataset is missing.

@@ -365,8 +365,8 @@ def check_training_data(
             claim_data(
                 training_args.output_dir, {"train": digests["train"]}, resuming=start.checkpoint is not None
             )
-        except ValueError as error:
-            problem = str(error)
+        except Exception as error:  # noqa: BLE001 - every process must end with it, not wait for the main one
+            problem = f"{type(error).__name__}: {error}" if not isinstance(error, ValueError) else str(error)
     if problem := from_main_process(problem):
         raise ValueError(problem)
 
@@ -422,17 +422,6 @@ def start_trainer_stage(
     (`tracking.claim_output_dir`), saying where training starts."""
     keep_secrets_out(training_args)
     main_process = training_args.process_index == 0
-    # The final model is published with its card and contract (`finish_trainer_stage`), not by the
-    # Trainer, which would push TRL's card with every save.
-    push_to = None
-    if training_args.push_to_hub:
-        check_publishable(script_args, model_args)
-        # By default named after the run's folder and its parent (qwen3-8b-sft): `sft` alone would
-        # send every model of one stage to one repository.
-        push_to = training_args.hub_model_id or run_folder(training_args.output_dir).replace("/", "-")
-        if main_process:
-            push_to = hub_repository(push_to, training_args.output_dir, training_args.hub_private_repo)
-    training_args.push_to_hub = False
     if training_args.save_only_model:
         logger.warning(
             "save_only_model: checkpoints hold no optimizer or scheduler state, so a run resumed from one "
@@ -459,6 +448,18 @@ def start_trainer_stage(
     start_deepspeed_on_cpu(training_args)
     check_saved_weights(training_args, model_args)
     require_model(model_args.model_name_or_path)
+    # After the checks that refuse a run, which would leave an empty Hub repository. The final model is
+    # published with its card and contract (`finish_trainer_stage`), not by the Trainer, which would
+    # push TRL's card with every save.
+    push_to = None
+    if training_args.push_to_hub:
+        check_publishable(script_args, model_args)
+        # By default named after the run's folder and its parent (qwen3-8b-sft): `sft` alone would
+        # send every model of one stage to one repository.
+        push_to = training_args.hub_model_id or run_folder(training_args.output_dir).replace("/", "-")
+        if main_process:
+            push_to = hub_repository(push_to, training_args.output_dir, training_args.hub_private_repo)
+    training_args.push_to_hub = False
     inputs = [*script_args.train_files, model_args.model_name_or_path]
     if wants_wandb(training_args.report_to):
         set_trainer_run(stage, training_args.output_dir, inputs)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from reasoningner import jobs
+from reasoningner import jobs, training
 from reasoningner.configs import (
     CoTArguments,
     GenerationArguments,
@@ -306,6 +306,7 @@ def test_a_relaunch_on_hub_data_that_changed_under_its_name_is_refused(
     grpo("4")
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the failing finish
 def test_a_stop_ends_the_w_and_b_run_before_slurm_ends_the_attempt(
     slurm_job: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -323,6 +324,13 @@ def test_a_stop_ends_the_w_and_b_run_before_slurm_ends_the_attempt(
     assert ended.value.code == jobs.STOPPED
     assert finished_at_requeue == [[jobs.STOPPED]]
     assert slurm_job.read_text().split() == ["requeue", "4242"]
+    # A finish that hangs (a cluster's network) or fails must not keep the job from being requeued.
+    monkeypatch.setattr(jobs, "WANDB_FINISH_SECONDS", 0.2)
+    for finish in (lambda exit_code: time.sleep(30), lambda exit_code: 1 / 0):
+        monkeypatch.setattr(wandb, "finish", finish)
+        with pytest.raises(SystemExit):
+            jobs.stop("sft: stopped at checkpoint-4")
+    assert slurm_job.read_text().split() == ["requeue", "4242"] * 3
 
 
 def test_a_run_near_its_job_s_time_limit_stops_at_a_checkpoint_and_its_requeued_job_ends_as_one_never_stopped(
@@ -747,7 +755,11 @@ def test_a_run_killed_before_its_first_checkpoint_keeps_its_wandb_run(
 
 
 def test_a_relaunch_saves_at_its_own_save_steps_and_a_best_model_run_keeps_its_last_checkpoint(
-    tiny_model_dir: Path, annotations: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tiny_model_dir: Path,
+    annotations: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """transformers resumes with the checkpoint's save, eval and logging steps: a relaunch that changes
     them (allowed) kept the old ones. And with load_best_model_at_end, save_total_limit 1 deletes the
@@ -773,8 +785,20 @@ def test_a_relaunch_saves_at_its_own_save_steps_and_a_best_model_run_keeps_its_l
     with caplog.at_level(logging.WARNING, logger="reasoningner.training"):
         sft("--max_steps", "6", "--save_only_model", "true")  # finished: nothing trained, but warned
     assert "save_only_model: checkpoints hold no optimizer or scheduler state" in caplog.text
+    created: list[str] = []
+    monkeypatch.setattr(training, "hub_repository", lambda name, *_: created.append(name) or name)
     with pytest.raises(ValueError, match="save_on_each_node: runs resume from the main process's"):
-        sft("--max_steps", "6", "--save_on_each_node", "true")  # node-local checkpoints
+        sft(
+            "--max_steps",
+            "6",
+            "--save_on_each_node",
+            "true",
+            "--push_to_hub",
+            "true",
+            "--hub_model_id",
+            "me/x",
+        )
+    assert created == []  # refused before it made a Hub repository
     with pytest.raises(ValueError, match="save_total_limit 1 with load_best_model_at_end"):
         sft("--max_steps", "6", "--save_total_limit", "1", "--load_best_model_at_end", "true",
             "--eval_strategy", "steps", "--eval_steps", "2", "--overwrite_output_dir", "true")  # fmt: skip

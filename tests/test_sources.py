@@ -529,3 +529,19 @@ def test_a_hub_that_cannot_be_reached_is_not_reported_as_missing_the_dataset(mon
         )
     )
     assert missing[0] is False and missing[1].startswith("the hub does not serve it: RepositoryNotFoundError")
+
+
+def test_doctor_asks_the_hub_for_a_pinned_revision_even_of_a_cached_dataset(monkeypatch) -> None:
+    """A cached copy says nothing of a revision: a misspelt one would fail only when the run loads it."""
+    from huggingface_hub import HfApi
+
+    from reasoningner import sources
+
+    monkeypatch.setattr(sources, "offline", lambda: False)
+    monkeypatch.setattr(sources, "hub_cached", lambda repo: True)
+    asked: list[object] = []
+    monkeypatch.setattr(
+        HfApi, "dataset_info", lambda self, repo_id, **kwargs: asked.append(kwargs["revision"])
+    )
+    assert sources.resolvable("hf:OWNER/NAME@train") == (True, "in the Hugging Face cache") and asked == []
+    assert sources.resolvable("hf:OWNER/NAME@train?revision=v2")[0] and asked == ["v2"]
