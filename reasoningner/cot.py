@@ -24,7 +24,9 @@ Every sentence ends as one record with a `status` (`records`):
 The report (`report.json`) counts the three; they add up to the sentences. A teacher that fails
 `FAILURES_IN_A_ROW` sentences in a row, none answered in between (a server that died, or refuses
 every request: a context too short for max_new_tokens), stops the run with its last error instead of
-failing the rest of the data; the records written so far stay, and a rerun retries the failed.
+failing the rest of the data; the records written so far stay, and a rerun retries the failed. Once the
+teacher has answered, requests it refuses (a prompt too long) no longer count: they come back at once,
+ahead of the answers, and a chunk holding 64 of them stopped the run on every rerun.
 
 What a run guarantees when its process ends at any moment (any signal, preemption, a crash):
 - Records are appended, one line per sentence, and flushed as soon as the sentence is done: a run
@@ -447,7 +449,7 @@ def _outcomes(
     mode: MatchMode = args.match_mode  # type: ignore[assignment]
     local_greedy = generation.temperature == 0 and generation.backend != "openai"
     retries = 0 if local_greedy else INCOMPLETE_RETRIES
-    failed_in_a_row = 0
+    failed_in_a_row, answered = 0, False
     spent: Counter[str] = Counter()  # completion tokens of every sample of every try of a sentence
     chunk_seconds = 0.0  # how long the last chunk took
     with generation.build_generator() as generator:
@@ -474,11 +476,14 @@ def _outcomes(
                         task = group[index]
                         if isinstance(outcome, ConversationFailed):
                             yield task, Failure(str(outcome), spent[task.key], tries)
-                            failed_in_a_row += 1
+                            # A refusal comes back at once, ahead of the answers a chunk waits minutes
+                            # for: once the teacher has answered, refused prompts say nothing of it.
+                            if not (outcome.refused and answered):
+                                failed_in_a_row += 1
                             if failed_in_a_row >= FAILURES_IN_A_ROW:
                                 raise _teacher_down(failed_in_a_row, outcome)
                             continue
-                        failed_in_a_row = 0
+                        failed_in_a_row, answered = 0, True
                         spent[task.key] += sum(c.completion_tokens for c in outcome)
                         usable = [(i, c) for i, c in enumerate(outcome) if unusable(c) is None]
                         if usable:

@@ -103,7 +103,12 @@ class GenerationError(RuntimeError):
 
 
 class ConversationFailed(GenerationError):
-    """The backend gave up on one conversation (retries exhausted, a request refused); others may go on."""
+    """The backend gave up on one conversation (retries exhausted, a request refused); others may go on.
+    `refused`: the backend answered, refusing this request (a prompt too long), rather than failing."""
+
+    def __init__(self, message: str, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 Outcome = list[Completion] | ConversationFailed
@@ -143,6 +148,7 @@ class Generator(ABC):
         Errors that concern every conversation (a refused API key, an engine crash) still raise."""
         if not conversations:  # nothing to ask: no backend is started or called
             return
+        conversations = [sendable(conversation) for conversation in conversations]
         if sampling.temperature > 0 or sampling.n == 1:
             yield from self._generate(conversations, sampling)
             return
@@ -280,7 +286,8 @@ class VLLMGenerator(Generator):
                     yield (
                         start + offset,
                         ConversationFailed(
-                            f"the prompt is {count} tokens, and max_model_len is {self.context_tokens}"
+                            f"the prompt is {count} tokens, and max_model_len is {self.context_tokens}",
+                            refused=True,
                         ),
                     )
             if not fits:
@@ -540,7 +547,7 @@ class OpenAIGenerator(Generator):
                     if status in self.FATAL_STATUS:
                         raise GenerationError(refusal)
                     if status < 500 and status not in self.RETRYABLE_STATUS:
-                        raise ConversationFailed(refusal)
+                        raise ConversationFailed(refusal, refused=True)
                     retry_after = _retry_after(response.headers.get("retry-after"))
             if attempt < self.max_attempts:
                 delay = self._backoff(attempt, retry_after)
@@ -701,13 +708,25 @@ class TransformersGenerator(Generator):
         _free_memory()
 
 
+def sendable(conversation: Conversation) -> Conversation:
+    """`conversation` with U+FFFD for each lone surrogate (a JSON "\\ud83d" in a dataset, half an emoji):
+    strict UTF-8 (an HTTP body) and tokenizers refuse one, which failed the whole run on every rerun.
+    One character for one, so offsets into the sentence still hold."""
+    return [
+        {**turn, "content": LONE_SURROGATE.sub("\ufffd", turn["content"])}
+        if isinstance(turn.get("content"), str)
+        else turn
+        for turn in conversation
+    ]
+
+
 def render_prompts(
     tokenizer: Any, conversations: Sequence[Conversation], chat_template_kwargs: dict[str, Any]
 ) -> list[str]:
     """The prompt text of each conversation: its chat template with the assistant turn opened."""
     return [
         tokenizer.apply_chat_template(
-            conversation, add_generation_prompt=True, tokenize=False, **chat_template_kwargs
+            sendable(conversation), add_generation_prompt=True, tokenize=False, **chat_template_kwargs
         )
         for conversation in conversations
     ]

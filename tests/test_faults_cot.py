@@ -132,6 +132,8 @@ class TeacherHandler(ChatHandler):
         time.sleep(self.server.delay)
         if fate == "http500":
             return self.send(500, {"error": "overloaded"})
+        if fate == "http400":
+            return self.send(400, {"error": "the prompt is longer than the model's context"})
         if fate == "hang":
             time.sleep(HANG_S)
         if fate == "badjson":
@@ -332,6 +334,25 @@ def test_a_teacher_that_fails_every_sentence_stops_the_run(tmp_path: Path) -> No
         annotate(args, PromptArguments(), openai(url))
     records = read_records(tmp_path / "out" / "annotations.jsonl")
     assert len(records) == FAILURES_IN_A_ROW and {r["status"] for r in records} == {"failed"}
+
+
+def test_requests_the_teacher_refuses_after_it_has_answered_do_not_stop_the_run(tmp_path: Path) -> None:
+    """Refusals (prompts too long) come back at once, ahead of the answers a chunk waits for: once the
+    teacher has answered, a run of them is no sign of a dead teacher. One refusing everything still stops."""
+    inputs = write_inputs(tmp_path / "in.jsonl", FAILURES_IN_A_ROW + 20)
+    args = cot_args(tmp_path / "out", [inputs])
+    answers = replies(load_tasks(args, PromptArguments()))
+    refused = set(list(answers)[1 : FAILURES_IN_A_ROW + 10])  # after the first sentence's answer
+
+    def fate(prompt: str, attempt: int) -> str:
+        return "http400" if prompt in refused else "right"
+
+    with teacher(answers, fate) as server:
+        report = annotate(args, PromptArguments(), openai(server.base_url, concurrency=1))
+    assert (report["failed"], report["accepted"]) == (len(refused), len(answers) - len(refused)), report
+    every = cot_args(tmp_path / "every", [inputs])
+    with teacher(answers, lambda *_: "http400") as server, pytest.raises(GenerationError, match="in a row"):
+        annotate(every, PromptArguments(), openai(server.base_url))
 
 
 def test_an_answer_the_engine_aborted_is_no_answer() -> None:

@@ -766,3 +766,17 @@ def test_the_transformers_backend_runs_on_the_gpu_where_there_is_one(
     build_generator("transformers", model=str(tiny_model_dir))
     build_generator("transformers", model=str(tiny_model_dir), device="cpu")
     assert moved == ["cpu", "cuda", "cpu"]
+
+
+def test_a_lone_surrogate_in_a_sentence_is_asked_as_u_fffd_not_a_failed_run(
+    fake: ChatServer, local: TransformersGenerator
+) -> None:
+    """Half an emoji escaped in a dataset's JSON ("\\ud83d") fails strict UTF-8 (an HTTP body) and
+    tokenizers: stage 1 and evaluation stopped at that sentence on every rerun."""
+    contents = ["plain:Ann \ud83d ran", "plain:Bo"]
+    with fake_client(fake.base_url) as client:
+        results = client.generate([conversation(c) for c in contents], SamplingConfig())
+    assert [c[0].text for c in results] == [echo("plain:Ann \ufffd ran")[0], echo("plain:Bo")[0]]
+    asked = [conversation("Ann \ud83d ran"), conversation("Ann \ufffd ran")]
+    first, second = local.generate(asked, SamplingConfig(max_new_tokens=4))
+    assert first == second and local.prompt_tokens(asked[:1]) == local.prompt_tokens(asked[1:])
