@@ -440,6 +440,8 @@ def _outcomes(
     """Annotate `tasks`, yielding each as soon as it is scored or has failed for good. Each try of a
     sentence samples with its own seed, counting the tries earlier runs `tried` (a seeded backend, vLLM,
     repeats a request's samples)."""
+    if not tasks:  # a finished shard rerun: no engine is loaded (minutes for a large teacher)
+        return
     output_format = get_format(prompt.output_format)
     if generation.backend == GOLD_TEMPLATE:
         for task in tasks:

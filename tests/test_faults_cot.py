@@ -287,6 +287,18 @@ def seeded_teacher(args: CoTArguments, cut_tries: int) -> Iterator[tuple[Teacher
         yield server, sampled
 
 
+def test_a_finished_shard_rerun_loads_no_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resubmitting a whole array to fill its gaps reruns the finished shards: each would load the
+    teacher (minutes for a large model offline) to ask nothing."""
+    args = cot_args(tmp_path / "out", [write_inputs(tmp_path / "in.jsonl", 3)])
+    with teacher(replies(load_tasks(args, PromptArguments())), lambda *_: "right") as server:
+        first = annotate(args, PromptArguments(), openai(server.base_url))
+    built: list[str] = []
+    monkeypatch.setattr(GenerationArguments, "build_generator", lambda self: built.append("engine"))
+    again = annotate(args, PromptArguments(), openai(server.base_url))
+    assert built == [] and again["accepted"] == first["accepted"] == 3
+
+
 def test_a_retry_samples_with_another_seed(tmp_path: Path) -> None:
     """vLLM draws a request's samples from its seed: a retry with the same seed repeats the cut-off."""
     args = cot_args(tmp_path / "out", [write_inputs(tmp_path / "in.jsonl", 4)])
