@@ -326,7 +326,8 @@ def resume(
     failed ones took (their retries then sample with other seeds).
 
     A half-written last line (a kill mid-write) is cut off and failed records are dropped, so that
-    their sentences are annotated again, by one atomic rewrite. Records this run cannot have written
+    their sentences are annotated again, by one atomic rewrite; their tries are kept in `tries_path`
+    until the sentences have records again. Records this run cannot have written
     are refused (`_known`, `_check_prompt`, another teacher, `_check_settings`); failed ones may differ,
     being dropped.
     """
@@ -335,10 +336,11 @@ def resume(
     lines, cut = complete_lines(path)
     records = ((where, parse_record(line, where)) for where, line in lines)
     kept: list[dict[str, Any]] = []
-    tried: dict[str, int] = {}
+    counts = tries_path(path)
+    tried: dict[str, int] = json.loads(counts.read_text(encoding="utf-8")) if counts.is_file() else {}
     for where, record, task in _known(records, {t.key: t for t in tasks}, path):
         if record_status(record) == "failed":
-            tried[task.key] = int(record.get("tries") or 1)
+            tried[task.key] = max(tried.get(task.key, 0), int(record.get("tries") or 1))
             continue
         _check_prompt(where, record, task)
         if record.get("teacher") != teacher:
@@ -348,9 +350,22 @@ def resume(
             )
         _check_settings(where, record, settings)
         kept.append(record)
+    done = {record["key"] for record in kept}
+    tried = {key: count for key, count in tried.items() if key not in done}
+    # The failed records' tries go to their own file before the rewrite drops the records: a kill
+    # after it would have their retries sample again with seeds that failed.
+    if tried:
+        write_whole(counts, json.dumps(tried, sort_keys=True) + "\n")
+    else:
+        counts.unlink(missing_ok=True)
     if len(kept) != len(lines) or cut:
         write_whole(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
-    return {record["key"] for record in kept}, tried
+    return done, tried
+
+
+def tries_path(path: Path) -> Path:
+    """Where `resume` keeps the tries of failed sentences whose records it dropped."""
+    return path.with_name(path.name + ".tries.json")
 
 
 def annotation_settings(args: CoTArguments, generation: GenerationArguments) -> dict[str, Any]:
@@ -542,6 +557,7 @@ def annotate(args: CoTArguments, prompt: PromptArguments, generation: Generation
     with exclusive(path):
         if args.fresh_start():
             path.unlink(missing_ok=True)
+            tries_path(path).unlink(missing_ok=True)
         done, tried = resume(path, tasks, teacher, settings)
         todo = [task for task in tasks if task.key not in done]
         started = time.perf_counter()
@@ -554,6 +570,7 @@ def annotate(args: CoTArguments, prompt: PromptArguments, generation: Generation
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 out.flush()
                 bar.update()
+        tries_path(path).unlink(missing_ok=True)  # every sentence has its record now, a failed one its tries
         report = summarize(read_records(path), seconds=time.perf_counter() - started, annotated=len(todo))
         write_whole(report_path(args), json.dumps(report, indent=2) + "\n")
     return report

@@ -34,9 +34,12 @@ from reasoningner.cot import (
     RETRY_SEED_STRIDE,
     Task,
     annotate,
+    annotation_settings,
     gold_template_sample,
     load_tasks,
     merge_shards,
+    resume,
+    teacher_name,
     unusable,
 )
 from reasoningner.files import exclusive
@@ -324,15 +327,26 @@ def test_a_recipe_may_leave_the_teacher_unseeded(tmp_path: Path) -> None:
     assert report["accepted"] == 3 and set(server.asked) == {"seed None"}
 
 
-def test_a_rerun_retries_the_failed_with_seeds_no_earlier_run_used(tmp_path: Path) -> None:
+@pytest.mark.parametrize("killed_after_the_rewrite", [False, True])
+def test_a_rerun_retries_the_failed_with_seeds_no_earlier_run_used(
+    tmp_path: Path, killed_after_the_rewrite: bool
+) -> None:
+    """Also when a rerun was killed right after its resume dropped the failed records (before their
+    retries wrote new ones): their tries are kept apart until then."""
     args = cot_args(tmp_path / "out", [write_inputs(tmp_path / "in.jsonl", 3)])
+    path = tmp_path / "out" / "annotations.jsonl"
     with seeded_teacher(args, cut_tries=3) as (server, sampled):  # one run's three tries
         first = annotate(args, PromptArguments(), sampled)
         assert first["failed"] == 3, first
-        assert {r["tries"] for r in read_records(tmp_path / "out" / "annotations.jsonl")} == {3}
+        assert {r["tries"] for r in read_records(path)} == {3}
+        if killed_after_the_rewrite:
+            tasks = load_tasks(args, PromptArguments())
+            resume(path, tasks, teacher_name(sampled), annotation_settings(args, sampled))
+            assert read_records(path) == []
         again = annotate(args, PromptArguments(), sampled)
     assert again["accepted"] == 3, again
     assert sorted(set(server.asked)) == [f"seed {k * RETRY_SEED_STRIDE}" for k in range(4)]
+    assert not (tmp_path / "out" / "annotations.jsonl.tries.json").exists()  # no failed sentence left
 
 
 def test_a_teacher_that_fails_every_sentence_stops_the_run(tmp_path: Path) -> None:
