@@ -24,7 +24,9 @@ Every sentence ends as one record with a `status` (`records`):
 The report (`report.json`) counts the three; they add up to the sentences. A teacher that fails
 `FAILURES_IN_A_ROW` sentences in a row, none answered in between (a server that died, or refuses
 every request: a context too short for max_new_tokens), stops the run with its last error instead of
-failing the rest of the data; the records written so far stay, and a rerun retries the failed. Once the
+failing the rest of the data; the records written so far stay, and a rerun retries the failed (in a
+SLURM job, a teacher that had answered is taken for one that died: the job is requeued, `jobs.stop`,
+restarting the server with the stage in `cot.slurm`; one that never answered ends it). Once the
 teacher has answered, requests it refuses (a prompt too long) no longer count: they come back at once,
 ahead of the answers, and a chunk holding 64 of them stopped the run on every rerun.
 
@@ -81,7 +83,7 @@ from reasoningner.configs import GOLD_TEMPLATE, CoTArguments, GenerationArgument
 from reasoningner.files import JSONL_ERRORS, complete_lines, exclusive, write_whole
 from reasoningner.formats import CONTENT_PROBLEMS, OutputFormat, ParseResult, get_format, split_answer
 from reasoningner.generation import OUTPUT_OPTIONS, Completion, ConversationFailed, GenerationError
-from reasoningner.jobs import stop
+from reasoningner.jobs import in_job, stop
 from reasoningner.metrics import MatchMode, example_f1
 from reasoningner.prompts import prompt_hash, teacher_instruction
 from reasoningner.rationale import consistency, gold_template_rationale
@@ -498,6 +500,8 @@ def _outcomes(
                             if not (outcome.refused and answered):
                                 failed_in_a_row += 1
                             if failed_in_a_row >= FAILURES_IN_A_ROW:
+                                if answered and in_job():  # it died: the job restarts server and stage
+                                    stop(f"cot: {_teacher_down(failed_in_a_row, outcome)}")
                                 raise _teacher_down(failed_in_a_row, outcome)
                             continue
                         failed_in_a_row, answered = 0, True

@@ -27,6 +27,11 @@ logger = logging.getLogger(__name__)
 STOPPED = 75
 
 
+def in_job() -> bool:
+    """Whether this process runs in a SLURM job, which `stop` can queue again."""
+    return bool(os.environ.get("SLURM_JOB_ID"))
+
+
 def requeued() -> bool:
     """Whether this is a requeued attempt of a job (preempted, a node that failed, `stop`): SLURM counts
     them in `SLURM_RESTART_COUNT`, which every task of the job inherits."""
@@ -97,7 +102,7 @@ def requeue() -> str:
     """Ask SLURM to queue this job again (`scontrol requeue`): what happened, in words. SLURM ends this
     attempt and starts the job's script anew once it schedules it."""
     job = os.environ.get("SLURM_JOB_ID")
-    if not job:
+    if not in_job():
         return "not a SLURM job: relaunch the same command to resume"
     try:
         done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=120)

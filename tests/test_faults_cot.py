@@ -45,6 +45,7 @@ from reasoningner.cot import (
 from reasoningner.files import exclusive
 from reasoningner.formats import get_format
 from reasoningner.generation import Completion, GenerationError
+from reasoningner.jobs import STOPPED
 from reasoningner.records import read_records
 from tests.fake_openai import ChatHandler, ChatServer, serving
 from tests.scripts import load_stage
@@ -360,6 +361,30 @@ def test_a_teacher_that_fails_every_sentence_stops_the_run(tmp_path: Path) -> No
         annotate(args, PromptArguments(), openai(url))
     records = read_records(tmp_path / "out" / "annotations.jsonl")
     assert len(records) == FAILURES_IN_A_ROW and {r["status"] for r in records} == {"failed"}
+
+
+def test_a_teacher_that_dies_in_a_slurm_job_requeues_it_and_one_that_never_answered_ends_it(
+    tmp_path: Path, slurm_job: Path
+) -> None:
+    """cot.slurm runs the server with the stage: a requeue restarts a server that died mid-run, where
+    exit 1 ended a days-long array task for good. A teacher that never answered is a setup to fix."""
+    inputs = write_inputs(tmp_path / "in.jsonl", FAILURES_IN_A_ROW + 20)
+    args = cot_args(tmp_path / "out", [inputs])
+    answers = replies(load_tasks(args, PromptArguments()))
+    first = next(iter(answers))
+
+    def dies(prompt: str, attempt: int) -> str:
+        return "right" if prompt == first else "http500"
+
+    with teacher(answers, dies) as server, pytest.raises(SystemExit) as ended:
+        annotate(args, PromptArguments(), openai(server.base_url, concurrency=1))
+    assert ended.value.code == STOPPED and slurm_job.read_text().split() == ["requeue", "4242"]
+    records = read_records(tmp_path / "out" / "annotations.jsonl")
+    assert [r["status"] for r in records] == ["accepted"] + ["failed"] * FAILURES_IN_A_ROW
+    never = cot_args(tmp_path / "never", [inputs])
+    with teacher(answers, lambda *_: "http500") as server, pytest.raises(GenerationError, match="in a row"):
+        annotate(never, PromptArguments(), openai(server.base_url))
+    assert slurm_job.read_text().split() == ["requeue", "4242"]
 
 
 def test_requests_the_teacher_refuses_after_it_has_answered_do_not_stop_the_run(tmp_path: Path) -> None:
