@@ -336,8 +336,9 @@ def resume(
     if not path.exists():
         return set(), {}
     lines, cut = complete_lines(path)
-    records = ((where, parse_record(line, where)) for where, line in lines)
-    kept: list[dict[str, Any]] = []
+    records = ((where, parse_record(line, where)) for where, line in lines)  # parsed one at a time
+    kept: list[str] = []  # where the records kept are: written back as they were read
+    done: set[str] = set()
     counts = tries_path(path)
     tried: dict[str, int] = json.loads(counts.read_text(encoding="utf-8")) if counts.is_file() else {}
     for where, record, task in _known(records, {t.key: t for t in tasks}, path):
@@ -351,8 +352,8 @@ def resume(
                 f"{teacher}: {AFRESH}"
             )
         _check_settings(where, record, settings)
-        kept.append(record)
-    done = {record["key"] for record in kept}
+        kept.append(where)
+        done.add(record["key"])
     tried = {key: count for key, count in tried.items() if key not in done}
     # The failed records' tries go to their own file before the rewrite drops the records: a kill
     # after it would have their retries sample again with seeds that failed.
@@ -361,7 +362,8 @@ def resume(
     else:
         counts.unlink(missing_ok=True)
     if len(kept) != len(lines) or cut:
-        write_whole(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+        raw = dict(lines)
+        write_whole(path, b"".join(raw[where] + b"\n" for where in kept))
     return done, tried
 
 
