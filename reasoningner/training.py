@@ -366,7 +366,7 @@ def check_training_data(
                 training_args.output_dir, {"train": digests["train"]}, resuming=start.checkpoint is not None
             )
         except Exception as error:  # noqa: BLE001 - every process must end with it, not wait for the main one
-            problem = f"{type(error).__name__}: {error}" if not isinstance(error, ValueError) else str(error)
+            problem = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
     if problem := from_main_process(problem):
         raise ValueError(problem)
 
