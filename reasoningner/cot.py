@@ -87,7 +87,7 @@ from reasoningner.jobs import in_job, stop
 from reasoningner.metrics import MatchMode, example_f1
 from reasoningner.prompts import prompt_hash, teacher_instruction
 from reasoningner.rationale import consistency, gold_template_rationale
-from reasoningner.records import STATUSES, numbered_records, parse_record, read_records, record_status
+from reasoningner.records import STATUSES, numbered_lines, parse_record, read_records, record_status
 from reasoningner.sources import is_source
 from reasoningner.spans import Example
 from reasoningner.tracking import differences
@@ -604,7 +604,9 @@ def merge_shards(args: CoTArguments, prompt: PromptArguments) -> Path:
     count = counts[0]
     tasks = load_all_tasks(args, prompt)
     problems: list[str] = []
-    records: list[dict[str, Any]] = []
+    # Each record's position, line as read (written back as it is) and what the report counts: the
+    # records of a large set are not all held as dicts (tens of GB at 500k sentences).
+    merged: list[tuple[int, bytes, dict[str, Any]]] = []
     teachers: dict[Any, set[int]] = {}
     settings: list[tuple[dict[str, Any], set[int]]] = []  # each set of recorded settings, its shards
     paths = [output_dir / shard_name(ANNOTATIONS, index, count) for index in range(count)]
@@ -618,21 +620,23 @@ def merge_shards(args: CoTArguments, prompt: PromptArguments) -> Path:
             if not path.exists():
                 problems.append(f"shard {index}/{count}: {path.name} is missing ({len(share)} sentences)")
                 continue
+            lines: dict[str, bytes] = {}
             got = []
-            for where, record, task in _known(numbered_records(path), share, path):
+            for where, record, task in _known(_remembered(path, lines), share, path):
                 _check_prompt(where, record, task)
                 teachers.setdefault(record.get("teacher"), set()).add(index)
                 if "settings" in record:  # written before records carried their settings: not checked
                     _group(settings, record["settings"], index)
-                got.append(record)
+                counted = {key: record.get(key) for key in REPORTED}
+                got.append((record["position"], lines.pop(where), counted | {"key": record["key"]}))
             if len(got) < len(share):
-                present = {record["key"] for record in got}
+                present = {counted["key"] for _, _, counted in got}
                 lacking = [key for key in share if key not in present]
                 problems.append(
                     f"shard {index}/{count}: {path.name} has {len(got)} of its {len(share)} sentences, "
                     f"{len(lacking)} missing (first {lacking[0]!r}): rerun it with --shard {index}/{count}"
                 )
-            records += got
+            merged += got
         if len(teachers) > 1:
             who = ", ".join(f"{t} (shards {sorted(s)})" for t, s in teachers.items())
             problems.append(f"the shards were annotated by different teachers: {who}")
@@ -645,12 +649,23 @@ def merge_shards(args: CoTArguments, prompt: PromptArguments) -> Path:
                 f"{output_dir}: the shard files are not one complete set, nothing merged:\n  "
                 + "\n  ".join(problems)
             )
-        records.sort(key=lambda r: r["position"])
+        merged.sort(key=lambda entry: entry[0])
         target = output_dir / ANNOTATIONS
-        write_whole(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        report = summarize(records, seconds=0.0, annotated=0)
+        write_whole(target, b"".join(line + b"\n" for _, line, _ in merged))
+        report = summarize([counted for _, _, counted in merged], seconds=0.0, annotated=0)
         write_whole(output_dir / REPORT, json.dumps(report, indent=2) + "\n")
     return target
+
+
+# The fields of a record `summarize` reads.
+REPORTED = ("status", "accepted", "f1", "consistency", "completion_tokens", "teacher")
+
+
+def _remembered(path: Path, lines: dict[str, bytes]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """`records.numbered_records(path)`, keeping each line as read in `lines` under its place."""
+    for where, line, record in numbered_lines(path):
+        lines[where] = line
+        yield where, record
 
 
 def _group(groups: list[tuple[dict[str, Any], set[int]]], settings: dict[str, Any], shard: int) -> None:

@@ -34,7 +34,13 @@ def parse_record(line: str | bytes, where: str) -> dict[str, Any]:
 
 
 def numbered_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """`(path:line, record)` for every record of a stage 1 file, in file order.
+    """`(path:line, record)` for every record of a stage 1 file, in file order (`numbered_lines`)."""
+    for where, _, record in numbered_lines(path):
+        yield where, record
+
+
+def numbered_lines(path: str | Path) -> Iterator[tuple[str, bytes, dict[str, Any]]]:
+    """`(path:line, the line as read, record)` for every record of a stage 1 file, in file order.
 
     Lines end at "\\n" only: `str.splitlines` would also split inside a text holding U+2028 or U+0085,
     which JSON leaves unescaped. A last line without its newline that does not parse is a record whose
@@ -47,14 +53,14 @@ def numbered_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
         where = f"{path}:{number}"
         if number == len(lines):
             try:
-                yield where, parse_record(line, where)
+                yield where, line, parse_record(line, where)
             except ValueError:
                 raise ValueError(
                     f"{where}: half-written last record (its run was killed while writing it; "
                     "rerunning that run repairs and completes the file)"
                 ) from None
         else:
-            yield where, parse_record(line, where)
+            yield where, line, parse_record(line, where)
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
