@@ -87,7 +87,7 @@ from reasoningner.jobs import in_job, stop
 from reasoningner.metrics import MatchMode, example_f1
 from reasoningner.prompts import prompt_hash, teacher_instruction
 from reasoningner.rationale import consistency, gold_template_rationale
-from reasoningner.records import STATUSES, numbered_lines, parse_record, read_records, record_status
+from reasoningner.records import STATUSES, numbered_lines, parse_record, record_status
 from reasoningner.sources import is_source
 from reasoningner.spans import Example
 from reasoningner.tracking import differences
@@ -577,7 +577,8 @@ def annotate(args: CoTArguments, prompt: PromptArguments, generation: Generation
                 out.flush()
                 bar.update()
         tries_path(path).unlink(missing_ok=True)  # every sentence has its record now, a failed one its tries
-        report = summarize(read_records(path), seconds=time.perf_counter() - started, annotated=len(todo))
+        counted = [{key: record.get(key) for key in REPORTED} for _, _, record in numbered_lines(path)]
+        report = summarize(counted, seconds=time.perf_counter() - started, annotated=len(todo))
         write_whole(report_path(args), json.dumps(report, indent=2) + "\n")
     return report
 
@@ -657,10 +658,6 @@ def merge_shards(args: CoTArguments, prompt: PromptArguments) -> Path:
     return target
 
 
-# The fields of a record `summarize` reads.
-REPORTED = ("status", "accepted", "f1", "consistency", "completion_tokens", "teacher")
-
-
 def _remembered(path: Path, lines: dict[str, bytes]) -> Iterator[tuple[str, dict[str, Any]]]:
     """`records.numbered_records(path)`, keeping each line as read in `lines` under its place."""
     for where, line, record in numbered_lines(path):
@@ -676,6 +673,10 @@ def _group(groups: list[tuple[dict[str, Any], set[int]]], settings: dict[str, An
             shards.add(shard)
             return
     groups.append((settings, {shard}))
+
+
+# The fields of a record `summarize` reads: what a large run's report holds of each record.
+REPORTED = ("status", "accepted", "f1", "consistency", "completion_tokens", "teacher")
 
 
 def summarize(records: Sequence[dict[str, Any]], seconds: float, annotated: int) -> dict[str, Any]:
