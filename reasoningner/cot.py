@@ -25,10 +25,12 @@ The report (`report.json`) counts the three; they add up to the sentences. A tea
 `FAILURES_IN_A_ROW` sentences in a row, none answered in between (a server that died, or refuses
 every request: a context too short for max_new_tokens), stops the run with its last error instead of
 failing the rest of the data; the records written so far stay, and a rerun retries the failed (in a
-SLURM job, a teacher that had answered is taken for one that died: the job is requeued, `jobs.stop`,
-restarting the server with the stage in `cot.slurm`; one that never answered ends it). Once the
-teacher has answered, requests it refuses (a prompt too long) no longer count: they come back at once,
-ahead of the answers, and a chunk holding 64 of them stopped the run on every rerun.
+SLURM job, a teacher that had given a usable answer is taken for one that died: the job is requeued,
+`jobs.stop`, restarting the server with the stage in `cot.slurm`; one that never did ends it). Requests
+the teacher refuses (a prompt too long) are not counted in a row: they come back at once, ahead of the
+answers, and 64 of them in a chunk stopped the run on every rerun. A group of sentences asked together
+that gets only refusals, `FAILURES_IN_A_ROW` or more of them on a first try, stops it (a server that
+refuses every request).
 
 What a run guarantees when its process ends at any moment (any signal, preemption, a crash):
 - Records are appended, one line per sentence, and flushed as soon as the sentence is done: a run
@@ -334,6 +336,7 @@ def resume(
     being dropped.
     """
     if not path.exists():
+        tries_path(path).unlink(missing_ok=True)  # of a file deleted by hand
         return set(), {}
     lines, cut = complete_lines(path)
     records = ((where, parse_record(line, where)) for where, line in lines)  # parsed one at a time
@@ -491,25 +494,31 @@ def _outcomes(
                     asking = sampling
                     if sampling.seed is not None and tries > 1:
                         asking = replace(sampling, seed=sampling.seed + (tries - 1) * RETRY_SEED_STRIDE)
+                    replies, refusals = 0, 0  # refusals of sentences on their first try
+                    last_refusal = None
                     for index, outcome in generator.generate_outcomes(
                         [t.conversation for t in group], asking
                     ):
                         task = group[index]
                         if isinstance(outcome, ConversationFailed):
                             yield task, Failure(str(outcome), spent[task.key], tries)
-                            # A refusal comes back at once, ahead of the answers a chunk waits minutes
-                            # for: once the teacher has answered, refused prompts say nothing of it.
-                            if not (outcome.refused and answered):
-                                failed_in_a_row += 1
+                            if outcome.refused:
+                                # It answered, refusing this prompt (too long): back at once, ahead of
+                                # the answers a group waits minutes for, so judged by the whole group.
+                                if tries == 1:  # one refused before says nothing new about the teacher
+                                    refusals, last_refusal = refusals + 1, outcome
+                                continue
+                            failed_in_a_row += 1
                             if failed_in_a_row >= FAILURES_IN_A_ROW:
                                 if answered and in_job():  # it died: the job restarts server and stage
                                     stop(f"cot: {_teacher_down(failed_in_a_row, outcome)}")
                                 raise _teacher_down(failed_in_a_row, outcome)
                             continue
-                        failed_in_a_row, answered = 0, True
+                        failed_in_a_row, replies = 0, replies + 1
                         spent[task.key] += sum(c.completion_tokens for c in outcome)
                         usable = [(i, c) for i, c in enumerate(outcome) if unusable(c) is None]
                         if usable:
+                            answered = True
                             scored = [
                                 score_sample(task.example, c, output_format, mode, i, args.gold_answer)
                                 for i, c in usable
@@ -519,6 +528,8 @@ def _outcomes(
                             again.append(task)
                         else:
                             yield task, _no_usable_reply(outcome, round_, tries, spent[task.key])
+                    if not replies and last_refusal is not None and refusals >= FAILURES_IN_A_ROW:
+                        raise _teacher_refuses(refusals, last_refusal)
                 todo = again
             chunk_seconds = time.monotonic() - began
 
@@ -535,6 +546,14 @@ def _no_usable_reply(outcome: Sequence[Completion], round_: int, tries: int, tok
     why = "; ".join(sorted({unusable(c) or "" for c in outcome}))
     attempts = "1 try" if round_ == 1 else f"{round_} tries"
     return Failure(f"no usable reply in {attempts}: {why}", tokens, tries)
+
+
+def _teacher_refuses(count: int, last: ConversationFailed) -> GenerationError:
+    return GenerationError(
+        f"the teacher refused all {count} new sentences asked together and answered none (last: {last}): "
+        "does every request fit its context (max_model_len, max_new_tokens), is this the model it serves? "
+        "Stopping; a rerun keeps what was annotated and retries the failed"
+    )
 
 
 def _teacher_down(count: int, last: ConversationFailed) -> GenerationError:

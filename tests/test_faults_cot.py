@@ -387,22 +387,30 @@ def test_a_teacher_that_dies_in_a_slurm_job_requeues_it_and_one_that_never_answe
     assert slurm_job.read_text().split() == ["requeue", "4242"]
 
 
-def test_requests_the_teacher_refuses_after_it_has_answered_do_not_stop_the_run(tmp_path: Path) -> None:
-    """Refusals (prompts too long) come back at once, ahead of the answers a chunk waits for: once the
-    teacher has answered, a run of them is no sign of a dead teacher. One refusing everything still stops."""
+def test_prompts_the_teacher_refuses_do_not_stop_the_run_but_a_teacher_refusing_everything_does(
+    tmp_path: Path,
+) -> None:
+    """Refusals (prompts too long) come back at once, ahead of the answers a chunk waits for: a run of
+    them, before any answer too, is no sign of a dead teacher, on a first run or a rerun. A group asked
+    together that gets refusals only (a server refusing every request) stops the run."""
     inputs = write_inputs(tmp_path / "in.jsonl", FAILURES_IN_A_ROW + 20)
-    args = cot_args(tmp_path / "out", [inputs])
+    args = cot_args(tmp_path / "out", [inputs], chunk_size=256)  # one group holds all
     answers = replies(load_tasks(args, PromptArguments()))
-    refused = set(list(answers)[1 : FAILURES_IN_A_ROW + 10])  # after the first sentence's answer
+    refused = set(list(answers)[: FAILURES_IN_A_ROW + 10])  # all first, before any answer
 
     def fate(prompt: str, attempt: int) -> str:
         return "http400" if prompt in refused else "right"
 
     with teacher(answers, fate) as server:
         report = annotate(args, PromptArguments(), openai(server.base_url, concurrency=1))
-    assert (report["failed"], report["accepted"]) == (len(refused), len(answers) - len(refused)), report
-    every = cot_args(tmp_path / "every", [inputs])
-    with teacher(answers, lambda *_: "http400") as server, pytest.raises(GenerationError, match="in a row"):
+        assert (report["failed"], report["accepted"]) == (len(refused), len(answers) - len(refused)), report
+        again = annotate(args, PromptArguments(), openai(server.base_url, concurrency=1))  # retries them
+    assert (again["failed"], again["accepted"]) == (report["failed"], report["accepted"]), again
+    every = cot_args(tmp_path / "every", [inputs], chunk_size=256)
+    with (
+        teacher(answers, lambda *_: "http400") as server,
+        pytest.raises(GenerationError, match="refused all"),
+    ):
         annotate(every, PromptArguments(), openai(server.base_url))
 
 
