@@ -82,7 +82,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from reasoningner.configs import GOLD_TEMPLATE, CoTArguments, GenerationArguments, PromptArguments
-from reasoningner.files import JSONL_ERRORS, complete_lines, exclusive, write_whole
+from reasoningner.files import JSONL_ERRORS, complete_lines, exclusive, write_lines, write_whole
 from reasoningner.formats import CONTENT_PROBLEMS, OutputFormat, ParseResult, get_format, split_answer
 from reasoningner.generation import OUTPUT_OPTIONS, Completion, ConversationFailed, GenerationError
 from reasoningner.jobs import in_job, stop
@@ -366,7 +366,7 @@ def resume(
         counts.unlink(missing_ok=True)
     if len(kept) != len(lines) or cut:
         raw = dict(lines)
-        write_whole(path, b"".join(raw[where] + b"\n" for where in kept))
+        write_lines(path, (raw[where] for where in kept))
     return done, tried
 
 
@@ -596,7 +596,7 @@ def annotate(args: CoTArguments, prompt: PromptArguments, generation: Generation
                 out.flush()
                 bar.update()
         tries_path(path).unlink(missing_ok=True)  # every sentence has its record now, a failed one its tries
-        counted = [{key: record.get(key) for key in REPORTED} for _, _, record in numbered_lines(path)]
+        counted = [reported(record) for _, _, record in numbered_lines(path)]
         report = summarize(counted, seconds=time.perf_counter() - started, annotated=len(todo))
         write_whole(report_path(args), json.dumps(report, indent=2) + "\n")
     return report
@@ -641,16 +641,15 @@ def merge_shards(args: CoTArguments, prompt: PromptArguments) -> Path:
                 problems.append(f"shard {index}/{count}: {path.name} is missing ({len(share)} sentences)")
                 continue
             lines: dict[str, bytes] = {}
-            got = []
+            got, present = [], set()
             for where, record, task in _known(_remembered(path, lines), share, path):
                 _check_prompt(where, record, task)
                 teachers.setdefault(record.get("teacher"), set()).add(index)
                 if "settings" in record:  # written before records carried their settings: not checked
                     _group(settings, record["settings"], index)
-                counted = {key: record.get(key) for key in REPORTED}
-                got.append((record["position"], lines.pop(where), counted | {"key": record["key"]}))
+                got.append((record["position"], lines.pop(where), reported(record)))
+                present.add(record["key"])
             if len(got) < len(share):
-                present = {counted["key"] for _, _, counted in got}
                 lacking = [key for key in share if key not in present]
                 problems.append(
                     f"shard {index}/{count}: {path.name} has {len(got)} of its {len(share)} sentences, "
@@ -671,7 +670,7 @@ def merge_shards(args: CoTArguments, prompt: PromptArguments) -> Path:
             )
         merged.sort(key=lambda entry: entry[0])
         target = output_dir / ANNOTATIONS
-        write_whole(target, b"".join(line + b"\n" for _, line, _ in merged))
+        write_lines(target, (line for _, line, _ in merged))
         report = summarize([counted for _, _, counted in merged], seconds=0.0, annotated=0)
         write_whole(output_dir / REPORT, json.dumps(report, indent=2) + "\n")
     return target
@@ -696,6 +695,11 @@ def _group(groups: list[tuple[dict[str, Any], set[int]]], settings: dict[str, An
 
 # The fields of a record `summarize` reads: what a large run's report holds of each record.
 REPORTED = ("status", "accepted", "f1", "consistency", "completion_tokens", "teacher")
+
+
+def reported(record: dict[str, Any]) -> dict[str, Any]:
+    """What `summarize` reads of `record` (`REPORTED`)."""
+    return {key: record.get(key) for key in REPORTED}
 
 
 def summarize(records: Sequence[dict[str, Any]], seconds: float, annotated: int) -> dict[str, Any]:

@@ -106,7 +106,7 @@ from reasoningner.configs import (
     hub_commit,
     is_hub_id,
 )
-from reasoningner.files import JSONL_ERRORS, complete_lines, exclusive, write_whole
+from reasoningner.files import JSONL_ERRORS, complete_lines, exclusive, write_lines, write_whole
 from reasoningner.formats import CONTENT_PROBLEMS, ParseResult
 from reasoningner.generation import RUN_OPTIONS, Completion, Generator
 from reasoningner.metrics import MATCH_MODES, Report, Scorer, text_keys
@@ -391,11 +391,11 @@ def evaluate(
         # between the rewrites leaves each output in one file or in both (then read once), never in none.
         lines = [json.dumps(record, ensure_ascii=False).encode(errors=JSONL_ERRORS) for record in kept]
         if others:
-            write_whole(other_path, b"".join(line + b"\n" for line in [*others, *lines]))
-        write_whole(path, b"".join(line + b"\n" for line in lines))
+            write_lines(other_path, [*others, *lines])
+        write_lines(path, lines)
         if others:
             logger.info("%d earlier outputs not asked by this run kept in %s", len(others), other_path)
-            write_whole(other_path, b"".join(line + b"\n" for line in others))
+            write_lines(other_path, others)
         else:
             other_path.unlink(missing_ok=True)
         todo = [index for index, outcome in enumerate(outcomes) if outcome is None]

@@ -10,7 +10,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -49,6 +49,11 @@ REQUEUED_LOCK_WAIT = 600.0
 LOCK_RETRY_SECONDS = 10.0
 
 
+def write_lines(path: Path, lines: Iterable[bytes]) -> None:
+    """`write_whole` of JSONL lines given without their newline (as `complete_lines` reads them)."""
+    write_whole(path, b"".join(line + b"\n" for line in lines))
+
+
 @contextlib.contextmanager
 def exclusive(path: Path) -> Iterator[None]:
     """Hold `<path>.lock` while writing `path`: a second run on it fails at once, instead of writing
@@ -78,7 +83,7 @@ def exclusive(path: Path) -> Iterator[None]:
 
 def _lock(handle: IO[str], wait: float, path: Path) -> None:
     """flock `handle`, trying again for `wait` seconds while another holds it (BlockingIOError after)."""
-    deadline = time.monotonic() + wait
+    deadline, warned = time.monotonic() + wait, False
     while True:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -87,7 +92,8 @@ def _lock(handle: IO[str], wait: float, path: Path) -> None:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise
-            if left > wait - LOCK_RETRY_SECONDS:  # the first try
+            if not warned:
+                warned = True
                 logger.warning(
                     "%s is locked, maybe by a node of this job's earlier attempt: trying again for %.0f s",
                     path,

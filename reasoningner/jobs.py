@@ -102,7 +102,7 @@ def requeue() -> str:
     """Ask SLURM to queue this job again (`scontrol requeue`): what happened, in words. SLURM ends this
     attempt and starts the job's script anew once it schedules it."""
     job = os.environ.get("SLURM_JOB_ID")
-    if not in_job():
+    if not job:
         return "not a SLURM job: relaunch the same command to resume"
     try:
         done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=120)

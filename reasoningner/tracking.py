@@ -295,12 +295,6 @@ def claim_data(output_dir: str | Path, rows: dict[str, str], *, resuming: bool) 
     Hub dataset updated, its Parquet export rewritten, a stage-1 file grown, prompts a new version words
     otherwise) would go on with other examples, training some twice and others never."""
     path = Path(output_dir) / RUN_DATA
-    if resuming and not path.is_file():
-        logger.warning(
-            "%s has no %s (an earlier version's run): its rows are recorded now, unchecked",
-            output_dir,
-            RUN_DATA,
-        )
     if resuming and path.is_file():
         changed = differences(json.loads(path.read_text(encoding="utf-8")), rows)
         if changed:
@@ -310,6 +304,12 @@ def claim_data(output_dir: str | Path, rows: dict[str, str], *, resuming: bool) 
                 "the data, or rerun with --overwrite_output_dir true to start afresh"
             )
         return
+    if resuming:
+        logger.warning(
+            "%s has no %s (an earlier version's run): its rows are recorded now, unchecked",
+            output_dir,
+            RUN_DATA,
+        )
     _write_json(path, rows)
 
 

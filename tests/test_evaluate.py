@@ -14,7 +14,7 @@ import random
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from reasoningner.cli import main
 from reasoningner.configs import EvalArguments, GenerationArguments, PromptArguments, PromptContract
 from reasoningner.evaluate import error_counts, evaluate, load_items, probe_mapping
-from reasoningner.files import write_whole
+from reasoningner.files import write_lines
 from reasoningner.formats import FORMATS, ParseResult, Problem, get_format
 from reasoningner.generation import (
     Completion,
@@ -547,11 +547,11 @@ def test_a_relaunched_evaluation_asks_only_what_it_lacks(
 
     rewrites: list[Path] = []
 
-    def killed_while_rewriting(path: Path, content: str | bytes) -> None:
+    def killed_while_rewriting(path: Path, lines: Iterable[bytes]) -> None:
         rewrites.append(path)
         if len(rewrites) == kill_at + 1:  # after the first rewrite, or the second
             raise Preempted
-        write_whole(path, content)
+        write_lines(path, lines)
 
     # Killed between its rewrites of the two files, outputs moving one way, then the other: no output of
     # either settings is lost.
@@ -559,7 +559,7 @@ def test_a_relaunched_evaluation_asks_only_what_it_lacks(
         for kill_at in (1, 2):
             rewrites.clear()
             with monkeypatch.context() as patch, pytest.raises(Preempted):
-                patch.setattr(evaluating, "write_whole", killed_while_rewriting)
+                patch.setattr(evaluating, "write_lines", killed_while_rewriting)
                 run("out", max_new_tokens=tokens)
             for either in (8, 12):
                 run("out", max_new_tokens=either)
