@@ -459,9 +459,14 @@ def _outcomes(
     tasks: Sequence[Task],
     tried: Mapping[str, int],
 ) -> Iterator[tuple[Task, Sample | Failure]]:
-    """Annotate `tasks`, yielding each as soon as it is scored or has failed for good. Each try of a
-    sentence samples with its own seed, counting the tries earlier runs `tried` (a seeded backend, vLLM,
-    repeats a request's samples)."""
+    """Annotate `tasks`, yielding each as soon as it is scored or has failed for good.
+
+    Sentences are asked `chunk_size` at a time. A sentence whose replies all came back empty or cut off
+    is asked again with the next chunk, which takes that many fewer new sentences (a retry round of its
+    own, a few sentences after each chunk, left a batching teacher nearly idle for the longest replies'
+    time); the last chunk's go on in rounds of their own. Each try of a sentence samples with its own
+    seed, counting the tries earlier runs `tried` (a seeded backend, vLLM, repeats a request's samples).
+    """
     if not tasks:  # a finished shard rerun: no engine is loaded (minutes for a large teacher)
         return
     output_format = get_format(prompt.output_format)
@@ -474,77 +479,85 @@ def _outcomes(
     local_greedy = generation.temperature == 0 and generation.backend != "openai"
     retries = 0 if local_greedy else INCOMPLETE_RETRIES
     failed_in_a_row, answered = 0, False
+    asked: Counter[str] = Counter()  # tries of each sentence in this run
     spent: Counter[str] = Counter()  # completion tokens of every sample of every try of a sentence
+    carried: list[tuple[Task, Failure]] = []  # to ask again; their record if the run stops first
     chunk_seconds = 0.0  # how long the last chunk took
+    position = 0  # of the next new sentence in `tasks`
     with generation.build_generator() as generator:
-        for start in range(0, len(tasks), args.chunk_size):
+        while position < len(tasks) or carried:
             # Not a chunk the job's time limit would cut short; at least one an attempt (a start-up that
             # used the time would otherwise requeue the job for ever).
-            if start and args.job_ending(interval=chunk_seconds):
+            if asked and position < len(tasks) and args.job_ending(interval=chunk_seconds):
+                yield from carried  # failed, with their tries: a rerun asks them again
                 stop(
-                    f"cot: stopped before the job's time limit with {start} of {len(tasks)} sentences done "
-                    f"(stop_before_job_end {args.stop_before_job_end:g} s, a chunk {chunk_seconds:.0f} s)"
+                    f"cot: stopped before the job's time limit with {position} of {len(tasks)} sentences "
+                    f"asked (stop_before_job_end {args.stop_before_job_end:g} s, a chunk "
+                    f"{chunk_seconds:.0f} s)"
                 )
             began = time.monotonic()
-            todo, round_ = list(tasks[start : start + args.chunk_size]), 0
-            while todo:
-                round_ += 1
-                again = []
-                for tries, group in _by_tries(todo, tried, round_):
-                    asking = sampling
-                    if sampling.seed is not None and tries > 1:
-                        asking = replace(sampling, seed=sampling.seed + (tries - 1) * RETRY_SEED_STRIDE)
-                    replies, refusals = 0, 0  # refusals of sentences on their first try
-                    last_refusal = None
-                    for index, outcome in generator.generate_outcomes(
-                        [t.conversation for t in group], asking
-                    ):
-                        task = group[index]
-                        if isinstance(outcome, ConversationFailed):
-                            yield task, Failure(str(outcome), spent[task.key], tries)
-                            if outcome.refused:
-                                # It answered, refusing this prompt (too long): back at once, ahead of
-                                # the answers a group waits minutes for, so judged by the whole group.
-                                if tries == 1:  # one refused before says nothing new about the teacher
-                                    refusals, last_refusal = refusals + 1, outcome
-                                continue
-                            failed_in_a_row += 1
-                            if failed_in_a_row >= FAILURES_IN_A_ROW:
-                                if answered and in_job():  # it died: the job restarts server and stage
-                                    stop(f"cot: {_teacher_down(failed_in_a_row, outcome)}")
-                                raise _teacher_down(failed_in_a_row, outcome)
-                            continue
-                        failed_in_a_row, replies = 0, replies + 1
-                        spent[task.key] += sum(c.completion_tokens for c in outcome)
-                        usable = [(i, c) for i, c in enumerate(outcome) if unusable(c) is None]
-                        if usable:
-                            answered = True
-                            scored = [
-                                score_sample(task.example, c, output_format, mode, i, args.gold_answer)
-                                for i, c in usable
-                            ]
-                            yield task, replace(best_sample(scored, args), completion_tokens=spent[task.key])
-                        elif round_ <= retries:
-                            again.append(task)
-                        else:
-                            yield task, _no_usable_reply(outcome, round_, tries, spent[task.key])
-                    if not replies and last_refusal is not None and refusals >= FAILURES_IN_A_ROW:
-                        raise _teacher_refuses(refusals, last_refusal)
-                todo = again
+            fresh = max(args.chunk_size - len(carried), 0)
+            group = [task for task, _ in carried] + list(tasks[position : position + fresh])
+            position += fresh
+            carried = []
+            for task in group:
+                asked[task.key] += 1
+            seeds = [_seed(sampling.seed, _tries(task, tried, asked)) for task in group]
+            replies, refusals = 0, 0  # refusals of sentences on their first try
+            last_refusal = None
+            for index, outcome in generator.generate_outcomes(
+                [t.conversation for t in group], sampling, seeds
+            ):
+                task = group[index]
+                tries = _tries(task, tried, asked)
+                if isinstance(outcome, ConversationFailed):
+                    yield task, Failure(str(outcome), spent[task.key], tries)
+                    if outcome.refused:
+                        # It answered, refusing this prompt (too long): back at once, ahead of the
+                        # answers a group waits minutes for, so judged by the whole group.
+                        if tries == 1:  # one refused before says nothing new about the teacher
+                            refusals, last_refusal = refusals + 1, outcome
+                        continue
+                    failed_in_a_row += 1
+                    if failed_in_a_row >= FAILURES_IN_A_ROW:
+                        if answered and in_job():  # it died: the job restarts server and stage
+                            stop(f"cot: {_teacher_down(failed_in_a_row, outcome)}")
+                        raise _teacher_down(failed_in_a_row, outcome)
+                    continue
+                failed_in_a_row, replies = 0, replies + 1
+                spent[task.key] += sum(c.completion_tokens for c in outcome)
+                usable = [(i, c) for i, c in enumerate(outcome) if unusable(c) is None]
+                if usable:
+                    answered = True
+                    scored = [
+                        score_sample(task.example, c, output_format, mode, i, args.gold_answer)
+                        for i, c in usable
+                    ]
+                    yield task, replace(best_sample(scored, args), completion_tokens=spent[task.key])
+                else:
+                    failure = _no_usable_reply(outcome, asked[task.key], tries, spent[task.key])
+                    if asked[task.key] <= retries:
+                        carried.append((task, failure))
+                    else:
+                        yield task, failure
+            if not replies and last_refusal is not None and refusals >= FAILURES_IN_A_ROW:
+                raise _teacher_refuses(refusals, last_refusal)
             chunk_seconds = time.monotonic() - began
 
 
-def _by_tries(todo: Sequence[Task], tried: Mapping[str, int], round_: int) -> list[tuple[int, list[Task]]]:
-    """The sentences of a round grouped by the try it is for each (earlier runs' tries included)."""
-    groups: dict[int, list[Task]] = {}
-    for task in todo:
-        groups.setdefault(tried.get(task.key, 0) + round_, []).append(task)
-    return sorted(groups.items())
+def _tries(task: Task, tried: Mapping[str, int], asked: Mapping[str, int]) -> int:
+    """Which try of `task` its latest ask is, earlier runs' tries included."""
+    return tried.get(task.key, 0) + asked[task.key]
 
 
-def _no_usable_reply(outcome: Sequence[Completion], round_: int, tries: int, tokens: int) -> Failure:
+def _seed(seed: int | None, tries: int) -> int | None:
+    """The seed of a sentence's try: a seeded backend would repeat the samples of a try that failed."""
+    return None if seed is None else seed + (tries - 1) * RETRY_SEED_STRIDE
+
+
+def _no_usable_reply(outcome: Sequence[Completion], asked: int, tries: int, tokens: int) -> Failure:
     why = "; ".join(sorted({unusable(c) or "" for c in outcome}))
-    attempts = "1 try" if round_ == 1 else f"{round_} tries"
+    attempts = "1 try" if asked == 1 else f"{asked} tries"
     return Failure(f"no usable reply in {attempts}: {why}", tokens, tries)
 
 

@@ -141,25 +141,35 @@ class Generator(ABC):
             yield index, outcome
 
     def generate_outcomes(
-        self, conversations: Sequence[Conversation], sampling: SamplingConfig
+        self,
+        conversations: Sequence[Conversation],
+        sampling: SamplingConfig,
+        seeds: Sequence[int | None] | None = None,
     ) -> Iterator[tuple[int, Outcome]]:
         """`generate_iter`, except that a conversation the backend gives up on is yielded with its
         `ConversationFailed` and the others go on, so that one bad sentence does not stop a long run.
-        Errors that concern every conversation (a refused API key, an engine crash) still raise."""
+        Errors that concern every conversation (a refused API key, an engine crash) still raise.
+        `seeds`, one per conversation, replace `sampling.seed`: stage 1 asks retries (another seed each)
+        in one call with first tries, where a call of their own would leave the teacher nearly idle."""
         if not conversations:  # nothing to ask: no backend is started or called
             return
         conversations = [sendable(conversation) for conversation in conversations]
+        if seeds is None:
+            seeds = [sampling.seed] * len(conversations)
+        elif len(seeds) != len(conversations):
+            raise ValueError(f"{len(seeds)} seeds for {len(conversations)} conversations")
         if sampling.temperature > 0 or sampling.n == 1:
-            yield from self._generate(conversations, sampling)
+            yield from self._generate(conversations, sampling, seeds)
             return
-        for index, outcome in self._generate(conversations, replace(sampling, n=1)):
+        for index, outcome in self._generate(conversations, replace(sampling, n=1), seeds):
             yield index, outcome if isinstance(outcome, ConversationFailed) else outcome * sampling.n
 
     @abstractmethod
     def _generate(
-        self, conversations: Sequence[Conversation], sampling: SamplingConfig
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig, seeds: Sequence[int | None]
     ) -> Iterator[tuple[int, Outcome]]:
-        """`generate_outcomes` for this backend, with n == 1 whenever decoding is greedy."""
+        """`generate_outcomes` for this backend, with n == 1 whenever decoding is greedy and each
+        conversation's seed in `seeds` (`sampling.seed` is not read)."""
 
     def generate(
         self,
@@ -262,20 +272,24 @@ class VLLMGenerator(Generator):
         return token_counts(tokenizer, render_prompts(tokenizer, conversations, self.chat_template_kwargs))
 
     def _generate(
-        self, conversations: Sequence[Conversation], sampling: SamplingConfig
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig, seeds: Sequence[int | None]
     ) -> Iterator[tuple[int, Outcome]]:
         """Chunk by chunk; a prompt with no room left in max_model_len fails alone: vLLM raises for the
         whole call ("This model's maximum context length is N tokens. However, your prompt contains M input
-        tokens"), which a rerun of stage 1 would meet again at the same chunk."""
+        tokens"), which a rerun of stage 1 would meet again at the same chunk. Each prompt gets the
+        parameters of its seed (`LLM.chat` pairs a list of them with the prompts one by one)."""
         if self._llm is None:
             raise GenerationError("vllm generator is closed")
-        params = self._vllm.SamplingParams(
-            n=sampling.n,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_new_tokens,
-            seed=sampling.seed,
-        )
+        params = {
+            seed: self._vllm.SamplingParams(
+                n=sampling.n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_new_tokens,
+                seed=seed,
+            )
+            for seed in set(seeds)
+        }
         for start in range(0, len(conversations), self.chunk_size):
             chunk = list(conversations[start : start + self.chunk_size])
             fits = []
@@ -293,9 +307,10 @@ class VLLMGenerator(Generator):
             if not fits:
                 continue
             adapter = {"lora_request": self._lora} if self._lora is not None else {}
+            asked = [seeds[start + offset] for offset in fits]
             outputs = self._llm.chat(
                 [chunk[offset] for offset in fits],
-                params,
+                params[asked[0]] if len(set(asked)) == 1 else [params[seed] for seed in asked],
                 use_tqdm=False,
                 chat_template_kwargs=self.chat_template_kwargs or None,
                 **adapter,
@@ -394,8 +409,8 @@ class OpenAIGenerator(Generator):
         return f"{type(self).__name__}(url={self.url!r}, model={self.model!r})"
 
     def _generate(
-        self, conversations: Sequence[Conversation], sampling: SamplingConfig
-    ) -> Iterator[tuple[int, list[Completion]]]:
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig, seeds: Sequence[int | None]
+    ) -> Iterator[tuple[int, Outcome]]:
         """Run a private event loop, stepping it until some conversation finishes, then yield that one.
 
         At most 2 x max_concurrency conversations are scheduled at a time, so memory stays flat on large
@@ -415,7 +430,8 @@ class OpenAIGenerator(Generator):
 
         def schedule() -> None:
             for index, conversation in itertools.islice(todo, 2 * self.max_concurrency - len(pending)):
-                task = loop.create_task(self._complete(client, semaphore, conversation, sampling))
+                asking = replace(sampling, seed=seeds[index])
+                task = loop.create_task(self._complete(client, semaphore, conversation, asking))
                 pending[task] = index
 
         try:
@@ -656,14 +672,28 @@ class TransformersGenerator(Generator):
         self._eos_ids = {t for t in [*declared, self._tokenizer.eos_token_id] if t is not None}
 
     def _generate(
-        self, conversations: Sequence[Conversation], sampling: SamplingConfig
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig, seeds: Sequence[int | None]
     ) -> Iterator[tuple[int, list[Completion]]]:
+        """The conversations of each seed together, in the order seeds first occur: the seed is the
+        global torch generator's, set once per group."""
         import torch
 
         if self._model is None:
             raise GenerationError("transformers generator is closed")
-        if sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
+        groups: dict[int | None, list[int]] = {}
+        for index, seed in enumerate(seeds):
+            groups.setdefault(seed, []).append(index)
+        for seed, indices in groups.items():
+            if seed is not None:
+                torch.manual_seed(seed)
+            for offset, outcome in self._batches([conversations[i] for i in indices], sampling):
+                yield indices[offset], outcome
+
+    def _batches(
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig
+    ) -> Iterator[tuple[int, list[Completion]]]:
+        import torch
+
         sample = sampling.temperature > 0
         options: dict[str, Any] = {
             "max_new_tokens": sampling.max_new_tokens,

@@ -58,7 +58,7 @@ class Scripted(Generator):
         self.prompts: list[str] = []
 
     def _generate(
-        self, conversations: Sequence[Conversation], sampling: SamplingConfig
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig, seeds: Sequence[int | None]
     ) -> Iterator[tuple[int, list[Completion]]]:
         for index, conversation in enumerate(conversations):
             prompt = conversation[-1]["content"]
@@ -825,9 +825,9 @@ def test_a_sentence_the_backend_gives_up_on_is_a_format_failure_and_the_others_a
 
     class Refusing(Scripted):
         def _generate(
-            self, conversations: Sequence[Conversation], sampling: SamplingConfig
+            self, conversations: Sequence[Conversation], sampling: SamplingConfig, seeds: Sequence[int | None]
         ) -> Iterator[tuple[int, Outcome]]:
-            for index, outcome in super()._generate(conversations, sampling):
+            for index, outcome in super()._generate(conversations, sampling, seeds):
                 refused = MIXED in conversations[index][-1]["content"]
                 yield index, ConversationFailed("HTTP 400: prompt too long") if refused else outcome
 

@@ -312,6 +312,72 @@ def test_a_retry_samples_with_another_seed(tmp_path: Path) -> None:
     assert sorted(set(server.asked)) == ["seed 0", f"seed {RETRY_SEED_STRIDE}"]
 
 
+def test_a_sentence_cut_off_is_asked_again_with_the_next_chunk_in_its_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry round of its own after each chunk (a few sentences, the longest replies) left a batching
+    teacher nearly idle for that time: the retry joins the next chunk, which takes one new sentence
+    fewer; the last chunk's retries go on alone. Its seed reaches the teacher in the same call."""
+    from reasoningner.generation import OpenAIGenerator
+
+    args = cot_args(tmp_path / "out", [write_inputs(tmp_path / "in.jsonl", 7)], chunk_size=3)
+    tasks = load_tasks(args, PromptArguments())
+    ids = {t.conversation[-1]["content"]: t.example.id for t in tasks}
+    calls: list[list[tuple[str, int | None]]] = []
+    asked = OpenAIGenerator.generate_outcomes
+
+    def recorded(self, conversations, sampling, *seeds):  # type: ignore[no-untyped-def]
+        each = seeds[0] if seeds else [sampling.seed] * len(conversations)
+        calls.append([(ids[c[-1]["content"]], seed) for c, seed in zip(conversations, each, strict=True)])
+        return asked(self, conversations, sampling, *seeds)
+
+    monkeypatch.setattr(OpenAIGenerator, "generate_outcomes", recorded)
+    cut = {tasks[0].conversation[-1]["content"]: 1, tasks[6].conversation[-1]["content"]: 2}
+    with teacher(replies(tasks), lambda p, a: "length" if a <= cut.get(p, 0) else "right") as server:
+        report = annotate(args, PromptArguments(), openai(server.base_url))
+    retry, again = RETRY_SEED_STRIDE, 2 * RETRY_SEED_STRIDE
+    assert calls == [
+        [("s0", 0), ("s1", 0), ("s2", 0)],
+        [("s0", retry), ("s3", 0), ("s4", 0)],
+        [("s5", 0), ("s6", 0)],
+        [("s6", retry)],
+        [("s6", again)],
+    ]
+    assert report["accepted"] == 7, report
+    seeds = [body.get("seed") for _, body, _ in server.requests if body["messages"][-1]["content"] in cut]
+    assert sorted(seeds) == [0, 0, retry, retry, again]
+
+
+def test_a_stop_before_the_job_s_limit_records_the_sentences_left_to_retry_with_their_tries(
+    tmp_path: Path, slurm_job: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cut-off sentence waits for the next chunk; when the job's end comes first it is written as
+    failed with its try, and the requeued attempt asks it with the next seed (the same one would repeat
+    the cut-off on a seeded teacher), leaving each sentence once in the file."""
+    from reasoningner import configs
+
+    args = cot_args(tmp_path / "out", [write_inputs(tmp_path / "in.jsonl", 4)], chunk_size=2)
+    tasks = load_tasks(args, PromptArguments())
+    path = tmp_path / "out" / "annotations.jsonl"
+    cut = tasks[1].conversation[-1]["content"]
+    with teacher(replies(tasks), lambda p, a: "length" if p == cut and a == 1 else "right") as server:
+        monkeypatch.setattr(configs, "seconds_left", lambda margin: 600.0)  # within the margin
+        with pytest.raises(SystemExit) as stopped:
+            annotate(args, PromptArguments(), openai(server.base_url))
+        assert stopped.value.code == STOPPED and slurm_job.read_text() == "requeue 4242\n"
+        records = {r["key"]: r for r in read_records(path)}
+        assert [records[t.key]["status"] for t in tasks[:2]] == ["accepted", "failed"] and len(records) == 2
+        assert records[tasks[1].key]["tries"] == 1
+        assert records[tasks[1].key]["reason"].startswith("no usable reply in 1 try: cut off")
+
+        monkeypatch.setattr(configs, "seconds_left", lambda margin: None)
+        report = annotate(args, PromptArguments(), openai(server.base_url))
+    assert report["accepted"] == 4, report
+    assert_each_sentence_once(read_records(path), tasks, report)
+    seeds = [body.get("seed") for _, body, _ in server.requests if body["messages"][-1]["content"] == cut]
+    assert seeds == [0, RETRY_SEED_STRIDE]
+
+
 def test_a_recipe_may_leave_the_teacher_unseeded(tmp_path: Path) -> None:
     """`seed: null` keeps vLLM's fast sampler (it samples each seeded request alone): no request names one."""
     inputs = write_inputs(tmp_path / "in.jsonl", 3)

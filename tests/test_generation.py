@@ -16,6 +16,7 @@ import sys
 import time
 import types
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,22 @@ def test_transformers_greedy_is_deterministic_and_batching_changes_nothing(
         alone = one_by_one.generate(conversations, greedy)
     assert batched == alone == local.generate(conversations, greedy)
     assert len({c[0].text for c in batched}) > 1, "outputs should depend on the prompt"
+
+
+def test_transformers_asks_each_seed_s_conversations_as_a_call_of_that_seed_would(
+    local: TransformersGenerator,
+) -> None:
+    """Stage 1 asks a retry (its own seed) in one call with first tries: each must sample as if asked
+    alone with its seed, or a seeded rerun would not repeat."""
+    a, b, c = (conversation(s) for s in SENTENCES[:3])
+    sampled = SamplingConfig(n=2, temperature=1.0, max_new_tokens=12, seed=1)
+    mixed = dict(local.generate_outcomes([a, b, c], sampled, seeds=[1, 2, 1]))
+    first, third = local.generate([a, c], sampled)
+    [second] = local.generate([b], replace(sampled, seed=2))
+    assert [mixed[0], mixed[1], mixed[2]] == [first, second, third]
+    assert second != local.generate([b], sampled)[0], "the seed should change the samples"
+    with pytest.raises(ValueError, match="2 seeds for 3 conversations"):
+        list(local.generate_outcomes([a, b, c], sampled, seeds=[1, 2]))
 
 
 def test_transformers_loads_without_hub_kernels_unless_asked(
@@ -481,6 +498,8 @@ class FakeLLM:
 
     def chat(self, messages: list, sampling_params: Any, **kwargs: Any) -> list[Any]:
         self.calls.append((messages, sampling_params, kwargs))
+        # One parameter set for every prompt, or a list paired with the prompts one by one.
+        paired = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(messages)
         return [
             types.SimpleNamespace(
                 outputs=[
@@ -489,10 +508,10 @@ class FakeLLM:
                         token_ids=list(range(i + 1)),
                         finish_reason="length" if i else "stop",
                     )
-                    for i in range(sampling_params.kwargs["n"])
+                    for i in range(params.kwargs["n"])
                 ]
             )
-            for m in messages
+            for m, params in zip(messages, paired, strict=True)
         ]
 
 
@@ -569,6 +588,17 @@ def test_vllm_plumbing(fake_vllm: types.ModuleType) -> None:
     generator.close()
     with pytest.raises(GenerationError, match="closed"):
         generator.generate([conversation("a")], SamplingConfig())
+
+
+def test_vllm_pairs_each_prompt_with_its_seed_s_parameters(fake_vllm: types.ModuleType) -> None:
+    generator = build_generator("vllm", model="/models/teacher", chunk_size=2)
+    sampled = SamplingConfig(n=2, temperature=0.7, seed=0)
+    outcomes = dict(generator.generate_outcomes([conversation(s) for s in "abc"], sampled, seeds=[7, 0, 0]))
+    assert [outcomes[i][0].text for i in range(3)] == ["a#0", "b#0", "c#0"]
+    [llm] = FakeLLM.instances
+    first, second = (params for _, params, _ in llm.calls)
+    assert [p.kwargs["seed"] for p in first] == [7, 0] and first[0].kwargs["n"] == 2
+    assert second.kwargs["seed"] == 0  # one seed in a chunk: one parameter set, as before
 
 
 def test_vllm_knows_its_context_and_counts_prompt_tokens_with_its_chat_template(

@@ -45,7 +45,7 @@ class Sampled(Generator):
         self.calls: list[tuple[int, SamplingConfig]] = []
 
     def _generate(
-        self, conversations: Sequence[Conversation], sampling: SamplingConfig
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig, seeds: Sequence[int | None]
     ) -> Iterator[tuple[int, list[Completion]]]:
         self.calls.append((len(conversations), sampling))
         order = range(len(conversations))
