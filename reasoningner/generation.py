@@ -740,14 +740,21 @@ class TransformersGenerator(Generator):
 
 def sendable(conversation: Conversation) -> Conversation:
     """`conversation` with U+FFFD for each lone surrogate (a JSON "\\ud83d" in a dataset, half an emoji):
-    strict UTF-8 (an HTTP body) and tokenizers refuse one, which failed the whole run on every rerun.
-    One character for one, so offsets into the sentence still hold."""
-    return [
-        {**turn, "content": LONE_SURROGATE.sub("\ufffd", turn["content"])}
-        if isinstance(turn.get("content"), str)
-        else turn
-        for turn in conversation
-    ]
+    strict UTF-8 (an HTTP body) and tokenizers refuse one, which failed the whole run on every rerun."""
+    return without_lone_surrogates(conversation)
+
+
+def without_lone_surrogates(value: Any) -> Any:
+    """`value` (strings, in lists and dicts at any depth) with U+FFFD for each lone surrogate, which
+    nothing that writes UTF-8 takes: a tokenizer, an HTTP body, an Arrow dataset. One character for
+    one, so offsets into a sentence still hold."""
+    if isinstance(value, str):
+        return LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [without_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {key: without_lone_surrogates(item) for key, item in value.items()}
+    return value
 
 
 def render_prompts(

@@ -2,8 +2,10 @@
 
 SFT records are conversations (user instruction, assistant `<think>…</think>` + answer) that TRL
 tokenizes with the model's own chat template; RL records are the prompt alone plus the gold
-columns the rewards read. Mixtures of datasets are sampled deterministically from a seed, with a
-per-dataset cap: proportionally to their sizes, or as ReasoningNER's `sample_grpo.py` does.
+columns the rewards read. A lone surrogate in the data (a JSON "\\ud83d", half an emoji) is U+FFFD in
+both, as the model is asked it (`generation.sendable`): Arrow and tokenizers take UTF-8 only.
+Mixtures of datasets are sampled deterministically from a seed, with a per-dataset cap:
+proportionally to their sizes, or as ReasoningNER's `sample_grpo.py` does.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, NamedTuple
 
 from reasoningner.configs import SAMPLERS, DataArguments, PromptArguments, PromptContract
 from reasoningner.formats import get_format
+from reasoningner.generation import without_lone_surrogates
 from reasoningner.prompts import assistant_target, ner_instruction
 from reasoningner.readers import sniff
 from reasoningner.records import is_cot_file, read_records, record_example
@@ -32,24 +35,25 @@ def sft_record(
     if answer is None:
         answer = get_format(prompt.output_format).render(example)
     target = assistant_target(answer, rationale if prompt.reasoning else None)
-    return {
-        "messages": [
-            {"role": "user", "content": ner_instruction(example.text, example.schema, prompt)},
-            {"role": "assistant", "content": target},
-        ]
-    }
+    messages = [
+        {"role": "user", "content": ner_instruction(example.text, example.schema, prompt)},
+        {"role": "assistant", "content": target},
+    ]
+    return {"messages": without_lone_surrogates(messages)}
 
 
 def rl_record(example: Example, prompt: PromptArguments, dataset: str = "") -> dict[str, Any]:
     """A GRPO prompt with the gold columns the rewards need."""
-    return {
-        "prompt": [{"role": "user", "content": ner_instruction(example.text, example.schema, prompt)}],
-        "text": example.text,
-        "entities": example.entity_dicts(),
-        "labels": list(example.schema.labels),
-        "output_format": prompt.output_format,
-        "dataset": dataset,
-    }
+    return without_lone_surrogates(
+        {
+            "prompt": [{"role": "user", "content": ner_instruction(example.text, example.schema, prompt)}],
+            "text": example.text,
+            "entities": example.entity_dicts(),
+            "labels": list(example.schema.labels),
+            "output_format": prompt.output_format,
+            "dataset": dataset,
+        }
+    )
 
 
 def proportional_sizes(sizes: Sequence[int], total: int | None, cap: int | None) -> list[int]:

@@ -36,7 +36,7 @@ from reasoningner.readers import read_dataset
 from reasoningner.records import read_records, record_example
 from reasoningner.tiny_model import IM_END
 from reasoningner.training import configure_batching
-from reasoningner.training_data import sft_conversations
+from reasoningner.training_data import rl_prompts, sft_conversations
 from tests.scripts import load_stage
 
 ROOT = Path(__file__).parents[1]
@@ -446,6 +446,25 @@ def test_without_reasoning_the_targets_are_the_answers_alone(cot_file: Path) -> 
     examples = read_dataset(CONLL).examples
     from_plain = sft_conversations([str(CONLL)], direct_prompt)
     assert [c["messages"][1]["content"] for c in from_plain] == [fmt.render(e) for e in examples]
+
+
+def test_a_lone_surrogate_in_the_data_trains_as_u_fffd_at_its_offset(cot_file: Path, tmp_path: Path) -> None:
+    """Half an emoji escaped in a dataset's JSON ("\\ud83d") reaches stage 1's records as read; Arrow
+    refused the training rows ("surrogates not allowed", no file named). The model is asked U+FFFD for
+    it (`generation.sendable`), and learns on that, in its place: the spans still hold."""
+    record = next(r for r in read_records(cot_file) if r["accepted"] and r["entities"])
+    at = record["entities"][0]["start"]
+    half = record["text"][:at] + "\ud83d" + record["text"][at + 1 :]
+    path = tmp_path / "annotations.jsonl"
+    path.write_text(json.dumps({**record, "text": half}) + "\n", encoding="utf-8")
+    asked = half.replace("\ud83d", "\ufffd")
+
+    [row] = Dataset.from_list(sft_conversations([str(path)], PROMPT))
+    assert asked in row["messages"][0]["content"]
+    [prompt] = Dataset.from_list(rl_prompts([str(path)], PROMPT))
+    assert prompt["text"] == asked and asked in prompt["prompt"][0]["content"]
+    entity = prompt["entities"][0]
+    assert entity["text"] == asked[entity["start"] : entity["end"]] and entity["text"].startswith("\ufffd")
 
 
 def test_plain_ner_data_with_rationales_fails_naming_the_file(
