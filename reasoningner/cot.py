@@ -29,12 +29,15 @@ SLURM job, a teacher that had given a usable answer is taken for one that died: 
 `jobs.stop`, restarting the server with the stage in `cot.slurm`; one that never did ends it). Requests
 the teacher refuses (a prompt too long) are not counted in a row: they come back at once, ahead of the
 answers, and 64 of them in a chunk stopped the run on every rerun. A group of sentences asked together
-that gets only refusals, `FAILURES_IN_A_ROW` or more of them on a first try, stops it (a server that
-refuses every request).
+in which nothing is answered and `FAILURES_IN_A_ROW` or more are refused on a first try stops it (a
+server that refuses every request). A sentence cut off or empty is asked again with the next group;
+when a run stops first, it is recorded failed with its tries (`_outcomes`).
 
 What a run guarantees when its process ends at any moment (any signal, preemption, a crash):
 - Records are appended, one line per sentence, and flushed as soon as the sentence is done: a run
-  loses only the sentences in flight, and leaves at most a half-written last line.
+  loses only the sentences in flight, and leaves at most a half-written last line. (A sentence waiting
+  for its retry in the next chunk is in flight: a kill loses its tries, and a rerun asks it from its
+  first seed again.)
 - A rerun with the same inputs cuts that line off, drops the failed records to try them again, and
   annotates exactly the sentences without a record, so that every sentence ends in the file exactly
   once. A rewrite goes through a temporary file and `os.replace`: a kill during it leaves the old
@@ -466,6 +469,8 @@ def _outcomes(
     own, a few sentences after each chunk, left a batching teacher nearly idle for the longest replies'
     time); the last chunk's go on in rounds of their own. Each try of a sentence samples with its own
     seed, counting the tries earlier runs `tried` (a seeded backend, vLLM, repeats a request's samples).
+    A run that stops (the job's end, a teacher down, any error) first yields the sentences still to be
+    asked again as failed, with their tries, so that a rerun asks them with seeds no try used.
     """
     if not tasks:  # a finished shard rerun: no engine is loaded (minutes for a large teacher)
         return
@@ -481,68 +486,81 @@ def _outcomes(
     failed_in_a_row, answered = 0, False
     asked: Counter[str] = Counter()  # tries of each sentence in this run
     spent: Counter[str] = Counter()  # completion tokens of every sample of every try of a sentence
-    carried: list[tuple[Task, Failure]] = []  # to ask again; their record if the run stops first
+    waiting: dict[str, tuple[Task, Failure]] = {}  # to be asked again (or in flight again), their last try
     chunk_seconds = 0.0  # how long the last chunk took
     position = 0  # of the next new sentence in `tasks`
-    with generation.build_generator() as generator:
-        while position < len(tasks) or carried:
-            # Not a chunk the job's time limit would cut short; at least one an attempt (a start-up that
-            # used the time would otherwise requeue the job for ever).
-            if asked and position < len(tasks) and args.job_ending(interval=chunk_seconds):
-                yield from carried  # failed, with their tries: a rerun asks them again
-                stop(
-                    f"cot: stopped before the job's time limit with {position} of {len(tasks)} sentences "
-                    f"asked (stop_before_job_end {args.stop_before_job_end:g} s, a chunk "
-                    f"{chunk_seconds:.0f} s)"
-                )
-            began = time.monotonic()
-            fresh = max(args.chunk_size - len(carried), 0)
-            group = [task for task, _ in carried] + list(tasks[position : position + fresh])
-            position += fresh
-            carried = []
-            for task in group:
-                asked[task.key] += 1
-            seeds = [_seed(sampling.seed, _tries(task, tried, asked)) for task in group]
-            replies, refusals = 0, 0  # refusals of sentences on their first try
-            last_refusal = None
-            for index, outcome in generator.generate_outcomes(
-                [t.conversation for t in group], sampling, seeds
-            ):
-                task = group[index]
-                tries = _tries(task, tried, asked)
-                if isinstance(outcome, ConversationFailed):
-                    yield task, Failure(str(outcome), spent[task.key], tries)
-                    if outcome.refused:
-                        # It answered, refusing this prompt (too long): back at once, ahead of the
-                        # answers a group waits minutes for, so judged by the whole group.
-                        if tries == 1:  # one refused before says nothing new about the teacher
-                            refusals, last_refusal = refusals + 1, outcome
+    try:
+        with generation.build_generator() as generator:
+            while position < len(tasks) or waiting:
+                # Not a chunk the job's time limit would cut short; at least one an attempt (a start-up
+                # that used the time would otherwise requeue the job for ever).
+                if asked and position < len(tasks) and args.job_ending(interval=chunk_seconds):
+                    raise _Requeue(
+                        f"cot: stopped before the job's time limit with {position} of {len(tasks)} sentences "
+                        f"asked (stop_before_job_end {args.stop_before_job_end:g} s, a chunk "
+                        f"{chunk_seconds:.0f} s)"
+                    )
+                began = time.monotonic()
+                fresh = max(args.chunk_size - len(waiting), 0)
+                group = [task for task, _ in waiting.values()] + list(tasks[position : position + fresh])
+                position += fresh
+                for task in group:
+                    asked[task.key] += 1
+                seeds = [_seed(sampling.seed, _tries(task, tried, asked)) for task in group]
+                replies, refusals = 0, 0  # refusals of sentences on their first try
+                last_refusal = None
+                for index, outcome in generator.generate_outcomes(
+                    [t.conversation for t in group], sampling, seeds
+                ):
+                    task = group[index]
+                    tries = _tries(task, tried, asked)
+                    if isinstance(outcome, ConversationFailed):
+                        waiting.pop(task.key, None)
+                        yield task, Failure(str(outcome), spent[task.key], tries)
+                        if outcome.refused:
+                            # It answered, refusing this prompt (too long): back at once, ahead of the
+                            # answers a group waits minutes for, so judged by the whole group.
+                            if tries == 1:  # one refused before says nothing new about the teacher
+                                refusals, last_refusal = refusals + 1, outcome
+                            continue
+                        failed_in_a_row += 1
+                        if failed_in_a_row >= FAILURES_IN_A_ROW:
+                            down = _teacher_down(failed_in_a_row, outcome)
+                            # One that had answered died: the job restarts server and stage.
+                            raise _Requeue(f"cot: {down}") if answered and in_job() else down
                         continue
-                    failed_in_a_row += 1
-                    if failed_in_a_row >= FAILURES_IN_A_ROW:
-                        if answered and in_job():  # it died: the job restarts server and stage
-                            stop(f"cot: {_teacher_down(failed_in_a_row, outcome)}")
-                        raise _teacher_down(failed_in_a_row, outcome)
-                    continue
-                failed_in_a_row, replies = 0, replies + 1
-                spent[task.key] += sum(c.completion_tokens for c in outcome)
-                usable = [(i, c) for i, c in enumerate(outcome) if unusable(c) is None]
-                if usable:
-                    answered = True
-                    scored = [
-                        score_sample(task.example, c, output_format, mode, i, args.gold_answer)
-                        for i, c in usable
-                    ]
-                    yield task, replace(best_sample(scored, args), completion_tokens=spent[task.key])
-                else:
+                    failed_in_a_row, replies = 0, replies + 1
+                    spent[task.key] += sum(c.completion_tokens for c in outcome)
+                    usable = [(i, c) for i, c in enumerate(outcome) if unusable(c) is None]
+                    if usable:
+                        answered = True
+                        waiting.pop(task.key, None)
+                        scored = [
+                            score_sample(task.example, c, output_format, mode, i, args.gold_answer)
+                            for i, c in usable
+                        ]
+                        yield task, replace(best_sample(scored, args), completion_tokens=spent[task.key])
+                        continue
                     failure = _no_usable_reply(outcome, asked[task.key], tries, spent[task.key])
                     if asked[task.key] <= retries:
-                        carried.append((task, failure))
+                        waiting[task.key] = (task, failure)
                     else:
+                        waiting.pop(task.key, None)
                         yield task, failure
-            if not replies and last_refusal is not None and refusals >= FAILURES_IN_A_ROW:
-                raise _teacher_refuses(refusals, last_refusal)
-            chunk_seconds = time.monotonic() - began
+                if not replies and last_refusal is not None and refusals >= FAILURES_IN_A_ROW:
+                    raise _teacher_refuses(refusals, last_refusal)
+                chunk_seconds = time.monotonic() - began
+    except Exception as error:
+        for task, failure in waiting.values():  # a try in flight counts: a skipped seed costs nothing
+            yield task, replace(failure, tries=_tries(task, tried, asked))
+        if isinstance(error, _Requeue):
+            stop(str(error))
+        raise
+
+
+class _Requeue(Exception):
+    """Stage 1 ends this attempt for the job to go on in another (`jobs.stop`), once the sentences
+    waiting for a retry are recorded."""
 
 
 def _tries(task: Task, tried: Mapping[str, int], asked: Mapping[str, int]) -> int:

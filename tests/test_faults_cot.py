@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -376,6 +377,47 @@ def test_a_stop_before_the_job_s_limit_records_the_sentences_left_to_retry_with_
     assert_each_sentence_once(read_records(path), tasks, report)
     seeds = [body.get("seed") for _, body, _ in server.requests if body["messages"][-1]["content"] == cut]
     assert seeds == [0, RETRY_SEED_STRIDE]
+
+
+class Stalling(TeacherHandler):
+    """Holds the retries of `server.stalled` until `server.released` is set (or 10 s): in flight when
+    the run stops."""
+
+    def respond(self, content: str, attempt: int, body: dict) -> None:
+        if content == self.server.stalled and attempt > 1:  # type: ignore[attr-defined]
+            self.server.released.wait(10)  # type: ignore[attr-defined]
+        super().respond(content, attempt, body)
+
+
+def test_a_teacher_down_while_a_sentence_waits_for_its_retry_records_its_tries(tmp_path: Path) -> None:
+    """The sentence cut off in one chunk is asked again in the next; the teacher dies there (64 new
+    sentences failed in a row) with its retry in flight. It is recorded failed with that try, and the
+    rerun asks it with a seed no try used (a seeded teacher would repeat the cut-off)."""
+    args = cot_args(tmp_path / "out", [write_inputs(tmp_path / "in.jsonl", 132)], chunk_size=66)
+    tasks = load_tasks(args, PromptArguments())
+    stalled = tasks[0].conversation[-1]["content"]
+    first_chunk = {t.conversation[-1]["content"] for t in tasks[:66]}
+    server = Teacher(
+        replies(tasks),
+        lambda p, a: "length" if p == stalled and a == 1 else "right" if p in first_chunk else "http500",
+    )
+    server.RequestHandlerClass = Stalling
+    server.stalled, server.released = stalled, threading.Event()  # type: ignore[attr-defined]
+    path = tmp_path / "out" / "annotations.jsonl"
+    with serving(server):
+        teacher_args = openai(server.base_url)
+        teacher_args.backend_options["request_timeout"] = 30  # type: ignore[index]
+        with pytest.raises(GenerationError, match=f"failed {FAILURES_IN_A_ROW} sentences in a row"):
+            annotate(args, PromptArguments(), teacher_args)
+        record = next(r for r in read_records(path) if r["key"] == tasks[0].key)
+        assert (record["status"], record["tries"]) == ("failed", 2)
+        server.released.set()  # type: ignore[attr-defined]
+        server.fate = lambda p, a: "right"
+        report = annotate(args, PromptArguments(), teacher_args)
+    assert report["accepted"] == 132, report
+    assert_each_sentence_once(read_records(path), tasks, report)
+    seeds = [body.get("seed") for _, body, _ in server.requests if body["messages"][-1]["content"] == stalled]
+    assert seeds == [0, RETRY_SEED_STRIDE, 2 * RETRY_SEED_STRIDE]
 
 
 def test_a_recipe_may_leave_the_teacher_unseeded(tmp_path: Path) -> None:
