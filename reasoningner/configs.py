@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib.util
 import json
 import logging
@@ -359,6 +360,12 @@ class DataArguments:
         return read_dataset(path, reader or self.reader, on_error="skip" if self.skip_bad else "raise")
 
 
+@functools.cache
+def _overwrite_ignored() -> None:
+    """Said once however often a stage asks `fresh_start`."""
+    logger.warning("a requeued job resumes: overwrite_output_dir is for its first attempt only")
+
+
 @dataclass
 class ResumableArguments:
     """For stages that resume into their output folder (stage 1, SFT, GRPO)."""
@@ -383,7 +390,7 @@ class ResumableArguments:
         """`overwrite_output_dir`, except in a requeued job: it runs its first command line again, whose
         fresh start has happened, and would delete what the attempts since saved."""
         if self.overwrite_output_dir and requeued():
-            logger.warning("a requeued job resumes: overwrite_output_dir is for its first attempt only")
+            _overwrite_ignored()
             return False
         return self.overwrite_output_dir
 
@@ -423,6 +430,9 @@ class CoTArguments(RunArguments, ResumableArguments):
     gold_answer: bool = field(default=False, metadata={"help": "store the gold answer with the rationale"})
     shard: str = field(default="0/1", metadata={"help": "i/n: annotate every n-th sentence from i"})
     merge: bool = field(default=False, metadata={"help": "merge the shard files in output_dir, then stop"})
+    logging_seconds: float = field(
+        default=60, metadata={"help": "how often progress (speed, acceptance, time left) goes to W&B"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -77,7 +77,7 @@ import re
 import statistics
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -601,10 +601,16 @@ def teacher_name(generation: GenerationArguments) -> str:
     return f"{generation.backend}:{generation.model_name_or_path}"
 
 
-def annotate(args: CoTArguments, prompt: PromptArguments, generation: GenerationArguments) -> dict[str, Any]:
+def annotate(
+    args: CoTArguments,
+    prompt: PromptArguments,
+    generation: GenerationArguments,
+    on_progress: Callable[[dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
     """Annotate what this shard's output file lacks, failed sentences included; return the report
     of the whole file (also written to `report_path`). Guarantees: the module docstring. With
-    `overwrite_output_dir` the file is started afresh (under the lock: never under a running writer)."""
+    `overwrite_output_dir` the file is started afresh (under the lock: never under a running writer).
+    `on_progress` (W&B's `log`) gets `Progress` metrics every `logging_seconds` and at the end."""
     path = output_path(args)
     tasks = load_tasks(args, prompt)
     teacher = teacher_name(generation)
@@ -617,6 +623,7 @@ def annotate(args: CoTArguments, prompt: PromptArguments, generation: Generation
         done, tried = resume(path, tasks, teacher, settings)
         todo = [task for task in tasks if task.key not in done]
         started = time.perf_counter()
+        progress = Progress(on_progress, args.logging_seconds, done=len(done), total=len(tasks))
         with (
             path.open("a", encoding="utf-8", errors=JSONL_ERRORS, newline="\n") as out,
             tqdm(total=len(todo), desc="cot", unit="sent") as bar,
@@ -626,11 +633,56 @@ def annotate(args: CoTArguments, prompt: PromptArguments, generation: Generation
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 out.flush()
                 bar.update()
+                progress.add(record)
+        progress.report()
         tries_path(path).unlink(missing_ok=True)  # every sentence has its record now, a failed one its tries
         counted = [reported(record) for _, _, record in numbered_lines(path)]
         report = summarize(counted, seconds=time.perf_counter() - started, annotated=len(todo))
         write_whole(report_path(args), json.dumps(report, indent=2) + "\n")
     return report
+
+
+class Progress:
+    """A run's progress as metrics (`cot/...`, for W&B), every `every` seconds and at its end: the file's
+    sentences done and the time left at the current speed, and, over the records written since the last
+    report, how fast the teacher goes and how its answers fare (`summarize`): a days-long run shows a
+    teacher that slows down or starts failing as it happens."""
+
+    def __init__(
+        self, log: Callable[[dict[str, float]], None] | None, every: float, done: int, total: int
+    ) -> None:
+        self.log, self.every, self.done, self.total = log, every, done, total
+        self.window: list[dict[str, Any]] = []  # `reported` fields of the records since the last report
+        self.since = time.monotonic()
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.done += 1
+        if self.log is None:
+            return
+        self.window.append(reported(record))
+        if time.monotonic() - self.since >= self.every:
+            self.report()
+
+    def report(self) -> None:
+        """Log the records since the last report, if any."""
+        if self.log is None or not self.window:
+            return
+        seconds = max(time.monotonic() - self.since, 1e-6)
+        window = summarize(self.window, seconds, annotated=len(self.window))
+        speed = len(self.window) / seconds
+        metrics = {
+            "cot/sentences_done": self.done,
+            "cot/sentences_left": self.total - self.done,
+            "cot/hours_left": (self.total - self.done) / speed / 3600,
+            "cot/sentences_per_second": speed,
+            "cot/completion_tokens_per_second": window["completion_tokens"] / seconds,
+            "cot/failure_rate": window["failed"] / len(self.window),
+        }
+        self.log(metrics | {f"cot/{key}": window[key] for key in PROGRESS_MEANS})
+        self.window, self.since = [], time.monotonic()
+
+
+PROGRESS_MEANS = ("acceptance_rate", "teacher_f1_mean", "consistency_mean")
 
 
 def merge_shards(args: CoTArguments, prompt: PromptArguments) -> Path:

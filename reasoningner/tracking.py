@@ -472,15 +472,15 @@ WANDB_RUN_ID = "wandb_run_id"
 _RUN_IDS_SET_HERE: set[str] = set()  # not the user's: a later stage in this process sets its own
 
 
-def continue_wandb_run(output_dir: str | Path, resuming: bool) -> None:
-    """One W&B run per training run however often it is relaunched: a relaunch of the same run (from
-    its checkpoints, or killed before its first) logs into the W&B run of its first attempt (its id
-    kept in the output folder), a fresh start (or `overwrite_output_dir`) opens a new one. A
-    `WANDB_RUN_ID` the user set wins."""
+def continue_wandb_run(output_dir: str | Path, resuming: bool, id_file: str = WANDB_RUN_ID) -> None:
+    """One W&B run per training run (or stage 1 shard) however often it is relaunched: a relaunch of
+    the same run (from its checkpoints, or killed before its first) logs into the W&B run of its first
+    attempt (its id kept in the output folder, in `id_file`), a fresh start (or `overwrite_output_dir`)
+    opens a new one. A `WANDB_RUN_ID` the user set wins."""
     given = os.environ.get("WANDB_RUN_ID")
     if given and given not in _RUN_IDS_SET_HERE:
         return
-    path = Path(output_dir) / WANDB_RUN_ID
+    path = Path(output_dir) / id_file
     run_id = path.read_text(encoding="utf-8").strip() if resuming and path.is_file() else ""
     if not run_id:
         run_id = uuid.uuid4().hex[:12]
@@ -492,10 +492,12 @@ def continue_wandb_run(output_dir: str | Path, resuming: bool) -> None:
 
 
 @contextmanager
-def wandb_run(stage: str, output_dir: str | Path, manifest: dict[str, Any], enabled: bool) -> Iterator[Any]:
+def wandb_run(
+    stage: str, output_dir: str | Path, manifest: dict[str, Any], enabled: bool, name: str | None = None
+) -> Iterator[Any]:
     """A W&B run for a stage without a Trainer (CoT, eval): in its pipeline's group, named after its
-    output folder, the manifest in its config and its inputs used as artifacts. Yields None when W&B is
-    off; the stage logs its outputs (`log_outputs`, `log_results`) inside."""
+    output folder (or `name`), the manifest in its config and its inputs used as artifacts. Yields None
+    when W&B is off; the stage logs its outputs (`log_outputs`, `log_results`) inside."""
     if not enabled:
         yield None
         return
@@ -506,7 +508,7 @@ def wandb_run(stage: str, output_dir: str | Path, manifest: dict[str, Any], enab
         project=os.environ.get("WANDB_PROJECT", "reasoningner"),
         group=pipeline,
         job_type=stage,
-        name=Path(output_dir).resolve().name,
+        name=name or Path(output_dir).resolve().name,
         config={"manifest": manifest | {"pipeline": pipeline}, **manifest["config"]},
         dir=os.environ.get("WANDB_DIR"),
     )

@@ -19,8 +19,10 @@ from reasoningner.configs import (
 )
 from reasoningner.cot import REPORT, annotate, merge_shards, output_path
 from reasoningner.tracking import (
+    WANDB_RUN_ID,
     build_manifest,
     config_dict,
+    continue_wandb_run,
     log_outputs,
     wandb_run,
     wants_wandb,
@@ -33,23 +35,43 @@ def make_parser() -> RecipeParser:
 
 
 def main(args: CoTArguments, prompt: PromptArguments, generation: GenerationArguments) -> None:
+    teacher = [] if generation.backend == GOLD_TEMPLATE else [generation.model_name_or_path]
+    manifest = build_manifest("cot", config_dict(args, prompt, generation), [*args.datasets, *teacher])
+    index, count = args.shard_index()
+    # The manifest describes annotations.jsonl, of an unsharded run or of the merge (written before the
+    # W&B artifact, which takes its name): a shard's report is its own (report.shard-i-of-n.json), and
+    # shards writing one manifest at once would clash.
     if args.merge:
         path = merge_shards(args, prompt)
         report = json.loads((path.parent / REPORT).read_text(encoding="utf-8"))
-    else:
-        path, report = output_path(args), annotate(args, prompt, generation)
-    # The manifest and W&B run describe annotations.jsonl, of an unsharded run or of the merge: a shard's
-    # report is its own (report.shard-i-of-n.json), and shards writing one manifest at once would clash.
-    if args.merge or args.shard_index()[1] == 1:
-        teacher = [] if generation.backend == GOLD_TEMPLATE else [generation.model_name_or_path]
-        manifest = build_manifest("cot", config_dict(args, prompt, generation), [*args.datasets, *teacher])
         write_manifest(args.output_dir, manifest, report)
         with wandb_run("cot", args.output_dir, manifest, wants_wandb(args.report_to)) as run:
+            _log_report(run, report, path)
+    else:
+        path = output_path(args)
+        # A shard's W&B run is its own, kept across relaunches and requeues as a training run's is: it
+        # shows the progress of a run that lasts days (`cot.Progress`).
+        name = Path(args.output_dir).resolve().name + ("" if count == 1 else f"-shard-{index}-of-{count}")
+        if wants_wandb(args.report_to):
+            continue_wandb_run(args.output_dir, not args.fresh_start(), id_file=f"{WANDB_RUN_ID}-{name}")
+        with wandb_run("cot", args.output_dir, manifest, wants_wandb(args.report_to), name=name) as run:
             if run is not None:
-                run.summary.update(report)
-                log_outputs(run, [path])
+                run.define_metric("cot/*", step_metric="cot/sentences_done")
+            report = annotate(args, prompt, generation, on_progress=None if run is None else run.log)
+            if count == 1:
+                write_manifest(args.output_dir, manifest, report)
+            _log_report(run, report, path if count == 1 else None)
     print(json.dumps(report, indent=2))
     print(summary_line(report, path), file=sys.stderr)
+
+
+def _log_report(run: Any, report: dict[str, Any], annotations: Path | None) -> None:
+    """The report as the W&B run's summary, and the annotations (not a shard's) as its output."""
+    if run is None:
+        return
+    run.summary.update(report)
+    if annotations is not None:
+        log_outputs(run, [annotations])
 
 
 def summary_line(report: dict[str, Any], path: Path) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from reasoningner.configs import CoTArguments, GenerationArguments, PromptArguments
-from reasoningner.cot import annotate, best_sample, merge_shards, score_sample
+from reasoningner.cot import Progress, annotate, best_sample, merge_shards, score_sample
 from reasoningner.formats import get_format
 from reasoningner.generation import Completion
 from reasoningner.readers import DataError
@@ -381,3 +381,43 @@ def test_with_gold_answer_consistency_is_measured_against_the_gold_answer_it_is_
     assert teacher.consistency == 1.0  # the rationale agrees with the teacher's own answer
     assert gold.consistency < 1.0  # not with gold, which holds Brussels
     assert not gold.acceptable(CoTArguments(output_dir="unused", f1_threshold=0.75, gold_answer=True))
+
+
+def test_progress_reports_the_records_since_its_last_report_and_the_time_left() -> None:
+    logged: list[dict[str, float]] = []
+    progress = Progress(logged.append, every=3600, done=10, total=20)
+    for status, f1 in [("accepted", 1.0), ("rejected", 0.5), ("failed", None)]:
+        scores = {"f1": f1, "consistency": None if f1 is None else 1.0}
+        progress.add(
+            {
+                "status": status,
+                "accepted": status == "accepted",
+                **scores,
+                "completion_tokens": 4,
+                "teacher": "t",
+            }
+        )
+    assert logged == []  # not due yet: the end of the run reports it
+    progress.report()
+    [row] = logged
+    assert (row["cot/sentences_done"], row["cot/sentences_left"]) == (13, 7)
+    assert row["cot/acceptance_rate"] == row["cot/failure_rate"] == pytest.approx(1 / 3)
+    assert (row["cot/teacher_f1_mean"], row["cot/consistency_mean"]) == (0.75, 1.0)  # over the scored
+    speed = row["cot/sentences_per_second"]
+    assert row["cot/hours_left"] == pytest.approx(7 / speed / 3600)
+    assert row["cot/completion_tokens_per_second"] == pytest.approx(4 * speed)
+    progress.report()
+    assert len(logged) == 1  # nothing since: nothing logged
+
+    every_record = Progress(logged.append, every=0, done=0, total=2)
+    every_record.add(
+        {
+            "status": "accepted",
+            "accepted": True,
+            "f1": 1.0,
+            "consistency": 1.0,
+            "completion_tokens": 1,
+            "teacher": "t",
+        }
+    )
+    assert logged[-1]["cot/sentences_done"] == 1 and logged[-1]["cot/sentences_left"] == 1

@@ -210,6 +210,32 @@ def only(artifacts: list[OfflineArtifact], type_: str) -> OfflineArtifact:
     return artifact
 
 
+def test_stage_1_logs_its_progress_to_a_wandb_run_per_shard_that_a_relaunch_continues(
+    tmp_path, offline_wandb
+):
+    """A days-long annotation shows in W&B as it goes (speed, acceptance, time left), each shard in a run
+    of its own that a relaunch or requeue continues; the merge logs the report and the annotations."""
+    common = ["--datasets", str(DATA / "conll2003_mini.txt"), "--output_dir", str(tmp_path / "cot"), *GOLD,
+              "--report_to", "wandb", "--logging_seconds", "0"]  # fmt: skip
+    stage("cot", *common, "--shard", "0/2", "--limit", "2", env=offline_wandb)  # shard 0: sentence 0
+    stage("cot", *common, "--shard", "0/2", "--limit", "4", env=offline_wandb)  # relaunched: and sentence 2
+    stage("cot", *common, "--shard", "1/2", "--limit", "4", env=offline_wandb)
+    stage("cot", *common, "--merge", "true", "--limit", "4", env=offline_wandb)
+    runs = read_offline_runs(Path(offline_wandb["WANDB_DIR"]))
+    assert [run.name for run in runs] == ["cot-shard-0-of-2", "cot-shard-0-of-2", "cot-shard-1-of-2", "cot"]
+    first, relaunched, other, merged = runs
+    assert first.id == relaunched.id and len({first.id, other.id, merged.id}) == 3
+    assert len({run.group for run in runs}) == 1 and {run.job_type for run in runs} == {"cot"}
+    rows = [row for run in (first, relaunched) for row in run.history]
+    assert [row["cot/sentences_done"] for row in rows] == [1, 2]  # one row a record: logging_seconds 0
+    assert [row["cot/sentences_left"] for row in rows] == [0, 0]  # of the shard at each launch's limit
+    assert rows[-1]["cot/acceptance_rate"] == 1.0 and rows[-1]["cot/failure_rate"] == 0.0
+    assert relaunched.summary["sentences"] == 2 and not relaunched.outputs  # a shard's report, no artifact
+    assert merged.summary["sentences"] == 4 and [a.name for a in merged.outputs] == [
+        f"{merged.group}-annotations"
+    ]
+
+
 def test_one_pipeline_run_is_one_wandb_group_and_one_artifact_chain(tmp_path, offline_wandb, tiny_model_dir):
     """CoT -> SFT -> GRPO -> eval, each with --report_to wandb: one group, the pipeline id of every
     manifest; each stage's input artifact is the previous stage's output (name, type, digest)."""
