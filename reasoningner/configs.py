@@ -438,6 +438,8 @@ class CoTArguments(RunArguments, ResumableArguments):
         super().__post_init__()
         self.shard_index()
         _check_choice("match_mode", self.match_mode, MATCH_MODES)
+        if not self.logging_seconds >= 0:  # NaN too
+            raise ValueError(f"logging_seconds must be 0 (every record) or more, got {self.logging_seconds}")
 
     def shard_index(self) -> tuple[int, int]:
         try:

@@ -550,17 +550,15 @@ def _outcomes(
                 if not replies and last_refusal is not None and refusals >= FAILURES_IN_A_ROW:
                     raise _teacher_refuses(refusals, last_refusal)
                 chunk_seconds = time.monotonic() - began
-    except Exception as error:
+    except Exception:
         for task, failure in waiting.values():  # a try in flight counts: a skipped seed costs nothing
             yield task, replace(failure, tries=_tries(task, tried, asked))
-        if isinstance(error, _Requeue):
-            stop(str(error))
         raise
 
 
 class _Requeue(Exception):
     """Stage 1 ends this attempt for the job to go on in another (`jobs.stop`), once the sentences
-    waiting for a retry are recorded."""
+    waiting for a retry are recorded and its progress logged (`annotate`)."""
 
 
 def _tries(task: Task, tried: Mapping[str, int], asked: Mapping[str, int]) -> int:
@@ -628,12 +626,16 @@ def annotate(
             path.open("a", encoding="utf-8", errors=JSONL_ERRORS, newline="\n") as out,
             tqdm(total=len(todo), desc="cot", unit="sent") as bar,
         ):
-            for task, outcome in _outcomes(args, prompt, generation, todo, tried):
-                record = build_record(task, outcome, args, prompt, teacher, settings)
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                out.flush()
-                bar.update()
-                progress.add(record)
+            try:
+                for task, outcome in _outcomes(args, prompt, generation, todo, tried):
+                    record = build_record(task, outcome, args, prompt, teacher, settings)
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    out.flush()
+                    bar.update()
+                    progress.add(record)
+            except _Requeue as stopping:
+                progress.report()  # before `stop` ends the W&B run
+                stop(str(stopping))
         progress.report()
         tries_path(path).unlink(missing_ok=True)  # every sentence has its record now, a failed one its tries
         counted = [reported(record) for _, _, record in numbered_lines(path)]
@@ -644,28 +646,32 @@ def annotate(
 
 class Progress:
     """A run's progress as metrics (`cot/...`, for W&B), every `every` seconds and at its end: the file's
-    sentences done and the time left at the current speed, and, over the records written since the last
-    report, how fast the teacher goes and how its answers fare (`summarize`): a days-long run shows a
-    teacher that slows down or starts failing as it happens."""
+    sentences done (accepted or rejected: what a rerun keeps) and the time left at the current speed,
+    and, over the records written since the last report, how fast the teacher goes and how its answers
+    fare (`summarize`): a days-long run shows a teacher that slows down or starts failing as it
+    happens. The clock starts at the first record: an engine's start-up is no slow teacher."""
 
     def __init__(
         self, log: Callable[[dict[str, float]], None] | None, every: float, done: int, total: int
     ) -> None:
         self.log, self.every, self.done, self.total = log, every, done, total
         self.window: list[dict[str, Any]] = []  # `reported` fields of the records since the last report
-        self.since = time.monotonic()
+        self.since: float | None = None
 
     def add(self, record: dict[str, Any]) -> None:
-        self.done += 1
+        if record_status(record) != "failed":
+            self.done += 1
         if self.log is None:
             return
         self.window.append(reported(record))
-        if time.monotonic() - self.since >= self.every:
+        if self.since is None:
+            self.since = time.monotonic()
+        elif time.monotonic() - self.since >= self.every:
             self.report()
 
     def report(self) -> None:
         """Log the records since the last report, if any."""
-        if self.log is None or not self.window:
+        if self.log is None or not self.window or self.since is None:
             return
         seconds = max(time.monotonic() - self.since, 1e-6)
         window = summarize(self.window, seconds, annotated=len(self.window))

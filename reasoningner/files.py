@@ -54,13 +54,22 @@ def write_lines(path: Path, lines: Iterable[bytes]) -> None:
     write_whole(path, b"".join(line + b"\n" for line in lines))
 
 
+_HELD: set[Path] = set()  # the locks this process holds (`exclusive`)
+
+
 @contextlib.contextmanager
 def exclusive(path: Path) -> Iterator[None]:
     """Hold `<path>.lock` while writing `path`: a second run on it fails at once, instead of writing
     every record a second time. An flock is released by the OS when its process dies, however it dies,
     so a killed run never leaves a stale lock behind; on shared storage, a node that died holding it
-    does until the server releases it, for which a requeued job waits (`REQUEUED_LOCK_WAIT`)."""
+    does until the server releases it, for which a requeued job waits (`REQUEUED_LOCK_WAIT`).
+    Re-entrant in one process: a stage holds it around a library call that takes it too (stage 1's
+    W&B run is opened only once the file is its own)."""
     lock = path.with_name(path.name + ".lock")
+    if lock.resolve() in _HELD:
+        yield
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
     with lock.open("a+", encoding="utf-8") as handle:
         try:
             _lock(handle, wait=REQUEUED_LOCK_WAIT if requeued() else 0.0, path=path)
@@ -78,7 +87,11 @@ def exclusive(path: Path) -> Iterator[None]:
             handle.truncate()
             handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
             handle.flush()
-        yield
+        _HELD.add(lock.resolve())
+        try:
+            yield
+        finally:
+            _HELD.discard(lock.resolve())
 
 
 def _lock(handle: IO[str], wait: float, path: Path) -> None:

@@ -515,8 +515,10 @@ def wandb_run(
     try:
         use_inputs(run, manifest)
         yield run
-    finally:
-        run.finish()
+    except BaseException:
+        run.finish(exit_code=1)  # a failed stage is no finished run (a requeue has ended it already)
+        raise
+    run.finish()
 
 
 def trainer_manifest(

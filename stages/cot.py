@@ -18,6 +18,7 @@ from reasoningner.configs import (
     RecipeParser,
 )
 from reasoningner.cot import REPORT, annotate, merge_shards, output_path
+from reasoningner.files import exclusive
 from reasoningner.tracking import (
     WANDB_RUN_ID,
     build_manifest,
@@ -35,9 +36,9 @@ def make_parser() -> RecipeParser:
 
 
 def main(args: CoTArguments, prompt: PromptArguments, generation: GenerationArguments) -> None:
-    teacher = [] if generation.backend == GOLD_TEMPLATE else [generation.model_name_or_path]
-    manifest = build_manifest("cot", config_dict(args, prompt, generation), [*args.datasets, *teacher])
     index, count = args.shard_index()
+    wandb = wants_wandb(args.report_to)
+    manifest = _manifest(args, prompt, generation) if args.merge or count == 1 or wandb else {}
     # The manifest describes annotations.jsonl, of an unsharded run or of the merge (written before the
     # W&B artifact, which takes its name): a shard's report is its own (report.shard-i-of-n.json), and
     # shards writing one manifest at once would clash.
@@ -45,24 +46,33 @@ def main(args: CoTArguments, prompt: PromptArguments, generation: GenerationArgu
         path = merge_shards(args, prompt)
         report = json.loads((path.parent / REPORT).read_text(encoding="utf-8"))
         write_manifest(args.output_dir, manifest, report)
-        with wandb_run("cot", args.output_dir, manifest, wants_wandb(args.report_to)) as run:
+        with wandb_run("cot", args.output_dir, manifest, wandb) as run:
             _log_report(run, report, path)
     else:
         path = output_path(args)
-        # A shard's W&B run is its own, kept across relaunches and requeues as a training run's is: it
-        # shows the progress of a run that lasts days (`cot.Progress`).
+        # Each run (a shard) has a W&B run of its own that its relaunches and requeues continue, as a
+        # training run's do, opened once the output is this run's (`exclusive`, which annotate takes too):
+        # a second launch of a running shard stops there.
         name = Path(args.output_dir).resolve().name + ("" if count == 1 else f"-shard-{index}-of-{count}")
-        if wants_wandb(args.report_to):
-            continue_wandb_run(args.output_dir, not args.fresh_start(), id_file=f"{WANDB_RUN_ID}-{name}")
-        with wandb_run("cot", args.output_dir, manifest, wants_wandb(args.report_to), name=name) as run:
-            if run is not None:
-                run.define_metric("cot/*", step_metric="cot/sentences_done")
-            report = annotate(args, prompt, generation, on_progress=None if run is None else run.log)
-            if count == 1:
-                write_manifest(args.output_dir, manifest, report)
-            _log_report(run, report, path if count == 1 else None)
+        with exclusive(path):
+            if wandb:
+                id_file = WANDB_RUN_ID + ("" if count == 1 else f".shard-{index}-of-{count}")
+                continue_wandb_run(args.output_dir, resuming=not args.fresh_start(), id_file=id_file)
+            with wandb_run("cot", args.output_dir, manifest, wandb, name=name) as run:
+                if run is not None:
+                    run.define_metric("cot/*", step_metric="cot/sentences_done")
+                report = annotate(args, prompt, generation, on_progress=None if run is None else run.log)
+                if count == 1:
+                    write_manifest(args.output_dir, manifest, report)
+                _log_report(run, report, path if count == 1 else None)
     print(json.dumps(report, indent=2))
     print(summary_line(report, path), file=sys.stderr)
+
+
+def _manifest(args: CoTArguments, prompt: PromptArguments, generation: GenerationArguments) -> dict[str, Any]:
+    """What went into the annotations: the recipe, the input files and the teacher (`build_manifest`)."""
+    teacher = [] if generation.backend == GOLD_TEMPLATE else [generation.model_name_or_path]
+    return build_manifest("cot", config_dict(args, prompt, generation), [*args.datasets, *teacher])
 
 
 def _log_report(run: Any, report: dict[str, Any], annotations: Path | None) -> None:

@@ -10,8 +10,11 @@ model stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Iterable
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +108,30 @@ def slurm_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     return calls
+
+
+# `held_elsewhere(path)`: `files.exclusive(path)` held by another process (a run elsewhere: the lock is
+# re-entrant in one) until the block ends, or until its stdin is closed.
+HeldElsewhere = Callable[[Path], contextlib.AbstractContextManager[subprocess.Popen]]
+
+
+@contextlib.contextmanager
+def _held_elsewhere(path: Path) -> Iterator[subprocess.Popen]:
+    code = "import sys; from pathlib import Path; from reasoningner.files import exclusive\n"
+    code += "with exclusive(Path(sys.argv[1])):\n    print('held', flush=True)\n    sys.stdin.read()"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1],
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        yield holder
+    finally:
+        if holder.stdin is not None and not holder.stdin.closed:
+            holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+@pytest.fixture
+def held_elsewhere() -> HeldElsewhere:
+    return _held_elsewhere

@@ -48,6 +48,7 @@ from reasoningner.formats import get_format
 from reasoningner.generation import Completion, GenerationError
 from reasoningner.jobs import STOPPED
 from reasoningner.records import read_records
+from tests.conftest import HeldElsewhere
 from tests.fake_openai import ChatHandler, ChatServer, serving
 from tests.scripts import load_stage
 
@@ -599,7 +600,9 @@ def test_killed_at_random_moments_and_rerun_each_time_the_output_equals_an_unint
 # --- shards -------------------------------------------------------------------------------------------
 
 
-def test_merge_refuses_missing_cut_short_half_written_running_and_inconsistent_shards(tmp_path: Path) -> None:
+def test_merge_refuses_missing_cut_short_half_written_running_and_inconsistent_shards(
+    tmp_path: Path, held_elsewhere: HeldElsewhere
+) -> None:
     inputs = [write_inputs(tmp_path / "merge.jsonl", 30)]
     out = tmp_path / "out"
     prompt = PromptArguments()
@@ -629,7 +632,10 @@ def test_merge_refuses_missing_cut_short_half_written_running_and_inconsistent_s
     with pytest.raises(ValueError, match=rf"{re.escape(str(one))}:7: half-written last record"):
         merge()
     assert not (out / "annotations.jsonl").exists()
-    with exclusive(out / "annotations.shard-2-of-3.jsonl"), pytest.raises(RuntimeError, match="another run"):
+    with (
+        held_elsewhere(out / "annotations.shard-2-of-3.jsonl"),
+        pytest.raises(RuntimeError, match="another run"),
+    ):
         merge()
 
     shard(1)  # repairs and completes the shard
@@ -788,7 +794,7 @@ def test_a_relaunch_with_other_thresholds_or_sampling_is_refused_and_one_that_ru
 
 
 def test_a_requeued_job_waits_for_the_lock_a_dead_node_s_attempt_may_still_hold(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held_elsewhere: HeldElsewhere
 ) -> None:
     """On NFS or Lustre a lock outlives the node that died holding it until the server lets it go: the
     requeued attempt would fail at once and end the job for good. A first attempt still fails at once."""
@@ -798,20 +804,41 @@ def test_a_requeued_job_waits_for_the_lock_a_dead_node_s_attempt_may_still_hold(
 
     out = tmp_path / "annotations.jsonl"
     monkeypatch.setattr(files, "LOCK_RETRY_SECONDS", 0.05)
-    held = contextlib.ExitStack()
-    held.enter_context(exclusive(out))  # the earlier attempt's lock, not yet released
-    with pytest.raises(RuntimeError, match="being written by another run"), exclusive(out):
-        pass
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    monkeypatch.setattr(files, "REQUEUED_LOCK_WAIT", 0.3)
-    with pytest.raises(RuntimeError, match="being written by another run"), exclusive(out):
-        pass  # held past the wait
-    monkeypatch.setattr(files, "REQUEUED_LOCK_WAIT", 30.0)
-    threading.Timer(0.3, held.close).start()  # the server releases it
-    started = time.monotonic()
+    with held_elsewhere(out) as earlier:  # the earlier attempt's lock, not yet released
+        with pytest.raises(RuntimeError, match="being written by another run"), exclusive(out):
+            pass
+        monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+        monkeypatch.setattr(files, "REQUEUED_LOCK_WAIT", 0.3)
+        with pytest.raises(RuntimeError, match="being written by another run"), exclusive(out):
+            pass  # held past the wait
+        monkeypatch.setattr(files, "REQUEUED_LOCK_WAIT", 30.0)
+        threading.Timer(0.3, earlier.stdin.close).start()  # type: ignore[union-attr]  # the server releases it
+        started = time.monotonic()
+        with exclusive(out):
+            assert time.monotonic() - started >= 0.25
+            assert f"pid {os.getpid()}" in (tmp_path / "annotations.jsonl.lock").read_text()
+
+
+def test_the_output_lock_is_re_entrant_in_its_process_and_held_until_the_outer_block_ends(
+    tmp_path: Path,
+) -> None:
+    """Stage 1's script holds it around `annotate`, which takes it too: the W&B run of a shard is opened
+    only once the file is this run's (a second launch of a running shard resumed its W&B run)."""
+    out = tmp_path / "annotations.jsonl"
+    code = "import sys; from pathlib import Path; from reasoningner.files import exclusive\n"
+    code += "with exclusive(Path(sys.argv[1])):\n    pass"
     with exclusive(out):
-        assert time.monotonic() - started >= 0.25
-        assert f"pid {os.getpid()}" in (tmp_path / "annotations.jsonl.lock").read_text()
+        with exclusive(out):
+            pass
+        other = subprocess.run(
+            [sys.executable, "-c", code, str(out)],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parents[1],
+        )
+        assert other.returncode == 1 and "being written by another run" in other.stderr
+    with exclusive(out):  # released
+        pass
 
 
 def test_a_run_near_its_job_s_time_limit_stops_between_chunks_and_its_requeued_job_completes_the_file(

@@ -236,6 +236,40 @@ def test_stage_1_logs_its_progress_to_a_wandb_run_per_shard_that_a_relaunch_cont
     ]
 
 
+def test_a_second_launch_of_a_running_stage_1_leaves_its_wandb_run_alone(
+    tmp_path, offline_wandb, held_elsewhere
+):
+    """It stops at the output's lock before W&B: it would have resumed the live run, ended it, and with
+    --overwrite_output_dir pointed that run's later requeues at a new one."""
+    out = tmp_path / "cot"
+    (out / tracking.WANDB_RUN_ID).parent.mkdir()
+    (out / tracking.WANDB_RUN_ID).write_text("live0run0id\n")
+    with held_elsewhere(out / "annotations.jsonl"):
+        second = subprocess.run(
+            [sys.executable, str(ROOT / "stages" / "cot.py"), "--datasets", str(DATA / "conll2003_mini.txt"),
+             "--output_dir", str(out), *GOLD, "--report_to", "wandb", "--overwrite_output_dir", "true"],
+            cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **offline_wandb},
+        )  # fmt: skip
+    assert second.returncode != 0 and "being written by another run" in second.stderr
+    assert (out / tracking.WANDB_RUN_ID).read_text() == "live0run0id\n"
+    assert read_offline_runs(Path(offline_wandb["WANDB_DIR"])) == []
+
+
+def test_a_stage_that_fails_ends_its_wandb_run_failed(tmp_path, offline_wandb):
+    stage("cot", "--datasets", str(DATA / "conll2003_mini.txt"), "--output_dir", str(tmp_path / "cot"), *GOLD,
+          "--report_to", "wandb", "--limit", "2", env=offline_wandb)  # fmt: skip
+    records = (tmp_path / "cot" / "annotations.jsonl").read_text().splitlines()
+    (tmp_path / "cot" / "annotations.jsonl").write_text(records[0] + "\n" + records[0] + "\n")  # a key twice
+    failed = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "cot.py"), "--datasets", str(DATA / "conll2003_mini.txt"),
+         "--output_dir", str(tmp_path / "cot"), *GOLD, "--report_to", "wandb", "--limit", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **offline_wandb},
+    )  # fmt: skip
+    assert failed.returncode != 0 and "is already at" in failed.stderr
+    first, relaunched = read_offline_runs(Path(offline_wandb["WANDB_DIR"]))
+    assert first.id == relaunched.id and (first.exit_code, relaunched.exit_code) == (0, 1)
+
+
 def test_one_pipeline_run_is_one_wandb_group_and_one_artifact_chain(tmp_path, offline_wandb, tiny_model_dir):
     """CoT -> SFT -> GRPO -> eval, each with --report_to wandb: one group, the pipeline id of every
     manifest; each stage's input artifact is the previous stage's output (name, type, digest)."""

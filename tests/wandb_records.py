@@ -42,6 +42,7 @@ class OfflineRun:
     summary: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     artifacts: list[OfflineArtifact] = field(default_factory=list)
+    exit_code: int | None = None  # None: the run has not ended (or was killed)
     tables: dict[str, dict[str, Any]] = field(
         default_factory=dict
     )  # key -> {"columns": [...], "data": [...]}
@@ -102,6 +103,8 @@ def read_offline_runs(wandb_dir: Path) -> list[OfflineRun]:
                 run.history.append({_key(i): json.loads(i.value_json) for i in record.history.item})
             elif kind == "artifact":
                 run.artifacts.append(_artifact(record.artifact))
+            elif kind == "exit":
+                run.exit_code = record.exit.exit_code
         run.tables = _tables(path.parent, run.summary)
         runs.append(run)
     return runs
