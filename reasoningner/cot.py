@@ -37,7 +37,7 @@ What a run guarantees when its process ends at any moment (any signal, preemptio
 - Records are appended, one line per sentence, and flushed as soon as the sentence is done: a run
   loses only the sentences in flight, and leaves at most a half-written last line. (A sentence waiting
   for its retry in the next chunk is in flight: a kill loses its tries, and a rerun asks it from its
-  first seed again.)
+  first seed again; SIGTERM, a preemption's or scancel's, lets the run record them first, `jobs.terminating`.)
 - A rerun with the same inputs cuts that line off, drops the failed records to try them again, and
   annotates exactly the sentences without a record, so that every sentence ends in the file exactly
   once. A rewrite goes through a temporary file and `os.replace`: a kill during it leaves the old
@@ -88,7 +88,7 @@ from reasoningner.configs import GOLD_TEMPLATE, CoTArguments, GenerationArgument
 from reasoningner.files import JSONL_ERRORS, complete_lines, exclusive, write_lines, write_whole
 from reasoningner.formats import CONTENT_PROBLEMS, OutputFormat, ParseResult, get_format, split_answer
 from reasoningner.generation import OUTPUT_OPTIONS, Completion, ConversationFailed, GenerationError
-from reasoningner.jobs import in_job, stop
+from reasoningner.jobs import Terminated, in_job, stop, terminated, terminating
 from reasoningner.metrics import MatchMode, example_f1
 from reasoningner.prompts import prompt_hash, teacher_instruction
 from reasoningner.rationale import consistency, gold_template_rationale
@@ -627,15 +627,19 @@ def annotate(
             tqdm(total=len(todo), desc="cot", unit="sent") as bar,
         ):
             try:
-                for task, outcome in _outcomes(args, prompt, generation, todo, tried):
-                    record = build_record(task, outcome, args, prompt, teacher, settings)
-                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    out.flush()
-                    bar.update()
-                    progress.add(record)
+                with terminating():
+                    for task, outcome in _outcomes(args, prompt, generation, todo, tried):
+                        record = build_record(task, outcome, args, prompt, teacher, settings)
+                        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                        out.flush()
+                        bar.update()
+                        progress.add(record)
             except _Requeue as stopping:
                 progress.report()  # before `stop` ends the W&B run
                 stop(str(stopping))
+            except Terminated:
+                progress.report()
+                terminated(f"cot: SIGTERM (a preemption, scancel) with {progress.done} of {len(tasks)} done")
         progress.report()
         tries_path(path).unlink(missing_ok=True)  # every sentence has its record now, a failed one its tries
         counted = [reported(record) for _, _, record in numbered_lines(path)]

@@ -9,14 +9,16 @@ and ends the attempt with `stop`. A requeued job runs its first command line aga
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 logger = logging.getLogger(__name__)
@@ -73,7 +75,7 @@ def stop(message: str, main_process: bool = True, barrier: Callable[[], Any] | N
     has SLURM signal this attempt, which would cut W&B's own end at exit short (a "crashed" run, its
     last metrics unsent)."""
     if main_process:
-        _end_wandb_run()
+        _end_wandb_run(STOPPED)
         print(f"{message}; {requeue()}", flush=True)
     if barrier is not None:
         barrier()
@@ -85,13 +87,13 @@ def stop(message: str, main_process: bool = True, barrier: Callable[[], Any] | N
 WANDB_FINISH_SECONDS = 120.0
 
 
-def _end_wandb_run() -> None:
-    """End this process's W&B run, if any, with `STOPPED`, waiting at most `WANDB_FINISH_SECONDS`; a
+def _end_wandb_run(status: int) -> None:
+    """End this process's W&B run, if any, with `status`, waiting at most `WANDB_FINISH_SECONDS`; a
     failure is W&B's own message (threading prints it), never the end of the requeue."""
     wandb = sys.modules.get("wandb")
     if wandb is None or getattr(wandb, "run", None) is None:
         return
-    ending = threading.Thread(target=wandb.finish, kwargs={"exit_code": STOPPED}, daemon=True)
+    ending = threading.Thread(target=wandb.finish, kwargs={"exit_code": status}, daemon=True)
     ending.start()
     ending.join(WANDB_FINISH_SECONDS)
     if ending.is_alive():
@@ -112,3 +114,40 @@ def requeue() -> str:
         why = (done.stderr or done.stdout).strip() or f"exit status {done.returncode}"
         return f"scontrol requeue {job} refused ({why}): resubmit the same command to resume"
     return f"job {job} requeued: it resumes from here when SLURM starts it again"
+
+
+# The exit status of a stage that SIGTERM ended (as the signal would have: 128 + its number).
+TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(Exception):
+    """SIGTERM arrived during a `terminating` block."""
+
+
+@contextlib.contextmanager
+def terminating() -> Iterator[None]:
+    """During the block, SIGTERM raises `Terminated` where the main thread is, instead of ending the
+    process at once: the stage records what it holds (stage 1: the sentences waiting for a retry, its
+    progress) and ends with `terminated`. SLURM sends SIGTERM at a preemption and at `scancel`, and
+    SIGKILL after its KillWait (30 s by default). Outside the main thread, which signals never reach,
+    nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum: int, frame: Any) -> None:
+        raise Terminated(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def terminated(message: str) -> NoReturn:
+    """End this process after SIGTERM: say so, end its W&B run, exit with `TERMINATED`. No requeue is
+    asked: a cancelled job must stay cancelled, and SLURM requeues a preempted one itself."""
+    print(f"{message}; relaunch the same command to resume", flush=True)
+    _end_wandb_run(TERMINATED)
+    sys.exit(TERMINATED)

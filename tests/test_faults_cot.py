@@ -46,7 +46,7 @@ from reasoningner.cot import (
 from reasoningner.files import exclusive
 from reasoningner.formats import get_format
 from reasoningner.generation import Completion, GenerationError
-from reasoningner.jobs import STOPPED
+from reasoningner.jobs import STOPPED, TERMINATED
 from reasoningner.records import read_records
 from tests.conftest import HeldElsewhere
 from tests.fake_openai import ChatHandler, ChatServer, serving
@@ -421,6 +421,38 @@ def test_a_teacher_down_while_a_sentence_waits_for_its_retry_records_its_tries(t
     assert seeds == [0, RETRY_SEED_STRIDE, 2 * RETRY_SEED_STRIDE]
 
 
+def test_sigterm_records_the_sentence_whose_retry_is_in_flight_and_ends_the_run_at_once(
+    tmp_path: Path,
+) -> None:
+    """A preemption or scancel sends SIGTERM, then SIGKILL after SLURM's KillWait (30 s): the sentence
+    whose retry is in flight is recorded failed with its tries (a rerun asks it with a seed no try used),
+    and the run ends with 143 at once, asking no requeue (a cancelled job must stay cancelled)."""
+    inputs = write_inputs(tmp_path / "in.jsonl", 6)
+    out, log = tmp_path / "out", tmp_path / "stage.log"
+    tasks = load_tasks(cot_args(out, [inputs]), PromptArguments())
+    stalled = tasks[0].conversation[-1]["content"]
+    server = Teacher(replies(tasks), lambda p, a: "length" if p == stalled and a == 1 else "right")
+    server.RequestHandlerClass = Stalling
+    server.stalled, server.released = stalled, threading.Event()  # type: ignore[attr-defined]
+    with serving(server):
+        running = start_stage(out, inputs, server.base_url, log, chunk_size=2)
+        try:
+            deadline = time.monotonic() + 60
+            # The second chunk asks s0 again (held by the teacher) with s2: once s2 is written, s0 waits.
+            while tasks[2].key not in {r["key"] for r in complete_lines(out / "annotations.jsonl")}:
+                assert running.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+            running.send_signal(signal.SIGTERM)
+            assert running.wait(timeout=20) == TERMINATED, log.read_text()
+        finally:
+            running.kill()
+            server.released.set()  # type: ignore[attr-defined]
+    records = {r["key"]: r for r in read_records(out / "annotations.jsonl")}
+    assert (records[tasks[0].key]["status"], records[tasks[0].key]["tries"]) == ("failed", 2)
+    assert set(records) == {t.key for t in tasks[:3]}
+    assert "cot: SIGTERM (a preemption, scancel) with 2 of 6 done" in log.read_text()
+
+
 def test_a_recipe_may_leave_the_teacher_unseeded(tmp_path: Path) -> None:
     """`seed: null` keeps vLLM's fast sampler (it samples each seeded request alone): no request names one."""
     inputs = write_inputs(tmp_path / "in.jsonl", 3)
@@ -533,7 +565,7 @@ def test_an_answer_the_engine_aborted_is_no_answer() -> None:
 KILL_MIX = {"empty": 0.1, "wrong": 0.3, "right": 0.6}  # per prompt: the same answer on every attempt
 
 
-def start_stage(out: Path, inputs: Path, url: str, log: Path) -> subprocess.Popen:
+def start_stage(out: Path, inputs: Path, url: str, log: Path, chunk_size: int = 8) -> subprocess.Popen:
     command = [
         sys.executable, str(ROOT / "stages" / "cot.py"),
         "--datasets", str(inputs),
@@ -541,7 +573,7 @@ def start_stage(out: Path, inputs: Path, url: str, log: Path) -> subprocess.Pope
         "--backend", "openai",
         "--model_name_or_path", "teacher",
         "--backend_options", json.dumps(backend_options(url, concurrency=2)),
-        "--chunk_size", "8",
+        "--chunk_size", str(chunk_size),
     ]  # fmt: skip
     with log.open("ab") as sink:
         return subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=sink)
