@@ -31,7 +31,7 @@ the teacher refuses (a prompt too long) are not counted in a row: they come back
 answers, and 64 of them in a chunk stopped the run on every rerun. A group of sentences asked together
 in which nothing is answered and `FAILURES_IN_A_ROW` or more are refused on a first try stops it (a
 server that refuses every request). A sentence cut off or empty is asked again with the next group;
-when a run stops first, it is recorded failed with its tries (`_outcomes`).
+when a run stops first (an error, a stop, SIGTERM), it is recorded failed with its tries (`annotate`).
 
 What a run guarantees when its process ends at any moment (any signal, preemption, a crash):
 - Records are appended, one line per sentence, and flushed as soon as the sentence is done: a run
@@ -116,12 +116,12 @@ WRAPPERS = frozenset({"code_fence", "extra_text"})
 
 
 def shard_name(name: str, index: int | str, count: int | str) -> str:
-    """`annotations.jsonl` -> `annotations.shard-1-of-4.jsonl`; unchanged for an unsharded run (`"*"`
-    for index and count: the glob of every shard file)."""
+    """`annotations.jsonl` -> `annotations.shard-1-of-4.jsonl` (`cot` -> `cot.shard-1-of-4`); unchanged
+    for an unsharded run (`"*"` for index and count: the glob of every shard file)."""
     if count == 1:
         return name
-    stem, suffix = name.split(".", 1)
-    return f"{stem}.shard-{index}-of-{count}.{suffix}"
+    stem, dot, suffix = name.partition(".")
+    return f"{stem}.shard-{index}-of-{count}{dot}{suffix}"
 
 
 def output_path(args: CoTArguments) -> Path:
@@ -461,6 +461,7 @@ def _outcomes(
     generation: GenerationArguments,
     tasks: Sequence[Task],
     tried: Mapping[str, int],
+    waiting: dict[str, tuple[Task, Failure]],
 ) -> Iterator[tuple[Task, Sample | Failure]]:
     """Annotate `tasks`, yielding each as soon as it is scored or has failed for good.
 
@@ -469,8 +470,9 @@ def _outcomes(
     own, a few sentences after each chunk, left a batching teacher nearly idle for the longest replies'
     time); the last chunk's go on in rounds of their own. Each try of a sentence samples with its own
     seed, counting the tries earlier runs `tried` (a seeded backend, vLLM, repeats a request's samples).
-    A run that stops (the job's end, a teacher down, any error) first yields the sentences still to be
-    asked again as failed, with their tries, so that a rerun asks them with seeds no try used.
+    `waiting` holds the sentences to be asked again (or asked again now), each with the record it
+    gets if the run stops first (`annotate`): failed, with its tries, so that a rerun asks it with
+    seeds no try used.
     """
     if not tasks:  # a finished shard rerun: no engine is loaded (minutes for a large teacher)
         return
@@ -486,74 +488,75 @@ def _outcomes(
     failed_in_a_row, answered = 0, False
     asked: Counter[str] = Counter()  # tries of each sentence in this run
     spent: Counter[str] = Counter()  # completion tokens of every sample of every try of a sentence
-    waiting: dict[str, tuple[Task, Failure]] = {}  # to be asked again (or in flight again), their last try
     chunk_seconds = 0.0  # how long the last chunk took
     position = 0  # of the next new sentence in `tasks`
-    try:
-        with generation.build_generator() as generator:
-            while position < len(tasks) or waiting:
-                # Not a chunk the job's time limit would cut short; at least one an attempt (a start-up
-                # that used the time would otherwise requeue the job for ever).
-                if asked and position < len(tasks) and args.job_ending(interval=chunk_seconds):
-                    raise _Requeue(
-                        f"cot: stopped before the job's time limit with {position} of {len(tasks)} sentences "
-                        f"asked (stop_before_job_end {args.stop_before_job_end:g} s, a chunk "
-                        f"{chunk_seconds:.0f} s)"
-                    )
-                began = time.monotonic()
-                fresh = max(args.chunk_size - len(waiting), 0)
-                group = [task for task, _ in waiting.values()] + list(tasks[position : position + fresh])
-                position += fresh
-                for task in group:
-                    asked[task.key] += 1
-                seeds = [_seed(sampling.seed, _tries(task, tried, asked)) for task in group]
-                replies, refusals = 0, 0  # refusals of sentences on their first try
-                last_refusal = None
-                for index, outcome in generator.generate_outcomes(
-                    [t.conversation for t in group], sampling, seeds
-                ):
-                    task = group[index]
+    with generation.build_generator() as generator:
+        while position < len(tasks) or waiting:
+            # Not a chunk the job's time limit would cut short; at least one an attempt (a start-up
+            # that used the time would otherwise requeue the job for ever).
+            if asked and position < len(tasks) and args.job_ending(interval=chunk_seconds):
+                raise _Requeue(
+                    f"cot: stopped before the job's time limit with {position} of {len(tasks)} sentences "
+                    f"asked (stop_before_job_end {args.stop_before_job_end:g} s, a chunk "
+                    f"{chunk_seconds:.0f} s)"
+                )
+            began = time.monotonic()
+            fresh = max(args.chunk_size - len(waiting), 0)
+            group = [task for task, _ in waiting.values()] + list(tasks[position : position + fresh])
+            position += fresh
+            for task in group:
+                asked[task.key] += 1
+                if task.key in waiting:  # its record if the run stops during this try
+                    failure = waiting[task.key][1]
                     tries = _tries(task, tried, asked)
-                    if isinstance(outcome, ConversationFailed):
-                        waiting.pop(task.key, None)
-                        yield task, Failure(str(outcome), spent[task.key], tries)
-                        if outcome.refused:
-                            # It answered, refusing this prompt (too long): back at once, ahead of the
-                            # answers a group waits minutes for, so judged by the whole group.
-                            if tries == 1:  # one refused before says nothing new about the teacher
-                                refusals, last_refusal = refusals + 1, outcome
-                            continue
-                        failed_in_a_row += 1
-                        if failed_in_a_row >= FAILURES_IN_A_ROW:
-                            down = _teacher_down(failed_in_a_row, outcome)
-                            # One that had answered died: the job restarts server and stage.
-                            raise _Requeue(f"cot: {down}") if answered and in_job() else down
+                    waiting[task.key] = (
+                        task,
+                        replace(failure, tries=tries, reason=f"{failure.reason}; try {tries} cut short"),
+                    )
+            seeds = [_seed(sampling.seed, _tries(task, tried, asked)) for task in group]
+            replies, refusals = 0, 0  # refusals of sentences on their first try
+            last_refusal = None
+            for index, outcome in generator.generate_outcomes(
+                [t.conversation for t in group], sampling, seeds
+            ):
+                task = group[index]
+                tries = _tries(task, tried, asked)
+                if isinstance(outcome, ConversationFailed):
+                    waiting.pop(task.key, None)
+                    yield task, Failure(str(outcome), spent[task.key], tries)
+                    if outcome.refused:
+                        # It answered, refusing this prompt (too long): back at once, ahead of the
+                        # answers a group waits minutes for, so judged by the whole group.
+                        if tries == 1:  # one refused before says nothing new about the teacher
+                            refusals, last_refusal = refusals + 1, outcome
                         continue
-                    failed_in_a_row, replies = 0, replies + 1
-                    spent[task.key] += sum(c.completion_tokens for c in outcome)
-                    usable = [(i, c) for i, c in enumerate(outcome) if unusable(c) is None]
-                    if usable:
-                        answered = True
-                        waiting.pop(task.key, None)
-                        scored = [
-                            score_sample(task.example, c, output_format, mode, i, args.gold_answer)
-                            for i, c in usable
-                        ]
-                        yield task, replace(best_sample(scored, args), completion_tokens=spent[task.key])
-                        continue
-                    failure = _no_usable_reply(outcome, asked[task.key], tries, spent[task.key])
-                    if asked[task.key] <= retries:
-                        waiting[task.key] = (task, failure)
-                    else:
-                        waiting.pop(task.key, None)
-                        yield task, failure
-                if not replies and last_refusal is not None and refusals >= FAILURES_IN_A_ROW:
-                    raise _teacher_refuses(refusals, last_refusal)
-                chunk_seconds = time.monotonic() - began
-    except Exception:
-        for task, failure in waiting.values():  # a try in flight counts: a skipped seed costs nothing
-            yield task, replace(failure, tries=_tries(task, tried, asked))
-        raise
+                    failed_in_a_row += 1
+                    if failed_in_a_row >= FAILURES_IN_A_ROW:
+                        down = _teacher_down(failed_in_a_row, outcome)
+                        # One that had answered died: the job restarts server and stage.
+                        raise _Requeue(f"cot: {down}") if answered and in_job() else down
+                    continue
+                failed_in_a_row, replies = 0, replies + 1
+                spent[task.key] += sum(c.completion_tokens for c in outcome)
+                usable = [(i, c) for i, c in enumerate(outcome) if unusable(c) is None]
+                if usable:
+                    answered = True
+                    waiting.pop(task.key, None)
+                    scored = [
+                        score_sample(task.example, c, output_format, mode, i, args.gold_answer)
+                        for i, c in usable
+                    ]
+                    yield task, replace(best_sample(scored, args), completion_tokens=spent[task.key])
+                    continue
+                failure = _no_usable_reply(outcome, asked[task.key], tries, spent[task.key])
+                if asked[task.key] <= retries:
+                    waiting[task.key] = (task, failure)
+                else:
+                    waiting.pop(task.key, None)
+                    yield task, failure
+            if not replies and last_refusal is not None and refusals >= FAILURES_IN_A_ROW:
+                raise _teacher_refuses(refusals, last_refusal)
+            chunk_seconds = time.monotonic() - began
 
 
 class _Requeue(Exception):
@@ -622,24 +625,35 @@ def annotate(
         todo = [task for task in tasks if task.key not in done]
         started = time.perf_counter()
         progress = Progress(on_progress, args.logging_seconds, done=len(done), total=len(tasks))
+        waiting: dict[str, tuple[Task, Failure]] = {}  # `_outcomes`: recorded as failed if the run stops
         with (
             path.open("a", encoding="utf-8", errors=JSONL_ERRORS, newline="\n") as out,
             tqdm(total=len(todo), desc="cot", unit="sent") as bar,
+            terminating() as terminate,
         ):
+
+            def write(task: Task, outcome: Sample | Failure) -> None:
+                record = build_record(task, outcome, args, prompt, teacher, settings)
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                out.flush()
+                bar.update()
+                progress.add(record)
+
             try:
-                with terminating():
-                    for task, outcome in _outcomes(args, prompt, generation, todo, tried):
-                        record = build_record(task, outcome, args, prompt, teacher, settings)
-                        out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                        out.flush()
-                        bar.update()
-                        progress.add(record)
-            except _Requeue as stopping:
-                progress.report()  # before `stop` ends the W&B run
-                stop(str(stopping))
-            except Terminated:
-                progress.report()
-                terminated(f"cot: SIGTERM (a preemption, scancel) with {progress.done} of {len(tasks)} done")
+                for task, outcome in _outcomes(args, prompt, generation, todo, tried, waiting):
+                    write(task, outcome)
+                    terminate.check()
+            except Exception as stopping:  # an error, a stop, SIGTERM: only a kill loses the waiting's tries
+                for task, failure in list(waiting.values()):
+                    write(task, failure)
+                progress.report()  # before `stop` or `terminated` ends the W&B run
+                if isinstance(stopping, _Requeue):
+                    stop(str(stopping))
+                if isinstance(stopping, Terminated):
+                    terminated(
+                        f"cot: {stopping} (a preemption, scancel) with {progress.done} of {len(tasks)} done"
+                    )
+                raise
         progress.report()
         tries_path(path).unlink(missing_ok=True)  # every sentence has its record now, a failed one its tries
         counted = [reported(record) for _, _, record in numbered_lines(path)]

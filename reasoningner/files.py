@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -54,7 +55,7 @@ def write_lines(path: Path, lines: Iterable[bytes]) -> None:
     write_whole(path, b"".join(line + b"\n" for line in lines))
 
 
-_HELD: set[Path] = set()  # the locks this process holds (`exclusive`)
+_HELD: dict[Path, int] = {}  # the locks this process holds (`exclusive`), and the thread holding each
 
 
 @contextlib.contextmanager
@@ -63,10 +64,10 @@ def exclusive(path: Path) -> Iterator[None]:
     every record a second time. An flock is released by the OS when its process dies, however it dies,
     so a killed run never leaves a stale lock behind; on shared storage, a node that died holding it
     does until the server releases it, for which a requeued job waits (`REQUEUED_LOCK_WAIT`).
-    Re-entrant in one process: a stage holds it around a library call that takes it too (stage 1's
-    W&B run is opened only once the file is its own)."""
-    lock = path.with_name(path.name + ".lock")
-    if lock.resolve() in _HELD:
+    Re-entrant in one thread: a stage holds it around a library call that takes it too (stage 1's
+    W&B run is opened only once the file is its own); another thread is another writer."""
+    lock = path.with_name(path.name + ".lock").resolve()
+    if _HELD.get(lock) == threading.get_ident():
         yield
         return
     lock.parent.mkdir(parents=True, exist_ok=True)
@@ -87,11 +88,11 @@ def exclusive(path: Path) -> Iterator[None]:
             handle.truncate()
             handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
             handle.flush()
-        _HELD.add(lock.resolve())
+        _HELD[lock] = threading.get_ident()
         try:
             yield
         finally:
-            _HELD.discard(lock.resolve())
+            del _HELD[lock]
 
 
 def _lock(handle: IO[str], wait: float, path: Path) -> None:

@@ -153,7 +153,7 @@ class Generator(ABC):
         in one call with first tries, where a call of their own would leave the teacher nearly idle."""
         if not conversations:  # nothing to ask: no backend is started or called
             return
-        conversations = [sendable(conversation) for conversation in conversations]
+        conversations = without_lone_surrogates(list(conversations))
         if seeds is None:
             seeds = [sampling.seed] * len(conversations)
         elif len(seeds) != len(conversations):
@@ -307,10 +307,10 @@ class VLLMGenerator(Generator):
             if not fits:
                 continue
             adapter = {"lora_request": self._lora} if self._lora is not None else {}
-            asked = [seeds[start + offset] for offset in fits]
+            prompt_seeds = [seeds[start + offset] for offset in fits]
             outputs = self._llm.chat(
                 [chunk[offset] for offset in fits],
-                params[asked[0]] if len(set(asked)) == 1 else [params[seed] for seed in asked],
+                params[prompt_seeds[0]] if len(set(prompt_seeds)) == 1 else [params[s] for s in prompt_seeds],
                 use_tqdm=False,
                 chat_template_kwargs=self.chat_template_kwargs or None,
                 **adapter,
@@ -738,16 +738,11 @@ class TransformersGenerator(Generator):
         _free_memory()
 
 
-def sendable(conversation: Conversation) -> Conversation:
-    """`conversation` with U+FFFD for each lone surrogate (a JSON "\\ud83d" in a dataset, half an emoji):
-    strict UTF-8 (an HTTP body) and tokenizers refuse one, which failed the whole run on every rerun."""
-    return without_lone_surrogates(conversation)
-
-
 def without_lone_surrogates(value: Any) -> Any:
-    """`value` (strings, in lists and dicts at any depth) with U+FFFD for each lone surrogate, which
-    nothing that writes UTF-8 takes: a tokenizer, an HTTP body, an Arrow dataset. One character for
-    one, so offsets into a sentence still hold."""
+    """`value` (strings, in lists and dicts at any depth) with U+FFFD for each lone surrogate (a JSON
+    "\\ud83d" in a dataset, half an emoji), which nothing that writes UTF-8 takes: a tokenizer, an HTTP
+    body, an Arrow dataset; every backend's prompts go through it, as do training rows. One character
+    for one, so offsets into a sentence still hold."""
     if isinstance(value, str):
         return LONE_SURROGATE.sub("\ufffd", value)
     if isinstance(value, list):
@@ -763,7 +758,10 @@ def render_prompts(
     """The prompt text of each conversation: its chat template with the assistant turn opened."""
     return [
         tokenizer.apply_chat_template(
-            sendable(conversation), add_generation_prompt=True, tokenize=False, **chat_template_kwargs
+            without_lone_surrogates(conversation),
+            add_generation_prompt=True,
+            tokenize=False,
+            **chat_template_kwargs,
         )
         for conversation in conversations
     ]

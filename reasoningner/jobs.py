@@ -75,7 +75,7 @@ def stop(message: str, main_process: bool = True, barrier: Callable[[], Any] | N
     has SLURM signal this attempt, which would cut W&B's own end at exit short (a "crashed" run, its
     last metrics unsent)."""
     if main_process:
-        _end_wandb_run(STOPPED)
+        _end_wandb_run(STOPPED, WANDB_FINISH_SECONDS)
         print(f"{message}; {requeue()}", flush=True)
     if barrier is not None:
         barrier()
@@ -87,17 +87,17 @@ def stop(message: str, main_process: bool = True, barrier: Callable[[], Any] | N
 WANDB_FINISH_SECONDS = 120.0
 
 
-def _end_wandb_run(status: int) -> None:
-    """End this process's W&B run, if any, with `status`, waiting at most `WANDB_FINISH_SECONDS`; a
-    failure is W&B's own message (threading prints it), never the end of the requeue."""
+def _end_wandb_run(status: int, seconds: float) -> None:
+    """End this process's W&B run, if any, with `status`, waiting at most `seconds`; a failure is W&B's
+    own message (threading prints it), never the end of the requeue."""
     wandb = sys.modules.get("wandb")
     if wandb is None or getattr(wandb, "run", None) is None:
         return
     ending = threading.Thread(target=wandb.finish, kwargs={"exit_code": status}, daemon=True)
     ending.start()
-    ending.join(WANDB_FINISH_SECONDS)
+    ending.join(seconds)
     if ending.is_alive():
-        logger.warning("W&B did not end its run in %g s: requeueing without it", WANDB_FINISH_SECONDS)
+        logger.warning("W&B did not end its run in %g s: going on without it", seconds)
 
 
 def requeue() -> str:
@@ -124,30 +124,49 @@ class Terminated(Exception):
     """SIGTERM arrived during a `terminating` block."""
 
 
+class Termination:
+    """What `terminating` yields. SIGTERM raises `Terminated` where the main thread is; where that raise
+    is lost (an asyncio callback logs and drops exceptions), `check` raises it at the next chance."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    def check(self) -> None:
+        if self.signal is not None:
+            raise Terminated(self.signal)
+
+
 @contextlib.contextmanager
-def terminating() -> Iterator[None]:
-    """During the block, SIGTERM raises `Terminated` where the main thread is, instead of ending the
-    process at once: the stage records what it holds (stage 1: the sentences waiting for a retry, its
-    progress) and ends with `terminated`. SLURM sends SIGTERM at a preemption and at `scancel`, and
-    SIGKILL after its KillWait (30 s by default). Outside the main thread, which signals never reach,
-    nothing changes."""
+def terminating() -> Iterator[Termination]:
+    """During the block, SIGTERM raises `Terminated` instead of ending the process at once: the stage
+    records what it holds (stage 1: the sentences waiting for a retry, its progress) and ends with
+    `terminated`; a second SIGTERM is ignored until the block ends, so that it cannot cut that short.
+    SLURM sends SIGTERM at a preemption and at `scancel`, and SIGKILL after its KillWait (30 s by
+    default). Outside the main thread, which signals never reach, nothing changes."""
+    termination = Termination()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield termination
         return
 
-    def raise_terminated(signum: int, frame: Any) -> None:
-        raise Terminated(signal.Signals(signum).name)
+    def on_sigterm(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        termination.signal = signal.Signals(signum).name
+        raise Terminated(termination.signal)
 
-    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        yield termination
+    finally:  # None: a handler installed outside Python, which cannot be put back; the default then
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+# How long W&B may take to end its run after SIGTERM: within SLURM's default KillWait (30 s).
+TERMINATED_WANDB_SECONDS = 20.0
 
 
 def terminated(message: str) -> NoReturn:
     """End this process after SIGTERM: say so, end its W&B run, exit with `TERMINATED`. No requeue is
     asked: a cancelled job must stay cancelled, and SLURM requeues a preempted one itself."""
     print(f"{message}; relaunch the same command to resume", flush=True)
-    _end_wandb_run(TERMINATED)
+    _end_wandb_run(TERMINATED, TERMINATED_WANDB_SECONDS)
     sys.exit(TERMINATED)

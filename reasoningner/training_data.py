@@ -3,7 +3,7 @@
 SFT records are conversations (user instruction, assistant `<think>…</think>` + answer) that TRL
 tokenizes with the model's own chat template; RL records are the prompt alone plus the gold
 columns the rewards read. A lone surrogate in the data (a JSON "\\ud83d", half an emoji) is U+FFFD in
-both, as the model is asked it (`generation.sendable`): Arrow and tokenizers take UTF-8 only.
+both, as the model is asked it (`generation.without_lone_surrogates`): Arrow and tokenizers take UTF-8 only.
 Mixtures of datasets are sampled deterministically from a seed, with a per-dataset cap:
 proportionally to their sizes, or as ReasoningNER's `sample_grpo.py` does.
 """

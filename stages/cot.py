@@ -17,7 +17,7 @@ from reasoningner.configs import (
     PromptArguments,
     RecipeParser,
 )
-from reasoningner.cot import REPORT, annotate, merge_shards, output_path
+from reasoningner.cot import REPORT, annotate, merge_shards, output_path, shard_name
 from reasoningner.files import exclusive
 from reasoningner.tracking import (
     WANDB_RUN_ID,
@@ -53,11 +53,11 @@ def main(args: CoTArguments, prompt: PromptArguments, generation: GenerationArgu
         # Each run (a shard) has a W&B run of its own that its relaunches and requeues continue, as a
         # training run's do, opened once the output is this run's (`exclusive`, which annotate takes too):
         # a second launch of a running shard stops there.
-        name = Path(args.output_dir).resolve().name + ("" if count == 1 else f"-shard-{index}-of-{count}")
         with exclusive(path):
             if wandb:
-                id_file = WANDB_RUN_ID + ("" if count == 1 else f".shard-{index}-of-{count}")
+                id_file = shard_name(WANDB_RUN_ID, index, count)
                 continue_wandb_run(args.output_dir, resuming=not args.fresh_start(), id_file=id_file)
+            name = shard_name(Path(args.output_dir).resolve().name, index, count)
             with wandb_run("cot", args.output_dir, manifest, wandb, name=name) as run:
                 if run is not None:
                     run.define_metric("cot/*", step_metric="cot/sentences_done")

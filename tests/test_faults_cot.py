@@ -381,12 +381,12 @@ def test_a_stop_before_the_job_s_limit_records_the_sentences_left_to_retry_with_
 
 
 class Stalling(TeacherHandler):
-    """Holds the retries of `server.stalled` until `server.released` is set (or 10 s): in flight when
+    """Holds the retries of `server.stalled` until `server.released` is set (or 120 s): in flight when
     the run stops."""
 
     def respond(self, content: str, attempt: int, body: dict) -> None:
         if content == self.server.stalled and attempt > 1:  # type: ignore[attr-defined]
-            self.server.released.wait(10)  # type: ignore[attr-defined]
+            self.server.released.wait(120)  # type: ignore[attr-defined]
         super().respond(content, attempt, body)
 
 
@@ -451,6 +451,41 @@ def test_sigterm_records_the_sentence_whose_retry_is_in_flight_and_ends_the_run_
     assert (records[tasks[0].key]["status"], records[tasks[0].key]["tries"]) == ("failed", 2)
     assert set(records) == {t.key for t in tasks[:3]}
     assert "cot: SIGTERM (a preemption, scancel) with 2 of 6 done" in log.read_text()
+
+
+def test_sigterm_while_a_record_is_written_still_records_the_sentence_waiting_and_a_second_is_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The signal raises wherever the main thread is, here while stage 1 writes a record (not inside the
+    teacher's generator); a second one, while the waiting sentence is recorded, must not cut that short."""
+    from reasoningner import cot
+
+    args = cot_args(tmp_path / "out", [write_inputs(tmp_path / "in.jsonl", 4)], chunk_size=2)
+    tasks = load_tasks(args, PromptArguments())
+    stalled = tasks[0].conversation[-1]["content"]
+    built = cot.build_record
+
+    def build_then_signal(task: Task, outcome: Any, *rest: Any) -> dict[str, Any]:
+        record = built(task, outcome, *rest)
+        if task.key in (tasks[2].key, tasks[0].key):  # s2 while s0's retry is held; then s0's own record
+            os.kill(os.getpid(), signal.SIGTERM)
+        return record
+
+    monkeypatch.setattr(cot, "build_record", build_then_signal)
+    server = Teacher(replies(tasks), lambda p, a: "length" if p == stalled and a == 1 else "right")
+    server.RequestHandlerClass = Stalling
+    server.stalled, server.released = stalled, threading.Event()  # type: ignore[attr-defined]
+    with serving(server), pytest.raises(SystemExit) as ended:
+        try:
+            annotate(args, PromptArguments(), openai(server.base_url))
+        finally:
+            server.released.set()  # type: ignore[attr-defined]
+    assert ended.value.code == TERMINATED
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back
+    records = {r["key"]: r for r in read_records(tmp_path / "out" / "annotations.jsonl")}
+    assert set(records) == {tasks[0].key, tasks[1].key}  # s2's record was cut short: asked again by a rerun
+    assert (records[tasks[0].key]["status"], records[tasks[0].key]["tries"]) == ("failed", 2)
+    assert records[tasks[0].key]["reason"].endswith("; try 2 cut short")
 
 
 def test_a_recipe_may_leave_the_teacher_unseeded(tmp_path: Path) -> None:
@@ -862,6 +897,19 @@ def test_the_output_lock_is_re_entrant_in_its_process_and_held_until_the_outer_b
     with exclusive(out):
         with exclusive(out):
             pass
+        in_thread: list[BaseException] = []
+
+        def take() -> None:
+            try:
+                with exclusive(out):
+                    pass
+            except RuntimeError as refused:
+                in_thread.append(refused)
+
+        thread = threading.Thread(target=take)
+        thread.start()
+        thread.join(timeout=30)
+        assert "being written by another run" in str(in_thread[0])  # another thread is another writer
         other = subprocess.run(
             [sys.executable, "-c", code, str(out)],
             capture_output=True,

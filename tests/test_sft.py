@@ -451,7 +451,7 @@ def test_without_reasoning_the_targets_are_the_answers_alone(cot_file: Path) -> 
 def test_a_lone_surrogate_in_the_data_trains_as_u_fffd_at_its_offset(cot_file: Path, tmp_path: Path) -> None:
     """Half an emoji escaped in a dataset's JSON ("\\ud83d") reaches stage 1's records as read; Arrow
     refused the training rows ("surrogates not allowed", no file named). The model is asked U+FFFD for
-    it (`generation.sendable`), and learns on that, in its place: the spans still hold."""
+    it (`generation.without_lone_surrogates`), and learns on that, in its place: the spans still hold."""
     record = next(r for r in read_records(cot_file) if r["accepted"] and r["entities"])
     at = record["entities"][0]["start"]
     half = record["text"][:at] + "\ud83d" + record["text"][at + 1 :]

@@ -222,7 +222,7 @@ def test_stage_1_logs_its_progress_to_a_wandb_run_per_shard_that_a_relaunch_cont
     stage("cot", *common, "--shard", "1/2", "--limit", "4", env=offline_wandb)
     stage("cot", *common, "--merge", "true", "--limit", "4", env=offline_wandb)
     runs = read_offline_runs(Path(offline_wandb["WANDB_DIR"]))
-    assert [run.name for run in runs] == ["cot-shard-0-of-2", "cot-shard-0-of-2", "cot-shard-1-of-2", "cot"]
+    assert [run.name for run in runs] == ["cot.shard-0-of-2", "cot.shard-0-of-2", "cot.shard-1-of-2", "cot"]
     first, relaunched, other, merged = runs
     assert first.id == relaunched.id and len({first.id, other.id, merged.id}) == 3
     assert len({run.group for run in runs}) == 1 and {run.job_type for run in runs} == {"cot"}
