@@ -88,7 +88,7 @@ from reasoningner.configs import GOLD_TEMPLATE, CoTArguments, GenerationArgument
 from reasoningner.files import JSONL_ERRORS, complete_lines, exclusive, write_lines, write_whole
 from reasoningner.formats import CONTENT_PROBLEMS, OutputFormat, ParseResult, get_format, split_answer
 from reasoningner.generation import OUTPUT_OPTIONS, Completion, ConversationFailed, GenerationError
-from reasoningner.jobs import Terminated, in_job, stop, terminated, terminating
+from reasoningner.jobs import in_job, stop, terminated, terminating
 from reasoningner.metrics import MatchMode, example_f1
 from reasoningner.prompts import prompt_hash, teacher_instruction
 from reasoningner.rationale import consistency, gold_template_rationale
@@ -462,6 +462,7 @@ def _outcomes(
     tasks: Sequence[Task],
     tried: Mapping[str, int],
     waiting: dict[str, tuple[Task, Failure]],
+    check_signal: Callable[[], None] = lambda: None,
 ) -> Iterator[tuple[Task, Sample | Failure]]:
     """Annotate `tasks`, yielding each as soon as it is scored or has failed for good.
 
@@ -472,7 +473,7 @@ def _outcomes(
     seed, counting the tries earlier runs `tried` (a seeded backend, vLLM, repeats a request's samples).
     `waiting` holds the sentences to be asked again (or asked again now), each with the record it
     gets if the run stops first (`annotate`): failed, with its tries, so that a rerun asks it with
-    seeds no try used.
+    seeds no try used. `check_signal` raises a SIGTERM whose own raise was lost (`jobs.Termination`).
     """
     if not tasks:  # a finished shard rerun: no engine is loaded (minutes for a large teacher)
         return
@@ -492,6 +493,7 @@ def _outcomes(
     position = 0  # of the next new sentence in `tasks`
     with generation.build_generator() as generator:
         while position < len(tasks) or waiting:
+            check_signal()
             # Not a chunk the job's time limit would cut short; at least one an attempt (a start-up
             # that used the time would otherwise requeue the job for ever).
             if asked and position < len(tasks) and args.job_ending(interval=chunk_seconds):
@@ -519,6 +521,7 @@ def _outcomes(
             for index, outcome in generator.generate_outcomes(
                 [t.conversation for t in group], sampling, seeds
             ):
+                check_signal()
                 task = group[index]
                 tries = _tries(task, tried, asked)
                 if isinstance(outcome, ConversationFailed):
@@ -632,27 +635,28 @@ def annotate(
             terminating() as terminate,
         ):
 
-            def write(task: Task, outcome: Sample | Failure) -> None:
+            def write(task: Task, outcome: Sample | Failure) -> dict[str, Any]:
                 record = build_record(task, outcome, args, prompt, teacher, settings)
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 out.flush()
-                bar.update()
-                progress.add(record)
+                return record
 
             try:
-                for task, outcome in _outcomes(args, prompt, generation, todo, tried, waiting):
-                    write(task, outcome)
-                    terminate.check()
+                for task, outcome in _outcomes(
+                    args, prompt, generation, todo, tried, waiting, terminate.check
+                ):
+                    progress.add(write(task, outcome))
+                    bar.update()
             except Exception as stopping:  # an error, a stop, SIGTERM: only a kill loses the waiting's tries
+                terminate.raising = False  # a SIGTERM from here on (`stop`'s requeue sends one) is noted only
                 for task, failure in list(waiting.values()):
                     write(task, failure)
                 progress.report()  # before `stop` or `terminated` ends the W&B run
+                if terminate.signal is not None:  # also when its raise came back as another error
+                    count = f"{progress.done} of {len(tasks)} done"
+                    terminated(f"cot: {terminate.signal} (a preemption, scancel) with {count}")
                 if isinstance(stopping, _Requeue):
                     stop(str(stopping))
-                if isinstance(stopping, Terminated):
-                    terminated(
-                        f"cot: {stopping} (a preemption, scancel) with {progress.done} of {len(tasks)} done"
-                    )
                 raise
         progress.report()
         tries_path(path).unlink(missing_ok=True)  # every sentence has its record now, a failed one its tries

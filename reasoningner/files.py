@@ -88,11 +88,12 @@ def exclusive(path: Path) -> Iterator[None]:
             handle.truncate()
             handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
             handle.flush()
-        _HELD[lock] = threading.get_ident()
+        holder = _HELD[lock] = threading.get_ident()
         try:
             yield
         finally:
-            del _HELD[lock]
+            if _HELD.get(lock) == holder:  # unlocked (no flock), another thread may have taken it since
+                del _HELD[lock]
 
 
 def _lock(handle: IO[str], wait: float, path: Path) -> None:

@@ -125,14 +125,17 @@ class Terminated(Exception):
 
 
 class Termination:
-    """What `terminating` yields. SIGTERM raises `Terminated` where the main thread is; where that raise
-    is lost (an asyncio callback logs and drops exceptions), `check` raises it at the next chance."""
+    """What `terminating` yields: whether SIGTERM came (`signal`), and whether it raises (`raising`).
+    SIGTERM raises `Terminated` where the main thread is, until a stage turns `raising` off to record
+    what it holds and end; from then on it only sets `signal`. Where the raise was lost (an asyncio
+    callback logs and drops exceptions), `check` raises it at the next chance."""
 
     def __init__(self) -> None:
         self.signal: str | None = None
+        self.raising = True
 
     def check(self) -> None:
-        if self.signal is not None:
+        if self.signal is not None and self.raising:
             raise Terminated(self.signal)
 
 
@@ -140,18 +143,17 @@ class Termination:
 def terminating() -> Iterator[Termination]:
     """During the block, SIGTERM raises `Terminated` instead of ending the process at once: the stage
     records what it holds (stage 1: the sentences waiting for a retry, its progress) and ends with
-    `terminated`; a second SIGTERM is ignored until the block ends, so that it cannot cut that short.
-    SLURM sends SIGTERM at a preemption and at `scancel`, and SIGKILL after its KillWait (30 s by
-    default). Outside the main thread, which signals never reach, nothing changes."""
+    `terminated`, or with `stop`, whose requeue has SLURM send SIGTERM to this attempt. SLURM sends it at
+    a preemption and at `scancel`, and SIGKILL after its KillWait (30 s by default). Outside the main
+    thread, which signals never reach, nothing changes."""
     termination = Termination()
     if threading.current_thread() is not threading.main_thread():
         yield termination
         return
 
     def on_sigterm(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         termination.signal = signal.Signals(signum).name
-        raise Terminated(termination.signal)
+        termination.check()
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:

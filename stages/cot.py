@@ -57,7 +57,8 @@ def main(args: CoTArguments, prompt: PromptArguments, generation: GenerationArgu
             if wandb:
                 id_file = shard_name(WANDB_RUN_ID, index, count)
                 continue_wandb_run(args.output_dir, resuming=not args.fresh_start(), id_file=id_file)
-            name = shard_name(Path(args.output_dir).resolve().name, index, count)
+            name = Path(args.output_dir).resolve().name  # a folder name, no file: `qwen3-1.7b` has no suffix
+            name += "" if count == 1 else f".shard-{index}-of-{count}"
             with wandb_run("cot", args.output_dir, manifest, wandb, name=name) as run:
                 if run is not None:
                     run.define_metric("cot/*", step_metric="cot/sentences_done")

@@ -412,6 +412,7 @@ def test_a_teacher_down_while_a_sentence_waits_for_its_retry_records_its_tries(t
             annotate(args, PromptArguments(), teacher_args)
         record = next(r for r in read_records(path) if r["key"] == tasks[0].key)
         assert (record["status"], record["tries"]) == ("failed", 2)
+        assert record["reason"].endswith("; try 2 cut short")  # in flight, not failed by the teacher
         server.released.set()  # type: ignore[attr-defined]
         server.fate = lambda p, a: "right"
         report = annotate(args, PromptArguments(), teacher_args)
@@ -472,6 +473,7 @@ def test_sigterm_while_a_record_is_written_still_records_the_sentence_waiting_an
         return record
 
     monkeypatch.setattr(cot, "build_record", build_then_signal)
+    handler = signal.getsignal(signal.SIGTERM)
     server = Teacher(replies(tasks), lambda p, a: "length" if p == stalled and a == 1 else "right")
     server.RequestHandlerClass = Stalling
     server.stalled, server.released = stalled, threading.Event()  # type: ignore[attr-defined]
@@ -481,11 +483,57 @@ def test_sigterm_while_a_record_is_written_still_records_the_sentence_waiting_an
         finally:
             server.released.set()  # type: ignore[attr-defined]
     assert ended.value.code == TERMINATED
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back
+    assert signal.getsignal(signal.SIGTERM) == handler  # put back
     records = {r["key"]: r for r in read_records(tmp_path / "out" / "annotations.jsonl")}
     assert set(records) == {tasks[0].key, tasks[1].key}  # s2's record was cut short: asked again by a rerun
     assert (records[tasks[0].key]["status"], records[tasks[0].key]["tries"]) == ("failed", 2)
     assert records[tasks[0].key]["reason"].endswith("; try 2 cut short")
+
+
+def test_a_sigterm_whose_raise_was_lost_still_ends_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An asyncio callback logs and drops an exception: the signal is checked again at the next outcome."""
+    from reasoningner import cot
+    from reasoningner.jobs import Terminated
+
+    args = cot_args(tmp_path / "out", [write_inputs(tmp_path / "in.jsonl", 6)], chunk_size=2)
+    tasks = load_tasks(args, PromptArguments())
+    built = cot.build_record
+
+    def build_then_lose_a_signal(task: Task, outcome: Any, *rest: Any) -> dict[str, Any]:
+        if task.key == tasks[0].key:
+            with contextlib.suppress(Terminated):
+                os.kill(os.getpid(), signal.SIGTERM)
+        return built(task, outcome, *rest)
+
+    monkeypatch.setattr(cot, "build_record", build_then_lose_a_signal)
+    with teacher(replies(tasks), lambda p, a: "right") as server, pytest.raises(SystemExit) as ended:
+        annotate(args, PromptArguments(), openai(server.base_url))
+    assert ended.value.code == TERMINATED
+    assert len(read_records(tmp_path / "out" / "annotations.jsonl")) < 6  # it stopped at the next outcome
+
+
+def test_the_sigterm_a_requeue_sends_does_not_cut_the_stop_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`scontrol requeue` has SLURM signal the attempt: the stage still says so and exits 75 (a job that
+    exits otherwise is taken for a failed one)."""
+    inputs = write_inputs(tmp_path / "in.jsonl", 6)
+    out, log = tmp_path / "out", tmp_path / "stage.log"
+    bin_dir = tmp_path / "slurm-bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> "{tmp_path / "calls"}"\nkill -TERM $PPID\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 600))  # within stop_before_job_end
+    tasks = load_tasks(cot_args(out, [inputs]), PromptArguments())
+    with teacher(replies(tasks), lambda p, a: "right") as server:
+        running = start_stage(out, inputs, server.base_url, log, chunk_size=2)
+        assert running.wait(timeout=120) == STOPPED, log.read_text()
+    assert (tmp_path / "calls").read_text() == "requeue 4242\n"
+    assert "job 4242 requeued" in log.read_text()
 
 
 def test_a_recipe_may_leave_the_teacher_unseeded(tmp_path: Path) -> None:
