@@ -462,6 +462,7 @@ def _outcomes(
     tasks: Sequence[Task],
     tried: Mapping[str, int],
     waiting: dict[str, tuple[Task, Failure]],
+    engine: contextlib.ExitStack,
     check_signal: Callable[[], None] = lambda: None,
 ) -> Iterator[tuple[Task, Sample | Failure]]:
     """Annotate `tasks`, yielding each as soon as it is scored or has failed for good.
@@ -491,75 +492,73 @@ def _outcomes(
     spent: Counter[str] = Counter()  # completion tokens of every sample of every try of a sentence
     chunk_seconds = 0.0  # how long the last chunk took
     position = 0  # of the next new sentence in `tasks`
-    with generation.build_generator() as generator:
-        while position < len(tasks) or waiting:
-            check_signal()
-            # Not a chunk the job's time limit would cut short; at least one an attempt (a start-up
-            # that used the time would otherwise requeue the job for ever).
-            if asked and position < len(tasks) and args.job_ending(interval=chunk_seconds):
-                raise _Requeue(
-                    f"cot: stopped before the job's time limit with {position} of {len(tasks)} sentences "
-                    f"asked (stop_before_job_end {args.stop_before_job_end:g} s, a chunk "
-                    f"{chunk_seconds:.0f} s)"
-                )
-            began = time.monotonic()
-            fresh = max(args.chunk_size - len(waiting), 0)
-            group = [task for task, _ in waiting.values()] + list(tasks[position : position + fresh])
-            position += fresh
-            for task in group:
-                asked[task.key] += 1
-                if task.key in waiting:  # its record if the run stops during this try
-                    failure = waiting[task.key][1]
-                    tries = _tries(task, tried, asked)
-                    waiting[task.key] = (
-                        task,
-                        replace(failure, tries=tries, reason=f"{failure.reason}; try {tries} cut short"),
-                    )
-            seeds = [_seed(sampling.seed, _tries(task, tried, asked)) for task in group]
-            replies, refusals = 0, 0  # refusals of sentences on their first try
-            last_refusal = None
-            for index, outcome in generator.generate_outcomes(
-                [t.conversation for t in group], sampling, seeds
-            ):
-                check_signal()
-                task = group[index]
+    # Closed by annotate once it has recorded what waits: an engine's shutdown may take seconds.
+    generator = engine.enter_context(generation.build_generator())
+    while position < len(tasks) or waiting:
+        check_signal()
+        # Not a chunk the job's time limit would cut short; at least one an attempt (a start-up
+        # that used the time would otherwise requeue the job for ever).
+        if asked and position < len(tasks) and args.job_ending(interval=chunk_seconds):
+            raise _Requeue(
+                f"cot: stopped before the job's time limit with {position} of {len(tasks)} sentences "
+                f"asked (stop_before_job_end {args.stop_before_job_end:g} s, a chunk "
+                f"{chunk_seconds:.0f} s)"
+            )
+        began = time.monotonic()
+        fresh = max(args.chunk_size - len(waiting), 0)
+        group = [task for task, _ in waiting.values()] + list(tasks[position : position + fresh])
+        position += fresh
+        for task in group:
+            asked[task.key] += 1
+            if task.key in waiting:  # its record if the run stops during this try
+                failure = waiting[task.key][1]
                 tries = _tries(task, tried, asked)
-                if isinstance(outcome, ConversationFailed):
-                    waiting.pop(task.key, None)
-                    yield task, Failure(str(outcome), spent[task.key], tries)
-                    if outcome.refused:
-                        # It answered, refusing this prompt (too long): back at once, ahead of the
-                        # answers a group waits minutes for, so judged by the whole group.
-                        if tries == 1:  # one refused before says nothing new about the teacher
-                            refusals, last_refusal = refusals + 1, outcome
-                        continue
-                    failed_in_a_row += 1
-                    if failed_in_a_row >= FAILURES_IN_A_ROW:
-                        down = _teacher_down(failed_in_a_row, outcome)
-                        # One that had answered died: the job restarts server and stage.
-                        raise _Requeue(f"cot: {down}") if answered and in_job() else down
+                waiting[task.key] = (
+                    task,
+                    replace(failure, tries=tries, reason=f"{failure.reason}; try {tries} cut short"),
+                )
+        seeds = [_seed(sampling.seed, _tries(task, tried, asked)) for task in group]
+        replies, refusals = 0, 0  # refusals of sentences on their first try
+        last_refusal = None
+        for index, outcome in generator.generate_outcomes([t.conversation for t in group], sampling, seeds):
+            check_signal()
+            task = group[index]
+            tries = _tries(task, tried, asked)
+            if isinstance(outcome, ConversationFailed):
+                waiting.pop(task.key, None)
+                yield task, Failure(str(outcome), spent[task.key], tries)
+                if outcome.refused:
+                    # It answered, refusing this prompt (too long): back at once, ahead of the
+                    # answers a group waits minutes for, so judged by the whole group.
+                    if tries == 1:  # one refused before says nothing new about the teacher
+                        refusals, last_refusal = refusals + 1, outcome
                     continue
-                failed_in_a_row, replies = 0, replies + 1
-                spent[task.key] += sum(c.completion_tokens for c in outcome)
-                usable = [(i, c) for i, c in enumerate(outcome) if unusable(c) is None]
-                if usable:
-                    answered = True
-                    waiting.pop(task.key, None)
-                    scored = [
-                        score_sample(task.example, c, output_format, mode, i, args.gold_answer)
-                        for i, c in usable
-                    ]
-                    yield task, replace(best_sample(scored, args), completion_tokens=spent[task.key])
-                    continue
-                failure = _no_usable_reply(outcome, asked[task.key], tries, spent[task.key])
-                if asked[task.key] <= retries:
-                    waiting[task.key] = (task, failure)
-                else:
-                    waiting.pop(task.key, None)
-                    yield task, failure
-            if not replies and last_refusal is not None and refusals >= FAILURES_IN_A_ROW:
-                raise _teacher_refuses(refusals, last_refusal)
-            chunk_seconds = time.monotonic() - began
+                failed_in_a_row += 1
+                if failed_in_a_row >= FAILURES_IN_A_ROW:
+                    down = _teacher_down(failed_in_a_row, outcome)
+                    # One that had answered died: the job restarts server and stage.
+                    raise _Requeue(f"cot: {down}") if answered and in_job() else down
+                continue
+            failed_in_a_row, replies = 0, replies + 1
+            spent[task.key] += sum(c.completion_tokens for c in outcome)
+            usable = [(i, c) for i, c in enumerate(outcome) if unusable(c) is None]
+            if usable:
+                answered = True
+                waiting.pop(task.key, None)
+                scored = [
+                    score_sample(task.example, c, output_format, mode, i, args.gold_answer) for i, c in usable
+                ]
+                yield task, replace(best_sample(scored, args), completion_tokens=spent[task.key])
+                continue
+            failure = _no_usable_reply(outcome, asked[task.key], tries, spent[task.key])
+            if asked[task.key] <= retries:
+                waiting[task.key] = (task, failure)
+            else:
+                waiting.pop(task.key, None)
+                yield task, failure
+        if not replies and last_refusal is not None and refusals >= FAILURES_IN_A_ROW:
+            raise _teacher_refuses(refusals, last_refusal)
+        chunk_seconds = time.monotonic() - began
 
 
 class _Requeue(Exception):
@@ -633,6 +632,7 @@ def annotate(
             path.open("a", encoding="utf-8", errors=JSONL_ERRORS, newline="\n") as out,
             tqdm(total=len(todo), desc="cot", unit="sent") as bar,
             terminating() as terminate,
+            contextlib.ExitStack() as engine,  # the teacher's, if `_outcomes` needs one
         ):
 
             def write(task: Task, outcome: Sample | Failure) -> dict[str, Any]:
@@ -643,7 +643,7 @@ def annotate(
 
             try:
                 for task, outcome in _outcomes(
-                    args, prompt, generation, todo, tried, waiting, terminate.check
+                    args, prompt, generation, todo, tried, waiting, engine, terminate.check
                 ):
                     progress.add(write(task, outcome))
                     bar.update()

@@ -473,6 +473,16 @@ def test_sigterm_while_a_record_is_written_still_records_the_sentence_waiting_an
         return record
 
     monkeypatch.setattr(cot, "build_record", build_then_signal)
+    from reasoningner.generation import OpenAIGenerator
+
+    at_close: list[set[str]] = []  # the sentences with a record when the teacher's client is closed
+    monkeypatch.setattr(
+        OpenAIGenerator,
+        "close",
+        lambda self: at_close.append(
+            {r["key"] for r in read_records(tmp_path / "out" / "annotations.jsonl")}
+        ),
+    )
     handler = signal.getsignal(signal.SIGTERM)
     server = Teacher(replies(tasks), lambda p, a: "length" if p == stalled and a == 1 else "right")
     server.RequestHandlerClass = Stalling
@@ -488,6 +498,7 @@ def test_sigterm_while_a_record_is_written_still_records_the_sentence_waiting_an
     assert set(records) == {tasks[0].key, tasks[1].key}  # s2's record was cut short: asked again by a rerun
     assert (records[tasks[0].key]["status"], records[tasks[0].key]["tries"]) == ("failed", 2)
     assert records[tasks[0].key]["reason"].endswith("; try 2 cut short")
+    assert at_close == [set(records)]  # recorded first: an engine's shutdown may take seconds
 
 
 def test_a_sigterm_whose_raise_was_lost_still_ends_the_run(
