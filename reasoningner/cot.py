@@ -292,11 +292,12 @@ def load_tasks(args: CoTArguments, prompt: PromptArguments) -> list[Task]:
 
 
 def _known(
-    records: Iterable[tuple[str, dict[str, Any]]], share: Mapping[str, Task], path: Path
-) -> Iterator[tuple[str, dict[str, Any], Task]]:
-    """`(path:line, record, its task)`, refusing a key twice or a key that is not in `share`."""
+    records: Iterable[tuple[str, bytes, dict[str, Any]]], share: Mapping[str, Task], path: Path
+) -> Iterator[tuple[str, bytes, dict[str, Any], Task]]:
+    """`(path:line, the line as read, record, its task)`, refusing a key twice or a key that is not in
+    `share`. The line is what a rewrite or a merge writes back: records are not serialized again."""
     seen: dict[str, str] = {}
-    for where, record in records:
+    for where, line, record in records:
         key = record.get("key")
         if key in seen:
             raise ValueError(f"{where}: {key!r} is already at {seen[key]} (did two runs write this file?)")
@@ -306,7 +307,7 @@ def _known(
                 f"other datasets, or had another limit or shard): {AFRESH}"
             )
         seen[key] = where
-        yield where, record, share[key]
+        yield where, line, record, share[key]
 
 
 def _check_prompt(where: str, record: dict[str, Any], task: Task) -> None:
@@ -342,12 +343,12 @@ def resume(
         tries_path(path).unlink(missing_ok=True)  # of a file deleted by hand
         return set(), {}
     lines, cut = complete_lines(path)
-    records = ((where, parse_record(line, where)) for where, line in lines)  # parsed one at a time
-    kept: list[str] = []  # where the records kept are: written back as they were read
+    records = ((where, line, parse_record(line, where)) for where, line in lines)  # parsed one at a time
+    kept: list[bytes] = []  # the lines of the records kept, written back as they were read
     done: set[str] = set()
     counts = tries_path(path)
     tried: dict[str, int] = json.loads(counts.read_text(encoding="utf-8")) if counts.is_file() else {}
-    for where, record, task in _known(records, {t.key: t for t in tasks}, path):
+    for where, line, record, task in _known(records, {t.key: t for t in tasks}, path):
         if record_status(record) == "failed":
             tried[task.key] = max(tried.get(task.key, 0), int(record.get("tries") or 1))
             continue
@@ -358,7 +359,7 @@ def resume(
                 f"{teacher}: {AFRESH}"
             )
         _check_settings(where, record, settings)
-        kept.append(where)
+        kept.append(line)
         done.add(record["key"])
     tried = {key: count for key, count in tried.items() if key not in done}
     # The failed records' tries go to their own file before the rewrite drops the records: a kill
@@ -368,8 +369,7 @@ def resume(
     else:
         counts.unlink(missing_ok=True)
     if len(kept) != len(lines) or cut:
-        raw = dict(lines)
-        write_lines(path, (raw[where] for where in kept))
+        write_lines(path, kept)
     return done, tried
 
 
@@ -463,7 +463,7 @@ def _outcomes(
     tried: Mapping[str, int],
     waiting: dict[str, tuple[Task, Failure]],
     engine: contextlib.ExitStack,
-    check_signal: Callable[[], None] = lambda: None,
+    check_signal: Callable[[], None],
 ) -> Iterator[tuple[Task, Sample | Failure]]:
     """Annotate `tasks`, yielding each as soon as it is scored or has failed for good.
 
@@ -649,7 +649,7 @@ def annotate(
                     bar.update()
             except Exception as stopping:  # an error, a stop, SIGTERM: only a kill loses the waiting's tries
                 terminate.raising = False  # a SIGTERM from here on (`stop`'s requeue sends one) is noted only
-                for task, failure in list(waiting.values()):
+                for task, failure in waiting.values():
                     write(task, failure)
                 progress.report()  # before `stop` or `terminated` ends the W&B run
                 if terminate.signal is not None:  # also when its raise came back as another error
@@ -751,14 +751,13 @@ def merge_shards(args: CoTArguments, prompt: PromptArguments) -> Path:
             if not path.exists():
                 problems.append(f"shard {index}/{count}: {path.name} is missing ({len(share)} sentences)")
                 continue
-            lines: dict[str, bytes] = {}
             got, present = [], set()
-            for where, record, task in _known(_remembered(path, lines), share, path):
+            for where, line, record, task in _known(numbered_lines(path), share, path):
                 _check_prompt(where, record, task)
                 teachers.setdefault(record.get("teacher"), set()).add(index)
                 if "settings" in record:  # written before records carried their settings: not checked
                     _group(settings, record["settings"], index)
-                got.append((record["position"], lines.pop(where), reported(record)))
+                got.append((record["position"], line, reported(record)))
                 present.add(record["key"])
             if len(got) < len(share):
                 lacking = [key for key in share if key not in present]
@@ -785,13 +784,6 @@ def merge_shards(args: CoTArguments, prompt: PromptArguments) -> Path:
         report = summarize([counted for _, _, counted in merged], seconds=0.0, annotated=0)
         write_whole(output_dir / REPORT, json.dumps(report, indent=2) + "\n")
     return target
-
-
-def _remembered(path: Path, lines: dict[str, bytes]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """`records.numbered_records(path)`, keeping each line as read in `lines` under its place."""
-    for where, line, record in numbered_lines(path):
-        lines[where] = line
-        yield where, record
 
 
 def _group(groups: list[tuple[dict[str, Any], set[int]]], settings: dict[str, Any], shard: int) -> None:

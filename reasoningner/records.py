@@ -33,12 +33,6 @@ def parse_record(line: str | bytes, where: str) -> dict[str, Any]:
     return record
 
 
-def numbered_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """`(path:line, record)` for every record of a stage 1 file, in file order (`numbered_lines`)."""
-    for where, _, record in numbered_lines(path):
-        yield where, record
-
-
 def numbered_lines(path: str | Path) -> Iterator[tuple[str, bytes, dict[str, Any]]]:
     """`(path:line, the line as read, record)` for every record of a stage 1 file, in file order.
 
@@ -65,7 +59,7 @@ def numbered_lines(path: str | Path) -> Iterator[tuple[str, bytes, dict[str, Any
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     """Every record of a stage 1 file, in file order; a bad line is an error naming path:line."""
-    return [record for _, record in numbered_records(path)]
+    return [record for _, _, record in numbered_lines(path)]
 
 
 def record_status(record: dict[str, Any]) -> str:
