@@ -141,11 +141,12 @@ class Termination:
 
 @contextlib.contextmanager
 def terminating() -> Iterator[Termination]:
-    """During the block, SIGTERM raises `Terminated` instead of ending the process at once: the stage
-    records what it holds (stage 1: the sentences waiting for a retry, its progress) and ends with
+    """During the block, SIGTERM raises `Terminated` (or, once `raising` is off, is only noted) instead of
+    ending the process at once: the stage records what it holds (stage 1: the sentences waiting for a
+    retry, its progress; SFT and GRPO: a checkpoint at their next resume point) and ends with
     `terminated`, or with `stop`, whose requeue has SLURM send SIGTERM to this attempt. SLURM sends it at
-    a preemption and at `scancel`, and SIGKILL after its KillWait (30 s by default). Outside the main
-    thread, which signals never reach, nothing changes."""
+    a preemption and at `scancel`, and SIGKILL after its GraceTime or KillWait (30 s by default). Outside
+    the main thread, which signals never reach, nothing changes."""
     termination = Termination()
     if threading.current_thread() is not threading.main_thread():
         yield termination
@@ -166,9 +167,13 @@ def terminating() -> Iterator[Termination]:
 TERMINATED_WANDB_SECONDS = 20.0
 
 
-def terminated(message: str) -> NoReturn:
-    """End this process after SIGTERM: say so, end its W&B run, exit with `TERMINATED`. No requeue is
-    asked: a cancelled job must stay cancelled, and SLURM requeues a preempted one itself."""
-    print(f"{message}; relaunch the same command to resume", flush=True)
-    _end_wandb_run(TERMINATED, TERMINATED_WANDB_SECONDS)
+def terminated(message: str, main_process: bool = True, barrier: Callable[[], Any] | None = None) -> NoReturn:
+    """End this process after SIGTERM: say so and end its W&B run (from the main process), wait for the
+    other processes (`barrier`), exit with `TERMINATED`. No requeue is asked: a cancelled job must stay
+    cancelled, and SLURM requeues a preempted one itself."""
+    if main_process:
+        print(f"{message}; relaunch the same command to resume", flush=True)
+        _end_wandb_run(TERMINATED, TERMINATED_WANDB_SECONDS)
+    if barrier is not None:
+        barrier()
     sys.exit(TERMINATED)

@@ -36,7 +36,7 @@ from reasoningner.configs import (
     require_model,
 )
 from reasoningner.doctor import stale_build_locks
-from reasoningner.jobs import stop
+from reasoningner.jobs import Termination, stop, terminated, terminating
 from reasoningner.model_card import hub_repository, publish, run_folder, write_model_card
 from reasoningner.prompts import check_wording
 from reasoningner.tracking import (
@@ -565,22 +565,25 @@ class _StopAtLastStep(TrainerCallback):
 
 class _JobEnding(Exception):
     """Raised by `_StopBeforeJobEnd` once its checkpoint is saved, to leave `Trainer.train` at once: the
-    end of training (the best model loaded, W&B's final artifact, rotations) is not this attempt's."""
+    end of training (the best model loaded, W&B's final artifact, rotations) is not this attempt's. Its
+    argument: the signal that ended the attempt, or None for the job's time limit."""
 
 
 class _StopBeforeJobEnd(TrainerCallback):
     """Saves a checkpoint at the last point a run resumes from exactly (`resume_points`) before the SLURM
     job's time limit would cut the next interval short (`ResumableArguments.job_ending`: the interval
-    as the last one took, and each evaluation due by its end as the last one took), then ends the
-    attempt: a job killed at its limit is never requeued and loses the steps since its last checkpoint.
-    The step's own logging, evaluation and save run first, as in a run never stopped. Every rank stops
-    at the same step, as rank 0 decides."""
+    as the last one took, and each evaluation due by its end as the last one took), or at the first such
+    point after SIGTERM (a preemption, `scancel`: `termination`), then ends the attempt: a job killed at
+    its limit is never requeued, and a kill loses the steps since the last checkpoint. The step's own
+    logging, evaluation and save run first, as in a run never stopped. Every rank stops at the same
+    step, as rank 0 decides."""
 
-    def __init__(self, job: ResumableArguments, every: int) -> None:
-        self.job, self.every = job, every
+    def __init__(self, job: ResumableArguments, every: int, termination: Termination | None = None) -> None:
+        self.job, self.every, self.termination = job, every, termination
         self.mark = self.step_ended = time.monotonic()
         self.evaluation = 0.0  # how long the last evaluation took
         self.stopping_at: int | None = None
+        self.signal: str | None = None  # that ends the attempt, as rank 0 saw it
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.mark = self.step_ended = time.monotonic()  # an evaluation on start is timed from here
@@ -595,7 +598,10 @@ class _StopBeforeJobEnd(TrainerCallback):
         evaluations = control.should_evaluate + self._evaluation_due(args, state, step + 1, step + self.every)
         ahead = self.step_ended - self.mark + self.evaluation * evaluations
         self.mark = self.step_ended
-        if from_main_process(self.job.job_ending(interval=ahead)):  # clocks and steps' ends differ by rank
+        signal = self.termination.signal if self.termination is not None else None
+        # Clocks, steps' ends and signals' arrivals differ by rank.
+        ending, self.signal = from_main_process((self.job.job_ending(interval=ahead), signal))
+        if ending or self.signal is not None:
             control.should_save = True  # `save_strategy: best` may drop it at an evaluation: stop later
             self.stopping_at = state.global_step
 
@@ -621,7 +627,7 @@ class _StopBeforeJobEnd(TrainerCallback):
         if self.stopping_at == state.global_step:
             if distributed():
                 torch.distributed.barrier()  # every rank's part of the checkpoint is written
-            raise _JobEnding
+            raise _JobEnding(self.signal)
 
 
 RESUME_RECORD = "resume_state.pt"
@@ -741,7 +747,11 @@ class _ResumeRecord(TrainerCallback):
 def train_from(stage: str, trainer: Any, checkpoint: str | None, job: ResumableArguments) -> None:
     """`trainer.train` from `checkpoint`, until the end of training or, in a SLURM job about to reach its
     time limit, until a checkpoint saved in time (`_StopBeforeJobEnd`): then the attempt ends there
-    (`jobs.stop`: the job requeued, exit status `jobs.STOPPED`).
+    (`jobs.stop`: the job requeued, exit status `jobs.STOPPED`). SIGTERM during training (a preemption,
+    `scancel`) is only noted: the run saves a checkpoint at its next resume point and ends
+    (`jobs.terminated`: exit status `jobs.TERMINATED`, no requeue), as much as SLURM's grace allows
+    before its SIGKILL (a checkpoint cut short is skipped by the next attempt). So is the SIGTERM of
+    `stop`'s own requeue, which would otherwise end a process before it reports.
 
     A run whose checkpoint is at its last step stops with that checkpoint's weights and state loaded:
     transformers (5.24) would take one step past `max_steps` from it, so a run killed after its last
@@ -752,7 +762,6 @@ def train_from(stage: str, trainer: Any, checkpoint: str | None, job: ResumableA
     trainer.add_callback(_StopAtLastStep())
     record = _ResumeRecord(trainer, checkpoint)
     trainer.add_callback(record)
-    trainer.add_callback(_StopBeforeJobEnd(job, resume_points(trainer.args)))  # last: every on_save runs
     build_sampler = trainer._get_train_sampler
     trainer._get_train_sampler = lambda *args, **kwargs: record.wrap(build_sampler(*args, **kwargs))
     save_rng_state = trainer._save_rng_state
@@ -765,21 +774,31 @@ def train_from(stage: str, trainer: Any, checkpoint: str | None, job: ResumableA
         trainer.accelerator.wait_for_everyone()
 
     trainer._save_rng_state = save_rng_state_and_record
-    try:
-        trainer.train(resume_from_checkpoint=checkpoint)
-    except _RunFinished:
-        trainer.accelerator.print(f"{stage}: {checkpoint} is the run's last step; nothing left to train")
-        if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint is not None:
-            trainer._load_best_model()
-        trainer.control = trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
-    except _JobEnding:
-        stop(
-            f"{stage}: stopped at checkpoint-{trainer.state.global_step}, the last before the job's time "
-            f"limit (stop_before_job_end {job.stop_before_job_end:g} s)",
-            trainer.accelerator.is_main_process,
-            # No rank exits before the requeue is asked: a launcher ends the others when one exits.
-            barrier=trainer.accelerator.wait_for_everyone,
-        )
+    with terminating() as termination:
+        termination.raising = False
+        # Last: every other on_save runs before it ends the attempt.
+        trainer.add_callback(_StopBeforeJobEnd(job, resume_points(trainer.args), termination))
+        try:
+            trainer.train(resume_from_checkpoint=checkpoint)
+        except _RunFinished:
+            trainer.accelerator.print(f"{stage}: {checkpoint} is the run's last step; nothing left to train")
+            if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint is not None:
+                trainer._load_best_model()
+            trainer.control = trainer.callback_handler.on_train_end(
+                trainer.args, trainer.state, trainer.control
+            )
+        except _JobEnding as ending:
+            # No rank exits before the main one is done: a launcher ends the others when one exits.
+            main, barrier = trainer.accelerator.is_main_process, trainer.accelerator.wait_for_everyone
+            saved = f"checkpoint-{trainer.state.global_step}"
+            if signal := ending.args[0]:
+                terminated(f"{stage}: {signal} (a preemption, scancel): stopped at {saved}", main, barrier)
+            stop(
+                f"{stage}: stopped at {saved}, the last before the job's time limit (stop_before_job_end "
+                f"{job.stop_before_job_end:g} s)",
+                main,
+                barrier=barrier,
+            )
 
 
 def describe_run(

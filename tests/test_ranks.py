@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import os
 import runpy
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 CONLL = ROOT / "tests" / "data" / "conll2003_mini.txt"
@@ -34,11 +36,40 @@ def worker(argv: list[str]) -> None:
         Path(argv[1], f"rank{rank}.json").write_text(json.dumps(from_main_process({"rank": rank})))
         torch.distributed.destroy_process_group()
         return
+    if argv[0] == "preempted":  # `preempted <report dir> <stage> <args...>`
+        preempted(rank, Path(argv[1]), argv[2], argv[3:])
+        return
     stage, flags, args = argv[0], json.loads(argv[1]), argv[2:]
     for flag, value in flags.get(str(rank), {}).items():
         args[args.index(flag) + 1] = value
     sys.argv = [f"stages/{stage}.py", *args]
     runpy.run_path(str(ROOT / "stages" / f"{stage}.py"), run_name="__main__")
+
+
+def preempted(rank: int, report: Path, stage: str, args: list[str]) -> None:
+    """Run stages/<stage>.py with `args`; as step 2 begins, rank 0 sends SIGTERM to torchrun's agent, which
+    passes it to every worker (as SLURM's preemption would), and waits for it to arrive. Each rank writes
+    its exit status to `report`/rank<r>."""
+    import time
+
+    from transformers.trainer_callback import CallbackHandler
+
+    on_step_begin = CallbackHandler.on_step_begin
+
+    def signalled(self: CallbackHandler, args: Any, state: Any, control: Any) -> Any:
+        if rank == 0 and state.global_step == 1:
+            os.kill(os.getppid(), signal.SIGTERM)
+            time.sleep(5)  # the agent passes it on in milliseconds
+        return on_step_begin(self, args, state, control)
+
+    CallbackHandler.on_step_begin = signalled  # type: ignore[method-assign]
+    sys.argv = [f"stages/{stage}.py", *args]
+    try:
+        runpy.run_path(str(ROOT / "stages" / f"{stage}.py"), run_name="__main__")
+    except SystemExit as ended:
+        (report / f"rank{rank}").write_text(str(ended.code))
+        raise
+    (report / f"rank{rank}").write_text("0")
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
@@ -80,6 +111,33 @@ def test_processes_that_read_other_data_are_refused_before_the_model_loads(
         output = result.stdout + result.stderr
         assert "processes [1] read other train or eval data than the main process" in output, output[-3000:]
         assert not list((tmp_path / stage).glob("checkpoint-*"))
+
+
+def test_sigterm_to_the_launcher_has_every_process_save_the_same_step_and_end(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """SLURM's SIGTERM (a preemption, `scancel`) reaches the launcher, which passes it to its workers and
+    kills them after its shutdown timeout: each saves its part of one checkpoint, the step rank 0 chose,
+    then all end with 143, the main process reporting it once."""
+    from reasoningner.training import last_checkpoint
+
+    report, out = tmp_path / "report", tmp_path / "sft"
+    report.mkdir()
+    result = torchrun(
+        "preempted", str(report), "sft",
+        "--config", "recipes/tiny-cpu/sft.yaml",
+        "--model_name_or_path", str(tiny_model_dir),
+        "--train_files", str(CONLL),
+        "--reasoning", "false",
+        "--output_dir", str(out),
+        "--max_steps", "6", "--save_steps", "4", "--per_device_train_batch_size", "1",
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0  # the launcher ends as signalled
+    assert [(report / f"rank{r}").read_text() for r in (0, 1)] == ["143", "143"], output[-3000:]
+    assert output.count("sft: SIGTERM (a preemption, scancel): stopped at checkpoint-2") == 1, output[-3000:]
+    assert last_checkpoint(str(out)) == str(out / "checkpoint-2")
+    assert not (out / "model.safetensors").exists()
 
 
 if __name__ == "__main__":

@@ -530,6 +530,22 @@ def test_train_slurm_starts_one_launcher_per_node_with_its_rank(tmp_path: Path) 
     assert calls == [doctor, common.format(0), common.format(1)]
 
 
+def test_train_slurm_gives_a_signalled_stage_slurm_s_grace_to_save(tmp_path: Path) -> None:
+    """torch's launcher kills its workers 30 s after it passes them SIGTERM, whatever a partition's
+    GraceTime: a preempted stage saving its checkpoint would be cut short."""
+    waits = []
+    for given in ({}, {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "120"}):
+        calls = run_slurm(
+            "train.slurm",
+            ["sft", "recipes/qwen3-8b/sft.yaml", "recipes/accelerate/zero3.yaml"],
+            {"SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "node-[a-b]", **given},
+            tmp_path / str(len(waits)),
+            accelerate='echo "accelerate waits $TORCH_ELASTIC_SHUTDOWN_TIMEOUT" >> "$CALLS"',
+        )
+        waits.append([call for call in calls if call.startswith("accelerate")])
+    assert waits == [["accelerate waits 600"] * 2, ["accelerate waits 120"] * 2]  # each node's launcher
+
+
 CURL_TRL = """for _ in $(seq 200); do grep -q '^trl' "$CALLS" 2>/dev/null && exit 0; sleep 0.05; done"""
 
 

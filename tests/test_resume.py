@@ -9,10 +9,12 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -357,8 +359,12 @@ def test_a_run_near_its_job_s_time_limit_stops_at_a_checkpoint_and_its_requeued_
     command = sft_args(tiny_model_dir, annotations, stopped, *every_fourth, "--overwrite_output_dir", "true")
     # 600 s left, under the default 900 s: step 1 ends the attempt.
     monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 600))
-    with pytest.raises(SystemExit) as ended:
+    # The requeue has SLURM end the attempt with SIGTERM, which must not cut the stop short.
+    scontrol = slurm_job.parent / "slurm-bin" / "scontrol"
+    scontrol.write_text(scontrol.read_text() + 'kill -TERM "$PPID"\n')
+    with default_sigterm() as reached, pytest.raises(SystemExit) as ended:
         stage.main(*stage.make_parser().parse_args_and_config(command))
+    assert not reached  # the stage noted it
     assert ended.value.code == jobs.STOPPED  # a job SLURM cannot requeue fails: it is not finished
     out = capsys.readouterr().out
     assert "sft: stopped at checkpoint-1" in out and "job 4242 requeued" in out
@@ -373,6 +379,69 @@ def test_a_run_near_its_job_s_time_limit_stops_at_a_checkpoint_and_its_requeued_
     assert steps(stopped) == steps(reference)
     assert (stopped / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
     assert slurm_job.read_text() == "requeue 4242\n"  # asked once
+
+
+@contextlib.contextmanager
+def default_sigterm() -> Iterator[list[int]]:
+    """SIGTERM's default action, the end of the process, recorded instead of taken: a signal that reaches
+    it was not handled by the stage."""
+    reached: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: reached.append(signum))
+    try:
+        yield reached
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def sigterm_at_step(patch: pytest.MonkeyPatch, step: int) -> None:
+    """This process gets SIGTERM as the step after `step` begins."""
+    from transformers.trainer_callback import CallbackHandler
+
+    on_step_begin = CallbackHandler.on_step_begin
+
+    def preempted(self: CallbackHandler, args: Any, state: Any, control: Any) -> Any:
+        if state.global_step == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return on_step_begin(self, args, state, control)
+
+    patch.setattr(CallbackHandler, "on_step_begin", preempted)
+
+
+def test_sigterm_while_training_saves_at_the_next_resume_point_and_the_relaunch_ends_as_one_never_stopped(
+    tiny_model_dir: Path,
+    annotations: Path,
+    tmp_path: Path,
+    slurm_job: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A preemption or `scancel` sends SIGTERM, and SIGKILL after SLURM's grace: the run saves where it
+    resumes from exactly instead of losing the steps since its last checkpoint, and ends with 143 without
+    asking a requeue (SLURM requeues a preempted job itself; a cancelled one must stay cancelled)."""
+    stage = load_stage("sft")
+    every_fourth = ["--max_steps", "6", "--per_device_train_batch_size", "1", "--save_steps", "4"]
+    reference, signalled = tmp_path / "uninterrupted", tmp_path / "signalled"
+    stage.main(
+        *stage.make_parser().parse_args_and_config(
+            sft_args(tiny_model_dir, annotations, reference, *every_fourth)
+        )
+    )
+    command = sft_args(tiny_model_dir, annotations, signalled, *every_fourth)
+    with default_sigterm() as reached, monkeypatch.context() as patch, pytest.raises(SystemExit) as ended:
+        sigterm_at_step(patch, 1)
+        stage.main(*stage.make_parser().parse_args_and_config(command))
+    assert not reached
+    assert ended.value.code == jobs.TERMINATED
+    assert "sft: SIGTERM (a preemption, scancel): stopped at checkpoint-2" in capsys.readouterr().out
+    assert not slurm_job.exists()  # no requeue asked
+    # The step after the signal's, not 4.
+    assert last_checkpoint(str(signalled)) == str(signalled / "checkpoint-2")
+    assert not (signalled / "model.safetensors").exists()  # not a finished model
+
+    stage.main(*stage.make_parser().parse_args_and_config(command))
+    assert f"sft: resuming from {signalled / 'checkpoint-2'}" in capsys.readouterr().out
+    assert steps(signalled) == steps(reference)
+    assert (signalled / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
 
 
 def test_grpo_near_its_job_s_time_limit_stops_where_its_generation_cycle_ends_and_resumes_exactly(
@@ -399,12 +468,18 @@ def test_grpo_near_its_job_s_time_limit_stops_where_its_generation_cycle_ends_an
 SCHEDULE = {"eval_strategy": "no", "save_strategy": "steps", "logging_strategy": "steps"}
 
 
+@pytest.mark.parametrize("why", ["time limit", "SIGTERM"])
 @pytest.mark.parametrize(
     ("per_generation", "iterations", "accumulation", "every"),
     [(1, 1, 1, 1), (2, 1, 2, 1), (2, 4, 2, 4), (4, 1, 2, 2), (3, 2, 4, 3)],
 )
-def test_a_grpo_run_stops_for_its_job_s_end_only_where_a_generation_cycle_ends(
-    per_generation: int, iterations: int, accumulation: int, every: int, monkeypatch: pytest.MonkeyPatch
+def test_a_grpo_run_stops_for_its_job_s_end_or_sigterm_only_where_a_generation_cycle_ends(
+    per_generation: int,
+    iterations: int,
+    accumulation: int,
+    every: int,
+    why: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from types import SimpleNamespace
 
@@ -420,16 +495,21 @@ def test_a_grpo_run_stops_for_its_job_s_end_only_where_a_generation_cycle_ends(
     )
     assert resume_points(args) == every
     assert resume_points(SimpleNamespace(gradient_accumulation_steps=accumulation)) == 1  # SFT
-    monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 60))  # the limit is near from the start
-    callback = _StopBeforeJobEnd(TrainerScriptArguments(train_files=["x"]), every)
+    termination = jobs.Termination()
+    if why == "SIGTERM":
+        termination.signal = "SIGTERM"  # from the start
+    else:
+        monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 60))  # near from the start
+    callback = _StopBeforeJobEnd(TrainerScriptArguments(train_files=["x"]), every, termination)
     saved_at = []
     for step in range(1, 13):
         control, state = TrainerControl(), SimpleNamespace(global_step=step, max_steps=12, epoch=0.5)
         callback.on_step_end(args, state, control)
         if control.should_save:
             saved_at.append(step)
-            with pytest.raises(_JobEnding):  # once saved: the attempt ends
+            with pytest.raises(_JobEnding) as ending:  # once saved: the attempt ends
                 callback.on_save(args, state, control)
+            assert ending.value.args == (termination.signal,)  # a signal's stop asks no requeue
         else:
             callback.on_save(args, state, control)  # another save (a strategy's) goes on
     assert saved_at == list(range(every, 12, every))
