@@ -234,17 +234,24 @@ def example_key(dataset: str, example: Example) -> str:
 
 @dataclass(frozen=True)
 class Task:
-    """One sentence to annotate: its position in the whole input (for merging) and its prompt."""
+    """One sentence to annotate: its position in the whole input (for merging) and how it is asked."""
 
     position: int
     dataset: str
     example: Example
-    conversation: list[dict[str, str]]
+    prompt: PromptArguments
 
     @property
     def key(self) -> str:
         """The resume key: which record holds this sentence."""
         return example_key(self.dataset, self.example)
+
+    @property
+    def conversation(self) -> list[dict[str, str]]:
+        """The teacher's prompt, built when asked (~0.2 ms) and not kept: a shard of a large input builds
+        only its own share's, and the tasks of all shards, which each shard reads, hold none."""
+        content = teacher_instruction(self.example.text, self.example.schema, self.prompt)
+        return [{"role": "user", "content": content}]
 
     @functools.cached_property
     def prompt_hash(self) -> str:
@@ -274,9 +281,10 @@ def load_all_tasks(args: CoTArguments, prompt: PromptArguments) -> list[Task]:
         if repeated:
             shown = ", ".join(map(repr, repeated[:10])) + (", ..." if len(repeated) > 10 else "")
             clashes.append(f"{path} has {len(repeated)} ids more than once: {shown}")
-        for example in examples:
-            content = teacher_instruction(example.text, example.schema, prompt)
-            tasks.append(Task(len(tasks), dataset.name, example, [{"role": "user", "content": content}]))
+        tasks += [
+            Task(position, dataset.name, example, prompt)
+            for position, example in enumerate(examples, len(tasks))
+        ]
     if clashes:
         raise ValueError(
             "resume keys (<dataset name>/<id>) must be unique, or a rerun would take one sentence for "

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from reasoningner import cot
 from reasoningner.configs import CoTArguments, GenerationArguments, PromptArguments
 from reasoningner.cot import Progress, annotate, best_sample, merge_shards, score_sample
 from reasoningner.formats import get_format
@@ -156,10 +157,19 @@ def test_a_rerun_does_nothing_twice_and_repairs_a_half_written_line(tmp_path):
     assert annotate(*gold_args(tmp_path))["annotated_this_run"] == 0
 
 
-def test_shards_merge_into_exactly_the_unsharded_result(tmp_path):
+def test_shards_merge_into_exactly_the_unsharded_result(tmp_path, monkeypatch):
     annotate(*gold_args(tmp_path / "whole"))
+    texts = [record["text"] for record in read_records(tmp_path / "whole" / "annotations.jsonl")]
+    instruction = cot.teacher_instruction
+    asked: list[str] = []  # a shard builds only its share's prompts (all of 500k: ~0.6 GB more each)
+    monkeypatch.setattr(
+        cot, "teacher_instruction", lambda text, *a: asked.append(text) or instruction(text, *a)
+    )
     for index in range(3):
+        asked.clear()
         STAGE.main(*gold_args(tmp_path / "sharded", shard=f"{index}/3"))  # the stage, as array tasks run it
+        assert sorted(asked) == sorted(texts[index::3])
+    monkeypatch.setattr(cot, "teacher_instruction", instruction)
     assert not (tmp_path / "sharded" / "manifest.json").exists()  # a shard's would clash with the others'
     merged = merge_shards(*gold_args(tmp_path / "sharded")[:2])
     assert merged.read_bytes() == (tmp_path / "whole" / "annotations.jsonl").read_bytes()
