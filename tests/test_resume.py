@@ -444,23 +444,28 @@ def test_sigterm_while_training_saves_at_the_next_resume_point_and_the_relaunch_
     assert (signalled / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
 
 
-def test_grpo_near_its_job_s_time_limit_stops_where_its_generation_cycle_ends_and_resumes_exactly(
-    tiny_model_dir: Path, tmp_path: Path, slurm_job: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("why", ["time limit", "SIGTERM"])
+def test_grpo_stopped_by_its_job_s_limit_or_sigterm_stops_where_its_generation_cycle_ends_and_resumes_exactly(
+    why: str, tiny_model_dir: Path, tmp_path: Path, slurm_job: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each generation serves two optimizer steps (num_iterations 2): a stop inside that cycle would
-    resume on generations of its own; at its end the requeued run trains as one never stopped."""
+    resume on generations of its own; at its end the relaunched run trains as one never stopped."""
     stage = load_stage("rl")
 
     def grpo(out: Path) -> list[str]:
-        return grpo_args(tiny_model_dir, out, "--num_iterations", "2", "--save_steps", "2")
+        return grpo_args(tiny_model_dir, out, "--num_iterations", "2", "--save_steps", "4")
 
     reference, stopped = tmp_path / "uninterrupted", tmp_path / "stopped"
     stage.main(*stage.make_parser().parse_args_and_config(grpo(reference)))
-    monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 600))  # near from the start
-    with pytest.raises(SystemExit):
+    with monkeypatch.context() as patch, default_sigterm() as reached, pytest.raises(SystemExit) as ended:
+        if why == "SIGTERM":
+            sigterm_at_step(patch, 0)
+        else:
+            patch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 600))  # near from the start
         stage.main(*stage.make_parser().parse_args_and_config(grpo(stopped)))
+    assert not reached
+    assert ended.value.code == (jobs.TERMINATED if why == "SIGTERM" else jobs.STOPPED)
     assert last_checkpoint(str(stopped)) == str(stopped / "checkpoint-2")  # not step 1, inside the cycle
-    monkeypatch.delenv("SLURM_JOB_END_TIME")
     stage.main(*stage.make_parser().parse_args_and_config(grpo(stopped)))
     assert steps(stopped) == steps(reference)
 
