@@ -76,7 +76,9 @@ def stop(message: str, main_process: bool = True, barrier: Callable[[], Any] | N
     last metrics unsent)."""
     if main_process:
         _end_wandb_run(STOPPED, WANDB_FINISH_SECONDS)
-        print(f"{message}; {requeue()}", flush=True)
+        # Said before the requeue is asked: under srun, SLURM's SIGTERM to srun kills the tasks at once.
+        print(message, flush=True)
+        print(requeue(), flush=True)
     if barrier is not None:
         barrier()
     sys.exit(STOPPED)
@@ -130,9 +132,9 @@ class Termination:
     what it holds and end; from then on it only sets `signal`. Where the raise was lost (an asyncio
     callback logs and drops exceptions), `check` raises it at the next chance."""
 
-    def __init__(self) -> None:
+    def __init__(self, raising: bool = True) -> None:
         self.signal: str | None = None
-        self.raising = True
+        self.raising = raising
 
     def check(self) -> None:
         if self.signal is not None and self.raising:
@@ -140,14 +142,14 @@ class Termination:
 
 
 @contextlib.contextmanager
-def terminating() -> Iterator[Termination]:
+def terminating(raising: bool = True) -> Iterator[Termination]:
     """During the block, SIGTERM raises `Terminated` (or, once `raising` is off, is only noted) instead of
     ending the process at once: the stage records what it holds (stage 1: the sentences waiting for a
     retry, its progress; SFT and GRPO: a checkpoint at their next resume point) and ends with
     `terminated`, or with `stop`, whose requeue has SLURM send SIGTERM to this attempt. SLURM sends it at
     a preemption and at `scancel`, and SIGKILL after its GraceTime or KillWait (30 s by default). Outside
     the main thread, which signals never reach, nothing changes."""
-    termination = Termination()
+    termination = Termination(raising)
     if threading.current_thread() is not threading.main_thread():
         yield termination
         return

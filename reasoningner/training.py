@@ -427,6 +427,13 @@ def start_trainer_stage(
             "save_only_model: checkpoints hold no optimizer or scheduler state, so a run resumed from one "
             "restarts both (transformers says nothing then): a killed run does not train as one never killed"
         )
+    if training_args.enable_jit_checkpoint:
+        # transformers' own save at SIGTERM: each process on its own, inside a step or a GRPO generation
+        # cycle, where a run does not resume exactly; `train_from` saves where it does, every rank alike.
+        raise ValueError(
+            "enable_jit_checkpoint: SFT and GRPO save a checkpoint at SIGTERM themselves, at the next step "
+            "a run resumes from exactly: leave enable_jit_checkpoint false"
+        )
     if training_args.save_on_each_node:
         # The resume record, contract and manifest are the main process's, in the folder every process
         # resumes from (`from_main_process`): node-local folders would resume each node otherwise.
@@ -604,6 +611,8 @@ class _StopBeforeJobEnd(TrainerCallback):
         if ending or self.signal is not None:
             control.should_save = True  # `save_strategy: best` may drop it at an evaluation: stop later
             self.stopping_at = state.global_step
+        if self.signal is not None:  # SLURM's grace is short: the step's evaluation is skipped, not the save
+            control.should_evaluate = False
 
     @staticmethod
     def _evaluation_due(args: Any, state: Any, first: int, last: int) -> bool:
@@ -774,8 +783,9 @@ def train_from(stage: str, trainer: Any, checkpoint: str | None, job: ResumableA
         trainer.accelerator.wait_for_everyone()
 
     trainer._save_rng_state = save_rng_state_and_record
-    with terminating() as termination:
-        termination.raising = False
+    # No rank exits before the main one is done: a launcher ends the others when one exits.
+    main, barrier = trainer.accelerator.is_main_process, trainer.accelerator.wait_for_everyone
+    with terminating(raising=False) as termination:
         # Last: every other on_save runs before it ends the attempt.
         trainer.add_callback(_StopBeforeJobEnd(job, resume_points(trainer.args), termination))
         try:
@@ -788,8 +798,6 @@ def train_from(stage: str, trainer: Any, checkpoint: str | None, job: ResumableA
                 trainer.args, trainer.state, trainer.control
             )
         except _JobEnding as ending:
-            # No rank exits before the main one is done: a launcher ends the others when one exits.
-            main, barrier = trainer.accelerator.is_main_process, trainer.accelerator.wait_for_everyone
             saved = f"checkpoint-{trainer.state.global_step}"
             if signal := ending.args[0]:
                 terminated(f"{stage}: {signal} (a preemption, scancel): stopped at {saved}", main, barrier)
@@ -799,6 +807,14 @@ def train_from(stage: str, trainer: Any, checkpoint: str | None, job: ResumableA
                 main,
                 barrier=barrier,
             )
+        # A signal after the last point the run could stop at: training has ended. With its last step
+        # saved, a relaunch writes the final model from it and the final save is not begun; without (a
+        # save_strategy that skipped it), the final save is the only record of the run and goes on.
+        if signal := from_main_process(termination.signal):
+            last = Path(trainer.args.output_dir) / f"checkpoint-{trainer.state.global_step}"
+            if from_main_process(main and checkpoint_problem(last) is None):
+                terminated(f"{stage}: {signal} (a preemption, scancel) at the end of training", main, barrier)
+            trainer.accelerator.print(f"{stage}: {signal} at the end of training: saving the final model")
 
 
 def describe_run(

@@ -20,7 +20,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 CONLL = ROOT / "tests" / "data" / "conll2003_mini.txt"
-ENV = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+# The launcher's wait for workers it passed SIGTERM to: torch's 30 s may be short on a loaded 2-core machine.
+ENV = {
+    "CUDA_VISIBLE_DEVICES": "",
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "300",
+}
 
 
 def worker(argv: list[str]) -> None:
@@ -116,9 +122,10 @@ def test_processes_that_read_other_data_are_refused_before_the_model_loads(
 def test_sigterm_to_the_launcher_has_every_process_save_the_same_step_and_end(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    """SLURM's SIGTERM (a preemption, `scancel`) reaches the launcher, which passes it to its workers and
-    kills them after its shutdown timeout: each saves its part of one checkpoint, the step rank 0 chose,
-    then all end with 143, the main process reporting it once."""
+    """SLURM's SIGTERM (a preemption, `scancel --signal=TERM`) reaches every process of the step; the
+    launcher passes it on to its workers too, and kills them after its shutdown timeout. Each saves its
+    part of one checkpoint, the step rank 0 chose, then all end with 143, the main process saying so once.
+    (Here the launcher alone is signalled.)"""
     from reasoningner.training import last_checkpoint
 
     report, out = tmp_path / "report", tmp_path / "sft"

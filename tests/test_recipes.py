@@ -543,7 +543,7 @@ def test_train_slurm_gives_a_signalled_stage_slurm_s_grace_to_save(tmp_path: Pat
             accelerate='echo "accelerate waits $TORCH_ELASTIC_SHUTDOWN_TIMEOUT" >> "$CALLS"',
         )
         waits.append([call for call in calls if call.startswith("accelerate")])
-    assert waits == [["accelerate waits 600"] * 2, ["accelerate waits 120"] * 2]  # each node's launcher
+    assert waits == [["accelerate waits 3600"] * 2, ["accelerate waits 120"] * 2]  # each node's launcher
 
 
 CURL_TRL = """for _ in $(seq 200); do grep -q '^trl' "$CALLS" 2>/dev/null && exit 0; sleep 0.05; done"""

@@ -407,7 +407,14 @@ def sigterm_at_step(patch: pytest.MonkeyPatch, step: int) -> None:
     patch.setattr(CallbackHandler, "on_step_begin", preempted)
 
 
+@pytest.mark.parametrize(
+    ("signalled_at", "saved", "said"),
+    [(1, 2, ": stopped at checkpoint-2"), (5, 6, " at the end of training")],  # 6: the last step's save
+)
 def test_sigterm_while_training_saves_at_the_next_resume_point_and_the_relaunch_ends_as_one_never_stopped(
+    signalled_at: int,
+    saved: int,
+    said: str,
     tiny_model_dir: Path,
     annotations: Path,
     tmp_path: Path,
@@ -428,20 +435,36 @@ def test_sigterm_while_training_saves_at_the_next_resume_point_and_the_relaunch_
     )
     command = sft_args(tiny_model_dir, annotations, signalled, *every_fourth)
     with default_sigterm() as reached, monkeypatch.context() as patch, pytest.raises(SystemExit) as ended:
-        sigterm_at_step(patch, 1)
+        sigterm_at_step(patch, signalled_at)
         stage.main(*stage.make_parser().parse_args_and_config(command))
     assert not reached
     assert ended.value.code == jobs.TERMINATED
-    assert "sft: SIGTERM (a preemption, scancel): stopped at checkpoint-2" in capsys.readouterr().out
+    assert f"sft: SIGTERM (a preemption, scancel){said}" in capsys.readouterr().out
     assert not slurm_job.exists()  # no requeue asked
-    # The step after the signal's, not 4.
-    assert last_checkpoint(str(signalled)) == str(signalled / "checkpoint-2")
+    # The step after the signal's (not 4), or the last: a relaunch writes the final model from it.
+    assert last_checkpoint(str(signalled)) == str(signalled / f"checkpoint-{saved}")
     assert not (signalled / "model.safetensors").exists()  # not a finished model
 
     stage.main(*stage.make_parser().parse_args_and_config(command))
-    assert f"sft: resuming from {signalled / 'checkpoint-2'}" in capsys.readouterr().out
+    assert f"sft: resuming from {signalled / f'checkpoint-{saved}'}" in capsys.readouterr().out
     assert steps(signalled) == steps(reference)
     assert (signalled / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
+
+
+def test_sigterm_at_the_end_of_a_run_that_saves_no_checkpoint_still_saves_its_final_model(
+    tiny_model_dir: Path, annotations: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Without a checkpoint of the last step (save_strategy no), the final save is all a relaunch would
+    have: it goes on."""
+    stage = load_stage("sft")
+    out = tmp_path / "sft"
+    command = sft_args(tiny_model_dir, annotations, out, "--max_steps", "3", "--save_strategy", "no")
+    with default_sigterm() as reached, pytest.MonkeyPatch.context() as patch:
+        sigterm_at_step(patch, 2)
+        stage.main(*stage.make_parser().parse_args_and_config(command))
+    assert not reached
+    assert "sft: SIGTERM at the end of training: saving the final model" in capsys.readouterr().out
+    assert (out / "model.safetensors").exists() and not list(out.glob("checkpoint-*"))
 
 
 @pytest.mark.parametrize("why", ["time limit", "SIGTERM"])
@@ -508,8 +531,11 @@ def test_a_grpo_run_stops_for_its_job_s_end_or_sigterm_only_where_a_generation_c
     callback = _StopBeforeJobEnd(TrainerScriptArguments(train_files=["x"]), every, termination)
     saved_at = []
     for step in range(1, 13):
-        control, state = TrainerControl(), SimpleNamespace(global_step=step, max_steps=12, epoch=0.5)
+        control = TrainerControl(should_evaluate=True)  # due at every step
+        state = SimpleNamespace(global_step=step, max_steps=12, epoch=0.5)
         callback.on_step_end(args, state, control)
+        # SLURM's grace after SIGTERM is short: the save, not the evaluation.
+        assert control.should_evaluate is not (why == "SIGTERM" and control.should_save)
         if control.should_save:
             saved_at.append(step)
             with pytest.raises(_JobEnding) as ending:  # once saved: the attempt ends
@@ -849,7 +875,7 @@ def test_a_relaunch_saves_at_its_own_save_steps_and_a_best_model_run_keeps_its_l
     """transformers resumes with the checkpoint's save, eval and logging steps: a relaunch that changes
     them (allowed) kept the old ones. And with load_best_model_at_end, save_total_limit 1 deletes the
     last checkpoint at the end, so that the finished run, relaunched, trained again: refused, as are
-    node-local checkpoints (save_on_each_node)."""
+    node-local checkpoints (save_on_each_node) and transformers' own save at SIGTERM."""
     stage = load_stage("sft")
     out = tmp_path / "sft"
 
@@ -884,6 +910,9 @@ def test_a_relaunch_saves_at_its_own_save_steps_and_a_best_model_run_keeps_its_l
             "me/x",
         )
     assert created == []  # refused before it made a Hub repository
+    # transformers' own save at SIGTERM: per process, inside a step or a GRPO cycle.
+    with pytest.raises(ValueError, match="enable_jit_checkpoint: SFT and GRPO save a checkpoint at SIGTERM"):
+        sft("--max_steps", "6", "--enable_jit_checkpoint", "true")
     with pytest.raises(ValueError, match="save_total_limit 1 with load_best_model_at_end"):
         sft("--max_steps", "6", "--save_total_limit", "1", "--load_best_model_at_end", "true",
             "--eval_strategy", "steps", "--eval_steps", "2", "--overwrite_output_dir", "true")  # fmt: skip
