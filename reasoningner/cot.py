@@ -687,6 +687,7 @@ class Progress:
         self.log, self.every, self.done, self.total = log, every, done, total
         self.window: list[dict[str, Any]] = []  # `reported` fields of the records since the last report
         self.since: float | None = None
+        self.untimed = 0  # records of the window that came with the clock's start: no time of their own
 
     def add(self, record: dict[str, Any]) -> None:
         if record_status(record) != "failed":
@@ -695,7 +696,7 @@ class Progress:
             return
         self.window.append(reported(record))
         if self.since is None:
-            self.since = time.monotonic()
+            self.since, self.untimed = time.monotonic(), 1
         elif time.monotonic() - self.since >= self.every:
             self.report()
 
@@ -705,17 +706,20 @@ class Progress:
             return
         seconds = max(time.monotonic() - self.since, 1e-6)
         window = summarize(self.window, seconds, annotated=len(self.window))
-        speed = len(self.window) / seconds
         metrics = {
             "cot/sentences_done": self.done,
             "cot/sentences_left": self.total - self.done,
-            "cot/hours_left": (self.total - self.done) / speed / 3600,
-            "cot/sentences_per_second": speed,
-            "cot/completion_tokens_per_second": window["completion_tokens"] / seconds,
             "cot/failure_rate": window["failed"] / len(self.window),
         }
+        if timed := self.window[self.untimed :]:  # speeds over the records that came in the time counted
+            speed = len(timed) / seconds
+            metrics |= {
+                "cot/hours_left": (self.total - self.done) / speed / 3600,
+                "cot/sentences_per_second": speed,
+                "cot/completion_tokens_per_second": sum(r["completion_tokens"] for r in timed) / seconds,
+            }
         self.log(metrics | {f"cot/{key}": window[key] for key in PROGRESS_MEANS})
-        self.window, self.since = [], time.monotonic()
+        self.window, self.since, self.untimed = [], time.monotonic(), 0
 
 
 PROGRESS_MEANS = ("acceptance_rate", "teacher_f1_mean", "consistency_mean")

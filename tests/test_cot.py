@@ -393,7 +393,7 @@ def test_with_gold_answer_consistency_is_measured_against_the_gold_answer_it_is_
     assert not gold.acceptable(CoTArguments(output_dir="unused", f1_threshold=0.75, gold_answer=True))
 
 
-def test_progress_reports_the_records_since_its_last_report_and_the_time_left() -> None:
+def test_progress_reports_the_records_since_its_last_report_and_the_time_left(monkeypatch) -> None:
     """Sentences done are those a rerun keeps (a failed one is asked again); the clock starts at the first
     record (an engine's start-up is no slow teacher)."""
     logged: list[dict[str, float]] = []
@@ -434,3 +434,22 @@ def test_progress_reports_the_records_since_its_last_report_and_the_time_left() 
     assert len(logged) == 1  # the first starts the clock
     every_record.add(record)
     assert (logged[-1]["cot/sentences_done"], logged[-1]["cot/sentences_left"]) == (2, 1)
+
+    # Speeds count the time from the first record: it came with the clock's start, not in that time.
+    clock = iter([100.0, 101.0, 102.0, 102.0, 102.0, 103.0, 104.0, 104.0, 104.0, 104.0, 104.0])
+    monkeypatch.setattr(cot.time, "monotonic", lambda: next(clock))
+    timed = Progress(logged.append, every=3600, done=0, total=10)
+    record = {"status": "accepted", "accepted": True, "f1": 1.0, "consistency": 1.0, "teacher": "t"}
+    for tokens in (7, 3, 5):  # at 100, 101 and 102 s
+        timed.add(record | {"completion_tokens": tokens})
+    timed.report()  # at 102 s: 2 records in 2 s, the clock then 102 s
+    assert logged[-1]["cot/sentences_per_second"] == 1.0
+    assert logged[-1]["cot/completion_tokens_per_second"] == 4.0
+    assert logged[-1]["cot/hours_left"] == pytest.approx(7 / 3600)
+    timed.add(record | {"completion_tokens": 6})  # at 103 s
+    timed.report()  # at 104 s: 1 record in 2 s
+    assert logged[-1]["cot/sentences_per_second"] == 0.5
+    alone = Progress(logged.append, every=3600, done=0, total=1)
+    alone.add(record | {"completion_tokens": 1})  # at 104 s
+    alone.report()  # a single record took no time it can show: no speed, the rest logged
+    assert "cot/sentences_per_second" not in logged[-1] and logged[-1]["cot/sentences_done"] == 1
