@@ -481,8 +481,9 @@ def _outcomes(
     time); the last chunk's go on in rounds of their own. Each try of a sentence samples with its own
     seed, counting the tries earlier runs `tried` (a seeded backend, vLLM, repeats a request's samples).
     `waiting` holds the sentences to be asked again (or asked again now), each with the record it
-    gets if the run stops first (`annotate`): failed, with its tries, so that a rerun asks it with
-    seeds no try used. `check_signal` raises a SIGTERM whose own raise was lost (`jobs.Termination`).
+    gets if the run stops first: failed, with its tries, so that a rerun asks it with seeds no try
+    used; a sentence leaves it only as `annotate` writes the record yielded for it. `check_signal`
+    raises a SIGTERM whose own raise was lost (`jobs.Termination`).
     """
     if not tasks:  # a finished shard rerun: no engine is loaded (minutes for a large teacher)
         return
@@ -533,7 +534,6 @@ def _outcomes(
             task = group[index]
             tries = _tries(task, tried, asked)
             if isinstance(outcome, ConversationFailed):
-                waiting.pop(task.key, None)
                 yield task, Failure(str(outcome), spent[task.key], tries)
                 if outcome.refused:
                     # It answered, refusing this prompt (too long): back at once, ahead of the
@@ -552,7 +552,6 @@ def _outcomes(
             usable = [(i, c) for i, c in enumerate(outcome) if unusable(c) is None]
             if usable:
                 answered = True
-                waiting.pop(task.key, None)
                 scored = [
                     score_sample(task.example, c, output_format, mode, i, args.gold_answer) for i, c in usable
                 ]
@@ -562,7 +561,6 @@ def _outcomes(
             if asked[task.key] <= retries:
                 waiting[task.key] = (task, failure)
             else:
-                waiting.pop(task.key, None)
                 yield task, failure
         if not replies and last_refusal is not None and refusals >= FAILURES_IN_A_ROW:
             raise _teacher_refuses(refusals, last_refusal)
@@ -644,9 +642,17 @@ def annotate(
         ):
 
             def write(task: Task, outcome: Sample | Failure) -> dict[str, Any]:
-                record = build_record(task, outcome, args, prompt, teacher, settings)
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                out.flush()
+                # The record and its sentence's leaving `waiting` are one step: a SIGTERM between them
+                # would record the sentence twice, or not at all. It is raised once both are done.
+                raising, terminate.raising = terminate.raising, False
+                try:
+                    record = build_record(task, outcome, args, prompt, teacher, settings)
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    out.flush()
+                    waiting.pop(task.key, None)
+                finally:
+                    terminate.raising = raising
+                terminate.check()
                 return record
 
             try:
@@ -657,7 +663,7 @@ def annotate(
                     bar.update()
             except Exception as stopping:  # an error, a stop, SIGTERM: only a kill loses the waiting's tries
                 terminate.raising = False  # a SIGTERM from here on (`stop`'s requeue sends one) is noted only
-                for task, failure in waiting.values():
+                for task, failure in list(waiting.values()):  # each leaves it as it is written
                     write(task, failure)
                 progress.report()  # before `stop` or `terminated` ends the W&B run
                 if terminate.signal is not None:  # also when its raise came back as another error

@@ -458,7 +458,8 @@ def test_sigterm_while_a_record_is_written_still_records_the_sentence_waiting_an
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The signal raises wherever the main thread is, here while stage 1 writes a record (not inside the
-    teacher's generator); a second one, while the waiting sentence is recorded, must not cut that short."""
+    teacher's generator): once the record is written; a second one, while the waiting sentence is
+    recorded, must not cut that short."""
     from reasoningner import cot
 
     args = cot_args(tmp_path / "out", [write_inputs(tmp_path / "in.jsonl", 4)], chunk_size=2)
@@ -495,10 +496,36 @@ def test_sigterm_while_a_record_is_written_still_records_the_sentence_waiting_an
     assert ended.value.code == TERMINATED
     assert signal.getsignal(signal.SIGTERM) == handler  # put back
     records = {r["key"]: r for r in read_records(tmp_path / "out" / "annotations.jsonl")}
-    assert set(records) == {tasks[0].key, tasks[1].key}  # s2's record was cut short: asked again by a rerun
+    assert set(records) == {tasks[0].key, tasks[1].key, tasks[2].key}  # s2's, then the signal raised
     assert (records[tasks[0].key]["status"], records[tasks[0].key]["tries"]) == ("failed", 2)
     assert records[tasks[0].key]["reason"].endswith("; try 2 cut short")
     assert at_close == [set(records)]  # recorded first: an engine's shutdown may take seconds
+
+
+def test_sigterm_while_the_last_try_s_record_of_a_retried_sentence_is_written_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retried sentence's final record and its leaving the sentences that wait are one step: a signal
+    between them had neither recorded its answer nor kept it waiting, so it had no record at all."""
+    from reasoningner import cot
+
+    args = cot_args(tmp_path / "out", [write_inputs(tmp_path / "in.jsonl", 4)], chunk_size=2)
+    tasks = load_tasks(args, PromptArguments())
+    retried = tasks[0].conversation[-1]["content"]
+    built = cot.build_record
+
+    def signal_then_build(task: Task, outcome: Any, *rest: Any) -> dict[str, Any]:
+        if task.key == tasks[0].key:  # its second try's answer
+            os.kill(os.getpid(), signal.SIGTERM)
+        return built(task, outcome, *rest)
+
+    monkeypatch.setattr(cot, "build_record", signal_then_build)
+    fate = lambda p, a: "length" if p == retried and a == 1 else "right"  # noqa: E731
+    with teacher(replies(tasks), fate) as server, pytest.raises(SystemExit) as ended:
+        annotate(args, PromptArguments(), openai(server.base_url))
+    assert ended.value.code == TERMINATED
+    records = [r for r in read_records(tmp_path / "out" / "annotations.jsonl") if r["key"] == tasks[0].key]
+    assert [r["status"] for r in records] == ["accepted"]  # written once, with its answer
 
 
 def test_a_sigterm_whose_raise_was_lost_still_ends_the_run(
