@@ -557,7 +557,7 @@ def _outcomes(
                 ]
                 yield task, replace(best_sample(scored, args), completion_tokens=spent[task.key])
                 continue
-            failure = _no_usable_reply(outcome, asked[task.key], tries, spent[task.key])
+            failure = _no_usable_reply(outcome, tries, spent[task.key])
             if asked[task.key] <= retries:
                 waiting[task.key] = (task, failure)
             else:
@@ -582,9 +582,10 @@ def _seed(seed: int | None, tries: int) -> int | None:
     return None if seed is None else seed + (tries - 1) * RETRY_SEED_STRIDE
 
 
-def _no_usable_reply(outcome: Sequence[Completion], asked: int, tries: int, tokens: int) -> Failure:
+def _no_usable_reply(outcome: Sequence[Completion], tries: int, tokens: int) -> Failure:
+    """Its tries, earlier runs' included, as the record's `tries` counts them."""
     why = "; ".join(sorted({unusable(c) or "" for c in outcome}))
-    attempts = "1 try" if asked == 1 else f"{asked} tries"
+    attempts = "1 try" if tries == 1 else f"{tries} tries"
     return Failure(f"no usable reply in {attempts}: {why}", tokens, tries)
 
 

@@ -612,6 +612,16 @@ def test_a_rerun_retries_the_failed_with_seeds_no_earlier_run_used(
     assert not (tmp_path / "out" / "annotations.jsonl.tries.json").exists()  # no failed sentence left
 
 
+def test_a_sentence_that_fails_again_in_a_rerun_counts_every_try_in_its_record(tmp_path: Path) -> None:
+    args = cot_args(tmp_path / "out", [write_inputs(tmp_path / "in.jsonl", 2)])
+    with seeded_teacher(args, cut_tries=6) as (_, sampled):  # two runs' tries
+        annotate(args, PromptArguments(), sampled)
+        again = annotate(args, PromptArguments(), sampled)
+    assert again["failed"] == 2, again
+    records = read_records(tmp_path / "out" / "annotations.jsonl")
+    assert {(r["tries"], r["reason"].split(":")[0]) for r in records} == {(6, "no usable reply in 6 tries")}
+
+
 def test_a_teacher_that_fails_every_sentence_stops_the_run(tmp_path: Path) -> None:
     """A dead server (here: a port nobody listens on) stops the run after FAILURES_IN_A_ROW sentences,
     rather than writing the rest of the data as failed while the job looks done."""
