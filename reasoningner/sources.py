@@ -46,8 +46,7 @@ import json
 import logging
 import os
 import re
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -59,6 +58,7 @@ from reasoningner.readers import (
     _Collector,
     _json_items,
     _jsonl_record,
+    _read_text,
     _Record,
     from_hf,
     sentence_layout,
@@ -204,6 +204,14 @@ def _load_dataset(
     import datasets
 
     location = Path(source.location).expanduser()
+    if source.local and location.is_file() and location.suffix in (".json", ".jsonl"):
+        # Read here, as its own reader would, so that a bad record is named by its file and line.
+        collector = _Collector(str(location), schema, on_error, name, numbered=True)
+        items = [(line, row) for _, line, row in _json_items(location, _read_text(location), collector)]
+        columns = set().union(*(row for _, row in items if isinstance(row, dict)))
+        layout = source.layout if source.layout != "auto" else _layout(columns, source.spec)
+        if layout != "tokens":
+            return _collect(collector, _limited(items, limit), layout, None)
     if source.local and location.is_file():
         builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(
             location.suffix, "json"
@@ -331,7 +339,7 @@ def _collect(
     """`(line, row)` pairs -> examples through the readers' collector (errors and notes name its file
     and the row's line)."""
     where, name = collector.path, collector.name
-    rationales: dict[str | None, str | None] = {}
+    rationales: dict[int, str | None] = {}  # by row: two rows may share an id
     corpora: dict[str, None] = {}
     unlocated = 0
     for index, (line, row) in enumerate(rows):
@@ -347,21 +355,21 @@ def _collect(
             collector.report(line, str(error), index)
             continue
         if collector.add(record):
-            rationales[record.id] = row.get("cot") if layout == "nercot" else None
+            rationales[index] = row.get("cot") if layout == "nercot" else None
             # ReasoningIE's protocol writes `source`; the NER-CoT release on the Hub names it `dataset`.
             corpus = row.get("source") or row.get("dataset")
             if isinstance(corpus, str) and corpus.strip():
                 corpora[corpus.strip()] = None
             for what in missing:
                 collector.note(record, what)
-            unlocated += sum(what.startswith("entity") for what in missing)
+            unlocated += sum(what.endswith("is not in the sentence: left out") for what in missing)
     dataset = collector.dataset()
     dataset.corpora = list(corpora)
     if unlocated:
         logger.warning(
             "%s: %d entities could not be located in their sentence (Dataset.notes)", where, unlocated
         )
-    return dataset, [rationales.get(example.id) for example in dataset.examples]
+    return dataset, [rationales.get(row) for row in dataset.indices]
 
 
 def _protocol_record(
@@ -382,42 +390,60 @@ def _protocol_record(
         stated = [label for _, label, _ in mentions if isinstance(label, str)]
     schema_labels = sorted({lab for lab in map(protocol_label, map(str, stated)) if lab is not None})
     missing: list[str] = []
-    spans: list[Span] = []
-    taken: Counter[str] = Counter()  # listings of each mention so far, whatever their label
+    kept: list[tuple[str, str, Any]] = []
     for mention, raw_label, pos in mentions:
-        if not isinstance(mention, str) or not isinstance(raw_label, str) or not mention.strip():
+        if not isinstance(raw_label, str):
             raise ValueError(f"entity {mention!r}/{raw_label!r}: text and label must be non-empty strings")
         label = protocol_label(raw_label)
+        if label is None and mention in ("", None):
+            continue  # InstructUIE's sentence without entities: one {"name": "", "type": "NA"}
+        if not isinstance(mention, str) or not mention.strip():
+            raise ValueError(f"entity {mention!r}/{raw_label!r}: text and label must be non-empty strings")
         if label is None or label not in schema_labels:
             missing.append(f"label {raw_label!r} of {mention!r} is outside the schema: left out")
             continue
-        span = _locate(text, mention, label, pos, taken)
-        if span is None:
-            missing.append(f"entity {mention!r} ({label}) is not in the sentence: left out")
-        elif span not in spans:
-            spans.append(span)
+        kept.append((mention.strip(), label, pos))
     if not schema_labels:
         raise ValueError("no usable label in the schema")
     guid = row.get("guid")
     record_id = f"{name}-{guid if guid is not None else index}"
+    spans = _place(text, kept, missing)
     return _Record(line, index, text, spans, Schema(tuple(schema_labels)), record_id), missing
 
 
-def _locate(text: str, mention: str, label: str, pos: Any, taken: Counter[str]) -> Span | None:
-    """The span of a text-only mention: `pos` when it covers the mention, else the next occurrence of
-    it (exact, then case-insensitive) that an earlier listing of the same mention has not taken."""
-    mention = mention.strip()
-    given = isinstance(pos, list) and len(pos) == 2 and all(type(p) is int for p in pos)
-    if given and 0 <= pos[0] < pos[1] <= len(text) and text[pos[0] : pos[1]].strip() == mention:
-        start = pos[0] + text[pos[0] : pos[1]].index(mention)
-        return Span(start, start + len(mention), label)
-    starts = occurrences(text, mention) or occurrences(text, mention, ignore_case=True)
-    k = taken[mention]
-    taken[mention] += 1
-    if not starts:
-        return None
-    start = starts[min(k, len(starts) - 1)]
-    return Span(start, start + len(mention), label)
+def _place(text: str, mentions: Sequence[tuple[str, str, Any]], missing: list[str]) -> list[Span]:
+    """The spans of `(mention, label, pos)`: at `pos` where it covers the mention, else at the first
+    occurrence of its text (exact, then ignoring case) that no span placed before overlaps, the longer
+    mentions placed first: "Smith" listed after "John Smith" is the Smith outside it, and a mention
+    listed twice takes two occurrences. A mention found only inside another is placed there (nested),
+    one not found is left out, and a `pos` that does not cover its mention is corrected; each is noted
+    in `missing`."""
+    spans: list[Span] = []
+    by_text: list[tuple[str, str, Any]] = []
+    for mention, label, pos in mentions:
+        given = isinstance(pos, list) and len(pos) == 2 and all(type(p) is int for p in pos)
+        if given and 0 <= pos[0] < pos[1] <= len(text) and text[pos[0] : pos[1]].strip() == mention:
+            start = pos[0] + text[pos[0] : pos[1]].index(mention)
+            spans.append(Span(start, start + len(mention), label))
+        else:
+            by_text.append((mention, label, pos if given else None))
+    for mention, label, pos in sorted(by_text, key=lambda entry: -len(entry[0])):  # stable: listing order
+        starts = occurrences(text, mention) or occurrences(text, mention, ignore_case=True)
+        if not starts:
+            missing.append(f"entity {mention!r} ({label}) is not in the sentence: left out")
+            continue
+        free = [s for s in starts if not any(s < o.end and o.start < s + len(mention) for o in spans)]
+        start = free[0] if free else starts[0]
+        span = Span(start, start + len(mention), label)
+        if not free:
+            missing.append(f"entity {mention!r} ({label}) is only inside another entity: placed there")
+        if pos is not None:
+            missing.append(
+                f"entity {mention!r}: pos {pos} does not cover it, placed at {span.start}:{span.end}"
+            )
+        if span not in spans:
+            spans.append(span)
+    return spans
 
 
 # --- what a source is made of: the contamination check -------------------------------------------------

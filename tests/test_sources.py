@@ -98,6 +98,63 @@ def test_a_mention_listed_again_with_another_label_takes_its_next_occurrence(tmp
     assert [(s.start, s.label) for s in example.spans] == [(0, "person"), (19, "location")]
 
 
+def test_a_shorter_mention_is_placed_outside_the_longer_one_that_contains_it(tmp_path: Path) -> None:
+    """NER-CoT lists mentions without offsets: "Smith" after "John Smith" is the standalone Smith, not the
+    one inside; a mention found only inside another is placed there (nested), with a note."""
+    rows = [
+        {"guid": 0, "sentence": "John Smith met Bob . Smith left .", "schema": ["Person"], "cot": "",
+         "entities": [{"text": "Smith", "label": "Person"}, {"text": "John Smith", "label": "Person"},
+                      {"text": "Bob", "label": "Person"}]},
+        {"guid": 1, "sentence": "John Smith left .", "schema": ["Person"], "cot": "",
+         "entities": [{"text": "John Smith", "label": "Person"}, {"text": "Smith", "label": "Person"}]},
+    ]  # fmt: skip
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    dataset = read_dataset(path, "nercot")
+    first, second = ([(s.start, s.text(e.text)) for s in e.spans] for e in dataset.examples)
+    assert first == [(0, "John Smith"), (15, "Bob"), (21, "Smith")]
+    assert second == [(0, "John Smith"), (5, "Smith")]
+    assert dataset.notes == [
+        f"{path}:2: record 1: entity 'Smith' (person) is only inside another entity: placed there"
+    ]
+
+
+def test_an_instructuie_sentence_without_entities_and_a_wrong_pos_read_as_the_paper_reads_them(
+    tmp_path: Path,
+) -> None:
+    """InstructUIE writes a sentence without entities as one {"name": "", "type": "NA"}: a sentence, not a
+    bad record. A `pos` that does not cover its mention is corrected to a free occurrence, with a note."""
+    tree = tmp_path / "NER" / "set"
+    tree.mkdir(parents=True)
+    (tree / "labels.json").write_text('["organisation", "location"]')
+    records = [
+        {"sentence": "Nothing to see .", "entities": [{"name": "", "type": "NA", "pos": ""}]},
+        {"sentence": "EU backs EU plan .", "entities": [
+            {"name": "EU", "type": "organisation", "pos": [0, 2]},
+            {"name": "EU", "type": "location", "pos": [3, 5]}]},
+    ]  # fmt: skip
+    (tree / "train.json").write_text(json.dumps(records))
+    dataset = load_source(f"hf:{tmp_path / 'NER'}@train?sets=set")
+    empty, eu = dataset.examples
+    assert (empty.text, empty.spans) == ("Nothing to see .", ()) and not dataset.skipped
+    assert [(s.start, s.label) for s in eu.spans] == [(0, "organisation"), (9, "location")]
+    assert [note.split(": ", 1)[1] for note in dataset.notes] == [
+        "record 1: entity 'EU': pos [3, 5] does not cover it, placed at 9:11"
+    ]
+
+
+def test_each_ner_cot_row_keeps_its_own_rationale_when_two_share_a_guid(tmp_path: Path) -> None:
+    rows = [{"guid": 7, "sentence": f"{name} left .", "schema": ["Person"], "cot": f"why {name}",
+             "entities": [{"text": name, "label": "Person"}]} for name in ("Ann", "Bob")]  # fmt: skip
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    [(dataset, rationales)] = load_source_sets(f"hf:{path}?reader=nercot")
+    assert [(e.text, why) for e, why in zip(dataset.examples, rationales, strict=True)] == [
+        ("Ann left .", "why Ann"),
+        ("Bob left .", "why Bob"),
+    ]
+
+
 def test_our_jsonl_from_the_hub_reads_as_the_file_does_when_rows_lack_optional_fields(tmp_path: Path) -> None:
     """`datasets` gives every row each column of the file: a row without `id` or `labels` gets nulls."""
     rows = [
@@ -499,7 +556,7 @@ def test_a_bad_record_of_a_local_instructuie_tree_or_file_is_named_by_its_file_a
 
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"text": "Ann ran .", "entities": []}\n{"text": \n')
-    with pytest.raises(DataError, match=r"broken.jsonl: not readable as json"):
+    with pytest.raises(DataError, match=r"broken.jsonl:2: record 1: invalid JSON"):
         load_source(f"hf:{broken}")
 
 
