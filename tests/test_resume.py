@@ -785,7 +785,13 @@ def test_a_manifest_keeps_the_earlier_attempts_in_its_history(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(
-    ("key", "value"), [("loss_type", "drgrpo"), ("scale_rewards", "grup"), ("vllm_mode", "colocated")]
+    ("key", "value"),
+    [
+        ("loss_type", "drgrpo"),
+        ("scale_rewards", "grup"),
+        ("vllm_mode", "colocated"),
+        ("vllm_importance_sampling_mode", "sequence_masked"),  # else: at the first generation
+    ],
 )
 def test_trl_values_with_fixed_choices_fail_when_the_recipe_is_read(key: str, value: str) -> None:
     """Before any model loads: GRPO itself would only fail in its first step."""
