@@ -19,9 +19,9 @@ gold order, in one of three layouts told by the file's first line:
   their order, its probes' lines left out), or the line itself when it is no JSON string or object
   of those (a one-line answer in any format, JSON answers included).
 
-Raw outputs are parsed by the answer format's parser as evaluation parses them (`--format`, or
-`auto`: told by the first `label`, else the first output, by its shape). `offset_json` offsets are
-scored as stated; `--reground-offsets` is the lenient reading (`formats.OffsetJsonFormat`).
+Raw outputs are parsed by the answer format's parser as evaluation parses them (`--output-format`, or
+`auto`: the shape most of the labels tell, else most of the outputs, `sniff_format`). `offset_json`
+offsets are scored as stated; `--reground-offsets` is the lenient reading (`formats.OffsetJsonFormat`).
 
 `--compat llms4ner` makes the exact-span scores count as LLMs4NER's evaluation scripts do where
 they differ from ours, so that a paper's number can be reproduced: the whole `predict` is read (no
@@ -46,7 +46,11 @@ skipped too (the n-th line of predictions, malformed ones included, goes with th
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -57,6 +61,8 @@ from reasoningner.readers import DataError, Dataset, OnError, PathLike, _read_te
 from reasoningner.results import NORMAL, ErrorCounts, Evaluation
 from reasoningner.rewards import reasoningie_answer, reasoningie_entities, reasoningie_key
 from reasoningner.spans import Example, Span, check_span, spans_from_dicts
+
+logger = logging.getLogger(__name__)
 
 LAYOUTS = ("llamafactory", "spans", "outputs")
 COMPAT = ("none", "llms4ner", "reasoningie")
@@ -170,19 +176,33 @@ def _prediction(layout: str, number: int, index: int, line: str) -> PredictionLi
     return PredictionLine(number, index, output=line)
 
 
-def sniff_format(sample: str) -> str:
-    """The answer format a gold answer or an output is written in, by its shape (the answer's: a
-    `<think>` block or code fence around it is no XML or bracket)."""
-    sample = split_answer(sample)[1].strip()
-    value = _json_or_none(sample)
+def sniff_format(samples: Iterable[str]) -> str | None:
+    """The answer format most of the first `SNIFFED` telling samples (gold answers or outputs) are written
+    in, by their shape; None when none tells. One sample is no guide: a first output cut off inside its
+    JSON, or an empty list, would have set the format of a whole file."""
+    votes = Counter(itertools.islice(filter(None, map(_telling_format, samples)), SNIFFED))
+    return votes.most_common(1)[0][0] if votes else None
+
+
+SNIFFED = 64
+
+
+def _telling_format(sample: str) -> str | None:
+    """The format `sample` can only be written in (the answer's: a `<think>` block or code fence around
+    it is no XML or bracket), or None: empty, an empty JSON list or object, JSON cut short, plain text."""
+    answer = split_answer(sample)[1].strip()
+    value = _json_or_none(answer)
     if isinstance(value, dict):
-        return "grouped_json"
+        return "grouped_json" if value else None
     if isinstance(value, list):
         entries = [entry for entry in value if isinstance(entry, dict)]
-        if any("start" in entry for entry in entries):
-            return "offset_json"
-        return "occurrence_json"
-    return "xml" if FORMATS["xml"].markup(sample).spans else "bracketed"  # type: ignore[attr-defined]
+        if not entries:
+            return None
+        return "offset_json" if any("start" in entry for entry in entries) else "occurrence_json"
+    for name in ("xml", "bracketed"):
+        if FORMATS[name].markup(answer).spans:  # type: ignore[attr-defined]
+            return name
+    return None
 
 
 @dataclass
@@ -208,10 +228,16 @@ def align(
     dataset = read_dataset(gold_path, reader, on_error=on_error)
     layout, predictions, skipped = read_predictions(predictions_path, on_error)
     pairs = _pairs(dataset, predictions, predictions_path, on_error, skipped)
-    if output_format == "auto":
-        samples = (p.label or p.output or "" for _, p in pairs)
-        sample = next((sample for sample in samples if split_answer(sample)[1].strip()), None)
-        output_format = sniff_format(sample) if sample is not None else "grouped_json"
+    if output_format == "auto":  # gold answers (LLaMA-Factory's labels) tell best, else the outputs
+        labels = [p.label for _, p in pairs if p.label]
+        sniffed = sniff_format(labels) or sniff_format(p.output or "" for _, p in pairs)
+        if sniffed is None:
+            logger.warning(
+                "%s: no answer tells its format (all empty, cut short or without entities): read as "
+                "grouped_json; give --output-format",
+                predictions_path,
+            )
+        output_format = sniffed or "grouped_json"
     fmt = get_format(output_format, reground_offsets=reground_offsets)
     gold, kept, parsed = [], [], []
     for example, prediction in pairs:

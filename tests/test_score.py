@@ -174,6 +174,23 @@ def test_auto_format_reads_the_answer_after_the_rationale(tmp_path: Path) -> Non
         assert micro(told, "exact", "ace2005_mini").tp >= 17
 
 
+def test_auto_format_is_the_one_most_answers_tell_not_the_first_line_s(tmp_path: Path) -> None:
+    """The first line of generations.jsonl is whichever output finished first, often the longest, cut
+    off: read alone, a grouped_json answer cut inside its JSON passed for bracketed and the whole file
+    scored nothing. An empty list or object tells no format either."""
+    gold = read_alpaca(ACE).examples
+    answers = [FORMATS["grouped_json"].render(e) for e in gold]
+    rows = [{"output": answers[0][: len(answers[0]) // 2]}, *({"output": a} for a in answers[1:])]
+    evaluation = score_files([(ACE, write_jsonl(tmp_path / "generations.jsonl", rows))])
+    assert evaluation.datasets["ace2005_mini"]["format"] == "grouped_json"
+    assert micro(evaluation, "exact", "ace2005_mini").tp >= 17 - len(gold[0].spans)
+    offsets = [FORMATS["offset_json"].render(e) for e in gold]
+    lf = [{"prompt": e.text, "predict": a, "label": a} for e, a in zip(gold, offsets, strict=True)]
+    lf[0] = {**lf[0], "label": "[]", "predict": "[]"}  # a sentence without entities first
+    evaluation = score_files([(ACE, write_jsonl(tmp_path / "generated_predictions.jsonl", lf))])
+    assert evaluation.datasets["ace2005_mini"]["format"] == "offset_json"
+
+
 def test_an_offset_past_the_end_of_the_sentence_is_a_mismatch_not_a_crash(tmp_path: Path) -> None:
     """Slicing stops at the end of the text: "I love Paris"[7:13] is "Paris" all the same."""
     paris = {"text": "Paris", "label": "location", "start": 7, "end": 12}
