@@ -113,19 +113,21 @@ class PromptArguments:
         """
         if contract is None:
             return self
-        values = {}
-        for name in self.DEFAULTS:
-            given, trained = getattr(self, name), getattr(contract.prompt, name)
-            if name not in self._given:
-                values[name] = trained
-                continue
-            if given != trained:
-                logger.warning(
-                    "%s=%r contradicts the prompt contract %s: the model was trained with %s=%r",
-                    name, given, contract.source, name, trained,
-                )  # fmt: skip
-            values[name] = given
-        return PromptArguments(**values)
+        for contradiction in self.contradictions(contract):
+            logger.warning("%s", contradiction)
+        given = {name: getattr(self, name) for name in self._given}
+        return PromptArguments(**{name: getattr(contract.prompt, name) for name in self.DEFAULTS} | given)
+
+    def contradictions(self, contract: PromptContract | None) -> list[str]:
+        """The given settings that differ from those the model was trained with (its `contract`)."""
+        if contract is None:
+            return []
+        return [
+            f"{name}={getattr(self, name)!r} contradicts the prompt contract {contract.source}: the model "
+            f"was trained with {name}={getattr(contract.prompt, name)!r}"
+            for name in self.DEFAULTS
+            if name in self._given and getattr(self, name) != getattr(contract.prompt, name)
+        ]
 
 
 @dataclass

@@ -113,6 +113,7 @@ from reasoningner.metrics import MATCH_MODES, Report, Scorer, text_keys
 from reasoningner.predict import FAILED, TOO_LONG, NERModel
 from reasoningner.prompts import prompt_hash
 from reasoningner.results import NORMAL, ErrorCounts, Evaluation
+from reasoningner.sources import is_source, parse_source
 from reasoningner.spans import Example, Schema, Span, SpanError
 from reasoningner.tracking import fingerprint
 
@@ -146,6 +147,12 @@ class EvalSet:
             raise ValueError(
                 f"evaluation set {entry!r}: needs a path; unknown keys {sorted(set(config) - known)}, "
                 f"known: {sorted(known)}"
+            )
+        if is_source(config["path"]) and len(parse_source(str(config["path"])).sets) > 1:
+            # Read as one, they would be asked with every set's labels and scored as one.
+            raise ValueError(
+                f"evaluation set {config['path']}: name one set per entry (sets=...): each is asked "
+                "with its own labels and scored in its own row"
             )
         labels = config.get("labels")
         if isinstance(labels, Sequence) and not isinstance(labels, str):
@@ -438,7 +445,13 @@ def evaluate(
             "sentences_per_second": len(todo) / seconds if seconds else 0.0,
             "completion_tokens": tokens,
         },
-        config={**asdict(args), **asdict(model.prompt), **asdict(generation)},
+        config={
+            **asdict(args),
+            **asdict(model.prompt),
+            **asdict(generation),
+            # A model asked otherwise than it learnt answers worse: the tables say so.
+            "prompt_contradicts_contract": prompt.contradictions(contract),
+        },
     )
     write_results(evaluation, output_dir)
     return evaluation

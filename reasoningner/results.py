@@ -109,6 +109,8 @@ class Evaluation:
             "unweighted mean over datasets. Primary score: "
             f"**{_MODE_NAMES[self.primary_mode]}**.\n",
         ]
+        if contradictions := self.config.get("prompt_contradicts_contract"):
+            parts.append(f"**Not asked as trained:** {'; '.join(contradictions)}.\n")
         if self.config.get("in_domain"):
             trained_on = [name for name, info in self.datasets.items() if info.get("in_domain")]
             parts.append(

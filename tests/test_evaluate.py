@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from reasoningner.cli import main
 from reasoningner.configs import EvalArguments, GenerationArguments, PromptArguments, PromptContract
-from reasoningner.evaluate import error_counts, evaluate, load_items, probe_mapping
+from reasoningner.evaluate import EvalSet, error_counts, evaluate, load_items, probe_mapping
 from reasoningner.files import write_lines
 from reasoningner.formats import FORMATS, ParseResult, Problem, get_format
 from reasoningner.generation import (
@@ -422,6 +422,9 @@ def test_label_subset_rename_and_descriptions_reach_the_prompt(tmp_path: Path) -
         load_items(eval_args(tmp_path, [{**entry, "lables": []}]))
     with pytest.raises(ValueError, match="descriptions given for labels outside"):
         load_items(eval_args(tmp_path, [{**entry, "descriptions": {"person": "x"}}]))
+    # Several sets of a source in one entry would be asked with all their labels and scored as one.
+    with pytest.raises(ValueError, match="name one set per entry"):
+        EvalSet.from_config("hf:ZWK/InstructUIE_data/IE_INSTRUCTIONS/NER@test?sets=CrossNER_AI,CoNLL 2003")
 
 
 # --- the real tiny model: predict CLI and stages/eval.py ---------------------------------------------
@@ -737,6 +740,18 @@ def test_evaluation_and_predict_default_to_the_contract(
     stage.main(eval_args, prompt, generation)
     config = json.loads((tmp_path / "out" / "results.json").read_text())["config"]
     assert {key: config[key] for key in PromptArguments.DEFAULTS} == asdict(CONTRACT.prompt)
+    assert config["prompt_contradicts_contract"] == []
+    # A recipe's setting that contradicts the contract is used, and the results say so.
+    eval_args, prompt, generation = stage.make_parser().parse_args_and_config(
+        args=[*args[:3], str(tmp_path / "other"), *args[4:], "--output_format", "bracketed"]
+    )
+    eval_args.datasets = [{"path": str(DATA / "conll2003_mini.txt")}]
+    stage.main(eval_args, prompt, generation)
+    config = json.loads((tmp_path / "other" / "results.json").read_text())["config"]
+    assert config["output_format"] == "bracketed"
+    [contradiction] = config["prompt_contradicts_contract"]
+    assert contradiction.startswith("output_format='bracketed' contradicts the prompt contract")
+    assert f"**Not asked as trained:** {contradiction}" in (tmp_path / "other" / "results.md").read_text()
     capsys.readouterr()
     source = tmp_path / "texts.txt"
     source.write_text("Jo runs .\n", encoding="utf-8")
