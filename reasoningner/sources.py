@@ -252,7 +252,8 @@ PARQUET_EXPORT = "refs/convert/parquet"
 
 def _load_hub_dataset(source: Source) -> Any:
     """`datasets.load_dataset` of a hub id; a repository that still has a loading script is read from
-    the Hub's Parquet export of it instead, with a warning."""
+    the Hub's Parquet export of it instead, with a warning, and offline from that export's files in the
+    hub cache (where `datasets` looks for the script's configs and finds none)."""
     import datasets
 
     options = {"split": source.split, "data_dir": source.subdir, "streaming": source.streaming}
@@ -270,16 +271,36 @@ def _load_hub_dataset(source: Source) -> Any:
                 "it out: a training run still refuses a relaunch whose rows changed"
             ) from None
         logger.warning("%s: %s; reading its Parquet export (%s)", source.repo, error, PARQUET_EXPORT)
-        # The export lays a config's split out as <config>/<split>/*.parquet, which `datasets` reads as
-        # one "default" config of every config's rows: the files are named, not the config.
-        files = {source.split: f"{source.config or 'default'}/{source.split}/*.parquet"}
-        return datasets.load_dataset(
-            source.repo,
-            data_files=files,
-            revision=PARQUET_EXPORT,
-            split=source.split,
-            streaming=source.streaming,
-        )
+        return _parquet_export(source, cached_only=False)
+    except (ConnectionError, ValueError) as error:
+        if not offline() or source.revision:
+            raise
+        try:
+            return _parquet_export(source, cached_only=True)
+        except Exception:  # noqa: BLE001 - not read before from an export: the error is `datasets`'
+            raise error from None
+
+
+def _parquet_export(source: Source, cached_only: bool) -> Any:
+    """A config's split of the Hub's Parquet export (laid out as <config>/<split>/*.parquet), downloaded
+    into the hub cache (or, `cached_only`, found there) and read as local Parquet files."""
+    import datasets
+    from huggingface_hub import snapshot_download
+
+    pattern = f"{source.config or 'default'}/{source.split}/*.parquet"
+    folder = snapshot_download(
+        source.repo or "",
+        repo_type="dataset",
+        revision=PARQUET_EXPORT,
+        allow_patterns=[pattern],
+        local_files_only=cached_only,
+    )
+    files = sorted(str(path) for path in Path(folder).glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"{source.repo}: no {pattern} in its Parquet export ({PARQUET_EXPORT})")
+    return datasets.load_dataset(
+        "parquet", data_files={source.split: files}, split=source.split, streaming=source.streaming
+    )
 
 
 def _load_set(

@@ -452,8 +452,10 @@ def test_a_hub_dataset_with_a_loading_script_is_read_from_its_parquet_export(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     """`datasets` >= 4 refuses loading scripts (DFKI-SLT/cross_ner has one); the Hub's Parquet export of
-    the same configs and splits is read instead. Any other error is not retried."""
+    the same configs and splits is read instead, through the hub cache, so that an offline node reads
+    what was downloaded (`datasets` finds no cache for the script's config there). Other errors stand."""
     import datasets
+    import huggingface_hub
 
     # The export's layout, <config>/<split>/*.parquet, here on disk: two configs of one split.
     export = tmp_path / "export"
@@ -463,29 +465,50 @@ def test_a_hub_dataset_with_a_loading_script_is_read_from_its_parquet_export(
         datasets.Dataset.from_list(rows).to_parquet(export / config / "test" / "0000.parquet")
     calls: list[dict[str, object]] = []
     real_load_dataset = datasets.load_dataset
+    cached: list[bool] = []  # the export downloaded: in the hub cache
 
     def load_dataset(repo: str, config: str | None = None, **options: object) -> datasets.Dataset:
+        if repo == "parquet":
+            return real_load_dataset(repo, config, **options)
         calls.append({"repo": repo, "config": config, **options})
-        if "revision" not in options:
-            raise RuntimeError("Dataset scripts are no longer supported, but found cross_ner.py")
-        options.pop("revision")
-        return real_load_dataset(str(export), config, **options)
+        if os.environ.get("HF_HUB_OFFLINE"):
+            raise ConnectionError("Couldn't reach 'DFKI-SLT/cross_ner' on the Hub (OfflineModeIsEnabled)")
+        raise RuntimeError("Dataset scripts are no longer supported, but found cross_ner.py")
+
+    def snapshot_download(repo_id: str, **options: object) -> str:
+        calls.append({"repo": repo_id, **options})
+        if options["local_files_only"] and not cached:
+            raise huggingface_hub.errors.LocalEntryNotFoundError("not in the cache")
+        cached.append(True)
+        return str(export)
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     schema = Schema(("location",))
-    dataset = load_source("hf:DFKI-SLT/cross_ner:ai@test?reader=tokens", schema=schema)
+    spec = "hf:DFKI-SLT/cross_ner:ai@test?reader=tokens"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConnectionError, match="OfflineModeIsEnabled"):  # never downloaded: datasets' error
+        load_source(spec, schema=schema)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    dataset = load_source(spec, schema=schema)
     assert [e.text for e in dataset.examples] == ["Paris is"]  # the config's rows only
     assert [(s.start, s.end, s.label) for s in dataset.examples[0].spans] == [(0, 5, "location")]
-    assert [c.get("revision") for c in calls] == [None, "refs/convert/parquet"]
-    assert {(c["repo"], c["split"]) for c in calls} == {("DFKI-SLT/cross_ner", "test")}
+    export_ask = {"repo": "DFKI-SLT/cross_ner", "repo_type": "dataset", "revision": "refs/convert/parquet",
+                  "allow_patterns": ["ai/test/*.parquet"]}  # fmt: skip
+    assert calls[-1] == {**export_ask, "local_files_only": False}
     assert "Parquet export" in caplog.text
+    calls.clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert load_source(spec, schema=schema).examples == dataset.examples  # offline, from the cache
+    assert calls[-1] == {**export_ask, "local_files_only": True}
+    monkeypatch.delenv("HF_HUB_OFFLINE")
 
     def unreachable(repo: str, config: str, **options: object) -> None:
         raise RuntimeError("the Hub cannot be reached")
 
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
     with pytest.raises(RuntimeError, match="cannot be reached"):
-        load_source("hf:DFKI-SLT/cross_ner:ai@test?reader=tokens", schema=schema)
+        load_source(spec, schema=schema)
     monkeypatch.setattr(datasets, "load_dataset", lambda *_, **__: load_dataset("DFKI-SLT/cross_ner"))
     with pytest.raises(
         ValueError, match=r"Parquet export \(refs/convert/parquet\), which follows the latest"
