@@ -368,7 +368,9 @@ def evaluate(
     contract = generation.prompt_contract()
     items, datasets, label_maps = load_items(args, contract)
     if generator is None:
-        model = NERModel.from_generation(generation, prompt, max_prompt_chars=args.max_prompt_chars)
+        model = NERModel.from_generation(
+            generation, prompt, max_prompt_chars=args.max_prompt_chars, deferred=True
+        )  # a relaunch with every output kept loads no model
     else:
         model = NERModel(
             generator, prompt, sampling=generation.sampling(), max_prompt_chars=args.max_prompt_chars
@@ -411,7 +413,7 @@ def evaluate(
             path.open("a", encoding="utf-8", errors=JSONL_ERRORS) as out,
             tqdm(total=len(items), initial=len(kept), desc="eval", unit="sent") as bar,
         ):
-            for position, completion, result in model.run([asks[index] for index in todo]):
+            for position, completion, result in model.run([asks[index] for index in todo]) if todo else ():
                 index = todo[position]
                 counts = error_counts(items[index].example, result)
                 outcomes[index] = (result, counts)

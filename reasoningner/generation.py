@@ -198,6 +198,47 @@ class Generator(ABC):
         self.close()
 
 
+class DeferredGenerator(Generator):
+    """A backend built at its first use: an evaluation whose outputs are all kept from an earlier run
+    (a relaunch, a rescoring with today's code) loads no model, which for vLLM takes minutes and a GPU."""
+
+    name = "deferred"
+
+    def __init__(self, build: Callable[[], Generator]) -> None:
+        self._build = build
+        self._backend: Generator | None = None
+
+    @property
+    def backend(self) -> Generator:
+        if self._backend is None:
+            self._backend = self._build()
+        return self._backend
+
+    @property  # type: ignore[override]
+    def context_tokens(self) -> int | None:
+        return self.backend.context_tokens
+
+    def prompt_tokens(self, conversations: Sequence[Conversation]) -> list[int] | None:
+        return self.backend.prompt_tokens(conversations)
+
+    def generate_outcomes(
+        self,
+        conversations: Sequence[Conversation],
+        sampling: SamplingConfig,
+        seeds: Sequence[int | None] | None = None,
+    ) -> Iterator[tuple[int, Outcome]]:
+        return self.backend.generate_outcomes(conversations, sampling, seeds)
+
+    def _generate(
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig, seeds: Sequence[int | None]
+    ) -> Iterator[tuple[int, Outcome]]:
+        return self.backend._generate(conversations, sampling, seeds)
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+
+
 def _free_memory() -> None:
     """Return a dropped model's memory now rather than at the next collection."""
     gc.collect()

@@ -50,6 +50,7 @@ window) the backend gave up on (a server that refused its prompt) has the proble
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import unicodedata
@@ -66,6 +67,7 @@ from reasoningner.generation import (
     Completion,
     Conversation,
     ConversationFailed,
+    DeferredGenerator,
     Generator,
     SamplingConfig,
 )
@@ -324,9 +326,15 @@ class NERModel:
         self._told_descriptions_unused = False
         if max_prompt_chars is not None and max_prompt_chars < 1:
             raise ValueError(f"max_prompt_chars must be at least 1, got {max_prompt_chars}")
-        self.max_prompt_chars = max_prompt_chars or prompt_chars_for(generator, self.sampling)
+        self._max_prompt_chars = max_prompt_chars
         self._chars_given = max_prompt_chars is not None
         self._owns_generator = owns_generator
+
+    @functools.cached_property
+    def max_prompt_chars(self) -> int:
+        """The given bound, else the context's (`prompt_chars_for`), asked of the backend when first
+        needed: a deferred backend is not built for it."""
+        return self._max_prompt_chars or prompt_chars_for(self.generator, self.sampling)
 
     @classmethod
     def from_pretrained(
@@ -357,9 +365,11 @@ class NERModel:
         prompt: PromptArguments | None = None,
         *,
         max_prompt_chars: int | None = None,
+        deferred: bool = False,
     ) -> NERModel:
         """The model that `generation` describes (backend, model, sampling), asked with `prompt`, whose
-        unset fields come from the prompt contract saved beside the model."""
+        unset fields come from the prompt contract saved beside the model; `deferred`: its backend is
+        built when first asked (`generation.DeferredGenerator`)."""
         contract = generation.prompt_contract()
         check_wording(contract)
         if contract is None:
@@ -369,8 +379,11 @@ class NERModel:
                 generation.model_name_or_path,
                 prompt or PromptArguments(),
             )
+        generator = (
+            DeferredGenerator(generation.build_generator) if deferred else generation.build_generator()
+        )
         return cls(
-            generation.build_generator(),
+            generator,
             (prompt or PromptArguments()).resolve(contract),
             sampling=generation.sampling(),
             labels=contract.labels if contract is not None else (),

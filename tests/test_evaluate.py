@@ -542,8 +542,18 @@ def test_a_relaunched_evaluation_asks_only_what_it_lacks(
     assert resumed.to_dict()["scores"] == reference.to_dict()["scores"]
     assert outputs("out") == outputs("reference")
 
-    assert run("out").to_dict()["scores"] == reference.to_dict()["scores"]  # complete: nothing to ask
-    assert asked[-1] == 0
+    built = GenerationArguments.build_generator
+    with monkeypatch.context() as patch:  # complete: nothing to ask, no model loaded
+        patch.setattr(GenerationArguments, "build_generator", lambda self: pytest.fail("model loaded"))
+        assert run("out").to_dict()["scores"] == reference.to_dict()["scores"]
+    assert len(asked) == 1 and GenerationArguments.build_generator is built
+
+    def newly_asked(out: str, **settings: int) -> int:
+        """The sentences a run asks (a run with nothing to ask asks no model at all)."""
+        before = len(asked)
+        run(out, **settings)
+        return sum(asked[before:])
+
     run("out", max_new_tokens=8)  # other settings: every output asked anew
     assert asked[-1] == 12
     import reasoningner.evaluate as evaluating
@@ -564,16 +574,14 @@ def test_a_relaunched_evaluation_asks_only_what_it_lacks(
             with monkeypatch.context() as patch, pytest.raises(Preempted):
                 patch.setattr(evaluating, "write_lines", killed_while_rewriting)
                 run("out", max_new_tokens=tokens)
-            for either in (8, 12):
-                run("out", max_new_tokens=either)
-                assert asked[-1] == 0, (tokens, kill_at, either)
-    assert asked[-1] == 0  # those of the first settings were set aside, not lost
-    assert run("out", limit=2).generation["reused"] == 4 and asked[-1] == 0  # a quick look at a few
+            for either in (8, 12):  # those of the first settings were set aside, not lost
+                assert newly_asked("out", max_new_tokens=either) == 0, (tokens, kill_at, either)
+    before = len(asked)
+    assert run("out", limit=2).generation["reused"] == 4 and len(asked) == before  # a quick look at a few
     assert len(generations.read_text().splitlines()) == 4
-    assert run("out").to_dict()["scores"] == reference.to_dict()["scores"] and asked[-1] == 0
+    assert run("out").to_dict()["scores"] == reference.to_dict()["scores"] and len(asked) == before
     (model / "notes.txt").write_text("retrained here")  # the model folder changed
-    run("out")
-    assert asked[-1] == 12
+    assert newly_asked("out") == 12
     other = tmp_path / "out" / "generations.other.jsonl"
     assert len(other.read_text().splitlines()) == 24  # both settings' outputs of the model before
 
