@@ -827,9 +827,9 @@ def read_nercot(
     path: PathLike, schema: Schema | None = None, on_error: OnError = "raise", name: str | None = None
 ) -> Dataset:
     """A local NER-CoT file (ReasoningNER's stage 1 layout), read as the `hf:` source of that file."""
-    from reasoningner.sources import load_source
+    from reasoningner.sources import file_source, load_source
 
-    return load_source(f"hf:{path}?reader=nercot", schema, on_error, name or _default_name(path))
+    return load_source(file_source(path, "nercot"), schema, on_error, name or _default_name(path))
 
 
 # ------------------------------------------------------------------------------------------ Dispatch

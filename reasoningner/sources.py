@@ -114,6 +114,11 @@ class Source:
         return self.config or Path(self.location.rstrip("/")).stem
 
 
+def file_source(path: str | Path, layout: str) -> Source:
+    """A local file read as a source of `layout` (a path is not parsed: it may hold `@`, `:` or `?`)."""
+    return Source(spec=str(path), location=str(path), layout=layout)
+
+
 def is_source(spec: object) -> bool:
     """Whether a recipe string names a source (`hf:`) rather than a plain file."""
     return isinstance(spec, str) and spec.startswith(HUB)
@@ -155,7 +160,7 @@ def parse_source(spec: str) -> Source:
 
 
 def load_source_sets(
-    spec: str,
+    spec: str | Source,
     schema: Schema | None = None,
     on_error: OnError = "raise",
     limit: int | None = None,
@@ -164,14 +169,14 @@ def load_source_sets(
     """Each dataset of a source (one per `sets=` entry, named after it; else one, named `name` or
     `Source.name`) with its rationales (NER-CoT `cot`, None elsewhere), example by example; at most
     `limit` examples each (streamed sources stop there)."""
-    source = parse_source(spec)
+    source = spec if isinstance(spec, Source) else parse_source(spec)
     if source.sets:
         return [_load_set(source, set_name, schema, on_error, limit) for set_name in source.sets]
     return [_load_dataset(source, schema, on_error, limit, name or source.name)]
 
 
 def load_source(
-    spec: str, schema: Schema | None = None, on_error: OnError = "raise", name: str | None = None
+    spec: str | Source, schema: Schema | None = None, on_error: OnError = "raise", name: str | None = None
 ) -> Dataset:
     """All datasets of a source as one `Dataset` (what `readers.read_dataset(spec, "hf")` returns)."""
     parts = [dataset for dataset, _ in load_source_sets(spec, schema, on_error, name=name)]
@@ -180,7 +185,7 @@ def load_source(
     return Dataset(
         [e for d in parts for e in d.examples],
         Schema.union(d.schema for d in parts),
-        name or parse_source(spec).name,
+        name or (spec if isinstance(spec, Source) else parse_source(spec)).name,
         [m for d in parts for m in d.skipped],
         [m for d in parts for m in d.notes],
         list(dict.fromkeys(c for d in parts for c in d.corpora)),

@@ -21,7 +21,7 @@ from reasoningner.generation import without_lone_surrogates
 from reasoningner.prompts import assistant_target, ner_instruction
 from reasoningner.readers import sniff
 from reasoningner.records import is_cot_file, read_records, record_example
-from reasoningner.sources import is_source, load_source_sets
+from reasoningner.sources import file_source, is_source, load_source_sets
 from reasoningner.spans import Example, Schema
 
 
@@ -171,7 +171,7 @@ def _source_examples(
 ) -> list[SFTExample]:
     """The examples of a named source (`sources`), each with its rationale when it has one; the
     corpora its records name go to `corpora`."""
-    spec = path if is_source(path) else f"hf:{path}?reader=nercot"
+    spec = path if is_source(path) else file_source(path, "nercot")
     fmt = get_format(prompt.output_format)
     found: list[SFTExample] = []
     for dataset, rationales in load_source_sets(spec, limit=data.limit):

@@ -143,6 +143,17 @@ def test_an_instructuie_sentence_without_entities_and_a_wrong_pos_read_as_the_pa
     ]
 
 
+def test_a_local_ner_cot_file_is_read_whatever_characters_its_path_holds(tmp_path: Path) -> None:
+    """A path is not a source spec: `@`, `:` and `?` there are no split, config or options."""
+    row = {"guid": 0, "sentence": "Ann left .", "schema": ["Person"], "cot": "why",
+           "entities": [{"text": "Ann", "label": "Person"}]}  # fmt: skip
+    path = tmp_path / "run@2:v?x" / "nercot.jsonl"
+    path.parent.mkdir()
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    [example] = read_dataset(path, "nercot").examples
+    assert (example.text, [s.label for s in example.spans]) == ("Ann left .", ["person"])
+
+
 def test_each_ner_cot_row_keeps_its_own_rationale_when_two_share_a_guid(tmp_path: Path) -> None:
     rows = [{"guid": 7, "sentence": f"{name} left .", "schema": ["Person"], "cot": f"why {name}",
              "entities": [{"text": name, "label": "Person"}]} for name in ("Ann", "Bob")]  # fmt: skip
