@@ -313,16 +313,23 @@ def _pairs_by_id(
     on_error: OnError,
     skipped: list[str],
 ) -> list[tuple[Example, PredictionLine]]:
-    """Lines paired with the gold sentence their `id` names; a probe's lines, other datasets' and a
-    sentence's second line are not scored, and a gold sentence without a line is missing."""
+    """Lines paired with the gold sentence their `id` names, the first whose text is that sentence's
+    (another set's sentence may have the same id: `ai-0` of two splits); a probe's lines, other
+    datasets' and a sentence's second line are not scored, and a gold sentence without a line is
+    missing. A sentence whose lines all carry another text keeps the first, which `_parse` refuses."""
     by_id = {example.id: example for example in dataset.examples}
-    pairs, others = {}, 0
+    named: dict[str, list[PredictionLine]] = {}
+    others = 0
     for prediction in predictions:
-        example = by_id.get(prediction.id) if prediction.variant in (None, NORMAL) else None
-        if example is None or prediction.id in pairs:
-            others += 1
+        if prediction.variant in (None, NORMAL) and prediction.id in by_id:
+            named.setdefault(prediction.id, []).append(prediction)
         else:
-            pairs[prediction.id] = (example, prediction)
+            others += 1
+    pairs = {}
+    for identifier, lines in named.items():
+        example = by_id[identifier]
+        pairs[identifier] = (example, next((p for p in lines if p.text in (None, example.text)), lines[0]))
+        others += len(lines) - 1
     if not pairs:
         raise DataError(
             path,

@@ -160,6 +160,9 @@ def test_our_generations_file_is_paired_by_id_whatever_its_order_probes_and_othe
     garbled = write_jsonl(tmp_path / "garbled.jsonl", [{**rows[0], "text": "another sentence"}, *rows[1:]])
     with pytest.raises(DataError, match="garbled.jsonl:1: its text is not the gold sentence"):
         score_files([(ACE, garbled)])
+    # Another set's sentence with the same id first (`ai-0` of two splits): the line of this one counts.
+    shared = write_jsonl(tmp_path / "shared.jsonl", [{**rows[0], "text": "another sentence"}, *rows])
+    assert micro(score_files([(ACE, shared)]), "exact", "ace2005_mini") == Counts(18, 0, 0)
 
 
 def test_auto_format_reads_the_answer_after_the_rationale(tmp_path: Path) -> None:
