@@ -135,7 +135,7 @@ class Dataset:
 class _Record:
     """A parsed record before the dataset schema is known (it may be inferred from all records)."""
 
-    line: int
+    line: int | None  # None: a row of a loaded dataset, named by its index
     index: int
     text: str
     spans: list[Span]
@@ -775,16 +775,18 @@ def from_hf(
     schema: Schema | None = None,
     name: str | None = None,
     on_error: OnError = "raise",
+    where: str | None = None,
 ) -> Dataset:
     """Read a Hugging Face `datasets.Dataset` of token and BIO tag columns.
 
     Integer tags are named by the column's `ClassLabel` feature (the hub's conll2003 layout);
-    string tags are used as they are. Errors name the row index (`dataset[row]`) as the line.
+    string tags are used as they are. Errors name `where` (the source it was read from, else `name`)
+    and the row (`dataset[row]`) as its record.
     """
     name = name or getattr(getattr(dataset, "info", None), "dataset_name", None) or "hf"
     feature = getattr(dataset.features[tags_column], "feature", None)
     names: list[str] | None = getattr(feature, "names", None)
-    collector = _Collector(name, schema, on_error, name)
+    collector = _Collector(where or name, schema, on_error, name, numbered=True)
     for row, (tokens, tags) in enumerate(zip(dataset[tokens_column], dataset[tags_column], strict=True)):
         try:
             if len(tokens) != len(tags):
@@ -802,12 +804,12 @@ def from_hf(
                 raise ValueError("a token is empty or has surrounding whitespace")
             text, spans = _bio_spans(tokens, tags)
         except _TokenError as error:
-            collector.report(row, f"token {error.position}: {error}")
+            collector.report(None, f"token {error.position}: {error}", row)
             continue
         except (ValueError, TypeError) as error:
-            collector.report(row, str(error))
+            collector.report(None, str(error), row)
             continue
-        collector.add(_Record(row, row, text, spans))
+        collector.add(_Record(None, row, text, spans))
     return collector.dataset()
 
 

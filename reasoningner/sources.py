@@ -243,7 +243,7 @@ def _load_dataset(
     if layout == "tokens":
         if limit is not None:
             hf = hf.select(range(min(limit, len(hf)))) if hasattr(hf, "select") else hf.take(limit)
-        dataset = from_hf(hf, schema=schema, name=name, on_error=on_error)
+        dataset = from_hf(hf, schema=schema, name=name, on_error=on_error, where=source.spec)
         return dataset, [None] * len(dataset.examples)
     rows = _limited(iter(hf), limit)
     collector = _Collector(source.spec, schema, on_error, name, numbered=True)

@@ -425,13 +425,13 @@ def test_from_hf_names_int_tags_with_the_class_label() -> None:
 def test_from_hf_bad_rows(tmp_path: Path) -> None:
     import datasets
 
-    with pytest.raises(DataError, match=r"^toy:1: token 1: bad tag '-1'"):
+    with pytest.raises(DataError, match=r"^toy: record 1: token 1: bad tag '-1'"):
         from_hf(hf_dataset([[1, 2, 0, 3], [3, -1]]), name="toy")
     strings = datasets.Dataset.from_dict(
         {"tokens": [["a", "b"], ["c"]], "ner_tags": [["B-X", "I-X"], ["O", "O"]]}
     )
     dataset = from_hf(strings, name="s", on_error="skip")
-    assert len(dataset.examples) == 1 and dataset.skipped == ["s:1: 1 tokens but 2 tags"]
+    assert len(dataset.examples) == 1 and dataset.skipped == ["s: record 1: 1 tokens but 2 tags"]
 
 
 # --------------------------------------------------------------------------------------- Dispatch

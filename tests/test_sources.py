@@ -534,9 +534,10 @@ def test_numeric_tags_without_label_names_are_a_clear_error_that_names_the_row()
 
     rows = datasets.Dataset.from_list([{"tokens": ["Paris", "is"], "ner_tags": [1, 0]}])
     with pytest.raises(
-        DataError, match=r"cross_ner:0: 'ner_tags' holds numbers but its feature names no labels"
+        DataError,
+        match=r"^hf:DFKI-SLT/cross_ner:ai@test: record 0: 'ner_tags' holds numbers but its feature names no",
     ):
-        from_hf(rows, name="cross_ner")
+        from_hf(rows, name="cross_ner", where="hf:DFKI-SLT/cross_ner:ai@test")
 
 
 def test_a_hub_instructuie_tree_is_read_from_the_cache_offline(tmp_path: Path) -> None:
