@@ -42,6 +42,7 @@ the notes); spaces inside a label become `_`, since our labels carry no whitespa
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -68,6 +69,7 @@ from reasoningner.spans import Schema, Span, occurrences
 logger = logging.getLogger(__name__)
 
 HUB = "hf:"
+LAYOUT_ROWS = 100  # rows of a local JSON file whose fields tell its layout
 LAYOUTS = ("auto", "nercot", "instructuie", "tokens", "jsonl")
 QUERY_KEYS = ("reader", "sets", "streaming", "revision")
 # rner/utils.py `is_valid_label`: labels that mean "no entity" in the InstructUIE files.
@@ -212,11 +214,12 @@ def _load_dataset(
     if source.local and location.is_file() and location.suffix in (".json", ".jsonl"):
         # Read here, as its own reader would, so that a bad record is named by its file and line.
         collector = _Collector(str(location), schema, on_error, name, numbered=True)
-        items = [(line, row) for _, line, row in _json_items(location, _read_text(location), collector)]
-        columns = set().union(*(row for _, row in items if isinstance(row, dict)))
+        items = _json_items(location, _read_text(location), collector)
+        head = list(itertools.islice(items, LAYOUT_ROWS))  # the rest is parsed as it is read
+        columns = set().union(*(row for _, _, row in head if isinstance(row, dict)))
         layout = source.layout if source.layout != "auto" else _layout(columns, source.spec)
         if layout != "tokens":
-            return _collect(collector, _limited(items, limit), layout, None)
+            return _collect(collector, _limited(itertools.chain(head, items), limit), layout, None)
     if source.local and location.is_file():
         builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(
             location.suffix, "json"
@@ -247,7 +250,7 @@ def _load_dataset(
         return dataset, [None] * len(dataset.examples)
     rows = _limited(iter(hf), limit)
     collector = _Collector(source.spec, schema, on_error, name, numbered=True)
-    return _collect(collector, enumerate(rows), layout, None)  # a row's index stands for its line
+    return _collect(collector, ((index, None, row) for index, row in enumerate(rows)), layout, None)
 
 
 # The Hub's Parquet export of a dataset that still ships a loading script (e.g. DFKI-SLT/cross_ner's
@@ -325,8 +328,7 @@ def _load_set(
     # Read here (the file is local, or in the Hub cache) so that a bad record is named by its line.
     collector = _Collector(where, schema, on_error, name, numbered=True)
     items = _json_items(where, Path(path).read_text(encoding="utf-8"), collector)
-    rows = _limited(((line, row) for _, line, row in items), limit)
-    return _collect(collector, rows, source.layout, labels)
+    return _collect(collector, _limited(items, limit), source.layout, labels)
 
 
 def _layout(columns: set[str], where: str) -> str:
@@ -358,17 +360,18 @@ def protocol_label(label: str) -> str | None:
 
 def _collect(
     collector: _Collector,
-    rows: Iterable[tuple[int, dict[str, Any]]],
+    rows: Iterable[tuple[int, int | None, Any]],
     layout: str,
     labels: list[str] | None,
 ) -> tuple[Dataset, list[str | None]]:
-    """`(line, row)` pairs -> examples through the readers' collector (errors and notes name its file
-    and the row's line)."""
+    """`(index, line, row)` -> examples through the readers' collector (errors and notes name its file,
+    the row's line where it has one, and its index: a row skipped as malformed keeps the later rows'
+    indices, which pair predictions with gold sentences by position)."""
     where, name = collector.path, collector.name
     rationales: dict[int, str | None] = {}  # by row: two rows may share an id
     corpora: dict[str, None] = {}
     unlocated = 0
-    for index, (line, row) in enumerate(rows):
+    for index, line, row in rows:
         try:
             if not isinstance(row, dict):
                 raise TypeError(f"a record must be an object, got {type(row).__name__}")
@@ -459,16 +462,16 @@ def _place(text: str, mentions: Sequence[tuple[str, str, Any]], missing: list[st
             missing.append(f"entity {mention!r} ({label}) is not in the sentence: left out")
             continue
         free = [s for s in starts if not any(s < o.end and o.start < s + len(mention) for o in spans)]
-        start = free[0] if free else starts[0]
-        span = Span(start, start + len(mention), label)
+        unused = [s for s in starts if Span(s, s + len(mention), label) not in spans]
+        if not unused:
+            missing.append(f"entity {mention!r} ({label}) is listed more times than it occurs: left out")
+            continue
+        start = free[0] if free else unused[0]
         if not free:
             missing.append(f"entity {mention!r} ({label}) is only inside another entity: placed there")
         if pos is not None:
-            missing.append(
-                f"entity {mention!r}: pos {pos} does not cover it, placed at {span.start}:{span.end}"
-            )
-        if span not in spans:
-            spans.append(span)
+            missing.append(f"entity {mention!r}: pos {pos} does not cover it, placed at {start}")
+        spans.append(Span(start, start + len(mention), label))
     return spans
 
 

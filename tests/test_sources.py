@@ -68,7 +68,7 @@ def test_ner_cot_keeps_the_cot_and_reports_what_it_cannot_locate() -> None:
     second = dataset.examples[1]
     assert [(s.text(second.text), s.label) for s in second.spans] == [("Peter Blackburn", "person")]
     assert dataset.notes == [
-        f"{NER_COT}:1: record 1: entity 'Blackbird' (person) is not in the sentence: left out"
+        f"{NER_COT}: record 1: entity 'Blackbird' (person) is not in the sentence: left out"
     ]
     # A local NER-CoT file reads the same through the registered reader.
     local = read_dataset(HUB / "NER-CoT" / "train.jsonl", "nercot")
@@ -106,16 +106,23 @@ def test_a_shorter_mention_is_placed_outside_the_longer_one_that_contains_it(tmp
          "entities": [{"text": "Smith", "label": "Person"}, {"text": "John Smith", "label": "Person"},
                       {"text": "Bob", "label": "Person"}]},
         {"guid": 1, "sentence": "John Smith left .", "schema": ["Person"], "cot": "",
-         "entities": [{"text": "John Smith", "label": "Person"}, {"text": "Smith", "label": "Person"}]},
+         "entities": [{"text": "John Smith", "label": "Person"}, {"text": "Smith", "label": "Person"},
+                      {"text": "Smith", "label": "Person"}]},
+        {"guid": 2, "sentence": "IL-2 binds the IL-2 gene .", "schema": ["Protein", "DNA"], "cot": "",
+         "entities": [{"text": "IL-2", "label": "Protein"}, {"text": "IL-2 gene", "label": "DNA"},
+                      {"text": "IL-2", "label": "Protein"}]},
     ]  # fmt: skip
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     dataset = read_dataset(path, "nercot")
-    first, second = ([(s.start, s.text(e.text)) for s in e.spans] for e in dataset.examples)
+    first, second, nested = ([(s.start, s.text(e.text)) for s in e.spans] for e in dataset.examples)
     assert first == [(0, "John Smith"), (15, "Bob"), (21, "Smith")]
     assert second == [(0, "John Smith"), (5, "Smith")]
-    assert dataset.notes == [
-        f"{path}:2: record 1: entity 'Smith' (person) is only inside another entity: placed there"
+    assert nested == [(0, "IL-2"), (15, "IL-2 gene"), (15, "IL-2")]  # GENIA-like nesting, once each
+    assert [note.split(": ", 1)[1] for note in dataset.notes] == [
+        "record 1: entity 'Smith' (person) is only inside another entity: placed there",
+        "record 1: entity 'Smith' (person) is listed more times than it occurs: left out",
+        "record 2: entity 'IL-2' (protein) is only inside another entity: placed there",
     ]
 
 
@@ -139,8 +146,21 @@ def test_an_instructuie_sentence_without_entities_and_a_wrong_pos_read_as_the_pa
     assert (empty.text, empty.spans) == ("Nothing to see .", ()) and not dataset.skipped
     assert [(s.start, s.label) for s in eu.spans] == [(0, "organisation"), (9, "location")]
     assert [note.split(": ", 1)[1] for note in dataset.notes] == [
-        "record 1: entity 'EU': pos [3, 5] does not cover it, placed at 9:11"
+        "record 1: entity 'EU': pos [3, 5] does not cover it, placed at 9"
     ]
+
+
+def test_a_malformed_line_skipped_leaves_the_later_records_their_own_index_and_id(tmp_path: Path) -> None:
+    """Predictions pair with gold sentences by record index (`score`): a skip must not shift them."""
+    entry = '{"text": "%s runs", "labels": ["person"], "entities": []}'
+    lines = [entry % "Al", '{"text": ', entry % "Bo"]
+    path = tmp_path / "gold.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    hub = load_source(f"hf:{path}?reader=jsonl", on_error="skip")
+    plain = read_dataset(path, "jsonl", on_error="skip")
+    assert hub.indices == plain.indices == [0, 2]
+    assert [e.id for e in hub.examples] == [e.id for e in plain.examples] == ["gold-0", "gold-2"]
+    assert hub.skipped == [f"{path}:2: record 1: invalid JSON: Expecting value at column 10"]
 
 
 def test_a_local_ner_cot_file_is_read_whatever_characters_its_path_holds(tmp_path: Path) -> None:
