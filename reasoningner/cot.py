@@ -644,7 +644,7 @@ def annotate(
 
             def write(task: Task, outcome: Sample | Failure) -> dict[str, Any]:
                 # The record and its sentence's leaving `waiting` are one step: a SIGTERM between them
-                # would record the sentence twice, or not at all. It is raised once both are done.
+                # would record the sentence twice, or not at all. It is raised once it is counted.
                 raising, terminate.raising = terminate.raising, False
                 try:
                     record = build_record(task, outcome, args, prompt, teacher, settings)
@@ -653,7 +653,6 @@ def annotate(
                     waiting.pop(task.key, None)
                 finally:
                     terminate.raising = raising
-                terminate.check()
                 return record
 
             try:
@@ -662,6 +661,7 @@ def annotate(
                 ):
                     progress.add(write(task, outcome))
                     bar.update()
+                    terminate.check()  # a SIGTERM noted while the record was written
             except Exception as stopping:  # an error, a stop, SIGTERM: only a kill loses the waiting's tries
                 terminate.raising = False  # a SIGTERM from here on (`stop`'s requeue sends one) is noted only
                 for task, failure in list(waiting.values()):  # each leaves it as it is written

@@ -227,6 +227,8 @@ class DeferredGenerator(Generator):
         sampling: SamplingConfig,
         seeds: Sequence[int | None] | None = None,
     ) -> Iterator[tuple[int, Outcome]]:
+        if not conversations:  # as every backend: nothing to ask starts nothing
+            return iter(())
         return self.backend.generate_outcomes(conversations, sampling, seeds)
 
     def _generate(

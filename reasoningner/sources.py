@@ -118,6 +118,8 @@ class Source:
 
 def file_source(path: str | Path, layout: str) -> Source:
     """A local file read as a source of `layout` (a path is not parsed: it may hold `@`, `:` or `?`)."""
+    if not Path(path).expanduser().is_file():  # not taken for a hub id
+        raise DataError(path, None, "no such file")
     return Source(spec=str(path), location=str(path), layout=layout)
 
 

@@ -455,7 +455,7 @@ def test_sigterm_records_the_sentence_whose_retry_is_in_flight_and_ends_the_run_
 
 
 def test_sigterm_while_a_record_is_written_still_records_the_sentence_waiting_and_a_second_is_ignored(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """The signal raises wherever the main thread is, here while stage 1 writes a record (not inside the
     teacher's generator): once the record is written; a second one, while the waiting sentence is
@@ -500,6 +500,7 @@ def test_sigterm_while_a_record_is_written_still_records_the_sentence_waiting_an
     assert (records[tasks[0].key]["status"], records[tasks[0].key]["tries"]) == ("failed", 2)
     assert records[tasks[0].key]["reason"].endswith("; try 2 cut short")
     assert at_close == [set(records)]  # recorded first: an engine's shutdown may take seconds
+    assert "with 2 of 4 done" in capsys.readouterr().out  # s1 and s2: the record written is counted
 
 
 def test_sigterm_while_the_last_try_s_record_of_a_retried_sentence_is_written_loses_nothing(

@@ -28,6 +28,7 @@ from reasoningner.formats import split_answer
 from reasoningner.generation import (
     Completion,
     ConversationFailed,
+    DeferredGenerator,
     GenerationError,
     OpenAIGenerator,
     SamplingConfig,
@@ -106,6 +107,24 @@ def local(model_dir: Path) -> Iterator[TransformersGenerator]:
 
 
 # --- transformers backend ------------------------------------------------------------------------
+
+
+def test_a_deferred_backend_is_built_at_its_first_question_and_not_for_none(
+    model_dir: Path, local: TransformersGenerator
+) -> None:
+    built: list[str] = []
+
+    def build() -> TransformersGenerator:
+        built.append("built")
+        return local
+
+    deferred = DeferredGenerator(build)
+    assert list(deferred.generate_outcomes([], SamplingConfig())) == [] and not built
+    chat = [{"role": "user", "content": "EU rejects"}]
+    sampling = SamplingConfig(max_new_tokens=3)
+    [(index, outcome)] = deferred.generate_outcomes([chat], sampling)
+    assert built == ["built"] and outcome == next(local.generate_outcomes([chat], sampling))[1]
+    assert deferred.context_tokens == local.context_tokens and built == ["built"]  # built once
 
 
 def test_transformers_greedy_is_deterministic_and_batching_changes_nothing(

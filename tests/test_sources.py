@@ -22,7 +22,7 @@ from reasoningner.configs import (
     check_contamination,
     training_sources,
 )
-from reasoningner.readers import read_dataset
+from reasoningner.readers import DataError, read_dataset
 from reasoningner.sources import load_source, load_source_sets, overlaps, parse_source, source_keys
 from reasoningner.spans import Schema
 from reasoningner.training_data import rl_prompts, sample_reasoningner, sft_examples
@@ -172,6 +172,8 @@ def test_a_local_ner_cot_file_is_read_whatever_characters_its_path_holds(tmp_pat
     path.write_text(json.dumps(row) + "\n", encoding="utf-8")
     [example] = read_dataset(path, "nercot").examples
     assert (example.text, [s.label for s in example.spans]) == ("Ann left .", ["person"])
+    with pytest.raises(DataError, match="missing.jsonl: no such file"):  # not asked of the Hub
+        read_dataset(tmp_path / "run@2:v?x" / "missing.jsonl", "nercot")
 
 
 def test_each_ner_cot_row_keeps_its_own_rationale_when_two_share_a_guid(tmp_path: Path) -> None:
