@@ -97,8 +97,8 @@ class CannotWrite(ValueError):
 class DataError(ValueError):
     """A malformed record of a data file; `str()` is `path:line: message` like a compiler error.
 
-    `line` is 1-based; it is None for problems of the whole file, and the row index for a
-    Hugging Face dataset.
+    `line` is 1-based; it is None for problems of the whole file and for a row of a loaded Hugging
+    Face dataset, whose message names it as `record N` instead.
     """
 
     def __init__(self, path: PathLike, line: int | None, message: str) -> None:
