@@ -221,16 +221,6 @@ class DeferredGenerator(Generator):
     def prompt_tokens(self, conversations: Sequence[Conversation]) -> list[int] | None:
         return self.backend.prompt_tokens(conversations)
 
-    def generate_outcomes(
-        self,
-        conversations: Sequence[Conversation],
-        sampling: SamplingConfig,
-        seeds: Sequence[int | None] | None = None,
-    ) -> Iterator[tuple[int, Outcome]]:
-        if not conversations:  # as every backend: nothing to ask starts nothing
-            return iter(())
-        return self.backend.generate_outcomes(conversations, sampling, seeds)
-
     def _generate(
         self, conversations: Sequence[Conversation], sampling: SamplingConfig, seeds: Sequence[int | None]
     ) -> Iterator[tuple[int, Outcome]]:

@@ -335,9 +335,25 @@ def test_a_stop_ends_the_w_and_b_run_before_slurm_ends_the_attempt(
     assert slurm_job.read_text().split() == ["requeue", "4242"] * 3
 
 
+# Six SFT steps of one sentence, saving every fourth: a run stopped between saves must end as this one.
+EVERY_FOURTH = ["--max_steps", "6", "--per_device_train_batch_size", "1", "--save_steps", "4"]
+
+
+@pytest.fixture(scope="module")
+def never_stopped(tiny_model_dir: Path, annotations: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output folder of the `EVERY_FOURTH` run, uninterrupted."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    stage = load_stage("sft")
+    stage.main(
+        *stage.make_parser().parse_args_and_config(sft_args(tiny_model_dir, annotations, out, *EVERY_FOURTH))
+    )
+    return out
+
+
 def test_a_run_near_its_job_s_time_limit_stops_at_a_checkpoint_and_its_requeued_job_ends_as_one_never_stopped(
     tiny_model_dir: Path,
     annotations: Path,
+    never_stopped: Path,
     tmp_path: Path,
     slurm_job: Path,
     capsys: pytest.CaptureFixture,
@@ -347,16 +363,8 @@ def test_a_run_near_its_job_s_time_limit_stops_at_a_checkpoint_and_its_requeued_
     stage saves and stops in time and requeues the job, whose next attempt repeats the first command
     line, `--overwrite_output_dir true` included, and must resume, not start afresh."""
     stage = load_stage("sft")
-    every_fourth = ["--max_steps", "6", "--per_device_train_batch_size", "1", "--save_steps", "4"]
-    reference, stopped = tmp_path / "uninterrupted", tmp_path / "stopped"
-    stage.main(
-        *stage.make_parser().parse_args_and_config(
-            sft_args(tiny_model_dir, annotations, reference, *every_fourth)
-        )
-    )
-    capsys.readouterr()
-
-    command = sft_args(tiny_model_dir, annotations, stopped, *every_fourth, "--overwrite_output_dir", "true")
+    reference, stopped = never_stopped, tmp_path / "stopped"
+    command = sft_args(tiny_model_dir, annotations, stopped, *EVERY_FOURTH, "--overwrite_output_dir", "true")
     # 600 s left, under the default 900 s: step 1 ends the attempt.
     monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 600))
     # The requeue has SLURM end the attempt with SIGTERM, which must not cut the stop short.
@@ -417,6 +425,7 @@ def test_sigterm_while_training_saves_at_the_next_resume_point_and_the_relaunch_
     said: str,
     tiny_model_dir: Path,
     annotations: Path,
+    never_stopped: Path,
     tmp_path: Path,
     slurm_job: Path,
     capsys: pytest.CaptureFixture,
@@ -426,14 +435,8 @@ def test_sigterm_while_training_saves_at_the_next_resume_point_and_the_relaunch_
     resumes from exactly instead of losing the steps since its last checkpoint, and ends with 143 without
     asking a requeue (SLURM requeues a preempted job itself; a cancelled one must stay cancelled)."""
     stage = load_stage("sft")
-    every_fourth = ["--max_steps", "6", "--per_device_train_batch_size", "1", "--save_steps", "4"]
-    reference, signalled = tmp_path / "uninterrupted", tmp_path / "signalled"
-    stage.main(
-        *stage.make_parser().parse_args_and_config(
-            sft_args(tiny_model_dir, annotations, reference, *every_fourth)
-        )
-    )
-    command = sft_args(tiny_model_dir, annotations, signalled, *every_fourth)
+    reference, signalled = never_stopped, tmp_path / "signalled"
+    command = sft_args(tiny_model_dir, annotations, signalled, *EVERY_FOURTH)
     with default_sigterm() as reached, monkeypatch.context() as patch, pytest.raises(SystemExit) as ended:
         sigterm_at_step(patch, signalled_at)
         stage.main(*stage.make_parser().parse_args_and_config(command))
