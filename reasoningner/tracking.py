@@ -476,9 +476,15 @@ def continue_wandb_run(output_dir: str | Path, resuming: bool, id_file: str = WA
     """One W&B run per training run (or stage 1 shard) however often it is relaunched: a relaunch of
     the same run (from its checkpoints, or killed before its first) logs into the W&B run of its first
     attempt (its id kept in the output folder, in `id_file`), a fresh start (or `overwrite_output_dir`)
-    opens a new one. A `WANDB_RUN_ID` the user set wins."""
+    opens a new one. A `WANDB_RUN_ID` the user set wins, except for a stage 1 shard (an `id_file` of
+    its own), where every shard of the run would log into that one run at once."""
     given = os.environ.get("WANDB_RUN_ID")
     if given and given not in _RUN_IDS_SET_HERE:
+        if id_file != WANDB_RUN_ID:
+            raise ValueError(
+                f"WANDB_RUN_ID={given} is set: every shard would log into that one W&B run at once; unset "
+                f"it (each shard continues a run of its own, its id in {Path(output_dir) / id_file})"
+            )
         return
     path = Path(output_dir) / id_file
     run_id = path.read_text(encoding="utf-8").strip() if resuming and path.is_file() else ""

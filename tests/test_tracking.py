@@ -177,6 +177,8 @@ def test_a_resumed_training_run_continues_its_wandb_run_and_a_fresh_start_opens_
     tracking.continue_wandb_run(tmp_path / "other", resuming=False)
     assert os.environ["WANDB_RUN_ID"] == "given"
     assert not (tmp_path / "other").exists()
+    with pytest.raises(ValueError, match="WANDB_RUN_ID=given is set: every shard would log into that one"):
+        tracking.continue_wandb_run(tmp_path / "other", resuming=False, id_file="wandb_run_id.shard-0-of-2")
 
 
 @pytest.fixture()
