@@ -108,12 +108,13 @@ def read_predictions(
 ) -> tuple[str, list[PredictionLine], list[str]]:
     """(layout, lines, skip messages) of a predictions file; a bad line is a `DataError` naming it.
 
-    In the outputs layout a blank line is an empty output (trailing ones aside); JSON Lines layouts
-    have no blank record."""
+    In the outputs layout a blank line is an empty output, trailing ones too (the last sentences may
+    have had none: `_pairs` drops those past the gold sentences); JSON Lines layouts have no blank
+    record."""
     lines = list(enumerate(_read_text(path).split("\n"), 1))
-    while lines and not lines[-1][1].strip():
-        lines.pop()
-    if not lines:
+    if lines and not lines[-1][1]:
+        lines.pop()  # the file's last newline
+    if not any(line.strip() for _, line in lines):
         raise DataError(path, None, "no predictions")
     layout = predictions_layout(_json_or_none(next(line for _, line in lines if line.strip())))
     if layout != "outputs":
@@ -292,7 +293,10 @@ def _pairs(
             path, None, "gold records were skipped from a gold source of several files: no line can be paired"
         )
     # Records on both sides, the skipped ones included (the predictions' malformed lines are in `skipped`).
-    lines, records = len(predictions) + len(skipped), len(dataset.examples) + len(dataset.skipped)
+    records = len(dataset.examples) + len(dataset.skipped)
+    while len(predictions) + len(skipped) > records and predictions and predictions[-1].output == "":
+        predictions = predictions[:-1]  # blank lines past the last sentence: no outputs
+    lines = len(predictions) + len(skipped)
     if lines != records:
         _mismatch(
             f"{lines} predictions for {records} gold sentences",

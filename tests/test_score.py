@@ -62,6 +62,12 @@ def test_spans_and_raw_output_layouts(tmp_path: Path, caplog: pytest.LogCaptureF
         assert evaluation.datasets["ace2005_mini"]["format"] == "offset_json"
     (tmp_path / "raw.txt").write_text("\n".join(offsets) + "\n", encoding="utf-8")  # the lines themselves
     assert micro(score_files([(ACE, tmp_path / "raw.txt")]), "text", "ace2005_mini").f1 == 1.0
+    # The last sentence without an output: its blank line counts; blank lines past the gold ones do not.
+    (tmp_path / "raw.txt").write_text("\n".join([*offsets[:-1], ""]) + "\n\n\n", encoding="utf-8")
+    last = len(gold[-1].spans)
+    assert micro(score_files([(ACE, tmp_path / "raw.txt")]), "exact", "ace2005_mini") == Counts(
+        18 - last, 0, last
+    )
 
 
 def test_offsets_shifted_by_one_score_nothing_in_exact_mode(tmp_path: Path) -> None:
