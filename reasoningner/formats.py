@@ -879,10 +879,11 @@ def _python_literal(source: str) -> Any:
         # Strings without quotes or escapes inside: swapping the quotes makes it JSON, read in C.
         try:
             value = _LITERAL_DECODER.decode(source.replace("'", '"'))
-        except ValueError:
+            compatible = _python_compatible(value)
+        except (ValueError, RecursionError):  # nested past the stack: no answer, as in ast below
             pass
         else:
-            if _python_compatible(value):
+            if compatible:
                 return value if isinstance(value, (list, dict)) else _MISSING
     try:
         value = ast.literal_eval(source)

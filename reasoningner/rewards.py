@@ -254,12 +254,12 @@ class _BatchAnalyses:
             return self.analyses
         if reward_parse not in PARSE_MODES:
             raise ValueError(f"reward_parse must be one of {PARSE_MODES}, not {reward_parse!r}")
-        self.columns, self.options = columns, options
-        self.analyses = [
+        analyses = [
             analyse(_completion_text(c), t, tuple(ls), f, reward_parse, fold_label_case)
             for c, t, ls, f in zip(completions, text, labels, output_format, strict=True)
-        ]
-        return self.analyses
+        ]  # held only once complete: a batch whose analysis failed is not taken for the one before
+        self.columns, self.options, self.analyses = columns, options, analyses
+        return analyses
 
 
 _last_batch = _BatchAnalyses()
@@ -499,7 +499,7 @@ def reasoningie_entities(answer: str) -> set[tuple[str, str]] | None:
     on the answer (`entities` not a mapping, a list that is not one), which its rewards pay 0."""
     try:
         data = json.loads(answer)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the stack: Python's decoder gives up (theirs too)
         data = {}
     if not isinstance(data, dict):
         data = {}
@@ -535,7 +535,7 @@ def reasoningie_schema_reward(completions, labels, **_) -> list[float]:
         answer = reasoningie_answer(_completion_text(completion))
         try:
             json.loads(answer)
-        except ValueError:
+        except (ValueError, RecursionError):
             rewards.append(0.0)
             continue
         found = reasoningie_entities(answer)

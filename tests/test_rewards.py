@@ -19,6 +19,7 @@ from datasets import Dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from reasoningner import rewards
 from reasoningner.configs import DataArguments, PromptArguments, PromptContract
 from reasoningner.formats import FORMATS, get_format
 from reasoningner.metrics import MATCH_MODES, Counts, match_counts, match_totals
@@ -282,6 +283,18 @@ def test_guard_oversized_completion_scores_zero_everywhere() -> None:
     assert score(at_limit.replace("x", "xx", 1)) == ALL_ZERO
 
 
+def test_guard_an_answer_nested_past_the_stack_is_no_answer_not_a_crash() -> None:
+    """A 1,000-character `[[[...'a'...]]]` is a Python literal JSON cannot read, decoded one frame per
+    level: a RecursionError stopped the GRPO run (and an evaluation) instead of scoring it."""
+    deep = "[" * 2000 + "'a'" + "]" * 2000
+    for name, fmt in FORMATS.items():
+        assert fmt.parse(deep, TEXT, SCHEMA).spans == [], name
+    assert score(complete(RATIONALE, deep))["f1"] == 0.0
+    nested = "[" * 5000 + "]" * 5000
+    assert REWARDS["reasoningie_f1"]([nested], text=[TEXT], entities=[[]], labels=[["PER"]]) == [0.0]
+    assert REWARDS["reasoningie_schema"]([nested], labels=[["PER"]]) == [0.0]
+
+
 def test_an_answer_copied_into_the_rationale_asserts_nothing_as_in_stage_1() -> None:
     """Consistency reads only the rationale's assertions, for the reward as for stage 1's filter: a
     copied answer (any format) adds none, so it cannot fake consistency and is not charged either."""
@@ -350,6 +363,13 @@ def test_one_batch_is_analysed_once_and_a_new_batch_never_gets_stale_scores() ->
     second = dict(first, completions=[complete(NOTHING, EMPTY), complete(RATIONALE, ANSWER)])
     assert REWARDS["f1"](**second) == [0.0, 1.0]
     assert REWARDS["f1"](**first) == [1.0, 0.0]
+    # A batch whose analysis failed is not remembered: asked again, it is not taken for the last one.
+    failing = dict(first, completions=[complete(NOTHING, EMPTY), complete(RATIONALE, ANSWER)])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rewards, "analyse", lambda *args: 1 / 0)
+        for name in ("format", "f1"):
+            with pytest.raises(ZeroDivisionError):
+                REWARDS[name](**failing)
 
 
 def test_a_batch_is_known_by_its_lists_not_by_their_contents() -> None:
