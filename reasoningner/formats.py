@@ -95,7 +95,9 @@ offset_json      nothing
 
 In every format, an answer whose sentence holds ``<think>`` or ``</think>`` is read as a rationale
 around it (`split_answer`): an inline answer (bracketed, xml) repeats the sentence, so without a
-rationale before it such an answer is cut there. No sentence of the shared data holds either marker.
+rationale before it such an answer is cut there. Likewise a line of the sentence that starts with
+three backticks opens a code fence (within a line they are text). No sentence of the shared data holds
+either marker or such a line.
 
 Measured on the shared data (CoNLL-2003 and CrossNER train/dev, GENIA and ACE2005 dev, 25k
 sentences): every sentence is expressible in every format except grouped_json, which expresses
@@ -212,9 +214,10 @@ class OutputFormat(ABC):
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
-# A fence's info string ("json") is only taken as such when a newline follows it, so that a fenced
-# one-line answer is not eaten as an info string.
-_FENCE = re.compile(r"```(?:[\w+-]*[ \t]*\n)?(.*?)(?:```|\Z)", re.DOTALL)
+# A fence opens a line (Markdown's), so that ``` inside a sentence an inline answer repeats, or inside
+# an entity's text, is text. Its info string ("json") is only taken as such when a newline follows it,
+# so that a fenced one-line answer is not eaten as an info string.
+_FENCE = re.compile(r"^[ \t]*```(?:[\w+-]*[ \t]*\n)?(.*?)(?:```|\Z)", re.DOTALL | re.MULTILINE)
 
 
 def message_text(message: dict[str, Any], *, cut_when_only_reasoning: bool = False) -> str:

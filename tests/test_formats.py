@@ -159,6 +159,12 @@ def test_split_answer_strips_code_fences_at_a_cost() -> None:
     assert answer == "[]" and [p.kind for p in problems] == ["code_fence", "extra_text"]
     _, answer, problems = split_answer("```\n[]")  # cut before the closing fence
     assert answer == "[]" and [p.kind for p in problems] == ["code_fence"]
+    # Within a line, three backticks are text: a sentence (code, Markdown) an inline answer repeats.
+    assert split_answer("[Bob | PER] wrote ``` once") == (None, "[Bob | PER] wrote ``` once", [])
+    code = Example("Type ```python to open a block", (Span(5, 14, "code"),), Schema(("code",)), "x")
+    for name, fmt in FORMATS.items():
+        parsed = fmt.parse(fmt.render(code), code.text, code.schema)
+        assert (parsed.spans, parsed.problems) == (list(code.spans), []), name
 
 
 def test_split_answer_text_before_think_is_extra() -> None:
