@@ -272,11 +272,15 @@ def hub_contract_folder(repo_id: str, revision: str | None = None, strict: bool 
         if strict and not constants.is_offline_mode():
             raise ConnectionError(
                 f"{repo_id}: could not read its {PROMPT_CONTRACT} from the Hub ({cause}). Without it, "
-                "training would use the recipe's prompt settings, not the ones the model was trained "
-                "with: check the connection and the access to the repository, or download the model "
-                f"(hf download {repo_id}) and run with HF_HUB_OFFLINE=1"
+                "the model would be asked (or trained) with the given prompt settings, not the ones it "
+                "was trained with: check the connection and the access to the repository, or download "
+                f"the model (hf download {repo_id}) and run with HF_HUB_OFFLINE=1"
             ) from error
-        logger.warning("%s: no %s from the Hub (%s)", repo_id, PROMPT_CONTRACT, cause)
+        logger.warning(
+            "%s: no %s from the Hub (%s): if the model was trained here, download it with its contract "
+            "(hf download %s %s manifest.json), or it is asked with the given prompt settings",
+            repo_id, PROMPT_CONTRACT, cause, repo_id, PROMPT_CONTRACT,
+        )  # fmt: skip
         return None
     return str(path.parent) if path is not None else None
 
@@ -318,8 +322,12 @@ class GenerationArguments:
 
     def prompt_contract(self) -> PromptContract | None:
         """The contract of the model generating: read from the Hub too for a Hub id, also the name a
-        server serves (`vllm serve owner/name` serves it under that name)."""
-        return PromptContract.load(self.model_name_or_path, from_hub=True, revision=self.revision)
+        server serves (`vllm serve owner/name` serves it under that name). A Hub that cannot be asked is
+        an error (`hub_contract_folder`, strict): a model asked otherwise than it learnt answers worse,
+        and its scores would say nothing of it."""
+        return PromptContract.load(
+            self.model_name_or_path, from_hub=True, revision=self.revision, strict=True
+        )
 
     def training_sources(self) -> list[str]:
         """`training_sources` of the model generating, read from the Hub as `prompt_contract` is."""

@@ -198,8 +198,11 @@ def test_a_hub_that_cannot_be_asked_stops_a_strict_load_and_warns_otherwise(hub,
     hub.answer = _hub_error("offline")
     with pytest.raises(ConnectionError, match=f"me/sft: could not read its {PROMPT_CONTRACT} from the Hub"):
         PromptContract.load("me/sft", from_hub=True, strict=True)
+    # Evaluation and predict load strictly too: a model asked with the default prompt shows little it learnt.
+    with pytest.raises(ConnectionError, match="asked \\(or trained\\) with the given prompt settings"):
+        GenerationArguments(model_name_or_path="me/sft").prompt_contract()
     with caplog.at_level(logging.WARNING, logger="reasoningner.configs"):
-        assert PromptContract.load("me/sft", from_hub=True) is None  # NERModel, evaluation: a warning
+        assert PromptContract.load("me/sft", from_hub=True) is None
     assert f"me/sft: no {PROMPT_CONTRACT} from the Hub (LocalEntryNotFoundError" in caplog.text
 
 
