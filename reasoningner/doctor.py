@@ -35,7 +35,7 @@ from reasoningner.cot import ANNOTATIONS, shard_name
 from reasoningner.evaluate import GENERATIONS, OTHER_GENERATIONS, RESULTS_JSON
 from reasoningner.generation import options_from
 from reasoningner.sources import hub_cached, is_source, offline, resolvable
-from reasoningner.tracking import CHECKOUT, MANIFEST, RUN_SETTINGS
+from reasoningner.tracking import CHECKOUT, MANIFEST, RUN_SETTINGS, wants_wandb
 
 # Free disk a run needs before it starts, in GB: checkpoints of full fine-tuning (weights and optimizer
 # states) on a GPU, a model's outputs elsewhere.
@@ -177,8 +177,7 @@ def check_packages(recipe: dict[str, Any]) -> list[Check]:
 
 def check_wandb(recipe: dict[str, Any]) -> list[Check]:
     """W&B credentials when the recipe reports there (or a mode that needs none)."""
-    report_to = recipe.get("report_to") or []
-    if "wandb" not in ([report_to] if isinstance(report_to, str) else report_to):
+    if not wants_wandb(recipe.get("report_to")):  # `all` too, as the stages read it
         return []
     mode = os.environ.get("WANDB_MODE", "")
     if mode in ("offline", "disabled") or os.environ.get("WANDB_API_KEY"):

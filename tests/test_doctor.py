@@ -288,6 +288,7 @@ def test_wandb_credentials_are_looked_up_for_the_server_wandb_uses(
     netrc_file.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc_file))
     assert doctor.check_wandb(recipe)[0].status == "FAIL"  # api.wandb.ai has no login there
+    assert doctor.check_wandb({"report_to": "all"})[0].status == "FAIL"  # `all` reports to W&B too
     monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.corp.example")
     [check] = doctor.check_wandb(recipe)
     assert check.status == "ok" and "wandb.corp.example" in check.message
