@@ -676,6 +676,7 @@ class TransformersGenerator(Generator):
         batch_size: int = 8,
         chat_template_kwargs: dict[str, Any] | None = None,
         use_kernels: bool = False,
+        revision: str | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -683,7 +684,8 @@ class TransformersGenerator(Generator):
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
-        self._tokenizer: Any = AutoTokenizer.from_pretrained(model, padding_side="left")
+        # `revision`: a Hub model's commit, branch or tag (its prompt contract is read there too).
+        self._tokenizer: Any = AutoTokenizer.from_pretrained(model, padding_side="left", revision=revision)
         if self._tokenizer.pad_token is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
         if device is None:  # the first GPU where there is one: an 8B model on CPU would take days
@@ -692,7 +694,9 @@ class TransformersGenerator(Generator):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         # Hub kernels only when asked for (`training.model_init_kwargs` says why).
         self._model: Any = (
-            AutoModelForCausalLM.from_pretrained(model, dtype=dtype, use_kernels=use_kernels)
+            AutoModelForCausalLM.from_pretrained(
+                model, dtype=dtype, use_kernels=use_kernels, revision=revision
+            )
             .to(device)
             .eval()
         )

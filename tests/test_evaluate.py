@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -708,6 +709,33 @@ def test_predict_reads_a_hub_model_s_labels_at_the_revision_its_backend_loads(
     assert main([*argv, str(texts)]) == 2
     assert "needs vLLM" in capsys.readouterr().err
     assert asked and set(asked) == {"v1"}
+
+
+def test_the_transformers_backend_loads_a_hub_model_at_the_revision_its_contract_is_read_at(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pinned release (`revision`), for the default backend as for vLLM: tokenizer, weights, contract."""
+    import huggingface_hub
+    import transformers
+
+    CONTRACT.save(tmp_path / "snapshot")
+    asked: list[tuple[str, str | None]] = []
+
+    def download(repo_id: str, filename: str, revision: str | None = None) -> str:
+        asked.append((filename, revision))
+        return str(tmp_path / "snapshot" / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    for auto in (transformers.AutoTokenizer, transformers.AutoModelForCausalLM):
+
+        def loaded(name: str, *args: Any, _load: Any = auto.from_pretrained, **options: Any) -> Any:
+            asked.append((name, options.pop("revision")))
+            return _load(tiny_model_dir, *args, **options)  # the Hub's snapshot, here
+
+        monkeypatch.setattr(auto, "from_pretrained", loaded)
+    with NERModel.from_pretrained("me/ner", revision="v1", max_new_tokens=4) as model:
+        assert model.prompt == CONTRACT.prompt
+    assert asked == [("prompt_contract.json", "v1"), ("me/ner", "v1"), ("me/ner", "v1")]
 
 
 def test_a_model_without_a_contract_is_asked_with_the_given_settings_and_a_warning(
