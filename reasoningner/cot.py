@@ -327,6 +327,36 @@ def _check_prompt(where: str, record: dict[str, Any], task: Task) -> None:
         )
 
 
+def _check_teacher(where: str, record: dict[str, Any], teacher: str) -> None:
+    if record.get("teacher") != teacher:
+        raise ValueError(
+            f"{where}: {record.get('key')!r} was annotated by {record.get('teacher')}, this run's teacher "
+            f"is {teacher}: {AFRESH}"
+        )
+
+
+def check_continues(args: CoTArguments, generation: GenerationArguments) -> None:
+    """Refuse, before a relaunch opens the W&B run of the first attempt, an output file annotated by
+    another teacher or with other settings, as its first kept record says (`resume` checks them all
+    later): the refused run would have been logged into that run, its config replaced."""
+    path = output_path(args)
+    if args.fresh_start() or not path.is_file():
+        return
+    teacher, settings = teacher_name(generation), annotation_settings(args, generation)
+    with path.open("rb") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.endswith(b"\n"):
+                return  # a half-written last line: `resume` cuts it
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            record = parse_record(line, where)
+            if record_status(record) != "failed":  # a failed one may differ: it is asked again
+                _check_teacher(where, record, teacher)
+                _check_settings(where, record, settings)
+                return
+
+
 def _check_settings(where: str, record: dict[str, Any], settings: dict[str, Any]) -> None:
     """A record made with other thresholds or sampling would mix two data sets in one file; one written
     before records carried their settings cannot be checked."""
@@ -361,11 +391,7 @@ def resume(
             tried[task.key] = max(tried.get(task.key, 0), int(record.get("tries") or 1))
             continue
         _check_prompt(where, record, task)
-        if record.get("teacher") != teacher:
-            raise ValueError(
-                f"{where}: {task.key!r} was annotated by {record.get('teacher')}, this run's teacher is "
-                f"{teacher}: {AFRESH}"
-            )
+        _check_teacher(where, record, teacher)
         _check_settings(where, record, settings)
         kept.append(line)
         done.add(record["key"])

@@ -17,7 +17,7 @@ from reasoningner.configs import (
     PromptArguments,
     RecipeParser,
 )
-from reasoningner.cot import REPORT, annotate, merge_shards, output_path, shard_name
+from reasoningner.cot import REPORT, annotate, check_continues, merge_shards, output_path, shard_name
 from reasoningner.files import exclusive
 from reasoningner.tracking import (
     WANDB_RUN_ID,
@@ -55,6 +55,7 @@ def main(args: CoTArguments, prompt: PromptArguments, generation: GenerationArgu
         # a second launch of a running shard stops there.
         with exclusive(path):
             if wandb:
+                check_continues(args, generation)
                 id_file = shard_name(WANDB_RUN_ID, index, count)
                 continue_wandb_run(args.output_dir, resuming=not args.fresh_start(), id_file=id_file)
             name = Path(args.output_dir).resolve().name  # a folder name, no file: `qwen3-1.7b` has no suffix

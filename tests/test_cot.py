@@ -187,6 +187,19 @@ def test_shards_merge_into_exactly_the_unsharded_result(tmp_path, monkeypatch):
     assert manifest["summary"]["sentences"] == 7 and manifest["config"]["merge"] is True
 
 
+def test_a_relaunch_with_other_settings_is_refused_before_it_opens_the_first_attempt_s_wandb_run(
+    tmp_path, monkeypatch
+):
+    """The W&B run of the first attempt would be resumed with the refused settings, then marked failed."""
+    STAGE.main(*gold_args(tmp_path, template_context_words=0))
+    opened: list[str] = []
+    monkeypatch.setattr(STAGE, "continue_wandb_run", lambda *args, **kwargs: opened.append("resumed"))
+    monkeypatch.setattr(STAGE, "wandb_run", lambda *args, **kwargs: opened.append("opened"))
+    with pytest.raises(ValueError, match=r"annotations.jsonl:1: .* was annotated with other settings"):
+        STAGE.main(*gold_args(tmp_path, template_context_words=3, report_to="wandb"))
+    assert opened == []
+
+
 def test_merging_an_incomplete_set_of_shards_is_refused(tmp_path):
     annotate(*gold_args(tmp_path, shard="0/3"))
     with pytest.raises(ValueError, match="complete set"):
