@@ -704,6 +704,8 @@ class _ResumeRecord(TrainerCallback):
         self.trainer = trainer
         self.record = self._load(Path(checkpoint) / RESUME_RECORD) if checkpoint else {}
         self.sampler: _OrderedSampler | None = None
+        state = Path(checkpoint) / "trainer_state.json" if checkpoint else None
+        self.started_for = json.loads(state.read_text(encoding="utf-8"))["max_steps"] if state else None
 
     @staticmethod
     def _load(path: Path) -> dict[str, Any]:
@@ -733,6 +735,13 @@ class _ResumeRecord(TrainerCallback):
         # A resumed state keeps the checkpoint's logging, eval and save steps; a relaunch may change them
         # (`tracking.OPERATIONAL`), and then means this launch's.
         state.compute_steps(args, state.max_steps)
+        if self.started_for not in (None, state.max_steps) and args.lr_scheduler_type != "constant":
+            # transformers lays the schedule over the length it trains for now (its state keeps the step).
+            logger.warning(
+                "this launch trains %d steps, the run's checkpoints %d: from step %d the learning rate "
+                "follows the %s schedule (and warm-up) over %d steps, not the one the run started on",
+                state.max_steps, self.started_for, state.global_step, args.lr_scheduler_type, state.max_steps,
+            )  # fmt: skip
 
     def save(self, checkpoint: Path) -> None:
         state = self.trainer.state

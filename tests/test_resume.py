@@ -896,7 +896,9 @@ def test_a_relaunch_saves_at_its_own_save_steps_and_a_best_model_run_keeps_its_l
         )
 
     sft("--max_steps", "2")
-    sft("--max_steps", "6", "--save_steps", "3")
+    with caplog.at_level(logging.WARNING, logger="reasoningner.training"):
+        sft("--max_steps", "6", "--save_steps", "3")  # longer: a schedule over 6 steps from here
+    assert "this launch trains 6 steps, the run's checkpoints 2: from step 2 the learning rate" in caplog.text
     assert sorted(p.name for p in out.glob("checkpoint-*")) == [
         "checkpoint-2",
         "checkpoint-3",
