@@ -23,7 +23,7 @@ from reasoningner.configs import (
 from reasoningner.prompts import ner_instruction
 from reasoningner.sources import is_source, parse_source
 from reasoningner.spans import Schema
-from reasoningner.tracking import MANIFEST, RUN_DATA, RUN_SETTINGS, WANDB_RUN_ID
+from reasoningner.tracking import MANIFEST, RUN_DATA, RUN_SETTINGS, WANDB_RUN_ID, data_sources
 
 CARD = "README.md"
 STAGE_NAMES = {"sft": "CoT tuning (TRL SFT)", "rl": "reasoning enhancement (TRL GRPO)"}
@@ -56,10 +56,11 @@ def model_card(model: str, manifest: dict[str, Any], contract: PromptContract, a
     config = manifest["config"]
     base = str(config.get("model_name_or_path", ""))
     labels = contract.labels
+    # This stage's sources, then every earlier stage's data and the corpora their records named.
+    here = [str(entry["path"]) for entry in manifest["inputs"] if is_source(str(entry["path"]))]
+    lineage = list(dict.fromkeys([*here, *data_sources(manifest)]))
     hub_data = [  # Hub repositories only: a local stand-in names nothing others can load
-        repo
-        for entry in manifest["inputs"]
-        if is_source(str(entry["path"])) and (repo := parse_source(str(entry["path"])).repo)
+        repo for source in lineage if is_source(source) and (repo := parse_source(source).repo)
     ]
     front = ["---", f"library_name: {'peft' if adapter else 'transformers'}", "pipeline_tag: text-generation"]
     front += ["tags: [reasoningner, named-entity-recognition, trl, " + manifest["stage"] + "]"]
@@ -140,6 +141,10 @@ def model_card(model: str, manifest: dict[str, Any], contract: PromptContract, a
             "| input | sha256 (first 16) |",
             "| --- | --- |",
             *data_rows,
+            "",
+            "Behind it, over every stage (training files, and the corpora their records name): "
+            + (", ".join(f"`{source}`" for source in lineage) or "none recorded")
+            + ".",
             "",
             "## Training",
             "",

@@ -127,15 +127,21 @@ def test_a_grpo_card_names_the_hub_base_through_its_sft_start_the_hub_datasets_a
 
     sft = tmp_path / "outputs" / "qwen3-8b" / "sft"
     sft.mkdir(parents=True)
-    (sft / "manifest.json").write_text(json.dumps({"config": {"model_name_or_path": "Qwen/Qwen3-8B-Base"}}))
+    sft_data = ["hf:HuiHuang/NER-CoT@train", "corpus:conll2003"]  # what the SFT stage recorded
+    (sft / "manifest.json").write_text(
+        json.dumps({"config": {"model_name_or_path": "Qwen/Qwen3-8B-Base"}, "data_sources": sft_data})
+    )
     inputs = [{"path": "hf:ZWK/InstructUIE_data/IE_INSTRUCTIONS/NER@train?sets=CoNLL 2003"},
-              {"path": "hf:tests/data/hub/NER-CoT@train"}, {"path": str(sft)}]  # fmt: skip
+              {"path": "hf:tests/data/hub/NER-CoT@train"},
+              {"path": str(sft), "manifest": {"path": str(sft / "manifest.json")}}]  # fmt: skip
     manifest = {"stage": "rl", "config": {"model_name_or_path": str(sft)}, "inputs": inputs}
     contract = PromptContract(PromptArguments("grouped_json", reasoning=True), ["person", "location"])
     card = model_card("me/qwen3-8b-rl", manifest, contract)
     front = card.split("---")[1]
     assert "base_model: Qwen/Qwen3-8B-Base" in front and "library_name: transformers" in front
-    assert "datasets: [ZWK/InstructUIE_data]" in front  # the repository, not a local stand-in
+    # The repositories, not a local stand-in; the SFT stage's data too.
+    assert "datasets: [ZWK/InstructUIE_data, HuiHuang/NER-CoT]" in front
+    assert "`hf:HuiHuang/NER-CoT@train`, `corpus:conll2003`." in card
     asked = ner_instruction("Peter Blackburn met EU officials in Brussels .", Schema(("person", "location")),
                             contract.prompt)  # what NERModel and training ask with  # fmt: skip
     assert f"```text\n{asked}\n```" in card and "read the answer after `</think>`" in card
