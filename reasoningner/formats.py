@@ -777,8 +777,12 @@ class XmlFormat(_InlineFormat):
         return Markup(text, spans, problems, unclosed, _PARTIAL_TAG.sub("", text))
 
     def expresses(self, example: Example) -> bool:
-        return not _has_crossing(example.spans) and not any(
-            _is_tag(tag.group(2), example.schema.labels) for tag in _XML_TAG.finditer(example.text)
+        return (
+            not _has_crossing(example.spans)
+            and not any(label.startswith("/") for label in example.schema.labels)  # <//x> closes nothing
+            and not any(
+                _is_tag(tag.group(2), example.schema.labels) for tag in _XML_TAG.finditer(example.text)
+            )
         )
 
     def instruction(self, example: Example | None = None) -> str:

@@ -317,8 +317,11 @@ def test_xml_lone_angle_brackets_are_text() -> None:
     assert result.ok and result.spans == list(ex.spans)
 
 
-def test_xml_cannot_express_tag_like_text() -> None:
+def test_xml_cannot_express_tag_like_text_or_a_label_opening_with_a_slash() -> None:
     assert not FORMATS["xml"].expresses(example("the <b> tag of HTML", ("HTML", "MISC", 1)))
+    slashed = example("Bob ran", ("Bob", "/PER", 1), schema=Schema(("/PER",)))  # <//PER> closes nothing
+    assert FORMATS["xml"].parse(FORMATS["xml"].render(slashed), slashed.text, slashed.schema).spans == []
+    assert not FORMATS["xml"].expresses(slashed)
 
 
 def test_xml_unbalanced_tags() -> None:
