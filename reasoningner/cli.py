@@ -301,7 +301,7 @@ def _predict(args: argparse.Namespace, console: Console) -> int:
             )
         )
         texts = (line.removesuffix("\n").removesuffix("\r") for line in lines)
-        asked = failed = 0
+        asked = failed = cut = 0
         first_failure = ""
         while chunk := list(itertools.islice(texts, PREDICT_CHUNK)):
             predictions = model.predict(
@@ -318,12 +318,19 @@ def _predict(args: argparse.Namespace, console: Console) -> int:
                 failures = [problem.detail for problem in prediction.problems if problem.kind == FAILED]
                 failed += bool(failures)
                 first_failure = first_failure or (failures[0] if failures else "")
+                cut += any(problem.kind in CUT_SHORT for problem in prediction.problems)
+    if cut:  # a rationale cut off has no answer: no entities, which reads as a confident "none"
+        print(f"predict: {cut} of {asked} outputs stop short ({', '.join(CUT_SHORT)}): raise "
+              f"--max-new-tokens (now {args.max_new_tokens}; the Qwen3 recipes train with up to 4096)",
+              file=sys.stderr)  # fmt: skip
     if failed:
         print(f"predict: the backend gave up on {failed} of {asked} texts ({FAILED}); first: {first_failure}",
               file=sys.stderr)  # fmt: skip
     return 1 if asked and failed == asked else 0
 
 
+# Parse problems of an output that ran out of tokens: inside its rationale, or inside its answer.
+CUT_SHORT = ("unclosed_think", "truncated")
 # Set by predict's own flags: a backend option of the same name would collide with them.
 PREDICT_SETTINGS = frozenset({"path", "backend", "prompt", "max_new_tokens", "max_prompt_chars"})
 

@@ -454,6 +454,28 @@ def test_predict_cli_with_the_tiny_model(
     assert main(["predict", "--model", str(tiny_model_dir), "--labels", "bad label", str(source)]) == 2
 
 
+def test_predict_says_when_outputs_ran_out_of_tokens(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rationale cut off has no answer: no entities, which must not pass for a model that found none."""
+    from reasoningner.generation import TransformersGenerator
+
+    def cut_off(self: Any, conversations: Sequence, sampling: Any, seeds: Any) -> Iterator:
+        for index, _ in enumerate(conversations):
+            yield index, [Completion("<think>Peter is a", 12, "length")]
+
+    monkeypatch.setattr(TransformersGenerator, "_generate", cut_off)
+    source = tmp_path / "texts.txt"
+    source.write_text("EU rejects German call .\nPeter met Ann .\n", encoding="utf-8")
+    argv = ["predict", "--model", str(tiny_model_dir), "--labels", "person", "--max-new-tokens", "12"]
+    assert main([*argv, str(source)]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "predict: 2 of 2 outputs stop short (unclosed_think, truncated): raise --max-new-tokens (now 12"
+        in err
+    )
+
+
 def test_eval_stage_end_to_end_with_the_tiny_model(tmp_path: Path, tiny_model_dir: Path) -> None:
     recipe = tmp_path / "eval.yaml"
     recipe.write_text(
