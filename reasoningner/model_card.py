@@ -152,7 +152,8 @@ def model_card(model: str, manifest: dict[str, Any], contract: PromptContract, a
             "| --- | --- |",
             *settings,
             "",
-            "Last logged metrics: "
+            "Last logged metrics (of the final attempt of a run that was relaunched: `train_runtime` and "
+            "`train_loss` cover its steps only): "
             + (
                 ", ".join(f"`{k}` {v:.4g}" for k, v in metrics.items() if isinstance(v, int | float))
                 or "none"
