@@ -351,7 +351,26 @@ class GenerationArguments:
             options.setdefault("model", self.model_name_or_path)
         if "model" not in options:
             raise ValueError("no model: set model_name_or_path")
+        if self.backend == "vllm" and is_hub_id(options["model"]):
+            options["model"] = hub_adapter_folder(options["model"], options) or options["model"]
         return build_generator(self.backend, **options)
+
+
+def hub_adapter_folder(repo_id: str, options: dict[str, Any]) -> str | None:
+    """A Hub repository holding a LoRA adapter, downloaded: vLLM applies an adapter from a folder, on the
+    base model the adapter names (a published adapter had been loaded as a full model, and failed). Its
+    `revision` option is then the adapter's, taken out of `options` (the base's is the adapter's record).
+    None for a full model, or when neither the Hub nor the cache can tell."""
+    try:
+        config = hub_file(repo_id, ADAPTER_CONFIG, options.get("revision"))
+    except OSError:
+        return None
+    if config is None or not config.is_file():
+        return None
+    from huggingface_hub import snapshot_download
+
+    revision = options.pop("revision", None)
+    return snapshot_download(repo_id, **({"revision": revision} if revision else {}))
 
 
 @dataclass

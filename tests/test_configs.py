@@ -206,6 +206,32 @@ def test_a_hub_that_cannot_be_asked_stops_a_strict_load_and_warns_otherwise(hub,
     assert f"me/sft: no {PROMPT_CONTRACT} from the Hub (LocalEntryNotFoundError" in caplog.text
 
 
+def test_a_hub_lora_adapter_is_downloaded_for_vllm_which_applies_adapters_from_a_folder(
+    hub, tmp_path, monkeypatch
+) -> None:
+    """vLLM serves an adapter on its base from a folder (`generation._lora_engine`): a published adapter
+    was loaded as a full model. The revision asked is the adapter's; a full model is loaded as named."""
+    import huggingface_hub
+
+    from reasoningner import configs
+
+    (hub.answer / "adapter_config.json").write_text('{"base_model_name_or_path": "Qwen/Qwen3-8B", "r": 16}')
+    snapshots: list[tuple[str, dict]] = []
+    monkeypatch.setattr(
+        huggingface_hub,
+        "snapshot_download",
+        lambda repo_id, **options: snapshots.append((repo_id, options)) or str(hub.answer),
+    )
+    built: list[dict] = []
+    monkeypatch.setattr(configs, "build_generator", lambda backend, **options: built.append(options))
+    GenerationArguments("me/adapter", backend="vllm", backend_options={"revision": "v2"}).build_generator()
+    assert built == [{"model": str(hub.answer)}] and snapshots == [("me/adapter", {"revision": "v2"})]
+    assert hub.asked == [("me/adapter", "adapter_config.json", "v2")]
+    hub.answer = _hub_error("missing")  # a full model's repository
+    GenerationArguments("me/full", backend="vllm", backend_options={"revision": "v2"}).build_generator()
+    assert built[-1] == {"model": "me/full", "revision": "v2"} and len(snapshots) == 1
+
+
 def test_without_the_hub_the_cache_answers_and_offline_mode_only_warns(hub, tmp_path, caplog) -> None:
     from huggingface_hub import constants
 
