@@ -528,13 +528,18 @@ def wandb_run(
 
 
 def trainer_manifest(
-    stage: str, configs: Iterable[Any], inputs: Iterable[str | Path], corpora: Iterable[str]
+    stage: str,
+    configs: Iterable[Any],
+    inputs: Iterable[str | Path],
+    corpora: Iterable[str],
+    upstream: Iterable[str] = (),
 ) -> dict[str, Any]:
     """A trainer stage's manifest, with the `corpora` its training records named and the `data_sources`
-    of the whole lineage (the contamination check)."""
+    of the whole lineage (the contamination check), `upstream` (those of a Hub model it started from,
+    whose manifest is not beside it) included."""
     manifest = build_manifest(stage, config_dict(*configs), inputs)
     manifest["corpora"] = list(dict.fromkeys(corpora))  # once each, in first-read order
-    manifest["data_sources"] = data_sources(manifest)
+    manifest["data_sources"] = list(dict.fromkeys([*data_sources(manifest), *upstream]))
     return manifest
 
 
@@ -544,10 +549,12 @@ def record_trainer_start(
     configs: Iterable[Any],
     inputs: Iterable[str | Path],
     corpora: Iterable[str],
+    upstream: Iterable[str] = (),
 ) -> None:
     """Before training, a provisional manifest (`"provisional": true`; `record_trainer_stage` replaces it):
     a checkpoint evaluated, trained further or published before the run ends carries its lineage too."""
-    write_manifest(output_dir, trainer_manifest(stage, configs, inputs, corpora) | {"provisional": True})
+    manifest = trainer_manifest(stage, configs, inputs, corpora, upstream)
+    write_manifest(output_dir, manifest | {"provisional": True})
 
 
 def record_trainer_stage(
@@ -557,6 +564,7 @@ def record_trainer_stage(
     inputs: Iterable[str | Path],
     before_logging: Callable[[], None] = lambda: None,
     corpora: Iterable[str] = (),
+    upstream: Iterable[str] = (),
 ) -> None:
     """After training: the manifest beside the model (`trainer_manifest`), with the last logged metrics;
     in W&B, the manifest, the inputs used as artifacts and the model logged as the artifact the next
@@ -565,7 +573,7 @@ def record_trainer_stage(
     if not trainer.accelerator.is_main_process:
         return
     output_dir = trainer.args.output_dir
-    manifest = trainer_manifest(stage, configs, inputs, corpora)
+    manifest = trainer_manifest(stage, configs, inputs, corpora, upstream)
     history = trainer.state.log_history
     write_manifest(output_dir, manifest, history[-1] if history else {})
     before_logging()

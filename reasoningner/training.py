@@ -34,6 +34,7 @@ from reasoningner.configs import (
     is_adapter,
     is_hub_id,
     require_model,
+    training_sources,
 )
 from reasoningner.doctor import stale_build_locks
 from reasoningner.jobs import Termination, stop, terminated, terminating
@@ -410,6 +411,7 @@ class TrainerStart(NamedTuple):
     inputs: list[str]  # training files and the model: manifest, W&B group, artifacts
     push_to: str | None  # the Hub repository to publish the final model to (`push_to_hub`)
     contract: PromptContract | None  # of the model it starts from; None for a base model
+    upstream: list[str]  # the data sources of a Hub model it starts from (its published manifest's)
 
 
 def start_trainer_stage(
@@ -476,6 +478,12 @@ def start_trainer_stage(
         contract = PromptContract.load(
             model_args.model_name_or_path, from_hub=True, revision=model_args.model_revision, strict=True
         )
+        # A Hub model trained here carries the data of its stages (its manifest): this run's lineage.
+        upstream = (
+            training_sources(model_args.model_name_or_path, from_hub=True, revision=model_args.model_revision)
+            if is_hub_id(model_args.model_name_or_path)
+            else []
+        )
     check_wording(contract)
     prompt = prompt.resolve(contract)
     configs = (script_args, prompt, training_args, model_args)
@@ -515,7 +523,7 @@ def start_trainer_stage(
     if main_process:
         start = f"resuming from {checkpoint}" if checkpoint else "starting at step 0"
         print(f"{stage}: {start} in {training_args.output_dir}", flush=True)
-    return TrainerStart(prompt, checkpoint, configs, inputs, push_to, contract)
+    return TrainerStart(prompt, checkpoint, configs, inputs, push_to, contract, upstream)
 
 
 def check_publishable(script_args: Any, model_args: Any) -> None:
@@ -834,7 +842,9 @@ def describe_run(
     run ends is then asked as it learnt and carries its lineage (the contamination check)."""
     if trainer.accelerator.is_main_process:
         contract.save(trainer.args.output_dir)
-        record_trainer_start(stage, trainer.args.output_dir, start.configs, start.inputs, corpora)
+        record_trainer_start(
+            stage, trainer.args.output_dir, start.configs, start.inputs, [*corpora], start.upstream
+        )
 
 
 def finish_trainer_stage(stage: str, trainer: Any, start: TrainerStart, corpora: Sequence[str] = ()) -> None:
@@ -842,7 +852,15 @@ def finish_trainer_stage(stage: str, trainer: Any, start: TrainerStart, corpora:
     `source`), the model card, and the model published when asked."""
     output_dir = trainer.args.output_dir
     card = functools.partial(write_model_card, output_dir, start.push_to)
-    record_trainer_stage(stage, trainer, start.configs, start.inputs, before_logging=card, corpora=corpora)
+    record_trainer_stage(
+        stage,
+        trainer,
+        start.configs,
+        start.inputs,
+        before_logging=card,
+        corpora=corpora,
+        upstream=start.upstream,
+    )
     if not trainer.accelerator.is_main_process:
         return
     merged = Path(output_dir) / "merged"

@@ -58,17 +58,24 @@ def test_the_trainer_loads_without_hub_kernels_unless_the_recipe_asks():
 def test_a_trainer_starting_from_a_hub_model_takes_its_prompt_contract_from_the_hub(tmp_path, monkeypatch):
     """GRPO from an SFT model published on the Hub asks it as it was trained (the recipe sets no prompt
     key); a Hub that cannot be asked stops the run before any model loads."""
+    import json
+
     import huggingface_hub
     import pytest
     from huggingface_hub import constants
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     from reasoningner.configs import PROMPT_CONTRACT, PromptArguments, PromptContract
+    from reasoningner.tracking import trainer_manifest
     from reasoningner.training import start_trainer_stage
     from tests.scripts import ROOT, load_stage
 
     trained = PromptContract(PromptArguments("xml", reasoning=False, compact_prompt=True), ["person"])
     trained.save(tmp_path / "snapshot")
+    sft_data = ["hf:HuiHuang/NER-CoT@train", "corpus:conll2003"]  # its published manifest's lineage
+    (tmp_path / "snapshot" / "manifest.json").write_text(
+        json.dumps({"stage": "sft", "data_sources": sft_data})
+    )
     asked = []
 
     def download(repo_id, filename, revision=None):
@@ -90,8 +97,11 @@ def test_a_trainer_starting_from_a_hub_model_takes_its_prompt_contract_from_the_
         )
         return start_trainer_stage("rl", script_args, prompt, training_args, model_args)
 
-    assert start("me/sft", "rl").prompt == trained.prompt
-    assert asked == [("me/sft", PROMPT_CONTRACT, "v2")]
+    started = start("me/sft", "rl")
+    assert started.prompt == trained.prompt
+    assert started.upstream == sft_data  # this run's manifest, card and contamination check carry them
+    assert trainer_manifest("rl", [], [], [], started.upstream)["data_sources"] == sft_data
+    assert asked == [("me/sft", PROMPT_CONTRACT, "v2"), ("me/sft", "manifest.json", "v2")]
     with pytest.raises(ConnectionError, match=f"me/unreachable: could not read its {PROMPT_CONTRACT}"):
         start("me/unreachable", "rl2")
     assert not (tmp_path / "rl2").exists()  # stopped before it claimed the output folder
