@@ -6,7 +6,7 @@ per type, both matching modes, error analysis: `results.Evaluation`), so that a 
 elsewhere sits next to ours on the same rules.
 
 Gold: any file a reader reads (`readers.read_dataset`). Predictions, one line per gold sentence in
-gold order, in one of three layouts told by the file's first line:
+gold order, in one of three layouts told by the first JSON object of its first lines:
 
 - `llamafactory`: LLaMA-Factory's `generated_predictions.jsonl`, `{"prompt", "predict", "label"}`;
   `predict` is the raw model output; the gold sentence must occur in `prompt` (a check that the
@@ -88,8 +88,11 @@ class PredictionLine:
     variant: str | None = None  # our generations.jsonl: "normal", or a probe's relabelled sentence
 
 
+LAYOUT_LINES = 20  # lines of a predictions file whose first JSON object tells its layout
+
+
 def predictions_layout(first: Any) -> str:
-    """The layout of a predictions file from its first line's JSON value (module docstring)."""
+    """The layout of a predictions file from its first JSON object (module docstring)."""
     if isinstance(first, dict) and isinstance(first.get("predict"), str):
         return "llamafactory"
     if isinstance(first, dict) and isinstance(first.get("output"), str):
@@ -116,7 +119,10 @@ def read_predictions(
         lines.pop()  # the file's last newline
     if not any(line.strip() for _, line in lines):
         raise DataError(path, None, "no predictions")
-    layout = predictions_layout(_json_or_none(next(line for _, line in lines if line.strip())))
+    # The first JSON object among the first lines: one malformed line (cut short, hand-edited) must not
+    # turn a LLaMA-Factory file into raw outputs whose lines are whole JSON records.
+    objects = (value for _, line in lines[:LAYOUT_LINES] if isinstance(value := _json_or_none(line), dict))
+    layout = predictions_layout(next(objects, None))
     if layout != "outputs":
         lines = [(number, line) for number, line in lines if line.strip()]
     predictions, skipped = [], []

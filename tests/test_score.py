@@ -220,6 +220,16 @@ def test_misaligned_files_are_errors_naming_the_line(tmp_path: Path) -> None:
         score_files([(ACE, write_jsonl(tmp_path / "p.jsonl", rows))])
     with pytest.raises(DataError, match=r"p.jsonl: 2 predictions for 3 gold sentences"):
         score_files([(ACE, write_jsonl(tmp_path / "p.jsonl", rows[:2]))])
+    # A first line cut short is that line's error, not a file of raw outputs made of JSON records.
+    gold = read_alpaca(ACE).examples
+    answers = [FORMATS["grouped_json"].render(e) for e in gold]
+    lines = [
+        json.dumps({"prompt": e.text, "predict": a, "label": a}) for e, a in zip(gold, answers, strict=True)
+    ]
+    broken = tmp_path / "generated_predictions.jsonl"
+    broken.write_text("\n".join([lines[0][:40], *lines[1:]]) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"generated_predictions.jsonl:1: llamafactory prediction"):
+        score_files([(ACE, broken)])
 
 
 # --- LLMs4NER's counting, checked by an independent counter -------------------------------------------
