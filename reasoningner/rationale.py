@@ -10,7 +10,8 @@ an *assertion*:
 
 An assertion is a double-quoted text (straight or curly quotes; no space after the opening
 quote, no newline inside, at most 200 characters; a text holding a straight quote, such as
-`Roberto " Hands of Stone " Duran`, is written in curly ones), then a linking phrase
+`Roberto " Hands of Stone " Duran`, is written in curly ones, one holding curly ones in straight
+ones, and a line break inside an entity is stated as a space), then a linking phrase
 (`is a`, `is an`, `is the`, `is`, `->`, `→`, `:`, `=`, `as`, `labelled`, `labeled`), then a label
 of the schema, matched case-insensitively as a whole word (underscores in labels may be written as
 spaces). "is not a(n) <label>" and "is not an entity" are rejections: they assert nothing.
@@ -37,8 +38,10 @@ from reasoningner.spans import Example, Schema
 # space, so that a closing quote (followed by " is a ...") fails at once instead of scanning the rest
 # of its line. Quotes and newlines have no case, so only the link and the label ignore case.
 _QUOTED = r"{quote}(?=[^\s\"“”])(?=(?P<text>[^\"“”\n]{{1,200}}))(?P=text){quote}"
-# Curly quotes around a text that holds straight ones (the other alternative, tried second).
+# Curly quotes around a text that holds straight ones (the other alternative, tried second), and
+# straight quotes around one that holds curly ones (tried third: "Dwayne “The Rock” Johnson").
 _CURLY_QUOTED = r"“(?=[^\s“”])(?=(?P<curly>[^“”\n]{1,200}))(?P=curly)”"
+_STRAIGHT_QUOTED = r'"(?=[^\s"])(?=(?P<straight>[^"\n]{1,200}))(?P=straight)"'
 _LINK = (
     r"\s*(?:is\s+(?P<negation>not\s+)?(?:an?\s+|the\s+)?|->\s*|→\s*|:\s*|=\s*|as\s+(?:an?\s+)?"
     r"|label(?:l)?ed\s+(?:as\s+)?(?:an?\s+)?)"
@@ -51,12 +54,12 @@ _LINK_WORDS = frozenset({"a", "an", "the", "not", "as"})
 def _assertion_pattern(labels: tuple[str, ...], curly_quotes: bool) -> re.Pattern[str]:
     """The assertion regex; without curly quotes in the text, quotes are found as one character,
     which the regex engine searches for much faster than a class of three. Its groups are, in
-    order: text, curly text (with curly quotes only), link, negation, label."""
+    order: text, curly text and straight text (with curly quotes only), link, negation, label."""
     # Longest labels first so "musicalartist" wins over "artist"-like prefixes.
     alternatives = sorted({re.escape(label).replace("_", "[_ ]") for label in labels}, key=len, reverse=True)
     label_group = "(?P<label>" + "|".join(alternatives) + ")"
     if curly_quotes:
-        quoted = "(?:" + _QUOTED.format(quote='["“”]') + "|" + _CURLY_QUOTED + ")"
+        quoted = "(?:" + _QUOTED.format(quote='["“”]') + "|" + _CURLY_QUOTED + "|" + _STRAIGHT_QUOTED + ")"
     else:
         quoted = _QUOTED.format(quote='"')
     first_words = {label.casefold().replace("_", " ").split(" ")[0] for label in labels}
@@ -79,10 +82,10 @@ def asserted_entities(rationale: str, schema: Schema) -> list[tuple[str, str]]:
     # findall gives the groups in pattern order without a match object each.
     found = _assertion_pattern(schema.labels, curly).findall(rationale)
     if not curly:
-        found = [(text, "", link, negation, label) for text, link, negation, label in found]
+        found = [(text, "", "", link, negation, label) for text, link, negation, label in found]
     return [
-        (text or curly_text, canonical.get(label) or canonical[label.casefold().replace("_", " ")])
-        for text, curly_text, _link, negation, label in found
+        (text or curly or straight, canonical.get(label) or canonical[label.casefold().replace("_", " ")])
+        for text, curly, straight, _link, negation, label in found
         if not negation
     ]
 
@@ -102,7 +105,9 @@ def _article(label: str) -> str:
 
 
 def assertion(text: str, label: str) -> str:
-    """The canonical way to state one decision, understood by `asserted_entities`."""
+    """The canonical way to state one decision, understood by `asserted_entities`: on one line (a text's
+    line breaks as spaces: its key is the same, `metrics.text_keys`), in the quotes it does not hold."""
+    text = " ".join(text.split())
     quoted = f"“{text}”" if '"' in text else f'"{text}"'
     return f"{quoted} is {_article(label)} {label}"
 
@@ -122,7 +127,9 @@ def gold_template_rationale(example: Example, context_words: int = 3) -> str:
         if context_words > 0:
             left = example.text[: span.start].split()[-context_words:]
             right = example.text[span.end :].split()[:context_words]
-            line += f", from its context: {' '.join([*left, '[', span.text(example.text), ']', *right])}"
+            line += (
+                f", from its context: {' '.join([*left, '[', *span.text(example.text).split(), ']', *right])}"
+            )
         lines.append(line)
     lines.append("No other span names an entity of the given types.")
     return "\n".join(lines)

@@ -64,6 +64,20 @@ def test_a_text_holding_straight_quotes_is_stated_in_curly_ones_and_read_back() 
     assert consistency(rationale, expected, SCHEMA) == 1.0
 
 
+def test_a_text_holding_curly_quotes_or_a_line_break_is_stated_and_read_back() -> None:
+    """The gold template stated "Dwayne “The Rock” Johnson" and "New\nYork" in forms the grammar could not
+    read: consistency 0 against its own answer, so stage 1 rejected the sentence and GRPO never paid it."""
+    schema = Schema(("person", "work", "location"))
+    for text, label in (
+        ("Dwayne “The Rock” Johnson", "person"),
+        ("“Ulysses”", "work"),
+        ("New\nYork", "location"),
+    ):
+        statement = assertion(text, label)
+        assert "\n" not in statement
+        assert consistency(statement, [(text, label)], schema) == 1.0, statement
+
+
 fragments = st.sampled_from(
     [
         '"',
