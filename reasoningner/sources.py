@@ -455,7 +455,8 @@ def _place(text: str, mentions: Sequence[tuple[str, str, Any]], missing: list[st
         given = isinstance(pos, list) and len(pos) == 2 and all(type(p) is int for p in pos)
         if given and 0 <= pos[0] < pos[1] <= len(text) and text[pos[0] : pos[1]].strip() == mention:
             start = pos[0] + text[pos[0] : pos[1]].index(mention)
-            spans.append(Span(start, start + len(mention), label))
+            if (span := Span(start, start + len(mention), label)) not in spans:  # listed twice: once
+                spans.append(span)
         else:
             by_text.append((mention, label, pos if given else None))
     for mention, label, pos in sorted(by_text, key=lambda entry: -len(entry[0])):  # stable: listing order

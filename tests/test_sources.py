@@ -138,7 +138,8 @@ def test_an_instructuie_sentence_without_entities_and_a_wrong_pos_read_as_the_pa
         {"sentence": "Nothing to see .", "entities": [{"name": "", "type": "NA", "pos": ""}]},
         {"sentence": "EU backs EU plan .", "entities": [
             {"name": "EU", "type": "organisation", "pos": [0, 2]},
-            {"name": "EU", "type": "location", "pos": [3, 5]}]},
+            {"name": "EU", "type": "location", "pos": [3, 5]},
+            {"name": "EU", "type": "organisation", "pos": [0, 2]}]},  # listed twice: one span
     ]  # fmt: skip
     (tree / "train.json").write_text(json.dumps(records))
     dataset = load_source(f"hf:{tmp_path / 'NER'}@train?sets=set")
