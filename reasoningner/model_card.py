@@ -56,9 +56,7 @@ def model_card(model: str, manifest: dict[str, Any], contract: PromptContract, a
     config = manifest["config"]
     base = str(config.get("model_name_or_path", ""))
     labels = contract.labels
-    # This stage's sources, then every earlier stage's data and the corpora their records named.
-    here = [str(entry["path"]) for entry in manifest["inputs"] if is_source(str(entry["path"]))]
-    lineage = list(dict.fromkeys([*here, *data_sources(manifest)]))
+    lineage = data_sources(manifest)  # this stage's training files, every earlier stage's, their corpora
     hub_data = [  # Hub repositories only: a local stand-in names nothing others can load
         repo for source in lineage if is_source(source) and (repo := parse_source(source).repo)
     ]

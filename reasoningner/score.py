@@ -235,19 +235,17 @@ def align(
     dataset = read_dataset(gold_path, reader, on_error=on_error)
     layout, predictions, skipped = read_predictions(predictions_path, on_error)
     pairs = _pairs(dataset, predictions, predictions_path, on_error, skipped)
-    if output_format == "auto" and any(p.label or p.output for _, p in pairs):  # spans need no format
-        # Gold answers (LLaMA-Factory's labels) tell best, else the outputs.
+    if output_format == "auto":  # gold answers (LLaMA-Factory's labels) tell best, else the outputs
         labels = [p.label for _, p in pairs if p.label]
-        sniffed = sniff_format(labels) or sniff_format(p.output or "" for _, p in pairs)
-        if sniffed is None:
+        outputs = [p.output for _, p in pairs if p.output]
+        sniffed = sniff_format(labels) or sniff_format(outputs)
+        if sniffed is None and (labels or outputs):  # spans are parsed already: they need no format
             logger.warning(
                 "%s: no answer tells its format (all empty, cut short or without entities): read as "
                 "grouped_json; give --output-format",
                 predictions_path,
             )
         output_format = sniffed or "grouped_json"
-    elif output_format == "auto":
-        output_format = "grouped_json"
     fmt = get_format(output_format, reground_offsets=reground_offsets)
     gold, kept, parsed = [], [], []
     for example, prediction in pairs:

@@ -843,7 +843,7 @@ def describe_run(
     if trainer.accelerator.is_main_process:
         contract.save(trainer.args.output_dir)
         record_trainer_start(
-            stage, trainer.args.output_dir, start.configs, start.inputs, [*corpora], start.upstream
+            stage, trainer.args.output_dir, start.configs, start.inputs, corpora, start.upstream
         )
 
 

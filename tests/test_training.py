@@ -144,7 +144,8 @@ def test_a_grpo_card_names_the_hub_base_through_its_sft_start_the_hub_datasets_a
     inputs = [{"path": "hf:ZWK/InstructUIE_data/IE_INSTRUCTIONS/NER@train?sets=CoNLL 2003"},
               {"path": "hf:tests/data/hub/NER-CoT@train"},
               {"path": str(sft), "manifest": {"path": str(sft / "manifest.json")}}]  # fmt: skip
-    manifest = {"stage": "rl", "config": {"model_name_or_path": str(sft)}, "inputs": inputs}
+    config = {"model_name_or_path": str(sft), "train_files": [entry["path"] for entry in inputs[:2]]}
+    manifest = {"stage": "rl", "config": config, "inputs": inputs}  # as trainer stages write it
     contract = PromptContract(PromptArguments("grouped_json", reasoning=True), ["person", "location"])
     card = model_card("me/qwen3-8b-rl", manifest, contract)
     front = card.split("---")[1]
