@@ -22,10 +22,16 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from reasoningner.configs import RENAMED, GenerationArguments, PromptArguments, require_model
+from reasoningner.configs import (
+    DEFAULT_MAX_NEW_TOKENS,
+    RENAMED,
+    GenerationArguments,
+    PromptArguments,
+    require_model,
+)
 from reasoningner.formats import FORMATS
 from reasoningner.generation import BACKENDS, BackendMissing, GenerationError, options_from
-from reasoningner.predict import FAILED, NERModel, check_scoring
+from reasoningner.predict import CUT_OFF, FAILED, NERModel, check_scoring
 from reasoningner.readers import READERS, WRITERS, CannotWrite, read_dataset, write_dataset
 from reasoningner.spans import Schema
 from reasoningner.stats import dataset_stats
@@ -243,7 +249,13 @@ def _add_predict_command(subparsers: argparse._SubParsersAction) -> None:
         default={},
         help='backend keyword options as a JSON object: {"batch_size": 16}',
     )
-    predict.add_argument("--max-new-tokens", type=int, default=1024)
+    predict.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="tokens an output may take (default: the budget the model was trained with, from its prompt "
+        f"contract; else {DEFAULT_MAX_NEW_TOKENS})",
+    )
     predict.set_defaults(handler=_predict)
 
 
@@ -321,7 +333,7 @@ def _predict(args: argparse.Namespace, console: Console) -> int:
                 cut += any(problem.kind in CUT_SHORT for problem in prediction.problems)
     if cut:  # a rationale cut off has no answer: no entities, which reads as a confident "none"
         print(f"predict: {cut} of {asked} outputs stop short ({', '.join(CUT_SHORT)}): raise "
-              f"--max-new-tokens (now {args.max_new_tokens}; the Qwen3 recipes train with up to 4096)",
+              f"--max-new-tokens (now {model.sampling.max_new_tokens})",
               file=sys.stderr)  # fmt: skip
     if failed:
         print(f"predict: the backend gave up on {failed} of {asked} texts ({FAILED}); first: {first_failure}",
@@ -329,8 +341,9 @@ def _predict(args: argparse.Namespace, console: Console) -> int:
     return 1 if asked and failed == asked else 0
 
 
-# Parse problems of an output that ran out of tokens: inside its rationale, or inside its answer.
-CUT_SHORT = ("unclosed_think", "truncated")
+# Problems of an output that ran out of tokens: as the backend says (`CUT_OFF`), or where it does not, as
+# its parse shows (inside its rationale, or inside its answer).
+CUT_SHORT = (CUT_OFF, "unclosed_think", "truncated")
 # Set by predict's own flags: a backend option of the same name would collide with them.
 PREDICT_SETTINGS = frozenset({"path", "backend", "prompt", "max_new_tokens", "max_prompt_chars"})
 

@@ -64,6 +64,7 @@ RENAMED = {
 
 
 PROMPT_CONTRACT = "prompt_contract.json"  # saved beside a trained model's weights
+DEFAULT_MAX_NEW_TOKENS = 1024  # for a model whose contract records no budget (a base model, a teacher)
 SAMPLERS = ("proportional", "reasoningner")  # how stage 3 draws its prompts (`training_data.rl_prompts`)
 
 
@@ -143,6 +144,11 @@ class PromptContract:
     # A fingerprint of the instruction's wording the model was trained on (`prompts.wording`), which the
     # settings above do not hold: the code words the prompt. Empty in contracts written before it.
     wording: str = ""
+    # The longest output, in tokens, the model was trained to write (SFT's max_length, GRPO's
+    # max_completion_length): what evaluation and predict let it write unless told otherwise, where a
+    # fixed default cut a long rationale short (no answer, read as "no entities"). None: not recorded
+    # (a contract written before it, SFT without a max_length).
+    max_new_tokens: int | None = None
 
     @classmethod
     def trained(
@@ -152,15 +158,22 @@ class PromptContract:
         earlier: PromptContract | None = None,
         *,
         wording: str,
+        max_new_tokens: int | None,
     ) -> PromptContract:
-        """The contract of a model trained on examples of `schemas` worded as `wording` says: every label
-        in first-seen order, with its first description (what `Schema.union` keeps). A model trained
-        further (GRPO from SFT) keeps what `earlier`, its starting model's contract, lists first: it
-        still knows those labels."""
+        """The contract of a model trained on examples of `schemas` worded as `wording` says, to write up
+        to `max_new_tokens`: every label in first-seen order, with its first description (what
+        `Schema.union` keeps). A model trained further (GRPO from SFT) keeps what `earlier`, its starting
+        model's contract, lists first: it still knows those labels."""
         if earlier is not None and earlier.labels:
             schemas = [Schema(tuple(earlier.labels), earlier.descriptions), *schemas]
         union = Schema.union(schemas)
-        return cls(prompt, list(union.labels), descriptions=dict(union.descriptions), wording=wording)
+        return cls(
+            prompt,
+            list(union.labels),
+            descriptions=dict(union.descriptions),
+            wording=wording,
+            max_new_tokens=max_new_tokens,
+        )
 
     def asked(self, schema: Schema) -> Schema:
         """`schema` as this model learnt to be asked it: a label it leaves undescribed gets the
@@ -180,6 +193,8 @@ class PromptContract:
             payload["descriptions"] = self.descriptions
         if self.wording:
             payload["wording"] = self.wording
+        if self.max_new_tokens is not None:
+            payload["max_new_tokens"] = self.max_new_tokens
         write_whole(path, json.dumps(payload, indent=2) + "\n")
         return path
 
@@ -208,12 +223,16 @@ class PromptContract:
             if path.is_file():
                 try:
                     payload = json.loads(path.read_text(encoding="utf-8"))
+                    budget = payload.get("max_new_tokens")
+                    if budget is not None and (type(budget) is not int or budget < 1):
+                        raise ValueError(f"max_new_tokens must be a positive integer, got {budget!r}")
                     return cls(
                         PromptArguments(**payload["prompt"]),
                         list(payload.get("labels", [])),
                         str(path),
                         dict(payload.get("descriptions", {})),
                         str(payload.get("wording", "")),
+                        budget,
                     )
                 except (ValueError, TypeError, KeyError) as error:
                     raise ValueError(f"{path}: not a prompt contract ({error})") from None
@@ -301,7 +320,13 @@ class GenerationArguments:
     )
     temperature: float = field(default=0.0, metadata={"help": "0 decodes greedily"})
     top_p: float = 1.0
-    max_new_tokens: int = 1024
+    max_new_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "tokens an output may take; default: the budget a model trained here was trained with "
+            f"(its prompt contract), else {DEFAULT_MAX_NEW_TOKENS}"
+        },
+    )
     seed: int | None = field(
         default=0,
         metadata={
@@ -329,6 +354,14 @@ class GenerationArguments:
             self.model_name_or_path, from_hub=True, revision=self.revision, strict=True
         )
 
+    def within_budget(self, contract: PromptContract | None) -> GenerationArguments:
+        """These settings with `max_new_tokens` decided: as given, else the budget the model was trained
+        with (`contract`), else the default."""
+        if self.max_new_tokens is not None:
+            return self
+        budget = contract.max_new_tokens if contract is not None else None
+        return dataclasses.replace(self, max_new_tokens=budget or DEFAULT_MAX_NEW_TOKENS)
+
     def training_sources(self) -> list[str]:
         """`training_sources` of the model generating, read from the Hub as `prompt_contract` is."""
         return training_sources(self.model_name_or_path, from_hub=True, revision=self.revision)
@@ -338,7 +371,7 @@ class GenerationArguments:
             n=n,
             temperature=self.temperature,
             top_p=self.top_p,
-            max_new_tokens=self.max_new_tokens,
+            max_new_tokens=self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
             seed=self.seed,
         )
 

@@ -366,6 +366,7 @@ def evaluate(
     `generator` replaces the backend of `generation` (tests pass a scripted one); it is not closed here.
     """
     contract = generation.prompt_contract()
+    generation = generation.within_budget(contract)  # as asked: in the outputs' keys and the results
     items, datasets, label_maps = load_items(args, contract)
     if generator is None:
         model = NERModel.from_generation(

@@ -76,6 +76,8 @@ def model_card(model: str, manifest: dict[str, Any], contract: PromptContract, a
         for label in labels
     ]
     prompt_rows = [f"| `{name}` | `{getattr(contract.prompt, name)}` |" for name in PromptArguments.DEFAULTS]
+    if contract.max_new_tokens:  # the output budget it was trained with: predict's default
+        prompt_rows.append(f"| `max_new_tokens` | `{contract.max_new_tokens}` |")
     data_rows = [
         f"| `{entry['path']}` | `{(entry.get('sha256') or 'not local')[:16]}` |"
         for entry in manifest["inputs"]
@@ -121,7 +123,9 @@ def model_card(model: str, manifest: dict[str, Any], contract: PromptContract, a
             "",
             "`reasoningner` is installed from its repository (`pip install -e .` in a clone); it also maps "
             "the answer back to character offsets. Without it, ask the model with its chat template and "
-            "this prompt as the only user turn (no system prompt), and read "
+            "this prompt as the only user turn (no system prompt), "
+            + (f"let it write up to {contract.max_new_tokens} tokens, " if contract.max_new_tokens else "")
+            + "and read "
             + ("the answer after `</think>`:" if reasoning else "the reply as the answer:"),
             "",
             "```text",

@@ -45,7 +45,8 @@ What is not an entity. A mention that cannot be found in the text is returned on
 found in the text or not, and `.problems` says so (`unknown_label`), with every other parse
 problem. With several samples or windows, both hold what any of them had, each once. A text (or
 window) the backend gave up on (a server that refused its prompt) has the problem
-`generation_failed`, and the other texts go on.
+`generation_failed`, and the other texts go on. One whose output ran into `max_new_tokens` (by default
+the budget the model was trained with, its contract's) has `cut_off`: its answer is missing or partial.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reasoningner.configs import GenerationArguments, PromptArguments, PromptContract
+from reasoningner.configs import DEFAULT_MAX_NEW_TOKENS, GenerationArguments, PromptArguments, PromptContract
 from reasoningner.formats import ParseResult, Problem, get_format, split_answer
 from reasoningner.generation import (
     LONE_SURROGATE,
@@ -85,6 +86,9 @@ SAMPLING_TEMPERATURE = 0.7
 MAX_PROMPT_CHARS = 8000
 FAILED = "generation_failed"  # the problem of a text (window) the backend gave up on
 TOO_LONG = "prompt_too_long"  # the problem of a sentence `run` does not ask: it would not fit
+# The problem of a prediction whose output ran into max_new_tokens, as the backend says: its parse shows
+# most such cuts (truncated, unclosed_think), not one where the answer could have ended.
+CUT_OFF = "cut_off"
 
 
 @dataclass(frozen=True)
@@ -320,7 +324,7 @@ class NERModel:
         self.generator = generator
         self.prompt = prompt or PromptArguments()
         self.output_format = get_format(self.prompt.output_format)
-        self.sampling = sampling or SamplingConfig(max_new_tokens=1024)
+        self.sampling = sampling or SamplingConfig(max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
         self.labels = list(labels)  # what the model was trained to find, when its contract says
         self.descriptions = dict(descriptions or {})  # of those labels, as its training prompts had them
         self._told_descriptions_unused = False
@@ -343,13 +347,14 @@ class NERModel:
         backend: str = "transformers",
         prompt: PromptArguments | None = None,
         *,
-        max_new_tokens: int = 1024,
+        max_new_tokens: int | None = None,
         max_prompt_chars: int | None = None,
         **options: Any,
     ) -> NERModel:
         """Load `path` with the named backend; `options` go to it (`generation.build_generator`),
         e.g. `batch_size=16` for transformers or `tensor_parallel_size=2` for vllm. Greedy decoding.
-        The prompt settings `prompt` leaves unset come from the model's `prompt_contract.json`."""
+        The prompt settings `prompt` leaves unset, and `max_new_tokens`, come from the model's
+        `prompt_contract.json`."""
         generation = GenerationArguments(
             model_name_or_path=str(path),
             backend=backend,
@@ -368,9 +373,10 @@ class NERModel:
         deferred: bool = False,
     ) -> NERModel:
         """The model that `generation` describes (backend, model, sampling), asked with `prompt`, whose
-        unset fields come from the prompt contract saved beside the model; `deferred`: its backend is
-        built when first asked (`generation.DeferredGenerator`)."""
+        unset fields (and an unset `max_new_tokens`) come from the prompt contract saved beside the model;
+        `deferred`: its backend is built when first asked (`generation.DeferredGenerator`)."""
         contract = generation.prompt_contract()
+        generation = generation.within_budget(contract)
         check_wording(contract)
         if contract is None:
             logger.warning(
@@ -495,7 +501,7 @@ class NERModel:
                 answers[index][start] = ([ParseResult([], problems=[Problem(FAILED, str(outcome))])], "")
                 continue
             window = asked[index][start:end]
-            parses = [self.output_format.parse(completion.text, window, schema) for completion in outcome]
+            parses = [self._parse(completion, window, schema) for completion in outcome]
             answers[index][start] = (parses, split_answer(outcome[0].text)[0] or "")
         return [
             _combine(
@@ -511,6 +517,14 @@ class NERModel:
             else Prediction(rationale="" if return_rationale else None)
             for index, text in enumerate(texts)
         ]
+
+    def _parse(self, completion: Completion, text: str, schema: Schema) -> ParseResult:
+        """The parse of a prediction's output, with `CUT_OFF` when it ran into max_new_tokens."""
+        parsed = self.output_format.parse(completion.text, text, schema)
+        if completion.finish_reason == "length":
+            limit = self.sampling.max_new_tokens
+            parsed.problems.append(Problem(CUT_OFF, f"the output ran into max_new_tokens={limit}"))
+        return parsed
 
     def schema(self, labels: Sequence[str] | Schema, descriptions: Mapping[str, str] | None = None) -> Schema:
         """The label set asked as evaluation asks it (`PromptContract.asked`): `descriptions` (and a

@@ -568,6 +568,26 @@ def cut_conversations(dataset: Any, max_length: int | None) -> int:
     return sum(last_trained(i) != end for i in full)
 
 
+def longest_target(dataset: Any) -> int | None:
+    """The most tokens one of TRL's tokenized training rows trains (its `labels` that are not -100: the
+    answer and its end of turn under `assistant_only_loss`), the longest output the model learnt to
+    write: its contract's budget (`PromptContract.max_new_tokens`). A packed row counts the answers it
+    packs together, an unmasked one its prompt too: more than needed, never less. None without labels."""
+    if len(dataset) == 0 or "labels" not in dataset.column_names:
+        return None
+    import numpy as np
+    import pyarrow.compute as pc
+
+    longest = 0
+    for batch in dataset.with_format("arrow").iter(batch_size=4096):  # a bounded slice of the rows at a time
+        for rows in batch["labels"].chunks:
+            trained = pc.not_equal(pc.list_flatten(rows), -100).to_numpy(zero_copy_only=False)
+            parents = pc.list_parent_indices(rows).to_numpy()
+            if trained.any():
+                longest = max(longest, int(np.bincount(parents[trained]).max()))
+    return longest or None
+
+
 class _RunFinished(Exception):
     """Raised by `_StopAtLastStep` to leave `Trainer.train` before it takes a step."""
 

@@ -81,7 +81,13 @@ def main(
     train_dataset = Dataset.from_list(train)
     eval_dataset = Dataset.from_list(held_out) if held_out is not None else None
     check_training_data(start, training_args, train_dataset, eval_dataset)
-    contract = PromptContract.trained(prompt, schemas, start.contract, wording=wording(prompt))
+    contract = PromptContract.trained(
+        prompt,
+        schemas,
+        start.contract,
+        wording=wording(prompt),
+        max_new_tokens=training_args.max_completion_length,  # the policy learnt to finish within it
+    )
     if training_args.reward_weights is None:
         training_args.reward_weights = [default_weight(name) for name in script_args.reward_funcs]
 

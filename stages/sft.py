@@ -23,6 +23,7 @@ from reasoningner.training import (
     cut_conversations,
     describe_run,
     finish_trainer_stage,
+    longest_target,
     model_init_kwargs,
     peft_config,
     save_final,
@@ -51,9 +52,6 @@ def main(
         held_out = (
             sft_conversations(script_args.eval_files, prompt, script_args) if script_args.eval_files else None
         )
-    contract = PromptContract.trained(
-        prompt, (e.example.schema for e in train), start.contract, wording=wording(prompt)
-    )
     train_dataset = Dataset.from_list(
         [sft_record(e.example, prompt, rationale=e.rationale, answer=e.answer) for e in train]
     )
@@ -83,6 +81,13 @@ def main(
             f"{training_args.max_length} tokens and are trained cut, without the rest of their answer and "
             "their end of turn: raise max_length"
         )
+    contract = PromptContract.trained(
+        prompt,
+        (e.example.schema for e in train),
+        start.contract,
+        wording=wording(prompt),
+        max_new_tokens=longest_target(trainer.train_dataset),
+    )
     describe_run("sft", trainer, start, contract, corpora)
     train_from("sft", trainer, start.checkpoint, script_args)
     save_final(trainer, training_args.output_dir, script_args.merge_lora, contract)

@@ -7,10 +7,17 @@ import json
 import logging
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from reasoningner.configs import PROMPT_CONTRACT, GenerationArguments, PromptArguments, PromptContract
+from reasoningner.configs import (
+    DEFAULT_MAX_NEW_TOKENS,
+    PROMPT_CONTRACT,
+    GenerationArguments,
+    PromptArguments,
+    PromptContract,
+)
 from reasoningner.spans import Schema
 
 TRAINED = PromptContract(
@@ -65,24 +72,55 @@ def test_the_contract_of_training_data_has_every_label_and_its_first_description
             Schema(("ORG", "PER"), {"PER": "humans", "ORG": "firms"}),
         ],
         wording="0123456789abcdef",
+        max_new_tokens=300,
     )
     assert contract.labels == ["PER", "LOC", "ORG"]
     assert contract.descriptions == {"PER": "people", "ORG": "firms"}
     contract.save(tmp_path)
     loaded = PromptContract.load(tmp_path)
-    assert (loaded.prompt, loaded.labels, loaded.descriptions, loaded.wording) == (
+    assert (loaded.prompt, loaded.labels, loaded.descriptions, loaded.wording, loaded.max_new_tokens) == (
         prompt,
         contract.labels,
         contract.descriptions,
         "0123456789abcdef",
+        300,
     )
     sft = PromptContract(prompt, ["MISC", "PER"], descriptions={"MISC": "other names", "PER": "persons"})
-    further = PromptContract.trained(prompt, [Schema(("PER", "LOC"), {"PER": "people"})], sft, wording="")
+    further = PromptContract.trained(
+        prompt, [Schema(("PER", "LOC"), {"PER": "people"})], sft, wording="", max_new_tokens=None
+    )
     assert further.labels == ["MISC", "PER", "LOC"]  # what the model learnt before stays, first
     assert further.descriptions == {"MISC": "other names", "PER": "persons"}
     TRAINED.save(tmp_path / "older")  # without descriptions, as contracts were written before
     assert "descriptions" not in json.loads((tmp_path / "older" / PROMPT_CONTRACT).read_text())
     assert PromptContract.load(tmp_path / "older").descriptions == {}
+    assert PromptContract.load(tmp_path / "older").max_new_tokens is None  # no budget recorded
+
+
+def test_generation_takes_the_budget_the_model_was_trained_with_unless_given() -> None:
+    """An evaluation or prediction that names no max_new_tokens lets a model trained here write as long
+    as it learnt to (a fixed 1024 cut the rationales of a model trained on longer ones: no answer)."""
+    contract = PromptContract(PromptArguments(), ["PER"], max_new_tokens=3000)
+    unset = GenerationArguments(model_name_or_path="m", backend_options={"batch_size": 2})
+    assert unset.within_budget(contract).max_new_tokens == 3000
+    assert unset.within_budget(contract).sampling().max_new_tokens == 3000
+    assert unset.within_budget(contract).backend_options == {"batch_size": 2}
+    assert unset.within_budget(PromptContract(PromptArguments())).max_new_tokens == DEFAULT_MAX_NEW_TOKENS
+    assert unset.within_budget(None).max_new_tokens == DEFAULT_MAX_NEW_TOKENS  # a base model
+    assert unset.sampling().max_new_tokens == DEFAULT_MAX_NEW_TOKENS  # a teacher asked as it is
+    given = GenerationArguments(model_name_or_path="m", max_new_tokens=64)
+    assert given.within_budget(contract).max_new_tokens == 64
+
+
+@pytest.mark.parametrize("budget", [0, -5, 12.5, "4096", True])
+def test_a_contract_with_a_budget_that_is_not_a_positive_integer_is_refused(
+    tmp_path: Path, budget: Any
+) -> None:
+    (tmp_path / PROMPT_CONTRACT).write_text(
+        json.dumps({"prompt": {}, "labels": ["PER"], "max_new_tokens": budget})
+    )
+    with pytest.raises(ValueError, match="not a prompt contract .*max_new_tokens must be a positive integer"):
+        PromptContract.load(tmp_path)
 
 
 def test_a_broken_contract_file_is_an_error_naming_it(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ through the real tiny model: the `predict` CLI and `stages/eval.py` end to end.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -471,7 +472,7 @@ def test_predict_says_when_outputs_ran_out_of_tokens(
     assert main([*argv, str(source)]) == 0
     err = capsys.readouterr().err
     assert (
-        "predict: 2 of 2 outputs stop short (unclosed_think, truncated): raise --max-new-tokens (now 12"
+        "predict: 2 of 2 outputs stop short (cut_off, unclosed_think, truncated): raise --max-new-tokens (now 12"
         in err
     )
 
@@ -710,6 +711,21 @@ def test_predict_cli_with_a_hub_model_takes_its_labels_and_prompt_from_its_hub_r
     assert "no prompt contract" not in result.stderr
 
 
+def test_predict_lets_a_model_write_as_long_as_it_was_trained_to_unless_told(
+    contracted_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    dataclasses.replace(CONTRACT, max_new_tokens=3).save(contracted_model)
+    with NERModel.from_pretrained(contracted_model) as model:
+        assert model.sampling.max_new_tokens == 3
+    with NERModel.from_pretrained(contracted_model, max_new_tokens=5) as model:
+        assert model.sampling.max_new_tokens == 5
+    texts = tmp_path / "texts.txt"
+    texts.write_text("Peter Blackburn met Peter .\n", encoding="utf-8")
+    assert main(["predict", "--model", str(contracted_model), str(texts)]) == 0
+    err = capsys.readouterr().err  # the random model's 3 tokens end no answer
+    assert "1 of 1 outputs stop short" in err and "raise --max-new-tokens (now 3)" in err
+
+
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 def test_predict_reads_a_hub_model_s_labels_at_the_revision_its_backend_loads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
@@ -940,6 +956,29 @@ def test_a_set_with_the_model_s_labels_is_asked_in_the_training_order(tmp_path: 
     assert (
         "\n".join(f"- {label}" for label in file_order[:2]) in generator.prompts[2]
     )  # other labels: as listed
+
+
+def test_a_model_trained_here_writes_as_long_as_it_learnt_to_unless_the_recipe_says(tmp_path: Path) -> None:
+    """No max_new_tokens in the recipe: the contract's budget (a model trained on long rationales was
+    cut at a fixed 1024, no answer, read as "no entities"); results and the outputs' keys say it."""
+    PromptContract(PromptArguments(), ["person"], max_new_tokens=3000).save(tmp_path / "model")
+    budgets: list[int] = []
+
+    class Budgeted(Scripted):
+        def _generate(self, conversations, sampling, seeds):  # type: ignore[no-untyped-def]
+            budgets.append(sampling.max_new_tokens)
+            return super()._generate(conversations, sampling, seeds)
+
+    args = eval_args(tmp_path, [{"path": str(DATA / "conll2003_mini.txt")}], limit=1)
+    generation = GenerationArguments(model_name_or_path=str(tmp_path / "model"))
+    evaluation = evaluate(args, PromptArguments(), generation, Budgeted(lambda sentence, prompt: "{}"))
+    assert budgets == [3000]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["config"]["max_new_tokens"] == 3000
+    assert evaluation.config["max_new_tokens"] == 3000
+    told = GenerationArguments(model_name_or_path=str(tmp_path / "model"), max_new_tokens=64)
+    evaluate(eval_args(tmp_path / "told", [{"path": str(DATA / "conll2003_mini.txt")}], limit=1),
+             PromptArguments(), told, Budgeted(lambda sentence, prompt: "{}"))  # fmt: skip
+    assert budgets == [3000, 64]
 
 
 def test_labels_are_described_as_in_the_model_s_training_prompts_unless_the_recipe_says_otherwise(

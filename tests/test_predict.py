@@ -155,6 +155,26 @@ def sampled_model(**options) -> tuple[NERModel, Sampled]:
     return NERModel(generator, **options), generator
 
 
+def test_an_output_that_ran_into_max_new_tokens_is_said_cut_off_though_it_parses() -> None:
+    """An answer cut where it could have ended parses whole (the model had more to say, or its end of
+    turn was the token cut): only the backend can tell."""
+
+    class CutAfterBob(Generator):
+        name = "cut"
+
+        def _generate(self, conversations, sampling, seeds):  # type: ignore[no-untyped-def]
+            for index, conversation in enumerate(conversations):
+                reason = "length" if "Bob" in conversation[-1]["content"] else "stop"
+                yield index, [Completion("<person>Bob</person> met Ann .", 9, reason)]
+
+    xml = PromptArguments("xml", reasoning=False)
+    model = NERModel(CutAfterBob(), xml, sampling=SamplingConfig(max_new_tokens=9))
+    cut, whole = model.predict(["Bob met Ann .", "Ann met Ann ."], ["person"])
+    assert [e.text for e in cut] == ["Bob"]
+    assert [(p.kind, p.detail) for p in cut.problems] == [("cut_off", "the output ran into max_new_tokens=9")]
+    assert "cut_off" not in {p.kind for p in whole.problems}
+
+
 def test_greedy_prediction_scores_one_and_predict_entities_takes_one_text() -> None:
     model, generator = sampled_model()
     prediction = model.predict_entities(MEETING, ["person", "location"])

@@ -763,6 +763,7 @@ def test_grpo_smoke_run_of_the_tiny_cpu_recipe(tiny_model: Path, tmp_path: Path)
         PromptArguments("xml", reasoning=False, compact_prompt=True),
         ["person", "product"],
         descriptions={"product": "goods"},
+        max_new_tokens=900,
     )
     sft_contract.save(policy)
     out = tmp_path / "rl"
@@ -791,6 +792,7 @@ def test_grpo_smoke_run_of_the_tiny_cpu_recipe(tiny_model: Path, tmp_path: Path)
     assert saved.prompt == resolved and saved.labels[:2] == ["person", "product"]
     assert sorted(saved.labels) == ["location", "misc", "organisation", "person", "product"]
     assert saved.descriptions["product"] == "goods"
+    assert saved.max_new_tokens == 16  # the policy learnt to finish within max_completion_length, not SFT's
     step_logs = re.findall(r"\{'loss'.*?\}", log)
     assert len(step_logs) == 2, log[-5000:]
     for name in ("format_reward", "f1_reward", "consistency_reward", "schema_reward", "grounding_reward"):

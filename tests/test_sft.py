@@ -204,6 +204,13 @@ def test_full_sft_run_lowers_the_loss_and_saves_a_loadable_model(
     contract = PromptContract.load(out)  # how to ask the model, and what it learnt to find
     assert contract.prompt == RECIPE_PROMPT
     assert sorted(contract.labels) == sorted(read_dataset(CONLL).schema.labels)
+    # The longest answer it learnt to write, in tokens: evaluation's and predict's default budget.
+    answers = [
+        tokenizer.apply_chat_template(c["messages"], return_dict=True, return_assistant_tokens_mask=True)
+        for c in conversations
+    ]
+    assert contract.max_new_tokens == max(sum(a["assistant_masks"]) for a in answers)
+    assert contract.max_new_tokens < max(len(a["input_ids"]) for a in answers)  # the answer, not the prompt
 
 
 def test_conversations_cut_by_max_length_are_counted_aloud(
@@ -575,6 +582,8 @@ def test_the_model_card_tells_how_to_use_the_model_and_publishing_uploads_it_wit
     for label in PromptContract.load(out).labels:
         assert f"`{label}`" in card
     assert "| `compact_prompt` | `True` |" in card and "| `learning_rate` | `0.001` |" in card
+    budget = PromptContract.load(out).max_new_tokens
+    assert f"| `max_new_tokens` | `{budget}` |" in card and f"let it write up to {budget} tokens" in card
     assert f"`{cot_file}`" in card  # the training data, with its fingerprint
     default = f"{tmp_path.name}-tiny-ner"  # the run folder and its parent: not every sft run in one repo
     assert uploads[0] == {"repo": default}
