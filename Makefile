@@ -65,6 +65,8 @@ score: install
 
 # The extras $(LOCK) pins; vllm and liger are a GPU node's (README, "Install"; docker/ has them).
 LOCKED_EXTRAS := test deepspeed
+# (extra, module) of a GPU node's extras: `make install` installs again those a venv has.
+GPU_EXTRAS := (('vllm', 'vllm'), ('liger', 'liger_kernel'))
 UNLOCKED = $(filter-out $(LOCKED_EXTRAS),$(subst $(comma), ,$(EXTRAS)))
 
 ifeq ($(EXTRAS),image)
@@ -77,6 +79,8 @@ endif
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(if $(UNLOCKED),$(error EXTRAS=$(EXTRAS): $(LOCK) pins the extras $(LOCKED_EXTRAS) only, not $(UNLOCKED): on a GPU node install them with pip as the README says, or use docker/))
+	@$(PYTHON) -c "import sys; sys.exit(sys.version_info[:2] < (3, 11))" || { echo "make install: $(PYTHON) is \
+	$$($(PYTHON) -V 2>&1); reasoningner needs Python 3.11 to 3.13 (TRL 1.16): make install PYTHON=python3.12"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, alone, with pip (which reads a local wheel index where one is configured): a range asked
 	# for by another package would otherwise pull another build. Then uv, the version requirements/lock.sh
@@ -88,6 +92,10 @@ $(STAMP): pyproject.toml $(LOCK)
 	# fails if pyproject.toml and the lock have drifted.
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -r $(LOCK)
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e ".[$(EXTRAS)]"
+	# A GPU node's extras (README, "Install"), where an earlier install added them, go back in with pip: vLLM
+	# takes older fastapi and numpy than the lock's, and pip check would stop every target after a pull.
+	gpu=$$($(BIN)/python -c "import importlib.util as u; print(','.join(x for x, m in $(GPU_EXTRAS) if u.find_spec(m)))") && \
+	if [ -n "$$gpu" ]; then $(BIN)/python -m pip install --quiet -e ".[$(EXTRAS),$$gpu]"; fi
 	$(BIN)/python -m pip check
 	touch $@
 
