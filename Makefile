@@ -79,9 +79,10 @@ endif
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(if $(UNLOCKED),$(error EXTRAS=$(EXTRAS): $(LOCK) pins the extras $(LOCKED_EXTRAS) only, not $(UNLOCKED): on a GPU node install them with pip as the README says, or use docker/))
-	@$(PYTHON) -c "import sys; sys.exit(sys.version_info[:2] < (3, 11))" || { echo "make install: $(PYTHON) is \
-	$$($(PYTHON) -V 2>&1); reasoningner needs Python 3.11 to 3.13 (TRL 1.16): make install PYTHON=python3.12"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# Before anything downloads: TRL 1.16 needs Python 3.11 (tested: 3.11 to 3.13).
+	@$(BIN)/python -c "import sys; sys.exit(sys.version_info < (3, 11))" || { echo "make install: $(VENV) has \
+	$$($(BIN)/python -V 2>&1); reasoningner needs 3.11 or newer: rm -rf $(VENV); make install PYTHON=python3.12"; exit 1; }
 	# torch first, alone, with pip (which reads a local wheel index where one is configured): a range asked
 	# for by another package would otherwise pull another build. Then uv, the version requirements/lock.sh
 	# resolves the lock with, from the package index (TORCH may name another index).

@@ -144,10 +144,10 @@ class PromptContract:
     # A fingerprint of the instruction's wording the model was trained on (`prompts.wording`), which the
     # settings above do not hold: the code words the prompt. Empty in contracts written before it.
     wording: str = ""
-    # The longest output, in tokens, the model was trained to write (SFT's max_length, GRPO's
-    # max_completion_length): what evaluation and predict let it write unless told otherwise, where a
-    # fixed default cut a long rationale short (no answer, read as "no entities"). None: not recorded
-    # (a contract written before it, SFT without a max_length).
+    # The output budget, in tokens, the model was trained for (SFT: `training.answer_budget`, twice its
+    # longest answer; GRPO: max_completion_length): what evaluation and predict let it write unless told
+    # otherwise, where a fixed default cut a long rationale short (no answer, read as "no entities").
+    # None: not recorded (a contract written before it).
     max_new_tokens: int | None = None
 
     @classmethod
@@ -339,6 +339,8 @@ class GenerationArguments:
     def __post_init__(self) -> None:
         _check_choice("backend", self.backend, [*sorted(BACKENDS), GOLD_TEMPLATE])
         self.backend_options = options_from(self.backend_options)
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
 
     @property
     def revision(self) -> str | None:
@@ -371,7 +373,7 @@ class GenerationArguments:
             n=n,
             temperature=self.temperature,
             top_p=self.top_p,
-            max_new_tokens=self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+            max_new_tokens=DEFAULT_MAX_NEW_TOKENS if self.max_new_tokens is None else self.max_new_tokens,
             seed=self.seed,
         )
 

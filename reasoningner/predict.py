@@ -295,9 +295,29 @@ def prompt_chars_for(generator: Generator, sampling: SamplingConfig) -> int:
     counts the tokens where the backend can); `MAX_PROMPT_CHARS` when the backend does not know its
     context (a server).
     """
+    left = context_left(generator, sampling)
+    return MAX_PROMPT_CHARS if left is None else left
+
+
+# The fewest context tokens a prompt must have left after the output's: a label list and a sentence.
+MIN_PROMPT_TOKENS = 256
+
+
+def context_left(generator: Generator, sampling: SamplingConfig) -> int | None:
+    """The context tokens a prompt may take, after `max_new_tokens` (None when the backend does not know
+    its context); too few for any prompt is an error naming the setting (every sentence would be refused
+    as too long, scored as no answer), which a model's contract may have set (its trained budget)."""
     if generator.context_tokens is None:
-        return MAX_PROMPT_CHARS
-    return max(generator.context_tokens - sampling.max_new_tokens, 256)
+        return None
+    left = generator.context_tokens - sampling.max_new_tokens
+    if left < MIN_PROMPT_TOKENS:
+        raise ValueError(
+            f"max_new_tokens={sampling.max_new_tokens} leaves {left} of the model's "
+            f"{generator.context_tokens} context tokens for the prompt: lower max_new_tokens (unset, it is "
+            "the budget the model was trained with: its prompt contract) or give the backend a longer "
+            "context (vllm: max_model_len)"
+        )
+    return left
 
 
 class NERModel:
@@ -567,9 +587,7 @@ class NERModel:
 
     def prompt_token_budget(self) -> int | None:
         """Tokens a prompt may take: the context less `max_new_tokens` (None when it is not known)."""
-        if self.generator.context_tokens is None:
-            return None
-        return self.generator.context_tokens - self.sampling.max_new_tokens
+        return context_left(self.generator, self.sampling)
 
     def fit_to_context(
         self, texts: Sequence[str], pieces: list[tuple[int, int, int]], schema: Schema

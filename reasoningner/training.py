@@ -26,6 +26,7 @@ from trl import GRPOTrainer, SFTTrainer
 from trl.trainer.utils import RepeatSampler
 
 from reasoningner.configs import (
+    DEFAULT_MAX_NEW_TOKENS,
     PROMPT_CONTRACT,
     PromptArguments,
     PromptContract,
@@ -568,24 +569,34 @@ def cut_conversations(dataset: Any, max_length: int | None) -> int:
     return sum(last_trained(i) != end for i in full)
 
 
-def longest_target(dataset: Any) -> int | None:
-    """The most tokens one of TRL's tokenized training rows trains (its `labels` that are not -100: the
-    answer and its end of turn under `assistant_only_loss`), the longest output the model learnt to
-    write: its contract's budget (`PromptContract.max_new_tokens`). A packed row counts the answers it
-    packs together, an unmasked one its prompt too: more than needed, never less. None without labels."""
+def answer_budget(dataset: Any) -> int | None:
+    """An SFT model's output budget (`PromptContract.max_new_tokens`): twice the longest answer it trained,
+    in tokens, at least `DEFAULT_MAX_NEW_TOKENS`. A sentence longer or denser than any it trained on
+    writes a longer rationale, and an answer cut short is no answer; a budget too large costs only the
+    time of an output that runs on.
+
+    The answers are counted in TRL's tokenized training rows: their `labels` that are not -100 (the answer
+    and its end of turn under `assistant_only_loss`; the prompt too without it: more, never less), per
+    sequence where TRL packed them by `bfd` (its `seq_lengths`), per row under `wrapped` packing (pieces
+    of several answers: more, or part of one). None without labels."""
     if len(dataset) == 0 or "labels" not in dataset.column_names:
         return None
     import numpy as np
     import pyarrow.compute as pc
 
+    packed = "seq_lengths" in dataset.column_names
     longest = 0
     for batch in dataset.with_format("arrow").iter(batch_size=4096):  # a bounded slice of the rows at a time
-        for rows in batch["labels"].chunks:
-            trained = pc.not_equal(pc.list_flatten(rows), -100).to_numpy(zero_copy_only=False)
-            parents = pc.list_parent_indices(rows).to_numpy()
-            if trained.any():
-                longest = max(longest, int(np.bincount(parents[trained]).max()))
-    return longest or None
+        labels = batch["labels"].combine_chunks()
+        trained = pc.not_equal(pc.list_flatten(labels), -100).to_numpy(zero_copy_only=False)
+        if packed:  # each token's sequence: its packed sequence's index, from the sequences' lengths
+            sizes = pc.list_flatten(batch["seq_lengths"].combine_chunks()).to_numpy(zero_copy_only=False)
+            owner = np.repeat(np.arange(len(sizes)), sizes)
+        else:
+            owner = pc.list_parent_indices(labels).to_numpy()
+        if trained.any():
+            longest = max(longest, int(np.bincount(owner[trained]).max()))
+    return max(2 * longest, DEFAULT_MAX_NEW_TOKENS) if longest else None
 
 
 class _RunFinished(Exception):

@@ -36,6 +36,7 @@ def make_parser() -> RecipeParser:
 
 
 def main(args: CoTArguments, prompt: PromptArguments, generation: GenerationArguments) -> None:
+    generation = generation.within_budget(None)  # the recipe's, else the default: a teacher has no contract
     index, count = args.shard_index()
     wandb = wants_wandb(args.report_to)
     manifest = _manifest(args, prompt, generation) if args.merge or count == 1 or wandb else {}

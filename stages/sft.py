@@ -18,12 +18,12 @@ from reasoningner.configs import (
 from reasoningner.prompts import wording
 from reasoningner.training import (
     HeldOutSFTTrainer,
+    answer_budget,
     check_training_data,
     configure_batching,
     cut_conversations,
     describe_run,
     finish_trainer_stage,
-    longest_target,
     model_init_kwargs,
     peft_config,
     save_final,
@@ -86,7 +86,7 @@ def main(
         (e.example.schema for e in train),
         start.contract,
         wording=wording(prompt),
-        max_new_tokens=longest_target(trainer.train_dataset),
+        max_new_tokens=answer_budget(trainer.train_dataset),
     )
     describe_run("sft", trainer, start, contract, corpora)
     train_from("sft", trainer, start.checkpoint, script_args)

@@ -110,6 +110,8 @@ def test_generation_takes_the_budget_the_model_was_trained_with_unless_given() -
     assert unset.sampling().max_new_tokens == DEFAULT_MAX_NEW_TOKENS  # a teacher asked as it is
     given = GenerationArguments(model_name_or_path="m", max_new_tokens=64)
     assert given.within_budget(contract).max_new_tokens == 64
+    with pytest.raises(ValueError, match="max_new_tokens must be at least 1, got 0"):
+        GenerationArguments(model_name_or_path="m", max_new_tokens=0)  # not the default in disguise
 
 
 @pytest.mark.parametrize("budget", [0, -5, 12.5, "4096", True])

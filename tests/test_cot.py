@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from reasoningner import cot
-from reasoningner.configs import CoTArguments, GenerationArguments, PromptArguments
+from reasoningner.configs import DEFAULT_MAX_NEW_TOKENS, CoTArguments, GenerationArguments, PromptArguments
 from reasoningner.cot import Progress, annotate, best_sample, merge_shards, score_sample
 from reasoningner.formats import get_format
 from reasoningner.generation import Completion
@@ -334,6 +334,7 @@ def test_main_runs_stage_1_from_parsed_configs_and_writes_its_manifest(tmp_path)
         manifest["config"]["backend"] == "gold-template"
         and manifest["config"]["output_format"] == "grouped_json"
     )
+    assert manifest["config"]["max_new_tokens"] == DEFAULT_MAX_NEW_TOKENS  # what it asked with, not null
 
 
 def test_the_compact_prompt_keeps_labels_format_mode_and_sentence_in_a_third_of_the_length():

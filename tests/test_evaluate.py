@@ -472,8 +472,8 @@ def test_predict_says_when_outputs_ran_out_of_tokens(
     assert main([*argv, str(source)]) == 0
     err = capsys.readouterr().err
     assert (
-        "predict: 2 of 2 outputs stop short (cut_off, unclosed_think, truncated): raise --max-new-tokens (now 12"
-        in err
+        "predict: 2 of 2 outputs stop short (cut_off, unclosed_think, truncated): raise --max-new-tokens "
+        "(now 12" in err
     )
 
 

@@ -175,6 +175,26 @@ def test_an_output_that_ran_into_max_new_tokens_is_said_cut_off_though_it_parses
     assert "cut_off" not in {p.kind for p in whole.problems}
 
 
+def test_a_budget_that_leaves_no_room_for_the_prompt_is_an_error_naming_it() -> None:
+    """Every sentence would be refused as too long (evaluation: F1 0 after a warning about the prompt)."""
+
+    class Small(Sampled):
+        context_tokens = 4000
+
+        def prompt_tokens(self, conversations):  # type: ignore[no-untyped-def]
+            return [len(c[-1]["content"]) // 4 for c in conversations]
+
+    for budget in (3800, 4200):
+        model = NERModel(Small(lambda s, i: "{}"), sampling=SamplingConfig(max_new_tokens=budget))
+        message = f"max_new_tokens={budget} leaves {4000 - budget} of the model's 4000 context tokens"
+        with pytest.raises(ValueError, match=message):
+            model.predict(["Ann met Bob ."], ["person"])
+        with pytest.raises(ValueError, match=message):
+            list(model.run([("Ann met Bob .", Schema(("person",)))]))
+    roomy = NERModel(Small(lambda s, i: "{}"), sampling=SamplingConfig(max_new_tokens=1000))
+    assert roomy.predict(["Ann met Bob ."], ["person"]) == [[]]
+
+
 def test_greedy_prediction_scores_one_and_predict_entities_takes_one_text() -> None:
     model, generator = sampled_model()
     prediction = model.predict_entities(MEETING, ["person", "location"])

@@ -29,7 +29,7 @@ from transformers import (
 from trl import SFTConfig, SFTTrainer
 from trl.trainer import sft_trainer
 
-from reasoningner.configs import PromptArguments, PromptContract
+from reasoningner.configs import DEFAULT_MAX_NEW_TOKENS, PromptArguments, PromptContract
 from reasoningner.formats import THINK_OPEN, get_format
 from reasoningner.prompts import ner_instruction
 from reasoningner.readers import read_dataset
@@ -204,13 +204,37 @@ def test_full_sft_run_lowers_the_loss_and_saves_a_loadable_model(
     contract = PromptContract.load(out)  # how to ask the model, and what it learnt to find
     assert contract.prompt == RECIPE_PROMPT
     assert sorted(contract.labels) == sorted(read_dataset(CONLL).schema.labels)
-    # The longest answer it learnt to write, in tokens: evaluation's and predict's default budget.
+    # Twice the longest answer it learnt to write, in tokens: evaluation's and predict's default budget.
     answers = [
         tokenizer.apply_chat_template(c["messages"], return_dict=True, return_assistant_tokens_mask=True)
         for c in conversations
     ]
-    assert contract.max_new_tokens == max(sum(a["assistant_masks"]) for a in answers)
-    assert contract.max_new_tokens < max(len(a["input_ids"]) for a in answers)  # the answer, not the prompt
+    longest = max(sum(a["assistant_masks"]) for a in answers)
+    assert contract.max_new_tokens == max(2 * longest, DEFAULT_MAX_NEW_TOKENS)
+
+
+def test_the_answer_budget_is_twice_the_longest_trained_answer_packed_or_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Counted per conversation, as TRL tokenized them: in labels not -100, per bfd-packed sequence."""
+    from trl.data_utils import pack_dataset
+
+    from reasoningner import training
+
+    rows = Dataset.from_list(
+        [
+            {"input_ids": [1] * length, "labels": [-100] * (length - answer) + [7] * answer}
+            for length, answer in [(8, 6), (5, 3), (4, 2), (3, 1), (9, 5)]
+        ]
+    )
+    assert training.answer_budget(rows) == DEFAULT_MAX_NEW_TOKENS  # 2 x 6 is under the default
+    monkeypatch.setattr(training, "DEFAULT_MAX_NEW_TOKENS", 1)
+    assert training.answer_budget(rows) == 12
+    packed = pack_dataset(rows, seq_length=12, strategy="bfd")
+    assert len(packed) < len(rows)  # several answers to a row
+    assert training.answer_budget(packed) == 12
+    assert training.answer_budget(rows.select([3])) == 2
+    assert training.answer_budget(Dataset.from_list([{"input_ids": [1], "labels": [-100]}])) is None
 
 
 def test_conversations_cut_by_max_length_are_counted_aloud(
