@@ -123,13 +123,32 @@ def model_card(model: str, manifest: dict[str, Any], contract: PromptContract, a
             "",
             "`reasoningner` is installed from its repository (`pip install -e .` in a clone); it also maps "
             "the answer back to character offsets. Without it, ask the model with its chat template and "
-            "this prompt as the only user turn (no system prompt), "
-            + (f"let it write up to {contract.max_new_tokens} tokens, " if contract.max_new_tokens else "")
+            "the prompt below as the only user turn (no system prompt"
+            + (", and no `enable_thinking=False`, which fills in an empty rationale" if reasoning else "")
+            + "), greedily (temperature 0, as evaluation asks), "
+            + (f"up to {contract.max_new_tokens} new tokens, " if contract.max_new_tokens else "")
             + "and read "
-            + ("the answer after `</think>`:" if reasoning else "the reply as the answer:"),
+            + (
+                "the answer after `</think>` (with vLLM's reasoning parser, the whole `content`). The prompt:"
+                if reasoning
+                else "the reply as the answer. The prompt:"
+            ),
             "",
             "```text",
             raw_prompt,
+            "```",
+            "",
+            "```python",
+            f"# vllm serve {model}",
+            "from openai import OpenAI",
+            "",
+            'prompt = open("prompt.txt").read()  # the text above, your sentence after "Sentence: "',
+            'reply = OpenAI(base_url="http://localhost:8000/v1", api_key="none").chat.completions.create(',
+            f'    model="{model}", messages=[{{"role": "user", "content": prompt}}], temperature=0'
+            + (f", max_tokens={contract.max_new_tokens}" if contract.max_new_tokens else "")
+            + ",",
+            ")",
+            "answer = reply.choices[0].message.content" + ('.rsplit("</think>", 1)[-1]' if reasoning else ""),
             "```",
             "",
             "## Prompt contract",

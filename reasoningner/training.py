@@ -902,13 +902,16 @@ def finish_trainer_stage(stage: str, trainer: Any, start: TrainerStart, corpora:
 
 
 def save_final(trainer: Any, output_dir: str, merge_lora: bool, contract: PromptContract) -> Path | None:
-    """Save model, tokenizer and prompt contract; with `merge_lora`, also a merged full model (with
-    the same contract) in `output_dir/merged`.
+    """Save model, tokenizer and prompt contract, the contract's budget as the generation config's
+    `max_new_tokens`; with `merge_lora`, also a merged full model (with the same contract) in
+    `output_dir/merged`.
 
     The merge reloads the base model and the adapter just saved instead of merging the trainer's model,
     whose weights are partitioned across ranks under ZeRO-3 (empty tensors on each rank). It is the last
     step of a run: it turns off transformers' ZeRO-3 loading in this process so the whole model loads here.
     """
+    if contract.max_new_tokens:  # `generate`'s and `vllm serve`'s default (else 20 tokens, or the base's)
+        trainer.model.generation_config.max_new_tokens = contract.max_new_tokens
     trainer.save_model(output_dir)
     if trainer.accelerator.is_main_process:
         contract.save(output_dir)

@@ -211,6 +211,8 @@ def test_full_sft_run_lowers_the_loss_and_saves_a_loadable_model(
     ]
     longest = max(sum(a["assistant_masks"]) for a in answers)
     assert contract.max_new_tokens == max(2 * longest, DEFAULT_MAX_NEW_TOKENS)
+    # ... and `generate`'s default outside reasoningner (transformers' own is 20 tokens).
+    assert GenerationConfig.from_pretrained(out).max_new_tokens == contract.max_new_tokens
 
 
 def test_the_answer_budget_is_twice_the_longest_trained_answer_packed_or_not(
@@ -379,6 +381,8 @@ def test_lora_sft_run_lowers_the_loss_and_merges(
     # tokenizer's end to it), not only where the base's generation config says.
     merged_ends = GenerationConfig.from_pretrained(out / "merged").eos_token_id
     assert {tokenizer.eos_token_id, base_generation.eos_token_id} <= set(merged_ends)
+    budget = PromptContract.load(out / "merged").max_new_tokens
+    assert budget and GenerationConfig.from_pretrained(out / "merged").max_new_tokens == budget
     # A random-init model's logits are tiny (unit hidden states against 0.02-scale tied embeddings) and LoRA
     # on q/v cannot scale them up, so the loss can only fall a little below log(vocab): ~0.15 nats here.
     assert after < before - 0.1, (before, after)
@@ -607,7 +611,11 @@ def test_the_model_card_tells_how_to_use_the_model_and_publishing_uploads_it_wit
         assert f"`{label}`" in card
     assert "| `compact_prompt` | `True` |" in card and "| `learning_rate` | `0.001` |" in card
     budget = PromptContract.load(out).max_new_tokens
-    assert f"| `max_new_tokens` | `{budget}` |" in card and f"let it write up to {budget} tokens" in card
+    assert f"| `max_new_tokens` | `{budget}` |" in card and f"up to {budget} new tokens" in card
+    # Outside reasoningner: greedy, its budget, the answer after the rationale; the snippet is Python.
+    served = card.split("```python\n")[2].split("```", 1)[0]
+    compile(served, "card", "exec")
+    assert "temperature=0" in served and f"max_tokens={budget}" in served and "</think>" in served
     assert f"`{cot_file}`" in card  # the training data, with its fingerprint
     default = f"{tmp_path.name}-tiny-ner"  # the run folder and its parent: not every sft run in one repo
     assert uploads[0] == {"repo": default}
