@@ -33,6 +33,8 @@ rule that applies, so every wrong prediction lands in exactly one category):
   bad entry, unbalanced tags, extra text, code fence, altered sentence, offset mismatch). Its
   recoverable entities are still scored. `no answer` counts the outputs with nothing to read at
   all (`no_answer` or `unclosed_think`), a subset of the format failures.
+- cut off: an output that ran into `max_new_tokens`, as the backend says (its `finish_reason` in
+  `generations.jsonl`): raise the budget when these are many; most are format failures too.
 - hallucinated: a predicted mention that is not in the sentence (ungrounded), counted once per
   distinct (normalized text, label) of an output, as the metrics count it.
 - type error: a grounded prediction at the offsets of a gold span, with another label.
@@ -281,8 +283,9 @@ def probe_schema(schema: Schema, mapping: Mapping[str, str]) -> Schema:
     )
 
 
-def error_counts(gold: Example, parsed: ParseResult) -> ErrorCounts:
-    """The error analysis of one output against its gold example (definitions: module docstring)."""
+def error_counts(gold: Example, parsed: ParseResult, finish_reason: str | None = None) -> ErrorCounts:
+    """The error analysis of one output against its gold example (definitions: module docstring);
+    `finish_reason` is the backend's ("length": cut off)."""
     kinds = {problem.kind for problem in parsed.problems}
     gold_spans = set(gold.spans)
     explained: set[Span] = set()
@@ -307,6 +310,7 @@ def error_counts(gold: Example, parsed: ParseResult) -> ErrorCounts:
         outputs=1,
         format_failures=int(bool(kinds - CONTENT_PROBLEMS)),
         no_answer=int(bool(kinds & _NO_ANSWER)),
+        cut_off=int(finish_reason == "length"),
         hallucinated=len(text_keys(parsed.ungrounded)),
         boundary_errors=boundary,
         type_errors=type_errors,
@@ -393,9 +397,12 @@ def evaluate(
         other_path = output_dir / OTHER_GENERATIONS
         earlier, others = earlier_outputs([path, other_path], keys)
         for index, record in earlier.items():
-            item, completion = items[index], Completion(record["output"], record["completion_tokens"])
+            item = items[index]
+            completion = Completion(
+                record["output"], record["completion_tokens"], record.get("finish_reason")
+            )
             result = model.output_format.parse(completion.text, item.example.text, item.example.schema)
-            outcomes[index] = (result, error_counts(item.example, result))
+            outcomes[index] = (result, error_counts(item.example, result, completion.finish_reason))
             kept.append(_generation_record(item, completion, result, outcomes[index][1], keys[index]))
         # Outputs move both ways between the files: the other file first takes them all, so that a kill
         # between the rewrites leaves each output in one file or in both (then read once), never in none.
@@ -416,7 +423,7 @@ def evaluate(
         ):
             for position, completion, result in model.run([asks[index] for index in todo]) if todo else ():
                 index = todo[position]
-                counts = error_counts(items[index].example, result)
+                counts = error_counts(items[index].example, result, completion.finish_reason)
                 outcomes[index] = (result, counts)
                 tokens += completion.completion_tokens
                 # Not kept for a rerun: a longer context, or the server back, may answer it.
@@ -435,6 +442,11 @@ def evaluate(
             failed, len(todo), path,
         )  # fmt: skip
     reports, errors = _score(items, outcomes, label_maps)  # type: ignore[arg-type]
+    if cut := sum(counts.cut_off for by_set in errors.values() for counts in by_set.values()):
+        logger.warning(
+            "%d of %d outputs ran into max_new_tokens=%d (cut off: most have no answer): raise it",
+            cut, len(items), generation.max_new_tokens,
+        )  # fmt: skip
     evaluation = Evaluation(
         primary_mode=args.primary_mode,  # type: ignore[arg-type]
         reports=reports,
@@ -552,6 +564,7 @@ def _generation_record(
         "labels": list(item.example.schema.labels),
         "output": completion.text,
         "completion_tokens": completion.completion_tokens,
+        "finish_reason": completion.finish_reason,
         "predicted": [
             {"start": s.start, "end": s.end, "label": s.label, "text": s.text(text)} for s in result.spans
         ],

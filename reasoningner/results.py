@@ -29,6 +29,7 @@ class ErrorCounts:
     outputs: int = 0
     format_failures: int = 0
     no_answer: int = 0
+    cut_off: int = 0
     hallucinated: int = 0
     boundary_errors: int = 0
     type_errors: int = 0
@@ -153,16 +154,16 @@ class Evaluation:
             "## Error analysis\n",
             "Counts over outputs (definitions: `reasoningner/evaluate.py`). Exact-mode false positives = "
             "type + boundary + spurious + hallucinated.\n",
-            "| Dataset | Outputs | Format failures | No answer | Hallucinated | Boundary | Type | Missed "
-            "| Spurious |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| Dataset | Outputs | Format failures | No answer | Cut off | Hallucinated | Boundary | Type "
+            "| Missed | Spurious |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for variant, by_dataset in self.errors.items():
             for name, c in by_dataset.items():
                 shown = name if variant == NORMAL else f"{name} ({variant})"
                 lines.append(
-                    f"| {shown} | {c.outputs} | {c.format_failures} | {c.no_answer} | {c.hallucinated} | "
-                    f"{c.boundary_errors} | {c.type_errors} | {c.missed} | {c.spurious} |"
+                    f"| {shown} | {c.outputs} | {c.format_failures} | {c.no_answer} | {c.cut_off} | "
+                    f"{c.hallucinated} | {c.boundary_errors} | {c.type_errors} | {c.missed} | {c.spurious} |"
                 )
         lines += [
             "",

@@ -167,7 +167,7 @@ def test_scores_match_hand_computed_numbers_and_the_scorer(tmp_path: Path, hand_
     assert results["primary_mode"] == "text"
     assert results["scores"]["exact"] == exact.to_dict()
     assert results["errors"]["first"] | {"problems": {}} == {
-        "outputs": 2, "format_failures": 0, "no_answer": 0, "hallucinated": 0,
+        "outputs": 2, "format_failures": 0, "no_answer": 0, "cut_off": 0, "hallucinated": 0,
         "boundary_errors": 1, "type_errors": 1, "missed": 1, "spurious": 0, "problems": {},
     }  # fmt: skip
     second = results["errors"]["second"]
@@ -564,6 +564,8 @@ def test_a_relaunched_evaluation_asks_only_what_it_lacks(
     assert asked == [12 - 5]  # 6 sentences and their opaque-label probe
     assert resumed.generation["reused"] == 5
     assert resumed.to_dict()["scores"] == reference.to_dict()["scores"]
+    assert resumed.errors == reference.errors  # the kept outputs' cut-offs too (the tiny model runs on)
+    assert reference.errors["normal"]["conll"].cut_off > 0
     assert outputs("out") == outputs("reference")
 
     built = GenerationArguments.build_generator
@@ -956,6 +958,28 @@ def test_a_set_with_the_model_s_labels_is_asked_in_the_training_order(tmp_path: 
     assert (
         "\n".join(f"- {label}" for label in file_order[:2]) in generator.prompts[2]
     )  # other labels: as listed
+
+
+def test_outputs_that_ran_into_max_new_tokens_are_counted_and_kept_with_their_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the backend says (finish_reason "length"): the one sign of a budget too small."""
+
+    class CutLong(Scripted):
+        def _generate(self, conversations, sampling, seeds):  # type: ignore[no-untyped-def]
+            for index, completions in super()._generate(conversations, sampling, seeds):
+                cut = "Paris" in conversations[index][-1]["content"]
+                yield index, [Completion(c.text, 3, "length" if cut else "stop") for c in completions]
+
+    path = write_set(tmp_path / "set.jsonl", [(REPEATED, [(0, 5, "location")]), (TWICE, [(0, 3, "person")])])
+    args = eval_args(tmp_path, [{"path": str(path), "name": "set"}])
+    with caplog.at_level(logging.WARNING):
+        evaluation = run_eval(args, CutLong(lambda sentence, _: '<think>x</think>{"entities": {}}'))
+    assert evaluation.errors["normal"]["set"].cut_off == 1
+    assert "1 of 2 outputs ran into max_new_tokens=1024" in caplog.text
+    assert "| set | 2 | 0 | 0 | 1 |" in (tmp_path / "out" / "results.md").read_text()
+    records = [json.loads(line) for line in (tmp_path / "out" / "generations.jsonl").read_text().splitlines()]
+    assert sorted(r["finish_reason"] for r in records) == ["length", "stop"]
 
 
 def test_a_model_trained_here_writes_as_long_as_it_learnt_to_unless_the_recipe_says(tmp_path: Path) -> None:
