@@ -551,9 +551,15 @@ def cut_conversations(dataset: Any, max_length: int | None) -> int:
     """
     if max_length is None or len(dataset) == 0 or "labels" not in dataset.column_names:
         return 0
+    import numpy as np
     import pyarrow.compute as pc
 
-    lengths = pc.list_value_length(dataset.with_format("arrow")["input_ids"]).to_numpy(zero_copy_only=False)
+    # A slice of rows at a time: TRL's filter leaves an indices mapping, through which the whole column
+    # would be copied into memory (GBs at the paper's sizes, on every process).
+    batches = dataset.select_columns(["input_ids"]).with_format("arrow").iter(batch_size=4096)
+    lengths = np.concatenate(
+        [pc.list_value_length(batch["input_ids"]).to_numpy(zero_copy_only=False) for batch in batches]
+    )
     full = [int(i) for i in (lengths == max_length).nonzero()[0]]
     if not full:
         return 0
