@@ -150,20 +150,27 @@ class Evaluation:
         return "\n".join(lines)
 
     def _errors_markdown(self) -> str:
+        # Cut off: outputs that ran into max_new_tokens, known only for outputs generated here.
+        budget = self.config.get("max_new_tokens")
         lines = [
             "## Error analysis\n",
             "Counts over outputs (definitions: `reasoningner/evaluate.py`). Exact-mode false positives = "
             "type + boundary + spurious + hallucinated.\n",
-            "| Dataset | Outputs | Format failures | No answer | Cut off | Hallucinated | Boundary | Type "
-            "| Missed | Spurious |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| Dataset | Outputs | Format failures | No answer | "
+            + (f"Cut off at {budget} tokens | " if budget else "")
+            + "Hallucinated | Boundary | Type | Missed | Spurious |",
+            "| --- | ---: | ---: | ---: | "
+            + ("---: | " if budget else "")
+            + "---: | ---: | ---: | ---: | ---: |",
         ]
         for variant, by_dataset in self.errors.items():
             for name, c in by_dataset.items():
                 shown = name if variant == NORMAL else f"{name} ({variant})"
                 lines.append(
-                    f"| {shown} | {c.outputs} | {c.format_failures} | {c.no_answer} | {c.cut_off} | "
-                    f"{c.hallucinated} | {c.boundary_errors} | {c.type_errors} | {c.missed} | {c.spurious} |"
+                    f"| {shown} | {c.outputs} | {c.format_failures} | {c.no_answer} | "
+                    + (f"{c.cut_off} | " if budget else "")
+                    + f"{c.hallucinated} | {c.boundary_errors} | {c.type_errors} | {c.missed} | "
+                    + f"{c.spurious} |"
                 )
         lines += [
             "",

@@ -977,7 +977,8 @@ def test_outputs_that_ran_into_max_new_tokens_are_counted_and_kept_with_their_re
         evaluation = run_eval(args, CutLong(lambda sentence, _: '<think>x</think>{"entities": {}}'))
     assert evaluation.errors["normal"]["set"].cut_off == 1
     assert "1 of 2 outputs ran into max_new_tokens=1024" in caplog.text
-    assert "| set | 2 | 0 | 0 | 1 |" in (tmp_path / "out" / "results.md").read_text()
+    report = (tmp_path / "out" / "results.md").read_text()
+    assert "| No answer | Cut off at 1024 tokens |" in report and "| set | 2 | 0 | 0 | 1 |" in report
     records = [json.loads(line) for line in (tmp_path / "out" / "generations.jsonl").read_text().splitlines()]
     assert sorted(r["finish_reason"] for r in records) == ["length", "stop"]
 
