@@ -30,10 +30,11 @@ from urllib.parse import urlparse
 
 import yaml
 
-from reasoningner.configs import NEEDS, is_hub_id
+from reasoningner.configs import DEFAULT_MAX_NEW_TOKENS, NEEDS, PromptContract, is_hub_id
 from reasoningner.cot import ANNOTATIONS, shard_name
 from reasoningner.evaluate import GENERATIONS, OTHER_GENERATIONS, RESULTS_JSON
 from reasoningner.generation import options_from
+from reasoningner.predict import MIN_PROMPT_TOKENS
 from reasoningner.sources import hub_cached, is_source, offline, resolvable
 from reasoningner.tracking import CHECKOUT, MANIFEST, RUN_SETTINGS, wants_wandb
 
@@ -231,6 +232,32 @@ def check_model(recipe: dict[str, Any]) -> list[Check]:
     if offline():
         return [Check("model", "FAIL", f"{model}: not cached and the hub is offline (HF_HUB_OFFLINE)")]
     return [Check("model", "ok", f"{model}: downloaded from the hub at first use")]
+
+
+def check_budget(recipe: dict[str, Any], stage: str) -> list[Check]:
+    """An evaluation's output budget against the context vLLM is given (`max_model_len`): one that leaves
+    no room for a prompt stops the run after the model load (`predict.context_left`). Unset, the budget
+    is the model's contract's, read here from a local model only (no Hub ask)."""
+    context = options_from(recipe.get("backend_options")).get("max_model_len")
+    if stage != "eval" or recipe.get("backend") != "vllm" or not context:
+        return []
+    budget, source = recipe.get("max_new_tokens"), "max_new_tokens"
+    model = str(recipe.get("model_name_or_path") or "")
+    if budget is None and Path(model).exists():
+        contract = PromptContract.load(model)
+        budget, source = (contract.max_new_tokens if contract else None), f"the prompt contract of {model}"
+    budget = int(budget or DEFAULT_MAX_NEW_TOKENS)
+    left = int(context) - budget
+    if left < MIN_PROMPT_TOKENS:
+        return [
+            Check(
+                "budget",
+                "FAIL",
+                f"max_new_tokens={budget} ({source}) leaves {left} of max_model_len={context} tokens for the "
+                "prompt: lower max_new_tokens or raise max_model_len",
+            )
+        ]
+    return [Check("budget", "ok", f"max_new_tokens={budget} leaves {left} of max_model_len={context} tokens")]
 
 
 def check_output_dir(recipe: dict[str, Any]) -> list[Check]:
@@ -432,6 +459,7 @@ def diagnose(
         lambda: check_wandb(recipe),
         lambda: check_data(recipe),
         lambda: check_model(recipe),
+        lambda: check_budget(recipe, stage),
         lambda: check_output_dir(recipe),
         lambda: check_disk(recipe, stage),
         lambda: check_chat_template(recipe, stage),

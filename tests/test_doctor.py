@@ -315,6 +315,22 @@ def test_vllm_in_stage_1_or_evaluation_needs_its_tensor_parallel_gpus() -> None:
     assert doctor.check_gpus(served, "cot", None)[0].status == "ok"
 
 
+def test_an_evaluation_budget_that_fills_vllm_s_context_fails_before_the_model_loads(tmp_path: Path) -> None:
+    """Unset in the recipe, the budget is the local model's contract's (GRPO's max_completion_length)."""
+    from reasoningner.configs import PromptArguments, PromptContract
+
+    recipe = doctor.load_recipe(ROOT / "recipes" / "eval" / "crossner-zero-shot.yaml", [])
+    PromptContract(PromptArguments(), ["person"], max_new_tokens=8000).save(tmp_path / "rl")
+    trained = recipe | {"model_name_or_path": str(tmp_path / "rl")}
+    [check] = doctor.check_budget(trained, "eval")
+    assert check.status == "FAIL" and check.message.startswith(
+        f"max_new_tokens=8000 (the prompt contract of {tmp_path / 'rl'}) leaves 192 of max_model_len=8192"
+    )
+    assert doctor.check_budget(trained | {"max_new_tokens": 4096}, "eval")[0].status == "ok"
+    assert doctor.check_budget(recipe, "eval")[0].message.startswith("max_new_tokens=1024 leaves 7168")
+    assert doctor.check_budget(trained | {"backend": "transformers"}, "eval") == []  # its own context
+
+
 def test_doctor_reads_the_recipe_as_the_stage_does(tmp_path: Path) -> None:
     """What the stage would refuse at start (another stage's recipe, a misspelled key, a bad value or
     override) fails doctor's first line, which every `make` stage runs first."""
