@@ -163,7 +163,10 @@ class PromptContract:
         """The contract of a model trained on examples of `schemas` worded as `wording` says, to write up
         to `max_new_tokens`: every label in first-seen order, with its first description (what
         `Schema.union` keeps). A model trained further (GRPO from SFT) keeps what `earlier`, its starting
-        model's contract, lists first: it still knows those labels."""
+        model's contract, lists first: it still knows those labels; and its budget, unless this stage
+        sets one."""
+        if max_new_tokens is None and earlier is not None:
+            max_new_tokens = earlier.max_new_tokens
         if earlier is not None and earlier.labels:
             schemas = [Schema(tuple(earlier.labels), earlier.descriptions), *schemas]
         union = Schema.union(schemas)

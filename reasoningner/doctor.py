@@ -244,8 +244,15 @@ def check_budget(recipe: dict[str, Any], stage: str) -> list[Check]:
     budget, source = recipe.get("max_new_tokens"), "max_new_tokens"
     model = str(recipe.get("model_name_or_path") or "")
     if budget is None and Path(model).exists():
-        contract = PromptContract.load(model)
+        try:
+            contract = PromptContract.load(model)
+        except ValueError as error:
+            return [Check("budget", "FAIL", str(error))]
         budget, source = (contract.max_new_tokens if contract else None), f"the prompt contract of {model}"
+    elif budget is None and is_hub_id(model):
+        return [
+            Check("budget", "skip", f"{model}: its prompt contract's budget is read from the Hub at start")
+        ]
     budget = int(budget or DEFAULT_MAX_NEW_TOKENS)
     left = int(context) - budget
     if left < MIN_PROMPT_TOKENS:

@@ -67,6 +67,11 @@ def model_card(model: str, manifest: dict[str, Any], contract: PromptContract, a
     if hub_data:
         front.append("datasets: [" + ", ".join(dict.fromkeys(hub_data)) + "]")
     front.append("---")
+    # vLLM serves an adapter on its base, under a name of its own (the base's generation config applies).
+    served_by, served_as = model, model
+    if adapter:
+        rank = f" --max-lora-rank {config['lora_r']}" if config.get("lora_r") else ""
+        served_by, served_as = f"{base} --enable-lora --lora-modules ner={model}{rank}", "ner"
     example = "Peter Blackburn met EU officials in Brussels ."
     asked = contract.asked(Schema(tuple(labels[:4]))) if labels else Schema(("person", "organisation"))
     raw_prompt = ner_instruction(example, asked, contract.prompt)
@@ -139,16 +144,21 @@ def model_card(model: str, manifest: dict[str, Any], contract: PromptContract, a
             "```",
             "",
             "```python",
-            f"# vllm serve {model}",
+            f"# vllm serve {served_by}",
             "from openai import OpenAI",
             "",
             'prompt = open("prompt.txt").read()  # the text above, your sentence after "Sentence: "',
             'reply = OpenAI(base_url="http://localhost:8000/v1", api_key="none").chat.completions.create(',
-            f'    model="{model}", messages=[{{"role": "user", "content": prompt}}], temperature=0'
+            f'    model="{served_as}", messages=[{{"role": "user", "content": prompt}}], temperature=0'
             + (f", max_tokens={contract.max_new_tokens}" if contract.max_new_tokens else "")
             + ",",
             ")",
-            "answer = reply.choices[0].message.content" + ('.rsplit("</think>", 1)[-1]' if reasoning else ""),
+            *(
+                ["# None when cut off inside the rationale under a reasoning parser: raise max_tokens"]
+                * reasoning
+            ),
+            'answer = (reply.choices[0].message.content or "")'
+            + ('.rsplit("</think>", 1)[-1]' if reasoning else ""),
             "```",
             "",
             "## Prompt contract",

@@ -575,11 +575,12 @@ def cut_conversations(dataset: Any, max_length: int | None) -> int:
     return sum(last_trained(i) != end for i in full)
 
 
-def answer_budget(dataset: Any) -> int | None:
+def answer_budget(dataset: Any, max_length: int | None = None) -> int | None:
     """An SFT model's output budget (`PromptContract.max_new_tokens`): twice the longest answer it trained,
-    in tokens, at least `DEFAULT_MAX_NEW_TOKENS`. A sentence longer or denser than any it trained on
-    writes a longer rationale, and an answer cut short is no answer; a budget too large costs only the
-    time of an output that runs on.
+    in tokens, at least `DEFAULT_MAX_NEW_TOKENS`, at most `max_length` (no longer sequence was trained,
+    and a budget as long as a serving context leaves no room for the prompt). A sentence longer or
+    denser than any it trained on writes a longer rationale, and an answer cut short is no answer; a
+    budget too large costs only the time of an output that runs on.
 
     The answers are counted in TRL's tokenized training rows: their `labels` that are not -100 (the answer
     and its end of turn under `assistant_only_loss`; the prompt too without it: more, never less), per
@@ -602,7 +603,10 @@ def answer_budget(dataset: Any) -> int | None:
             owner = pc.list_parent_indices(labels).to_numpy()
         if trained.any():
             longest = max(longest, int(np.bincount(owner[trained]).max()))
-    return max(2 * longest, DEFAULT_MAX_NEW_TOKENS) if longest else None
+    if not longest:
+        return None
+    budget = max(2 * longest, DEFAULT_MAX_NEW_TOKENS)
+    return min(budget, max_length) if max_length else budget
 
 
 class _RunFinished(Exception):
@@ -909,8 +913,9 @@ def finish_trainer_stage(stage: str, trainer: Any, start: TrainerStart, corpora:
 
 def save_final(trainer: Any, output_dir: str, merge_lora: bool, contract: PromptContract) -> Path | None:
     """Save model, tokenizer and prompt contract, the contract's budget as the generation config's
-    `max_new_tokens`; with `merge_lora`, also a merged full model (with the same contract) in
-    `output_dir/merged`.
+    `max_new_tokens` (of a full model: a LoRA adapter's folder has no generation config, and its
+    users load the base's); with `merge_lora`, also a merged full model (with the same contract and
+    generation config) in `output_dir/merged`.
 
     The merge reloads the base model and the adapter just saved instead of merging the trainer's model,
     whose weights are partitioned across ranks under ZeRO-3 (empty tensors on each rank). It is the last

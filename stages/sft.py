@@ -86,7 +86,7 @@ def main(
         (e.example.schema for e in train),
         start.contract,
         wording=wording(prompt),
-        max_new_tokens=answer_budget(trainer.train_dataset),
+        max_new_tokens=answer_budget(trainer.train_dataset, training_args.max_length),
     )
     describe_run("sft", trainer, start, contract, corpora)
     train_from("sft", trainer, start.checkpoint, script_args)

@@ -90,6 +90,11 @@ def test_the_contract_of_training_data_has_every_label_and_its_first_description
         prompt, [Schema(("PER", "LOC"), {"PER": "people"})], sft, wording="", max_new_tokens=None
     )
     assert further.labels == ["MISC", "PER", "LOC"]  # what the model learnt before stays, first
+    budgeted = PromptContract(prompt, ["PER"], max_new_tokens=2048)
+    assert (
+        PromptContract.trained(prompt, [], budgeted, wording="", max_new_tokens=None).max_new_tokens == 2048
+    )
+    assert PromptContract.trained(prompt, [], budgeted, wording="", max_new_tokens=512).max_new_tokens == 512
     assert further.descriptions == {"MISC": "other names", "PER": "persons"}
     TRAINED.save(tmp_path / "older")  # without descriptions, as contracts were written before
     assert "descriptions" not in json.loads((tmp_path / "older" / PROMPT_CONTRACT).read_text())

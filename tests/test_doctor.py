@@ -329,6 +329,13 @@ def test_an_evaluation_budget_that_fills_vllm_s_context_fails_before_the_model_l
     assert doctor.check_budget(trained | {"max_new_tokens": 4096}, "eval")[0].status == "ok"
     assert doctor.check_budget(recipe, "eval")[0].message.startswith("max_new_tokens=1024 leaves 7168")
     assert doctor.check_budget(trained | {"backend": "transformers"}, "eval") == []  # its own context
+    hub = doctor.check_budget(recipe | {"model_name_or_path": "me/ner"}, "eval")
+    assert [(c.status, c.message) for c in hub] == [
+        ("skip", "me/ner: its prompt contract's budget is read from the Hub at start")
+    ]
+    (tmp_path / "rl" / "prompt_contract.json").write_text("{}")
+    [broken] = doctor.check_budget(trained, "eval")
+    assert broken.status == "FAIL" and "not a prompt contract" in broken.message
 
 
 def test_doctor_reads_the_recipe_as_the_stage_does(tmp_path: Path) -> None:

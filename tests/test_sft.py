@@ -210,7 +210,8 @@ def test_full_sft_run_lowers_the_loss_and_saves_a_loadable_model(
         for c in conversations
     ]
     longest = max(sum(a["assistant_masks"]) for a in answers)
-    assert contract.max_new_tokens == max(2 * longest, DEFAULT_MAX_NEW_TOKENS)
+    max_length = yaml.safe_load(RECIPE.read_text())["max_length"]  # no longer sequence was trained
+    assert contract.max_new_tokens == min(max(2 * longest, DEFAULT_MAX_NEW_TOKENS), max_length)
     # ... and `generate`'s default outside reasoningner (transformers' own is 20 tokens).
     assert GenerationConfig.from_pretrained(out).max_new_tokens == contract.max_new_tokens
 
@@ -230,8 +231,10 @@ def test_the_answer_budget_is_twice_the_longest_trained_answer_packed_or_not(
         ]
     )
     assert training.answer_budget(rows) == DEFAULT_MAX_NEW_TOKENS  # 2 x 6 is under the default
+    assert training.answer_budget(rows, max_length=768) == 768  # no longer sequence was trained
     monkeypatch.setattr(training, "DEFAULT_MAX_NEW_TOKENS", 1)
     assert training.answer_budget(rows) == 12
+    assert training.answer_budget(rows, max_length=10) == 10
     packed = pack_dataset(rows, seq_length=12, strategy="bfd")
     assert len(packed) < len(rows)  # several answers to a row
     assert training.answer_budget(packed) == 12

@@ -156,7 +156,14 @@ def test_a_grpo_card_names_the_hub_base_through_its_sft_start_the_hub_datasets_a
     asked = ner_instruction("Peter Blackburn met EU officials in Brussels .", Schema(("person", "location")),
                             contract.prompt)  # what NERModel and training ask with  # fmt: skip
     assert f"```text\n{asked}\n```" in card and "read the answer after `</think>`" in card
-    assert "library_name: peft" in model_card("me/adapter", manifest, contract, adapter=True)
+    adapter_card = model_card(
+        "me/adapter", manifest | {"config": config | {"lora_r": 64}}, contract, adapter=True
+    )
+    assert "library_name: peft" in adapter_card
+    # vLLM serves an adapter on its base, under a name of its own: the snippet asks that name.
+    served = adapter_card.split("```python\n")[2].split("```", 1)[0]
+    assert f"# vllm serve {sft} --enable-lora --lora-modules ner=me/adapter --max-lora-rank 64" in served
+    assert 'model="ner"' in served
     # Described labels are shown and asked with their descriptions; an answer-only model says so.
     described = PromptContract(
         PromptArguments("grouped_json", reasoning=False, descriptions=True),
