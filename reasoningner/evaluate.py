@@ -373,8 +373,8 @@ def evaluate(
     generation = generation.within_budget(contract)  # as asked: in the outputs' keys and the results
     items, datasets, label_maps = load_items(args, contract)
     if generator is None:
-        model = NERModel.from_generation(
-            generation, prompt, max_prompt_chars=args.max_prompt_chars, deferred=True
+        model = NERModel.from_contract(
+            generation, contract, prompt, max_prompt_chars=args.max_prompt_chars, deferred=True
         )  # a relaunch with every output kept loads no model
     else:
         model = NERModel(

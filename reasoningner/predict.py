@@ -395,7 +395,26 @@ class NERModel:
         """The model that `generation` describes (backend, model, sampling), asked with `prompt`, whose
         unset fields (and an unset `max_new_tokens`) come from the prompt contract saved beside the model;
         `deferred`: its backend is built when first asked (`generation.DeferredGenerator`)."""
-        contract = generation.prompt_contract()
+        return cls.from_contract(
+            generation,
+            generation.prompt_contract(),
+            prompt,
+            max_prompt_chars=max_prompt_chars,
+            deferred=deferred,
+        )
+
+    @classmethod
+    def from_contract(
+        cls,
+        generation: GenerationArguments,
+        contract: PromptContract | None,
+        prompt: PromptArguments | None = None,
+        *,
+        max_prompt_chars: int | None = None,
+        deferred: bool = False,
+    ) -> NERModel:
+        """`from_generation` with the model's contract already read (evaluation reads it first, for its
+        label sets: a Hub model's is not asked of the Hub twice)."""
         generation = generation.within_budget(contract)
         check_wording(contract)
         if contract is None:

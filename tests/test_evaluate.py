@@ -776,6 +776,14 @@ def test_the_transformers_backend_loads_a_hub_model_at_the_revision_its_contract
     with NERModel.from_pretrained("me/ner", revision="v1", max_new_tokens=4) as model:
         assert model.prompt == CONTRACT.prompt
     assert asked == [("prompt_contract.json", "v1"), ("me/ner", "v1"), ("me/ner", "v1")]
+    # An evaluation reads the contract once, for its label sets and the model alike.
+    asked.clear()
+    generation = GenerationArguments(
+        model_name_or_path="me/ner", backend_options={"revision": "v1"}, max_new_tokens=4
+    )
+    args = eval_args(tmp_path, [{"path": str(DATA / "conll2003_mini.txt")}], limit=1)
+    evaluate(args, PromptArguments(), generation)
+    assert [name for name, _ in asked].count("prompt_contract.json") == 1
 
 
 def test_a_model_without_a_contract_is_asked_with_the_given_settings_and_a_warning(
