@@ -33,11 +33,13 @@ Long texts. A prompt longer than `max_prompt_chars` characters would not fit a s
 consecutive pieces cut at whitespace (after a sentence end when one falls in the second half of the
 piece), each short enough for its prompt to fit; their entities are mapped back to offsets of the
 whole text. By default the bound is the model's context less `max_new_tokens`, counted as characters
-(`prompt_chars_for`). Characters bound tokens only where a token covers a character or more (about 4
-in English with a pretrained tokenizer, 1.2 with the tiny model's); a byte-level tokenizer spends up
-to 4 tokens on a rare CJK character or an emoji. So a backend that can count tokens (transformers,
-vllm) has every window's prompt counted, and a window over the context left is cut again, smaller,
-until it fits (`fit_to_context`). A server cannot count: lower `max_prompt_chars` for a dense script.
+(`prompt_chars_for`); where the backend counts tokens (transformers, vllm), the text's first windows
+are as many characters as the tokens left after the prompt around it. Characters bound tokens only
+where a token covers a character or more (about 4 in English with a pretrained tokenizer, 1.2 with the
+tiny model's); a byte-level tokenizer spends up to 4 tokens on a rare CJK character or an emoji. So
+such a backend has every window's prompt counted, and a window over the context left is cut again,
+smaller, until it fits (`fit_to_context`). A server cannot count: lower `max_prompt_chars` for a dense
+script.
 An entity cut by a window edge is lost or found in part.
 
 What is not an entity. A mention that cannot be found in the text is returned on the result's
@@ -615,17 +617,9 @@ class NERModel:
         into windows of the characters its tokens allow, until every prompt fits; as they are when the
         backend cannot count tokens."""
         budget = self.prompt_token_budget()
-        if budget is None or not pieces:
+        frame = self._frame_tokens(schema, budget) if pieces else None
+        if budget is None or frame is None:
             return pieces
-        frame = self.generator.prompt_tokens([self.conversation("", schema)])
-        if frame is None:  # a backend that cannot count tokens
-            return pieces
-        if frame[0] >= budget:
-            raise ValueError(
-                f"the prompt without the text is {frame[0]} tokens, and the context leaves {budget} after "
-                f"max_new_tokens={self.sampling.max_new_tokens}: lower max_new_tokens, or shorten the label "
-                "descriptions"
-            )
         fitted = []
         while pieces:
             counts = self.generator.prompt_tokens(
@@ -644,14 +638,37 @@ class NERModel:
                     )
                 # The text's share of the tokens scaled to what the prompt around it leaves, and at
                 # least one character less, so that every round cuts.
-                room = budget - frame[0]
-                size = max(min((end - start) * room // max(count - frame[0], 1), end - start - 1), 1)
+                room = budget - frame
+                size = max(min((end - start) * room // max(count - frame, 1), end - start - 1), 1)
                 over += [(index, start + a, start + b) for a, b in windows(texts[index][start:end], size)]
             pieces = over
         return sorted(fitted)
 
+    def _frame_tokens(self, schema: Schema, budget: int | None) -> int | None:
+        """Tokens of the prompt around the text, where the backend counts them and the context is known;
+        one leaving no room for text is an error naming what to change."""
+        if budget is None:
+            return None
+        counts = self.generator.prompt_tokens([self.conversation("", schema)])
+        if counts is None:  # a backend that cannot count tokens
+            return None
+        if counts[0] >= budget:
+            raise ValueError(
+                f"the prompt without the text is {counts[0]} tokens, and the context leaves {budget} after "
+                f"max_new_tokens={self.sampling.max_new_tokens}: lower max_new_tokens, or shorten the label "
+                "descriptions"
+            )
+        return counts[0]
+
     def _window_size(self, schema: Schema) -> int:
-        """Characters of text a prompt has room for: the limit less the prompt around the text."""
+        """Characters of text a prompt has room for in a first cut: the given limit less the prompt
+        around the text; unless given, where the backend counts tokens, the tokens the context leaves
+        after that prompt, counted as characters (`fit_to_context` cuts again where a token covers less),
+        since labels and wording (English, several characters a token) cost fewer tokens than characters."""
+        budget = None if self._chars_given else self.prompt_token_budget()
+        frame = self._frame_tokens(schema, budget)
+        if budget is not None and frame is not None:
+            return budget - frame
         room = self.max_prompt_chars - len(self.conversation("", schema)[0]["content"])
         if room < 1:
             raise ValueError(

@@ -421,10 +421,33 @@ def test_a_prompt_that_cannot_fit_even_one_character_is_refused_with_what_to_cha
     assert generator.prompts == []
     generator.context_tokens = 100 + frame - 5  # not even the prompt around the text fits
     with pytest.raises(ValueError, match="the prompt without the text is .* tokens"):
-        NERModel(generator, sampling=sampling, max_prompt_chars=2000).predict(["上海"], ["location"])
+        NERModel(generator, sampling=sampling).predict(["上海"], ["location"])
     generator.context_tokens = 100 + frame + 3  # one character at a time fits
     [prediction] = NERModel(generator, sampling=sampling).predict(["上海" * 5], ["location"])
     assert len(generator.prompts) == 10 and list(prediction) == []  # no window holds a whole city
+
+
+class WordPieceCounted(Sampled):
+    """`Sampled` with a pretrained tokenizer's count on English: a token per 4 characters, plus 10."""
+
+    context_tokens = 1000
+
+    def prompt_tokens(self, conversations: Sequence[Conversation]) -> list[int]:
+        return [len(conversation[-1]["content"]) // 4 + 10 for conversation in conversations]
+
+
+def test_a_prompt_longer_in_characters_than_the_context_in_tokens_is_asked_when_its_tokens_fit() -> None:
+    labels = ["person", *(f"organisation_of_the_kind_numbered_{number}" for number in range(24))]
+    generator = WordPieceCounted(names_in)
+    model = NERModel(generator, sampling=SamplingConfig(max_new_tokens=400))
+    [frame] = generator.prompt_tokens([model.conversation("", model.schema(labels))])
+    assert len(model.conversation("", model.schema(labels))[0]["content"]) > 600 > frame  # chars > tokens
+    text = " ".join(f"Bob met Ann in harbour {i} ." for i in range(40))
+
+    [prediction] = model.predict([text], labels)
+
+    assert max(generator.prompt_tokens([[{"content": p}] for p in generator.prompts])) <= 600
+    assert "Ann" in [entity.text for entity in prediction]
 
 
 def refuse_harbour_7(sentence: str, sample: int) -> str:
