@@ -18,8 +18,9 @@ answer is read by the format's own parser (`formats`), the same path evaluation 
 Offsets. The parser grounds each generated entity text in the input, so `start`/`end` are
 character offsets of the ORIGINAL text and `text[e.start:e.end] == e.text` always holds (`e.text`
 is the input's characters, even where the model's string differed in case or spacing). Which
-occurrence a repeated mention denotes is the format's rule: grouped_json - a text listed k times
-under a label is its first k occurrences (word-boundary aware); occurrence_json - the stated
+occurrence a repeated mention denotes is the format's rule: grouped_json - a text listed k times is
+placed at k occurrences, longer texts first, each outside those placed before where it can be
+("Paris" beside "Paris Hilton" is the other Paris; `spans.place_mentions`); occurrence_json - the stated
 occurrence index; offset_json - the stated offsets, else the occurrence nearest them; bracketed
 and xml - the position of the markup in the rewritten sentence.
 

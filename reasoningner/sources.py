@@ -64,7 +64,7 @@ from reasoningner.readers import (
     from_hf,
     sentence_layout,
 )
-from reasoningner.spans import Schema, Span, occurrences
+from reasoningner.spans import Schema, Span, occurrences, place_mentions
 
 logger = logging.getLogger(__name__)
 
@@ -320,16 +320,16 @@ def _load_set(
 
     labels_file = _set_file(source, name, "labels.json")
     try:
-        labels = json.loads(Path(labels_file).read_text(encoding="utf-8"))
+        labels = json.loads(_read_text(labels_file))
     except ValueError as error:
         raise DataError(labels_file, None, f"not JSON: {error}") from None
-    if not isinstance(labels, list):
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
         raise DataError(labels_file, None, "not a list of labels")
     path = _set_file(source, name, f"{source.split}.json")
     where = path if source.local else f"hf://datasets/{source.location}/{name}/{source.split}.json"
     # Read here (the file is local, or in the Hub cache) so that a bad record is named by its line.
     collector = _Collector(where, schema, on_error, name, numbered=True)
-    items = _json_items(where, Path(path).read_text(encoding="utf-8"), collector)
+    items = _json_items(where, _read_text(path), collector)
     return _collect(collector, _limited(items, limit), source.layout, labels)
 
 
@@ -412,6 +412,8 @@ def _protocol_record(
     if not isinstance(text, str):
         raise ValueError(f"field 'sentence' must be a str, got {text!r}")
     stated = labels if labels is not None else row.get("schema")
+    if not (stated is None or isinstance(stated, list) and all(isinstance(x, str) for x in stated)):
+        raise ValueError(f"field 'schema' must be a list of labels, got {stated!r}")
     entities = row.get("entities") or []
     if not isinstance(entities, list):
         raise ValueError(f"field 'entities' must be a list, got {entities!r}")
@@ -419,7 +421,7 @@ def _protocol_record(
     mentions = [(e.get(key[0]), e.get(key[1]), e.get("pos")) for e in entities if isinstance(e, dict)]
     if stated is None:
         stated = [label for _, label, _ in mentions if isinstance(label, str)]
-    schema_labels = sorted({lab for lab in map(protocol_label, map(str, stated)) if lab is not None})
+    schema_labels = sorted({lab for lab in map(protocol_label, stated) if lab is not None})
     missing: list[str] = []
     kept: list[tuple[str, str, Any]] = []
     for mention, raw_label, pos in mentions:
@@ -443,38 +445,42 @@ def _protocol_record(
 
 
 def _place(text: str, mentions: Sequence[tuple[str, str, Any]], missing: list[str]) -> list[Span]:
-    """The spans of `(mention, label, pos)`: at `pos` where it covers the mention, else at the first
-    occurrence of its text (exact, then ignoring case) that no span placed before overlaps, the longer
-    mentions placed first: "Smith" listed after "John Smith" is the Smith outside it, and a mention
-    listed twice takes two occurrences. A mention found only inside another is placed there (nested),
-    one not found is left out, and a `pos` that does not cover its mention is corrected; each is noted
-    in `missing`."""
+    """The spans of `(mention, label, pos)`: at `pos` where it covers the mention, else where
+    `spans.place_mentions` puts its text (exact, else ignoring case): "Smith" listed after "John Smith"
+    is the Smith outside it. A mention found only inside another is placed there (nested), one not found
+    is left out, one found only in another case is placed there, a `pos` that does not cover its mention
+    is corrected, and a mention stated twice at one `pos` is kept once; each is noted in `missing`."""
     spans: list[Span] = []
     by_text: list[tuple[str, str, Any]] = []
     for mention, label, pos in mentions:
         given = isinstance(pos, list) and len(pos) == 2 and all(type(p) is int for p in pos)
         if given and 0 <= pos[0] < pos[1] <= len(text) and text[pos[0] : pos[1]].strip() == mention:
             start = pos[0] + text[pos[0] : pos[1]].index(mention)
-            if (span := Span(start, start + len(mention), label)) not in spans:  # listed twice: once
+            if (span := Span(start, start + len(mention), label)) not in spans:
                 spans.append(span)
+            else:
+                missing.append(f"entity {mention!r} ({label}) is stated twice at {pos}: kept once")
         else:
             by_text.append((mention, label, pos if given else None))
-    for mention, label, pos in sorted(by_text, key=lambda entry: -len(entry[0])):  # stable: listing order
-        starts = occurrences(text, mention) or occurrences(text, mention, ignore_case=True)
-        if not starts:
-            missing.append(f"entity {mention!r} ({label}) is not in the sentence: left out")
+
+    def find(mention: str) -> list[tuple[int, int]]:
+        starts = occurrences(text, mention)
+        if not starts and (starts := occurrences(text, mention, ignore_case=True)):
+            missing.append(f"entity {mention!r} is in the sentence only in another case: placed there")
+        return [(start, start + len(mention)) for start in starts]
+
+    placed = place_mentions([(mention, label) for mention, label, _ in by_text], find, spans)
+    for (mention, label, pos), place in zip(by_text, placed, strict=True):
+        if place is None:
+            found = occurrences(text, mention) or occurrences(text, mention, ignore_case=True)
+            why = "listed more times than it occurs" if found else "not in the sentence"
+            missing.append(f"entity {mention!r} ({label}) is {why}: left out")
             continue
-        free = [s for s in starts if not any(s < o.end and o.start < s + len(mention) for o in spans)]
-        unused = [s for s in starts if Span(s, s + len(mention), label) not in spans]
-        if not unused:
-            missing.append(f"entity {mention!r} ({label}) is listed more times than it occurs: left out")
-            continue
-        start = free[0] if free else unused[0]
-        if not free:
+        if place.nested:
             missing.append(f"entity {mention!r} ({label}) is only inside another entity: placed there")
         if pos is not None:
-            missing.append(f"entity {mention!r}: pos {pos} does not cover it, placed at {start}")
-        spans.append(Span(start, start + len(mention), label))
+            missing.append(f"entity {mention!r}: pos {pos} does not cover it, placed at {place.span.start}")
+        spans.append(place.span)
     return spans
 
 

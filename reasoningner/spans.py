@@ -7,7 +7,7 @@ these objects, the way spaCy derives everything from a `Span` over an immutable 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import MappingProxyType
@@ -236,6 +236,42 @@ def occurrences(text: str, needle: str, *, ignore_case: bool = False) -> list[in
         and not (check_right and s + length < size and is_word_char(text[s + length]))
     ]
     return bounded or found
+
+
+class Placed(NamedTuple):
+    """Where `place_mentions` put one mention; `nested`: no occurrence was free, so it lies inside (or
+    across) a span placed before it."""
+
+    span: Span
+    nested: bool
+
+
+def place_mentions(
+    mentions: Sequence[tuple[str, str]],
+    find: Callable[[str], Sequence[tuple[int, int]]],
+    placed: Sequence[Span] = (),
+) -> list[Placed | None]:
+    """Where each `(mention, label)` stated without a position is, given `find(mention)`, its
+    occurrences in the text in order; None for one with no occurrence left for its label.
+
+    The longer mentions first (listing order among equals), each at its first occurrence that no span
+    placed before overlaps (`placed` first): in "Paris Hilton visited Paris", "Paris" listed beside
+    "Paris Hilton" is the second; a mention listed twice takes two occurrences. One found only inside
+    others is placed there (nested, as GENIA's "IL-2" in "IL-2 gene"). The gold readers of positionless
+    data (`sources`) and the grouped_json parser share it, so that a gold answer parses back to its gold.
+    """
+    spans = list(placed)
+    result: list[Placed | None] = [None] * len(mentions)
+    for index in sorted(range(len(mentions)), key=lambda i: -len(mentions[i][0])):  # stable: listing order
+        mention, label = mentions[index]
+        found = find(mention)
+        free = [o for o in found if not any(o[0] < s.end and s.start < o[1] for s in spans)]
+        unused = free or [o for o in found if Span(o[0], o[1], label) not in spans]
+        if unused:
+            span = Span(unused[0][0], unused[0][1], label)
+            spans.append(span)
+            result[index] = Placed(span, nested=not free)
+    return result
 
 
 def is_word_char(char: str) -> bool:

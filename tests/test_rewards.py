@@ -261,10 +261,10 @@ def test_sentence_without_entities(completion: str, expected: dict[str, float]) 
 
 
 def test_exact_f1_tells_occurrences_apart_and_text_f1_does_not() -> None:
-    # grouped_json grounds a listed "Paris" at its first occurrence (inside "Paris Hilton"), while the
-    # gold location is the second: exact F1 2·1 / (2 + 1 + 1) = 0.5, text F1 1.0 (same text and label).
-    text = "Paris Hilton visited Paris ."
-    gold = [{"start": 0, "end": 12, "label": "person"}, {"start": 21, "end": 26, "label": "location"}]
+    # grouped_json grounds a listed "Paris" at its first occurrence outside "Paris Hilton", while the
+    # gold location is the last: exact F1 2·1 / (2 + 1 + 1) = 0.5, text F1 1.0 (same text and label).
+    text = "Paris is not Paris Hilton ; Paris is a city ."
+    gold = [{"start": 13, "end": 25, "label": "person"}, {"start": 28, "end": 33, "label": "location"}]
     completion = complete(
         '"Paris Hilton" is a person\n"Paris" is a location',
         '{"entities": {"person": ["Paris Hilton"], "location": ["Paris"]}}',

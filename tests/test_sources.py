@@ -84,8 +84,12 @@ def test_a_mention_found_only_ignoring_case_keeps_its_offsets_after_a_letter_tha
            "cot": "", "entities": [{"text": "Ankara", "label": "Location"}]}  # fmt: skip
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
-    [example] = read_dataset(path, "nercot").examples
+    dataset = read_dataset(path, "nercot")
+    [example] = dataset.examples
     assert [(s.text(example.text), s.label) for s in example.spans] == [("ANKARA", "location")]
+    assert [note.split(": ", 2)[2] for note in dataset.notes] == [
+        "entity 'Ankara' is in the sentence only in another case: placed there"
+    ]
 
 
 def test_a_mention_listed_again_with_another_label_takes_its_next_occurrence(tmp_path: Path) -> None:
@@ -130,7 +134,8 @@ def test_an_instructuie_sentence_without_entities_and_a_wrong_pos_read_as_the_pa
     tmp_path: Path,
 ) -> None:
     """InstructUIE writes a sentence without entities as one {"name": "", "type": "NA"}: a sentence, not a
-    bad record. A `pos` that does not cover its mention is corrected to a free occurrence, with a note."""
+    bad record. A `pos` that does not cover its mention is corrected to a free occurrence, and a mention
+    stated twice is kept once, each with a note."""
     tree = tmp_path / "NER" / "set"
     tree.mkdir(parents=True)
     (tree / "labels.json").write_text('["organisation", "location"]')
@@ -147,7 +152,8 @@ def test_an_instructuie_sentence_without_entities_and_a_wrong_pos_read_as_the_pa
     assert (empty.text, empty.spans) == ("Nothing to see .", ()) and not dataset.skipped
     assert [(s.start, s.label) for s in eu.spans] == [(0, "organisation"), (9, "location")]
     assert [note.split(": ", 1)[1] for note in dataset.notes] == [
-        "record 1: entity 'EU': pos [3, 5] does not cover it, placed at 9"
+        "record 1: entity 'EU' (organisation) is stated twice at [0, 2]: kept once",
+        "record 1: entity 'EU': pos [3, 5] does not cover it, placed at 9",
     ]
 
 
