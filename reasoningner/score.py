@@ -37,7 +37,9 @@ Text-mode scores and the error analysis stay ours.
 Table 1), for grouped JSON answers: the answer read as its code reads it (`<think>` blocks dropped, the
 inside of <answer> or of a ```json fence taken, `rewards.reasoningie_answer`), and each sentence's sets
 of (text, label) compared with texts lower-cased and stripped of punctuation and articles, labels
-lower-cased (`rewards.reasoningie_key`). Exact scores and the error analysis stay ours.
+lower-cased (`rewards.reasoningie_key`); gold entities of a non-entity label (misc, other, na, as its
+reader drops them: `sources.protocol_label`) are not counted. Exact scores and the error analysis stay
+ours.
 
 Skipping: `on_error="skip"` (`--skip-bad`) skips malformed gold records (the reader's rule) and
 malformed prediction lines, counts and lists them; the predictions of skipped gold records are
@@ -60,6 +62,7 @@ from reasoningner.metrics import MATCH_MODES, Counts, Scorer, multiset_counts
 from reasoningner.readers import DataError, Dataset, OnError, PathLike, _read_text, read_dataset
 from reasoningner.results import NORMAL, ErrorCounts, Evaluation
 from reasoningner.rewards import reasoningie_answer, reasoningie_entities, reasoningie_key
+from reasoningner.sources import protocol_label
 from reasoningner.spans import Example, Span, check_span, spans_from_dicts
 
 logger = logging.getLogger(__name__)
@@ -409,7 +412,7 @@ def llms4ner_keys(
             for entry in value
             if isinstance(entry, dict) and all(entry.get(k) is not None for k in ("text", "label", *fields))
         ], ""
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):  # OverflowError: an offset of Infinity
         return [], ""
 
 
@@ -443,7 +446,11 @@ def reasoningie_counts(prediction: PredictionLine, gold: Example) -> dict[str, C
     """Per-label counts of one line as ReasoningIE's evaluation makes them (module docstring): its keys are
     sets, for which the multiset count is the set count."""
     found = reasoningie_entities(reasoningie_answer(prediction.output or "")) or set()
-    expected = {reasoningie_key(span.text(gold.text), span.label) for span in gold.spans}
+    expected = {  # its reader drops gold entities of a non-entity label (misc, other, na...)
+        reasoningie_key(span.text(gold.text), span.label)
+        for span in gold.spans
+        if protocol_label(span.label) is not None
+    }
     return multiset_counts(expected, found, label_at=1)
 
 

@@ -15,7 +15,7 @@ from reasoningner.cli import main
 from reasoningner.formats import FORMATS
 from reasoningner.metrics import Counts
 from reasoningner.readers import DataError, read_alpaca
-from reasoningner.score import score_files
+from reasoningner.score import llms4ner_keys, score_files
 
 DATA = Path(__file__).parent / "data"
 ACE = DATA / "ace2005_mini.json"
@@ -328,6 +328,13 @@ def test_compat_llms4ner_counts_occurrence_json_as_their_script_does(tmp_path: P
     assert compat.fp == 3  # the two repeats and the wrong index
 
 
+def test_compat_llms4ner_reads_an_infinite_offset_as_an_unreadable_answer() -> None:
+    """Python's json reads Infinity; their parser takes any failure as no entities, as ours must (an
+    OverflowError stopped the whole scoring)."""
+    answer = '[{"text": "A", "label": "PER", "start": 0, "end": Infinity}]'
+    assert llms4ner_keys(answer, "offset_json", ("PER",)) == ([], "")
+
+
 # --- command line -----------------------------------------------------------------------------------
 
 
@@ -375,6 +382,16 @@ def test_compat_reasoningie_counts_text_matches_as_the_papers_evaluation_does(tm
     )  # exact scores stay ours
     with pytest.raises(ValueError, match="reads grouped_json answers"):
         score_files([(gold, predictions)], output_format="xml", compat="reasoningie")
+    # Its reader drops gold entities labelled misc (or other, na...): a CoNLL gold's misc is not missed.
+    misc = write_jsonl(
+        tmp_path / "misc.jsonl",
+        [{"text": "Bob likes Python .", "labels": ["person", "misc"],
+          "entities": [{"start": 0, "end": 3, "label": "person"},
+                       {"start": 10, "end": 16, "label": "misc"}]}],
+    )  # fmt: skip
+    bob = write_jsonl(tmp_path / "bob.jsonl", [{"output": '{"entities": {"person": ["Bob"]}}'}])
+    assert micro(score_files([(misc, bob)], compat="reasoningie"), "text", "misc") == Counts(tp=1, fp=0, fn=0)
+    assert micro(score_files([(misc, bob)]), "text", "misc") == Counts(tp=1, fp=0, fn=1)  # ours counts it
     # Unparseable outputs (an untrained model) look like another format: the paper's is the default.
     junk = write_jsonl(tmp_path / "junk.jsonl", [{"output": "[ Bob | person ] met"}, {"output": "x"}])
     assert micro(score_files([(gold, junk)], compat="reasoningie"), "text", "gold") == Counts(
