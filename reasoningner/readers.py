@@ -300,11 +300,22 @@ def _conll_sentences(text: str) -> Iterator[list[tuple[int, str]]]:
         yield sentence
 
 
-def _conll_columns(line: str, position: int) -> tuple[str, str]:
+def _conll_columns(line: str, position: int, width: list[tuple[int, int]], number: int) -> tuple[str, str]:
+    """The token (first column) and tag (last) of a line. Every line of a file has as many columns as
+    its first (`width` holds its count and line): a token holding a space in a space-separated file
+    ("New York B-LOC") would otherwise lose its middle and shift every later offset."""
     # Columns split on tabs, else on ASCII spaces only: a token may hold a no-break space (`10\xa0000`).
     parts = line.split("\t") if "\t" in line else [part for part in line.split(" ") if part]
     if len(parts) < 2:
         raise _TokenError(position, f"expected a token and a tag separated by a tab or spaces, got {line!r}")
+    if not width:
+        width.append((len(parts), number))
+    elif len(parts) != width[0][0]:
+        raise _TokenError(
+            position,
+            f"{len(parts)} columns in {line!r}, where line {width[0][1]} has {width[0][0]} (columns split on "
+            "tabs, else on spaces: a token holding a space needs tab-separated columns)",
+        )
     token, tag = parts[0], parts[-1].strip()
     if not token.strip() or token != token.strip():
         raise _TokenError(position, f"token {token!r} is empty or has surrounding whitespace")
@@ -316,9 +327,12 @@ def read_conll(
 ) -> Dataset:
     """Read a CoNLL BIO/IOB/BIOES file (see the module docstring for the accepted layout)."""
     collector = _Collector(path, schema, on_error, name or _default_name(path))
+    width: list[tuple[int, int]] = []  # (columns, line) of the file's first token line
     for index, sentence in enumerate(_conll_sentences(_read_text(path))):
         try:
-            columns = [_conll_columns(content, i) for i, (_, content) in enumerate(sentence)]
+            columns = [
+                _conll_columns(content, i, width, number) for i, (number, content) in enumerate(sentence)
+            ]
             tokens, tags = [token for token, _ in columns], [tag for _, tag in columns]
             text, spans = _bio_spans(tokens, tags)
             if schema is not None:

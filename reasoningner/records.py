@@ -69,11 +69,11 @@ def record_status(record: dict[str, Any]) -> str:
 
 def is_cot_file(path: str | Path) -> bool:
     """Stage 1 output: JSONL whose records carry a rationale and a key."""
-    with open(path, encoding="utf-8") as handle:
+    with open(path, "rb") as handle:  # bytes: a file that is not UTF-8 is for its reader to name
         first = handle.readline()
     try:
         record = json.loads(first)
-    except ValueError:
+    except ValueError:  # UnicodeDecodeError included
         return False
     return isinstance(record, dict) and record.keys() >= RECORD_KEYS
 

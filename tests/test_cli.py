@@ -125,6 +125,7 @@ def test_predict_takes_the_prompt_contract_under_the_recipe_names_and_refuses_ol
 
 def test_every_data_reading_command_and_stage_can_skip_and_count_bad_records(tmp_path, capsys):
     from reasoningner.configs import DataArguments, PromptArguments
+    from reasoningner.readers import DataError
     from reasoningner.training_data import sft_examples
 
     bad = tmp_path / "bad.txt"
@@ -141,6 +142,10 @@ def test_every_data_reading_command_and_stage_can_skip_and_count_bad_records(tmp
         "EU rejects",
         "Peter",
     ]
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes(b"caf\xe9\tB-ORG\n")  # the stage 1 check read it first, with no file named
+    with pytest.raises(DataError, match=f"{latin1}:1: not UTF-8"):
+        sft_examples([str(latin1)], direct)
 
 
 def test_predict_says_why_the_backend_gave_up_and_fails_when_it_answered_nothing(tmp_path, capsys):

@@ -467,6 +467,20 @@ def test_sniff_alpaca_jsonl_and_unknown_json(tmp_path: Path) -> None:
         read_dataset(DATA / "mini.jsonl", reader="csv")
 
 
+def test_a_line_with_more_columns_than_the_files_first_is_an_error_at_that_line(tmp_path: Path) -> None:
+    """Space-separated, "New York B-LOC" read as token "New" and tag B-LOC dropped "York" and shifted
+    every later offset, silently."""
+    spaced = write(tmp_path / "spaced.txt", "Ann B-PER\nvisited O\nNew York B-LOC\n\nBob B-PER\n")
+    with pytest.raises(DataError, match=r"spaced.txt:3: 3 columns in 'New York B-LOC', where line 1 has 2"):
+        read_conll(spaced)
+    kept = read_conll(spaced, on_error="skip")
+    assert [e.text for e in kept.examples] == ["Bob"] and len(kept.skipped) == 1
+    tabbed = write(tmp_path / "tabbed.txt", "Ann\tB-PER\nNew York\tB-LOC\n")  # tabs: a token may hold a space
+    assert [e.text for e in read_conll(tabbed).examples] == ["Ann New York"]
+    four = write(tmp_path / "four.txt", "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n")
+    assert [(e.text, len(e.spans)) for e in read_conll(four).examples] == [("EU rejects", 1)]
+
+
 def test_file_level_problems(tmp_path: Path) -> None:
     for name, content in (("empty.txt", "\n \n"), ("empty.json", "[]"), ("empty.jsonl", "")):
         with pytest.raises(DataError, match=rf"{name}: holds no sentences"):
