@@ -12,7 +12,9 @@ Formats
   4-column CoNLL-2003 files), a blank line between sentences, `-DOCSTART-` lines ignored. The text
   is the tokens joined by single spaces. Tags are `O`, `B-x`, `I-x`, `E-x`, `S-x` (IOB1, IOB2 and
   BIOES all decode). As seqeval does by default, an `I-x` or `E-x` that does not continue an open
-  `x` entity (after `O`, or after a `B-y` of another type) starts a new `x` entity.
+  `x` entity (after `O`, or after a `B-y` of another type) starts a new `x` entity; each sentence
+  where that happened is noted (`Dataset.notes`, counted in the reader's log line): in IOB1 it is
+  the rule, in an IOB2 or BIOES corpus a tagging error. Every line has as many columns as the first.
 - Alpaca instruction JSON (`read_alpaca`, `write_alpaca`): `[{"instruction", "input", "output"}]`
   or JSONL of such objects, in every variant of the LLMs4NER release. The `output` is either the
   `input` with inline markup, `<LABEL>text</LABEL>` or `[text | LABEL]`, read by `formats`' one
@@ -259,8 +261,10 @@ def _split_tag(tag: str, position: int) -> tuple[str, str]:
     return prefix, label
 
 
-def _bio_spans(tokens: Sequence[str], tags: Sequence[str]) -> tuple[str, list[Span]]:
-    """The text (tokens joined by spaces) and the entities of a BIO/IOB1/BIOES tag sequence."""
+def _bio_spans(tokens: Sequence[str], tags: Sequence[str]) -> tuple[str, list[Span], str | None]:
+    """The text (tokens joined by spaces), the entities of a BIO/IOB1/BIOES tag sequence, and what was
+    read past the IOB2/BIOES rules (None when nothing): an entity opened by I- or E- (IOB1's way, or a
+    tagging error), and a label change inside an entity (I-LOC after B-PER), each read as a new entity."""
     starts, offset = [], 0
     for token in tokens:
         starts.append(offset)
@@ -271,11 +275,15 @@ def _bio_spans(tokens: Sequence[str], tags: Sequence[str]) -> tuple[str, list[Sp
     def close(last: int) -> None:
         spans.append(Span(starts[current[0]], starts[last] + len(tokens[last]), current[1]))
 
+    opened = changed = 0  # entities opened by I- or E-; label changes inside an entity
     for i, tag in enumerate(tags):
         prefix, label = _split_tag(tag, i)
         if current is not None and (prefix in ("B", "S", "O") or label != current[1]):
+            changed += prefix in ("I", "E")
             close(i - 1)
             current = None
+        elif current is None and prefix in ("I", "E"):
+            opened += 1
         if prefix != "O" and current is None:
             current = (i, label)
         if prefix in ("E", "S"):
@@ -283,7 +291,13 @@ def _bio_spans(tokens: Sequence[str], tags: Sequence[str]) -> tuple[str, list[Sp
             current = None
     if current is not None:
         close(len(tags) - 1)
-    return " ".join(tokens), spans
+    repaired = [
+        f"entities opened by I- or E-: {opened} (IOB1 tags, or tagging errors), read as B-" if opened else "",
+        f"label changes inside an entity (I-Y after B-X or I-X): {changed}, each read as a new entity"
+        if changed
+        else "",
+    ]
+    return " ".join(tokens), spans, "; ".join(filter(None, repaired)) or None
 
 
 def _conll_sentences(text: str) -> Iterator[list[tuple[int, str]]]:
@@ -334,7 +348,7 @@ def read_conll(
                 _conll_columns(content, i, width, number) for i, (number, content) in enumerate(sentence)
             ]
             tokens, tags = [token for token, _ in columns], [tag for _, tag in columns]
-            text, spans = _bio_spans(tokens, tags)
+            text, spans, repaired = _bio_spans(tokens, tags)
             if schema is not None:
                 unknown = [i for i, tag in enumerate(tags) if tag != "O" and tag[2:] not in schema]
                 if unknown:
@@ -342,7 +356,10 @@ def read_conll(
         except _TokenError as error:
             collector.report(sentence[error.position][0], str(error))
             continue
-        collector.add(_Record(sentence[0][0], index, text, spans))
+        record = _Record(sentence[0][0], index, text, spans)
+        if repaired:
+            collector.note(record, repaired)
+        collector.add(record)
     return collector.dataset()
 
 
@@ -816,14 +833,17 @@ def from_hf(
                 )
             if any(not token or token != token.strip() for token in tokens):
                 raise ValueError("a token is empty or has surrounding whitespace")
-            text, spans = _bio_spans(tokens, tags)
+            text, spans, repaired = _bio_spans(tokens, tags)
         except _TokenError as error:
             collector.report(None, f"token {error.position}: {error}", row)
             continue
         except (ValueError, TypeError) as error:
             collector.report(None, str(error), row)
             continue
-        collector.add(_Record(None, row, text, spans))
+        record = _Record(None, row, text, spans)
+        if repaired:
+            collector.note(record, repaired)
+        collector.add(record)
     return collector.dataset()
 
 

@@ -481,6 +481,27 @@ def test_a_line_with_more_columns_than_the_files_first_is_an_error_at_that_line(
     assert [(e.text, len(e.spans)) for e in read_conll(four).examples] == [("EU rejects", 1)]
 
 
+def test_tags_read_past_iob2_and_bioes_are_noted_per_sentence(tmp_path: Path) -> None:
+    """IOB1 (or tagging errors) read as seqeval reads them, and each sentence where that happened noted,
+    so that a corpus tagged otherwise than its user thinks shows in the reader's log line."""
+    path = write(
+        tmp_path / "mixed.txt",
+        "A\tB-PER\nB\tI-LOC\nC\tE-LOC\nD\tS-PER\nE\tE-PER\n\nF\tB-ORG\nG\tI-ORG\n\nH\tI-ORG\n",
+    )
+    dataset = read_conll(path)
+    assert [[(s.text(e.text), s.label) for s in e.spans] for e in dataset.examples] == [
+        [("A", "PER"), ("B C", "LOC"), ("D", "PER"), ("E", "PER")],
+        [("F G", "ORG")],
+        [("H", "ORG")],
+    ]
+    assert [note.split(": ", 2)[2] for note in dataset.notes] == [
+        "entities opened by I- or E-: 1 (IOB1 tags, or tagging errors), read as B-; label changes inside "
+        "an entity (I-Y after B-X or I-X): 1, each read as a new entity",
+        "entities opened by I- or E-: 1 (IOB1 tags, or tagging errors), read as B-",
+    ]
+    assert [note.split(":")[1] for note in dataset.notes] == ["1", "10"]  # each sentence's first line
+
+
 def test_file_level_problems(tmp_path: Path) -> None:
     for name, content in (("empty.txt", "\n \n"), ("empty.json", "[]"), ("empty.jsonl", "")):
         with pytest.raises(DataError, match=rf"{name}: holds no sentences"):
