@@ -250,6 +250,9 @@ class _TokenError(ValueError):
         self.position = position
 
 
+_TAG_PREFIXES = frozenset({"B-", "I-", "E-", "S-"})
+
+
 def _split_tag(tag: str, position: int) -> tuple[str, str]:
     if tag == "O":
         return "O", ""
@@ -807,18 +810,32 @@ def from_hf(
     name: str | None = None,
     on_error: OnError = "raise",
     where: str | None = None,
+    limit: int | None = None,
 ) -> Dataset:
     """Read a Hugging Face `datasets.Dataset` of token and BIO tag columns.
 
     Integer tags are named by the column's `ClassLabel` feature (the hub's conll2003 layout);
     string tags are used as they are. Errors name `where` (the source it was read from, else `name`)
-    and the row (`dataset[row]`) as its record.
+    and the row (`dataset[row]`) as its record. `limit`: only the first rows become examples, while
+    the schema, unless given, is the labels of every row's tags, as a whole read finds it (a smoke
+    run's prompts then list the labels a full run's do).
     """
     name = name or getattr(getattr(dataset, "info", None), "dataset_name", None) or "hf"
     feature = getattr(dataset.features[tags_column], "feature", None)
     names: list[str] | None = getattr(feature, "names", None)
+    all_tags = dataset[tags_column]
+    if limit is not None and schema is None:
+        decoded = (names[t] if names is not None and isinstance(t, int) and 0 <= t < len(names) else t
+                   for row_tags in all_tags for t in row_tags)  # fmt: skip
+        labels = dict.fromkeys(
+            t[2:]
+            for t in decoded
+            if isinstance(t, str) and t[:2] in _TAG_PREFIXES and LABEL_PATTERN.fullmatch(t[2:])
+        )
+        schema = Schema(tuple(labels)) if labels else None
     collector = _Collector(where or name, schema, on_error, name, numbered=True)
-    for row, (tokens, tags) in enumerate(zip(dataset[tokens_column], dataset[tags_column], strict=True)):
+    rows = itertools.islice(zip(dataset[tokens_column], all_tags, strict=True), limit)
+    for row, (tokens, tags) in enumerate(rows):
         try:
             if len(tokens) != len(tags):
                 raise ValueError(f"{len(tokens)} tokens but {len(tags)} tags")

@@ -246,9 +246,9 @@ def _load_dataset(
     columns = set(hf.column_names or next(iter(hf)).keys())
     layout = source.layout if source.layout != "auto" else _layout(columns, source.spec)
     if layout == "tokens":
-        if limit is not None:
-            hf = hf.select(range(min(limit, len(hf)))) if hasattr(hf, "select") else hf.take(limit)
-        dataset = from_hf(hf, schema=schema, name=name, on_error=on_error, where=source.spec)
+        if limit is not None and not hasattr(hf, "select"):  # streamed: the first rows alone are read
+            hf, limit = hf.take(limit), None
+        dataset = from_hf(hf, schema=schema, name=name, on_error=on_error, where=source.spec, limit=limit)
         return dataset, [None] * len(dataset.examples)
     rows = _limited(iter(hf), limit)
     collector = _Collector(source.spec, schema, on_error, name, numbered=True)

@@ -569,6 +569,32 @@ def test_numeric_tags_without_label_names_are_a_clear_error_that_names_the_row()
         from_hf(rows, name="cross_ner", where="hf:DFKI-SLT/cross_ner:ai@test")
 
 
+def test_a_limited_token_source_asks_the_labels_of_the_whole_split(tmp_path: Path) -> None:
+    """`limit` (a smoke run) took the labels of its first rows only: prompts listing fewer labels than a
+    full run's. ClassLabel tags are named as in a full read."""
+    import datasets
+
+    from reasoningner.readers import from_hf
+
+    rows = [
+        {"tokens": ["EU", "rejects"], "ner_tags": ["B-ORG", "O"]},
+        {"tokens": ["Ann"], "ner_tags": ["B-PER"]},
+    ]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    [(limited, _)] = load_source_sets(f"hf:{tmp_path}@train?reader=tokens", limit=1)
+    assert [e.text for e in limited.examples] == ["EU rejects"]
+    assert limited.schema.labels == limited.examples[0].schema.labels == ("ORG", "PER")
+    names = datasets.ClassLabel(names=["O", "B-PER", "B-LOC"])
+    features = datasets.Features(
+        {"tokens": datasets.Sequence(datasets.Value("string")), "ner_tags": datasets.Sequence(names)}
+    )
+    coded = datasets.Dataset.from_list(
+        [{"tokens": ["Ann"], "ner_tags": [1]}, {"tokens": ["Rome"], "ner_tags": [2]}], features=features
+    )
+    assert from_hf(coded, limit=1).schema.labels == ("PER", "LOC")
+    assert from_hf(coded).schema.labels == ("PER", "LOC") and len(from_hf(coded, limit=1).examples) == 1
+
+
 def test_a_hub_instructuie_tree_is_read_from_the_cache_offline(tmp_path: Path) -> None:
     """Compute nodes without internet run on what the login node downloaded (HF_HUB_OFFLINE=1): the
     paper's `?sets=` sources read their files through the Hugging Face cache, as models do."""
