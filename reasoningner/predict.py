@@ -524,13 +524,14 @@ class NERModel:
         # the whole batch: the model is asked with U+FFFD in its place, one character for one, so that
         # offsets still slice the text given.
         asked = [LONE_SURROGATE.sub("\ufffd", text) for text in texts]
+        size = self._window_size(schema) if any(text.strip() for text in asked) else 0
         pieces = self.fit_to_context(
             asked,
             [
                 (index, start, end)
                 for index, text in enumerate(asked)
                 if text.strip()
-                for start, end in windows(text, self._window_size(schema))
+                for start, end in windows(text, size)
             ],
             schema,
         )

@@ -360,9 +360,8 @@ def read_conll(
             collector.report(sentence[error.position][0], str(error))
             continue
         record = _Record(sentence[0][0], index, text, spans)
-        if repaired:
+        if collector.add(record) and repaired:
             collector.note(record, repaired)
-        collector.add(record)
     return collector.dataset()
 
 
@@ -823,10 +822,9 @@ def from_hf(
     name = name or getattr(getattr(dataset, "info", None), "dataset_name", None) or "hf"
     feature = getattr(dataset.features[tags_column], "feature", None)
     names: list[str] | None = getattr(feature, "names", None)
-    all_tags = dataset[tags_column]
     if limit is not None and schema is None:
         decoded = (names[t] if names is not None and isinstance(t, int) and 0 <= t < len(names) else t
-                   for row_tags in all_tags for t in row_tags)  # fmt: skip
+                   for row_tags in dataset[tags_column] for t in row_tags)  # fmt: skip
         labels = dict.fromkeys(
             t[2:]
             for t in decoded
@@ -834,8 +832,9 @@ def from_hf(
         )
         schema = Schema(tuple(labels)) if labels else None
     collector = _Collector(where or name, schema, on_error, name, numbered=True)
-    rows = itertools.islice(zip(dataset[tokens_column], all_tags, strict=True), limit)
-    for row, (tokens, tags) in enumerate(rows):
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    for row, (tokens, tags) in enumerate(zip(dataset[tokens_column], dataset[tags_column], strict=True)):
         try:
             if len(tokens) != len(tags):
                 raise ValueError(f"{len(tokens)} tokens but {len(tags)} tags")
@@ -858,9 +857,8 @@ def from_hf(
             collector.report(None, str(error), row)
             continue
         record = _Record(None, row, text, spans)
-        if repaired:
+        if collector.add(record) and repaired:
             collector.note(record, repaired)
-        collector.add(record)
     return collector.dataset()
 
 

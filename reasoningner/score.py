@@ -39,9 +39,9 @@ Text-mode scores and the error analysis stay ours.
 Table 1), for grouped JSON answers: the answer read as its code reads it (`<think>` blocks dropped, the
 inside of <answer> or of a ```json fence taken, `rewards.reasoningie_answer`), and each sentence's sets
 of (text, label) compared with texts lower-cased and stripped of punctuation and articles, labels
-lower-cased (`rewards.reasoningie_key`); gold entities of a non-entity label (misc, other, na, as its
-reader drops them: `sources.protocol_label`) are not counted. Exact scores and the error analysis stay
-ours.
+lower-cased (`rewards.reasoningie_key`); entities of a non-entity label (misc, other, na: its reader
+drops them and its prompts never ask for them, `sources.protocol_label`) are not counted on either side.
+Exact scores and the error analysis stay ours.
 
 Skipping: `on_error="skip"` (`--skip-bad`) skips malformed gold records (the reader's rule) and
 malformed prediction lines, counts and lists them; the predictions of skipped gold records are
@@ -414,7 +414,7 @@ def llms4ner_keys(
             for entry in value
             if isinstance(entry, dict) and all(entry.get(k) is not None for k in ("text", "label", *fields))
         ], ""
-    except (ValueError, TypeError, OverflowError):  # OverflowError: an offset of Infinity
+    except (ValueError, TypeError, OverflowError, RecursionError):  # Infinity; [[[... past the stack
         return [], ""
 
 
@@ -448,7 +448,10 @@ def reasoningie_counts(prediction: PredictionLine, gold: Example) -> dict[str, C
     """Per-label counts of one line as ReasoningIE's evaluation makes them (module docstring): its keys are
     sets, for which the multiset count is the set count."""
     found = reasoningie_entities(reasoningie_answer(prediction.output or "")) or set()
-    expected = {  # its reader drops gold entities of a non-entity label (misc, other, na...)
+    # Its reader drops entities of a non-entity label (misc, other, na...) and its prompts never ask for
+    # them: neither side counts them.
+    found = {key for key in found if protocol_label(key[1]) is not None}
+    expected = {
         reasoningie_key(span.text(gold.text), span.label)
         for span in gold.spans
         if protocol_label(span.label) is not None

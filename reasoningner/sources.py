@@ -22,10 +22,12 @@ reads others (`tracking.claim_data`), pinned or not.
 Layouts (`reader=`, else told from the columns of the first row):
 
 - `nercot`: ReasoningNER's NER-CoT, `{guid, sentence, schema, source, cot, entities: [{text, label}]}`.
-  Entities carry no offsets: each is located in the sentence (the k-th listing of a mention takes its
-  k-th occurrence, case-insensitively when the exact text is absent). One that cannot be located is
-  left out of its example and recorded in `Dataset.notes` with its row; the count is logged. `cot` is
-  kept as the rationale (`load_source_sets`), so SFT trains on the teacher's reasoning directly.
+  Entities carry no offsets: each is located in the sentence as `spans.place_mentions` places them
+  (longer mentions first, each at its first occurrence outside those placed before; case-insensitively
+  when the exact text is absent, noted), as the grouped_json parser places a model's. One that cannot
+  be located is left out of its example and recorded in `Dataset.notes` with its row; the count is
+  logged. `cot` is kept as the rationale (`load_source_sets`), so SFT trains on the teacher's reasoning
+  directly.
 - `instructuie`: `{sentence, entities: [{name, type, pos}]}`; with `sets=`, one folder per set holding
   `{train,dev,test}.json` and `labels.json` (the InstructUIE NER tree). A `pos` that does not cover
   `name` is located like an NER-CoT mention.
@@ -464,18 +466,19 @@ def _place(text: str, mentions: Sequence[tuple[str, str, Any]], missing: list[st
             by_text.append((mention, label, pos if given else None))
 
     def find(mention: str) -> list[tuple[int, int]]:
-        starts = occurrences(text, mention)
-        if not starts and (starts := occurrences(text, mention, ignore_case=True)):
-            missing.append(f"entity {mention!r} is in the sentence only in another case: placed there")
+        starts = occurrences(text, mention) or occurrences(text, mention, ignore_case=True)
         return [(start, start + len(mention)) for start in starts]
 
     placed = place_mentions([(mention, label) for mention, label, _ in by_text], find, spans)
     for (mention, label, pos), place in zip(by_text, placed, strict=True):
         if place is None:
-            found = occurrences(text, mention) or occurrences(text, mention, ignore_case=True)
-            why = "listed more times than it occurs" if found else "not in the sentence"
+            why = "listed more times than it occurs" if find(mention) else "not in the sentence"
             missing.append(f"entity {mention!r} ({label}) is {why}: left out")
             continue
+        if text[place.span.start : place.span.end] != mention:
+            missing.append(
+                f"entity {mention!r} ({label}) is in the sentence only in another case: placed there"
+            )
         if place.nested:
             missing.append(f"entity {mention!r} ({label}) is only inside another entity: placed there")
         if pos is not None:

@@ -254,23 +254,38 @@ def place_mentions(
     """Where each `(mention, label)` stated without a position is, given `find(mention)`, its
     occurrences in the text in order; None for one with no occurrence left for its label.
 
-    The longer mentions first (listing order among equals), each at its first occurrence that no span
-    placed before overlaps (`placed` first): in "Paris Hilton visited Paris", "Paris" listed beside
-    "Paris Hilton" is the second; a mention listed twice takes two occurrences. One found only inside
-    others is placed there (nested, as GENIA's "IL-2" in "IL-2 gene"). The gold readers of positionless
-    data (`sources`) and the grouped_json parser share it, so that a gold answer parses back to its gold.
+    The longer mentions first (as found in the text; listing order among equals), each at its first
+    occurrence that no span placed before overlaps (`placed` first): in "Paris Hilton visited Paris",
+    "Paris" listed beside "Paris Hilton" is the second; a mention listed twice takes two occurrences.
+    One found only inside others is placed there (nested, as GENIA's "IL-2" in "IL-2 gene"). The gold
+    readers of positionless data (`sources`) and the grouped_json parser share it, so that a gold
+    answer parses back to its gold. Linear in the occurrences: an occurrence once covered stays so.
     """
-    spans = list(placed)
+    found = [find(mention) for mention, _ in mentions]
+    covered = {position for span in placed for position in range(span.start, span.end)}
+    taken = set(placed)
+    next_free: dict[str, int] = {}  # per text: its occurrences before this one are covered
+    next_unused: dict[tuple[str, str], int] = {}  # per text and label: taken before this one
     result: list[Placed | None] = [None] * len(mentions)
-    for index in sorted(range(len(mentions)), key=lambda i: -len(mentions[i][0])):  # stable: listing order
-        mention, label = mentions[index]
-        found = find(mention)
-        free = [o for o in found if not any(o[0] < s.end and s.start < o[1] for s in spans)]
-        unused = free or [o for o in found if Span(o[0], o[1], label) not in spans]
-        if unused:
-            span = Span(unused[0][0], unused[0][1], label)
-            spans.append(span)
-            result[index] = Placed(span, nested=not free)
+    order = sorted(range(len(mentions)), key=lambda i: -(found[i][0][1] - found[i][0][0] if found[i] else 0))
+    for index in order:  # stable: listing order among equals
+        (mention, label), occurrences_ = mentions[index], found[index]
+        free = next_free.get(mention, 0)
+        while free < len(occurrences_) and not covered.isdisjoint(range(*occurrences_[free])):
+            free += 1
+        next_free[mention] = free
+        nested = free == len(occurrences_)
+        if nested:  # no free occurrence: the first this label has not taken, inside another
+            free = next_unused.get((mention, label), 0)
+            while free < len(occurrences_) and Span(*occurrences_[free], label) in taken:
+                free += 1
+            next_unused[(mention, label)] = free
+            if free == len(occurrences_):
+                continue
+        span = Span(*occurrences_[free], label)
+        taken.add(span)
+        covered.update(range(span.start, span.end))
+        result[index] = Placed(span, nested)
     return result
 
 

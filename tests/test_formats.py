@@ -397,6 +397,10 @@ def test_grouped_json_places_a_text_outside_the_longer_mentions_that_contain_it(
     assert result.spans == [Span(0, 12, "PER"), Span(21, 26, "LOC")] and result.ok
     nested = fmt.parse('{"entities": {"PER": ["Paris"], "LOC": ["Paris Hilton"]}}', "Paris Hilton .", SCHEMA)
     assert nested.spans == [Span(0, 12, "LOC"), Span(0, 5, "PER")] and nested.ok
+    # Longer as found in the text: "U.S.A. Inc" is found spaced as the sentence writes it.
+    spaced = "U . S . A . Inc sued U . S . A ."
+    answer = '{"entities": {"ORG": ["U.S.A. Inc"], "LOC": ["U . S . A ."]}}'
+    assert fmt.parse(answer, spaced, SCHEMA).spans == [Span(0, 15, "ORG"), Span(21, 32, "LOC")]
 
 
 def test_grouped_json_occurrences_are_word_bounded() -> None:

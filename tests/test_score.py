@@ -328,11 +328,13 @@ def test_compat_llms4ner_counts_occurrence_json_as_their_script_does(tmp_path: P
     assert compat.fp == 3  # the two repeats and the wrong index
 
 
-def test_compat_llms4ner_reads_an_infinite_offset_as_an_unreadable_answer() -> None:
+def test_compat_llms4ner_reads_an_infinite_offset_or_a_bottomless_nest_as_an_unreadable_answer() -> None:
     """Python's json reads Infinity; their parser takes any failure as no entities, as ours must (an
     OverflowError stopped the whole scoring)."""
     answer = '[{"text": "A", "label": "PER", "start": 0, "end": Infinity}]'
     assert llms4ner_keys(answer, "offset_json", ("PER",)) == ([], "")
+    deep = '{"x": [' + "[" * 5000 + "]" * 5000 + "]}"  # a degenerate output nested past the stack
+    assert llms4ner_keys(deep, "grouped_json", ("x",)) == ([], "")
 
 
 # --- command line -----------------------------------------------------------------------------------
@@ -389,9 +391,11 @@ def test_compat_reasoningie_counts_text_matches_as_the_papers_evaluation_does(tm
           "entities": [{"start": 0, "end": 3, "label": "person"},
                        {"start": 10, "end": 16, "label": "misc"}]}],
     )  # fmt: skip
-    bob = write_jsonl(tmp_path / "bob.jsonl", [{"output": '{"entities": {"person": ["Bob"]}}'}])
+    bob = write_jsonl(
+        tmp_path / "bob.jsonl", [{"output": '{"entities": {"person": ["Bob"], "misc": ["likes"]}}'}]
+    )  # a wrong misc is not counted either: its prompts never ask for one
     assert micro(score_files([(misc, bob)], compat="reasoningie"), "text", "misc") == Counts(tp=1, fp=0, fn=0)
-    assert micro(score_files([(misc, bob)]), "text", "misc") == Counts(tp=1, fp=0, fn=1)  # ours counts it
+    assert micro(score_files([(misc, bob)]), "text", "misc") == Counts(tp=1, fp=1, fn=1)  # ours counts them
     # Unparseable outputs (an untrained model) look like another format: the paper's is the default.
     junk = write_jsonl(tmp_path / "junk.jsonl", [{"output": "[ Bob | person ] met"}, {"output": "x"}])
     assert micro(score_files([(gold, junk)], compat="reasoningie"), "text", "gold") == Counts(

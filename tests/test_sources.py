@@ -88,7 +88,7 @@ def test_a_mention_found_only_ignoring_case_keeps_its_offsets_after_a_letter_tha
     [example] = dataset.examples
     assert [(s.text(example.text), s.label) for s in example.spans] == [("ANKARA", "location")]
     assert [note.split(": ", 2)[2] for note in dataset.notes] == [
-        "entity 'Ankara' is in the sentence only in another case: placed there"
+        "entity 'Ankara' (location) is in the sentence only in another case: placed there"
     ]
 
 
