@@ -43,6 +43,8 @@ Formats
 - Hugging Face datasets with `tokens`/`ner_tags` columns (`from_hf`; by name: `hf:` sources); the tag names
   come from the `ClassLabel` feature, or the column holds tag strings.
 
+Every format: a sentence of no text (nor entities) is left out, noted; later records keep their index.
+
 Schema and names
 - The dataset schema is the one passed in; else the labels the file states (union over records,
   first seen first); else the labels of the entities in first-seen order. Each `Example` carries
@@ -170,7 +172,11 @@ class _Collector:
         self.notes.append(str(DataError(self.path, record.line, f"record {record.index}: {what}")))
 
     def add(self, record: _Record) -> bool:
-        """Validate the record's spans now, so that errors come in file order with their line."""
+        """Validate the record's spans now, so that errors come in file order with their line. A sentence
+        of no text (nor entities) is left out with a note: a teacher or model asked it answers nothing."""
+        if not record.text.strip() and not record.spans:
+            self.note(record, "the sentence is empty: left out")
+            return False
         if record.id is None:
             record.id = f"{self.name}-{record.index}"
         labels = tuple(dict.fromkeys(span.label for span in record.spans))
