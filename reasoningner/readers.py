@@ -122,8 +122,9 @@ class Dataset:
     one per record the reader changed without losing information (exact duplicate spans merged);
     `corpora` the corpora its records say they come from (NER-CoT's `source`), which a model trained on
     them records for the contamination check. `indices` holds each example's record index in its file,
-    which pairs it with a line of another file once records were skipped (empty where the examples
-    come from several files).
+    which pairs it with a line of another file once records were skipped or left out (empty where the
+    examples come from several files); `left_out` counts the records left out whole, losing nothing
+    (empty sentences, each noted).
     """
 
     examples: list[Example]
@@ -133,6 +134,7 @@ class Dataset:
     notes: list[str] = field(default_factory=list)
     corpora: list[str] = field(default_factory=list)
     indices: list[int] = field(default_factory=list)
+    left_out: int = 0
 
 
 @dataclass
@@ -161,6 +163,7 @@ class _Collector:
         self.records: list[_Record] = []
         self.skipped: list[str] = []
         self.notes: list[str] = []
+        self.left_out = 0
 
     def report(self, line: int | None, why: str, index: int | None = None) -> None:
         error = DataError(self.path, line, why if index is None else f"record {index}: {why}")
@@ -176,6 +179,7 @@ class _Collector:
         of no text (nor entities) is left out with a note: a teacher or model asked it answers nothing."""
         if not record.text.strip() and not record.spans:
             self.note(record, "the sentence is empty: left out")
+            self.left_out += 1
             return False
         if record.id is None:
             record.id = f"{self.name}-{record.index}"
@@ -207,7 +211,9 @@ class _Collector:
         for kind, messages in (("skipped bad records", self.skipped), ("notes", self.notes)):
             if messages:
                 logger.warning("%s: %d %s, first: %s", self.path, len(messages), kind, messages[0])
-        return Dataset(examples, schema, self.name, self.skipped, self.notes, indices=indices)
+        return Dataset(
+            examples, schema, self.name, self.skipped, self.notes, indices=indices, left_out=self.left_out
+        )
 
     def _file_schema(self) -> Schema:
         stated = [record.schema for record in self.records if record.schema is not None]
