@@ -43,8 +43,6 @@ Formats
 - Hugging Face datasets with `tokens`/`ner_tags` columns (`from_hf`; by name: `hf:` sources); the tag names
   come from the `ClassLabel` feature, or the column holds tag strings.
 
-Every format: a sentence of no text (nor entities) is left out, noted; later records keep their index.
-
 Schema and names
 - The dataset schema is the one passed in; else the labels the file states (union over records,
   first seen first); else the labels of the entities in first-seen order. Each `Example` carries
@@ -122,9 +120,8 @@ class Dataset:
     one per record the reader changed without losing information (exact duplicate spans merged);
     `corpora` the corpora its records say they come from (NER-CoT's `source`), which a model trained on
     them records for the contamination check. `indices` holds each example's record index in its file,
-    which pairs it with a line of another file once records were skipped or left out (empty where the
-    examples come from several files); `left_out` counts the records left out whole, losing nothing
-    (empty sentences, each noted).
+    which pairs it with a line of another file once records were skipped (empty where the examples
+    come from several files).
     """
 
     examples: list[Example]
@@ -134,7 +131,6 @@ class Dataset:
     notes: list[str] = field(default_factory=list)
     corpora: list[str] = field(default_factory=list)
     indices: list[int] = field(default_factory=list)
-    left_out: int = 0
 
 
 @dataclass
@@ -163,7 +159,6 @@ class _Collector:
         self.records: list[_Record] = []
         self.skipped: list[str] = []
         self.notes: list[str] = []
-        self.left_out = 0
 
     def report(self, line: int | None, why: str, index: int | None = None) -> None:
         error = DataError(self.path, line, why if index is None else f"record {index}: {why}")
@@ -175,12 +170,7 @@ class _Collector:
         self.notes.append(str(DataError(self.path, record.line, f"record {record.index}: {what}")))
 
     def add(self, record: _Record) -> bool:
-        """Validate the record's spans now, so that errors come in file order with their line. A sentence
-        of no text (nor entities) is left out with a note: a teacher or model asked it answers nothing."""
-        if not record.text.strip() and not record.spans:
-            self.note(record, "the sentence is empty: left out")
-            self.left_out += 1
-            return False
+        """Validate the record's spans now, so that errors come in file order with their line."""
         if record.id is None:
             record.id = f"{self.name}-{record.index}"
         labels = tuple(dict.fromkeys(span.label for span in record.spans))
@@ -211,9 +201,7 @@ class _Collector:
         for kind, messages in (("skipped bad records", self.skipped), ("notes", self.notes)):
             if messages:
                 logger.warning("%s: %d %s, first: %s", self.path, len(messages), kind, messages[0])
-        return Dataset(
-            examples, schema, self.name, self.skipped, self.notes, indices=indices, left_out=self.left_out
-        )
+        return Dataset(examples, schema, self.name, self.skipped, self.notes, indices=indices)
 
     def _file_schema(self) -> Schema:
         stated = [record.schema for record in self.records if record.schema is not None]

@@ -293,7 +293,7 @@ def _pairs(
     predictions of skipped gold records are skipped with them."""
     if predictions and all(prediction.id for prediction in predictions):
         return _pairs_by_id(dataset, predictions, path, on_error, skipped)
-    if not dataset.skipped and not dataset.left_out:
+    if not dataset.skipped:
         by_index = dict(enumerate(dataset.examples))
     elif dataset.indices:
         by_index = dict(zip(dataset.indices, dataset.examples, strict=True))
@@ -301,9 +301,8 @@ def _pairs(
         raise DataError(
             path, None, "gold records were skipped from a gold source of several files: no line can be paired"
         )
-    # Records on both sides, the skipped and left out ones included (the predictions' malformed lines are
-    # in `skipped`).
-    records = len(dataset.examples) + len(dataset.skipped) + dataset.left_out
+    # Records on both sides, the skipped ones included (the predictions' malformed lines are in `skipped`).
+    records = len(dataset.examples) + len(dataset.skipped)
     while len(predictions) + len(skipped) > records and predictions and predictions[-1].output == "":
         predictions = predictions[:-1]  # blank lines past the last sentence: no outputs
     lines = len(predictions) + len(skipped)

@@ -195,7 +195,6 @@ def load_source(
         [m for d in parts for m in d.skipped],
         [m for d in parts for m in d.notes],
         list(dict.fromkeys(c for d in parts for c in d.corpora)),
-        left_out=sum(d.left_out for d in parts),
     )
 
 

@@ -502,20 +502,6 @@ def test_tags_read_past_iob2_and_bioes_are_noted_per_sentence(tmp_path: Path) ->
     assert [note.split(":")[1] for note in dataset.notes] == ["1", "10"]  # each sentence's first line
 
 
-def test_an_empty_sentence_is_left_out_with_a_note_and_the_others_keep_their_index(tmp_path: Path) -> None:
-    """Asked of a teacher or a model, an empty sentence costs a request and answers nothing; it was
-    counted in evaluation's N. Later records keep their index (predictions pair with gold by it)."""
-    ann = {"text": "Ann runs", "entities": [{"start": 0, "end": 3, "label": "person"}]}
-    rows = [ann, *({"text": text, "entities": []} for text in ("", "  ", "Bob"))]
-    path = write(tmp_path / "gold.jsonl", "\n".join(json.dumps(row) for row in rows) + "\n")
-    dataset = read_dataset(path)
-    assert [e.text for e in dataset.examples] == ["Ann runs", "Bob"] and dataset.indices == [0, 3]
-    assert [note.split(": ", 1)[1] for note in dataset.notes] == [
-        "record 1: the sentence is empty: left out",
-        "record 2: the sentence is empty: left out",
-    ]
-
-
 def test_file_level_problems(tmp_path: Path) -> None:
     for name, content in (("empty.txt", "\n \n"), ("empty.json", "[]"), ("empty.jsonl", "")):
         with pytest.raises(DataError, match=rf"{name}: holds no sentences"):

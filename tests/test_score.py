@@ -31,19 +31,6 @@ def micro(evaluation: Any, mode: str, name: str) -> Counts:
     return evaluation.reports["normal"][mode].datasets[name].micro
 
 
-def test_a_gold_file_with_an_empty_sentence_pairs_its_predictions_by_line(tmp_path: Path) -> None:
-    """The reader leaves an empty sentence out; its prediction line is left out with it, not shifted."""
-    gold = write_jsonl(
-        tmp_path / "gold.jsonl",
-        [{"text": text, "entities": [{"start": 0, "end": 3, "label": "person"}] if text else [],
-          "labels": ["person"]} for text in ("Ann", "", "Bob")],
-    )  # fmt: skip
-    answers = ['{"entities": {"person": ["Ann"]}}', '{"entities": {}}', '{"entities": {"person": ["Bob"]}}']
-    predictions = write_jsonl(tmp_path / "p.jsonl", [{"output": answer} for answer in answers])
-    scored = score_files([(gold, predictions)], output_format="grouped_json")
-    assert micro(scored, "exact", "gold") == Counts(tp=2, fp=0, fn=0)
-
-
 def test_llamafactory_predictions_score_like_evaluation(tmp_path: Path) -> None:
     records = json.loads(ACE.read_text(encoding="utf-8"))
     predicts = [records[0]["output"], records[1]["input"], "<think>hm</think>" + records[2]["output"]]
