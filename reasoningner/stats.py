@@ -44,4 +44,6 @@ def dataset_stats(dataset: Dataset) -> dict[str, Any]:
         "sentence_words": percentiles(words),
         "entity_words": percentiles(entity_words),
         "skipped_records": len(dataset.skipped),
+        # What the reader changed or left out without losing the record (Dataset.notes, logged).
+        "reader_notes": len(dataset.notes),
     }

@@ -134,7 +134,11 @@ def test_every_data_reading_command_and_stage_can_skip_and_count_bad_records(tmp
     assert f"{bad}:4:" in capsys.readouterr().err
     assert main(["data", "stats", "--json", "--skip-bad", str(bad)]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert (report["sentences"], report["skipped_records"]) == (2, 1)
+    assert (report["sentences"], report["skipped_records"], report["reader_notes"]) == (2, 1, 0)
+    iob1 = tmp_path / "iob1.txt"
+    iob1.write_text("EU\tI-ORG\nrejects\tO\n", encoding="utf-8")
+    assert main(["data", "stats", "--json", str(iob1)]) == 0
+    assert json.loads(capsys.readouterr().out)["reader_notes"] == 1
     direct = PromptArguments(reasoning=False)
     with pytest.raises(ValueError, match=f"{bad}:4:"):
         sft_examples([str(bad)], direct)

@@ -416,7 +416,11 @@ def test_label_subset_rename_and_descriptions_reach_the_prompt(tmp_path: Path) -
     items, datasets, _ = load_items(eval_args(tmp_path, [entry]))
     assert all({s.label for s in item.example.spans} <= {"PER", "LOC"} for item in items)
     info = datasets["conll2003_mini"]
-    assert info["labels"] == ["PER", "LOC"] and info["dropped_entities"] > 0
+    assert info["labels"] == ["PER", "LOC"] and info["dropped_entities"] > 0 and info["reader_notes"] == 0
+    iob1 = tmp_path / "iob1.txt"  # an entity opened by I-: read, and counted as a reader's note
+    iob1.write_text("Ann\tI-person\nruns\tO\n", encoding="utf-8")
+    _, iob1_sets, _ = load_items(eval_args(tmp_path, [{"path": str(iob1)}]))
+    assert iob1_sets["iob1"]["reader_notes"] == 1
     generator = Scripted(lambda sentence, prompt: "{}")
     run_eval(eval_args(tmp_path, [entry], limit=1), generator)
     assert "- PER: a human being\n- LOC\n" in generator.prompts[0]
