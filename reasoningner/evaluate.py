@@ -234,8 +234,8 @@ def load_eval_set(eval_set: EvalSet, data: DataArguments, trained: PromptContrac
         "entities": sum(len(example.spans) for example in examples),
         "dropped_entities": sum(left_out.values()),
         "skipped_records": len(dataset.skipped),
-        # Records the reader read otherwise than written (Dataset.notes, logged): tags repaired, entities
-        # not located, a paper protocol's non-entity labels dropped.
+        # The reader's notes on the whole file (Dataset.notes, logged; a record may have several): tags
+        # repaired, entities not located, a paper protocol's non-entity labels dropped.
         "reader_notes": len(dataset.notes),
         "labels": list(schema.labels),
         "label_map": mapping,
