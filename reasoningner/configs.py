@@ -416,7 +416,10 @@ class DataArguments:
     """How a stage reads its NER files (`readers.read_dataset`)."""
 
     reader: str = field(default="auto", metadata={"help": "reader of plain NER files; auto sniffs each file"})
-    limit: int | None = field(default=None, metadata={"help": "only the first N examples of each file"})
+    limit: int | None = field(
+        default=None,
+        metadata={"help": "only the first N examples of each file (of an hf: source, of its first N rows)"},
+    )
     skip_bad: bool = field(
         default=False, metadata={"help": "skip malformed records (counted and logged) instead of stopping"}
     )
