@@ -365,6 +365,10 @@ def read_conll(
     return collector.dataset()
 
 
+# Characters that would split a token's line or its columns when the file is read back.
+_LINE_BREAKING = re.compile("[\t\n\r]")
+
+
 def write_conll(dataset: Dataset, path: PathLike) -> None:
     """Write flat examples as `token<TAB>tag` (IOB2), tokens being the text split at spaces.
 
@@ -375,8 +379,9 @@ def write_conll(dataset: Dataset, path: PathLike) -> None:
     blocks = []
     for example in dataset.examples:
         where = f"example {example.id or example.text[:40]!r}"
-        tokens = example.text.split()
-        if not tokens or " ".join(tokens) != example.text:
+        # Split at ASCII spaces only, as `read_conll` joins them: a token may hold a no-break space.
+        tokens = example.text.split(" ")
+        if not all(token and token == token.strip() and not _LINE_BREAKING.search(token) for token in tokens):
             raise CannotWrite(f"{where}: CoNLL needs a non-empty text with single spaces between tokens")
         if nesting_depth(example.spans) > 1:
             raise CannotWrite(f"{where}: CoNLL BIO cannot represent nested or overlapping spans")

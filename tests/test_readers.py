@@ -137,6 +137,13 @@ def test_write_conll_round_trip_and_refusals(tmp_path: Path) -> None:
     glued = Dataset([Example("ab c", (Span(0, 1, "X"),), schema, "g")], schema, "g")
     with pytest.raises(ValueError, match="token boundaries"):
         write_conll(glued, tmp_path / "glued.txt")
+    # A token holding a no-break space (as read_conll reads one) is one token: it split at it and refused.
+    nbsp = Dataset([Example("10\xa0000 fans in Rome", (Span(15, 19, "X"),), schema, "n-0")], schema, "n")
+    write_conll(nbsp, tmp_path / "nbsp.txt")
+    assert read_conll(tmp_path / "nbsp.txt", schema=schema, name="n").examples == nbsp.examples
+    for bad in ("a  b", " a", "a\tb", "a\nb"):
+        with pytest.raises(ValueError, match="single spaces between tokens"):
+            write_conll(Dataset([Example(bad, (), schema, "b")], schema, "b"), tmp_path / "bad.txt")
 
 
 # ------------------------------------------------------------------------------------------ Alpaca
