@@ -61,7 +61,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -169,8 +169,9 @@ class _Collector:
     def note(self, record: _Record, what: str) -> None:
         self.notes.append(str(DataError(self.path, record.line, f"record {record.index}: {what}")))
 
-    def add(self, record: _Record) -> bool:
-        """Validate the record's spans now, so that errors come in file order with their line."""
+    def add(self, record: _Record, notes: Iterable[str] = ()) -> bool:
+        """Validate the record's spans now, so that errors come in file order with their line; `notes`,
+        what the reader read otherwise than written, are noted when the record is kept."""
         if record.id is None:
             record.id = f"{self.name}-{record.index}"
         labels = tuple(dict.fromkeys(span.label for span in record.spans))
@@ -182,6 +183,8 @@ class _Collector:
             self.report(record.line, str(error), record.index if self.numbered else None)
             return False
         self.records.append(record)
+        for what in notes:
+            self.note(record, what)
         return True
 
     def dataset(self) -> Dataset:
@@ -250,9 +253,6 @@ class _TokenError(ValueError):
         self.position = position
 
 
-_TAG_PREFIXES = frozenset({"B-", "I-", "E-", "S-"})
-
-
 def _split_tag(tag: str, position: int) -> tuple[str, str]:
     if tag == "O":
         return "O", ""
@@ -264,10 +264,21 @@ def _split_tag(tag: str, position: int) -> tuple[str, str]:
     return prefix, label
 
 
-def _bio_spans(tokens: Sequence[str], tags: Sequence[str]) -> tuple[str, list[Span], str | None]:
-    """The text (tokens joined by spaces), the entities of a BIO/IOB1/BIOES tag sequence, and what was
-    read past the IOB2/BIOES rules (None when nothing): an entity opened by I- or E- (IOB1's way, or a
-    tagging error), and a label change inside an entity (I-LOC after B-PER), each read as a new entity."""
+def _tag_label(tag: Any) -> str | None:
+    """The label of a valid entity tag; None for `O` and anything `_split_tag` refuses."""
+    if not isinstance(tag, str):
+        return None
+    try:
+        return _split_tag(tag, 0)[1] or None
+    except _TokenError:
+        return None
+
+
+def _bio_spans(tokens: Sequence[str], tags: Sequence[str]) -> tuple[str, list[Span], list[str]]:
+    """The text (tokens joined by spaces), the entities of a BIO/IOB1/BIOES tag sequence, and a note of
+    what was read past the IOB2/BIOES rules (none when nothing): an entity opened by I- or E- (IOB1's
+    way, or a tagging error), and a label change inside an entity (I-LOC after B-PER), each read as a new
+    entity."""
     starts, offset = [], 0
     for token in tokens:
         starts.append(offset)
@@ -300,7 +311,7 @@ def _bio_spans(tokens: Sequence[str], tags: Sequence[str]) -> tuple[str, list[Sp
         if changed
         else "",
     ]
-    return " ".join(tokens), spans, "; ".join(filter(None, repaired)) or None
+    return " ".join(tokens), spans, ["; ".join(filter(None, repaired))] if opened or changed else []
 
 
 def _conll_sentences(text: str) -> Iterator[list[tuple[int, str]]]:
@@ -359,9 +370,7 @@ def read_conll(
         except _TokenError as error:
             collector.report(sentence[error.position][0], str(error))
             continue
-        record = _Record(sentence[0][0], index, text, spans)
-        if collector.add(record) and repaired:
-            collector.note(record, repaired)
+        collector.add(_Record(sentence[0][0], index, text, spans), repaired)
     return collector.dataset()
 
 
@@ -608,10 +617,9 @@ def read_alpaca(
             collector.report(line, str(error), index)
             continue
         record = _Record(line, index, text, list(dict.fromkeys(spans)), stated)
-        if collector.add(record) and merged:
-            # inline spans come with their duplicates; a JSON parser merged them, one detail each
-            count = len(spans) - len(record.spans) or len(merged)
-            collector.note(record, f"merged {count} duplicate spans ({', '.join(merged)})")
+        # inline spans come with their duplicates; a JSON parser merged them, one detail each
+        count = len(spans) - len(record.spans) or len(merged)
+        collector.add(record, [f"merged {count} duplicate spans ({', '.join(merged)})"] if merged else [])
     return collector.dataset()
 
 
@@ -827,13 +835,16 @@ def from_hf(
     name = name or getattr(getattr(dataset, "info", None), "dataset_name", None) or "hf"
     feature = getattr(dataset.features[tags_column], "feature", None)
     names: list[str] | None = getattr(feature, "names", None)
+
+    def decoded(tags: Sequence[Any]) -> Sequence[Any]:
+        """Tag names for ClassLabel ids (an id out of range as its repr, which no tag is)."""
+        if names is None:
+            return tags
+        return [names[tag] if isinstance(tag, int) and 0 <= tag < len(names) else repr(tag) for tag in tags]
+
     if limit is not None and schema is None:
-        decoded = (names[t] if names is not None and isinstance(t, int) and 0 <= t < len(names) else t
-                   for row_tags in dataset[tags_column] for t in row_tags)  # fmt: skip
         labels = dict.fromkeys(
-            t[2:]
-            for t in decoded
-            if isinstance(t, str) and t[:2] in _TAG_PREFIXES and LABEL_PATTERN.fullmatch(t[2:])
+            label for tags in dataset[tags_column] for tag in decoded(tags) if (label := _tag_label(tag))
         )
         schema = Schema(tuple(labels)) if labels else None
     collector = _Collector(where or name, schema, on_error, name, numbered=True)
@@ -843,12 +854,8 @@ def from_hf(
         try:
             if len(tokens) != len(tags):
                 raise ValueError(f"{len(tokens)} tokens but {len(tags)} tags")
-            if names is not None:
-                tags = [
-                    names[tag] if isinstance(tag, int) and 0 <= tag < len(names) else repr(tag)
-                    for tag in tags
-                ]
-            elif not all(isinstance(tag, str) for tag in tags):
+            tags = decoded(tags)
+            if not all(isinstance(tag, str) for tag in tags):
                 raise ValueError(
                     f"{tags_column!r} holds numbers but its feature names no labels (ClassLabel)"
                 )
@@ -861,9 +868,7 @@ def from_hf(
         except (ValueError, TypeError) as error:
             collector.report(None, str(error), row)
             continue
-        record = _Record(None, row, text, spans)
-        if collector.add(record) and repaired:
-            collector.note(record, repaired)
+        collector.add(_Record(None, row, text, spans), repaired)
     return collector.dataset()
 
 

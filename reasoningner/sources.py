@@ -387,14 +387,12 @@ def _collect(
         except (ValueError, TypeError) as error:
             collector.report(line, str(error), index)
             continue
-        if collector.add(record):
+        if collector.add(record, missing):
             rationales[index] = row.get("cot") if layout == "nercot" else None
             # ReasoningIE's protocol writes `source`; the NER-CoT release on the Hub names it `dataset`.
             corpus = row.get("source") or row.get("dataset")
             if isinstance(corpus, str) and corpus.strip():
                 corpora[corpus.strip()] = None
-            for what in missing:
-                collector.note(record, what)
             unlocated += sum(what.endswith("is not in the sentence: left out") for what in missing)
     dataset = collector.dataset()
     dataset.corpora = list(corpora)
