@@ -270,19 +270,19 @@ def place_mentions(
     order = sorted(range(len(mentions)), key=lambda i: -(found[i][0][1] - found[i][0][0] if found[i] else 0))
     for index in order:  # stable: listing order among equals
         (mention, label), occurrences_ = mentions[index], found[index]
-        free = next_free.get(mention, 0)
-        while free < len(occurrences_) and not covered.isdisjoint(range(*occurrences_[free])):
-            free += 1
-        next_free[mention] = free
-        nested = free == len(occurrences_)
+        at = next_free.get(mention, 0)
+        while at < len(occurrences_) and not covered.isdisjoint(range(*occurrences_[at])):
+            at += 1
+        next_free[mention] = at
+        nested = at == len(occurrences_)
         if nested:  # no free occurrence: the first this label has not taken, inside another
-            free = next_unused.get((mention, label), 0)
-            while free < len(occurrences_) and Span(*occurrences_[free], label) in taken:
-                free += 1
-            next_unused[(mention, label)] = free
-            if free == len(occurrences_):
+            at = next_unused.get((mention, label), 0)
+            while at < len(occurrences_) and Span(*occurrences_[at], label) in taken:
+                at += 1
+            next_unused[(mention, label)] = at
+            if at == len(occurrences_):
                 continue
-        span = Span(*occurrences_[free], label)
+        span = Span(*occurrences_[at], label)
         taken.add(span)
         covered.update(range(span.start, span.end))
         result[index] = Placed(span, nested)

@@ -592,8 +592,9 @@ def answer_budget(dataset: Any, max_length: int | None = None) -> int | None:
     import pyarrow.compute as pc
 
     packed = "seq_lengths" in dataset.column_names
+    columns = dataset.select_columns(["labels", "seq_lengths"] if packed else ["labels"])
     longest = 0
-    for batch in dataset.with_format("arrow").iter(batch_size=4096):  # a bounded slice of the rows at a time
+    for batch in columns.with_format("arrow").iter(batch_size=4096):  # a bounded slice of the rows at a time
         labels = batch["labels"].combine_chunks()
         trained = pc.not_equal(pc.list_flatten(labels), -100).to_numpy(zero_copy_only=False)
         if packed:  # each token's sequence: its packed sequence's index, from the sequences' lengths
