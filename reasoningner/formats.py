@@ -898,10 +898,22 @@ def _python_literal(source: str) -> Any:
             if compatible:
                 return value if isinstance(value, (list, dict)) else _MISSING
     try:
-        value = ast.literal_eval(source)
+        value = _literal(ast.parse(source.lstrip(" \t"), mode="eval").body)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return _MISSING
     return value if isinstance(value, (list, dict)) else _MISSING
+
+
+def _literal(node: ast.expr) -> Any:
+    """`ast.literal_eval` of `node`, whose dicts keep every list of a repeated key as JSON's do
+    (`joined_keys`); `literal_eval` keeps the last."""
+    if isinstance(node, ast.Dict):
+        return joined_keys(
+            [(ast.literal_eval(k), _literal(v)) for k, v in zip(node.keys, node.values, strict=True)]
+        )
+    if isinstance(node, ast.List):
+        return [_literal(element) for element in node.elts]
+    return ast.literal_eval(node)
 
 
 def _reject_constant(name: str) -> Any:
@@ -942,7 +954,7 @@ def _salvage_broken(text: str, start: int, depth: int) -> tuple[Any, int, bool]:
     if depth >= _MAX_DEPTH or start >= len(text) or text[start] not in "[{":
         return _MISSING, start, False
     is_object = text[start] == "{"
-    members: dict[str, Any] = {}
+    members: list[tuple[str, Any]] = []  # joined as a decoded object's are: a repeated key keeps every list
     items: list[Any] = []
     index = _JSON_SPACE.match(text, start + 1).end()  # type: ignore[union-attr]
     while index < len(text):
@@ -958,7 +970,7 @@ def _salvage_broken(text: str, start: int, depth: int) -> tuple[Any, int, bool]:
         value, index, complete = _salvage(text, index, depth + 1)
         if value is not _MISSING and (complete or is_object or not isinstance(value, dict)):
             if is_object:
-                members[key] = value
+                members.append((key, value))
             else:
                 items.append(value)
         if not complete:
@@ -967,7 +979,7 @@ def _salvage_broken(text: str, start: int, depth: int) -> tuple[Any, int, bool]:
         if not text.startswith(",", index):
             break
         index = _JSON_SPACE.match(text, index + 1).end()  # type: ignore[union-attr]
-    return (members if is_object else items), index, False
+    return (joined_keys(members) if is_object else items), index, False
 
 
 def _as_int(value: Any, what: str, built: _Builder) -> int | None:

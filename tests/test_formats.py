@@ -438,6 +438,26 @@ def test_a_label_repeated_in_grouped_json_keeps_every_mention() -> None:
     assert sorted(fmt.parse(wrapped_twice, FLAT.text, SCHEMA).spans) == sorted(FLAT.spans)
 
 
+def test_a_label_repeated_in_a_cut_off_or_python_answer_keeps_every_mention() -> None:
+    """The salvage of a truncated object and Python's literal reading (a quote inside a string keeps it
+    from the JSON path) join repeated keys as a complete JSON answer does; each kept the last list."""
+    fmt = FORMATS["grouped_json"]
+    text = "John Smith met O'Neil in Paris ."
+    truncated = fmt.parse(
+        '{"entities": {"PER": ["John Smith"], "PER": ["O\'Neil"], "LOC": ["Paris"]', text, SCHEMA
+    )
+    assert texts(truncated, text) == [("John Smith", "PER"), ("O'Neil", "PER"), ("Paris", "LOC")]
+    assert kinds(truncated) == {"truncated"}
+    python = fmt.parse(
+        """{'entities': {'PER': ['John Smith'], 'LOC': ["Paris"], 'PER': ["O'Neil"]}}""", text, SCHEMA
+    )
+    assert texts(python, text) == [("John Smith", "PER"), ("O'Neil", "PER"), ("Paris", "LOC")]
+    nested = fmt.parse(
+        """{'entities': {'PER': ['John Smith']}, 'entities': {'PER': ["O'Neil"]}}""", text, SCHEMA
+    )
+    assert texts(nested, text) == [("John Smith", "PER"), ("O'Neil", "PER")]
+
+
 def test_grouped_json_invalid_and_repaired_json() -> None:
     fmt = FORMATS["grouped_json"]
     text = FLAT.text
