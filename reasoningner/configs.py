@@ -47,7 +47,7 @@ from reasoningner.jobs import requeued, seconds_left
 from reasoningner.metrics import MATCH_MODES
 from reasoningner.readers import Dataset, read_dataset
 from reasoningner.rewards import DEFAULT_WEIGHTS, PARSE_MODES, REWARDS
-from reasoningner.sources import overlaps
+from reasoningner.sources import hub_offline, overlaps
 from reasoningner.spans import Schema
 from reasoningner.tracking import MANIFEST, data_sources
 
@@ -285,13 +285,11 @@ def hub_contract_folder(repo_id: str, revision: str | None = None, strict: bool 
     naming the repository instead, unless offline mode (`HF_HUB_OFFLINE=1`) was asked for, where the
     warning says the contract of a model cached without it could not be checked.
     """
-    from huggingface_hub import constants
-
     try:
         path = hub_file(repo_id, PROMPT_CONTRACT, revision)
     except OSError as error:
         cause = type(error).__name__ + (f": {str(error).splitlines()[0]}" if str(error).strip() else "")
-        if strict and not constants.is_offline_mode():
+        if strict and not hub_offline():
             raise ConnectionError(
                 f"{repo_id}: could not read its {PROMPT_CONTRACT} from the Hub ({cause}). Without it, "
                 "the model would be asked (or trained) with the given prompt settings, not the ones it "

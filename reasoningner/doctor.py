@@ -7,8 +7,9 @@ full disk costs the hour; every one of those can be seen before it starts. Each 
 
 Its first line reads the recipe and overrides with the stage's own parser (as on this machine: a GPU
 recipe is read with `use_cpu` where there is no GPU, and batch sizes for one process); the other checks
-read the recipe as YAML plus `--key value` overrides. It never contacts the hub when `HF_HUB_OFFLINE` is
-set: a hub id is then resolvable only from the cache.
+read the recipe as YAML plus `--key value` overrides. A hub id is resolvable only from the cache where
+its library works offline (`sources.hub_offline` for models, `sources.datasets_offline` for data), and the
+hub is never asked then.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from reasoningner.cot import ANNOTATIONS, shard_name
 from reasoningner.evaluate import GENERATIONS, OTHER_GENERATIONS, RESULTS_JSON
 from reasoningner.generation import options_from
 from reasoningner.predict import MIN_PROMPT_TOKENS
-from reasoningner.sources import hub_cached, is_source, offline, resolvable
+from reasoningner.sources import hub_cached, hub_offline, is_source, resolvable
 from reasoningner.tracking import CHECKOUT, MANIFEST, RUN_SETTINGS, wants_wandb
 
 # Free disk a run needs before it starts, in GB: checkpoints of full fine-tuning (weights and optimizer
@@ -229,8 +230,9 @@ def check_model(recipe: dict[str, Any]) -> list[Check]:
         return [Check("model", "FAIL", f"{model} does not exist: run the stage that writes it first")]
     if hub_cached(str(model), "models"):
         return [Check("model", "ok", f"{model}: in the Hugging Face cache")]
-    if offline():
-        return [Check("model", "FAIL", f"{model}: not cached and the hub is offline (HF_HUB_OFFLINE)")]
+    if hub_offline():
+        why = "the hub is offline (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE)"
+        return [Check("model", "FAIL", f"{model}: not cached and {why}")]
     return [Check("model", "ok", f"{model}: downloaded from the hub at first use")]
 
 

@@ -285,7 +285,7 @@ def _load_hub_dataset(source: Source) -> Any:
         logger.warning("%s: %s; reading its Parquet export (%s)", source.repo, error, PARQUET_EXPORT)
         return _parquet_export(source, cached_only=False)
     except (ConnectionError, ValueError) as error:
-        if not offline() or source.revision:
+        if not datasets_offline() or source.revision:
             raise
         try:
             return _parquet_export(source, cached_only=True)
@@ -560,17 +560,22 @@ def overlaps(training: Iterable[str], evaluated: Iterable[str]) -> list[str]:
 def resolvable(spec: str) -> tuple[bool, str]:
     """Whether a source can be read here without a surprise, and how: a local path exists, a hub
     dataset is in the cache, or (unless offline) the hub answers for it. Contacts the hub only when
-    the dataset is not cached and `HF_HUB_OFFLINE`/`HF_DATASETS_OFFLINE` are unset."""
+    the dataset is not cached and `datasets` is online (`datasets_offline`)."""
     if not is_source(spec):
         exists = Path(spec).expanduser().exists()
         return exists, "exists" if exists else "no such file or directory"
     source = parse_source(spec)
     if source.local:
         return Path(source.location).expanduser().exists(), f"local {source.location}"
-    if hub_cached(source.repo or "") and not (source.revision and not offline()):  # a revision is asked
+    if hub_cached(source.repo or "") and not (
+        source.revision and not datasets_offline()
+    ):  # a revision is asked
         return True, "in the Hugging Face cache"
-    if offline():
-        return False, "not in the Hugging Face cache and the hub is offline (HF_HUB_OFFLINE)"
+    if datasets_offline():
+        return (
+            False,
+            "not in the Hugging Face cache and datasets is offline (HF_DATASETS_OFFLINE, HF_HUB_OFFLINE)",
+        )
     try:
         from huggingface_hub import HfApi
 
@@ -586,11 +591,22 @@ def resolvable(spec: str) -> tuple[bool, str]:
     return True, "reachable on the hub (downloaded at first use)"
 
 
-def offline() -> bool:
-    return any(
-        os.environ.get(v, "").lower() in {"1", "true", "yes"}
-        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
+def hub_offline() -> bool:
+    """Whether huggingface_hub (models, contracts) works offline, by its own rule: `HF_HUB_OFFLINE`, or
+    `TRANSFORMERS_OFFLINE` where that is unset. Read at each call, as tests and launchers set it late."""
+    from huggingface_hub.constants import ENV_VARS_TRUE_VALUES
+
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.upper() in ENV_VARS_TRUE_VALUES
+
+
+def datasets_offline() -> bool:
+    """Whether `datasets` (Hub sources) works offline, by its own rule: `HF_DATASETS_OFFLINE` when set
+    (`0` too), else the hub's. `HF_DATASETS_OFFLINE=1` alone leaves models online."""
+    from huggingface_hub.constants import ENV_VARS_TRUE_VALUES
+
+    value = os.environ.get("HF_DATASETS_OFFLINE")
+    return hub_offline() if value is None else value.upper() in ENV_VARS_TRUE_VALUES
 
 
 def hub_cached(repo: str, kind: str = "datasets") -> bool:

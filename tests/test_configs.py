@@ -216,6 +216,8 @@ def hub(tmp_path, monkeypatch):
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # conftest sets the first: the hub is online
+        monkeypatch.delenv(name, raising=False)
     TRAINED.save(tmp_path / "snapshot")
     state = SimpleNamespace(answer=tmp_path / "snapshot", asked=[])
 
@@ -277,9 +279,9 @@ def test_a_hub_lora_adapter_is_downloaded_for_vllm_which_applies_adapters_from_a
     assert built[-1] == {"model": "me/full", "revision": "v2"} and len(snapshots) == 1
 
 
-def test_without_the_hub_the_cache_answers_and_offline_mode_only_warns(hub, tmp_path, caplog) -> None:
-    from huggingface_hub import constants
-
+def test_without_the_hub_the_cache_answers_and_offline_mode_only_warns(
+    hub, tmp_path, caplog, monkeypatch
+) -> None:
     hub.answer = _hub_error("offline")
     # The cache remembers the file is missing from the commit `main` points to (a 404 seen earlier).
     repo = tmp_path / "cache" / "models--me--base"
@@ -288,8 +290,9 @@ def test_without_the_hub_the_cache_answers_and_offline_mode_only_warns(hub, tmp_
     (repo / ".no_exist" / "abc123").mkdir(parents=True)
     (repo / ".no_exist" / "abc123" / PROMPT_CONTRACT).touch()
     assert PromptContract.load("me/base", from_hub=True, strict=True) is None
-    # HF_HUB_OFFLINE=1 was asked for: a model cached without its contract is trained with a warning.
-    constants.HF_HUB_OFFLINE = True  # restored by the fixture's monkeypatch
+    # Offline mode was asked for (TRANSFORMERS_OFFLINE=1 is huggingface_hub's too): a model cached without
+    # its contract is trained with a warning.
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     with caplog.at_level(logging.WARNING, logger="reasoningner.configs"):
         assert PromptContract.load("me/sft", from_hub=True, strict=True) is None
     assert f"me/sft: no {PROMPT_CONTRACT} from the Hub" in caplog.text

@@ -52,7 +52,9 @@ def test_the_paper_gpu_recipe_reports_the_missing_gpus_vllm_and_data_here(
     assert lines[0] == "ok    settings: read as stages/rl.py reads them"
     assert lines[1].startswith("FAIL  gpus: 7 needed, 0 visible")
     assert any(line.startswith('FAIL  vllm: use_vllm: True needs it: pip install "vllm') for line in lines)
-    assert any("FAIL  data: hf:ZWK/InstructUIE_data" in line and "hub is offline" in line for line in lines)
+    assert any(
+        "FAIL  data: hf:ZWK/InstructUIE_data" in line and "datasets is offline" in line for line in lines
+    )
     assert any(line.startswith("FAIL  wandb: report_to: wandb without credentials") for line in lines)
     assert lines[-1].startswith(f"doctor: {GPU_RL}:") and "failed" in lines[-1]
 
@@ -103,7 +105,8 @@ def test_each_check_fails_with_what_to_do(tmp_path: Path, monkeypatch: pytest.Mo
     data = [c.message for c in checks if c.name == "data"]
     assert data == [
         f"{tmp_path / 'missing.jsonl'}: no such file or directory",
-        "hf:OWNER/NAME@train: not in the Hugging Face cache and the hub is offline (HF_HUB_OFFLINE)",
+        "hf:OWNER/NAME@train: not in the Hugging Face cache and datasets is offline (HF_DATASETS_OFFLINE, "
+        "HF_HUB_OFFLINE)",
     ]
     # W&B offline needs no credentials; a cached hub dataset resolves offline; a run's folder resumes.
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -404,3 +407,18 @@ def test_the_disk_a_full_fine_tuning_run_needs_is_sized_from_its_model(
     assert lora.status == "ok" and "20 GB wanted for LoRA checkpoints" in lora.message
     [unknown] = doctor.check_disk({**recipe, "model_name_or_path": "owner/not-cached"}, "sft")
     assert unknown.status == "FAIL" and "200 GB wanted" in unknown.message
+
+
+def test_a_hub_model_is_judged_by_huggingface_hub_s_offline_mode_not_by_datasets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HF_DATASETS_OFFLINE=1 alone leaves models online (they download at first use), and
+    TRANSFORMERS_OFFLINE=1 takes them offline: doctor failed the first and passed the second."""
+    recipe = {"model_name_or_path": "owner/not-cached"}
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    assert [c.status for c in doctor.check_model(recipe)] == ["ok"]
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    [check] = doctor.check_model(recipe)
+    assert check.status == "FAIL" and "TRANSFORMERS_OFFLINE" in check.message

@@ -42,6 +42,55 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
 
 
+OFFLINE_ENVIRONMENTS = [
+    {},
+    {"HF_HUB_OFFLINE": "1"},
+    {"TRANSFORMERS_OFFLINE": "1"},
+    {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "1"},
+    {"HF_DATASETS_OFFLINE": "1"},
+    {"HF_DATASETS_OFFLINE": "true"},
+    {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "0"},
+    {"TRANSFORMERS_OFFLINE": "yes", "HF_DATASETS_OFFLINE": "off"},
+]
+
+
+def test_offline_is_what_huggingface_hub_and_datasets_each_take_it_to_be() -> None:
+    """Models go through huggingface_hub, data through datasets, and each library reads its own variables:
+    doctor failed a model not cached under HF_DATASETS_OFFLINE=1 alone (models download then) and passed
+    one under TRANSFORMERS_OFFLINE=1 (they do not). Each environment is read by both libraries anew."""
+    script = """
+import importlib, json, os, sys
+import datasets.config, huggingface_hub.constants
+from reasoningner.sources import datasets_offline, hub_offline
+found = []
+for env in json.loads(sys.argv[1]):
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ.pop(name, None)
+    os.environ.update(env)
+    importlib.reload(huggingface_hub.constants)
+    importlib.reload(datasets.config)
+    found.append([hub_offline(), huggingface_hub.constants.is_offline_mode(),
+                  datasets_offline(), datasets.config.HF_HUB_OFFLINE])
+print(json.dumps(found))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(OFFLINE_ENVIRONMENTS)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found = json.loads(out.splitlines()[-1])
+    assert [(ours, hub) for ours, hub, _, _ in found] == [(hub, hub) for _, hub, _, _ in found]
+    assert [(ours, data) for _, _, ours, data in found] == [(data, data) for _, _, _, data in found]
+    # Every case tells the two apart somewhere: models offline with data online, and the other way.
+    assert {(hub, data) for _, hub, _, data in found} == {
+        (False, False),
+        (True, True),
+        (False, True),
+        (True, False),
+    }
+
+
 def test_the_source_grammar() -> None:
     source = parse_source("hf:DFKI-SLT/cross_ner:ai@test?reader=tokens&streaming=true")
     assert (source.repo, source.config, source.split, source.layout, source.streaming) == (
@@ -657,7 +706,7 @@ def test_a_hub_that_cannot_be_reached_is_not_reported_as_missing_the_dataset(mon
 
     from reasoningner import sources
 
-    monkeypatch.setattr(sources, "offline", lambda: False)
+    monkeypatch.setattr(sources, "datasets_offline", lambda: False)
     monkeypatch.setattr(sources, "hub_cached", lambda repo: False)
 
     def answer(error: Exception):
@@ -684,7 +733,7 @@ def test_doctor_asks_the_hub_for_a_pinned_revision_even_of_a_cached_dataset(monk
 
     from reasoningner import sources
 
-    monkeypatch.setattr(sources, "offline", lambda: False)
+    monkeypatch.setattr(sources, "datasets_offline", lambda: False)
     monkeypatch.setattr(sources, "hub_cached", lambda repo: True)
     asked: list[object] = []
     monkeypatch.setattr(
