@@ -86,7 +86,7 @@ from tqdm.auto import tqdm
 
 from reasoningner.configs import GOLD_TEMPLATE, CoTArguments, GenerationArguments, PromptArguments
 from reasoningner.files import JSONL_ERRORS, complete_lines, exclusive, write_lines, write_whole
-from reasoningner.formats import CONTENT_PROBLEMS, OutputFormat, ParseResult, get_format, split_answer
+from reasoningner.formats import WRAPPERS, OutputFormat, ParseResult, get_format, split_answer
 from reasoningner.generation import OUTPUT_OPTIONS, Completion, ConversationFailed, GenerationError
 from reasoningner.jobs import in_job, stop, terminated, terminating
 from reasoningner.metrics import MatchMode, example_f1
@@ -112,7 +112,6 @@ AFRESH = "rerun with --overwrite_output_dir true to start afresh, or choose anot
 # for the empty answer of a sentence without entities. An answer with entities, however shaped, is
 # judged by its F1: the stored answer is re-rendered canonically.
 UNREADABLE = frozenset({"no_answer", "unclosed_think", "truncated"})
-WRAPPERS = frozenset({"code_fence", "extra_text"})
 
 
 def shard_name(name: str, index: int | str, count: int | str) -> str:
@@ -198,7 +197,7 @@ def unreadable_problems(parsed: ParseResult) -> tuple[str, ...]:
     kinds = {problem.kind for problem in parsed.problems}
     if parsed.spans or parsed.ungrounded:
         return tuple(sorted(kinds & UNREADABLE))
-    return tuple(sorted(kinds & UNREADABLE or kinds - CONTENT_PROBLEMS - WRAPPERS))
+    return tuple(sorted(kinds & UNREADABLE or parsed.syntax_problems - WRAPPERS))
 
 
 def best_sample(samples: Sequence[Sample], args: CoTArguments) -> Sample:

@@ -109,7 +109,7 @@ from reasoningner.configs import (
     is_hub_id,
 )
 from reasoningner.files import JSONL_ERRORS, complete_lines, exclusive, write_lines, write_whole
-from reasoningner.formats import CONTENT_PROBLEMS, ParseResult
+from reasoningner.formats import ParseResult
 from reasoningner.generation import RUN_OPTIONS, Completion, Generator
 from reasoningner.metrics import MATCH_MODES, Report, Scorer, text_keys
 from reasoningner.predict import FAILED, TOO_LONG, NERModel
@@ -311,7 +311,7 @@ def error_counts(gold: Example, parsed: ParseResult, finish_reason: str | None =
             spurious += 1
     return ErrorCounts(
         outputs=1,
-        format_failures=int(bool(kinds - CONTENT_PROBLEMS)),
+        format_failures=int(bool(parsed.syntax_problems)),
         no_answer=int(bool(kinds & _NO_ANSWER)),
         cut_off=int(finish_reason == "length"),
         hallucinated=len(text_keys(parsed.ungrounded)),

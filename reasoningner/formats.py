@@ -139,6 +139,7 @@ from reasoningner.spans import (
 __all__ = [
     "CONTENT_PROBLEMS",
     "FORMATS",
+    "WRAPPERS",
     "BracketedFormat",
     "Markup",
     "GroupedJsonFormat",
@@ -156,6 +157,9 @@ __all__ = [
 # Problems with what an answer states rather than how it is written; every other kind is a syntax
 # (format) problem. Evaluation counts format failures and the format reward charges by this split.
 CONTENT_PROBLEMS = frozenset({"unknown_label", "ungrounded", "duplicate"})
+# Syntax problems around an answer whose value is still read whole (a fence, a lead-in): an answer that
+# yields no entity with only these is the empty answer; any other syntax problem, nothing readable.
+WRAPPERS = frozenset({"code_fence", "extra_text"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +181,11 @@ class ParseResult:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def syntax_problems(self) -> set[str]:
+        """The kinds of its problems with how the answer is written: all but `CONTENT_PROBLEMS`."""
+        return {problem.kind for problem in self.problems} - CONTENT_PROBLEMS
 
 
 class OutputFormat(ABC):

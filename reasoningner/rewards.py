@@ -75,6 +75,7 @@ from typing import Any, NamedTuple
 
 from reasoningner.formats import (
     CONTENT_PROBLEMS,
+    WRAPPERS,
     ParseResult,
     Problem,
     get_format,
@@ -92,11 +93,9 @@ PARSE_MODES = ("strict", "lenient")
 # a guard against runaway text that would cost a long parse.
 MAX_COMPLETION_CHARS = 65_536
 
-# The format reward counts syntax problems only: `formats.CONTENT_PROBLEMS` (unknown labels, ungrounded
-# entities) are judged by the schema and grounding rewards. Problems around an answer whose value is
-# still read whole; any other syntax problem in an answer that yields no entity means nothing could be
-# read from it.
-WRAPPING_PROBLEMS = frozenset({"code_fence", "extra_text"})
+# The format reward counts syntax problems only (`ParseResult.syntax_problems`): `formats.CONTENT_PROBLEMS`
+# (unknown labels, ungrounded entities) are judged by the schema and grounding rewards. An answer that
+# yields no entity with a syntax problem beyond `formats.WRAPPERS` is one nothing could be read from.
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "format": 1.0,
@@ -181,8 +180,8 @@ def analyse(
             pairs += dict.fromkeys(parse.ungrounded)
         if parse.problems:
             kinds = {p.kind for p in parse.problems}
-    syntax = kinds - CONTENT_PROBLEMS  # what the format reward charges for
-    if parse is None or (not pairs and syntax - WRAPPING_PROBLEMS):
+    syntax = kinds - CONTENT_PROBLEMS  # what the format reward charges for (`ParseResult.syntax_problems`)
+    if parse is None or (not pairs and syntax - WRAPPERS):
         # Nothing could be read: no answer.
         return Analysis(rationale=rationale, format_score=0.5 * has_rationale)
     # Each distinct syntax problem costs a quarter of the answer's half.
