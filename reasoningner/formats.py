@@ -150,6 +150,7 @@ __all__ = [
     "Problem",
     "XmlFormat",
     "get_format",
+    "json_format_of",
     "split_answer",
 ]
 
@@ -821,6 +822,16 @@ def joined_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             value = joined_keys([*earlier.items(), *value.items()])
         joined[key] = value
     return joined
+
+
+def json_format_of(value: dict[str, Any] | list[Any]) -> str:
+    """Which JSON answer format a decoded answer is written in, by its shape: an object is grouped, a list
+    with an entry stating `start` holds offsets, any other list occurrences."""
+    if isinstance(value, dict):
+        return "grouped_json"
+    if any(isinstance(entry, dict) and "start" in entry for entry in value):
+        return "offset_json"
+    return "occurrence_json"
 
 
 _DECODER = json.JSONDecoder(object_pairs_hook=joined_keys)

@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from reasoningner.files import JSONL_ERRORS
-from reasoningner.formats import FORMATS, get_format, joined_keys
+from reasoningner.formats import FORMATS, get_format, joined_keys, json_format_of
 from reasoningner.spans import LABEL_PATTERN, Example, Schema, Span, SpanError, check_span, nesting_depth
 
 __all__ = [
@@ -536,15 +536,6 @@ def _json_output(output: str) -> Any:
     return value if isinstance(value, (list, dict)) else None
 
 
-def _json_format(value: Any) -> str:
-    """Which JSON answer format a gold output is written in, by its shape."""
-    if isinstance(value, dict):
-        return "grouped_json"
-    if any(isinstance(entry, dict) and "start" in entry for entry in value):
-        return "offset_json"
-    return "occurrence_json"
-
-
 def _json_labels(value: Any) -> list[str]:
     """The labels a JSON gold output uses (for files that state none), first seen first."""
     if isinstance(value, dict):
@@ -559,7 +550,7 @@ def _json_spans(value: Any, text: str, known: Schema | None) -> tuple[list[Span]
     """Spans of a JSON gold output read by its answer format's own parser, and the duplicates it
     merged. Anything else the parser objects to is a ValueError: gold data must say exactly what it
     means."""
-    name = _json_format(value)
+    name = json_format_of(value)
     if name == "grouped_json" and "entities" not in value:  # LLMs4NER's grouped files have no wrapper
         value = {"entities": value}
     used = _json_labels(value)

@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from reasoningner.evaluate import error_counts
-from reasoningner.formats import FORMATS, ParseResult, Problem, get_format, split_answer
+from reasoningner.formats import FORMATS, ParseResult, Problem, get_format, json_format_of, split_answer
 from reasoningner.metrics import MATCH_MODES, Counts, Scorer, multiset_counts
 from reasoningner.readers import DataError, Dataset, OnError, PathLike, _read_text, read_dataset
 from reasoningner.results import NORMAL, ErrorCounts, Evaluation
@@ -204,13 +204,9 @@ def _telling_format(sample: str) -> str | None:
     it is no XML or bracket), or None: empty, an empty JSON list or object, JSON cut short, plain text."""
     answer = split_answer(sample)[1].strip()
     value = _json_or_none(answer)
-    if isinstance(value, dict):
-        return "grouped_json" if value else None
-    if isinstance(value, list):
-        entries = [entry for entry in value if isinstance(entry, dict)]
-        if not entries:
-            return None
-        return "offset_json" if any("start" in entry for entry in entries) else "occurrence_json"
+    if isinstance(value, (dict, list)):  # empty, or a list without one entry: its shape tells nothing
+        entries = value if isinstance(value, dict) else [entry for entry in value if isinstance(entry, dict)]
+        return json_format_of(value) if entries else None
     for name in ("xml", "bracketed"):
         if FORMATS[name].markup(answer).spans:  # type: ignore[attr-defined]
             return name
