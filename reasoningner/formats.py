@@ -150,6 +150,7 @@ __all__ = [
     "Problem",
     "XmlFormat",
     "get_format",
+    "join_answer",
     "json_format_of",
     "split_answer",
 ]
@@ -252,8 +253,13 @@ def message_text(message: dict[str, Any], *, cut_when_only_reasoning: bool = Fal
     if reasoning and not content.strip():
         return f"{THINK_OPEN}\n{reasoning}" if cut_when_only_reasoning else str(reasoning)
     if reasoning and THINK_CLOSE not in content:
-        return f"{THINK_OPEN}\n{str(reasoning).strip()}\n{THINK_CLOSE}\n{content}"
+        return join_answer(str(reasoning), content)
     return str(content)
+
+
+def join_answer(rationale: str, answer: str) -> str:
+    """`<think>rationale</think>` then the answer, as training targets write them (`split_answer` reads)."""
+    return f"{THINK_OPEN}\n{rationale.strip()}\n{THINK_CLOSE}\n{answer}"
 
 
 def split_answer(output: str) -> tuple[str | None, str, list[Problem]]:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from reasoningner.configs import PromptArguments, PromptContract
-from reasoningner.formats import THINK_CLOSE, THINK_OPEN, format_example, get_format
+from reasoningner.formats import THINK_CLOSE, THINK_OPEN, format_example, get_format, join_answer
 from reasoningner.rationale import assertion
 from reasoningner.spans import Schema
 
@@ -99,6 +99,4 @@ def teacher_instruction(text: str, schema: Schema, prompt: PromptArguments) -> s
 
 def assistant_target(answer: str, rationale: str | None) -> str:
     """`<think>rationale</think>` then the answer; the answer alone for the direct-answer baseline."""
-    if rationale is None:
-        return answer
-    return f"{THINK_OPEN}\n{rationale.strip()}\n{THINK_CLOSE}\n{answer}"
+    return answer if rationale is None else join_answer(rationale, answer)
