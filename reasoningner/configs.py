@@ -25,7 +25,7 @@ import importlib.util
 import json
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn
@@ -712,9 +712,9 @@ class RecipeParser(TrlParser):
         raise ValueError(f"{message} (in {self.recipe} or the command line)")
 
 
-def eval_sources(args: EvalArguments) -> list[str]:
-    """The file or source of every evaluation set of a recipe."""
-    return [entry if isinstance(entry, str) else str(entry.get("path")) for entry in args.datasets]
+def eval_sources(datasets: Sequence[str | Mapping[str, Any]]) -> list[str]:
+    """The file or source of each evaluation set of a recipe's `datasets` (a path, or an entry naming one)."""
+    return [entry if isinstance(entry, str) else str(entry.get("path")) for entry in datasets]
 
 
 def training_sources(
@@ -760,7 +760,7 @@ def check_contamination(args: EvalArguments, training: list[str]) -> None:
     """An evaluation set that shares a file, a hub dataset or a corpus family (every CrossNER domain
     is one) with the model's training data is refused, or with `allow_overlap` reported as in-domain
     (`args.in_domain`, in results.json): a zero-shot number must not hide a trained-on set."""
-    found = overlaps(training, eval_sources(args))
+    found = overlaps(training, eval_sources(args.datasets))
     if found and not args.allow_overlap:
         raise ValueError(
             "evaluation data overlaps the model's training data: "
@@ -768,7 +768,9 @@ def check_contamination(args: EvalArguments, training: list[str]) -> None:
             + ". Evaluate other sets, or set allow_overlap: true to report these as in-domain"
         )
     args.in_domain = found
-    args.in_domain_sources = [source for source in eval_sources(args) if overlaps(training, [source])]
+    args.in_domain_sources = [
+        source for source in eval_sources(args.datasets) if overlaps(training, [source])
+    ]
     for message in found:
         logger.warning("in-domain: %s", message)
 

@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from reasoningner.configs import DEFAULT_MAX_NEW_TOKENS, NEEDS, PromptContract, is_hub_id
+from reasoningner.configs import DEFAULT_MAX_NEW_TOKENS, NEEDS, PromptContract, eval_sources, is_hub_id
 from reasoningner.cot import ANNOTATIONS, shard_name
 from reasoningner.evaluate import GENERATIONS, OTHER_GENERATIONS, RESULTS_JSON
 from reasoningner.generation import options_from
@@ -200,17 +200,19 @@ def check_wandb(recipe: dict[str, Any]) -> list[Check]:
                   "WANDB_MODE=offline, or --report_to none")]  # fmt: skip
 
 
-def data_sources(recipe: dict[str, Any]) -> list[str]:
-    sources = [*(recipe.get("train_files") or []), *(recipe.get("eval_files") or [])]
-    for entry in recipe.get("datasets") or []:
-        sources.append(entry if isinstance(entry, str) else str(entry.get("path")))
-    return sources
+def recipe_sources(recipe: dict[str, Any]) -> list[str]:
+    """Every data source a recipe reads: a trainer's files, an evaluation's sets."""
+    return [
+        *(recipe.get("train_files") or []),
+        *(recipe.get("eval_files") or []),
+        *eval_sources(recipe.get("datasets") or []),
+    ]
 
 
 def check_data(recipe: dict[str, Any]) -> list[Check]:
     """Every data source readable here: a local path exists, a hub dataset is cached or (online) served."""
     checks = []
-    for source in data_sources(recipe):
+    for source in recipe_sources(recipe):
         found, how = resolvable(source)
         if not found and not is_source(source) and source.startswith("outputs/"):
             how += ": an earlier stage writes it (make cot / sft), run that first"
