@@ -513,15 +513,12 @@ def reasoningie_entities(answer: str) -> set[tuple[str, str]] | None:
 
 @reward("reasoningie_f1")
 def reasoningie_f1_reward(completions, text, entities, **_) -> list[float]:
-    """ReasoningIE's F1 reward: 0 when nothing is predicted or expected (both empty too)."""
+    """ReasoningIE's F1 reward: 0 when nothing is predicted or expected (both empty too, as `Counts.f1`)."""
     rewards = []
     for completion, sentence, gold_dicts in zip(completions, text, entities, strict=True):
         found = reasoningie_entities(reasoningie_answer(_completion_text(completion)))
         gold = {reasoningie_key(sentence[e["start"] : e["end"]], e["label"]) for e in gold_dicts}
-        right = len(found & gold) if found else 0
-        precision = right / len(found) if found else 0.0
-        recall = right / len(gold) if gold else 0.0
-        rewards.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+        rewards.append(key_counts(gold, found or set()).f1)
     return rewards
 
 
