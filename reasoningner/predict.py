@@ -67,13 +67,13 @@ from typing import TYPE_CHECKING, Any
 from reasoningner.configs import DEFAULT_MAX_NEW_TOKENS, GenerationArguments, PromptArguments, PromptContract
 from reasoningner.formats import ParseResult, Problem, get_format, split_answer
 from reasoningner.generation import (
-    LONE_SURROGATE,
     Completion,
     Conversation,
     ConversationFailed,
     DeferredGenerator,
     Generator,
     SamplingConfig,
+    without_lone_surrogates,
 )
 from reasoningner.prompts import check_wording, ner_instruction
 from reasoningner.spans import Schema, Span, sort_spans
@@ -523,7 +523,7 @@ class NERModel:
         # A lone surrogate (from surrogateescape decoding, or a JSON "\\ud800") fails the tokenizer of
         # the whole batch: the model is asked with U+FFFD in its place, one character for one, so that
         # offsets still slice the text given.
-        asked = [LONE_SURROGATE.sub("\ufffd", text) for text in texts]
+        asked: list[str] = without_lone_surrogates(list(texts))
         size = self._window_size(schema) if any(text.strip() for text in asked) else 0
         pieces = self.fit_to_context(
             asked,

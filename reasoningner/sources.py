@@ -49,10 +49,10 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from reasoningner.readers import (
     DataError,
@@ -223,7 +223,7 @@ def _load_dataset(
         columns = set().union(*(row for _, _, row in head if isinstance(row, dict)))
         layout = source.layout if source.layout != "auto" else _layout(columns, source.spec)
         if layout != "tokens":
-            return _collect(collector, _limited(itertools.chain(head, items), limit), layout, None)
+            return _collect(collector, itertools.islice(itertools.chain(head, items), limit), layout, None)
     if source.local and location.is_file():
         builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(
             location.suffix, "json"
@@ -252,7 +252,7 @@ def _load_dataset(
             hf, limit = hf.take(limit), None
         dataset = from_hf(hf, schema=schema, name=name, on_error=on_error, where=source.spec, limit=limit)
         return dataset, [None] * len(dataset.examples)
-    rows = _limited(iter(hf), limit)
+    rows = itertools.islice(hf, limit)
     collector = _Collector(source.spec, schema, on_error, name, numbered=True)
     return _collect(collector, ((index, None, row) for index, row in enumerate(rows)), layout, None)
 
@@ -332,7 +332,7 @@ def _load_set(
     # Read here (the file is local, or in the Hub cache) so that a bad record is named by its line.
     collector = _Collector(where, schema, on_error, name, numbered=True)
     items = _json_items(where, _read_text(path), collector)
-    return _collect(collector, _limited(items, limit), source.layout, labels)
+    return _collect(collector, itertools.islice(items, limit), source.layout, labels)
 
 
 def _layout(columns: set[str], where: str) -> str:
@@ -343,16 +343,6 @@ def _layout(columns: set[str], where: str) -> str:
     if {"text", "entities"} <= columns:
         return "jsonl"
     raise DataError(where, None, f"cannot tell the layout of columns {sorted(columns)}; give ?reader=")
-
-
-T = TypeVar("T")
-
-
-def _limited(rows: Iterable[T], limit: int | None) -> Iterator[T]:
-    for index, row in enumerate(rows):
-        if limit is not None and index >= limit:
-            return
-        yield row
 
 
 def protocol_label(label: str) -> str | None:
