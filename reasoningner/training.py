@@ -551,7 +551,6 @@ def cut_conversations(dataset: Any, max_length: int | None) -> int:
     """
     if max_length is None or len(dataset) == 0 or "labels" not in dataset.column_names:
         return 0
-    import numpy as np
     import pyarrow.compute as pc
 
     # A slice of rows at a time: TRL's filter leaves an indices mapping, through which the whole column
@@ -588,7 +587,6 @@ def answer_budget(dataset: Any, max_length: int | None = None) -> int | None:
     of several answers: more, or part of one). None without labels."""
     if len(dataset) == 0 or "labels" not in dataset.column_names:
         return None
-    import numpy as np
     import pyarrow.compute as pc
 
     packed = "seq_lengths" in dataset.column_names
