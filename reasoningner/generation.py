@@ -3,9 +3,9 @@
 Stage 1 (teacher CoT), evaluation and prediction all need "chat conversations in, n completions each
 out". They name a backend so the same pipeline runs on a GPU node (vLLM), against a served or hosted
 teacher (`vllm serve`, an API), or on CPU with a tiny model in tests. Every backend yields results as
-they finish (`generate_iter`) so that callers can persist each one at once and a crash loses little.
-A conversation the backend gives up on (a server that keeps failing on it) need not stop the others:
-`generate_outcomes` yields its `ConversationFailed` in place of completions, and stage 1 records it.
+they finish (`generate_outcomes`, which every stage uses) so that callers can persist each one at once
+and a crash loses little. A conversation the backend gives up on (a server that keeps failing on it) need
+not stop the others: its `ConversationFailed` comes in place of completions, and stage 1 records it.
 """
 
 from __future__ import annotations

@@ -21,10 +21,10 @@ class SpanError(ValueError):
 class Span(NamedTuple):
     """A labelled half-open character range `[start, end)` of a text.
 
-    Spans may nest or overlap (GENIA, ACE2005); ordering is by (start, end, label) so sorting a
-    list of spans gives reading order with outer spans before inner ones that start with them
-    only when they are longer: use `sort_spans` for rendering order. A named tuple: immutable,
-    hashable and ordered like a dataclass, and cheap to build (parsers build millions in GRPO).
+    Spans may nest or overlap (GENIA, ACE2005); ordering is by (start, end, label), so of two spans
+    starting together the shorter (inner) one sorts first: `sort_spans` gives rendering order (outer
+    first). A named tuple: immutable, hashable and ordered like a dataclass, and cheap to build (parsers
+    build millions in GRPO).
     """
 
     start: int

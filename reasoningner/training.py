@@ -1,4 +1,6 @@
-"""What the SFT and GRPO trainers share: batching policy, checkpoints, saving."""
+"""What the SFT and GRPO trainers share: the stage's start (settings checked, secrets, W&B, the prompt
+contract, the output folder claimed), batching policy, checkpoints and resume records, stopping and
+requeueing before a SLURM job's end, saving and publishing the final model."""
 
 from __future__ import annotations
 
