@@ -134,7 +134,7 @@ class Dataset:
 
 
 @dataclass
-class _Record:
+class RawRecord:
     """A parsed record before the dataset schema is known (it may be inferred from all records)."""
 
     line: int | None  # None: a row of a loaded dataset, named by its index
@@ -146,7 +146,7 @@ class _Record:
     example: Example | None = None
 
 
-class _Collector:
+class RecordCollector:
     """Turns records into examples, and per-record problems into errors or skip messages."""
 
     def __init__(
@@ -156,7 +156,7 @@ class _Collector:
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
         self.path, self.schema, self.on_error, self.name = path, schema, on_error, name
         self.numbered = numbered  # messages name the record index too (JSON: the line is its start)
-        self.records: list[_Record] = []
+        self.records: list[RawRecord] = []
         self.skipped: list[str] = []
         self.notes: list[str] = []
 
@@ -166,10 +166,10 @@ class _Collector:
             raise error
         self.skipped.append(str(error))
 
-    def note(self, record: _Record, what: str) -> None:
+    def note(self, record: RawRecord, what: str) -> None:
         self.notes.append(str(DataError(self.path, record.line, f"record {record.index}: {what}")))
 
-    def add(self, record: _Record, notes: Iterable[str] = ()) -> bool:
+    def add(self, record: RawRecord, notes: Iterable[str] = ()) -> bool:
         """Validate the record's spans now, so that errors come in file order with their line; `notes`,
         what the reader read otherwise than written, are noted when the record is kept."""
         if record.id is None:
@@ -232,7 +232,7 @@ def _default_name(path: PathLike) -> str:
 _SPLITS = {"train", "dev", "valid", "validation", "test", "eval"}
 
 
-def _read_text(path: PathLike) -> str:
+def read_file_text(path: PathLike) -> str:
     """The file as text; undecodable bytes are a file-level error with their line."""
     data = Path(path).read_bytes()
     try:
@@ -354,9 +354,9 @@ def read_conll(
     path: PathLike, schema: Schema | None = None, on_error: OnError = "raise", name: str | None = None
 ) -> Dataset:
     """Read a CoNLL BIO/IOB/BIOES file (see the module docstring for the accepted layout)."""
-    collector = _Collector(path, schema, on_error, name or _default_name(path))
+    collector = RecordCollector(path, schema, on_error, name or _default_name(path))
     width: list[tuple[int, int]] = []  # (columns, line) of the file's first token line
-    for index, sentence in enumerate(_conll_sentences(_read_text(path))):
+    for index, sentence in enumerate(_conll_sentences(read_file_text(path))):
         try:
             columns = [
                 _conll_columns(content, i, width, number) for i, (number, content) in enumerate(sentence)
@@ -370,7 +370,7 @@ def read_conll(
         except _TokenError as error:
             collector.report(sentence[error.position][0], str(error))
             continue
-        collector.add(_Record(sentence[0][0], index, text, spans), repaired)
+        collector.add(RawRecord(sentence[0][0], index, text, spans), repaired)
     return collector.dataset()
 
 
@@ -411,7 +411,7 @@ def write_conll(dataset: Dataset, path: PathLike) -> None:
 # ----------------------------------------------------------------------------------------------- JSON
 
 
-def _json_items(path: PathLike, text: str, collector: _Collector) -> Iterator[tuple[int, int, Any]]:
+def json_items(path: PathLike, text: str, collector: RecordCollector) -> Iterator[tuple[int, int, Any]]:
     """(index, line, value) of each item of a top-level JSON array, or of each non-blank JSONL line.
 
     A JSON syntax error in an array is fatal (nothing after it can be trusted); in JSONL it only
@@ -600,14 +600,14 @@ def read_alpaca(
     path: PathLike, schema: Schema | None = None, on_error: OnError = "raise", name: str | None = None
 ) -> Dataset:
     """Read Alpaca instruction JSON or JSONL whose outputs tag the input inline or answer in JSON."""
-    collector = _Collector(path, schema, on_error, name or _default_name(path), numbered=True)
-    for index, line, record in _json_items(path, _read_text(path), collector):
+    collector = RecordCollector(path, schema, on_error, name or _default_name(path), numbered=True)
+    for index, line, record in json_items(path, read_file_text(path), collector):
         try:
             text, spans, stated, merged = _alpaca_record(record, schema)
         except ValueError as error:
             collector.report(line, str(error), index)
             continue
-        record = _Record(line, index, text, list(dict.fromkeys(spans)), stated)
+        record = RawRecord(line, index, text, list(dict.fromkeys(spans)), stated)
         # inline spans come with their duplicates; a JSON parser merged them, one detail each
         count = len(spans) - len(record.spans) or len(merged)
         collector.add(record, [f"merged {count} duplicate spans ({', '.join(merged)})"] if merged else [])
@@ -675,8 +675,8 @@ def read_instructuie(
     """Read an InstructUIE NER file; a sibling `labels.json` (a list of labels) states the labels."""
     labels_path = Path(path).with_name("labels.json")
     stated = _stated_schema(labels_path) if schema is None and labels_path.exists() else None
-    collector = _Collector(path, schema, on_error, name or _default_name(path), numbered=True)
-    for index, line, record in _json_items(path, _read_text(path), collector):
+    collector = RecordCollector(path, schema, on_error, name or _default_name(path), numbered=True)
+    for index, line, record in json_items(path, read_file_text(path), collector):
         try:
             text, spans = _instructuie_record(record)
         except ValueError as error:
@@ -688,7 +688,7 @@ def read_instructuie(
                 line, f"labels {unlisted} are not in {labels_path}, which states the file's", index
             )
             continue
-        collector.add(_Record(line, index, text, spans, stated))
+        collector.add(RawRecord(line, index, text, spans, stated))
     return collector.dataset()
 
 
@@ -698,7 +698,7 @@ _JSONL_KEYS = {"id", "text", "entities", "labels", "descriptions"}
 _ENTITY_KEYS = {"start", "end", "label", "text"}
 
 
-def _jsonl_record(record: Any) -> tuple[str, list[Span], Schema | None, str | None]:
+def jsonl_record(record: Any) -> tuple[str, list[Span], Schema | None, str | None]:
     text = _require(record, "text", str)
     unknown = sorted(set(record) - _JSONL_KEYS)
     if unknown:
@@ -732,14 +732,14 @@ def read_jsonl(
     path: PathLike, schema: Schema | None = None, on_error: OnError = "raise", name: str | None = None
 ) -> Dataset:
     """Read our JSONL interchange format (schema in the module docstring)."""
-    collector = _Collector(path, schema, on_error, name or _default_name(path), numbered=True)
-    for index, line, record in _json_items(path, _read_text(path), collector):
+    collector = RecordCollector(path, schema, on_error, name or _default_name(path), numbered=True)
+    for index, line, record in json_items(path, read_file_text(path), collector):
         try:
-            text, spans, stated, example_id = _jsonl_record(record)
+            text, spans, stated, example_id = jsonl_record(record)
         except ValueError as error:
             collector.report(line, str(error), index)
             continue
-        collector.add(_Record(line, index, text, spans, stated, example_id))
+        collector.add(RawRecord(line, index, text, spans, stated, example_id))
     return collector.dataset()
 
 
@@ -762,7 +762,7 @@ def _stated_schema(labels_path: Path) -> Schema:
     """The labels an InstructUIE folder's `labels.json` lists; a DataError naming it when it lists none
     usable."""
     try:
-        labels = json.loads(_read_text(labels_path))
+        labels = json.loads(read_file_text(labels_path))
         if not isinstance(labels, list):
             raise TypeError(f"got {type(labels).__name__}")
         return Schema(tuple(labels))
@@ -786,7 +786,7 @@ def write_instructuie(dataset: Dataset, path: PathLike) -> None:
     ]
     labels_path = Path(path).with_name("labels.json")
     listed = None
-    if labels_path.exists() and _read_text(labels_path).strip():
+    if labels_path.exists() and read_file_text(labels_path).strip():
         listed = list(_stated_schema(labels_path).labels)
         if not set(dataset.schema.labels) <= set(listed):
             raise DataError(
@@ -838,7 +838,7 @@ def from_hf(
             label for tags in dataset[tags_column] for tag in decoded(tags) if (label := _tag_label(tag))
         )
         schema = Schema(tuple(labels)) if labels else None
-    collector = _Collector(where or name, schema, on_error, name, numbered=True)
+    collector = RecordCollector(where or name, schema, on_error, name, numbered=True)
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     for row, (tokens, tags) in enumerate(zip(dataset[tokens_column], dataset[tags_column], strict=True)):
@@ -859,7 +859,7 @@ def from_hf(
         except (ValueError, TypeError) as error:
             collector.report(None, str(error), row)
             continue
-        collector.add(_Record(None, row, text, spans), repaired)
+        collector.add(RawRecord(None, row, text, spans), repaired)
     return collector.dataset()
 
 
@@ -932,14 +932,14 @@ def sniff(path: PathLike) -> str:
 
     if is_source(str(path)):
         return "hf"
-    text = _read_text(path)
+    text = read_file_text(path)
     start = _WHITESPACE.match(text).end()
     if not text.startswith(("[", "{"), start):
         return "conll"
     columns = text[start:].split("\n", 1)[0].split()
     conll_like = len(columns) > 1 and _CONLL_TAG.fullmatch(columns[-1]) is not None
     try:
-        first = next(_json_items(path, text, _Collector(path, None, "raise", "")), (0, 0, None))[2]
+        first = next(json_items(path, text, RecordCollector(path, None, "raise", "")), (0, 0, None))[2]
     except DataError:
         if conll_like:
             return "conll"  # a CoNLL file whose first token is `[` or `{`

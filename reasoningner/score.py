@@ -61,7 +61,7 @@ from typing import Any, Literal
 from reasoningner.evaluate import error_counts
 from reasoningner.formats import FORMATS, ParseResult, Problem, get_format, json_format_of, split_answer
 from reasoningner.metrics import MATCH_MODES, Counts, Scorer, multiset_counts
-from reasoningner.readers import DataError, Dataset, OnError, PathLike, _read_text, read_dataset
+from reasoningner.readers import DataError, Dataset, OnError, PathLike, read_dataset, read_file_text
 from reasoningner.results import NORMAL, ErrorCounts, Evaluation
 from reasoningner.rewards import reasoningie_answer, reasoningie_entities, reasoningie_key
 from reasoningner.sources import protocol_label
@@ -119,7 +119,7 @@ def read_predictions(
     In the outputs layout a blank line is an empty output, trailing ones too (the last sentences may
     have had none: `_pairs` drops those past the gold sentences); JSON Lines layouts have no blank
     record."""
-    lines = list(enumerate(_read_text(path).split("\n"), 1))
+    lines = list(enumerate(read_file_text(path).split("\n"), 1))
     if lines and not lines[-1][1]:
         lines.pop()  # the file's last newline
     if not any(line.strip() for _, line in lines):

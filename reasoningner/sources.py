@@ -58,12 +58,12 @@ from reasoningner.readers import (
     DataError,
     Dataset,
     OnError,
-    _Collector,
-    _json_items,
-    _jsonl_record,
-    _read_text,
-    _Record,
+    RawRecord,
+    RecordCollector,
     from_hf,
+    json_items,
+    jsonl_record,
+    read_file_text,
     sentence_layout,
 )
 from reasoningner.spans import Schema, Span, occurrences, place_mentions
@@ -217,8 +217,8 @@ def _load_dataset(
     location = Path(source.location).expanduser()
     if source.local and location.is_file() and location.suffix in (".json", ".jsonl"):
         # Read here, as its own reader would, so that a bad record is named by its file and line.
-        collector = _Collector(str(location), schema, on_error, name, numbered=True)
-        items = _json_items(location, _read_text(location), collector)
+        collector = RecordCollector(str(location), schema, on_error, name, numbered=True)
+        items = json_items(location, read_file_text(location), collector)
         head = list(itertools.islice(items, LAYOUT_ROWS))  # the rest is parsed as it is read
         columns = set().union(*(row for _, _, row in head if isinstance(row, dict)))
         layout = source.layout if source.layout != "auto" else _layout(columns, source.spec)
@@ -253,7 +253,7 @@ def _load_dataset(
         dataset = from_hf(hf, schema=schema, name=name, on_error=on_error, where=source.spec, limit=limit)
         return dataset, [None] * len(dataset.examples)
     rows = itertools.islice(hf, limit)
-    collector = _Collector(source.spec, schema, on_error, name, numbered=True)
+    collector = RecordCollector(source.spec, schema, on_error, name, numbered=True)
     return _collect(collector, ((index, None, row) for index, row in enumerate(rows)), layout, None)
 
 
@@ -322,7 +322,7 @@ def _load_set(
 
     labels_file = _set_file(source, name, "labels.json")
     try:
-        labels = json.loads(_read_text(labels_file))
+        labels = json.loads(read_file_text(labels_file))
     except ValueError as error:
         raise DataError(labels_file, None, f"not JSON: {error}") from None
     if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
@@ -330,8 +330,8 @@ def _load_set(
     path = _set_file(source, name, f"{source.split}.json")
     where = path if source.local else f"hf://datasets/{source.location}/{name}/{source.split}.json"
     # Read here (the file is local, or in the Hub cache) so that a bad record is named by its line.
-    collector = _Collector(where, schema, on_error, name, numbered=True)
-    items = _json_items(where, _read_text(path), collector)
+    collector = RecordCollector(where, schema, on_error, name, numbered=True)
+    items = json_items(where, read_file_text(path), collector)
     return _collect(collector, itertools.islice(items, limit), source.layout, labels)
 
 
@@ -353,7 +353,7 @@ def protocol_label(label: str) -> str | None:
 
 
 def _collect(
-    collector: _Collector,
+    collector: RecordCollector,
     rows: Iterable[tuple[int, int | None, Any]],
     layout: str,
     labels: list[str] | None,
@@ -370,8 +370,8 @@ def _collect(
             if not isinstance(row, dict):
                 raise TypeError(f"a record must be an object, got {type(row).__name__}")
             if layout == "jsonl":
-                text, spans, stated, row_id = _jsonl_record(row)
-                record, missing = _Record(line, index, text, spans, stated, row_id), []
+                text, spans, stated, row_id = jsonl_record(row)
+                record, missing = RawRecord(line, index, text, spans, stated, row_id), []
             else:
                 record, missing = _protocol_record(row, line, index, name, layout, labels)
         except (ValueError, TypeError) as error:
@@ -395,7 +395,7 @@ def _collect(
 
 def _protocol_record(
     row: dict[str, Any], line: int, index: int, name: str, layout: str, labels: list[str] | None
-) -> tuple[_Record, list[str]]:
+) -> tuple[RawRecord, list[str]]:
     """An NER-CoT or InstructUIE row as a record, and what could not be kept (entities not located,
     labels outside the protocol)."""
     text = row.get("sentence")
@@ -431,7 +431,7 @@ def _protocol_record(
     guid = row.get("guid")
     record_id = f"{name}-{guid if guid is not None else index}"
     spans = _place(text, kept, missing)
-    return _Record(line, index, text, spans, Schema(tuple(schema_labels)), record_id), missing
+    return RawRecord(line, index, text, spans, Schema(tuple(schema_labels)), record_id), missing
 
 
 def _place(text: str, mentions: Sequence[tuple[str, str, Any]], missing: list[str]) -> list[Span]:
