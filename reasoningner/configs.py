@@ -47,7 +47,7 @@ from reasoningner.jobs import requeued, seconds_left
 from reasoningner.metrics import MATCH_MODES
 from reasoningner.readers import Dataset, read_dataset
 from reasoningner.rewards import DEFAULT_WEIGHTS, PARSE_MODES, REWARDS
-from reasoningner.sources import hub_offline, overlaps
+from reasoningner.sources import overlaps
 from reasoningner.spans import Schema
 from reasoningner.tracking import MANIFEST, data_sources
 
@@ -282,14 +282,16 @@ def hub_contract_folder(repo_id: str, revision: str | None = None, strict: bool 
     the repository has none (a base model).
 
     When neither the Hub nor the cache can answer: a warning and None; with `strict`, a ConnectionError
-    naming the repository instead, unless offline mode (`HF_HUB_OFFLINE=1`) was asked for, where the
-    warning says the contract of a model cached without it could not be checked.
+    naming the repository instead, unless offline mode (`HF_HUB_OFFLINE=1`, `TRANSFORMERS_OFFLINE=1`) was
+    asked for, where the warning says the contract of a model cached without it could not be checked.
     """
+    from huggingface_hub import constants
+
     try:
         path = hub_file(repo_id, PROMPT_CONTRACT, revision)
     except OSError as error:
         cause = type(error).__name__ + (f": {str(error).splitlines()[0]}" if str(error).strip() else "")
-        if strict and not hub_offline():
+        if strict and not constants.is_offline_mode():  # what hf_hub_download did (read at import)
             raise ConnectionError(
                 f"{repo_id}: could not read its {PROMPT_CONTRACT} from the Hub ({cause}). Without it, "
                 "the model would be asked (or trained) with the given prompt settings, not the ones it "
@@ -422,6 +424,10 @@ class DataArguments:
         default=False, metadata={"help": "skip malformed records (counted and logged) instead of stopping"}
     )
 
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 0:  # a file read as [:-1], a Hub source as nothing
+            raise ValueError(f"limit must be 0 or more (the first N examples of each file), got {self.limit}")
+
     def read(self, path: str | Path, reader: str | None = None) -> Dataset:
         """`path` read with `reader` (default: this `reader`), malformed records skipped when asked (the
         reader logs their count and the first one's `file:line`; `Dataset.skipped` holds them all)."""
@@ -478,6 +484,7 @@ class RunArguments(DataArguments):
     report_to: str = field(default="none", metadata={"help": "wandb or none"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.output_dir:
             raise ValueError("output_dir is required")
 

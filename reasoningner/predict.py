@@ -518,6 +518,8 @@ class NERModel:
         """
         if isinstance(texts, str) or isinstance(labels, str):
             raise TypeError("texts and labels are lists of strings; wrap a single one in a list")
+        if not all(isinstance(text, str) for text in texts):
+            raise TypeError("every text must be a string")
         check_scoring(threshold, num_samples)
         schema = self.schema(labels, descriptions)
         # A lone surrogate (from surrogateescape decoding, or a JSON "\\ud800") fails the tokenizer of

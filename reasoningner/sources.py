@@ -285,7 +285,7 @@ def _load_hub_dataset(source: Source) -> Any:
         logger.warning("%s: %s; reading its Parquet export (%s)", source.repo, error, PARQUET_EXPORT)
         return _parquet_export(source, cached_only=False)
     except (ConnectionError, ValueError) as error:
-        if not datasets_offline() or source.revision:
+        if not (datasets_offline() or hub_offline()) or source.revision:  # the hub's blocks datasets' calls
             raise
         try:
             return _parquet_export(source, cached_only=True)
@@ -562,10 +562,8 @@ def resolvable(spec: str) -> tuple[bool, str]:
     ):  # a revision is asked
         return True, "in the Hugging Face cache"
     if datasets_offline():
-        return (
-            False,
-            "not in the Hugging Face cache and datasets is offline (HF_DATASETS_OFFLINE, HF_HUB_OFFLINE)",
-        )
+        why = "datasets is offline (HF_DATASETS_OFFLINE, HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE)"
+        return False, f"not in the Hugging Face cache and {why}"
     try:
         from huggingface_hub import HfApi
 

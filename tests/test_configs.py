@@ -14,9 +14,11 @@ import pytest
 from reasoningner.configs import (
     DEFAULT_MAX_NEW_TOKENS,
     PROMPT_CONTRACT,
+    EvalArguments,
     GenerationArguments,
     PromptArguments,
     PromptContract,
+    TrainerScriptArguments,
 )
 from reasoningner.spans import Schema
 
@@ -143,6 +145,11 @@ def test_choices_are_checked_when_the_config_is_built() -> None:
         GenerationArguments(backend="vlm")
     with pytest.raises(ValueError, match="no model: set model_name_or_path"):
         GenerationArguments().build_generator()
+    # A negative limit read a file as [:-1] (all but its last sentence) and a Hub source as nothing.
+    for arguments in (TrainerScriptArguments, lambda limit: EvalArguments(output_dir="out", limit=limit)):
+        with pytest.raises(ValueError, match="limit must be 0 or more"):
+            arguments(limit=-1)
+        assert arguments(limit=0).limit == 0
 
 
 def test_the_trainer_choices_are_values_trl_documents() -> None:
@@ -216,8 +223,6 @@ def hub(tmp_path, monkeypatch):
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # conftest sets the first: the hub is online
-        monkeypatch.delenv(name, raising=False)
     TRAINED.save(tmp_path / "snapshot")
     state = SimpleNamespace(answer=tmp_path / "snapshot", asked=[])
 
@@ -282,6 +287,8 @@ def test_a_hub_lora_adapter_is_downloaded_for_vllm_which_applies_adapters_from_a
 def test_without_the_hub_the_cache_answers_and_offline_mode_only_warns(
     hub, tmp_path, caplog, monkeypatch
 ) -> None:
+    from huggingface_hub import constants
+
     hub.answer = _hub_error("offline")
     # The cache remembers the file is missing from the commit `main` points to (a 404 seen earlier).
     repo = tmp_path / "cache" / "models--me--base"
@@ -290,9 +297,9 @@ def test_without_the_hub_the_cache_answers_and_offline_mode_only_warns(
     (repo / ".no_exist" / "abc123").mkdir(parents=True)
     (repo / ".no_exist" / "abc123" / PROMPT_CONTRACT).touch()
     assert PromptContract.load("me/base", from_hub=True, strict=True) is None
-    # Offline mode was asked for (TRANSFORMERS_OFFLINE=1 is huggingface_hub's too): a model cached without
-    # its contract is trained with a warning.
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    # HF_HUB_OFFLINE=1 was asked for (huggingface_hub reads it once, at import): a model cached without its
+    # contract is trained with a warning.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with caplog.at_level(logging.WARNING, logger="reasoningner.configs"):
         assert PromptContract.load("me/sft", from_hub=True, strict=True) is None
     assert f"me/sft: no {PROMPT_CONTRACT} from the Hub" in caplog.text

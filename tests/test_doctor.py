@@ -106,7 +106,7 @@ def test_each_check_fails_with_what_to_do(tmp_path: Path, monkeypatch: pytest.Mo
     assert data == [
         f"{tmp_path / 'missing.jsonl'}: no such file or directory",
         "hf:OWNER/NAME@train: not in the Hugging Face cache and datasets is offline (HF_DATASETS_OFFLINE, "
-        "HF_HUB_OFFLINE)",
+        "HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE)",
     ]
     # W&B offline needs no credentials; a cached hub dataset resolves offline; a run's folder resumes.
     monkeypatch.setenv("WANDB_MODE", "offline")

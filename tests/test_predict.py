@@ -203,6 +203,8 @@ def test_greedy_prediction_scores_one_and_predict_entities_takes_one_text() -> N
     assert [sampling for _, sampling in generator.calls] == [SamplingConfig(max_new_tokens=1024)] * 2
     with pytest.raises(TypeError, match="one text"):
         model.predict_entities([MEETING], ["person"])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="every text must be a string"):
+        model.predict([MEETING, None], ["person"])  # type: ignore[list-item]
     # A model whose own sampling draws several answers still scores one, not their sum.
     model, generator = sampled_model(sampling=SamplingConfig(n=3, temperature=0.5))
     assert triples(model.predict_entities(MEETING, ["person"]))[0] == ("Bob", "person", 1.0)

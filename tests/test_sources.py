@@ -590,6 +590,9 @@ def test_a_hub_dataset_with_a_loading_script_is_read_from_its_parquet_export(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert load_source(spec, schema=schema).examples == dataset.examples  # offline, from the cache
     assert calls[-1] == {**export_ask, "local_files_only": True}
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")  # datasets online, but the hub it asks is not
+    assert load_source(spec, schema=schema).examples == dataset.examples
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.delenv("HF_HUB_OFFLINE")
 
     def unreachable(repo: str, config: str, **options: object) -> None:

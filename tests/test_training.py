@@ -87,7 +87,6 @@ def test_a_trainer_starting_from_a_hub_model_takes_its_prompt_contract_from_the_
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_HUB_OFFLINE")  # conftest's: the hub is online here (the download is faked)
     monkeypatch.chdir(tmp_path)
 
     def start(model, out):
