@@ -87,9 +87,9 @@ CHECKOUT = Path(__file__).resolve().parents[1]  # the repository this package ru
 def git_commit(root: Path = CHECKOUT) -> dict[str, Any]:
     """The commit of the code that ran (the checkout at `root`), and whether the working tree had
     uncommitted changes; in the docker image, which has no .git, the commit it was built from
-    (`REASONINGNER_GIT_COMMIT`)."""
-    if not (root / ".git").exists() and os.environ.get("REASONINGNER_GIT_COMMIT"):
-        return {"commit": os.environ["REASONINGNER_GIT_COMMIT"], "dirty": None}
+    (`REASONINGNER_GIT_COMMIT`), else None: git asked there would answer for a repository around it."""
+    if not (root / ".git").exists():
+        return {"commit": os.environ.get("REASONINGNER_GIT_COMMIT"), "dirty": None}
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True

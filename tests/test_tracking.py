@@ -391,6 +391,10 @@ def test_the_commit_is_the_checkout_s_or_in_the_image_the_one_it_was_built_from(
     assert checkout["commit"] and len(checkout["commit"]) == 40
     image = tmp_path / "workspace"  # the image's copy of the repository has no .git
     image.mkdir()
+    # ... and may sit in another repository (a mounted home): not the commit of the code that ran.
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-q",
+                    "--allow-empty", "-m", "around"], check=True)  # fmt: skip
     monkeypatch.delenv("REASONINGNER_GIT_COMMIT", raising=False)
     assert tracking.git_commit(image) == {"commit": None, "dirty": None}
     monkeypatch.setenv("REASONINGNER_GIT_COMMIT", "0" * 40)  # docker build --build-arg GIT_COMMIT=...
