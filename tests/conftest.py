@@ -25,11 +25,11 @@ import pytest
 # it reach the Hub where there is internet: tests that need the Hub's answers fake them.
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 os.environ["HF_HUB_OFFLINE"] = "1"
-for _name in (
-    "TRANSFORMERS_OFFLINE",
-    "HF_DATASETS_OFFLINE",
-):  # datasets follows the hub, whatever the shell says
+# datasets then follows the hub, whatever the shell says; and the fake servers on loopback are asked
+# directly, not through a proxy the shell names (httpx would).
+for _name in ("TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
     os.environ.pop(_name, None)
+    os.environ.pop(_name.lower(), None)
 # Nor is it a SLURM job when run inside one: a stage near the job's time limit would stop and requeue the
 # job it runs in (`jobs`). The tests that need a job say so (`slurm_job`).
 for _name in ("SLURM_JOB_ID", "SLURM_JOB_END_TIME", "SLURM_JOB_START_TIME", "SLURM_RESTART_COUNT"):

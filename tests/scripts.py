@@ -8,7 +8,10 @@ from types import ModuleType
 from reasoningner.doctor import load_script
 from reasoningner.tracking import CHECKOUT as ROOT
 
-__all__ = ["ROOT", "load_script", "load_stage"]
+__all__ = ["ROOT", "SHARED", "load_script", "load_stage"]
+
+# The full dev sets beside the checkout, where a machine has them (tests using them skip elsewhere).
+SHARED = ROOT.parent / "shared" / "data"
 
 
 def load_stage(name: str) -> ModuleType:

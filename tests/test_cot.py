@@ -16,7 +16,7 @@ from reasoningner.configs import DEFAULT_MAX_NEW_TOKENS, CoTArguments, Generatio
 from reasoningner.cot import Progress, annotate, best_sample, merge_shards, score_sample
 from reasoningner.formats import get_format
 from reasoningner.generation import Completion
-from reasoningner.readers import DataError
+from reasoningner.readers import DataError, read_dataset
 from reasoningner.records import read_records, record_example
 from reasoningner.spans import Example, Schema, Span
 from tests.scripts import load_stage
@@ -123,8 +123,11 @@ def gold_args(tmp_path: Path, **overrides) -> tuple[CoTArguments, PromptArgument
 
 @pytest.mark.parametrize("context_words", [0, 3])
 def test_gold_template_context_words_set_what_each_rationale_line_quotes(tmp_path, context_words):
-    annotate(*gold_args(tmp_path, template_context_words=context_words))
+    args = gold_args(tmp_path, template_context_words=context_words)
+    annotate(*args)
     records = [r for r in read_records(tmp_path / "annotations.jsonl") if r["entities"]]
+    with_entities = sum(bool(e.spans) for path in args[0].datasets for e in read_dataset(path).examples)
+    assert with_entities and len(records) == with_entities
     for record in records:
         lines = record["rationale"].splitlines()
         assert len(lines) == len(record["entities"]) + 1  # one assertion per entity, then "no other"
@@ -224,7 +227,8 @@ def test_transformers_teacher_writes_scored_records(tmp_path, tiny_model_dir):
     records = read_records(tmp_path / "annotations.jsonl")
     assert len(records) == 7
     assert all(r["teacher"] == f"transformers:{tiny_model_dir}" for r in records)
-    assert all(r["completion_tokens"] > 0 for r in records)
+    # The fixture's precondition: the random model never ends a reply within max_new_tokens.
+    assert all(r["completion_tokens"] == 24 for r in records), "the random tiny model stopped early"
     # A random tiny model does not annotate well: its records are kept but not accepted. It rambles
     # past max_new_tokens, so they are failed, with the reason; greedy on a local engine, not retried.
     assert not any(r["accepted"] for r in records)

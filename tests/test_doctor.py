@@ -36,6 +36,11 @@ def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    # No build lock a killed DeepSpeed compile left in this machine's cache, and disk enough: the tests
+    # that want either say so.
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "torch-extensions"))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**45, 0, 2**45))
 
 
 def statuses(checks: list[doctor.Check]) -> dict[str, str]:
@@ -85,6 +90,10 @@ def test_a_tiny_recipe_passes_with_its_inputs_in_place(
 
 
 def test_each_check_fails_with_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    find_spec = importlib.util.find_spec  # flash-attn is not installed (the image may build it)
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "flash_attn" else find_spec(name)
+    )
     recipe = tmp_path / "sft.yaml"
     model = tmp_path / "model"
     model.mkdir()

@@ -439,6 +439,8 @@ def test_label_subset_rename_and_descriptions_reach_the_prompt(tmp_path: Path) -
 def test_predict_cli_with_the_tiny_model(
     tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    """The CLI end to end on the real backend: one record per line, a blank one included (the untrained
+    model names no entity: offsets are checked with scripted answers, test_predict)."""
     source = tmp_path / "texts.txt"
     source.write_text("EU rejects German call .\n\nPeter Blackburn met Peter .\n", encoding="utf-8")
     descriptions = tmp_path / "descriptions.json"
@@ -450,10 +452,7 @@ def test_predict_cli_with_the_tiny_model(
     assert code == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["text"] for r in records] == ["EU rejects German call .", "", "Peter Blackburn met Peter ."]
-    for record in records:
-        assert set(record) >= {"entities", "ungrounded", "problems"}
-        for entity in record["entities"]:
-            assert record["text"][entity["start"] : entity["end"]] == entity["text"]
+    assert all(set(record) >= {"entities", "ungrounded", "problems"} for record in records)
     assert "rationale" in records[0]
     assert main(["predict", "--model", str(tmp_path / "nowhere"), "--labels", "person", str(source)]) == 2
     assert main(["predict", "--model", str(tiny_model_dir), "--labels", "bad label", str(source)]) == 2

@@ -37,9 +37,9 @@ from reasoningner.spans import (
     occurrences,
     sort_spans,
 )
+from tests.scripts import SHARED
 
 SHIPPED = Path(__file__).parents[1] / "data"
-SHARED = Path(__file__).parents[1].parent / "shared" / "data"  # the full dev sets, where a machine has them
 FIXTURES = Path(__file__).parent / "data"
 
 SCHEMA = Schema(("PER", "LOC", "ORG", "MISC"))

@@ -691,8 +691,13 @@ def test_backend_options_are_checked_in_one_line_before_anything_loads(tmp_path:
 def test_unknown_backend_and_bad_sampling_are_refused() -> None:
     with pytest.raises(ValueError, match=r"unknown generation backend 'tgi'.*'openai'"):
         build_generator("tgi")
-    for bad in (dict(n=0), dict(temperature=-1.0), dict(top_p=0.0), dict(max_new_tokens=0)):
-        with pytest.raises(ValueError):
+    for bad, refusal in (
+        (dict(n=0), "n must be at least 1, got 0"),
+        (dict(temperature=-1.0), "temperature must be >= 0, got -1.0"),
+        (dict(top_p=0.0), r"top_p must be in \(0, 1\], got 0.0"),
+        (dict(max_new_tokens=0), "max_new_tokens must be at least 1, got 0"),
+    ):
+        with pytest.raises(ValueError, match=refusal):
             SamplingConfig(**bad)
 
 

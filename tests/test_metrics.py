@@ -12,9 +12,9 @@ from seqeval.metrics import classification_report, f1_score, precision_score, re
 
 from reasoningner.metrics import Counts, Scorer, f1_difference, match_counts, multiset_counts
 from reasoningner.spans import Example, Schema, Span, SpanError
+from tests.scripts import SHARED
 
 SHIPPED = Path(__file__).parents[1] / "data"
-SHARED = Path(__file__).parents[1].parent / "shared" / "data"  # the full dev sets, where a machine has them
 FLAT_FILES = {
     "conll2003": SHIPPED / "conll2003" / "dev-slice.txt",
     "crossner_ai": SHIPPED / "crossner" / "ai-dev-slice.txt",

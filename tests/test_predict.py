@@ -25,7 +25,7 @@ from reasoningner.cli import main
 from reasoningner.configs import GenerationArguments, PromptArguments, PromptContract
 from reasoningner.formats import FORMATS, get_format
 from reasoningner.generation import Completion, Conversation, ConversationFailed, Generator, SamplingConfig
-from reasoningner.predict import Entity, NERModel, Prediction, flat_entities, windows
+from reasoningner.predict import FAILED, Entity, NERModel, Prediction, flat_entities, windows
 from reasoningner.prompts import wording
 from reasoningner.spans import Example, Schema, Span
 
@@ -252,8 +252,12 @@ def test_threshold_drops_entities_scoring_below_it_and_bad_options_are_refused_b
     )
     assert triples(everyone) == [("Bob", "person", 1.0)] and only_ann == []
     calls = len(generator.calls)
-    for options in ({"threshold": 1.5}, {"threshold": -0.1}, {"num_samples": 0}):
-        with pytest.raises(ValueError):
+    for options, refusal in (
+        ({"threshold": 1.5}, r"threshold must be in \[0, 1\], got 1.5"),
+        ({"threshold": -0.1}, r"threshold must be in \[0, 1\], got -0.1"),
+        ({"num_samples": 0}, "num_samples must be at least 1, got 0"),
+    ):
+        with pytest.raises(ValueError, match=refusal):
             model.predict([MEETING], ["person"], **options)
     assert len(generator.calls) == calls
 
@@ -672,7 +676,8 @@ def test_predict_cli_with_the_tiny_model_windows_a_long_line_and_samples(
     tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """The issue's case on the real backend (context 2,048): a 5,000-word line no longer ends the run,
-    and two samples per window come from one `generate` with `num_return_sequences`."""
+    and two samples per window come from one `generate` with `num_return_sequences` (window offsets are
+    checked with scripted answers above: the untrained model names no entity)."""
     long = " ".join(["EU rejects German call ."] * 1000)
     source = tmp_path / "texts.txt"
     source.write_text(f"{long}\nPeter met Peter .\n", encoding="utf-8")
@@ -680,10 +685,6 @@ def test_predict_cli_with_the_tiny_model_windows_a_long_line_and_samples(
     assert main([*argv, "--max-new-tokens", "8", str(source)]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [record["text"] for record in records] == [long, "Peter met Peter ."]
-    for record in records:
-        for entity in record["entities"]:
-            assert record["text"][entity["start"] : entity["end"]] == entity["text"]
-            assert entity["score"] in (0.5, 1.0)
 
 
 def test_the_prompt_bound_is_the_context_left_after_the_answer_when_the_backend_knows_it() -> None:
@@ -714,10 +715,11 @@ def test_the_tiny_model_s_byte_level_tokens_cut_a_chinese_text_into_windows_that
         fitted = generator.prompt_tokens([model.conversation(text[a:b], schema) for _, a, b in pieces])
         assert max(fitted) <= 2048 - 1400 and len(pieces) > len(by_characters)
         assert "".join(text[a:b] for _, a, b in pieces) == text
+        # Asked through generate, every window fits: no window is given up on.
         [chinese] = NERModel(generator, sampling=SamplingConfig(max_new_tokens=1400)).predict(
             [text[:300]], schema
-        )  # asked through generate: its answers' offsets slice the text
-        assert all(text[e.start : e.end] == e.text for e in chinese)
+        )
+        assert FAILED not in {problem.kind for problem in chinese.problems}
 
 
 def test_the_transformers_backend_knows_its_context(tiny_model_dir: Path) -> None:

@@ -28,9 +28,9 @@ from reasoningner.readers import (
     write_jsonl,
 )
 from reasoningner.spans import Example, Schema, Span
+from tests.scripts import SHARED
 
 DATA = Path(__file__).parent / "data"
-SHARED = Path("/work/shared/data")
 
 
 def write(path: Path, text: str) -> Path:

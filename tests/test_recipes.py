@@ -424,21 +424,35 @@ def test_every_key_is_documented(path: Path) -> None:
 TRAINER_RECIPES = [p for p in STAGE_RECIPES if stage_of(p) in {"sft", "rl"} and launch_configs(p)]
 
 
-@pytest.mark.parametrize("path", TRAINER_RECIPES, ids=ids(TRAINER_RECIPES))
-def test_training_arguments_agree_with_the_deepspeed_config(path: Path) -> None:
+def deepspeed_mismatches(ds_file: Path, training_args: Any) -> list[str]:
     """What transformers does when the Trainer meets a DeepSpeed config: fill every "auto" from the
-    training arguments and refuse any value that contradicts them."""
+    training arguments and list each value that contradicts them (`trainer_config_finalize` refuses them
+    once the model is known; the listing is all it checks)."""
     from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig, unset_hf_deepspeed_config
 
+    config = HfTrainerDeepSpeedConfig(str(ds_file))
+    try:
+        config.trainer_config_process(training_args)
+    finally:
+        unset_hf_deepspeed_config()
+    return config.mismatches
+
+
+@pytest.mark.parametrize("path", TRAINER_RECIPES, ids=ids(TRAINER_RECIPES))
+def test_training_arguments_agree_with_the_deepspeed_config(path: Path) -> None:
     _, _, training_args, _ = parse(path)  # script, prompt, training, model arguments
-    for config in launch_configs(path):
-        ds_file = deepspeed_file(config)
-        if ds_file is None:
-            continue
-        try:
-            HfTrainerDeepSpeedConfig(str(ds_file)).trainer_config_process(training_args)
-        finally:
-            unset_hf_deepspeed_config()
+    files = [f for f in map(deepspeed_file, launch_configs(path)) if f is not None]
+    assert files and all(deepspeed_mismatches(f, training_args) == [] for f in files)
+
+
+def test_a_deepspeed_value_that_contradicts_the_recipe_is_a_mismatch(tmp_path: Path) -> None:
+    """The check above can fail: a micro-batch the recipe does not train with is listed."""
+    _, _, training_args, _ = parse(TRAINER_RECIPES[0])
+    config = json.loads((ROOT / "recipes" / "accelerate" / "ds_zero3.json").read_text(encoding="utf-8"))
+    config["train_micro_batch_size_per_gpu"] = training_args.per_device_train_batch_size + 1
+    (tmp_path / "ds.json").write_text(json.dumps(config), encoding="utf-8")
+    [mismatch] = deepspeed_mismatches(tmp_path / "ds.json", training_args)
+    assert "train_micro_batch_size_per_gpu" in mismatch
 
 
 # --- accelerate and DeepSpeed configs ---------------------------------------------------------------
@@ -502,7 +516,7 @@ FAKES = {
 
 def run_slurm(script: str, args: list[str], env: dict[str, str], tmp_path: Path, **fakes: str) -> list[str]:
     """Run recipes/slurm/<script> with the stand-ins (`FAKES`, or as `fakes` say) first on PATH; the
-    commands they were given."""
+    commands they were given. A failure is a CalledProcessError holding the script's stderr."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(parents=True)
     for name, body in (FAKES | fakes).items():
@@ -510,7 +524,15 @@ def run_slurm(script: str, args: list[str], env: dict[str, str], tmp_path: Path,
         (bin_dir / name).chmod(0o755)
     calls = tmp_path / "calls"
     env = {**os.environ, **env, "CALLS": str(calls), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    subprocess.run(["bash", f"recipes/slurm/{script}", *args], cwd=ROOT, env=env, check=True, timeout=60)
+    subprocess.run(
+        ["bash", f"recipes/slurm/{script}", *args],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=60,
+        capture_output=True,
+        text=True,
+    )
     return calls.read_text(encoding="utf-8").splitlines()
 
 
@@ -587,10 +609,11 @@ def test_train_slurm_serves_grpo_on_the_last_node_of_its_allocation(tmp_path: Pa
         common.format(0, "10.9.9.9"),
         common.format(1, "10.9.9.9"),
     ]
-    with pytest.raises(subprocess.CalledProcessError):  # one node cannot both serve and train
+    with pytest.raises(subprocess.CalledProcessError) as one_node:  # one node cannot both serve and train
         run_slurm("train.slurm", ["rl", "recipes/qwen3-8b/rl.yaml", "recipes/accelerate/zero3.yaml"],
                   {"SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "node-a", "VLLM_MODEL": "m"},
                   tmp_path / "one", scontrol="echo node-a")  # fmt: skip
+    assert "VLLM_MODEL serves on a node of its own: ask for at least 2 nodes" in one_node.value.stderr
 
 
 def test_cot_slurm_annotates_its_array_shard_against_the_local_server(tmp_path: Path) -> None:
@@ -604,9 +627,13 @@ def test_cot_slurm_annotates_its_array_shard_against_the_local_server(tmp_path: 
         "python stages/cot.py --config recipes/teacher/cot.yaml "
         "--model_name_or_path Qwen/Qwen3-235B-A22B-Instruct-2507 --shard 2/4"
     ]
-    for wrong in ({"SLURM_ARRAY_TASK_ID": "2"}, {"SLURM_ARRAY_TASK_ID": "4", "SHARDS": "4"}):
-        with pytest.raises(subprocess.CalledProcessError):
+    for wrong, why in (
+        ({"SLURM_ARRAY_TASK_ID": "2"}, "set SHARDS, the shard count of the whole run"),
+        ({"SLURM_ARRAY_TASK_ID": "4", "SHARDS": "4"}, "array task 4 is not one of SHARDS=4 shards"),
+    ):
+        with pytest.raises(subprocess.CalledProcessError) as refused:
             run_slurm("cot.slurm", [], wrong, tmp_path / wrong["SLURM_ARRAY_TASK_ID"])
+        assert why in refused.value.stderr
     assert (
         parsed(RECIPES / "teacher" / "cot.yaml")["backend_options"]["base_url"] == "http://localhost:8000/v1"
     )
@@ -614,8 +641,11 @@ def test_cot_slurm_annotates_its_array_shard_against_the_local_server(tmp_path: 
 
 def test_cot_slurm_gives_up_on_a_server_that_never_answers(tmp_path: Path) -> None:
     env = {"SERVER_WAIT": "0"}
-    with pytest.raises(subprocess.CalledProcessError):
+    with pytest.raises(subprocess.CalledProcessError) as gave_up:
         run_slurm("cot.slurm", [], env, tmp_path, curl="exit 7")  # refused: nothing listens
+    assert "the vLLM server did not answer in 0 s (SERVER_WAIT)" in gave_up.value.stderr or (
+        "the vLLM server exited before answering" in gave_up.value.stderr
+    )
     calls = tmp_path / "calls"  # the server may not have started at all
     assert not calls.exists() or "python " not in calls.read_text()
 
