@@ -425,6 +425,8 @@ class DataArguments:
     )
 
     def __post_init__(self) -> None:
+        if (checks := getattr(super(), "__post_init__", None)) is not None:  # a base after it in the MRO
+            checks()
         if self.limit is not None and self.limit < 0:  # a file read as [:-1], a Hub source as nothing
             raise ValueError(f"limit must be 0 or more (the first N examples of each file), got {self.limit}")
 

@@ -518,6 +518,7 @@ class NERModel:
         """
         if isinstance(texts, str) or isinstance(labels, str):
             raise TypeError("texts and labels are lists of strings; wrap a single one in a list")
+        texts = list(texts)  # an iterator is read once
         if not all(isinstance(text, str) for text in texts):
             raise TypeError("every text must be a string")
         check_scoring(threshold, num_samples)

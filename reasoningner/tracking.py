@@ -85,26 +85,17 @@ CHECKOUT = Path(__file__).resolve().parents[1]  # the repository this package ru
 
 
 def git_commit(root: Path = CHECKOUT) -> dict[str, Any]:
-    """The commit of the code that ran (the checkout at `root`), and whether the working tree had
-    uncommitted changes; in the docker image, which has no .git, the commit it was built from
-    (`REASONINGNER_GIT_COMMIT`), else None: git asked there would answer for a repository around it."""
-    if not (root / ".git").exists():
-        return {"commit": os.environ.get("REASONINGNER_GIT_COMMIT"), "dirty": None}
+    """The commit of the code that ran, and whether the working tree had uncommitted changes: asked of the
+    repository that tracks this code at `root` (the checkout, or one holding it as a folder); elsewhere the
+    commit the docker image was built from (`REASONINGNER_GIT_COMMIT`), or None: a repository around an
+    untracked copy is not its code."""
+    run = functools.partial(subprocess.run, cwd=root, capture_output=True, text=True, check=True)
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                cwd=root,
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.strip()
-        )
+        run(["git", "ls-files", "--error-unmatch", "reasoningner/tracking.py"])
+        commit = run(["git", "rev-parse", "HEAD"]).stdout.strip()
+        dirty = bool(run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
+        return {"commit": os.environ.get("REASONINGNER_GIT_COMMIT") or None, "dirty": None}
     return {"commit": commit, "dirty": dirty}
 
 

@@ -92,7 +92,9 @@ def test_a_tiny_recipe_passes_with_its_inputs_in_place(
 def test_each_check_fails_with_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     find_spec = importlib.util.find_spec  # flash-attn is not installed (the image may build it)
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name: None if name == "flash_attn" else find_spec(name)
+        importlib.util,
+        "find_spec",
+        lambda name, package=None: None if name == "flash_attn" else find_spec(name, package),
     )
     recipe = tmp_path / "sft.yaml"
     model = tmp_path / "model"

@@ -25,7 +25,7 @@ from reasoningner.cli import main
 from reasoningner.configs import GenerationArguments, PromptArguments, PromptContract
 from reasoningner.formats import FORMATS, get_format
 from reasoningner.generation import Completion, Conversation, ConversationFailed, Generator, SamplingConfig
-from reasoningner.predict import FAILED, Entity, NERModel, Prediction, flat_entities, windows
+from reasoningner.predict import Entity, NERModel, Prediction, flat_entities, windows
 from reasoningner.prompts import wording
 from reasoningner.spans import Example, Schema, Span
 
@@ -200,7 +200,8 @@ def test_greedy_prediction_scores_one_and_predict_entities_takes_one_text() -> N
     prediction = model.predict_entities(MEETING, ["person", "location"])
     assert triples(prediction) == [("Bob", "person", 1.0), ("Ann", "person", 1.0), ("Paris", "location", 1.0)]
     assert model.predict([MEETING], ["person", "location"]) == [prediction]
-    assert [sampling for _, sampling in generator.calls] == [SamplingConfig(max_new_tokens=1024)] * 2
+    assert model.predict(iter([MEETING]), ["person", "location"]) == [prediction]  # type: ignore[arg-type]
+    assert [sampling for _, sampling in generator.calls] == [SamplingConfig(max_new_tokens=1024)] * 3
     with pytest.raises(TypeError, match="one text"):
         model.predict_entities([MEETING], ["person"])  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="every text must be a string"):
@@ -715,11 +716,17 @@ def test_the_tiny_model_s_byte_level_tokens_cut_a_chinese_text_into_windows_that
         fitted = generator.prompt_tokens([model.conversation(text[a:b], schema) for _, a, b in pieces])
         assert max(fitted) <= 2048 - 1400 and len(pieces) > len(by_characters)
         assert "".join(text[a:b] for _, a, b in pieces) == text
-        # Asked through generate, every window fits: no window is given up on.
-        [chinese] = NERModel(generator, sampling=SamplingConfig(max_new_tokens=1400)).predict(
-            [text[:300]], schema
-        )
-        assert FAILED not in {problem.kind for problem in chinese.problems}
+        # predict asks generate windows that each fit (the backend would not refuse one that did not).
+        asked: list[Conversation] = []
+        generate_outcomes = generator.generate_outcomes
+
+        def recorded(conversations, sampling, *args):
+            asked.extend(conversations)
+            return generate_outcomes(conversations, sampling, *args)
+
+        generator.generate_outcomes = recorded  # type: ignore[method-assign]
+        NERModel(generator, sampling=SamplingConfig(max_new_tokens=1400)).predict([text[:300]], schema)
+        assert len(asked) > 1 and max(generator.prompt_tokens(asked)) <= 2048 - 1400
 
 
 def test_the_transformers_backend_knows_its_context(tiny_model_dir: Path) -> None:
