@@ -417,16 +417,9 @@ class TrainerStart(NamedTuple):
     upstream: list[str]  # the data sources of a Hub model it starts from (its published manifest's)
 
 
-def start_trainer_stage(
-    stage: str, script_args: Any, prompt: PromptArguments, training_args: Any, model_args: Any
-) -> TrainerStart:
-    """What SFT and GRPO do before any model loads, so that a mistake costs seconds, not a model load:
-    keep secrets out of every record, seed, refuse a dead extension build's lock, start DeepSpeed on
-    CPU, check the model exists, join the pipeline's W&B group, resolve the prompt against the model's
-    contract (its folder's, or its Hub repository's at `model_revision`), and claim the output folder
-    (`tracking.claim_output_dir`), saying where training starts."""
-    keep_secrets_out(training_args)
-    main_process = training_args.process_index == 0
+def check_resumable(training_args: Any) -> None:
+    """Refuse the Trainer settings under which a killed run would not resume as one never killed, and warn
+    of `save_only_model`, which resumes with a fresh optimizer."""
     if training_args.save_only_model:
         logger.warning(
             "save_only_model: checkpoints hold no optimizer or scheduler state, so a run resumed from one "
@@ -453,6 +446,36 @@ def start_trainer_stage(
             "save_total_limit 1 with load_best_model_at_end deletes the last checkpoint at the end, and a "
             "relaunch would train again from the best one: use save_total_limit 2"
         )
+
+
+def publish_target(script_args: Any, training_args: Any, model_args: Any) -> str | None:
+    """The Hub repository `push_to_hub` publishes the final model to, made now by the main process (a
+    missing login fails before training, not after it; called after the checks that refuse a run, which
+    would leave it empty). The final model goes with its card and contract (`finish_trainer_stage`), not
+    by the Trainer, which would push TRL's card with every save: its `push_to_hub` is turned off."""
+    push_to = None
+    if training_args.push_to_hub:
+        check_publishable(script_args, model_args)
+        # By default named after the run's folder and its parent (qwen3-8b-sft): `sft` alone would
+        # send every model of one stage to one repository.
+        push_to = training_args.hub_model_id or run_folder(training_args.output_dir).replace("/", "-")
+        if training_args.process_index == 0:
+            push_to = hub_repository(push_to, training_args.output_dir, training_args.hub_private_repo)
+    training_args.push_to_hub = False
+    return push_to
+
+
+def start_trainer_stage(
+    stage: str, script_args: Any, prompt: PromptArguments, training_args: Any, model_args: Any
+) -> TrainerStart:
+    """What SFT and GRPO do before any model loads, so that a mistake costs seconds, not a model load:
+    keep secrets out of every record, seed, refuse a dead extension build's lock, start DeepSpeed on
+    CPU, check the model exists, join the pipeline's W&B group, resolve the prompt against the model's
+    contract (its folder's, or its Hub repository's at `model_revision`), and claim the output folder
+    (`tracking.claim_output_dir`), saying where training starts."""
+    keep_secrets_out(training_args)
+    main_process = training_args.process_index == 0
+    check_resumable(training_args)
     set_seed(training_args.seed)
     stale = stale_build_locks()
     if stale:  # DeepSpeed would wait on it without a word, for the whole allocation
@@ -460,18 +483,7 @@ def start_trainer_stage(
     start_deepspeed_on_cpu(training_args)
     check_saved_weights(training_args, model_args)
     require_model(model_args.model_name_or_path)
-    # After the checks that refuse a run, which would leave an empty Hub repository. The final model is
-    # published with its card and contract (`finish_trainer_stage`), not by the Trainer, which would
-    # push TRL's card with every save.
-    push_to = None
-    if training_args.push_to_hub:
-        check_publishable(script_args, model_args)
-        # By default named after the run's folder and its parent (qwen3-8b-sft): `sft` alone would
-        # send every model of one stage to one repository.
-        push_to = training_args.hub_model_id or run_folder(training_args.output_dir).replace("/", "-")
-        if main_process:
-            push_to = hub_repository(push_to, training_args.output_dir, training_args.hub_private_repo)
-    training_args.push_to_hub = False
+    push_to = publish_target(script_args, training_args, model_args)  # after the checks that refuse a run
     inputs = [*script_args.train_files, model_args.model_name_or_path]
     if wants_wandb(training_args.report_to):
         set_trainer_run(stage, training_args.output_dir, inputs)
