@@ -1,7 +1,8 @@
 """`make bench`: run every stage benchmark, one after the other, and gather their figures.
 
-Writes `benchmarks/results/summary.json` and `summary.md` with the machine's description. Each
-benchmark measures its own comparison side by side in one run; this only collects them.
+Writes `benchmarks/results/summary.json` and `summary.md`. Each benchmark measures its own comparison
+side by side in one run; this only collects them, each with when, at which commit and on what it ran
+(`--only` keeps the others' figures, with their own record).
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import platform
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+
+from reasoningner.tracking import git_commit, versions
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = {
@@ -28,25 +32,38 @@ BENCHMARKS = {
 }
 
 
-def machine() -> dict[str, str | int]:
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what `platform` knows: the same lock gives other figures on
+    another CPU."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def provenance() -> dict[str, object]:
+    """When, at which commit and on what a benchmark ran."""
+    packages = versions()
     return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git_commit()["commit"],
+        "cpu": cpu_model(),
         "cpus": os.cpu_count() or 0,
         "python": platform.python_version(),
-        "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        **{name: packages.get(name) for name in ("torch", "transformers", "trl")},
     }
 
 
 def markdown(summary: dict) -> str:
-    lines = [
-        "# reasoningner benchmarks",
-        "",
-        "Machine: " + ", ".join(f"{k} {v}" for k, v in summary["machine"].items()),
-    ]
+    lines = ["# reasoningner benchmarks"]
     for name, result in summary["results"].items():
-        lines += ["", f"## {name}", "", "```json", json.dumps(result, indent=2), "```"]
+        ran = result.get("ran")
+        where = ", ".join(f"{k} {v}" for k, v in ran.items()) if ran else "not recorded (before 2026-12-05)"
+        figures = {k: v for k, v in result.items() if k != "ran"}
+        lines += ["", f"## {name}", "", f"Ran: {where}", "", "```json", json.dumps(figures, indent=2), "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -65,11 +82,12 @@ def main() -> int:
         started = time.perf_counter()
         subprocess.run([sys.executable, str(HERE / script), *options, "--json", str(target)], check=True)
         seconds = round(time.perf_counter() - started, 1)
-        results[name] = {"figures": json.loads(target.read_text()), "wall_seconds": seconds}
-    summary = {
-        "machine": machine(),
-        "results": {name: results[name] for name in BENCHMARKS if name in results},
-    }
+        results[name] = {
+            "figures": json.loads(target.read_text()),
+            "wall_seconds": seconds,
+            "ran": provenance(),
+        }
+    summary = {"results": {name: results[name] for name in BENCHMARKS if name in results}}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (args.out / "summary.md").write_text(markdown(summary), encoding="utf-8")
     print(f"wrote {args.out / 'summary.json'} and {args.out / 'summary.md'}")
