@@ -4,7 +4,9 @@ loading and one warm-up batch excluded).
 
 Without --model, a random tiny model of the default size (the one stage 2 starts from) is built in a
 temporary folder: it never stops early, so every output runs to --max-new-tokens and batches carry no
-padding waste; a trained model stops at different lengths, which narrows the gain of batching.
+padding waste; a trained model stops at different lengths, which narrows the gain of batching. Every
+batch size evaluates `--repeats` times into fresh folders, the order reversed every other round; the
+figures are each one's median with its range, and the speed-up the ratio of medians.
 
     python benchmarks/bench_eval.py [--model PATH] [--sentences 64] [--batch-sizes 1 16] [--json out.json]
 """
@@ -12,6 +14,7 @@ padding waste; a trained model stops at different lengths, which narrows the gai
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 from pathlib import Path
@@ -38,43 +41,60 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed evaluations of each batch size")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as stack:
         model = args.model or build_tiny_model(
             Path(scratch) / "tiny", [e.text for e in read_dataset(TOKENIZER_CORPUS).examples]
         )
-        rows = []
-        for batch_size in args.batch_sizes:
-            with TransformersGenerator(model, batch_size=batch_size, dtype="float32") as generator:
-                warm_up = [[{"role": "user", "content": "Sentence: EU rejects German call ."}]] * batch_size
-                generator.generate(warm_up, SamplingConfig(max_new_tokens=args.max_new_tokens))
+        generators = {}
+        for batch_size in args.batch_sizes:  # loaded once each, warmed up with one batch
+            generator = stack.enter_context(
+                TransformersGenerator(model, batch_size=batch_size, dtype="float32")
+            )
+            warm_up = [[{"role": "user", "content": "Sentence: EU rejects German call ."}]] * batch_size
+            generator.generate(warm_up, SamplingConfig(max_new_tokens=args.max_new_tokens))
+            generators[batch_size] = generator
+        timed: dict[int, list[dict]] = {batch_size: [] for batch_size in args.batch_sizes}
+        for round_ in range(args.repeats):
+            for batch_size in args.batch_sizes if round_ % 2 == 0 else args.batch_sizes[::-1]:
                 eval_args = EvalArguments(
                     datasets=[{"path": str(DATA), "name": "conll2003"}],
                     limit=args.sentences,
-                    output_dir=str(Path(scratch) / f"eval-{batch_size}"),
+                    output_dir=str(Path(scratch) / f"eval-{batch_size}-{round_}"),  # fresh: nothing resumed
                 )
                 sampling = GenerationArguments(max_new_tokens=args.max_new_tokens)
-                generation = evaluate(eval_args, PromptArguments(), sampling, generator=generator).generation
-            rows.append(
-                {
-                    "batch_size": batch_size,
-                    "sentences": generation["sentences"],
-                    "seconds": generation["seconds"],
-                    "sentences_per_second": generation["sentences_per_second"],
-                    "tokens_per_second": generation["completion_tokens"] / generation["seconds"],
-                }
-            )
+                run = evaluate(eval_args, PromptArguments(), sampling, generator=generators[batch_size])
+                timed[batch_size].append(run.generation)
+    rows = []
+    for batch_size, runs in timed.items():
+        runs.sort(key=lambda generation: generation["seconds"])
+        generation = runs[len(runs) // 2]
+        rows.append(
+            {
+                "batch_size": batch_size,
+                "sentences": generation["sentences"],
+                "seconds": generation["seconds"],
+                "seconds_range": [runs[0]["seconds"], runs[-1]["seconds"]],
+                "sentences_per_second": generation["sentences_per_second"],
+                "tokens_per_second": generation["completion_tokens"] / generation["seconds"],
+            }
+        )
 
     base = rows[0]["sentences_per_second"]
     print(f"\nmodel {args.model or 'random tiny (default size)'}, {args.threads} torch thread(s), "
-          f"max_new_tokens {args.max_new_tokens}")  # fmt: skip
-    print(f"{'batch':>6} {'sentences':>10} {'seconds':>9} {'sent/s':>8} {'tok/s':>8} {'speed-up':>9}")
+          f"max_new_tokens {args.max_new_tokens}, median of {args.repeats}")  # fmt: skip
+    print(
+        f"{'batch':>6} {'sentences':>10} {'median s (range)':>20} {'sent/s':>8} {'tok/s':>8} {'speed-up':>9}"
+    )
     for row in rows:
+        low, high = row["seconds_range"]
+        spread = f"{row['seconds']:.2f} ({low:.2f}-{high:.2f})"
         print(
-            f"{row['batch_size']:>6} {row['sentences']:>10} {row['seconds']:>9.2f} "
+            f"{row['batch_size']:>6} {row['sentences']:>10} {spread:>20} "
             f"{row['sentences_per_second']:>8.2f} {row['tokens_per_second']:>8.1f} "
             f"{row['sentences_per_second'] / base:>8.2f}x"
         )

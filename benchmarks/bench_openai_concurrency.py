@@ -5,6 +5,8 @@ A batching server (vLLM, or transformers serve with continuous batching, the def
 concurrent requests together, so stage 1's throughput against a served teacher should scale with
 `max_concurrency`; a sequential server shows what is left: overlap of HTTP and tokenisation only.
 Without --model, a random tiny model is built in a temporary folder (its text is junk; only speed counts).
+Each concurrency runs `--repeats` times, the order reversed every other round, after one warm-up; the
+figures are each one's median with its range, and the speed-up the ratio of medians.
 
     python benchmarks/bench_openai_concurrency.py [--model PATH] [--concurrency 1 8] [--json out.json]
 """
@@ -109,6 +111,12 @@ def measure(base_url: str, concurrency: int, prompts: list, sampling: SamplingCo
     }
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run of median seconds, with the range of all of them."""
+    ordered = sorted(runs, key=lambda run: run["seconds"])
+    return {**ordered[len(ordered) // 2], "seconds_range": [ordered[0]["seconds"], ordered[-1]["seconds"]]}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -121,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="server torch threads (1: steady figures on a shared machine)"
     )
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each concurrency")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
@@ -132,21 +141,22 @@ def main(argv: list[str] | None = None) -> None:
             model, args.continuous_batching, args.threads, Path(tmp) / "serve.log"
         ) as base_url:
             measure(base_url, max(args.concurrency), prompts[:8], sampling)  # warm-up: load, first batch
-            runs = [measure(base_url, c, prompts, sampling) for c in args.concurrency]
+            timed: dict[int, list[dict]] = {c: [] for c in args.concurrency}
+            for round_ in range(args.repeats):
+                for c in args.concurrency if round_ % 2 == 0 else args.concurrency[::-1]:
+                    timed[c].append(measure(base_url, c, prompts, sampling))
+    runs = [median_run(timed[c]) for c in args.concurrency]
 
     mode = "continuous batching" if args.continuous_batching else "sequential"
     model_name = args.model or "tiny random"
     print(f"{args.sentences} sentences, max_new_tokens={args.max_new_tokens}, greedy decoding")
     print(f"transformers serve ({mode}) on CPU with {args.threads} thread(s), model: {model_name}")
-    print(f"{'concurrency':>11} {'seconds':>8} {'sentences/s':>12} {'tokens/s':>9}")
+    print(f"{'concurrency':>11} {'median s (range)':>20} {'sentences/s':>12} {'tokens/s':>9}")
     for run in runs:
-        c, secs, rate, tokens = (
-            run["concurrency"],
-            run["seconds"],
-            run["sentences_per_s"],
-            run["tokens_per_s"],
-        )
-        print(f"{c:>11} {secs:>8.2f} {rate:>12.2f} {tokens:>9.1f}")
+        low, high = run["seconds_range"]
+        spread = f"{run['seconds']:.2f} ({low:.2f}-{high:.2f})"
+        rate, tokens = f"{run['sentences_per_s']:.2f}", f"{run['tokens_per_s']:.1f}"
+        print(f"{run['concurrency']:>11} {spread:>20} {rate:>12} {tokens:>9}")
     speedup = runs[-1]["sentences_per_s"] / runs[0]["sentences_per_s"]
     print(f"speed-up, concurrency {runs[-1]['concurrency']} vs {runs[0]['concurrency']}: {speedup:.2f}x")
     if args.json:
@@ -155,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
             "max_new_tokens": args.max_new_tokens,
             "continuous_batching": args.continuous_batching,
             "server_threads": args.threads,
+            "repeats": args.repeats,
             "model": str(model_name),
             "runs": runs,
             "speedup": round(speedup, 2),
