@@ -238,6 +238,16 @@ def test_transformers_teacher_writes_scored_records(tmp_path, tiny_model_dir):
     assert json.loads((tmp_path / "report.json").read_text())["failed"] == 7
 
 
+def test_greedy_samples_are_one_answer_counted_once_and_said_so(tmp_path, tiny_model_dir):
+    """At temperature 0 a backend answers once and repeats it: its tokens were counted per copy, inflating
+    the throughput stage 1 logs, and nothing said that the samples could not differ."""
+    args = transformers_args(tmp_path, tiny_model_dir)
+    done = run_stage(*args, "--samples_per_sentence", "3", "--datasets", str(DATA / "conll2003_mini.txt"))
+    assert "the 3 samples per sentence are one greedy answer repeated" in done.stderr
+    records = read_records(tmp_path / "annotations.jsonl")
+    assert records and all(r["completion_tokens"] == 24 for r in records)  # one reply of max_new_tokens
+
+
 def test_a_run_killed_mid_way_resumes_to_the_same_result(tmp_path, tiny_model_dir):
     clean = tmp_path / "clean"
     run_stage(*transformers_args(clean, tiny_model_dir))
