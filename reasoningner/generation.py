@@ -79,7 +79,7 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError(f"n must be at least 1, got {self.n}")
-        if self.temperature < 0:
+        if not self.temperature >= 0:  # NaN too: neither greedy nor a sampling temperature
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")

@@ -93,7 +93,8 @@ def git_commit(root: Path = CHECKOUT) -> dict[str, Any]:
     try:
         run(["git", "ls-files", "--error-unmatch", "reasoningner/tracking.py"])
         commit = run(["git", "rev-parse", "HEAD"]).stdout.strip()
-        dirty = bool(run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip())
+        # This code's folder only: a monorepo's changes elsewhere are not this code's.
+        dirty = bool(run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."]).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         return {"commit": os.environ.get("REASONINGNER_GIT_COMMIT") or None, "dirty": None}
     return {"commit": commit, "dirty": dirty}

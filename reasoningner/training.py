@@ -450,9 +450,9 @@ def check_resumable(training_args: Any) -> None:
 
 def publish_target(script_args: Any, training_args: Any, model_args: Any) -> str | None:
     """The Hub repository `push_to_hub` publishes the final model to, made now by the main process (a
-    missing login fails before training, not after it; called after the checks that refuse a run, which
-    would leave it empty). The final model goes with its card and contract (`finish_trainer_stage`), not
-    by the Trainer, which would push TRL's card with every save: its `push_to_hub` is turned off."""
+    missing login fails before training, not after it). The final model goes with its card and contract
+    (`finish_trainer_stage`), not by the Trainer, which would push TRL's card with every save: its
+    `push_to_hub` is turned off."""
     push_to = None
     if training_args.push_to_hub:
         check_publishable(script_args, model_args)
@@ -483,7 +483,9 @@ def start_trainer_stage(
     start_deepspeed_on_cpu(training_args)
     check_saved_weights(training_args, model_args)
     require_model(model_args.model_name_or_path)
-    push_to = publish_target(script_args, training_args, model_args)  # after the checks that refuse a run
+    # After the checks of the arguments and the model; a contract or output folder refused below still
+    # leaves the repository empty, which the next run fills.
+    push_to = publish_target(script_args, training_args, model_args)
     inputs = [*script_args.train_files, model_args.model_name_or_path]
     if wants_wandb(training_args.report_to):
         set_trainer_run(stage, training_args.output_dir, inputs)

@@ -694,6 +694,7 @@ def test_unknown_backend_and_bad_sampling_are_refused() -> None:
     for bad, refusal in (
         (dict(n=0), "n must be at least 1, got 0"),
         (dict(temperature=-1.0), "temperature must be >= 0, got -1.0"),
+        (dict(temperature=float("nan")), "temperature must be >= 0, got nan"),
         (dict(top_p=0.0), r"top_p must be in \(0, 1\], got 0.0"),
         (dict(max_new_tokens=0), "max_new_tokens must be at least 1, got 0"),
     ):

@@ -390,14 +390,31 @@ def test_the_commit_is_the_checkout_s_or_in_the_image_the_one_it_was_built_from(
     checkout = tracking.git_commit()
     assert checkout["commit"] and len(checkout["commit"]) == 40
     image = tmp_path / "workspace"  # the image's copy of the repository has no .git
-    image.mkdir()
-    # ... and may sit in another repository (a mounted home): not the commit of the code that ran.
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=a", "-c", "user.email=a@b", "-c",
-                    "commit.gpgsign=false", "commit", "-q", "--no-verify", "--allow-empty", "-m", "around"],
-                   check=True)  # fmt: skip
+    (image / "reasoningner").mkdir(parents=True)
+    (image / "reasoningner" / "tracking.py").write_text("# the code\n")
+    (tmp_path / "notes.txt").write_text("mine\n")
+
+    def git(*args: str) -> str:
+        command = ["git", "-C", str(tmp_path), "-c", "user.name=a", "-c", "user.email=a@b", "-c",
+                   "commit.gpgsign=false", *args]  # fmt: skip
+        return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()
+
+    # ... and may sit in another repository (a mounted home) that does not track it: not its commit.
+    git("init", "-q")
+    git("add", "notes.txt")
+    git("commit", "-q", "--no-verify", "-m", "around")
     monkeypatch.delenv("REASONINGNER_GIT_COMMIT", raising=False)
     assert tracking.git_commit(image) == {"commit": None, "dirty": None}
+    # A repository that tracks the code as a folder (a monorepo) is its code's: changes elsewhere in it
+    # are not this code's.
+    git("add", "workspace")
+    git("commit", "-q", "--no-verify", "-m", "the code")
+    (tmp_path / "notes.txt").write_text("changed\n")
+    assert tracking.git_commit(image) == {"commit": git("rev-parse", "HEAD"), "dirty": False}
+    (image / "reasoningner" / "tracking.py").write_text("# changed\n")
+    assert tracking.git_commit(image)["dirty"] is True
+    git("rm", "-q", "--cached", "-r", "workspace")
+    git("commit", "-q", "--no-verify", "-m", "untracked again")
     monkeypatch.setenv("REASONINGNER_GIT_COMMIT", "")  # an image built without --build-arg GIT_COMMIT
     assert tracking.git_commit(image) == {"commit": None, "dirty": None}
     monkeypatch.setenv("REASONINGNER_GIT_COMMIT", "0" * 40)  # docker build --build-arg GIT_COMMIT=...
