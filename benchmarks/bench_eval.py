@@ -41,9 +41,13 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed evaluations of each batch size")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed evaluations of each batch size (odd: the median is one)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    if args.repeats < 1 or args.repeats % 2 == 0:
+        parser.error(f"--repeats must be odd, so that the median is one run: got {args.repeats}")
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as stack:
@@ -76,6 +80,7 @@ def main() -> None:
         rows.append(
             {
                 "batch_size": batch_size,
+                "threads": args.threads,
                 "sentences": generation["sentences"],
                 "seconds": generation["seconds"],
                 "seconds_range": [runs[0]["seconds"], runs[-1]["seconds"]],

@@ -129,9 +129,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="server torch threads (1: steady figures on a shared machine)"
     )
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each concurrency")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs of each concurrency (odd: the median is one)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.repeats % 2 == 0:
+        parser.error(f"--repeats must be odd, so that the median is one run: got {args.repeats}")
 
     prompts = conversations(args.sentences)
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)

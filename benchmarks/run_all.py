@@ -17,8 +17,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import torch
-
 from reasoningner.tracking import git_commit, versions
 
 HERE = Path(__file__).resolve().parent
@@ -48,11 +46,10 @@ def provenance() -> dict[str, object]:
     packages = versions()
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": git_commit()["commit"],
+        **git_commit(),  # commit, and whether the checkout had uncommitted changes
         "cpu": cpu_model(),
         "cpus": os.cpu_count() or 0,
         "python": platform.python_version(),
-        "torch_threads": torch.get_num_threads(),
         **{name: packages.get(name) for name in ("torch", "transformers", "trl")},
     }
 
