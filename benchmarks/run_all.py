@@ -42,7 +42,7 @@ def cpu_model() -> str:
 
 
 def provenance() -> dict[str, object]:
-    """When, at which commit and on what a benchmark ran."""
+    """When, at which commit and on what the benchmarks of one `run_all` ran (taken as it starts)."""
     packages = versions()
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -73,6 +73,8 @@ def main() -> int:
     previous = args.out / "summary.json"
     # --only reruns some benchmarks; the others keep their last figures.
     results = json.loads(previous.read_text())["results"] if previous.is_file() else {}
+    # Taken before any result is written: the results are tracked files, and would make the code look dirty.
+    ran = provenance()
     for name in args.only:
         script, *options = BENCHMARKS[name]
         target = args.out / f"{name}.json"
@@ -82,7 +84,7 @@ def main() -> int:
         results[name] = {
             "figures": json.loads(target.read_text()),
             "wall_seconds": seconds,
-            "ran": provenance(),
+            "ran": ran,
         }
     summary = {"results": {name: results[name] for name in BENCHMARKS if name in results}}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
