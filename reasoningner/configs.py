@@ -769,7 +769,8 @@ def check_contamination(args: EvalArguments, training: list[str]) -> None:
     """An evaluation set that shares a file, a hub dataset or a corpus family (every CrossNER domain
     is one) with the model's training data is refused, or with `allow_overlap` reported as in-domain
     (`args.in_domain`, in results.json): a zero-shot number must not hide a trained-on set."""
-    found = overlaps(training, eval_sources(args.datasets))
+    evaluated = eval_sources(args.datasets)
+    found = overlaps(training, evaluated)
     if found and not args.allow_overlap:
         raise ValueError(
             "evaluation data overlaps the model's training data: "
@@ -777,9 +778,7 @@ def check_contamination(args: EvalArguments, training: list[str]) -> None:
             + ". Evaluate other sets, or set allow_overlap: true to report these as in-domain"
         )
     args.in_domain = found
-    args.in_domain_sources = [
-        source for source in eval_sources(args.datasets) if overlaps(training, [source])
-    ]
+    args.in_domain_sources = [source for source in evaluated if overlaps(training, [source])]
     for message in found:
         logger.warning("in-domain: %s", message)
 

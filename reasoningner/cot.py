@@ -518,16 +518,14 @@ def _outcomes(
             yield task, gold_template_sample(task.example, output_format, args.template_context_words)
         return
     sampling = generation.sampling(n=args.samples_per_sentence)
-    # Greedy, a backend answers once and repeats the answer n times (`Generator.generate_outcomes`).
-    generated_once = sampling.temperature == 0
-    if generated_once and sampling.n > 1:
+    if sampling.greedy and sampling.n > 1:
         logger.warning(
             "temperature 0: the %d samples per sentence are one greedy answer repeated; set a temperature "
             "above 0 to sample different ones",
             sampling.n,
         )
     mode: MatchMode = args.match_mode  # type: ignore[assignment]
-    local_greedy = generation.temperature == 0 and generation.backend != "openai"
+    local_greedy = sampling.greedy and generation.backend != "openai"
     retries = 0 if local_greedy else INCOMPLETE_RETRIES
     failed_in_a_row, answered = 0, False
     asked: Counter[str] = Counter()  # tries of each sentence in this run
@@ -581,8 +579,9 @@ def _outcomes(
                     raise _Requeue(f"cot: {down}") if answered and in_job() else down
                 continue
             failed_in_a_row, replies = 0, replies + 1
+            # Greedy, the backend answered once and repeated it: its tokens count once.
             spent[task.key] += (
-                outcome[0].completion_tokens if generated_once else sum(c.completion_tokens for c in outcome)
+                outcome[0].completion_tokens if sampling.greedy else sum(c.completion_tokens for c in outcome)
             )
             usable = [(i, c) for i, c in enumerate(outcome) if unusable(c) is None]
             if usable:

@@ -76,6 +76,11 @@ class SamplingConfig:
     max_new_tokens: int = 512
     seed: int | None = 0
 
+    @property
+    def greedy(self) -> bool:
+        """Decoding without sampling: n answers are one answer repeated (`Generator.generate_outcomes`)."""
+        return self.temperature == 0
+
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError(f"n must be at least 1, got {self.n}")
@@ -158,7 +163,7 @@ class Generator(ABC):
             seeds = [sampling.seed] * len(conversations)
         elif len(seeds) != len(conversations):
             raise ValueError(f"{len(seeds)} seeds for {len(conversations)} conversations")
-        if sampling.temperature > 0 or sampling.n == 1:
+        if not sampling.greedy or sampling.n == 1:
             yield from self._generate(conversations, sampling, seeds)
             return
         for index, outcome in self._generate(conversations, replace(sampling, n=1), seeds):

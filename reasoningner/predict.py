@@ -526,7 +526,7 @@ class NERModel:
         # A lone surrogate (from surrogateescape decoding, or a JSON "\\ud800") fails the tokenizer of
         # the whole batch: the model is asked with U+FFFD in its place, one character for one, so that
         # offsets still slice the text given.
-        asked: list[str] = without_lone_surrogates(list(texts))
+        asked: list[str] = without_lone_surrogates(texts)
         size = self._window_size(schema) if any(text.strip() for text in asked) else 0
         pieces = self.fit_to_context(
             asked,

@@ -305,13 +305,14 @@ def _bio_spans(tokens: Sequence[str], tags: Sequence[str]) -> tuple[str, list[Sp
             current = None
     if current is not None:
         close(len(tags) - 1)
-    repaired = [
-        f"entities opened by I- or E-: {opened} (IOB1 tags, or tagging errors), read as B-" if opened else "",
-        f"label changes inside an entity (I-Y after B-X or I-X): {changed}, each read as a new entity"
-        if changed
-        else "",
-    ]
-    return " ".join(tokens), spans, ["; ".join(filter(None, repaired))] if opened or changed else []
+    repairs = []
+    if opened:
+        repairs.append(f"entities opened by I- or E-: {opened} (IOB1 tags, or tagging errors), read as B-")
+    if changed:
+        repairs.append(
+            f"label changes inside an entity (I-Y after B-X or I-X): {changed}, each read as a new entity"
+        )
+    return " ".join(tokens), spans, ["; ".join(repairs)] if repairs else []
 
 
 def _conll_sentences(text: str) -> Iterator[list[tuple[int, str]]]:

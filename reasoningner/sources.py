@@ -557,9 +557,8 @@ def resolvable(spec: str) -> tuple[bool, str]:
     source = parse_source(spec)
     if source.local:
         return Path(source.location).expanduser().exists(), f"local {source.location}"
-    if hub_cached(source.repo or "") and not (
-        source.revision and not datasets_offline()
-    ):  # a revision is asked
+    # A pinned revision is asked of the hub, where it can be: the cache may hold another commit.
+    if hub_cached(source.repo or "") and not (source.revision and not datasets_offline()):
         return True, "in the Hugging Face cache"
     if datasets_offline():
         why = "datasets is offline (HF_DATASETS_OFFLINE, HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE)"
