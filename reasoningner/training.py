@@ -418,12 +418,15 @@ class TrainerStart(NamedTuple):
 
 
 def check_resumable(training_args: Any) -> None:
-    """Refuse the Trainer settings under which a killed run would not resume as one never killed, and warn
-    of `save_only_model`, which resumes with a fresh optimizer."""
+    """Refuse the Trainer settings under which a killed run would not resume as one never killed."""
     if training_args.save_only_model:
-        logger.warning(
-            "save_only_model: checkpoints hold no optimizer or scheduler state, so a run resumed from one "
-            "restarts both (transformers says nothing then): a killed run does not train as one never killed"
+        # transformers (5.24) then saves neither the optimizer and scheduler nor the RNG states (and so not
+        # `_ResumeRecord`'s data order): a resumed run restarts Adam's moments and may train examples twice;
+        # under DeepSpeed it cannot resume at all ("Can't find a valid checkpoint"), days into a run.
+        raise ValueError(
+            "save_only_model: checkpoints without the optimizer, scheduler and random states cannot resume "
+            "a run as if never killed (under DeepSpeed not at all): leave it false, and bound the disk "
+            "checkpoints take with save_total_limit"
         )
     if training_args.enable_jit_checkpoint:
         # transformers' own save at SIGTERM: each process on its own, inside a step or a GRPO generation

@@ -884,7 +884,8 @@ def test_a_relaunch_saves_at_its_own_save_steps_and_a_best_model_run_keeps_its_l
     """transformers resumes with the checkpoint's save, eval and logging steps: a relaunch that changes
     them (allowed) kept the old ones. And with load_best_model_at_end, save_total_limit 1 deletes the
     last checkpoint at the end, so that the finished run, relaunched, trained again: refused, as are
-    node-local checkpoints (save_on_each_node) and transformers' own save at SIGTERM."""
+    checkpoints without optimizer state (save_only_model), node-local ones (save_on_each_node) and
+    transformers' own save at SIGTERM."""
     stage = load_stage("sft")
     out = tmp_path / "sft"
 
@@ -904,9 +905,8 @@ def test_a_relaunch_saves_at_its_own_save_steps_and_a_best_model_run_keeps_its_l
         "checkpoint-3",
         "checkpoint-6",
     ]
-    with caplog.at_level(logging.WARNING, logger="reasoningner.training"):
-        sft("--max_steps", "6", "--save_only_model", "true")  # finished: nothing trained, but warned
-    assert "save_only_model: checkpoints hold no optimizer or scheduler state" in caplog.text
+    with pytest.raises(ValueError, match="save_only_model: checkpoints without the optimizer, scheduler"):
+        sft("--max_steps", "6", "--save_only_model", "true")
     created: list[str] = []
     monkeypatch.setattr(training, "hub_repository", lambda name, *_: created.append(name) or name)
     with pytest.raises(ValueError, match="save_on_each_node: runs resume from the main process's"):
