@@ -452,18 +452,15 @@ def check_resumable(training_args: Any) -> None:
 
 
 def publish_target(script_args: Any, training_args: Any, model_args: Any) -> str | None:
-    """The Hub repository `push_to_hub` publishes the final model to, made now by the main process (a
-    missing login fails before training, not after it). The final model goes with its card and contract
-    (`finish_trainer_stage`), not by the Trainer, which would push TRL's card with every save: its
-    `push_to_hub` is turned off."""
+    """The name of the Hub repository `push_to_hub` publishes the final model to (`start_trainer_stage`
+    makes it before training). The final model goes with its card and contract (`finish_trainer_stage`),
+    not by the Trainer, which would push TRL's card with every save: its `push_to_hub` is turned off."""
     push_to = None
     if training_args.push_to_hub:
         check_publishable(script_args, model_args)
         # By default named after the run's folder and its parent (qwen3-8b-sft): `sft` alone would
         # send every model of one stage to one repository.
         push_to = training_args.hub_model_id or run_folder(training_args.output_dir).replace("/", "-")
-        if training_args.process_index == 0:
-            push_to = hub_repository(push_to, training_args.output_dir, training_args.hub_private_repo)
     training_args.push_to_hub = False
     return push_to
 
@@ -474,8 +471,8 @@ def start_trainer_stage(
     """What SFT and GRPO do before any model loads, so that a mistake costs seconds, not a model load:
     keep secrets out of every record, seed, refuse a dead extension build's lock, start DeepSpeed on
     CPU, check the model exists, join the pipeline's W&B group, resolve the prompt against the model's
-    contract (its folder's, or its Hub repository's at `model_revision`), and claim the output folder
-    (`tracking.claim_output_dir`), saying where training starts."""
+    contract (its folder's, or its Hub repository's at `model_revision`), claim the output folder
+    (`tracking.claim_output_dir`), make the Hub repository it publishes to, and say where training starts."""
     keep_secrets_out(training_args)
     main_process = training_args.process_index == 0
     check_resumable(training_args)
@@ -486,8 +483,6 @@ def start_trainer_stage(
     start_deepspeed_on_cpu(training_args)
     check_saved_weights(training_args, model_args)
     require_model(model_args.model_name_or_path)
-    # After the checks of the arguments and the model; a contract or output folder refused below still
-    # leaves the repository empty, which the next run fills.
     push_to = publish_target(script_args, training_args, model_args)
     inputs = [*script_args.train_files, model_args.model_name_or_path]
     if wants_wandb(training_args.report_to):
@@ -526,6 +521,10 @@ def start_trainer_stage(
         stale=TRAINER_OUTPUTS,
         write=main_process,
     )
+    if push_to and main_process:
+        # Made (or checked to be this run's) now, after every other check: a missing login or a name the
+        # account may not use fails before training, not after it, and a refused run makes no repository.
+        push_to = hub_repository(push_to, training_args.output_dir, training_args.hub_private_repo)
     # Rank 0's: a node that sees other files (a node-local or lagging output folder) would resume from
     # another step, or load other shards, and the ranks would hang or train on misaligned batches.
     checkpoint = from_main_process(last_checkpoint(training_args.output_dir) if resume else None)

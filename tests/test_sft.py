@@ -575,9 +575,20 @@ def test_publishing_asks_the_hub_before_training_and_refuses_an_adapter_no_one_e
     args = stage_args(model_dir, cot_file, out, max_steps=2, lr=1e-3)
     with pytest.raises(LocalTokenNotFoundError):
         run_stage(*args, "--push_to_hub", "true")
-    assert not out.exists()  # before anything was trained or claimed
+    assert trained(out) == []
     with pytest.raises(ValueError, match=f"push_to_hub of a LoRA adapter on the local model {model_dir}"):
         run_stage(*args, *LORA, "--push_to_hub", "true")
+    # A run the output folder refuses (another run's outputs there) makes no repository.
+    run_stage(*args)
+    uploads = fake_hub(monkeypatch)
+    with pytest.raises(ValueError, match="holds a run with other settings"):
+        run_stage(*stage_args(model_dir, cot_file, out, max_steps=2, lr=2e-3), "--push_to_hub", "true")
+    assert uploads == []
+
+
+def trained(out: Path) -> list[str]:
+    """What a trainer stage left in `out` beyond its claim of the folder."""
+    return sorted(p.name for p in out.glob("*") if p.name != "run_settings.json")
 
 
 def test_publishing_refuses_before_training_a_repository_holding_another_model(
@@ -595,7 +606,7 @@ def test_publishing_refuses_before_training_a_repository_holding_another_model(
     fake_hub(monkeypatch, {"manifest.json": ours_elsewhere})
     with pytest.raises(ValueError, match=r"published from .*other/sft"):
         run_stage(*args, "--hub_model_id", "mine")
-    assert not out.exists()  # nothing trained or claimed
+    assert trained(out) == []
     uploads = fake_hub(monkeypatch, {"manifest.json": json.dumps({"config": {"output_dir": str(out)}})})
     run_stage(*args, "--hub_model_id", "mine")
     assert uploads[-1]["repo_id"] == "me/mine"
