@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from timing import add_repeats, check_repeats, median_run, rounds
 
 from reasoningner.configs import EvalArguments, GenerationArguments, PromptArguments
 from reasoningner.evaluate import evaluate
@@ -41,13 +42,10 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
-    parser.add_argument(
-        "--repeats", type=int, default=3, help="timed evaluations of each batch size (odd: the median is one)"
-    )
+    add_repeats(parser, "evaluations of each batch size")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    if args.repeats < 1 or args.repeats % 2 == 0:
-        parser.error(f"--repeats must be odd, so that the median is one run: got {args.repeats}")
+    check_repeats(parser, args.repeats)
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as stack:
@@ -63,27 +61,25 @@ def main() -> None:
             generator.generate(warm_up, SamplingConfig(max_new_tokens=args.max_new_tokens))
             generators[batch_size] = generator
         timed: dict[int, list[dict]] = {batch_size: [] for batch_size in args.batch_sizes}
-        for round_ in range(args.repeats):
-            for batch_size in args.batch_sizes if round_ % 2 == 0 else args.batch_sizes[::-1]:
-                eval_args = EvalArguments(
-                    datasets=[{"path": str(DATA), "name": "conll2003"}],
-                    limit=args.sentences,
-                    output_dir=str(Path(scratch) / f"eval-{batch_size}-{round_}"),  # fresh: nothing resumed
-                )
-                sampling = GenerationArguments(max_new_tokens=args.max_new_tokens)
-                run = evaluate(eval_args, PromptArguments(), sampling, generator=generators[batch_size])
-                timed[batch_size].append(run.generation)
+        for round_, batch_size in rounds(args.batch_sizes, args.repeats):
+            eval_args = EvalArguments(
+                datasets=[{"path": str(DATA), "name": "conll2003"}],
+                limit=args.sentences,
+                output_dir=str(Path(scratch) / f"eval-{batch_size}-{round_}"),  # fresh: nothing resumed
+            )
+            sampling = GenerationArguments(max_new_tokens=args.max_new_tokens)
+            run = evaluate(eval_args, PromptArguments(), sampling, generator=generators[batch_size])
+            timed[batch_size].append(run.generation)
     rows = []
     for batch_size, runs in timed.items():
-        runs.sort(key=lambda generation: generation["seconds"])
-        generation = runs[len(runs) // 2]
+        generation = median_run(runs)
         rows.append(
             {
                 "batch_size": batch_size,
                 "threads": args.threads,
                 "sentences": generation["sentences"],
                 "seconds": generation["seconds"],
-                "seconds_range": [runs[0]["seconds"], runs[-1]["seconds"]],
+                "seconds_range": generation["seconds_range"],
                 "sentences_per_second": generation["sentences_per_second"],
                 "tokens_per_second": generation["completion_tokens"] / generation["seconds"],
             }

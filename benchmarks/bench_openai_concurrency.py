@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from timing import add_repeats, check_repeats, median_run, rounds
 
 from reasoningner.generation import OpenAIGenerator, SamplingConfig
 from reasoningner.tiny_model import build_tiny_model
@@ -111,12 +112,6 @@ def measure(base_url: str, concurrency: int, prompts: list, sampling: SamplingCo
     }
 
 
-def median_run(runs: list[dict]) -> dict:
-    """The run of median seconds, with the range of all of them."""
-    ordered = sorted(runs, key=lambda run: run["seconds"])
-    return {**ordered[len(ordered) // 2], "seconds_range": [ordered[0]["seconds"], ordered[-1]["seconds"]]}
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -129,13 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="server torch threads (1: steady figures on a shared machine)"
     )
-    parser.add_argument(
-        "--repeats", type=int, default=3, help="timed runs of each concurrency (odd: the median is one)"
-    )
+    add_repeats(parser, "runs of each concurrency")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.repeats % 2 == 0:
-        parser.error(f"--repeats must be odd, so that the median is one run: got {args.repeats}")
+    check_repeats(parser, args.repeats)
 
     prompts = conversations(args.sentences)
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)
@@ -146,9 +138,8 @@ def main(argv: list[str] | None = None) -> None:
         ) as base_url:
             measure(base_url, max(args.concurrency), prompts[:8], sampling)  # warm-up: load, first batch
             timed: dict[int, list[dict]] = {c: [] for c in args.concurrency}
-            for round_ in range(args.repeats):
-                for c in args.concurrency if round_ % 2 == 0 else args.concurrency[::-1]:
-                    timed[c].append(measure(base_url, c, prompts, sampling))
+            for _, c in rounds(args.concurrency, args.repeats):
+                timed[c].append(measure(base_url, c, prompts, sampling))
     runs = [median_run(timed[c]) for c in args.concurrency]
 
     mode = "continuous batching" if args.continuous_batching else "sequential"

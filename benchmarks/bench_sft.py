@@ -12,12 +12,14 @@ padding-free batches without packing, and truncating conversations cuts off answ
 
 Every arm trains the same number of steps, by default one epoch, so that all see the same conversations
 (length grouping puts the longest batches first: over fewer steps the arms would see different samples).
-Reported: supervised tokens per second (labels != -100) over all steps, and the share of padding positions
-per batch. Without --annotations, stage 1's gold-template teacher annotates the CoNLL-2003 slice in the
-repository; without --model, a random tiny model is built with the `reasoningner tiny-model` sizes (only
-speed counts).
+Each arm trains `--repeats` times from the same model (`timing`: the order reversed every other round, so
+that the first run's one-time costs and a drifting machine favour no arm). Reported: each arm's median run
+by seconds, with the range: supervised tokens per second (labels != -100) over all steps, and the share of
+padding positions per batch. Without --annotations, stage 1's gold-template teacher annotates the
+CoNLL-2003 slice in the repository; without --model, a random tiny model is built with the
+`reasoningner tiny-model` sizes (only speed counts).
 
-    python benchmarks/bench_sft.py [--conversations 512] [--steps N] [--arms ...] [--json out.json]
+    python benchmarks/bench_sft.py [--conversations 512] [--steps N] [--arms ...] [--repeats 3] [--json F]
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 import torch
 import yaml
 from datasets import Dataset
+from timing import add_repeats, check_repeats, median_run, rounds
 from transformers import AutoTokenizer, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
@@ -91,9 +94,9 @@ def recording(
 def run_arm(
     name: str, model: Path, conversations: list[dict[str, Any]], recipe: dict[str, Any], steps: int, out: Path
 ) -> dict[str, Any]:
-    """Train `steps` steps with one arm's batching; return its throughput and padding."""
+    """Train `steps` steps with one arm's batching, in `out`; return its throughput and padding."""
     args = SFTConfig(
-        output_dir=str(out / name),
+        output_dir=str(out),
         assistant_only_loss=True,
         max_length=None,
         per_device_train_batch_size=recipe["per_device_train_batch_size"],
@@ -172,7 +175,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
         "sampler",
         "sup tok/s",
         "pos/s",
-        "s/step",
+        "median s/step (range)",
         "pad mean",
         "pad max",
         "pos/batch",
@@ -184,7 +187,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
             r["sampler"],
             f"{r['supervised_tokens_per_s']:.0f}",
             f"{r['positions_per_s']:.0f}",
-            f"{r['seconds_per_step']:.3f}",
+            f"{r['seconds_per_step']:.3f} ({r['seconds_range'][0] / r['steps']:.3f}-"
+            f"{r['seconds_range'][1] / r['steps']:.3f})",
             f"{r['padding_mean']:.1%}",
             f"{r['padding_max']:.1%}",
             f"{r['positions_per_batch']:.0f}",
@@ -206,8 +210,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="optimizer steps per arm (default: one epoch)")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    add_repeats(parser, "trainings of each arm")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    check_repeats(parser, args.repeats)
     torch.set_num_threads(args.threads)
     recipe = yaml.safe_load(RECIPE.read_text())
 
@@ -215,13 +221,17 @@ def main() -> None:
         work = Path(tmp)
         model, conversations = prepare(args, work, recipe)
         steps = args.steps or math.ceil(len(conversations) / recipe["per_device_train_batch_size"])
-        results = [run_arm(name, model, conversations, recipe, steps, work) for name in args.arms]
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.arms}
+        for round_, name in rounds(args.arms, args.repeats):
+            runs[name].append(run_arm(name, model, conversations, recipe, steps, work / f"{name}-{round_}"))
+        results = [median_run(runs[name]) for name in args.arms]
     settings = {
         "conversations": len(conversations),
         "steps": steps,
         "batch_size": recipe["per_device_train_batch_size"],
         "max_length": None,
         "threads": args.threads,
+        "repeats": args.repeats,
         "model": str(args.model or "random tiny model (build_tiny_model defaults)"),
         "torch": torch.__version__,
     }
