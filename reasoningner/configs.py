@@ -442,6 +442,15 @@ def _overwrite_ignored() -> None:
     logger.warning("a requeued job resumes: overwrite_output_dir is for its first attempt only")
 
 
+@functools.cache
+def _overwrite_this_run() -> None:
+    """Said once however often a stage asks `fresh_start`."""
+    logger.warning(
+        "output_dir holds this very run (the same settings): it resumes; overwrite_output_dir starts afresh "
+        "only over a run of other settings (delete the folder to train this one again)"
+    )
+
+
 @dataclass
 class ResumableArguments:
     """For stages that resume into their output folder (stage 1, SFT, GRPO)."""
@@ -449,8 +458,8 @@ class ResumableArguments:
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
-            "help": "start afresh in an output folder a run with other settings left (else an error); "
-            "not in a requeued SLURM job, which repeats its first command line and resumes"
+            "help": "start afresh in an output folder a run with other settings left (else an error); a "
+            "folder of this very run resumes, and so does a requeued SLURM job"
         },
     )
     stop_before_job_end: float = field(
@@ -462,9 +471,14 @@ class ResumableArguments:
         },
     )
 
-    def fresh_start(self) -> bool:
-        """`overwrite_output_dir`, except in a requeued job: it runs its first command line again, whose
-        fresh start has happened, and would delete what the attempts since saved."""
+    def fresh_start(self, this_run: bool) -> bool:
+        """`overwrite_output_dir`, except where the output folder holds this very run (`this_run`: its
+        outputs made with these settings), and in a requeued job: a job submitted again with the same
+        command line (after a cancel, a failed node, a time limit without requeue), or a requeue of it,
+        would delete what its attempts saved, days of training."""
+        if self.overwrite_output_dir and this_run:
+            _overwrite_this_run()
+            return False
         if self.overwrite_output_dir and requeued():
             _overwrite_ignored()
             return False

@@ -41,7 +41,8 @@ What a run guarantees when its process ends at any moment (any signal, preemptio
 - A rerun with the same inputs cuts that line off, drops the failed records to try them again, and
   annotates exactly the sentences without a record, so that every sentence ends in the file exactly
   once. A rewrite goes through a temporary file and `os.replace`: a kill during it leaves the old
-  file or the new one, never a mix. (`overwrite_output_dir` starts the file afresh instead.)
+  file or the new one, never a mix. (`overwrite_output_dir` starts afresh a file of another teacher or
+  other settings instead.)
 - A record carries the `settings` that shaped it besides its prompt and teacher
   (`annotation_settings`: thresholds, sampling, ...): a rerun or a merge refuses records made with other
   settings, naming what differs, rather than mix two data sets in one file (records written before they
@@ -334,26 +335,45 @@ def _check_teacher(where: str, record: dict[str, Any], teacher: str) -> None:
         )
 
 
-def check_continues(args: CoTArguments, generation: GenerationArguments) -> None:
-    """Refuse, before a relaunch opens the W&B run of the first attempt, an output file annotated by
-    another teacher or with other settings, as its first kept record says (`resume` checks them all
-    later): the refused run would have been logged into that run, its config replaced."""
-    path = output_path(args)
-    if args.fresh_start() or not path.is_file():
-        return
-    teacher, settings = teacher_name(generation), annotation_settings(args, generation)
+def _first_kept(path: Path) -> tuple[str, dict[str, Any]] | None:
+    """The output file's first kept record with its `file:line` (a failed one may differ from this run's
+    settings: it is asked again), or None."""
+    if not path.is_file():
+        return None
     with path.open("rb") as lines:
         for number, line in enumerate(lines, 1):
             if not line.endswith(b"\n"):
-                return  # a half-written last line: `resume` cuts it
+                return None  # a half-written last line: `resume` cuts it
             if not line.strip():
                 continue
             where = f"{path}:{number}"
             record = parse_record(line, where)
-            if record_status(record) != "failed":  # a failed one may differ: it is asked again
-                _check_teacher(where, record, teacher)
-                _check_settings(where, record, settings)
-                return
+            if record_status(record) != "failed":
+                return where, record
+    return None
+
+
+def fresh_start(args: CoTArguments, generation: GenerationArguments) -> bool:
+    """Whether this run starts its output file afresh: `overwrite_output_dir`, unless the file holds this
+    very run (its first kept record made by this teacher with these settings: `ResumableArguments`)."""
+    this_run = False
+    if args.overwrite_output_dir and (first := _first_kept(output_path(args))) is not None:
+        _, record = first
+        settings = annotation_settings(args, generation)
+        changed = differences(record["settings"], settings) if "settings" in record else []  # as `resume`
+        this_run = record.get("teacher") == teacher_name(generation) and not changed
+    return args.fresh_start(this_run=this_run)
+
+
+def check_continues(args: CoTArguments, generation: GenerationArguments) -> None:
+    """Refuse, before a relaunch opens the W&B run of the first attempt, an output file annotated by
+    another teacher or with other settings, as its first kept record says (`resume` checks them all
+    later): the refused run would have been logged into that run, its config replaced."""
+    first = None if fresh_start(args, generation) else _first_kept(output_path(args))
+    if first is not None:
+        where, record = first
+        _check_teacher(where, record, teacher_name(generation))
+        _check_settings(where, record, annotation_settings(args, generation))
 
 
 def _check_settings(where: str, record: dict[str, Any], settings: dict[str, Any]) -> None:
@@ -661,7 +681,7 @@ def annotate(
     settings = annotation_settings(args, generation)
     path.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(path):
-        if args.fresh_start():
+        if fresh_start(args, generation):
             path.unlink(missing_ok=True)
             tries_path(path).unlink(missing_ok=True)
         done, tried = resume(path, tasks, teacher, settings)

@@ -283,7 +283,7 @@ def check_output_dir(recipe: dict[str, Any]) -> list[Check]:
         return [Check("output_dir", "ok", f"{output}: free")]
     if any(next(path.glob(marker), None) for marker in RUN_MARKERS):
         return [Check("output_dir", "ok", f"{output}: holds a run, which this one resumes (same settings) "
-                      "or refuses; --overwrite_output_dir true starts afresh")]  # fmt: skip
+                      "or refuses (--overwrite_output_dir true: afresh over other settings)")]  # fmt: skip
     return [Check("output_dir", "FAIL", f"{output} holds files of no run: choose another output_dir")]
 
 

@@ -512,8 +512,8 @@ def start_trainer_stage(
         "zero_stage": zero_stage(training_args),
         "input_contents": input_contents(inputs),  # not eval_files: evaluation leaves training as it is
     }
-    fresh = script_args.fresh_start()
-    relaunch = not fresh and recorded_run(training_args.output_dir, settings)
+    relaunch = recorded_run(training_args.output_dir, settings)
+    fresh = script_args.fresh_start(this_run=relaunch)
     resume = claim_output_dir(
         training_args.output_dir,
         settings,

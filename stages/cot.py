@@ -17,7 +17,15 @@ from reasoningner.configs import (
     PromptArguments,
     RecipeParser,
 )
-from reasoningner.cot import REPORT, annotate, check_continues, merge_shards, output_path, shard_name
+from reasoningner.cot import (
+    REPORT,
+    annotate,
+    check_continues,
+    fresh_start,
+    merge_shards,
+    output_path,
+    shard_name,
+)
 from reasoningner.files import exclusive
 from reasoningner.tracking import (
     WANDB_RUN_ID,
@@ -58,7 +66,9 @@ def main(args: CoTArguments, prompt: PromptArguments, generation: GenerationArgu
             if wandb:
                 check_continues(args, generation)
                 id_file = shard_name(WANDB_RUN_ID, index, count)
-                continue_wandb_run(args.output_dir, resuming=not args.fresh_start(), id_file=id_file)
+                continue_wandb_run(
+                    args.output_dir, resuming=not fresh_start(args, generation), id_file=id_file
+                )
             name = Path(args.output_dir).resolve().name  # a folder name, no file: `qwen3-1.7b` has no suffix
             name += "" if count == 1 else f".shard-{index}-of-{count}"
             with wandb_run("cot", args.output_dir, manifest, wandb, name=name) as run:

@@ -1028,7 +1028,7 @@ def test_a_run_near_its_job_s_time_limit_stops_between_chunks_and_its_requeued_j
     chunk the limit would cut short (a chunk as long as the last), keeps every record it has, asks for
     a requeue and exits with `jobs.STOPPED`, writing no report or manifest of an unfinished file; the
     requeued job repeats the first command line (`--overwrite_output_dir true` too) and continues the
-    file rather than empty it."""
+    file rather than empty it, as does the same command line submitted again (not a requeue)."""
     from reasoningner import configs, jobs
 
     inputs = [write_inputs(tmp_path / "in.jsonl", 6)]
@@ -1057,10 +1057,14 @@ def test_a_run_near_its_job_s_time_limit_stops_between_chunks_and_its_requeued_j
         monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
         monkeypatch.setattr(configs, "seconds_left", lambda margin: None)  # a limit far off, or none
         stage.main(*stage.make_parser().parse_args_and_config(command))
-    lines = sorted((out / "annotations.jsonl").read_text().splitlines())
-    assert lines == sorted((tmp_path / "uninterrupted" / "annotations.jsonl").read_text().splitlines())
-    report = json.loads((out / "report.json").read_text())
-    assert (report["annotated_this_run"], report["accepted"]) == (2, uninterrupted["accepted"])
+        lines = sorted((out / "annotations.jsonl").read_text().splitlines())
+        assert lines == sorted((tmp_path / "uninterrupted" / "annotations.jsonl").read_text().splitlines())
+        report = json.loads((out / "report.json").read_text())
+        assert (report["annotated_this_run"], report["accepted"]) == (2, uninterrupted["accepted"])
+        monkeypatch.setenv("SLURM_RESTART_COUNT", "")  # the command submitted again: a new job
+        stage.main(*stage.make_parser().parse_args_and_config(command))
+    assert sorted((out / "annotations.jsonl").read_text().splitlines()) == lines  # kept, not annotated again
+    assert json.loads((out / "report.json").read_text())["annotated_this_run"] == 0
 
 
 def test_records_written_before_they_carried_settings_still_resume(tmp_path: Path) -> None:

@@ -616,7 +616,7 @@ def test_full_fine_tuning_under_zero3_must_gather_its_weights_to_save_them(
     )
 
 
-def test_a_rerun_with_other_settings_is_refused_and_overwrite_starts_afresh(
+def test_a_rerun_with_other_settings_is_refused_and_overwrite_starts_afresh_only_over_another_run(
     tiny_model_dir: Path,
     annotations: Path,
     tmp_path: Path,
@@ -668,6 +668,23 @@ def test_a_rerun_with_other_settings_is_refused_and_overwrite_starts_afresh(
     assert json.loads((out / RUN_SETTINGS).read_text())["learning_rate"] == 2e-3
     manifest = json.loads((out / MANIFEST).read_text())
     assert [attempt["config"]["learning_rate"] for attempt in manifest["history"]] == [1e-3] * 3
+    # The same command line again (a job submitted again after a cancel or a failed node, not a requeue):
+    # this very run resumes, where it used to be deleted.
+    sft("--max_steps", "2", "--learning_rate", "2e-3", "--overwrite_output_dir", "true")
+    assert f"sft: resuming from {out / 'checkpoint-2'}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("overwrite", "this_run", "restarts", "fresh"),
+    [(False, False, "", False), (True, False, "", True), (True, True, "", False), (True, False, "1", False)],
+)
+def test_overwrite_starts_afresh_only_over_another_run_and_never_in_a_requeue(
+    overwrite: bool, this_run: bool, restarts: str, fresh: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reasoningner.configs import ResumableArguments
+
+    monkeypatch.setenv("SLURM_RESTART_COUNT", restarts)
+    assert ResumableArguments(overwrite_output_dir=overwrite).fresh_start(this_run=this_run) is fresh
 
 
 def test_only_a_folder_with_outputs_of_other_settings_is_refused(tmp_path: Path) -> None:
@@ -849,8 +866,8 @@ def test_a_hub_token_given_as_an_argument_is_recorded_nowhere(
 def test_a_run_killed_before_its_first_checkpoint_keeps_its_wandb_run(
     tiny_model_dir: Path, annotations: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A requeue before the first save is the same run: one W&B run, not a second one beside a crashed one.
-    Other settings, or overwrite_output_dir, open a new one."""
+    """A requeue before the first save is the same run: one W&B run, not a second one beside a crashed one,
+    also with overwrite_output_dir. Other settings open a new one."""
     from reasoningner.training import start_trainer_stage
 
     parser = load_stage("sft").make_parser()
@@ -871,7 +888,8 @@ def test_a_run_killed_before_its_first_checkpoint_keeps_its_wandb_run(
     assert start() == first
     other = start("--learning_rate", "2e-3")
     assert other != first
-    assert start("--learning_rate", "2e-3", "--overwrite_output_dir", "true") != other
+    assert start("--learning_rate", "2e-3", "--overwrite_output_dir", "true") == other
+    assert start("--overwrite_output_dir", "true") != other
 
 
 def test_a_relaunch_saves_at_its_own_save_steps_and_a_best_model_run_keeps_its_last_checkpoint(
