@@ -15,6 +15,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -566,6 +567,24 @@ def test_train_slurm_gives_a_signalled_stage_slurm_s_grace_to_save(tmp_path: Pat
         )
         waits.append([call for call in calls if call.startswith("accelerate")])
     assert waits == [["accelerate waits 3600"] * 2, ["accelerate waits 120"] * 2]  # each node's launcher
+
+
+def test_train_slurm_hands_the_doctor_the_stage_s_arguments_as_it_reads_them(tmp_path: Path) -> None:
+    """Without any (the README's first example), the doctor was given `''`, read as one empty override
+    it refused: the job ended before training."""
+    reads = (  # the doctor's own reading of its recipe and --args (the last argument)
+        f'{sys.executable} -c "import shlex, sys; from reasoningner.doctor import load_recipe; '
+        'print(load_recipe(sys.argv[1], shlex.split(sys.argv[2]))[\'run_name\'])" "$2" "${@: -1}" >> "$CALLS"'
+    )
+    for extra, run_name in (([], "qwen3-8b-sft"), (["--run_name", "a b"], "a b")):
+        calls = run_slurm(
+            "train.slurm",
+            ["sft", "recipes/qwen3-8b/sft.yaml", "recipes/accelerate/zero3.yaml", *extra],
+            {"SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "node-a"},
+            tmp_path / str(len(extra)),
+            reasoningner=reads,
+        )
+        assert calls[0] == run_name
 
 
 CURL_TRL = """for _ in $(seq 200); do grep -q '^trl' "$CALLS" 2>/dev/null && exit 0; sleep 0.05; done"""
