@@ -369,6 +369,13 @@ ADAPTER_CONFIG = "adapter_config.json"
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
+def vllm_lora_rank(config: dict[str, Any]) -> int | None:
+    """The `max_lora_rank` vLLM serves an adapter with (its `adapter_config.json`): the smallest of
+    `VLLM_LORA_RANKS` that holds its every rank; None: over them all."""
+    rank = max([int(config.get("r") or 16), *map(int, (config.get("rank_pattern") or {}).values())])
+    return next((limit for limit in VLLM_LORA_RANKS if limit >= rank), None)
+
+
 def _lora_engine(adapter: Path, engine_kwargs: dict[str, Any]) -> tuple[str, Any]:
     """The base model to load for a LoRA adapter folder and the request that applies the adapter;
     `engine_kwargs` gain what vLLM needs to apply it (the options given win)."""
@@ -380,12 +387,11 @@ def _lora_engine(adapter: Path, engine_kwargs: dict[str, Any]) -> tuple[str, Any
             f"{adapter}: a LoRA adapter that also trains {config['modules_to_save']} is not one vLLM "
             "applies: evaluate its merged model (merge_lora: true) or use the transformers backend"
         )
-    rank = max([int(config.get("r") or 16), *map(int, (config.get("rank_pattern") or {}).values())])
-    fits = [limit for limit in VLLM_LORA_RANKS if limit >= rank]
-    if not fits:
-        raise ValueError(f"{adapter}: LoRA rank {rank} is over vLLM's limit {VLLM_LORA_RANKS[-1]}: merge it")
+    rank = vllm_lora_rank(config)
+    if rank is None:
+        raise ValueError(f"{adapter}: a LoRA rank over vLLM's limit {VLLM_LORA_RANKS[-1]}: merge it")
     engine_kwargs.setdefault("enable_lora", True)
-    engine_kwargs.setdefault("max_lora_rank", fits[0])
+    engine_kwargs.setdefault("max_lora_rank", rank)
     if (adapter / "tokenizer_config.json").is_file():  # our stages save it, with the trained template
         engine_kwargs.setdefault("tokenizer", str(adapter))
     if config.get("revision"):

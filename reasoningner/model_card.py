@@ -20,6 +20,8 @@ from reasoningner.configs import (
     is_hub_id,
     local_manifest,
 )
+from reasoningner.files import write_whole
+from reasoningner.generation import ADAPTER_CONFIG, vllm_lora_rank
 from reasoningner.prompts import ner_instruction
 from reasoningner.sources import is_source, parse_source
 from reasoningner.spans import Schema
@@ -50,9 +52,11 @@ def hub_base(model: str) -> str | None:
     return None
 
 
-def model_card(model: str, manifest: dict[str, Any], contract: PromptContract, adapter: bool = False) -> str:
+def model_card(
+    model: str, manifest: dict[str, Any], contract: PromptContract, adapter: dict[str, Any] | None = None
+) -> str:
     """The card of the model found (or to be published) at `model`, from its manifest and contract;
-    `adapter`: a LoRA adapter published alone (PEFT loads it on its base)."""
+    `adapter`: the `adapter_config.json` of a LoRA adapter published alone (PEFT loads it on its base)."""
     config = manifest["config"]
     base = str(config.get("model_name_or_path", ""))
     labels = contract.labels
@@ -67,13 +71,19 @@ def model_card(model: str, manifest: dict[str, Any], contract: PromptContract, a
     if hub_data:
         front.append("datasets: [" + ", ".join(dict.fromkeys(hub_data)) + "]")
     front.append("---")
-    # vLLM serves an adapter on its base, under a name of its own (the base's generation config applies).
+    # vLLM serves an adapter on the base it was trained on (not a stage it continued), with its trained
+    # chat template, under a name of its own (the base's generation config applies).
     served_by, served_as = model, model
-    if adapter:
-        rank = f" --max-lora-rank {config['lora_r']}" if config.get("lora_r") else ""
-        served_by, served_as = f"{base} --enable-lora --lora-modules ner={model}{rank}", "ner"
+    if adapter is not None:
+        rank = vllm_lora_rank(adapter)
+        served_by = (
+            f"{adapter.get('base_model_name_or_path')} --tokenizer {model} --enable-lora "
+            f"--lora-modules ner={model}" + (f" --max-lora-rank {rank}" if rank else "")
+        )
+        served_as = "ner"
     example = "Peter Blackburn met EU officials in Brussels ."
-    asked = contract.asked(Schema(tuple(labels[:4]))) if labels else Schema(("person", "organisation"))
+    # Every label: a prompt copied from the card asks what `predict` asks by default.
+    asked = contract.asked(Schema(tuple(labels))) if labels else Schema(("person", "organisation"))
     raw_prompt = ner_instruction(example, asked, contract.prompt)
     reasoning = contract.prompt.reasoning
     label_lines = [
@@ -130,13 +140,19 @@ def model_card(model: str, manifest: dict[str, Any], contract: PromptContract, a
             "the answer back to character offsets. Without it, ask the model with its chat template and "
             "the prompt below as the only user turn (no system prompt"
             + (", and no `enable_thinking=False`, which fills in an empty rationale" if reasoning else "")
-            + "), greedily (temperature 0, as evaluation asks), "
-            + (f"up to {contract.max_new_tokens} new tokens, " if contract.max_new_tokens else "")
+            + "), greedily, as evaluation asks (the saved generation config's default; `temperature=0` "
+            "from a server), "
+            + (
+                f"up to {contract.max_new_tokens} new tokens (its default too), "
+                if contract.max_new_tokens
+                else ""
+            )
             + "and read "
             + (
                 "the answer after `</think>` (with vLLM's reasoning parser, the whole `content`). The prompt:"
                 if reasoning
-                else "the reply as the answer. The prompt:"
+                else "the reply as the answer, after an empty `<think></think>` where the chat template "
+                "writes one (Qwen3's). The prompt:"
             ),
             "",
             "```text",
@@ -157,8 +173,7 @@ def model_card(model: str, manifest: dict[str, Any], contract: PromptContract, a
                 ["# None when cut off inside the rationale under a reasoning parser: raise max_tokens"]
                 * reasoning
             ),
-            'answer = (reply.choices[0].message.content or "")'
-            + ('.rsplit("</think>", 1)[-1]' if reasoning else ""),
+            'answer = (reply.choices[0].message.content or "").rsplit("</think>", 1)[-1]',
             "```",
             "",
             "## Prompt contract",
@@ -210,9 +225,12 @@ def write_model_card(output_dir: str | Path, repo_id: str | None = None) -> Path
     for folder in (output_dir, output_dir / "merged"):
         if folder.is_dir():
             name = repo_id or str(folder)
-            (folder / CARD).write_text(
-                model_card(name, manifest, contract, is_adapter(folder)), encoding="utf-8"
+            adapter = (
+                json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+                if is_adapter(folder)
+                else None
             )
+            write_whole(folder / CARD, model_card(name, manifest, contract, adapter))
     return output_dir / CARD
 
 

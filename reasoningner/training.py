@@ -895,14 +895,28 @@ def train_from(stage: str, trainer: Any, checkpoint: str | None, job: ResumableA
 def describe_run(
     stage: str, trainer: Any, start: TrainerStart, contract: PromptContract, corpora: Sequence[str]
 ) -> None:
-    """Before any checkpoint, which they describe too: the prompt contract and a provisional manifest
-    (`tracking.record_trainer_start`). A checkpoint evaluated, trained further or published before the
-    run ends is then asked as it learnt and carries its lineage (the contamination check)."""
+    """Before any checkpoint, which they describe too: the prompt contract, the generation config
+    (`ask_as_trained`) and a provisional manifest (`tracking.record_trainer_start`). A checkpoint
+    evaluated, trained further or published before the run ends is then asked as it learnt and carries
+    its lineage (the contamination check)."""
+    ask_as_trained(trainer.model.generation_config, contract)
     if trainer.accelerator.is_main_process:
         contract.save(trainer.args.output_dir)
         record_trainer_start(
             stage, trainer.args.output_dir, start.configs, start.inputs, corpora, start.upstream
         )
+
+
+def ask_as_trained(generation_config: Any, contract: PromptContract) -> None:
+    """What plain `generate`, transformers' pipeline and `vllm serve` take from the saved model by
+    default: the output budget it was trained with (else 20 tokens, or the base's) and greedy decoding,
+    as evaluation and `predict` ask. A base's sampling defaults (Qwen3's temperature 0.6, top-k 20)
+    would otherwise sample, and transformers refuses `temperature=0` beside them. TRL's GRPO sets its
+    own sampling explicitly, so training generates as before."""
+    if contract.max_new_tokens:
+        generation_config.max_new_tokens = contract.max_new_tokens
+    generation_config.do_sample = False
+    generation_config.temperature = generation_config.top_p = generation_config.top_k = None
 
 
 def finish_trainer_stage(stage: str, trainer: Any, start: TrainerStart, corpora: Sequence[str] = ()) -> None:
@@ -929,17 +943,15 @@ def finish_trainer_stage(stage: str, trainer: Any, start: TrainerStart, corpora:
 
 
 def save_final(trainer: Any, output_dir: str, merge_lora: bool, contract: PromptContract) -> Path | None:
-    """Save model, tokenizer and prompt contract, the contract's budget as the generation config's
-    `max_new_tokens` (of a full model: a LoRA adapter's folder has no generation config, and its
-    users load the base's); with `merge_lora`, also a merged full model (with the same contract and
-    generation config) in `output_dir/merged`.
+    """Save model, tokenizer and prompt contract, with the generation config `describe_run` set (of a
+    full model: a LoRA adapter's folder has no generation config, and its users load the base's); with
+    `merge_lora`, also a merged full model (with the same contract and generation config) in
+    `output_dir/merged`.
 
     The merge reloads the base model and the adapter just saved instead of merging the trainer's model,
     whose weights are partitioned across ranks under ZeRO-3 (empty tensors on each rank). It is the last
     step of a run: it turns off transformers' ZeRO-3 loading in this process so the whole model loads here.
     """
-    if contract.max_new_tokens:  # `generate`'s and `vllm serve`'s default (else 20 tokens, or the base's)
-        trainer.model.generation_config.max_new_tokens = contract.max_new_tokens
     trainer.save_model(output_dir)
     if trainer.accelerator.is_main_process:
         contract.save(output_dir)

@@ -617,8 +617,21 @@ def test_the_model_card_tells_how_to_use_the_model_and_publishing_uploads_it_wit
 ) -> None:
     out = tmp_path / "tiny-ner"
     uploads = fake_hub(monkeypatch)
-    args = stage_args(model_dir, cot_file, out, max_steps=2, lr=1e-3)
+    # A base that samples by default (as Qwen3's generation config does).
+    base = Path(shutil.copytree(model_dir, tmp_path / "base"))
+    sampling = GenerationConfig.from_pretrained(base)
+    sampling.update(do_sample=True, temperature=0.6, top_k=20, top_p=0.95)
+    sampling.save_pretrained(base)
+    args = stage_args(base, cot_file, out, max_steps=2, lr=1e-3)
     run_stage(*args, "--save_strategy", "steps", "--save_steps", "1", "--push_to_hub", "true")
+    # Plain transformers and `vllm serve` ask the model, and each checkpoint, as evaluation does: greedy,
+    # within the budget it was trained with.
+    checkpoints = list(out.glob("checkpoint-*"))
+    assert checkpoints
+    for folder in (out, *checkpoints):
+        saved = GenerationConfig.from_pretrained(folder)
+        assert saved.max_new_tokens == PromptContract.load(out).max_new_tokens and saved.do_sample is False
+        assert (saved.temperature, saved.top_k, saved.top_p) == (None, None, None)
     card = (out / "README.md").read_text()
     assert "[None]" not in card and f'NERModel.from_pretrained("me/{tmp_path.name}-tiny-ner")' in card
     for label in PromptContract.load(out).labels:

@@ -156,26 +156,34 @@ def test_a_grpo_card_names_the_hub_base_through_its_sft_start_the_hub_datasets_a
     asked = ner_instruction("Peter Blackburn met EU officials in Brussels .", Schema(("person", "location")),
                             contract.prompt)  # what NERModel and training ask with  # fmt: skip
     assert f"```text\n{asked}\n```" in card and "read the answer after `</think>`" in card
-    adapter_card = model_card(
-        "me/adapter", manifest | {"config": config | {"lora_r": 64}}, contract, adapter=True
-    )
+    # GRPO continuing a stage-2 adapter (its config's unused lora_r 16): vLLM serves the adapter on the
+    # base it was trained on, with its trained template, at a rank vLLM takes, under a name of its own.
+    adapter = {"base_model_name_or_path": "Qwen/Qwen3-8B-Base", "r": 48}
+    adapter_card = model_card("me/adapter", manifest | {"config": config | {"lora_r": 16}}, contract, adapter)
     assert "library_name: peft" in adapter_card
-    # vLLM serves an adapter on its base, under a name of its own: the snippet asks that name.
     served = adapter_card.split("```python\n")[2].split("```", 1)[0]
-    assert f"# vllm serve {sft} --enable-lora --lora-modules ner=me/adapter --max-lora-rank 64" in served
+    assert (
+        "# vllm serve Qwen/Qwen3-8B-Base --tokenizer me/adapter --enable-lora --lora-modules ner=me/adapter "
+        "--max-lora-rank 64\n" in served
+    )
     assert 'model="ner"' in served
     # Described labels are shown and asked with their descriptions; an answer-only model says so.
+    labels = ["person", "location", "organisation", "miscellaneous", "event"]
     described = PromptContract(
         PromptArguments("grouped_json", reasoning=False, descriptions=True),
-        ["person", "location"],
+        labels,
         descriptions={"person": "a human being"},
     )
     card = model_card("me/answer-only", manifest, described)
     assert "- `person`: a human being\n- `location`\n" in card
+    # The prompt asks every label, as `predict` does (it showed the first four).
     asked = ner_instruction("Peter Blackburn met EU officials in Brussels .",
-                            described.asked(Schema(("person", "location"))), described.prompt)  # fmt: skip
-    assert f"```text\n{asked}\n```" in card and "a human being" in asked
-    assert "answers without a rationale" in card and "read the reply as the answer" in card
+                            described.asked(Schema(tuple(labels))), described.prompt)  # fmt: skip
+    assert f"```text\n{asked}\n```" in card and "a human being" in asked and "event" in asked
+    # Qwen3's template has an answer-only model write an empty <think></think> first: the snippet skips it.
+    assert "answers without a rationale" in card and "read the reply as the answer, after an empty" in card
+    served = card.split("```python\n")[2].split("```", 1)[0]
+    assert 'answer = (reply.choices[0].message.content or "").rsplit("</think>", 1)[-1]' in served
 
 
 def test_a_lora_config_records_the_base_revision_it_trains_on():
