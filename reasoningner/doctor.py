@@ -47,7 +47,7 @@ DISK_GB = {"train-gpu": 200, "gpu": 20, "cpu": 1}
 # only what they lack).
 RUN_MARKERS = (
     RUN_SETTINGS, MANIFEST, ANNOTATIONS, shard_name(ANNOTATIONS, "*", "*"), "checkpoint-*",
-    GENERATIONS, OTHER_GENERATIONS, RESULTS_JSON,
+    GENERATIONS, OTHER_GENERATIONS, RESULTS_JSON, "*.lock",  # a writer's lock: a run killed at its start
 )  # fmt: skip
 
 

@@ -36,7 +36,9 @@ CARD_SETTINGS = (
     "loss_type", "reward_funcs", "reward_weights", "reward_parse", "seed",
 )  # fmt: skip
 # Files of an output folder that are not the model: not published.
-NOT_PUBLISHED = ["checkpoint-*", RUN_SETTINGS, RUN_DATA, WANDB_RUN_ID, "*.partial", "runs/*", "completions/*"]
+NOT_PUBLISHED = [
+    "checkpoint-*", RUN_SETTINGS, RUN_DATA, WANDB_RUN_ID, "*.partial", "*.lock", "runs/*", "completions/*"
+]  # fmt: skip
 
 
 def hub_base(model: str) -> str | None:

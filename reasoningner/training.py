@@ -40,6 +40,7 @@ from reasoningner.configs import (
     training_sources,
 )
 from reasoningner.doctor import stale_build_locks
+from reasoningner.files import exclusive
 from reasoningner.jobs import Termination, stop, terminated, terminating
 from reasoningner.model_card import hub_repository, publish, run_folder, write_model_card
 from reasoningner.prompts import check_wording
@@ -405,6 +406,13 @@ def last_checkpoint(output_dir: str) -> str | None:
 TRAINER_OUTPUTS = ("checkpoint-*", "trainer_state.json", "*.safetensors", "merged", "adapter_config.json")
 
 
+# The output folder's writer: the main process holds `<output_dir>/training.lock` from the start of a
+# stage to its end (`finish_trainer_stage`; else until the process ends, however it ends). A second launch
+# on the folder (a job submitted twice, a requeue while a lost node's ranks still write) fails at once.
+TRAINING = "training"
+_WRITING = contextlib.ExitStack()
+
+
 class TrainerStart(NamedTuple):
     """What a trainer stage knows before it loads anything (`start_trainer_stage`)."""
 
@@ -514,6 +522,8 @@ def start_trainer_stage(
     }
     relaunch = recorded_run(training_args.output_dir, settings)
     fresh = script_args.fresh_start(this_run=relaunch)
+    if main_process:  # before anything in the folder changes: a second writer would delete or mix checkpoints
+        _WRITING.enter_context(exclusive(Path(training_args.output_dir) / TRAINING))
     resume = claim_output_dir(
         training_args.output_dir,
         settings,
@@ -940,6 +950,7 @@ def finish_trainer_stage(stage: str, trainer: Any, start: TrainerStart, corpora:
         shutil.copy2(Path(output_dir) / MANIFEST, merged / MANIFEST)
     if start.push_to:
         print(f"{stage}: published {publish(output_dir, start.push_to)}")
+    _WRITING.close()
 
 
 def save_final(trainer: Any, output_dir: str, merge_lora: bool, contract: PromptContract) -> Path | None:

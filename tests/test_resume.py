@@ -674,6 +674,31 @@ def test_a_rerun_with_other_settings_is_refused_and_overwrite_starts_afresh_only
     assert f"sft: resuming from {out / 'checkpoint-2'}" in capsys.readouterr().out
 
 
+def test_a_second_launch_on_a_training_run_s_folder_fails_before_it_changes_anything(
+    tiny_model_dir: Path, annotations: Path, tmp_path: Path, held_elsewhere
+) -> None:
+    """A job submitted twice, or requeued while a lost node's ranks still write: both resumed, wrote the
+    same checkpoints and rotated each other's away (and one with other settings deleted the run)."""
+    stage = load_stage("sft")
+    out = tmp_path / "sft"
+
+    def sft(*extra: str) -> None:
+        stage.main(
+            *stage.make_parser().parse_args_and_config(
+                args=sft_args(tiny_model_dir, annotations, out, *extra)
+            )
+        )
+
+    sft("--max_steps", "2")
+    with held_elsewhere(out / "training"), pytest.raises(RuntimeError, match="being written by another run"):
+        sft("--max_steps", "4", "--learning_rate", "2e-3", "--overwrite_output_dir", "true")
+    assert (out / "checkpoint-2").is_dir() and json.loads((out / RUN_SETTINGS).read_text())[
+        "learning_rate"
+    ] == 1e-3
+    sft("--max_steps", "4")  # the other writer gone: the run resumes
+    assert (out / "checkpoint-4").is_dir()
+
+
 @pytest.mark.parametrize(
     ("overwrite", "this_run", "restarts", "fresh"),
     [(False, False, "", False), (True, False, "", True), (True, True, "", False), (True, False, "1", False)],

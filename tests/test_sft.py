@@ -587,8 +587,8 @@ def test_publishing_asks_the_hub_before_training_and_refuses_an_adapter_no_one_e
 
 
 def trained(out: Path) -> list[str]:
-    """What a trainer stage left in `out` beyond its claim of the folder."""
-    return sorted(p.name for p in out.glob("*") if p.name != "run_settings.json")
+    """What a trainer stage left in `out` beyond its claim of the folder (its settings and writer's lock)."""
+    return sorted(p.name for p in out.glob("*") if p.name not in ("run_settings.json", "training.lock"))
 
 
 def test_publishing_refuses_before_training_a_repository_holding_another_model(
