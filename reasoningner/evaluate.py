@@ -86,6 +86,7 @@ dependency), check that NER training kept the base model's skills::
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import hashlib
 import json
 import logging
@@ -112,12 +113,13 @@ from reasoningner.files import JSONL_ERRORS, complete_lines, exclusive, write_li
 from reasoningner.formats import ParseResult
 from reasoningner.generation import RUN_OPTIONS, Completion, Generator
 from reasoningner.metrics import MATCH_MODES, Report, Scorer, text_keys
+from reasoningner.model_card import CARD
 from reasoningner.predict import FAILED, TOO_LONG, NERModel
 from reasoningner.prompts import prompt_hash
 from reasoningner.results import NORMAL, ErrorCounts, Evaluation
 from reasoningner.sources import is_source, parse_source
 from reasoningner.spans import Example, Schema, Span, SpanError
-from reasoningner.tracking import fingerprint
+from reasoningner.tracking import MANIFEST, RUN_DATA, RUN_SETTINGS, WANDB_RUN_ID, fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -504,11 +506,20 @@ def _score(
     return reports, errors
 
 
+# A model folder's files that record how its run went, not what the model answers: a finished training
+# run relaunched (a requeued pipeline job) rewrites them, and its model was asked everything anew.
+RUN_RECORDS = (
+    MANIFEST, RUN_SETTINGS, RUN_DATA, WANDB_RUN_ID, CARD, "trainer_state.json", "training_args.bin", "*.lock",
+    "*.partial",
+)  # fmt: skip
+
+
 def generation_identity(generation: GenerationArguments) -> str:
     """What decides a model's outputs besides the prompt: the generation settings but the backend options
     that say only where it runs and how fast (`generation.RUN_OPTIONS`: a relaunch with a smaller batch
     after running out of memory, or on another server, keeps what was asked) and, for a local model, the
-    contents of its folder's files (sampled for weights, `tracking.fingerprint`); for a Hub model loaded
+    contents of its folder's files but its run's records (`RUN_RECORDS`; weights sampled,
+    `tracking.fingerprint`); for a Hub model loaded
     here, the commit of its snapshot (a repository updated since is another model)."""
     options = generation.backend_options or {}
     kept = {k: v for k, v in options.items() if k not in RUN_OPTIONS}  # type: ignore[union-attr]
@@ -517,7 +528,11 @@ def generation_identity(generation: GenerationArguments) -> str:
     model = generation.model_name_or_path or ""
     folder = Path(model)
     if model and folder.is_dir():
-        identity["files"] = {p.name: fingerprint(p) for p in sorted(folder.iterdir()) if p.is_file()}
+        identity["files"] = {
+            p.name: fingerprint(p)
+            for p in sorted(folder.iterdir())
+            if p.is_file() and not any(fnmatch.fnmatch(p.name, record) for record in RUN_RECORDS)
+        }
     elif model and generation.backend != "openai" and is_hub_id(model):
         identity["commit"] = hub_commit(model, generation.revision)
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()

@@ -609,6 +609,9 @@ def test_a_relaunched_evaluation_asks_only_what_it_lacks(
     assert run("out", limit=2).generation["reused"] == 4 and len(asked) == before  # a quick look at a few
     assert len(generations.read_text().splitlines()) == 4
     assert run("out").to_dict()["scores"] == reference.to_dict()["scores"] and len(asked) == before
+    for record in ("manifest.json", "trainer_state.json", "training_args.bin", "README.md", "training.lock"):
+        (model / record).write_text("rewritten")  # as a finished training run relaunched rewrites them
+    assert newly_asked("out") == 0
     (model / "notes.txt").write_text("retrained here")  # the model folder changed
     assert newly_asked("out") == 12
     other = tmp_path / "out" / "generations.other.jsonl"
