@@ -163,6 +163,22 @@ def check_saved_weights(training_args: Any, model_args: Any) -> None:
         )
 
 
+def check_full_fine_tuning_dtype(training_args: Any, model_args: Any) -> None:
+    """Refuse full fine-tuning of half-precision weights without DeepSpeed or FSDP: their fp32 master
+    weights are missing then, torch's AdamW updates the bf16 weights in place, and most updates round
+    away (a 2e-5 step of a weight of 0.02 is under bf16's resolution there), silently. LoRA's adapter
+    weights are float32 whatever the base's dtype."""
+    lora = model_args.use_peft or is_adapter(model_args.model_name_or_path)
+    sharded = zero_stage(training_args) is not None or bool(getattr(training_args, "fsdp", None))
+    if model_args.dtype in ("bfloat16", "float16") and not lora and not sharded:
+        raise ValueError(
+            f"full fine-tuning of dtype {model_args.dtype} weights without DeepSpeed: the optimizer updates "
+            "them in place and most updates round away; launch with DeepSpeed (ACCELERATE_CONFIG="
+            "recipes/accelerate/zero2.yaml or zero3.yaml), load them in float32 (--dtype float32; bf16: "
+            "true still computes in bf16), or train LoRA (--use_peft true)"
+        )
+
+
 def check_adapter_start(model_args: Any) -> None:
     """Refuse a new LoRA (`use_peft`) on a stage-2 adapter, which GRPO continues as it is: TRL refuses
     the pair only once the model has loaded."""
@@ -490,6 +506,7 @@ def start_trainer_stage(
         raise ValueError("; ".join(stale))
     start_deepspeed_on_cpu(training_args)
     check_saved_weights(training_args, model_args)
+    check_full_fine_tuning_dtype(training_args, model_args)
     require_model(model_args.model_name_or_path)
     push_to = publish_target(script_args, training_args, model_args)
     inputs = [*script_args.train_files, model_args.model_name_or_path]

@@ -700,6 +700,35 @@ def test_a_second_launch_on_a_training_run_s_folder_fails_before_it_changes_anyt
 
 
 @pytest.mark.parametrize(
+    ("dtype", "lora", "deepspeed", "refused"),
+    [("bfloat16", False, None, True), ("float16", False, None, True), ("bfloat16", True, None, False),
+     ("bfloat16", False, 2, False), ("float32", False, None, False), ("auto", False, None, False)],
+)  # fmt: skip
+def test_full_fine_tuning_of_half_precision_weights_needs_deepspeed_s_master_weights(
+    dtype: str, lora: bool, deepspeed: int | None, refused: bool
+) -> None:
+    """Under DDP, torch's AdamW updates bf16 weights in place, and an update of 2e-5 of a weight of 0.02
+    rounds away: such a run barely trains, silently."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from reasoningner.training import check_full_fine_tuning_dtype
+
+    weight = torch.tensor(0.02, dtype=torch.bfloat16)
+    assert weight - 2e-5 == weight  # what the refusal is for
+    plugin = None if deepspeed is None else SimpleNamespace(zero_stage=deepspeed)
+    training_args = SimpleNamespace(deepspeed_plugin=plugin, fsdp=[])
+    model_args = SimpleNamespace(dtype=dtype, use_peft=lora, model_name_or_path="Qwen/Qwen3-8B")
+    with (
+        pytest.raises(ValueError, match=f"full fine-tuning of dtype {dtype} weights without DeepSpeed")
+        if refused
+        else contextlib.nullcontext()
+    ):
+        check_full_fine_tuning_dtype(training_args, model_args)
+
+
+@pytest.mark.parametrize(
     ("overwrite", "this_run", "restarts", "fresh"),
     [(False, False, "", False), (True, False, "", True), (True, True, "", False), (True, False, "1", False)],
 )
@@ -965,6 +994,8 @@ def test_a_relaunch_saves_at_its_own_save_steps_and_a_best_model_run_keeps_its_l
         )
     assert created == []  # refused before it made a Hub repository
     # transformers' own save at SIGTERM: per process, inside a step or a GRPO cycle.
+    with pytest.raises(ValueError, match="full fine-tuning of dtype bfloat16 weights without DeepSpeed"):
+        sft("--max_steps", "6", "--dtype", "bfloat16")
     with pytest.raises(ValueError, match="enable_jit_checkpoint: SFT and GRPO save a checkpoint at SIGTERM"):
         sft("--max_steps", "6", "--enable_jit_checkpoint", "true")
     with pytest.raises(ValueError, match="save_total_limit 1 with load_best_model_at_end"):
