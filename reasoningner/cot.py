@@ -95,7 +95,7 @@ from reasoningner.prompts import prompt_hash, teacher_instruction
 from reasoningner.rationale import consistency, gold_template_rationale
 from reasoningner.records import STATUSES, numbered_lines, parse_record, record_status
 from reasoningner.sources import is_source
-from reasoningner.spans import Example
+from reasoningner.spans import Example, Schema, SpanError
 from reasoningner.tracking import differences
 
 logger = logging.getLogger(__name__)
@@ -353,23 +353,35 @@ def _first_kept(path: Path) -> tuple[str, dict[str, Any]] | None:
     return None
 
 
-def fresh_start(args: CoTArguments, generation: GenerationArguments) -> bool:
+def fresh_start(args: CoTArguments, prompt: PromptArguments, generation: GenerationArguments) -> bool:
     """Whether this run starts its output file afresh: `overwrite_output_dir`, unless the file holds this
-    very run (its first kept record made by this teacher with these settings: `ResumableArguments`)."""
+    very run (`ResumableArguments`), as its first kept record says."""
     this_run = False
     if args.overwrite_output_dir and (first := _first_kept(output_path(args))) is not None:
-        _, record = first
         settings = annotation_settings(args, generation)
-        changed = differences(record["settings"], settings) if "settings" in record else []  # as `resume`
-        this_run = record.get("teacher") == teacher_name(generation) and not changed
+        this_run = _made_by(first[1], teacher_name(generation), settings, prompt)
     return args.fresh_start(this_run=this_run)
 
 
-def check_continues(args: CoTArguments, generation: GenerationArguments) -> None:
+def _made_by(record: dict[str, Any], teacher: str, settings: dict[str, Any], prompt: PromptArguments) -> bool:
+    """Whether `record` was made by `teacher` with `settings`, its sentence asked as `prompt` asks it."""
+    if record.get("teacher") != teacher or (
+        "settings" in record and differences(record["settings"], settings)
+    ):
+        return False
+    try:
+        schema = Schema(tuple(record["labels"]), record.get("descriptions") or {})
+        asked = [{"role": "user", "content": teacher_instruction(record["text"], schema, prompt)}]
+    except (KeyError, TypeError, SpanError):  # not a record this version writes: another run's
+        return False
+    return record.get("prompt_hash") == prompt_hash(asked)
+
+
+def check_continues(args: CoTArguments, prompt: PromptArguments, generation: GenerationArguments) -> None:
     """Refuse, before a relaunch opens the W&B run of the first attempt, an output file annotated by
     another teacher or with other settings, as its first kept record says (`resume` checks them all
     later): the refused run would have been logged into that run, its config replaced."""
-    first = None if fresh_start(args, generation) else _first_kept(output_path(args))
+    first = None if fresh_start(args, prompt, generation) else _first_kept(output_path(args))
     if first is not None:
         where, record = first
         _check_teacher(where, record, teacher_name(generation))
@@ -681,7 +693,7 @@ def annotate(
     settings = annotation_settings(args, generation)
     path.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(path):
-        if fresh_start(args, generation):
+        if fresh_start(args, prompt, generation):
             path.unlink(missing_ok=True)
             tries_path(path).unlink(missing_ok=True)
         done, tried = resume(path, tasks, teacher, settings)
