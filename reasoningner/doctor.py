@@ -413,13 +413,18 @@ def check_extension_builds() -> list[Check]:
 
 @functools.cache
 def load_script(relative_path: str) -> ModuleType:
-    """A script of the checkout (`stages/sft.py`) imported as a module, to call its `make_parser()`."""
+    """A script of the checkout (`stages/sft.py`) imported as a module, to call its `make_parser()`; its
+    folder is on `sys.path` meanwhile, as when it runs (`benchmarks/` scripts import `timing`)."""
     path = CHECKOUT / relative_path
     spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # as an import would: dataclasses look their module up there
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
     return module
 
 
