@@ -95,7 +95,7 @@ from reasoningner.prompts import prompt_hash, teacher_instruction
 from reasoningner.rationale import consistency, gold_template_rationale
 from reasoningner.records import STATUSES, numbered_lines, parse_record, record_status
 from reasoningner.sources import is_source
-from reasoningner.spans import Example, Schema, SpanError
+from reasoningner.spans import Example
 from reasoningner.tracking import differences
 
 logger = logging.getLogger(__name__)
@@ -355,26 +355,26 @@ def _first_kept(path: Path) -> tuple[str, dict[str, Any]] | None:
 
 def fresh_start(args: CoTArguments, prompt: PromptArguments, generation: GenerationArguments) -> bool:
     """Whether this run starts its output file afresh: `overwrite_output_dir`, unless the file holds this
-    very run (`ResumableArguments`), as its first kept record says."""
+    very run (`ResumableArguments`): its first kept record one of this shard's sentences, asked as this
+    run asks it, by this teacher with these settings. A file this run would refuse (another run's, a
+    broken one) is started afresh."""
     this_run = False
-    if args.overwrite_output_dir and (first := _first_kept(output_path(args))) is not None:
-        settings = annotation_settings(args, generation)
-        this_run = _made_by(first[1], teacher_name(generation), settings, prompt)
+    if args.overwrite_output_dir:
+        try:
+            first = _first_kept(output_path(args))
+        except ValueError:  # a line that is no record
+            first = None
+        if first is not None:
+            _, record = first
+            task = next((t for t in load_tasks(args, prompt) if t.key == record.get("key")), None)
+            settings = annotation_settings(args, generation)
+            this_run = (
+                task is not None
+                and record.get("prompt_hash") == task.prompt_hash
+                and record.get("teacher") == teacher_name(generation)
+                and not ("settings" in record and differences(record["settings"], settings))  # as `resume`
+            )
     return args.fresh_start(this_run=this_run)
-
-
-def _made_by(record: dict[str, Any], teacher: str, settings: dict[str, Any], prompt: PromptArguments) -> bool:
-    """Whether `record` was made by `teacher` with `settings`, its sentence asked as `prompt` asks it."""
-    if record.get("teacher") != teacher or (
-        "settings" in record and differences(record["settings"], settings)
-    ):
-        return False
-    try:
-        schema = Schema(tuple(record["labels"]), record.get("descriptions") or {})
-        asked = [{"role": "user", "content": teacher_instruction(record["text"], schema, prompt)}]
-    except (KeyError, TypeError, SpanError):  # not a record this version writes: another run's
-        return False
-    return record.get("prompt_hash") == prompt_hash(asked)
 
 
 def check_continues(args: CoTArguments, prompt: PromptArguments, generation: GenerationArguments) -> None:

@@ -293,7 +293,8 @@ def claim_data(output_dir: str | Path, rows: dict[str, str], *, resuming: bool) 
             raise ValueError(
                 f"{output_dir} holds a run that started on other training data ({'; '.join(changed)}): a "
                 "Hub dataset updated, a file rewritten, or prompts this version builds otherwise; restore "
-                "the data, or rerun with --overwrite_output_dir true to start afresh"
+                "the data, or delete the folder (or choose another output_dir) to start afresh: "
+                "overwrite_output_dir keeps a run of the same settings"
             )
         return
     if resuming:

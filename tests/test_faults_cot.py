@@ -921,6 +921,25 @@ def test_a_rerun_refuses_a_file_it_cannot_have_written_naming_file_and_line(tmp_
     assert {r["output_format"] for r in read_records(path)} == {"xml"}
 
 
+def test_overwrite_keeps_a_file_of_this_very_run_and_starts_afresh_one_it_would_refuse(
+    tmp_path: Path,
+) -> None:
+    """The same command submitted again resumes; a file this run would refuse (its sentences asked
+    otherwise since the inputs changed, a broken line) is started afresh, not resumed and then refused
+    with advice to use the flag already given."""
+    inputs = write_inputs(tmp_path / "in.jsonl", 4)
+    out = tmp_path / "out"
+    path = out / "annotations.jsonl"
+    annotate(cot_args(out, [inputs]), PromptArguments(), GOLD)
+    overwrite = cot_args(out, [inputs], overwrite_output_dir=True)
+    assert annotate(overwrite, PromptArguments(), GOLD)["annotated_this_run"] == 0
+    inputs.write_text(inputs.read_text().replace("Ann0 Lee joined", "Ann0 Lee hailed"))  # s0 asked otherwise
+    assert annotate(overwrite, PromptArguments(), GOLD)["annotated_this_run"] == 4
+    path.write_text("{not json\n" + path.read_text())
+    assert annotate(overwrite, PromptArguments(), GOLD)["annotated_this_run"] == 4
+    assert len(read_records(path)) == 4
+
+
 # --- a relaunch with other settings ---------------------------------------------------------------------
 
 
