@@ -142,13 +142,14 @@ def model_card(
             "the answer back to character offsets. Without it, ask the model with its chat template and "
             "the prompt below as the only user turn (no system prompt"
             + (", and no `enable_thinking=False`, which fills in an empty rationale" if reasoning else "")
-            + "), greedily, as evaluation asks (the saved generation config's default; `temperature=0` "
-            "from a server), "
+            + "), greedily, as evaluation asks ("
             + (
-                f"up to {contract.max_new_tokens} new tokens (its default too), "
-                if contract.max_new_tokens
-                else ""
+                "`do_sample=False`, or `temperature=0` from a server: an adapter has no generation config "
+                "of its own, and its base's may sample), "
+                if adapter is not None
+                else "the saved generation config's default; `temperature=0` from a server), "
             )
+            + (f"up to {contract.max_new_tokens} new tokens, " if contract.max_new_tokens else "")
             + "and read "
             + (
                 "the answer after `</think>` (with vLLM's reasoning parser, the whole `content`). The prompt:"

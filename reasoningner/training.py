@@ -22,8 +22,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers import IntervalStrategy, TrainerCallback, set_seed
+from transformers import GenerationConfig, IntervalStrategy, TrainerCallback, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.utils import GENERATION_CONFIG_NAME
 from trl import GRPOTrainer, SFTTrainer
 from trl.trainer.utils import RepeatSampler
 
@@ -853,6 +854,8 @@ class _ResumeRecord(TrainerCallback):
         for name in (PROMPT_CONTRACT, MANIFEST):
             if (Path(self.trainer.args.output_dir) / name).is_file():
                 shutil.copy2(Path(self.trainer.args.output_dir) / name, checkpoint / name)
+        if (contract := PromptContract.load(checkpoint)) is not None:
+            ask_as_trained(checkpoint, contract)
 
 
 def train_from(stage: str, trainer: Any, checkpoint: str | None, job: ResumableArguments) -> None:
@@ -922,11 +925,10 @@ def train_from(stage: str, trainer: Any, checkpoint: str | None, job: ResumableA
 def describe_run(
     stage: str, trainer: Any, start: TrainerStart, contract: PromptContract, corpora: Sequence[str]
 ) -> None:
-    """Before any checkpoint, which they describe too: the prompt contract, the generation config
-    (`ask_as_trained`) and a provisional manifest (`tracking.record_trainer_start`). A checkpoint
-    evaluated, trained further or published before the run ends is then asked as it learnt and carries
-    its lineage (the contamination check)."""
-    ask_as_trained(trainer.model.generation_config, contract)
+    """Before any checkpoint, which they describe too: the prompt contract and a provisional manifest
+    (`tracking.record_trainer_start`). A checkpoint evaluated, trained further or published before the
+    run ends is then asked as it learnt (`ask_as_trained`) and carries its lineage (the contamination
+    check)."""
     if trainer.accelerator.is_main_process:
         contract.save(trainer.args.output_dir)
         record_trainer_start(
@@ -934,16 +936,34 @@ def describe_run(
         )
 
 
-def ask_as_trained(generation_config: Any, contract: PromptContract) -> None:
-    """What plain `generate`, transformers' pipeline and `vllm serve` take from the saved model by
-    default: the output budget it was trained with (else 20 tokens, or the base's) and greedy decoding,
-    as evaluation and `predict` ask. A base's sampling defaults (Qwen3's temperature 0.6, top-k 20)
-    would otherwise sample, and transformers refuses `temperature=0` beside them. TRL's GRPO sets its
-    own sampling explicitly, so training generates as before."""
+# Generation settings that only sampling reads: transformers refuses to save them beside do_sample=False.
+SAMPLING_ONLY = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "top_h",
+    "typical_p",
+    "epsilon_cutoff",
+    "eta_cutoff",
+)
+
+
+def ask_as_trained(folder: Path, contract: PromptContract) -> None:
+    """Have a saved full model's generation config ask as evaluation and `predict` do: greedy, within the
+    output budget it was trained with (plain `generate` would stop at 20 tokens, or the base's budget).
+    That is what plain `generate`, transformers' pipeline and `vllm serve` take by default; a base's
+    sampling defaults (Qwen3's temperature 0.6, top-k 20) would sample, and transformers refuses the
+    card's `temperature=0` beside them. The saved file only: training generates with the config it
+    loaded (TRL's GRPO fills what it leaves unset from it). A LoRA adapter's folder has none (its users
+    load the base's)."""
+    if not (folder / GENERATION_CONFIG_NAME).is_file():
+        return
+    config = GenerationConfig.from_pretrained(folder)
     if contract.max_new_tokens:
-        generation_config.max_new_tokens = contract.max_new_tokens
-    generation_config.do_sample = False
-    generation_config.temperature = generation_config.top_p = generation_config.top_k = None
+        config.max_new_tokens = contract.max_new_tokens
+    config.update(do_sample=False, **dict.fromkeys(SAMPLING_ONLY))
+    config.save_pretrained(folder)
 
 
 def finish_trainer_stage(stage: str, trainer: Any, start: TrainerStart, corpora: Sequence[str] = ()) -> None:
@@ -971,10 +991,9 @@ def finish_trainer_stage(stage: str, trainer: Any, start: TrainerStart, corpora:
 
 
 def save_final(trainer: Any, output_dir: str, merge_lora: bool, contract: PromptContract) -> Path | None:
-    """Save model, tokenizer and prompt contract, with the generation config `describe_run` set (of a
-    full model: a LoRA adapter's folder has no generation config, and its users load the base's); with
-    `merge_lora`, also a merged full model (with the same contract and generation config) in
-    `output_dir/merged`.
+    """Save model, tokenizer and prompt contract, the generation config asking as evaluation does
+    (`ask_as_trained`); with `merge_lora`, also a merged full model (with the same contract and
+    generation config) in `output_dir/merged`.
 
     The merge reloads the base model and the adapter just saved instead of merging the trainer's model,
     whose weights are partitioned across ranks under ZeRO-3 (empty tensors on each rank). It is the last
@@ -983,6 +1002,7 @@ def save_final(trainer: Any, output_dir: str, merge_lora: bool, contract: Prompt
     trainer.save_model(output_dir)
     if trainer.accelerator.is_main_process:
         contract.save(output_dir)
+        ask_as_trained(Path(output_dir), contract)
     trainer.save_state()  # trainer_state.json beside the model: the log history, for reports and plots
     if not merge_lora or not hasattr(trainer.model, "merge_and_unload"):
         return None
@@ -1000,4 +1020,5 @@ def save_final(trainer: Any, output_dir: str, merge_lora: bool, contract: Prompt
     merged.save_pretrained(merged_dir)
     trainer.processing_class.save_pretrained(merged_dir)
     contract.save(merged_dir)
+    ask_as_trained(merged_dir, contract)
     return merged_dir

@@ -367,6 +367,7 @@ def test_lora_sft_run_lowers_the_loss_and_merges(
     shutil.copytree(model_dir, base)
     base_generation = GenerationConfig.from_pretrained(base)
     base_generation.eos_token_id = next(t for t in range(8) if t != tokenizer.eos_token_id)
+    base_generation.update(do_sample=True, temperature=0.6, min_p=0.05)  # a base that samples by default
     base_generation.save_pretrained(base)
     out = tmp_path / "lora"
     uploads = fake_hub(monkeypatch)
@@ -385,7 +386,10 @@ def test_lora_sft_run_lowers_the_loss_and_merges(
     merged_ends = GenerationConfig.from_pretrained(out / "merged").eos_token_id
     assert {tokenizer.eos_token_id, base_generation.eos_token_id} <= set(merged_ends)
     budget = PromptContract.load(out / "merged").max_new_tokens
-    assert budget and GenerationConfig.from_pretrained(out / "merged").max_new_tokens == budget
+    merged_generation = GenerationConfig.from_pretrained(out / "merged")
+    assert budget and merged_generation.max_new_tokens == budget
+    assert merged_generation.do_sample is False and merged_generation.min_p is None  # greedy: not the base's
+    assert not (out / "generation_config.json").exists()  # an adapter: its users load the base's
     # A random-init model's logits are tiny (unit hidden states against 0.02-scale tied embeddings) and LoRA
     # on q/v cannot scale them up, so the loss can only fall a little below log(vocab): ~0.15 nats here.
     assert after < before - 0.1, (before, after)
@@ -620,7 +624,7 @@ def test_the_model_card_tells_how_to_use_the_model_and_publishing_uploads_it_wit
     # A base that samples by default (as Qwen3's generation config does).
     base = Path(shutil.copytree(model_dir, tmp_path / "base"))
     sampling = GenerationConfig.from_pretrained(base)
-    sampling.update(do_sample=True, temperature=0.6, top_k=20, top_p=0.95)
+    sampling.update(do_sample=True, temperature=0.6, top_k=20, top_p=0.95, min_p=0.05)
     sampling.save_pretrained(base)
     args = stage_args(base, cot_file, out, max_steps=2, lr=1e-3)
     run_stage(*args, "--save_strategy", "steps", "--save_steps", "1", "--push_to_hub", "true")
@@ -631,7 +635,7 @@ def test_the_model_card_tells_how_to_use_the_model_and_publishing_uploads_it_wit
     for folder in (out, *checkpoints):
         saved = GenerationConfig.from_pretrained(folder)
         assert saved.max_new_tokens == PromptContract.load(out).max_new_tokens and saved.do_sample is False
-        assert (saved.temperature, saved.top_k, saved.top_p) == (None, None, None)
+        assert (saved.temperature, saved.top_k, saved.top_p, saved.min_p) == (None, None, None, None)
     card = (out / "README.md").read_text()
     assert "[None]" not in card and f'NERModel.from_pretrained("me/{tmp_path.name}-tiny-ner")' in card
     for label in PromptContract.load(out).labels:

@@ -167,6 +167,9 @@ def test_a_grpo_card_names_the_hub_base_through_its_sft_start_the_hub_datasets_a
         "--max-lora-rank 64\n" in served
     )
     assert 'model="ner"' in served
+    assert "`do_sample=False`, or `temperature=0` from a server: an adapter has no generation config" in (
+        adapter_card
+    )
     # Described labels are shown and asked with their descriptions; an answer-only model says so.
     labels = ["person", "location", "organisation", "miscellaneous", "event"]
     described = PromptContract(
