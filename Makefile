@@ -123,7 +123,7 @@ SMOKE_DEVICE = $(shell $(BIN)/python -c "import torch; print('' if torch.cuda.is
 # after a plain `make install` has not got it, which the recipes would refuse.
 SMOKE_LIGER = $(shell $(BIN)/python -c "import importlib.util as u; print('' if u.find_spec('liger_kernel') else '--use_liger_kernel false')")
 # float32 weights: one process has no DeepSpeed fp32 master weights, and full fine-tuning of bf16 ones is
-# refused (`training.check_full_fine_tuning_dtype`); the recipes' bf16 autocast still computes in bf16.
+# refused (`training.check_trained_precision`); the recipes' bf16 autocast still computes in bf16.
 SMOKE_ARGS = --max_steps 2 --report_to none --save_strategy no --dtype float32 $(SMOKE_DEVICE) $(SMOKE_LIGER)
 # One GPU at most: TRL refuses several GPUs visible to one process (nn.DataParallel).
 smoke: export CUDA_VISIBLE_DEVICES := $(firstword $(subst $(comma), ,$(or $(CUDA_VISIBLE_DEVICES),0)))

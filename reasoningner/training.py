@@ -164,19 +164,20 @@ def check_saved_weights(training_args: Any, model_args: Any) -> None:
         )
 
 
-def check_full_fine_tuning_dtype(training_args: Any, model_args: Any) -> None:
-    """Refuse full fine-tuning of half-precision weights without DeepSpeed or FSDP: their fp32 master
-    weights are missing then, torch's AdamW updates the bf16 weights in place, and most updates round
-    away (a 2e-5 step of a weight of 0.02 is under bf16's resolution there), silently. LoRA's adapter
-    weights are float32 whatever the base's dtype."""
-    lora = model_args.use_peft or is_adapter(model_args.model_name_or_path)
-    sharded = zero_stage(training_args) is not None or bool(getattr(training_args, "fsdp", None))
-    if model_args.dtype in ("bfloat16", "float16") and not lora and not sharded:
+def check_trained_precision(trainer: Any) -> None:
+    """Refuse to train half-precision weights without DeepSpeed or FSDP (`dtype` bfloat16, or `auto` on
+    a bf16 checkpoint such as Qwen3's): their fp32 master weights are missing then, torch's AdamW updates
+    the bf16 weights in place, and most updates round away (a 2e-5 step of a weight of 0.02 is under
+    bf16's resolution there), silently. LoRA's adapter weights are float32 whatever the base's dtype."""
+    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        return
+    half = {p.dtype for p in trainer.model.parameters() if p.requires_grad} & {torch.bfloat16, torch.float16}
+    if half:
         raise ValueError(
-            f"full fine-tuning of dtype {model_args.dtype} weights without DeepSpeed: the optimizer updates "
-            "them in place and most updates round away; launch with DeepSpeed (ACCELERATE_CONFIG="
-            "recipes/accelerate/zero2.yaml or zero3.yaml), load them in float32 (--dtype float32; bf16: "
-            "true still computes in bf16), or train LoRA (--use_peft true)"
+            f"the trained weights are {', '.join(sorted(map(str, half)))} and there is no DeepSpeed: the "
+            "optimizer updates them in place and most updates round away; launch with DeepSpeed "
+            "(ACCELERATE_CONFIG=recipes/accelerate/zero2.yaml or zero3.yaml), load them in float32 "
+            "(--dtype float32; bf16: true still computes in bf16), or train LoRA (--use_peft true)"
         )
 
 
@@ -507,7 +508,6 @@ def start_trainer_stage(
         raise ValueError("; ".join(stale))
     start_deepspeed_on_cpu(training_args)
     check_saved_weights(training_args, model_args)
-    check_full_fine_tuning_dtype(training_args, model_args)
     require_model(model_args.model_name_or_path)
     push_to = publish_target(script_args, training_args, model_args)
     inputs = [*script_args.train_files, model_args.model_name_or_path]
@@ -873,6 +873,7 @@ def train_from(stage: str, trainer: Any, checkpoint: str | None, job: ResumableA
     run then ends as training does: with the best checkpoint's weights under `load_best_model_at_end`,
     and the callbacks' end of training (W&B's model artifact); the final speed and loss row is not
     logged, as no step was taken."""
+    check_trained_precision(trainer)
     trainer.add_callback(_StopAtLastStep())
     record = _ResumeRecord(trainer, checkpoint)
     trainer.add_callback(record)

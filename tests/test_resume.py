@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from reasoningner import jobs, training
 from reasoningner.configs import (
@@ -700,32 +701,30 @@ def test_a_second_launch_on_a_training_run_s_folder_fails_before_it_changes_anyt
 
 
 @pytest.mark.parametrize(
-    ("dtype", "lora", "deepspeed", "refused"),
-    [("bfloat16", False, None, True), ("float16", False, None, True), ("bfloat16", True, None, False),
-     ("bfloat16", False, 2, False), ("float32", False, None, False), ("auto", False, None, False)],
+    ("dtype", "trained", "deepspeed", "refused"),
+    [(torch.bfloat16, True, False, True), (torch.float16, True, False, True),
+     (torch.bfloat16, False, False, False), (torch.bfloat16, True, True, False),
+     (torch.float32, True, False, False)],
 )  # fmt: skip
-def test_full_fine_tuning_of_half_precision_weights_needs_deepspeed_s_master_weights(
-    dtype: str, lora: bool, deepspeed: int | None, refused: bool
+def test_half_precision_weights_train_only_with_deepspeed_s_master_weights(
+    dtype: torch.dtype, trained: bool, deepspeed: bool, refused: bool
 ) -> None:
     """Under DDP, torch's AdamW updates bf16 weights in place, and an update of 2e-5 of a weight of 0.02
-    rounds away: such a run barely trains, silently."""
+    rounds away: such a run barely trains, silently. A frozen bf16 base under float32 LoRA weights is fine."""
     from types import SimpleNamespace
 
-    import torch
-
-    from reasoningner.training import check_full_fine_tuning_dtype
+    from reasoningner.training import check_trained_precision
 
     weight = torch.tensor(0.02, dtype=torch.bfloat16)
     assert weight - 2e-5 == weight  # what the refusal is for
-    plugin = None if deepspeed is None else SimpleNamespace(zero_stage=deepspeed)
-    training_args = SimpleNamespace(deepspeed_plugin=plugin, fsdp=[])
-    model_args = SimpleNamespace(dtype=dtype, use_peft=lora, model_name_or_path="Qwen/Qwen3-8B")
+    model = torch.nn.Linear(2, 2).to(dtype).requires_grad_(trained)
+    trainer = SimpleNamespace(model=model, is_deepspeed_enabled=deepspeed, is_fsdp_enabled=False)
     with (
-        pytest.raises(ValueError, match=f"full fine-tuning of dtype {dtype} weights without DeepSpeed")
+        pytest.raises(ValueError, match=f"the trained weights are {dtype} and there is no DeepSpeed")
         if refused
         else contextlib.nullcontext()
     ):
-        check_full_fine_tuning_dtype(training_args, model_args)
+        check_trained_precision(trainer)
 
 
 @pytest.mark.parametrize(
@@ -994,8 +993,10 @@ def test_a_relaunch_saves_at_its_own_save_steps_and_a_best_model_run_keeps_its_l
         )
     assert created == []  # refused before it made a Hub repository
     # transformers' own save at SIGTERM: per process, inside a step or a GRPO cycle.
-    with pytest.raises(ValueError, match="full fine-tuning of dtype bfloat16 weights without DeepSpeed"):
-        sft("--max_steps", "6", "--dtype", "bfloat16")
+    bf16 = sft_args(tiny_model_dir, annotations, tmp_path / "bf16", "--max_steps", "1", "--dtype", "bfloat16")
+    with pytest.raises(ValueError, match="the trained weights are torch.bfloat16 and there is no DeepSpeed"):
+        stage.main(*stage.make_parser().parse_args_and_config(args=bf16))
+    assert not list((tmp_path / "bf16").glob("checkpoint-*"))  # refused before the first step
     with pytest.raises(ValueError, match="enable_jit_checkpoint: SFT and GRPO save a checkpoint at SIGTERM"):
         sft("--max_steps", "6", "--enable_jit_checkpoint", "true")
     with pytest.raises(ValueError, match="save_total_limit 1 with load_best_model_at_end"):
