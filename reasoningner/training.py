@@ -538,29 +538,32 @@ def start_trainer_stage(
         "zero_stage": zero_stage(training_args),
         "input_contents": input_contents(inputs),  # not eval_files: evaluation leaves training as it is
     }
-    relaunch = recorded_run(training_args.output_dir, settings)
-    fresh = script_args.fresh_start(this_run=relaunch)
-    if main_process:  # before anything in the folder changes: a second writer would delete or mix checkpoints
+    # Before the folder is read for this run: a second writer would delete or mix checkpoints.
+    if main_process:
         _WRITING.enter_context(exclusive(Path(training_args.output_dir) / TRAINING))
-    resume = claim_output_dir(
-        training_args.output_dir,
-        settings,
-        overwrite=fresh,
-        stale=TRAINER_OUTPUTS,
-        write=main_process,
-    )
-    if push_to and main_process:
-        # Made (or checked to be this run's) now, after every other check: a missing login or a name the
-        # account may not use fails before training, not after it, and a refused run makes no repository.
-        push_to = hub_repository(push_to, training_args.output_dir, training_args.hub_private_repo)
-    # Rank 0's: a node that sees other files (a node-local or lagging output folder) would resume from
-    # another step, or load other shards, and the ranks would hang or train on misaligned batches.
-    checkpoint = from_main_process(last_checkpoint(training_args.output_dir) if resume else None)
-    if checkpoint and not Path(checkpoint, "trainer_state.json").is_file():
-        raise ValueError(
-            f"process {training_args.process_index}: the main process resumes from {checkpoint}, which this "
-            "node does not see: output_dir must be on storage every node shares"
+    try:
+        relaunch = recorded_run(training_args.output_dir, settings)
+        fresh = script_args.fresh_start(this_run=relaunch)
+        claim = functools.partial(
+            claim_output_dir, training_args.output_dir, settings, overwrite=fresh, stale=TRAINER_OUTPUTS
         )
+        claim(write=False)  # refused before anything changes: a Hub repository made, another run deleted
+        if push_to and main_process:
+            # Made (or checked to be this run's) now, after every other check: a missing login or a name
+            # the account may not use fails before training, not after it, and a refused run makes none.
+            push_to = hub_repository(push_to, training_args.output_dir, training_args.hub_private_repo)
+        resume = claim(write=main_process)
+        # Rank 0's: a node that sees other files (a node-local or lagging output folder) would resume from
+        # another step, or load other shards, and the ranks would hang or train on misaligned batches.
+        checkpoint = from_main_process(last_checkpoint(training_args.output_dir) if resume else None)
+        if checkpoint and not Path(checkpoint, "trainer_state.json").is_file():
+            raise ValueError(
+                f"process {training_args.process_index}: the main process resumes from {checkpoint}, which "
+                "this node does not see: output_dir must be on storage every node shares"
+            )
+    except BaseException:
+        _WRITING.close()  # a refused start holds nothing (a later launch in this process, a notebook)
+        raise
     if main_process and wants_wandb(training_args.report_to):
         continue_wandb_run(training_args.output_dir, resuming=resume or relaunch)
     if checkpoint:

@@ -691,11 +691,17 @@ def test_a_second_launch_on_a_training_run_s_folder_fails_before_it_changes_anyt
         )
 
     sft("--max_steps", "2")
-    with held_elsewhere(out / "training"), pytest.raises(RuntimeError, match="being written by another run"):
-        sft("--max_steps", "4", "--learning_rate", "2e-3", "--overwrite_output_dir", "true")
+    other_settings = ["--max_steps", "4", "--learning_rate", "2e-3"]
+    for command in (["--max_steps", "2"], [*other_settings, "--overwrite_output_dir", "true"]):
+        with held_elsewhere(out / "training"), pytest.raises(RuntimeError, match="being written by another"):
+            sft(*command)  # the same command submitted twice; another run over it
     assert (out / "checkpoint-2").is_dir() and json.loads((out / RUN_SETTINGS).read_text())[
         "learning_rate"
     ] == 1e-3
+    with pytest.raises(ValueError, match="holds a run with other settings"):
+        sft(*other_settings)
+    with held_elsewhere(out / "training"):
+        pass  # a refused start holds no lock (a later launch in the same process, a notebook)
     sft("--max_steps", "4")  # the other writer gone: the run resumes
     assert (out / "checkpoint-4").is_dir()
 

@@ -611,8 +611,13 @@ def test_publishing_refuses_before_training_a_repository_holding_another_model(
     with pytest.raises(ValueError, match=r"published from .*other/sft"):
         run_stage(*args, "--hub_model_id", "mine")
     assert trained(out) == []
+    run_stage(*stage_args(model_dir, cot_file, out, max_steps=1, lr=2e-3))  # another run in the folder
+    with pytest.raises(ValueError, match=r"published from .*other/sft"):  # over it: refused, not deleting it
+        run_stage(*args, "--hub_model_id", "mine", "--overwrite_output_dir", "true")
+    kept = json.loads((out / "run_settings.json").read_text())
+    assert (out / "model.safetensors").is_file() and kept["learning_rate"] == 2e-3
     uploads = fake_hub(monkeypatch, {"manifest.json": json.dumps({"config": {"output_dir": str(out)}})})
-    run_stage(*args, "--hub_model_id", "mine")
+    run_stage(*args, "--hub_model_id", "mine", "--overwrite_output_dir", "true")
     assert uploads[-1]["repo_id"] == "me/mine"
 
 
