@@ -447,7 +447,7 @@ def _overwrite_this_run() -> None:
     """Said once however often a stage asks `fresh_start`."""
     logger.warning(
         "output_dir holds this very run (the same settings): it resumes; overwrite_output_dir starts afresh "
-        "only over a run of other settings (delete the folder to train this one again)"
+        "only over a run of other settings (delete its outputs to run this one again)"
     )
 
 

@@ -685,7 +685,8 @@ def annotate(
 ) -> dict[str, Any]:
     """Annotate what this shard's output file lacks, failed sentences included; return the report
     of the whole file (also written to `report_path`). Guarantees: the module docstring. With
-    `overwrite_output_dir` the file is started afresh (under the lock: never under a running writer).
+    `overwrite_output_dir` a file of another run is started afresh (`fresh_start`; under the lock: never
+    under a running writer).
     `on_progress` (W&B's `log`) gets `Progress` metrics every `logging_seconds` and at the end."""
     path = output_path(args)
     tasks = load_tasks(args, prompt)

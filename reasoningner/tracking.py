@@ -468,9 +468,9 @@ _RUN_IDS_SET_HERE: set[str] = set()  # not the user's: a later stage in this pro
 def continue_wandb_run(output_dir: str | Path, resuming: bool, id_file: str = WANDB_RUN_ID) -> None:
     """One W&B run per training run (or stage 1 shard) however often it is relaunched: a relaunch of
     the same run (from its checkpoints, or killed before its first) logs into the W&B run of its first
-    attempt (its id kept in the output folder, in `id_file`), a fresh start (or `overwrite_output_dir`)
-    opens a new one. A `WANDB_RUN_ID` the user set wins, except for a stage 1 shard (an `id_file` of
-    its own), where every shard of the run would log into that one run at once."""
+    attempt (its id kept in the output folder, in `id_file`), a fresh start (`overwrite_output_dir` over
+    another run's outputs) opens a new one. A `WANDB_RUN_ID` the user set wins, except for a stage 1
+    shard (an `id_file` of its own), where every shard of the run would log into that one run at once."""
     given = os.environ.get("WANDB_RUN_ID")
     if given and given not in _RUN_IDS_SET_HERE:
         if id_file != WANDB_RUN_ID:
