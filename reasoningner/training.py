@@ -41,7 +41,7 @@ from reasoningner.configs import (
     training_sources,
 )
 from reasoningner.doctor import stale_build_locks
-from reasoningner.files import exclusive
+from reasoningner.files import exclusive, write_whole
 from reasoningner.jobs import Termination, stop, terminated, terminating
 from reasoningner.model_card import hub_repository, publish, run_folder, write_model_card
 from reasoningner.prompts import check_wording
@@ -444,7 +444,8 @@ class TrainerStart(NamedTuple):
 
 
 def check_resumable(training_args: Any) -> None:
-    """Refuse the Trainer settings under which a killed run would not resume as one never killed."""
+    """Refuse the Trainer settings under which a killed run would not resume as one never killed, or the
+    model would be asked otherwise than it was trained."""
     if training_args.save_only_model:
         # transformers (5.24) then saves neither the optimizer and scheduler nor the RNG states (and so not
         # `_ResumeRecord`'s data order): a resumed run restarts Adam's moments and may train examples twice;
@@ -453,6 +454,21 @@ def check_resumable(training_args: Any) -> None:
             "save_only_model: checkpoints without the optimizer, scheduler and random states cannot resume "
             "a run as if never killed (under DeepSpeed not at all): leave it false, and bound the disk "
             "checkpoints take with save_total_limit"
+        )
+    if getattr(training_args, "sync_ref_model", False):  # GRPO's
+        # TRL moves the reference model toward the policy every ref_model_sync_steps and saves it in no
+        # checkpoint: a resumed run's KL term would measure against the starting model instead.
+        raise ValueError(
+            "sync_ref_model: the reference model it updates is in no checkpoint, so a resumed run's KL term "
+            "would measure against another model: leave it false"
+        )
+    if getattr(training_args, "chat_template_kwargs", None):  # GRPO's
+        # The prompt contract records no template arguments: evaluation, predict, the card and a later
+        # stage would ask the model otherwise than GRPO trained it.
+        raise ValueError(
+            "chat_template_kwargs: GRPO would render its prompts otherwise than SFT trained them and "
+            "evaluation, predict and the model card ask (the prompt contract has no template arguments): "
+            "leave it unset"
         )
     if training_args.enable_jit_checkpoint:
         # transformers' own save at SIGTERM: each process on its own, inside a step or a GRPO generation
@@ -859,6 +875,14 @@ class _ResumeRecord(TrainerCallback):
                 shutil.copy2(Path(self.trainer.args.output_dir) / name, checkpoint / name)
         if (contract := PromptContract.load(checkpoint)) is not None:
             ask_as_trained(checkpoint, contract)
+        if getattr(self.trainer, "use_adaptive_entropy", False):
+            # TRL writes it after trainer_state.json and the deletion of older checkpoints: a kill between
+            # left a complete-looking checkpoint from which the entropy coefficient silently restarted.
+            entropy = {
+                "entropy_coef": self.trainer.entropy_coef,
+                "last_world_entropy": self.trainer._last_world_entropy,
+            }
+            write_whole(checkpoint / "entropy_ctrl_state.json", json.dumps(entropy))
 
 
 def train_from(stage: str, trainer: Any, checkpoint: str | None, job: ResumableArguments) -> None:

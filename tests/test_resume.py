@@ -734,6 +734,46 @@ def test_half_precision_weights_train_only_with_deepspeed_s_master_weights(
 
 
 @pytest.mark.parametrize(
+    ("setting", "refused"),
+    [({"sync_ref_model": True, "beta": 0.04}, "sync_ref_model: the reference model it updates is in no"),
+     ({"chat_template_kwargs": {"enable_thinking": False}}, "chat_template_kwargs: GRPO would render its")],
+)  # fmt: skip
+def test_grpo_settings_a_run_could_not_resume_with_or_a_user_could_not_ask_with_are_refused(
+    setting: dict[str, Any], refused: str, tmp_path: Path
+) -> None:
+    from trl import GRPOConfig
+
+    from reasoningner.training import check_resumable
+
+    with pytest.raises(ValueError, match=refused):
+        check_resumable(GRPOConfig(output_dir=str(tmp_path), use_cpu=True, **setting))
+    check_resumable(GRPOConfig(output_dir=str(tmp_path), use_cpu=True))  # TRL's defaults pass
+
+
+def test_adaptive_entropy_s_state_is_in_a_checkpoint_before_it_looks_complete(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TRL writes entropy_ctrl_state.json after trainer_state.json: a kill between left a checkpoint that
+    resumed with the entropy coefficient restarted, silently."""
+    from transformers import TrainerState
+
+    seen: dict[str, bool] = {}
+    save_to_json = TrainerState.save_to_json
+
+    def noting(self: TrainerState, path: str) -> None:
+        if Path(path).parent.name.startswith("checkpoint-"):
+            seen[Path(path).parent.name] = (Path(path).parent / "entropy_ctrl_state.json").is_file()
+        save_to_json(self, path)
+
+    monkeypatch.setattr(TrainerState, "save_to_json", noting)
+    stage = load_stage("rl")
+    args = grpo_args(tiny_model_dir, tmp_path / "rl", "--max_steps", "2", "--save_steps", "1",
+                     "--use_adaptive_entropy", "true")  # fmt: skip
+    stage.main(*stage.make_parser().parse_args_and_config(args))
+    assert seen == {"checkpoint-1": True, "checkpoint-2": True}
+
+
+@pytest.mark.parametrize(
     ("overwrite", "this_run", "restarts", "fresh"),
     [(False, False, "", False), (True, False, "", True), (True, True, "", False), (True, False, "1", False)],
 )
