@@ -29,6 +29,7 @@ from reasoningner.configs import (
     PromptArguments,
     require_model,
 )
+from reasoningner.files import write_whole
 from reasoningner.formats import FORMATS
 from reasoningner.generation import BACKENDS, BackendMissing, GenerationError, options_from
 from reasoningner.predict import CUT_OFF, FAILED, NERModel, check_scoring
@@ -186,7 +187,7 @@ def _tiny_model(args: argparse.Namespace, console: Console) -> int:
         "versions": {name: version(name) for name in ("torch", "transformers", "tokenizers")},
     }
     record = args.out / TINY_MODEL_BUILD
-    if record.is_file() and json.loads(record.read_text(encoding="utf-8")) == build:
+    if record.is_file() and record.read_text(encoding="utf-8") == json.dumps(build, indent=2):
         console.print(f"tiny model in {args.out} already built from these arguments and data: reused")
         return 0
     record.unlink(missing_ok=True)
@@ -204,7 +205,7 @@ def _tiny_model(args: argparse.Namespace, console: Console) -> int:
         texts = [example.text for example in examples]
         losses = tiny_model.warm_up_copying(out, texts, steps=args.copy_warmup_steps, seed=args.seed)
         console.print(f"copy warm-up: {len(losses)} steps, loss {losses[0]:.2f} -> {losses[-1]:.2f}")
-    record.write_text(json.dumps(build, indent=2), encoding="utf-8")
+    write_whole(record, json.dumps(build, indent=2))  # whole or not at all: a kill mid-write rebuilds
     console.print(f"tiny model saved to {out}")
     return 0
 
@@ -333,7 +334,8 @@ def _predict(args: argparse.Namespace, console: Console) -> int:
                 cut += any(problem.kind in CUT_SHORT for problem in prediction.problems)
     if cut:  # a rationale cut off has no answer: no entities, which reads as a confident "none"
         print(f"predict: {cut} of {asked} outputs stop short ({', '.join(CUT_SHORT)}): raise "
-              f"--max-new-tokens (now {model.sampling.max_new_tokens})",
+              f"--max-new-tokens (now {model.sampling.max_new_tokens}), or ask texts much longer than the "
+              "model's training sentences in windows (--max-prompt-chars)",
               file=sys.stderr)  # fmt: skip
     if failed:
         print(f"predict: the backend gave up on {failed} of {asked} texts ({FAILED}); first: {first_failure}",

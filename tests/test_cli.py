@@ -97,6 +97,9 @@ def test_tiny_model_command_builds_warms_up_and_reports(tmp_path, capsys):
     assert main([*args, "--copy-warmup-steps", "3"]) == 0
     assert "copy warm-up: 3 steps" in capsys.readouterr().out
     assert (out / "model.safetensors").read_bytes() == weights
+    (out / TINY_MODEL_BUILD).write_text('{"arguments": {')  # cut short (a full disk): rebuilt, not an error
+    assert main([*args, "--copy-warmup-steps", "3"]) == 0
+    assert "copy warm-up: 3 steps" in capsys.readouterr().out
 
 
 def test_predict_takes_the_prompt_contract_under_the_recipe_names_and_refuses_old_flags(capsys):

@@ -476,7 +476,8 @@ def test_predict_says_when_outputs_ran_out_of_tokens(
     err = capsys.readouterr().err
     assert (
         "predict: 2 of 2 outputs stop short (cut_off, unclosed_think, truncated): raise --max-new-tokens "
-        "(now 12" in err
+        "(now 12), or ask texts much longer than the model's training sentences in windows "
+        "(--max-prompt-chars)" in err
     )
 
 
