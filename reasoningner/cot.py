@@ -355,25 +355,19 @@ def _first_kept(path: Path) -> tuple[str, dict[str, Any]] | None:
 
 def fresh_start(args: CoTArguments, prompt: PromptArguments, generation: GenerationArguments) -> bool:
     """Whether this run starts its output file afresh: `overwrite_output_dir`, unless the file holds this
-    very run (`ResumableArguments`): its first kept record one of this shard's sentences, asked as this
-    run asks it, by this teacher with these settings. A file this run would refuse (another run's, a
-    broken one) is started afresh."""
+    very run (`ResumableArguments`): every record one this run could have written, as `resume` checks
+    them. A file it would refuse (another run's, inputs changed since, a broken line) starts afresh."""
+    path = output_path(args)
     this_run = False
-    if args.overwrite_output_dir:
+    if args.overwrite_output_dir and path.is_file():
+        teacher, settings = teacher_name(generation), annotation_settings(args, generation)
         try:
-            first = _first_kept(output_path(args))
-        except ValueError:  # a line that is no record
-            first = None
-        if first is not None:
-            _, record = first
-            task = next((t for t in load_tasks(args, prompt) if t.key == record.get("key")), None)
-            settings = annotation_settings(args, generation)
-            this_run = (
-                task is not None
-                and record.get("prompt_hash") == task.prompt_hash
-                and record.get("teacher") == teacher_name(generation)
-                and not ("settings" in record and differences(record["settings"], settings))  # as `resume`
-            )
+            for _ in _checked(complete_lines(path)[0], load_tasks(args, prompt), teacher, settings, path):
+                pass
+        except ValueError:
+            this_run = False
+        else:
+            this_run = True
     return args.fresh_start(this_run=this_run)
 
 
@@ -412,18 +406,14 @@ def resume(
         tries_path(path).unlink(missing_ok=True)  # of a file deleted by hand
         return set(), {}
     lines, cut = complete_lines(path)
-    records = ((where, line, parse_record(line, where)) for where, line in lines)  # parsed one at a time
     kept: list[bytes] = []  # the lines of the records kept, written back as they were read
     done: set[str] = set()
     counts = tries_path(path)
     tried: dict[str, int] = json.loads(counts.read_text(encoding="utf-8")) if counts.is_file() else {}
-    for where, line, record, task in _known(records, {t.key: t for t in tasks}, path):
+    for _, line, record, task in _checked(lines, tasks, teacher, settings, path):
         if record_status(record) == "failed":
             tried[task.key] = max(tried.get(task.key, 0), int(record.get("tries") or 1))
             continue
-        _check_prompt(where, record, task)
-        _check_teacher(where, record, teacher)
-        _check_settings(where, record, settings)
         kept.append(line)
         done.add(record["key"])
     tried = {key: count for key, count in tried.items() if key not in done}
@@ -436,6 +426,24 @@ def resume(
     if len(kept) != len(lines) or cut:
         write_lines(path, kept)
     return done, tried
+
+
+def _checked(
+    lines: Sequence[tuple[str, bytes]],
+    tasks: Sequence[Task],
+    teacher: str,
+    settings: dict[str, Any],
+    path: Path,
+) -> Iterator[tuple[str, bytes, dict[str, Any], Task]]:
+    """The records of `lines` with their tasks, refusing one this run cannot have written (`_known`,
+    `_check_prompt`, another teacher, `_check_settings`); a failed one may differ, being asked again."""
+    records = ((where, line, parse_record(line, where)) for where, line in lines)  # parsed one at a time
+    for where, line, record, task in _known(records, {t.key: t for t in tasks}, path):
+        if record_status(record) != "failed":
+            _check_prompt(where, record, task)
+            _check_teacher(where, record, teacher)
+            _check_settings(where, record, settings)
+        yield where, line, record, task
 
 
 def tries_path(path: Path) -> Path:

@@ -933,11 +933,14 @@ def test_overwrite_keeps_a_file_of_this_very_run_and_starts_afresh_one_it_would_
     annotate(cot_args(out, [inputs]), PromptArguments(), GOLD)
     overwrite = cot_args(out, [inputs], overwrite_output_dir=True)
     assert annotate(overwrite, PromptArguments(), GOLD)["annotated_this_run"] == 0
-    inputs.write_text(inputs.read_text().replace("Ann0 Lee joined", "Ann0 Lee hailed"))  # s0 asked otherwise
+    inputs.write_text(inputs.read_text().replace("Ann2 Lee joined", "Ann2 Lee hailed"))  # s2 asked otherwise
     assert annotate(overwrite, PromptArguments(), GOLD)["annotated_this_run"] == 4
-    path.write_text("{not json\n" + path.read_text())
+    path.write_text(path.read_text() + "{not json\n")
     assert annotate(overwrite, PromptArguments(), GOLD)["annotated_this_run"] == 4
     assert len(read_records(path)) == 4
+    # A lower limit: its records of the sentences left out would be refused.
+    fewer = cot_args(out, [inputs], overwrite_output_dir=True, limit=2)
+    assert annotate(fewer, PromptArguments(), GOLD)["annotated_this_run"] == 2
 
 
 # --- a relaunch with other settings ---------------------------------------------------------------------
