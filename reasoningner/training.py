@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers import GenerationConfig, IntervalStrategy, TrainerCallback, set_seed
+from transformers import AutoConfig, GenerationConfig, IntervalStrategy, TrainerCallback, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import GENERATION_CONFIG_NAME
 from trl import GRPOTrainer, SFTTrainer
@@ -164,20 +164,30 @@ def check_saved_weights(training_args: Any, model_args: Any) -> None:
         )
 
 
-def check_trained_precision(trainer: Any) -> None:
-    """Refuse to train half-precision weights without DeepSpeed or FSDP (`dtype` bfloat16, or `auto` on
-    a bf16 checkpoint such as Qwen3's): their fp32 master weights are missing then, torch's AdamW updates
-    the bf16 weights in place, and most updates round away (a 2e-5 step of a weight of 0.02 is under
-    bf16's resolution there), silently. LoRA's adapter weights are float32 whatever the base's dtype."""
-    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+def check_trained_precision(training_args: Any, model_args: Any) -> None:
+    """Refuse full fine-tuning of half-precision weights (`dtype` bfloat16, or `auto` on a bf16 checkpoint
+    such as Qwen3's) without DeepSpeed or FSDP (whose mixed-precision policy decides): their fp32 master
+    weights are missing then, torch's AdamW updates the bf16 weights in place, and most updates round
+    away (a 2e-5 step of a weight of 0.02 is under bf16's resolution there), silently. LoRA adapters are
+    float32 whatever the base's dtype (QLoRA's bf16, as TRL casts them after its paper)."""
+    lora = model_args.use_peft or is_adapter(model_args.model_name_or_path)
+    quantized = model_args.load_in_4bit or model_args.load_in_8bit
+    if lora or quantized or zero_stage(training_args) is not None or training_args.fsdp:
         return
-    half = {p.dtype for p in trainer.model.parameters() if p.requires_grad} & {torch.bfloat16, torch.float16}
-    if half:
+    dtype = model_args.dtype
+    if dtype == "auto":  # the checkpoint's own
+        config = AutoConfig.from_pretrained(
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            trust_remote_code=model_args.trust_remote_code,
+        )
+        dtype = str(getattr(config, "dtype", None) or "float32").removeprefix("torch.")
+    if dtype in ("bfloat16", "float16"):
         raise ValueError(
-            f"the trained weights are {', '.join(sorted(map(str, half)))} and there is no DeepSpeed: the "
-            "optimizer updates them in place and most updates round away; launch with DeepSpeed "
-            "(ACCELERATE_CONFIG=recipes/accelerate/zero2.yaml or zero3.yaml), load them in float32 "
-            "(--dtype float32; bf16: true still computes in bf16), or train LoRA (--use_peft true)"
+            f"full fine-tuning of {dtype} weights without DeepSpeed: the optimizer updates them in place and "
+            "most updates round away; launch with DeepSpeed (ACCELERATE_CONFIG=recipes/accelerate/zero2.yaml "
+            "or zero3.yaml), load them in float32 (--dtype float32; bf16: true still computes in bf16), or "
+            "train LoRA (--use_peft true)"
         )
 
 
@@ -525,6 +535,7 @@ def start_trainer_stage(
     start_deepspeed_on_cpu(training_args)
     check_saved_weights(training_args, model_args)
     require_model(model_args.model_name_or_path)
+    check_trained_precision(training_args, model_args)  # `dtype: auto` reads the model's config
     push_to = publish_target(script_args, training_args, model_args)
     inputs = [*script_args.train_files, model_args.model_name_or_path]
     if wants_wandb(training_args.report_to):
@@ -900,7 +911,6 @@ def train_from(stage: str, trainer: Any, checkpoint: str | None, job: ResumableA
     run then ends as training does: with the best checkpoint's weights under `load_best_model_at_end`,
     and the callbacks' end of training (W&B's model artifact); the final speed and loss row is not
     logged, as no step was taken."""
-    check_trained_precision(trainer)
     trainer.add_callback(_StopAtLastStep())
     record = _ResumeRecord(trainer, checkpoint)
     trainer.add_callback(record)

@@ -707,30 +707,30 @@ def test_a_second_launch_on_a_training_run_s_folder_fails_before_it_changes_anyt
 
 
 @pytest.mark.parametrize(
-    ("dtype", "trained", "deepspeed", "refused"),
-    [(torch.bfloat16, True, False, True), (torch.float16, True, False, True),
-     (torch.bfloat16, False, False, False), (torch.bfloat16, True, True, False),
-     (torch.float32, True, False, False)],
+    ("dtype", "changes", "refused"),
+    [("bfloat16", {}, True), ("float16", {}, True), ("auto", {}, True), ("float32", {}, False),
+     ("bfloat16", {"use_peft": True}, False), ("bfloat16", {"load_in_4bit": True}, False),
+     ("bfloat16", {"deepspeed_plugin": types.SimpleNamespace(zero_stage=2)}, False)],
 )  # fmt: skip
-def test_half_precision_weights_train_only_with_deepspeed_s_master_weights(
-    dtype: torch.dtype, trained: bool, deepspeed: bool, refused: bool
+def test_full_fine_tuning_of_half_precision_weights_needs_deepspeed_s_master_weights(
+    dtype: str, changes: dict[str, Any], refused: bool, tmp_path: Path
 ) -> None:
     """Under DDP, torch's AdamW updates bf16 weights in place, and an update of 2e-5 of a weight of 0.02
-    rounds away: such a run barely trains, silently. A frozen bf16 base under float32 LoRA weights is fine."""
-    from types import SimpleNamespace
-
+    rounds away: such a run barely trains, silently. `auto` takes the checkpoint's dtype (Qwen3's bf16)."""
     from reasoningner.training import check_trained_precision
 
     weight = torch.tensor(0.02, dtype=torch.bfloat16)
     assert weight - 2e-5 == weight  # what the refusal is for
-    model = torch.nn.Linear(2, 2).to(dtype).requires_grad_(trained)
-    trainer = SimpleNamespace(model=model, is_deepspeed_enabled=deepspeed, is_fsdp_enabled=False)
-    with (
-        pytest.raises(ValueError, match=f"the trained weights are {dtype} and there is no DeepSpeed")
-        if refused
-        else contextlib.nullcontext()
-    ):
-        check_trained_precision(trainer)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "dtype": "bfloat16"}))
+    settings = {"dtype": dtype, "use_peft": False, "load_in_4bit": False, "load_in_8bit": False,
+                "model_name_or_path": str(tmp_path), "model_revision": None, "trust_remote_code": False,
+                "deepspeed_plugin": None, "fsdp": []} | changes  # fmt: skip
+    args = types.SimpleNamespace(**settings)
+    expected = (
+        "full fine-tuning of bfloat16 weights" if dtype == "auto" else f"full fine-tuning of {dtype} weights"
+    )
+    with pytest.raises(ValueError, match=expected) if refused else contextlib.nullcontext():
+        check_trained_precision(args, args)
 
 
 @pytest.mark.parametrize(
@@ -1040,9 +1040,9 @@ def test_a_relaunch_saves_at_its_own_save_steps_and_a_best_model_run_keeps_its_l
     assert created == []  # refused before it made a Hub repository
     # transformers' own save at SIGTERM: per process, inside a step or a GRPO cycle.
     bf16 = sft_args(tiny_model_dir, annotations, tmp_path / "bf16", "--max_steps", "1", "--dtype", "bfloat16")
-    with pytest.raises(ValueError, match="the trained weights are torch.bfloat16 and there is no DeepSpeed"):
+    with pytest.raises(ValueError, match="full fine-tuning of bfloat16 weights without DeepSpeed"):
         stage.main(*stage.make_parser().parse_args_and_config(args=bf16))
-    assert not list((tmp_path / "bf16").glob("checkpoint-*"))  # refused before the first step
+    assert not (tmp_path / "bf16").exists()  # refused before the folder is claimed or a model loads
     with pytest.raises(ValueError, match="enable_jit_checkpoint: SFT and GRPO save a checkpoint at SIGTERM"):
         sft("--max_steps", "6", "--enable_jit_checkpoint", "true")
     with pytest.raises(ValueError, match="save_total_limit 1 with load_best_model_at_end"):
