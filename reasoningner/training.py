@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers import AutoConfig, GenerationConfig, IntervalStrategy, TrainerCallback, set_seed
+from transformers import AutoConfig, IntervalStrategy, TrainerCallback, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import GENERATION_CONFIG_NAME
 from trl import GRPOTrainer, SFTTrainer
@@ -992,16 +992,18 @@ def ask_as_trained(folder: Path, contract: PromptContract) -> None:
     output budget it was trained with (plain `generate` would stop at 20 tokens, or the base's budget).
     That is what plain `generate`, transformers' pipeline and `vllm serve` take by default; a base's
     sampling defaults (Qwen3's temperature 0.6, top-k 20) would sample, and transformers refuses the
-    card's `temperature=0` beside them. The saved file only: training generates with the config it
-    loaded (TRL's GRPO fills what it leaves unset from it). A LoRA adapter's folder has none (its users
-    load the base's)."""
-    if not (folder / GENERATION_CONFIG_NAME).is_file():
+    card's `temperature=0` beside them. The saved file only, edited as JSON (transformers' strict check
+    on saving would refuse a base's beam-search leftovers, hours into a run): training generates with
+    the config it loaded (TRL's GRPO fills what it leaves unset from it). A LoRA adapter's folder has
+    none (its users load the base's)."""
+    path = folder / GENERATION_CONFIG_NAME
+    if not path.is_file():
         return
-    config = GenerationConfig.from_pretrained(folder)
+    config = {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if k not in SAMPLING_ONLY}
+    config["do_sample"] = False
     if contract.max_new_tokens:
-        config.max_new_tokens = contract.max_new_tokens
-    config.update(do_sample=False, **dict.fromkeys(SAMPLING_ONLY))
-    config.save_pretrained(folder)
+        config["max_new_tokens"] = contract.max_new_tokens
+    write_whole(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def finish_trainer_stage(stage: str, trainer: Any, start: TrainerStart, corpora: Sequence[str] = ()) -> None:
