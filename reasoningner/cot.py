@@ -41,8 +41,8 @@ What a run guarantees when its process ends at any moment (any signal, preemptio
 - A rerun with the same inputs cuts that line off, drops the failed records to try them again, and
   annotates exactly the sentences without a record, so that every sentence ends in the file exactly
   once. A rewrite goes through a temporary file and `os.replace`: a kill during it leaves the old
-  file or the new one, never a mix. (`overwrite_output_dir` starts afresh a file of another teacher or
-  other settings instead.)
+  file or the new one, never a mix. (`overwrite_output_dir` starts afresh a file this run would refuse
+  instead: another teacher, other settings, its sentences asked otherwise.)
 - A record carries the `settings` that shaped it besides its prompt and teacher
   (`annotation_settings`: thresholds, sampling, ...): a rerun or a merge refuses records made with other
   settings, naming what differs, rather than mix two data sets in one file (records written before they

@@ -251,8 +251,8 @@ def claim_output_dir(
     earlier attempt are there (files matching the `stale` patterns: checkpoints, a final model), one
     with the same settings resumes and one with other settings is an error saying what differs,
     unless `overwrite`: then those outputs are removed and the run starts afresh. An earlier attempt
-    that left no output claims nothing. `write=False` (the other ranks of a distributed run) only
-    checks.
+    that left no output claims nothing. `write=False` only checks (the other ranks of a distributed run,
+    and the main process before it makes the run's Hub repository).
     """
     output_dir = Path(output_dir)
     path = output_dir / RUN_SETTINGS

@@ -523,8 +523,9 @@ def start_trainer_stage(
     """What SFT and GRPO do before any model loads, so that a mistake costs seconds, not a model load:
     keep secrets out of every record, seed, refuse a dead extension build's lock, start DeepSpeed on
     CPU, check the model exists, join the pipeline's W&B group, resolve the prompt against the model's
-    contract (its folder's, or its Hub repository's at `model_revision`), claim the output folder
-    (`tracking.claim_output_dir`), make the Hub repository it publishes to, and say where training starts."""
+    contract (its folder's, or its Hub repository's at `model_revision`), take the output folder's
+    writer's lock, check the folder, make the Hub repository it publishes to, claim the folder
+    (`tracking.claim_output_dir`), and say where training starts."""
     keep_secrets_out(training_args)
     main_process = training_args.process_index == 0
     check_resumable(training_args)

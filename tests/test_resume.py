@@ -1038,11 +1038,12 @@ def test_a_relaunch_saves_at_its_own_save_steps_and_a_best_model_run_keeps_its_l
             "me/x",
         )
     assert created == []  # refused before it made a Hub repository
-    # transformers' own save at SIGTERM: per process, inside a step or a GRPO cycle.
+    # Full fine-tuning of bf16 weights without DeepSpeed's fp32 master weights.
     bf16 = sft_args(tiny_model_dir, annotations, tmp_path / "bf16", "--max_steps", "1", "--dtype", "bfloat16")
     with pytest.raises(ValueError, match="full fine-tuning of bfloat16 weights without DeepSpeed"):
         stage.main(*stage.make_parser().parse_args_and_config(args=bf16))
     assert not (tmp_path / "bf16").exists()  # refused before the folder is claimed or a model loads
+    # transformers' own save at SIGTERM: per process, inside a step or a GRPO cycle.
     with pytest.raises(ValueError, match="enable_jit_checkpoint: SFT and GRPO save a checkpoint at SIGTERM"):
         sft("--max_steps", "6", "--enable_jit_checkpoint", "true")
     with pytest.raises(ValueError, match="save_total_limit 1 with load_best_model_at_end"):
