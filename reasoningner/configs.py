@@ -45,7 +45,7 @@ from reasoningner.generation import (
 )
 from reasoningner.jobs import requeued, seconds_left
 from reasoningner.metrics import MATCH_MODES
-from reasoningner.readers import Dataset, read_dataset
+from reasoningner.readers import Dataset, OnError, read_dataset
 from reasoningner.rewards import DEFAULT_WEIGHTS, PARSE_MODES, REWARDS
 from reasoningner.sources import overlaps
 from reasoningner.spans import Schema
@@ -433,7 +433,13 @@ class DataArguments:
     def read(self, path: str | Path, reader: str | None = None) -> Dataset:
         """`path` read with `reader` (default: this `reader`), malformed records skipped when asked (the
         reader logs their count and the first one's `file:line`; `Dataset.skipped` holds them all)."""
-        return read_dataset(path, reader or self.reader, on_error="skip" if self.skip_bad else "raise")
+        return read_dataset(path, reader or self.reader, on_error=self.on_error)
+
+    @property
+    def on_error(self) -> OnError:
+        """How a reader takes a malformed record: skipped (logged with its `file:line`, counted) under
+        `skip_bad`, else an error."""
+        return "skip" if self.skip_bad else "raise"
 
 
 @functools.cache

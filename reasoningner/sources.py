@@ -409,8 +409,11 @@ def _protocol_record(
         raise ValueError(f"field 'entities' must be a list, got {entities!r}")
     key = ("text", "label") if layout == "nercot" else ("name", "type")
     mentions = [(e.get(key[0]), e.get(key[1]), e.get("pos")) for e in entities if isinstance(e, dict)]
-    if stated is None:
-        stated = [label for _, label, _ in mentions if isinstance(label, str)]
+    if stated is None:  # the gold entities' own labels would tell the model which types the sentence has
+        raise ValueError(
+            "no label set: no 'schema' field, and a split file read alone has not its set's labels.json "
+            "(name the set instead: hf:<repo>/<path>/NER@<split>?sets=<set>)"
+        )
     schema_labels = sorted({lab for lab in map(protocol_label, stated) if lab is not None})
     missing: list[str] = []
     kept: list[tuple[str, str, Any]] = []

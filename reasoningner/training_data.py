@@ -174,7 +174,7 @@ def _source_examples(
     spec = path if is_source(path) else file_source(path, "nercot")
     fmt = get_format(prompt.output_format)
     found: list[SFTExample] = []
-    for dataset, rationales in load_source_sets(spec, limit=data.limit):
+    for dataset, rationales in load_source_sets(spec, on_error=data.on_error, limit=data.limit):
         corpora.extend(dataset.corpora)
         for example, rationale in zip(dataset.examples, rationales, strict=True):
             if prompt.reasoning and not rationale:
@@ -222,7 +222,7 @@ def rl_prompts(
     named: list[tuple[str, list[Example]]] = []
     for path in paths:
         if is_source(path):
-            sets = [d for d, _ in load_source_sets(path, limit=data.limit)]
+            sets = [d for d, _ in load_source_sets(path, on_error=data.on_error, limit=data.limit)]
             named += [(d.name, d.examples) for d in sets]
             if corpora is not None:
                 corpora.extend(c for d in sets for c in d.corpora)

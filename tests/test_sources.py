@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from reasoningner.configs import (
+    DataArguments,
     EvalArguments,
     GenerationArguments,
     PromptArguments,
@@ -260,6 +261,23 @@ def test_our_jsonl_from_the_hub_reads_as_the_file_does_when_rows_lack_optional_f
     assert hub.examples[0].id == "a" and not hub.skipped
 
 
+def test_skip_bad_skips_a_malformed_row_of_a_hub_source_in_sft_and_grpo(tmp_path: Path) -> None:
+    """SFT and GRPO read Hub sources with the run's skip_bad too: one unusable label among NER-CoT's
+    45,800 rows stopped the stage, whatever skip_bad said."""
+    hub = tmp_path / "NER-CoT"
+    shutil.copytree(HUB / "NER-CoT", hub)
+    rows = (hub / "train.jsonl").read_text().splitlines(keepends=True)
+    bad = json.loads(rows[0]) | {"schema": ['programming_language_"cpp"']}
+    (hub / "train.jsonl").write_text(json.dumps(bad) + "\n" + "".join(rows[1:]))
+    source = f"hf:{hub}@train"
+    with pytest.raises(DataError, match="is not usable"):
+        sft_examples([source], PromptArguments())
+    kept = sft_examples([source], PromptArguments(), DataArguments(skip_bad=True))
+    assert len(kept) == len(rows) - 1
+    prompts = rl_prompts([source], PromptArguments(), DataArguments(skip_bad=True))
+    assert len(prompts) == len(rows) - 1
+
+
 def test_an_instructuie_tree_is_one_source_with_a_dataset_per_set() -> None:
     sets = load_source_sets(f"{UIE}@train?sets=CoNLL 2003,WikiANN en")
     assert [(d.name, len(d.examples)) for d, _ in sets] == [("CoNLL 2003", 32), ("WikiANN en", 12)]
@@ -268,6 +286,9 @@ def test_an_instructuie_tree_is_one_source_with_a_dataset_per_set() -> None:
     assert all("label 'misc'" in note for note in conll.notes) and conll.notes
     test = read_dataset(f"{UIE}@test?sets=CrossNER_AI", "hf")
     assert test.name == "CrossNER_AI" and len(test.examples) == 4
+    # A split file alone has no label set: its gold entities' labels would have been each prompt's.
+    with pytest.raises(DataError, match=r"CrossNER_AI/train.json:2: record 0: no label set: .*sets=<set>"):
+        read_dataset(f"hf:{HUB / 'InstructUIE' / 'NER' / 'CrossNER_AI' / 'train.json'}@train", "hf")
 
 
 def test_the_papers_sampler_floors_shares_of_the_capped_sizes() -> None:
