@@ -39,8 +39,9 @@ Text-mode scores and the error analysis stay ours.
 Table 1), for grouped JSON answers: the answer read as its code reads it (`<think>` blocks dropped, the
 inside of <answer> or of a ```json fence taken, `rewards.reasoningie_answer`), and each sentence's sets
 of (text, label) compared with texts lower-cased and stripped of punctuation and articles, labels
-lower-cased (`rewards.reasoningie_key`); entities of a non-entity label (misc, other, na: its reader
-drops them and its prompts never ask for them, `sources.protocol_label`) are not counted on either side.
+lower-cased (`rewards.reasoningie_key`); gold entities of a non-entity label (misc, other, na:
+`sources.protocol_label`) are not counted, as its reader drops them, while a predicted one is a false
+positive, as its compute_f1 counts every entity a completion names.
 Exact scores and the error analysis stay ours.
 
 Skipping: `on_error="skip"` (`--skip-bad`) skips malformed gold records (the reader's rule) and
@@ -444,9 +445,8 @@ def reasoningie_counts(prediction: PredictionLine, gold: Example) -> dict[str, C
     """Per-label counts of one line as ReasoningIE's evaluation makes them (module docstring): its keys are
     sets, for which the multiset count is the set count."""
     found = reasoningie_entities(reasoningie_answer(prediction.output or "")) or set()
-    # Its reader drops entities of a non-entity label (misc, other, na...) and its prompts never ask for
-    # them: neither side counts them.
-    found = {key for key in found if protocol_label(key[1]) is not None}
+    # Its reader drops gold entities of a non-entity label (misc, other, na...); a predicted one counts
+    # against precision, as its compute_f1 counts every entity a completion names (rner/metric.py).
     expected = {
         reasoningie_key(span.text(gold.text), span.label)
         for span in gold.spans
