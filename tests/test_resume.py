@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,16 @@ def sft_args(model: Path, annotations: Path, out: Path, *extra: str) -> list[str
         "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "3", "--logging_steps", "1",
         "--disable_tqdm", "true", *extra,
     ]  # fmt: skip
+
+
+def sft_in_process(model: Path, annotations: Path, out: Path) -> Callable[..., None]:
+    """The SFT stage run in this process on `sft_args`, given further arguments."""
+    stage = load_stage("sft")
+
+    def sft(*extra: str) -> None:
+        stage.main(*stage.make_parser().parse_args_and_config(args=sft_args(model, annotations, out, *extra)))
+
+    return sft
 
 
 def grpo_args(model: Path, out: Path, *extra: str) -> list[str]:
@@ -624,13 +634,9 @@ def test_a_rerun_with_other_settings_is_refused_and_overwrite_starts_afresh_only
     capsys: pytest.CaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    stage = load_stage("sft")
     out = tmp_path / "sft"
     data = Path(shutil.copy2(annotations, tmp_path / "annotations.jsonl"))
-
-    def sft(*extra: str) -> None:
-        parsed = stage.make_parser().parse_args_and_config(args=sft_args(tiny_model_dir, data, out, *extra))
-        stage.main(*parsed)
+    sft = sft_in_process(tiny_model_dir, data, out)
 
     sft("--max_steps", "2")
     assert "sft: starting at step 0" in capsys.readouterr().out
@@ -680,15 +686,8 @@ def test_a_second_launch_on_a_training_run_s_folder_fails_before_it_changes_anyt
 ) -> None:
     """A job submitted twice, or requeued while a lost node's ranks still write: both resumed, wrote the
     same checkpoints and rotated each other's away (and one with other settings deleted the run)."""
-    stage = load_stage("sft")
     out = tmp_path / "sft"
-
-    def sft(*extra: str) -> None:
-        stage.main(
-            *stage.make_parser().parse_args_and_config(
-                args=sft_args(tiny_model_dir, annotations, out, *extra)
-            )
-        )
+    sft = sft_in_process(tiny_model_dir, annotations, out)
 
     sft("--max_steps", "2")
     other_settings = ["--max_steps", "4", "--learning_rate", "2e-3"]
@@ -1003,15 +1002,8 @@ def test_a_relaunch_saves_at_its_own_save_steps_and_a_best_model_run_keeps_its_l
     last checkpoint at the end, so that the finished run, relaunched, trained again: refused, as are
     checkpoints without optimizer state (save_only_model), node-local ones (save_on_each_node) and
     transformers' own save at SIGTERM."""
-    stage = load_stage("sft")
     out = tmp_path / "sft"
-
-    def sft(*extra: str) -> None:
-        stage.main(
-            *stage.make_parser().parse_args_and_config(
-                args=sft_args(tiny_model_dir, annotations, out, *extra)
-            )
-        )
+    sft = sft_in_process(tiny_model_dir, annotations, out)
 
     sft("--max_steps", "2")
     with caplog.at_level(logging.WARNING, logger="reasoningner.training"):
@@ -1039,9 +1031,10 @@ def test_a_relaunch_saves_at_its_own_save_steps_and_a_best_model_run_keeps_its_l
         )
     assert created == []  # refused before it made a Hub repository
     # Full fine-tuning of bf16 weights without DeepSpeed's fp32 master weights.
-    bf16 = sft_args(tiny_model_dir, annotations, tmp_path / "bf16", "--max_steps", "1", "--dtype", "bfloat16")
     with pytest.raises(ValueError, match="full fine-tuning of bfloat16 weights without DeepSpeed"):
-        stage.main(*stage.make_parser().parse_args_and_config(args=bf16))
+        sft_in_process(tiny_model_dir, annotations, tmp_path / "bf16")(
+            "--max_steps", "1", "--dtype", "bfloat16"
+        )
     assert not (tmp_path / "bf16").exists()  # refused before the folder is claimed or a model loads
     # transformers' own save at SIGTERM: per process, inside a step or a GRPO cycle.
     with pytest.raises(ValueError, match="enable_jit_checkpoint: SFT and GRPO save a checkpoint at SIGTERM"):
