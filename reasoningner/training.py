@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -29,6 +30,7 @@ from trl import GRPOTrainer, SFTTrainer
 from trl.trainer.utils import RepeatSampler
 
 from reasoningner.configs import (
+    ADAPTER_CONFIG,
     DEFAULT_MAX_NEW_TOKENS,
     PROMPT_CONTRACT,
     PromptArguments,
@@ -165,29 +167,39 @@ def check_saved_weights(training_args: Any, model_args: Any) -> None:
 
 
 def check_trained_precision(training_args: Any, model_args: Any) -> None:
-    """Refuse full fine-tuning of half-precision weights (`dtype` bfloat16, or `auto` on a bf16 checkpoint
-    such as Qwen3's) without DeepSpeed or FSDP (whose mixed-precision policy decides): their fp32 master
-    weights are missing then, torch's AdamW updates the bf16 weights in place, and most updates round
-    away (a 2e-5 step of a weight of 0.02 is under bf16's resolution there), silently. LoRA adapters are
-    float32 whatever the base's dtype (QLoRA's bf16, as TRL casts them after its paper)."""
-    lora = model_args.use_peft or is_adapter(model_args.model_name_or_path)
+    """Refuse full fine-tuning of half-precision weights (`dtype` bfloat16, or `auto`/unset on a bf16
+    checkpoint such as Qwen3's) without DeepSpeed or FSDP (whose mixed-precision policy decides): their
+    fp32 master weights are missing then, torch's AdamW updates the bf16 weights in place, and most
+    updates round away (a 2e-5 step of a weight of 0.02 is under bf16's resolution there), silently.
+    LoRA adapters are float32 whatever the base's dtype (QLoRA's bf16, as TRL casts them after its
+    paper), but not the whole modules LoRA also trains (`lora_modules_to_save`)."""
+    start = model_args.model_name_or_path
+    if is_adapter(start):  # GRPO continuing a stage-2 adapter as it is
+        lora, whole = (
+            True,
+            json.loads((Path(start) / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("modules_to_save"),
+        )
+    else:
+        lora, whole = model_args.use_peft, model_args.lora_modules_to_save
     quantized = model_args.load_in_4bit or model_args.load_in_8bit
-    if lora or quantized or zero_stage(training_args) is not None or training_args.fsdp:
+    # accelerate's FSDP config says so in the environment only; a recipe's `fsdp` in the arguments.
+    fsdp = training_args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true", "yes")
+    if (lora and not whole) or quantized or zero_stage(training_args) is not None or fsdp:
         return
     dtype = model_args.dtype
-    if dtype == "auto":  # the checkpoint's own
+    if dtype in (None, "auto"):  # the checkpoint's own (transformers 5 loads None as auto)
         config = AutoConfig.from_pretrained(
-            model_args.model_name_or_path,
+            start,
             revision=model_args.model_revision,
-            trust_remote_code=model_args.trust_remote_code,
+            trust_remote_code=getattr(training_args, "trust_remote_code", False),
         )
         dtype = str(getattr(config, "dtype", None) or "float32").removeprefix("torch.")
     if dtype in ("bfloat16", "float16"):
         raise ValueError(
-            f"full fine-tuning of {dtype} weights without DeepSpeed: the optimizer updates them in place and "
-            "most updates round away; launch with DeepSpeed (ACCELERATE_CONFIG=recipes/accelerate/zero2.yaml "
-            "or zero3.yaml), load them in float32 (--dtype float32; bf16: true still computes in bf16), or "
-            "train LoRA (--use_peft true)"
+            f"full fine-tuning of {dtype} weights without DeepSpeed or FSDP: the optimizer updates them in "
+            "place and most updates round away; launch with DeepSpeed (ACCELERATE_CONFIG="
+            "recipes/accelerate/zero2.yaml or zero3.yaml), load them in float32 (--dtype float32; bf16: "
+            "true still computes in bf16), or train LoRA (--use_peft true) without lora_modules_to_save"
         )
 
 

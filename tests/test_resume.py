@@ -707,29 +707,37 @@ def test_a_second_launch_on_a_training_run_s_folder_fails_before_it_changes_anyt
 
 @pytest.mark.parametrize(
     ("dtype", "changes", "refused"),
-    [("bfloat16", {}, True), ("float16", {}, True), ("auto", {}, True), ("float32", {}, False),
-     ("bfloat16", {"use_peft": True}, False), ("bfloat16", {"load_in_4bit": True}, False),
-     ("bfloat16", {"deepspeed_plugin": types.SimpleNamespace(zero_stage=2)}, False)],
+    [("bfloat16", {}, True), ("float16", {}, True), ("auto", {}, True), (None, {}, True),
+     ("float32", {}, False), ("bfloat16", {"use_peft": True}, False),
+     ("bfloat16", {"use_peft": True, "lora_modules_to_save": ["lm_head"]}, True),
+     ("bfloat16", {"use_peft": True, "load_in_4bit": True}, False),
+     ("bfloat16", {"deepspeed": 2}, False), ("bfloat16", {"ACCELERATE_USE_FSDP": "true"}, False)],
 )  # fmt: skip
 def test_full_fine_tuning_of_half_precision_weights_needs_deepspeed_s_master_weights(
-    dtype: str, changes: dict[str, Any], refused: bool, tmp_path: Path
+    dtype: str | None, changes: dict[str, Any], refused: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Under DDP, torch's AdamW updates bf16 weights in place, and an update of 2e-5 of a weight of 0.02
-    rounds away: such a run barely trains, silently. `auto` takes the checkpoint's dtype (Qwen3's bf16)."""
+    rounds away: such a run barely trains, silently. `auto` (and unset) take the checkpoint's dtype
+    (Qwen3's bf16); LoRA's adapters are float32, not the whole modules it also trains."""
+    from trl import ModelConfig, SFTConfig
+
     from reasoningner.training import check_trained_precision
 
     weight = torch.tensor(0.02, dtype=torch.bfloat16)
     assert weight - 2e-5 == weight  # what the refusal is for
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "dtype": "bfloat16"}))
-    settings = {"dtype": dtype, "use_peft": False, "load_in_4bit": False, "load_in_8bit": False,
-                "model_name_or_path": str(tmp_path), "model_revision": None, "trust_remote_code": False,
-                "deepspeed_plugin": None, "fsdp": []} | changes  # fmt: skip
-    args = types.SimpleNamespace(**settings)
-    expected = (
-        "full fine-tuning of bfloat16 weights" if dtype == "auto" else f"full fine-tuning of {dtype} weights"
-    )
+    changes = dict(changes)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    if fsdp := changes.pop("ACCELERATE_USE_FSDP", None):
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", fsdp)  # as accelerate launch with an FSDP config
+    stage = changes.pop("deepspeed", None)
+    training_args = SFTConfig(output_dir=str(tmp_path / "out"), use_cpu=True)
+    if stage is not None:
+        training_args.deepspeed_plugin = types.SimpleNamespace(zero_stage=stage)
+    model_args = ModelConfig(model_name_or_path=str(tmp_path), dtype=dtype, **changes)
+    expected = f"full fine-tuning of {dtype if dtype in ('bfloat16', 'float16') else 'bfloat16'} weights"
     with pytest.raises(ValueError, match=expected) if refused else contextlib.nullcontext():
-        check_trained_precision(args, args)
+        check_trained_precision(training_args, model_args)
 
 
 @pytest.mark.parametrize(
