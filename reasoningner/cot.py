@@ -361,13 +361,14 @@ def fresh_start(args: CoTArguments, prompt: PromptArguments, generation: Generat
     this_run = False
     if args.overwrite_output_dir and path.is_file():
         teacher, settings = teacher_name(generation), annotation_settings(args, generation)
+        tasks = load_tasks(args, prompt)  # its errors are the inputs', not the file's
         try:
-            for _ in _checked(complete_lines(path)[0], load_tasks(args, prompt), teacher, settings, path):
-                pass
-        except ValueError:
+            checked = _checked(complete_lines(path)[0], tasks, teacher, settings, path)
+            # A failed record is not checked (it is asked again): only a kept one shows whose file it is.
+            # A sum, not any(): every record is checked.
+            this_run = sum(record_status(record) != "failed" for _, _, record, _ in checked) > 0
+        except ValueError:  # a record this run would refuse
             this_run = False
-        else:
-            this_run = True
     return args.fresh_start(this_run=this_run)
 
 

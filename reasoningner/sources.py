@@ -362,6 +362,8 @@ def _collect(
     the row's line where it has one, and its index: a row skipped as malformed keeps the later rows'
     indices, which pair predictions with gold sentences by position)."""
     where, name = collector.path, collector.name
+    if labels is None and collector.schema is not None:  # the label set the caller gave (`--labels`)
+        labels = list(collector.schema.labels)
     rationales: dict[int, str | None] = {}  # by row: two rows may share an id
     corpora: dict[str, None] = {}
     unlocated = 0
@@ -412,7 +414,7 @@ def _protocol_record(
     if stated is None:  # the gold entities' own labels would tell the model which types the sentence has
         raise ValueError(
             "no label set: no 'schema' field, and a split file read alone has not its set's labels.json "
-            "(name the set instead: hf:<repo>/<path>/NER@<split>?sets=<set>)"
+            "(name the set instead: hf:<repo>/<path>/NER@<split>?sets=<set>, or give the labels)"
         )
     schema_labels = sorted({lab for lab in map(protocol_label, stated) if lab is not None})
     missing: list[str] = []

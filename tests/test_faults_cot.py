@@ -36,6 +36,7 @@ from reasoningner.cot import (
     Task,
     annotate,
     annotation_settings,
+    fresh_start,
     gold_template_sample,
     load_tasks,
     merge_shards,
@@ -47,6 +48,7 @@ from reasoningner.files import exclusive
 from reasoningner.formats import get_format
 from reasoningner.generation import Completion, GenerationError
 from reasoningner.jobs import STOPPED, TERMINATED
+from reasoningner.readers import DataError
 from reasoningner.records import read_records
 from tests.conftest import HeldElsewhere
 from tests.fake_openai import ChatHandler, ChatServer, serving
@@ -941,6 +943,14 @@ def test_overwrite_keeps_a_file_of_this_very_run_and_starts_afresh_one_it_would_
     # A lower limit: its records of the sentences left out would be refused.
     fewer = cot_args(out, [inputs], overwrite_output_dir=True, limit=2)
     assert annotate(fewer, PromptArguments(), GOLD)["annotated_this_run"] == 2
+    assert not fresh_start(fewer, PromptArguments(), GOLD)  # this very run now
+    # Failed records only, of another teacher: nothing shows the file is this run's.
+    failed = [r | {"status": "failed", "accepted": False, "teacher": "another"} for r in read_records(path)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in failed))
+    assert fresh_start(fewer, PromptArguments(), GOLD)
+    inputs.write_text("{not json\n")  # the inputs' own error is theirs, not a reason to start afresh
+    with pytest.raises(DataError, match="in.jsonl:1"):
+        fresh_start(fewer, PromptArguments(), GOLD)
 
 
 # --- a relaunch with other settings ---------------------------------------------------------------------

@@ -287,8 +287,11 @@ def test_an_instructuie_tree_is_one_source_with_a_dataset_per_set() -> None:
     test = read_dataset(f"{UIE}@test?sets=CrossNER_AI", "hf")
     assert test.name == "CrossNER_AI" and len(test.examples) == 4
     # A split file alone has no label set: its gold entities' labels would have been each prompt's.
+    alone = f"hf:{HUB / 'InstructUIE' / 'NER' / 'CrossNER_AI' / 'train.json'}@train"
     with pytest.raises(DataError, match=r"CrossNER_AI/train.json:2: record 0: no label set: .*sets=<set>"):
-        read_dataset(f"hf:{HUB / 'InstructUIE' / 'NER' / 'CrossNER_AI' / 'train.json'}@train", "hf")
+        read_dataset(alone, "hf")
+    given = read_dataset(alone, "hf", schema=Schema(("algorithm", "field", "task")))  # the caller's
+    assert given.schema.labels == ("algorithm", "field", "task") and given.examples
 
 
 def test_the_papers_sampler_floors_shares_of_the_capped_sizes() -> None:
