@@ -456,8 +456,9 @@ def annotation_settings(args: CoTArguments, generation: GenerationArguments) -> 
     """What shapes a record besides its prompt and teacher: how the teacher samples (with the backend
     options that change its text, `generation.OUTPUT_OPTIONS`) and which samples are kept; for the
     gold template, its context words and thresholds. Where and how fast a run goes (servers, batch
-    sizes, shards, limit) may change between the attempts of one run, and so may `max_new_tokens`: a
-    kept sample ended below the old limit, and a larger one is how sentences cut off are retried."""
+    sizes) and a larger `limit` may change between the attempts of one run, and so may
+    `max_new_tokens`: a kept sample ended below the old limit, and a larger one is how sentences cut
+    off are retried."""
     acceptance = {"f1_threshold": args.f1_threshold, "min_consistency": args.min_consistency}
     if generation.backend == GOLD_TEMPLATE:
         return {"template_context_words": args.template_context_words, **acceptance}
