@@ -591,7 +591,18 @@ def start_trainer_stage(
         if push_to and main_process:
             # Made (or checked to be this run's) now, after every other check: a missing login or a name
             # the account may not use fails before training, not after it, and a refused run makes none.
-            push_to = hub_repository(push_to, training_args.output_dir, training_args.hub_private_repo)
+            try:
+                push_to = hub_repository(push_to, training_args.output_dir, training_args.hub_private_repo)
+            except ValueError:  # the repository holds another model
+                raise
+            except Exception as error:  # noqa: BLE001 - the Hub unreachable, whatever the client raises
+                if not relaunch:
+                    raise
+                # A relaunch (a requeue after a preemption) the Hub failed for a moment would end the job
+                # unrequeued, days in: the first attempt checked it; `finish_trainer_stage` asks again.
+                logger.warning(
+                    "the Hub could not be asked for %s (%s): asked again to publish", push_to, error
+                )
         resume = claim(write=main_process)
         # Rank 0's: a node that sees other files (a node-local or lagging output folder) would resume from
         # another step, or load other shards, and the ranks would hang or train on misaligned batches.
@@ -1023,7 +1034,10 @@ def finish_trainer_stage(stage: str, trainer: Any, start: TrainerStart, corpora:
     """After the final save: the manifest (with the corpora the training records named, NER-CoT's
     `source`), the model card, and the model published when asked."""
     output_dir = trainer.args.output_dir
-    card = functools.partial(write_model_card, output_dir, start.push_to)
+    push_to = start.push_to
+    if push_to and trainer.accelerator.is_main_process:  # again: a relaunch may not have reached the Hub
+        push_to = hub_repository(push_to, output_dir, trainer.args.hub_private_repo)
+    card = functools.partial(write_model_card, output_dir, push_to)
     record_trainer_stage(
         stage,
         trainer,
@@ -1038,8 +1052,8 @@ def finish_trainer_stage(stage: str, trainer: Any, start: TrainerStart, corpora:
     merged = Path(output_dir) / "merged"
     if merged.is_dir():  # a merged model is a model of its own: it carries its lineage too
         shutil.copy2(Path(output_dir) / MANIFEST, merged / MANIFEST)
-    if start.push_to:
-        print(f"{stage}: published {publish(output_dir, start.push_to)}")
+    if push_to:
+        print(f"{stage}: published {publish(output_dir, push_to)}")
     _WRITING.close()
 
 

@@ -4,6 +4,7 @@ the direct-answer baseline and the batching policy."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -621,6 +622,42 @@ def test_publishing_refuses_before_training_a_repository_holding_another_model(
     assert uploads[-1]["repo_id"] == "me/mine"
 
 
+def test_a_relaunch_the_hub_does_not_answer_goes_on_and_publishes_at_its_end(
+    model_dir: Path,
+    cot_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A requeued attempt (after a preemption) failed at start when the Hub did not answer for a moment,
+    and SLURM requeues no failed job: days of training ended there. The first attempt checked the
+    repository; a relaunch warns and asks again to publish. A first attempt still fails at once."""
+    import httpx
+    from huggingface_hub import HfApi
+
+    args = [*stage_args(model_dir, cot_file, tmp_path / "sft", max_steps=1, lr=1e-3), "--push_to_hub", "true",
+            "--hub_model_id", "me/ner"]  # fmt: skip
+    uploads = fake_hub(monkeypatch)
+    run_stage(*args)
+    answering, asked = HfApi.create_repo, []
+
+    def down_once(self: HfApi, repo_id: str, **kw: Any) -> Any:
+        asked.append(repo_id)
+        if len(asked) == 1:
+            raise httpx.ConnectError("the Hub does not answer")
+        return answering(self, repo_id, **kw)
+
+    monkeypatch.setattr(HfApi, "create_repo", down_once)
+    with caplog.at_level(logging.WARNING, logger="reasoningner.training"):
+        run_stage(*args)  # the run relaunched after it finished: nothing trained, published again
+    assert "the Hub could not be asked for me/ner (the Hub does not answer)" in caplog.text
+    assert asked == ["me/ner", "me/ner"] and uploads[-1]["repo_id"] == "me/ner"
+    asked.clear()
+    with pytest.raises(httpx.ConnectError):
+        run_stage(*stage_args(model_dir, cot_file, tmp_path / "new", max_steps=1, lr=1e-3), "--push_to_hub",
+                  "true", "--hub_model_id", "me/new")  # fmt: skip
+
+
 def test_the_model_card_tells_how_to_use_the_model_and_publishing_uploads_it_with_the_card(
     model_dir: Path, cot_file: Path, tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -658,8 +695,8 @@ def test_the_model_card_tells_how_to_use_the_model_and_publishing_uploads_it_wit
     assert f"`{cot_file}`" in card  # the training data, with its fingerprint
     default = f"{tmp_path.name}-tiny-ner"  # the run folder and its parent: not every sft run in one repo
     assert uploads[0] == {"repo": default}
-    assert uploads[1]["repo_id"] == f"me/{default}" and uploads[1]["folder_path"] == str(out)
-    assert "checkpoint-*" in uploads[1]["ignore_patterns"] and uploads[1]["delete_patterns"] == "*"
+    assert uploads[-1]["repo_id"] == f"me/{default}" and uploads[-1]["folder_path"] == str(out)
+    assert "checkpoint-*" in uploads[-1]["ignore_patterns"] and uploads[-1]["delete_patterns"] == "*"
     assert (out / "checkpoint-2").is_dir()  # the Trainer itself pushed nothing
     # The card's usage snippet runs as written, against the local folder.
     snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
