@@ -40,6 +40,7 @@ from reasoningner.generation import (
     BACKENDS,
     Generator,
     SamplingConfig,
+    adapter_config,
     build_generator,
     options_from,
 )
@@ -781,8 +782,7 @@ def is_adapter(path: str | Path) -> bool:
 
 def adapter_base(path: str | Path) -> str:
     """The model a LoRA adapter folder is put on (PEFT's `base_model_name_or_path`)."""
-    config = json.loads((Path(path) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    return str(config.get("base_model_name_or_path") or "")
+    return str(adapter_config(path).get("base_model_name_or_path") or "")
 
 
 def check_contamination(args: EvalArguments, training: list[str]) -> None:

@@ -113,13 +113,13 @@ from reasoningner.files import JSONL_ERRORS, complete_lines, exclusive, write_li
 from reasoningner.formats import ParseResult
 from reasoningner.generation import RUN_OPTIONS, Completion, Generator
 from reasoningner.metrics import MATCH_MODES, Report, Scorer, text_keys
-from reasoningner.model_card import CARD
+from reasoningner.model_card import CARD, RUN_PROGRESS
 from reasoningner.predict import FAILED, TOO_LONG, NERModel
 from reasoningner.prompts import prompt_hash
 from reasoningner.results import NORMAL, ErrorCounts, Evaluation
 from reasoningner.sources import is_source, parse_source
 from reasoningner.spans import Example, Schema, Span, SpanError
-from reasoningner.tracking import MANIFEST, RUN_DATA, RUN_SETTINGS, WANDB_RUN_ID, fingerprint
+from reasoningner.tracking import MANIFEST, fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -508,10 +508,7 @@ def _score(
 
 # A model folder's files that record how its run went, not what the model answers: a finished training
 # run relaunched (a requeued pipeline job) rewrites them, and its model was asked everything anew.
-RUN_RECORDS = (
-    MANIFEST, RUN_SETTINGS, RUN_DATA, WANDB_RUN_ID, CARD, "trainer_state.json", "training_args.bin", "*.lock",
-    "*.partial",
-)  # fmt: skip
+RUN_RECORDS = (*RUN_PROGRESS, MANIFEST, CARD, "trainer_state.json", "training_args.bin")
 
 
 def generation_identity(generation: GenerationArguments) -> str:

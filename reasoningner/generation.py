@@ -369,6 +369,11 @@ ADAPTER_CONFIG = "adapter_config.json"
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
+def adapter_config(folder: str | Path) -> dict[str, Any]:
+    """A LoRA adapter folder's `adapter_config.json`: its base, ranks and what else it trains."""
+    return json.loads((Path(folder) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+
+
 def vllm_lora_rank(config: dict[str, Any]) -> int | None:
     """The `max_lora_rank` vLLM serves an adapter with (its `adapter_config.json`): the smallest of
     `VLLM_LORA_RANKS` that holds its every rank; None: over them all."""
@@ -381,7 +386,7 @@ def _lora_engine(adapter: Path, engine_kwargs: dict[str, Any]) -> tuple[str, Any
     `engine_kwargs` gain what vLLM needs to apply it (the options given win)."""
     from vllm.lora.request import LoRARequest
 
-    config = json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    config = adapter_config(adapter)
     if config.get("modules_to_save"):
         raise ValueError(
             f"{adapter}: a LoRA adapter that also trains {config['modules_to_save']} is not one vLLM "

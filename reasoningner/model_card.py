@@ -21,7 +21,7 @@ from reasoningner.configs import (
     local_manifest,
 )
 from reasoningner.files import write_whole
-from reasoningner.generation import ADAPTER_CONFIG, vllm_lora_rank
+from reasoningner.generation import adapter_config, vllm_lora_rank
 from reasoningner.prompts import ner_instruction
 from reasoningner.sources import is_source, parse_source
 from reasoningner.spans import Schema
@@ -35,10 +35,11 @@ CARD_SETTINGS = (
     "gradient_accumulation_steps", "lr_scheduler_type", "use_peft", "lora_r", "num_generations", "beta",
     "loss_type", "reward_funcs", "reward_weights", "reward_parse", "seed",
 )  # fmt: skip
+# Files a run keeps beside its model about its progress (settings, data digests, W&B id, files being
+# written, writers' locks): never the model, nor what it answers.
+RUN_PROGRESS = [RUN_SETTINGS, RUN_DATA, WANDB_RUN_ID, "*.partial", "*.lock"]
 # Files of an output folder that are not the model: not published.
-NOT_PUBLISHED = [
-    "checkpoint-*", RUN_SETTINGS, RUN_DATA, WANDB_RUN_ID, "*.partial", "*.lock", "runs/*", "completions/*"
-]  # fmt: skip
+NOT_PUBLISHED = ["checkpoint-*", *RUN_PROGRESS, "runs/*", "completions/*"]
 
 
 def hub_base(model: str) -> str | None:
@@ -228,11 +229,7 @@ def write_model_card(output_dir: str | Path, repo_id: str | None = None) -> Path
     for folder in (output_dir, output_dir / "merged"):
         if folder.is_dir():
             name = repo_id or str(folder)
-            adapter = (
-                json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-                if is_adapter(folder)
-                else None
-            )
+            adapter = adapter_config(folder) if is_adapter(folder) else None
             write_whole(folder / CARD, model_card(name, manifest, contract, adapter))
     return output_dir / CARD
 

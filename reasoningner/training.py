@@ -30,7 +30,6 @@ from trl import GRPOTrainer, SFTTrainer
 from trl.trainer.utils import RepeatSampler
 
 from reasoningner.configs import (
-    ADAPTER_CONFIG,
     DEFAULT_MAX_NEW_TOKENS,
     PROMPT_CONTRACT,
     PromptArguments,
@@ -44,6 +43,7 @@ from reasoningner.configs import (
 )
 from reasoningner.doctor import stale_build_locks
 from reasoningner.files import exclusive, write_whole
+from reasoningner.generation import adapter_config
 from reasoningner.jobs import Termination, stop, terminated, terminating
 from reasoningner.model_card import hub_repository, publish, run_folder, write_model_card
 from reasoningner.prompts import check_wording
@@ -175,10 +175,7 @@ def check_trained_precision(training_args: Any, model_args: Any) -> None:
     paper), but not the whole modules LoRA also trains (`lora_modules_to_save`)."""
     start = model_args.model_name_or_path
     if is_adapter(start):  # GRPO continuing a stage-2 adapter as it is
-        lora, whole = (
-            True,
-            json.loads((Path(start) / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("modules_to_save"),
-        )
+        lora, whole = True, adapter_config(start).get("modules_to_save")
     else:
         lora, whole = model_args.use_peft, model_args.lora_modules_to_save
     quantized = model_args.load_in_4bit or model_args.load_in_8bit
