@@ -367,16 +367,17 @@ def fresh_start(args: CoTArguments, prompt: PromptArguments, generation: Generat
             # A failed record is not checked (it is asked again): only a kept one shows whose file it is.
             # A sum, not any(): every record is checked.
             this_run = sum(record_status(record) != "failed" for _, _, record, _ in checked) > 0
-        except ValueError:  # a record this run would refuse
-            this_run = False
+        except ValueError:  # a record this run would refuse: another run's file
+            pass
     return args.fresh_start(this_run=this_run)
 
 
-def check_continues(args: CoTArguments, prompt: PromptArguments, generation: GenerationArguments) -> None:
+def check_continues(args: CoTArguments, generation: GenerationArguments) -> None:
     """Refuse, before a relaunch opens the W&B run of the first attempt, an output file annotated by
     another teacher or with other settings, as its first kept record says (`resume` checks them all
-    later): the refused run would have been logged into that run, its config replaced."""
-    first = None if fresh_start(args, prompt, generation) else _first_kept(output_path(args))
+    later): the refused run would have been logged into that run, its config replaced. For a run that
+    continues its file (not a `fresh_start`)."""
+    first = _first_kept(output_path(args))
     if first is not None:
         where, record = first
         _check_teacher(where, record, teacher_name(generation))

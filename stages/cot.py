@@ -64,11 +64,11 @@ def main(args: CoTArguments, prompt: PromptArguments, generation: GenerationArgu
         # a second launch of a running shard stops there.
         with exclusive(path):
             if wandb:
-                check_continues(args, prompt, generation)
+                fresh = fresh_start(args, prompt, generation)
+                if not fresh:
+                    check_continues(args, generation)
                 id_file = shard_name(WANDB_RUN_ID, index, count)
-                continue_wandb_run(
-                    args.output_dir, resuming=not fresh_start(args, prompt, generation), id_file=id_file
-                )
+                continue_wandb_run(args.output_dir, resuming=not fresh, id_file=id_file)
             name = Path(args.output_dir).resolve().name  # a folder name, no file: `qwen3-1.7b` has no suffix
             name += "" if count == 1 else f".shard-{index}-of-{count}"
             with wandb_run("cot", args.output_dir, manifest, wandb, name=name) as run:
