@@ -742,7 +742,8 @@ def _has_crossing(spans: tuple[Span, ...]) -> bool:
 
 _XML_TAG = re.compile(rf"<(/?)({LABEL_PATTERN.pattern})>")
 _TAG_NAME = re.compile(r"[^\W\d][\w.\-]*")
-_PARTIAL_TAG = re.compile(r"<[^<>\s]*\Z")
+# A tag cut off at the end of the output: its name may be a label's first words.
+_PARTIAL_TAG = re.compile(r"</?(?:[^<>\s]+(?: [^<>\s]+)* ?)?\Z")
 
 
 def _is_tag(name: str, labels: Container[str], unknown_tags_are_text: bool = False) -> bool:

@@ -13,8 +13,8 @@ quote, no newline inside, at most 200 characters; a text holding a straight quot
 `Roberto " Hands of Stone " Duran`, is written in curly ones, one holding curly ones in straight
 ones, and a line break inside an entity is stated as a space), then a linking phrase
 (`is a`, `is an`, `is the`, `is`, `->`, `→`, `:`, `=`, `as`, `labelled`, `labeled`), then a label
-of the schema, matched case-insensitively as a whole word (underscores in labels may be written as
-spaces). "is not a(n) <label>" and "is not an entity" are rejections: they assert nothing.
+of the schema, matched case-insensitively as a whole word (a label's underscores and spaces may be written
+either way). "is not a(n) <label>" and "is not an entity" are rejections: they assert nothing.
 
 **Consistency score** in [0, 1]: the F1 between the set of (text, label) pairs asserted in the
 rationale and the set of (text, label) pairs in the answer, both keyed with `normalize_mention`.
@@ -56,7 +56,8 @@ def _assertion_pattern(labels: tuple[str, ...], curly_quotes: bool) -> re.Patter
     which the regex engine searches for much faster than a class of three. Its groups are, in
     order: text, curly text and straight text (with curly quotes only), link, negation, label."""
     # Longest labels first so "musicalartist" wins over "artist"-like prefixes.
-    alternatives = sorted({re.escape(label).replace("_", "[_ ]") for label in labels}, key=len, reverse=True)
+    written = {re.escape(label).replace("_", "[_ ]").replace("\\ ", "[_ ]") for label in labels}
+    alternatives = sorted(written, key=len, reverse=True)
     label_group = "(?P<label>" + "|".join(alternatives) + ")"
     if curly_quotes:
         quoted = "(?:" + _QUOTED.format(quote='["“”]') + "|" + _CURLY_QUOTED + "|" + _STRAIGHT_QUOTED + ")"

@@ -383,8 +383,8 @@ def write_conll(dataset: Dataset, path: PathLike) -> None:
     """Write flat examples as `token<TAB>tag` (IOB2), tokens being the text split at spaces.
 
     Raises ValueError for what CoNLL cannot represent: nested or overlapping spans, spans that
-    do not start and end at token boundaries, texts that are empty or have other whitespace than
-    single spaces between tokens (reading the file back would change the text).
+    do not start and end at token boundaries, labels with spaces, texts that are empty or have other
+    whitespace than single spaces between tokens (reading the file back would change the text).
     """
     blocks = []
     for example in dataset.examples:
@@ -395,6 +395,8 @@ def write_conll(dataset: Dataset, path: PathLike) -> None:
             raise CannotWrite(f"{where}: CoNLL needs a non-empty text with single spaces between tokens")
         if nesting_depth(example.spans) > 1:
             raise CannotWrite(f"{where}: CoNLL BIO cannot represent nested or overlapping spans")
+        if spaced := sorted({span.label for span in example.spans if " " in span.label}):
+            raise CannotWrite(f"{where}: a CoNLL tag cannot hold a label with a space: {spaced}")
         starts, ends, offset = {}, {}, 0
         for i, token in enumerate(tokens):
             starts[offset], ends[offset + len(token)] = i, i
@@ -632,7 +634,7 @@ def write_alpaca(dataset: Dataset, path: PathLike, format_name: str = "xml") -> 
             )
         for label in example.schema.labels:
             if (line := _LABEL_LINE.fullmatch(f"{label}:")) is None or line.group(1) != label:
-                raise CannotWrite(f"label {label!r}: a 'Label Set:' line cannot hold it (no ':' or '(')")
+                raise CannotWrite(f"label {label!r}: a 'Label Set:' line holds no ':', '(' or space")
         # One line per label: a description's line breaks would end the block (and drop the labels after).
         labels = "\n".join(
             f"{label}: {' '.join((example.schema.describe(label) or '').split())}".rstrip()

@@ -346,10 +346,10 @@ def _layout(columns: set[str], where: str) -> str:
 
 
 def protocol_label(label: str) -> str | None:
-    """The paper's label normalisation (lower case, stripped), None for a non-entity label; spaces
-    become `_` because our labels carry none."""
-    label = label.strip().lower()
-    return None if label in NON_ENTITY_LABELS else re.sub(r"\s+", "_", label)
+    """The paper's label normalisation (lower case, stripped), None for a non-entity label; a run of
+    whitespace inside becomes one space ("programming language" stays the type's name)."""
+    label = " ".join(label.split()).lower()
+    return None if label in NON_ENTITY_LABELS else label
 
 
 def _collect(

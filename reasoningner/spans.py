@@ -76,7 +76,7 @@ class Schema:
         for label in labels:
             if not isinstance(label, str) or not LABEL_PATTERN.fullmatch(label):
                 raise SpanError(
-                    f"label {label!r} is not usable: labels are non-empty and contain no spaces or "
+                    f"label {label!r} is not usable: labels are words joined by single spaces, without "
                     'any of []|<>{}"'
                 )
         unknown = sorted(set(self.descriptions) - set(labels))
@@ -119,9 +119,11 @@ class Schema:
         return cls(tuple(labels), descriptions)
 
 
-# Characters that the inline and JSON formats use as markup; a label containing them could not
-# be rendered unambiguously.
-LABEL_PATTERN = re.compile(r"[^\s\[\]|<>{}\"]+")
+# Words joined by single spaces ("programming language", as the paper's data names its types), without
+# the characters that the inline and JSON formats use as markup: such a label could not be rendered
+# unambiguously.
+_LABEL_WORD = r"[^\s\[\]|<>{}\"]+"
+LABEL_PATTERN = re.compile(rf"{_LABEL_WORD}(?: {_LABEL_WORD})*")
 
 
 @dataclass(frozen=True)

@@ -455,7 +455,11 @@ def test_predict_cli_with_the_tiny_model(
     assert all(set(record) >= {"entities", "ungrounded", "problems"} for record in records)
     assert "rationale" in records[0]
     assert main(["predict", "--model", str(tmp_path / "nowhere"), "--labels", "person", str(source)]) == 2
-    assert main(["predict", "--model", str(tiny_model_dir), "--labels", "bad label", str(source)]) == 2
+    assert main(["predict", "--model", str(tiny_model_dir), "--labels", "bad|label", str(source)]) == 2
+    assert "'bad|label' is not usable" in capsys.readouterr().err
+    # A type of several words is asked as it is named (zero-shot: any name a user gives).
+    spaced = ["--labels", "musical artist,person", "--max-new-tokens", "4", str(source)]
+    assert main(["predict", "--model", str(tiny_model_dir), *spaced]) == 0
 
 
 def test_predict_says_when_outputs_ran_out_of_tokens(

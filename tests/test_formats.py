@@ -93,6 +93,15 @@ REPEATED = example(
 LATER = example(
     "Paris is not Paris Hilton ; Paris is a city .", ("Paris Hilton", "PER", 1), ("Paris", "LOC", 3)
 )
+# Labels of several words, as the paper's data names its types ("programming language"); nested too.
+SPACED = example(
+    "Guido van Rossum wrote Python at CWI Amsterdam .",
+    ("Guido van Rossum", "computer scientist", 1),
+    ("Python", "programming language", 1),
+    ("CWI Amsterdam", "research institute", 1),
+    ("Amsterdam", "capital city", 1),
+    schema=Schema(("computer scientist", "programming language", "research institute", "capital city")),
+)
 FIRST_REPEATS = example(
     "Paris is Paris , not Paris Hilton .",
     ("Paris", "LOC", 1),
@@ -198,7 +207,9 @@ def test_split_answer_reads_the_tags_as_partitioning_them_does(pieces: list[str]
 
 @pytest.mark.parametrize("name", list(FORMATS))
 @pytest.mark.parametrize(
-    "ex", [FLAT, NESTED, FIRST_REPEATS, REPEATED, LATER], ids=["flat", "nested", "first", "repeated", "later"]
+    "ex",
+    [FLAT, NESTED, FIRST_REPEATS, REPEATED, LATER, SPACED],
+    ids=["flat", "nested", "first", "repeated", "later", "spaced"],
 )
 def test_round_trip_by_hand(name: str, ex: Example) -> None:
     fmt = FORMATS[name]
@@ -253,13 +264,17 @@ def test_truncated_answer_keeps_its_complete_part(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", list(FORMATS))
-def test_every_prefix_of_an_answer_parses_to_a_subset(name: str) -> None:
+@pytest.mark.parametrize("ex", [NESTED, SPACED], ids=["nested", "spaced"])
+def test_every_prefix_of_an_answer_parses_to_a_subset(name: str, ex: Example) -> None:
+    """A prefix is a cut-off answer (a label's first words included): it is read as truncated."""
     fmt = FORMATS[name]
-    rendered = fmt.render(NESTED)
+    rendered = fmt.render(ex)
     for end in range(len(rendered) + 1):
-        result = fmt.parse(rendered[:end], NESTED.text, BIO_SCHEMA)
-        assert_valid(result, NESTED.text)
-        assert set(result.spans) <= set(NESTED.spans), rendered[:end]
+        result = fmt.parse(rendered[:end], ex.text, ex.schema)
+        assert_valid(result, ex.text)
+        assert set(result.spans) <= set(ex.spans), rendered[:end]
+        if ex is SPACED:  # NESTED's sentence has literal brackets, which a cut may leave unpaired
+            assert not kinds(result) & {"text_altered", "unbalanced_tag"}, rendered[:end]
         assert result.ok == (end == len(rendered))
 
 
@@ -318,6 +333,16 @@ def test_xml_lone_angle_brackets_are_text() -> None:
     assert rendered == "<protein>IL-2</protein> rose ( P < 0.01 , n > 3 , <0.05> ) ."
     result = fmt.parse(rendered, ex.text, BIO_SCHEMA)
     assert result.ok and result.spans == list(ex.spans)
+
+
+def test_xml_a_tag_of_several_words_is_a_label_of_the_schema_or_text() -> None:
+    schema = Schema(("programming language", "person"))
+    text = "if a <b c> d then Python"
+    result = FORMATS["xml"].parse(
+        "if a <b c> d then <programming language>Python</programming language>", text, schema
+    )
+    assert texts(result, text) == [("Python", "programming language")] and result.ok
+    assert not FORMATS["xml"].expresses(example("a <person> tag", schema=schema))
 
 
 def test_xml_cannot_express_tag_like_text_or_a_label_opening_with_a_slash() -> None:

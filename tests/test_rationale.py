@@ -52,6 +52,20 @@ def test_the_canonical_statement_is_understood() -> None:
         assert asserted_entities(assertion("New York", label), SCHEMA) == [("New York", label)]
 
 
+def test_a_label_of_several_words_is_read_with_spaces_or_underscores() -> None:
+    """The paper's data names types in words ("programming language"), as its teacher's rationales do."""
+    schema = Schema(("programming language", "person"))
+    rationale = '"Python" is a programming language\n"Guido" is a Person\n"C" is a Programming_Language'
+    assert asserted_entities(rationale, schema) == [
+        ("Python", "programming language"),
+        ("Guido", "person"),
+        ("C", "programming language"),
+    ]
+    assert asserted_entities(assertion("Rust", "programming language"), schema) == [
+        ("Rust", "programming language")
+    ]
+
+
 def test_a_text_holding_straight_quotes_is_stated_in_curly_ones_and_read_back() -> None:
     """CoNLL writes nicknames inside the name (`Roberto " Hands of Stone " Duran`): the straight-quote
     statement of it could not be read, so stage 1 rejected every such sentence at consistency 1.0."""

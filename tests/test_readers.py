@@ -141,6 +141,14 @@ def test_write_conll_round_trip_and_refusals(tmp_path: Path) -> None:
     nbsp = Dataset([Example("10\xa0000 fans in Rome", (Span(15, 19, "X"),), schema, "n-0")], schema, "n")
     write_conll(nbsp, tmp_path / "nbsp.txt")
     assert read_conll(tmp_path / "nbsp.txt", schema=schema, name="n").examples == nbsp.examples
+    spaced = Schema(("programming language",))
+    words = Dataset(
+        [Example("Python rocks", (Span(0, 6, "programming language"),), spaced, "w-0")], spaced, "w"
+    )
+    with pytest.raises(
+        ValueError, match=r"w-0.*cannot hold a label with a space: \['programming language'\]"
+    ):
+        write_conll(words, tmp_path / "words.txt")
     for bad in ("a  b", " a", "a\tb", "a\nb"):
         with pytest.raises(ValueError, match="single spaces between tokens"):
             write_conll(Dataset([Example(bad, (), schema, "b")], schema, "b"), tmp_path / "bad.txt")
@@ -293,8 +301,8 @@ def test_instructuie_malformed(tmp_path: Path) -> None:
     dataset = read_instructuie(path, on_error="skip")
     assert len(dataset.examples) == 1 and len(dataset.skipped) == 2
     assert dataset.skipped[1].startswith(f"{path}:4: record 2: ")
-    write(tmp_path / "labels.json", '["LOC", "per son"]')
-    with pytest.raises(DataError, match=r"labels.json: not a list of usable labels: label 'per son'"):
+    write(tmp_path / "labels.json", '["LOC", "per|son"]')
+    with pytest.raises(DataError, match=r"labels.json: not a list of usable labels: label 'per\|son'"):
         read_instructuie(path)
     assert read_instructuie(path, schema=Schema(("LOC", "PER")), on_error="skip").schema.labels == (
         "LOC",
@@ -327,7 +335,8 @@ def test_jsonl_fixture() -> None:
             '{"text": "Ann", "entities": [{"start": "0", "end": 3, "label": "PER"}]}',
             "start must be an integer",
         ),
-        ('{"text": "Ann", "entities": [{"start": 0, "end": 3, "label": "P R"}]}', "is not usable"),
+        ('{"text": "Ann", "entities": [{"start": 0, "end": 3, "label": "P  R"}]}', "is not usable"),
+        ('{"text": "Ann", "entities": [{"start": 0, "end": 3, "label": "P\\tR"}]}', "is not usable"),
         (
             '{"text": "Ann", "entities": [{"start": 0, "end": 3, "label": "X"}], "labels": ["PER"]}',
             "not in the",
@@ -659,6 +668,12 @@ def test_written_alpaca_reads_back_or_is_refused_before_anything_is_lost(tmp_pat
     odd = Schema(("ORG:COM", "PER"))
     with pytest.raises(CannotWrite, match=r"label 'ORG:COM'"):
         write_alpaca(Dataset([Example("Ann", (Span(0, 3, "PER"),), odd)], odd, "d"), tmp_path / "b.json")
+    # Its label lines are read without spaces (a headerless file's first `NAME: ...` run is its label set).
+    spaced = Schema(("PER", "sports team"))
+    with pytest.raises(CannotWrite, match=r"label 'sports team'.*space"):
+        write_alpaca(
+            Dataset([Example("Ann", (Span(0, 3, "PER"),), spaced)], spaced, "d"), tmp_path / "c.json"
+        )
 
 
 def test_a_headerless_label_line_is_not_taken_for_the_label_set_when_the_output_uses_others(

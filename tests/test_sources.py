@@ -142,6 +142,19 @@ def test_a_mention_found_only_ignoring_case_keeps_its_offsets_after_a_letter_tha
     ]
 
 
+def test_a_type_named_in_words_keeps_its_words(tmp_path: Path) -> None:
+    """The paper's types of several words ("psychological entity") were asked as `psychological_entity`,
+    a name that neither its teacher's rationales nor a pretrained model's reading use."""
+    row = {"guid": 0, "sentence": "Guido wrote Python .", "schema": ["Programming  Language", "Person"],
+           "cot": '"Python" is a programming language',
+           "entities": [{"text": "Python", "label": "programming language"}]}  # fmt: skip
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    [example] = read_dataset(path, "nercot").examples
+    assert example.schema.labels == ("person", "programming language")
+    assert [(s.text(example.text), s.label) for s in example.spans] == [("Python", "programming language")]
+
+
 def test_a_mention_listed_again_with_another_label_takes_its_next_occurrence(tmp_path: Path) -> None:
     row = {"guid": 0, "sentence": "Washington praised Washington .", "schema": ["Person", "Location"],
            "cot": "", "entities": [{"text": "Washington", "label": "Person"},
