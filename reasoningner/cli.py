@@ -433,7 +433,7 @@ def _add_score_command(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument(
         "--compat",
         default="none",
-        choices=["none", "llms4ner", "reasoningie"],  # score.COMPAT (imported when scoring)
+        choices=["none", "llms4ner", "reasoningie"],  # compat.COMPAT (imported when scoring)
         help="exact scores counted as LLMs4NER's scripts, or text scores as ReasoningIE's evaluation",
     )
     score.add_argument("--primary-mode", default="text", choices=["text", "exact"])

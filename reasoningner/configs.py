@@ -33,6 +33,7 @@ from typing import Any, ClassVar, NoReturn
 import yaml
 from trl import TrlParser
 
+from reasoningner.compat import COMPAT
 from reasoningner.files import write_whole
 from reasoningner.formats import FORMATS
 from reasoningner.generation import (
@@ -618,6 +619,13 @@ class EvalArguments(RunArguments):
         default_factory=list, metadata={"help": "evaluation sets: path, reader, name, labels, descriptions"}
     )
     primary_mode: str = field(default="text", metadata={"help": "the score that leads: text or exact"})
+    compat: str = field(
+        default="none",
+        metadata={
+            "help": "count as a paper's scripts count (`compat`): reasoningie (text scores, ReasoningNER's "
+            "Table 1; grouped_json answers) or llms4ner (exact scores); none: ours"
+        },
+    )
     probes: list[str] = field(
         default_factory=list, metadata={"help": "memorization probes: opaque, shuffled"}
     )
@@ -643,6 +651,7 @@ class EvalArguments(RunArguments):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_choice("primary_mode", self.primary_mode, MATCH_MODES)
+        _check_choice("compat", self.compat, COMPAT)
 
 
 # Settings of TRL's and transformers' configs with a fixed set of values that those libraries only

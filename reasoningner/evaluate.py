@@ -23,7 +23,8 @@ takes, with any `generation` backend: transformers on CPU, vLLM on GPUs.
 Scores (`metrics.Scorer`, both matching modes): micro P/R/F1 per dataset and per type, and the
 unweighted average over datasets, one row per dataset + Avg as in ReasoningNER's Table 1. The
 primary mode is `text` (text-pair F1, what ReasoningNER reports); `exact` (exact spans, what
-LLMs4NER reports) is always given next to it. `primary_mode` changes which leads.
+LLMs4NER reports) is always given next to it. `primary_mode` changes which leads; `compat` counts one
+mode as a paper's own scripts do (`reasoningner/compat.py`: ReasoningNER's text mode, LLMs4NER's exact).
 
 Error analysis, counted per output in the exact-span view (a prediction is classified by the first
 rule that applies, so every wrong prediction lands in exactly one category):
@@ -100,6 +101,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from reasoningner.compat import check_compat, compat_counts
 from reasoningner.configs import (
     DataArguments,
     EvalArguments,
@@ -376,7 +378,6 @@ def evaluate(
     """
     contract = generation.prompt_contract()
     generation = generation.within_budget(contract)  # as asked: in the outputs' keys and the results
-    items, datasets, label_maps = load_items(args, contract)
     if generator is None:
         model = NERModel.from_contract(
             generation, contract, prompt, max_prompt_chars=args.max_prompt_chars, deferred=True
@@ -385,6 +386,8 @@ def evaluate(
         model = NERModel(
             generator, prompt, sampling=generation.sampling(), max_prompt_chars=args.max_prompt_chars
         )
+    check_compat(args.compat, {model.prompt.output_format}, model.prompt.reasoning)  # before reading the sets
+    items, datasets, label_maps = load_items(args, contract)
     output_dir = Path(args.output_dir)  # type: ignore[arg-type]
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / GENERATIONS
@@ -396,6 +399,14 @@ def evaluate(
     ]
     keys = [asked_key(model.conversation(*ask), identity) if identity else None for ask in asks]
     outcomes: list[tuple[ParseResult, ErrorCounts] | None] = [None] * len(items)
+    outputs: list[str] = [""] * len(items)  # the raw answers, which a paper's counting reads its own way
+
+    def settle(index: int, completion: Completion, result: ParseResult) -> ErrorCounts:
+        """Record the answer to sentence `index`, kept from an earlier run or asked now alike."""
+        counts = error_counts(items[index].example, result, completion.finish_reason)
+        outcomes[index], outputs[index] = (result, counts), completion.text
+        return counts
+
     tokens = failed = 0
     with model, exclusive(path):
         kept = []
@@ -407,8 +418,8 @@ def evaluate(
                 record["output"], record["completion_tokens"], record.get("finish_reason")
             )
             result = model.output_format.parse(completion.text, item.example.text, item.example.schema)
-            outcomes[index] = (result, error_counts(item.example, result, completion.finish_reason))
-            kept.append(_generation_record(item, completion, result, outcomes[index][1], keys[index]))
+            counts = settle(index, completion, result)
+            kept.append(_generation_record(item, completion, result, counts, keys[index]))
         # Outputs move both ways between the files: the other file first takes them all, so that a kill
         # between the rewrites leaves each output in one file or in both (then read once), never in none.
         lines = [json.dumps(record, ensure_ascii=False).encode(errors=JSONL_ERRORS) for record in kept]
@@ -428,8 +439,7 @@ def evaluate(
         ):
             for position, completion, result in model.run([asks[index] for index in todo]) if todo else ():
                 index = todo[position]
-                counts = error_counts(items[index].example, result, completion.finish_reason)
-                outcomes[index] = (result, counts)
+                counts = settle(index, completion, result)
                 tokens += completion.completion_tokens
                 # Not kept for a rerun: a longer context, or the server back, may answer it.
                 unanswered = any(p.kind in (TOO_LONG, FAILED) for p in result.problems)
@@ -446,7 +456,7 @@ def evaluate(
             "failures; a rerun asks them again",
             failed, len(todo), path,
         )  # fmt: skip
-    reports, errors = _score(items, outcomes, label_maps)  # type: ignore[arg-type]
+    reports, errors = _score(items, outcomes, label_maps, outputs, args.compat, model.prompt.output_format)  # type: ignore[arg-type]
     if cut := sum(counts.cut_off for by_set in errors.values() for counts in by_set.values()):
         logger.warning(
             "%d of %d outputs ran into max_new_tokens=%d (cut off: most have no answer): raise it",
@@ -489,15 +499,26 @@ def _score(
     items: Sequence[_Item],
     outcomes: Sequence[tuple[ParseResult, ErrorCounts]],
     label_maps: Mapping[str, Any],
+    outputs: Sequence[str],
+    compat: str,
+    output_format: str,
 ) -> tuple[dict[str, dict[str, Report]], dict[str, dict[str, ErrorCounts]]]:
-    """Reports per variant and mode, and error counts per variant and dataset, scored in input order
-    so that they list datasets as the recipe does whatever order the backend finished in."""
+    """Reports per variant and mode (one counted as `compat` says), and error counts per variant and
+    dataset, scored in input order so that they list datasets as the recipe does whatever order the
+    backend finished in."""
     variants = [NORMAL, *label_maps]
     scorers = {(variant, mode): Scorer(mode) for variant in variants for mode in MATCH_MODES}  # type: ignore[arg-type]
     errors: dict[str, dict[str, ErrorCounts]] = {variant: {} for variant in variants}
-    for item, (result, counts) in zip(items, outcomes, strict=True):
+    for item, (result, counts), output in zip(items, outcomes, outputs, strict=True):
         for mode in MATCH_MODES:
-            scorers[(item.variant, mode)].add(item.example, result.spans, result.ungrounded, item.dataset)
+            scorer = scorers[(item.variant, mode)]
+            renamed = label_maps.get(item.variant, {}).get(item.dataset, {})  # a probe's: source -> asked
+            source_labels = {asked: source for source, asked in renamed.items()}
+            counted = compat_counts(compat, mode, output, item.example, output_format, None, source_labels)
+            if counted is not None:
+                scorer.add_counts(counted, item.dataset)
+            else:
+                scorer.add(item.example, result.spans, result.ungrounded, item.dataset)
         by_dataset = errors[item.variant]
         by_dataset[item.dataset] = by_dataset.get(item.dataset, ErrorCounts()) + counts
     reports = {

@@ -537,7 +537,7 @@ class _InlineFormat(OutputFormat):
     def markup(self, answer: str, labels: Container[str] = (), llms4ner: bool = False) -> Markup:
         """`answer` read by the inline grammar (module docstring); `labels` are the schema's.
 
-        `llms4ner`: XML as LLMs4NER's evaluation scripts read it, for `score --compat llms4ner`: only
+        `llms4ner`: XML as LLMs4NER's evaluation scripts read it, for `compat` llms4ner: only
         tags naming one of `labels` are markup, and a closer ends the tags opened inside it (they
         are lost, not reported). Brackets read the same either way.
         """

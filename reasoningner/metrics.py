@@ -19,7 +19,7 @@ Per-label counts: a false positive counts against its predicted label, a false n
 its gold label (a right span with the wrong label is one of each). Labels outside the schema are
 scored like any other, so predictions with invented labels are false positives of the micro score.
 
-LLMs4NER's scripts count otherwise (`multiset_counts`, used by `score --compat llms4ner`): the keys
+LLMs4NER's scripts count otherwise (`multiset_counts`, used by `compat` llms4ner): the keys
 of a sentence are a multiset, so an entity stated twice is two predictions, one of them false if
 gold has it once; and a key is whatever tuple their reader makes of the format (offsets when the
 rewritten sentence equals the input, else the text).

@@ -16,6 +16,7 @@ from typing import Any
 
 from rich.table import Table
 
+from reasoningner.compat import COUNTED_MODE
 from reasoningner.metrics import MATCH_MODES, Counts, MatchMode, Report
 from reasoningner.tracking import mentions
 
@@ -112,6 +113,13 @@ class Evaluation:
         ]
         if contradictions := self.config.get("prompt_contradicts_contract"):
             parts.append(f"**Not asked as trained:** {'; '.join(contradictions)}.\n")
+        counted = COUNTED_MODE.get(self.config.get("compat") or "none")
+        if counted:
+            parts.append(
+                f"**{_MODE_NAMES[counted]} counted as {self.config['compat']}'s scripts count it** "
+                "(`reasoningner/compat.py`), to compare with its paper; the other mode and the error "
+                "analysis are ours.\n"
+            )
         if self.config.get("in_domain"):
             trained_on = [name for name, info in self.datasets.items() if info.get("in_domain")]
             parts.append(
@@ -120,7 +128,10 @@ class Evaluation:
             )
         for mode in self.modes:
             primary = " (primary)" if mode == self.primary_mode else ""
-            parts.append(f"## {_MODE_NAMES[mode]}{primary}\n\n{self.reports[NORMAL][mode].to_markdown()}")
+            how = f", as {self.config['compat']} counts" if mode == counted else ""
+            parts.append(
+                f"## {_MODE_NAMES[mode]}{primary}{how}\n\n{self.reports[NORMAL][mode].to_markdown()}"
+            )
         parts.append(self._per_type_markdown())
         parts.append(self._errors_markdown())
         if self.label_maps:

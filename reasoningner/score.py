@@ -25,24 +25,9 @@ Raw outputs are parsed by the answer format's parser as evaluation parses them (
 `auto`: the shape most of the labels tell, else most of the outputs, `sniff_format`). `offset_json`
 offsets are scored as stated; `--reground-offsets` is the lenient reading (`formats.OffsetJsonFormat`).
 
-`--compat llms4ner` makes the exact-span scores count as LLMs4NER's evaluation scripts do where
-they differ from ours, so that a paper's number can be reproduced: the whole `predict` is read (no
-`<think>` or code fence is removed; JSON must load as it is, nothing is salvaged); duplicates are a
-multiset; XML tags whose name is not a label are text, and a closer ends the tags opened inside it;
-a sentence whose rewritten text differs from the input is matched by (label, text) on both sides;
-JSON entries are matched as the tuples of their fields ((text, label) grouped, + occurrence_index,
-+ start and end). Gold comes from each line's `label` when there is one, else from the gold file
-rendered in the format. Their scripts keep whitespace inside a tag in the entity; ours trim it.
-Text-mode scores and the error analysis stay ours.
-
-`--compat reasoningie` makes the text-mode scores count as ReasoningIE's evaluation does (ReasoningNER's
-Table 1), for grouped JSON answers: the answer read as its code reads it (`<think>` blocks dropped, the
-inside of <answer> or of a ```json fence taken, `rewards.reasoningie_answer`), and each sentence's sets
-of (text, label) compared with texts lower-cased and stripped of punctuation and articles, labels
-lower-cased (`rewards.reasoningie_key`); gold entities of a non-entity label (misc, other, na:
-`sources.protocol_label`) are not counted, as its reader drops them, while a predicted one is a false
-positive, as its compute_f1 counts every entity a completion names.
-Exact scores and the error analysis stay ours.
+`--compat llms4ner` and `--compat reasoningie` count as those papers' scripts count (`compat`): the
+exact-span scores as LLMs4NER's, the text-mode scores as ReasoningIE's (ReasoningNER's Table 1). Text-mode
+scores (under llms4ner), exact ones (under reasoningie) and the error analysis stay ours.
 
 Skipping: `on_error="skip"` (`--skip-bad`) skips malformed gold records (the reader's rule) and
 malformed prediction lines, counts and lists them; the predictions of skipped gold records are
@@ -57,22 +42,19 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from reasoningner.compat import Compat, check_compat, compat_counts
 from reasoningner.evaluate import error_counts
 from reasoningner.formats import FORMATS, ParseResult, Problem, get_format, json_format_of, split_answer
-from reasoningner.metrics import MATCH_MODES, Counts, Scorer, multiset_counts
+from reasoningner.metrics import MATCH_MODES, Scorer
 from reasoningner.readers import DataError, Dataset, OnError, PathLike, read_dataset, read_file_text
 from reasoningner.results import NORMAL, ErrorCounts, Evaluation
-from reasoningner.rewards import reasoningie_answer, reasoningie_entities, reasoningie_key
-from reasoningner.sources import protocol_label
 from reasoningner.spans import Example, Span, check_span, spans_from_dicts
 
 logger = logging.getLogger(__name__)
 
 LAYOUTS = ("llamafactory", "spans", "outputs")
-COMPAT = ("none", "llms4ner", "reasoningie")
-Compat = Literal["none", "llms4ner", "reasoningie"]
 
 
 @dataclass
@@ -383,87 +365,9 @@ def _parse(prediction: PredictionLine, gold: Example, fmt: Any, path: PathLike) 
     return fmt.parse(prediction.output, gold.text, gold.schema)
 
 
-def llms4ner_keys(
-    answer: str, output_format: str, labels: tuple[str, ...]
-) -> tuple[list[tuple[Any, ...]], str]:
-    """(keys, clean text) of one answer as LLMs4NER's scripts read it (module docstring); the clean
-    text is "" for JSON formats. Inline keys are (label, start, end); JSON keys as their fields."""
-    if output_format in ("xml", "bracketed"):
-        answer = answer.strip() if output_format == "bracketed" else answer  # as their two scripts do
-        markup = FORMATS[output_format].markup(answer, labels, llms4ner=True)  # type: ignore[attr-defined]
-        return [(label, start, end) for start, end, label in markup.spans], markup.clean
-    try:
-        value = json.loads(answer)
-        if output_format == "grouped_json":
-            if not isinstance(value, dict):
-                return [], ""
-            return [
-                (str(mention), str(label))
-                for label, mentions in value.items()
-                if isinstance(mentions, list)
-                for mention in mentions
-            ], ""
-        if not isinstance(value, list):
-            return [], ""
-        fields = ("occurrence_index",) if output_format == "occurrence_json" else ("start", "end")
-        return [
-            (str(entry["text"]), str(entry["label"]), *(int(entry[name]) for name in fields))
-            for entry in value
-            if isinstance(entry, dict) and all(entry.get(k) is not None for k in ("text", "label", *fields))
-        ], ""
-    except (ValueError, TypeError, OverflowError, RecursionError):  # Infinity; [[[... past the stack
-        return [], ""
-
-
-def _llms4ner_gold(prediction: PredictionLine, gold: Example, output_format: str) -> str:
-    """The gold answer LLMs4NER's scripts compare with: the line's `label`, else the gold rendered
-    in the format (grouped as their files write it, without the `entities` wrapper)."""
-    if prediction.label is not None:
-        return prediction.label
-    rendered = FORMATS[output_format].render(gold)
-    if output_format == "grouped_json":
-        return json.dumps(json.loads(rendered)["entities"])
-    return rendered
-
-
-def llms4ner_counts(prediction: PredictionLine, gold: Example, output_format: str) -> dict[str, Counts]:
-    """Per-label counts of one line as LLMs4NER's `compute_f1` makes them."""
-    labels = gold.schema.labels
-    predicted, predicted_clean = llms4ner_keys(prediction.output or "", output_format, labels)
-    expected, gold_clean = llms4ner_keys(
-        _llms4ner_gold(prediction, gold, output_format), output_format, labels
-    )
-    if output_format not in ("xml", "bracketed"):
-        return multiset_counts(expected, predicted, label_at=1)
-    if predicted_clean != gold_clean:  # their "matching" mode: (label, text) on both sides
-        predicted = [(label, predicted_clean[start:end]) for label, start, end in predicted]
-        expected = [(label, gold_clean[start:end]) for label, start, end in expected]
-    return multiset_counts(expected, predicted, label_at=0)
-
-
-def reasoningie_counts(prediction: PredictionLine, gold: Example) -> dict[str, Counts]:
-    """Per-label counts of one line as ReasoningIE's evaluation makes them (module docstring): its keys are
-    sets, for which the multiset count is the set count."""
-    found = reasoningie_entities(reasoningie_answer(prediction.output or "")) or set()
-    # Its reader drops gold entities of a non-entity label (misc, other, na...); a predicted one counts
-    # against precision, as its compute_f1 counts every entity a completion names (rner/metric.py).
-    expected = {
-        reasoningie_key(span.text(gold.text), span.label)
-        for span in gold.spans
-        if protocol_label(span.label) is not None
-    }
-    return multiset_counts(expected, found, label_at=1)
-
-
 def score(sets: list[ScoredSet], compat: Compat = "none", primary_mode: str = "text") -> Evaluation:
     """The evaluation tables of aligned sets (`results.Evaluation`, as `evaluate` makes them)."""
-    if compat not in COMPAT:
-        raise ValueError(f"compat must be one of {COMPAT}, not {compat!r}")
-    if compat == "reasoningie" and (formats := {s.info["format"] for s in sets} - {"grouped_json"}):
-        raise ValueError(
-            f"--compat reasoningie reads grouped_json answers, as the paper's do, not {formats}: drop "
-            "--output-format, or score them without --compat"
-        )
+    check_compat(compat, {scored.info["format"] for scored in sets})
     names = [scored.name for scored in sets]
     if len(set(names)) < len(names):
         raise ValueError(f"two gold files are named alike ({names}); rename one")
@@ -472,12 +376,15 @@ def score(sets: list[ScoredSet], compat: Compat = "none", primary_mode: str = "t
     for scored in sets:
         for example, prediction, parsed in zip(scored.gold, scored.predictions, scored.parsed, strict=True):
             for mode, scorer in scorers.items():
-                if mode == "exact" and compat == "llms4ner" and prediction.output is not None:
-                    scorer.add_counts(
-                        llms4ner_counts(prediction, example, scored.info["format"]), scored.name
+                counted = (
+                    None
+                    if prediction.output is None  # spans already grounded: no answer to read their way
+                    else compat_counts(
+                        compat, mode, prediction.output, example, scored.info["format"], prediction.label
                     )
-                elif mode == "text" and compat == "reasoningie" and prediction.output is not None:
-                    scorer.add_counts(reasoningie_counts(prediction, example), scored.name)
+                )
+                if counted is not None:
+                    scorer.add_counts(counted, scored.name)
                 else:
                     scorer.add(example, parsed.spans, parsed.ungrounded, scored.name)
             errors[scored.name] = errors.get(scored.name, ErrorCounts()) + error_counts(example, parsed)

@@ -42,6 +42,7 @@ from reasoningner.metrics import Counts, Scorer, match_counts
 from reasoningner.predict import NERModel
 from reasoningner.readers import Dataset, read_dataset, write_jsonl
 from reasoningner.results import ErrorCounts, Evaluation, spread_sample
+from reasoningner.score import score_files
 from reasoningner.spans import Example, Schema, Span
 from tests.scripts import load_stage
 
@@ -194,6 +195,62 @@ def test_scores_match_hand_computed_numbers_and_the_scorer(tmp_path: Path, hand_
     ]
     assert {"start": 0, "end": 4, "label": "location", "text": "Acme"} in mixed["predicted"]
     assert [p["kind"] for p in lines[3]["problems"]] == ["unclosed_think"]
+
+
+def test_compat_puts_the_papers_counting_in_the_results_as_score_counts_the_same_outputs(
+    tmp_path: Path, hand_sets: list[dict]
+) -> None:
+    """`compat: reasoningie` in an evaluation recipe reports ReasoningNER's Table 1 counting (it took
+    `reasoningner score --compat` over generations.jsonl by hand); exact scores stay ours."""
+    ours = run_eval(eval_args(tmp_path / "ours", hand_sets), from_table(OUTPUTS))
+    paper = run_eval(eval_args(tmp_path, hand_sets, compat="reasoningie"), from_table(OUTPUTS))
+    generations = tmp_path / "out" / "generations.jsonl"
+    scored = score_files([(Path(entry["path"]), generations) for entry in hand_sets], compat="reasoningie")
+    assert paper.reports["normal"]["text"].to_dict() == scored.reports["normal"]["text"].to_dict()
+    assert paper.reports["normal"]["text"].to_dict() != ours.reports["normal"]["text"].to_dict()
+    assert paper.reports["normal"]["exact"].to_dict() == ours.reports["normal"]["exact"].to_dict()
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "## text-pair F1 (primary), as reasoningie counts" in markdown
+    assert "counted as reasoningie's scripts count it" in markdown
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["config"]["compat"] == "reasoningie"
+    # LLMs4NER's scripts read whole outputs of models that answer at once.
+    answer_only = {sentence: output.split("</think>")[-1] for sentence, output in OUTPUTS.items()}
+    llms4ner = evaluate(
+        eval_args(tmp_path / "l", hand_sets, compat="llms4ner"),
+        PromptArguments("grouped_json", reasoning=False),
+        GenerationArguments(),
+        generator=from_table(answer_only),
+    )
+    theirs = score_files(
+        [(Path(entry["path"]), tmp_path / "l" / "out" / "generations.jsonl") for entry in hand_sets],
+        compat="llms4ner",
+    )
+    assert llms4ner.reports["normal"]["exact"].to_dict() == theirs.reports["normal"]["exact"].to_dict()
+    assert llms4ner.reports["normal"]["exact"].to_dict() != ours.reports["normal"]["exact"].to_dict()
+    unasked = Scripted(lambda sentence, _: pytest.fail("asked before its answers were known to be countable"))
+    with pytest.raises(ValueError, match="reads grouped_json answers"):
+        run_eval(eval_args(tmp_path / "xml", hand_sets, compat="reasoningie"), unasked, "xml")
+    with pytest.raises(ValueError, match="a model that reasons first would be scored on its rationale"):
+        run_eval(eval_args(tmp_path / "x", hand_sets, compat="llms4ner"), unasked)
+    with pytest.raises(ValueError, match="compat 'paper'"):
+        eval_args(tmp_path, hand_sets, compat="paper")
+
+
+def test_compat_reasoningie_leaves_out_gold_misc_by_its_dataset_label_under_a_probe(tmp_path: Path) -> None:
+    """ReasoningIE's reader drops gold misc: under a probe, misc renamed B is still misc, and person renamed
+    misc is still a person; per-type rows keep the schema's names (its keys lower-case them)."""
+    path = tmp_path / "m.jsonl"
+    entities = [{"start": 0, "end": 3, "label": "Person"}, {"start": 10, "end": 16, "label": "misc"}]
+    record = {"text": "Bob likes Python .", "labels": ["Person", "misc"], "entities": entities}
+    path.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    args = eval_args(
+        tmp_path, [{"path": str(path), "name": "m"}], compat="reasoningie", probes=["opaque", "shuffled"]
+    )
+    evaluation = run_eval(args, Scripted(lambda sentence, _: '{"entities": {}}'))
+    for variant in ("normal", "opaque", "shuffled"):
+        text = evaluation.reports[variant]["text"].datasets["m"]
+        assert text.micro == Counts(0, 0, 1), variant  # Bob missed; Python, gold misc, left out
+    assert list(evaluation.reports["normal"]["text"].datasets["m"].per_label) == ["Person"]
 
 
 def test_primary_mode_exact_leads(tmp_path: Path, hand_sets: list[dict]) -> None:

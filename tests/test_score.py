@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 
 from reasoningner.cli import main
+from reasoningner.compat import llms4ner_keys
 from reasoningner.formats import FORMATS
 from reasoningner.metrics import Counts
 from reasoningner.readers import DataError, read_alpaca
-from reasoningner.score import llms4ner_keys, score_files
+from reasoningner.score import score_files
 
 DATA = Path(__file__).parent / "data"
 ACE = DATA / "ace2005_mini.json"
