@@ -230,6 +230,15 @@ def load_eval_set(eval_set: EvalSet, data: DataArguments, trained: PromptContrac
         schema = trained.asked(schema) if trained is not None else schema
     except SpanError as error:
         raise ValueError(f"evaluation set {name}: {error}") from None
+    # Before labels kept their spaces, training wrote "programming language" as programming_language.
+    trained_labels = set(trained.labels) if trained is not None else set()
+    written = {label: label.replace(" ", "_") for label in schema.labels if " " in label}
+    if renames := {label: old for label, old in written.items() if old in trained_labels}:
+        logger.warning(
+            "%s: the model was trained on %s, labels of several words as reasoningner wrote them before it "
+            "kept their spaces: to ask it as trained, rename them in the set's labels: %s",
+            name, sorted(renames.values()), renames,
+        )  # fmt: skip
     examples = [relabel(example, mapping, schema) for example in originals]
     info = {
         "path": eval_set.path,

@@ -17,11 +17,12 @@ the gold readers use too (`readers.read_alpaca`), so a gold output and a model o
   bare ``]`` pairs with the innermost open ``[`` as literal text. Unpaired ``[`` and pipes are
   plain text; a closer with no open ``[`` is an ``unbalanced_tag``.
 - ``xml``: the sentence with each entity as ``<LABEL>entity text</LABEL>``; nesting allowed. A
-  tag is ``<NAME>`` or ``</NAME>`` where NAME is a schema label or identifier-like (a letter or
-  ``_`` then letters, digits, ``_ . -``), so ``P < 0.01`` and ``<0.05>`` stay text; there is no
-  escaping. A closing tag closes the innermost open tag of its name, and tags opened inside it
-  stay open: closers may come in any order (GENIA's ``<protein><RNA>Id2</protein></RNA>`` is two
-  entities). A closer with no open tag of its name, and a tag never closed, are ``unbalanced_tag``.
+  tag is ``<NAME>`` or ``</NAME>`` where NAME is a schema label, identifier-like (a letter or
+  ``_`` then letters, digits, ``_ . -``) or a schema label of several words in another case, so
+  ``P < 0.01``, ``<0.05>`` and ``<a b>`` stay text; there is no escaping. A closing tag closes the
+  innermost open tag of its name, and tags opened inside it stay open: closers may come in any order
+  (GENIA's ``<protein><RNA>Id2</protein></RNA>`` is two entities). A closer with no open tag of its
+  name, and a tag never closed, are ``unbalanced_tag``.
 - Both: labels follow `spans.LABEL_PATTERN`; an entity is its marked text without the whitespace
   at its edges (``<PER> Ann </PER>`` marks "Ann"), and one of only whitespace is a ``bad_entry``.
 - ``grouped_json`` (ReasoningNER's answer): ``{"entities": {"LABEL": ["text", ...], ...}}``;
@@ -116,7 +117,7 @@ import json
 import re
 import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import combinations
@@ -534,7 +535,7 @@ class _InlineFormat(OutputFormat):
     def _close(self, label: str) -> str: ...
 
     @abstractmethod
-    def markup(self, answer: str, labels: Container[str] = (), llms4ner: bool = False) -> Markup:
+    def markup(self, answer: str, labels: Collection[str] = (), llms4ner: bool = False) -> Markup:
         """`answer` read by the inline grammar (module docstring); `labels` are the schema's.
 
         `llms4ner`: XML as LLMs4NER's evaluation scripts read it, for `compat` llms4ner: only
@@ -659,7 +660,7 @@ class BracketedFormat(_InlineFormat):
     def _close(self, label: str) -> str:
         return f" | {label}]"
 
-    def markup(self, answer: str, labels: Container[str] = (), llms4ner: bool = False) -> Markup:
+    def markup(self, answer: str, labels: Collection[str] = (), llms4ner: bool = False) -> Markup:
         tokens = list(_BRACKET_TOKEN.finditer(answer))
         problems: list[Problem] = []
         stack: list[int] = []  # indexes in `tokens` of the "[" still open
@@ -742,13 +743,32 @@ def _has_crossing(spans: tuple[Span, ...]) -> bool:
 
 _XML_TAG = re.compile(rf"<(/?)({LABEL_PATTERN.pattern})>")
 _TAG_NAME = re.compile(r"[^\W\d][\w.\-]*")
-# A tag cut off at the end of the output: its name may be a label's first words.
-_PARTIAL_TAG = re.compile(r"</?(?:[^<>\s]+(?: [^<>\s]+)* ?)?\Z")
+_PARTIAL_TAG = re.compile(r"</?([^<>]*)\Z")
 
 
-def _is_tag(name: str, labels: Container[str], unknown_tags_are_text: bool = False) -> bool:
-    """A schema label, or (unless `unknown_tags_are_text`) an identifier-like name: `<0.05>` is text."""
-    return name in labels or (not unknown_tags_are_text and _TAG_NAME.fullmatch(name) is not None)
+def _is_tag(name: str, labels: Collection[str], unknown_tags_are_text: bool = False) -> bool:
+    """A schema label, or (unless `unknown_tags_are_text`) an identifier-like name (`<0.05>` is text) or
+    a label of several words in another case (`<Programming Language>`: an unknown label, kept)."""
+    if name in labels:
+        return True
+    if unknown_tags_are_text:
+        return False
+    if " " in name:
+        return any(name.casefold() == label.casefold() for label in labels)
+    return _TAG_NAME.fullmatch(name) is not None
+
+
+def _without_partial_tag(text: str, labels: Collection[str]) -> str:
+    """`text` without a tag cut off at its end: a name without spaces, or a label's first words (`<a b`
+    before the end of a sentence that holds it stays)."""
+    cut = _PARTIAL_TAG.search(text)
+    if cut is None:
+        return text
+    name = cut.group(1).casefold()
+    spaced = any(char.isspace() for char in name)
+    if spaced and not any(label.casefold().startswith(name) for label in labels):
+        return text
+    return text[: cut.start()]
 
 
 class XmlFormat(_InlineFormat):
@@ -762,7 +782,7 @@ class XmlFormat(_InlineFormat):
     def _close(self, label: str) -> str:
         return f"</{label}>"
 
-    def markup(self, answer: str, labels: Container[str] = (), llms4ner: bool = False) -> Markup:
+    def markup(self, answer: str, labels: Collection[str] = (), llms4ner: bool = False) -> Markup:
         problems: list[Problem] = []
         clean: list[str] = []
         raw: list[tuple[int, int, str]] = []
@@ -796,7 +816,7 @@ class XmlFormat(_InlineFormat):
         text = "".join(clean)
         spans = _trimmed(text, raw, problems)
         unclosed = [(name, at) for name, _, at in stack]
-        return Markup(text, spans, problems, unclosed, _PARTIAL_TAG.sub("", text))
+        return Markup(text, spans, problems, unclosed, _without_partial_tag(text, labels))
 
     def expresses(self, example: Example) -> bool:
         return (

@@ -258,9 +258,7 @@ def _split_tag(tag: str, position: int) -> tuple[str, str]:
         return "O", ""
     prefix, dash, label = tag.partition("-")
     if prefix not in ("B", "I", "E", "S") or not dash or not LABEL_PATTERN.fullmatch(label):
-        raise _TokenError(
-            position, f"bad tag {tag!r}: expected O, or B-, I-, E-, S- and a label without spaces"
-        )
+        raise _TokenError(position, f"bad tag {tag!r}: expected O, or B-, I-, E-, S- and a label")
     return prefix, label
 
 
@@ -480,14 +478,20 @@ def _offset(value: Any, what: str) -> int:
 # --------------------------------------------------------------------------------------------- Alpaca
 
 _LABEL_LINE = re.compile(r"([^\s\[\]|<>{}\"():]+)(?:\(([^)]*)\))?:[ \t]*(.*)")
+# In a block under a `Label Set:` header, a label of several words too, when a description follows (the
+# line that ends the block, "Now process the input sentence:", has none).
+_SPACED_LABEL_LINE = re.compile(
+    r"([^\s\[\]|<>{}\"():]+(?: [^\s\[\]|<>{}\"():]+)+)(?:\(([^)]*)\))?:[ \t]*(\S.*)"
+)
 
 
 def _label_set(instruction: str) -> Schema | None:
     """The labels and descriptions an instruction states, if it does.
 
     Either a `Label Set:` block (`LABEL: description` or `LABEL(long name): description`, one per
-    line, or `Label Set: A, B` inline), or, in LLMs4NER's relabelled files (`conll2003-so/se`),
-    which have no header, the first run of `LABEL: description` lines after the first line.
+    line, a label of several words with a description, or `Label Set: A, B` inline), or, in LLMs4NER's
+    relabelled files (`conll2003-so/se`), which have no header, the first run of `LABEL: description`
+    lines after the first line.
     """
     lines = instruction.splitlines()
     heads = [i for i, line in enumerate(lines) if line.strip().startswith("Label Set:")]
@@ -504,6 +508,8 @@ def _label_set(instruction: str) -> Schema | None:
     labels: dict[str, str] = {}
     for line in block:
         match = _LABEL_LINE.fullmatch(line.strip())
+        if match is None and heads:
+            match = _SPACED_LABEL_LINE.fullmatch(line.strip())
         if not match:
             break
         label, long_name, description = match.groups()

@@ -1010,6 +1010,24 @@ def test_a_sentence_the_backend_gives_up_on_is_a_format_failure_and_the_others_a
     assert {r["text"]: r["asked"] for r in records}[MIXED] is None  # never reused: asked again
 
 
+def test_a_model_trained_on_labels_written_with_underscores_is_told_how_to_be_asked_as_trained(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before labels kept their spaces, "programming language" was trained as programming_language."""
+    PromptContract(PromptArguments(), ["programming_language", "person"]).save(tmp_path / "model")
+    path = tmp_path / "s.jsonl"
+    entities = [{"start": 0, "end": 6, "label": "programming language"}]
+    path.write_text(json.dumps({"text": "Python rocks", "entities": entities}) + "\n", encoding="utf-8")
+    generation = GenerationArguments(model_name_or_path=str(tmp_path / "model"))
+    with caplog.at_level(logging.WARNING):
+        load_items(eval_args(tmp_path, [{"path": str(path), "name": "s"}]), generation.prompt_contract())
+    assert "rename them in the set's labels: {'programming language': 'programming_language'}" in caplog.text
+    caplog.clear()
+    renamed = {"path": str(path), "name": "s", "labels": {"programming language": "programming_language"}}
+    load_items(eval_args(tmp_path, [renamed]), generation.prompt_contract())
+    assert "rename them" not in caplog.text
+
+
 def test_a_set_with_the_model_s_labels_is_asked_in_the_training_order(tmp_path: Path) -> None:
     file_order = list(read_dataset(DATA / "conll2003_mini.txt").schema.labels)
     trained = list(reversed(file_order))

@@ -343,6 +343,17 @@ def test_xml_a_tag_of_several_words_is_a_label_of_the_schema_or_text() -> None:
     )
     assert texts(result, text) == [("Python", "programming language")] and result.ok
     assert not FORMATS["xml"].expresses(example("a <person> tag", schema=schema))
+    # A label of several words in another case is a tag: an unknown label, kept (case folding may repair it).
+    cased = FORMATS["xml"].parse(
+        "<Programming Language>Python</Programming Language> rules", "Python rules", schema
+    )
+    assert texts(cased, "Python rules") == [("Python", "Programming Language")]
+    assert kinds(cased) == {"unknown_label"}
+    assert not FORMATS["xml"].expresses(example("a <Person Of Note> tag", schema=Schema(("person of note",))))
+    # Words after a `<` at the end are a cut-off tag only when they begin a label: here the model added text.
+    sentence = "it holds if x<y holds ."
+    added = FORMATS["xml"].parse(f"{sentence} and more", sentence, schema)
+    assert "text_altered" in kinds(added) and "truncated" not in kinds(added)
 
 
 def test_xml_cannot_express_tag_like_text_or_a_label_opening_with_a_slash() -> None:

@@ -251,6 +251,25 @@ def test_alpaca_jsonl_with_brackets_and_literal_brackets(tmp_path: Path) -> None
     assert dataset.skipped == [f"{path}:2: record 1: '| PER]' at character 3 of the output closes no '['"]
 
 
+def test_a_label_set_block_holds_labels_of_several_words(tmp_path: Path) -> None:
+    """A block line `programming language: ...` ended the block silently: the labels after it were lost."""
+    instruction = (
+        "Find entities.\nLabel Set:\nperson: a human\nprogramming language: a language for code\n"
+        "location: a place\nNow process the input sentence:"
+    )
+    record = {
+        "instruction": instruction,
+        "input": "Ann writes Python in Rome",
+        "output": "<person>Ann</person> writes <programming language>Python</programming language> in Rome",
+    }
+    dataset = read_alpaca(write(tmp_path / "s.jsonl", json.dumps(record) + "\n"))
+    assert dataset.schema.labels == ("person", "programming language", "location")
+    assert triples(dataset.examples[0]) == [
+        (0, 3, "person", "Ann"),
+        (11, 17, "programming language", "Python"),
+    ]
+
+
 def test_alpaca_without_label_set_infers_labels_and_leaves_non_tags_as_text(tmp_path: Path) -> None:
     records = [
         {"input": "Ann in Rome", "output": "<PER>Ann</PER> in <LOC>Rome</LOC>"},
