@@ -570,7 +570,7 @@ def _outcomes(
     mode: MatchMode = args.match_mode  # type: ignore[assignment]
     local_greedy = sampling.greedy and generation.backend != "openai"
     retries = 0 if local_greedy else INCOMPLETE_RETRIES
-    failed_in_a_row, answered = 0, False
+    failed_in_a_row, unusable_in_a_row, answered = 0, 0, False
     asked: Counter[str] = Counter()  # tries of each sentence in this run
     spent: Counter[str] = Counter()  # completion tokens of every sample of every try of a sentence
     chunk_seconds = 0.0  # how long the last chunk took
@@ -628,7 +628,7 @@ def _outcomes(
             )
             usable = [(i, c) for i, c in enumerate(outcome) if unusable(c) is None]
             if usable:
-                answered = True
+                answered, unusable_in_a_row = True, 0
                 scored = [
                     score_sample(task.example, c, output_format, mode, i, args.gold_answer) for i, c in usable
                 ]
@@ -639,6 +639,9 @@ def _outcomes(
                 waiting[task.key] = (task, failure)
             else:
                 yield task, failure
+            unusable_in_a_row += 1
+            if unusable_in_a_row >= FAILURES_IN_A_ROW:
+                raise _teacher_unusable(unusable_in_a_row, outcome)
         if not replies and last_refusal is not None and refusals >= FAILURES_IN_A_ROW:
             raise _teacher_refuses(refusals, last_refusal)
         chunk_seconds = time.monotonic() - began
@@ -671,6 +674,18 @@ def _teacher_refuses(count: int, last: ConversationFailed) -> GenerationError:
         f"the teacher refused all {count} new sentences asked together and answered none (last: {last}): "
         "does every request fit its context (max_model_len, max_new_tokens), is this the model it serves? "
         "Stopping; a rerun keeps what was annotated and retries the failed"
+    )
+
+
+def _teacher_unusable(count: int, last: Sequence[Completion]) -> GenerationError:
+    """A teacher that answers but never usably: every reply cut off (a thinking model's free thinking
+    runs past the budget) would otherwise fill the whole dataset with failed records."""
+    why = "; ".join(sorted({unusable(c) or "" for c in last}))
+    return GenerationError(
+        f"the teacher's last {count} replies held no usable sample (last: {why}): is max_new_tokens enough "
+        "for its rationale and answer, and is a thinking model's own thinking off "
+        "(backend_options.chat_template_kwargs: {enable_thinking: false})? Stopping; a rerun keeps what was "
+        "annotated and retries the failed"
     )
 
 

@@ -638,6 +638,22 @@ def test_a_teacher_that_fails_every_sentence_stops_the_run(tmp_path: Path) -> No
     assert len(records) == FAILURES_IN_A_ROW and {r["status"] for r in records} == {"failed"}
 
 
+def test_a_teacher_whose_every_reply_is_cut_off_stops_the_run(tmp_path: Path) -> None:
+    """A thinking teacher whose own thinking runs past max_new_tokens answers every request, so no request
+    failed: the run went through the whole dataset writing failed records, hours of a GPU node."""
+    inputs = write_inputs(tmp_path / "in.jsonl", 3 * FAILURES_IN_A_ROW)
+    args = cot_args(tmp_path / "out", [inputs])
+    answers = replies(load_tasks(args, PromptArguments()))
+    with (
+        teacher(answers, lambda *_: "length") as server,
+        pytest.raises(GenerationError, match=r"last 64 replies held no usable sample \(last: cut off"),
+    ):
+        annotate(args, PromptArguments(), openai(server.base_url))
+    records = read_records(tmp_path / "out" / "annotations.jsonl")
+    assert 0 < len(records) < len(answers) and {r["status"] for r in records} == {"failed"}
+    assert all("cut off at max_new_tokens" in r["reason"] for r in records)
+
+
 def test_a_teacher_that_dies_in_a_slurm_job_requeues_it_and_one_that_never_answered_ends_it(
     tmp_path: Path, slurm_job: Path
 ) -> None:
