@@ -14,8 +14,10 @@ import inspect
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -567,6 +569,69 @@ def test_train_slurm_gives_a_signalled_stage_slurm_s_grace_to_save(tmp_path: Pat
         )
         waits.append([call for call in calls if call.startswith("accelerate")])
     assert waits == [["accelerate waits 3600"] * 2, ["accelerate waits 120"] * 2]  # each node's launcher
+
+
+SCONTROL_REQUEUE = (
+    'if [[ $1 == requeue ]]; then echo "scontrol $*" >> "$CALLS"; else printf \'node-a\\nnode-b\\n\'; fi'
+)
+
+
+@pytest.mark.parametrize("script", ["train.slurm", "cot.slurm"])
+def test_a_stage_that_could_not_requeue_its_job_has_the_host_requeue_it(tmp_path: Path, script: str) -> None:
+    """A stage stopped before the time limit asks `scontrol requeue` itself; in a container without SLURM's
+    client that fails and it ends with 75 (STOPPED): the job ended, never requeued, its run left halfway."""
+    args = (
+        ["sft", "recipes/qwen3-8b/sft.yaml", "recipes/accelerate/zero3.yaml"]
+        if script == "train.slurm"
+        else []
+    )
+    env = {"SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "node-a", "SLURM_JOB_ID": "4242"}
+    for status, requeued in ((75, ["scontrol requeue 4242"]), (0, []), (1, [])):
+        stage = {"accelerate" if script == "train.slurm" else "python": f"exit {status}"}
+        folder = tmp_path / str(status)
+        if status:
+            with pytest.raises(subprocess.CalledProcessError) as ended:
+                run_slurm(script, args, env, folder, scontrol=SCONTROL_REQUEUE, **stage)
+            assert ended.value.returncode == status
+        else:
+            run_slurm(script, args, env, folder, scontrol=SCONTROL_REQUEUE, **stage)
+        calls = (folder / "calls").read_text().splitlines() if (folder / "calls").exists() else []
+        assert [call for call in calls if call.startswith("scontrol")] == requeued
+
+
+def test_train_slurm_waits_for_a_signalled_stage_and_takes_its_gpus_from_the_allocation(
+    tmp_path: Path,
+) -> None:
+    """A preemption signals the job's shell too: without a trap bash ended at once, and the job with it,
+    under a stage still writing its checkpoint. Processes per node follow --gres (SLURM_GPUS_ON_NODE)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    saving = 'sleep 1; echo "accelerate $*" >> "$CALLS"'
+    for name, body in (FAKES | {"accelerate": saving}).items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n", encoding="utf-8")
+        (bin_dir / name).chmod(0o755)
+    calls = tmp_path / "calls"
+    env = {**os.environ, "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "node-a", "SLURM_GPUS_ON_NODE": "4",
+           "CALLS": str(calls), "PATH": f"{bin_dir}:{os.environ['PATH']}"}  # fmt: skip
+    script = [
+        "bash",
+        "recipes/slurm/train.slurm",
+        "sft",
+        "recipes/qwen3-8b/sft.yaml",
+        "recipes/accelerate/zero3.yaml",
+    ]
+    job = subprocess.Popen(script, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    for _ in range(100):  # the doctor has run: the stage is on
+        if calls.exists() and "reasoningner doctor" in calls.read_text():
+            break
+        time.sleep(0.05)
+    time.sleep(0.2)
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=30)
+    assert job.returncode == 0 and "SIGTERM; the stage saves and ends" in stderr
+    launches = [call for call in calls.read_text().splitlines() if call.startswith("accelerate")]
+    assert len(launches) == 2  # the stand-in scontrol's two nodes, each saving to the end
+    assert all("--num_processes 8 " in launch for launch in launches) and "--num-gpus 4" in calls.read_text()
 
 
 def test_train_slurm_hands_the_doctor_the_stage_s_arguments_as_it_reads_them(tmp_path: Path) -> None:
