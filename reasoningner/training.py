@@ -620,8 +620,23 @@ def start_trainer_stage(
         training_args.eval_on_start = False
     if main_process:
         start = f"resuming from {checkpoint}" if checkpoint else "starting at step 0"
-        print(f"{stage}: {start} in {training_args.output_dir}", flush=True)
+        print(
+            f"{stage}: {start} in {training_args.output_dir}; {global_batch(stage, training_args)}",
+            flush=True,
+        )
     return TrainerStart(prompt, checkpoint, configs, inputs, push_to, contract, upstream)
+
+
+def global_batch(stage: str, training_args: Any) -> str:
+    """An optimizer step's batch in words: it grows with the processes a launch has (nodes x GPUs), where a
+    recipe states the batch it was written for."""
+    world, per_device = training_args.world_size, training_args.per_device_train_batch_size
+    accumulated = training_args.gradient_accumulation_steps
+    unit = "completions" if stage == "rl" else "sequences"
+    return (
+        f"{world * per_device * accumulated} {unit} an optimizer step ({world} processes x {per_device} x "
+        f"{accumulated} accumulated)"
+    )
 
 
 def check_publishable(script_args: Any, model_args: Any) -> None:
