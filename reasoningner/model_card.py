@@ -262,9 +262,18 @@ def hub_repository(name: str, output_dir: str | Path, private: bool = False) -> 
 
 
 def run_folder(output_dir: str | Path) -> str:
-    """A run's folder by its last two parts (`qwen3-8b/sft`): the default repository name, and how a
-    repository is known as this run's however the folder's path is spelled."""
-    return "/".join(Path(output_dir).resolve().parts[-2:])
+    """A run's folder by its last three parts (`outputs/qwen3-8b/sft`): how a repository is known as this
+    run's however the folder's path is spelled. Two (`qwen3-8b/sft`) took the paper recipes' run
+    (`outputs/reasoningner/qwen3-8b/sft`) and the project's for one, and one published over the other."""
+    return "/".join(Path(output_dir).resolve().parts[1:][-3:])
+
+
+def default_repository(output_dir: str | Path) -> str:
+    """The repository a run publishes to unless told (`hub_model_id`): its folder's last parts under
+    `outputs/` (`outputs/reasoningner/qwen3-8b/sft`: `reasoningner-qwen3-8b-sft`)."""
+    parts = Path(output_dir).resolve().parts
+    under = parts[len(parts) - parts[::-1].index("outputs") :] if "outputs" in parts else ()
+    return "-".join(under or parts[-2:])
 
 
 def publish(output_dir: str | Path, repo_id: str) -> str:

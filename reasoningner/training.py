@@ -45,7 +45,7 @@ from reasoningner.doctor import stale_build_locks
 from reasoningner.files import exclusive, write_whole
 from reasoningner.generation import adapter_config
 from reasoningner.jobs import Termination, stop, terminated, terminating
-from reasoningner.model_card import hub_repository, publish, run_folder, write_model_card
+from reasoningner.model_card import default_repository, hub_repository, publish, write_model_card
 from reasoningner.prompts import check_wording
 from reasoningner.tracking import (
     MANIFEST,
@@ -521,7 +521,7 @@ def publish_target(script_args: Any, training_args: Any, model_args: Any) -> str
         check_publishable(script_args, model_args)
         # By default named after the run's folder and its parent (qwen3-8b-sft): `sft` alone would
         # send every model of one stage to one repository.
-        push_to = training_args.hub_model_id or run_folder(training_args.output_dir).replace("/", "-")
+        push_to = training_args.hub_model_id or default_repository(training_args.output_dir)
     training_args.push_to_hub = False
     return push_to
 

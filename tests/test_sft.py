@@ -32,6 +32,7 @@ from trl.trainer import sft_trainer
 
 from reasoningner.configs import DEFAULT_MAX_NEW_TOKENS, PromptArguments, PromptContract
 from reasoningner.formats import THINK_OPEN, get_format
+from reasoningner.model_card import default_repository
 from reasoningner.prompts import ner_instruction
 from reasoningner.readers import read_dataset
 from reasoningner.records import read_records, record_example
@@ -611,6 +612,15 @@ def test_publishing_refuses_before_training_a_repository_holding_another_model(
     fake_hub(monkeypatch, {"manifest.json": ours_elsewhere})
     with pytest.raises(ValueError, match=r"published from .*other/sft"):
         run_stage(*args, "--hub_model_id", "mine")
+    # A folder of the same name in another pipeline (outputs/reasoningner/qwen3-8b/sft beside
+    # outputs/qwen3-8b/sft) is another run: its model was replaced by this one.
+    namesake = json.dumps({"config": {"output_dir": str(tmp_path.parent / "paper" / tmp_path.name / "sft")}})
+    fake_hub(monkeypatch, {"manifest.json": namesake})
+    with pytest.raises(ValueError, match=r"published from .*paper/"):
+        run_stage(*args, "--hub_model_id", "mine")
+    assert default_repository("outputs/reasoningner/qwen3-8b/sft") == "reasoningner-qwen3-8b-sft"
+    assert default_repository("outputs/qwen3-8b/sft") == "qwen3-8b-sft"
+    fake_hub(monkeypatch, {"manifest.json": ours_elsewhere})
     assert trained(out) == []
     run_stage(*stage_args(model_dir, cot_file, out, max_steps=1, lr=2e-3))  # another run in the folder
     with pytest.raises(ValueError, match=r"published from .*other/sft"):  # over it: refused, not deleting it
