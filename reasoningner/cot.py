@@ -639,9 +639,12 @@ def _outcomes(
                 waiting[task.key] = (task, failure)
             else:
                 yield task, failure
-            unusable_in_a_row += 1
-            if unusable_in_a_row >= FAILURES_IN_A_ROW:
-                raise _teacher_unusable(unusable_in_a_row, outcome)
+            # Sentences asked for the first time: a retry of a hard one, or a rerun of the failed, says
+            # nothing new of the teacher.
+            if tries == 1:
+                unusable_in_a_row += 1
+                if unusable_in_a_row >= FAILURES_IN_A_ROW:
+                    raise _teacher_unusable(unusable_in_a_row, outcome)
         if not replies and last_refusal is not None and refusals >= FAILURES_IN_A_ROW:
             raise _teacher_refuses(refusals, last_refusal)
         chunk_seconds = time.monotonic() - began
@@ -682,8 +685,8 @@ def _teacher_unusable(count: int, last: Sequence[Completion]) -> GenerationError
     runs past the budget) would otherwise fill the whole dataset with failed records."""
     why = "; ".join(sorted({unusable(c) or "" for c in last}))
     return GenerationError(
-        f"the teacher's last {count} replies held no usable sample (last: {why}): is max_new_tokens enough "
-        "for its rationale and answer, and is a thinking model's own thinking off "
+        f"the teacher's replies to the last {count} sentences asked held no usable sample (last: {why}): is "
+        "max_new_tokens enough for its rationale and answer, and is a thinking model's own thinking off "
         "(backend_options.chat_template_kwargs: {enable_thinking: false})? Stopping; a rerun keeps what was "
         "annotated and retries the failed"
     )

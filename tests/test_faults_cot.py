@@ -646,12 +646,32 @@ def test_a_teacher_whose_every_reply_is_cut_off_stops_the_run(tmp_path: Path) ->
     answers = replies(load_tasks(args, PromptArguments()))
     with (
         teacher(answers, lambda *_: "length") as server,
-        pytest.raises(GenerationError, match=r"last 64 replies held no usable sample \(last: cut off"),
+        pytest.raises(
+            GenerationError, match=r"last 64 sentences asked held no usable sample \(last: cut off"
+        ),
     ):
         annotate(args, PromptArguments(), openai(server.base_url))
     records = read_records(tmp_path / "out" / "annotations.jsonl")
     assert 0 < len(records) < len(answers) and {r["status"] for r in records} == {"failed"}
     assert all("cut off at max_new_tokens" in r["reason"] for r in records)
+
+
+def test_sentences_whose_every_try_is_cut_off_do_not_stop_a_teacher_that_answers_the_others(
+    tmp_path: Path,
+) -> None:
+    """Hard sentences are retried, each retry one more cut-off reply: a last chunk of them, or a rerun
+    asking only the failed, is no sign of a teacher that never answers usably, and must end, not stop."""
+    hard_count = FAILURES_IN_A_ROW // 2 + 1  # their three tries each: more replies than the limit
+    inputs = write_inputs(tmp_path / "in.jsonl", hard_count + 7)
+    args = cot_args(tmp_path / "out", [inputs])
+    answers = replies(load_tasks(args, PromptArguments()))
+    hard = set(list(answers)[-hard_count:])
+    fate = lambda prompt, attempt: "length" if prompt in hard else "right"  # noqa: E731
+    with teacher(answers, fate) as server:
+        report = annotate(args, PromptArguments(), openai(server.base_url))
+        assert (report["failed"], report["accepted"]) == (hard_count, 7), report
+        again = annotate(args, PromptArguments(), openai(server.base_url))  # asks only the hard ones
+    assert (again["failed"], again["accepted"]) == (hard_count, 7), again
 
 
 def test_a_teacher_that_dies_in_a_slurm_job_requeues_it_and_one_that_never_answered_ends_it(
