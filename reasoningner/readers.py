@@ -478,20 +478,21 @@ def _offset(value: Any, what: str) -> int:
 # --------------------------------------------------------------------------------------------- Alpaca
 
 _LABEL_LINE = re.compile(r"([^\s\[\]|<>{}\"():]+)(?:\(([^)]*)\))?:[ \t]*(.*)")
-# In a block under a `Label Set:` header, a label of several words too, when a description follows (the
-# line that ends the block, "Now process the input sentence:", has none).
+# In a block under a `Label Set:` header, a label of several words too, with a description, when a label
+# line follows it or the output uses it: "Now process the input sentence:" has no description, and
+# "Output format: JSON" ends a block.
 _SPACED_LABEL_LINE = re.compile(
     r"([^\s\[\]|<>{}\"():]+(?: [^\s\[\]|<>{}\"():]+)+)(?:\(([^)]*)\))?:[ \t]*(\S.*)"
 )
 
 
-def _label_set(instruction: str) -> Schema | None:
+def _label_set(instruction: str, output: str = "") -> Schema | None:
     """The labels and descriptions an instruction states, if it does.
 
     Either a `Label Set:` block (`LABEL: description` or `LABEL(long name): description`, one per
-    line, a label of several words with a description, or `Label Set: A, B` inline), or, in LLMs4NER's
-    relabelled files (`conll2003-so/se`), which have no header, the first run of `LABEL: description`
-    lines after the first line.
+    line; a label of several words as `_SPACED_LABEL_LINE` says; or `Label Set: A, B` inline), or, in
+    LLMs4NER's relabelled files (`conll2003-so/se`), which have no header, the first run of
+    `LABEL: description` lines after the first line.
     """
     lines = instruction.splitlines()
     heads = [i for i, line in enumerate(lines) if line.strip().startswith("Label Set:")]
@@ -506,10 +507,17 @@ def _label_set(instruction: str) -> Schema | None:
             return None
         block = lines[first:]
     labels: dict[str, str] = {}
-    for line in block:
+    for line, following in zip(block, [*block[1:], ""], strict=True):
         match = _LABEL_LINE.fullmatch(line.strip())
-        if match is None and heads:
-            match = _SPACED_LABEL_LINE.fullmatch(line.strip())
+        if match is None and heads and (spaced := _SPACED_LABEL_LINE.fullmatch(line.strip())):
+            name = spaced.group(1)
+            used = any(f in output for f in (f"<{name}>", f"| {name}]", f'"{name}"'))
+            if (
+                used
+                or _LABEL_LINE.fullmatch(following.strip())
+                or _SPACED_LABEL_LINE.fullmatch(following.strip())
+            ):
+                match = spaced
         if not match:
             break
         label, long_name, description = match.groups()
@@ -577,7 +585,7 @@ def _alpaca_record(record: Any, schema: Schema | None) -> tuple[str, list[Span],
     """(text, spans, stated schema, duplicates merged) of an alpaca record: its output is the input
     with inline markup, or an answer in one of the JSON formats (LLMs4NER's JSON-variant files)."""
     text, output = _require(record, "input", str), _require(record, "output", str)
-    stated = _label_set(_require(record, "instruction", str)) if "instruction" in record else None
+    stated = _label_set(_require(record, "instruction", str), output) if "instruction" in record else None
     value = _json_output(output) if output != text else None
     # A headerless block is a guess (`_label_set`): one that misses a label the output uses was some other
     # `Word: text` line of the instruction. A JSON output's labels are compared before it is read with them.

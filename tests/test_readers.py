@@ -268,6 +268,15 @@ def test_a_label_set_block_holds_labels_of_several_words(tmp_path: Path) -> None
         (0, 3, "person", "Ann"),
         (11, 17, "programming language", "Python"),
     ]
+    # The block's last line of several words is a label when the output uses it; other such lines end it.
+    last = {**record, "instruction": "Label Set:\nperson: a human\nprogramming language: code\nNow go:"}
+    assert read_alpaca(write(tmp_path / "l.jsonl", json.dumps(last) + "\n")).schema.labels == (
+        "person",
+        "programming language",
+    )
+    note = "Label Set:\nperson: a human\nOutput format: tags named after the labels\nNow process the input:"
+    other = {**record, "instruction": note, "output": "<person>Ann</person> writes Python in Rome"}
+    assert read_alpaca(write(tmp_path / "o.jsonl", json.dumps(other) + "\n")).schema.labels == ("person",)
 
 
 def test_alpaca_without_label_set_infers_labels_and_leaves_non_tags_as_text(tmp_path: Path) -> None:
