@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, NoReturn
 
 logger = logging.getLogger(__name__)
@@ -102,20 +103,35 @@ def _end_wandb_run(status: int, seconds: float) -> None:
         logger.warning("W&B did not end its run in %g s: going on without it", seconds)
 
 
+# Set by recipes/slurm's scripts: where a stage that could not requeue its job (a container without
+# SLURM's client) leaves word for the job's script, which asks from the host once the stage has ended.
+REQUEUE_MARK = "REASONINGNER_REQUEUE_MARK"
+
+
 def requeue() -> str:
     """Ask SLURM to queue this job again (`scontrol requeue`): what happened, in words. SLURM ends this
-    attempt and starts the job's script anew once it schedules it."""
+    attempt and starts the job's script anew once it schedules it. Where it cannot be asked from here,
+    the job's script is told to (`REQUEUE_MARK`), if it listens."""
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
         return "not a SLURM job: relaunch the same command to resume"
     try:
         done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as error:
-        return f"scontrol requeue {job} failed ({error}): resubmit the same command to resume"
-    if done.returncode:
+        failed = f"scontrol requeue {job} failed ({error})"
+    else:
+        if not done.returncode:
+            return f"job {job} requeued: it resumes from here when SLURM starts it again"
         why = (done.stderr or done.stdout).strip() or f"exit status {done.returncode}"
-        return f"scontrol requeue {job} refused ({why}): resubmit the same command to resume"
-    return f"job {job} requeued: it resumes from here when SLURM starts it again"
+        failed = f"scontrol requeue {job} refused ({why})"
+    mark = os.environ.get(REQUEUE_MARK)
+    if mark:
+        try:
+            Path(mark).write_text(failed + "\n", encoding="utf-8")
+            return f"{failed}: the job's script requeues it once this stage has ended"
+        except OSError as error:
+            failed += f"; {mark} could not be written ({error})"
+    return f"{failed}: resubmit the same command to resume"
 
 
 # The exit status of a stage that SIGTERM ended (as the signal would have: 128 + its number).

@@ -576,27 +576,45 @@ SCONTROL_REQUEUE = (
 )
 
 
-@pytest.mark.parametrize("script", ["train.slurm", "cot.slurm"])
-def test_a_stage_that_could_not_requeue_its_job_has_the_host_requeue_it(tmp_path: Path, script: str) -> None:
+# A stage in a container without SLURM's client: its own requeue (reasoningner.jobs) finds no scontrol.
+CONTAINED_STOP = (
+    f'echo "stage: $(PATH=/usr/bin:/bin {sys.executable} -c "from reasoningner.jobs import requeue; '
+    'print(requeue())")" >> "$CALLS"; exit {}'
+)
+
+
+@pytest.mark.parametrize(("script", "stopped"), [("train.slurm", 1), ("cot.slurm", 75)])
+def test_a_stage_that_could_not_requeue_its_job_has_the_host_requeue_it(
+    tmp_path: Path, script: str, stopped: int
+) -> None:
     """A stage stopped before the time limit asks `scontrol requeue` itself; in a container without SLURM's
-    client that fails and it ends with 75 (STOPPED): the job ended, never requeued, its run left halfway."""
+    client that failed and the job ended, never requeued, its run left halfway. It now leaves a mark the
+    job's script reads on the host. `accelerate launch` ends 1 whatever its workers' status (75)."""
     args = (
         ["sft", "recipes/qwen3-8b/sft.yaml", "recipes/accelerate/zero3.yaml"]
         if script == "train.slurm"
         else []
     )
-    env = {"SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "node-a", "SLURM_JOB_ID": "4242"}
-    for status, requeued in ((75, ["scontrol requeue 4242"]), (0, []), (1, [])):
-        stage = {"accelerate" if script == "train.slurm" else "python": f"exit {status}"}
-        folder = tmp_path / str(status)
+    stage = "accelerate" if script == "train.slurm" else "python"
+    env = {"SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "node-a", "SLURM_JOB_ID": "4242", "STATUS": "3",
+           "SLURM_SUBMIT_DIR": str(tmp_path)}  # fmt: skip
+    for case, body, status, requeued in (
+        ("contained", CONTAINED_STOP.format(stopped), stopped, ["scontrol requeue 4242"]),
+        ("failed", "exit 1", 1, []),
+        ("done", "exit 0", 0, []),  # not the STATUS the submitting shell exported
+    ):
+        folder = tmp_path / case
         if status:
             with pytest.raises(subprocess.CalledProcessError) as ended:
-                run_slurm(script, args, env, folder, scontrol=SCONTROL_REQUEUE, **stage)
+                run_slurm(script, args, env, folder, scontrol=SCONTROL_REQUEUE, **{stage: body})
             assert ended.value.returncode == status
         else:
-            run_slurm(script, args, env, folder, scontrol=SCONTROL_REQUEUE, **stage)
+            run_slurm(script, args, env, folder, scontrol=SCONTROL_REQUEUE, **{stage: body})
         calls = (folder / "calls").read_text().splitlines() if (folder / "calls").exists() else []
-        assert [call for call in calls if call.startswith("scontrol")] == requeued
+        assert [call for call in calls if call.startswith("scontrol")] == requeued, case
+        if requeued:
+            assert any("the job's script requeues it once this stage has ended" in call for call in calls)
+        assert not list(tmp_path.glob(".reasoningner-requeue-*"))  # read once, then gone
 
 
 def test_train_slurm_waits_for_a_signalled_stage_and_takes_its_gpus_from_the_allocation(
