@@ -30,7 +30,10 @@ SLURM job, a teacher that had given a usable answer is taken for one that died: 
 the teacher refuses (a prompt too long) are not counted in a row: they come back at once, ahead of the
 answers, and 64 of them in a chunk stopped the run on every rerun. A group of sentences asked together
 in which nothing is answered and `FAILURES_IN_A_ROW` or more are refused on a first try stops it (a
-server that refuses every request). A sentence cut off or empty is asked again with the next group;
+server that refuses every request). A teacher that answers but never usably (`FAILURES_IN_A_ROW`
+sentences in a row, asked for the first time, whose every sample was cut off, empty or ended by the
+engine: a thinking model's own thinking past `max_new_tokens`) stops it too, saying what to check. A
+sentence cut off or empty is asked again with the next group;
 when a run stops first (an error, a stop, SIGTERM), it is recorded failed with its tries (`annotate`).
 
 What a run guarantees when its process ends at any moment (any signal, preemption, a crash):
