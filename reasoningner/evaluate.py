@@ -465,7 +465,8 @@ def evaluate(
             "failures; a rerun asks them again",
             failed, len(todo), path,
         )  # fmt: skip
-    reports, errors = _score(items, outcomes, label_maps, outputs, args.compat, model.prompt.output_format)  # type: ignore[arg-type]
+    compat = (args.compat, model.prompt.output_format, _dataset_labels(datasets, label_maps))
+    reports, errors = _score(items, outcomes, label_maps, outputs, *compat)  # type: ignore[arg-type]
     if cut := sum(counts.cut_off for by_set in errors.values() for counts in by_set.values()):
         logger.warning(
             "%d of %d outputs ran into max_new_tokens=%d (cut off: most have no answer): raise it",
@@ -504,6 +505,23 @@ def write_results(evaluation: Evaluation, output_dir: Path | str) -> None:
     write_whole(folder / RESULTS_MD, evaluation.to_markdown())
 
 
+def _dataset_labels(
+    datasets: Mapping[str, Mapping[str, Any]], label_maps: Mapping[str, Mapping[str, Mapping[str, str]]]
+) -> dict[tuple[str, str], dict[str, str]]:
+    """Each label asked, per (variant, set), by the set's own name for it, a recipe's rename and a probe's
+    undone: ReasoningIE's counting drops gold misc by the data's label (`compat`)."""
+    by_set = {}
+    for name, info in datasets.items():
+        source_of = {asked: source for source, asked in info["label_map"].items()}
+        by_set[(NORMAL, name)] = source_of
+        for probe, maps in label_maps.items():
+            if name in maps:
+                by_set[(probe, name)] = {
+                    probed: source_of.get(shown, shown) for shown, probed in maps[name].items()
+                }
+    return by_set
+
+
 def _score(
     items: Sequence[_Item],
     outcomes: Sequence[tuple[ParseResult, ErrorCounts]],
@@ -511,6 +529,7 @@ def _score(
     outputs: Sequence[str],
     compat: str,
     output_format: str,
+    dataset_labels: Mapping[tuple[str, str], Mapping[str, str]],
 ) -> tuple[dict[str, dict[str, Report]], dict[str, dict[str, ErrorCounts]]]:
     """Reports per variant and mode (one counted as `compat` says), and error counts per variant and
     dataset, scored in input order so that they list datasets as the recipe does whatever order the
@@ -521,8 +540,7 @@ def _score(
     for item, (result, counts), output in zip(items, outcomes, outputs, strict=True):
         for mode in MATCH_MODES:
             scorer = scorers[(item.variant, mode)]
-            renamed = label_maps.get(item.variant, {}).get(item.dataset, {})  # a probe's: source -> asked
-            source_labels = {asked: source for source, asked in renamed.items()}
+            source_labels = dataset_labels.get((item.variant, item.dataset))
             counted = compat_counts(compat, mode, output, item.example, output_format, None, source_labels)
             if counted is not None:
                 scorer.add_counts(counted, item.dataset)

@@ -251,6 +251,12 @@ def test_compat_reasoningie_leaves_out_gold_misc_by_its_dataset_label_under_a_pr
         text = evaluation.reports[variant]["text"].datasets["m"]
         assert text.micro == Counts(0, 0, 1), variant  # Bob missed; Python, gold misc, left out
     assert list(evaluation.reports["normal"]["text"].datasets["m"].per_label) == ["Person"]
+    # Renamed by the recipe, misc is still the data's misc.
+    renamed = {"path": str(path), "name": "m", "labels": {"Person": "Person", "misc": "other thing"}}
+    args = eval_args(tmp_path / "r", [renamed], compat="reasoningie", probes=["opaque", "shuffled"])
+    evaluation = run_eval(args, Scripted(lambda sentence, _: '{"entities": {}}'))
+    for variant in ("normal", "opaque", "shuffled"):
+        assert evaluation.reports[variant]["text"].datasets["m"].micro == Counts(0, 0, 1), variant
 
 
 def test_primary_mode_exact_leads(tmp_path: Path, hand_sets: list[dict]) -> None:
