@@ -458,13 +458,17 @@ def _lenient_regex_occurrences(text: str, mention: str, key: str) -> list[tuple[
         parts.append(re.escape(char))
         previous, gap = char, False
     core = "".join(parts)
-    left = r"(?<!\w)" if is_word_char(mention.strip()[0]) else ""
-    right = r"(?!\w)" if is_word_char(mention.strip()[-1]) else ""
-    for pattern in (left + core + right, core):
+    # Word-bounded where the mention's edge is a word character (`is_word_char`: a combining mark belongs
+    # to its letter, which `\w` does not know), else every match.
+    left, right = is_word_char(mention.strip()[0]), is_word_char(mention.strip()[-1])
+    bounded_pattern = (r"(?<!\w)" if left else "") + core + (r"(?!\w)" if right else "")
+    for pattern, bounded in ((bounded_pattern, True), (core, False)):
         found = [
             (m.start(), m.end())
             for m in re.finditer(pattern, text, re.IGNORECASE)
             if normalize_mention(m.group()) == key
+            and not (bounded and left and m.start() > 0 and is_word_char(text[m.start() - 1]))
+            and not (bounded and right and m.end() < len(text) and is_word_char(text[m.end()]))
         ]
         if found:
             return found

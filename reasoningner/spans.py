@@ -7,6 +7,7 @@ these objects, the way spaCy derives everything from a `Span` over an immutable 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -83,7 +84,12 @@ class Schema:
         if unknown:
             raise SpanError(f"descriptions given for labels outside the schema: {unknown}")
         object.__setattr__(self, "labels", labels)
-        object.__setattr__(self, "descriptions", MappingProxyType(dict(self.descriptions)))
+        # One line each: a prompt lists a label per line, and a line break would add labels never asked.
+        descriptions = {
+            label: " ".join(text.split()) if isinstance(text, str) else text
+            for label, text in self.descriptions.items()
+        }
+        object.__setattr__(self, "descriptions", MappingProxyType(descriptions))
 
     def __contains__(self, label: object) -> bool:
         return label in self.labels
@@ -292,8 +298,9 @@ def place_mentions(
 
 
 def is_word_char(char: str) -> bool:
-    """What `\\w` matches in a str pattern (alphanumerics and `_`), without the regex machinery."""
-    return char.isalnum() or char == "_"
+    """A character of a word: what `\\w` matches in a str pattern (alphanumerics and `_`) and combining
+    marks, which belong to the letter before them (`José` written with U+0301 is one word, not `Jos`)."""
+    return char.isalnum() or char == "_" or unicodedata.category(char).startswith("M")
 
 
 @lru_cache(maxsize=65_536)  # one memo for every user: mentions recur across completions, sentences too

@@ -487,6 +487,10 @@ def test_label_subset_rename_and_descriptions_reach_the_prompt(tmp_path: Path) -
     generator = Scripted(lambda sentence, prompt: "{}")
     run_eval(eval_args(tmp_path, [entry], limit=1), generator)
     assert "- PER: a human being\n- LOC\n" in generator.prompts[0]
+    # A description's line break would list a label never asked ("drug"), whose answers are then dropped.
+    broken = {**entry, "descriptions": {"PER": "a human\n- drug: a medicine"}}
+    run_eval(eval_args(tmp_path, [broken], limit=1), generator)
+    assert "- PER: a human - drug: a medicine\n- LOC\n" in generator.prompts[-1]
     with pytest.raises(ValueError, match="unknown keys"):
         load_items(eval_args(tmp_path, [{**entry, "lables": []}]))
     with pytest.raises(ValueError, match="descriptions given for labels outside"):

@@ -442,6 +442,13 @@ def test_grouped_json_occurrences_are_word_bounded() -> None:
     text = "Germany and an ant"
     result = FORMATS["grouped_json"].parse('{"entities": {"MISC": ["an"]}}', text, SCHEMA)
     assert texts(result, text) == [("an", "MISC")] and result.spans[0].start == 12
+    # A combining accent belongs to its letter: "Jose" is the second word of "Jose\u0301 met Jose", exactly or
+    # ignoring case, not the first four characters of José.
+    accented = "Jose\u0301 met Jose ."
+    for mention in ("Jose", "JOSE"):
+        answer = json.dumps({"entities": {"PER": [mention]}})
+        assert FORMATS["grouped_json"].parse(answer, accented, SCHEMA).spans == [Span(10, 14, "PER")], mention
+    assert occurrences(accented, "Jose") == [10]
 
 
 def test_grouped_json_shapes() -> None:
