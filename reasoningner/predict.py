@@ -44,12 +44,14 @@ script.
 An entity cut by a window edge is lost or found in part.
 
 What is not an entity. A mention that cannot be found in the text is returned on the result's
-`.ungrounded` as `(text, label)`; an entity with a label outside the requested ones is dropped,
-found in the text or not, and `.problems` says so (`unknown_label`), with every other parse
-problem. With several samples or windows, both hold what any of them had, each once. A text (or
-window) the backend gave up on (a server that refused its prompt) has the problem
-`generation_failed`, and the other texts go on. One whose output ran into `max_new_tokens` (by default
-the budget the model was trained with, its contract's) has `cut_off`: its answer is missing or partial.
+`.ungrounded` as `(text, label)`; an entity with a label outside the requested ones is dropped, found in
+the text or not, and `.problems` says so (`unknown_label`), with every other parse problem. A requested
+label written in another case or with `_` for its spaces (`Medical_Condition`) is that label, where it
+names one (evaluation, which scores a model as it answers, does not fold). With several samples or
+windows, both hold what any of them had, each once. A text (or window) the backend gave up on (a server
+that refused its prompt) has the problem `generation_failed`, and the other texts go on. One whose
+output ran into `max_new_tokens` (by default the budget the model was trained with, its contract's) has
+`cut_off`: its answer is missing or partial.
 """
 
 from __future__ import annotations
@@ -203,6 +205,9 @@ _SPACE = re.compile(r"\s+")
 FULL_WIDTH_ENDS = "。！？；"
 SENTENCE_ENDS = ".!?" + FULL_WIDTH_ENDS
 _NON_SPACE = re.compile(r"\S")
+# A period that ends an abbreviation, not a sentence ("St. Louis", "Dr.", "U.S."): no cut after it is
+# preferred, which would split the name it begins.
+_ABBREVIATION = re.compile(r"(?<!\S)(?:[A-Z][a-z]{0,2}|(?:[A-Z]\.)+[A-Z])\.\Z")
 
 
 def windows(text: str, size: int) -> list[tuple[int, int]]:
@@ -210,9 +215,9 @@ def windows(text: str, size: int) -> list[tuple[int, int]]:
 
     A text that fits is one piece, as it is. A longer one is cut at the last whitespace that fits, or
     after a full-width sentence end (`。！？；`: Chinese and Japanese have no spaces), preferring a
-    sentence end (`.`, `!`, `?` or those) in the second half of the piece; a word longer than `size` is
-    cut inside, never between a letter and the combining marks after it. Pieces neither start nor end
-    with whitespace, and the whitespace between them belongs to none.
+    sentence end (`.`, `!`, `?` or those, not an abbreviation's period) in the second half of the piece;
+    a word longer than `size` is cut inside, never between a letter and the combining marks after it.
+    Pieces neither start nor end with whitespace, and the whitespace between them belongs to none.
     """
     if size < 1:
         raise ValueError(f"window size must be at least 1, got {size}")
@@ -231,7 +236,11 @@ def windows(text: str, size: int) -> list[tuple[int, int]]:
                 | {i + 1 for i in range(start, limit) if text[i] in FULL_WIDTH_ENDS}
             )
             sentence_ends = [
-                cut for cut in cuts if cut - start >= size // 2 and text[cut - 1] in SENTENCE_ENDS
+                cut
+                for cut in cuts
+                if cut - start >= size // 2
+                and text[cut - 1] in SENTENCE_ENDS
+                and not _ABBREVIATION.search(text, max(start, cut - 12), cut)
             ]
             hard = limit
             while hard > start + 1 and unicodedata.combining(text[hard]):
@@ -266,16 +275,30 @@ def _combine(
     rationale: bool,
 ) -> Prediction:
     """One text's `Prediction` from the answers to its windows: each span scored by the share of samples
-    whose parse holds it; ungrounded mentions and problems of any sample once each, in window order."""
+    whose parse holds it; ungrounded mentions and problems of any sample once each, in window order.
+    A label asked is known however its case, spaces or underscores are written (`Medical Condition`,
+    `medical_condition`), where that names one label; other labels are dropped (`unknown_label`)."""
+    named = Counter(map(_folded, schema.labels))
+    asked = {_folded(label): label for label in schema.labels if named[_folded(label)] == 1}
+
+    def label_of(written: str) -> str | None:
+        return written if written in schema else asked.get(_folded(written))
+
     counts: Counter[Span] = Counter()
     ungrounded: dict[tuple[str, str], None] = {}
     problems: dict[Problem, None] = {}
     for offset in sorted(answers):
         for parsed in answers[offset][0]:
             counts.update(
-                {Span(s.start + offset, s.end + offset, s.label) for s in parsed.spans if s.label in schema}
+                {
+                    Span(s.start + offset, s.end + offset, label)
+                    for s in parsed.spans
+                    if (label := label_of(s.label)) is not None
+                }
             )
-            ungrounded.update(dict.fromkeys((t, label) for t, label in parsed.ungrounded if label in schema))
+            ungrounded.update(
+                dict.fromkeys((t, label) for t, written in parsed.ungrounded if (label := label_of(written)))
+            )
             problems.update(dict.fromkeys(parsed.problems))
     entities = [
         Entity(text[span.start : span.end], span.label, span.start, span.end, count / samples)
@@ -288,6 +311,10 @@ def _combine(
         problems=list(problems),
         rationale="\n\n".join(answers[offset][1] for offset in sorted(answers)) if rationale else None,
     )
+
+
+def _folded(label: str) -> str:
+    return " ".join(label.replace("_", " ").split()).casefold()
 
 
 def prompt_chars_for(generator: Generator, sampling: SamplingConfig) -> int:

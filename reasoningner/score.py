@@ -13,9 +13,10 @@ gold order, in one of three layouts told by the first JSON object of its first l
   files are aligned); `label` is the gold answer as the prediction script saw it.
 - `spans`: our JSONL of spans, `{"text", "entities": [{"start", "end", "label", ...}]}` (what
   `reasoningner predict` writes; our JSONL data files too), optionally `ungrounded` ([{"text",
-  "label"}]), `problems` (parse problem kinds) and `id`; `text` must be the gold sentence. predict
-  drops an entity of a label outside those asked (`unknown_label` in its problems), which
-  evaluation counts as a false positive: score raw outputs (`outputs`) for evaluation's counts.
+  "label"}]), `problems` (parse problem kinds) and `id`; `text` must be the gold sentence. predict drops
+  an entity of a label outside those asked (`unknown_label` in its problems) and takes one written in
+  another case as the label asked, where evaluation counts both as false positives: score raw outputs
+  (`outputs`) for evaluation's counts.
 - `outputs`: raw model outputs, one per line: a JSON string, an object with an `output` string
   (our evaluation's generations.jsonl, whose `id`s pair its lines with the gold sentences whatever
   their order, its probes' lines left out), or the line itself when it is no JSON string or object

@@ -103,6 +103,16 @@ def test_predict_offsets_slice_the_input_for_every_format(output_format: str) ->
         assert prediction.rationale == "because"
 
 
+def test_a_label_asked_is_known_however_its_case_spaces_or_underscores_are_written() -> None:
+    """A model asked for "medical condition" that writes Medical_Condition named nothing the user got back;
+    a name that folds to two labels asked (COLD: cold, Cold) stays unknown."""
+    text = "Ann has diabetes and a Cold ."
+    answer = grouped(**{"Medical_Condition": ["diabetes"], "PERSON": ["Ann"], "COLD": ["Cold"]})
+    model = NERModel(Sampled(lambda sentence, _: answer))
+    [prediction] = model.predict([text], ["medical condition", "person", "cold", "Cold"])
+    assert list(prediction) == [Entity("Ann", "person", 0, 3), Entity("diabetes", "medical condition", 8, 16)]
+
+
 def test_predict_repeated_mentions_ungrounded_unknown_labels_and_blank_texts() -> None:
     answer = (
         '<think>r</think>{"entities": {"location": ["München", "München", "Atlantis"], '
@@ -309,6 +319,17 @@ def test_windows_prefer_a_sentence_end_in_the_second_half() -> None:
     assert windows(text, 12) == [(0, 6), (7, 18)]
     assert windows("Aa bb Cc dd ee ff", 12) == [(0, 11), (12, 17)]  # no sentence end: the last space
     assert windows("  fits as it is  ", 17) == [(0, 17)]
+    # An abbreviation's period ends no sentence: cutting there split "St. Louis", "U.S. Army".
+    flew = "We flew from St. Louis to Boston today and had lunch."
+    assert [flew[a:b] for a, b in windows(flew, 30)] == [
+        "We flew from St. Louis to",
+        "Boston today and had lunch.",
+    ]
+    army = "He served in the U.S. Army for years. Then he left."
+    assert [army[a:b] for a, b in windows(army, 40)] == [
+        "He served in the U.S. Army for years.",
+        "Then he left.",
+    ]
     assert windows("abcdefgh ij", 3) == [(0, 3), (3, 6), (6, 8), (9, 11)]  # a longer word is cut inside
     chinese = "我昨天从上海坐火车去北京出差。" * 3  # no spaces: cut after the full stops
     assert [chinese[a:b] for a, b in windows(chinese, 20)] == ["我昨天从上海坐火车去北京出差。"] * 3
