@@ -596,8 +596,11 @@ class RLScriptArguments(TrainerScriptArguments):
     )
 
 
-def check_rewards(names: list[str], weights: list[float] | None) -> None:
-    """Every reward is registered (`rewards.REWARDS`) and, when weights are given, has one."""
+def check_rewards(
+    names: list[str], weights: list[float] | None, parse: str = "strict", fold_label_case: bool = False
+) -> None:
+    """Every reward is registered (`rewards.REWARDS`) and, when weights are given, has one; how our
+    rewards read an answer is set only where one of ours is paid (the paper's read it their own way)."""
     for name in names:
         if name not in REWARDS:
             close = difflib.get_close_matches(name, REWARDS, n=1)
@@ -608,6 +611,15 @@ def check_rewards(names: list[str], weights: list[float] | None) -> None:
     if weights is not None and len(weights) != len(names):
         raise ValueError(
             f"{len(weights)} reward_weights for {len(names)} reward_funcs {names}: give one each"
+        )
+    if (
+        names
+        and all(name.startswith("reasoningie_") for name in names)
+        and (parse != "strict" or fold_label_case)
+    ):
+        raise ValueError(
+            "reward_parse and reward_fold_label_case set how our rewards read an answer; "
+            f"{names} read it as the paper's code does and would ignore them: leave them out"
         )
 
 
@@ -716,7 +728,7 @@ class RecipeParser(TrlParser):
         rl = next((c for c in parsed if isinstance(c, RLScriptArguments)), None)
         if rl is not None:  # TRL compares the weights with the rewards only once the model has loaded
             weights = next((c.reward_weights for c in parsed if hasattr(c, "reward_weights")), None)
-            check_rewards(rl.reward_funcs, weights)
+            check_rewards(rl.reward_funcs, weights, rl.reward_parse, rl.reward_fold_label_case)
         for config in parsed:
             if getattr(config, "use_liger_kernel", False) and getattr(config, "use_cpu", False):
                 logger.warning("use_liger_kernel: off on CPU (Liger's kernels are Triton GPU kernels)")

@@ -147,7 +147,7 @@ def _fold_label_case(parse: ParseResult, labels: tuple[str, ...]) -> ParseResult
     return ParseResult(spans, ungrounded, problems)
 
 
-@lru_cache(maxsize=65_536)
+@lru_cache(maxsize=4096)  # a batch's completions, for each reward of the step; sampled ones rarely recur
 def analyse(
     completion: str,
     text: str,
@@ -418,7 +418,11 @@ def answer_only_warning(names: Sequence[str], reasoning: bool) -> str | None:
 def default_weight(name: str) -> float:
     """The weight of reward `name` when a recipe gives none: `DEFAULT_WEIGHTS`, F1's for every F1
     variant (one of them stands in for `f1`), else 1."""
-    return DEFAULT_WEIGHTS["f1"] if name in F1_REWARDS else DEFAULT_WEIGHTS.get(name, 1.0)
+    return (
+        DEFAULT_WEIGHTS["f1"]
+        if name in F1_REWARDS or name == "reasoningie_f1"
+        else DEFAULT_WEIGHTS.get(name, 1.0)
+    )
 
 
 @reward("consistency")
@@ -470,20 +474,29 @@ def grounding_reward(
 # texts normalised as its evaluation does (lower case, no punctuation or articles); an answer it cannot read
 # finds nothing. They take no `reward_parse` or `fold_label_case`: their reading is the paper's.
 
-_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.S)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
 def reasoningie_answer(completion: str) -> str:
-    """The answer text ReasoningIE reads from a completion."""
+    """The answer text ReasoningIE reads from a completion (`rner.utils.process_completion`): `<think>`
+    blocks and stray tags dropped, then the inside of the first `<answer>...</answer>`, then of the first
+    ```json fence. An `<answer>` or fence never closed makes its code raise (the F1 reward's run crashes,
+    the schema reward pays 0): here it is no answer. By string search, as its regexes match but linear (a
+    completion of thousands of unclosed tags took seconds)."""
     if "<think>" in completion or "</think>" in completion:
-        completion = _THINK_BLOCK.sub("", completion).replace("<think>", "").replace("</think>", "")
-    if "<answer>" in completion:
-        inside = re.findall(r"<answer>(.*?)</answer>", completion, re.S)
-        completion = inside[0] if inside else completion.replace("<answer>", "").replace("</answer>", "")
-    if "```json" in completion:
-        inside = re.findall(r"```json(.*?)```", completion, re.S)
-        completion = inside[0] if inside else completion
+        kept, at = [], 0
+        while (start := completion.find("<think>", at)) != -1:
+            end = completion.find("</think>", start + len("<think>"))
+            if end == -1:  # no later <think> is closed either
+                break
+            kept.append(completion[at:start])
+            at = end + len("</think>")
+        completion = "".join([*kept, completion[at:]]).replace("<think>", "").replace("</think>", "")
+    for opener, closer in (("<answer>", "</answer>"), ("```json", "```")):
+        if opener in completion:
+            start = completion.index(opener) + len(opener)
+            end = completion.find(closer, start)
+            completion = completion[start:end] if end != -1 else ""
     return completion.strip()
 
 

@@ -36,7 +36,7 @@ Layouts (`reader=`, else told from the columns of the first row):
 
 NER-CoT and InstructUIE labels follow the paper's protocol (`rner/protocol.py`): lower-cased, sorted,
 the non-entity labels `na`, `misc`, `else`, `other`, `nan` dropped with their entities (counted in
-the notes); spaces inside a label become `_`, since our labels carry no whitespace.
+the notes); a run of whitespace inside a label is one space ("programming language").
 
 `source_keys` says what a source is made of (its files, hub datasets and corpus families), which
 `overlaps` compares between training and evaluation data: the contamination check.

@@ -384,6 +384,11 @@ def test_doctor_reads_the_recipe_as_the_stage_does(tmp_path: Path) -> None:
     assert doctor.check_settings(tiny_rl, "rl", ("--reward_funcs", "format", "f1"))[0].status == "FAIL"
     both = ("--reward_funcs", "format", "f1", "--reward_weights", "1", "10")
     assert doctor.check_settings(tiny_rl, "rl", both)[0].status == "ok"
+    # The paper's rewards read an answer their own way: our reading's settings would be ignored.
+    paper = ("--reward_funcs", "reasoningie_f1", "reasoningie_schema", "--reward_weights", "10", "1")
+    assert doctor.check_settings(tiny_rl, "rl", paper)[0].status == "ok"
+    lenient = doctor.check_settings(tiny_rl, "rl", (*paper, "--reward_parse", "lenient"))[0]
+    assert lenient.status == "FAIL" and "would ignore them" in lenient.message
 
 
 def test_the_disk_a_full_fine_tuning_run_needs_is_sized_from_its_model(

@@ -34,6 +34,7 @@ from reasoningner.rewards import (
     default_weight,
     entity_counts,
     get_rewards,
+    reasoningie_answer,
 )
 from reasoningner.spans import Example, Schema, Span, spans_from_dicts
 from reasoningner.training_data import proportional_sizes, rl_prompts, rl_record, sample_mixture
@@ -653,6 +654,8 @@ def test_registry_names_weights_and_function_names() -> None:
         10,
         10,
     ]
+    # The paper's F1 weighs 10 against its schema's 1 (grpo.py), its recipe's weights left out or not.
+    assert [default_weight(n) for n in ["reasoningie_f1", "reasoningie_schema"]] == [10, 1]
 
 
 # --- dataset sampling ---------------------------------------------------------------------------------
@@ -802,6 +805,36 @@ def test_grpo_smoke_run_of_the_tiny_cpu_recipe(tiny_model: Path, tmp_path: Path)
 # --- ReasoningIE's own rewards ------------------------------------------------------------------------
 
 
+def paper_process_completion(completion: str) -> str:
+    """ReasoningIE's `rner.utils.process_completion` as written (its regexes), an error as no answer."""
+    if "<think>" in completion or "</think>" in completion:
+        completion = re.sub("<think>.*?</think>", "", completion, flags=re.S)
+        completion = completion.replace("<think>", "").replace("</think>", "")
+    if "<answer>" in completion:
+        found = re.findall("<answer>(.*?)</answer>", completion, flags=re.S)
+        if not found:
+            return ""  # its code raises here
+        completion = found[0]
+    if "```json" in completion:
+        found = re.findall("```json(.*?)```", completion, re.S)
+        if not found:
+            return ""  # ... and here
+        completion = found[0]
+    return completion.strip()
+
+
+@given(
+    st.lists(
+        st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", "```json", "```", "x", " ", "\n"])
+    )
+)
+def test_the_answer_is_read_as_the_paper_s_regexes_read_it(pieces: list[str]) -> None:
+    """By string search, linear: its regexes rescanned to the end from every unclosed tag (seconds for a
+    completion of repeated tags, every reward of a step)."""
+    completion = "".join(pieces)
+    assert reasoningie_answer(completion) == paper_process_completion(completion)
+
+
 PARIS = "The Paris office opened ."
 PARIS_GOLD = [{"start": 4, "end": 9, "label": "location"}]
 
@@ -829,6 +862,9 @@ PARIS_GOLD = [{"start": 4, "end": 9, "label": "location"}]
         ("{'entities': {'location': ['Paris']}}", PARIS_GOLD, 0.0, 0.0),  # not JSON
         ('{"entities": ["Paris"]}', PARIS_GOLD, 0.0, 0.0),  # its code fails on a list
         ('{"entities": {"location": ["Paris", "office"]}}', PARIS_GOLD, 2 / 3, 1.0),
+        # <answer> never closed: its code raises (the F1 reward's run crashes, the schema reward pays 0).
+        ('<answer>{"entities": {"location": ["Paris"]}}', PARIS_GOLD, 0.0, 0.0),
+        ('<answer>{"entities": {"location": ["Paris"]}}</answer> and more', PARIS_GOLD, 1.0, 1.0),
     ],
 )
 def test_reasoningie_rewards_pay_what_the_paper_s_functions_pay(
