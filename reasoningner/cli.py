@@ -68,8 +68,12 @@ LABELS_HELP = "comma-separated label set of the file (a file without entities st
 
 
 def _labels(option: str | None) -> tuple[str, ...]:
-    """A `--labels` option: comma-separated, blanks and spaces around each dropped."""
-    return tuple(label.strip() for label in (option or "").split(",") if label.strip())
+    """A `--labels` option: comma-separated, blanks and spaces around each dropped. Given but naming none
+    (`--labels ""`, a shell variable left empty) is an error, not the labels of no option."""
+    labels = tuple(label.strip() for label in (option or "").split(",") if label.strip())
+    if option is not None and not labels:
+        raise ValueError(f"--labels {option!r} names no label: give them comma-separated, or leave it out")
+    return labels
 
 
 def _read(path: Path, args: argparse.Namespace) -> Any:

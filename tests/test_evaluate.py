@@ -524,6 +524,9 @@ def test_predict_cli_with_the_tiny_model(
     assert main(["predict", "--model", str(tmp_path / "nowhere"), "--labels", "person", str(source)]) == 2
     assert main(["predict", "--model", str(tiny_model_dir), "--labels", "bad|label", str(source)]) == 2
     assert "'bad|label' is not usable" in capsys.readouterr().err
+    # Given empty (a shell variable left unset) it is an error, not the model's own labels.
+    assert main(["predict", "--model", str(tiny_model_dir), "--labels", "", str(source)]) == 2
+    assert "--labels '' names no label" in capsys.readouterr().err
     # A type of several words is asked as it is named (zero-shot: any name a user gives).
     spaced = ["--labels", "musical artist,person", "--max-new-tokens", "4", str(source)]
     assert main(["predict", "--model", str(tiny_model_dir), *spaced]) == 0
