@@ -152,13 +152,15 @@ class Prediction(list[Entity]):
             record["rationale"] = self.rationale
         return record
 
-    def to_spacy(self, doc: Doc) -> Doc:
+    def to_spacy(self, doc: Doc, span_key: str | None = None) -> Doc:
         """Set `doc.ents` to these entities and return `doc` (spaCy is the optional extra `spacy`).
 
         `doc` must be of the text this prediction is of. Each entity becomes
         `doc.char_span(start, end, label, alignment_mode="expand")`: the tokens that cover it. spaCy's
         entities are flat, so entities that overlap (in the text, or once expanded to tokens) raise
-        ValueError: predict with `flat_ner=True` first. Scores stay on this prediction.
+        ValueError: predict with `flat_ner=True` first, or give `span_key` to set the span group
+        `doc.spans[span_key]` instead, which holds nested entities too (GENIA's, ACE's). Scores stay on
+        this prediction.
         """
         spans = []
         for entity in self:
@@ -169,6 +171,9 @@ class Prediction(list[Entity]):
                 (doc.char_span(entity.start, entity.end, entity.label, alignment_mode="expand"), entity)
             )
         spans.sort(key=lambda pair: (pair[0].start, pair[0].end))
+        if span_key is not None:
+            doc.spans[span_key] = [span for span, _ in spans]
+            return doc
         for (before, first), (after, second) in zip(spans, spans[1:], strict=False):
             if after.start < before.end:
                 where = (

@@ -593,6 +593,13 @@ def test_to_spacy_sets_doc_ents_and_refuses_overlapping_entities() -> None:
     nested = model.predict_entities(NESTED, ["DNA", "protein"], num_samples=2)
     with pytest.raises(ValueError, match="overlap in the text: predict with flat_ner=True"):
         nested.to_spacy(nlp(NESTED))
+    # A span group holds them nested, the doc's entities left as they were.
+    grouped_doc = nested.to_spacy(nlp(NESTED), span_key="ner")
+    assert [(span.text, span.label_) for span in grouped_doc.spans["ner"]] == [
+        ("IL-2", "protein"),
+        ("IL-2 gene", "DNA"),
+    ]
+    assert grouped_doc.ents == ()
     flat = model.predict_entities(NESTED, ["DNA", "protein"], num_samples=2, flat_ner=True)
     doc = flat.to_spacy(nlp(NESTED))
     assert [(span.text, span.label_, span.start_char, span.end_char) for span in doc.ents] == [
