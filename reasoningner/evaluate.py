@@ -364,6 +364,12 @@ def load_items(
             raise ValueError(f"two evaluation sets are named {loaded.name!r}; give them distinct `name`s")
         if not loaded.examples:
             raise ValueError(f"evaluation set {loaded.name!r} has no sentences")
+        if not loaded.info["entities"]:
+            logger.warning(
+                "evaluation set %r has no gold entity: its F1 is 0 whatever the model answers, and it counts "
+                "in Avg (a --limit too small, or labels the file does not use?)",
+                loaded.name,
+            )
         # Trained on (allow_overlap): not a zero-shot score.
         datasets[loaded.name] = loaded.info | {"in_domain": eval_set.path in args.in_domain_sources}
         items += [_Item(loaded.name, NORMAL, example) for example in loaded.examples]

@@ -67,6 +67,18 @@ class Evaluation:
         """The primary mode first."""
         return [self.primary_mode, *(mode for mode in MATCH_MODES if mode != self.primary_mode)]
 
+    @property
+    def counting(self) -> dict[str, str]:
+        """How each mode's scores were counted: a paper's scripts' way (`compat`) or ours."""
+        compat = self.config.get("compat") or "none"
+        return {mode: compat if COUNTED_MODE.get(compat) == mode else "ours" for mode in self.modes}
+
+    def mode_key(self, mode: str) -> str:
+        """A mode's name where its figures are keyed (W&B, the console): `text[reasoningie]` when counted as
+        a paper's scripts count, so that they never share a column with ours."""
+        counted = self.counting[mode]
+        return mode if counted == "ours" else f"{mode}[{counted}]"
+
     def drops(self) -> dict[str, dict[str, dict[str, float]]]:
         """dataset -> probe -> mode -> normal F1 minus probe F1 (fractions)."""
         drops: dict[str, dict[str, dict[str, float]]] = {}
@@ -83,6 +95,7 @@ class Evaluation:
         """The content of results.json."""
         return {
             "primary_mode": self.primary_mode,
+            "counting": self.counting,
             "scores": {mode: self.reports[NORMAL][mode].to_dict() for mode in self.modes},
             "errors": {name: counts.to_dict() for name, counts in self.errors[NORMAL].items()},
             "probes": {
@@ -228,7 +241,7 @@ class Evaluation:
         table.add_column("N", justify="right")
         for mode in self.modes:
             for metric in ("P", "R", "F1"):
-                table.add_column(f"{mode} {metric}", justify="right")
+                table.add_column(f"{self.mode_key(mode)} {metric}", justify="right")
         names = list(self.reports[NORMAL][self.primary_mode].datasets)
         for name in names:
             row = [name, str(self.reports[NORMAL][self.primary_mode].datasets[name].examples)]
@@ -270,11 +283,14 @@ def log_wandb_tables(run: Any, evaluation: Evaluation, generations: Path) -> Non
     )
     for mode in evaluation.modes:
         report = evaluation.reports[NORMAL][mode]
+        key = evaluation.mode_key(mode)
         for name, scores in report.datasets.items():
-            results.add_data(mode, name, scores.micro.precision, scores.micro.recall, scores.micro.f1)
+            results.add_data(key, name, scores.micro.precision, scores.micro.recall, scores.micro.f1)
             for label, c in scores.per_label.items():
-                per_type.add_data(mode, name, label, c.tp + c.fn, c.tp + c.fp, c.precision, c.recall, c.f1)
-        run.summary[f"{mode}/avg_f1"] = report.average.f1
+                per_type.add_data(key, name, label, c.tp + c.fn, c.tp + c.fp, c.precision, c.recall, c.f1)
+            # Per set, so that runs compare set by set in W&B's runs table, not only inside a logged table.
+            run.summary[f"{key}/{name}/f1"] = scores.micro.f1
+        run.summary[f"{key}/avg_f1"] = report.average.f1
     errors = wandb.Table(columns=["variant", "dataset", *_ERROR_COLUMNS, "problems"])
     for variant, by_dataset in evaluation.errors.items():
         for name, counts in by_dataset.items():

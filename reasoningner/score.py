@@ -369,6 +369,11 @@ def _parse(prediction: PredictionLine, gold: Example, fmt: Any, path: PathLike) 
 def score(sets: list[ScoredSet], compat: Compat = "none", primary_mode: str = "text") -> Evaluation:
     """The evaluation tables of aligned sets (`results.Evaluation`, as `evaluate` makes them)."""
     check_compat(compat, {scored.info["format"] for scored in sets})
+    if compat != "none" and (parsed := [scored.name for scored in sets if scored.info["layout"] == "spans"]):
+        raise ValueError(
+            f"--compat {compat} reads each raw answer as the paper's scripts do; {parsed} hold spans parsed "
+            "already (predict's output): score the raw outputs (evaluation's generations.jsonl) instead"
+        )
     names = [scored.name for scored in sets]
     if len(set(names)) < len(names):
         raise ValueError(f"two gold files are named alike ({names}); rename one")

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -41,7 +42,7 @@ from reasoningner.generation import (
 from reasoningner.metrics import Counts, Scorer, match_counts
 from reasoningner.predict import NERModel
 from reasoningner.readers import Dataset, read_dataset, write_jsonl
-from reasoningner.results import ErrorCounts, Evaluation, spread_sample
+from reasoningner.results import ErrorCounts, Evaluation, log_wandb_tables, spread_sample
 from reasoningner.score import score_files
 from reasoningner.spans import Example, Schema, Span
 from tests.scripts import load_stage
@@ -212,7 +213,17 @@ def test_compat_puts_the_papers_counting_in_the_results_as_score_counts_the_same
     markdown = (tmp_path / "out" / "results.md").read_text()
     assert "## text-pair F1 (primary), as reasoningie counts" in markdown
     assert "counted as reasoningie's scripts count it" in markdown
-    assert json.loads((tmp_path / "out" / "results.json").read_text())["config"]["compat"] == "reasoningie"
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["config"]["compat"] == "reasoningie"
+    assert results["counting"] == {"text": "reasoningie", "exact": "ours"}
+    # In W&B a figure counted the paper's way never shares a column with ours; each set's F1 is a summary.
+    run = SimpleNamespace(summary={}, log=lambda tables: None)
+    log_wandb_tables(run, paper, generations)
+    text = paper.reports["normal"]["text"]
+    assert run.summary["text[reasoningie]/avg_f1"] == text.average.f1 and "text/avg_f1" not in run.summary
+    assert run.summary["text[reasoningie]/first/f1"] == text.datasets["first"].micro.f1
+    assert run.summary["exact/avg_f1"] == paper.reports["normal"]["exact"].average.f1
+    assert [column.header for column in paper.table().columns][2] == "text[reasoningie] P"
     # LLMs4NER's scripts read whole outputs of models that answer at once.
     answer_only = {sentence: output.split("</think>")[-1] for sentence, output in OUTPUTS.items()}
     llms4ner = evaluate(
@@ -1021,6 +1032,22 @@ def test_a_sentence_the_backend_gives_up_on_is_a_format_failure_and_the_others_a
     assert "gave up on 1 of 2 sentences" in caplog.text and "a rerun asks them again" in caplog.text
     records = [json.loads(line) for line in (tmp_path / "out" / "generations.jsonl").read_text().splitlines()]
     assert {r["text"]: r["asked"] for r in records}[MIXED] is None  # never reused: asked again
+
+
+def test_a_set_without_gold_entities_is_said_to_weigh_on_avg(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its F1 is 0 whatever the model answers, and Avg is the mean over sets: a --limit too small read as
+    a worse model."""
+    path = write_set(tmp_path / "none.jsonl", [(EMPTY, [])])
+    with caplog.at_level(logging.WARNING):
+        load_items(eval_args(tmp_path, [{"path": str(path), "name": "none"}]))
+    assert "evaluation set 'none' has no gold entity" in caplog.text
+    caplog.clear()
+    load_items(
+        eval_args(tmp_path, [{"path": str(write_set(tmp_path / "one.jsonl", [(TWICE, [(0, 3, "person")])]))}])
+    )
+    assert "no gold entity" not in caplog.text
 
 
 def test_a_model_trained_on_labels_written_with_underscores_is_told_how_to_be_asked_as_trained(

@@ -359,6 +359,21 @@ def test_score_command_prints_and_writes_the_tables(
     assert "score takes pairs" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("compat", ["reasoningie", "llms4ner"])
+def test_compat_refuses_spans_parsed_already(tmp_path: Path, compat: str) -> None:
+    """predict's spans have no answer to read the paper's way: they were scored ours, titled theirs."""
+    eu = [{"start": 0, "end": 2, "label": "organisation"}]
+    gold = write_jsonl(
+        tmp_path / "gold.jsonl", [{"text": "EU rejects it .", "labels": ["organisation"], "entities": eu}]
+    )
+    spans = write_jsonl(tmp_path / "p.jsonl", [{"text": "EU rejects it .", "entities": []}])
+    with pytest.raises(
+        ValueError, match=f"--compat {compat} reads each raw answer.*hold spans parsed already"
+    ):
+        score_files([(gold, spans)], output_format="grouped_json", compat=compat)
+    assert micro(score_files([(gold, spans)]), "text", "gold") == Counts(0, 0, 1)
+
+
 def test_compat_reasoningie_counts_text_matches_as_the_papers_evaluation_does(tmp_path: Path) -> None:
     """ReasoningNER's Table 1 figures: answers read as its code reads them, texts without punctuation and
     articles, labels lower-cased; ours keeps them (README, Metrics)."""
