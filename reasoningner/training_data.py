@@ -10,6 +10,7 @@ proportionally to their sizes, or as ReasoningNER's `sample_grpo.py` does.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,8 @@ from reasoningner.readers import sniff
 from reasoningner.records import is_cot_file, read_records, record_example
 from reasoningner.sources import file_source, is_source, load_source_sets
 from reasoningner.spans import Example, Schema
+
+logger = logging.getLogger(__name__)
 
 
 def sft_record(
@@ -174,15 +177,21 @@ def _source_examples(
     spec = path if is_source(path) else file_source(path, "nercot")
     fmt = get_format(prompt.output_format)
     found: list[SFTExample] = []
+    unexplained = 0
     for dataset, rationales in load_source_sets(spec, on_error=data.on_error, limit=data.limit):
         corpora.extend(dataset.corpora)
         for example, rationale in zip(dataset.examples, rationales, strict=True):
-            if prompt.reasoning and not rationale:
-                raise ValueError(
-                    f"{path}: example {example.id} has no rationale (NER-CoT's cot); "
-                    "run stage 1 (make cot) on it, or set reasoning: false"
-                )
+            if prompt.reasoning and not (rationale and rationale.strip()):
+                if data.on_error == "raise":
+                    raise ValueError(
+                        f"{path}: example {example.id} has no rationale (NER-CoT's cot); run stage 1 (make "
+                        "cot) on it, set reasoning: false, or skip_bad: true to leave such rows out"
+                    )
+                unexplained += 1  # a target without its rationale would teach answering without one
+                continue
             found.append(SFTExample(example, fmt.render(example), rationale if prompt.reasoning else None))
+    if unexplained:
+        logger.warning("%s: %d examples without a rationale left out (skip_bad)", path, unexplained)
     return found
 
 

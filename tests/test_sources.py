@@ -291,6 +291,22 @@ def test_skip_bad_skips_a_malformed_row_of_a_hub_source_in_sft_and_grpo(tmp_path
     assert len(prompts) == len(rows) - 1
 
 
+def test_a_row_without_a_rationale_stops_sft_or_with_skip_bad_is_left_out(tmp_path: Path) -> None:
+    """One empty cot among NER-CoT's rows stopped the stage whatever skip_bad said; trained without it, the
+    row would teach answering without reasoning."""
+    hub = tmp_path / "NER-CoT"
+    shutil.copytree(HUB / "NER-CoT", hub)
+    rows = (hub / "train.jsonl").read_text().splitlines(keepends=True)
+    empty = json.loads(rows[1]) | {"cot": "  "}
+    (hub / "train.jsonl").write_text(rows[0] + json.dumps(empty) + "\n" + "".join(rows[2:]))
+    source = f"hf:{hub}@train"
+    with pytest.raises(ValueError, match=r"has no rationale .*or skip_bad: true to leave such rows out"):
+        sft_examples([source], PromptArguments())
+    kept = sft_examples([source], PromptArguments(), DataArguments(skip_bad=True))
+    assert len(kept) == len(rows) - 1 and all(example.rationale.strip() for example in kept)
+    assert len(sft_examples([source], PromptArguments(reasoning=False))) == len(rows)  # answers only: kept
+
+
 def test_an_instructuie_tree_is_one_source_with_a_dataset_per_set() -> None:
     sets = load_source_sets(f"{UIE}@train?sets=CoNLL 2003,WikiANN en")
     assert [(d.name, len(d.examples)) for d, _ in sets] == [("CoNLL 2003", 32), ("WikiANN en", 12)]
