@@ -310,7 +310,11 @@ def normalize_mention(text: str) -> str:
     collapsed = " ".join(text.split()).casefold()
     if collapsed.replace(" ", "").isalnum():  # no punctuation, so no space next to it (the usual case)
         return collapsed
-    return _SPACE_NEXT_TO_PUNCT.sub("", collapsed)
-
-
-_SPACE_NEXT_TO_PUNCT = re.compile(r"\s+(?=[^\w\s])|(?<=[^\w\s])\s+")
+    # A space stays between word characters only (`is_word_char`: a combining mark is one, not punctuation).
+    words = collapsed.split(" ")
+    kept = [words[0]]
+    for word in words[1:]:
+        if is_word_char(kept[-1][-1]) and is_word_char(word[0]):
+            kept.append(" ")
+        kept.append(word)
+    return "".join(kept)

@@ -449,6 +449,10 @@ def test_grouped_json_occurrences_are_word_bounded() -> None:
         answer = json.dumps({"entities": {"PER": [mention]}})
         assert FORMATS["grouped_json"].parse(answer, accented, SCHEMA).spans == [Span(10, 14, "PER")], mention
     assert occurrences(accented, "Jose") == [10]
+    # ... and a mark is no punctuation: the words around it keep the space between them in the match key.
+    assert (
+        normalize_mention("Jose\u0301  Maria") == "jose\u0301 maria" != normalize_mention("Jose\u0301Maria")
+    )
 
 
 def test_grouped_json_shapes() -> None:
