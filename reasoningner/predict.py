@@ -210,9 +210,13 @@ _SPACE = re.compile(r"\s+")
 FULL_WIDTH_ENDS = "。！？；"
 SENTENCE_ENDS = ".!?" + FULL_WIDTH_ENDS
 _NON_SPACE = re.compile(r"\S")
-# A period that ends an abbreviation, not a sentence ("St. Louis", "Dr.", "U.S."): no cut after it is
-# preferred, which would split the name it begins.
-_ABBREVIATION = re.compile(r"(?<!\S)(?:[A-Z][a-z]{0,2}|(?:[A-Z]\.)+[A-Z])\.\Z")
+# A period that ends a title or initials, not a sentence ("St. Louis", "Dr. Li", "U.S. Army"): no cut
+# after it is preferred, which would split the name it begins. Titles by name: a short name ends many a
+# sentence ("... met Li.").
+_ABBREVIATION = re.compile(
+    r"(?<!\S)(?:Mr|Mrs|Ms|Dr|Prof|St|Mt|Ft|Jr|Sr|Gen|Col|Capt|Lt|Sgt|Rev|Gov|Sen|Rep|Co|Corp|Inc|Ltd|vs"
+    r"|(?:[A-Z]\.)+[A-Z])\.\Z"
+)
 
 
 def windows(text: str, size: int) -> list[tuple[int, int]]:
@@ -304,7 +308,16 @@ def _combine(
             ungrounded.update(
                 dict.fromkeys((t, label) for t, written in parsed.ungrounded if (label := label_of(written)))
             )
-            problems.update(dict.fromkeys(parsed.problems))
+            # The parser's unknown_label of a label taken as one asked (its detail starts with its repr).
+            written = {s.label for s in parsed.spans} | {label for _, label in parsed.ungrounded}
+            taken = {repr(label) for label in written if label not in schema and label_of(label)}
+            problems.update(
+                dict.fromkeys(
+                    p
+                    for p in parsed.problems
+                    if not (p.kind == "unknown_label" and p.detail.split(" is not", 1)[0] in taken)
+                )
+            )
     entities = [
         Entity(text[span.start : span.end], span.label, span.start, span.end, count / samples)
         for span, count in counts.items()

@@ -111,6 +111,7 @@ def test_a_label_asked_is_known_however_its_case_spaces_or_underscores_are_writt
     model = NERModel(Sampled(lambda sentence, _: answer))
     [prediction] = model.predict([text], ["medical condition", "person", "cold", "Cold"])
     assert list(prediction) == [Entity("Ann", "person", 0, 3), Entity("diabetes", "medical condition", 8, 16)]
+    assert [p.detail for p in prediction.problems] == ["'COLD' is not a label of the schema"]
 
 
 def test_predict_repeated_mentions_ungrounded_unknown_labels_and_blank_texts() -> None:
@@ -324,6 +325,11 @@ def test_windows_prefer_a_sentence_end_in_the_second_half() -> None:
     assert [flew[a:b] for a, b in windows(flew, 30)] == [
         "We flew from St. Louis to",
         "Boston today and had lunch.",
+    ]
+    met = "Alpha beta gamma delta epsilon then met Li. Wang Fang went home today ok"  # a name ends it
+    assert [met[a:b] for a, b in windows(met, 51)] == [
+        "Alpha beta gamma delta epsilon then met Li.",
+        "Wang Fang went home today ok",
     ]
     army = "He served in the U.S. Army for years. Then he left."
     assert [army[a:b] for a, b in windows(army, 40)] == [
