@@ -262,18 +262,19 @@ def hub_repository(name: str, output_dir: str | Path, private: bool = False) -> 
 
 
 def run_folder(output_dir: str | Path) -> str:
-    """A run's folder by its last three parts (`outputs/qwen3-8b/sft`): how a repository is known as this
-    run's however the folder's path is spelled. Two (`qwen3-8b/sft`) took the paper recipes' run
-    (`outputs/reasoningner/qwen3-8b/sft`) and the project's for one, and one published over the other."""
-    return "/".join(Path(output_dir).resolve().parts[1:][-3:])
+    """A run's folder as a published repository records it: its path under `outputs/`
+    (`reasoningner/qwen3-8b/sft`), else its last two parts, however the path is spelled. The last two
+    alone took the paper recipes' run and the project's (`qwen3-8b/sft`) for one, and one published over
+    the other."""
+    parts = Path(output_dir).resolve().parts
+    under = parts[len(parts) - parts[::-1].index("outputs") :] if "outputs" in parts else ()
+    return "/".join(under or parts[-2:])
 
 
 def default_repository(output_dir: str | Path) -> str:
-    """The repository a run publishes to unless told (`hub_model_id`): its folder's last parts under
-    `outputs/` (`outputs/reasoningner/qwen3-8b/sft`: `reasoningner-qwen3-8b-sft`)."""
-    parts = Path(output_dir).resolve().parts
-    under = parts[len(parts) - parts[::-1].index("outputs") :] if "outputs" in parts else ()
-    return "-".join(under or parts[-2:])
+    """The repository a run publishes to unless told (`hub_model_id`): `run_folder` with dashes
+    (`outputs/reasoningner/qwen3-8b/sft`: `reasoningner-qwen3-8b-sft`)."""
+    return run_folder(output_dir).replace("/", "-")
 
 
 def publish(output_dir: str | Path, repo_id: str) -> str:

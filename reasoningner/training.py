@@ -519,8 +519,8 @@ def publish_target(script_args: Any, training_args: Any, model_args: Any) -> str
     push_to = None
     if training_args.push_to_hub:
         check_publishable(script_args, model_args)
-        # By default named after the run's folder and its parent (qwen3-8b-sft): `sft` alone would
-        # send every model of one stage to one repository.
+        # By default named after the run's path under outputs/ (qwen3-8b-sft, reasoningner-qwen3-8b-sft):
+        # `sft` alone would send every model of one stage to one repository.
         push_to = training_args.hub_model_id or default_repository(training_args.output_dir)
     training_args.push_to_hub = False
     return push_to

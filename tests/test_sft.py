@@ -602,7 +602,7 @@ def test_publishing_refuses_before_training_a_repository_holding_another_model(
 ) -> None:
     """Publishing replaces a repository's files: one of another project, or of another run of ours, is
     refused before anything trains; a republish of this run (same folder) goes ahead."""
-    out = tmp_path / "sft"
+    out = tmp_path / "outputs" / "qwen3-8b" / "sft"
     args = [*stage_args(model_dir, cot_file, out, max_steps=1, lr=1e-3), "--push_to_hub", "true"]
     fake_hub(monkeypatch, {"model.safetensors": "", "README.md": "someone's model"})
     refused = r"me/mine holds another model \(model.safetensors, README.md; published from elsewhere\)"
@@ -614,12 +614,15 @@ def test_publishing_refuses_before_training_a_repository_holding_another_model(
         run_stage(*args, "--hub_model_id", "mine")
     # A folder of the same name in another pipeline (outputs/reasoningner/qwen3-8b/sft beside
     # outputs/qwen3-8b/sft) is another run: its model was replaced by this one.
-    namesake = json.dumps({"config": {"output_dir": str(tmp_path.parent / "paper" / tmp_path.name / "sft")}})
+    namesake = json.dumps(
+        {"config": {"output_dir": str(tmp_path / "outputs" / "reasoningner" / "qwen3-8b" / "sft")}}
+    )
     fake_hub(monkeypatch, {"manifest.json": namesake})
-    with pytest.raises(ValueError, match=r"published from .*paper/"):
+    with pytest.raises(ValueError, match=r"published from .*outputs/reasoningner/qwen3-8b/sft"):
         run_stage(*args, "--hub_model_id", "mine")
     assert default_repository("outputs/reasoningner/qwen3-8b/sft") == "reasoningner-qwen3-8b-sft"
     assert default_repository("outputs/qwen3-8b/sft") == "qwen3-8b-sft"
+    assert default_repository("/ckpt/runs/sft") == "runs-sft"  # not under outputs/: its last two parts
     fake_hub(monkeypatch, {"manifest.json": ours_elsewhere})
     assert trained(out) == []
     run_stage(*stage_args(model_dir, cot_file, out, max_steps=1, lr=2e-3))  # another run in the folder
