@@ -15,7 +15,8 @@ Text-mode scores and the error analysis stay ours.
 
 `reasoningie` makes the text-mode scores count as ReasoningIE's evaluation does (ReasoningNER's
 Table 1), for grouped JSON answers: the answer read as its code reads it (`<think>` blocks dropped, the
-inside of <answer> or of a ```json fence taken, `rewards.reasoningie_answer`), and each sentence's sets
+inside of <answer> or of a ```json fence taken, one never closed being no answer where its code raises,
+`rewards.reasoningie_answer`), and each sentence's sets
 of (text, label) compared with texts lower-cased and stripped of punctuation and articles, labels
 lower-cased (`rewards.reasoningie_key`); gold entities of a non-entity label (misc, other, na:
 `sources.protocol_label`) are not counted, as its reader drops them, while a predicted one is a false

@@ -25,7 +25,8 @@ def main(args: EvalArguments, prompt: PromptArguments, generation: GenerationArg
     model = [generation.model_name_or_path] if generation.model_name_or_path else []
     inputs = [*(d if isinstance(d, str) else d["path"] for d in args.datasets), *model]
     manifest = build_manifest("eval", evaluation.config, inputs)  # the prompt as resolved from the model
-    write_manifest(args.output_dir, manifest, evaluation.to_dict()["scores"])
+    results = evaluation.to_dict()  # the scores by mode, and how each mode was counted (compat)
+    write_manifest(args.output_dir, manifest, {**results["scores"], "counting": results["counting"]})
     with wandb_run("eval", args.output_dir, manifest, wants_wandb(args.report_to)) as run:
         if run is not None:
             log_wandb_tables(run, evaluation, Path(args.output_dir) / GENERATIONS)
