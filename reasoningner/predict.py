@@ -153,7 +153,8 @@ class Prediction(list[Entity]):
         return record
 
     def to_spacy(self, doc: Doc, span_key: str | None = None) -> Doc:
-        """Set `doc.ents` to these entities and return `doc` (spaCy is the optional extra `spacy`).
+        """Set `doc.ents` (or the span group `span_key`) to these entities and return `doc` (spaCy is the
+        optional extra `spacy`).
 
         `doc` must be of the text this prediction is of. Each entity becomes
         `doc.char_span(start, end, label, alignment_mode="expand")`: the tokens that cover it. spaCy's
