@@ -69,7 +69,7 @@ def compat_counts(
     source_labels: Mapping[str, str] | None = None,
 ) -> dict[str, Counts] | None:
     """Per-label counts of one output in `mode` as `compat` counts them, or None where the mode's are ours.
-    `source_labels` names the dataset's label of each label asked (a memorization probe's renames)."""
+    `source_labels` names the dataset's label of each label asked (a recipe's rename, a probe's)."""
     if COUNTED_MODE.get(compat) != mode:
         return None
     if compat == "llms4ner":
