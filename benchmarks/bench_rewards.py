@@ -13,7 +13,7 @@ the other on each batch, as TRL's GRPOTrainer calls them (conversational complet
 columns as keyword lists). The baseline is the reward ReasoningNER trains with
 (HuiResearch/ReasoningIE, `grpo.py`) as `rewards` ports it for the paper's recipes (`reasoningie_f1`,
 `reasoningie_schema`): two components called the same way, each taking its own answer out of the
-completion (think block removed by regex, <answer> or ```json unwrapped), `json.loads` of it, and
+completion (think blocks removed, <answer> or ```json unwrapped), `json.loads` of it, and
 mentions normalised as SQuAD does (case, punctuation, articles, spaces). The floor is a single
 component pared down to `json.loads` of what follows `</think>` and the F1 of (text, label) sets
 against gold pairs built in advance: a lower bound on any reward that reads JSON in Python, printed
