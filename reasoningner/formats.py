@@ -117,7 +117,8 @@ import json
 import re
 import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import combinations
@@ -135,6 +136,7 @@ from reasoningner.spans import (
     normalize_mention,
     occurrences,
     place_mentions,
+    sort_spans,
 )
 
 __all__ = [
@@ -150,10 +152,12 @@ __all__ = [
     "ParseResult",
     "Problem",
     "XmlFormat",
+    "fold_labels",
     "get_format",
     "join_answer",
     "json_format_of",
     "split_answer",
+    "unknown_label",
 ]
 
 
@@ -189,6 +193,30 @@ class ParseResult:
     def syntax_problems(self) -> set[str]:
         """The kinds of its problems with how the answer is written: all but `CONTENT_PROBLEMS`."""
         return {problem.kind for problem in self.problems} - CONTENT_PROBLEMS
+
+
+def unknown_label(label: str) -> Problem:
+    return Problem("unknown_label", f"{label!r} is not a label of the schema")
+
+
+def fold_labels(
+    parse: ParseResult, labels: Sequence[str], key: Callable[[str], str] = str.casefold
+) -> ParseResult:
+    """`parse` with each label outside `labels` whose `key` is that of exactly one of them renamed to it
+    (spans merged), and `unknown_label` said of the labels still outside: a label written in another
+    case (`PER` for `per`) read as the one meant, where that is what a caller wants."""
+    keys = Counter(map(key, labels))
+    canonical = {key(label): label for label in labels if keys[key(label)] == 1}
+
+    def fold(label: str) -> str:
+        return label if label in labels else canonical.get(key(label), label)
+
+    spans = sort_spans(dict.fromkeys(Span(s.start, s.end, fold(s.label)) for s in parse.spans))
+    ungrounded = list(dict.fromkeys((mention, fold(label)) for mention, label in parse.ungrounded))
+    unknown = dict.fromkeys(label for _, _, label in spans if label not in labels)
+    unknown.update(dict.fromkeys(label for _, label in ungrounded if label not in labels))
+    problems = [p for p in parse.problems if p.kind != "unknown_label"]
+    return ParseResult(spans, ungrounded, problems + [unknown_label(label) for label in unknown])
 
 
 class OutputFormat(ABC):
@@ -359,7 +387,7 @@ class _Builder:
         known = self.schema.labels
         for label in stated:
             if label not in known:
-                self.problem("unknown_label", f"{label!r} is not a label of the schema")
+                self.problems.append(unknown_label(label))
         # `tuple.__new__` makes each Span as `Span._make` does, without its Python-level call.
         spans = [
             _new_tuple(Span, (start, -negative_end, label)) for start, negative_end, label in sorted(unique)

@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reasoningner.configs import DEFAULT_MAX_NEW_TOKENS, GenerationArguments, PromptArguments, PromptContract
-from reasoningner.formats import ParseResult, Problem, get_format, split_answer
+from reasoningner.formats import ParseResult, Problem, fold_labels, get_format, split_answer
 from reasoningner.generation import (
     Completion,
     Conversation,
@@ -288,37 +288,17 @@ def _combine(
     whose parse holds it; ungrounded mentions and problems of any sample once each, in window order.
     A label asked is known however its case, spaces or underscores are written (`Medical Condition`,
     `medical_condition`), where that names one label; other labels are dropped (`unknown_label`)."""
-    named = Counter(map(_folded, schema.labels))
-    asked = {_folded(label): label for label in schema.labels if named[_folded(label)] == 1}
-
-    def label_of(written: str) -> str | None:
-        return written if written in schema else asked.get(_folded(written))
-
     counts: Counter[Span] = Counter()
     ungrounded: dict[tuple[str, str], None] = {}
     problems: dict[Problem, None] = {}
     for offset in sorted(answers):
-        for parsed in answers[offset][0]:
+        for answer in answers[offset][0]:
+            parsed = fold_labels(answer, schema.labels, _folded)
             counts.update(
-                {
-                    Span(s.start + offset, s.end + offset, label)
-                    for s in parsed.spans
-                    if (label := label_of(s.label)) is not None
-                }
+                {Span(s.start + offset, s.end + offset, s.label) for s in parsed.spans if s.label in schema}
             )
-            ungrounded.update(
-                dict.fromkeys((t, label) for t, written in parsed.ungrounded if (label := label_of(written)))
-            )
-            # The parser's unknown_label of a label taken as one asked (its detail starts with its repr).
-            written = {s.label for s in parsed.spans} | {label for _, label in parsed.ungrounded}
-            taken = {repr(label) for label in written if label not in schema and label_of(label)}
-            problems.update(
-                dict.fromkeys(
-                    p
-                    for p in parsed.problems
-                    if not (p.kind == "unknown_label" and p.detail.split(" is not", 1)[0] in taken)
-                )
-            )
+            ungrounded.update(dict.fromkeys((t, label) for t, label in parsed.ungrounded if label in schema))
+            problems.update(dict.fromkeys(parsed.problems))
     entities = [
         Entity(text[span.start : span.end], span.label, span.start, span.end, count / samples)
         for span, count in counts.items()
@@ -333,6 +313,7 @@ def _combine(
 
 
 def _folded(label: str) -> str:
+    """How `predict` knows a label asked (`formats.fold_labels`): case, underscores and spaces aside."""
     return " ".join(label.replace("_", " ").split()).casefold()
 
 

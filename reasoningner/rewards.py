@@ -77,14 +77,14 @@ from reasoningner.formats import (
     CONTENT_PROBLEMS,
     WRAPPERS,
     ParseResult,
-    Problem,
+    fold_labels,
     get_format,
     message_text,
     split_answer,
 )
 from reasoningner.metrics import Counts, MatchMode, agreement, key_counts, match_totals, sample_f1, text_keys
 from reasoningner.rationale import asserted_keys
-from reasoningner.spans import Example, Schema, Span, sort_spans, spans_from_dicts
+from reasoningner.spans import Example, Schema, Span, spans_from_dicts
 
 RewardFunction = Callable[..., list[float]]
 PARSE_MODES = ("strict", "lenient")
@@ -131,22 +131,6 @@ def _schema(labels: tuple[str, ...]) -> Schema:
     return Schema(labels)
 
 
-def _fold_label_case(parse: ParseResult, labels: tuple[str, ...]) -> ParseResult:
-    """`parse` with each label equal to a schema label up to case renamed to it (and merged)."""
-    canonical = {label.casefold(): label for label in labels}
-
-    def fold(label: str) -> str:
-        return label if label in labels else canonical.get(label.casefold(), label)
-
-    spans = sort_spans(dict.fromkeys(Span(s.start, s.end, fold(s.label)) for s in parse.spans))
-    ungrounded = list(dict.fromkeys((mention, fold(label)) for mention, label in parse.ungrounded))
-    unknown = dict.fromkeys(label for _, _, label in spans if label not in labels)
-    unknown.update(dict.fromkeys(label for _, label in ungrounded if label not in labels))
-    problems = [p for p in parse.problems if p.kind != "unknown_label"]
-    problems += [Problem("unknown_label", f"{label!r} is not a label of the schema") for label in unknown]
-    return ParseResult(spans, ungrounded, problems)
-
-
 @lru_cache(maxsize=4096)  # a batch's completions, for each reward of the step; sampled ones rarely recur
 def analyse(
     completion: str,
@@ -173,7 +157,7 @@ def analyse(
     pairs: list[tuple[str, str]] = []
     kinds: set[str] = set()
     if parse is not None and fold_label_case:
-        parse = _fold_label_case(parse, labels)
+        parse = fold_labels(parse, labels)
     if parse is not None:
         pairs = [(text[start:end], label) for start, end, label in parse.spans]
         if parse.ungrounded:
