@@ -126,12 +126,11 @@ class Evaluation:
         ]
         if contradictions := self.config.get("prompt_contradicts_contract"):
             parts.append(f"**Not asked as trained:** {'; '.join(contradictions)}.\n")
-        counted = COUNTED_MODE.get(self.config.get("compat") or "none")
-        if counted:
+        papers = {mode: how for mode, how in self.counting.items() if how != "ours"}
+        for mode, how in papers.items():
             parts.append(
-                f"**{_MODE_NAMES[counted]} counted as {self.config['compat']}'s scripts count it** "
-                "(`reasoningner/compat.py`), to compare with its paper; the other mode and the error "
-                "analysis are ours.\n"
+                f"**{_MODE_NAMES[mode]} counted as {how}'s scripts count it** (`reasoningner/compat.py`), "
+                "to compare with its paper; the other mode and the error analysis are ours.\n"
             )
         if self.config.get("in_domain"):
             trained_on = [name for name, info in self.datasets.items() if info.get("in_domain")]
@@ -141,7 +140,7 @@ class Evaluation:
             )
         for mode in self.modes:
             primary = " (primary)" if mode == self.primary_mode else ""
-            how = f", as {self.config['compat']} counts" if mode == counted else ""
+            how = f", as {papers[mode]} counts" if mode in papers else ""
             parts.append(
                 f"## {_MODE_NAMES[mode]}{primary}{how}\n\n{self.reports[NORMAL][mode].to_markdown()}"
             )
