@@ -356,15 +356,22 @@ def _first_kept(path: Path) -> tuple[str, dict[str, Any]] | None:
     return None
 
 
-def fresh_start(args: CoTArguments, prompt: PromptArguments, generation: GenerationArguments) -> bool:
+def fresh_start(
+    args: CoTArguments,
+    prompt: PromptArguments,
+    generation: GenerationArguments,
+    tasks: Sequence[Task] | None = None,
+) -> bool:
     """Whether this run starts its output file afresh: `overwrite_output_dir`, unless the file holds this
     very run (`ResumableArguments`): every record one this run could have written, as `resume` checks
-    them. A file it would refuse (another run's, inputs changed since, a broken line) starts afresh."""
+    them. A file it would refuse (another run's, inputs changed since, a broken line) starts afresh.
+    `tasks`: the run's sentences where the caller has read them already (else read here, if needed)."""
     path = output_path(args)
     this_run = False
     if args.overwrite_output_dir and path.is_file():
         teacher, settings = teacher_name(generation), annotation_settings(args, generation)
-        tasks = load_tasks(args, prompt)  # its errors are the inputs', not the file's
+        if tasks is None:
+            tasks = load_tasks(args, prompt)  # its errors are the inputs', not the file's
         try:
             checked = _checked(complete_lines(path)[0], tasks, teacher, settings, path)
             # A failed record is not checked (it is asked again): only a kept one shows whose file it is.
@@ -726,7 +733,7 @@ def annotate(
     settings = annotation_settings(args, generation)
     path.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(path):
-        if fresh_start(args, prompt, generation):
+        if fresh_start(args, prompt, generation, tasks):
             path.unlink(missing_ok=True)
             tries_path(path).unlink(missing_ok=True)
         done, tried = resume(path, tasks, teacher, settings)
